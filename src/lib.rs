@@ -1,0 +1,14 @@
+//! roster: identity provisioning orchestrator. See ARCHITECTURE.md for the module map.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod dev_target;
+pub mod mapping;
+pub mod net_guard;
+pub mod scim;
+pub mod service;
+pub mod store;
+pub mod telemetry;
