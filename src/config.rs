@@ -1,0 +1,124 @@
+//! Settings from `ROSTER_*` environment variables (DESIGN §2). Read once at start.
+use secrecy::SecretString;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is not valid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub listen: String,
+    pub admin_token: Option<SecretString>,
+    pub secret_key: Option<SecretString>,
+    pub hr_webhook_secret: Option<SecretString>,
+    pub workers: usize,
+    pub allow_private_targets: bool,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://roster.db?mode=rwc";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: DEFAULT_DATABASE_URL.into(),
+            listen: DEFAULT_LISTEN.into(),
+            admin_token: None,
+            secret_key: None,
+            hr_webhook_secret: None,
+            workers: 32,
+            allow_private_targets: false,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Same as [`Config::from_env`] over any lookup, so tests need not touch the process env.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let non_empty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let defaults = Self::default();
+        let workers = match non_empty("ROSTER_WORKERS") {
+            None => defaults.workers,
+            Some(raw) => match raw.trim().parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "ROSTER_WORKERS",
+                        reason: format!("`{raw}` is not a number from 1 to 1024"),
+                    });
+                }
+            },
+        };
+        let allow_private_targets = match non_empty("ROSTER_ALLOW_PRIVATE_TARGETS").as_deref() {
+            None => false,
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                other => {
+                    return Err(ConfigError::Invalid {
+                        name: "ROSTER_ALLOW_PRIVATE_TARGETS",
+                        reason: format!("`{other}` is not true or false"),
+                    });
+                }
+            },
+        };
+        Ok(Self {
+            database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url),
+            listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen),
+            admin_token: non_empty("ROSTER_ADMIN_TOKEN").map(SecretString::from),
+            secret_key: non_empty("ROSTER_SECRET_KEY").map(SecretString::from),
+            hr_webhook_secret: non_empty("ROSTER_HR_WEBHOOK_SECRET").map(SecretString::from),
+            workers,
+            allow_private_targets,
+        })
+    }
+
+    #[must_use]
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_url, "sqlite://roster.db?mode=rwc");
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.workers, 32);
+        assert!(!c.allow_private_targets);
+        assert!(c.is_sqlite());
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_variable_name() {
+        let err = config(&[("ROSTER_WORKERS", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("ROSTER_WORKERS"));
+        let err = config(&[("ROSTER_ALLOW_PRIVATE_TARGETS", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("ROSTER_ALLOW_PRIVATE_TARGETS"));
+        assert!(
+            config(&[("ROSTER_ALLOW_PRIVATE_TARGETS", "TRUE")])
+                .unwrap()
+                .allow_private_targets
+        );
+    }
+}

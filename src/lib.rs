@@ -10,5 +10,6 @@ pub mod mapping;
 pub mod net_guard;
 pub mod scim;
 pub mod service;
+pub mod startup;
 pub mod store;
 pub mod telemetry;

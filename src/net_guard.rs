@@ -77,20 +77,18 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     }
     // IPv4-compatible (::a.b.c.d), NAT64 (64:ff9b::/96) and 6to4 (2002::/16) embed an IPv4
     // address that the network may route to; judge the embedded one.
-    let embedded = if seg[0..6] == [0, 0, 0, 0, 0, 0] {
-        Some(Ipv4Addr::new(
+    let low_v4 = || {
+        Ipv4Addr::new(
             (seg[6] >> 8) as u8,
             seg[6] as u8,
             (seg[7] >> 8) as u8,
             seg[7] as u8,
-        ))
-    } else if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-        Some(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ))
+        )
+    };
+    let is_v4_compatible = seg[0..6] == [0, 0, 0, 0, 0, 0];
+    let is_nat64 = seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0];
+    let embedded = if is_v4_compatible || is_nat64 {
+        Some(low_v4())
     } else if seg[0] == 0x2002 {
         Some(Ipv4Addr::new(
             (seg[1] >> 8) as u8,
@@ -214,7 +212,12 @@ mod tests {
             assert!(TargetPolicy::PublicOnly.check_ip(ip).is_err());
             assert!(TargetPolicy::AllowPrivate.check_ip(ip).is_ok());
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(forbidden_reason(ip), None, "{ip} should be allowed");
         }

@@ -9,11 +9,17 @@ use sea_orm_migration::prelude::*;
 pub struct Migration;
 
 fn ts(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).timestamp_with_time_zone().not_null().to_owned()
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .not_null()
+        .to_owned()
 }
 
 fn ts_null(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).timestamp_with_time_zone().null().to_owned()
+    ColumnDef::new(col)
+        .timestamp_with_time_zone()
+        .null()
+        .to_owned()
 }
 
 fn text(col: impl IntoIden) -> ColumnDef {
@@ -33,7 +39,11 @@ fn json_null(col: impl IntoIden) -> ColumnDef {
 }
 
 fn id_text(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).string_len(36).not_null().primary_key().to_owned()
+    ColumnDef::new(col)
+        .string_len(36)
+        .not_null()
+        .primary_key()
+        .to_owned()
 }
 
 fn id_auto(col: impl IntoIden) -> ColumnDef {
@@ -99,7 +109,11 @@ impl MigrationTrait for Migration {
         m.create_table(
             Table::create()
                 .table(GroupMember::Table)
-                .col(ColumnDef::new(GroupMember::GroupId).string_len(36).not_null())
+                .col(
+                    ColumnDef::new(GroupMember::GroupId)
+                        .string_len(36)
+                        .not_null(),
+                )
                 .col(text(GroupMember::EmployeeId))
                 .primary_key(
                     Index::create()
@@ -314,7 +328,11 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(ReconcileRun::Table)
                 .col(id_text(ReconcileRun::Id))
-                .col(ColumnDef::new(ReconcileRun::AppId).string_len(36).not_null())
+                .col(
+                    ColumnDef::new(ReconcileRun::AppId)
+                        .string_len(36)
+                        .not_null(),
+                )
                 .col(text(ReconcileRun::State))
                 .col(ColumnDef::new(ReconcileRun::DryRun).boolean().not_null())
                 .col(text(ReconcileRun::Mode))
@@ -336,7 +354,11 @@ impl MigrationTrait for Migration {
             Table::create()
                 .table(ReconcileItem::Table)
                 .col(id_auto(ReconcileItem::Id))
-                .col(ColumnDef::new(ReconcileItem::RunId).string_len(36).not_null())
+                .col(
+                    ColumnDef::new(ReconcileItem::RunId)
+                        .string_len(36)
+                        .not_null(),
+                )
                 .col(text(ReconcileItem::Class))
                 .col(text_null(ReconcileItem::TargetId))
                 .col(text_null(ReconcileItem::UserName))
@@ -508,6 +530,8 @@ enum Job {
     UpdatedAt,
 }
 
+// `Operation::Operation` is the column that names the kind of provisioning operation.
+#[allow(clippy::enum_variant_names)]
 #[derive(DeriveIden)]
 enum Operation {
     Table,

@@ -31,3 +31,13 @@ impl Default for Quirks {
         }
     }
 }
+
+impl Quirks {
+    /// An app's `quirks` setting: `{}`/null for the defaults, or an object of flags.
+    pub fn from_json(raw: &serde_json::Value) -> Result<Self, String> {
+        match raw {
+            serde_json::Value::Null => Ok(Self::default()),
+            other => serde_json::from_value(other.clone()).map_err(|e| e.to_string()),
+        }
+    }
+}

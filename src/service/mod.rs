@@ -1,0 +1,257 @@
+//! Use cases: ingest, apps, groups, identities, API keys, audit. One transaction per use case.
+//!
+//! `Roster` is the service facade the API calls. It owns the database handle, the credential
+//! key and the settings; handlers never see sea-orm.
+pub mod apps;
+pub mod audit;
+pub mod groups;
+pub mod identities;
+pub mod ingest;
+pub mod keys;
+pub mod planner;
+
+use std::sync::Arc;
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::config::Config;
+use crate::crypto::SecretBox;
+use crate::net_guard::TargetPolicy;
+
+/// What went wrong in a use case; `api::problem` maps each variant to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{kind} `{id}` does not exist")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this API key lacks the `{0}` scope")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+impl ServiceError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(kind: &'static str, id: impl Into<String>) -> Self {
+        Self::NotFound {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// API-key scopes (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Admin,
+    AppsWrite,
+    EventsWrite,
+    Read,
+}
+
+impl Scope {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::AppsWrite => "apps:write",
+            Scope::EventsWrite => "events:write",
+            Scope::Read => "read",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "admin" => Some(Scope::Admin),
+            "apps:write" => Some(Scope::AppsWrite),
+            "events:write" => Some(Scope::EventsWrite),
+            "read" => Some(Scope::Read),
+            _ => None,
+        }
+    }
+}
+
+/// What a route needs. `ReadConfig` is met by `read` and by `apps:write` (a platform team
+/// must see what it registered); `admin` meets everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ReadConfig,
+    WriteApps,
+    WriteEvents,
+    Admin,
+}
+
+/// The caller, after its API key was checked.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub key_id: String,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn require(&self, permission: Permission) -> ServiceResult<()> {
+        let has = |s: Scope| self.scopes.contains(&s);
+        if has(Scope::Admin) {
+            return Ok(());
+        }
+        let (ok, needed) = match permission {
+            Permission::ReadConfig => (has(Scope::Read) || has(Scope::AppsWrite), Scope::Read),
+            Permission::WriteApps => (has(Scope::AppsWrite), Scope::AppsWrite),
+            Permission::WriteEvents => (has(Scope::EventsWrite), Scope::EventsWrite),
+            Permission::Admin => (false, Scope::Admin),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden(needed.as_str()))
+        }
+    }
+}
+
+/// The service facade: cheap to clone.
+#[derive(Clone)]
+pub struct Roster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    secrets: SecretBox,
+    config: Config,
+    /// SQLite has one writer; taking turns in-process avoids `SQLITE_BUSY` on lock upgrades of
+    /// deferred transactions. PostgreSQL uses row locks instead (`None`).
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction; on SQLite it also holds the process-wide writer turn.
+pub struct WriteTx {
+    pub tx: DatabaseTransaction,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+impl Roster {
+    #[must_use]
+    pub fn new(db: DatabaseConnection, secrets: SecretBox, config: Config) -> Self {
+        let write_lock = config.is_sqlite().then(|| Arc::new(Mutex::new(())));
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                secrets,
+                config,
+                write_lock,
+            }),
+        }
+    }
+
+    #[must_use]
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    #[must_use]
+    pub fn secrets(&self) -> &SecretBox {
+        &self.inner.secrets
+    }
+
+    #[must_use]
+    pub fn target_policy(&self) -> TargetPolicy {
+        TargetPolicy::from_allow_private(self.inner.config.allow_private_targets)
+    }
+
+    pub async fn write_tx(&self) -> Result<WriteTx, DbErr> {
+        let turn = match &self.inner.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.inner.db.begin().await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    pub async fn ready(&self) -> Result<(), String> {
+        crate::store::ready(&self.inner.db).await
+    }
+}
+
+/// A new time-ordered id (UUID v7): index-friendly and sortable by creation.
+#[must_use]
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Validates a short human-given name (app, group, key): 1..=64 characters from a safe set.
+pub fn validate_name(field: &str, name: &str) -> ServiceResult<()> {
+    let ok = (1..=64).contains(&name.chars().count())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ' '))
+        && !name.starts_with(' ')
+        && !name.ends_with(' ');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            field,
+            "must be 1 to 64 characters of letters, digits, space, `-`, `_` or `.`, not starting or ending with a space",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_follow_the_scope_table() {
+        use Permission as P;
+        let cases = [
+            (Scope::Admin, [true, true, true, true]),
+            (Scope::AppsWrite, [true, true, false, false]),
+            (Scope::EventsWrite, [false, false, true, false]),
+            (Scope::Read, [true, false, false, false]),
+        ];
+        for (scope, expected) in cases {
+            let p = Principal {
+                key_id: "k".into(),
+                scopes: vec![scope],
+            };
+            let got = [P::ReadConfig, P::WriteApps, P::WriteEvents, P::Admin]
+                .map(|perm| p.require(perm).is_ok());
+            assert_eq!(got, expected, "scope {scope:?}");
+        }
+    }
+}

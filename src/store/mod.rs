@@ -1,0 +1,87 @@
+//! The database: sea-orm entities, connection set-up, migrations and the queue's SQL.
+//!
+//! Invariant: every write that an API answer depends on is committed before the answer (callers
+//! use one transaction per use case); SQLite runs in WAL mode with `synchronous=FULL` so that a
+//! committed transaction survives a power cut, not only a process kill.
+pub mod entity;
+pub mod queue;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database: {0}")]
+    Connect(DbErr),
+    #[error("cannot migrate the database: {0}")]
+    Migrate(DbErr),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// Opens the database named by `url` (`sqlite://…` or `postgres://…`), with the pool sized for
+/// `workers` concurrent deliveries plus the API.
+pub async fn connect(url: &str, workers: usize) -> Result<DatabaseConnection, StoreError> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    let sqlite = url.starts_with("sqlite:");
+    // SQLite allows one writer at a time; a large pool only queues on its lock, so keep it small
+    // but big enough for concurrent readers (WAL lets readers run beside the writer).
+    let max = if sqlite {
+        8
+    } else {
+        (workers as u32 + 16).min(96)
+    };
+    options
+        .max_connections(max)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    if sqlite {
+        // Per-connection pragmas go through sqlx's options so every pooled connection has them.
+        options.map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+        });
+    }
+    let db = Database::connect(options)
+        .await
+        .map_err(StoreError::Connect)?;
+    Ok(db)
+}
+
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
+    Migrator::up(db, None).await.map_err(StoreError::Migrate)
+}
+
+/// `/readyz`: the database answers and every migration is applied.
+pub async fn ready(db: &DatabaseConnection) -> Result<(), String> {
+    db.execute_unprepared("SELECT 1")
+        .await
+        .map_err(|e| format!("database unreachable: {e}"))?;
+    let pending = Migrator::get_pending_migrations(db)
+        .await
+        .map_err(|e| format!("cannot read migrations: {e}"))?;
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} migration(s) not applied", pending.len()))
+    }
+}
+
+#[must_use]
+pub fn is_postgres(db: &impl ConnectionTrait) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+}
+
+/// Whether a database error is a unique-constraint violation (a concurrent duplicate).
+#[must_use]
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

@@ -1,0 +1,167 @@
+//! `/api-keys` and `/audit`.
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use super::ApiTags;
+use super::apps::Deleted;
+use super::auth::ApiKey;
+use super::problem::ApiError;
+use crate::service::keys::scope_names;
+use crate::service::{Permission, Roster};
+use crate::store::entity::api_key;
+
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct KeyCreate {
+    pub name: String,
+    /// Any of `admin`, `apps:write`, `events:write`, `read`.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Object)]
+pub struct KeyOut {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+fn key_out(m: &api_key::Model) -> KeyOut {
+    KeyOut {
+        id: m.id.clone(),
+        name: m.name.clone(),
+        scopes: scope_names(m),
+        created_at: m.created_at,
+    }
+}
+
+#[derive(Object)]
+pub struct KeyCreated {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// The key: shown this once, stored only as a hash.
+    pub token: String,
+}
+
+#[derive(ApiResponse)]
+pub enum KeyCreatedResponse {
+    #[oai(status = 201)]
+    Created(Json<KeyCreated>),
+}
+
+#[derive(Object)]
+pub struct AuditOut {
+    pub id: i64,
+    /// The API key that made the change.
+    pub api_key_id: Option<String>,
+    pub action: String,
+    pub object_type: String,
+    pub object_id: Option<String>,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Object)]
+pub struct AuditPage {
+    pub items: Vec<AuditOut>,
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<i64>,
+}
+
+pub struct AdminApi;
+
+#[OpenApi(tag = "ApiTags::Admin")]
+impl AdminApi {
+    /// Create an API key (scope `admin`). The token is in this answer only.
+    #[oai(path = "/api-keys", method = "post")]
+    async fn create_key(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        body: Json<KeyCreate>,
+    ) -> poem::Result<KeyCreatedResponse> {
+        let principal = auth.require(Permission::Admin)?;
+        let created = roster
+            .create_key(principal, &body.0.name, &body.0.scopes)
+            .await?;
+        let k = key_out(&created.key);
+        Ok(KeyCreatedResponse::Created(Json(KeyCreated {
+            id: k.id,
+            name: k.name,
+            scopes: k.scopes,
+            created_at: k.created_at,
+            token: created.token.expose_secret().to_owned(),
+        })))
+    }
+
+    /// List API keys, without secrets (scope `admin`).
+    #[oai(path = "/api-keys", method = "get")]
+    async fn list_keys(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+    ) -> poem::Result<Json<Vec<KeyOut>>> {
+        auth.require(Permission::Admin)?;
+        Ok(Json(
+            roster.list_keys().await?.iter().map(key_out).collect(),
+        ))
+    }
+
+    /// Revoke an API key (scope `admin`).
+    #[oai(path = "/api-keys/:id", method = "delete")]
+    async fn delete_key(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Deleted> {
+        let principal = auth.require(Permission::Admin)?;
+        roster.delete_key(principal, &id.0).await?;
+        Ok(Deleted::NoContent)
+    }
+
+    /// The audit trail, newest first (scope `read`). Append-only: there is no route to change it.
+    #[oai(path = "/audit", method = "get")]
+    async fn audit(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        cursor: Query<Option<i64>>,
+        /// 1..=1000, default 100.
+        limit: Query<Option<u64>>,
+    ) -> poem::Result<Json<AuditPage>> {
+        auth.require(Permission::ReadConfig)?;
+        let limit = limit.0.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
+        }
+        let rows = roster.list_audit(cursor.0, limit).await?;
+        let next_cursor = (rows.len() as u64 == limit)
+            .then(|| rows.last().map(|r| r.id))
+            .flatten();
+        Ok(Json(AuditPage {
+            items: rows
+                .into_iter()
+                .map(|r| AuditOut {
+                    id: r.id,
+                    api_key_id: r.api_key_id,
+                    action: r.action,
+                    object_type: r.object_type,
+                    object_id: r.object_id,
+                    before: r.before,
+                    after: r.after,
+                    created_at: r.created_at,
+                })
+                .collect(),
+            next_cursor,
+        }))
+    }
+}

@@ -1,0 +1,400 @@
+//! `/apps`: register SCIM targets.
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use secrecy::SecretString;
+use serde_json::Value;
+
+use super::ApiTags;
+use super::auth::ApiKey;
+use super::problem::ApiError;
+use crate::service::apps::{
+    AppChanges, AppScope, AppState, AppView, AuthInput, DeletionGuard, Deprovision, MappingEntry,
+    Matching, RateLimit, ReconcileSettings, RoleMappingEntry,
+};
+use crate::service::{Permission, Roster};
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum AuthKind {
+    Bearer,
+    Basic,
+    Oauth2,
+}
+
+/// Credentials for the target. Secrets are write-only: answers say only whether one is set.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct AuthIn {
+    /// `bearer` (needs `token`), `basic` (`username`, `password`) or `oauth2` client
+    /// credentials (`token_url`, `client_id`, `client_secret`, optional `scope`).
+    #[oai(rename = "type")]
+    pub kind: AuthKind,
+    pub token: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scope: Option<String>,
+}
+
+fn required(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    value.ok_or_else(|| {
+        ApiError::new(
+            poem::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "Validation failed",
+            format!("auth.{field}: is required for this auth type"),
+        )
+    })
+}
+
+impl AuthIn {
+    fn into_input(self) -> Result<AuthInput, ApiError> {
+        Ok(match self.kind {
+            AuthKind::Bearer => AuthInput::Bearer {
+                token: SecretString::from(required("token", self.token)?),
+            },
+            AuthKind::Basic => AuthInput::Basic {
+                username: required("username", self.username)?,
+                password: SecretString::from(required("password", self.password)?),
+            },
+            AuthKind::Oauth2 => AuthInput::OAuth2 {
+                token_url: required("token_url", self.token_url)?,
+                client_id: required("client_id", self.client_id)?,
+                client_secret: SecretString::from(required("client_secret", self.client_secret)?),
+                scope: self.scope,
+            },
+        })
+    }
+}
+
+/// A new app. Everything but `name`, `base_url` and `auth` has a default.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct AppCreate {
+    pub name: String,
+    /// The SCIM base URL, e.g. `https://scim.example.net/v2`. Loopback, private, link-local and
+    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`.
+    pub base_url: String,
+    pub auth: AuthIn,
+    pub rate_limit: Option<RateLimit>,
+    /// Concurrent calls to this app (default 4).
+    pub max_concurrency: Option<u32>,
+    /// Per-call timeout (default 30000).
+    pub timeout_ms: Option<u32>,
+    /// Attempts before a job is dead-lettered (default 8).
+    pub max_attempts: Option<u32>,
+    pub matching: Option<Matching>,
+    pub scope: Option<AppScope>,
+    /// Default: userName ← `default(user_name, email)`, externalId ← employee_id, names,
+    /// displayName, work email, title.
+    pub mappings: Option<Vec<MappingEntry>>,
+    pub role_mapping: Option<RoleMappingEntry>,
+    pub group_push: Option<Vec<String>>,
+    pub deprovision: Option<Deprovision>,
+    pub reconcile: Option<ReconcileSettings>,
+    pub deletion_guard: Option<DeletionGuard>,
+    /// Target deviations: an object of flags (`patch_op_case`, `max_members_per_patch`,
+    /// `page_size`, `supports_filter`, …).
+    pub quirks: Option<Value>,
+}
+
+/// Changes to an app: each field given replaces the current value as a whole; `null` clears
+/// `role_mapping`.
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct AppPatch {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub auth: Option<AuthIn>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_concurrency: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub matching: Option<Matching>,
+    pub scope: Option<AppScope>,
+    pub mappings: Option<Vec<MappingEntry>>,
+    pub role_mapping: MaybeUndefined<RoleMappingEntry>,
+    pub group_push: Option<Vec<String>>,
+    pub deprovision: Option<Deprovision>,
+    pub reconcile: Option<ReconcileSettings>,
+    pub deletion_guard: Option<DeletionGuard>,
+    pub quirks: Option<Value>,
+}
+
+/// Credentials as shown: never the secret itself.
+#[derive(Object)]
+pub struct AuthOut {
+    #[oai(rename = "type")]
+    pub kind: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub token_set: Option<bool>,
+    #[oai(skip_serializing_if_is_none)]
+    pub username: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub password_set: Option<bool>,
+    #[oai(skip_serializing_if_is_none)]
+    pub token_url: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_id: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_secret_set: Option<bool>,
+    #[oai(skip_serializing_if_is_none)]
+    pub scope: Option<String>,
+}
+
+#[derive(Object)]
+pub struct AppOut {
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub auth: AuthOut,
+    pub rate_limit: RateLimit,
+    pub max_concurrency: u32,
+    pub timeout_ms: u32,
+    pub max_attempts: u32,
+    pub matching: Matching,
+    pub scope: AppScope,
+    pub mappings: Vec<MappingEntry>,
+    #[oai(skip_serializing_if_is_none)]
+    pub role_mapping: Option<RoleMappingEntry>,
+    pub group_push: Vec<String>,
+    pub deprovision: Deprovision,
+    pub reconcile: ReconcileSettings,
+    pub deletion_guard: DeletionGuard,
+    pub quirks: Value,
+    /// `active`, `paused` or `quarantined`.
+    pub state: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub state_reason: Option<String>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<AppView> for AppOut {
+    fn from(view: AppView) -> Self {
+        let AppView { model, settings } = view;
+        let has_secret = model.secret_ciphertext.is_some();
+        let cfg = &model.auth_config;
+        let text = |k: &str| cfg.get(k).and_then(Value::as_str).map(str::to_owned);
+        let auth = match model.auth_type.as_str() {
+            "basic" => AuthOut {
+                kind: "basic".into(),
+                token_set: None,
+                username: text("username"),
+                password_set: Some(has_secret),
+                token_url: None,
+                client_id: None,
+                client_secret_set: None,
+                scope: None,
+            },
+            "oauth2" => AuthOut {
+                kind: "oauth2".into(),
+                token_set: None,
+                username: None,
+                password_set: None,
+                token_url: text("token_url"),
+                client_id: text("client_id"),
+                client_secret_set: Some(has_secret),
+                scope: text("scope"),
+            },
+            other => AuthOut {
+                kind: other.to_owned(),
+                token_set: Some(has_secret),
+                username: None,
+                password_set: None,
+                token_url: None,
+                client_id: None,
+                client_secret_set: None,
+                scope: None,
+            },
+        };
+        Self {
+            id: model.id,
+            name: model.name,
+            base_url: model.base_url,
+            auth,
+            rate_limit: settings.rate_limit,
+            max_concurrency: settings.max_concurrency,
+            timeout_ms: settings.timeout_ms,
+            max_attempts: settings.max_attempts,
+            matching: settings.matching,
+            scope: settings.scope,
+            mappings: settings.mappings,
+            role_mapping: settings.role_mapping,
+            group_push: settings.group_push,
+            deprovision: settings.deprovision,
+            reconcile: settings.reconcile,
+            deletion_guard: settings.deletion_guard,
+            quirks: settings.quirks,
+            state: model.state,
+            state_reason: model.state_reason,
+            version: model.version,
+            created_at: model.created_at,
+            updated_at: model.updated_at,
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum AppCreated {
+    /// The app, with secrets reduced to `*_set` flags.
+    #[oai(status = 201)]
+    Created(Json<AppOut>),
+}
+
+#[derive(ApiResponse)]
+pub enum Deleted {
+    #[oai(status = 204)]
+    NoContent,
+}
+
+pub struct AppsApi;
+
+#[OpenApi(prefix_path = "/apps", tag = "ApiTags::Apps")]
+impl AppsApi {
+    /// Register an app (scope `apps:write`).
+    #[oai(path = "/", method = "post")]
+    async fn create(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        body: Json<AppCreate>,
+    ) -> poem::Result<AppCreated> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let b = body.0;
+        let changes = AppChanges {
+            name: Some(b.name),
+            base_url: Some(b.base_url),
+            auth: Some(b.auth.into_input()?),
+            rate_limit: b.rate_limit,
+            max_concurrency: b.max_concurrency,
+            timeout_ms: b.timeout_ms,
+            max_attempts: b.max_attempts,
+            matching: b.matching,
+            scope: b.scope,
+            mappings: b.mappings,
+            role_mapping: Some(b.role_mapping),
+            group_push: b.group_push,
+            deprovision: b.deprovision,
+            reconcile: b.reconcile,
+            deletion_guard: b.deletion_guard,
+            quirks: b.quirks,
+        };
+        let view = roster.create_app(principal, changes).await?;
+        Ok(AppCreated::Created(Json(view.into())))
+    }
+
+    /// List apps (scope `read`).
+    #[oai(path = "/", method = "get")]
+    async fn list(&self, auth: ApiKey, roster: Data<&Roster>) -> poem::Result<Json<Vec<AppOut>>> {
+        auth.require(Permission::ReadConfig)?;
+        let apps = roster.list_apps().await?;
+        Ok(Json(apps.into_iter().map(AppOut::from).collect()))
+    }
+
+    /// One app (scope `read`).
+    #[oai(path = "/:id", method = "get")]
+    async fn get(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<AppOut>> {
+        auth.require(Permission::ReadConfig)?;
+        Ok(Json(roster.get_app(&id.0).await?.into()))
+    }
+
+    /// Change an app (scope `apps:write`). A new scope or new mappings re-sync everyone.
+    #[oai(path = "/:id", method = "patch")]
+    async fn update(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+        body: Json<AppPatch>,
+    ) -> poem::Result<Json<AppOut>> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let b = body.0;
+        let changes = AppChanges {
+            name: b.name,
+            base_url: b.base_url,
+            auth: b.auth.map(AuthIn::into_input).transpose()?,
+            rate_limit: b.rate_limit,
+            max_concurrency: b.max_concurrency,
+            timeout_ms: b.timeout_ms,
+            max_attempts: b.max_attempts,
+            matching: b.matching,
+            scope: b.scope,
+            mappings: b.mappings,
+            role_mapping: match b.role_mapping {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(v) => Some(Some(v)),
+            },
+            group_push: b.group_push,
+            deprovision: b.deprovision,
+            reconcile: b.reconcile,
+            deletion_guard: b.deletion_guard,
+            quirks: b.quirks,
+        };
+        Ok(Json(
+            roster.update_app(principal, &id.0, changes).await?.into(),
+        ))
+    }
+
+    /// Remove an app and roster's record of its accounts (scope `apps:write`). Accounts in the
+    /// target are left as they are.
+    #[oai(path = "/:id", method = "delete")]
+    async fn delete(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Deleted> {
+        let principal = auth.require(Permission::WriteApps)?;
+        roster.delete_app(principal, &id.0).await?;
+        Ok(Deleted::NoContent)
+    }
+
+    /// Stop delivering to an app; changes keep queueing (scope `apps:write`).
+    #[oai(path = "/:id/pause", method = "post")]
+    async fn pause(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<AppOut>> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let view = roster
+            .set_app_state(
+                principal,
+                &id.0,
+                AppState::Paused,
+                Some("paused through the API".into()),
+            )
+            .await?;
+        Ok(Json(view.into()))
+    }
+
+    /// Resume delivery (also ends a quarantine) (scope `apps:write`).
+    #[oai(path = "/:id/resume", method = "post")]
+    async fn resume(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<AppOut>> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let view = roster
+            .set_app_state(principal, &id.0, AppState::Active, None)
+            .await?;
+        Ok(Json(view.into()))
+    }
+}

@@ -1,0 +1,315 @@
+//! `/identities` (read-only: HR events write them) and `/groups`.
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
+
+use super::ApiTags;
+use super::apps::Deleted;
+use super::auth::ApiKey;
+use super::problem::ApiError;
+use crate::mapping::GroupRule;
+use crate::service::groups::{GroupChanges, GroupView};
+use crate::service::identities::IdentityDetail;
+use crate::service::{Permission, Roster};
+use crate::store::entity::identity;
+
+#[derive(Object)]
+pub struct LinkOut {
+    pub app_id: String,
+    pub app_name: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub target_id: Option<String>,
+    /// `pending`, `linked`, `deactivated`, `deleted` or `error`.
+    pub state: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Object)]
+pub struct IdentityOut {
+    pub id: String,
+    pub employee_id: String,
+    pub user_name: Option<String>,
+    pub email: Option<String>,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    pub display_name: Option<String>,
+    pub department: Option<String>,
+    pub title: Option<String>,
+    pub manager_employee_id: Option<String>,
+    pub attributes: Value,
+    /// `active`, `suspended` or `terminated`.
+    pub status: String,
+    pub last_event_at: Option<DateTime<Utc>>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Only in single-identity answers: group names.
+    #[oai(skip_serializing_if_is_none)]
+    pub groups: Option<Vec<String>>,
+    /// Only in single-identity answers: the account in each app.
+    #[oai(skip_serializing_if_is_none)]
+    pub links: Option<Vec<LinkOut>>,
+}
+
+fn identity_out(m: identity::Model) -> IdentityOut {
+    IdentityOut {
+        id: m.id,
+        employee_id: m.employee_id,
+        user_name: m.user_name,
+        email: m.email,
+        given_name: m.given_name,
+        family_name: m.family_name,
+        display_name: m.display_name,
+        department: m.department,
+        title: m.title,
+        manager_employee_id: m.manager_employee_id,
+        attributes: m.attributes,
+        status: m.status,
+        last_event_at: m.last_event_at,
+        version: m.version,
+        created_at: m.created_at,
+        updated_at: m.updated_at,
+        groups: None,
+        links: None,
+    }
+}
+
+#[derive(Object)]
+pub struct IdentityPage {
+    pub items: Vec<IdentityOut>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct GroupCreate {
+    pub name: String,
+    /// Static members (employee ids). Give `members` or `rule`, not both.
+    pub members: Option<Vec<String>>,
+    /// A rule: `{"attribute": "department", "op": "eq", "value": "Sales"}`, or `and`/`or`/`not`
+    /// of rules: `{"and": [rule, rule]}`. Ops: eq, ne, co, sw, ew, pr, in.
+    pub rule: Option<Value>,
+}
+
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct GroupPatch {
+    pub name: Option<String>,
+    /// Replaces the members (and makes the group static).
+    pub members: Option<Vec<String>>,
+    /// Replaces the rule (and makes the group a rule group).
+    pub rule: Option<Value>,
+}
+
+#[derive(Object)]
+pub struct GroupOut {
+    pub id: String,
+    pub name: String,
+    /// `static` or `rule`.
+    pub kind: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub rule: Option<Value>,
+    /// Employee ids of the members.
+    pub members: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<GroupView> for GroupOut {
+    fn from(v: GroupView) -> Self {
+        Self {
+            id: v.model.id,
+            name: v.model.name,
+            kind: v.model.kind,
+            rule: v.model.rule,
+            members: v.members,
+            created_at: v.model.created_at,
+            updated_at: v.model.updated_at,
+        }
+    }
+}
+
+fn parse_rule(raw: Option<Value>) -> Result<Option<GroupRule>, ApiError> {
+    raw.map(|v| {
+        serde_json::from_value::<GroupRule>(v).map_err(|e| {
+            ApiError::new(
+                poem::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Validation failed",
+                format!("rule: not a rule ({e}); expected {{\"attribute\", \"op\", \"value\"}} or {{\"and\"|\"or\": [...]}} or {{\"not\": rule}}"),
+            )
+        })
+    })
+    .transpose()
+}
+
+#[derive(ApiResponse)]
+pub enum GroupCreated {
+    #[oai(status = 201)]
+    Created(Json<GroupOut>),
+}
+
+pub struct DirectoryApi;
+
+#[OpenApi(tag = "ApiTags::Directory")]
+impl DirectoryApi {
+    /// Identities, oldest first (scope `read`).
+    #[oai(path = "/identities", method = "get")]
+    async fn list_identities(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        /// `active`, `suspended` or `terminated`.
+        status: Query<Option<String>>,
+        cursor: Query<Option<String>>,
+        /// 1..=1000, default 100.
+        limit: Query<Option<u64>>,
+    ) -> poem::Result<Json<IdentityPage>> {
+        auth.require(Permission::ReadConfig)?;
+        let limit = limit.0.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
+        }
+        if let Some(s) = &status.0
+            && !matches!(s.as_str(), "active" | "suspended" | "terminated")
+        {
+            return Err(
+                ApiError::invalid("status: must be active, suspended or terminated").into(),
+            );
+        }
+        let rows = roster
+            .list_identities(cursor.0.as_deref(), status.0.as_deref(), limit)
+            .await?;
+        let next_cursor = (rows.len() as u64 == limit)
+            .then(|| rows.last().map(|r| r.id.clone()))
+            .flatten();
+        Ok(Json(IdentityPage {
+            items: rows.into_iter().map(identity_out).collect(),
+            next_cursor,
+        }))
+    }
+
+    /// One identity by roster id or employee id, with its groups and its account in each app
+    /// (scope `read`).
+    #[oai(path = "/identities/:id", method = "get")]
+    async fn get_identity(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<IdentityOut>> {
+        auth.require(Permission::ReadConfig)?;
+        let IdentityDetail {
+            model,
+            groups,
+            links,
+        } = roster.get_identity(&id.0).await?;
+        let mut out = identity_out(model);
+        out.groups = Some(groups);
+        out.links = Some(
+            links
+                .into_iter()
+                .map(|(app, l)| LinkOut {
+                    app_id: app.id,
+                    app_name: app.name,
+                    target_id: l.target_id,
+                    state: l.state,
+                    last_error: l.last_error,
+                    updated_at: l.updated_at,
+                })
+                .collect(),
+        );
+        Ok(Json(out))
+    }
+
+    /// Groups with their members (scope `read`).
+    #[oai(path = "/groups", method = "get")]
+    async fn list_groups(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+    ) -> poem::Result<Json<Vec<GroupOut>>> {
+        auth.require(Permission::ReadConfig)?;
+        Ok(Json(
+            roster
+                .list_groups()
+                .await?
+                .into_iter()
+                .map(GroupOut::from)
+                .collect(),
+        ))
+    }
+
+    /// One group (scope `read`).
+    #[oai(path = "/groups/:id", method = "get")]
+    async fn get_group(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<GroupOut>> {
+        auth.require(Permission::ReadConfig)?;
+        Ok(Json(roster.get_group(&id.0).await?.into()))
+    }
+
+    /// Create a static or rule group (scope `apps:write`).
+    #[oai(path = "/groups", method = "post")]
+    async fn create_group(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        body: Json<GroupCreate>,
+    ) -> poem::Result<GroupCreated> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let b = body.0;
+        let changes = GroupChanges {
+            name: Some(b.name),
+            members: b.members,
+            rule: parse_rule(b.rule)?,
+        };
+        Ok(GroupCreated::Created(Json(
+            roster.create_group(principal, changes).await?.into(),
+        )))
+    }
+
+    /// Rename a group or replace its members or rule (scope `apps:write`).
+    #[oai(path = "/groups/:id", method = "patch")]
+    async fn update_group(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+        body: Json<GroupPatch>,
+    ) -> poem::Result<Json<GroupOut>> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let b = body.0;
+        let changes = GroupChanges {
+            name: b.name,
+            members: b.members,
+            rule: parse_rule(b.rule)?,
+        };
+        Ok(Json(
+            roster.update_group(principal, &id.0, changes).await?.into(),
+        ))
+    }
+
+    /// Delete a group (scope `apps:write`).
+    #[oai(path = "/groups/:id", method = "delete")]
+    async fn delete_group(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Deleted> {
+        let principal = auth.require(Permission::WriteApps)?;
+        roster.delete_group(principal, &id.0).await?;
+        Ok(Deleted::NoContent)
+    }
+}

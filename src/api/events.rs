@@ -1,0 +1,160 @@
+//! `/events`: HR joiner / mover / leaver events.
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::types::{MaybeUndefined, ToJSON};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use serde_json::Value;
+
+use super::ApiTags;
+use super::auth::ApiKey;
+use super::problem::ApiError;
+use crate::service::ingest::{EmployeeRecord, EventOutcome, EventType, FieldUpdate, HrEventInput};
+use crate::service::{Permission, Roster};
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum EventKind {
+    Joiner,
+    Mover,
+    Leaver,
+}
+
+/// The employee record. In a mover, an absent field keeps its value and `null` clears it.
+#[derive(Object, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct EmployeeIn {
+    /// The HR system's key for the person (1..=64 characters).
+    pub employee_id: String,
+    pub user_name: MaybeUndefined<String>,
+    pub email: MaybeUndefined<String>,
+    pub given_name: MaybeUndefined<String>,
+    pub family_name: MaybeUndefined<String>,
+    pub display_name: MaybeUndefined<String>,
+    pub department: MaybeUndefined<String>,
+    pub title: MaybeUndefined<String>,
+    pub manager_employee_id: MaybeUndefined<String>,
+    /// Anything else HR sends (a JSON object), usable as `attributes.<key>` in mappings.
+    pub attributes: MaybeUndefined<Value>,
+}
+
+#[derive(Object, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct EventIn {
+    /// Idempotency key: a repeated `event_id` is answered `duplicate` and not re-applied.
+    pub event_id: String,
+    #[oai(rename = "type")]
+    pub kind: EventKind,
+    /// When the change took effect in HR (RFC 3339). Events older than the last applied one
+    /// for the person are `stale`.
+    pub occurred_at: DateTime<Utc>,
+    pub employee: EmployeeIn,
+}
+
+#[derive(Object)]
+#[oai(deny_unknown_fields)]
+pub struct EventBatchIn {
+    /// 1..=1000 events, applied in order in one transaction.
+    pub events: Vec<EventIn>,
+}
+
+#[derive(Object)]
+pub struct EventAccepted {
+    pub event_id: String,
+    /// `applied`, `duplicate`, `stale` or `rejected`.
+    pub result: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub detail: Option<String>,
+}
+
+#[derive(Object)]
+pub struct EventBatchAccepted {
+    pub results: Vec<EventAccepted>,
+}
+
+#[derive(ApiResponse)]
+pub enum Accepted<T: poem_openapi::types::ToJSON + Send + Sync> {
+    /// Durably committed.
+    #[oai(status = 202)]
+    Accepted(Json<T>),
+}
+
+fn field<T: Clone>(v: &MaybeUndefined<T>) -> FieldUpdate<T> {
+    match v {
+        MaybeUndefined::Undefined => FieldUpdate::Keep,
+        MaybeUndefined::Null => FieldUpdate::Clear,
+        MaybeUndefined::Value(x) => FieldUpdate::Set(x.clone()),
+    }
+}
+
+fn to_input(event: EventIn) -> HrEventInput {
+    let payload = event.to_json().unwrap_or(Value::Null);
+    let e = &event.employee;
+    HrEventInput {
+        event_id: event.event_id.clone(),
+        event_type: match event.kind {
+            EventKind::Joiner => EventType::Joiner,
+            EventKind::Mover => EventType::Mover,
+            EventKind::Leaver => EventType::Leaver,
+        },
+        occurred_at: event.occurred_at,
+        employee: EmployeeRecord {
+            employee_id: e.employee_id.clone(),
+            user_name: field(&e.user_name),
+            email: field(&e.email),
+            given_name: field(&e.given_name),
+            family_name: field(&e.family_name),
+            display_name: field(&e.display_name),
+            department: field(&e.department),
+            title: field(&e.title),
+            manager_employee_id: field(&e.manager_employee_id),
+            attributes: field(&e.attributes),
+        },
+        payload,
+    }
+}
+
+fn accepted(o: EventOutcome) -> EventAccepted {
+    EventAccepted {
+        event_id: o.event_id,
+        result: o.result.as_str().to_owned(),
+        detail: o.detail,
+    }
+}
+
+pub struct EventsApi;
+
+#[OpenApi(tag = "ApiTags::Events")]
+impl EventsApi {
+    /// Post one HR event (scope `events:write`). 202 only after it is durably committed.
+    #[oai(path = "/events", method = "post")]
+    async fn post_event(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        body: Json<EventIn>,
+    ) -> poem::Result<Accepted<EventAccepted>> {
+        let principal = auth.require(Permission::WriteEvents)?;
+        let mut outcomes = roster.ingest(principal, &[to_input(body.0)]).await?;
+        let outcome = outcomes
+            .pop()
+            .ok_or_else(|| ApiError::invalid("no event was processed"))?;
+        Ok(Accepted::Accepted(Json(accepted(outcome))))
+    }
+
+    /// Post up to 1000 HR events in one transaction (scope `events:write`).
+    #[oai(path = "/events:batch", method = "post")]
+    async fn post_batch(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        body: Json<EventBatchIn>,
+    ) -> poem::Result<Accepted<EventBatchAccepted>> {
+        let principal = auth.require(Permission::WriteEvents)?;
+        let inputs: Vec<HrEventInput> = body.0.events.into_iter().map(to_input).collect();
+        let outcomes = roster.ingest(principal, &inputs).await?;
+        Ok(Accepted::Accepted(Json(EventBatchAccepted {
+            results: outcomes.into_iter().map(accepted).collect(),
+        })))
+    }
+}

@@ -1,0 +1,186 @@
+//! RFC 9457 problem+json: the one place where errors become HTTP answers.
+use poem::http::{HeaderValue, StatusCode, header};
+use poem::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::service::ServiceError;
+
+/// An error answer with a stable `type` (`urn:roster:problem:<slug>`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {slug}: {detail}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub slug: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+}
+
+impl ApiError {
+    #[must_use]
+    pub fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            slug,
+            title,
+            detail: detail.into(),
+        }
+    }
+
+    #[must_use]
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid API key is required: `Authorization: Bearer <key>`",
+        )
+    }
+
+    #[must_use]
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+            "Invalid request",
+            detail,
+        )
+    }
+
+    #[must_use]
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
+    }
+
+    fn body(&self) -> String {
+        json!({
+            "type": format!("urn:roster:problem:{}", self.slug),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        })
+        .to_string()
+    }
+}
+
+impl poem::error::ResponseError for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn as_response(&self) -> Response {
+        let mut resp = Response::builder()
+            .status(self.status)
+            .header(header::CONTENT_TYPE, "application/problem+json")
+            .body(self.body());
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match &err {
+            ServiceError::NotFound { .. } => Self::not_found(err.to_string()),
+            ServiceError::Invalid { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Validation failed",
+                err.to_string(),
+            ),
+            ServiceError::Conflict(_) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict",
+                err.to_string(),
+            ),
+            ServiceError::Forbidden(_) => Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                err.to_string(),
+            ),
+            ServiceError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Unavailable",
+                err.to_string(),
+            ),
+            ServiceError::Internal(_) | ServiceError::Db(_) => {
+                // The cause goes to the log; the caller gets no internals.
+                tracing::error!(error = %err, "Request failed");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "the request failed inside roster; nothing was committed. Retry, or see the server log",
+                )
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for poem::Error {
+    fn from(err: ServiceError) -> Self {
+        ApiError::from(err).into()
+    }
+}
+
+/// Turns any error poem or poem-openapi raised (unparsable JSON, unknown fields, wrong types,
+/// missing auth, unknown route) into problem+json with the library's explanation as `detail`.
+pub async fn render_any_error(err: poem::Error) -> Response {
+    if let Some(api) = err.downcast_ref::<ApiError>() {
+        return api.as_response_owned();
+    }
+    let status = err.status();
+    let detail = err.to_string();
+    let problem = match status {
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized(),
+        StatusCode::NOT_FOUND => ApiError::not_found(if detail.is_empty() {
+            "no such route".into()
+        } else {
+            detail
+        }),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            status,
+            "method-not-allowed",
+            "Method not allowed",
+            "this route does not take that method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(status, "too-large", "Request too large", detail)
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported-media-type",
+            "Unsupported media type",
+            format!("{detail}; send `Content-Type: application/json`"),
+        ),
+        s if s.is_client_error() => {
+            ApiError::new(status, "invalid-request", "Invalid request", detail)
+        }
+        _ => {
+            tracing::error!(error = %detail, "Unhandled error");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "the request failed inside roster",
+            )
+        }
+    };
+    problem.as_response_owned()
+}
+
+impl ApiError {
+    fn as_response_owned(&self) -> Response {
+        poem::error::ResponseError::as_response(self).into_response()
+    }
+}

@@ -1,0 +1,857 @@
+//! Apps (SCIM connectors): registration, validation, credentials, pause/resume.
+//!
+//! The settings types below are stored as the app's `config` JSON and are also the API's wire
+//! shape (they derive `poem_openapi::Object`), so one definition serves both; credentials are
+//! kept apart and only ever stored encrypted.
+use poem_openapi::{Enum, Object};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::audit::{self, AuditEntry};
+use super::planner;
+use super::{Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
+use crate::mapping::{self, AttributeMapping, RoleMapping, RoleRule};
+use crate::net_guard;
+use crate::store::entity::app;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained SCIM calls per second to this app (1..=10000).
+    pub per_second: u32,
+    /// Calls allowed at once above the sustained rate (1..=10000).
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 10,
+            burst: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct Matching {
+    /// The target attribute that identifies an existing account (default `userName`).
+    pub target_attribute: String,
+}
+
+impl Default for Matching {
+    fn default() -> Self {
+        Self {
+            target_attribute: "userName".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct AppScope {
+    /// Roster groups whose members are assigned; empty means every active identity.
+    #[oai(default)]
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Managed email domains; absent means no domain filter. Accounts outside these domains are
+    /// never created, changed or deleted.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_domains: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct MappingEntry {
+    /// Target SCIM path, e.g. `name.givenName` or `emails[type eq "work"].value`.
+    pub target: String,
+    /// An identity field (`email`, `given_name`, `attributes.cost_center`, …).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// A constant.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// An expression, e.g. `lower(concat(given_name, ".", family_name))`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRuleEntry {
+    pub group: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMappingEntry {
+    /// Target SCIM path of the role, e.g. `roles[primary eq true].value`.
+    pub target: String,
+    /// Role for people in none of the rules' groups; absent means no role.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// In precedence order: the first rule whose group the person is in wins.
+    #[oai(default)]
+    #[serde(default)]
+    pub rules: Vec<RoleRuleEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum, Default)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum DeprovisionAction {
+    #[default]
+    Deactivate,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct Deprovision {
+    /// `deactivate` (PATCH `active=false`) or `delete`.
+    #[oai(default)]
+    #[serde(default)]
+    pub action: DeprovisionAction,
+    /// With `deactivate`: DELETE the account this many days later (0..=3650); absent: never.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_after_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum, Default)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ReconcileMode {
+    #[default]
+    Report,
+    Fix,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// Minutes between scheduled runs; 0 turns the schedule off (5..=10080 otherwise).
+    #[oai(default = "default_interval")]
+    #[serde(default = "default_interval")]
+    pub interval_minutes: u32,
+    #[oai(default)]
+    #[serde(default)]
+    pub mode: ReconcileMode,
+    /// In fix mode, also deprovision accounts in a managed domain that match no identity.
+    #[oai(default)]
+    #[serde(default)]
+    pub deprovision_unmatched: bool,
+}
+
+fn default_interval() -> u32 {
+    60
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            interval_minutes: default_interval(),
+            mode: ReconcileMode::Report,
+            deprovision_unmatched: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionGuard {
+    /// Hold a run that would deprovision more than this share of the app's accounts (0..=1).
+    #[oai(default = "default_fraction")]
+    #[serde(default = "default_fraction")]
+    pub max_fraction: f64,
+    /// Hold a run that would deprovision more than this many accounts.
+    #[oai(default = "default_max_count")]
+    #[serde(default = "default_max_count")]
+    pub max_count: u32,
+}
+
+fn default_fraction() -> f64 {
+    0.2
+}
+
+fn default_max_count() -> u32 {
+    50
+}
+
+impl Default for DeletionGuard {
+    fn default() -> Self {
+        Self {
+            max_fraction: default_fraction(),
+            max_count: default_max_count(),
+        }
+    }
+}
+
+/// Everything about an app except its name, URL and credentials, as stored in `app.config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    pub rate_limit: RateLimit,
+    pub max_concurrency: u32,
+    pub timeout_ms: u32,
+    pub max_attempts: u32,
+    pub matching: Matching,
+    pub scope: AppScope,
+    pub mappings: Vec<MappingEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_mapping: Option<RoleMappingEntry>,
+    pub group_push: Vec<String>,
+    pub deprovision: Deprovision,
+    pub reconcile: ReconcileSettings,
+    pub deletion_guard: DeletionGuard,
+    pub quirks: Value,
+}
+
+/// The mappings an app gets when it names none: what an Entra ID or Okta admin sees by default.
+#[must_use]
+pub fn default_mappings() -> Vec<MappingEntry> {
+    let src = |target: &str, source: &str| MappingEntry {
+        target: target.into(),
+        source: Some(source.into()),
+        value: None,
+        expression: None,
+    };
+    vec![
+        MappingEntry {
+            target: "userName".into(),
+            source: None,
+            value: None,
+            expression: Some("default(user_name, email)".into()),
+        },
+        src("externalId", "employee_id"),
+        src("name.givenName", "given_name"),
+        src("name.familyName", "family_name"),
+        src("displayName", "display_name"),
+        src("emails[type eq \"work\"].value", "email"),
+        src("title", "title"),
+    ]
+}
+
+/// Credentials as given by the API (plaintext, held as secrets until sealed).
+#[derive(Debug, Clone)]
+pub enum AuthInput {
+    Bearer {
+        token: SecretString,
+    },
+    Basic {
+        username: String,
+        password: SecretString,
+    },
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: SecretString,
+        scope: Option<String>,
+    },
+}
+
+/// Fields of a create or a patch; `None` in a patch keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct AppChanges {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub auth: Option<AuthInput>,
+    pub rate_limit: Option<RateLimit>,
+    pub max_concurrency: Option<u32>,
+    pub timeout_ms: Option<u32>,
+    pub max_attempts: Option<u32>,
+    pub matching: Option<Matching>,
+    pub scope: Option<AppScope>,
+    pub mappings: Option<Vec<MappingEntry>>,
+    pub role_mapping: Option<Option<RoleMappingEntry>>,
+    pub group_push: Option<Vec<String>>,
+    pub deprovision: Option<Deprovision>,
+    pub reconcile: Option<ReconcileSettings>,
+    pub deletion_guard: Option<DeletionGuard>,
+    pub quirks: Option<Value>,
+}
+
+/// An app as the API shows it: credentials reduced to what kind they are and whether set.
+#[derive(Debug, Clone)]
+pub struct AppView {
+    pub model: app::Model,
+    pub settings: AppSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppState {
+    Active,
+    Paused,
+    Quarantined,
+}
+
+impl AppState {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppState::Active => "active",
+            AppState::Paused => "paused",
+            AppState::Quarantined => "quarantined",
+        }
+    }
+}
+
+pub fn settings_of(model: &app::Model) -> ServiceResult<AppSettings> {
+    serde_json::from_value(model.config.clone()).map_err(|e| {
+        ServiceError::Internal(format!(
+            "stored settings of app {} are unreadable: {e}",
+            model.id
+        ))
+    })
+}
+
+/// The app's mappings, compiled for rendering.
+pub fn compile_mappings(
+    settings: &AppSettings,
+) -> Result<mapping::CompiledMappings, mapping::MappingError> {
+    let mappings: Vec<AttributeMapping> = settings
+        .mappings
+        .iter()
+        .map(|m| AttributeMapping {
+            target: m.target.clone(),
+            source: m.source.clone(),
+            value: m.value.clone(),
+            expression: m.expression.clone(),
+        })
+        .collect();
+    let role = settings.role_mapping.as_ref().map(|r| RoleMapping {
+        target: r.target.clone(),
+        default: r.default.clone(),
+        rules: r
+            .rules
+            .iter()
+            .map(|rule| RoleRule {
+                group: rule.group.clone(),
+                value: rule.value.clone(),
+            })
+            .collect(),
+    });
+    mapping::compile(&mappings, role.as_ref())
+}
+
+fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) -> ServiceResult<()> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            field,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
+fn validate_domain(field: &str, domain: &str) -> ServiceResult<String> {
+    let lower = domain.trim().to_ascii_lowercase();
+    let ok = !lower.is_empty()
+        && lower.len() <= 253
+        && lower.contains('.')
+        && lower.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(lower)
+    } else {
+        Err(ServiceError::invalid(
+            field,
+            format!("`{domain}` is not a domain name"),
+        ))
+    }
+}
+
+/// Checks every setting, normalising where the meaning is unchanged (domains lowercased).
+pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
+    check_range(
+        "rate_limit.per_second",
+        settings.rate_limit.per_second,
+        1..=10_000,
+    )?;
+    check_range("rate_limit.burst", settings.rate_limit.burst, 1..=10_000)?;
+    check_range("max_concurrency", settings.max_concurrency, 1..=256)?;
+    check_range("timeout_ms", settings.timeout_ms, 100..=300_000)?;
+    check_range("max_attempts", settings.max_attempts, 1..=100)?;
+    for (i, g) in settings.scope.groups.iter().enumerate() {
+        validate_name(&format!("scope.groups[{i}]"), g)?;
+    }
+    if let Some(domains) = &mut settings.scope.email_domains {
+        if domains.is_empty() {
+            return Err(ServiceError::invalid(
+                "scope.email_domains",
+                "an empty list would exclude everyone; omit the field for no domain filter",
+            ));
+        }
+        for (i, d) in domains.iter_mut().enumerate() {
+            *d = validate_domain(&format!("scope.email_domains[{i}]"), d)?;
+        }
+    }
+    if settings.mappings.is_empty() {
+        return Err(ServiceError::invalid(
+            "mappings",
+            "at least one mapping is required",
+        ));
+    }
+    if settings.mappings.len() > 200 {
+        return Err(ServiceError::invalid("mappings", "at most 200 mappings"));
+    }
+    for (i, m) in settings.mappings.iter().enumerate() {
+        let given = [
+            m.source.is_some(),
+            m.value.is_some(),
+            m.expression.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if given != 1 {
+            return Err(ServiceError::invalid(
+                format!("mappings[{i}]"),
+                "give exactly one of `source`, `value` or `expression`",
+            ));
+        }
+    }
+    if let Some(role) = &settings.role_mapping {
+        for (i, r) in role.rules.iter().enumerate() {
+            validate_name(&format!("role_mapping.rules[{i}].group"), &r.group)?;
+            if r.value.is_empty() || r.value.len() > 256 {
+                return Err(ServiceError::invalid(
+                    format!("role_mapping.rules[{i}].value"),
+                    "must be 1 to 256 characters",
+                ));
+            }
+        }
+    }
+    compile_mappings(settings).map_err(|e| ServiceError::invalid(e.path, e.message))?;
+    let matching = &settings.matching.target_attribute;
+    if !settings.mappings.iter().any(|m| &m.target == matching) {
+        return Err(ServiceError::invalid(
+            "matching.target_attribute",
+            format!("`{matching}` is not the target of any mapping, so no account could match"),
+        ));
+    }
+    for (i, g) in settings.group_push.iter().enumerate() {
+        validate_name(&format!("group_push[{i}]"), g)?;
+    }
+    if let Some(days) = settings.deprovision.delete_after_days {
+        check_range("deprovision.delete_after_days", days, 0..=3650)?;
+        if settings.deprovision.action == DeprovisionAction::Delete {
+            return Err(ServiceError::invalid(
+                "deprovision.delete_after_days",
+                "only applies with action `deactivate` (`delete` deletes at once)",
+            ));
+        }
+    }
+    let interval = settings.reconcile.interval_minutes;
+    if interval != 0 {
+        check_range("reconcile.interval_minutes", interval, 5..=10_080)?;
+    }
+    let fraction = settings.deletion_guard.max_fraction;
+    if !(0.0..=1.0).contains(&fraction) || fraction.is_nan() {
+        return Err(ServiceError::invalid(
+            "deletion_guard.max_fraction",
+            format!("{fraction} is outside 0..=1"),
+        ));
+    }
+    check_range(
+        "deletion_guard.max_count",
+        settings.deletion_guard.max_count,
+        0..=1_000_000,
+    )?;
+    settings.quirks = normalise_quirks(&settings.quirks)?;
+    Ok(())
+}
+
+/// Quirks: a profile name (string) or an object of flags; stored as the object.
+fn normalise_quirks(raw: &Value) -> ServiceResult<Value> {
+    let quirks = crate::scim::Quirks::from_json(raw)
+        .map_err(|message| ServiceError::invalid("quirks", message))?;
+    serde_json::to_value(quirks).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+fn validate_secret(field: &str, secret: &SecretString) -> ServiceResult<()> {
+    let s = secret.expose_secret();
+    if s.is_empty() || s.len() > 8192 || s.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            field,
+            "must be 1 to 8192 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_plain(field: &str, value: &str, max: usize) -> ServiceResult<()> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(
+            field,
+            format!("must be 1 to {max} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits validated credentials into the public part (stored as JSON) and the secret (sealed).
+async fn prepare_auth(
+    roster: &Roster,
+    auth: &AuthInput,
+) -> ServiceResult<(&'static str, Value, SecretString)> {
+    match auth {
+        AuthInput::Bearer { token } => {
+            validate_secret("auth.token", token)?;
+            Ok(("bearer", json!({}), token.clone()))
+        }
+        AuthInput::Basic { username, password } => {
+            validate_plain("auth.username", username, 256)?;
+            if username.contains(':') {
+                return Err(ServiceError::invalid(
+                    "auth.username",
+                    "must not contain `:`",
+                ));
+            }
+            validate_secret("auth.password", password)?;
+            Ok(("basic", json!({"username": username}), password.clone()))
+        }
+        AuthInput::OAuth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } => {
+            let url = net_guard::check_url(token_url, roster.target_policy())
+                .await
+                .map_err(|e| ServiceError::invalid("auth.token_url", e))?;
+            validate_plain("auth.client_id", client_id, 512)?;
+            validate_secret("auth.client_secret", client_secret)?;
+            if let Some(scope) = scope {
+                validate_plain("auth.scope", scope, 1024)?;
+            }
+            Ok((
+                "oauth2",
+                json!({"token_url": url.as_str(), "client_id": client_id, "scope": scope}),
+                client_secret.clone(),
+            ))
+        }
+    }
+}
+
+async fn validate_base_url(roster: &Roster, raw: &str) -> ServiceResult<String> {
+    if raw.len() > 2048 {
+        return Err(ServiceError::invalid(
+            "base_url",
+            "longer than 2048 characters",
+        ));
+    }
+    let url = net_guard::check_url(raw, roster.target_policy())
+        .await
+        .map_err(|e| ServiceError::invalid("base_url", e))?;
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn audit_view(model: &app::Model) -> Value {
+    // Never includes the ciphertext: the `app::Model` serialiser skips it.
+    serde_json::to_value(model).unwrap_or(Value::Null)
+}
+
+impl Roster {
+    pub async fn create_app(
+        &self,
+        principal: &Principal,
+        changes: AppChanges,
+    ) -> ServiceResult<AppView> {
+        let name = changes
+            .name
+            .clone()
+            .ok_or_else(|| ServiceError::invalid("name", "is required"))?;
+        validate_name("name", &name)?;
+        let base_url = validate_base_url(
+            self,
+            changes
+                .base_url
+                .as_deref()
+                .ok_or_else(|| ServiceError::invalid("base_url", "is required"))?,
+        )
+        .await?;
+        let auth = changes
+            .auth
+            .clone()
+            .ok_or_else(|| ServiceError::invalid("auth", "is required"))?;
+        let (auth_type, auth_config, secret) = prepare_auth(self, &auth).await?;
+        let mut settings = AppSettings {
+            rate_limit: changes.rate_limit.clone().unwrap_or_default(),
+            max_concurrency: changes.max_concurrency.unwrap_or(4),
+            timeout_ms: changes.timeout_ms.unwrap_or(30_000),
+            max_attempts: changes.max_attempts.unwrap_or(8),
+            matching: changes.matching.clone().unwrap_or_default(),
+            scope: changes.scope.clone().unwrap_or_default(),
+            mappings: changes.mappings.clone().unwrap_or_else(default_mappings),
+            role_mapping: changes.role_mapping.clone().flatten(),
+            group_push: changes.group_push.clone().unwrap_or_default(),
+            deprovision: changes.deprovision.clone().unwrap_or_default(),
+            reconcile: changes.reconcile.clone().unwrap_or_default(),
+            deletion_guard: changes.deletion_guard.clone().unwrap_or_default(),
+            quirks: changes.quirks.clone().unwrap_or_else(|| json!({})),
+        };
+        validate_settings(&mut settings)?;
+        let id = new_id();
+        let sealed = self
+            .secrets()
+            .seal(secret.expose_secret().as_bytes(), &id)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let now = chrono::Utc::now();
+        let config =
+            serde_json::to_value(&settings).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let tx = self.write_tx().await?;
+        if app::Entity::find()
+            .filter(app::Column::Name.eq(name.as_str()))
+            .one(&*tx)
+            .await?
+            .is_some()
+        {
+            return Err(ServiceError::Conflict(format!(
+                "an app named `{name}` exists already"
+            )));
+        }
+        let model = app::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(name),
+            base_url: Set(base_url),
+            auth_type: Set(auth_type.into()),
+            auth_config: Set(auth_config),
+            secret_ciphertext: Set(Some(sealed)),
+            secret_key_id: Set(Some(self.secrets().key_id().to_owned())),
+            config: Set(config),
+            state: Set(AppState::Active.as_str().into()),
+            state_reason: Set(None),
+            version: Set(1),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&*tx)
+        .await?;
+        audit::record(
+            &*tx,
+            Some(principal),
+            AuditEntry {
+                action: "app.create",
+                object_type: "app",
+                object_id: Some(&id),
+                before: None,
+                after: Some(audit_view(&model)),
+            },
+        )
+        .await?;
+        // Provisioning starts at once for everyone in scope, as turning provisioning on does
+        // in Entra ID or Okta.
+        planner::plan_full_sync(&*tx, &model, &settings).await?;
+        tx.commit().await?;
+        Ok(AppView { model, settings })
+    }
+
+    pub async fn list_apps(&self) -> ServiceResult<Vec<AppView>> {
+        let models = app::Entity::find()
+            .order_by_asc(app::Column::Name)
+            .all(self.db())
+            .await?;
+        models
+            .into_iter()
+            .map(|model| {
+                Ok(AppView {
+                    settings: settings_of(&model)?,
+                    model,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn get_app(&self, id: &str) -> ServiceResult<AppView> {
+        let model = app::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("app", id))?;
+        Ok(AppView {
+            settings: settings_of(&model)?,
+            model,
+        })
+    }
+
+    pub async fn update_app(
+        &self,
+        principal: &Principal,
+        id: &str,
+        changes: AppChanges,
+    ) -> ServiceResult<AppView> {
+        let current = self.get_app(id).await?;
+        let mut settings = current.settings.clone();
+        let mut model: app::ActiveModel = current.model.clone().into();
+        if let Some(name) = &changes.name {
+            validate_name("name", name)?;
+            model.name = Set(name.clone());
+        }
+        if let Some(raw) = &changes.base_url {
+            model.base_url = Set(validate_base_url(self, raw).await?);
+        }
+        if let Some(auth) = &changes.auth {
+            let (auth_type, auth_config, secret) = prepare_auth(self, auth).await?;
+            let sealed = self
+                .secrets()
+                .seal(secret.expose_secret().as_bytes(), id)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            model.auth_type = Set(auth_type.into());
+            model.auth_config = Set(auth_config);
+            model.secret_ciphertext = Set(Some(sealed));
+            model.secret_key_id = Set(Some(self.secrets().key_id().to_owned()));
+        }
+        macro_rules! apply {
+            ($($field:ident),*) => {$(
+                if let Some(v) = changes.$field.clone() { settings.$field = v; }
+            )*};
+        }
+        apply!(
+            rate_limit,
+            max_concurrency,
+            timeout_ms,
+            max_attempts,
+            matching,
+            scope,
+            mappings,
+            role_mapping,
+            group_push,
+            deprovision,
+            reconcile,
+            deletion_guard,
+            quirks
+        );
+        validate_settings(&mut settings)?;
+        let resync = settings.scope != current.settings.scope
+            || settings.mappings != current.settings.mappings
+            || settings.role_mapping != current.settings.role_mapping
+            || settings.group_push != current.settings.group_push
+            || settings.matching != current.settings.matching;
+        model.config =
+            Set(serde_json::to_value(&settings)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?);
+        model.version = Set(current.model.version + 1);
+        model.updated_at = Set(chrono::Utc::now());
+        let tx = self.write_tx().await?;
+        if let Some(name) = &changes.name {
+            let clash = app::Entity::find()
+                .filter(app::Column::Name.eq(name.as_str()))
+                .filter(app::Column::Id.ne(id))
+                .one(&*tx)
+                .await?;
+            if clash.is_some() {
+                return Err(ServiceError::Conflict(format!(
+                    "an app named `{name}` exists already"
+                )));
+            }
+        }
+        let updated = model.update(&*tx).await?;
+        audit::record(
+            &*tx,
+            Some(principal),
+            AuditEntry {
+                action: "app.update",
+                object_type: "app",
+                object_id: Some(id),
+                before: Some(audit_view(&current.model)),
+                after: Some(audit_view(&updated)),
+            },
+        )
+        .await?;
+        if resync {
+            // New scope or mappings change what every account should look like.
+            planner::plan_full_sync(&*tx, &updated, &settings).await?;
+        }
+        tx.commit().await?;
+        Ok(AppView {
+            model: updated,
+            settings,
+        })
+    }
+
+    pub async fn delete_app(&self, principal: &Principal, id: &str) -> ServiceResult<()> {
+        let tx = self.write_tx().await?;
+        let Some(model) = app::Entity::find_by_id(id).one(&*tx).await? else {
+            return Err(ServiceError::not_found("app", id));
+        };
+        app::Entity::delete_by_id(id).exec(&*tx).await?;
+        audit::record(
+            &*tx,
+            Some(principal),
+            AuditEntry {
+                action: "app.delete",
+                object_type: "app",
+                object_id: Some(id),
+                before: Some(audit_view(&model)),
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Pause or resume delivery to an app. Resuming also clears a quarantine.
+    pub async fn set_app_state(
+        &self,
+        principal: &Principal,
+        id: &str,
+        state: AppState,
+        reason: Option<String>,
+    ) -> ServiceResult<AppView> {
+        let tx = self.write_tx().await?;
+        let Some(current) = app::Entity::find_by_id(id).one(&*tx).await? else {
+            return Err(ServiceError::not_found("app", id));
+        };
+        let mut model: app::ActiveModel = current.clone().into();
+        model.state = Set(state.as_str().into());
+        model.state_reason = Set(reason);
+        model.updated_at = Set(chrono::Utc::now());
+        let updated = model.update(&*tx).await?;
+        let action = match state {
+            AppState::Paused => "app.pause",
+            _ => "app.resume",
+        };
+        audit::record(
+            &*tx,
+            Some(principal),
+            AuditEntry {
+                action,
+                object_type: "app",
+                object_id: Some(id),
+                before: Some(json!({"state": current.state})),
+                after: Some(json!({"state": updated.state})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        let settings = settings_of(&updated)?;
+        Ok(AppView {
+            model: updated,
+            settings,
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! API keys: `rst_<id>_<secret>`; only a hash of the secret is stored.
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+
+use super::audit::{self, AuditEntry};
+use super::{Principal, Roster, Scope, ServiceError, ServiceResult, validate_name};
+use crate::crypto::{constant_time_eq, hash_api_secret, random_token};
+use crate::store::entity::api_key;
+
+/// The key row that `ROSTER_ADMIN_TOKEN` controls.
+pub const BOOTSTRAP_KEY_ID: &str = "bootstrap";
+
+pub struct NewKey {
+    pub key: api_key::Model,
+    /// Shown once; never stored.
+    pub token: SecretString,
+}
+
+fn parse_scopes(raw: &[String]) -> ServiceResult<Vec<Scope>> {
+    if raw.is_empty() {
+        return Err(ServiceError::invalid(
+            "scopes",
+            "at least one scope is required",
+        ));
+    }
+    let mut scopes = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let scope = Scope::parse(s).ok_or_else(|| {
+            ServiceError::invalid(
+                format!("scopes[{i}]"),
+                format!("`{s}` is not one of admin, apps:write, events:write, read"),
+            )
+        })?;
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    Ok(scopes)
+}
+
+fn scopes_of(model: &api_key::Model) -> Vec<Scope> {
+    model
+        .scopes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(Scope::parse))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[must_use]
+pub fn scope_names(model: &api_key::Model) -> Vec<String> {
+    scopes_of(model)
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect()
+}
+
+impl Roster {
+    /// Makes `ROSTER_ADMIN_TOKEN` the bootstrap admin key, or, when it is unset and no key
+    /// exists, creates one and returns its token so that `serve` can print it once.
+    pub async fn bootstrap_admin_key(&self) -> ServiceResult<Option<SecretString>> {
+        let db = self.db();
+        let existing = api_key::Entity::find_by_id(BOOTSTRAP_KEY_ID)
+            .one(db)
+            .await?;
+        if let Some(token) = &self.config().admin_token {
+            let hash = hash_api_secret(token.expose_secret());
+            match existing {
+                Some(row) if row.secret_hash == hash => {}
+                Some(row) => {
+                    let mut active: api_key::ActiveModel = row.into();
+                    active.secret_hash = Set(hash);
+                    active.update(db).await?;
+                }
+                None => {
+                    api_key::ActiveModel {
+                        id: Set(BOOTSTRAP_KEY_ID.into()),
+                        name: Set("bootstrap (ROSTER_ADMIN_TOKEN)".into()),
+                        secret_hash: Set(hash),
+                        scopes: Set(json!(["admin"])),
+                        created_at: Set(chrono::Utc::now()),
+                        last_used_at: Set(None),
+                    }
+                    .insert(db)
+                    .await?;
+                }
+            }
+            return Ok(None);
+        }
+        // The variable was removed: its token must stop working.
+        if existing.is_some() {
+            api_key::Entity::delete_by_id(BOOTSTRAP_KEY_ID)
+                .exec(db)
+                .await?;
+        }
+        if api_key::Entity::find().count(db).await? > 0 {
+            return Ok(None);
+        }
+        let created = self
+            .insert_key(None, "initial admin", vec![Scope::Admin])
+            .await?;
+        Ok(Some(created.token))
+    }
+
+    pub async fn create_key(
+        &self,
+        principal: &Principal,
+        name: &str,
+        scopes: &[String],
+    ) -> ServiceResult<NewKey> {
+        validate_name("name", name)?;
+        let scopes = parse_scopes(scopes)?;
+        self.insert_key(Some(principal), name, scopes).await
+    }
+
+    async fn insert_key(
+        &self,
+        principal: Option<&Principal>,
+        name: &str,
+        scopes: Vec<Scope>,
+    ) -> ServiceResult<NewKey> {
+        let id = hex::encode(&uuid::Uuid::new_v4().as_bytes()[..8]);
+        let secret = random_token();
+        let tx = self.write_tx().await?;
+        let key = api_key::ActiveModel {
+            id: Set(id.clone()),
+            name: Set(name.to_owned()),
+            secret_hash: Set(hash_api_secret(&secret)),
+            scopes: Set(json!(scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>())),
+            created_at: Set(chrono::Utc::now()),
+            last_used_at: Set(None),
+        }
+        .insert(&*tx)
+        .await?;
+        audit::record(
+            &*tx,
+            principal,
+            AuditEntry {
+                action: "api_key.create",
+                object_type: "api_key",
+                object_id: Some(&id),
+                before: None,
+                after: Some(json!({"name": name, "scopes": scope_names(&key)})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(NewKey {
+            key,
+            token: SecretString::from(format!("rst_{id}_{secret}")),
+        })
+    }
+
+    pub async fn list_keys(&self) -> ServiceResult<Vec<api_key::Model>> {
+        Ok(api_key::Entity::find()
+            .order_by_asc(api_key::Column::CreatedAt)
+            .all(self.db())
+            .await?)
+    }
+
+    pub async fn delete_key(&self, principal: &Principal, id: &str) -> ServiceResult<()> {
+        if id == BOOTSTRAP_KEY_ID {
+            return Err(ServiceError::Conflict(
+                "the bootstrap key is controlled by ROSTER_ADMIN_TOKEN; unset it and restart"
+                    .into(),
+            ));
+        }
+        let tx = self.write_tx().await?;
+        let Some(row) = api_key::Entity::find_by_id(id).one(&*tx).await? else {
+            return Err(ServiceError::not_found("api key", id));
+        };
+        api_key::Entity::delete_by_id(id).exec(&*tx).await?;
+        audit::record(
+            &*tx,
+            Some(principal),
+            AuditEntry {
+                action: "api_key.delete",
+                object_type: "api_key",
+                object_id: Some(id),
+                before: Some(json!({"name": row.name, "scopes": scope_names(&row)})),
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks a bearer token. `None` for anything unknown or malformed: the caller answers 401
+    /// without saying which part was wrong.
+    pub async fn authenticate(&self, token: &str) -> ServiceResult<Option<Principal>> {
+        let (id, secret) = match token
+            .strip_prefix("rst_")
+            .and_then(|rest| rest.split_once('_'))
+        {
+            Some((id, secret)) if !id.is_empty() && id.len() <= 32 => (id, secret),
+            _ => (BOOTSTRAP_KEY_ID, token),
+        };
+        if secret.is_empty() || secret.len() > 512 {
+            return Ok(None);
+        }
+        let Some(row) = api_key::Entity::find()
+            .filter(api_key::Column::Id.eq(id))
+            .one(self.db())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let presented = hash_api_secret(secret);
+        if !constant_time_eq(presented.as_bytes(), row.secret_hash.as_bytes()) {
+            return Ok(None);
+        }
+        Ok(Some(Principal {
+            key_id: row.id.clone(),
+            scopes: scopes_of(&row),
+        }))
+    }
+}

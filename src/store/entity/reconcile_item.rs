@@ -1,0 +1,22 @@
+use sea_orm::entity::prelude::*;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, Serialize)]
+#[sea_orm(table_name = "reconcile_item")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub run_id: String,
+    pub class: String,
+    pub target_id: Option<String>,
+    pub user_name: Option<String>,
+    pub identity_id: Option<String>,
+    pub differences: Json,
+    pub action: String,
+    pub held: bool,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
