@@ -416,6 +416,9 @@ impl RuleParser<'_> {
         let Some(Token::Word(attribute)) = self.peek().cloned() else {
             return Err(self.error_here("expected an attribute, `not` or `(`"));
         };
+        if let Err(message) = Source::parse(&attribute) {
+            return Err(self.error_here(&message));
+        }
         self.next += 1;
         let Some(Token::Word(op)) = self.peek().cloned() else {
             return Err(self.error_here("expected an operator (eq, ne, co, sw, ew, pr, in)"));
