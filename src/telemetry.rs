@@ -208,19 +208,39 @@ mod tests {
     #[test]
     fn every_metric_of_the_design_is_exported_under_its_fixed_name() {
         let m = super::metrics();
-        m.scim_requests_total.with_label_values(&["a", "POST", "201"]).inc();
-        m.scim_request_duration_seconds.with_label_values(&["a", "POST"]).observe(0.1);
-        m.sync_operations_total.with_label_values(&["a", "create", "succeeded"]).inc();
+        m.scim_requests_total
+            .with_label_values(&["a", "POST", "201"])
+            .inc();
+        m.scim_request_duration_seconds
+            .with_label_values(&["a", "POST"])
+            .observe(0.1);
+        m.sync_operations_total
+            .with_label_values(&["a", "create", "succeeded"])
+            .inc();
         m.queue_depth.with_label_values(&["a", "normal"]).set(1);
-        m.queue_oldest_pending_seconds.with_label_values(&["a"]).set(1.0);
+        m.queue_oldest_pending_seconds
+            .with_label_values(&["a"])
+            .set(1.0);
         m.throttled_total.with_label_values(&["a"]).inc();
         m.app_quarantined.with_label_values(&["a"]).set(0);
-        m.hr_events_total.with_label_values(&["joiner", "applied"]).inc();
-        m.event_to_target_seconds.with_label_values(&["a", "create"]).observe(0.2);
-        m.drift_detected_total.with_label_values(&["a", "drifted"]).inc();
-        m.drift_corrected_total.with_label_values(&["a", "drifted"]).inc();
-        m.reconcile_duration_seconds.with_label_values(&["a"]).observe(1.0);
-        m.reconcile_last_success_timestamp_seconds.with_label_values(&["a"]).set(1.0);
+        m.hr_events_total
+            .with_label_values(&["joiner", "applied"])
+            .inc();
+        m.event_to_target_seconds
+            .with_label_values(&["a", "create"])
+            .observe(0.2);
+        m.drift_detected_total
+            .with_label_values(&["a", "drifted"])
+            .inc();
+        m.drift_corrected_total
+            .with_label_values(&["a", "drifted"])
+            .inc();
+        m.reconcile_duration_seconds
+            .with_label_values(&["a"])
+            .observe(1.0);
+        m.reconcile_last_success_timestamp_seconds
+            .with_label_values(&["a"])
+            .set(1.0);
         let text = m.render();
         for name in [
             "roster_scim_requests_total",

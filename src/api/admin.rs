@@ -10,13 +10,15 @@ use serde_json::Value;
 use super::ApiTags;
 use super::apps::Deleted;
 use super::auth::ApiKey;
+use super::body::JsonBody;
 use super::problem::ApiError;
 use crate::service::keys::scope_names;
 use crate::service::{Permission, Roster};
 use crate::store::entity::api_key;
 
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct KeyCreate {
     pub name: String,
     /// Any of `admin`, `apps:write`, `events:write`, `read`.
@@ -86,7 +88,7 @@ impl AdminApi {
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-        body: Json<KeyCreate>,
+        body: JsonBody<KeyCreate>,
     ) -> poem::Result<KeyCreatedResponse> {
         let principal = auth.require(Permission::Admin)?;
         let created = roster

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::ApiKey;
+use super::body::JsonBody;
 use super::problem::ApiError;
 use crate::service::apps::{
     AppChanges, AppScope, AppState, AppView, AuthInput, DeletionGuard, Deprovision, MappingEntry,
@@ -17,8 +18,9 @@ use crate::service::apps::{
 };
 use crate::service::{Permission, Roster};
 
-#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[derive(Enum, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum AuthKind {
     Bearer,
     Basic,
@@ -26,12 +28,14 @@ pub enum AuthKind {
 }
 
 /// Credentials for the target. Secrets are write-only: answers say only whether one is set.
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct AuthIn {
     /// `bearer` (needs `token`), `basic` (`username`, `password`) or `oauth2` client
     /// credentials (`token_url`, `client_id`, `client_secret`, optional `scope`).
     #[oai(rename = "type")]
+    #[serde(rename = "type")]
     pub kind: AuthKind,
     pub token: Option<String>,
     pub username: Option<String>,
@@ -74,8 +78,9 @@ impl AuthIn {
 }
 
 /// A new app. Everything but `name`, `base_url` and `auth` has a default.
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct AppCreate {
     pub name: String,
     /// The SCIM base URL, e.g. `https://scim.example.net/v2`. Loopback, private, link-local and
@@ -106,8 +111,9 @@ pub struct AppCreate {
 
 /// Changes to an app: each field given replaces the current value as a whole; `null` clears
 /// `role_mapping`.
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct AppPatch {
     pub name: Option<String>,
     pub base_url: Option<String>,
@@ -119,6 +125,7 @@ pub struct AppPatch {
     pub matching: Option<Matching>,
     pub scope: Option<AppScope>,
     pub mappings: Option<Vec<MappingEntry>>,
+    #[serde(default)]
     pub role_mapping: MaybeUndefined<RoleMappingEntry>,
     pub group_push: Option<Vec<String>>,
     pub deprovision: Option<Deprovision>,
@@ -265,7 +272,7 @@ impl AppsApi {
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-        body: Json<AppCreate>,
+        body: JsonBody<AppCreate>,
     ) -> poem::Result<AppCreated> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
@@ -318,7 +325,7 @@ impl AppsApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-        body: Json<AppPatch>,
+        body: JsonBody<AppPatch>,
     ) -> poem::Result<Json<AppOut>> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;

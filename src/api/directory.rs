@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::ApiTags;
 use super::apps::Deleted;
 use super::auth::ApiKey;
+use super::body::JsonBody;
 use super::problem::ApiError;
 use crate::mapping::GroupRule;
 use crate::service::groups::{GroupChanges, GroupView};
@@ -87,19 +88,22 @@ pub struct IdentityPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct GroupCreate {
     pub name: String,
     /// Static members (employee ids). Give `members` or `rule`, not both.
     pub members: Option<Vec<String>>,
     /// A rule: `{"attribute": "department", "op": "eq", "value": "Sales"}`, or `and`/`or`/`not`
-    /// of rules: `{"and": [rule, rule]}`. Ops: eq, ne, co, sw, ew, pr, in.
+    /// of rules: `{"and": [rule, rule]}`, or the same as text: `department eq "Sales" and
+    /// title sw "VP"`. Ops: eq, ne, co, sw, ew, pr, in.
     pub rule: Option<Value>,
 }
 
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct GroupPatch {
     pub name: Option<String>,
     /// Replaces the members (and makes the group static).
@@ -138,6 +142,16 @@ impl From<GroupView> for GroupOut {
 
 fn parse_rule(raw: Option<Value>) -> Result<Option<GroupRule>, ApiError> {
     raw.map(|v| {
+        if let Value::String(text) = &v {
+            return crate::mapping::parse_group_rule(text).map_err(|e| {
+                ApiError::new(
+                    poem::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation",
+                    "Validation failed",
+                    format!("rule: {e}"),
+                )
+            });
+        }
         serde_json::from_value::<GroupRule>(v).map_err(|e| {
             ApiError::new(
                 poem::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -265,7 +279,7 @@ impl DirectoryApi {
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-        body: Json<GroupCreate>,
+        body: JsonBody<GroupCreate>,
     ) -> poem::Result<GroupCreated> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
@@ -286,7 +300,7 @@ impl DirectoryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-        body: Json<GroupPatch>,
+        body: JsonBody<GroupPatch>,
     ) -> poem::Result<Json<GroupOut>> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;

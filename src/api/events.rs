@@ -8,12 +8,14 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::ApiKey;
+use super::body::JsonBody;
 use super::problem::ApiError;
 use crate::service::ingest::{EmployeeRecord, EventOutcome, EventType, FieldUpdate, HrEventInput};
 use crate::service::{Permission, Roster};
 
-#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[derive(Enum, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum EventKind {
     Joiner,
     Mover,
@@ -21,29 +23,41 @@ pub enum EventKind {
 }
 
 /// The employee record. In a mover, an absent field keeps its value and `null` clears it.
-#[derive(Object, Clone)]
+#[derive(Object, Clone, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct EmployeeIn {
     /// The HR system's key for the person (1..=64 characters).
     pub employee_id: String,
+    #[serde(default)]
     pub user_name: MaybeUndefined<String>,
+    #[serde(default)]
     pub email: MaybeUndefined<String>,
+    #[serde(default)]
     pub given_name: MaybeUndefined<String>,
+    #[serde(default)]
     pub family_name: MaybeUndefined<String>,
+    #[serde(default)]
     pub display_name: MaybeUndefined<String>,
+    #[serde(default)]
     pub department: MaybeUndefined<String>,
+    #[serde(default)]
     pub title: MaybeUndefined<String>,
+    #[serde(default)]
     pub manager_employee_id: MaybeUndefined<String>,
     /// Anything else HR sends (a JSON object), usable as `attributes.<key>` in mappings.
+    #[serde(default)]
     pub attributes: MaybeUndefined<Value>,
 }
 
-#[derive(Object, Clone)]
+#[derive(Object, Clone, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct EventIn {
     /// Idempotency key: a repeated `event_id` is answered `duplicate` and not re-applied.
     pub event_id: String,
     #[oai(rename = "type")]
+    #[serde(rename = "type")]
     pub kind: EventKind,
     /// When the change took effect in HR (RFC 3339). Events older than the last applied one
     /// for the person are `stale`.
@@ -51,8 +65,9 @@ pub struct EventIn {
     pub employee: EmployeeIn,
 }
 
-#[derive(Object)]
+#[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct EventBatchIn {
     /// 1..=1000 events, applied in order in one transaction.
     pub events: Vec<EventIn>,
@@ -132,7 +147,7 @@ impl EventsApi {
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-        body: Json<EventIn>,
+        body: JsonBody<EventIn>,
     ) -> poem::Result<Accepted<EventAccepted>> {
         let principal = auth.require(Permission::WriteEvents)?;
         let mut outcomes = roster.ingest(principal, &[to_input(body.0)]).await?;
@@ -148,7 +163,7 @@ impl EventsApi {
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-        body: Json<EventBatchIn>,
+        body: JsonBody<EventBatchIn>,
     ) -> poem::Result<Accepted<EventBatchAccepted>> {
         let principal = auth.require(Permission::WriteEvents)?;
         let inputs: Vec<HrEventInput> = body.0.events.into_iter().map(to_input).collect();

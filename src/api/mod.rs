@@ -2,6 +2,7 @@
 pub mod admin;
 pub mod apps;
 pub mod auth;
+pub mod body;
 pub mod directory;
 pub mod events;
 pub mod guard;

@@ -9,7 +9,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use super::ServiceResult;
 use super::apps::{AppScope, AppSettings, settings_of};
-use crate::mapping::IdentityView;
+use crate::mapping::{self, IdentityView, ScopeSpec};
 use crate::store::entity::{app, group, group_member, identity, link};
 use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
 
@@ -36,20 +36,11 @@ pub fn view_of(model: &identity::Model, groups: Vec<String>) -> IdentityView {
 /// with an email in one of its managed domains (when it names any).
 #[must_use]
 pub fn in_scope(scope: &AppScope, person: &IdentityView) -> bool {
-    if person.status != "active" {
-        return false;
-    }
-    if !scope.groups.is_empty() && !scope.groups.iter().any(|g| person.groups.contains(g)) {
-        return false;
-    }
-    match &scope.email_domains {
-        None => true,
-        Some(domains) => person
-            .email
-            .as_deref()
-            .and_then(|e| e.rsplit_once('@'))
-            .is_some_and(|(_, domain)| domains.iter().any(|d| d.eq_ignore_ascii_case(domain))),
-    }
+    let spec = ScopeSpec {
+        groups: scope.groups.clone(),
+        email_domains: scope.email_domains.clone(),
+    };
+    mapping::in_scope(&spec, person)
 }
 
 /// Group names of one person (static and rule memberships alike).

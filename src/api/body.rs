@@ -1,0 +1,93 @@
+//! `JsonBody<T>`: a JSON request body documented like poem-openapi's `Json<T>` but parsed with
+//! serde, so that a 400 names the field at fault (`employee.occurred_at: …`), which
+//! poem-openapi's own parser does not.
+use poem::{FromRequest, Request, RequestBody};
+use poem_openapi::payload::{ParsePayload, Payload};
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+use poem_openapi::types::Type;
+use serde::de::DeserializeOwned;
+
+use super::problem::ApiError;
+
+pub struct JsonBody<T>(pub T);
+
+impl<T: Type> Payload for JsonBody<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn check_content_type(content_type: &str) -> bool {
+        content_type.parse::<mime::Mime>().is_ok_and(|m| {
+            m.type_() == "application"
+                && (m.subtype() == "json" || m.suffix().is_some_and(|s| s == "json"))
+        })
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+/// Parses `bytes` as `T`, naming the path of the first problem.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            ApiError::invalid(format!("body: {}", e.inner()))
+        } else {
+            ApiError::invalid(format!("{path}: {}", e.inner()))
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("body: {e}")))?;
+    Ok(value)
+}
+
+impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let data = Vec::<u8>::from_request(request, body).await?;
+        if data.is_empty() {
+            return Err(ApiError::invalid("body: a JSON body is required").into());
+        }
+        Ok(Self(parse_json(&data)?))
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: Type + DeserializeOwned + Send);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        inner: Inner,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        count: u32,
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let detail = |raw: &str| parse_json::<Outer>(raw.as_bytes()).unwrap_err().detail;
+        assert!(detail(r#"{"inner": {"count": "x"}}"#).starts_with("inner.count: invalid type"));
+        assert!(detail(r#"{"inner": {"count": 1, "extra": 2}}"#).contains("unknown field `extra`"));
+        assert!(detail(r#"{"inner": {"count": -1}}"#).starts_with("inner.count:"));
+        assert!(
+            detail(r#"{"inner": "#).starts_with("body:")
+                || detail(r#"{"inner": "#).starts_with("inner")
+        );
+        assert!(detail(r#"{"inner": {"count": 1}} trailing"#).starts_with("body:"));
+    }
+}

@@ -1,0 +1,359 @@
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, app_body, event, joiner, spawn_app, spawn_app_with};
+
+async fn pending_jobs(app: &TestApp) -> Vec<Value> {
+    app.rows("SELECT app_id, resource_kind, resource_id, lane, hr_event_id FROM job WHERE state = 'pending' ORDER BY id")
+        .await
+}
+
+#[tokio::test]
+async fn a_joiner_creates_the_identity_and_queues_a_sync_for_each_app_in_scope() {
+    let app = spawn_app().await;
+    let a = app.create_app(&app_body("a", json!({}))).await;
+    let b = app
+        .create_app(&app_body(
+            "b",
+            json!({"scope": {"email_domains": ["other.org"]}}),
+        ))
+        .await;
+    let answer = app
+        .post_event(&joiner(
+            "evt-1",
+            "E100",
+            "2026-11-01T09:00:00Z",
+            json!({"given_name": "Ada", "family_name": "Lovelace", "department": "Board",
+                   "attributes": {"cost_center": "42"}}),
+        ))
+        .await;
+    assert_eq!(answer, json!({"event_id": "evt-1", "result": "applied"}));
+    let person = app.get("/api/v1/identities/E100").await.expect(200);
+    assert_eq!(person["status"], "active");
+    assert_eq!(person["given_name"], "Ada");
+    assert_eq!(person["attributes"], json!({"cost_center": "42"}));
+    assert_eq!(person["version"], 1);
+    let by_id = app
+        .get(&format!(
+            "/api/v1/identities/{}",
+            person["id"].as_str().unwrap_or_default()
+        ))
+        .await
+        .expect(200);
+    assert_eq!(by_id["employee_id"], "E100");
+
+    let jobs = pending_jobs(&app).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["app_id"], a["id"]);
+    assert_ne!(jobs[0]["app_id"], b["id"]);
+    assert_eq!(jobs[0]["resource_id"], person["id"]);
+    assert_eq!(jobs[0]["lane"], "normal");
+    assert_eq!(jobs[0]["hr_event_id"], "evt-1");
+}
+
+#[tokio::test]
+async fn an_external_user_is_never_queued_for_an_app_with_managed_domains() {
+    let app = spawn_app().await;
+    app.create_app(&app_body("a", json!({}))).await;
+    app.post_event(&joiner(
+        "x1",
+        "X1",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "guest@example.com.evil.io"}),
+    ))
+    .await;
+    app.post_event(&joiner(
+        "x2",
+        "X2",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "partner@notexample.com"}),
+    ))
+    .await;
+    assert!(pending_jobs(&app).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_repeated_event_id_is_a_duplicate_and_changes_nothing() {
+    let app = spawn_app().await;
+    let first = joiner(
+        "dup-1",
+        "E1",
+        "2026-11-01T09:00:00Z",
+        json!({"title": "Engineer"}),
+    );
+    app.post_event(&first).await;
+    // The same id with other content must not be applied either.
+    let mut second = first.clone();
+    second["employee"]["title"] = json!("CEO");
+    let answer = app.post_event(&second).await;
+    assert_eq!(answer["result"], "duplicate");
+    let person = app.get("/api/v1/identities/E1").await.expect(200);
+    assert_eq!(person["title"], "Engineer");
+    assert_eq!(person["version"], 1);
+    assert_eq!(app.count("hr_event").await, 1);
+}
+
+#[tokio::test]
+async fn a_late_joiner_never_reactivates_a_leaver() {
+    let app = spawn_app().await;
+    app.create_app(&app_body("a", json!({}))).await;
+    app.post_event(&joiner("j1", "E1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let left = app
+        .post_event(&event(
+            "l1",
+            "leaver",
+            "E1",
+            "2026-11-01T12:00:00Z",
+            json!({}),
+        ))
+        .await;
+    assert_eq!(left["result"], "applied");
+    // A re-sent joiner from before the leave arrives late.
+    let late = app
+        .post_event(&joiner(
+            "j0",
+            "E1",
+            "2026-11-01T10:00:00Z",
+            json!({"title": "Ghost"}),
+        ))
+        .await;
+    assert_eq!(late["result"], "stale");
+    assert!(late["detail"].as_str().is_some_and(|d| d.contains("older")));
+    let person = app.get("/api/v1/identities/E1").await.expect(200);
+    assert_eq!(person["status"], "terminated");
+    assert_ne!(person["title"], "Ghost");
+    let stored = app
+        .rows("SELECT result FROM hr_event WHERE event_id = 'j0'")
+        .await;
+    assert_eq!(stored[0]["result"], "stale", "a stale event is recorded");
+    // A real rehire, after the leave, does re-activate.
+    let rehire = app
+        .post_event(&joiner("j2", "E1", "2026-11-02T09:00:00Z", json!({})))
+        .await;
+    assert_eq!(rehire["result"], "applied");
+    assert_eq!(
+        app.get("/api/v1/identities/E1").await.expect(200)["status"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn a_leaver_goes_on_the_deprovision_lane_and_coalesces_with_the_pending_sync() {
+    let app = spawn_app().await;
+    app.create_app(&app_body("a", json!({}))).await;
+    app.post_event(&joiner("j1", "E1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.post_event(&event(
+        "m1",
+        "mover",
+        "E1",
+        "2026-11-01T10:00:00Z",
+        json!({"title": "Lead"}),
+    ))
+    .await;
+    app.post_event(&event(
+        "l1",
+        "leaver",
+        "E1",
+        "2026-11-01T11:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let jobs = pending_jobs(&app).await;
+    assert_eq!(
+        jobs.len(),
+        1,
+        "three changes coalesce into one job: {jobs:?}"
+    );
+    assert_eq!(jobs[0]["lane"], "deprovision");
+    assert_eq!(jobs[0]["hr_event_id"], "l1");
+}
+
+#[tokio::test]
+async fn a_mover_changes_only_the_fields_it_carries_and_null_clears() {
+    let app = spawn_app().await;
+    app.post_event(&joiner(
+        "j1",
+        "E1",
+        "2026-11-01T09:00:00Z",
+        json!({"title": "Engineer", "department": "R&D"}),
+    ))
+    .await;
+    app.post_event(&event(
+        "m1",
+        "mover",
+        "E1",
+        "2026-11-01T10:00:00Z",
+        json!({"department": "Sales", "title": null}),
+    ))
+    .await;
+    let person = app.get("/api/v1/identities/E1").await.expect(200);
+    assert_eq!(person["department"], "Sales");
+    assert_eq!(person["title"], Value::Null);
+    assert_eq!(person["email"], "e1@example.com", "absent fields are kept");
+    assert_eq!(person["version"], 2);
+}
+
+#[tokio::test]
+async fn a_leaver_for_an_unknown_person_is_rejected_and_recorded() {
+    let app = spawn_app().await;
+    let answer = app
+        .post_event(&event(
+            "l-unknown",
+            "leaver",
+            "NOBODY",
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    assert_eq!(answer["result"], "rejected");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("unknown employee"))
+    );
+    assert_eq!(app.count("identity").await, 0);
+    assert_eq!(app.count("hr_event").await, 1);
+}
+
+#[tokio::test]
+async fn a_batch_applies_in_order_in_one_transaction() {
+    let app = spawn_app().await;
+    let batch = json!({"events": [
+        joiner("b1", "E1", "2026-11-01T09:00:00Z", json!({})),
+        event("b2", "mover", "E1", "2026-11-01T10:00:00Z", json!({"title": "Lead"})),
+        event("b3", "leaver", "E1", "2026-11-01T11:00:00Z", json!({})),
+        joiner("b0", "E1", "2026-11-01T08:00:00Z", json!({})),
+        joiner("b1", "E1", "2026-11-01T09:00:00Z", json!({})),
+    ]});
+    let answer = app.post("/api/v1/events:batch", &batch).await.expect(202);
+    let results: Vec<&str> = answer["results"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["result"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        results,
+        ["applied", "applied", "applied", "stale", "duplicate"]
+    );
+    let person = app.get("/api/v1/identities/E1").await.expect(200);
+    assert_eq!(
+        (person["status"].as_str(), person["title"].as_str()),
+        (Some("terminated"), Some("Lead"))
+    );
+
+    // One invalid event refuses the whole batch: nothing of it is applied.
+    let bad = json!({"events": [
+        joiner("c1", "E2", "2026-11-01T09:00:00Z", json!({})),
+        joiner("c2", "E3", "2026-11-01T09:00:00Z", json!({"email": "not-an-address"})),
+    ]});
+    let detail = app.post("/api/v1/events:batch", &bad).await.problem(422);
+    assert!(detail.starts_with("events[1].employee.email"), "{detail}");
+    app.get("/api/v1/identities/E2").await.problem(404);
+
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| {
+            joiner(
+                &format!("t{i}"),
+                &format!("T{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    let detail = app
+        .post("/api/v1/events:batch", &json!({"events": too_many}))
+        .await
+        .problem(422);
+    assert!(detail.contains("1000"), "{detail}");
+}
+
+#[tokio::test]
+async fn an_accepted_event_survives_a_restart() {
+    let app = spawn_app().await;
+    app.post_event(&joiner("d1", "E1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let app = app.restart().await;
+    let person = app.get("/api/v1/identities/E1").await.expect(200);
+    assert_eq!(person["status"], "active");
+    let again = app
+        .post_event(&joiner("d1", "E1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    assert_eq!(
+        again["result"], "duplicate",
+        "the idempotency record is durable too"
+    );
+}
+
+#[tokio::test]
+async fn events_in_the_far_future_are_refused() {
+    let app = spawn_app().await;
+    let detail = app
+        .post(
+            "/api/v1/events",
+            &joiner("f1", "E1", "2999-01-01T00:00:00Z", json!({})),
+        )
+        .await
+        .problem(422);
+    assert!(detail.starts_with("occurred_at"), "{detail}");
+}
+
+mod signature {
+    use super::*;
+    use roster::crypto::sign_webhook;
+    use secrecy::SecretString;
+
+    const SECRET: &str = "whsec-test";
+
+    async fn post_signed(
+        app: &TestApp,
+        body: &[u8],
+        header: Option<String>,
+    ) -> crate::helpers::Answer {
+        let mut req = app
+            .http
+            .post(format!("{}/api/v1/events", app.base))
+            .bearer_auth(crate::helpers::ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(h) = header {
+            req = req.header("x-roster-signature", h);
+        }
+        TestApp::answer(req.send().await.expect("send")).await
+    }
+
+    #[tokio::test]
+    async fn with_a_webhook_secret_only_correctly_signed_fresh_events_are_accepted() {
+        let app = spawn_app_with(|c| c.hr_webhook_secret = Some(SecretString::from(SECRET))).await;
+        let secret = SecretString::from(SECRET);
+        let body = serde_json::to_vec(&joiner("s1", "E1", "2026-11-01T09:00:00Z", json!({})))
+            .unwrap_or_default();
+        let now = chrono::Utc::now().timestamp();
+
+        post_signed(&app, &body, None).await.problem(401);
+        let forged = format!(
+            "t={now},v1={}",
+            sign_webhook(&SecretString::from("wrong"), now, &body)
+        );
+        post_signed(&app, &body, Some(forged)).await.problem(401);
+        let old = now - 301;
+        let expired = format!("t={old},v1={}", sign_webhook(&secret, old, &body));
+        let detail = post_signed(&app, &body, Some(expired)).await.problem(401);
+        assert!(detail.contains("window"), "{detail}");
+        let tampered_sig = format!("t={now},v1={}", sign_webhook(&secret, now, &body));
+        let mut tampered = body.clone();
+        tampered.extend_from_slice(b" ");
+        post_signed(&app, &tampered, Some(tampered_sig))
+            .await
+            .problem(401);
+        assert_eq!(app.count("hr_event").await, 0);
+
+        let good = format!("t={now},v1={}", sign_webhook(&secret, now, &body));
+        let answer = post_signed(&app, &body, Some(good.clone()))
+            .await
+            .expect(202);
+        assert_eq!(answer["result"], "applied");
+        // A replay of the same signed request is answered but not re-applied.
+        let replay = post_signed(&app, &body, Some(good)).await.expect(202);
+        assert_eq!(replay["result"], "duplicate");
+    }
+}

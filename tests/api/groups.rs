@@ -1,0 +1,187 @@
+use serde_json::json;
+
+use crate::helpers::{app_body, event, joiner, spawn_app};
+
+#[tokio::test]
+async fn static_groups_hold_the_listed_employees() {
+    let app = spawn_app().await;
+    let g = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "board-admins", "members": ["E100", "E200"]}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(g["kind"], "static");
+    assert_eq!(g["members"], json!(["E100", "E200"]));
+    let id = g["id"].as_str().unwrap_or_default().to_owned();
+    let changed = app
+        .patch(
+            &format!("/api/v1/groups/{id}"),
+            &json!({"members": ["E300"]}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(changed["members"], json!(["E300"]));
+    let listed = app.get("/api/v1/groups").await.expect(200);
+    assert_eq!(listed[0]["members"], json!(["E300"]));
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board-admins", "members": []}),
+    )
+    .await
+    .problem(409);
+    app.delete(&format!("/api/v1/groups/{id}"))
+        .await
+        .expect(204);
+    app.get(&format!("/api/v1/groups/{id}")).await.problem(404);
+}
+
+#[tokio::test]
+async fn rule_groups_follow_every_identity_change() {
+    let app = spawn_app().await;
+    app.post_event(&joiner(
+        "j1",
+        "E1",
+        "2026-11-01T09:00:00Z",
+        json!({"department": "Sales"}),
+    ))
+    .await;
+    app.post_event(&joiner(
+        "j2",
+        "E2",
+        "2026-11-01T09:00:00Z",
+        json!({"department": "R&D"}),
+    ))
+    .await;
+    let g = app
+        .post("/api/v1/groups", &json!({"name": "sales", "rule": {"attribute": "department", "op": "eq", "value": "Sales"}}))
+        .await
+        .expect(201);
+    assert_eq!(g["kind"], "rule");
+    assert_eq!(g["members"], json!(["E1"]));
+    let id = g["id"].as_str().unwrap_or_default().to_owned();
+
+    // A mover into Sales joins; one out of it leaves; a joiner in Sales joins.
+    app.post_event(&event(
+        "m2",
+        "mover",
+        "E2",
+        "2026-11-01T10:00:00Z",
+        json!({"department": "Sales"}),
+    ))
+    .await;
+    app.post_event(&event(
+        "m1",
+        "mover",
+        "E1",
+        "2026-11-01T10:00:00Z",
+        json!({"department": "Legal"}),
+    ))
+    .await;
+    app.post_event(&joiner(
+        "j3",
+        "E3",
+        "2026-11-01T10:00:00Z",
+        json!({"department": "sales"}),
+    ))
+    .await;
+    let now = app.get(&format!("/api/v1/groups/{id}")).await.expect(200);
+    assert_eq!(
+        now["members"],
+        json!(["E2", "E3"]),
+        "eq is case-insensitive, as in SCIM"
+    );
+    let e2 = app.get("/api/v1/identities/E2").await.expect(200);
+    assert_eq!(e2["groups"], json!(["sales"]));
+
+    // The text form of a rule works too, and replacing the rule re-evaluates everyone.
+    let text = app
+        .patch(
+            &format!("/api/v1/groups/{id}"),
+            &json!({"rule": "department eq \"Legal\" or department eq \"R&D\""}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(text["members"], json!(["E1"]));
+}
+
+#[tokio::test]
+async fn bad_rules_and_members_are_refused_clearly() {
+    let app = spawn_app().await;
+    for (body, field) in [
+        (
+            json!({"name": "g", "rule": {"attribute": "shoe_size", "op": "eq", "value": "9"}}),
+            "rule",
+        ),
+        (
+            json!({"name": "g", "rule": {"attribute": "department", "op": "like", "value": "x"}}),
+            "rule",
+        ),
+        (json!({"name": "g", "rule": "department eq"}), "rule"),
+        (
+            json!({"name": "g", "members": ["E1"], "rule": {"attribute": "department", "op": "pr"}}),
+            "rule",
+        ),
+        (json!({"name": "g", "members": ["  padded"]}), "members[0]"),
+        (json!({"name": "", "members": []}), "name"),
+    ] {
+        let detail = app.post("/api/v1/groups", &body).await.problem(422);
+        assert!(detail.starts_with(field), "{body}: {detail}");
+    }
+    assert_eq!(app.count("roster_group").await, 0);
+}
+
+#[tokio::test]
+async fn a_group_change_queues_syncs_in_apps_that_scope_or_push_it() {
+    let app = spawn_app().await;
+    let scoped = app
+        .create_app(&app_body(
+            "scoped",
+            json!({"scope": {"groups": ["board-room"]}}),
+        ))
+        .await;
+    let pushing = app
+        .create_app(&app_body("pushing", json!({"group_push": ["board-room"]})))
+        .await;
+    let unrelated = app
+        .create_app(&app_body(
+            "unrelated",
+            json!({"scope": {"groups": ["other"]}}),
+        ))
+        .await;
+    app.post_event(&joiner("j1", "E1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.rows("SELECT 1").await;
+    let before = app.count("job").await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board-room", "members": ["E1"]}),
+    )
+    .await
+    .expect(201);
+    let jobs = app
+        .rows("SELECT app_id, resource_kind, resource_id FROM job ORDER BY id")
+        .await;
+    assert!(jobs.len() as i64 > before);
+    let for_app = |id: &serde_json::Value, kind: &str| {
+        jobs.iter()
+            .filter(|j| &j["app_id"] == id && j["resource_kind"] == kind)
+            .count()
+    };
+    assert_eq!(
+        for_app(&scoped["id"], "user"),
+        1,
+        "E1 is now in scope of `scoped`"
+    );
+    assert_eq!(
+        for_app(&pushing["id"], "group"),
+        1,
+        "the pushed group is queued"
+    );
+    assert!(
+        jobs.iter()
+            .any(|j| j["app_id"] == pushing["id"] && j["resource_id"] == "board-room")
+    );
+    assert_eq!(for_app(&unrelated["id"], "user"), 0);
+}

@@ -1,0 +1,45 @@
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_ready_metrics_and_docs_answer_without_a_key() {
+    let app = spawn_app().await;
+    let h = app.request("GET", "/healthz", None, None).await;
+    assert_eq!((h.status, h.text.as_str()), (200, "ok"));
+    let r = app.request("GET", "/readyz", None, None).await;
+    assert_eq!((r.status, r.text.as_str()), (200, "ready"));
+    let m = app.request("GET", "/metrics", None, None).await;
+    assert_eq!(m.status, 200);
+    assert!(m.content_type.starts_with("text/plain"));
+    let docs = app.request("GET", "/docs", None, None).await;
+    assert_eq!(docs.status, 200);
+    assert!(
+        docs.text.to_lowercase().contains("swagger"),
+        "{}",
+        &docs.text[..docs.text.len().min(200)]
+    );
+    let spec = app
+        .request("GET", "/openapi.json", None, None)
+        .await
+        .expect(200);
+    assert!(spec["paths"]["/events:batch"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn readyz_fails_when_the_database_is_gone() {
+    let app = spawn_app().await;
+    app.db.clone().close().await.expect("close");
+    let r = app.request("GET", "/readyz", None, None).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+}
+
+#[test]
+fn committed_openapi_document_matches_the_code() {
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .expect("openapi/openapi.json is committed");
+    assert_eq!(
+        committed.trim_end(),
+        roster::api::spec_json().trim_end(),
+        "openapi/openapi.json is stale: run `cargo run -q -- openapi > openapi/openapi.json`"
+    );
+}

@@ -1,0 +1,274 @@
+//! `TestApp`: the real server on port 0 with a fresh database, and a small HTTP client.
+//!
+//! The database is a new SQLite file, or, when `ROSTER_TEST_DATABASE_URL` names a PostgreSQL
+//! server, a new database created on it for this one test.
+use std::time::Duration;
+
+use roster::config::Config;
+use roster::startup;
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "test-admin-token";
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: DatabaseConnection,
+    pub config: Config,
+    server: Option<startup::RunningServer>,
+    _dir: tempfile::TempDir,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Answer {
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
+        self.body
+    }
+
+    /// A problem+json answer with this status; returns its `detail`.
+    #[track_caller]
+    pub fn problem(self, status: u16) -> String {
+        assert_eq!(self.status, status, "unexpected answer: {}", self.text);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{}",
+            self.text
+        );
+        assert!(
+            self.body["type"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("urn:roster:problem:"))
+        );
+        assert_eq!(self.body["status"], json!(status));
+        let detail = self.body["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(!detail.is_empty(), "problem without detail: {}", self.text);
+        detail
+    }
+}
+
+async fn fresh_database(dir: &std::path::Path) -> String {
+    match std::env::var("ROSTER_TEST_DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => {
+            let admin = Database::connect(&url)
+                .await
+                .expect("connect to the test PostgreSQL");
+            let name = format!("roster_t_{}", uuid::Uuid::new_v4().simple());
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create a test database");
+            admin.close().await.ok();
+            let (base, _) = url.rsplit_once('/').expect("a database URL ends in /NAME");
+            format!("{base}/{name}")
+        }
+        _ => format!("sqlite://{}?mode=rwc", dir.join("roster.db").display()),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        database_url: fresh_database(dir.path()).await,
+        listen: "127.0.0.1:0".into(),
+        admin_token: Some(ADMIN.to_owned().into()),
+        secret_key: Some(roster::crypto::SecretBox::generate_base64().into()),
+        hr_webhook_secret: None,
+        workers: 4,
+        allow_private_targets: true,
+    };
+    adjust(&mut config);
+    start(config, dir).await
+}
+
+async fn start(config: Config, dir: tempfile::TempDir) -> TestApp {
+    let (roster, _) = startup::build(config.clone()).await.expect("build roster");
+    let db = roster.db().clone();
+    let server = startup::serve(roster, &config.listen).await.expect("serve");
+    TestApp {
+        base: format!("http://{}", server.addr),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client"),
+        db,
+        config,
+        server: Some(server),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// Stops the server and starts a new one on the same database, as a restart would.
+    pub async fn restart(mut self) -> TestApp {
+        if let Some(server) = self.server.take() {
+            server.shutdown.cancel();
+            let _ = server.handle.await;
+        }
+        let config = self.config.clone();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
+        start(config, dir).await
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Self::answer(req.send().await.expect("request")).await
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::answer(req.send().await.expect("request")).await
+    }
+
+    pub async fn answer(resp: reqwest::Response) -> Answer {
+        let status = resp.status().as_u16();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            content_type,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request("GET", path, Some(ADMIN), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.request("POST", path, Some(ADMIN), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> Answer {
+        self.request("PATCH", path, Some(ADMIN), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.request("DELETE", path, Some(ADMIN), None).await
+    }
+
+    /// A key with the given scopes; returns its token.
+    pub async fn key(&self, scopes: &[&str]) -> String {
+        let body = self
+            .post("/api/v1/api-keys", &json!({"name": format!("k-{}", scopes.join("-").replace(':', "_")), "scopes": scopes}))
+            .await
+            .expect(201);
+        body["token"].as_str().expect("token").to_owned()
+    }
+
+    pub async fn create_app(&self, body: &Value) -> Value {
+        self.post("/api/v1/apps", body).await.expect(201)
+    }
+
+    pub async fn post_event(&self, event: &Value) -> Value {
+        self.post("/api/v1/events", event).await.expect(202)
+    }
+
+    /// Rows of a table, as JSON, through SQL (for asserting what was stored).
+    pub async fn rows(&self, sql: &str) -> Vec<Value> {
+        use sea_orm::{FromQueryResult, JsonValue, Statement};
+        let backend = self.db.get_database_backend();
+        JsonValue::find_by_statement(Statement::from_string(backend, sql.to_owned()))
+            .all(&self.db)
+            .await
+            .expect("query")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        use sea_orm::{FromQueryResult, Statement};
+        #[derive(FromQueryResult)]
+        struct Count {
+            n: i64,
+        }
+        let backend = self.db.get_database_backend();
+        Count::find_by_statement(Statement::from_string(
+            backend,
+            format!("SELECT COUNT(*) AS n FROM {table}"),
+        ))
+        .one(&self.db)
+        .await
+        .expect("count query")
+        .map_or(0, |c| c.n)
+    }
+}
+
+/// An app body with sensible test defaults; `overrides` are merged at the top level.
+pub fn app_body(name: &str, overrides: Value) -> Value {
+    let mut body = json!({
+        "name": name,
+        "base_url": "http://127.0.0.1:9/scim/v2",
+        "auth": {"type": "bearer", "token": "target-token"},
+        "scope": {"email_domains": ["example.com"]},
+    });
+    if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+pub fn joiner(event_id: &str, employee_id: &str, at: &str, extra: Value) -> Value {
+    event(event_id, "joiner", employee_id, at, extra)
+}
+
+pub fn event(event_id: &str, kind: &str, employee_id: &str, at: &str, extra: Value) -> Value {
+    let mut employee = json!({"employee_id": employee_id});
+    if kind == "joiner" {
+        employee["user_name"] = json!(employee_id.to_lowercase());
+        employee["email"] = json!(format!("{}@example.com", employee_id.to_lowercase()));
+    }
+    if let (Some(e), Some(x)) = (employee.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            e.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"event_id": event_id, "type": kind, "occurred_at": at, "employee": employee})
+}

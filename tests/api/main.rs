@@ -1,0 +1,9 @@
+//! Integration tests of the HTTP API: one binary, a module per capability.
+mod apps;
+mod audit;
+mod bad_input;
+mod events;
+mod groups;
+mod health;
+mod helpers;
+mod scopes;
