@@ -86,6 +86,55 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Whether a PATCH path names an attribute of the resource's schema (RFC 7643 §4), so that a
+/// typo is a 400 `invalidPath` as on real servers, not a new attribute. Extension attributes
+/// (`urn:…:extension:…`) are accepted as they come.
+fn known_path(kind: Kind, path: &str) -> bool {
+    const USER: &[&str] = &[
+        "userName",
+        "name",
+        "displayName",
+        "nickName",
+        "profileUrl",
+        "title",
+        "userType",
+        "preferredLanguage",
+        "locale",
+        "timezone",
+        "active",
+        "password",
+        "emails",
+        "phoneNumbers",
+        "ims",
+        "photos",
+        "addresses",
+        "groups",
+        "entitlements",
+        "roles",
+        "x509Certificates",
+        "externalId",
+    ];
+    const GROUP: &[&str] = &["displayName", "members", "externalId"];
+    let local = if filter::has_urn_prefix(path) {
+        let before_filter = path.split('[').next().unwrap_or(path);
+        let Some(idx) = before_filter.rfind(':') else {
+            return false;
+        };
+        if path[..idx].to_ascii_lowercase().contains(":extension:") {
+            return true;
+        }
+        &path[idx + 1..]
+    } else {
+        path
+    };
+    let attr = local.split(['.', '[']).next().unwrap_or("");
+    let known = match kind {
+        Kind::User => USER,
+        Kind::Group => GROUP,
+    };
+    known.iter().any(|k| k.eq_ignore_ascii_case(attr))
+}
+
 fn user_name_of(resource: &Value) -> Option<&str> {
     resource
         .as_object()
@@ -261,6 +310,20 @@ impl Store {
         let current = self.precondition(kind, id, if_match)?;
         let request = PatchRequest::from_body(body)
             .map_err(|e| Refusal::new(400, Some(e.scim_type), e.detail))?;
+        for op in &request.operations {
+            if let Some(path) = &op.path
+                && !known_path(kind, path)
+            {
+                return Err(Refusal::new(
+                    400,
+                    Some("invalidPath"),
+                    format!(
+                        "no attribute `{path}` in the {} schema",
+                        kind.resource_type()
+                    ),
+                ));
+            }
+        }
         let mut patched = current.clone();
         patch::apply(&mut patched, &request)
             .map_err(|e| Refusal::new(400, Some(e.scim_type), e.detail))?;
@@ -378,6 +441,37 @@ mod tests {
         store.delete(Kind::User, id, None).unwrap();
         assert!(store.create(Kind::User, json!({"userName": "ada"})).is_ok());
         assert_eq!(store.create(Kind::User, json!({})).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn patch_paths_outside_the_schema_are_invalid() {
+        let mut store = Store::new(String::new());
+        let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
+        let id = user["id"].as_str().unwrap();
+        let op =
+            |path: &str| json!({"Operations": [{"op": "replace", "path": path, "value": "x"}]});
+        let err = store
+            .patch(Kind::User, id, &op("nosuchattr"), None)
+            .unwrap_err();
+        assert_eq!((err.status, err.scim_type), (400, Some("invalidPath")));
+        assert!(store.patch(Kind::User, id, &op("title"), None).is_ok());
+        assert!(
+            store
+                .patch(Kind::User, id, &op(r#"emails[type eq "work"].value"#), None)
+                .is_ok()
+        );
+        let ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
+        assert!(store.patch(Kind::User, id, &op(ext), None).is_ok());
+        assert!(
+            store
+                .patch(
+                    Kind::User,
+                    id,
+                    &op("urn:ietf:params:scim:schemas:core:2.0:User:title"),
+                    None
+                )
+                .is_ok()
+        );
     }
 
     #[test]

@@ -64,3 +64,37 @@ async fn a_server_without_scim_is_reported_as_such() {
         Some("not a SCIM server: /ServiceProviderConfig answered 404")
     );
 }
+
+/// The shared black-box checks (`../shared/peers/smoke.sh`) pass against the dev-target too.
+#[tokio::test]
+async fn dev_target_passes_the_shared_smoke_checks() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/smoke.sh");
+    if !script.exists() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "smoke.sh missing under CI"
+        );
+        eprintln!("skipped: {} not found", script.display());
+        return;
+    }
+    let t = spawn_target(DevTargetArgs::default()).await;
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("bash")
+            .arg(&script)
+            .arg(t.target.base_url())
+            .arg(TOKEN)
+            .output(),
+    )
+    .await
+    .expect("smoke.sh finishes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(" 0 failed"), "{stdout}");
+}
