@@ -27,6 +27,8 @@ enum Command {
     Migrate,
     /// Print the OpenAPI 3 JSON (openapi/openapi.json must equal it).
     Openapi,
+    /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
+    DevTarget(crate::dev_target::DevTargetArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -53,6 +55,7 @@ pub fn main() -> ExitCode {
             Command::Serve => serve().await,
             Command::Migrate => migrate().await,
             Command::Openapi => Ok(()),
+            Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
         }
     });
     match result {

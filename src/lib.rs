@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod delivery;
 pub mod dev_target;
 pub mod mapping;
 pub mod net_guard;

@@ -249,6 +249,21 @@ impl From<AppView> for AppOut {
     }
 }
 
+/// What `test-connection` found.
+#[derive(Object)]
+pub struct ConnectionOut {
+    /// Reachable and authenticated.
+    pub ok: bool,
+    pub reachable: bool,
+    pub auth_ok: bool,
+    /// Why the target is not usable, when it is not.
+    #[oai(skip_serializing_if_is_none)]
+    pub reason: Option<String>,
+    /// Discovered support: patch, filter (and its max results), etag, bulk, sort, schemas.
+    #[oai(skip_serializing_if_is_none)]
+    pub capabilities: Option<Value>,
+}
+
 #[derive(ApiResponse)]
 pub enum AppCreated {
     /// The app, with secrets reduced to `*_set` flags.
@@ -388,6 +403,29 @@ impl AppsApi {
             )
             .await?;
         Ok(Json(view.into()))
+    }
+
+    /// Check the target with the app's credentials: reachable, authenticated, and what it
+    /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing)
+    /// (scope `apps:write`).
+    #[oai(path = "/:id/test-connection", method = "post")]
+    async fn test_connection(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<ConnectionOut>> {
+        auth.require(Permission::WriteApps)?;
+        let report = roster.test_connection(&id.0).await?;
+        Ok(Json(ConnectionOut {
+            ok: report.reachable && report.auth_ok && report.reason.is_none(),
+            reachable: report.reachable,
+            auth_ok: report.auth_ok,
+            reason: report.reason,
+            capabilities: report
+                .capabilities
+                .and_then(|c| serde_json::to_value(c).ok()),
+        }))
     }
 
     /// Resume delivery (also ends a quarantine) (scope `apps:write`).

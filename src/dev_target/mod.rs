@@ -1,2 +1,244 @@
 //! `roster dev-target`: an in-memory SCIM 2.0 server for demos, tests and benchmarks.
-//! Depends only on `scim` types.
+//! Depends only on `scim` (its filter parser and PATCH applier).
+//!
+//! - SCIM root: `http://ADDR/scim/v2` ([`DevTarget::base_url`]): `/Users`, `/Groups` (CRUD,
+//!   `filter=`, `startIndex`/`count`, PATCH, PUT, `.search`), `/ServiceProviderConfig` (no
+//!   auth; advertises `filter.maxResults` = `--max-page-size`, ETags, PATCH), `/ResourceTypes`,
+//!   `/Schemas`. `userName` is unique ignoring case (409 `uniqueness`); `meta.version` is a weak
+//!   ETag from one counter, `If-Match` mismatches are 412; PATCH answers 200 with the resource.
+//! - Control plane (no auth, no faults): `GET /_dev/stats` →
+//!   `{"requests": {"GET": n, …}, "throttled": n, "failed": n, "hung": n, "users": n, "groups": n}`
+//!   (requests counts every SCIM request received, faulted or not), `POST /_dev/reset` (empties
+//!   the store and the counters).
+//! - Faults, applied in this order to every SCIM request: `--latency-ms`, `--rate-limit`
+//!   (429 + `Retry-After` seconds), `--fail-rate` (half 503 + `Retry-After: 1`, half 500),
+//!   `--hang-rate` (no answer until shutdown), then the `--token` check. `--seed` makes the
+//!   fault draws reproducible.
+//! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors
+//!   read and edit the store directly.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+mod server;
+mod store;
+
+pub use server::SCIM_ROOT;
+pub use store::Kind;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevTargetArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub listen: SocketAddr,
+    /// Require `Authorization: Bearer T` (except on /ServiceProviderConfig and /_dev).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Delay before answering each SCIM request.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Requests per second accepted (burst of the same size); above it 429 + Retry-After.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Share of requests answered 503 (with Retry-After) or 500, 0.0..=1.0.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Share of requests never answered, 0.0..=1.0.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
+    /// Seed for the fault injection's random draws.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most resources per page; larger `count`s are cut to it.
+    #[arg(long, default_value_t = 200)]
+    pub max_page_size: u32,
+    /// `filter.maxResults` to advertise, if not `--max-page-size` (to play a server that
+    /// advertises more than it returns).
+    #[arg(long)]
+    pub advertised_max_results: Option<u32>,
+    /// A `startIndex` past the end returns page 1, as some servers do.
+    #[arg(long)]
+    pub paging_wraps: bool,
+}
+
+impl Default for DevTargetArgs {
+    /// The CLI defaults, except port 0.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+            latency_ms: 0,
+            rate_limit: None,
+            fail_rate: 0.0,
+            hang_rate: 0.0,
+            seed: None,
+            max_page_size: 200,
+            advertised_max_results: None,
+            paging_wraps: false,
+        }
+    }
+}
+
+/// A running dev-target. Dropping it stops the server.
+pub struct DevTarget {
+    addr: SocketAddr,
+    base_url: String,
+    shared: Arc<server::Shared>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+fn invalid(msg: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, msg.to_owned())
+}
+
+/// Binds and starts serving in the background.
+pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
+    use poem::listener::{Acceptor as _, Listener as _};
+    if !(0.0..=1.0).contains(&args.fail_rate) || !(0.0..=1.0).contains(&args.hang_rate) {
+        return Err(invalid(
+            "--fail-rate and --hang-rate must be between 0 and 1",
+        ));
+    }
+    let acceptor = poem::listener::TcpListener::bind(args.listen)
+        .into_acceptor()
+        .await?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .ok_or_else(|| invalid("listener has no socket address"))?;
+    let base_url = format!("http://{addr}{SCIM_ROOT}");
+    let shutdown = CancellationToken::new();
+    let shared = Arc::new(server::Shared::new(
+        args,
+        base_url.clone(),
+        shutdown.clone(),
+    ));
+    let endpoint = server::DevEndpoint {
+        shared: shared.clone(),
+    };
+    let task = tokio::spawn(
+        poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            endpoint,
+            shutdown.cancelled_owned(),
+            Some(Duration::from_secs(1)),
+        ),
+    );
+    Ok(DevTarget {
+        addr,
+        base_url,
+        shared,
+        task: Some(task),
+    })
+}
+
+/// Serves until Ctrl-C or SIGTERM; prints the base URL on stdout first.
+pub async fn run(args: DevTargetArgs) -> std::io::Result<()> {
+    let target = spawn(args).await?;
+    println!("{}", target.base_url());
+    wait_for_signal().await;
+    target.shutdown().await
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+impl DevTarget {
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/scim/v2`, the URL to register as an app's `base_url`.
+    #[must_use]
+    pub fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    fn snapshot(&self, kind: Kind) -> Vec<Value> {
+        self.shared
+            .store
+            .lock()
+            .map(|s| s.snapshot(kind))
+            .unwrap_or_default()
+    }
+
+    /// Every user, in creation order.
+    #[must_use]
+    pub fn users_snapshot(&self) -> Vec<Value> {
+        self.snapshot(Kind::User)
+    }
+
+    #[must_use]
+    pub fn groups_snapshot(&self) -> Vec<Value> {
+        self.snapshot(Kind::Group)
+    }
+
+    /// Same document as `GET /_dev/stats`.
+    #[must_use]
+    pub fn stats(&self) -> Value {
+        self.shared.stats_json()
+    }
+
+    /// Empties the store and the counters.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Creates a resource directly (no faults, no auth), e.g. to seed a large target fast.
+    pub fn insert(&self, kind: Kind, resource: Value) -> Result<Value, String> {
+        let mut store = self
+            .shared
+            .store
+            .lock()
+            .map_err(|_| "store poisoned".to_string())?;
+        store.create(kind, resource).map_err(|r| r.detail)
+    }
+
+    /// Edits a stored resource as someone in the target's admin UI would (drift); bumps its
+    /// version. Returns whether it exists.
+    pub fn edit(&self, kind: Kind, id: &str, f: impl FnOnce(&mut Value)) -> bool {
+        self.shared
+            .store
+            .lock()
+            .map(|mut s| s.edit(kind, id, f))
+            .unwrap_or(false)
+    }
+
+    /// Stops accepting, ends hanging requests, waits up to a second for the others.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        self.shared.shutdown.cancel();
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DevTarget {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}

@@ -1,5 +1,11 @@
 //! Per-target deviations from RFC 7644, as data.
+//!
+//! An app stores its quirks as JSON, either a profile name (`"entra"`) or an object that starts
+//! from a profile and overrides fields (`{"profile": "entra", "page_size": 50}`); see
+//! [`Quirks::from_json`]. Unknown profiles and unknown fields are errors, so a typo never
+//! silently falls back to RFC behaviour.
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -16,9 +22,18 @@ pub enum PatchOpCase {
 #[serde(deny_unknown_fields, default)]
 pub struct Quirks {
     pub patch_op_case: PatchOpCase,
+    /// Members per group PATCH; larger changes are split (`chunk_members`).
     pub max_members_per_patch: u32,
+    /// Upper bound for `count` when paging, whatever the caller or the target advertise.
     pub page_size: u32,
+    /// `false`: never send `filter=`; look-ups page through the collection and compare locally.
     pub supports_filter: bool,
+    /// `false`: never PATCH users even if `/ServiceProviderConfig` claims support; read the user,
+    /// apply the operations locally and PUT it (groups still use PATCH, never PUT membership).
+    pub supports_patch: bool,
+    /// `false`: never send `If-Match`, even if the target advertises ETags (some advertise them
+    /// and then reject every conditional request).
+    pub supports_etag: bool,
 }
 
 impl Default for Quirks {
@@ -28,16 +43,161 @@ impl Default for Quirks {
             max_members_per_patch: 100,
             page_size: 100,
             supports_filter: true,
+            supports_patch: true,
+            supports_etag: true,
         }
     }
 }
 
+/// Why a quirks document was refused. The message names the field or profile at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid quirks: {0}")]
+pub struct QuirksError(String);
+
 impl Quirks {
-    /// An app's `quirks` setting: `{}`/null for the defaults, or an object of flags.
-    pub fn from_json(raw: &serde_json::Value) -> Result<Self, String> {
-        match raw {
-            serde_json::Value::Null => Ok(Self::default()),
-            other => serde_json::from_value(other.clone()).map_err(|e| e.to_string()),
+    /// Names accepted by [`Quirks::profile`] and in `{"profile": …}`.
+    pub const PROFILES: &'static [&'static str] = &["rfc", "entra", "no-filter", "no-patch"];
+
+    /// A named profile: `rfc` (the default), `entra` (PascalCase ops as Entra ID's provisioning
+    /// client sends them, small member chunks, no ETags), `no-filter` (look-ups by paging),
+    /// `no-patch` (users are updated with PUT).
+    #[must_use]
+    pub fn profile(name: &str) -> Option<Quirks> {
+        let rfc = Quirks::default();
+        match name {
+            "rfc" => Some(rfc),
+            "entra" => Some(Quirks {
+                patch_op_case: PatchOpCase::Pascal,
+                max_members_per_patch: 20,
+                supports_etag: false,
+                ..rfc
+            }),
+            "no-filter" => Some(Quirks {
+                supports_filter: false,
+                ..rfc
+            }),
+            "no-patch" => Some(Quirks {
+                supports_patch: false,
+                ..rfc
+            }),
+            _ => None,
         }
+    }
+
+    /// Parses an app's quirks: `null` (RFC), a profile name, or an object with an optional
+    /// `profile` and field overrides.
+    pub fn from_json(raw: &Value) -> Result<Quirks, QuirksError> {
+        let quirks = match raw {
+            Value::Null => Quirks::default(),
+            Value::String(name) => Self::named(name)?,
+            Value::Object(map) => {
+                let base = match map.get("profile") {
+                    None | Some(Value::Null) => Quirks::default(),
+                    Some(Value::String(name)) => Self::named(name)?,
+                    Some(_) => return Err(QuirksError("`profile` must be a string".into())),
+                };
+                // Overlay the overrides on the profile's own JSON, then let serde check names
+                // and types (deny_unknown_fields gives "unknown field `x`, expected one of …").
+                let mut merged = match serde_json::to_value(&base) {
+                    Ok(Value::Object(m)) => m,
+                    _ => return Err(QuirksError("internal: quirks did not serialise".into())),
+                };
+                for (key, value) in map.iter().filter(|(k, _)| k.as_str() != "profile") {
+                    merged.insert(key.clone(), value.clone());
+                }
+                serde_json::from_value(Value::Object(merged))
+                    .map_err(|e| QuirksError(e.to_string()))?
+            }
+            _ => {
+                return Err(QuirksError(
+                    "expected a profile name or an object".to_string(),
+                ));
+            }
+        };
+        quirks.validate()?;
+        Ok(quirks)
+    }
+
+    fn named(name: &str) -> Result<Quirks, QuirksError> {
+        Self::profile(name).ok_or_else(|| {
+            QuirksError(format!(
+                "unknown profile `{name}`, expected one of {}",
+                Self::PROFILES.join(", ")
+            ))
+        })
+    }
+
+    fn validate(&self) -> Result<(), QuirksError> {
+        if self.max_members_per_patch == 0 {
+            return Err(QuirksError(
+                "max_members_per_patch must be at least 1".into(),
+            ));
+        }
+        if self.page_size == 0 {
+            return Err(QuirksError("page_size must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn quirks_parse_from_profiles_and_overrides() {
+        assert_eq!(Quirks::from_json(&Value::Null).unwrap(), Quirks::default());
+        assert_eq!(Quirks::from_json(&json!("rfc")).unwrap(), Quirks::default());
+        let entra = Quirks::from_json(&json!("entra")).unwrap();
+        assert_eq!(entra.patch_op_case, PatchOpCase::Pascal);
+        assert!(!entra.supports_etag);
+
+        let tuned = Quirks::from_json(&json!({"profile": "entra", "page_size": 50})).unwrap();
+        assert_eq!(tuned.page_size, 50);
+        assert_eq!(tuned.patch_op_case, PatchOpCase::Pascal, "profile kept");
+
+        let flags = Quirks::from_json(&json!({"supports_filter": false})).unwrap();
+        assert!(!flags.supports_filter);
+        assert_eq!(flags.page_size, 100);
+        assert!(
+            !Quirks::from_json(&json!("no-filter"))
+                .unwrap()
+                .supports_filter
+        );
+        assert!(
+            !Quirks::from_json(&json!("no-patch"))
+                .unwrap()
+                .supports_patch
+        );
+    }
+
+    #[test]
+    fn quirks_refuse_unknown_profiles_fields_and_bad_values() {
+        let err = Quirks::from_json(&json!("okta-ish"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown profile `okta-ish`"), "{err}");
+        let err = Quirks::from_json(&json!({"page_sise": 5}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `page_sise`"), "{err}");
+        let err = Quirks::from_json(&json!({"patch_op_case": "upper"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upper"), "{err}");
+        assert!(Quirks::from_json(&json!({"page_size": 0})).is_err());
+        assert!(Quirks::from_json(&json!({"profile": 3})).is_err());
+        assert!(Quirks::from_json(&json!(42)).is_err());
+    }
+
+    #[test]
+    fn quirks_keep_their_stored_shape() {
+        // Apps already store these four fields; older documents must still parse.
+        let old = json!({"patch_op_case": "pascal", "max_members_per_patch": 10,
+                         "page_size": 20, "supports_filter": false});
+        let q: Quirks = serde_json::from_value(old).unwrap();
+        assert_eq!(q.max_members_per_patch, 10);
+        assert!(q.supports_patch, "new fields default");
     }
 }

@@ -488,7 +488,7 @@ pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
 /// Quirks: a profile name (string) or an object of flags; stored as the object.
 fn normalise_quirks(raw: &Value) -> ServiceResult<Value> {
     let quirks = crate::scim::Quirks::from_json(raw)
-        .map_err(|message| ServiceError::invalid("quirks", message))?;
+        .map_err(|e| ServiceError::invalid("quirks", e.to_string()))?;
     serde_json::to_value(quirks).map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
@@ -853,5 +853,22 @@ impl Roster {
             model: updated,
             settings,
         })
+    }
+}
+
+impl Roster {
+    /// Reads the target's `/ServiceProviderConfig` with the app's credentials: reachability,
+    /// authentication and what the target supports, or why it is not usable.
+    pub async fn test_connection(&self, id: &str) -> ServiceResult<crate::scim::ConnectionReport> {
+        let view = self.get_app(id).await?;
+        let client = crate::delivery::target::client_for(
+            &view.model,
+            &view.settings,
+            self.secrets(),
+            self.target_policy(),
+            None,
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(client.test_connection().await)
     }
 }

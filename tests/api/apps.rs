@@ -272,3 +272,107 @@ async fn a_new_app_queues_an_initial_sync_for_everyone_in_scope_only() {
     assert_eq!(jobs[0]["lane"], "normal");
     let _ = ADMIN;
 }
+
+mod connection {
+    use serde_json::json;
+
+    use crate::helpers::{app_body, dev_target, peer, spawn_app};
+
+    #[tokio::test]
+    async fn test_connection_reports_reachability_auth_and_capabilities() {
+        let app = spawn_app().await;
+        let target = dev_target("right-token").await;
+        let good = app
+            .create_app(&app_body("good", json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": "right-token"}})))
+            .await;
+        let report = app
+            .post(
+                &format!(
+                    "/api/v1/apps/{}/test-connection",
+                    good["id"].as_str().unwrap_or_default()
+                ),
+                &json!({}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["capabilities"]["patch"], true);
+        assert_eq!(report["capabilities"]["filter"], true);
+
+        let wrong = app
+            .create_app(&app_body(
+                "wrong",
+                json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": "nope"}}),
+            ))
+            .await;
+        let report = app
+            .post(
+                &format!(
+                    "/api/v1/apps/{}/test-connection",
+                    wrong["id"].as_str().unwrap_or_default()
+                ),
+                &json!({}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(
+            (
+                report["ok"].clone(),
+                report["reachable"].clone(),
+                report["auth_ok"].clone()
+            ),
+            (json!(false), json!(true), json!(false)),
+            "{report}"
+        );
+        assert!(
+            report["reason"].as_str().is_some_and(|r| r.contains("401")),
+            "{report}"
+        );
+        assert!(
+            !report.to_string().contains("nope"),
+            "the token is not echoed"
+        );
+
+        // Nothing listens on port 9 here.
+        let down = app.create_app(&app_body("down", json!({}))).await;
+        let report = app
+            .post(
+                &format!(
+                    "/api/v1/apps/{}/test-connection",
+                    down["id"].as_str().unwrap_or_default()
+                ),
+                &json!({}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(report["reachable"], false, "{report}");
+        assert!(report["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn test_connection_works_against_the_third_party_peer() {
+        let Some((base, token)) = peer() else { return };
+        let app = spawn_app().await;
+        let peer_app = app
+            .create_app(&app_body(
+                "peer",
+                json!({"base_url": base, "auth": {"type": "bearer", "token": token}}),
+            ))
+            .await;
+        let report = app
+            .post(
+                &format!(
+                    "/api/v1/apps/{}/test-connection",
+                    peer_app["id"].as_str().unwrap_or_default()
+                ),
+                &json!({}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(
+            report["capabilities"]["etag"], true,
+            "the peer advertises ETags: {report}"
+        );
+    }
+}

@@ -272,3 +272,32 @@ pub fn event(event_id: &str, kind: &str, employee_id: &str, at: &str, extra: Val
     }
     json!({"event_id": event_id, "type": kind, "occurred_at": at, "employee": employee})
 }
+
+/// The third-party SCIM server started by `with-peer.sh`: `(base_url, token)`. `None` (with a
+/// printed reason) on a developer machine without it; under `CI=true` its absence fails.
+pub fn peer() -> Option<(String, String)> {
+    match (std::env::var("PEER_BASE_URL"), std::env::var("PEER_TOKEN")) {
+        (Ok(base), Ok(token)) => Some((base, token)),
+        _ => {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "PEER_BASE_URL unset under CI: run the tests under ../shared/peers/with-peer.sh scim2-server"
+            );
+            eprintln!(
+                "skipped: PEER_BASE_URL unset (run under ../shared/peers/with-peer.sh scim2-server)"
+            );
+            None
+        }
+    }
+}
+
+/// A dev-target on port 0 requiring `token`.
+pub async fn dev_target(token: &str) -> roster::dev_target::DevTarget {
+    roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some(token.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .expect("dev-target")
+}

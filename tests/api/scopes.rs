@@ -33,6 +33,7 @@ fn routes() -> Vec<(&'static str, &'static str, Needs)> {
         ("DELETE", "/apps/{id}", AppsWrite),
         ("POST", "/apps/{id}/pause", AppsWrite),
         ("POST", "/apps/{id}/resume", AppsWrite),
+        ("POST", "/apps/{id}/test-connection", AppsWrite),
         ("POST", "/events", EventsWrite),
         ("POST", "/events:batch", EventsWrite),
         ("GET", "/identities", Read),

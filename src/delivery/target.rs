@@ -1,0 +1,101 @@
+//! An app's SCIM client: its stored settings and decrypted credential, turned into a
+//! `ScimClient`. The credential leaves its `SecretString` only inside the client's header builder.
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+
+use crate::crypto::{CryptoError, SecretBox};
+use crate::net_guard::TargetPolicy;
+use crate::scim::{Auth, CallObserver, Quirks, ScimClient, ScimError, TargetConfig};
+use crate::service::apps::AppSettings;
+use crate::store::entity::app;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("app {app}: stored base_url is not a URL")]
+    BaseUrl { app: String },
+    #[error("app {app}: stored auth settings are incomplete ({field})")]
+    AuthConfig { app: String, field: &'static str },
+    #[error("app {app}: {source}")]
+    Credential { app: String, source: CryptoError },
+    #[error("app {app}: {source}")]
+    Client { app: String, source: Box<ScimError> },
+}
+
+fn credential(secrets: &SecretBox, model: &app::Model) -> Result<SecretString, TargetError> {
+    let (Some(sealed), Some(key_id)) = (&model.secret_ciphertext, &model.secret_key_id) else {
+        return Err(TargetError::AuthConfig {
+            app: model.name.clone(),
+            field: "secret",
+        });
+    };
+    let plain =
+        secrets
+            .open(sealed, key_id, &model.id)
+            .map_err(|source| TargetError::Credential {
+                app: model.name.clone(),
+                source,
+            })?;
+    let text = String::from_utf8(plain).map_err(|_| TargetError::AuthConfig {
+        app: model.name.clone(),
+        field: "secret",
+    })?;
+    Ok(SecretString::from(text))
+}
+
+fn text<'a>(model: &'a app::Model, field: &'static str) -> Result<&'a str, TargetError> {
+    model
+        .auth_config
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or(TargetError::AuthConfig {
+            app: model.name.clone(),
+            field,
+        })
+}
+
+/// Builds the client for `model`. `observer` sees every call (provisioning log, metrics).
+pub fn client_for(
+    model: &app::Model,
+    settings: &AppSettings,
+    secrets: &SecretBox,
+    policy: TargetPolicy,
+    observer: Option<CallObserver>,
+) -> Result<ScimClient, TargetError> {
+    let base_url = url::Url::parse(&model.base_url).map_err(|_| TargetError::BaseUrl {
+        app: model.name.clone(),
+    })?;
+    let secret = credential(secrets, model)?;
+    let auth = match model.auth_type.as_str() {
+        "basic" => Auth::Basic {
+            username: text(model, "username")?.to_owned(),
+            password: secret,
+        },
+        "oauth2" => Auth::OAuth2ClientCredentials {
+            token_url: url::Url::parse(text(model, "token_url")?).map_err(|_| {
+                TargetError::AuthConfig {
+                    app: model.name.clone(),
+                    field: "token_url",
+                }
+            })?,
+            client_id: text(model, "client_id")?.to_owned(),
+            client_secret: secret,
+            scope: model
+                .auth_config
+                .get("scope")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        },
+        _ => Auth::Bearer(secret),
+    };
+    let quirks = Quirks::from_json(&settings.quirks).unwrap_or_default();
+    let mut config = TargetConfig::new(base_url, auth, policy);
+    config.timeout = Duration::from_millis(u64::from(settings.timeout_ms));
+    config.quirks = quirks;
+    config.observer = observer;
+    ScimClient::new(config).map_err(|source| TargetError::Client {
+        app: model.name.clone(),
+        source: Box::new(source),
+    })
+}

@@ -1,0 +1,525 @@
+//! The dev-target's HTTP side: routing, fault injection, auth, stats.
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use poem::http::{Method, StatusCode};
+use poem::{Endpoint, Request, Response};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::DevTargetArgs;
+use super::store::{Kind, Refusal, Store};
+use crate::scim::{filter, schemas};
+
+/// The SCIM root under the listen address.
+pub const SCIM_ROOT: &str = "/scim/v2";
+const MAX_REQUEST_BODY: usize = 1024 * 1024;
+
+#[derive(Default)]
+struct Stats {
+    requests: BTreeMap<String, u64>,
+    throttled: u64,
+    failed: u64,
+    hung: u64,
+}
+
+pub struct Shared {
+    pub store: Mutex<Store>,
+    stats: Mutex<Stats>,
+    args: DevTargetArgs,
+    limiter: Option<DefaultDirectRateLimiter>,
+    rng: Mutex<StdRng>,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(args: DevTargetArgs, base_url: String, shutdown: CancellationToken) -> Self {
+        let limiter = args
+            .rate_limit
+            .and_then(NonZeroU32::new)
+            .map(|n| DefaultDirectRateLimiter::direct(Quota::per_second(n)));
+        let rng = match args.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            store: Mutex::new(Store::new(base_url)),
+            stats: Mutex::new(Stats::default()),
+            args,
+            limiter,
+            rng: Mutex::new(rng),
+            shutdown,
+        }
+    }
+
+    pub fn stats_json(&self) -> Value {
+        let (users, groups) = self
+            .store
+            .lock()
+            .map(|s| (s.count(Kind::User), s.count(Kind::Group)))
+            .unwrap_or_default();
+        let stats = self.stats.lock();
+        let Ok(stats) = stats else {
+            return json!({});
+        };
+        json!({
+            "requests": stats.requests,
+            "throttled": stats.throttled,
+            "failed": stats.failed,
+            "hung": stats.hung,
+            "users": users,
+            "groups": groups,
+        })
+    }
+
+    pub fn reset(&self) {
+        if let Ok(mut store) = self.store.lock() {
+            store.clear();
+        }
+        if let Ok(mut stats) = self.stats.lock() {
+            *stats = Stats::default();
+        }
+    }
+
+    fn bump<F: FnOnce(&mut Stats)>(&self, f: F) {
+        if let Ok(mut stats) = self.stats.lock() {
+            f(&mut stats);
+        }
+    }
+
+    fn roll(&self) -> f64 {
+        self.rng.lock().map(|mut r| r.r#gen::<f64>()).unwrap_or(1.0)
+    }
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+        .content_type("application/scim+json")
+        .body(body.to_string())
+}
+
+fn resource_response(status: u16, resource: &Value) -> Response {
+    let mut response = json_response(status, resource);
+    if let Some(version) = resource["meta"]["version"].as_str()
+        && let Ok(value) = version.parse()
+    {
+        response.headers_mut().insert("etag", value);
+    }
+    if status == 201
+        && let Some(location) = resource["meta"]["location"].as_str()
+        && let Ok(value) = location.parse()
+    {
+        response.headers_mut().insert("location", value);
+    }
+    response
+}
+
+fn error_response(refusal: &Refusal) -> Response {
+    let mut body = json!({
+        "schemas": [schemas::ERROR],
+        "status": refusal.status.to_string(),
+        "detail": refusal.detail,
+    });
+    if let Some(t) = refusal.scim_type {
+        body["scimType"] = Value::String(t.into());
+    }
+    json_response(refusal.status, &body)
+}
+
+fn with_retry_after(mut response: Response, seconds: u64) -> Response {
+    if let Ok(value) = seconds.to_string().parse() {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+/// The whole server as one endpoint, so fault injection applies before any routing.
+pub struct DevEndpoint {
+    pub shared: Arc<Shared>,
+}
+
+impl Endpoint for DevEndpoint {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        Ok(self.handle(req).await)
+    }
+}
+
+impl DevEndpoint {
+    async fn handle(&self, req: Request) -> Response {
+        let shared = &self.shared;
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/_dev/stats") => return json_response(200, &shared.stats_json()),
+            ("POST", "/_dev/reset") => {
+                shared.reset();
+                return Response::builder().status(StatusCode::NO_CONTENT).finish();
+            }
+            _ => {}
+        }
+        let Some(rest) = path.strip_prefix(SCIM_ROOT) else {
+            return error_response(&Refusal::new(404, None, format!("no route {path}")));
+        };
+        let segments: Vec<String> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                url::form_urlencoded::parse(format!("s={s}").replace('+', "%2B").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        shared.bump(|s| *s.requests.entry(method.to_string()).or_default() += 1);
+
+        let args = &shared.args;
+        if args.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(args.latency_ms)).await;
+        }
+        if let Some(limiter) = &shared.limiter
+            && let Err(not_until) = limiter.check()
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            shared.bump(|s| s.throttled += 1);
+            let refusal = Refusal::new(429, None, "rate limit exceeded");
+            return with_retry_after(error_response(&refusal), seconds.max(1));
+        }
+        if args.fail_rate > 0.0 && shared.roll() < args.fail_rate {
+            shared.bump(|s| s.failed += 1);
+            return if shared.roll() < 0.5 {
+                with_retry_after(
+                    error_response(&Refusal::new(503, None, "injected failure")),
+                    1,
+                )
+            } else {
+                error_response(&Refusal::new(500, None, "injected failure"))
+            };
+        }
+        if args.hang_rate > 0.0 && shared.roll() < args.hang_rate {
+            shared.bump(|s| s.hung += 1);
+            // Never answer; the client gives up. Shutdown ends the wait.
+            shared.shutdown.cancelled().await;
+            return error_response(&Refusal::new(503, None, "shutting down"));
+        }
+        let public = matches!(
+            segments.first().map(String::as_str),
+            Some("ServiceProviderConfig")
+        );
+        if let Some(token) = &args.token
+            && !public
+        {
+            let presented = req
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "));
+            let ok = presented.is_some_and(|p| {
+                use subtle::ConstantTimeEq as _;
+                bool::from(p.as_bytes().ct_eq(token.as_bytes()))
+            });
+            if !ok {
+                return error_response(&Refusal::new(401, None, "missing or wrong bearer token"));
+            }
+        }
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .map(|q| {
+                url::form_urlencoded::parse(q.as_bytes())
+                    .into_owned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let if_match = req.header("if-match").map(str::to_owned);
+        let content_type = req.header("content-type").map(str::to_owned);
+        let body = match req.into_body().into_bytes_limit(MAX_REQUEST_BODY).await {
+            Ok(bytes) => bytes,
+            Err(_) => return error_response(&Refusal::new(413, None, "body too large")),
+        };
+        let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
+            let json_ok = content_type.as_deref().is_some_and(|ct| {
+                let media = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                media == "application/json" || media == "application/scim+json"
+            });
+            if !json_ok {
+                return error_response(&Refusal::new(
+                    415,
+                    None,
+                    "Content-Type must be application/scim+json",
+                ));
+            }
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return error_response(&Refusal::new(
+                        400,
+                        Some("invalidSyntax"),
+                        format!("invalid JSON: {e}"),
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let result = self.route(&method, &segments, &query, body, if_match.as_deref());
+        match result {
+            Ok(response) => response,
+            Err(refusal) => error_response(&refusal),
+        }
+    }
+
+    fn route(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        query: &BTreeMap<String, String>,
+        body: Option<Value>,
+        if_match: Option<&str>,
+    ) -> Result<Response, Refusal> {
+        let args = &self.shared.args;
+        let kind_of = |s: &str| match s {
+            "Users" => Some(Kind::User),
+            "Groups" => Some(Kind::Group),
+            _ => None,
+        };
+        let mut store = self
+            .shared
+            .store
+            .lock()
+            .map_err(|_| Refusal::new(500, None, "store poisoned"))?;
+        let body = || body.clone().unwrap_or(Value::Null);
+        match (method.as_str(), segments) {
+            ("GET", ["ServiceProviderConfig"]) => {
+                Ok(json_response(200, &service_provider_config(args)))
+            }
+            ("GET", ["ResourceTypes"]) => Ok(json_response(200, &list_of(resource_types()))),
+            ("GET", ["ResourceTypes", name]) => resource_types()
+                .into_iter()
+                .find(|t| t["name"] == *name)
+                .map(|t| json_response(200, &t))
+                .ok_or_else(|| Refusal::new(404, None, "no such resource type")),
+            ("GET", ["Schemas"]) => Ok(json_response(200, &list_of(schema_docs()))),
+            ("GET", ["Schemas", id]) => schema_docs()
+                .into_iter()
+                .find(|s| s["id"] == *id)
+                .map(|s| json_response(200, &s))
+                .ok_or_else(|| Refusal::new(404, None, "no such schema")),
+            ("GET", [collection]) => {
+                let kind = kind_of(collection)
+                    .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                Ok(self.list(&store, kind, query))
+            }
+            ("POST", [collection, ".search"]) => {
+                let kind = kind_of(collection)
+                    .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                let search = body();
+                let mut q = BTreeMap::new();
+                for (key, name) in [
+                    ("filter", "filter"),
+                    ("startIndex", "startIndex"),
+                    ("count", "count"),
+                ] {
+                    if let Some(v) = search.get(key) {
+                        q.insert(
+                            name.to_string(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        );
+                    }
+                }
+                Ok(self.list(&store, kind, &q))
+            }
+            ("POST", [collection]) => {
+                let kind = kind_of(collection)
+                    .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                let created = store.create(kind, body())?;
+                Ok(resource_response(201, &created))
+            }
+            (_, [collection, id]) => {
+                let kind = kind_of(collection)
+                    .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                match method.as_str() {
+                    "GET" => Ok(resource_response(200, &store.get(kind, id)?)),
+                    "PUT" => Ok(resource_response(
+                        200,
+                        &store.replace(kind, id, body(), if_match)?,
+                    )),
+                    "PATCH" => Ok(resource_response(
+                        200,
+                        &store.patch(kind, id, &body(), if_match)?,
+                    )),
+                    "DELETE" => {
+                        store.delete(kind, id, if_match)?;
+                        Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
+                    }
+                    _ => Err(Refusal::new(405, None, "method not allowed")),
+                }
+            }
+            _ => Err(Refusal::new(404, None, "no such endpoint")),
+        }
+    }
+
+    fn list(&self, store: &Store, kind: Kind, query: &BTreeMap<String, String>) -> Response {
+        let args = &self.shared.args;
+        let filter = match query.get("filter").filter(|f| !f.trim().is_empty()) {
+            Some(text) => match filter::parse(text) {
+                Ok(f) => Some(f),
+                Err(e) => return error_response(&Refusal::new(400, Some("invalidFilter"), e)),
+            },
+            None => None,
+        };
+        let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
+        // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
+        let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
+        let max = args.max_page_size.max(1) as usize;
+        let count =
+            number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
+        let page = store.list(kind, filter.as_ref(), start, count, args.paging_wraps);
+        let attributes: Vec<String> = query
+            .get("attributes")
+            .map(|a| {
+                a.split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let resources: Vec<Value> = page
+            .resources
+            .into_iter()
+            .map(|r| project(r, &attributes))
+            .collect();
+        json_response(
+            200,
+            &json!({
+                "schemas": [schemas::LIST_RESPONSE],
+                "totalResults": page.total,
+                "itemsPerPage": resources.len(),
+                "startIndex": page.start_index,
+                "Resources": resources,
+            }),
+        )
+    }
+}
+
+/// Keeps `id`, `schemas`, `meta` and the requested top-level attributes.
+fn project(resource: Value, attributes: &[String]) -> Value {
+    if attributes.is_empty() {
+        return resource;
+    }
+    match resource {
+        Value::Object(mut object) => {
+            object.retain(|key, _| {
+                let key = key.to_ascii_lowercase();
+                matches!(key.as_str(), "id" | "schemas" | "meta")
+                    || attributes
+                        .iter()
+                        .any(|a| a.split('.').next() == Some(key.as_str()))
+            });
+            Value::Object(object)
+        }
+        other => other,
+    }
+}
+
+fn list_of(items: Vec<Value>) -> Value {
+    json!({
+        "schemas": [schemas::LIST_RESPONSE],
+        "totalResults": items.len(),
+        "itemsPerPage": items.len(),
+        "startIndex": 1,
+        "Resources": items,
+    })
+}
+
+fn service_provider_config(args: &DevTargetArgs) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+        "documentationUri": "https://datatracker.ietf.org/doc/html/rfc7644",
+        "patch": {"supported": true},
+        "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+        "filter": {"supported": true, "maxResults": args.advertised_max_results.unwrap_or(args.max_page_size)},
+        "changePassword": {"supported": false},
+        "sort": {"supported": false},
+        "etag": {"supported": true},
+        "authenticationSchemes": [{
+            "type": "oauthbearertoken",
+            "name": "OAuth Bearer Token",
+            "description": "Authentication with a bearer token (--token)",
+        }],
+        "meta": {"resourceType": "ServiceProviderConfig"},
+    })
+}
+
+fn resource_types() -> Vec<Value> {
+    vec![
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+            "id": "User", "name": "User", "endpoint": "/Users",
+            "schema": schemas::USER,
+            "schemaExtensions": [{"schema": schemas::ENTERPRISE_USER, "required": false}],
+            "meta": {"resourceType": "ResourceType"},
+        }),
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+            "id": "Group", "name": "Group", "endpoint": "/Groups",
+            "schema": schemas::GROUP,
+            "meta": {"resourceType": "ResourceType"},
+        }),
+    ]
+}
+
+fn attribute(name: &str, kind: &str, multi: bool, unique: &str) -> Value {
+    json!({"name": name, "type": kind, "multiValued": multi, "required": name == "userName" || name == "displayName",
+           "caseExact": false, "mutability": "readWrite", "returned": "default", "uniqueness": unique})
+}
+
+fn schema_docs() -> Vec<Value> {
+    vec![
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+            "id": schemas::USER, "name": "User",
+            "attributes": [
+                attribute("userName", "string", false, "server"),
+                attribute("name", "complex", false, "none"),
+                attribute("displayName", "string", false, "none"),
+                attribute("title", "string", false, "none"),
+                attribute("active", "boolean", false, "none"),
+                attribute("emails", "complex", true, "none"),
+                attribute("roles", "complex", true, "none"),
+                attribute("externalId", "string", false, "none"),
+            ],
+        }),
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+            "id": schemas::GROUP, "name": "Group",
+            "attributes": [
+                attribute("displayName", "string", false, "none"),
+                attribute("members", "complex", true, "none"),
+                attribute("externalId", "string", false, "none"),
+            ],
+        }),
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+            "id": schemas::ENTERPRISE_USER, "name": "EnterpriseUser",
+            "attributes": [
+                attribute("employeeNumber", "string", false, "none"),
+                attribute("department", "string", false, "none"),
+                attribute("manager", "complex", false, "none"),
+            ],
+        }),
+    ]
+}

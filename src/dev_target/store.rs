@@ -1,0 +1,517 @@
+//! The dev-target's in-memory Users and Groups, with SCIM semantics (uniqueness, versions,
+//! filters, paging, PATCH). Pure data: no HTTP here.
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value, json};
+
+use crate::scim::filter::{self, CompareOp, Filter};
+use crate::scim::patch::{self, PatchRequest};
+use crate::scim::schemas;
+
+/// A SCIM error answer: status, optional `scimType`, detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub scim_type: Option<&'static str>,
+    pub detail: String,
+}
+
+impl Refusal {
+    pub fn new(status: u16, scim_type: Option<&'static str>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            scim_type,
+            detail: detail.into(),
+        }
+    }
+
+    fn not_found(kind: Kind, id: &str) -> Self {
+        Self::new(
+            404,
+            None,
+            format!("{} {id} not found", kind.resource_type()),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Group,
+}
+
+impl Kind {
+    pub fn resource_type(self) -> &'static str {
+        match self {
+            Kind::User => "User",
+            Kind::Group => "Group",
+        }
+    }
+
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Kind::User => "Users",
+            Kind::Group => "Groups",
+        }
+    }
+
+    fn schema(self) -> &'static str {
+        match self {
+            Kind::User => schemas::USER,
+            Kind::Group => schemas::GROUP,
+        }
+    }
+}
+
+/// A page of a listing.
+pub struct Page {
+    pub total: usize,
+    pub start_index: usize,
+    pub resources: Vec<Value>,
+}
+
+#[derive(Default)]
+pub struct Store {
+    // Ids are UUIDv7, so id order is creation order and paging is stable under appends.
+    users: BTreeMap<String, Value>,
+    groups: BTreeMap<String, Value>,
+    /// Lower-cased userName → id: uniqueness and the `userName eq` fast path.
+    user_names: HashMap<String, String>,
+    version: u64,
+    /// Where resources say they live (`meta.location`).
+    base_url: String,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Whether a PATCH path names an attribute of the resource's schema (RFC 7643 §4), so that a
+/// typo is a 400 `invalidPath` as on real servers, not a new attribute. Extension attributes
+/// (`urn:…:extension:…`) are accepted as they come.
+fn known_path(kind: Kind, path: &str) -> bool {
+    const USER: &[&str] = &[
+        "userName",
+        "name",
+        "displayName",
+        "nickName",
+        "profileUrl",
+        "title",
+        "userType",
+        "preferredLanguage",
+        "locale",
+        "timezone",
+        "active",
+        "password",
+        "emails",
+        "phoneNumbers",
+        "ims",
+        "photos",
+        "addresses",
+        "groups",
+        "entitlements",
+        "roles",
+        "x509Certificates",
+        "externalId",
+    ];
+    const GROUP: &[&str] = &["displayName", "members", "externalId"];
+    let local = if filter::has_urn_prefix(path) {
+        let before_filter = path.split('[').next().unwrap_or(path);
+        let Some(idx) = before_filter.rfind(':') else {
+            return false;
+        };
+        if path[..idx].to_ascii_lowercase().contains(":extension:") {
+            return true;
+        }
+        &path[idx + 1..]
+    } else {
+        path
+    };
+    let attr = local.split(['.', '[']).next().unwrap_or("");
+    let known = match kind {
+        Kind::User => USER,
+        Kind::Group => GROUP,
+    };
+    known.iter().any(|k| k.eq_ignore_ascii_case(attr))
+}
+
+fn user_name_of(resource: &Value) -> Option<&str> {
+    resource
+        .as_object()
+        .and_then(|o| filter::get_ci(o, "userName"))
+        .and_then(Value::as_str)
+}
+
+impl Store {
+    pub fn new(base_url: String) -> Self {
+        Self {
+            base_url,
+            ..Self::default()
+        }
+    }
+
+    pub fn clear(&mut self) {
+        let base_url = std::mem::take(&mut self.base_url);
+        *self = Self::new(base_url);
+    }
+
+    fn map(&self, kind: Kind) -> &BTreeMap<String, Value> {
+        match kind {
+            Kind::User => &self.users,
+            Kind::Group => &self.groups,
+        }
+    }
+
+    fn map_mut(&mut self, kind: Kind) -> &mut BTreeMap<String, Value> {
+        match kind {
+            Kind::User => &mut self.users,
+            Kind::Group => &mut self.groups,
+        }
+    }
+
+    pub fn count(&self, kind: Kind) -> usize {
+        self.map(kind).len()
+    }
+
+    pub fn snapshot(&self, kind: Kind) -> Vec<Value> {
+        self.map(kind).values().cloned().collect()
+    }
+
+    fn next_version(&mut self) -> String {
+        self.version += 1;
+        format!("W/\"{}\"", self.version)
+    }
+
+    /// Checks the body and the userName's uniqueness (ignoring case, excluding `own_id`).
+    fn validate(&self, kind: Kind, body: &Value, own_id: Option<&str>) -> Result<(), Refusal> {
+        let object = body
+            .as_object()
+            .ok_or_else(|| Refusal::new(400, Some("invalidSyntax"), "body is not an object"))?;
+        match kind {
+            Kind::User => {
+                let name = user_name_of(body)
+                    .filter(|n| !n.trim().is_empty())
+                    .ok_or_else(|| {
+                        Refusal::new(400, Some("invalidValue"), "userName is required")
+                    })?;
+                if let Some(holder) = self.user_names.get(&name.to_lowercase())
+                    && Some(holder.as_str()) != own_id
+                {
+                    return Err(Refusal::new(
+                        409,
+                        Some("uniqueness"),
+                        format!("userName {name} is already taken"),
+                    ));
+                }
+            }
+            Kind::Group => {
+                let ok = filter::get_ci(object, "displayName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| !n.trim().is_empty());
+                if !ok {
+                    return Err(Refusal::new(
+                        400,
+                        Some("invalidValue"),
+                        "displayName is required",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores `body` as `id`, keeping `created`, setting `meta`, and indexing the userName.
+    fn store(&mut self, kind: Kind, id: &str, body: Value, created: Option<String>) -> Value {
+        let mut object = match body {
+            Value::Object(o) => o,
+            _ => Map::new(),
+        };
+        object.retain(|k, _| !k.eq_ignore_ascii_case("id") && !k.eq_ignore_ascii_case("meta"));
+        if !object.contains_key("schemas") {
+            object.insert("schemas".into(), json!([kind.schema()]));
+        }
+        if kind == Kind::Group && filter::get_ci(&object, "members").is_none() {
+            object.insert("members".into(), json!([]));
+        }
+        let stamp = now();
+        let version = self.next_version();
+        object.insert("id".into(), Value::String(id.to_owned()));
+        object.insert(
+            "meta".into(),
+            json!({
+                "resourceType": kind.resource_type(),
+                "created": created.unwrap_or_else(|| stamp.clone()),
+                "lastModified": stamp,
+                "location": format!("{}/{}/{id}", self.base_url, kind.endpoint()),
+                "version": version,
+            }),
+        );
+        let resource = Value::Object(object);
+        if kind == Kind::User {
+            if let Some(old) = self.users.get(id).and_then(user_name_of) {
+                let old = old.to_lowercase();
+                self.user_names.remove(&old);
+            }
+            if let Some(name) = user_name_of(&resource) {
+                self.user_names.insert(name.to_lowercase(), id.to_owned());
+            }
+        }
+        self.map_mut(kind).insert(id.to_owned(), resource.clone());
+        resource
+    }
+
+    pub fn create(&mut self, kind: Kind, body: Value) -> Result<Value, Refusal> {
+        self.validate(kind, &body, None)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        Ok(self.store(kind, &id, body, None))
+    }
+
+    pub fn get(&self, kind: Kind, id: &str) -> Result<Value, Refusal> {
+        self.map(kind)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Refusal::not_found(kind, id))
+    }
+
+    /// 412 when `if_match` is given and is neither `*` nor the current version.
+    fn precondition(&self, kind: Kind, id: &str, if_match: Option<&str>) -> Result<Value, Refusal> {
+        let current = self.get(kind, id)?;
+        if let Some(wanted) = if_match {
+            let version = current["meta"]["version"].as_str().unwrap_or_default();
+            let matches =
+                wanted.trim() == "*" || wanted.split(',').any(|tag| tag.trim() == version);
+            if !matches {
+                return Err(Refusal::new(412, None, "version mismatch"));
+            }
+        }
+        Ok(current)
+    }
+
+    pub fn replace(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        body: Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, Refusal> {
+        let current = self.precondition(kind, id, if_match)?;
+        self.validate(kind, &body, Some(id))?;
+        let created = current["meta"]["created"].as_str().map(str::to_owned);
+        Ok(self.store(kind, id, body, created))
+    }
+
+    pub fn patch(
+        &mut self,
+        kind: Kind,
+        id: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, Refusal> {
+        let current = self.precondition(kind, id, if_match)?;
+        let request = PatchRequest::from_body(body)
+            .map_err(|e| Refusal::new(400, Some(e.scim_type), e.detail))?;
+        for op in &request.operations {
+            if let Some(path) = &op.path
+                && !known_path(kind, path)
+            {
+                return Err(Refusal::new(
+                    400,
+                    Some("invalidPath"),
+                    format!(
+                        "no attribute `{path}` in the {} schema",
+                        kind.resource_type()
+                    ),
+                ));
+            }
+        }
+        let mut patched = current.clone();
+        patch::apply(&mut patched, &request)
+            .map_err(|e| Refusal::new(400, Some(e.scim_type), e.detail))?;
+        self.validate(kind, &patched, Some(id))?;
+        let created = current["meta"]["created"].as_str().map(str::to_owned);
+        Ok(self.store(kind, id, patched, created))
+    }
+
+    pub fn delete(&mut self, kind: Kind, id: &str, if_match: Option<&str>) -> Result<(), Refusal> {
+        self.precondition(kind, id, if_match)?;
+        if let Some(old) = self.map_mut(kind).remove(id)
+            && kind == Kind::User
+        {
+            if let Some(name) = user_name_of(&old) {
+                self.user_names.remove(&name.to_lowercase());
+            }
+            // Unlike some servers, a deleted user leaves the groups it was in.
+            for group in self.groups.values_mut() {
+                if let Some(Value::Array(members)) = group.get_mut("members") {
+                    members.retain(|m| m.get("value").and_then(Value::as_str) != Some(id));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies `f` to a stored resource without any checks (tests simulate hand edits in the
+    /// target with it). Returns whether the resource exists.
+    pub fn edit(&mut self, kind: Kind, id: &str, f: impl FnOnce(&mut Value)) -> bool {
+        let Some(mut resource) = self.map(kind).get(id).cloned() else {
+            return false;
+        };
+        f(&mut resource);
+        let created = resource["meta"]["created"].as_str().map(str::to_owned);
+        self.store(kind, id, resource, created);
+        true
+    }
+
+    /// A page of resources matching `filter`, 1-based `start_index`, at most `count`.
+    /// `wrap`: a start past the end gives page 1, as some servers do.
+    pub fn list(
+        &self,
+        kind: Kind,
+        filter: Option<&Filter>,
+        start_index: usize,
+        count: usize,
+        wrap: bool,
+    ) -> Page {
+        // Fast path for the matching look-up delivery makes before every create.
+        if kind == Kind::User
+            && let Some(Filter::Compare {
+                attr,
+                op: CompareOp::Eq,
+                value: Value::String(name),
+            }) = filter
+            && attr.eq_ignore_ascii_case("userName")
+        {
+            let found: Vec<Value> = self
+                .user_names
+                .get(&name.to_lowercase())
+                .and_then(|id| self.users.get(id))
+                .cloned()
+                .into_iter()
+                .collect();
+            let total = found.len();
+            let resources = found
+                .into_iter()
+                .skip(start_index - 1)
+                .take(count)
+                .collect();
+            return Page {
+                total,
+                start_index,
+                resources,
+            };
+        }
+        let matching = self
+            .map(kind)
+            .values()
+            .filter(|r| filter.is_none_or(|f| f.matches(r)));
+        let total = matching.clone().count();
+        let start_index = if wrap && start_index > total {
+            1
+        } else {
+            start_index
+        };
+        let resources = matching
+            .skip(start_index - 1)
+            .take(count)
+            .cloned()
+            .collect();
+        Page {
+            total,
+            start_index,
+            resources,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_are_unique_ignoring_case_and_freed_on_delete() {
+        let mut store = Store::new("http://x/scim/v2".into());
+        let ada = store
+            .create(Kind::User, json!({"userName": "Ada"}))
+            .unwrap();
+        let err = store
+            .create(Kind::User, json!({"userName": "ADA"}))
+            .unwrap_err();
+        assert_eq!((err.status, err.scim_type), (409, Some("uniqueness")));
+        let id = ada["id"].as_str().unwrap();
+        store.delete(Kind::User, id, None).unwrap();
+        assert!(store.create(Kind::User, json!({"userName": "ada"})).is_ok());
+        assert_eq!(store.create(Kind::User, json!({})).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn patch_paths_outside_the_schema_are_invalid() {
+        let mut store = Store::new(String::new());
+        let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
+        let id = user["id"].as_str().unwrap();
+        let op =
+            |path: &str| json!({"Operations": [{"op": "replace", "path": path, "value": "x"}]});
+        let err = store
+            .patch(Kind::User, id, &op("nosuchattr"), None)
+            .unwrap_err();
+        assert_eq!((err.status, err.scim_type), (400, Some("invalidPath")));
+        assert!(store.patch(Kind::User, id, &op("title"), None).is_ok());
+        assert!(
+            store
+                .patch(Kind::User, id, &op(r#"emails[type eq "work"].value"#), None)
+                .is_ok()
+        );
+        let ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
+        assert!(store.patch(Kind::User, id, &op(ext), None).is_ok());
+        assert!(
+            store
+                .patch(
+                    Kind::User,
+                    id,
+                    &op("urn:ietf:params:scim:schemas:core:2.0:User:title"),
+                    None
+                )
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn versions_change_and_stale_if_match_fails() {
+        let mut store = Store::new(String::new());
+        let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
+        let id = user["id"].as_str().unwrap();
+        let v1 = user["meta"]["version"].as_str().unwrap().to_owned();
+        let updated = store
+            .replace(
+                Kind::User,
+                id,
+                json!({"userName": "a", "title": "x"}),
+                Some(&v1),
+            )
+            .unwrap();
+        assert_ne!(updated["meta"]["version"], v1.as_str());
+        let err = store
+            .replace(Kind::User, id, json!({"userName": "a"}), Some(&v1))
+            .unwrap_err();
+        assert_eq!(err.status, 412);
+        assert_eq!(updated["meta"]["created"], user["meta"]["created"]);
+    }
+
+    #[test]
+    fn listing_pages_and_wraps_when_asked() {
+        let mut store = Store::new(String::new());
+        for i in 0..5 {
+            store
+                .create(Kind::User, json!({"userName": format!("u{i}")}))
+                .unwrap();
+        }
+        let page = store.list(Kind::User, None, 4, 10, false);
+        assert_eq!((page.total, page.resources.len()), (5, 2));
+        assert_eq!(
+            store.list(Kind::User, None, 9, 10, false).resources.len(),
+            0
+        );
+        assert_eq!(store.list(Kind::User, None, 9, 10, true).resources.len(), 5);
+        let f = filter::parse(r#"userName eq "U3""#).unwrap();
+        assert_eq!(store.list(Kind::User, Some(&f), 1, 10, false).total, 1);
+    }
+}

@@ -1,0 +1,1252 @@
+//! The HTTP side: one `reqwest::Client` per target, auth, the SSRF resolver, body limits, call
+//! records, discovery, and the Users/Groups handles.
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use reqwest::header::{self, HeaderValue};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde_json::Value;
+use tracing::Instrument as _;
+use url::Url;
+
+use super::auth::{Auth, CachedToken, TokenResponse, refresh_at};
+use super::discovery::Capabilities;
+use super::error::{ScimError, TransportKind, parse_error_body, parse_retry_after};
+use super::filter;
+use super::patch::{self, PatchRequest};
+use super::quirks::Quirks;
+use crate::net_guard::TargetPolicy;
+
+/// One HTTP call the client made, for the provisioning log and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallRecord {
+    pub method: String,
+    /// URL path plus the query the client built (filter, paging); never credentials, which
+    /// travel only in headers.
+    pub path: String,
+    /// `None` when no HTTP answer arrived.
+    pub status: Option<u16>,
+    pub duration: Duration,
+    /// The error's message (method, path, status, scimType, truncated detail).
+    pub error: Option<String>,
+}
+
+/// Receives every [`CallRecord`]; called inline, so keep it cheap (push to a channel).
+pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
+/// Bodies larger than this are refused unless the config says otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Everything the client needs to talk to one target.
+#[derive(Clone)]
+pub struct TargetConfig {
+    /// The SCIM root, e.g. `https://scim.example.net/v2`; `Users` etc. are appended.
+    pub base_url: Url,
+    pub auth: Auth,
+    /// Whole-request timeout (connect, send, answer, body).
+    pub timeout: Duration,
+    pub quirks: Quirks,
+    pub policy: TargetPolicy,
+    pub observer: Option<CallObserver>,
+    pub max_body_bytes: usize,
+}
+
+impl TargetConfig {
+    /// A config with a 30 s timeout, RFC quirks, no observer and an 8 MiB body limit.
+    #[must_use]
+    pub fn new(base_url: Url, auth: Auth, policy: TargetPolicy) -> Self {
+        Self {
+            base_url,
+            auth,
+            timeout: Duration::from_secs(30),
+            quirks: Quirks::default(),
+            policy,
+            observer: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+impl std::fmt::Debug for TargetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TargetConfig")
+            .field("base_url", &self.base_url.as_str())
+            .field("auth", &self.auth)
+            .field("timeout", &self.timeout)
+            .field("quirks", &self.quirks)
+            .field("policy", &self.policy)
+            .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// Installs rustls' ring provider for this process if none is installed yet. reqwest is built
+/// with `rustls-no-provider`, so a client cannot be built before this. Idempotent.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another thread installing one is fine: one is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// The error a refused address travels in through reqwest, recognised again on the way out.
+#[derive(Debug)]
+struct RefusedAddress(String);
+
+impl std::fmt::Display for RefusedAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RefusedAddress {}
+
+/// Resolves names with the system resolver and drops every address the policy refuses, so a
+/// name that resolved to a public address at registration cannot be re-pointed at the metadata
+/// service or loopback later (DNS rebinding).
+struct GuardedResolver {
+    policy: TargetPolicy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy;
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let mut allowed = Vec::new();
+            let mut refusal = None;
+            for addr in resolved {
+                match policy.check_ip(addr.ip()) {
+                    Ok(()) => allowed.push(addr),
+                    Err(reason) => refusal = Some(reason),
+                }
+            }
+            if allowed.is_empty() {
+                let reason = refusal.unwrap_or_else(|| "no addresses".to_string());
+                return Err(Box::new(RefusedAddress(format!("{host}: {reason}")))
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// A usable answer: 2xx, body parsed if there was one.
+struct Answer {
+    status: u16,
+    body: Option<Value>,
+}
+
+/// What `DELETE` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    /// 404: already gone, which is what the caller wanted.
+    AlreadyGone,
+}
+
+/// The result of [`ScimClient::test_connection`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConnectionReport {
+    pub reachable: bool,
+    pub auth_ok: bool,
+    pub capabilities: Option<Capabilities>,
+    /// Why the target is not usable, when it is not.
+    pub reason: Option<String>,
+}
+
+/// A SCIM 2.0 client for one target. Cheap to clone.
+#[derive(Clone)]
+pub struct ScimClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// Invariant: ends with `/`, so joining `Users` keeps the base path.
+    base: Url,
+    auth: Auth,
+    timeout: Duration,
+    quirks: Quirks,
+    policy: TargetPolicy,
+    observer: Option<CallObserver>,
+    max_body: usize,
+    token: tokio::sync::Mutex<Option<CachedToken>>,
+    capabilities: Mutex<Option<Capabilities>>,
+}
+
+impl std::fmt::Debug for ScimClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScimClient")
+            .field("base", &self.inner.base.as_str())
+            .field("auth", &self.inner.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Filters, attributes and page size for a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// A filter built with [`filter::eq`] or by hand; sent URL-encoded.
+    pub filter: Option<String>,
+    /// `attributes=` to keep pages small (e.g. `["userName", "active"]`).
+    pub attributes: Vec<String>,
+    /// Wanted page size; clamped to the quirks' and the target's maximum.
+    pub page_size: u32,
+}
+
+fn header_text(headers: &header::HeaderMap, name: header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A short, secret-free reason for a transport failure.
+fn transport_error(
+    method: &Method,
+    path: &str,
+    err: &reqwest::Error,
+    timeout: Duration,
+) -> ScimError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut innermost = err.to_string();
+    let mut io_kind = None;
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<RefusedAddress>() {
+            return ScimError::AddressRefused {
+                method: method.to_string(),
+                path: path.to_owned(),
+                reason: refused.0.clone(),
+            };
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        innermost = e.to_string();
+        source = e.source();
+    }
+    let (kind, message) = if err.is_timeout() {
+        (
+            TransportKind::Timeout,
+            format!("timed out after {timeout:?}"),
+        )
+    } else if err.is_connect() {
+        let message = match io_kind {
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused".to_string(),
+            _ => format!("could not connect: {innermost}"),
+        };
+        (TransportKind::Connect, message)
+    } else {
+        (
+            TransportKind::Other,
+            format!("connection failed: {innermost}"),
+        )
+    };
+    ScimError::Transport {
+        method: method.to_string(),
+        path: path.to_owned(),
+        kind,
+        message,
+    }
+}
+
+fn is_json_media_type(content_type: &str) -> bool {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || media == "application/scim+json" || media.ends_with("+json")
+}
+
+/// `id` of a resource.
+#[must_use]
+pub fn id_of(resource: &Value) -> Option<&str> {
+    resource.get("id").and_then(Value::as_str)
+}
+
+/// `meta.version` (the ETag) of a resource.
+#[must_use]
+pub fn version_of(resource: &Value) -> Option<&str> {
+    resource
+        .get("meta")
+        .and_then(|m| m.get("version"))
+        .and_then(Value::as_str)
+}
+
+impl ScimClient {
+    pub fn new(config: TargetConfig) -> Result<ScimClient, ScimError> {
+        install_crypto_provider();
+        if !matches!(config.base_url.scheme(), "http" | "https") {
+            return Err(ScimError::Config(format!(
+                "scheme `{}` is not http or https",
+                config.base_url.scheme()
+            )));
+        }
+        if !config.base_url.username().is_empty() || config.base_url.password().is_some() {
+            return Err(ScimError::Config(
+                "credentials must not be part of the base URL".into(),
+            ));
+        }
+        let mut base = config.base_url.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect on our behalf and bypass the address check.
+            .no_proxy()
+            .dns_resolver(GuardedResolver {
+                policy: config.policy,
+            })
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("roster/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ScimError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(ScimClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                auth: config.auth,
+                timeout: config.timeout,
+                quirks: config.quirks,
+                policy: config.policy,
+                observer: config.observer,
+                max_body: config.max_body_bytes,
+                token: tokio::sync::Mutex::new(None),
+                capabilities: Mutex::new(None),
+            }),
+        })
+    }
+
+    #[must_use]
+    pub fn users(&self) -> Resources {
+        Resources {
+            client: self.clone(),
+            kind: ResourceKind::Users,
+        }
+    }
+
+    #[must_use]
+    pub fn groups(&self) -> Resources {
+        Resources {
+            client: self.clone(),
+            kind: ResourceKind::Groups,
+        }
+    }
+
+    #[must_use]
+    pub fn quirks(&self) -> &Quirks {
+        &self.inner.quirks
+    }
+
+    /// `base` + `segments`, each segment percent-encoded (an id cannot add path segments).
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            let text: Vec<String> = query
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}={}",
+                        filter::percent_encode(k),
+                        filter::percent_encode(v)
+                    )
+                })
+                .collect();
+            url.set_query(Some(&text.join("&")));
+        }
+        url
+    }
+
+    fn check_literal_host(&self, url: &Url) -> Result<(), String> {
+        // reqwest does not call the resolver for IP literals, so check them here.
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            Some(url::Host::Domain(_)) => return Ok(()),
+            None => return Err("the URL has no host".into()),
+        };
+        self.inner.policy.check_ip(ip)
+    }
+
+    fn observe(&self, record: &CallRecord) {
+        if let Some(observer) = &self.inner.observer {
+            observer(record);
+        }
+    }
+
+    /// One HTTP exchange: address check, send, capped read, error parsing, record.
+    async fn perform(
+        &self,
+        method: Method,
+        url: Url,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Answer, ScimError> {
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let span = tracing::debug_span!(
+            "scim_call",
+            method = %method,
+            path = %path,
+            status = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let result = async {
+            if let Err(reason) = self.check_literal_host(&url) {
+                return Err(ScimError::AddressRefused {
+                    method: method.to_string(),
+                    path: path.clone(),
+                    reason,
+                });
+            }
+            let request = build(self.inner.http.request(method.clone(), url));
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport_error(&method, &path, &e, self.inner.timeout))?;
+            self.read(&method, &path, response).await
+        }
+        .instrument(span.clone())
+        .await;
+        let status = match &result {
+            Ok(answer) => Some(answer.status),
+            Err(e) => e.status(),
+        };
+        if let Some(status) = status {
+            span.record("status", status);
+        }
+        let record = CallRecord {
+            method: method.to_string(),
+            path,
+            status,
+            duration: started.elapsed(),
+            error: result.as_ref().err().map(ToString::to_string),
+        };
+        span.in_scope(|| {
+            tracing::debug!(
+                duration_ms = record.duration.as_millis() as u64,
+                error = record.error.as_deref(),
+                "SCIM call"
+            );
+        });
+        self.observe(&record);
+        result
+    }
+
+    async fn read(
+        &self,
+        method: &Method,
+        path: &str,
+        mut response: reqwest::Response,
+    ) -> Result<Answer, ScimError> {
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let retry_after = header_text(headers, header::RETRY_AFTER)
+            .and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let etag = header_text(headers, header::ETAG);
+        let content_type = header_text(headers, header::CONTENT_TYPE);
+        let bad = |reason: String| ScimError::BadResponse {
+            method: method.to_string(),
+            path: path.to_owned(),
+            status,
+            reason,
+        };
+        let max = self.inner.max_body;
+        if response.content_length().is_some_and(|n| n > max as u64) {
+            return Err(bad(format!("body larger than {max} bytes")));
+        }
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > max {
+                        return Err(bad(format!("body larger than {max} bytes")));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(transport_error(method, path, &e, self.inner.timeout)),
+            }
+        }
+        if !(200..300).contains(&status) {
+            let parsed = parse_error_body(&bytes);
+            return Err(ScimError::Http {
+                method: method.to_string(),
+                path: path.to_owned(),
+                status,
+                scim_type: parsed.scim_type,
+                detail: parsed.detail.unwrap_or_else(|| {
+                    StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("")
+                        .to_owned()
+                }),
+                retry_after,
+            });
+        }
+        if status == 204 || bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Answer { status, body: None });
+        }
+        if let Some(ct) = &content_type
+            && !is_json_media_type(ct)
+        {
+            let shown: String = ct.chars().take(60).collect();
+            return Err(bad(format!("unexpected content type `{shown}`")));
+        }
+        let mut body = serde_json::from_slice::<Value>(&bytes)
+            .map_err(|e| bad(format!("malformed JSON: {e}")))?;
+        // Some targets send the version only as an `ETag` header; keep it where callers look.
+        if let (Some(tag), Some(object)) = (&etag, body.as_object_mut())
+            && object.contains_key("id")
+            && object.get("meta").and_then(|m| m.get("version")).is_none()
+        {
+            let meta = object
+                .entry("meta")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(meta) = meta.as_object_mut() {
+                meta.insert("version".into(), Value::String(tag.clone()));
+            }
+        }
+        Ok(Answer {
+            status,
+            body: Some(body),
+        })
+    }
+
+    /// A SCIM request with auth; a 401 on a cached OAuth2 token refreshes it once and retries.
+    async fn scim(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, ScimError> {
+        let mut refreshed = false;
+        loop {
+            let (authorization, from_cache) = self.authorization(refreshed).await?;
+            let if_match = match if_match {
+                Some(v) => Some(HeaderValue::from_str(v).map_err(|_| {
+                    ScimError::InvalidInput("meta.version is not a valid header value".into())
+                })?),
+                None => None,
+            };
+            let payload = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+            let result = self
+                .perform(method.clone(), url.clone(), |mut request| {
+                    request =
+                        request.header(header::ACCEPT, "application/scim+json, application/json");
+                    if let Some(value) = authorization {
+                        request = request.header(header::AUTHORIZATION, value);
+                    }
+                    if let Some(value) = if_match {
+                        request = request.header(header::IF_MATCH, value);
+                    }
+                    if let Some(bytes) = payload {
+                        request = request
+                            .header(header::CONTENT_TYPE, "application/scim+json")
+                            .body(bytes);
+                    }
+                    request
+                })
+                .await;
+            match result {
+                Err(ScimError::Http { status: 401, .. }) if from_cache && !refreshed => {
+                    *self.inner.token.lock().await = None;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The `Authorization` header, and whether it came from a cached OAuth2 token.
+    async fn authorization(
+        &self,
+        force_refresh: bool,
+    ) -> Result<(Option<HeaderValue>, bool), ScimError> {
+        let sensitive = |text: String| {
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
+                ScimError::Config("credential contains characters not allowed in a header".into())
+            })?;
+            value.set_sensitive(true);
+            Ok::<_, ScimError>(Some(value))
+        };
+        match &self.inner.auth {
+            Auth::None => Ok((None, false)),
+            Auth::Bearer(token) => Ok((
+                sensitive(format!("Bearer {}", token.expose_secret()))?,
+                false,
+            )),
+            Auth::Basic { username, password } => {
+                let raw = format!("{username}:{}", password.expose_secret());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(raw);
+                Ok((sensitive(format!("Basic {encoded}"))?, false))
+            }
+            Auth::OAuth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => {
+                // Held across the fetch so concurrent callers share one token request.
+                let mut cached = self.inner.token.lock().await;
+                if !force_refresh
+                    && let Some(token) = cached.as_ref()
+                    && Instant::now() < token.refresh_at
+                {
+                    return Ok((
+                        sensitive(format!("Bearer {}", token.token.expose_secret()))?,
+                        true,
+                    ));
+                }
+                let token = self
+                    .fetch_token(token_url, client_id, client_secret, scope.as_deref())
+                    .await?;
+                let header = sensitive(format!("Bearer {}", token.token.expose_secret()))?;
+                *cached = Some(token);
+                Ok((header, false))
+            }
+        }
+    }
+
+    async fn fetch_token(
+        &self,
+        token_url: &Url,
+        client_id: &str,
+        client_secret: &SecretString,
+        scope: Option<&str>,
+    ) -> Result<CachedToken, ScimError> {
+        // The serializer is not `Send`; keep it out of the await below.
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if let Some(scope) = scope {
+                form.append_pair("scope", scope);
+            }
+            form.finish()
+        };
+        // RFC 6749 §2.3.1: id and secret are form-encoded before the Basic encoding.
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(client_id),
+            enc(client_secret.expose_secret())
+        ));
+        let mut authorization = HeaderValue::from_str(&format!("Basic {basic}")).map_err(|_| {
+            ScimError::Config("client credentials are not valid in a header".into())
+        })?;
+        authorization.set_sensitive(true);
+        let answer = self
+            .perform(Method::POST, token_url.clone(), |request| {
+                request
+                    .header(header::AUTHORIZATION, authorization)
+                    .header(header::ACCEPT, "application/json")
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(form)
+            })
+            .await?;
+        let bad = |reason: &str| ScimError::BadResponse {
+            method: "POST".into(),
+            path: token_url.path().to_owned(),
+            status: answer.status,
+            reason: reason.to_owned(),
+        };
+        let body = answer
+            .body
+            .clone()
+            .ok_or_else(|| bad("token response without a body"))?;
+        let parsed: TokenResponse =
+            serde_json::from_value(body).map_err(|_| bad("token response without access_token"))?;
+        if parsed
+            .token_type
+            .as_deref()
+            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+        {
+            return Err(bad("token_type is not bearer"));
+        }
+        Ok(CachedToken {
+            token: SecretString::from(parsed.access_token),
+            refresh_at: refresh_at(Instant::now(), parsed.expires_in),
+        })
+    }
+
+    /// Reads `/ServiceProviderConfig`, `/ResourceTypes` and `/Schemas` (the last two best
+    /// effort) and caches the result for the behaviour that depends on it.
+    pub async fn discover(&self) -> Result<Capabilities, ScimError> {
+        let spc = self
+            .scim(
+                Method::GET,
+                self.url(&["ServiceProviderConfig"], &[]),
+                None,
+                None,
+            )
+            .await?;
+        let doc = spc.body.ok_or_else(|| ScimError::BadResponse {
+            method: "GET".into(),
+            path: "/ServiceProviderConfig".into(),
+            status: spc.status,
+            reason: "empty body".into(),
+        })?;
+        let mut capabilities = Capabilities::from_service_provider_config(&doc);
+        if let Ok(Answer {
+            body: Some(doc), ..
+        }) = self
+            .scim(Method::GET, self.url(&["ResourceTypes"], &[]), None, None)
+            .await
+        {
+            capabilities.resource_types = Capabilities::names(&doc, "name");
+        }
+        if let Ok(Answer {
+            body: Some(doc), ..
+        }) = self
+            .scim(Method::GET, self.url(&["Schemas"], &[]), None, None)
+            .await
+        {
+            capabilities.schemas = Capabilities::names(&doc, "id");
+        }
+        self.set_capabilities(capabilities.clone());
+        Ok(capabilities)
+    }
+
+    fn set_capabilities(&self, capabilities: Capabilities) {
+        if let Ok(mut slot) = self.inner.capabilities.lock() {
+            *slot = Some(capabilities);
+        }
+    }
+
+    /// Cached capabilities, reading `/ServiceProviderConfig` on first use. A target whose
+    /// config cannot be read gets the defaults; only a transient failure is retried next time.
+    pub async fn capabilities(&self) -> Capabilities {
+        if let Some(cached) = self.inner.capabilities.lock().ok().and_then(|c| c.clone()) {
+            return cached;
+        }
+        let url = self.url(&["ServiceProviderConfig"], &[]);
+        match self.scim(Method::GET, url, None, None).await {
+            Ok(Answer {
+                body: Some(doc), ..
+            }) => {
+                let capabilities = Capabilities::from_service_provider_config(&doc);
+                self.set_capabilities(capabilities.clone());
+                capabilities
+            }
+            Ok(_) => Capabilities::default(),
+            Err(e) => {
+                if !e.is_transient() {
+                    self.set_capabilities(Capabilities::default());
+                }
+                Capabilities::default()
+            }
+        }
+    }
+
+    fn use_etag(&self, capabilities: &Capabilities) -> bool {
+        capabilities.etag && self.inner.quirks.supports_etag
+    }
+
+    /// The `count` to ask for: the wish, clamped to the quirks and the advertised maximum.
+    async fn page_count(&self, wanted: u32) -> u32 {
+        let advertised = self
+            .capabilities()
+            .await
+            .filter_max_results
+            .unwrap_or(u32::MAX);
+        wanted
+            .max(1)
+            .min(self.inner.quirks.page_size)
+            .min(advertised)
+            .max(1)
+    }
+
+    /// Checks that the target is reachable, is a SCIM server, and accepts the credentials.
+    pub async fn test_connection(&self) -> ConnectionReport {
+        let mut report = ConnectionReport {
+            reachable: false,
+            auth_ok: false,
+            capabilities: None,
+            reason: None,
+        };
+        let spc_url = self.url(&["ServiceProviderConfig"], &[]);
+        match self.scim(Method::GET, spc_url, None, None).await {
+            Ok(_) => report.reachable = true,
+            Err(e) => {
+                report.reachable = e.status().is_some();
+                report.reason = Some(match &e {
+                    ScimError::Http {
+                        status: status @ (401 | 403),
+                        ..
+                    } => auth_reason(*status),
+                    ScimError::Http { status, .. } => {
+                        format!("not a SCIM server: /ServiceProviderConfig answered {status}")
+                    }
+                    ScimError::BadResponse { reason, .. } => format!("not a SCIM server: {reason}"),
+                    ScimError::Transport { message, .. } => message.clone(),
+                    ScimError::AddressRefused { reason, .. } => {
+                        format!("address refused: {reason}")
+                    }
+                    other => other.to_string(),
+                });
+                return report;
+            }
+        }
+        // /ServiceProviderConfig often needs no credentials; a one-item page of Users does.
+        let probe = self.url(
+            &["Users"],
+            &[("startIndex", "1".into()), ("count", "1".into())],
+        );
+        match self.scim(Method::GET, probe, None, None).await {
+            Ok(_) => report.auth_ok = true,
+            Err(ScimError::Http {
+                status: status @ (401 | 403),
+                ..
+            }) => {
+                report.reason = Some(auth_reason(status));
+                return report;
+            }
+            Err(e) => {
+                report.reason = Some(format!("GET /Users failed: {e}"));
+                return report;
+            }
+        }
+        match self.discover().await {
+            Ok(capabilities) => report.capabilities = Some(capabilities),
+            Err(e) => report.reason = Some(format!("discovery failed: {e}")),
+        }
+        report
+    }
+}
+
+fn auth_reason(status: u16) -> String {
+    if status == 401 {
+        "401: token rejected".into()
+    } else {
+        "403: access denied".into()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResourceKind {
+    Users,
+    Groups,
+}
+
+impl ResourceKind {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Self::Users => "Users",
+            Self::Groups => "Groups",
+        }
+    }
+}
+
+/// State of a paged listing between pages.
+#[derive(Debug, Clone)]
+struct Paging {
+    next_start: u64,
+    fetched: u64,
+    /// `id` of the first resource of page 1: seeing it again means the server wrapped round.
+    first_id: Option<String>,
+    done: bool,
+}
+
+/// `client.users()` or `client.groups()`: CRUD, look-ups and listing for one resource type.
+#[derive(Clone, Debug)]
+pub struct Resources {
+    client: ScimClient,
+    kind: ResourceKind,
+}
+
+fn no_body(method: &str, path: String, status: u16) -> ScimError {
+    ScimError::BadResponse {
+        method: method.into(),
+        path,
+        status,
+        reason: "expected a resource, got an empty body".into(),
+    }
+}
+
+impl Resources {
+    fn item_url(&self, id: &str) -> Url {
+        self.client.url(&[self.kind.endpoint(), id], &[])
+    }
+
+    fn item_path(&self, id: &str) -> String {
+        self.item_url(id).path().to_owned()
+    }
+
+    /// POST; returns the created resource (with its `id`).
+    pub async fn create(&self, resource: &Value) -> Result<Value, ScimError> {
+        let url = self.client.url(&[self.kind.endpoint()], &[]);
+        let path = url.path().to_owned();
+        let answer = self
+            .client
+            .scim(Method::POST, url, Some(resource), None)
+            .await?;
+        let created = answer
+            .body
+            .ok_or_else(|| no_body("POST", path.clone(), answer.status))?;
+        if id_of(&created).is_none() {
+            return Err(ScimError::BadResponse {
+                method: "POST".into(),
+                path,
+                status: answer.status,
+                reason: "created resource has no id".into(),
+            });
+        }
+        Ok(created)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Value, ScimError> {
+        let answer = self
+            .client
+            .scim(Method::GET, self.item_url(id), None, None)
+            .await?;
+        answer
+            .body
+            .ok_or_else(|| no_body("GET", self.item_path(id), answer.status))
+    }
+
+    /// PUT. With ETags, `resource`'s own `meta.version` is sent as `If-Match`; on 412 the
+    /// current version is re-read and the PUT retried once.
+    pub async fn replace(&self, id: &str, resource: &Value) -> Result<Value, ScimError> {
+        let capabilities = self.client.capabilities().await;
+        let version = if self.client.use_etag(&capabilities) {
+            version_of(resource).map(str::to_owned)
+        } else {
+            None
+        };
+        self.put_with_retry(id, resource, version).await
+    }
+
+    async fn put_with_retry(
+        &self,
+        id: &str,
+        resource: &Value,
+        version: Option<String>,
+    ) -> Result<Value, ScimError> {
+        let first = self.put(id, resource, version.as_deref()).await;
+        match first {
+            Err(ScimError::Http { status: 412, .. }) if version.is_some() => {
+                let current = self.get(id).await?;
+                self.put(id, resource, version_of(&current)).await
+            }
+            other => other,
+        }
+    }
+
+    async fn put(
+        &self,
+        id: &str,
+        resource: &Value,
+        version: Option<&str>,
+    ) -> Result<Value, ScimError> {
+        let answer = self
+            .client
+            .scim(Method::PUT, self.item_url(id), Some(resource), version)
+            .await?;
+        match answer.body {
+            Some(body) => Ok(body),
+            // A 204 to PUT is off-spec but seen; the caller still wants the resource.
+            None => self.get(id).await,
+        }
+    }
+
+    /// PATCH. Returns the resource when the target sends it (200), `None` for 204.
+    ///
+    /// Users on targets without PATCH (discovered, or `quirks.supports_patch = false`) are read,
+    /// patched locally and PUT. Groups are never PUT (membership would be overwritten wholesale):
+    /// there this is [`ScimError::Unsupported`].
+    pub async fn patch(
+        &self,
+        id: &str,
+        request: &PatchRequest,
+    ) -> Result<Option<Value>, ScimError> {
+        let capabilities = self.client.capabilities().await;
+        let patch_ok = capabilities.patch && self.client.inner.quirks.supports_patch;
+        if !patch_ok {
+            if self.kind == ResourceKind::Groups {
+                return Err(ScimError::Unsupported(
+                    "the target does not support PATCH, and group membership is never replaced with PUT".into(),
+                ));
+            }
+            let mut current = self.get(id).await?;
+            patch::apply(&mut current, request)
+                .map_err(|e| ScimError::InvalidInput(e.to_string()))?;
+            let version = if self.client.use_etag(&capabilities) {
+                version_of(&current).map(str::to_owned)
+            } else {
+                None
+            };
+            return self.put_with_retry(id, &current, version).await.map(Some);
+        }
+        let body = request.to_body(self.client.inner.quirks.patch_op_case);
+        let version = if self.client.use_etag(&capabilities) {
+            request.if_match.clone()
+        } else {
+            None
+        };
+        let send = |version: Option<String>| {
+            let body = &body;
+            async move {
+                self.client
+                    .scim(
+                        Method::PATCH,
+                        self.item_url(id),
+                        Some(body),
+                        version.as_deref(),
+                    )
+                    .await
+            }
+        };
+        let answer = match send(version.clone()).await {
+            Err(ScimError::Http { status: 412, .. }) if version.is_some() => {
+                let current = self.get(id).await?;
+                send(version_of(&current).map(str::to_owned)).await?
+            }
+            other => other?,
+        };
+        Ok(answer.body)
+    }
+
+    /// DELETE; a 404 counts as done.
+    pub async fn delete(&self, id: &str) -> Result<Deleted, ScimError> {
+        match self
+            .client
+            .scim(Method::DELETE, self.item_url(id), None, None)
+            .await
+        {
+            Ok(_) => Ok(Deleted::Deleted),
+            Err(e) if e.is_not_found() => Ok(Deleted::AlreadyGone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resources whose `attr` equals `value` (`userName` ignoring case). Uses `filter=` with the
+    /// value escaped; on targets without filtering, pages through everything and compares here.
+    pub async fn find_by(&self, attr: &str, value: &str) -> Result<Vec<Value>, ScimError> {
+        let expression = filter::eq(attr, value)?;
+        let capabilities = self.client.capabilities().await;
+        if capabilities.filter && self.client.inner.quirks.supports_filter {
+            let query = ListQuery {
+                filter: Some(expression),
+                attributes: Vec::new(),
+                page_size: self.client.inner.quirks.page_size,
+            };
+            return self.list_query(query).try_collect().await;
+        }
+        let parsed = filter::parse(&expression).map_err(ScimError::InvalidInput)?;
+        self.list(self.client.inner.quirks.page_size)
+            .try_filter(|resource| futures::future::ready(parsed.matches(resource)))
+            .try_collect()
+            .await
+    }
+
+    /// Every resource, page by page (memory bounded by one page).
+    pub fn list(&self, page_size: u32) -> BoxStream<'static, Result<Value, ScimError>> {
+        self.list_query(ListQuery {
+            page_size,
+            ..ListQuery::default()
+        })
+    }
+
+    /// Pages with `startIndex`/`count` until `totalResults` is reached. Also stops on an empty
+    /// or short page without `totalResults`, on a page starting past `totalResults`, and when
+    /// page 1 comes round again (servers that wrap `startIndex`), so it never loops forever.
+    pub fn list_query(&self, query: ListQuery) -> BoxStream<'static, Result<Value, ScimError>> {
+        let this = self.clone();
+        let start = Paging {
+            next_start: 1,
+            fetched: 0,
+            first_id: None,
+            done: false,
+        };
+        stream::try_unfold(start, move |paging| {
+            let this = this.clone();
+            let query = query.clone();
+            async move { this.next_page(paging, &query).await }
+        })
+        .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+    }
+
+    async fn next_page(
+        &self,
+        mut paging: Paging,
+        query: &ListQuery,
+    ) -> Result<Option<(Vec<Value>, Paging)>, ScimError> {
+        if paging.done {
+            return Ok(None);
+        }
+        let count = self.client.page_count(query.page_size).await;
+        let mut params = Vec::new();
+        if let Some(filter) = &query.filter {
+            params.push(("filter", filter.clone()));
+        }
+        if !query.attributes.is_empty() {
+            params.push(("attributes", query.attributes.join(",")));
+        }
+        params.push(("startIndex", paging.next_start.to_string()));
+        params.push(("count", count.to_string()));
+        let url = self.client.url(&[self.kind.endpoint()], &params);
+        let path = url.path().to_owned();
+        let answer = self.client.scim(Method::GET, url, None, None).await?;
+        let body = answer
+            .body
+            .ok_or_else(|| no_body("GET", path.clone(), answer.status))?;
+        let object = body.as_object().ok_or_else(|| ScimError::BadResponse {
+            method: "GET".into(),
+            path: path.clone(),
+            status: answer.status,
+            reason: "list response is not an object".into(),
+        })?;
+        let total = filter::get_ci(object, "totalResults").and_then(Value::as_u64);
+        let items = match filter::get_ci(object, "Resources") {
+            Some(Value::Array(items)) => items.clone(),
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => {
+                return Err(ScimError::BadResponse {
+                    method: "GET".into(),
+                    path,
+                    status: answer.status,
+                    reason: "`Resources` is not an array".into(),
+                });
+            }
+        };
+        let first_of_page = items.first().and_then(id_of).map(str::to_owned);
+        let wrapped = paging.next_start > 1
+            && (total.is_some_and(|t| paging.next_start > t)
+                || (first_of_page.is_some() && first_of_page == paging.first_id));
+        if wrapped {
+            paging.done = true;
+            return Ok(Some((Vec::new(), paging)));
+        }
+        if paging.next_start == 1 {
+            paging.first_id = first_of_page;
+        }
+        let n = items.len() as u64;
+        paging.fetched += n;
+        // Advance by what arrived, not by `count`: a server may cap pages below both.
+        paging.next_start += n;
+        paging.done = n == 0
+            || match total {
+                Some(total) => paging.fetched >= total,
+                None => n < u64::from(count),
+            };
+        Ok(Some((items, paging)))
+    }
+
+    /// Adds members with PATCH, in chunks of `quirks.max_members_per_patch`.
+    pub async fn add_members(
+        &self,
+        group_id: &str,
+        member_ids: &[String],
+    ) -> Result<(), ScimError> {
+        for chunk in
+            patch::chunk_members(member_ids, self.client.inner.quirks.max_members_per_patch)
+        {
+            self.patch(group_id, &PatchRequest::new().add_members(&chunk))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Removes members with PATCH `remove members[value eq "…"]`, chunked likewise.
+    pub async fn remove_members(
+        &self,
+        group_id: &str,
+        member_ids: &[String],
+    ) -> Result<(), ScimError> {
+        for chunk in
+            patch::chunk_members(member_ids, self.client.inner.quirks.max_members_per_patch)
+        {
+            self.patch(group_id, &PatchRequest::new().remove_members(&chunk))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_url_keeps_its_path_and_ids_stay_one_segment() {
+        let config = TargetConfig::new(
+            Url::parse("http://127.0.0.1:9/scim/v2").unwrap(),
+            Auth::None,
+            TargetPolicy::AllowPrivate,
+        );
+        let client = ScimClient::new(config).unwrap();
+        let url = client.url(
+            &["Users", "a/b?c"],
+            &[("filter", r#"userName eq "x y""#.into())],
+        );
+        assert_eq!(url.path(), "/scim/v2/Users/a%2Fb%3Fc");
+        assert_eq!(url.query(), Some("filter=userName%20eq%20%22x%20y%22"));
+    }
+
+    #[test]
+    fn json_media_types_are_recognised() {
+        assert!(is_json_media_type("application/scim+json; charset=utf-8"));
+        assert!(is_json_media_type("Application/JSON"));
+        assert!(!is_json_media_type("text/html"));
+    }
+
+    #[tokio::test]
+    async fn literal_private_addresses_are_refused_under_public_only() {
+        let config = TargetConfig::new(
+            Url::parse("http://169.254.169.254/latest").unwrap(),
+            Auth::Bearer(SecretString::from("canary-secret")),
+            TargetPolicy::PublicOnly,
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let mut config = config;
+        config.observer = Some(Arc::new(move |r: &CallRecord| {
+            sink.lock().unwrap().push(r.clone());
+        }));
+        let client = ScimClient::new(config).unwrap();
+        let err = client.users().get("x").await.unwrap_err();
+        assert!(matches!(err, ScimError::AddressRefused { .. }), "{err:?}");
+        assert!(!format!("{err:?} {err}").contains("canary"));
+        let records = seen.lock().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].status, None);
+        assert!(records[0].error.as_deref().unwrap().contains("metadata"));
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_at_connect_time() {
+        let config = TargetConfig::new(
+            Url::parse("http://localhost:9/v2").unwrap(),
+            Auth::None,
+            TargetPolicy::PublicOnly,
+        );
+        let client = ScimClient::new(config).unwrap();
+        let err = client.users().get("x").await.unwrap_err();
+        assert!(matches!(err, ScimError::AddressRefused { .. }), "{err:?}");
+        assert!(err.to_string().contains("loopback"), "{err}");
+    }
+}

@@ -1,0 +1,311 @@
+//! Errors of the SCIM client and their classification.
+//!
+//! Errors carry the method, path, status, `scimType`, a truncated `detail` and `Retry-After`;
+//! never a credential and never a full response body.
+use std::time::{Duration, SystemTime};
+
+/// What a caller should do about an error (DESIGN §5). Pure data; the delivery engine maps it
+/// to retry, adopt, quarantine or dead-letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Connect errors, timeouts, 408, 412 after our own retry, 429, 5xx: try again later.
+    Transient,
+    /// 409: the resource exists (usually `scimType: uniqueness`): look it up and link.
+    Conflict,
+    /// 401/403: credentials rejected.
+    Auth,
+    /// 404.
+    NotFound,
+    /// Other 4xx, malformed or oversized bodies, refused addresses, invalid input.
+    Permanent,
+}
+
+/// The classification table. `status` is `None` when no HTTP answer arrived (connect error,
+/// timeout, connection reset).
+#[must_use]
+pub fn classify(status: Option<u16>) -> ErrorClass {
+    match status {
+        None => ErrorClass::Transient,
+        Some(401 | 403) => ErrorClass::Auth,
+        Some(404) => ErrorClass::NotFound,
+        Some(409) => ErrorClass::Conflict,
+        // 412: someone changed the resource between our re-read and retry; a later attempt
+        // re-reads again. 408: the server gave up waiting for us.
+        Some(408 | 412 | 429) => ErrorClass::Transient,
+        Some(500..=599) => ErrorClass::Transient,
+        Some(_) => ErrorClass::Permanent,
+    }
+}
+
+/// Parses a `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3). A date in
+/// the past gives zero; anything else gives `None`.
+#[must_use]
+pub fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        // Very long digit strings saturate instead of failing: "wait a very long time".
+        return Some(Duration::from_secs(raw.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(raw).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Why no usable HTTP answer arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    Connect,
+    Timeout,
+    /// The connection broke while sending or reading.
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScimError {
+    /// The target answered with a non-success status.
+    #[error("{method} {path}: HTTP {status}{}{}", scim_type.as_deref().map(|t| format!(" ({t})")).unwrap_or_default(), if detail.is_empty() { String::new() } else { format!(": {detail}") })]
+    Http {
+        method: String,
+        path: String,
+        status: u16,
+        scim_type: Option<String>,
+        /// At most [`DETAIL_MAX`] characters of the server's `detail` (or of a non-SCIM body).
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+    /// No HTTP answer: connection refused, DNS failure, timeout, reset.
+    #[error("{method} {path}: {message}")]
+    Transport {
+        method: String,
+        path: String,
+        kind: TransportKind,
+        message: String,
+    },
+    /// The answer could not be used: too large, not JSON, wrong content type, missing `id`.
+    #[error("{method} {path}: bad response (HTTP {status}): {reason}")]
+    BadResponse {
+        method: String,
+        path: String,
+        status: u16,
+        reason: String,
+    },
+    /// The SSRF guard refused the target's address.
+    #[error("{method} {path}: address refused: {reason}")]
+    AddressRefused {
+        method: String,
+        path: String,
+        reason: String,
+    },
+    /// The caller asked for something that cannot be expressed (bad attribute name, …).
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+    /// The target lacks a capability the operation needs and no fallback exists.
+    #[error("unsupported by the target: {0}")]
+    Unsupported(String),
+    /// The client configuration is unusable (bad base URL, TLS setup).
+    #[error("client configuration: {0}")]
+    Config(String),
+}
+
+/// Longest `detail` kept from a server answer.
+pub const DETAIL_MAX: usize = 300;
+
+impl ScimError {
+    /// The HTTP status, if the target answered.
+    #[must_use]
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Http { status, .. } | Self::BadResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn scim_type(&self) -> Option<&str> {
+        match self {
+            Self::Http { scim_type, .. } => scim_type.as_deref(),
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    #[must_use]
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Http { status, .. } => classify(Some(*status)),
+            Self::Transport { .. } => classify(None),
+            // A body cut short by a 5xx is still a 5xx; a bad 2xx body will not improve.
+            Self::BadResponse { status, .. } if *status >= 500 => ErrorClass::Transient,
+            Self::BadResponse { .. }
+            | Self::AddressRefused { .. }
+            | Self::InvalidInput(_)
+            | Self::Unsupported(_)
+            | Self::Config(_) => ErrorClass::Permanent,
+        }
+    }
+
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        self.class() == ErrorClass::Conflict
+    }
+
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        self.class() == ErrorClass::NotFound
+    }
+
+    #[must_use]
+    pub fn is_auth(&self) -> bool {
+        self.class() == ErrorClass::Auth
+    }
+}
+
+/// Keeps at most `max` characters, on a char boundary, with control characters replaced so a
+/// hostile server cannot forge log lines.
+#[must_use]
+pub(crate) fn truncate_detail(raw: &str, max: usize) -> String {
+    let mut out: String = raw
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if raw.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// The parts of an RFC 7644 §3.12 error body we use. Lenient: `status` may be a string or a
+/// number, and every field may be missing.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ErrorBody {
+    pub scim_type: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub(crate) fn parse_error_body(body: &[u8]) -> ErrorBody {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return ErrorBody {
+            scim_type: None,
+            detail: std::str::from_utf8(body)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| truncate_detail(s, DETAIL_MAX)),
+        };
+    };
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .map(|s| truncate_detail(s, DETAIL_MAX))
+    };
+    ErrorBody {
+        scim_type: text("scimType"),
+        detail: text("detail"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_table() {
+        use ErrorClass as C;
+        for (status, want) in [
+            (None, C::Transient),
+            (Some(429), C::Transient),
+            (Some(500), C::Transient),
+            (Some(502), C::Transient),
+            (Some(503), C::Transient),
+            (Some(408), C::Transient),
+            (Some(412), C::Transient),
+            (Some(409), C::Conflict),
+            (Some(401), C::Auth),
+            (Some(403), C::Auth),
+            (Some(404), C::NotFound),
+            (Some(400), C::Permanent),
+            (Some(413), C::Permanent),
+            (Some(415), C::Permanent),
+            (Some(422), C::Permanent),
+        ] {
+            assert_eq!(classify(status), want, "status {status:?}");
+        }
+    }
+
+    #[test]
+    fn error_variants_classify_by_their_cause() {
+        let bad_body = ScimError::BadResponse {
+            method: "GET".into(),
+            path: "/Users".into(),
+            status: 200,
+            reason: "not JSON".into(),
+        };
+        assert_eq!(bad_body.class(), ErrorClass::Permanent);
+        let timeout = ScimError::Transport {
+            method: "GET".into(),
+            path: "/Users".into(),
+            kind: TransportKind::Timeout,
+            message: "timed out".into(),
+        };
+        assert!(timeout.is_transient());
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_dates_and_rejects_garbage() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_784_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert!(parse_retry_after("99999999999999999999999", now).is_some());
+        for garbage in ["", "soon", "-5", "1.5", "7s", "Mon, 99 Foo 2026"] {
+            assert_eq!(parse_retry_after(garbage, now), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_parse_with_string_or_number_status() {
+        let body = br#"{"schemas":["urn:ietf:params:scim:api:messages:2.0:Error"],"status":"409","scimType":"uniqueness","detail":"taken"}"#;
+        assert_eq!(
+            parse_error_body(body),
+            ErrorBody {
+                scim_type: Some("uniqueness".into()),
+                detail: Some("taken".into())
+            }
+        );
+        let body = br#"{"status":404,"detail":"nope"}"#;
+        assert_eq!(parse_error_body(body).detail.as_deref(), Some("nope"));
+        assert_eq!(parse_error_body(b"<html>oops</html>").scim_type, None);
+        assert_eq!(parse_error_body(b"\xff\xfe").detail, None);
+        let long = "x".repeat(5000);
+        let parsed = parse_error_body(long.as_bytes());
+        assert!(parsed.detail.unwrap().chars().count() <= DETAIL_MAX + 1);
+    }
+
+    #[test]
+    fn details_lose_control_characters() {
+        assert_eq!(truncate_detail("a\nb\rc", 10), "a b c");
+        assert_eq!(truncate_detail("abcdef", 3), "abc…");
+    }
+}

@@ -1,0 +1,152 @@
+use roster::dev_target::DevTargetArgs;
+use roster::scim::{PatchRequest, Quirks, ScimError, id_of};
+use serde_json::json;
+
+use crate::helpers::{spawn_target, spawn_target_with, unique, user};
+use crate::scenarios;
+
+#[tokio::test]
+async fn users_round_trip_through_create_read_replace_patch_delete() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    scenarios::users_crud(&t.client).await;
+    assert_eq!(t.target.stats()["users"], 0);
+}
+
+#[tokio::test]
+async fn group_members_are_added_in_chunks_and_removed_by_filter() {
+    let t = spawn_target_with(DevTargetArgs::default(), |c| {
+        c.quirks.max_members_per_patch = 2;
+    })
+    .await;
+    scenarios::groups_membership(&t.client).await;
+    // 3 members with at most 2 per PATCH: two add PATCHes, one remove, one rename.
+    let patches = t.calls.all().iter().filter(|c| c.method == "PATCH").count();
+    assert_eq!(patches, 4);
+}
+
+#[tokio::test]
+async fn hostile_user_names_cannot_change_a_filter() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    // Bystanders a broken filter would also match.
+    for i in 0..3 {
+        t.client
+            .users()
+            .create(&user(&unique(&format!("bystander{i}"))))
+            .await
+            .unwrap();
+    }
+    scenarios::hostile_filters(&t.client).await;
+}
+
+#[tokio::test]
+async fn stale_versions_get_412_then_one_reread_and_retry() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    scenarios::etag_retry(&t.client, &t.calls).await;
+    scenarios::etag_patch_retry(&t.client, &t.calls).await;
+}
+
+#[tokio::test]
+async fn conflicts_and_missing_resources_are_classified() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    scenarios::conflicts_and_missing(&t.client).await;
+}
+
+#[tokio::test]
+async fn targets_without_patch_get_users_put_and_groups_refused() {
+    let t = spawn_target_with(DevTargetArgs::default(), |c| {
+        c.quirks = Quirks::profile("no-patch").unwrap();
+    })
+    .await;
+    let created = t
+        .client
+        .users()
+        .create(&user(&unique("nopatch")))
+        .await
+        .unwrap();
+    let id = id_of(&created).unwrap();
+    let _ = t.client.capabilities().await;
+    t.calls.clear();
+    let patched = t
+        .client
+        .users()
+        .patch(
+            id,
+            &PatchRequest::new().replace_value(json!({"active": false})),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(patched["active"], false);
+    assert_eq!(t.calls.summary(), ["GET 200", "PUT 200"]);
+
+    let g = t
+        .client
+        .groups()
+        .create(&json!({"displayName": "g"}))
+        .await
+        .unwrap();
+    let err = t
+        .client
+        .groups()
+        .add_members(id_of(&g).unwrap(), &[id.to_owned()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ScimError::Unsupported(_)), "{err}");
+}
+
+#[tokio::test]
+async fn entra_profile_sends_pascal_case_ops_the_server_accepts() {
+    let t = spawn_target_with(DevTargetArgs::default(), |c| {
+        c.quirks = Quirks::from_json(&json!("entra")).unwrap();
+    })
+    .await;
+    let created = t
+        .client
+        .users()
+        .create(&user(&unique("entra")))
+        .await
+        .unwrap();
+    let id = id_of(&created).unwrap();
+    t.client
+        .users()
+        .patch(id, &PatchRequest::new().replace("active", json!(false)))
+        .await
+        .unwrap();
+    assert_eq!(t.client.users().get(id).await.unwrap()["active"], false);
+}
+
+#[tokio::test]
+async fn no_filter_targets_are_searched_by_paging() {
+    let t = spawn_target_with(DevTargetArgs::default(), |c| {
+        c.quirks = Quirks::profile("no-filter").unwrap();
+        c.quirks.page_size = 7;
+    })
+    .await;
+    for i in 0..20 {
+        t.target
+            .insert(roster::dev_target::Kind::User, user(&format!("paged{i}")))
+            .unwrap();
+    }
+    let found = t
+        .client
+        .users()
+        .find_by("userName", "PAGED13")
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["userName"], "paged13");
+    assert!(t.calls.all().iter().all(|c| !c.path.contains("filter=")));
+}
+
+#[tokio::test]
+async fn test_connection_reports_capabilities() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    let report = t.client.test_connection().await;
+    assert!(report.reachable && report.auth_ok, "{report:?}");
+    assert_eq!(report.reason, None);
+    let caps = report.capabilities.unwrap();
+    assert!(caps.patch && caps.etag && caps.filter);
+    assert_eq!(caps.filter_max_results, Some(200));
+    assert_eq!(caps.resource_types, ["User", "Group"]);
+    assert_eq!(caps.schemas.len(), 3);
+}

@@ -1,0 +1,11 @@
+//! The SCIM client against the in-process dev-target, tiny hostile servers, and the
+//! third-party peer (`peer` module; needs `with-peer.sh scim2-server`).
+mod crud;
+mod errors;
+mod faults;
+mod helpers;
+mod oauth;
+mod paging;
+mod peer;
+mod raw;
+mod scenarios;

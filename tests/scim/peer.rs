@@ -1,0 +1,121 @@
+//! The same scenarios against `scim2-server`, a SCIM server nobody here wrote. Run under
+//! `../shared/peers/with-peer.sh scim2-server cargo test --test scim`.
+use std::time::Duration;
+
+use roster::scim::{ScimClient, TargetConfig};
+
+use crate::helpers::{Calls, bearer, client, unique};
+use crate::scenarios;
+
+/// The peer has a listen backlog of 5 and speaks HTTP/1.0: one peer test at a time.
+static PEER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A client for the peer, or `None` (printed) when it is not running; under `CI=true` a
+/// missing peer fails the test instead.
+fn peer_client(tweak: impl FnOnce(&mut TargetConfig)) -> Option<(ScimClient, Calls)> {
+    let (Ok(base), Ok(token)) = (std::env::var("PEER_BASE_URL"), std::env::var("PEER_TOKEN"))
+    else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("PEER_BASE_URL/PEER_TOKEN unset under CI: run under with-peer.sh scim2-server");
+        }
+        eprintln!(
+            "skipped: PEER_BASE_URL unset (run under ../shared/peers/with-peer.sh scim2-server)"
+        );
+        return None;
+    };
+    Some(client(&base, bearer(&token), |c| {
+        c.timeout = Duration::from_secs(15);
+        tweak(c);
+    }))
+}
+
+#[tokio::test]
+async fn peer_users_round_trip() {
+    let _one = PEER.lock().await;
+    let Some((c, _)) = peer_client(|_| {}) else {
+        return;
+    };
+    scenarios::users_crud(&c).await;
+}
+
+#[tokio::test]
+async fn peer_group_members_are_added_and_removed() {
+    let _one = PEER.lock().await;
+    let Some((c, calls)) = peer_client(|_| {}) else {
+        return;
+    };
+    scenarios::groups_membership(&c).await;
+    // The peer answers PATCH with 204 and no body.
+    assert!(
+        calls
+            .all()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.status == Some(204))
+    );
+}
+
+#[tokio::test]
+async fn peer_hostile_filters_find_exactly_one() {
+    let _one = PEER.lock().await;
+    let Some((c, _)) = peer_client(|_| {}) else {
+        return;
+    };
+    scenarios::hostile_filters(&c).await;
+}
+
+#[tokio::test]
+async fn peer_conflicts_and_missing_are_classified() {
+    let _one = PEER.lock().await;
+    let Some((c, _)) = peer_client(|_| {}) else {
+        return;
+    };
+    scenarios::conflicts_and_missing(&c).await;
+}
+
+#[tokio::test]
+async fn peer_weak_etags_get_412_then_retry() {
+    let _one = PEER.lock().await;
+    let Some((c, calls)) = peer_client(|_| {}) else {
+        return;
+    };
+    assert!(c.capabilities().await.etag, "the peer advertises ETags");
+    scenarios::etag_retry(&c, &calls).await;
+}
+
+#[tokio::test]
+async fn peer_lists_250_users_once_each() {
+    let _one = PEER.lock().await;
+    let Some((c, calls)) = peer_client(|c| c.quirks.page_size = 1000) else {
+        return;
+    };
+    let prefix = unique("page");
+    let mut created = scenarios::create_users(&c, &prefix, 250, 4).await;
+    calls.clear();
+    let mut listed = scenarios::list_prefix(&c, &prefix, 100).await;
+    assert_eq!(listed.len(), 250);
+    created.sort();
+    listed.sort();
+    assert_eq!(listed, created);
+    let pages = calls
+        .all()
+        .iter()
+        .filter(|r| r.path.contains("startIndex="))
+        .count();
+    assert_eq!(pages, 3, "stopped by totalResults");
+    for id in &created {
+        c.users().delete(id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn peer_test_connection_reports_capabilities() {
+    let _one = PEER.lock().await;
+    let Some((c, _)) = peer_client(|_| {}) else {
+        return;
+    };
+    let report = c.test_connection().await;
+    assert!(report.reachable && report.auth_ok, "{report:?}");
+    let caps = report.capabilities.unwrap();
+    assert!(caps.patch && caps.etag && caps.filter);
+    assert_eq!(caps.filter_max_results, Some(1000));
+}
