@@ -93,7 +93,12 @@ async fn serve() -> anyhow::Result<()> {
         tracing::info!("Shutting down");
         stop.cancel();
     });
+    let engine = server.engine;
     server.handle.await.context("server task")??;
+    if let Some(engine) = engine {
+        engine.await.context("delivery engine")?;
+    }
+    tracing::info!("Stopped");
     Ok(())
 }
 

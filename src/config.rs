@@ -16,6 +16,11 @@ pub struct Config {
     pub hr_webhook_secret: Option<SecretString>,
     pub workers: usize,
     pub allow_private_targets: bool,
+    /// Not from the environment: how often a quarantined app is probed (DESIGN: 5 minutes);
+    /// tests shorten it.
+    pub quarantine_probe: std::time::Duration,
+    /// Whether `serve` runs the delivery engine (tests of the API alone turn it off).
+    pub run_engine: bool,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://roster.db?mode=rwc";
@@ -31,6 +36,8 @@ impl Default for Config {
             hr_webhook_secret: None,
             workers: 32,
             allow_private_targets: false,
+            quarantine_probe: std::time::Duration::from_secs(300),
+            run_engine: true,
         }
     }
 }
@@ -70,13 +77,14 @@ impl Config {
             },
         };
         Ok(Self {
-            database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url),
-            listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen),
+            database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url.clone()),
+            listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen.clone()),
             admin_token: non_empty("ROSTER_ADMIN_TOKEN").map(SecretString::from),
             secret_key: non_empty("ROSTER_SECRET_KEY").map(SecretString::from),
             hr_webhook_secret: non_empty("ROSTER_HR_WEBHOOK_SECRET").map(SecretString::from),
             workers,
             allow_private_targets,
+            ..defaults
         })
     }
 

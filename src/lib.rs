@@ -11,6 +11,7 @@ pub mod mapping;
 pub mod net_guard;
 pub mod scim;
 pub mod service;
+pub mod settings;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::crypto::{CryptoError, SecretBox, load_or_create_key_file};
+use crate::delivery::engine::{self, EngineConfig};
 use crate::service::{Roster, ServiceError};
 use crate::store::{self, StoreError};
 
@@ -86,11 +87,24 @@ pub async fn build(config: Config) -> Result<(Roster, Option<SecretString>), Sta
     Ok((roster, generated))
 }
 
-/// A running HTTP server.
+/// A running HTTP server and delivery engine.
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub engine: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests and claiming jobs, lets running work finish (up to 30 s),
+    /// hands the rest back to the queue.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+        if let Some(engine) = self.engine {
+            let _ = engine.await;
+        }
+    }
 }
 
 /// Binds `listen` (port 0 picks a free port) and serves until `shutdown` is cancelled.
@@ -109,6 +123,14 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         })?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
+    let engine = roster.config().run_engine.then(|| {
+        let config = EngineConfig {
+            workers: roster.config().workers,
+            probe_interval: roster.config().quarantine_probe,
+            ..EngineConfig::default()
+        };
+        engine::start(roster.delivery(), config, shutdown.clone())
+    });
     let app = crate::api::app(roster);
     let handle = tokio::spawn(async move {
         let std_listener = listener.into_std()?;
@@ -125,6 +147,7 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         addr,
         shutdown,
         handle,
+        engine,
     })
 }
 

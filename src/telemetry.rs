@@ -187,6 +187,12 @@ pub fn metrics() -> &'static Metrics {
     METRICS.get_or_init(Metrics::new)
 }
 
+/// The current OpenTelemetry trace id, when traces are exported (set up in `init`).
+#[must_use]
+pub fn trace_id() -> Option<String> {
+    None
+}
+
 /// Logs to stderr: human-readable, or one JSON object per line with `ROSTER_LOG_FORMAT=json`.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;

@@ -3,6 +3,7 @@ pub mod admin;
 pub mod apps;
 pub mod auth;
 pub mod body;
+pub mod delivery;
 pub mod directory;
 pub mod events;
 pub mod guard;
@@ -25,12 +26,15 @@ pub enum ApiTags {
     Directory,
     /// API keys and the audit trail.
     Admin,
+    /// The provisioning log, dead letters, app delivery status.
+    Delivery,
 }
 
 pub type Apis = (
     apps::AppsApi,
     events::EventsApi,
     directory::DirectoryApi,
+    delivery::DeliveryApi,
     admin::AdminApi,
 );
 
@@ -40,6 +44,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             apps::AppsApi,
             events::EventsApi,
             directory::DirectoryApi,
+            delivery::DeliveryApi,
             admin::AdminApi,
         ),
         "roster",

@@ -1,2 +1,6 @@
 //! Delivery: turning queued jobs into SCIM calls (DESIGN §5).
+pub mod engine;
+pub mod execute;
+pub mod limiter;
+pub mod policy;
 pub mod target;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::crypto::{CryptoError, SecretBox};
 use crate::net_guard::TargetPolicy;
 use crate::scim::{Auth, CallObserver, Quirks, ScimClient, ScimError, TargetConfig};
-use crate::service::apps::AppSettings;
+use crate::settings::AppSettings;
 use crate::store::entity::app;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +62,7 @@ pub fn client_for(
     secrets: &SecretBox,
     policy: TargetPolicy,
     observer: Option<CallObserver>,
+    gate: Option<std::sync::Arc<dyn crate::scim::CallGate>>,
 ) -> Result<ScimClient, TargetError> {
     let base_url = url::Url::parse(&model.base_url).map_err(|_| TargetError::BaseUrl {
         app: model.name.clone(),
@@ -94,6 +95,7 @@ pub fn client_for(
     config.timeout = Duration::from_millis(u64::from(settings.timeout_ms));
     config.quirks = quirks;
     config.observer = observer;
+    config.gate = gate;
     ScimClient::new(config).map_err(|source| TargetError::Client {
         app: model.name.clone(),
         source: Box::new(source),

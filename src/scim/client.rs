@@ -39,6 +39,12 @@ pub struct CallRecord {
 /// Receives every [`CallRecord`]; called inline, so keep it cheap (push to a channel).
 pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 
+/// Awaited before every HTTP exchange: where the caller's rate limits and `Retry-After` pauses
+/// apply. The client itself never sleeps for policy reasons.
+pub trait CallGate: Send + Sync {
+    fn wait(&self) -> futures::future::BoxFuture<'_, ()>;
+}
+
 /// Bodies larger than this are refused unless the config says otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -53,6 +59,7 @@ pub struct TargetConfig {
     pub quirks: Quirks,
     pub policy: TargetPolicy,
     pub observer: Option<CallObserver>,
+    pub gate: Option<Arc<dyn CallGate>>,
     pub max_body_bytes: usize,
 }
 
@@ -67,6 +74,7 @@ impl TargetConfig {
             quirks: Quirks::default(),
             policy,
             observer: None,
+            gate: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
@@ -177,6 +185,7 @@ struct Inner {
     quirks: Quirks,
     policy: TargetPolicy,
     observer: Option<CallObserver>,
+    gate: Option<Arc<dyn CallGate>>,
     max_body: usize,
     token: tokio::sync::Mutex<Option<CachedToken>>,
     capabilities: Mutex<Option<Capabilities>>,
@@ -326,6 +335,7 @@ impl ScimClient {
                 quirks: config.quirks,
                 policy: config.policy,
                 observer: config.observer,
+                gate: config.gate,
                 max_body: config.max_body_bytes,
                 token: tokio::sync::Mutex::new(None),
                 capabilities: Mutex::new(None),
@@ -404,6 +414,9 @@ impl ScimClient {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
+        if let Some(gate) = &self.inner.gate {
+            gate.wait().await;
+        }
         let span = tracing::debug_span!(
             "scim_call",
             method = %method,

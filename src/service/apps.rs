@@ -3,251 +3,25 @@
 //! The settings types below are stored as the app's `config` JSON and are also the API's wire
 //! shape (they derive `poem_openapi::Object`), so one definition serves both; credentials are
 //! kept apart and only ever stored encrypted.
-use poem_openapi::{Enum, Object};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::audit::{self, AuditEntry};
 use super::planner;
 use super::{Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
-use crate::mapping::{self, AttributeMapping, RoleMapping, RoleRule};
 use crate::net_guard;
+use crate::settings::settings_of as stored_settings;
+pub use crate::settings::{
+    AppScope, AppSettings, DeletionGuard, Deprovision, DeprovisionAction, MappingEntry, Matching,
+    RateLimit, ReconcileMode, ReconcileSettings, RoleMappingEntry, RoleRuleEntry, compile_mappings,
+    default_mappings,
+};
+
+pub fn settings_of(model: &app::Model) -> ServiceResult<AppSettings> {
+    stored_settings(model).map_err(|e| ServiceError::Internal(e.to_string()))
+}
 use crate::store::entity::app;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimit {
-    /// Sustained SCIM calls per second to this app (1..=10000).
-    pub per_second: u32,
-    /// Calls allowed at once above the sustained rate (1..=10000).
-    pub burst: u32,
-}
-
-impl Default for RateLimit {
-    fn default() -> Self {
-        Self {
-            per_second: 10,
-            burst: 20,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct Matching {
-    /// The target attribute that identifies an existing account (default `userName`).
-    pub target_attribute: String,
-}
-
-impl Default for Matching {
-    fn default() -> Self {
-        Self {
-            target_attribute: "userName".into(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct AppScope {
-    /// Roster groups whose members are assigned; empty means every active identity.
-    #[oai(default)]
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// Managed email domains; absent means no domain filter. Accounts outside these domains are
-    /// never created, changed or deleted.
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub email_domains: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct MappingEntry {
-    /// Target SCIM path, e.g. `name.givenName` or `emails[type eq "work"].value`.
-    pub target: String,
-    /// An identity field (`email`, `given_name`, `attributes.cost_center`, …).
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// A constant.
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<Value>,
-    /// An expression, e.g. `lower(concat(given_name, ".", family_name))`.
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expression: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct RoleRuleEntry {
-    pub group: String,
-    pub value: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct RoleMappingEntry {
-    /// Target SCIM path of the role, e.g. `roles[primary eq true].value`.
-    pub target: String,
-    /// Role for people in none of the rules' groups; absent means no role.
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<String>,
-    /// In precedence order: the first rule whose group the person is in wins.
-    #[oai(default)]
-    #[serde(default)]
-    pub rules: Vec<RoleRuleEntry>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum, Default)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum DeprovisionAction {
-    #[default]
-    Deactivate,
-    Delete,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct Deprovision {
-    /// `deactivate` (PATCH `active=false`) or `delete`.
-    #[oai(default)]
-    #[serde(default)]
-    pub action: DeprovisionAction,
-    /// With `deactivate`: DELETE the account this many days later (0..=3650); absent: never.
-    #[oai(skip_serializing_if_is_none)]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delete_after_days: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Enum, Default)]
-#[oai(rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum ReconcileMode {
-    #[default]
-    Report,
-    Fix,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct ReconcileSettings {
-    /// Minutes between scheduled runs; 0 turns the schedule off (5..=10080 otherwise).
-    #[oai(default = "default_interval")]
-    #[serde(default = "default_interval")]
-    pub interval_minutes: u32,
-    #[oai(default)]
-    #[serde(default)]
-    pub mode: ReconcileMode,
-    /// In fix mode, also deprovision accounts in a managed domain that match no identity.
-    #[oai(default)]
-    #[serde(default)]
-    pub deprovision_unmatched: bool,
-}
-
-fn default_interval() -> u32 {
-    60
-}
-
-impl Default for ReconcileSettings {
-    fn default() -> Self {
-        Self {
-            interval_minutes: default_interval(),
-            mode: ReconcileMode::Report,
-            deprovision_unmatched: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
-#[oai(deny_unknown_fields)]
-#[serde(deny_unknown_fields)]
-pub struct DeletionGuard {
-    /// Hold a run that would deprovision more than this share of the app's accounts (0..=1).
-    #[oai(default = "default_fraction")]
-    #[serde(default = "default_fraction")]
-    pub max_fraction: f64,
-    /// Hold a run that would deprovision more than this many accounts.
-    #[oai(default = "default_max_count")]
-    #[serde(default = "default_max_count")]
-    pub max_count: u32,
-}
-
-fn default_fraction() -> f64 {
-    0.2
-}
-
-fn default_max_count() -> u32 {
-    50
-}
-
-impl Default for DeletionGuard {
-    fn default() -> Self {
-        Self {
-            max_fraction: default_fraction(),
-            max_count: default_max_count(),
-        }
-    }
-}
-
-/// Everything about an app except its name, URL and credentials, as stored in `app.config`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppSettings {
-    pub rate_limit: RateLimit,
-    pub max_concurrency: u32,
-    pub timeout_ms: u32,
-    pub max_attempts: u32,
-    pub matching: Matching,
-    pub scope: AppScope,
-    pub mappings: Vec<MappingEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_mapping: Option<RoleMappingEntry>,
-    pub group_push: Vec<String>,
-    pub deprovision: Deprovision,
-    pub reconcile: ReconcileSettings,
-    pub deletion_guard: DeletionGuard,
-    pub quirks: Value,
-}
-
-/// The mappings an app gets when it names none: what an Entra ID or Okta admin sees by default.
-#[must_use]
-pub fn default_mappings() -> Vec<MappingEntry> {
-    let src = |target: &str, source: &str| MappingEntry {
-        target: target.into(),
-        source: Some(source.into()),
-        value: None,
-        expression: None,
-    };
-    vec![
-        MappingEntry {
-            target: "userName".into(),
-            source: None,
-            value: None,
-            expression: Some("default(user_name, email)".into()),
-        },
-        src("externalId", "employee_id"),
-        src("name.givenName", "given_name"),
-        src("name.familyName", "family_name"),
-        src("displayName", "display_name"),
-        src("emails[type eq \"work\"].value", "email"),
-        src("title", "title"),
-    ]
-}
 
 /// Credentials as given by the API (plaintext, held as secrets until sealed).
 #[derive(Debug, Clone)]
@@ -311,44 +85,6 @@ impl AppState {
             AppState::Quarantined => "quarantined",
         }
     }
-}
-
-pub fn settings_of(model: &app::Model) -> ServiceResult<AppSettings> {
-    serde_json::from_value(model.config.clone()).map_err(|e| {
-        ServiceError::Internal(format!(
-            "stored settings of app {} are unreadable: {e}",
-            model.id
-        ))
-    })
-}
-
-/// The app's mappings, compiled for rendering.
-pub fn compile_mappings(
-    settings: &AppSettings,
-) -> Result<mapping::CompiledMappings, mapping::MappingError> {
-    let mappings: Vec<AttributeMapping> = settings
-        .mappings
-        .iter()
-        .map(|m| AttributeMapping {
-            target: m.target.clone(),
-            source: m.source.clone(),
-            value: m.value.clone(),
-            expression: m.expression.clone(),
-        })
-        .collect();
-    let role = settings.role_mapping.as_ref().map(|r| RoleMapping {
-        target: r.target.clone(),
-        default: r.default.clone(),
-        rules: r
-            .rules
-            .iter()
-            .map(|rule| RoleRule {
-                group: rule.group.clone(),
-                value: rule.value.clone(),
-            })
-            .collect(),
-    });
-    mapping::compile(&mappings, role.as_ref())
 }
 
 fn check_range(field: &str, value: u32, range: std::ops::RangeInclusive<u32>) -> ServiceResult<()> {
@@ -667,6 +403,7 @@ impl Roster {
         // in Entra ID or Okta.
         planner::plan_full_sync(&*tx, &model, &settings).await?;
         tx.commit().await?;
+        self.notify_jobs();
         Ok(AppView { model, settings })
     }
 
@@ -866,6 +603,7 @@ impl Roster {
             &view.settings,
             self.secrets(),
             self.target_policy(),
+            None,
             None,
         )
         .map_err(|e| ServiceError::Internal(e.to_string()))?;

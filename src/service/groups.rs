@@ -236,6 +236,7 @@ impl Roster {
         .await?;
         planner::plan_group_change(&*tx, &name, &affected).await?;
         tx.commit().await?;
+        self.notify_jobs();
         Ok(view)
     }
 
@@ -364,6 +365,7 @@ impl Roster {
         .await?;
         planner::plan_group_change(&*tx, &view.model.name, &affected).await?;
         tx.commit().await?;
+        self.notify_jobs();
         Ok(view)
     }
 
@@ -395,6 +397,7 @@ impl Roster {
         // Members lose whatever the group gave them in each app.
         planner::plan_group_change(&*tx, &current.name, &members).await?;
         tx.commit().await?;
+        self.notify_jobs();
         Ok(())
     }
 }

@@ -310,6 +310,7 @@ impl Roster {
         )
         .await?;
         tx.commit().await?;
+        self.notify_jobs();
         Ok(outcomes)
     }
 }

@@ -8,16 +8,19 @@ pub mod groups;
 pub mod identities;
 pub mod ingest;
 pub mod keys;
+pub mod operations;
 pub mod planner;
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sea_orm::{DatabaseConnection, DbErr};
+use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::crypto::SecretBox;
+use crate::delivery::engine::Delivery;
 use crate::net_guard::TargetPolicy;
+use crate::store::{Db, WriteTx};
 
 /// What went wrong in a use case; `api::problem` maps each variant to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -132,49 +135,49 @@ pub struct Roster {
 }
 
 struct Inner {
-    db: DatabaseConnection,
+    db: Db,
     secrets: SecretBox,
     config: Config,
-    /// SQLite has one writer; taking turns in-process avoids `SQLITE_BUSY` on lock upgrades of
-    /// deferred transactions. PostgreSQL uses row locks instead (`None`).
-    write_lock: Option<Arc<Mutex<()>>>,
-}
-
-/// A write transaction; on SQLite it also holds the process-wide writer turn.
-pub struct WriteTx {
-    pub tx: DatabaseTransaction,
-    _turn: Option<OwnedMutexGuard<()>>,
-}
-
-impl WriteTx {
-    pub async fn commit(self) -> Result<(), DbErr> {
-        self.tx.commit().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = DatabaseTransaction;
-    fn deref(&self) -> &DatabaseTransaction {
-        &self.tx
-    }
+    /// Wakes the delivery engine when new jobs are committed.
+    jobs_ready: Arc<Notify>,
+    delivery: Arc<Delivery>,
 }
 
 impl Roster {
     #[must_use]
     pub fn new(db: DatabaseConnection, secrets: SecretBox, config: Config) -> Self {
-        let write_lock = config.is_sqlite().then(|| Arc::new(Mutex::new(())));
+        let db = Db::new(db);
+        let jobs_ready = Arc::new(Notify::new());
+        let policy = TargetPolicy::from_allow_private(config.allow_private_targets);
+        let delivery = Arc::new(Delivery::new(
+            db.clone(),
+            secrets.clone(),
+            policy,
+            jobs_ready.clone(),
+        ));
         Self {
             inner: Arc::new(Inner {
                 db,
                 secrets,
                 config,
-                write_lock,
+                jobs_ready,
+                delivery,
             }),
         }
     }
 
     #[must_use]
+    pub fn delivery(&self) -> Arc<Delivery> {
+        self.inner.delivery.clone()
+    }
+
+    #[must_use]
     pub fn db(&self) -> &DatabaseConnection {
+        self.inner.db.conn()
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Db {
         &self.inner.db
     }
 
@@ -189,21 +192,27 @@ impl Roster {
     }
 
     #[must_use]
+    pub fn jobs_ready(&self) -> Arc<Notify> {
+        self.inner.jobs_ready.clone()
+    }
+
+    /// Tells the delivery engine that jobs were committed, so it claims them at once instead
+    /// of at its next poll.
+    pub fn notify_jobs(&self) {
+        self.inner.jobs_ready.notify_one();
+    }
+
+    #[must_use]
     pub fn target_policy(&self) -> TargetPolicy {
         TargetPolicy::from_allow_private(self.inner.config.allow_private_targets)
     }
 
     pub async fn write_tx(&self) -> Result<WriteTx, DbErr> {
-        let turn = match &self.inner.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
-        let tx = self.inner.db.begin().await?;
-        Ok(WriteTx { tx, _turn: turn })
+        self.inner.db.write_tx().await
     }
 
     pub async fn ready(&self) -> Result<(), String> {
-        crate::store::ready(&self.inner.db).await
+        crate::store::ready(self.inner.db.conn()).await
     }
 }
 

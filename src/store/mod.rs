@@ -7,8 +7,80 @@ pub mod entity;
 pub mod queue;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
+};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// The database handle shared by the API and the delivery engine.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    /// SQLite has one writer; taking turns in-process avoids `SQLITE_BUSY` on the lock upgrade
+    /// of deferred transactions. PostgreSQL uses row locks instead (`None`).
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction; on SQLite it also holds the process-wide writer turn.
+pub struct WriteTx {
+    pub tx: DatabaseTransaction,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = DatabaseTransaction;
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.tx
+    }
+}
+
+impl Db {
+    #[must_use]
+    pub fn new(conn: DatabaseConnection) -> Self {
+        let write_lock =
+            (conn.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Self { conn, write_lock }
+    }
+
+    #[must_use]
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub async fn write_tx(&self) -> Result<WriteTx, DbErr> {
+        let turn = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.conn.begin().await?;
+        if turn.is_some() {
+            // sea-orm begins SQLite transactions DEFERRED. A deferred transaction that reads,
+            // then writes after another connection committed, fails at once with
+            // SQLITE_BUSY_SNAPSHOT (the busy timeout does not apply). A no-op write as the first
+            // statement takes the write lock up front, waiting out other writers instead.
+            tx.execute_unprepared("UPDATE api_key SET name = name WHERE 1 = 0")
+                .await?;
+        }
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Runs one statement outside a transaction, in the writer's turn on SQLite.
+    pub async fn write_turn(&self) -> Option<OwnedMutexGuard<()>> {
+        match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

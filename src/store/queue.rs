@@ -150,3 +150,201 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     }
     Ok(())
 }
+
+/// How long a claim holds a job before another instance may take it over.
+pub const LEASE_MS: i64 = 30_000;
+
+fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value>) -> sea_orm::Statement {
+    let backend = conn.get_database_backend();
+    // Written with `$n` placeholders; SQLite takes `?` in the same order.
+    let sql = if backend == sea_orm::DbBackend::Postgres {
+        sql.to_owned()
+    } else {
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                out.push('?');
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Claims up to `limit` due jobs for `owner`, highest lane first, skipping apps that are not
+/// active and resources that already have a running job (so one account never sees two
+/// deliveries at once). On PostgreSQL rows locked by another instance's claim are skipped.
+pub async fn claim(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    now_ms: i64,
+    limit: u64,
+) -> Result<Vec<job::Model>, DbErr> {
+    use sea_orm::FromQueryResult;
+    let lock = if super::is_postgres(conn) {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE job SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
+         WHERE id IN (SELECT j.id FROM job j \
+             WHERE j.state = 'pending' AND j.run_at <= $4 \
+               AND j.app_id IN (SELECT a.id FROM app a WHERE a.state = 'active') \
+               AND NOT EXISTS (SELECT 1 FROM job r WHERE r.state = 'running' AND r.app_id = j.app_id \
+                               AND r.resource_kind = j.resource_kind AND r.resource_id = j.resource_id) \
+             ORDER BY j.priority, j.run_at, j.id LIMIT $5 {lock}) \
+         RETURNING *"
+    );
+    let values = vec![
+        owner.into(),
+        (now_ms + LEASE_MS).into(),
+        chrono::Utc::now().into(),
+        now_ms.into(),
+        (limit as i64).into(),
+    ];
+    let mut jobs = job::Model::find_by_statement(stmt(conn, &sql, values))
+        .all(conn)
+        .await?;
+    jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
+    Ok(jobs)
+}
+
+/// The job is done.
+pub async fn complete(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
+    let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = $1 WHERE id = $2";
+    conn.execute_raw(stmt(conn, sql, vec![chrono::Utc::now().into(), id.into()]))
+        .await?;
+    Ok(())
+}
+
+/// Back to `pending` at `run_at_ms`. If a newer pending job for the same resource was queued
+/// meanwhile, this one is superseded (the newer one renders the latest state anyway) and only
+/// its earliest due time is kept.
+pub async fn retry(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    run_at_ms: i64,
+    error: Option<&str>,
+    count_attempt: bool,
+) -> Result<(), DbErr> {
+    let now = chrono::Utc::now();
+    let sibling = "EXISTS (SELECT 1 FROM job s WHERE s.state = 'pending' AND s.app_id = job.app_id \
+                   AND s.resource_kind = job.resource_kind AND s.resource_id = job.resource_id)";
+    let attempts = if count_attempt {
+        "attempts"
+    } else {
+        "attempts - 1"
+    };
+    let sql = format!(
+        "UPDATE job SET state = 'pending', run_at = $1, lease_owner = NULL, lease_until = NULL, \
+         attempts = {attempts}, last_error = $2, updated_at = $3 WHERE id = $4 AND NOT {sibling}"
+    );
+    let updated = conn
+        .execute_raw(stmt(
+            conn,
+            &sql,
+            vec![
+                run_at_ms.into(),
+                error.map(str::to_owned).into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+    if updated.rows_affected() == 0 {
+        let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = $1, updated_at = $2 WHERE id = $3";
+        conn.execute_raw(stmt(
+            conn,
+            sql,
+            vec![
+                Some("superseded by a newer change".to_owned()).into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// A dead letter: kept with its reason until someone retries it through the API.
+pub async fn dead(conn: &impl ConnectionTrait, id: i64, error: &str) -> Result<(), DbErr> {
+    let sql = "UPDATE job SET state = 'dead', lease_owner = NULL, lease_until = NULL, last_error = $1, updated_at = $2 WHERE id = $3";
+    conn.execute_raw(stmt(
+        conn,
+        sql,
+        vec![error.into(), chrono::Utc::now().into(), id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Extends the leases of `owner`'s running jobs.
+pub async fn renew(conn: &impl ConnectionTrait, owner: &str, now_ms: i64) -> Result<u64, DbErr> {
+    let sql = "UPDATE job SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2";
+    Ok(conn
+        .execute_raw(stmt(
+            conn,
+            sql,
+            vec![(now_ms + LEASE_MS).into(), owner.into()],
+        ))
+        .await?
+        .rows_affected())
+}
+
+/// Returns running jobs whose lease expired (their instance died) — or all of `owner`'s, at
+/// shutdown — to `pending`. A job superseded by a newer pending one is closed instead.
+pub async fn release(
+    conn: &impl ConnectionTrait,
+    owner: Option<&str>,
+    now_ms: i64,
+) -> Result<u64, DbErr> {
+    let now = chrono::Utc::now();
+    let (cond, mut values): (&str, Vec<sea_orm::Value>) = match owner {
+        Some(o) => ("lease_owner = $1", vec![o.into()]),
+        None => ("lease_until < $1", vec![now_ms.into()]),
+    };
+    let sibling = "EXISTS (SELECT 1 FROM job s WHERE s.state = 'pending' AND s.app_id = job.app_id \
+                   AND s.resource_kind = job.resource_kind AND s.resource_id = job.resource_id)";
+    let superseded = format!(
+        "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = 'superseded by a newer change', updated_at = $2 \
+         WHERE state = 'running' AND {cond} AND {sibling}"
+    );
+    values.push(now.into());
+    conn.execute_raw(stmt(conn, &superseded, values.clone()))
+        .await?;
+    let back = format!(
+        "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $2 \
+         WHERE state = 'running' AND {cond}"
+    );
+    Ok(conn
+        .execute_raw(stmt(conn, &back, values))
+        .await?
+        .rows_affected())
+}
+
+/// Pending jobs per (app, lane) and the oldest pending age per app, for the queue gauges and
+/// the app status.
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+pub struct LaneDepth {
+    pub app_id: String,
+    pub lane: String,
+    pub depth: i64,
+    pub oldest_enqueued_at: Option<i64>,
+}
+
+pub async fn depths(conn: &impl ConnectionTrait) -> Result<Vec<LaneDepth>, DbErr> {
+    use sea_orm::FromQueryResult;
+    let sql = "SELECT app_id, lane, COUNT(*) AS depth, MIN(enqueued_at) AS oldest_enqueued_at \
+               FROM job WHERE state = 'pending' GROUP BY app_id, lane";
+    LaneDepth::find_by_statement(stmt(conn, sql, vec![]))
+        .all(conn)
+        .await
+}

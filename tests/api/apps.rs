@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{ADMIN, app_body, joiner, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN, app_body, joiner, spawn_app, spawn_app_with, spawn_planner};
 
 #[tokio::test]
 async fn an_app_is_created_read_listed_changed_and_deleted() {
@@ -245,7 +245,7 @@ async fn app_names_are_unique() {
 
 #[tokio::test]
 async fn a_new_app_queues_an_initial_sync_for_everyone_in_scope_only() {
-    let app = spawn_app().await;
+    let app = spawn_planner().await;
     app.post_event(&joiner("e1", "E1", "2026-11-01T09:00:00Z", json!({})))
         .await;
     app.post_event(&joiner(

@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, event, joiner, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, app_body, event, joiner, spawn_app, spawn_app_with, spawn_planner};
 
 async fn pending_jobs(app: &TestApp) -> Vec<Value> {
     app.rows("SELECT app_id, resource_kind, resource_id, lane, hr_event_id FROM job WHERE state = 'pending' ORDER BY id")
@@ -9,7 +9,7 @@ async fn pending_jobs(app: &TestApp) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_joiner_creates_the_identity_and_queues_a_sync_for_each_app_in_scope() {
-    let app = spawn_app().await;
+    let app = spawn_planner().await;
     let a = app.create_app(&app_body("a", json!({}))).await;
     let b = app
         .create_app(&app_body(
@@ -52,7 +52,7 @@ async fn a_joiner_creates_the_identity_and_queues_a_sync_for_each_app_in_scope()
 
 #[tokio::test]
 async fn an_external_user_is_never_queued_for_an_app_with_managed_domains() {
-    let app = spawn_app().await;
+    let app = spawn_planner().await;
     app.create_app(&app_body("a", json!({}))).await;
     app.post_event(&joiner(
         "x1",
@@ -139,7 +139,7 @@ async fn a_late_joiner_never_reactivates_a_leaver() {
 
 #[tokio::test]
 async fn a_leaver_goes_on_the_deprovision_lane_and_coalesces_with_the_pending_sync() {
-    let app = spawn_app().await;
+    let app = spawn_planner().await;
     app.create_app(&app_body("a", json!({}))).await;
     app.post_event(&joiner("j1", "E1", "2026-11-01T09:00:00Z", json!({})))
         .await;

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{app_body, event, joiner, spawn_app};
+use crate::helpers::{app_body, event, joiner, spawn_app, spawn_planner};
 
 #[tokio::test]
 async fn static_groups_hold_the_listed_employees() {
@@ -134,7 +134,7 @@ async fn bad_rules_and_members_are_refused_clearly() {
 
 #[tokio::test]
 async fn a_group_change_queues_syncs_in_apps_that_scope_or_push_it() {
-    let app = spawn_app().await;
+    let app = spawn_planner().await;
     let scoped = app
         .create_app(&app_body(
             "scoped",

@@ -78,7 +78,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// The API and the planner without the delivery engine, for tests that look at the queue.
+pub async fn spawn_planner() -> TestApp {
+    spawn_app_with(|c| c.run_engine = false).await
+}
+
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    if std::env::var("RUST_LOG").is_ok() {
+        roster::telemetry::init_logging();
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config {
         database_url: fresh_database(dir.path()).await,
@@ -88,6 +96,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         hr_webhook_secret: None,
         workers: 4,
         allow_private_targets: true,
+        quarantine_probe: Duration::from_secs(1),
+        run_engine: true,
     };
     adjust(&mut config);
     start(config, dir).await
@@ -114,8 +124,7 @@ impl TestApp {
     /// Stops the server and starts a new one on the same database, as a restart would.
     pub async fn restart(mut self) -> TestApp {
         if let Some(server) = self.server.take() {
-            server.shutdown.cancel();
-            let _ = server.handle.await;
+            server.stop().await;
         }
         let config = self.config.clone();
         let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));

@@ -1,0 +1,733 @@
+//! Running one job: level-triggered (DESIGN §5). The job names an (app, resource); what to send
+//! is decided now, from the identity as it is and the link's last-applied snapshot, so
+//! coalesced, retried and replayed jobs converge instead of replaying stale payloads.
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use serde_json::{Value, json};
+
+use crate::mapping::{self, CompiledMappings, IdentityView};
+use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, id_of};
+use crate::settings::{AppSettings, DeprovisionAction};
+use crate::store::entity::{app, group, group_member, identity, link};
+use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
+
+/// What a job did; the label is the `operation` of metrics and the provisioning log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Adopt,
+    Deactivate,
+    Delete,
+    GroupUpdate,
+    /// Nothing to send: the target already matches.
+    Noop,
+}
+
+impl Operation {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Adopt => "adopt",
+            Operation::Deactivate => "deactivate",
+            Operation::Delete => "delete",
+            Operation::GroupUpdate => "group_update",
+            Operation::Noop => "noop",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{operation}: {source}")]
+    Scim {
+        operation: &'static str,
+        source: Box<ScimError>,
+    },
+    /// Roster's own data cannot be delivered as it is (e.g. two target accounts match).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+}
+
+impl JobError {
+    fn scim(operation: Operation, source: ScimError) -> Self {
+        JobError::Scim {
+            operation: operation.as_str(),
+            source: Box::new(source),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The calls the current job made, with the operation each served; read by the engine to
+    /// write the provisioning log.
+    pub static JOB_CALLS: RefCell<Vec<(&'static str, CallRecord)>>;
+    static CURRENT_OPERATION: RefCell<&'static str>;
+}
+
+/// Runs `fut` with a fresh call log; returns its output and the calls it made.
+pub async fn with_call_log<F: Future>(fut: F) -> (F::Output, Vec<(&'static str, CallRecord)>) {
+    JOB_CALLS
+        .scope(RefCell::new(Vec::new()), async {
+            let out = CURRENT_OPERATION.scope(RefCell::new("lookup"), fut).await;
+            let calls = JOB_CALLS.with(|c| c.take());
+            (out, calls)
+        })
+        .await
+}
+
+/// Records a call made by the current job (the client's observer calls this).
+pub fn record_call(record: &CallRecord) {
+    let operation = CURRENT_OPERATION
+        .try_with(|o| *o.borrow())
+        .unwrap_or("lookup");
+    let _ = JOB_CALLS.try_with(|c| c.borrow_mut().push((operation, record.clone())));
+}
+
+fn doing(operation: Operation) {
+    let _ = CURRENT_OPERATION.try_with(|o| *o.borrow_mut() = operation.as_str());
+}
+
+/// Everything a job needs about its app.
+pub struct AppContext<'a> {
+    pub app: &'a app::Model,
+    pub settings: &'a AppSettings,
+    pub compiled: &'a CompiledMappings,
+    pub client: &'a ScimClient,
+}
+
+pub async fn load_view(
+    conn: &impl ConnectionTrait,
+    person: &identity::Model,
+) -> Result<IdentityView, JobError> {
+    let memberships = group_member::Entity::find()
+        .filter(group_member::Column::EmployeeId.eq(person.employee_id.as_str()))
+        .all(conn)
+        .await?;
+    let ids: Vec<String> = memberships.into_iter().map(|m| m.group_id).collect();
+    let mut names: Vec<String> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        group::Entity::find()
+            .filter(group::Column::Id.is_in(ids))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|g| g.name)
+            .collect()
+    };
+    names.sort();
+    Ok(IdentityView {
+        id: person.id.clone(),
+        employee_id: person.employee_id.clone(),
+        user_name: person.user_name.clone(),
+        email: person.email.clone(),
+        given_name: person.given_name.clone(),
+        family_name: person.family_name.clone(),
+        display_name: person.display_name.clone(),
+        department: person.department.clone(),
+        title: person.title.clone(),
+        manager_employee_id: person.manager_employee_id.clone(),
+        attributes: person.attributes.clone(),
+        status: person.status.clone(),
+        groups: names,
+    })
+}
+
+#[must_use]
+pub fn in_scope(settings: &AppSettings, person: &IdentityView) -> bool {
+    let spec = mapping::ScopeSpec {
+        groups: settings.scope.groups.clone(),
+        email_domains: settings.scope.email_domains.clone(),
+    };
+    mapping::in_scope(&spec, person)
+}
+
+async fn find_link(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
+) -> Result<Option<link::Model>, JobError> {
+    Ok(link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(kind.as_str()))
+        .filter(link::Column::ResourceId.eq(resource_id))
+        .one(conn)
+        .await?)
+}
+
+/// The link as it should be stored after a job.
+struct LinkState<'a> {
+    target_id: Option<&'a str>,
+    snapshot: Option<&'a Value>,
+    state: &'a str,
+    delete_after: Option<i64>,
+}
+
+async fn save_link(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
+    existing: Option<link::Model>,
+    new: LinkState<'_>,
+) -> Result<(), JobError> {
+    let now = chrono::Utc::now();
+    let hash = new.snapshot.map(mapping::snapshot_hash);
+    match existing {
+        Some(row) => {
+            let mut active: link::ActiveModel = row.into();
+            active.target_id = Set(new.target_id.map(str::to_owned));
+            active.snapshot = Set(new.snapshot.cloned());
+            active.snapshot_hash = Set(hash);
+            active.state = Set(new.state.to_owned());
+            active.last_error = Set(None);
+            active.delete_after = Set(new.delete_after);
+            active.updated_at = Set(now);
+            active.update(conn).await?;
+        }
+        None => {
+            link::ActiveModel {
+                app_id: Set(app_id.to_owned()),
+                resource_kind: Set(kind.as_str().to_owned()),
+                resource_id: Set(resource_id.to_owned()),
+                target_id: Set(new.target_id.map(str::to_owned)),
+                snapshot: Set(new.snapshot.cloned()),
+                snapshot_hash: Set(hash),
+                state: Set(new.state.to_owned()),
+                last_error: Set(None),
+                delete_after: Set(new.delete_after),
+                created_at: Set(now),
+                updated_at: Set(now),
+                ..Default::default()
+            }
+            .insert(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A SCIM PATCH for the changes. A change to one element of a multi-valued attribute
+/// (`emails[type eq "work"].value`) replaces the whole attribute with the rendered one:
+/// a filtered `replace` fails with `noTarget` on targets that lack the element.
+fn patch_for(changes: &[mapping::Change], desired: &Value) -> PatchRequest {
+    let mut patch = PatchRequest::new();
+    let mut whole = BTreeSet::new();
+    for change in changes {
+        if let Some((base, _)) = change.path.split_once('[') {
+            whole.insert(base.to_owned());
+            continue;
+        }
+        patch = match &change.value {
+            Some(v) => patch.replace(&change.path, v.clone()),
+            None => patch.remove(&change.path),
+        };
+    }
+    for base in whole {
+        patch = match desired.get(&base) {
+            Some(v) => patch.replace(&base, v.clone()),
+            None => patch.remove(&base),
+        };
+    }
+    patch
+}
+
+/// Matching before create: the target account whose matching attribute equals the rendered
+/// value. `None` when there is none; an error when several match (never guess whose it is).
+async fn find_match(
+    ctx: &AppContext<'_>,
+    person: &IdentityView,
+) -> Result<Option<Value>, JobError> {
+    let attribute = ctx.settings.matching.target_attribute.as_str();
+    let Some(value) = mapping::render_matching_value(ctx.compiled, person, attribute) else {
+        return Err(JobError::Unprocessable(format!(
+            "the matching attribute `{attribute}` renders empty for this person"
+        )));
+    };
+    doing(Operation::Adopt);
+    let mut found = ctx
+        .client
+        .users()
+        .find_by(attribute, &value)
+        .await
+        .map_err(|e| JobError::scim(Operation::Adopt, e))?;
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        n => Err(JobError::Unprocessable(format!(
+            "{n} target accounts have {attribute} = the rendered value; link one by hand"
+        ))),
+    }
+}
+
+/// Adopts `account`: links it and brings it in line with `desired`.
+async fn adopt(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    person: &IdentityView,
+    existing: Option<link::Model>,
+    account: &Value,
+    desired: &Value,
+) -> Result<Operation, JobError> {
+    let Some(target_id) = id_of(account).map(str::to_owned) else {
+        return Err(JobError::Unprocessable(
+            "the matching target account has no id".into(),
+        ));
+    };
+    let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, desired, account));
+    if !changes.is_empty() {
+        doing(Operation::Update);
+        ctx.client
+            .users()
+            .patch(&target_id, &patch_for(&changes, desired))
+            .await
+            .map_err(|e| JobError::scim(Operation::Update, e))?;
+    }
+    save_link(
+        conn,
+        &ctx.app.id,
+        ResourceKind::User,
+        &person.id,
+        existing,
+        LinkState {
+            target_id: Some(&target_id),
+            snapshot: Some(desired),
+            state: "linked",
+            delete_after: None,
+        },
+    )
+    .await?;
+    Ok(Operation::Adopt)
+}
+
+async fn create_or_adopt(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    person: &IdentityView,
+    existing: Option<link::Model>,
+    desired: &Value,
+) -> Result<Operation, JobError> {
+    if let Some(account) = find_match(ctx, person).await? {
+        return adopt(conn, ctx, person, existing, &account, desired).await;
+    }
+    doing(Operation::Create);
+    match ctx.client.users().create(desired).await {
+        Ok(created) => {
+            let Some(target_id) = id_of(&created).map(str::to_owned) else {
+                return Err(JobError::Unprocessable(
+                    "the target answered a create without an id".into(),
+                ));
+            };
+            save_link(
+                conn,
+                &ctx.app.id,
+                ResourceKind::User,
+                &person.id,
+                existing,
+                LinkState {
+                    target_id: Some(&target_id),
+                    snapshot: Some(desired),
+                    state: "linked",
+                    delete_after: None,
+                },
+            )
+            .await?;
+            Ok(Operation::Create)
+        }
+        // The account exists after all: an earlier POST whose answer was lost, or a race.
+        Err(e) if e.is_conflict() => match find_match(ctx, person).await? {
+            Some(account) => adopt(conn, ctx, person, existing, &account, desired).await,
+            None => Err(JobError::scim(Operation::Create, e)),
+        },
+        Err(e) => Err(JobError::scim(Operation::Create, e)),
+    }
+}
+
+/// Makes the app's copy of one person match roster.
+pub async fn deliver_user(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    identity_id: &str,
+    now_ms: i64,
+) -> Result<Operation, JobError> {
+    let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await? else {
+        return Ok(Operation::Noop);
+    };
+    let view = load_view(conn, &person).await?;
+    let existing = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?;
+    if in_scope(ctx.settings, &view) {
+        let desired = mapping::render_user(ctx.compiled, &view);
+        let linked = existing
+            .as_ref()
+            .filter(|l| l.state != "deleted" && l.state != "pending")
+            .and_then(|l| {
+                l.target_id
+                    .clone()
+                    .map(|t| (t, l.snapshot.clone().unwrap_or(Value::Null)))
+            });
+        let Some((target_id, snapshot)) = linked else {
+            return create_or_adopt(conn, ctx, &view, existing, &desired).await;
+        };
+        let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, &snapshot));
+        let operation = if changes.is_empty() {
+            Operation::Noop
+        } else {
+            doing(Operation::Update);
+            match ctx
+                .client
+                .users()
+                .patch(&target_id, &patch_for(&changes, &desired))
+                .await
+            {
+                Ok(_) => Operation::Update,
+                // Deleted in the target by hand: create it again.
+                Err(e) if e.is_not_found() => {
+                    return create_or_adopt(conn, ctx, &view, existing, &desired).await;
+                }
+                Err(e) => return Err(JobError::scim(Operation::Update, e)),
+            }
+        };
+        let rehired = existing
+            .as_ref()
+            .is_some_and(|l| l.state != "linked" || l.delete_after.is_some());
+        if operation != Operation::Noop || rehired {
+            save_link(
+                conn,
+                &ctx.app.id,
+                ResourceKind::User,
+                identity_id,
+                existing,
+                LinkState {
+                    target_id: Some(&target_id),
+                    snapshot: Some(&desired),
+                    state: "linked",
+                    delete_after: None,
+                },
+            )
+            .await?;
+        }
+        return Ok(operation);
+    }
+
+    // Out of scope: only accounts roster created or adopted are ever deprovisioned.
+    let Some(link) = existing else {
+        return Ok(Operation::Noop);
+    };
+    let Some(target_id) = link.target_id.clone() else {
+        return Ok(Operation::Noop);
+    };
+    let delete_due = link.delete_after.is_some_and(|t| t <= now_ms);
+    let action = ctx.settings.deprovision.action;
+    match (link.state.as_str(), action) {
+        ("deleted", _) => Ok(Operation::Noop),
+        ("linked" | "error", DeprovisionAction::Delete) | ("deactivated", _)
+            if action == DeprovisionAction::Delete || delete_due =>
+        {
+            doing(Operation::Delete);
+            ctx.client
+                .users()
+                .delete(&target_id)
+                .await
+                .map_err(|e| JobError::scim(Operation::Delete, e))?;
+            save_link(
+                conn,
+                &ctx.app.id,
+                ResourceKind::User,
+                identity_id,
+                Some(link),
+                LinkState {
+                    target_id: None,
+                    snapshot: None,
+                    state: "deleted",
+                    delete_after: None,
+                },
+            )
+            .await?;
+            Ok(Operation::Delete)
+        }
+        ("deactivated", _) => Ok(Operation::Noop),
+        _ => {
+            doing(Operation::Deactivate);
+            match ctx
+                .client
+                .users()
+                .patch(
+                    &target_id,
+                    &PatchRequest::new().replace("active", json!(false)),
+                )
+                .await
+            {
+                Ok(_) => {}
+                // Already gone from the target: nothing left to close.
+                Err(e) if e.is_not_found() => {
+                    save_link(
+                        conn,
+                        &ctx.app.id,
+                        ResourceKind::User,
+                        identity_id,
+                        Some(link),
+                        LinkState {
+                            target_id: None,
+                            snapshot: None,
+                            state: "deleted",
+                            delete_after: None,
+                        },
+                    )
+                    .await?;
+                    return Ok(Operation::Deactivate);
+                }
+                Err(e) => return Err(JobError::scim(Operation::Deactivate, e)),
+            }
+            let mut snapshot = link.snapshot.clone().unwrap_or_else(|| json!({}));
+            if let Some(obj) = snapshot.as_object_mut() {
+                obj.insert("active".into(), json!(false));
+            }
+            let delete_after = ctx
+                .settings
+                .deprovision
+                .delete_after_days
+                .map(|days| now_ms + i64::from(days) * 86_400_000);
+            save_link(
+                conn,
+                &ctx.app.id,
+                ResourceKind::User,
+                identity_id,
+                Some(link),
+                LinkState {
+                    target_id: Some(&target_id),
+                    snapshot: Some(&snapshot),
+                    state: "deactivated",
+                    delete_after,
+                },
+            )
+            .await?;
+            Ok(Operation::Deactivate)
+        }
+    }
+}
+
+/// After a user job: the follow-up jobs it implies — the scheduled DELETE of a deactivated
+/// account, and the pushed groups the person is in (their membership may now include the
+/// account).
+pub async fn follow_ups(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    identity_id: &str,
+    operation: Operation,
+    now_ms: i64,
+) -> Result<(), JobError> {
+    let mut jobs = Vec::new();
+    if let Some(l) = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?
+        && l.state == "deactivated"
+        && let Some(due) = l.delete_after
+        && due > now_ms
+    {
+        jobs.push(JobRequest {
+            app_id: ctx.app.id.clone(),
+            kind: ResourceKind::User,
+            resource_id: identity_id.to_owned(),
+            lane: Lane::Deprovision,
+            run_at_ms: due,
+            hr_event_id: None,
+        });
+    }
+    if matches!(
+        operation,
+        Operation::Create | Operation::Adopt | Operation::Delete | Operation::Deactivate
+    ) && !ctx.settings.group_push.is_empty()
+        && let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await?
+    {
+        let view = load_view(conn, &person).await?;
+        for g in &ctx.settings.group_push {
+            if view.groups.contains(g) {
+                jobs.push(JobRequest {
+                    app_id: ctx.app.id.clone(),
+                    kind: ResourceKind::Group,
+                    resource_id: g.clone(),
+                    lane: Lane::Normal,
+                    run_at_ms: now_ms,
+                    hr_event_id: None,
+                });
+            }
+        }
+    }
+    queue::enqueue(conn, &jobs).await?;
+    Ok(())
+}
+
+/// Makes the app's copy of a pushed roster group match: its members are the group's members
+/// that have a live account in the app. Membership changes are PATCH add/remove, never PUT.
+pub async fn deliver_group(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    group_name: &str,
+) -> Result<Operation, JobError> {
+    let existing = find_link(conn, &ctx.app.id, ResourceKind::Group, group_name).await?;
+    let pushed = ctx.settings.group_push.iter().any(|g| g == group_name);
+    let group = group::Entity::find()
+        .filter(group::Column::Name.eq(group_name))
+        .one(conn)
+        .await?;
+    let (Some(group), true) = (group, pushed) else {
+        // No longer pushed or deleted in roster: remove the target group roster created.
+        if let Some(l) = existing
+            && let Some(target_id) = l.target_id.clone()
+        {
+            doing(Operation::Delete);
+            ctx.client
+                .groups()
+                .delete(&target_id)
+                .await
+                .map_err(|e| JobError::scim(Operation::Delete, e))?;
+            link::Entity::delete_by_id(l.id).exec(conn).await?;
+            return Ok(Operation::Delete);
+        }
+        return Ok(Operation::Noop);
+    };
+    let employee_ids: Vec<String> = group_member::Entity::find()
+        .filter(group_member::Column::GroupId.eq(group.id.as_str()))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|m| m.employee_id)
+        .collect();
+    let people: Vec<String> = if employee_ids.is_empty() {
+        Vec::new()
+    } else {
+        identity::Entity::find()
+            .filter(identity::Column::EmployeeId.is_in(employee_ids))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|p| p.id)
+            .collect()
+    };
+    let desired: BTreeSet<String> = if people.is_empty() {
+        BTreeSet::new()
+    } else {
+        link::Entity::find()
+            .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
+            .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+            .filter(link::Column::State.eq("linked"))
+            .filter(link::Column::ResourceId.is_in(people))
+            .all(conn)
+            .await?
+            .into_iter()
+            .filter_map(|l| l.target_id)
+            .collect()
+    };
+    let (target_id, current) = match existing.as_ref().and_then(|l| l.target_id.clone()) {
+        Some(id) => {
+            let current: BTreeSet<String> = existing
+                .as_ref()
+                .and_then(|l| l.snapshot.as_ref())
+                .and_then(|s| s.get("members"))
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (id, current)
+        }
+        None => {
+            doing(Operation::Adopt);
+            let found = ctx
+                .client
+                .groups()
+                .find_by("displayName", group_name)
+                .await
+                .map_err(|e| JobError::scim(Operation::Adopt, e))?;
+            match found.as_slice() {
+                [one] => {
+                    let id = id_of(one)
+                        .map(str::to_owned)
+                        .ok_or_else(|| JobError::Unprocessable("target group without id".into()))?;
+                    let members: BTreeSet<String> = one
+                        .get("members")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|m| {
+                                    m.get("value").and_then(Value::as_str).map(str::to_owned)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    (id, members)
+                }
+                [] => {
+                    doing(Operation::Create);
+                    let created = ctx
+                        .client
+                        .groups()
+                        .create(&json!({
+                            "schemas": [crate::scim::schemas::GROUP],
+                            "displayName": group_name,
+                            "externalId": group.id,
+                        }))
+                        .await
+                        .map_err(|e| JobError::scim(Operation::Create, e))?;
+                    let id = id_of(&created).map(str::to_owned).ok_or_else(|| {
+                        JobError::Unprocessable(
+                            "target answered a group create without an id".into(),
+                        )
+                    })?;
+                    (id, BTreeSet::new())
+                }
+                _ => {
+                    return Err(JobError::Unprocessable(format!(
+                        "several target groups are named `{group_name}`; link one by hand"
+                    )));
+                }
+            }
+        }
+    };
+    let to_add: Vec<String> = desired.difference(&current).cloned().collect();
+    let to_remove: Vec<String> = current.difference(&desired).cloned().collect();
+    doing(Operation::GroupUpdate);
+    if !to_add.is_empty() {
+        ctx.client
+            .groups()
+            .add_members(&target_id, &to_add)
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
+    if !to_remove.is_empty() {
+        ctx.client
+            .groups()
+            .remove_members(&target_id, &to_remove)
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
+    let snapshot =
+        json!({"displayName": group_name, "members": desired.iter().collect::<Vec<_>>()});
+    save_link(
+        conn,
+        &ctx.app.id,
+        ResourceKind::Group,
+        group_name,
+        existing,
+        LinkState {
+            target_id: Some(&target_id),
+            snapshot: Some(&snapshot),
+            state: "linked",
+            delete_after: None,
+        },
+    )
+    .await?;
+    Ok(if to_add.is_empty() && to_remove.is_empty() {
+        Operation::Noop
+    } else {
+        Operation::GroupUpdate
+    })
+}
