@@ -11,10 +11,11 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use tracing::Subscriber;
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt as _};
+use tracing_subscriber::filter::{Filtered, LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::{EnvFilter, Layer};
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -350,11 +351,34 @@ fn otlp_provider(
 }
 
 /// The tracing layer that turns spans (and their fields, as attributes) into OpenTelemetry spans.
-fn otel_layer<S>(provider: &SdkTracerProvider) -> OpenTelemetryLayer<S, SdkTracer>
+///
+/// The exporter's own HTTP stack (reqwest, hyper) and the SDK log through `tracing` too; were
+/// their spans exported, every export would cause another one under `RUST_LOG=debug`. They stay
+/// in the logs but never reach this layer.
+fn otel_layer<S>(
+    provider: &SdkTracerProvider,
+) -> Filtered<OpenTelemetryLayer<S, SdkTracer>, Targets, S>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("roster"))
+    let not_the_exporter = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(
+            [
+                "hyper",
+                "hyper_util",
+                "h2",
+                "reqwest",
+                "opentelemetry",
+                "opentelemetry_sdk",
+                "opentelemetry_otlp",
+                "opentelemetry_http",
+            ]
+            .map(|target| (target, LevelFilter::OFF)),
+        );
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("roster"))
+        .with_filter(not_the_exporter)
 }
 
 /// The OpenTelemetry trace id of the current span, as 32 lowercase hex digits, for the
@@ -518,6 +542,8 @@ mod tests {
             // A SCIM call inside the job belongs to the same trace.
             let call = tracing::info_span!("scim_call", method = "PATCH");
             let _call = call.enter();
+            // The exporter's HTTP stack is kept out, or exports would feed themselves.
+            tracing::info_span!(target: "hyper", "exporter_internal").in_scope(|| ());
             (outer, trace_id())
         });
         let trace_id = outer.expect("a trace id inside an exported span");
@@ -546,6 +572,10 @@ mod tests {
         for name in ["job", "scim_call"] {
             assert!(contains(body, &span_name(name)), "span {name}");
         }
+        assert!(
+            !contains(body, b"exporter_internal"),
+            "hyper's span was exported"
+        );
         for (key, value) in [
             ("app", "okta-test"),
             ("operation", "deactivate"),
