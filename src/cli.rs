@@ -39,7 +39,8 @@ pub fn main() -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{}", crate::api::spec_json());
         return ExitCode::SUCCESS;
     }
-    crate::telemetry::init_logging();
+    // Declared before `runtime`, so it drops after it: the last batch of spans is flushed.
+    let _telemetry = crate::telemetry::init("roster");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -2,6 +2,8 @@
 mod apps;
 mod audit;
 mod bad_input;
+mod dashboards;
+mod delivery;
 mod events;
 mod groups;
 mod health;
