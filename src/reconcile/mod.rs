@@ -40,6 +40,8 @@
 mod classify;
 mod guard;
 mod report;
+#[cfg(test)]
+mod tests;
 
 pub use classify::{
     Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
