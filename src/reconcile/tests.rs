@@ -46,6 +46,12 @@ fn deprovision_unmatched(settings: &mut AppSettings) {
 
 fn as_is(_: &mut AppSettings) {}
 
+/// A change to the example settings for one case.
+type Tweak = fn(&mut AppSettings);
+
+/// One row of the classification table: name, settings, account, expected finding.
+type Case = (&'static str, Tweak, Value, Expect);
+
 fn person(id: &str, employee_id: &str, email: &str, given: &str, family: &str) -> IdentityView {
     IdentityView {
         id: id.to_owned(),
@@ -186,10 +192,7 @@ fn summary(finding: &Finding) -> Expect {
     }
 }
 
-fn classifier(
-    tweak: fn(&mut AppSettings),
-    identities: &[(IdentityView, Option<LinkInfo>)],
-) -> Classifier {
+fn classifier(tweak: Tweak, identities: &[(IdentityView, Option<LinkInfo>)]) -> Classifier {
     let mut settings = settings();
     tweak(&mut settings);
     let compiled = compile_mappings(&settings).expect("the example mappings compile");
@@ -202,7 +205,7 @@ fn classifier(
 
 /// Classifies `account` alone against `identities` under `settings` tweaked by `tweak`.
 fn classify(
-    tweak: fn(&mut AppSettings),
+    tweak: Tweak,
     identities: &[(IdentityView, Option<LinkInfo>)],
     account: &Value,
 ) -> Finding {
@@ -213,7 +216,7 @@ fn classify(
 fn accounts_are_classified_as_the_design_table_says() {
     use Class::*;
     let ada_id = Some("i-ada");
-    let cases: Vec<(&str, fn(&mut AppSettings), Value, Expect)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "linked and equal",
             as_is,
