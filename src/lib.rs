@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod dev_target;
 pub mod mapping;
 pub mod net_guard;
+pub mod reconcile;
 pub mod scim;
 pub mod service;
 pub mod settings;

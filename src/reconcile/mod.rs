@@ -1,0 +1,50 @@
+//! Reconciliation's pure core (DESIGN §6): classify every account of a target against roster's
+//! desired state, decide what fix mode would do, guard against mass deprovisioning, and shape the
+//! run's report. No IO, database, async or clock here: the run (paging through the target's
+//! `/Users`, loading identities and links, applying fixes) lives in a layer above and feeds this.
+//!
+//! A run:
+//!
+//! ```text
+//! let mut desired = Desired::new(&settings, compile_mappings(&settings)?)?;
+//! for (identity, link) in roster_identities { desired.insert(&identity, link.as_ref()); }
+//! let mut classifier = Classifier::new(desired);
+//! let mut report = Report::new(run_id, app_id, dry_run);
+//! while let Some(account) = target_users.next().await { report.record(&classifier.classify_account(&account?)); }
+//! for finding in classifier.finish() { report.record(&finding); }          // the `missing` ones
+//! let deprovisions = report.items.iter().filter(|item| matches!(item.action, ActionKind::Deactivate | ActionKind::Delete)).count();
+//! match deletion_guard(&settings.deletion_guard, deprovisions, accounts_read) { Proceed => fix, Hold { reason } => await approval }
+//! ```
+//!
+//! Invariants:
+//!
+//! * **Unmanaged accounts are never touched**: an unlinked account outside the scope filter is
+//!   `unmanaged` before any matching is tried, and its action is `none` whatever the settings
+//!   (`deprovision_unmatched` included).
+//! * **Only mapped attributes classify**: differences come from [`crate::mapping::diff`], which
+//!   compares the mapped targets, `active` and the role target, SCIM-normalised (case of
+//!   `userName`, element order, `"true"` for `true`); the target's own attributes are not drift.
+//! * **Target-side memory is bounded by the page size**: the [`Classifier`] takes one account at
+//!   a time and keeps none; it remembers one flag per identity (roster's own data, O(identities))
+//!   to report `missing` at the end.
+//! * Deterministic: the same identities, links, settings and accounts give the same findings.
+//!
+//! Public API:
+//!
+//! * `classify.rs`: [`Desired`] (`new`, `insert`), [`LinkInfo`], [`Classifier`] (`new`,
+//!   `classify_account`, `finish`), [`Finding`], [`Class`], [`Action`] (`label`, `kind`,
+//!   `is_deprovision`, `changes`), [`ActionKind`], [`ReconcileError`]. The module documentation
+//!   gives the order of the classification questions and why.
+//! * `guard.rs`: [`deletion_guard`] → [`GuardDecision`].
+//! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`RunState`].
+mod classify;
+mod guard;
+mod report;
+#[cfg(test)]
+mod tests;
+
+pub use classify::{
+    Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
+};
+pub use guard::{GuardDecision, MIN_ACCOUNTS_FOR_FRACTION, deletion_guard};
+pub use report::{Counts, Report, ReportItem, RunState};

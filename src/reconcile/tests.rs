@@ -1,0 +1,596 @@
+//! Behaviour of the classifier, table-driven: `classify` (one account) and `missing` (a whole run)
+//! are the only callers of the API under test.
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::mapping::{self, IdentityView};
+use crate::service::apps::{AppSettings, DeprovisionAction, compile_mappings};
+
+/// DESIGN §4's example app: userName ← email, names, work email, title, externalId ←
+/// employee_id; role mapping; scope board-room in example.com; deprovision deactivate.
+fn settings() -> AppSettings {
+    let settings = serde_json::from_value(json!({
+        "rate_limit": {"per_second": 10, "burst": 20},
+        "max_concurrency": 4,
+        "timeout_ms": 10_000,
+        "max_attempts": 8,
+        "matching": {"target_attribute": "userName"},
+        "scope": {"groups": ["board-room"], "email_domains": ["example.com"]},
+        "mappings": [
+            {"target": "userName", "source": "email"},
+            {"target": "name.givenName", "source": "given_name"},
+            {"target": "name.familyName", "source": "family_name"},
+            {"target": "emails[type eq \"work\"].value", "source": "email"},
+            {"target": "title", "source": "title"},
+            {"target": "externalId", "source": "employee_id"}
+        ],
+        "role_mapping": {"target": "roles[primary eq true].value", "default": "member",
+                         "rules": [{"group": "board-admins", "value": "admin"}]},
+        "group_push": ["board-room"],
+        "deprovision": {"action": "deactivate", "delete_after_days": 30},
+        "reconcile": {"interval_minutes": 60, "mode": "report", "deprovision_unmatched": false},
+        "deletion_guard": {"max_fraction": 0.2, "max_count": 50},
+        "quirks": {}
+    }));
+    settings.expect("the DESIGN example parses as AppSettings")
+}
+
+fn delete_policy(settings: &mut AppSettings) {
+    settings.deprovision.action = DeprovisionAction::Delete;
+}
+
+fn deprovision_unmatched(settings: &mut AppSettings) {
+    settings.reconcile.deprovision_unmatched = true;
+}
+
+fn as_is(_: &mut AppSettings) {}
+
+/// A change to the example settings for one case.
+type Tweak = fn(&mut AppSettings);
+
+/// One row of the classification table: name, settings, account, expected finding.
+type Case = (&'static str, Tweak, Value, Expect);
+
+fn person(id: &str, employee_id: &str, email: &str, given: &str, family: &str) -> IdentityView {
+    IdentityView {
+        id: id.to_owned(),
+        employee_id: employee_id.to_owned(),
+        user_name: None,
+        email: Some(email.to_owned()),
+        given_name: Some(given.to_owned()),
+        family_name: Some(family.to_owned()),
+        display_name: None,
+        department: Some("Board".to_owned()),
+        title: Some("Chair".to_owned()),
+        manager_employee_id: None,
+        attributes: json!({}),
+        status: "active".to_owned(),
+        groups: vec!["board-room".to_owned()],
+    }
+}
+
+fn ada() -> IdentityView {
+    person("i-ada", "E100", "ada@example.com", "Ada", "Lovelace")
+}
+
+/// Terminated: a leaver.
+fn grace() -> IdentityView {
+    IdentityView {
+        status: "terminated".to_owned(),
+        ..person("i-grace", "E200", "grace@example.com", "Grace", "Hopper")
+    }
+}
+
+/// Active, but moved out of the app's group.
+fn alan() -> IdentityView {
+    IdentityView {
+        groups: vec!["finance".to_owned()],
+        ..person("i-alan", "E300", "alan@example.com", "Alan", "Turing")
+    }
+}
+
+/// In scope, not linked.
+fn edsger() -> IdentityView {
+    person(
+        "i-edsger",
+        "E400",
+        "Edsger@Example.com",
+        "Edsger",
+        "Dijkstra",
+    )
+}
+
+fn linked(target_id: &str) -> Option<LinkInfo> {
+    Some(LinkInfo {
+        target_id: Some(target_id.to_owned()),
+        state: "linked".to_owned(),
+    })
+}
+
+/// Roster's identities for the classification table: ada, grace and alan linked, edsger not.
+fn roster() -> Vec<(IdentityView, Option<LinkInfo>)> {
+    vec![
+        (ada(), linked("t-ada")),
+        (grace(), linked("t-grace")),
+        (alan(), linked("t-alan")),
+        (edsger(), None),
+    ]
+}
+
+/// Ada's account as a target returns it: its own attributes (`meta`, `formatted`, a home
+/// email) and key order, which are no drift.
+fn ada_account() -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "id": "t-ada",
+        "meta": {"resourceType": "User", "version": "W/\"3\"", "created": "2026-01-01T00:00:00Z"},
+        "active": true,
+        "externalId": "E100",
+        "userName": "ada@example.com",
+        "name": {"formatted": "Ada Lovelace", "familyName": "Lovelace", "givenName": "Ada"},
+        "emails": [{"value": "ada@example.com", "type": "work", "primary": true}],
+        "roles": [{"value": "member", "primary": true}],
+        "title": "Chair",
+        "groups": [{"value": "g-1", "display": "board-room"}]
+    })
+}
+
+fn account_of(id: &str, user_name: &str, active: bool) -> Value {
+    json!({"id": id, "userName": user_name, "active": active})
+}
+
+/// `account` with the values at the JSON pointers replaced (or removed, for `Null`).
+fn edited(mut account: Value, edits: &[(&str, Value)]) -> Value {
+    for (pointer, value) in edits {
+        let (parent, key) = pointer.rsplit_once('/').expect("a pointer with a parent");
+        let parent = account
+            .pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("the pointer's parent is an object");
+        match value {
+            Value::Null => parent.remove(key),
+            value => parent.insert(key.to_owned(), value.clone()),
+        };
+    }
+    account
+}
+
+/// What a finding should be: class, action label, identity, and the paths that differ.
+#[derive(Debug, PartialEq)]
+struct Expect {
+    class: Class,
+    action: &'static str,
+    identity_id: Option<String>,
+    paths: Vec<String>,
+}
+
+fn expect(class: Class, action: &'static str, identity_id: Option<&str>) -> Expect {
+    Expect {
+        class,
+        action,
+        identity_id: identity_id.map(str::to_owned),
+        paths: Vec::new(),
+    }
+}
+
+fn differing(mut expect: Expect, paths: &[&str]) -> Expect {
+    expect.paths = paths.iter().map(|path| (*path).to_owned()).collect();
+    expect
+}
+
+fn summary(finding: &Finding) -> Expect {
+    Expect {
+        class: finding.class,
+        action: finding.action.label(),
+        identity_id: finding.identity_id.clone(),
+        paths: finding
+            .differences
+            .iter()
+            .map(|difference| difference.path.clone())
+            .collect(),
+    }
+}
+
+fn classifier(tweak: Tweak, identities: &[(IdentityView, Option<LinkInfo>)]) -> Classifier {
+    let mut settings = settings();
+    tweak(&mut settings);
+    let compiled = compile_mappings(&settings).expect("the example mappings compile");
+    let mut desired = Desired::new(&settings, compiled).expect("userName is a valid path");
+    for (identity, link) in identities {
+        desired.insert(identity, link.as_ref());
+    }
+    Classifier::new(desired)
+}
+
+/// Classifies `account` alone against `identities` under `settings` tweaked by `tweak`.
+fn classify(
+    tweak: Tweak,
+    identities: &[(IdentityView, Option<LinkInfo>)],
+    account: &Value,
+) -> Finding {
+    classifier(tweak, identities).classify_account(account)
+}
+
+#[test]
+fn accounts_are_classified_as_the_design_table_says() {
+    use Class::*;
+    let ada_id = Some("i-ada");
+    let cases: Vec<Case> = vec![
+        (
+            "linked and equal",
+            as_is,
+            ada_account(),
+            expect(InSync, "none", ada_id),
+        ),
+        (
+            "given name changed by hand",
+            as_is,
+            edited(ada_account(), &[("/name/givenName", json!("Adah"))]),
+            differing(expect(Drifted, "patch", ada_id), &["name.givenName"]),
+        ),
+        (
+            "userName differs only in case",
+            as_is,
+            edited(ada_account(), &[("/userName", json!("ADA@Example.COM"))]),
+            expect(InSync, "none", ada_id),
+        ),
+        (
+            "email element order and a home email",
+            as_is,
+            edited(
+                ada_account(),
+                &[(
+                    "/emails",
+                    json!([{"type": "home", "value": "ada@home.test"},
+                           {"type": "work", "value": "ada@example.com", "primary": true}]),
+                )],
+            ),
+            expect(InSync, "none", ada_id),
+        ),
+        (
+            "deactivated by hand while in scope",
+            as_is,
+            edited(ada_account(), &[("/active", json!(false))]),
+            differing(expect(Drifted, "patch", ada_id), &["active"]),
+        ),
+        (
+            "linked account whose userName was moved out of the managed domain",
+            as_is,
+            edited(ada_account(), &[("/userName", json!("ada@partner.org"))]),
+            differing(expect(Drifted, "patch", ada_id), &["userName"]),
+        ),
+        (
+            "title and role removed",
+            as_is,
+            edited(
+                ada_account(),
+                &[("/title", Value::Null), ("/roles", json!([]))],
+            ),
+            differing(
+                expect(Drifted, "patch", ada_id),
+                &["title", "roles[primary eq true].value"],
+            ),
+        ),
+        (
+            "leaver re-activated by hand",
+            as_is,
+            account_of("t-grace", "grace@example.com", true),
+            expect(Orphan, "deactivate", Some("i-grace")),
+        ),
+        (
+            "leaver re-activated by hand, app deletes",
+            delete_policy,
+            account_of("t-grace", "grace@example.com", true),
+            expect(Orphan, "delete", Some("i-grace")),
+        ),
+        (
+            "leaver without `active` counts as active",
+            as_is,
+            json!({"id": "t-grace", "userName": "grace@example.com"}),
+            expect(Orphan, "deactivate", Some("i-grace")),
+        ),
+        (
+            "leaver deactivated",
+            as_is,
+            account_of("t-grace", "grace@example.com", false),
+            expect(InSync, "none", Some("i-grace")),
+        ),
+        (
+            "leaver deactivated, `active` sent as text",
+            delete_policy,
+            json!({"id": "t-grace", "userName": "grace@example.com", "active": "False"}),
+            expect(InSync, "none", Some("i-grace")),
+        ),
+        (
+            "leaver's unlinked account, matched by userName",
+            as_is,
+            account_of("t-other", "Grace@example.com", true),
+            expect(Orphan, "deactivate", Some("i-grace")),
+        ),
+        (
+            "moved out of the app's group, still active",
+            as_is,
+            account_of("t-alan", "alan@example.com", true),
+            expect(Orphan, "deactivate", Some("i-alan")),
+        ),
+        (
+            "managed domain, matches nobody",
+            as_is,
+            account_of("t-x", "someone@example.com", true),
+            expect(Unmatched, "none", None),
+        ),
+        (
+            "managed domain, matches nobody, deprovision_unmatched",
+            deprovision_unmatched,
+            account_of("t-x", "someone@example.com", true),
+            expect(Unmatched, "deactivate", None),
+        ),
+        (
+            "unmatched and already inactive: deactivating again would be a write per run",
+            deprovision_unmatched,
+            account_of("t-x", "someone@example.com", false),
+            expect(Unmatched, "none", None),
+        ),
+        (
+            "managed by its primary email when userName is no address",
+            as_is,
+            json!({"id": "t-x", "userName": "someone", "emails": [
+                {"value": "someone@other.test"}, {"value": "someone@example.com", "primary": true}]}),
+            expect(Unmatched, "none", None),
+        ),
+        (
+            "external guest",
+            as_is,
+            account_of("t-guest", "guest@partner.org", true),
+            expect(Unmanaged, "none", None),
+        ),
+        (
+            "external guest, even with deprovision_unmatched",
+            deprovision_unmatched,
+            account_of("t-guest", "guest@partner.org", true),
+            expect(Unmanaged, "none", None),
+        ),
+        (
+            "a look-alike domain is not managed",
+            deprovision_unmatched,
+            account_of("t-guest", "eve@evil-example.com", true),
+            expect(Unmanaged, "none", None),
+        ),
+        (
+            "no userName, no emails, under a domain filter",
+            deprovision_unmatched,
+            json!({"id": "t-empty", "active": true}),
+            expect(Unmanaged, "none", None),
+        ),
+        (
+            "not even an object",
+            deprovision_unmatched,
+            json!("garbage"),
+            expect(Unmanaged, "none", None),
+        ),
+        (
+            "unlinked, matches an in-scope identity case-insensitively, equal",
+            as_is,
+            json!({
+                "id": "t-edsger", "userName": "edsger@example.com", "active": true,
+                "externalId": "E400", "title": "Chair",
+                "name": {"givenName": "Edsger", "familyName": "Dijkstra"},
+                "emails": [{"type": "work", "value": "Edsger@Example.com"}],
+                "roles": [{"primary": true, "value": "member"}]
+            }),
+            expect(Adoptable, "link", Some("i-edsger")),
+        ),
+        (
+            "unlinked, matches an in-scope identity, with drift",
+            as_is,
+            account_of("t-edsger", "EDSGER@example.com", true),
+            differing(
+                expect(Adoptable, "link_and_patch", Some("i-edsger")),
+                &[
+                    "name.givenName",
+                    "name.familyName",
+                    "emails[type eq \"work\"].value",
+                    "title",
+                    "externalId",
+                    "roles[primary eq true].value",
+                ],
+            ),
+        ),
+        (
+            "matches ada by userName, but ada is linked to another account",
+            as_is,
+            edited(ada_account(), &[("/id", json!("t-ada-2"))]),
+            expect(Adoptable, "link", ada_id),
+        ),
+        (
+            "no id at all, matched by userName",
+            as_is,
+            edited(ada_account(), &[("/id", Value::Null)]),
+            expect(Adoptable, "link", ada_id),
+        ),
+    ];
+    for (name, tweak, account, want) in cases {
+        let finding = classify(tweak, &roster(), &account);
+        assert_eq!(summary(&finding), want, "{name}: {finding:#?}");
+    }
+}
+
+#[test]
+fn drift_names_both_values_and_patches_back() {
+    let finding = classify(
+        as_is,
+        &roster(),
+        &edited(ada_account(), &[("/name/givenName", json!("Adah"))]),
+    );
+    assert_eq!(
+        serde_json::to_value(&finding).ok(),
+        Some(json!({
+            "class": "drifted", "target_id": "t-ada", "user_name": "ada@example.com",
+            "identity_id": "i-ada",
+            "differences": [{"path": "name.givenName", "roster": "Ada", "target": "Adah"}],
+            "action": {"kind": "patch", "changes": [{"path": "name.givenName", "value": "Ada"}]}
+        }))
+    );
+}
+
+#[test]
+fn without_a_domain_filter_an_empty_account_is_unmatched() {
+    fn no_domain_filter(settings: &mut AppSettings) {
+        settings.scope.email_domains = None;
+        settings.reconcile.deprovision_unmatched = true;
+    }
+    for (account, want) in [
+        (json!({"id": "t-empty", "active": true}), "deactivate"),
+        (json!({"id": "t-empty", "userName": ""}), "deactivate"),
+        (json!({"id": "t-bare", "userName": "nobody"}), "deactivate"),
+        (json!({}), "deactivate"),
+    ] {
+        let finding = classify(no_domain_filter, &roster(), &account);
+        assert_eq!(
+            (finding.class, finding.action.label()),
+            (Class::Unmatched, want),
+            "{account}"
+        );
+    }
+}
+
+#[test]
+fn a_rehired_person_matches_their_in_scope_identity_not_the_old_one() {
+    let old = IdentityView {
+        status: "terminated".to_owned(),
+        ..person("i-old", "E001", "ada@example.com", "Ada", "Lovelace")
+    };
+    for identities in [
+        vec![(old.clone(), None), (ada(), None)],
+        vec![(ada(), None), (old.clone(), None)],
+    ] {
+        let finding = classify(as_is, &identities, &ada_account());
+        assert_eq!(
+            (finding.class, finding.identity_id.as_deref()),
+            (Class::Adoptable, Some("i-ada"))
+        );
+    }
+}
+
+/// Classifies every account in one run, then `finish`: the findings' (class, action, identity).
+fn run(
+    identities: &[(IdentityView, Option<LinkInfo>)],
+    accounts: &[Value],
+) -> Vec<(Class, &'static str, Option<String>)> {
+    let mut classifier = classifier(as_is, identities);
+    let mut findings: Vec<Finding> = accounts
+        .iter()
+        .map(|account| classifier.classify_account(account))
+        .collect();
+    findings.extend(classifier.finish());
+    findings
+        .into_iter()
+        .map(|finding| (finding.class, finding.action.label(), finding.identity_id))
+        .collect()
+}
+
+#[test]
+fn in_scope_identities_without_an_account_are_missing_at_the_end() {
+    use Class::*;
+    let id = |id: &str| Some(id.to_owned());
+    // Nobody has an account: only the in-scope identities are missing, in insertion order.
+    assert_eq!(
+        run(&roster(), &[]),
+        vec![
+            (Missing, "create", id("i-ada")),
+            (Missing, "create", id("i-edsger"))
+        ]
+    );
+    // Ada's account seen (linked), edsger's adopted: nobody missing.
+    assert_eq!(
+        run(
+            &roster(),
+            &[ada_account(), account_of("t-e", "edsger@example.com", true)]
+        ),
+        vec![
+            (InSync, "none", id("i-ada")),
+            (Adoptable, "link_and_patch", id("i-edsger"))
+        ]
+    );
+    // An unmanaged account carrying ada's userName does not count as ada's.
+    assert_eq!(
+        run(
+            &[(ada(), None)],
+            &[
+                json!({"id": "t-1", "userName": "guest@partner.org", "emails": [{"value": "ada@example.com"}]})
+            ]
+        ),
+        vec![(Unmanaged, "none", None), (Missing, "create", id("i-ada"))]
+    );
+}
+
+#[test]
+fn a_missing_finding_names_the_user_roster_would_create() {
+    let mut findings = classifier(as_is, &[(ada(), linked("t-gone"))]).finish();
+    let finding = findings.pop();
+    assert_eq!(
+        finding.map(|finding| (finding.target_id, finding.user_name)),
+        Some((None, Some("ada@example.com".to_owned())))
+    );
+}
+
+#[test]
+fn an_invalid_matching_attribute_is_an_error_not_a_panic() {
+    let mut settings = settings();
+    settings.matching.target_attribute = "emails[".to_owned();
+    let compiled = compile_mappings(&settings).expect("the example mappings compile");
+    assert!(matches!(
+        Desired::new(&settings, compiled),
+        Err(ReconcileError::MatchingAttribute { .. })
+    ));
+}
+
+#[test]
+fn matching_on_external_id_is_case_exact() {
+    fn by_external_id(settings: &mut AppSettings) {
+        settings.matching.target_attribute = "externalId".to_owned();
+    }
+    for (external_id, want) in [("E100", Class::Adoptable), ("e100", Class::Unmatched)] {
+        let account = edited(
+            ada_account(),
+            &[("/id", json!("t-new")), ("/externalId", json!(external_id))],
+        );
+        let finding = classify(by_external_id, &[(ada(), None)], &account);
+        assert_eq!(finding.class, want, "externalId {external_id}");
+    }
+}
+
+fn parts() -> impl Strategy<Value = (String, String, String, String)> {
+    (
+        "[A-Za-z0-9._-]{1,20}",
+        "\\PC{0,24}",
+        "\\PC{0,24}",
+        "\\PC{0,24}",
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn the_rendered_user_of_a_linked_in_scope_identity_is_in_sync(
+        (local, given, family, title) in parts(),
+        admin in any::<bool>(),
+    ) {
+        let mut identity = person("i-p", "E900", &format!("{local}@Example.com"), &given, &family);
+        identity.title = Some(title);
+        if admin {
+            identity.groups.push("board-admins".to_owned());
+        }
+        let settings = settings();
+        let compiled = compile_mappings(&settings).expect("the example mappings compile");
+        let mut account = mapping::render_user(&compiled, &identity);
+        if let Some(object) = account.as_object_mut() {
+            object.insert("id".to_owned(), json!("t-p"));
+        }
+        let finding = classify(as_is, &[(identity, linked("t-p"))], &account);
+        prop_assert_eq!(finding.class, Class::InSync, "{:#?}", finding);
+        prop_assert_eq!(finding.action, Action::None);
+    }
+}
