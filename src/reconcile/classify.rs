@@ -29,7 +29,7 @@ use crate::mapping::{
     self, Change, CompiledMappings, Difference, IdentityView, ScimPath, ScopeSpec,
 };
 use crate::scim::id_of;
-use crate::service::apps::{AppSettings, DeprovisionAction};
+use crate::settings::{AppSettings, DeprovisionAction};
 
 /// An identity's link to this app, as the store holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! The deletion guard as a pure decision (DESIGN §6): a run that would deprovision too many
 //! accounts is held for `POST /reconcile-runs/{id}/approve` instead of applied. It protects
 //! against a broken HR feed or a wrong scope turning every account into an orphan at once.
-use crate::service::apps::DeletionGuard;
+use crate::settings::DeletionGuard;
 
 /// Below this many accounts in the app the fraction rule does not apply: one leaver in a small
 /// app is never held.

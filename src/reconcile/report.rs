@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use crate::mapping::Change;
     use crate::reconcile::classify::Action;
-    use crate::service::apps::DeprovisionAction;
+    use crate::settings::DeprovisionAction;
 
     fn finding(class: Class, action: Action) -> Finding {
         Finding {

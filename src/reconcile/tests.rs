@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::mapping::{self, IdentityView};
-use crate::service::apps::{AppSettings, DeprovisionAction, compile_mappings};
+use crate::settings::{AppSettings, DeprovisionAction, compile_mappings};
 
 /// DESIGN §4's example app: userName ← email, names, work email, title, externalId ←
 /// employee_id; role mapping; scope board-room in example.com; deprovision deactivate.
