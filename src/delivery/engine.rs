@@ -453,14 +453,14 @@ impl Delivery {
                 let message = err.to_string();
                 let id = job.id;
                 match decision {
-                    Decision::Retry { after } => {
+                    Decision::Retry { after, counts } => {
                         m.sync_operations_total
                             .with_label_values(&[app_label, operation, "retried"])
                             .inc();
                         tracing::debug!(app = app_label, job = id, error = %message, "Retrying");
                         let at = queue::now_ms() + after.as_millis() as i64;
                         self.finish(|c| async move {
-                            queue::retry(&c, id, at, Some(&message), true).await
+                            queue::retry(&c, id, at, Some(&message), counts).await
                         })
                         .await;
                     }

@@ -528,7 +528,6 @@ pub async fn follow_ups(
     if let Some(l) = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?
         && l.state == "deactivated"
         && let Some(due) = l.delete_after
-        && due > now_ms
     {
         jobs.push(JobRequest {
             app_id: ctx.app.id.clone(),

@@ -11,8 +11,9 @@ pub const MAX_DELAY: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Try again, not before this delay.
-    Retry { after: Duration },
+    /// Try again, not before this delay. `counts` is false for throttling (429): the target
+    /// asked us to slow down, nothing failed, so the job's attempt budget is not spent.
+    Retry { after: Duration, counts: bool },
     /// Stop: the job is a dead letter until someone retries it.
     DeadLetter,
     /// The app's credentials were refused: stop the whole app until a probe succeeds.
@@ -36,12 +37,21 @@ pub fn decide(
         ErrorClass::Auth | ErrorClass::Permanent | ErrorClass::NotFound | ErrorClass::Conflict => {
             Decision::DeadLetter
         }
+        ErrorClass::Transient if status == Some(429) => Decision::Retry {
+            after: retry_after
+                .unwrap_or(BASE_DELAY)
+                .clamp(BASE_DELAY / 4, MAX_DELAY),
+            counts: false,
+        },
         ErrorClass::Transient if attempts >= max_attempts => Decision::DeadLetter,
         ErrorClass::Transient => {
             let backoff = full_jitter(ceiling(attempts), jitter);
             // The target's own word wins when it asks for longer.
             let after = retry_after.map_or(backoff, |ra| ra.max(backoff).min(MAX_DELAY.max(ra)));
-            Decision::Retry { after }
+            Decision::Retry {
+                after,
+                counts: true,
+            }
         }
     }
 }

@@ -225,8 +225,9 @@ pub async fn complete(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr>
 }
 
 /// Back to `pending` at `run_at_ms`. If a newer pending job for the same resource was queued
-/// meanwhile, this one is superseded (the newer one renders the latest state anyway) and only
-/// its earliest due time is kept.
+/// meanwhile, this one is superseded (the newer one renders the latest state anyway) and is
+/// closed instead. The partial unique index decides, so a concurrent enqueue cannot slip in
+/// between a check and the update.
 pub async fn retry(
     conn: &impl ConnectionTrait,
     id: i64,
@@ -234,9 +235,6 @@ pub async fn retry(
     error: Option<&str>,
     count_attempt: bool,
 ) -> Result<(), DbErr> {
-    let now = chrono::Utc::now();
-    let sibling = "EXISTS (SELECT 1 FROM job s WHERE s.state = 'pending' AND s.app_id = job.app_id \
-                   AND s.resource_kind = job.resource_kind AND s.resource_id = job.resource_id)";
     let attempts = if count_attempt {
         "attempts"
     } else {
@@ -244,34 +242,35 @@ pub async fn retry(
     };
     let sql = format!(
         "UPDATE job SET state = 'pending', run_at = $1, lease_owner = NULL, lease_until = NULL, \
-         attempts = {attempts}, last_error = $2, updated_at = $3 WHERE id = $4 AND NOT {sibling}"
+         attempts = {attempts}, last_error = $2, updated_at = $3 WHERE id = $4"
     );
-    let updated = conn
-        .execute_raw(stmt(
-            conn,
-            &sql,
-            vec![
-                run_at_ms.into(),
-                error.map(str::to_owned).into(),
-                now.into(),
-                id.into(),
-            ],
-        ))
-        .await?;
-    if updated.rows_affected() == 0 {
-        let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = $1, updated_at = $2 WHERE id = $3";
-        conn.execute_raw(stmt(
-            conn,
-            sql,
-            vec![
-                Some("superseded by a newer change".to_owned()).into(),
-                now.into(),
-                id.into(),
-            ],
-        ))
-        .await?;
+    let values = vec![
+        run_at_ms.into(),
+        error.map(str::to_owned).into(),
+        chrono::Utc::now().into(),
+        id.into(),
+    ];
+    back_to_pending(conn, id, stmt(conn, &sql, values)).await
+}
+
+/// Runs `update` (which makes job `id` pending); on a unique violation — a newer pending job
+/// exists for the same resource — closes job `id` as superseded.
+async fn back_to_pending(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    update: sea_orm::Statement,
+) -> Result<(), DbErr> {
+    match conn.execute_raw(update).await {
+        Ok(_) => Ok(()),
+        Err(e) if super::is_unique_violation(&e) => {
+            let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, \
+                       last_error = 'superseded by a newer change', updated_at = $1 WHERE id = $2";
+            conn.execute_raw(stmt(conn, sql, vec![chrono::Utc::now().into(), id.into()]))
+                .await?;
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// A dead letter: kept with its reason until someone retries it through the API.
@@ -306,28 +305,27 @@ pub async fn release(
     owner: Option<&str>,
     now_ms: i64,
 ) -> Result<u64, DbErr> {
-    let now = chrono::Utc::now();
-    let (cond, mut values): (&str, Vec<sea_orm::Value>) = match owner {
-        Some(o) => ("lease_owner = $1", vec![o.into()]),
-        None => ("lease_until < $1", vec![now_ms.into()]),
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let mut q = job::Entity::find().filter(job::Column::State.eq("running"));
+    q = match owner {
+        Some(o) => q.filter(job::Column::LeaseOwner.eq(o)),
+        None => q.filter(job::Column::LeaseUntil.lt(now_ms)),
     };
-    let sibling = "EXISTS (SELECT 1 FROM job s WHERE s.state = 'pending' AND s.app_id = job.app_id \
-                   AND s.resource_kind = job.resource_kind AND s.resource_id = job.resource_id)";
-    let superseded = format!(
-        "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = 'superseded by a newer change', updated_at = $2 \
-         WHERE state = 'running' AND {cond} AND {sibling}"
-    );
-    values.push(now.into());
-    conn.execute_raw(stmt(conn, &superseded, values.clone()))
-        .await?;
-    let back = format!(
-        "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $2 \
-         WHERE state = 'running' AND {cond}"
-    );
-    Ok(conn
-        .execute_raw(stmt(conn, &back, values))
-        .await?
-        .rows_affected())
+    let stuck = q.all(conn).await?;
+    let mut released = 0;
+    for j in stuck {
+        // Only if it is still the same lease: another instance may have just finished it.
+        let sql = "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+                   WHERE id = $2 AND state = 'running' AND lease_owner = $3";
+        let values = vec![
+            chrono::Utc::now().into(),
+            j.id.into(),
+            j.lease_owner.clone().into(),
+        ];
+        back_to_pending(conn, j.id, stmt(conn, sql, values)).await?;
+        released += 1;
+    }
+    Ok(released)
 }
 
 /// Pending jobs per (app, lane) and the oldest pending age per app, for the queue gauges and

@@ -1,1 +1,745 @@
-use serde_json::json;
+//! The delivery engine end to end: HR events → SCIM calls in the dev-target and in the
+//! third-party peer, with faults injected.
+use std::time::Duration;
+
+use roster::dev_target::{DevTarget, DevTargetArgs};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, app_body, dev_target, event, eventually, joiner, peer, spawn_app};
+
+const TOKEN: &str = "target-token";
+
+/// DESIGN §4's example app, pointed at `base_url`.
+fn sherpany(name: &str, base_url: &str, token: &str, extra: Value) -> Value {
+    let mut body = app_body(
+        name,
+        json!({
+            "base_url": base_url,
+            "auth": {"type": "bearer", "token": token},
+            "rate_limit": {"per_second": 50, "burst": 50},
+            "max_concurrency": 4,
+            "timeout_ms": 5000,
+            "mappings": [
+                {"target": "userName", "source": "email"},
+                {"target": "name.givenName", "source": "given_name"},
+                {"target": "name.familyName", "source": "family_name"},
+                {"target": "emails[type eq \"work\"].value", "source": "email"},
+                {"target": "title", "source": "title"},
+                {"target": "externalId", "source": "employee_id"}
+            ],
+            "role_mapping": {"target": "roles[primary eq true].value", "default": "member",
+                             "rules": [{"group": "board-admins", "value": "admin"}]},
+        }),
+    );
+    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+async fn target_with(args: DevTargetArgs) -> DevTarget {
+    roster::dev_target::spawn(DevTargetArgs {
+        token: Some(TOKEN.into()),
+        ..args
+    })
+    .await
+    .expect("dev-target")
+}
+
+fn user<'a>(users: &'a [Value], user_name: &str) -> Option<&'a Value> {
+    users.iter().find(|u| {
+        u["userName"]
+            .as_str()
+            .is_some_and(|n| n.eq_ignore_ascii_case(user_name))
+    })
+}
+
+/// Reads one user of any SCIM server by userName, through roster's own client.
+async fn read_user(base: &str, token: &str, user_name: &str) -> Option<Value> {
+    let config = roster::scim::TargetConfig::new(
+        url::Url::parse(base).ok()?,
+        roster::scim::Auth::Bearer(token.to_owned().into()),
+        roster::net_guard::TargetPolicy::AllowPrivate,
+    );
+    let client = roster::scim::ScimClient::new(config).ok()?;
+    client
+        .users()
+        .find_by("userName", user_name)
+        .await
+        .ok()?
+        .pop()
+}
+
+async fn identity_id(app: &TestApp, employee_id: &str) -> String {
+    app.get(&format!("/api/v1/identities/{employee_id}"))
+        .await
+        .expect(200)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Joiner → mover → leaver against any SCIM server; `tag` keeps names unique on shared servers.
+async fn joiner_mover_leaver(app: &TestApp, base: &str, token: &str, tag: &str) {
+    let email = format!("ada.{tag}@example.com");
+    let created = app
+        .create_app(&sherpany(&format!("s-{tag}"), base, token, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let emp = format!("E{tag}");
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board-admins", "members": [emp]}),
+    )
+    .await
+    .expect(201);
+    app.post_event(&joiner(
+        &format!("j-{tag}"),
+        &emp,
+        "2026-11-01T09:00:00Z",
+        json!({"email": email, "given_name": "Ada", "family_name": "Lovelace", "title": "Chair"}),
+    ))
+    .await;
+    let u = eventually(
+        "the joiner in the target",
+        Duration::from_secs(20),
+        || async { read_user(base, token, &email).await },
+    )
+    .await;
+    assert_eq!(u["name"]["givenName"], "Ada");
+    assert_eq!(u["name"]["familyName"], "Lovelace");
+    assert_eq!(u["title"], "Chair");
+    assert_eq!(u["externalId"], emp.as_str());
+    assert_ne!(u["active"], json!(false));
+    let work = u["emails"]
+        .as_array()
+        .and_then(|e| e.iter().find(|x| x["type"] == "work"))
+        .cloned();
+    assert_eq!(work.map(|w| w["value"].clone()), Some(json!(email)));
+    let role = u["roles"]
+        .as_array()
+        .and_then(|r| r.first())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        role["value"], "admin",
+        "role from the board-admins rule: {u}"
+    );
+
+    app.post_event(&event(
+        &format!("m-{tag}"),
+        "mover",
+        &emp,
+        "2026-11-01T10:00:00Z",
+        json!({"title": "Treasurer"}),
+    ))
+    .await;
+    eventually("the mover's title", Duration::from_secs(20), || async {
+        let u = read_user(base, token, &email).await?;
+        (u["title"] == "Treasurer").then_some(())
+    })
+    .await;
+
+    app.post_event(&event(
+        &format!("l-{tag}"),
+        "leaver",
+        &emp,
+        "2026-11-01T11:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually(
+        "the leaver deactivated",
+        Duration::from_secs(20),
+        || async {
+            let u = read_user(base, token, &email).await?;
+            (u["active"] == json!(false)).then_some(())
+        },
+    )
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let person = app
+        .get(&format!("/api/v1/identities/{emp}"))
+        .await
+        .expect(200);
+    let link = &person["links"][0];
+    assert_eq!(link["state"], "deactivated", "{person}");
+    assert_eq!(link["app_id"], app_id.as_str());
+    // The provisioning log has the calls, correlated with the HR events.
+    let log = app
+        .get(&format!("/api/v1/operations?app={app_id}&identity={emp}"))
+        .await
+        .expect(200);
+    let ops: Vec<&str> = log["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["operation"].as_str())
+        .collect();
+    for op in ["create", "update", "deactivate"] {
+        assert!(ops.contains(&op), "{op} missing from the log: {ops:?}");
+    }
+    assert!(
+        log["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|o| o["hr_event_id"] == format!("l-{tag}"))
+    );
+}
+
+#[tokio::test]
+async fn joiner_mover_leaver_reach_the_dev_target() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    joiner_mover_leaver(&app, &target.base_url(), TOKEN, "dev").await;
+    // Exactly one account was created.
+    assert_eq!(target.stats()["requests"]["POST"], 1, "{}", target.stats());
+}
+
+#[tokio::test]
+async fn joiner_mover_leaver_reach_the_third_party_peer() {
+    let Some((base, token)) = peer() else { return };
+    let app = spawn_app().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
+    joiner_mover_leaver(&app, &base, &token, &tag).await;
+}
+
+#[tokio::test]
+async fn an_external_domain_user_is_never_created() {
+    let app = spawn_app().await;
+    let target = dev_target(TOKEN).await;
+    let created = app
+        .create_app(&sherpany("ext", &target.base_url(), TOKEN, json!({})))
+        .await;
+    app.post_event(&joiner(
+        "x1",
+        "X1",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "guest@partner.org"}),
+    ))
+    .await;
+    app.post_event(&joiner(
+        "i1",
+        "I1",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "insider@example.com"}),
+    ))
+    .await;
+    eventually("the insider", Duration::from_secs(20), || async {
+        user(&target.users_snapshot(), "insider@example.com").cloned()
+    })
+    .await;
+    app.settled(
+        created["id"].as_str().unwrap_or_default(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(user(&target.users_snapshot(), "guest@partner.org").is_none());
+    assert_eq!(target.stats()["users"], 1);
+}
+
+#[tokio::test]
+async fn a_pushed_group_follows_roster_membership_with_patches() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board-room", "members": ["G1", "G2"]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&sherpany(
+            "push",
+            &target.base_url(),
+            TOKEN,
+            json!({"group_push": ["board-room"]}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    for e in ["G1", "G2", "G3"] {
+        app.post_event(&joiner(
+            &format!("j{e}"),
+            e,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    let members_of = |target: &DevTarget| {
+        let users = target.users_snapshot();
+        let groups = target.groups_snapshot();
+        let group = groups
+            .iter()
+            .find(|g| g["displayName"] == "board-room")?
+            .clone();
+        let mut names: Vec<String> = group["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| {
+                let id = m["value"].as_str()?;
+                users.iter().find(|u| u["id"] == id)?["userName"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        Some(names)
+    };
+    eventually(
+        "both members in the target group",
+        Duration::from_secs(20),
+        || async { (members_of(&target)? == ["g1@example.com", "g2@example.com"]).then_some(()) },
+    )
+    .await;
+    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.patch(
+        &format!("/api/v1/groups/{group_id}"),
+        &json!({"members": ["G1", "G3"]}),
+    )
+    .await
+    .expect(200);
+    eventually("G2 out and G3 in", Duration::from_secs(20), || async {
+        (members_of(&target)? == ["g1@example.com", "g3@example.com"]).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let stats = target.stats();
+    assert_eq!(
+        stats["requests"]["PUT"],
+        Value::Null,
+        "membership is never PUT: {stats}"
+    );
+    assert_eq!(target.groups_snapshot().len(), 1);
+}
+
+#[tokio::test]
+async fn a_throttling_target_gets_everyone_within_its_limit() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        rate_limit: Some(5),
+        ..Default::default()
+    })
+    .await;
+    // roster is configured faster than the target allows, so the target answers 429s.
+    let created = app
+        .create_app(&sherpany(
+            "slow",
+            &target.base_url(),
+            TOKEN,
+            json!({"rate_limit": {"per_second": 40, "burst": 40}}),
+        ))
+        .await;
+    let batch: Vec<Value> = (0..12)
+        .map(|i| {
+            joiner(
+                &format!("t{i}"),
+                &format!("T{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": batch}))
+        .await
+        .expect(202);
+    eventually(
+        "all 12 users despite 429s",
+        Duration::from_secs(60),
+        || async { (target.stats()["users"] == 12).then_some(()) },
+    )
+    .await;
+    app.settled(
+        created["id"].as_str().unwrap_or_default(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let stats = target.stats();
+    assert!(
+        stats["throttled"].as_u64().unwrap_or_default() > 0,
+        "the target throttled: {stats}"
+    );
+    // The target counts throttled POSTs as requests too; what was created shows in the log.
+    let created_ok = app
+        .rows("SELECT id FROM operation WHERE method = 'POST' AND status = 201")
+        .await;
+    assert_eq!(created_ok.len(), 12, "no user created twice: {stats}");
+    assert_eq!(stats["users"], 12);
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    assert!(
+        metrics.contains("roster_throttled_total{app=\"slow\"}"),
+        "429s are counted"
+    );
+    assert_eq!(
+        app.rows("SELECT id FROM job WHERE state = 'dead'")
+            .await
+            .len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn bursts_of_5xx_and_a_hanging_target_are_retried_until_delivered() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        fail_rate: 0.2,
+        hang_rate: 0.05,
+        seed: Some(7),
+        ..Default::default()
+    })
+    .await;
+    let created = app
+        .create_app(&sherpany(
+            "flaky",
+            &target.base_url(),
+            TOKEN,
+            json!({"timeout_ms": 400}),
+        ))
+        .await;
+    let batch: Vec<Value> = (0..8)
+        .map(|i| {
+            joiner(
+                &format!("f{i}"),
+                &format!("F{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": batch}))
+        .await
+        .expect(202);
+    eventually(
+        "all 8 users despite faults",
+        Duration::from_secs(120),
+        || async { (target.stats()["users"] == 8).then_some(()) },
+    )
+    .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    let stats = target.stats();
+    assert!(
+        stats["failed"].as_u64().unwrap_or_default() + stats["hung"].as_u64().unwrap_or_default()
+            > 0,
+        "{stats}"
+    );
+    let failures = app
+        .get(&format!("/api/v1/operations?app={app_id}&state=failed"))
+        .await
+        .expect(200);
+    assert!(
+        !failures["items"].as_array().map_or(true, Vec::is_empty),
+        "failed calls are logged"
+    );
+    assert_eq!(
+        app.rows("SELECT id FROM job WHERE state = 'dead'")
+            .await
+            .len(),
+        0
+    );
+    // Every identity is linked to exactly one account.
+    let links = app
+        .rows(&format!(
+            "SELECT target_id FROM link WHERE app_id = '{app_id}' AND state = 'linked'"
+        ))
+        .await;
+    assert_eq!(links.len(), 8);
+}
+
+#[tokio::test]
+async fn a_401_quarantines_the_app_and_a_probe_lifts_it_once_fixed() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "locked",
+            &target.base_url(),
+            "wrong-token",
+            json!({}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("q1", "Q1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let status = eventually("quarantine", Duration::from_secs(20), || async {
+        let s = app.get(&format!("/api/v1/apps/{app_id}/status")).await.body;
+        (s["state"] == "quarantined").then_some(s)
+    })
+    .await;
+    assert!(
+        status["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("401")),
+        "{status}"
+    );
+    assert!(!status.to_string().contains("wrong-token"));
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    assert!(
+        metrics.contains("roster_app_quarantined{app=\"locked\"} 1"),
+        "gauge set"
+    );
+    assert_eq!(target.stats()["users"], 0);
+    // The platform team fixes the token; the next probe finds it good and delivery resumes.
+    app.patch(
+        &format!("/api/v1/apps/{app_id}"),
+        &json!({"auth": {"type": "bearer", "token": TOKEN}}),
+    )
+    .await
+    .expect(200);
+    eventually(
+        "delivery after the probe",
+        Duration::from_secs(30),
+        || async { (target.stats()["users"] == 1).then_some(()) },
+    )
+    .await;
+    let status = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert_eq!(status["state"], "active", "{status}");
+}
+
+#[tokio::test]
+async fn a_permanent_error_is_a_dead_letter_until_retried() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    // userName comes from an HR attribute this person lacks: nothing to match or create with.
+    let created = app
+        .create_app(&sherpany(
+            "dead",
+            &target.base_url(),
+            TOKEN,
+            json!({"mappings": [{"target": "userName", "source": "attributes.login"},
+                                {"target": "externalId", "source": "employee_id"}]}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("d1", "D1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let dead = eventually("a dead letter", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("userName")),
+        "{dead}"
+    );
+    assert_eq!(dead["app_id"], app_id.as_str());
+    let status = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert_eq!(status["dead"], 1);
+
+    let id = dead["id"].as_i64().unwrap_or_default();
+    let retried = app
+        .post(&format!("/api/v1/jobs/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(retried["state"], "pending");
+    assert_eq!(retried["attempts"], 0);
+    app.post(&format!("/api/v1/jobs/{id}/retry"), &json!({}))
+        .await
+        .problem(409);
+    // Still undeliverable: dead again, not lost and not looping.
+    eventually("dead again", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        (jobs["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    // Once HR sends the attribute, the next change is delivered.
+    app.post_event(&event(
+        "d2",
+        "mover",
+        "D1",
+        "2026-11-01T10:00:00Z",
+        json!({"attributes": {"login": "dora"}}),
+    ))
+    .await;
+    eventually(
+        "delivered after the fix",
+        Duration::from_secs(20),
+        || async { user(&target.users_snapshot(), "dora").cloned() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn delete_policies_remove_the_account() {
+    // Two apps on one target would collide on userName: each gets its own target.
+    let app2 = spawn_app().await;
+    let t_delete = target_with(DevTargetArgs::default()).await;
+    let t_later = target_with(DevTargetArgs::default()).await;
+    app2.create_app(&sherpany(
+        "del",
+        &t_delete.base_url(),
+        TOKEN,
+        json!({"deprovision": {"action": "delete"}}),
+    ))
+    .await;
+    app2.create_app(&sherpany(
+        "later",
+        &t_later.base_url(),
+        TOKEN,
+        json!({"deprovision": {"action": "deactivate", "delete_after_days": 0}}),
+    ))
+    .await;
+    app2.post_event(&joiner("j", "L1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    eventually("created in both", Duration::from_secs(20), || async {
+        (t_delete.stats()["users"] == 1 && t_later.stats()["users"] == 1).then_some(())
+    })
+    .await;
+    app2.post_event(&event(
+        "l",
+        "leaver",
+        "L1",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually(
+        "deleted at once, and deactivated-then-deleted",
+        Duration::from_secs(30),
+        || async {
+            (t_delete.stats()["users"] == 0 && t_later.stats()["users"] == 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        t_later.stats()["requests"]["PATCH"],
+        1,
+        "deactivated first: {}",
+        t_later.stats()
+    );
+    let person = app2.get("/api/v1/identities/L1").await.expect(200);
+    assert!(
+        person["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|l| l["state"] == "deleted"),
+        "{person}"
+    );
+}
+
+#[tokio::test]
+async fn provision_on_demand_returns_every_call() {
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("pod", &target.base_url(), TOKEN, json!({})))
+        .await;
+    app.post_event(&joiner(
+        "p1",
+        "P1",
+        "2026-11-01T09:00:00Z",
+        json!({"title": "Pilot"}),
+    ))
+    .await;
+    let answer = app
+        .post(
+            &format!(
+                "/api/v1/apps/{}/provision-on-demand",
+                created["id"].as_str().unwrap_or_default()
+            ),
+            &json!({"identity_id": "P1"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(answer["operation"], "create", "{answer}");
+    let calls: Vec<(String, String, String)> = answer["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (text("operation"), text("method"), c["status"].to_string())
+        })
+        .collect();
+    // Discovery reads may come first; then the look-up by userName, then the create.
+    let tail = &calls[calls.len().saturating_sub(2)..];
+    assert_eq!(
+        tail,
+        [
+            ("adopt".to_owned(), "GET".to_owned(), "200".to_owned()),
+            ("create".to_owned(), "POST".to_owned(), "201".to_owned())
+        ],
+        "{answer}"
+    );
+    assert!(answer["calls"].as_array().into_iter().flatten().any(|c| {
+        c["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("filter=userName"))
+    }));
+    assert!(user(&target.users_snapshot(), "p1@example.com").is_some());
+    let again = app
+        .post(
+            &format!(
+                "/api/v1/apps/{}/provision-on-demand",
+                created["id"].as_str().unwrap_or_default()
+            ),
+            &json!({"identity_id": "P1"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(again["operation"], "noop", "already in line: {again}");
+    assert_eq!(again["calls"], json!([]));
+}
+
+async fn spawn_app_with_engine_off() -> TestApp {
+    crate::helpers::spawn_planner().await
+}
+
+#[tokio::test]
+async fn a_hand_made_account_is_adopted_not_duplicated() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    // Someone created the account in the app before roster managed it, as an earlier POST
+    // whose answer was lost would have.
+    target
+        .insert(
+            roster::dev_target::Kind::User,
+            json!({"schemas": [roster::scim::schemas::USER], "userName": "A1@example.com", "title": "Old"}),
+        )
+        .expect("insert");
+    let created = app
+        .create_app(&sherpany("adopt", &target.base_url(), TOKEN, json!({})))
+        .await;
+    app.post_event(&joiner(
+        "a1",
+        "A1",
+        "2026-11-01T09:00:00Z",
+        json!({"title": "New"}),
+    ))
+    .await;
+    app.settled(
+        created["id"].as_str().unwrap_or_default(),
+        Duration::from_secs(20),
+    )
+    .await;
+    let users = target.users_snapshot();
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(users[0]["title"], "New");
+    assert_eq!(
+        target.stats()["requests"]["POST"],
+        Value::Null,
+        "adopted, never POSTed"
+    );
+    let id = identity_id(&app, "A1").await;
+    let link = app
+        .rows(&format!(
+            "SELECT target_id, state FROM link WHERE resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["target_id"], users[0]["id"]);
+}

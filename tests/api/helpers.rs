@@ -310,3 +310,38 @@ pub async fn dev_target(token: &str) -> roster::dev_target::DevTarget {
     .await
     .expect("dev-target")
 }
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl TestApp {
+    /// Waits until no job of the app is pending or running.
+    pub async fn settled(&self, app_id: &str, timeout: Duration) {
+        eventually("the queue to drain", timeout, || async {
+            let n = self
+                .rows(&format!(
+                    "SELECT id FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+                ))
+                .await
+                .len();
+            (n == 0).then_some(())
+        })
+        .await;
+    }
+}
