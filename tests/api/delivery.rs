@@ -434,7 +434,7 @@ async fn bursts_of_5xx_and_a_hanging_target_are_retried_until_delivered() {
         .await
         .expect(200);
     assert!(
-        !failures["items"].as_array().map_or(true, Vec::is_empty),
+        failures["items"].as_array().is_some_and(|a| !a.is_empty()),
         "failed calls are logged"
     );
     assert_eq!(
