@@ -560,6 +560,19 @@ pub fn start(
 }
 
 async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: CancellationToken) {
+    if !crate::store::is_postgres(delivery.db.conn()) {
+        // SQLite has one instance: jobs still `running` were left by a crash of this one, so
+        // they can go back to the queue now instead of after their lease.
+        let _turn = delivery.db.write_turn().await;
+        match queue::release(delivery.db.conn(), None, i64::MAX).await {
+            Ok(n) if n > 0 => tracing::info!(
+                jobs = n,
+                "Recovered jobs left running by a previous process"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Could not recover jobs left running"),
+        }
+    }
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let housekeeping = tokio::spawn(housekeeping(

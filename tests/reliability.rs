@@ -1,0 +1,390 @@
+//! Reliability against real processes: `roster serve` killed with SIGKILL during delivery and
+//! during ingest, drained with SIGTERM, and run twice on one PostgreSQL database. Bounded in
+//! time; everything on 127.0.0.1.
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use roster::dev_target::{DevTarget, DevTargetArgs};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, FromQueryResult, JsonValue, Statement,
+};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "reliability-admin";
+const TOKEN: &str = "target-token";
+
+struct Node {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn fresh_database(dir: &std::path::Path) -> String {
+    match std::env::var("ROSTER_TEST_DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => {
+            let admin = Database::connect(&url).await.expect("PostgreSQL");
+            let name = format!("roster_t_{}", uuid::Uuid::new_v4().simple());
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create database");
+            let (base, _) = url.rsplit_once('/').expect("URL ends in /NAME");
+            format!("{base}/{name}")
+        }
+        _ => format!("sqlite://{}?mode=rwc", dir.join("roster.db").display()),
+    }
+}
+
+struct Cluster {
+    database_url: String,
+    secret_key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn new() -> Self {
+        roster::startup::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self {
+            database_url: fresh_database(dir.path()).await,
+            secret_key: roster::crypto::SecretBox::generate_base64(),
+            _dir: dir,
+        }
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres")
+    }
+
+    /// Starts `roster serve` and waits until it is ready.
+    async fn start(&self) -> Node {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_roster"))
+            .arg("serve")
+            .env("ROSTER_DATABASE_URL", &self.database_url)
+            .env("ROSTER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("ROSTER_ADMIN_TOKEN", ADMIN)
+            .env("ROSTER_SECRET_KEY", &self.secret_key)
+            .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
+            .env("ROSTER_WORKERS", "8")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn roster");
+        let node = Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{}/readyz", node.base)).send().await
+                && r.status().is_success()
+            {
+                return node;
+            }
+            assert!(Instant::now() < deadline, "roster did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn db(&self) -> DatabaseConnection {
+        Database::connect(&self.database_url)
+            .await
+            .expect("connect")
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<Value> {
+        let db = self.db().await;
+        let rows = JsonValue::find_by_statement(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .all(&db)
+        .await
+        .expect("query");
+        db.close().await.ok();
+        rows
+    }
+
+    /// SQLite's own consistency check after a kill; PostgreSQL needs none.
+    async fn assert_integrity(&self) {
+        if self.is_postgres() {
+            return;
+        }
+        let rows = self.rows("PRAGMA integrity_check").await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0]["integrity_check"], "ok", "{rows:?}");
+    }
+}
+
+impl Node {
+    async fn post(&self, path: &str, body: &Value) -> reqwest::Result<reqwest::Response> {
+        reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .json(body)
+            .send()
+            .await
+    }
+
+    fn kill9(&mut self) {
+        // `Child::kill` is SIGKILL on Unix: no drain, no flush.
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn target(latency_ms: u64) -> DevTarget {
+    roster::dev_target::spawn(DevTargetArgs {
+        token: Some(TOKEN.into()),
+        latency_ms,
+        ..Default::default()
+    })
+    .await
+    .expect("dev-target")
+}
+
+fn app_body(base_url: &str) -> Value {
+    json!({
+        "name": "reliable",
+        "base_url": base_url,
+        "auth": {"type": "bearer", "token": TOKEN},
+        "rate_limit": {"per_second": 1000, "burst": 1000},
+        "max_concurrency": 8,
+        "scope": {"email_domains": ["example.com"]},
+    })
+}
+
+fn joiners(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            json!({"event_id": format!("{prefix}-{i}"), "type": "joiner", "occurred_at": "2026-11-01T09:00:00Z",
+                   "employee": {"employee_id": format!("{prefix}{i}"), "email": format!("{prefix}{i}@example.com"),
+                                "user_name": format!("{prefix}{i}")}})
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every user exactly once in the target, and each identity linked to its own account.
+async fn assert_delivered_once(cluster: &Cluster, target: &DevTarget, n: usize) {
+    // The target may hold the last account a moment before its job records the link.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .rows("SELECT id FROM job WHERE state IN ('pending', 'running')")
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the queue did not settle");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let users = target.users_snapshot();
+    assert_eq!(users.len(), n);
+    assert_eq!(
+        target.stats()["requests"]["POST"],
+        json!(n),
+        "no account was POSTed twice: {}",
+        target.stats()
+    );
+    let links = cluster
+        .rows(
+            "SELECT DISTINCT target_id FROM link WHERE resource_kind = 'user' AND state = 'linked'",
+        )
+        .await;
+    assert_eq!(links.len(), n, "one link per person");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_delivery_loses_nothing_and_creates_nothing_twice() {
+    let cluster = Cluster::new().await;
+    let target = target(15).await;
+    let mut node = cluster.start().await;
+    node.post("/api/v1/apps", &app_body(&target.base_url()))
+        .await
+        .expect("create app");
+    let r = node
+        .post(
+            "/api/v1/events:batch",
+            &json!({"events": joiners("k", 120)}),
+        )
+        .await
+        .expect("batch");
+    assert_eq!(r.status().as_u16(), 202);
+    wait_for("some deliveries", Duration::from_secs(30), || {
+        target.stats()["users"].as_u64() >= Some(15)
+    })
+    .await;
+    node.kill9();
+    let at_kill = target.stats()["users"].as_u64().unwrap_or_default();
+    assert!(at_kill < 120, "killed mid-delivery ({at_kill} delivered)");
+    cluster.assert_integrity().await;
+
+    let _node = cluster.start().await;
+    wait_for(
+        "every user after the restart",
+        Duration::from_secs(90),
+        || target.stats()["users"] == 120,
+    )
+    .await;
+    assert_delivered_once(&cluster, &target, 120).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_ingest_keeps_every_accepted_event() {
+    let cluster = Cluster::new().await;
+    let mut node = cluster.start().await;
+    let base = node.base.clone();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut senders = Vec::new();
+    for t in 0..4 {
+        let base = base.clone();
+        let accepted = accepted.clone();
+        senders.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0..400 {
+                let id = format!("ing-{t}-{i}");
+                let event = json!({"event_id": id, "type": "joiner", "occurred_at": "2026-11-01T09:00:00Z",
+                                   "employee": {"employee_id": format!("I{t}x{i}"), "user_name": format!("i{t}x{i}")}});
+                match http.post(format!("{base}/api/v1/events")).bearer_auth(ADMIN).json(&event).send().await {
+                    Ok(r) if r.status().as_u16() == 202 => {
+                        if let Ok(mut a) = accepted.lock() {
+                            a.push(id);
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        }));
+    }
+    wait_for("some accepted events", Duration::from_secs(30), || {
+        accepted.lock().map(|a| a.len() >= 100).unwrap_or(false)
+    })
+    .await;
+    node.kill9();
+    for s in senders {
+        let _ = s.await;
+    }
+    cluster.assert_integrity().await;
+    let _node = cluster.start().await;
+    let stored: std::collections::HashSet<String> = cluster
+        .rows("SELECT event_id FROM hr_event")
+        .await
+        .into_iter()
+        .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(accepted.len() >= 100);
+    for id in &accepted {
+        assert!(
+            stored.contains(id),
+            "event {id} was answered 202 but is gone"
+        );
+    }
+    // Nothing half-applied: every stored event has its identity, and every identity its event.
+    let people = cluster.rows("SELECT employee_id FROM identity").await;
+    assert_eq!(
+        people.len(),
+        stored.len(),
+        "identities and events were committed together"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let cluster = Cluster::new().await;
+    let target = target(200).await;
+    let mut node = cluster.start().await;
+    node.post("/api/v1/apps", &app_body(&target.base_url()))
+        .await
+        .expect("create app");
+    node.post("/api/v1/events:batch", &json!({"events": joiners("t", 40)}))
+        .await
+        .expect("batch");
+    wait_for("deliveries under way", Duration::from_secs(30), || {
+        target.stats()["users"].as_u64() >= Some(2)
+    })
+    .await;
+    let started = Instant::now();
+    node.sigterm();
+    let status = loop {
+        if let Some(status) = node.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(35),
+            "did not exit within 30 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let running = cluster
+        .rows("SELECT id FROM job WHERE state = 'running'")
+        .await;
+    assert!(
+        running.is_empty(),
+        "running jobs were handed back: {running:?}"
+    );
+    let _node = cluster.start().await;
+    wait_for("the rest after restart", Duration::from_secs(90), || {
+        target.stats()["users"] == 40
+    })
+    .await;
+    assert_delivered_once(&cluster, &target, 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgresql_send_each_change_once() {
+    let cluster = Cluster::new().await;
+    if !cluster.is_postgres() {
+        eprintln!("skipped: several instances need PostgreSQL (set ROSTER_TEST_DATABASE_URL)");
+        return;
+    }
+    let target = target(5).await;
+    let a = cluster.start().await;
+    let b = cluster.start().await;
+    a.post("/api/v1/apps", &app_body(&target.base_url()))
+        .await
+        .expect("create app");
+    for chunk in 0..4 {
+        let node = if chunk % 2 == 0 { &a } else { &b };
+        let events: Vec<Value> = joiners(&format!("p{chunk}x"), 50);
+        node.post("/api/v1/events:batch", &json!({"events": events}))
+            .await
+            .expect("batch");
+    }
+    wait_for("all 200 users", Duration::from_secs(90), || {
+        target.stats()["users"] == 200
+    })
+    .await;
+    assert_delivered_once(&cluster, &target, 200).await;
+}
