@@ -64,6 +64,11 @@ impl Cluster {
 
     /// Starts `roster serve` and waits until it is ready.
     async fn start(&self) -> Node {
+        self.start_logging("warn", Stdio::inherit()).await
+    }
+
+    /// Starts `roster serve` with this log filter, its log (stderr) going to `log`.
+    async fn start_logging(&self, filter: &str, log: impl Into<Stdio>) -> Node {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_roster"))
             .arg("serve")
@@ -73,9 +78,9 @@ impl Cluster {
             .env("ROSTER_SECRET_KEY", &self.secret_key)
             .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
             .env("ROSTER_WORKERS", "8")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("spawn roster");
         let node = Node {
@@ -387,4 +392,136 @@ async fn two_instances_on_one_postgresql_send_each_change_once() {
     })
     .await;
     assert_delivered_once(&cluster, &target, 200).await;
+}
+
+/// A canary secret placed in app credentials must never leave roster: not in a log line (at
+/// debug level), an API answer, a stored row or a metric — through calls, failures and retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_secret_never_leaves_roster() {
+    const CANARY: &str = "canary-7f3a9c1e5b";
+    let cluster = Cluster::new().await;
+    let target = target(0).await;
+    let log = cluster._dir.path().join("roster.log");
+    let mut node = cluster
+        .start_logging("debug", std::fs::File::create(&log).expect("log file"))
+        .await;
+    let http = reqwest::Client::new();
+    // The canary as a (wrong) bearer token, a basic password and an OAuth client secret: every
+    // call fails with 401, is logged, retried and quarantines the apps.
+    let base = target.base_url();
+    for (name, auth) in [
+        ("bearer", json!({"type": "bearer", "token": CANARY})),
+        (
+            "basic",
+            json!({"type": "basic", "username": "svc", "password": CANARY}),
+        ),
+        (
+            "oauth",
+            json!({"type": "oauth2", "token_url": format!("{base}/token"), "client_id": "cid", "client_secret": CANARY}),
+        ),
+    ] {
+        let mut body = app_body(&base);
+        body["name"] = json!(name);
+        body["auth"] = auth;
+        let r = node.post("/api/v1/apps", &body).await.expect("create app");
+        assert_eq!(r.status().as_u16(), 201);
+        let text = r.text().await.unwrap_or_default();
+        assert!(!text.contains(CANARY), "create answer: {text}");
+    }
+    node.post("/api/v1/events:batch", &json!({"events": joiners("c", 5)}))
+        .await
+        .expect("batch");
+    // Wait until every app has tried and failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed = cluster
+            .rows("SELECT DISTINCT app_id FROM operation WHERE outcome = 'failed'")
+            .await;
+        if failed.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every app failed yet: {failed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut seen = String::new();
+    for path in [
+        "/api/v1/apps",
+        "/api/v1/operations?limit=1000",
+        "/api/v1/audit?limit=1000",
+        "/api/v1/jobs",
+        "/api/v1/identities",
+    ] {
+        let r = http
+            .get(format!("{}{path}", node.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("get");
+        seen.push_str(&r.text().await.unwrap_or_default());
+    }
+    let apps: Value = serde_json::from_str(
+        &http
+            .get(format!("{}/api/v1/apps", node.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .expect("apps")
+            .text()
+            .await
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    for a in apps.as_array().into_iter().flatten() {
+        let id = a["id"].as_str().unwrap_or_default();
+        for path in [
+            format!("/api/v1/apps/{id}/status"),
+            format!("/api/v1/apps/{id}/test-connection"),
+        ] {
+            let req = if path.ends_with("test-connection") {
+                http.post(format!("{}{path}", node.base))
+            } else {
+                http.get(format!("{}{path}", node.base))
+            };
+            seen.push_str(
+                &req.bearer_auth(ADMIN)
+                    .send()
+                    .await
+                    .expect("call")
+                    .text()
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    seen.push_str(
+        &http
+            .get(format!("{}/metrics", node.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default(),
+    );
+    assert!(seen.len() > 1000, "the answers were read");
+    assert!(
+        !seen.contains(CANARY),
+        "the canary leaked through the API or metrics"
+    );
+    for table in ["operation", "audit", "job", "app", "link", "hr_event"] {
+        for row in cluster.rows(&format!("SELECT * FROM {table}")).await {
+            assert!(
+                !row.to_string().contains(CANARY),
+                "the canary is stored in {table}: {row}"
+            );
+        }
+    }
+    node.kill9();
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logs.lines().count() > 20, "debug logs were written");
+    assert!(logs.contains("401"), "the failures were logged");
+    assert!(!logs.contains(CANARY), "the canary is in the log");
 }
