@@ -156,25 +156,50 @@ pub const LEASE_MS: i64 = 30_000;
 
 fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value>) -> sea_orm::Statement {
     let backend = conn.get_database_backend();
-    // Written with `$n` placeholders; SQLite takes `?` in the same order.
-    let sql = if backend == sea_orm::DbBackend::Postgres {
-        sql.to_owned()
-    } else {
-        let mut out = String::with_capacity(sql.len());
-        let mut chars = sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                while chars.peek().is_some_and(char::is_ascii_digit) {
-                    chars.next();
-                }
-                out.push('?');
-            } else {
-                out.push(c);
+    if backend == sea_orm::DbBackend::Postgres {
+        return sea_orm::Statement::from_sql_and_values(backend, sql, values);
+    }
+    // Written with PostgreSQL's numbered `$n`; SQLite's `?` binds in order of appearance, so
+    // the values are rearranged to follow the numbers as they appear in the text.
+    let (sql, ordered) = positional(sql, &values);
+    sea_orm::Statement::from_sql_and_values(backend, sql, ordered)
+}
+
+/// `$n` placeholders → `?`, with the values in the order the placeholders appear.
+fn positional(sql: &str, values: &[sea_orm::Value]) -> (String, Vec<sea_orm::Value>) {
+    let mut out = String::with_capacity(sql.len());
+    let mut ordered = Vec::with_capacity(values.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            let mut n = 0usize;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = n * 10 + d as usize;
+                chars.next();
             }
+            if let Some(v) = n.checked_sub(1).and_then(|i| values.get(i)) {
+                ordered.push(v.clone());
+            }
+            out.push('?');
+        } else {
+            out.push(c);
         }
-        out
-    };
-    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+    }
+    (out, ordered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_placeholders_bind_by_number_on_sqlite() {
+        let values: Vec<sea_orm::Value> = vec![1i64.into(), "two".into(), 3i64.into()];
+        let (sql, ordered) = positional("SET a = $2 WHERE b = $1 AND c = $3 AND d = $1", &values);
+        assert_eq!(sql, "SET a = ? WHERE b = ? AND c = ? AND d = ?");
+        let want: Vec<sea_orm::Value> = vec!["two".into(), 1i64.into(), 3i64.into(), 1i64.into()];
+        assert_eq!(ordered, want);
+    }
 }
 
 /// Claims up to `limit` due jobs for `owner`, highest lane first, skipping apps that are not
