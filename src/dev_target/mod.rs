@@ -7,7 +7,7 @@
 //!   `/Schemas`. `userName` is unique ignoring case (409 `uniqueness`); `meta.version` is a weak
 //!   ETag from one counter, `If-Match` mismatches are 412; PATCH answers 200 with the resource.
 //! - Control plane (no auth, no faults): `GET /_dev/stats` →
-//!   `{"requests": {"GET": n, …}, "throttled": n, "failed": n, "hung": n, "users": n, "groups": n}`
+//!   `{"requests": {"GET": n, …}, "throttled": n, "failed": n, "hung": n, "dropped": n, "users": n, "groups": n}`
 //!   (requests counts every SCIM request received, faulted or not), `POST /_dev/reset` (empties
 //!   the store and the counters).
 //! - Faults, applied in this order to every SCIM request: `--latency-ms`, `--rate-limit`
@@ -62,6 +62,12 @@ pub struct DevTargetArgs {
     /// A `startIndex` past the end returns page 1, as some servers do.
     #[arg(long)]
     pub paging_wraps: bool,
+    /// Send `Retry-After` as an HTTP date instead of seconds.
+    #[arg(long)]
+    pub retry_after_http_date: bool,
+    /// Share of writes applied but never answered (the reply is lost), 0.0..=1.0.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_reply_rate: f64,
 }
 
 impl Default for DevTargetArgs {
@@ -78,6 +84,8 @@ impl Default for DevTargetArgs {
             max_page_size: 200,
             advertised_max_results: None,
             paging_wraps: false,
+            retry_after_http_date: false,
+            drop_reply_rate: 0.0,
         }
     }
 }
@@ -97,9 +105,12 @@ fn invalid(msg: &str) -> std::io::Error {
 /// Binds and starts serving in the background.
 pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
     use poem::listener::{Acceptor as _, Listener as _};
-    if !(0.0..=1.0).contains(&args.fail_rate) || !(0.0..=1.0).contains(&args.hang_rate) {
+    if [args.fail_rate, args.hang_rate, args.drop_reply_rate]
+        .iter()
+        .any(|r| !(0.0..=1.0).contains(r))
+    {
         return Err(invalid(
-            "--fail-rate and --hang-rate must be between 0 and 1",
+            "--fail-rate, --hang-rate and --drop-reply-rate must be between 0 and 1",
         ));
     }
     let acceptor = poem::listener::TcpListener::bind(args.listen)

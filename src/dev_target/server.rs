@@ -27,6 +27,7 @@ struct Stats {
     throttled: u64,
     failed: u64,
     hung: u64,
+    dropped: u64,
 }
 
 pub struct Shared {
@@ -73,6 +74,7 @@ impl Shared {
             "throttled": stats.throttled,
             "failed": stats.failed,
             "hung": stats.hung,
+            "dropped": stats.dropped,
             "users": users,
             "groups": groups,
         })
@@ -133,8 +135,15 @@ fn error_response(refusal: &Refusal) -> Response {
     json_response(refusal.status, &body)
 }
 
-fn with_retry_after(mut response: Response, seconds: u64) -> Response {
-    if let Ok(value) = seconds.to_string().parse() {
+/// `Retry-After` in seconds, or, with `--retry-after-http-date`, as the HTTP date that many
+/// seconds from now (RFC 9110 allows both; clients must handle both).
+fn with_retry_after(mut response: Response, seconds: u64, as_date: bool) -> Response {
+    let text = if as_date {
+        httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(seconds))
+    } else {
+        seconds.to_string()
+    };
+    if let Ok(value) = text.parse() {
         response.headers_mut().insert("retry-after", value);
     }
     response
@@ -192,7 +201,11 @@ impl DevEndpoint {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             shared.bump(|s| s.throttled += 1);
             let refusal = Refusal::new(429, None, "rate limit exceeded");
-            return with_retry_after(error_response(&refusal), seconds.max(1));
+            return with_retry_after(
+                error_response(&refusal),
+                seconds.max(1),
+                args.retry_after_http_date,
+            );
         }
         if args.fail_rate > 0.0 && shared.roll() < args.fail_rate {
             shared.bump(|s| s.failed += 1);
@@ -200,6 +213,7 @@ impl DevEndpoint {
                 with_retry_after(
                     error_response(&Refusal::new(503, None, "injected failure")),
                     1,
+                    args.retry_after_http_date,
                 )
             } else {
                 error_response(&Refusal::new(500, None, "injected failure"))
@@ -276,6 +290,17 @@ impl DevEndpoint {
         };
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let result = self.route(&method, &segments, &query, body, if_match.as_deref());
+        let is_write = matches!(
+            method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        if is_write && args.drop_reply_rate > 0.0 && shared.roll() < args.drop_reply_rate {
+            // The write is applied but its answer never arrives: the case where a client must
+            // not create the account a second time.
+            shared.bump(|s| s.dropped += 1);
+            shared.shutdown.cancelled().await;
+            return error_response(&Refusal::new(503, None, "shutting down"));
+        }
         match result {
             Ok(response) => response,
             Err(refusal) => error_response(&refusal),

@@ -385,6 +385,129 @@ async fn a_throttling_target_gets_everyone_within_its_limit() {
 }
 
 #[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured_too() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        rate_limit: Some(4),
+        retry_after_http_date: true,
+        ..Default::default()
+    })
+    .await;
+    let created = app
+        .create_app(&sherpany(
+            "dated",
+            &target.base_url(),
+            TOKEN,
+            json!({"rate_limit": {"per_second": 40, "burst": 40}}),
+        ))
+        .await;
+    let batch: Vec<Value> = (0..6)
+        .map(|i| {
+            joiner(
+                &format!("h{i}"),
+                &format!("H{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": batch}))
+        .await
+        .expect(202);
+    eventually("all 6 users", Duration::from_secs(60), || async {
+        (target.stats()["users"] == 6).then_some(())
+    })
+    .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert!(
+        target.stats()["throttled"].as_u64().unwrap_or_default() > 0,
+        "{}",
+        target.stats()
+    );
+    let throttled = app
+        .rows("SELECT error FROM operation WHERE status = 429")
+        .await;
+    assert!(!throttled.is_empty());
+    assert_eq!(
+        app.rows("SELECT id FROM job WHERE state = 'dead'")
+            .await
+            .len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_reply_lost_after_the_target_applied_a_post_does_not_create_twice() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        drop_reply_rate: 0.5,
+        seed: Some(11),
+        ..Default::default()
+    })
+    .await;
+    let created = app
+        .create_app(&sherpany(
+            "lossy",
+            &target.base_url(),
+            TOKEN,
+            json!({"timeout_ms": 300}),
+        ))
+        .await;
+    let batch: Vec<Value> = (0..6)
+        .map(|i| {
+            joiner(
+                &format!("r{i}"),
+                &format!("R{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": batch}))
+        .await
+        .expect(202);
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    eventually("every person linked", Duration::from_secs(90), || async {
+        let linked = app
+            .rows(&format!(
+                "SELECT id FROM link WHERE app_id = '{app_id}' AND state = 'linked'"
+            ))
+            .await;
+        (linked.len() == 6).then_some(())
+    })
+    .await;
+    let stats = target.stats();
+    assert!(
+        stats["dropped"].as_u64().unwrap_or_default() > 0,
+        "replies were lost: {stats}"
+    );
+    assert_eq!(stats["users"], 6, "{stats}");
+    // The target's userName uniqueness would hide a second POST; count them instead.
+    assert_eq!(
+        stats["requests"]["POST"], 6,
+        "no account POSTed twice: {stats}"
+    );
+    // Each lost POST was followed by a look-up that found the account and linked it.
+    let ids: std::collections::HashSet<String> = target
+        .users_snapshot()
+        .iter()
+        .filter_map(|u| u["id"].as_str().map(str::to_owned))
+        .collect();
+    for l in app
+        .rows(&format!(
+            "SELECT target_id FROM link WHERE app_id = '{app_id}'"
+        ))
+        .await
+    {
+        assert!(
+            l["target_id"].as_str().is_some_and(|t| ids.contains(t)),
+            "{l}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bursts_of_5xx_and_a_hanging_target_are_retried_until_delivered() {
     let app = spawn_app().await;
     let target = target_with(DevTargetArgs {
