@@ -319,6 +319,83 @@ async fn a_pushed_group_follows_roster_membership_with_patches() {
     assert_eq!(target.groups_snapshot().len(), 1);
 }
 
+/// The userNames in a target group, read through roster's SCIM client.
+async fn group_member_names(base: &str, token: &str, group: &str) -> Option<Vec<String>> {
+    let config = roster::scim::TargetConfig::new(
+        url::Url::parse(base).ok()?,
+        roster::scim::Auth::Bearer(token.to_owned().into()),
+        roster::net_guard::TargetPolicy::AllowPrivate,
+    );
+    let client = roster::scim::ScimClient::new(config).ok()?;
+    let found = client.groups().find_by("displayName", group).await.ok()?;
+    let [g] = found.as_slice() else { return None };
+    let mut names = Vec::new();
+    for m in g["members"].as_array().into_iter().flatten() {
+        let user = client.users().get(m["value"].as_str()?).await.ok()?;
+        names.push(user["userName"].as_str()?.to_lowercase());
+    }
+    names.sort();
+    Some(names)
+}
+
+#[tokio::test]
+async fn a_pushed_group_follows_roster_membership_on_the_third_party_peer() {
+    let Some((base, token)) = peer() else { return };
+    let app = spawn_app().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let group = format!("board-{tag}");
+    let emp = |i: u8| format!("P{tag}{i}");
+    let email = |i: u8| format!("p{tag}{i}@example.com");
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": group, "members": [emp(1), emp(2)]}),
+    )
+    .await
+    .expect(201);
+    app.create_app(&sherpany(
+        &format!("push-{tag}"),
+        &base,
+        &token,
+        json!({"group_push": [group], "max_concurrency": 2}),
+    ))
+    .await;
+    for i in 1..=3u8 {
+        app.post_event(&joiner(
+            &format!("j{tag}{i}"),
+            &emp(i),
+            "2026-11-01T09:00:00Z",
+            json!({"email": email(i)}),
+        ))
+        .await;
+    }
+    eventually(
+        "both members in the peer's group",
+        Duration::from_secs(30),
+        || async {
+            (group_member_names(&base, &token, &group).await? == [email(1), email(2)]).then_some(())
+        },
+    )
+    .await;
+    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.patch(
+        &format!("/api/v1/groups/{group_id}"),
+        &json!({"members": [emp(1), emp(3)]}),
+    )
+    .await
+    .expect(200);
+    eventually(
+        "membership changed in the peer",
+        Duration::from_secs(30),
+        || async {
+            (group_member_names(&base, &token, &group).await? == [email(1), email(3)]).then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn a_throttling_target_gets_everyone_within_its_limit() {
     let app = spawn_app().await;
