@@ -29,6 +29,9 @@ enum Command {
     Openapi,
     /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
     DevTarget(crate::dev_target::DevTargetArgs),
+    /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
+    /// a leaver, drift and a ghost account, reconciled.
+    Demo,
 }
 
 pub fn main() -> ExitCode {
@@ -40,7 +43,10 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // Declared before `runtime`, so it drops after it: the last batch of spans is flushed.
-    let _telemetry = crate::telemetry::init("roster");
+    let _telemetry = match cli.command {
+        Command::Demo => crate::telemetry::init_with("roster", "warn"),
+        _ => crate::telemetry::init("roster"),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -57,6 +63,7 @@ pub fn main() -> ExitCode {
             Command::Migrate => migrate().await,
             Command::Openapi => Ok(()),
             Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
+            Command::Demo => crate::demo::run().await.context("demo"),
         }
     });
     match result {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod delivery;
+pub mod demo;
 pub mod dev_target;
 pub mod mapping;
 pub mod net_guard;

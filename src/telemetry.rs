@@ -270,9 +270,15 @@ impl Drop for TelemetryGuard {
 /// A second call, or a call after another subscriber was installed, changes nothing and returns
 /// a guard that exports nothing.
 pub fn init(service: &str) -> TelemetryGuard {
+    init_with(service, DEFAULT_FILTER)
+}
+
+/// [`init`] with another default log filter (used when `RUST_LOG` is unset), e.g. `warn` for
+/// commands whose own output is the point, like `roster demo`.
+pub fn init_with(service: &str, default_filter: &str) -> TelemetryGuard {
     let settings = Settings::from_lookup(|name| std::env::var(name).ok());
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Tracing problems must never stop roster: without an exporter it still logs and provisions.
     let (provider, export_error) = if settings.export_traces {
         match otlp_provider(service, None) {
