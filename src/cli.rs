@@ -25,6 +25,9 @@ enum Command {
     Serve,
     /// Apply migrations and exit.
     Migrate,
+    /// Re-encrypt app credentials with ROSTER_SECRET_KEY (the old key in
+    /// ROSTER_SECRET_KEY_PREVIOUS), then exit.
+    RotateKey,
     /// Print the OpenAPI 3 JSON (openapi/openapi.json must equal it).
     Openapi,
     /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve().await,
             Command::Migrate => migrate().await,
+            Command::RotateKey => rotate_key().await,
             Command::Openapi => Ok(()),
             Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
             Command::Demo => crate::demo::run().await.context("demo"),
@@ -80,6 +84,17 @@ async fn migrate() -> anyhow::Result<()> {
     let db = crate::store::connect(&config.database_url, 1).await?;
     crate::store::migrate(&db).await?;
     eprintln!("roster: migrations applied");
+    Ok(())
+}
+
+async fn rotate_key() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let (roster, _) = startup::build(config).await.context("starting roster")?;
+    let rotated = roster.rotate_credentials().await?;
+    println!(
+        "roster: re-encrypted {rotated} app credential(s) with key {}",
+        roster.secrets().key_id()
+    );
     Ok(())
 }
 

@@ -27,11 +27,13 @@ pub enum CryptoError {
 }
 
 /// The AES-256-GCM key that encrypts app credentials. Its id (a short fingerprint) is stored
-/// with each ciphertext, so that a rotation can tell which key a row needs.
+/// with each ciphertext, so that a rotation can tell which key a row needs. During a rotation
+/// the previous keys are kept to open (never to seal) what they encrypted.
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: Aes256Gcm,
     key_id: String,
+    previous: Vec<(String, Aes256Gcm)>,
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -56,7 +58,27 @@ impl SecretBox {
         }
         let cipher = Aes256Gcm::new_from_slice(bytes).map_err(|_| CryptoError::BadKey)?;
         let key_id = hex::encode(&Sha256::digest(bytes)[..4]);
-        Ok(Self { cipher, key_id })
+        Ok(Self {
+            cipher,
+            key_id,
+            previous: Vec::new(),
+        })
+    }
+
+    /// Also opens what `old` (base64) encrypted: set during a key rotation
+    /// (`ROSTER_SECRET_KEY_PREVIOUS`), until `roster rotate-key` has re-encrypted everything.
+    pub fn with_previous(mut self, old: &SecretString) -> Result<Self, CryptoError> {
+        let old = Self::from_base64(old)?;
+        if old.key_id != self.key_id {
+            self.previous.push((old.key_id, old.cipher));
+        }
+        Ok(self)
+    }
+
+    /// Whether `key_id` is the current key (rows sealed with another need re-encrypting).
+    #[must_use]
+    pub fn is_current(&self, key_id: &str) -> bool {
+        key_id == self.key_id
     }
 
     /// A fresh random key, base64-encoded (for the SQLite key file).
@@ -93,15 +115,21 @@ impl SecretBox {
     }
 
     pub fn open(&self, sealed: &str, key_id: &str, aad: &str) -> Result<Vec<u8>, CryptoError> {
-        if key_id != self.key_id {
-            return Err(CryptoError::UnknownKeyId(key_id.to_owned()));
-        }
+        let cipher = if key_id == self.key_id {
+            &self.cipher
+        } else {
+            self.previous
+                .iter()
+                .find(|(id, _)| id == key_id)
+                .map(|(_, c)| c)
+                .ok_or_else(|| CryptoError::UnknownKeyId(key_id.to_owned()))?
+        };
         let raw = STANDARD.decode(sealed).map_err(|_| CryptoError::Decrypt)?;
         if raw.len() < 12 + 16 {
             return Err(CryptoError::Decrypt);
         }
         let (nonce, ct) = raw.split_at(12);
-        self.cipher
+        cipher
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {
@@ -260,6 +288,30 @@ mod tests {
             k.open(&sealed, "deadbeef", "app-1"),
             Err(CryptoError::UnknownKeyId(_))
         ));
+    }
+
+    #[test]
+    fn a_rotation_opens_old_rows_and_seals_with_the_new_key() {
+        let old_raw = SecretString::from(SecretBox::generate_base64());
+        let old = SecretBox::from_base64(&old_raw).unwrap();
+        let sealed = old.seal(b"token", "app-1").unwrap();
+        let new =
+            SecretBox::from_base64(&SecretString::from(SecretBox::generate_base64())).unwrap();
+        assert!(matches!(
+            new.open(&sealed, old.key_id(), "app-1"),
+            Err(CryptoError::UnknownKeyId(_))
+        ));
+        let rotating = new.clone().with_previous(&old_raw).unwrap();
+        assert_eq!(
+            rotating.open(&sealed, old.key_id(), "app-1").unwrap(),
+            b"token"
+        );
+        assert!(!rotating.is_current(old.key_id()));
+        let resealed = rotating.seal(b"token", "app-1").unwrap();
+        assert_eq!(
+            new.open(&resealed, new.key_id(), "app-1").unwrap(),
+            b"token"
+        );
     }
 
     #[test]

@@ -45,6 +45,14 @@ pub fn sqlite_key_path(database_url: &str) -> Option<PathBuf> {
 }
 
 fn credential_key(config: &Config) -> Result<SecretBox, StartupError> {
+    let key = current_key(config)?;
+    Ok(match &config.secret_key_previous {
+        Some(old) => key.with_previous(old)?,
+        None => key,
+    })
+}
+
+fn current_key(config: &Config) -> Result<SecretBox, StartupError> {
     if let Some(raw) = &config.secret_key {
         return Ok(SecretBox::from_base64(raw)?);
     }

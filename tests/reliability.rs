@@ -525,3 +525,69 @@ async fn a_canary_secret_never_leaves_roster() {
     assert!(logs.contains("401"), "the failures were logged");
     assert!(!logs.contains(CANARY), "the canary is in the log");
 }
+
+/// Rotating the credential key: the old key opens old rows while `roster rotate-key`
+/// re-encrypts them; afterwards the new key alone is enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credential_key_rotates_without_losing_an_app() {
+    let mut cluster = Cluster::new().await;
+    let target = target(0).await;
+    let mut node = cluster.start().await;
+    node.post("/api/v1/apps", &app_body(&target.base_url()))
+        .await
+        .expect("create app");
+    node.post("/api/v1/events", &joiners("rot", 1)[0])
+        .await
+        .expect("joiner");
+    wait_for("the first user", Duration::from_secs(30), || {
+        target.stats()["users"] == 1
+    })
+    .await;
+    node.kill9();
+
+    let old_key = cluster.secret_key.clone();
+    let new_key = roster::crypto::SecretBox::generate_base64();
+    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .arg("rotate-key")
+        .env("ROSTER_DATABASE_URL", &cluster.database_url)
+        .env("ROSTER_SECRET_KEY", &new_key)
+        .env("ROSTER_SECRET_KEY_PREVIOUS", &old_key)
+        .env("ROSTER_ADMIN_TOKEN", ADMIN)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("rotate-key");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let new_id = roster::crypto::SecretBox::from_base64(&new_key.clone().into())
+        .expect("key")
+        .key_id()
+        .to_owned();
+    let rows = cluster.rows("SELECT secret_key_id FROM app").await;
+    assert_eq!(rows[0]["secret_key_id"], new_id.as_str());
+    let audit = cluster
+        .rows("SELECT action FROM audit WHERE action = 'app.credentials_rotated'")
+        .await;
+    assert_eq!(audit.len(), 1);
+
+    // The new key alone now opens the credential: delivery goes on.
+    cluster.secret_key = new_key;
+    let _node = cluster.start().await;
+    _node
+        .post("/api/v1/events", &joiners("rot2", 1)[0])
+        .await
+        .expect("joiner");
+    wait_for(
+        "a user delivered with the rotated credential",
+        Duration::from_secs(30),
+        || target.stats()["users"] == 2,
+    )
+    .await;
+}

@@ -610,3 +610,55 @@ impl Roster {
         Ok(client.test_connection().await)
     }
 }
+
+impl Roster {
+    /// Re-encrypts every app credential that is not sealed with the current key (after
+    /// `ROSTER_SECRET_KEY` changed and the old one moved to `ROSTER_SECRET_KEY_PREVIOUS`).
+    /// Returns how many were re-encrypted; one audit row each.
+    pub async fn rotate_credentials(&self) -> ServiceResult<u64> {
+        let tx = self.write_tx().await?;
+        let mut rotated = 0;
+        for model in app::Entity::find().all(&*tx).await? {
+            let (Some(sealed), Some(key_id)) = (&model.secret_ciphertext, &model.secret_key_id)
+            else {
+                continue;
+            };
+            if self.secrets().is_current(key_id) {
+                continue;
+            }
+            let plain = self
+                .secrets()
+                .open(sealed, key_id, &model.id)
+                .map_err(|e| {
+                    ServiceError::Conflict(format!(
+                        "app {}: {e}; set ROSTER_SECRET_KEY_PREVIOUS to the key it was sealed with",
+                        model.name
+                    ))
+                })?;
+            let resealed = self
+                .secrets()
+                .seal(&plain, &model.id)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let old_key = key_id.clone();
+            let mut active: app::ActiveModel = model.clone().into();
+            active.secret_ciphertext = Set(Some(resealed));
+            active.secret_key_id = Set(Some(self.secrets().key_id().to_owned()));
+            active.update(&*tx).await?;
+            audit::record(
+                &*tx,
+                None,
+                AuditEntry {
+                    action: "app.credentials_rotated",
+                    object_type: "app",
+                    object_id: Some(&model.id),
+                    before: Some(json!({"secret_key_id": old_key})),
+                    after: Some(json!({"secret_key_id": self.secrets().key_id()})),
+                },
+            )
+            .await?;
+            rotated += 1;
+        }
+        tx.commit().await?;
+        Ok(rotated)
+    }
+}

@@ -93,6 +93,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         listen: "127.0.0.1:0".into(),
         admin_token: Some(ADMIN.to_owned().into()),
         secret_key: Some(roster::crypto::SecretBox::generate_base64().into()),
+        secret_key_previous: None,
         hr_webhook_secret: None,
         workers: 4,
         allow_private_targets: true,
