@@ -95,9 +95,13 @@ async fn serve() -> anyhow::Result<()> {
         stop.cancel();
     });
     let engine = server.engine;
+    let scheduler = server.scheduler;
     server.handle.await.context("server task")??;
     if let Some(engine) = engine {
         engine.await.context("delivery engine")?;
+    }
+    if let Some(scheduler) = scheduler {
+        scheduler.await.context("reconcile scheduler")?;
     }
     tracing::info!("Stopped");
     Ok(())
