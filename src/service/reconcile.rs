@@ -184,6 +184,26 @@ impl Roster {
         })
     }
 
+    /// Findings recorded so far by a run (progress of a running run).
+    pub async fn reconcile_items_recorded(&self, run_id: &str) -> ServiceResult<u64> {
+        Ok(reconcile_item::Entity::find()
+            .filter(reconcile_item::Column::RunId.eq(run_id))
+            .count(self.db())
+            .await?)
+    }
+
+    /// The app's reconcile-lane jobs not finished yet (pending or running).
+    pub async fn reconcile_jobs_outstanding(&self, app_id: &str) -> ServiceResult<u64> {
+        use crate::store::entity::job;
+        use crate::store::queue::Lane;
+        Ok(job::Entity::find()
+            .filter(job::Column::AppId.eq(app_id))
+            .filter(job::Column::Lane.eq(Lane::Reconcile.as_str()))
+            .filter(job::Column::State.is_in(["pending", "running"]))
+            .count(self.db())
+            .await?)
+    }
+
     /// Applies the deprovisions the deletion guard held; 409 unless the run awaits approval.
     pub async fn approve_reconcile(&self, principal: &Principal, id: &str) -> ServiceResult<u64> {
         let delivery = self.delivery();
