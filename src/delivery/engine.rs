@@ -690,7 +690,7 @@ async fn housekeeping(delivery: Arc<Delivery>, config: EngineConfig, shutdown: C
                 Err(e) => tracing::warn!(error = %e, "Could not reclaim expired leases"),
             }
         }
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             update_gauges(conn).await;
         }
         probe_due(&delivery, config.probe_interval).await;

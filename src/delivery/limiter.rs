@@ -39,10 +39,10 @@ impl AppLimiter {
     /// Honour a `Retry-After`: no call to this app before `now + wait`.
     pub fn pause_for(&self, wait: Duration) {
         let until = Instant::now() + wait;
-        if let Ok(mut paused) = self.paused_until.lock() {
-            if paused.is_none_or(|p| p < until) {
-                *paused = Some(until);
-            }
+        if let Ok(mut paused) = self.paused_until.lock()
+            && paused.is_none_or(|p| p < until)
+        {
+            *paused = Some(until);
         }
     }
 
