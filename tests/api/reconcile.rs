@@ -588,3 +588,102 @@ async fn a_second_run_is_refused_while_one_is_running() {
     .await
     .problem(400);
 }
+
+#[tokio::test]
+async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    hand.create("ghost@example.com").await;
+    hand.create("guest@partner.org").await;
+
+    let fixed = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(
+        item(&fixed, "ghost@example.com")["action"],
+        "deactivate",
+        "{fixed}"
+    );
+    assert_eq!(
+        item(&fixed, "guest@partner.org")["action"],
+        "none",
+        "{fixed}"
+    );
+    assert_eq!(fixed["writes"], 1, "{fixed}");
+    settled(&app).await;
+    let ghost = hand.user("example.com", "ghost@example.com").await;
+    assert_eq!(ghost.map(|g| g["active"].clone()), Some(json!(false)));
+    let guest = hand.user("partner.org", "guest@partner.org").await;
+    assert_eq!(guest.map(|g| g["active"].clone()), Some(json!(true)));
+    let accounts = app
+        .rows("SELECT state FROM job WHERE resource_kind = 'account'")
+        .await;
+    assert_eq!(accounts, vec![json!({"state": "done"})]);
+
+    let again = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(item(&again, "ghost@example.com")["class"], "unmatched");
+    assert_eq!(item(&again, "ghost@example.com")["action"], "none");
+    assert_eq!(again["writes"], 0, "{again}");
+}
+
+#[tokio::test]
+async fn the_scheduler_runs_apps_whose_interval_has_passed() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let due = app
+        .create_app(&app_body(
+            "due",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 5},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.create_app(&app_body(
+        "off",
+        json!({
+            "base_url": target.base_url(),
+            "auth": {"type": "bearer", "token": TOKEN},
+            "reconcile": {"interval_minutes": 0},
+        }),
+    ))
+    .await;
+    // Both registered long ago; the scheduler looks at startup, then every minute.
+    app.rows("UPDATE app SET created_at = '2020-01-01T00:00:00+00:00'")
+        .await;
+    let app = app.restart().await;
+    let runs = eventually("a scheduled run", || async {
+        let runs = app.get("/api/v1/reconcile-runs").await.expect(200);
+        let items = runs["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .all(|r| r["state"] != "running")
+            .then_some(items)
+            .filter(|items| !items.is_empty())
+    })
+    .await;
+    assert_eq!(runs.len(), 1, "only the app with an interval: {runs:?}");
+    assert_eq!(runs[0]["app_id"], json!(due));
+    assert_eq!(runs[0]["state"], "completed");
+    assert_eq!(runs[0]["mode"], "report");
+}
