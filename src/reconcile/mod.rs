@@ -38,7 +38,7 @@
 //!   gives the order of the classification questions and why.
 //! * `guard.rs`: [`deletion_guard`] → [`GuardDecision`].
 //! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`RunState`].
-//! * `run.rs`: [`run::begin`], [`run::execute`], [`run::approve`] (IO: scim, store, and the
+//! * `run.rs`: [`run::begin`], [`run::execute`], [`run::apply_held`], [`run::complete_approval`] (IO: scim, store, and the
 //!   delivery runtime for the app's client and the queue).
 mod classify;
 mod guard;

@@ -14,6 +14,8 @@
 //! * **Deprovisions wait for the deletion guard**: they are applied only after the whole target
 //!   was read (the guard needs the totals), by reading the run's items back page by page; when
 //!   held they stay `held` until `approve`.
+//! * `roster_drift_corrected_total` is counted when a fix's job is enqueued, not when it
+//!   succeeds: the job is an ordinary user job and does not know it came from a run.
 //! * One `running` run per app: [`begin`] locks the app row on PostgreSQL (SQLite has one
 //!   writer) before it looks for a running run, so two instances cannot both start one.
 use std::collections::HashMap;
@@ -238,46 +240,40 @@ pub async fn execute(
     }
 }
 
-/// Applies the deprovisions the deletion guard held and completes the run. Returns the jobs
-/// enqueued.
-pub async fn approve(db: &Db, delivery: &Delivery, run_id: &str) -> Result<u64, RunError> {
+/// Approving a held run, step 1: prepares and enqueues the deprovisions the deletion guard
+/// held. Returns the jobs enqueued. The run stays `awaiting_approval` until
+/// [`complete_approval`], so a failure here leaves it approvable again; enqueueing twice (two
+/// approvals at once, or a retry) is harmless, as the jobs coalesce and are level-triggered.
+pub async fn apply_held(db: &Db, delivery: &Delivery, run_id: &str) -> Result<u64, RunError> {
     let run = reconcile_run::Entity::find_by_id(run_id)
         .one(db.conn())
         .await?
         .ok_or_else(|| RunError::RunNotFound(run_id.to_owned()))?;
     if run.state != RunState::AwaitingApproval.as_str() {
-        return Err(RunError::Conflict(format!(
-            "reconcile run {run_id} is `{}`; only a run awaiting approval can be approved",
-            run.state
-        )));
-    }
-    // Claim the approval first, so that two approvals cannot both enqueue.
-    let claimed = {
-        let tx = db.write_tx().await?;
-        let result = reconcile_run::Entity::update_many()
-            .col_expr(
-                reconcile_run::Column::State,
-                Expr::value(RunState::Completed.as_str()),
-            )
-            .filter(reconcile_run::Column::Id.eq(run_id))
-            .filter(reconcile_run::Column::State.eq(RunState::AwaitingApproval.as_str()))
-            .exec(&*tx)
-            .await?;
-        tx.commit().await?;
-        result.rows_affected
-    };
-    if claimed == 0 {
-        return Err(RunError::Conflict(format!(
-            "reconcile run {run_id} was approved already"
-        )));
+        return Err(not_awaiting(run_id, &run.state));
     }
     let app = app::Entity::find_by_id(run.app_id.as_str())
         .one(db.conn())
         .await?
         .ok_or_else(|| RunError::AppNotFound(run.app_id.clone()))?;
     let jobs = apply_deprovisions(db, &app, run_id).await?;
-    let tx = db.write_tx().await?;
-    reconcile_run::Entity::update_many()
+    delivery.wake();
+    Ok(jobs)
+}
+
+/// Approving a held run, step 2 (in the caller's transaction, beside its audit row): the run
+/// becomes `completed`, its `writes` counting the `jobs` of step 1. `Conflict` when another
+/// approval got there first.
+pub async fn complete_approval(
+    tx: &impl ConnectionTrait,
+    run_id: &str,
+    jobs: u64,
+) -> Result<(), RunError> {
+    let result = reconcile_run::Entity::update_many()
+        .col_expr(
+            reconcile_run::Column::State,
+            Expr::value(RunState::Completed.as_str()),
+        )
         .col_expr(
             reconcile_run::Column::Writes,
             Expr::col(reconcile_run::Column::Writes).add(to_i64(jobs)),
@@ -287,11 +283,21 @@ pub async fn approve(db: &Db, delivery: &Delivery, run_id: &str) -> Result<u64, 
             Expr::value(chrono::Utc::now()),
         )
         .filter(reconcile_run::Column::Id.eq(run_id))
-        .exec(&*tx)
+        .filter(reconcile_run::Column::State.eq(RunState::AwaitingApproval.as_str()))
+        .exec(tx)
         .await?;
-    tx.commit().await?;
-    delivery.wake();
-    Ok(jobs)
+    if result.rows_affected == 0 {
+        return Err(RunError::Conflict(format!(
+            "reconcile run {run_id} was approved already"
+        )));
+    }
+    Ok(())
+}
+
+fn not_awaiting(run_id: &str, state: &str) -> RunError {
+    RunError::Conflict(format!(
+        "reconcile run {run_id} is `{state}`; only a run awaiting approval can be approved"
+    ))
 }
 
 async fn classify_and_fix(

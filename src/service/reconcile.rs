@@ -207,8 +207,9 @@ impl Roster {
     /// Applies the deprovisions the deletion guard held; 409 unless the run awaits approval.
     pub async fn approve_reconcile(&self, principal: &Principal, id: &str) -> ServiceResult<u64> {
         let delivery = self.delivery();
-        let jobs = run::approve(self.store(), &delivery, id).await?;
+        let jobs = run::apply_held(self.store(), &delivery, id).await?;
         let tx = self.write_tx().await?;
+        run::complete_approval(&*tx, id, jobs).await?;
         audit::record(
             &*tx,
             Some(principal),
