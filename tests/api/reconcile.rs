@@ -687,3 +687,35 @@ async fn the_scheduler_runs_apps_whose_interval_has_passed() {
     assert_eq!(runs[0]["state"], "completed");
     assert_eq!(runs[0]["mode"], "report");
 }
+
+#[tokio::test]
+async fn two_starts_at_once_make_one_run() {
+    // A slow target keeps the first run `running` while the second start arrives.
+    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some(TOKEN.to_owned()),
+        latency_ms: 500,
+        ..Default::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let app_id = app
+        .create_app(&app_body(
+            "slow",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let path = format!("/api/v1/apps/{app_id}/reconcile");
+    let body = json!({});
+    let (a, b) = tokio::join!(app.post(&path, &body), app.post(&path, &body));
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
+}
