@@ -170,25 +170,37 @@ pub const LEASE_MS: i64 = 30_000;
 
 fn stmt(conn: &impl ConnectionTrait, sql: &str, values: Vec<sea_orm::Value>) -> sea_orm::Statement {
     let backend = conn.get_database_backend();
-    // Written with `$n` placeholders; SQLite takes `?` in the same order.
+    // Written with `$n` placeholders; SQLite gets `?n`, keeping the number. A bare `?` binds
+    // in order of appearance, which silently swapped the values of `release` (its `$2` comes
+    // before its `$1`): every running job was handed back to the queue on each housekeeping
+    // tick and delivered a second time while the first delivery was still running.
     let sql = if backend == sea_orm::DbBackend::Postgres {
         sql.to_owned()
     } else {
-        let mut out = String::with_capacity(sql.len());
-        let mut chars = sql.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                while chars.peek().is_some_and(char::is_ascii_digit) {
-                    chars.next();
-                }
-                out.push('?');
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        sqlite_placeholders(sql)
     };
     sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn sqlite_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sqlite_placeholders_keep_their_numbers() {
+    assert_eq!(
+        sqlite_placeholders("SET updated_at = $2 WHERE lease_until < $1 AND id = $10"),
+        "SET updated_at = ?2 WHERE lease_until < ?1 AND id = ?10"
+    );
 }
 
 /// Claims up to `limit` due jobs for `owner`, highest lane first, skipping apps that are not
