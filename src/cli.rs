@@ -35,6 +35,21 @@ enum Command {
     /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
     /// a leaver, drift and a ghost account, reconciled.
     Demo,
+    /// One reconciliation run of an app; prints its report.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReconcileArgs {
+    /// The app's id.
+    #[arg(long)]
+    app: String,
+    /// Classify and report only: nothing is written to the target.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as JSON (DESIGN §6) instead of a summary.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -68,6 +83,7 @@ pub fn main() -> ExitCode {
             Command::Openapi => Ok(()),
             Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
             Command::Demo => crate::demo::run().await.context("demo"),
+            Command::Reconcile(args) => reconcile(args).await,
         }
     });
     match result {
@@ -117,12 +133,141 @@ async fn serve() -> anyhow::Result<()> {
         stop.cancel();
     });
     let engine = server.engine;
+    let scheduler = server.scheduler;
     server.handle.await.context("server task")??;
     if let Some(engine) = engine {
         engine.await.context("delivery engine")?;
     }
+    if let Some(scheduler) = scheduler {
+        scheduler.await.context("reconcile scheduler")?;
+    }
     tracing::info!("Stopped");
     Ok(())
+}
+
+/// Items the CLI prints at most (the API pages the same report with `?limit=`).
+const CLI_MAX_ITEMS: u64 = 100_000;
+
+/// `roster reconcile`: one run in this process, in the app's own mode. In fix mode the run
+/// only enqueues jobs (lane `reconcile`); this command then runs the delivery engine itself until
+/// those jobs are done, so that the fixes are applied when it returns (a `roster serve` on the
+/// same database would deliver them as well; leases keep the two from sending a job twice).
+async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+
+    use crate::service::reconcile::RunOptions;
+
+    let config = Config::from_env()?;
+    let (roster, generated) = startup::build(config).await.context("starting roster")?;
+    if let Some(token) = generated {
+        // stdout may carry the JSON report; the one-time token goes to the terminal instead.
+        eprintln!("roster: created the first admin API key (shown once, store it now):");
+        eprintln!("{}", token.expose_secret());
+    }
+    let run = roster
+        .begin_reconcile(
+            None,
+            &args.app,
+            RunOptions {
+                dry_run: args.dry_run,
+                mode: None,
+            },
+        )
+        .await
+        .context("starting the run")?;
+
+    // A plain counter rather than `indicatif`: one line, only on a terminal.
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let roster = roster.clone();
+        let run_id = run.id.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if let Ok(n) = roster.reconcile_items_recorded(&run_id).await {
+                    eprint!("\rroster: {n} accounts classified");
+                }
+            }
+        })
+    });
+    let outcome = roster.run_reconcile(&run.id).await;
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+
+    if let Ok(done) = &outcome
+        && done.writes > 0
+    {
+        deliver_reconcile_jobs(&roster, &run.app_id).await?;
+    }
+
+    let report = roster
+        .reconcile_report(&run.id, CLI_MAX_ITEMS)
+        .await
+        .context("reading the report")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.report)?);
+    } else {
+        print_summary(&report);
+    }
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(e).context("the reconcile run failed")),
+    }
+}
+
+/// Runs the delivery engine until the app has no pending or running reconcile-lane job.
+async fn deliver_reconcile_jobs(
+    roster: &crate::service::Roster,
+    app_id: &str,
+) -> anyhow::Result<()> {
+    use crate::delivery::engine::{self, EngineConfig};
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = EngineConfig {
+        workers: roster.config().workers,
+        probe_interval: roster.config().quarantine_probe,
+        ..EngineConfig::default()
+    };
+    let engine = engine::start(roster.delivery(), config, stop.clone());
+    eprintln!("roster: delivering the run's fixes");
+    let result = loop {
+        match roster.reconcile_jobs_outstanding(app_id).await {
+            Ok(0) => break Ok(()),
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            Err(e) => break Err(anyhow::anyhow!(e).context("watching the queue")),
+        }
+    };
+    stop.cancel();
+    engine.await.context("delivery engine")?;
+    result
+}
+
+fn print_summary(report: &crate::service::reconcile::RunReport) {
+    use crate::reconcile::Class;
+
+    let r = &report.report;
+    println!(
+        "run {} of app {}: {}{}",
+        r.id,
+        r.app_id,
+        r.state.as_str(),
+        if r.dry_run { " (dry run)" } else { "" }
+    );
+    for class in Class::ALL {
+        println!("  {:<10} {}", class.as_str(), r.counts.get(class));
+    }
+    println!("  jobs enqueued (writes): {}", r.writes);
+    let held = report.held.iter().filter(|h| **h).count();
+    if held > 0 {
+        println!(
+            "  {held} deprovisions held by the deletion guard: approve with POST /api/v1/reconcile-runs/{}/approve",
+            r.id
+        );
+    }
+    if let Some(error) = &report.error {
+        println!("  error: {error}");
+    }
 }
 
 async fn wait_for_signal() {

@@ -101,6 +101,8 @@ pub struct RunningServer {
     pub shutdown: CancellationToken,
     pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
     pub engine: Option<tokio::task::JoinHandle<()>>,
+    /// The reconcile scheduler; runs beside the engine.
+    pub scheduler: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -111,6 +113,9 @@ impl RunningServer {
         let _ = self.handle.await;
         if let Some(engine) = self.engine {
             let _ = engine.await;
+        }
+        if let Some(scheduler) = self.scheduler {
+            let _ = scheduler.await;
         }
     }
 }
@@ -129,7 +134,8 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
             addr: listen.to_owned(),
             source,
         })?;
-    let shutdown = CancellationToken::new();
+    // The service's own token: cancelling the server also interrupts its background runs.
+    let shutdown = roster.shutdown_token().clone();
     let stop = shutdown.clone();
     let engine = roster.config().run_engine.then(|| {
         let config = EngineConfig {
@@ -139,6 +145,10 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         };
         engine::start(roster.delivery(), config, shutdown.clone())
     });
+    let scheduler = roster
+        .config()
+        .run_engine
+        .then(|| crate::service::reconcile::start_scheduler(roster.clone(), shutdown.clone()));
     let app = crate::api::app(roster);
     let handle = tokio::spawn(async move {
         let std_listener = listener.into_std()?;
@@ -156,6 +166,7 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         shutdown,
         handle,
         engine,
+        scheduler,
     })
 }
 

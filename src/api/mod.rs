@@ -8,6 +8,7 @@ pub mod directory;
 pub mod events;
 pub mod guard;
 pub mod problem;
+pub mod reconcile;
 
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -28,6 +29,8 @@ pub enum ApiTags {
     Admin,
     /// The provisioning log, dead letters, app delivery status.
     Delivery,
+    /// Reconciliation runs: drift and ghost accounts found, fixed, or held for approval.
+    Reconcile,
 }
 
 pub type Apis = (
@@ -35,6 +38,7 @@ pub type Apis = (
     events::EventsApi,
     directory::DirectoryApi,
     delivery::DeliveryApi,
+    reconcile::ReconcileApi,
     admin::AdminApi,
 );
 
@@ -45,6 +49,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             events::EventsApi,
             directory::DirectoryApi,
             delivery::DeliveryApi,
+            reconcile::ReconcileApi,
             admin::AdminApi,
         ),
         "roster",

@@ -68,6 +68,14 @@ struct AppRuntime {
     limiter: Arc<AppLimiter>,
 }
 
+/// What reconciliation reads an app through: the same client and limiter deliveries use.
+#[derive(Clone)]
+pub struct AppTarget {
+    pub settings: Arc<AppSettings>,
+    pub compiled: Arc<CompiledMappings>,
+    pub client: ScimClient,
+}
+
 /// What the engine and the on-demand path share.
 pub struct Delivery {
     db: Db,
@@ -159,6 +167,22 @@ impl Delivery {
             map.insert(app.id.clone(), rt.clone());
         }
         Ok(rt)
+    }
+
+    /// The app's SCIM client (with its rate limiter, so a reconciliation's reads share the
+    /// app's budget with deliveries), settings and compiled mappings.
+    pub fn app_target(&self, app: &app::Model) -> Result<AppTarget, String> {
+        let rt = self.runtime(app)?;
+        Ok(AppTarget {
+            settings: rt.settings.clone(),
+            compiled: rt.compiled.clone(),
+            client: rt.client.clone(),
+        })
+    }
+
+    /// Wakes the engine: jobs were committed outside its own loop.
+    pub fn wake(&self) {
+        self.jobs_ready.notify_one();
     }
 
     /// Runs one user's delivery to one app now, outside the queue (provision on demand).
@@ -350,11 +374,7 @@ impl Delivery {
             compiled: &rt.compiled,
             client: &rt.client,
         };
-        let kind = if job.resource_kind == "group" {
-            ResourceKind::Group
-        } else {
-            ResourceKind::User
-        };
+        let kind = ResourceKind::parse(&job.resource_kind);
         let span = tracing::info_span!(
             "delivery_job",
             app = %app.name,
@@ -373,6 +393,9 @@ impl Delivery {
                         }
                         ResourceKind::Group => {
                             execute::deliver_group(conn, &ctx, &job.resource_id).await?
+                        }
+                        ResourceKind::Account => {
+                            execute::deprovision_account(&ctx, &job.resource_id).await?
                         }
                     };
                     if kind == ResourceKind::User {

@@ -514,6 +514,40 @@ pub async fn deliver_user(
     }
 }
 
+/// Deprovisions a target account that belongs to no identity (reconciliation's `unmatched`
+/// with `reconcile.deprovision_unmatched`), per `deprovision.action`. There is no link to
+/// keep: the account is identified by its target id alone, and 404 means it is gone already.
+pub async fn deprovision_account(
+    ctx: &AppContext<'_>,
+    target_id: &str,
+) -> Result<Operation, JobError> {
+    let users = ctx.client.users();
+    match ctx.settings.deprovision.action {
+        DeprovisionAction::Delete => {
+            doing(Operation::Delete);
+            users
+                .delete(target_id)
+                .await
+                .map_err(|e| JobError::scim(Operation::Delete, e))?;
+            Ok(Operation::Delete)
+        }
+        DeprovisionAction::Deactivate => {
+            doing(Operation::Deactivate);
+            match users
+                .patch(
+                    target_id,
+                    &PatchRequest::new().replace("active", json!(false)),
+                )
+                .await
+            {
+                Ok(_) => Ok(Operation::Deactivate),
+                Err(e) if e.is_not_found() => Ok(Operation::Noop),
+                Err(e) => Err(JobError::scim(Operation::Deactivate, e)),
+            }
+        }
+    }
+}
+
 /// After a user job: the follow-up jobs it implies — the scheduled DELETE of a deactivated
 /// account, and the pushed groups the person is in (their membership may now include the
 /// account).

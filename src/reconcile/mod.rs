@@ -1,7 +1,8 @@
 //! Reconciliation's pure core (DESIGN §6): classify every account of a target against roster's
 //! desired state, decide what fix mode would do, guard against mass deprovisioning, and shape the
-//! run's report. No IO, database, async or clock here: the run (paging through the target's
-//! `/Users`, loading identities and links, applying fixes) lives in a layer above and feeds this.
+//! run's report. No IO, database, async or clock in those; the run (paging through the target's
+//! `/Users`, loading identities and links, handing fixes to the delivery queue) is `run.rs`, the
+//! one IO file of the module, and feeds them.
 //!
 //! A run:
 //!
@@ -37,9 +38,12 @@
 //!   gives the order of the classification questions and why.
 //! * `guard.rs`: [`deletion_guard`] → [`GuardDecision`].
 //! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`RunState`].
+//! * `run.rs`: [`run::begin`], [`run::execute`], [`run::apply_held`], [`run::complete_approval`] (IO: scim, store, and the
+//!   delivery runtime for the app's client and the queue).
 mod classify;
 mod guard;
 mod report;
+pub mod run;
 #[cfg(test)]
 mod tests;
 

@@ -10,11 +10,13 @@ pub mod ingest;
 pub mod keys;
 pub mod operations;
 pub mod planner;
+pub mod reconcile;
 
 use std::sync::Arc;
 
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::crypto::SecretBox;
@@ -141,6 +143,9 @@ struct Inner {
     /// Wakes the delivery engine when new jobs are committed.
     jobs_ready: Arc<Notify>,
     delivery: Arc<Delivery>,
+    /// Cancelled when the process shuts down: `serve` stops on it, and background work started
+    /// by use cases (reconcile runs) is interrupted by it.
+    shutdown: CancellationToken,
 }
 
 impl Roster {
@@ -162,6 +167,7 @@ impl Roster {
                 config,
                 jobs_ready,
                 delivery,
+                shutdown: CancellationToken::new(),
             }),
         }
     }
@@ -169,6 +175,11 @@ impl Roster {
     #[must_use]
     pub fn delivery(&self) -> Arc<Delivery> {
         self.inner.delivery.clone()
+    }
+
+    #[must_use]
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
     }
 
     #[must_use]

@@ -42,6 +42,9 @@ impl Lane {
 pub enum ResourceKind {
     User,
     Group,
+    /// A target account that belongs to no identity (an `unmatched` one that reconciliation
+    /// deprovisions); `resource_id` is the target's id.
+    Account,
 }
 
 impl ResourceKind {
@@ -50,6 +53,17 @@ impl ResourceKind {
         match self {
             ResourceKind::User => "user",
             ResourceKind::Group => "group",
+            ResourceKind::Account => "account",
+        }
+    }
+
+    /// The stored `resource_kind`; anything unknown is a user, as before `account` existed.
+    #[must_use]
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "group" => ResourceKind::Group,
+            "account" => ResourceKind::Account,
+            _ => ResourceKind::User,
         }
     }
 }

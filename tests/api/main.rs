@@ -8,4 +8,5 @@ mod events;
 mod groups;
 mod health;
 mod helpers;
+mod reconcile;
 mod scopes;

@@ -1,0 +1,280 @@
+//! Reconcile runs: start one, list them, read a report, approve held deprovisions (DESIGN §4, §6).
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
+
+use super::ApiTags;
+use super::auth::ApiKey;
+use super::body::JsonBody;
+use super::problem::ApiError;
+use crate::reconcile::Counts;
+use crate::service::reconcile::{RunOptions, RunReport};
+use crate::service::{Permission, Roster};
+use crate::settings::ReconcileMode;
+use crate::store::entity::reconcile_run;
+
+/// Items returned by `GET /reconcile-runs/{id}` unless `limit` says otherwise.
+const DEFAULT_ITEMS: u64 = 1000;
+const MAX_ITEMS: u64 = 10_000;
+
+#[derive(Object, serde::Deserialize, Default)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileIn {
+    /// Classify and report only: nothing is written to the target.
+    #[oai(default)]
+    #[serde(default)]
+    pub dry_run: bool,
+    /// `report` or `fix`; default: the app's `reconcile.mode`.
+    pub mode: Option<ReconcileMode>,
+}
+
+#[derive(Object)]
+pub struct RunStarted {
+    /// The run's id, for `GET /reconcile-runs/{id}`.
+    pub id: String,
+}
+
+#[derive(ApiResponse)]
+pub enum StartAnswer {
+    /// The run is recorded and proceeds in the background.
+    #[oai(status = 202)]
+    Accepted(Json<RunStarted>),
+}
+
+#[derive(Object)]
+pub struct CountsOut {
+    pub in_sync: u64,
+    pub drifted: u64,
+    pub missing: u64,
+    pub orphan: u64,
+    pub unmatched: u64,
+    pub unmanaged: u64,
+    pub adoptable: u64,
+}
+
+impl From<Counts> for CountsOut {
+    fn from(c: Counts) -> Self {
+        Self {
+            in_sync: c.in_sync,
+            drifted: c.drifted,
+            missing: c.missing,
+            orphan: c.orphan,
+            unmatched: c.unmatched,
+            unmanaged: c.unmanaged,
+            adoptable: c.adoptable,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct DifferenceOut {
+    pub path: String,
+    /// roster's value (`null`: absent).
+    pub roster: Value,
+    /// The target's value (`null`: absent).
+    pub target: Value,
+}
+
+#[derive(Object)]
+pub struct ItemOut {
+    /// in_sync, drifted, missing, orphan, unmatched, unmanaged or adoptable.
+    pub class: String,
+    pub target_id: Option<String>,
+    pub user_name: Option<String>,
+    pub identity_id: Option<String>,
+    pub differences: Vec<DifferenceOut>,
+    /// none, patch, create, deactivate, delete, link or link_and_patch.
+    pub action: String,
+    /// Held by the deletion guard (applied when the run is approved).
+    pub held: bool,
+}
+
+/// A run's report: `{id, app_id, state, dry_run, counts, writes, items}` (DESIGN §6), plus the
+/// run's mode, times and error.
+#[derive(Object)]
+pub struct RunOut {
+    pub id: String,
+    pub app_id: String,
+    /// running, completed, awaiting_approval or failed.
+    pub state: String,
+    pub dry_run: bool,
+    /// report or fix.
+    pub mode: String,
+    pub counts: CountsOut,
+    /// Jobs the run enqueued on lane `reconcile` (each becomes at most one SCIM write, none
+    /// when the target already matches by the time it runs).
+    pub writes: u64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The first `limit` items, in the order found (absent in listings).
+    #[oai(skip_serializing_if_is_none)]
+    pub items: Option<Vec<ItemOut>>,
+    /// How many items the run recorded (absent in listings).
+    #[oai(skip_serializing_if_is_none)]
+    pub total_items: Option<u64>,
+}
+
+#[derive(Object)]
+pub struct RunList {
+    pub items: Vec<RunOut>,
+}
+
+#[derive(Object)]
+pub struct ApproveOut {
+    pub id: String,
+    /// Deprovisioning jobs enqueued.
+    pub jobs_enqueued: u64,
+}
+
+fn run_summary(run: reconcile_run::Model) -> RunOut {
+    RunOut {
+        counts: serde_json::from_value::<Counts>(run.counts)
+            .unwrap_or_default()
+            .into(),
+        writes: u64::try_from(run.writes).unwrap_or(0),
+        id: run.id,
+        app_id: run.app_id,
+        state: run.state,
+        dry_run: run.dry_run,
+        mode: run.mode,
+        error: run.error,
+        started_at: run.started_at,
+        finished_at: run.finished_at,
+        items: None,
+        total_items: None,
+    }
+}
+
+fn run_report(run: RunReport) -> RunOut {
+    let report = run.report;
+    let items = report
+        .items
+        .into_iter()
+        .zip(run.held)
+        .map(|(item, held)| ItemOut {
+            class: item.class.as_str().to_owned(),
+            target_id: item.target_id,
+            user_name: item.user_name,
+            identity_id: item.identity_id,
+            differences: item
+                .differences
+                .into_iter()
+                .map(|d| DifferenceOut {
+                    path: d.path,
+                    roster: d.roster,
+                    target: d.target,
+                })
+                .collect(),
+            action: item.action.as_str().to_owned(),
+            held,
+        })
+        .collect();
+    RunOut {
+        id: report.id,
+        app_id: report.app_id,
+        state: report.state.as_str().to_owned(),
+        dry_run: report.dry_run,
+        mode: run.mode,
+        counts: report.counts.into(),
+        writes: report.writes,
+        error: run.error,
+        started_at: run.started_at,
+        finished_at: run.finished_at,
+        items: Some(items),
+        total_items: Some(run.total_items),
+    }
+}
+
+pub struct ReconcileApi;
+
+#[OpenApi(tag = "ApiTags::Reconcile")]
+impl ReconcileApi {
+    /// Start a reconciliation run of the app (scope `apps:write`): 202 with the run id; the run
+    /// proceeds in the background. 409 while another run of the app is running.
+    #[oai(path = "/apps/:id/reconcile", method = "post")]
+    async fn start(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+        body: JsonBody<ReconcileIn>,
+    ) -> poem::Result<StartAnswer> {
+        let principal = auth.require(Permission::WriteApps)?;
+        let run = roster
+            .begin_reconcile(
+                Some(principal),
+                &id.0,
+                RunOptions {
+                    dry_run: body.0.dry_run,
+                    mode: body.0.mode,
+                },
+            )
+            .await?;
+        roster.spawn_reconcile(run.id.clone());
+        Ok(StartAnswer::Accepted(Json(RunStarted { id: run.id })))
+    }
+
+    /// Reconcile runs, newest first, without items (scope `read`).
+    #[oai(path = "/reconcile-runs", method = "get")]
+    async fn list(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        /// App id.
+        app: Query<Option<String>>,
+        /// At most this many runs (1..=1000, default 100).
+        limit: Query<Option<u64>>,
+    ) -> poem::Result<Json<RunList>> {
+        auth.require(Permission::ReadConfig)?;
+        let limit = limit.0.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
+        }
+        let runs = roster.list_reconcile_runs(app.0.as_deref(), limit).await?;
+        Ok(Json(RunList {
+            items: runs.into_iter().map(run_summary).collect(),
+        }))
+    }
+
+    /// A run's report with its items (scope `read`): the first `limit` items in the order they
+    /// were found (default 1000, at most 10000); `total_items` says how many there are.
+    #[oai(path = "/reconcile-runs/:id", method = "get")]
+    async fn get(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+        limit: Query<Option<u64>>,
+    ) -> poem::Result<Json<RunOut>> {
+        auth.require(Permission::ReadConfig)?;
+        let limit = limit.0.unwrap_or(DEFAULT_ITEMS);
+        if !(1..=MAX_ITEMS).contains(&limit) {
+            return Err(ApiError::invalid("limit: must be 1 to 10000").into());
+        }
+        Ok(Json(run_report(
+            roster.reconcile_report(&id.0, limit).await?,
+        )))
+    }
+
+    /// Apply the deprovisions the deletion guard held (scope `admin`); 409 unless the run is
+    /// `awaiting_approval`.
+    #[oai(path = "/reconcile-runs/:id/approve", method = "post")]
+    async fn approve(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+    ) -> poem::Result<Json<ApproveOut>> {
+        let principal = auth.require(Permission::Admin)?;
+        let jobs = roster.approve_reconcile(principal, &id.0).await?;
+        Ok(Json(ApproveOut {
+            id: id.0,
+            jobs_enqueued: jobs,
+        }))
+    }
+}

@@ -1,0 +1,761 @@
+//! A reconciliation run's IO (DESIGN §6): page through the target's `/Users`, classify each
+//! account with the pure [`Classifier`], store the findings, and in fix mode hand every
+//! correction to the delivery queue.
+//!
+//! Invariants:
+//!
+//! * **Memory is bounded by the page size** on the target's side: accounts arrive as a stream,
+//!   findings are written to `reconcile_item` in batches of [`ITEM_BATCH`] and dropped. roster's
+//!   own identities are held once (O(identities)), as the classifier needs them.
+//! * **The run never writes to the target.** Fixes are jobs on lane `reconcile`; the run only
+//!   prepares the link so that the level-triggered job (which diffs the rendered user against
+//!   the link's last-applied snapshot) sees reality and sends the right call. `writes` in the
+//!   report is therefore the number of jobs the run enqueued.
+//! * **Deprovisions wait for the deletion guard**: they are applied only after the whole target
+//!   was read (the guard needs the totals), by reading the run's items back page by page; when
+//!   held they stay `held` until `approve`.
+//! * `roster_drift_corrected_total` is counted when a fix's job is enqueued, not when it
+//!   succeeds: the job is an ordinary user job and does not know it came from a run.
+//! * One `running` run per app: [`begin`] locks the app row on PostgreSQL (SQLite has one
+//!   writer) before it looks for a running run, so two instances cannot both start one.
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures::StreamExt;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ActionKind, Class, Classifier, Counts, Desired, Finding, GuardDecision, LinkInfo,
+    ReconcileError, RunState, deletion_guard,
+};
+use crate::delivery::engine::{AppTarget, Delivery};
+use crate::mapping::IdentityView;
+use crate::scim::ScimError;
+use crate::settings::ReconcileMode;
+use crate::store::entity::{
+    app, group, group_member, identity, link, reconcile_item, reconcile_run,
+};
+use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
+use crate::store::{Db, is_postgres};
+use crate::telemetry::metrics;
+
+/// Findings written (and fixes prepared) per transaction.
+pub const ITEM_BATCH: usize = 500;
+
+/// Identities read per query while building the desired state.
+const IDENTITY_PAGE: u64 = 1000;
+
+/// A `running` run older than this is taken for one whose process died (a crash or a kill
+/// leaves the row behind) and no longer blocks a new run.
+const STALE_RUN: chrono::Duration = chrono::Duration::hours(6);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("app `{0}` does not exist")]
+    AppNotFound(String),
+    #[error("reconcile run `{0}` does not exist")]
+    RunNotFound(String),
+    /// Another run of the app is running, or the run is not awaiting approval.
+    #[error("{0}")]
+    Conflict(String),
+    /// A scheduled run found the app reconciled recently enough (by another instance).
+    #[error("the app was reconciled less than its interval ago")]
+    NotDue,
+    #[error("the app's settings cannot be used: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Classify(#[from] ReconcileError),
+    #[error("reading the target: {0}")]
+    Scim(#[from] ScimError),
+    #[error("the run was interrupted by shutdown")]
+    Interrupted,
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+impl RunState {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::AwaitingApproval => "awaiting_approval",
+            RunState::Failed => "failed",
+        }
+    }
+}
+
+/// How a run ended (the row holds the same).
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub state: RunState,
+    pub counts: Counts,
+    pub writes: u64,
+    /// Deprovisions the deletion guard held, with its reason.
+    pub held: Option<(u64, String)>,
+}
+
+/// When a run may start.
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    /// On demand: whenever no other run of the app is running.
+    Now,
+    /// Scheduled: also only when the app's newest run (or, without runs, the app itself) is at
+    /// least this old. Checked under the same lock, so two instances' schedulers that both found
+    /// the app due start one run between them, not two in a row.
+    IfLastOlderThan(chrono::Duration),
+}
+
+/// Inserts a `running` run for the app, refusing (`Conflict`) while another one runs. Call it
+/// in a write transaction; the caller commits (with its audit row) and then [`execute`]s.
+pub async fn begin(
+    tx: &impl ConnectionTrait,
+    app_id: &str,
+    dry_run: bool,
+    mode: ReconcileMode,
+    start: Start,
+) -> Result<reconcile_run::Model, RunError> {
+    let mut find_app = app::Entity::find_by_id(app_id);
+    if is_postgres(tx) {
+        // Serialises run starts per app across instances: the second waits here, then sees
+        // the first one's `running` row.
+        find_app = find_app.lock_exclusive();
+    }
+    let app = find_app
+        .one(tx)
+        .await?
+        .ok_or_else(|| RunError::AppNotFound(app_id.to_owned()))?;
+    let now = chrono::Utc::now();
+    if let Start::IfLastOlderThan(interval) = start {
+        let newest = reconcile_run::Entity::find()
+            .filter(reconcile_run::Column::AppId.eq(app.id.as_str()))
+            .order_by_desc(reconcile_run::Column::StartedAt)
+            .one(tx)
+            .await?;
+        let last = newest.map_or(app.created_at, |run| run.started_at);
+        if now - last < interval {
+            return Err(RunError::NotDue);
+        }
+    }
+    let running = reconcile_run::Entity::find()
+        .filter(reconcile_run::Column::AppId.eq(app.id.as_str()))
+        .filter(reconcile_run::Column::State.eq(RunState::Running.as_str()))
+        .all(tx)
+        .await?;
+    for run in running {
+        if now - run.started_at < STALE_RUN {
+            return Err(RunError::Conflict(format!(
+                "reconcile run {} of this app is still running",
+                run.id
+            )));
+        }
+        let mut stale: reconcile_run::ActiveModel = run.into();
+        stale.state = Set(RunState::Failed.as_str().to_owned());
+        stale.error = Set(Some("abandoned: still running after 6 hours".to_owned()));
+        stale.finished_at = Set(Some(now));
+        stale.update(tx).await?;
+    }
+    let mode = match mode {
+        ReconcileMode::Report => "report",
+        ReconcileMode::Fix => "fix",
+    };
+    Ok(reconcile_run::ActiveModel {
+        id: Set(uuid::Uuid::now_v7().to_string()),
+        app_id: Set(app.id),
+        state: Set(RunState::Running.as_str().to_owned()),
+        dry_run: Set(dry_run),
+        mode: Set(mode.to_owned()),
+        counts: Set(counts_json(&Counts::default())),
+        writes: Set(0),
+        error: Set(None),
+        started_at: Set(now),
+        finished_at: Set(None),
+    }
+    .insert(tx)
+    .await?)
+}
+
+/// Runs a begun run to its end and records the outcome on its row (`failed` with the error
+/// when it fails). `shutdown` interrupts it (the run is then `failed`).
+pub async fn execute(
+    db: &Db,
+    delivery: &Delivery,
+    run_id: &str,
+    shutdown: &CancellationToken,
+) -> Result<RunOutcome, RunError> {
+    let started = Instant::now();
+    let run = reconcile_run::Entity::find_by_id(run_id)
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| RunError::RunNotFound(run_id.to_owned()))?;
+    let app = app::Entity::find_by_id(run.app_id.as_str())
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| RunError::AppNotFound(run.app_id.clone()))?;
+    let result = tokio::select! {
+        result = classify_and_fix(db, delivery, &run, &app) => result,
+        () = shutdown.cancelled() => Err(RunError::Interrupted),
+    };
+    let m = metrics();
+    let app_label = app.name.as_str();
+    m.reconcile_duration_seconds
+        .with_label_values(&[app_label])
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcome) => {
+            finish(db, run_id, &outcome, None).await?;
+            // The read-back succeeded, whether or not deprovisions wait for approval.
+            m.reconcile_last_success_timestamp_seconds
+                .with_label_values(&[app_label])
+                .set(chrono::Utc::now().timestamp() as f64);
+            tracing::info!(
+                app = app_label,
+                run = run_id,
+                state = outcome.state.as_str(),
+                writes = outcome.writes,
+                "Reconcile run finished"
+            );
+            Ok(outcome)
+        }
+        Err(err) => {
+            let failed = RunOutcome {
+                state: RunState::Failed,
+                counts: Counts::default(),
+                writes: 0,
+                held: None,
+            };
+            let message = err.to_string();
+            if let Err(e) = finish(db, run_id, &failed, Some(&message)).await {
+                tracing::warn!(error = %e, run = run_id, "Could not record a failed reconcile run");
+            }
+            tracing::warn!(app = app_label, run = run_id, error = %message, "Reconcile run failed");
+            Err(err)
+        }
+    }
+}
+
+/// Approving a held run, step 1: prepares and enqueues the deprovisions the deletion guard
+/// held. Returns the jobs enqueued. The run stays `awaiting_approval` until
+/// [`complete_approval`], so a failure here leaves it approvable again; enqueueing twice (two
+/// approvals at once, or a retry) is harmless, as the jobs coalesce and are level-triggered.
+pub async fn apply_held(db: &Db, delivery: &Delivery, run_id: &str) -> Result<u64, RunError> {
+    let run = reconcile_run::Entity::find_by_id(run_id)
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| RunError::RunNotFound(run_id.to_owned()))?;
+    if run.state != RunState::AwaitingApproval.as_str() {
+        return Err(not_awaiting(run_id, &run.state));
+    }
+    let app = app::Entity::find_by_id(run.app_id.as_str())
+        .one(db.conn())
+        .await?
+        .ok_or_else(|| RunError::AppNotFound(run.app_id.clone()))?;
+    let jobs = apply_deprovisions(db, &app, run_id).await?;
+    delivery.wake();
+    Ok(jobs)
+}
+
+/// Approving a held run, step 2 (in the caller's transaction, beside its audit row): the run
+/// becomes `completed`, its `writes` counting the `jobs` of step 1. `Conflict` when another
+/// approval got there first.
+pub async fn complete_approval(
+    tx: &impl ConnectionTrait,
+    run_id: &str,
+    jobs: u64,
+) -> Result<(), RunError> {
+    let result = reconcile_run::Entity::update_many()
+        .col_expr(
+            reconcile_run::Column::State,
+            Expr::value(RunState::Completed.as_str()),
+        )
+        .col_expr(
+            reconcile_run::Column::Writes,
+            Expr::col(reconcile_run::Column::Writes).add(to_i64(jobs)),
+        )
+        .col_expr(
+            reconcile_run::Column::FinishedAt,
+            Expr::value(chrono::Utc::now()),
+        )
+        .filter(reconcile_run::Column::Id.eq(run_id))
+        .filter(reconcile_run::Column::State.eq(RunState::AwaitingApproval.as_str()))
+        .exec(tx)
+        .await?;
+    if result.rows_affected == 0 {
+        return Err(RunError::Conflict(format!(
+            "reconcile run {run_id} was approved already"
+        )));
+    }
+    Ok(())
+}
+
+fn not_awaiting(run_id: &str, state: &str) -> RunError {
+    RunError::Conflict(format!(
+        "reconcile run {run_id} is `{state}`; only a run awaiting approval can be approved"
+    ))
+}
+
+async fn classify_and_fix(
+    db: &Db,
+    delivery: &Delivery,
+    run: &reconcile_run::Model,
+    app: &app::Model,
+) -> Result<RunOutcome, RunError> {
+    let target = delivery.app_target(app).map_err(RunError::Settings)?;
+    let fix = run.mode == "fix" && !run.dry_run;
+    let desired = load_desired(db.conn(), &app.id, &target).await?;
+    let mut classifier = Classifier::new(desired);
+    let mut batch = Batch::new(run, app, fix);
+
+    let page_size = target.client.quirks().page_size;
+    let mut accounts = target.client.users().list(page_size);
+    while let Some(account) = accounts.next().await {
+        let account = account?;
+        let finding = classifier.classify_account(&account);
+        batch.push(finding, Some(account));
+        if batch.is_full() {
+            batch.flush(db).await?;
+            delivery.wake();
+        }
+    }
+    drop(accounts);
+    for finding in classifier.finish() {
+        batch.push(finding, None);
+        if batch.is_full() {
+            batch.flush(db).await?;
+        }
+    }
+    batch.flush(db).await?;
+
+    let m = metrics();
+    for class in Class::ALL {
+        let n = batch.counts.get(class);
+        if class != Class::InSync && n > 0 {
+            m.drift_detected_total
+                .with_label_values(&[app.name.as_str(), class.as_str()])
+                .inc_by(n);
+        }
+    }
+
+    let mut outcome = RunOutcome {
+        state: RunState::Completed,
+        counts: batch.counts,
+        writes: batch.jobs,
+        held: None,
+    };
+    if fix && batch.deprovisions > 0 {
+        let accounts_read = batch.counts.total() - batch.counts.missing;
+        match deletion_guard(
+            &target.settings.deletion_guard,
+            usize::try_from(batch.deprovisions).unwrap_or(usize::MAX),
+            usize::try_from(accounts_read).unwrap_or(usize::MAX),
+        ) {
+            GuardDecision::Proceed => {
+                outcome.writes += apply_deprovisions(db, app, &run.id).await?;
+            }
+            GuardDecision::Hold { reason } => {
+                hold_deprovisions(db, &run.id).await?;
+                tracing::warn!(app = %app.name, run = %run.id, reason, "Deletion guard held the run's deprovisions");
+                outcome.state = RunState::AwaitingApproval;
+                outcome.held = Some((batch.deprovisions, reason));
+            }
+        }
+    }
+    delivery.wake();
+    Ok(outcome)
+}
+
+/// roster's side, indexed: every identity with its group names and its link to this app.
+async fn load_desired(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    target: &AppTarget,
+) -> Result<Desired, RunError> {
+    let group_names: HashMap<String, String> = group::Entity::find()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|g| (g.id, g.name))
+        .collect();
+    let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
+    for member in group_member::Entity::find().all(conn).await? {
+        if let Some(name) = group_names.get(&member.group_id) {
+            groups_of
+                .entry(member.employee_id)
+                .or_default()
+                .push(name.clone());
+        }
+    }
+    let links: HashMap<String, LinkInfo> = link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|l| {
+            (
+                l.resource_id,
+                LinkInfo {
+                    target_id: l.target_id,
+                    state: l.state,
+                },
+            )
+        })
+        .collect();
+
+    let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;
+    let mut after: Option<String> = None;
+    loop {
+        let mut page = identity::Entity::find()
+            .order_by_asc(identity::Column::Id)
+            .limit(IDENTITY_PAGE);
+        if let Some(last) = &after {
+            page = page.filter(identity::Column::Id.gt(last.as_str()));
+        }
+        let people = page.all(conn).await?;
+        let Some(last) = people.last() else {
+            break;
+        };
+        after = Some(last.id.clone());
+        for person in people {
+            let mut groups = groups_of.remove(&person.employee_id).unwrap_or_default();
+            groups.sort();
+            let link = links.get(&person.id);
+            let view = IdentityView {
+                id: person.id,
+                employee_id: person.employee_id,
+                user_name: person.user_name,
+                email: person.email,
+                given_name: person.given_name,
+                family_name: person.family_name,
+                display_name: person.display_name,
+                department: person.department,
+                title: person.title,
+                manager_employee_id: person.manager_employee_id,
+                attributes: person.attributes,
+                status: person.status,
+                groups,
+            };
+            desired.insert(&view, link);
+        }
+    }
+    Ok(desired)
+}
+
+/// Findings waiting to be written, with the accounts the non-deprovision fixes need.
+struct Batch<'a> {
+    run: &'a reconcile_run::Model,
+    app: &'a app::Model,
+    fix: bool,
+    pending: Vec<(Finding, Option<Value>)>,
+    counts: Counts,
+    /// Jobs enqueued so far.
+    jobs: u64,
+    /// Findings whose action deactivates or deletes (applied after the guard).
+    deprovisions: u64,
+}
+
+impl<'a> Batch<'a> {
+    fn new(run: &'a reconcile_run::Model, app: &'a app::Model, fix: bool) -> Self {
+        Self {
+            run,
+            app,
+            fix,
+            pending: Vec::with_capacity(ITEM_BATCH),
+            counts: Counts::default(),
+            jobs: 0,
+            deprovisions: 0,
+        }
+    }
+
+    fn push(&mut self, finding: Finding, account: Option<Value>) {
+        self.counts.add(&finding);
+        if finding.action.is_deprovision() {
+            self.deprovisions += 1;
+        }
+        // Only the fixes that rewrite the link's snapshot need the account itself.
+        let keep = self.fix
+            && matches!(
+                finding.action.kind(),
+                ActionKind::Patch | ActionKind::Link | ActionKind::LinkAndPatch
+            );
+        self.pending
+            .push((finding, if keep { account } else { None }));
+    }
+
+    fn is_full(&self) -> bool {
+        self.pending.len() >= ITEM_BATCH
+    }
+
+    /// Writes the items and, in fix mode, prepares the links and enqueues the jobs of the
+    /// non-deprovision fixes, in one transaction.
+    async fn flush(&mut self, db: &Db) -> Result<(), RunError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let tx = db.write_tx().await?;
+        let rows = pending
+            .iter()
+            .map(|(finding, _)| item_row(&self.run.id, finding));
+        reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
+        if self.fix {
+            let mut jobs = Vec::new();
+            for (finding, account) in &pending {
+                if let Some(job) = prepare_fix(&*tx, self.app, finding, account.as_ref()).await? {
+                    metrics()
+                        .drift_corrected_total
+                        .with_label_values(&[self.app.name.as_str(), finding.class.as_str()])
+                        .inc();
+                    jobs.push(job);
+                }
+            }
+            queue::enqueue(&*tx, &jobs).await?;
+            self.jobs += jobs.len() as u64;
+        }
+        tx.commit().await?;
+        self.pending = Vec::with_capacity(ITEM_BATCH);
+        Ok(())
+    }
+}
+
+fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
+    reconcile_item::ActiveModel {
+        run_id: Set(run_id.to_owned()),
+        class: Set(finding.class.as_str().to_owned()),
+        target_id: Set(finding.target_id.clone()),
+        user_name: Set(finding.user_name.clone()),
+        identity_id: Set(finding.identity_id.clone()),
+        differences: Set(serde_json::to_value(&finding.differences).unwrap_or(Value::Null)),
+        action: Set(finding.action.label().to_owned()),
+        held: Set(false),
+        ..Default::default()
+    }
+}
+
+fn user_job(app_id: &str, identity_id: &str) -> JobRequest {
+    JobRequest {
+        app_id: app_id.to_owned(),
+        kind: ResourceKind::User,
+        resource_id: identity_id.to_owned(),
+        lane: Lane::Reconcile,
+        run_at_ms: queue::now_ms(),
+        hr_event_id: None,
+    }
+}
+
+/// Makes the link tell the job what the target really holds, and returns the job (if the
+/// finding needs one). Deprovisions are not handled here (see [`apply_deprovisions`]).
+async fn prepare_fix(
+    tx: &impl ConnectionTrait,
+    app: &app::Model,
+    finding: &Finding,
+    account: Option<&Value>,
+) -> Result<Option<JobRequest>, DbErr> {
+    let Some(identity_id) = finding.identity_id.as_deref() else {
+        return Ok(None);
+    };
+    match finding.action.kind() {
+        // Linked but changed by hand: the job diffs against the snapshot, so the snapshot
+        // becomes the account as it is, and the diff yields the PATCH back.
+        ActionKind::Patch | ActionKind::LinkAndPatch => {
+            save_link(tx, app, identity_id, finding.target_id.as_deref(), account).await?;
+            Ok(Some(user_job(&app.id, identity_id)))
+        }
+        // Equal already: recording the link is the whole fix, no call needed.
+        ActionKind::Link => {
+            save_link(tx, app, identity_id, finding.target_id.as_deref(), account).await?;
+            Ok(None)
+        }
+        // Gone from the target: a link without a target id makes the job match, then create.
+        ActionKind::Create => {
+            if let Some(row) = find_link(tx, &app.id, identity_id).await? {
+                let mut active: link::ActiveModel = row.into();
+                active.target_id = Set(None);
+                active.snapshot = Set(None);
+                active.snapshot_hash = Set(None);
+                active.state = Set("deleted".to_owned());
+                active.delete_after = Set(None);
+                active.updated_at = Set(chrono::Utc::now());
+                active.update(tx).await?;
+            }
+            Ok(Some(user_job(&app.id, identity_id)))
+        }
+        ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),
+    }
+}
+
+async fn find_link(
+    tx: &impl ConnectionTrait,
+    app_id: &str,
+    identity_id: &str,
+) -> Result<Option<link::Model>, DbErr> {
+    link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .filter(link::Column::ResourceId.eq(identity_id))
+        .one(tx)
+        .await
+}
+
+/// Records `linked` to `target_id`; `snapshot` replaces the last-applied one when given.
+async fn save_link(
+    tx: &impl ConnectionTrait,
+    app: &app::Model,
+    identity_id: &str,
+    target_id: Option<&str>,
+    snapshot: Option<&Value>,
+) -> Result<(), DbErr> {
+    let now = chrono::Utc::now();
+    let hash = snapshot.map(crate::mapping::snapshot_hash);
+    match find_link(tx, &app.id, identity_id).await? {
+        Some(row) => {
+            let mut active: link::ActiveModel = row.into();
+            active.target_id = Set(target_id.map(str::to_owned));
+            if let Some(snapshot) = snapshot {
+                active.snapshot = Set(Some(snapshot.clone()));
+                active.snapshot_hash = Set(hash);
+            }
+            active.state = Set("linked".to_owned());
+            active.last_error = Set(None);
+            active.updated_at = Set(now);
+            active.update(tx).await?;
+        }
+        None => {
+            link::ActiveModel {
+                app_id: Set(app.id.clone()),
+                resource_kind: Set(ResourceKind::User.as_str().to_owned()),
+                resource_id: Set(identity_id.to_owned()),
+                target_id: Set(target_id.map(str::to_owned)),
+                snapshot: Set(snapshot.cloned()),
+                snapshot_hash: Set(hash),
+                state: Set("linked".to_owned()),
+                last_error: Set(None),
+                delete_after: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+                ..Default::default()
+            }
+            .insert(tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks the run's deprovisions as held by the deletion guard.
+async fn hold_deprovisions(db: &Db, run_id: &str) -> Result<(), DbErr> {
+    let tx = db.write_tx().await?;
+    reconcile_item::Entity::update_many()
+        .col_expr(reconcile_item::Column::Held, Expr::value(true))
+        .filter(reconcile_item::Column::RunId.eq(run_id))
+        .filter(
+            reconcile_item::Column::Action
+                .is_in([ActionKind::Deactivate.as_str(), ActionKind::Delete.as_str()]),
+        )
+        .exec(&*tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Prepares and enqueues the run's deprovisions, reading its items back a page at a time.
+/// An orphan's link is set `linked` to the account (a leaver's link says `deactivated`, and
+/// the job would otherwise see nothing to do); an unmatched account has no identity and gets
+/// an `account` job. Returns the jobs enqueued.
+async fn apply_deprovisions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64, DbErr> {
+    let mut after = 0i64;
+    let mut enqueued = 0u64;
+    loop {
+        let items = reconcile_item::Entity::find()
+            .filter(reconcile_item::Column::RunId.eq(run_id))
+            .filter(
+                reconcile_item::Column::Action
+                    .is_in([ActionKind::Deactivate.as_str(), ActionKind::Delete.as_str()]),
+            )
+            .filter(reconcile_item::Column::Id.gt(after))
+            .order_by_asc(reconcile_item::Column::Id)
+            .limit(ITEM_BATCH as u64)
+            .all(db.conn())
+            .await?;
+        let Some(last) = items.last() else {
+            break;
+        };
+        after = last.id;
+        let tx = db.write_tx().await?;
+        let mut jobs = Vec::with_capacity(items.len());
+        for item in &items {
+            let Some(target_id) = item.target_id.as_deref() else {
+                continue;
+            };
+            let job = match item.identity_id.as_deref() {
+                Some(identity_id) => {
+                    save_link(&*tx, app, identity_id, Some(target_id), None).await?;
+                    user_job(&app.id, identity_id)
+                }
+                None => JobRequest {
+                    kind: ResourceKind::Account,
+                    resource_id: target_id.to_owned(),
+                    ..user_job(&app.id, "")
+                },
+            };
+            metrics()
+                .drift_corrected_total
+                .with_label_values(&[app.name.as_str(), item.class.as_str()])
+                .inc();
+            jobs.push(job);
+        }
+        queue::enqueue(&*tx, &jobs).await?;
+        tx.commit().await?;
+        enqueued += jobs.len() as u64;
+    }
+    Ok(enqueued)
+}
+
+async fn finish(
+    db: &Db,
+    run_id: &str,
+    outcome: &RunOutcome,
+    error: Option<&str>,
+) -> Result<(), DbErr> {
+    let tx = db.write_tx().await?;
+    let mut update = reconcile_run::Entity::update_many()
+        .col_expr(
+            reconcile_run::Column::State,
+            Expr::value(outcome.state.as_str()),
+        )
+        .col_expr(
+            reconcile_run::Column::Writes,
+            Expr::value(to_i64(outcome.writes)),
+        )
+        .col_expr(
+            reconcile_run::Column::Error,
+            Expr::value(error.map(str::to_owned)),
+        )
+        .col_expr(
+            reconcile_run::Column::FinishedAt,
+            Expr::value(chrono::Utc::now()),
+        )
+        .filter(reconcile_run::Column::Id.eq(run_id));
+    if outcome.state != RunState::Failed {
+        update = update.col_expr(
+            reconcile_run::Column::Counts,
+            Expr::value(counts_json(&outcome.counts)),
+        );
+    }
+    update.exec(&*tx).await?;
+    tx.commit().await
+}
+
+#[must_use]
+pub fn counts_json(counts: &Counts) -> Value {
+    serde_json::to_value(counts).unwrap_or(Value::Null)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

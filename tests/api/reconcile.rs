@@ -1,0 +1,707 @@
+//! Reconciliation end to end (DESIGN §6): accounts changed by hand in the target are found in
+//! their class, a dry run changes nothing, a fix run corrects drift, missing and orphan
+//! accounts through the queue and leaves unmatched and unmanaged ones alone, and a second run
+//! finds nothing to do. Against the in-process dev-target and against the third-party peer.
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, app_body, dev_target, event, joiner, peer, spawn_app};
+
+const TOKEN: &str = "target-token";
+const AT: &str = "2026-11-01T09:00:00Z";
+const LATER: &str = "2026-11-02T09:00:00Z";
+
+/// The peer speaks HTTP/1.0 with a tiny backlog: one peer test at a time.
+static PEER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Polls `probe` until it returns `Some`, failing after 20 s.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the queue holds no pending or running job.
+async fn settled(app: &TestApp) {
+    eventually("the queue to drain", || async {
+        let busy = app
+            .rows("SELECT id FROM job WHERE state IN ('pending', 'running')")
+            .await;
+        busy.is_empty().then_some(())
+    })
+    .await;
+}
+
+async fn deactivated_links(app: &TestApp) -> usize {
+    app.rows("SELECT id FROM link WHERE state = 'deactivated'")
+        .await
+        .len()
+}
+
+/// Starts a run and waits for it to leave `running`; returns its report.
+async fn reconcile(app: &TestApp, app_id: &str, body: Value) -> Value {
+    let started = app
+        .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
+        .await
+        .expect(202);
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    eventually("the run to finish", || async {
+        let report = app
+            .get(&format!("/api/v1/reconcile-runs/{id}"))
+            .await
+            .expect(200);
+        (report["state"] != "running").then_some(report)
+    })
+    .await
+}
+
+fn counts(report: &Value) -> [u64; 7] {
+    let c = &report["counts"];
+    [
+        "in_sync",
+        "drifted",
+        "missing",
+        "orphan",
+        "unmatched",
+        "unmanaged",
+        "adoptable",
+    ]
+    .map(|class| c[class].as_u64().unwrap_or(u64::MAX))
+}
+
+/// The item about the account or person named `user_name`.
+fn item<'a>(report: &'a Value, user_name: &str) -> &'a Value {
+    report["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| {
+            i["user_name"]
+                .as_str()
+                .is_some_and(|u| u.eq_ignore_ascii_case(user_name))
+        })
+        .unwrap_or(&Value::Null)
+}
+
+/// The target, edited "by hand" over plain SCIM (as an admin of the app would).
+struct Target {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Target {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Every user whose `userName` contains `marker`.
+    async fn users(&self, marker: &str) -> Vec<Value> {
+        let filter = format!("userName co \"{marker}\"");
+        let page: Value = self
+            .http
+            .get(self.url("/Users"))
+            .query(&[("filter", filter.as_str()), ("count", "500")])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("list users")
+            .json()
+            .await
+            .expect("list body");
+        let mut users = page["Resources"].as_array().cloned().unwrap_or_default();
+        users.sort_by_key(|u| u["userName"].as_str().unwrap_or_default().to_lowercase());
+        users
+    }
+
+    async fn user(&self, marker: &str, user_name: &str) -> Option<Value> {
+        self.users(marker).await.into_iter().find(|u| {
+            u["userName"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(user_name))
+        })
+    }
+
+    async fn patch(&self, id: &str, path: &str, value: Value) {
+        let status = self
+            .http
+            .patch(self.url(&format!("/Users/{id}")))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": path, "value": value}],
+            }))
+            .send()
+            .await
+            .expect("patch")
+            .status();
+        assert!(status.is_success(), "hand PATCH: {status}");
+    }
+
+    async fn delete(&self, id: &str) {
+        let status = self
+            .http
+            .delete(self.url(&format!("/Users/{id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("delete")
+            .status();
+        assert!(status.is_success(), "hand DELETE: {status}");
+    }
+
+    async fn create(&self, user_name: &str) {
+        let status = self
+            .http
+            .post(self.url("/Users"))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": user_name,
+                "active": true,
+                "emails": [{"value": user_name, "type": "work", "primary": true}],
+            }))
+            .send()
+            .await
+            .expect("create")
+            .status();
+        assert!(status.is_success(), "hand POST: {status}");
+    }
+}
+
+fn id_of(user: &Value) -> String {
+    user["id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The DESIGN scenario: four joiners and a leaver delivered, then by hand in the target: a
+/// changed name (drift), a deleted account (missing), the leaver re-activated (orphan), a ghost
+/// in the managed domain (unmatched) and a guest from another company (unmanaged).
+async fn drift_scenario(app: &TestApp, target: &Target, marker: &str, domain: &str) {
+    let managed = format!("{marker}.{domain}");
+    let app_id = app
+        .create_app(&app_body(
+            &format!("crm-{marker}"),
+            json!({
+                "base_url": target.base,
+                "auth": {"type": "bearer", "token": target.token},
+                "scope": {"email_domains": [managed]},
+                "max_concurrency": 1,
+                "reconcile": {"interval_minutes": 0, "mode": "report"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let name = |who: &str| format!("{who}@{managed}");
+    for (n, who) in ["ada", "bob", "cy", "dee", "lee"].iter().enumerate() {
+        let employee = format!("{marker}-E{n}");
+        app.post_event(&joiner(
+            &format!("{marker}-j{n}"),
+            &employee,
+            AT,
+            json!({"user_name": name(who), "email": name(who), "given_name": who, "family_name": "Test"}),
+        ))
+        .await;
+    }
+    // A leaver before their joiner was delivered never gets an account: wait first.
+    eventually("the joiners to be delivered", || async {
+        settled(app).await;
+        (target.users(marker).await.len() == 5).then_some(())
+    })
+    .await;
+    app.post_event(&event(
+        &format!("{marker}-l4"),
+        "leaver",
+        &format!("{marker}-E4"),
+        LATER,
+        json!({}),
+    ))
+    .await;
+    eventually("the joiners and the leaver to be delivered", || async {
+        settled(app).await;
+        let users = target.users(marker).await;
+        let leaver_inactive = users.iter().any(|u| {
+            u["userName"].as_str() == Some(name("lee").as_str()) && u["active"] == json!(false)
+        });
+        (users.len() == 5 && leaver_inactive && deactivated_links(app).await == 1).then_some(())
+    })
+    .await;
+
+    // By hand in the target.
+    let ada = target
+        .user(marker, &name("ada"))
+        .await
+        .expect("ada's account");
+    target
+        .patch(&id_of(&ada), "name.givenName", json!("Adaa"))
+        .await;
+    let bob = target
+        .user(marker, &name("bob"))
+        .await
+        .expect("bob's account");
+    target.delete(&id_of(&bob)).await;
+    let lee = target
+        .user(marker, &name("lee"))
+        .await
+        .expect("lee's account");
+    target.patch(&id_of(&lee), "active", json!(true)).await;
+    target.create(&name("ghost")).await;
+    let guest = format!("guest@partner-{marker}.org");
+    target.create(&guest).await;
+
+    // A dry run reports every class and writes nothing.
+    let before = target.users(marker).await;
+    let dry = reconcile(app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+    assert_eq!(dry["state"], "completed", "{dry}");
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["writes"], 0);
+    assert_eq!(item(&dry, &name("ada"))["class"], "drifted", "{dry}");
+    assert_eq!(item(&dry, &name("ada"))["action"], "patch");
+    assert_eq!(
+        item(&dry, &name("ada"))["differences"],
+        json!([{"path": "name.givenName", "roster": "ada", "target": "Adaa"}])
+    );
+    assert_eq!(item(&dry, &name("bob"))["class"], "missing");
+    assert_eq!(item(&dry, &name("bob"))["action"], "create");
+    assert_eq!(item(&dry, &name("lee"))["class"], "orphan");
+    assert_eq!(item(&dry, &name("lee"))["action"], "deactivate");
+    assert_eq!(item(&dry, &name("ghost"))["class"], "unmatched");
+    assert_eq!(item(&dry, &name("ghost"))["action"], "none");
+    assert_eq!(item(&dry, &guest)["class"], "unmanaged");
+    assert_eq!(item(&dry, &guest)["action"], "none");
+    assert_eq!(item(&dry, &name("cy"))["class"], "in_sync");
+    let [in_sync, drifted, missing, orphan, unmatched, _, adoptable] = counts(&dry);
+    assert_eq!(
+        (in_sync, drifted, missing, orphan, unmatched, adoptable),
+        (2, 1, 1, 1, 1, 0),
+        "{dry}"
+    );
+    settled(app).await;
+    assert_eq!(
+        target.users(marker).await,
+        before,
+        "a dry run changes nothing"
+    );
+
+    // A fix run corrects drift, missing and orphan through the queue; the ghost and the guest
+    // stay as they are.
+    let fixed = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["state"], "completed", "{fixed}");
+    assert_eq!(fixed["writes"], 3, "{fixed}");
+    settled(app).await;
+    let after = target.users(marker).await;
+    let find = |user_name: &str| {
+        after
+            .iter()
+            .find(|u| {
+                u["userName"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(user_name))
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(find(&name("ada"))["name"]["givenName"], "ada");
+    assert_eq!(
+        find(&name("bob"))["name"]["givenName"],
+        "bob",
+        "bob is created again"
+    );
+    assert_eq!(
+        find(&name("lee"))["active"],
+        false,
+        "the orphan is deactivated"
+    );
+    let ghost = find(&name("ghost"));
+    assert_ne!(
+        ghost["active"], false,
+        "unmatched is listed, not touched: {ghost}"
+    );
+    assert_eq!(find(&guest)["active"], true, "unmanaged is never touched");
+    let jobs = app
+        .rows("SELECT lane, state FROM job WHERE lane = 'reconcile'")
+        .await;
+    assert!(
+        jobs.len() >= 3 && jobs.iter().all(|j| j["state"] == "done"),
+        "{jobs:?}"
+    );
+
+    // A second run right after finds no drift and makes no writes.
+    let again = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(again["state"], "completed", "{again}");
+    assert_eq!(again["writes"], 0, "{again}");
+    let [in_sync, drifted, missing, orphan, unmatched, _, adoptable] = counts(&again);
+    assert_eq!(
+        (in_sync, drifted, missing, orphan, unmatched, adoptable),
+        (5, 0, 0, 0, 1, 0),
+        "{again}"
+    );
+    assert_eq!(item(&again, &guest)["class"], "unmanaged");
+    settled(app).await;
+    assert_eq!(
+        target.users(marker).await,
+        after,
+        "the second run wrote nothing"
+    );
+
+    let listed = app
+        .get(&format!("/api/v1/reconcile-runs?app={app_id}"))
+        .await
+        .expect(200);
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            again["id"].as_str(),
+            fixed["id"].as_str(),
+            dry["id"].as_str()
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>(),
+        "newest first"
+    );
+}
+
+#[tokio::test]
+async fn reconcile_finds_and_fixes_drift_in_the_dev_target() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    drift_scenario(&app, &hand, "dt", "example.com").await;
+}
+
+#[tokio::test]
+async fn reconcile_finds_and_fixes_drift_in_the_peer() {
+    let Some((base, token)) = peer() else {
+        return;
+    };
+    let _one = PEER.lock().await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: base.trim_end_matches('/').to_owned(),
+        token,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("http client"),
+    };
+    let marker = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    drift_scenario(&app, &hand, &marker, "example.com").await;
+}
+
+#[tokio::test]
+async fn mass_deprovisioning_waits_for_approval() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+                "deletion_guard": {"max_fraction": 1.0, "max_count": 5},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..12 {
+        let who = format!("p{n}@example.com");
+        app.post_event(&joiner(
+            &format!("j{n}"),
+            &format!("P{n}"),
+            AT,
+            json!({"user_name": who}),
+        ))
+        .await;
+    }
+    eventually("twelve accounts", || async {
+        settled(&app).await;
+        (hand.users("example.com").await.len() == 12).then_some(())
+    })
+    .await;
+    for n in 0..12 {
+        app.post_event(&event(
+            &format!("l{n}"),
+            "leaver",
+            &format!("P{n}"),
+            LATER,
+            json!({}),
+        ))
+        .await;
+    }
+    eventually("twelve deactivated accounts", || async {
+        settled(&app).await;
+        let users = hand.users("example.com").await;
+        // The link is written after the PATCH: wait for it too, or a retried job could
+        // deactivate again after the hand edit below.
+        let deactivated = deactivated_links(&app).await;
+        (users.len() == 12
+            && users.iter().all(|u| u["active"] == json!(false))
+            && deactivated == 12)
+            .then_some(())
+    })
+    .await;
+    // Someone re-activates every leaver's account by hand (or a wrong scope makes them all
+    // orphans): too many deprovisions at once.
+    for user in hand.users("example.com").await {
+        hand.patch(&id_of(&user), "active", json!(true)).await;
+    }
+
+    let run = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(run["state"], "awaiting_approval", "{run}");
+    assert_eq!(counts(&run)[3], 12, "twelve orphans: {run}");
+    assert_eq!(run["writes"], 0);
+    let items = run["items"].as_array().cloned().unwrap_or_default();
+    assert!(items.iter().all(|i| i["held"] == true), "{run}");
+    settled(&app).await;
+    assert!(
+        hand.users("example.com")
+            .await
+            .iter()
+            .all(|u| u["active"] == json!(true)),
+        "nothing is deprovisioned before approval"
+    );
+
+    let id = run["id"].as_str().unwrap_or_default();
+    let reader = app.key(&["apps:write"]).await;
+    app.request(
+        "POST",
+        &format!("/api/v1/reconcile-runs/{id}/approve"),
+        Some(&reader),
+        Some(&json!({})),
+    )
+    .await
+    .problem(403);
+    let approved = app
+        .post(&format!("/api/v1/reconcile-runs/{id}/approve"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(approved["jobs_enqueued"], 12);
+    app.post(&format!("/api/v1/reconcile-runs/{id}/approve"), &json!({}))
+        .await
+        .problem(409);
+    settled(&app).await;
+    assert!(
+        hand.users("example.com")
+            .await
+            .iter()
+            .all(|u| u["active"] == json!(false)),
+        "approved deprovisions are applied"
+    );
+    let report = app
+        .get(&format!("/api/v1/reconcile-runs/{id}"))
+        .await
+        .expect(200);
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["writes"], 12);
+    let twice = app.rows("SELECT id FROM job WHERE attempts > 1").await;
+    assert!(twice.is_empty(), "every job delivered once: {twice:?}");
+    let audit = app
+        .rows("SELECT action FROM audit WHERE action LIKE 'reconcile.%'")
+        .await;
+    assert!(
+        audit.iter().any(|a| a["action"] == "reconcile.approve"),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_run_is_refused_while_one_is_running() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // A run row left `running` (as by a run in progress) blocks the next one.
+    app.rows(&format!(
+        "INSERT INTO reconcile_run (id, app_id, state, dry_run, mode, counts, writes, started_at) \
+         VALUES ('00000000-0000-0000-0000-00000000000a', '{app_id}', 'running', false, 'report', '{{}}', 0, '{}')",
+        chrono::Utc::now().to_rfc3339()
+    ))
+    .await;
+    app.post(&format!("/api/v1/apps/{app_id}/reconcile"), &json!({}))
+        .await
+        .problem(409);
+    app.post(
+        "/api/v1/apps/00000000-0000-0000-0000-000000000000/reconcile",
+        &json!({}),
+    )
+    .await
+    .problem(404);
+    app.post(
+        &format!("/api/v1/apps/{app_id}/reconcile"),
+        &json!({"mode": "sideways"}),
+    )
+    .await
+    .problem(400);
+}
+
+#[tokio::test]
+async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    hand.create("ghost@example.com").await;
+    hand.create("guest@partner.org").await;
+
+    let fixed = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(
+        item(&fixed, "ghost@example.com")["action"],
+        "deactivate",
+        "{fixed}"
+    );
+    assert_eq!(
+        item(&fixed, "guest@partner.org")["action"],
+        "none",
+        "{fixed}"
+    );
+    assert_eq!(fixed["writes"], 1, "{fixed}");
+    settled(&app).await;
+    let ghost = hand.user("example.com", "ghost@example.com").await;
+    assert_eq!(ghost.map(|g| g["active"].clone()), Some(json!(false)));
+    let guest = hand.user("partner.org", "guest@partner.org").await;
+    assert_eq!(guest.map(|g| g["active"].clone()), Some(json!(true)));
+    let accounts = app
+        .rows("SELECT state FROM job WHERE resource_kind = 'account'")
+        .await;
+    assert_eq!(accounts, vec![json!({"state": "done"})]);
+
+    let again = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(item(&again, "ghost@example.com")["class"], "unmatched");
+    assert_eq!(item(&again, "ghost@example.com")["action"], "none");
+    assert_eq!(again["writes"], 0, "{again}");
+}
+
+#[tokio::test]
+async fn the_scheduler_runs_apps_whose_interval_has_passed() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let due = app
+        .create_app(&app_body(
+            "due",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 5},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.create_app(&app_body(
+        "off",
+        json!({
+            "base_url": target.base_url(),
+            "auth": {"type": "bearer", "token": TOKEN},
+            "reconcile": {"interval_minutes": 0},
+        }),
+    ))
+    .await;
+    // Both registered long ago; the scheduler looks at startup, then every minute.
+    app.rows("UPDATE app SET created_at = '2020-01-01T00:00:00+00:00'")
+        .await;
+    let app = app.restart().await;
+    let runs = eventually("a scheduled run", || async {
+        let runs = app.get("/api/v1/reconcile-runs").await.expect(200);
+        let items = runs["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .all(|r| r["state"] != "running")
+            .then_some(items)
+            .filter(|items| !items.is_empty())
+    })
+    .await;
+    assert_eq!(runs.len(), 1, "only the app with an interval: {runs:?}");
+    assert_eq!(runs[0]["app_id"], json!(due));
+    assert_eq!(runs[0]["state"], "completed");
+    assert_eq!(runs[0]["mode"], "report");
+}
+
+#[tokio::test]
+async fn two_starts_at_once_make_one_run() {
+    // A slow target keeps the first run `running` while the second start arrives.
+    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some(TOKEN.to_owned()),
+        latency_ms: 500,
+        ..Default::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let app_id = app
+        .create_app(&app_body(
+            "slow",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let path = format!("/api/v1/apps/{app_id}/reconcile");
+    let body = json!({});
+    let (a, b) = tokio::join!(app.post(&path, &body), app.post(&path, &body));
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
+}
