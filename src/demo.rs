@@ -329,14 +329,13 @@ async fn play(dir: &std::path::Path, started: Instant) -> Result<(), DemoError> 
             diffs.join("; ")
         );
     }
-    let took = until("ada's title restored", Duration::from_secs(20), || {
+    until("ada's title restored", Duration::from_secs(20), || {
         find(&target.users_snapshot(), "ada@example.com")
             .is_some_and(|u| u["title"] == "Chief Engineer")
     })
     .await?;
     println!(
-        "   ada's title is \"Chief Engineer\" again ({}); the ghost is listed for review (deprovision_unmatched is off); the partner account is never touched.",
-        ms(took)
+        "   ada's title is \"Chief Engineer\" again (fixed through the delivery queue); the ghost is\n   listed for review (deprovision_unmatched is off); the partner account is never touched."
     );
 
     let again = reconcile(&api, &app_id, &target, false).await?;

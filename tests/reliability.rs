@@ -591,3 +591,30 @@ async fn the_credential_key_rotates_without_losing_an_app() {
     )
     .await;
 }
+
+/// `roster demo` plays the whole story and exits 0 (DESIGN §2).
+#[test]
+fn the_demo_runs_end_to_end() {
+    let out = Command::new(env!("CARGO_BIN_EXE_roster"))
+        .arg("demo")
+        .output()
+        .expect("roster demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "3 accounts created",
+        "the contractor was not provisioned",
+        "account deactivated in the app",
+        "drifted 1",
+        "unmatched 1, unmanaged 1",
+        "\"Chief Engineer\" again",
+        "Reconcile again: drifted 0, orphan 0, missing 0; 0 write(s)",
+        "dead jobs 0",
+    ] {
+        assert!(text.contains(line), "`{line}` missing from:\n{text}");
+    }
+}
