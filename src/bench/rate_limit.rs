@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::harness::{self, Harness};
+use super::harness::{self, Harness, WORKERS};
 use super::{BenchError, Figures, Scenario, round};
 use crate::dev_target::DevTargetArgs;
 
@@ -13,8 +13,8 @@ pub const LIMIT: u32 = 100;
 /// keeps most of them in reserve to absorb the jitter between the two clocks, where a burst of
 /// `LIMIT` drains the target's bucket at once and every late token is a 429.
 pub const BURST: u32 = 10;
-/// Concurrent calls: enough to keep 100 calls/s flowing with loopback latency.
-const CONCURRENCY: usize = 8;
+/// Concurrent calls: as many as the engine has workers, so that only the rate limits bind.
+const CONCURRENCY: usize = WORKERS;
 
 pub async fn run(n: usize) -> Result<Figures, BenchError> {
     let harness = Harness::start(DevTargetArgs {
