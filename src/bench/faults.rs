@@ -27,7 +27,7 @@ pub async fn run(n: usize) -> Result<Figures, BenchError> {
 }
 
 async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
-    harness.create_app(LIMIT, BURST, CONCURRENCY).await?;
+    let app = harness.create_app(LIMIT, BURST, CONCURRENCY).await?;
     let before = total_calls(&harness.target.stats());
     let events: Vec<_> = (0..n).map(|i| harness::joiner("F", i)).collect();
     let first = harness
@@ -45,8 +45,7 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         if last_queue_check.elapsed() > Duration::from_secs(2) {
             last_queue_check = Instant::now();
             // Every job dead or done, yet users missing: nothing more will arrive.
-            if harness.job_count("pending").await? == 0 && harness.job_count("running").await? == 0
-            {
+            if harness.queue_is_empty(&app).await? {
                 break Instant::now();
             }
         }
@@ -65,6 +64,8 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
     Ok(Figures::new(Scenario::DeliveryFaults)
         .with("n", n)
         .with("delivered", delivered)
+        // Jobs that ended neither delivered nor dead: lost (should be 0).
+        .with("undelivered", n.saturating_sub(delivered))
         .with("limit", LIMIT)
         .with("fail_rate", FAIL_RATE)
         .with("seconds", round(elapsed.as_secs_f64(), 2))
@@ -73,5 +74,5 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with("calls", total_calls(&stats).saturating_sub(before))
         .with("throttled", stats["throttled"].as_u64().unwrap_or(0))
         .with("failed_5xx", stats["failed"].as_u64().unwrap_or(0))
-        .with("dead_jobs", harness.job_count("dead").await?))
+        .with("dead_jobs", harness.app_status(&app).await?["dead"].clone()))
 }

@@ -30,8 +30,13 @@ impl ScratchDir {
 }
 
 impl Drop for ScratchDir {
+    /// `ROSTER_BENCH_KEEP_DB=1` keeps the database for inspection (path on stderr).
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if std::env::var_os("ROSTER_BENCH_KEEP_DB").is_some() {
+            eprintln!("roster bench: kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -210,10 +215,21 @@ impl Harness {
         }
     }
 
-    /// Jobs in `state`, up to 1000 (the API's page).
-    pub async fn job_count(&self, state: &str) -> Result<usize, BenchError> {
-        let page = self.get(&format!("/jobs?state={state}&limit=1000")).await?;
-        Ok(page["items"].as_array().map_or(0, Vec::len))
+    /// `GET /apps/{id}/status`: queue depth per lane, running and dead jobs. (`GET /jobs`
+    /// cannot serve here: it fails on rows whose `updated_at` the lease release wrote as an
+    /// integer, see the bench report.)
+    pub async fn app_status(&self, app: &str) -> Result<Value, BenchError> {
+        self.get(&format!("/apps/{app}/status")).await
+    }
+
+    /// No job of `app` is pending or running.
+    pub async fn queue_is_empty(&self, app: &str) -> Result<bool, BenchError> {
+        let status = self.app_status(app).await?;
+        let queued: i64 = ["deprovision", "normal", "reconcile"]
+            .iter()
+            .map(|lane| status["queue"][lane].as_i64().unwrap_or(0))
+            .sum();
+        Ok(queued == 0 && status["running"].as_i64().unwrap_or(0) == 0)
     }
 }
 
