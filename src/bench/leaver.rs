@@ -50,19 +50,24 @@ async fn measure(harness: &Arc<Harness>, samples: usize) -> Result<Figures, Benc
         .collect();
     let poller = harness::client()?;
 
-    let mut idle = Vec::with_capacity(samples);
+    let (mut idle, mut idle_posts) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     for i in 0..samples {
-        idle.push(sample(harness, &poller, &ids, i).await?);
+        let (total, post) = sample(harness, &poller, &ids, i).await?;
+        idle.push(total);
+        idle_posts.push(post);
     }
 
     let stream = Stream::start(harness.clone(), 2 * samples);
     // Let the stream reach its rate and the queue its steady state first.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut loaded = Vec::with_capacity(samples);
+    let (mut loaded, mut loaded_posts) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
     let mut failure = None;
     for i in samples..2 * samples {
         match sample(harness, &poller, &ids, i).await {
-            Ok(d) => loaded.push(d),
+            Ok((total, post)) => {
+                loaded.push(total);
+                loaded_posts.push(post);
+            }
             Err(e) => {
                 failure = Some(e);
                 break;
@@ -75,26 +80,32 @@ async fn measure(harness: &Arc<Harness>, samples: usize) -> Result<Figures, Benc
     }
     let stream_result = streamed?;
 
-    idle.sort();
-    loaded.sort();
+    for v in [&mut idle, &mut idle_posts, &mut loaded, &mut loaded_posts] {
+        v.sort();
+    }
     Ok(Figures::new(Scenario::LeaverLatency)
         .with("idle_p50_ms", percentile_ms(&idle, 0.5))
         .with("idle_p99_ms", percentile_ms(&idle, 0.99))
         .with("loaded_p50_ms", percentile_ms(&loaded, 0.5))
         .with("loaded_p99_ms", percentile_ms(&loaded, 0.99))
         .with("samples", samples)
+        // The leaver's own POST (ingest, 202) within the figures above.
+        .with("idle_post_p50_ms", percentile_ms(&idle_posts, 0.5))
+        .with("loaded_post_p50_ms", percentile_ms(&loaded_posts, 0.5))
+        .with("loaded_post_p99_ms", percentile_ms(&loaded_posts, 0.99))
         .with("stream_target_per_s", STREAM_PER_S)
         .with("stream_accepted_per_s", stream_result.per_s)
         .with("stream_behind", stream_result.behind))
 }
 
-/// Posts the leaver of user `L{i}` and returns how long until the target shows it inactive.
+/// Posts the leaver of user `L{i}` and returns how long until the target shows it inactive,
+/// and how long the POST itself took.
 async fn sample(
     harness: &Harness,
     poller: &reqwest::Client,
     ids: &HashMap<String, String>,
     i: usize,
-) -> Result<Duration, BenchError> {
+) -> Result<(Duration, Duration), BenchError> {
     let user_name = format!("l{i}");
     let id = ids.get(&user_name).ok_or_else(|| BenchError::Unexpected {
         what: "leaver-latency".into(),
@@ -105,6 +116,7 @@ async fn sample(
     harness
         .post_event(&harness::leaver(&format!("L{i}")))
         .await?;
+    let post = start.elapsed();
     loop {
         let user: Value = poller
             .get(&url)
@@ -122,7 +134,7 @@ async fn sample(
                 source,
             })?;
         if user["active"] == Value::Bool(false) {
-            return Ok(start.elapsed());
+            return Ok((start.elapsed(), post));
         }
         if start.elapsed() > SAMPLE_DEADLINE {
             return Err(BenchError::Timeout {
