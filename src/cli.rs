@@ -32,6 +32,16 @@ enum Command {
     Openapi,
     /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
     DevTarget(crate::dev_target::DevTargetArgs),
+    /// Run a performance scenario of DESIGN §8 in-process and print its figures as JSON.
+    Bench {
+        scenario: crate::bench::Scenario,
+        /// Print only the JSON line (no summary on stderr).
+        #[arg(long)]
+        json: bool,
+        /// Scale the scenario's main count (identities, events or samples), e.g. for CI.
+        #[arg(long)]
+        size: Option<usize>,
+    },
     /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
     /// a leaver, drift and a ghost account, reconciled.
     Demo,
@@ -84,15 +94,41 @@ pub fn main() -> ExitCode {
             Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
             Command::Demo => crate::demo::run().await.context("demo"),
             Command::Reconcile(args) => reconcile(args).await,
+            Command::Bench {
+                scenario,
+                json,
+                size,
+            } => bench(scenario, json, size).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.downcast_ref::<crate::bench::BenchError>()
+                .is_some_and(crate::bench::BenchError::is_not_available) =>
+        {
+            eprintln!("roster: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("roster: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn bench(
+    scenario: crate::bench::Scenario,
+    json: bool,
+    size: Option<usize>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let figures = crate::bench::run(scenario, crate::bench::Options { size }).await?;
+    writeln!(std::io::stdout(), "{}", figures.to_line()).context("writing the figures")?;
+    if !json {
+        eprintln!("{}", figures.summary());
+    }
+    Ok(())
 }
 
 async fn migrate() -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 mod apps;
 mod audit;
 mod bad_input;
+mod bench;
 mod dashboards;
 mod delivery;
 mod events;

@@ -1,0 +1,251 @@
+//! `roster bench SCENARIO`: the performance figures of DESIGN §8, measured in-process on
+//! loopback against a dev-target, each printed as one JSON line.
+//!
+//! Every scenario starts its own dev-target and its own roster (fresh SQLite file in a temp
+//! directory), drives roster over HTTP with keep-alive connections, waits for the target to
+//! hold the expected state with a deadline, and tears everything down.
+use std::time::Duration;
+
+use serde_json::Value;
+
+mod faults;
+mod harness;
+mod ingest;
+mod leaver;
+mod rate_limit;
+mod throughput;
+
+/// The scenarios of DESIGN §8 (names fixed), plus issue 5's `delivery-faults`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Throughput,
+    LeaverLatency,
+    RateLimit,
+    Ingest,
+    DeliveryFaults,
+    Reconcile,
+}
+
+impl Scenario {
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput",
+            Self::LeaverLatency => "leaver-latency",
+            Self::RateLimit => "rate-limit",
+            Self::Ingest => "ingest",
+            Self::DeliveryFaults => "delivery-faults",
+            Self::Reconcile => "reconcile",
+        }
+    }
+}
+
+/// What a run may change from the full-size defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The scenario's main count (identities, events or samples); `None` is DESIGN's size.
+    pub size: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("the `{scenario}` scenario is not available yet: {reason}")]
+    NotAvailable {
+        scenario: &'static str,
+        reason: &'static str,
+    },
+    #[error("setup failed: {0}")]
+    Setup(String),
+    #[error("{what}: HTTP {status}: {body}")]
+    Status {
+        what: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{what}: {source}")]
+    Http {
+        what: String,
+        source: reqwest::Error,
+    },
+    #[error("{what}: {detail}")]
+    Unexpected { what: String, detail: String },
+    #[error("timed out after {} s waiting for {what}", .after.as_secs())]
+    Timeout { what: String, after: Duration },
+}
+
+impl BenchError {
+    /// The scenario exists by name but cannot run in this build (exit code 2).
+    #[must_use]
+    pub fn is_not_available(&self) -> bool {
+        matches!(self, Self::NotAvailable { .. })
+    }
+}
+
+/// A scenario's figures, in the order they are printed.
+#[derive(Debug, Clone, Default)]
+pub struct Figures(Vec<(&'static str, Value)>);
+
+impl Figures {
+    #[must_use]
+    pub fn new(scenario: Scenario) -> Self {
+        Self(vec![("scenario", Value::from(scenario.name()))])
+    }
+
+    #[must_use]
+    pub fn with(mut self, key: &'static str, value: impl Into<Value>) -> Self {
+        self.0.push((key, value.into()));
+        self
+    }
+
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// One JSON object on one line, keys in insertion order.
+    #[must_use]
+    pub fn to_line(&self) -> String {
+        let fields: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+
+    #[must_use]
+    pub fn to_value(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
+    }
+
+    /// `scenario: k=v, k=v` for people.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let rest: Vec<String> = self
+            .0
+            .iter()
+            .skip(1)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let name = self.get("scenario").and_then(Value::as_str).unwrap_or("?");
+        format!("bench {name}: {}", rest.join(", "))
+    }
+}
+
+/// Runs one scenario to the end and returns its figures, with the process's peak RSS and the
+/// build profile appended.
+pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchError> {
+    crate::startup::install_crypto_provider();
+    let figures = match scenario {
+        Scenario::Throughput => throughput::run(options.size.unwrap_or(20_000)).await?,
+        Scenario::LeaverLatency => leaver::run(options.size.unwrap_or(200)).await?,
+        Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
+        Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,
+        Scenario::DeliveryFaults => faults::run(options.size.unwrap_or(500)).await?,
+        Scenario::Reconcile => {
+            return Err(BenchError::NotAvailable {
+                scenario: "reconcile",
+                reason: "roster::reconcile has no run function in this build (the classifier \
+                         alone is merged)",
+            });
+        }
+    };
+    Ok(figures
+        .with(
+            "peak_rss_mb",
+            peak_rss_mb().map_or(Value::Null, Value::from),
+        )
+        .with("profile", profile()))
+}
+
+/// `debug` or `release`: figures from a debug build are not comparable with the targets.
+#[must_use]
+pub fn profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    }
+}
+
+/// The process's peak resident set (VmHWM), in MB; the dev-target, roster and the load
+/// generator share the process, so this is an upper bound for roster alone.
+#[must_use]
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(round(kb / 1024.0, 1))
+}
+
+/// `value` rounded to `digits` decimals, for printing.
+#[must_use]
+pub fn round(value: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (value * f).round() / f
+}
+
+/// Nearest-rank percentile of sorted samples, in milliseconds.
+#[must_use]
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    round(sorted[rank - 1].as_secs_f64() * 1000.0, 1)
+}
+
+/// `count` per second over `elapsed`.
+#[must_use]
+pub fn per_second(count: usize, elapsed: Duration) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let count = count as f64;
+    round(count / elapsed.as_secs_f64().max(1e-9), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile_ms(&samples, 0.5), 50.0);
+        assert_eq!(percentile_ms(&samples, 0.99), 99.0);
+        assert_eq!(percentile_ms(&samples[..1], 0.99), 1.0);
+        assert_eq!(percentile_ms(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn figures_print_in_order_on_one_line() {
+        let f = Figures::new(Scenario::Ingest)
+            .with("n", 3)
+            .with("per_s", 1.5);
+        assert_eq!(f.to_line(), r#"{"scenario":"ingest","n":3,"per_s":1.5}"#);
+        assert_eq!(f.to_value()["n"], 3);
+        assert_eq!(f.summary(), "bench ingest: n=3, per_s=1.5");
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_mb().is_some_and(|mb| mb > 0.0));
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `roster bench` at a smoke-test size, through the library: the figures are there and every
+//! user arrived.
+use roster::bench::{Options, Scenario, run};
+
+fn number(figures: &roster::bench::Figures, key: &str) -> f64 {
+    figures
+        .get(key)
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or_else(|| panic!("no number `{key}` in {}", figures.to_line()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_delivers_every_user_and_reports_the_ratio() {
+    let figures = run(Scenario::Throughput, Options { size: Some(50) })
+        .await
+        .expect("throughput");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    assert_eq!(line["scenario"], "throughput");
+    assert_eq!(line["n"], 50);
+    // The scenario only ends once the target holds all 50 users.
+    for key in ["roster_per_s", "raw_per_s", "ratio", "peak_rss_mb"] {
+        assert!(number(&figures, key) > 0.0, "{key}: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_accepts_every_event_over_32_connections() {
+    let figures = run(Scenario::Ingest, Options { size: Some(50) })
+        .await
+        .expect("ingest");
+    assert_eq!(number(&figures, "n"), 50.0);
+    assert_eq!(number(&figures, "connections"), 32.0);
+    assert!(number(&figures, "per_s") > 0.0, "{}", figures.to_line());
+}
+
+#[tokio::test]
+async fn reconcile_is_reported_as_not_available() {
+    let err = run(Scenario::Reconcile, Options::default())
+        .await
+        .expect_err("no reconcile run function yet");
+    assert!(err.is_not_available(), "{err}");
+}
