@@ -150,8 +150,8 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
         Scenario::Reconcile => {
             return Err(BenchError::NotAvailable {
                 scenario: "reconcile",
-                reason: "roster::reconcile has no run function in this build (the classifier \
-                         alone is merged)",
+                reason: "seeding 100k linked accounts is not built yet; the reconcile run \
+                         itself exists (`roster reconcile --app ID`)",
             });
         }
     };

@@ -34,9 +34,9 @@ async fn ingest_accepts_every_event_over_32_connections() {
 }
 
 #[tokio::test]
-async fn reconcile_is_reported_as_not_available() {
+async fn an_unbuilt_scenario_fails_clearly_instead_of_printing_figures() {
     let err = run(Scenario::Reconcile, Options::default())
         .await
-        .expect_err("no reconcile run function yet");
+        .expect_err("the reconcile scenario is not built yet");
     assert!(err.is_not_available(), "{err}");
 }
