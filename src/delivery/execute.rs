@@ -171,6 +171,46 @@ struct LinkState<'a> {
     delete_after: Option<i64>,
 }
 
+impl<'a> LinkState<'a> {
+    fn linked(target_id: &'a str, snapshot: &'a Value) -> Self {
+        Self {
+            target_id: Some(target_id),
+            snapshot: Some(snapshot),
+            state: "linked",
+            delete_after: None,
+        }
+    }
+
+    /// The account is gone from the target (deleted by roster, or found missing).
+    fn deleted() -> Self {
+        Self {
+            target_id: None,
+            snapshot: None,
+            state: "deleted",
+            delete_after: None,
+        }
+    }
+}
+
+/// Saves the link of a person's account in the job's app.
+async fn save_user_link(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    identity_id: &str,
+    existing: Option<link::Model>,
+    new: LinkState<'_>,
+) -> Result<(), JobError> {
+    save_link(
+        conn,
+        &ctx.app.id,
+        ResourceKind::User,
+        identity_id,
+        existing,
+        new,
+    )
+    .await
+}
+
 async fn save_link(
     conn: &impl ConnectionTrait,
     app_id: &str,
@@ -291,18 +331,12 @@ async fn adopt(
             .await
             .map_err(|e| JobError::scim(Operation::Update, e))?;
     }
-    save_link(
+    save_user_link(
         conn,
-        &ctx.app.id,
-        ResourceKind::User,
+        ctx,
         &person.id,
         existing,
-        LinkState {
-            target_id: Some(&target_id),
-            snapshot: Some(desired),
-            state: "linked",
-            delete_after: None,
-        },
+        LinkState::linked(&target_id, desired),
     )
     .await?;
     Ok(Operation::Adopt)
@@ -326,18 +360,12 @@ async fn create_or_adopt(
                     "the target answered a create without an id".into(),
                 ));
             };
-            save_link(
+            save_user_link(
                 conn,
-                &ctx.app.id,
-                ResourceKind::User,
+                ctx,
                 &person.id,
                 existing,
-                LinkState {
-                    target_id: Some(&target_id),
-                    snapshot: Some(desired),
-                    state: "linked",
-                    delete_after: None,
-                },
+                LinkState::linked(&target_id, desired),
             )
             .await?;
             Ok(Operation::Create)
@@ -399,18 +427,12 @@ pub async fn deliver_user(
             .as_ref()
             .is_some_and(|l| l.state != "linked" || l.delete_after.is_some());
         if operation != Operation::Noop || rehired {
-            save_link(
+            save_user_link(
                 conn,
-                &ctx.app.id,
-                ResourceKind::User,
+                ctx,
                 identity_id,
                 existing,
-                LinkState {
-                    target_id: Some(&target_id),
-                    snapshot: Some(&desired),
-                    state: "linked",
-                    delete_after: None,
-                },
+                LinkState::linked(&target_id, &desired),
             )
             .await?;
         }
@@ -437,20 +459,7 @@ pub async fn deliver_user(
                 .delete(&target_id)
                 .await
                 .map_err(|e| JobError::scim(Operation::Delete, e))?;
-            save_link(
-                conn,
-                &ctx.app.id,
-                ResourceKind::User,
-                identity_id,
-                Some(link),
-                LinkState {
-                    target_id: None,
-                    snapshot: None,
-                    state: "deleted",
-                    delete_after: None,
-                },
-            )
-            .await?;
+            save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
             Ok(Operation::Delete)
         }
         ("deactivated", _) => Ok(Operation::Noop),
@@ -468,20 +477,8 @@ pub async fn deliver_user(
                 Ok(_) => {}
                 // Already gone from the target: nothing left to close.
                 Err(e) if e.is_not_found() => {
-                    save_link(
-                        conn,
-                        &ctx.app.id,
-                        ResourceKind::User,
-                        identity_id,
-                        Some(link),
-                        LinkState {
-                            target_id: None,
-                            snapshot: None,
-                            state: "deleted",
-                            delete_after: None,
-                        },
-                    )
-                    .await?;
+                    save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted())
+                        .await?;
                     return Ok(Operation::Deactivate);
                 }
                 Err(e) => return Err(JobError::scim(Operation::Deactivate, e)),

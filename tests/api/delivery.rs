@@ -72,6 +72,23 @@ async fn read_user(base: &str, token: &str, user_name: &str) -> Option<Value> {
         .pop()
 }
 
+/// Posts `n` joiners in one batch: event ids `{event}{i}`, employee ids `{employee}{i}`.
+async fn post_joiners(app: &TestApp, event: &str, employee: &str, n: usize) {
+    let batch: Vec<Value> = (0..n)
+        .map(|i| {
+            joiner(
+                &format!("{event}{i}"),
+                &format!("{employee}{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": batch}))
+        .await
+        .expect(202);
+}
+
 async fn identity_id(app: &TestApp, employee_id: &str) -> String {
     app.get(&format!("/api/v1/identities/{employee_id}"))
         .await
@@ -413,19 +430,7 @@ async fn a_throttling_target_gets_everyone_within_its_limit() {
             json!({"rate_limit": {"per_second": 40, "burst": 40}}),
         ))
         .await;
-    let batch: Vec<Value> = (0..12)
-        .map(|i| {
-            joiner(
-                &format!("t{i}"),
-                &format!("T{i}"),
-                "2026-11-01T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": batch}))
-        .await
-        .expect(202);
+    post_joiners(&app, "t", "T", 12).await;
     eventually(
         "all 12 users despite 429s",
         Duration::from_secs(60),
@@ -478,19 +483,7 @@ async fn retry_after_as_an_http_date_is_honoured_too() {
             json!({"rate_limit": {"per_second": 40, "burst": 40}}),
         ))
         .await;
-    let batch: Vec<Value> = (0..6)
-        .map(|i| {
-            joiner(
-                &format!("h{i}"),
-                &format!("H{i}"),
-                "2026-11-01T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": batch}))
-        .await
-        .expect(202);
+    post_joiners(&app, "h", "H", 6).await;
     eventually("all 6 users", Duration::from_secs(60), || async {
         (target.stats()["users"] == 6).then_some(())
     })
@@ -531,19 +524,7 @@ async fn a_reply_lost_after_the_target_applied_a_post_does_not_create_twice() {
             json!({"timeout_ms": 300}),
         ))
         .await;
-    let batch: Vec<Value> = (0..6)
-        .map(|i| {
-            joiner(
-                &format!("r{i}"),
-                &format!("R{i}"),
-                "2026-11-01T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": batch}))
-        .await
-        .expect(202);
+    post_joiners(&app, "r", "R", 6).await;
     let app_id = created["id"].as_str().unwrap_or_default().to_owned();
     eventually("every person linked", Duration::from_secs(90), || async {
         let linked = app
@@ -602,19 +583,7 @@ async fn bursts_of_5xx_and_a_hanging_target_are_retried_until_delivered() {
             json!({"timeout_ms": 400}),
         ))
         .await;
-    let batch: Vec<Value> = (0..8)
-        .map(|i| {
-            joiner(
-                &format!("f{i}"),
-                &format!("F{i}"),
-                "2026-11-01T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": batch}))
-        .await
-        .expect(202);
+    post_joiners(&app, "f", "F", 8).await;
     eventually(
         "all 8 users despite faults",
         Duration::from_secs(120),
