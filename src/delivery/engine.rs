@@ -17,6 +17,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, Query
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::execute::{self, AppContext, JobError, Operation};
 use super::limiter::{AppLimiter, Limiters};
@@ -376,7 +377,7 @@ impl Delivery {
         };
         let kind = ResourceKind::parse(&job.resource_kind);
         let span = tracing::info_span!(
-            "delivery_job",
+            "job",
             app = %app.name,
             job_id = job.id,
             resource = kind.as_str(),
@@ -384,7 +385,6 @@ impl Delivery {
             operation = tracing::field::Empty,
         );
         let (result, calls) = {
-            use tracing::Instrument;
             execute::with_call_log(
                 async {
                     let op = match kind {
@@ -421,6 +421,8 @@ impl Delivery {
             &result,
             &calls,
         )
+        // Inside the job's span, so that the log rows carry its trace id.
+        .instrument(span.clone())
         .await
         {
             tracing::warn!(error = %e, "Could not write the provisioning log");

@@ -417,7 +417,8 @@ impl ScimClient {
         if let Some(gate) = &self.inner.gate {
             gate.wait().await;
         }
-        let span = tracing::debug_span!(
+        // An info span: exported as a trace at the default level; spans print no log lines.
+        let span = tracing::info_span!(
             "scim_call",
             method = %method,
             path = %path,
