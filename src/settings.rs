@@ -60,6 +60,24 @@ pub struct AppScope {
     pub email_domains: Option<Vec<String>>,
 }
 
+impl AppScope {
+    /// The scope as mapping's pure check takes it.
+    #[must_use]
+    pub fn spec(&self) -> mapping::ScopeSpec {
+        mapping::ScopeSpec {
+            groups: self.groups.clone(),
+            email_domains: self.email_domains.clone(),
+        }
+    }
+
+    /// Whether the app assigns this person: active, in one of its groups (or no groups named),
+    /// and with an email in one of its managed domains (when it names any).
+    #[must_use]
+    pub fn admits(&self, person: &mapping::IdentityView) -> bool {
+        mapping::in_scope(&self.spec(), person)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Object)]
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use serde_json::{Value, json};
 
+use super::people;
 use crate::mapping::{self, CompiledMappings, IdentityView};
 use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, id_of};
 use crate::settings::{AppSettings, DeprovisionAction};
@@ -100,53 +101,6 @@ pub struct AppContext<'a> {
     pub settings: &'a AppSettings,
     pub compiled: &'a CompiledMappings,
     pub client: &'a ScimClient,
-}
-
-pub async fn load_view(
-    conn: &impl ConnectionTrait,
-    person: &identity::Model,
-) -> Result<IdentityView, JobError> {
-    let memberships = group_member::Entity::find()
-        .filter(group_member::Column::EmployeeId.eq(person.employee_id.as_str()))
-        .all(conn)
-        .await?;
-    let ids: Vec<String> = memberships.into_iter().map(|m| m.group_id).collect();
-    let mut names: Vec<String> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        group::Entity::find()
-            .filter(group::Column::Id.is_in(ids))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|g| g.name)
-            .collect()
-    };
-    names.sort();
-    Ok(IdentityView {
-        id: person.id.clone(),
-        employee_id: person.employee_id.clone(),
-        user_name: person.user_name.clone(),
-        email: person.email.clone(),
-        given_name: person.given_name.clone(),
-        family_name: person.family_name.clone(),
-        display_name: person.display_name.clone(),
-        department: person.department.clone(),
-        title: person.title.clone(),
-        manager_employee_id: person.manager_employee_id.clone(),
-        attributes: person.attributes.clone(),
-        status: person.status.clone(),
-        groups: names,
-    })
-}
-
-#[must_use]
-pub fn in_scope(settings: &AppSettings, person: &IdentityView) -> bool {
-    let spec = mapping::ScopeSpec {
-        groups: settings.scope.groups.clone(),
-        email_domains: settings.scope.email_domains.clone(),
-    };
-    mapping::in_scope(&spec, person)
 }
 
 async fn find_link(
@@ -389,9 +343,9 @@ pub async fn deliver_user(
     let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await? else {
         return Ok(Operation::Noop);
     };
-    let view = load_view(conn, &person).await?;
+    let view = people::load_view(conn, &person).await?;
     let existing = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?;
-    if in_scope(ctx.settings, &view) {
+    if ctx.settings.scope.admits(&view) {
         let desired = mapping::render_user(ctx.compiled, &view);
         let linked = existing
             .as_ref()
@@ -575,7 +529,7 @@ pub async fn follow_ups(
     ) && !ctx.settings.group_push.is_empty()
         && let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await?
     {
-        let view = load_view(conn, &person).await?;
+        let view = people::load_view(conn, &person).await?;
         for g in &ctx.settings.group_push {
             if view.groups.contains(g) {
                 jobs.push(JobRequest {

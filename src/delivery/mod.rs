@@ -2,5 +2,6 @@
 pub mod engine;
 pub mod execute;
 pub mod limiter;
+pub mod people;
 pub mod policy;
 pub mod target;

@@ -260,10 +260,7 @@ impl Desired {
             }
         })?;
         let policy = Policy {
-            scope: ScopeSpec {
-                groups: settings.scope.groups.clone(),
-                email_domains: settings.scope.email_domains.clone(),
-            },
+            scope: settings.scope.spec(),
             matching_attribute,
             matching_path,
             deprovision: settings.deprovision.action,

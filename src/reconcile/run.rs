@@ -35,12 +35,9 @@ use super::{
     ReconcileError, RunState, deletion_guard,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::mapping::IdentityView;
 use crate::scim::ScimError;
 use crate::settings::ReconcileMode;
-use crate::store::entity::{
-    app, group, group_member, identity, link, reconcile_item, reconcile_run,
-};
+use crate::store::entity::{app, identity, link, reconcile_item, reconcile_run};
 use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
 use crate::store::{Db, is_postgres};
 use crate::telemetry::metrics;
@@ -376,21 +373,7 @@ async fn load_desired(
     app_id: &str,
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
-    let group_names: HashMap<String, String> = group::Entity::find()
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|g| (g.id, g.name))
-        .collect();
-    let mut groups_of: HashMap<String, Vec<String>> = HashMap::new();
-    for member in group_member::Entity::find().all(conn).await? {
-        if let Some(name) = group_names.get(&member.group_id) {
-            groups_of
-                .entry(member.employee_id)
-                .or_default()
-                .push(name.clone());
-        }
-    }
+    let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
     let links: HashMap<String, LinkInfo> = link::Entity::find()
         .filter(link::Column::AppId.eq(app_id))
         .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
@@ -423,24 +406,9 @@ async fn load_desired(
         };
         after = Some(last.id.clone());
         for person in people {
-            let mut groups = groups_of.remove(&person.employee_id).unwrap_or_default();
-            groups.sort();
+            let groups = groups_of.remove(&person.employee_id).unwrap_or_default();
             let link = links.get(&person.id);
-            let view = IdentityView {
-                id: person.id,
-                employee_id: person.employee_id,
-                user_name: person.user_name,
-                email: person.email,
-                given_name: person.given_name,
-                family_name: person.family_name,
-                display_name: person.display_name,
-                department: person.department,
-                title: person.title,
-                manager_employee_id: person.manager_employee_id,
-                attributes: person.attributes,
-                status: person.status,
-                groups,
-            };
+            let view = crate::delivery::people::view_of(&person, groups);
             desired.insert(&view, link);
         }
     }

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::audit::{self, AuditEntry};
 use super::planner;
 use super::{Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
+use crate::delivery::people;
 use crate::mapping::{self, GroupRule};
 use crate::store::entity::{group, group_member, identity};
 
@@ -72,14 +73,14 @@ async fn evaluate_rule(
     conn: &impl ConnectionTrait,
     rule: &GroupRule,
 ) -> ServiceResult<BTreeSet<String>> {
-    let memberships = planner::all_memberships(conn).await?;
+    let memberships = people::all_group_names(conn).await?;
     let mut selected = BTreeSet::new();
     for person in identity::Entity::find().all(conn).await? {
         let groups = memberships
             .get(&person.employee_id)
             .cloned()
             .unwrap_or_default();
-        let view = planner::view_of(&person, groups);
+        let view = people::view_of(&person, groups);
         if mapping::evaluate_group_rule(rule, &view) {
             selected.insert(person.employee_id);
         }
@@ -120,8 +121,8 @@ pub async fn reevaluate_rules_for(
     conn: &impl ConnectionTrait,
     person: &identity::Model,
 ) -> ServiceResult<Vec<String>> {
-    let static_and_current = planner::groups_of(conn, &person.employee_id).await?;
-    let view = planner::view_of(person, static_and_current);
+    let static_and_current = people::group_names(conn, &person.employee_id).await?;
+    let view = people::view_of(person, static_and_current);
     let mut changed = Vec::new();
     let rule_groups = group::Entity::find()
         .filter(group::Column::Kind.eq("rule"))

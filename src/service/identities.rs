@@ -2,8 +2,8 @@
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::planner;
 use super::{Roster, ServiceError, ServiceResult};
+use crate::delivery::people;
 use crate::store::entity::{app, identity, link};
 
 pub struct IdentityDetail {
@@ -43,7 +43,7 @@ impl Roster {
             .one(db)
             .await?
             .ok_or_else(|| ServiceError::not_found("identity", id))?;
-        let groups = planner::groups_of(db, &model.employee_id).await?;
+        let groups = people::group_names(db, &model.employee_id).await?;
         let rows = link::Entity::find()
             .filter(link::Column::ResourceKind.eq("user"))
             .filter(link::Column::ResourceId.eq(model.id.as_str()))

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::apps::AppSettings;
 use super::audit::{self, AuditEntry};
 use super::{Principal, Roster, ServiceError, ServiceResult, groups, new_id, planner};
+use crate::delivery::people;
 use crate::store::entity::{app, hr_event, identity};
 use crate::store::{is_postgres, is_unique_violation, queue};
 
@@ -401,9 +402,9 @@ async fn apply_event(
     }
 
     let before_view = match &current {
-        Some(cur) => Some(planner::view_of(
+        Some(cur) => Some(people::view_of(
             cur,
-            planner::groups_of(conn, &cur.employee_id).await?,
+            people::group_names(conn, &cur.employee_id).await?,
         )),
         None => None,
     };
@@ -440,7 +441,7 @@ async fn apply_event(
         }
     };
     let changed_groups = groups::reevaluate_rules_for(conn, &saved).await?;
-    let after_view = planner::view_of(&saved, planner::groups_of(conn, &saved.employee_id).await?);
+    let after_view = people::view_of(&saved, people::group_names(conn, &saved.employee_id).await?);
     let linked = planner::linked_apps(conn, &saved.id).await?;
     let jobs = planner::plan_person_change(
         apps,

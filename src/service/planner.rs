@@ -3,69 +3,16 @@
 //! Level-triggered (DESIGN §5): a job only says "make app A's copy of X match roster"; what to
 //! send is decided when it runs. So the planner errs on the side of enqueueing: an app gets a job
 //! when the person is in its scope before or after the change, or already has an account there.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 
 use super::ServiceResult;
-use super::apps::{AppScope, AppSettings, settings_of};
-use crate::mapping::{self, IdentityView, ScopeSpec};
-use crate::store::entity::{app, group, group_member, identity, link};
+use super::apps::{AppSettings, settings_of};
+use crate::delivery::people;
+use crate::mapping::IdentityView;
+use crate::store::entity::{app, identity, link};
 use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
-
-#[must_use]
-pub fn view_of(model: &identity::Model, groups: Vec<String>) -> IdentityView {
-    IdentityView {
-        id: model.id.clone(),
-        employee_id: model.employee_id.clone(),
-        user_name: model.user_name.clone(),
-        email: model.email.clone(),
-        given_name: model.given_name.clone(),
-        family_name: model.family_name.clone(),
-        display_name: model.display_name.clone(),
-        department: model.department.clone(),
-        title: model.title.clone(),
-        manager_employee_id: model.manager_employee_id.clone(),
-        attributes: model.attributes.clone(),
-        status: model.status.clone(),
-        groups,
-    }
-}
-
-/// Whether an app assigns this person: active, in one of its groups (or no groups named), and
-/// with an email in one of its managed domains (when it names any).
-#[must_use]
-pub fn in_scope(scope: &AppScope, person: &IdentityView) -> bool {
-    let spec = ScopeSpec {
-        groups: scope.groups.clone(),
-        email_domains: scope.email_domains.clone(),
-    };
-    mapping::in_scope(&spec, person)
-}
-
-/// Group names of one person (static and rule memberships alike).
-pub async fn groups_of(
-    conn: &impl ConnectionTrait,
-    employee_id: &str,
-) -> ServiceResult<Vec<String>> {
-    let rows = group_member::Entity::find()
-        .filter(group_member::Column::EmployeeId.eq(employee_id))
-        .all(conn)
-        .await?;
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<String> = rows.into_iter().map(|r| r.group_id).collect();
-    let mut names: Vec<String> = group::Entity::find()
-        .filter(group::Column::Id.is_in(ids))
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|g| g.name)
-        .collect();
-    names.sort();
-    Ok(names)
-}
 
 /// Every app with its parsed settings.
 pub async fn apps_with_settings(
@@ -96,8 +43,8 @@ pub fn plan_person_change(
 ) -> Vec<JobRequest> {
     let mut jobs = Vec::new();
     for (app, settings) in apps {
-        let was = before.is_some_and(|b| in_scope(&settings.scope, b));
-        let is = in_scope(&settings.scope, after);
+        let was = before.is_some_and(|b| settings.scope.admits(b));
+        let is = settings.scope.admits(after);
         let linked = linked_apps.contains(&app.id);
         if is || was || linked {
             let lane = if is { Lane::Normal } else { Lane::Deprovision };
@@ -146,31 +93,6 @@ pub async fn linked_apps(
         .collect())
 }
 
-/// Everyone's group names, by employee id, in two queries.
-pub async fn all_memberships(
-    conn: &impl ConnectionTrait,
-) -> ServiceResult<HashMap<String, Vec<String>>> {
-    let names: HashMap<String, String> = group::Entity::find()
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|g| (g.id, g.name))
-        .collect();
-    let mut by_employee: HashMap<String, Vec<String>> = HashMap::new();
-    for m in group_member::Entity::find().all(conn).await? {
-        if let Some(name) = names.get(&m.group_id) {
-            by_employee
-                .entry(m.employee_id)
-                .or_default()
-                .push(name.clone());
-        }
-    }
-    for groups in by_employee.values_mut() {
-        groups.sort();
-    }
-    Ok(by_employee)
-}
-
 /// A job for every person the app assigns or has an account for, and for each pushed group:
 /// the initial sync of a new app, or a re-sync after its scope or mappings changed.
 pub async fn plan_full_sync(
@@ -178,7 +100,7 @@ pub async fn plan_full_sync(
     app: &app::Model,
     settings: &AppSettings,
 ) -> ServiceResult<()> {
-    let memberships = all_memberships(conn).await?;
+    let memberships = people::all_group_names(conn).await?;
     let linked: HashSet<String> = link::Entity::find()
         .filter(link::Column::AppId.eq(app.id.as_str()))
         .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
@@ -194,8 +116,8 @@ pub async fn plan_full_sync(
             .get(&person.employee_id)
             .cloned()
             .unwrap_or_default();
-        let view = view_of(&person, groups);
-        let is = in_scope(&settings.scope, &view);
+        let view = people::view_of(&person, groups);
+        let is = settings.scope.admits(&view);
         if is || linked.contains(&view.id) {
             jobs.push(JobRequest {
                 app_id: app.id.clone(),
@@ -269,6 +191,7 @@ pub async fn plan_group_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::AppScope;
 
     fn person(status: &str, email: &str, groups: &[&str]) -> IdentityView {
         IdentityView {
@@ -288,7 +211,7 @@ mod tests {
             groups: vec!["sales".into()],
             email_domains: Some(vec!["example.com".into()]),
         };
-        let check = |p: IdentityView, want: bool| assert_eq!(in_scope(&scope, &p), want, "{p:?}");
+        let check = |p: IdentityView, want: bool| assert_eq!(scope.admits(&p), want, "{p:?}");
         check(person("active", "a@example.com", &["sales"]), true);
         check(person("active", "a@EXAMPLE.com", &["sales"]), true);
         check(person("terminated", "a@example.com", &["sales"]), false);
@@ -296,6 +219,6 @@ mod tests {
         check(person("active", "a@evil-example.com", &["sales"]), false);
         check(person("active", "a@sub.example.com", &["sales"]), false);
         let everyone = AppScope::default();
-        assert!(in_scope(&everyone, &person("active", "x@other.org", &[])));
+        assert!(everyone.admits(&person("active", "x@other.org", &[])));
     }
 }
