@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::execute::{self, AppContext, JobError, Operation};
+use super::finisher::{Finished, Finisher, JobEnd};
 use super::limiter::{AppLimiter, Limiters};
 use super::policy::{self, Decision};
 use super::target;
@@ -208,20 +209,12 @@ impl Delivery {
             Ok::<_, JobError>(op)
         })
         .await;
-        if let Err(e) = write_operations(
-            conn,
-            app,
-            None,
-            ResourceKind::User,
-            identity_id,
-            0,
-            None,
-            &result,
-            &calls,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "Could not write the provisioning log");
+        let rows = operation_rows(app, None, ResourceKind::User, identity_id, 0, None, &calls);
+        if !rows.is_empty() {
+            let _turn = self.db.write_turn().await;
+            if let Err(e) = operation::Entity::insert_many(rows).exec(conn).await {
+                tracing::warn!(error = %e, "Could not write the provisioning log");
+            }
         }
         self.jobs_ready.notify_one();
         Ok((result, calls))
@@ -318,38 +311,37 @@ impl Delivery {
         None
     }
 
-    async fn run_job(&self, job: job::Model) {
+    async fn run_job(&self, job: job::Model, finisher: &Finisher) {
         let conn = self.db.conn();
         let now = queue::now_ms();
         let app = match app::Entity::find_by_id(job.app_id.as_str()).one(conn).await {
             Ok(Some(app)) => app,
             Ok(None) => {
-                self.finish(|c| async move { queue::complete(&c, job.id).await })
-                    .await;
+                finisher.finish(ended(job.id, JobEnd::Complete));
                 return;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "Could not load the job's app; retrying");
-                self.finish(|c| async move {
-                    queue::retry(&c, job.id, now + 5_000, Some("database unavailable"), false).await
-                })
-                .await;
+                finisher.finish(ended(
+                    job.id,
+                    JobEnd::retry(now + 5_000, Some("database unavailable"), false),
+                ));
                 return;
             }
         };
         if app.state != "active" {
-            let id = job.id;
-            self.finish(|c| async move { queue::retry(&c, id, now + 5_000, None, false).await })
-                .await;
+            finisher.finish(ended(job.id, JobEnd::retry(now + 5_000, None, false)));
             return;
         }
         let rt = match self.runtime(&app) {
             Ok(rt) => rt,
             Err(reason) => {
-                let id = job.id;
-                let r = reason.clone();
-                self.finish(|c| async move { queue::dead(&c, id, &r).await })
-                    .await;
+                finisher.finish(ended(
+                    job.id,
+                    JobEnd::Dead {
+                        error: reason.clone(),
+                    },
+                ));
                 tracing::error!(app = %app.name, reason, "App settings cannot be used");
                 return;
             }
@@ -361,12 +353,11 @@ impl Delivery {
             && wait > Duration::from_secs(2)
         {
             // Don't hold a worker through a long Retry-After: hand the job back.
-            let id = job.id;
             let until = now + wait.as_millis() as i64;
-            self.finish(|c| async move {
-                queue::retry(&c, id, until, Some("target asked to wait"), false).await
-            })
-            .await;
+            finisher.finish(ended(
+                job.id,
+                JobEnd::retry(until, Some("target asked to wait"), false),
+            ));
             return;
         }
         let ctx = AppContext {
@@ -410,23 +401,18 @@ impl Delivery {
         if let Ok(op) = &result {
             span.record("operation", op.as_str());
         }
-        if let Err(e) = write_operations(
-            conn,
-            &app,
-            Some(job.id),
-            kind,
-            &job.resource_id,
-            job.attempts,
-            job.hr_event_id.as_deref(),
-            &result,
-            &calls,
-        )
         // Inside the job's span, so that the log rows carry its trace id.
-        .instrument(span.clone())
-        .await
-        {
-            tracing::warn!(error = %e, "Could not write the provisioning log");
-        }
+        let operations = span.in_scope(|| {
+            operation_rows(
+                &app,
+                Some(job.id),
+                kind,
+                &job.resource_id,
+                job.attempts,
+                job.hr_event_id.as_deref(),
+                &calls,
+            )
+        });
         let ratio_reason = self.record_health(&app.id, &calls);
         let m = metrics();
         let app_label = app.name.as_str();
@@ -443,9 +429,11 @@ impl Delivery {
                             .observe(seconds);
                     }
                 }
-                let id = job.id;
-                self.finish(|c| async move { queue::complete(&c, id).await })
-                    .await;
+                finisher.finish(Finished {
+                    job_id: job.id,
+                    end: JobEnd::Complete,
+                    operations,
+                });
             }
             Err(err) => {
                 let (operation, class, status, retry_after) = match &err {
@@ -477,25 +465,21 @@ impl Delivery {
                 );
                 let message = err.to_string();
                 let id = job.id;
-                match decision {
+                let end = match decision {
                     Decision::Retry { after, counts } => {
                         m.sync_operations_total
                             .with_label_values(&[app_label, operation, "retried"])
                             .inc();
                         tracing::debug!(app = app_label, job = id, error = %message, "Retrying");
                         let at = queue::now_ms() + after.as_millis() as i64;
-                        self.finish(|c| async move {
-                            queue::retry(&c, id, at, Some(&message), counts).await
-                        })
-                        .await;
+                        JobEnd::retry(at, Some(&message), counts)
                     }
                     Decision::DeadLetter => {
                         m.sync_operations_total
                             .with_label_values(&[app_label, operation, "dead"])
                             .inc();
                         tracing::warn!(app = app_label, job = id, error = %message, "Job dead-lettered");
-                        self.finish(|c| async move { queue::dead(&c, id, &message).await })
-                            .await;
+                        JobEnd::Dead { error: message }
                     }
                     Decision::Quarantine => {
                         m.sync_operations_total
@@ -503,76 +487,67 @@ impl Delivery {
                             .inc();
                         self.quarantine(&app, &format!("credentials refused: {message}"))
                             .await;
-                        let at = queue::now_ms() + 1_000;
-                        self.finish(|c| async move {
-                            queue::retry(&c, id, at, Some(&message), false).await
-                        })
-                        .await;
+                        JobEnd::retry(queue::now_ms() + 1_000, Some(&message), false)
                     }
-                }
+                };
+                finisher.finish(Finished {
+                    job_id: id,
+                    end,
+                    operations,
+                });
             }
         }
         if let Some(reason) = ratio_reason {
             self.quarantine(&app, &reason).await;
         }
     }
+}
 
-    /// Runs a queue write in the writer's turn (SQLite) and logs a failure: the lease then
-    /// expires and the job is reclaimed, which is safe.
-    async fn finish<F, Fut>(&self, write: F)
-    where
-        F: FnOnce(sea_orm::DatabaseConnection) -> Fut,
-        Fut: Future<Output = Result<(), sea_orm::DbErr>>,
-    {
-        let _turn = self.db.write_turn().await;
-        if let Err(e) = write(self.db.conn().clone()).await {
-            tracing::warn!(error = %e, "Could not update a job; its lease will expire and it will run again");
-        }
+fn ended(job_id: i64, end: JobEnd) -> Finished {
+    Finished {
+        job_id,
+        end,
+        operations: Vec::new(),
     }
 }
 
-/// One provisioning-log row per SCIM call the job made.
-#[allow(clippy::too_many_arguments)]
-async fn write_operations(
-    conn: &impl ConnectionTrait,
+/// One provisioning-log row per SCIM call the job made (call inside the job's span: rows carry
+/// its trace id).
+fn operation_rows(
     app: &app::Model,
     job_id: Option<i64>,
     kind: ResourceKind,
     resource_id: &str,
     attempt: i32,
     hr_event_id: Option<&str>,
-    result: &Result<Operation, JobError>,
     calls: &[(&'static str, CallRecord)],
-) -> Result<(), sea_orm::DbErr> {
-    if calls.is_empty() {
-        return Ok(());
-    }
+) -> Vec<operation::ActiveModel> {
     let now = chrono::Utc::now();
     let trace_id = crate::telemetry::trace_id();
-    let rows = calls.iter().map(|(op, call)| {
-        let ok = call.error.is_none();
-        operation::ActiveModel {
-            app_id: Set(app.id.clone()),
-            job_id: Set(job_id),
-            resource_kind: Set(kind.as_str().to_owned()),
-            resource_id: Set(resource_id.to_owned()),
-            operation: Set((*op).to_owned()),
-            method: Set(call.method.clone()),
-            path: Set(call.path.clone()),
-            status: Set(call.status.map(i32::from)),
-            duration_ms: Set(call.duration.as_millis() as i64),
-            attempt: Set(attempt),
-            outcome: Set(if ok { "succeeded" } else { "failed" }.to_owned()),
-            error: Set(call.error.clone()),
-            trace_id: Set(trace_id.clone()),
-            hr_event_id: Set(hr_event_id.map(str::to_owned)),
-            created_at: Set(now),
-            ..Default::default()
-        }
-    });
-    let _ = result;
-    operation::Entity::insert_many(rows).exec(conn).await?;
-    Ok(())
+    calls
+        .iter()
+        .map(|(op, call)| {
+            let ok = call.error.is_none();
+            operation::ActiveModel {
+                app_id: Set(app.id.clone()),
+                job_id: Set(job_id),
+                resource_kind: Set(kind.as_str().to_owned()),
+                resource_id: Set(resource_id.to_owned()),
+                operation: Set((*op).to_owned()),
+                method: Set(call.method.clone()),
+                path: Set(call.path.clone()),
+                status: Set(call.status.map(i32::from)),
+                duration_ms: Set(call.duration.as_millis() as i64),
+                attempt: Set(attempt),
+                outcome: Set(if ok { "succeeded" } else { "failed" }.to_owned()),
+                error: Set(call.error.clone()),
+                trace_id: Set(trace_id.clone()),
+                hr_event_id: Set(hr_event_id.map(str::to_owned)),
+                created_at: Set(now),
+                ..Default::default()
+            }
+        })
+        .collect()
 }
 
 /// Starts the engine; it runs until `shutdown` is cancelled, then drains.
@@ -599,6 +574,7 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         }
     }
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+    let (finisher, finisher_task) = Finisher::start(delivery.db.clone());
     let mut tasks: JoinSet<()> = JoinSet::new();
     let housekeeping = tokio::spawn(housekeeping(
         delivery.clone(),
@@ -651,10 +627,10 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             let Ok(permit) = workers.clone().acquire_owned().await else {
                 break;
             };
-            let d = delivery.clone();
+            let (d, f) = (delivery.clone(), finisher.clone());
             tasks.spawn(async move {
                 let _permit: OwnedSemaphorePermit = permit;
-                d.run_job(job).await;
+                d.run_job(job, &f).await;
             });
         }
     }
@@ -666,6 +642,11 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
     if drained.is_err() {
         tasks.abort_all();
         tracing::warn!("Drain timed out; handing unfinished jobs back to the queue");
+    }
+    // The ends of finished jobs are written before the rest is handed back.
+    drop(finisher);
+    if let Err(e) = finisher_task.await {
+        tracing::warn!(error = %e, "The job writer failed at shutdown");
     }
     let _turn = delivery.db.write_turn().await;
     match queue::release(delivery.db.conn(), Some(&delivery.owner), queue::now_ms()).await {

@@ -1,6 +1,7 @@
 //! Delivery: turning queued jobs into SCIM calls (DESIGN §5).
 pub mod engine;
 pub mod execute;
+pub mod finisher;
 pub mod limiter;
 pub mod people;
 pub mod policy;

@@ -1,17 +1,20 @@
 //! HR events: joiner, mover, leaver (DESIGN §4).
 //!
 //! Invariants:
-//! - One transaction per request (a single event or a batch of up to 1000): the answer is sent
+//! - A request (a single event or a batch of up to 1000) is applied whole or not at all: under
+//!   its own savepoint inside a commit group's transaction (`GroupCommit`). The answer is sent
 //!   only after the events, their effects on identities and groups, and the jobs they cause are
-//!   committed together. Nothing is half-applied.
+//!   committed. Nothing is half-applied.
 //! - An `event_id` is applied at most once; a repeat is `duplicate`.
 //! - An event older than the identity's `last_event_at` is `stale`: recorded, not applied, so a
 //!   late joiner never re-activates a leaver.
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use super::apps::AppSettings;
 use super::audit::{self, AuditEntry};
@@ -265,55 +268,188 @@ impl Roster {
             };
             validate_event(&at, e, now)?;
         }
-        // On PostgreSQL two instances may insert the same new identity or event at once; the
-        // loser's transaction fails on the unique index and is simply run again, when it sees
-        // the winner's rows (and answers `duplicate` or applies on top).
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.ingest_once(principal, events).await {
-                Err(ServiceError::Db(e)) if attempt < 4 && is_unique_violation(&e) => continue,
-                other => return other,
+        self.inner_group_commit()
+            .submit(self, principal.clone(), events.to_vec())
+            .await
+    }
+
+    /// Applies the requests of one commit group in one write transaction, each under its own
+    /// savepoint, so one request's failure does not undo another's; answers every request
+    /// after the commit (or with the commit's error).
+    async fn commit_group(&self, requests: Vec<IngestRequest>) {
+        let mut results = Vec::with_capacity(requests.len());
+        let committed = async {
+            let tx = self.write_tx().await?;
+            let apps = planner::apps_with_settings(&*tx).await?;
+            for request in &requests {
+                results.push(apply_request(&tx, &apps, request).await);
+            }
+            tx.commit().await?;
+            Ok::<_, ServiceError>(())
+        }
+        .await;
+        let mut results = results.into_iter();
+        let mut applied = false;
+        for request in requests {
+            let result = match (&committed, results.next()) {
+                (Ok(()), Some(Ok(outcomes))) => {
+                    for (event, o) in request.events.iter().zip(&outcomes) {
+                        crate::telemetry::metrics()
+                            .hr_events_total
+                            .with_label_values(&[event.event_type.as_str(), o.result.as_str()])
+                            .inc();
+                        applied |= o.result == EventResult::Applied;
+                    }
+                    Ok(outcomes)
+                }
+                (Ok(()), Some(Err(e))) => Err(e),
+                (Ok(()), None) => Err(ServiceError::Internal(
+                    "an ingest request was left out of its commit group".into(),
+                )),
+                (Err(e), _) => Err(ServiceError::Internal(format!(
+                    "the events were not committed: {e}"
+                ))),
+            };
+            // The caller may have gone away (client disconnect): what committed stays committed.
+            let _ = request.reply.send(result);
+        }
+        if applied {
+            self.notify_jobs();
+        }
+    }
+}
+
+/// One caller's events waiting to be committed.
+pub(crate) struct IngestRequest {
+    principal: Principal,
+    events: Vec<HrEventInput>,
+    reply: oneshot::Sender<ServiceResult<Vec<EventOutcome>>>,
+}
+
+/// Group commit for HR events: concurrent requests are applied in one write transaction and
+/// made durable by one commit (one fsync on SQLite) instead of one each. Every request is
+/// still answered only after the commit that holds it.
+///
+/// Leader/follower: a request queues itself, then waits for the commit turn; whoever gets the
+/// turn takes everything queued (up to [`GROUP_MAX_EVENTS`]) and commits it in a task of its
+/// own, so a caller that goes away cannot cut a group short.
+#[derive(Default)]
+pub(crate) struct GroupCommit {
+    queued: std::sync::Mutex<std::collections::VecDeque<IngestRequest>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Events per commit group; a batch request larger than this still goes in whole.
+const GROUP_MAX_EVENTS: usize = 2_000;
+
+impl GroupCommit {
+    async fn submit(
+        &self,
+        roster: &Roster,
+        principal: Principal,
+        events: Vec<HrEventInput>,
+    ) -> ServiceResult<Vec<EventOutcome>> {
+        let (reply, answer) = oneshot::channel();
+        self.lock_queue().push_back(IngestRequest {
+            principal,
+            events,
+            reply,
+        });
+        let turn = self.turn.lock().await;
+        let group = self.take_group();
+        if !group.is_empty() {
+            let roster = roster.clone();
+            let work = tokio::spawn(async move { roster.commit_group(group).await });
+            if let Err(e) = work.await {
+                tracing::error!(error = %e, "An ingest commit group failed");
+            }
+        }
+        drop(turn);
+        answer.await.map_err(|_| {
+            ServiceError::Internal("the events' commit group was interrupted".into())
+        })?
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<IngestRequest>> {
+        // A poisoned queue only means a panic elsewhere while pushing; the data is intact.
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn take_group(&self) -> Vec<IngestRequest> {
+        let mut queued = self.lock_queue();
+        let mut group = Vec::new();
+        let mut events = 0;
+        while let Some(next) = queued.front() {
+            if !group.is_empty() && events + next.events.len() > GROUP_MAX_EVENTS {
+                break;
+            }
+            events += next.events.len();
+            if let Some(request) = queued.pop_front() {
+                group.push(request);
+            }
+        }
+        group
+    }
+}
+
+/// One request's events under a savepoint of the group's transaction. On PostgreSQL another
+/// instance may insert the same new identity or event at once; the loser's savepoint fails on
+/// the unique index and is simply run again, now seeing the winner's rows (and answering
+/// `duplicate` or applying on top).
+async fn apply_request(
+    tx: &sea_orm::DatabaseTransaction,
+    apps: &[(app::Model, AppSettings)],
+    request: &IngestRequest,
+) -> ServiceResult<Vec<EventOutcome>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let savepoint = tx.begin().await?;
+        match apply_events(&savepoint, apps, &request.principal, &request.events).await {
+            Ok(outcomes) => {
+                savepoint.commit().await?;
+                return Ok(outcomes);
+            }
+            Err(ServiceError::Db(e)) if attempt < 4 && is_unique_violation(&e) => {
+                savepoint.rollback().await?;
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                return Err(e);
             }
         }
     }
+}
 
-    async fn ingest_once(
-        &self,
-        principal: &Principal,
-        events: &[HrEventInput],
-    ) -> ServiceResult<Vec<EventOutcome>> {
-        let tx = self.write_tx().await?;
-        let apps = planner::apps_with_settings(&*tx).await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            let outcome = apply_event(&*tx, &apps, principal, event).await?;
-            crate::telemetry::metrics()
-                .hr_events_total
-                .with_label_values(&[event.event_type.as_str(), outcome.result.as_str()])
-                .inc();
-            outcomes.push(outcome);
-        }
-        let summary = json!({
-            "events": outcomes.len(),
-            "results": outcomes.iter().map(|o| json!({"event_id": o.event_id, "result": o.result.as_str()})).collect::<Vec<_>>(),
-        });
-        audit::record(
-            &*tx,
-            Some(principal),
-            AuditEntry {
-                action: "events.ingest",
-                object_type: "hr_event",
-                object_id: (outcomes.len() == 1).then(|| outcomes[0].event_id.as_str()),
-                before: None,
-                after: Some(summary),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        self.notify_jobs();
-        Ok(outcomes)
+async fn apply_events(
+    conn: &impl ConnectionTrait,
+    apps: &[(app::Model, AppSettings)],
+    principal: &Principal,
+    events: &[HrEventInput],
+) -> ServiceResult<Vec<EventOutcome>> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        outcomes.push(apply_event(conn, apps, principal, event).await?);
     }
+    let summary = json!({
+        "events": outcomes.len(),
+        "results": outcomes.iter().map(|o| json!({"event_id": o.event_id, "result": o.result.as_str()})).collect::<Vec<_>>(),
+    });
+    audit::record(
+        conn,
+        Some(principal),
+        AuditEntry {
+            action: "events.ingest",
+            object_type: "hr_event",
+            object_id: (outcomes.len() == 1).then(|| outcomes[0].event_id.as_str()),
+            before: None,
+            after: Some(summary),
+        },
+    )
+    .await?;
+    Ok(outcomes)
 }
 
 async fn record_event(

@@ -146,6 +146,8 @@ struct Inner {
     /// Cancelled when the process shuts down: `serve` stops on it, and background work started
     /// by use cases (reconcile runs) is interrupted by it.
     shutdown: CancellationToken,
+    /// Concurrent HR event requests share one commit (see `ingest::GroupCommit`).
+    ingest_group: ingest::GroupCommit,
 }
 
 impl Roster {
@@ -168,6 +170,7 @@ impl Roster {
                 jobs_ready,
                 delivery,
                 shutdown: CancellationToken::new(),
+                ingest_group: ingest::GroupCommit::default(),
             }),
         }
     }
@@ -216,6 +219,10 @@ impl Roster {
     #[must_use]
     pub fn target_policy(&self) -> TargetPolicy {
         TargetPolicy::from_allow_private(self.inner.config.allow_private_targets)
+    }
+
+    pub(crate) fn inner_group_commit(&self) -> &ingest::GroupCommit {
+        &self.inner.ingest_group
     }
 
     pub async fn write_tx(&self) -> Result<WriteTx, DbErr> {

@@ -4,7 +4,7 @@
 //! `uq_job_pending` — so a burst of changes to one person becomes one delivery that renders
 //! the person as they are when it runs.
 use sea_orm::sea_query::{Expr, OnConflict, Query};
-use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
 
 use super::entity::job;
 
@@ -257,9 +257,24 @@ pub async fn claim(
 
 /// The job is done.
 pub async fn complete(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
-    let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = NULL, updated_at = $1 WHERE id = $2";
-    conn.execute_raw(stmt(conn, sql, vec![chrono::Utc::now().into(), id.into()]))
-        .await?;
+    complete_many(conn, &[id]).await
+}
+
+/// These jobs are done.
+pub async fn complete_many(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    for chunk in ids.chunks(1_000) {
+        job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value("done"))
+            .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+            .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
+            .col_expr(job::Column::LastError, Expr::value(Option::<String>::None))
+            .col_expr(job::Column::UpdatedAt, Expr::value(chrono::Utc::now()))
+            .filter(job::Column::Id.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -268,7 +283,7 @@ pub async fn complete(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr>
 /// closed instead. The partial unique index decides, so a concurrent enqueue cannot slip in
 /// between a check and the update.
 pub async fn retry(
-    conn: &impl ConnectionTrait,
+    conn: &(impl ConnectionTrait + TransactionTrait),
     id: i64,
     run_at_ms: i64,
     error: Option<&str>,
@@ -293,15 +308,20 @@ pub async fn retry(
 }
 
 /// Runs `update` (which makes job `id` pending); on a unique violation — a newer pending job
-/// exists for the same resource — closes job `id` as superseded.
+/// exists for the same resource — closes job `id` as superseded. The update runs under a
+/// savepoint (a transaction of its own on a plain connection): on PostgreSQL a failed
+/// statement would otherwise abort the surrounding transaction.
 async fn back_to_pending(
-    conn: &impl ConnectionTrait,
+    conn: &(impl ConnectionTrait + TransactionTrait),
     id: i64,
     update: sea_orm::Statement,
 ) -> Result<(), DbErr> {
-    match conn.execute_raw(update).await {
-        Ok(_) => Ok(()),
+    let attempt = conn.begin().await?;
+    let result = attempt.execute_raw(update).await;
+    match result {
+        Ok(_) => attempt.commit().await,
         Err(e) if super::is_unique_violation(&e) => {
+            attempt.rollback().await?;
             let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, \
                        last_error = 'superseded by a newer change', updated_at = $1 WHERE id = $2";
             conn.execute_raw(stmt(conn, sql, vec![chrono::Utc::now().into(), id.into()]))
@@ -340,7 +360,7 @@ pub async fn renew(conn: &impl ConnectionTrait, owner: &str, now_ms: i64) -> Res
 /// Returns running jobs whose lease expired (their instance died) — or all of `owner`'s, at
 /// shutdown — to `pending`. A job superseded by a newer pending one is closed instead.
 pub async fn release(
-    conn: &impl ConnectionTrait,
+    conn: &(impl ConnectionTrait + TransactionTrait),
     owner: Option<&str>,
     now_ms: i64,
 ) -> Result<u64, DbErr> {
