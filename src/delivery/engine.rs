@@ -8,7 +8,7 @@
 //! - One app's trouble stays with that app: limits, pauses and quarantine are per app.
 //! - Shutdown stops claiming, lets running jobs finish for up to `drain`, then hands the rest
 //!   back to the queue.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +87,35 @@ pub struct Delivery {
     runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
     /// The last calls' outcomes per app (true = failed), for the quarantine ratio.
     windows: Mutex<HashMap<String, VecDeque<bool>>>,
+    /// Jobs this process's workers are running: the only leases it renews.
+    in_flight: Mutex<HashSet<i64>>,
     jobs_ready: Arc<Notify>,
+}
+
+/// Marks a job as running in this process for as long as its worker lives (aborted included).
+/// A job whose outcome could not be written (the database was down) is then no longer renewed:
+/// its lease expires and it is reclaimed, instead of staying `running` — and blocking that
+/// person's later changes — for as long as this instance lives.
+struct InFlight {
+    delivery: Arc<Delivery>,
+    id: i64,
+}
+
+impl InFlight {
+    fn new(delivery: Arc<Delivery>, id: i64) -> Self {
+        if let Ok(mut set) = delivery.in_flight.lock() {
+            set.insert(id);
+        }
+        Self { delivery, id }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.delivery.in_flight.lock() {
+            set.remove(&self.id);
+        }
+    }
 }
 
 fn observer_for(app_name: String) -> CallObserver {
@@ -133,6 +161,7 @@ impl Delivery {
             limiters: Limiters::default(),
             runtimes: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
             jobs_ready,
         }
     }
@@ -652,8 +681,10 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
                 break;
             };
             let d = delivery.clone();
+            let running = InFlight::new(delivery.clone(), job.id);
             tasks.spawn(async move {
                 let _permit: OwnedSemaphorePermit = permit;
+                let _running = running;
                 d.run_job(job).await;
             });
         }
@@ -693,7 +724,12 @@ async fn housekeeping(delivery: Arc<Delivery>, config: EngineConfig, shutdown: C
         let now = queue::now_ms();
         {
             let _turn = delivery.db.write_turn().await;
-            if let Err(e) = queue::renew(conn, &delivery.owner, now).await {
+            let running: Vec<i64> = delivery
+                .in_flight
+                .lock()
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default();
+            if let Err(e) = queue::renew(conn, &delivery.owner, &running, now).await {
                 tracing::warn!(error = %e, "Could not renew leases");
             }
             match queue::release(conn, None, now).await {

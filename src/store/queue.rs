@@ -324,13 +324,31 @@ pub async fn dead(conn: &impl ConnectionTrait, id: i64, error: &str) -> Result<(
     Ok(())
 }
 
-/// Extends the leases of `owner`'s running jobs.
-pub async fn renew(conn: &impl ConnectionTrait, owner: &str, now_ms: i64) -> Result<u64, DbErr> {
-    let sql = "UPDATE job SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2";
+/// Extends the leases of `owner`'s jobs in `ids` — those its workers are running now. A job of
+/// `owner`'s that is not among them (its worker ended but could not record the outcome) keeps
+/// its lease until it expires and is reclaimed.
+pub async fn renew(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    ids: &[i64],
+    now_ms: i64,
+) -> Result<u64, DbErr> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // Integers, so listing them in the text is safe.
+    let list = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE job SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2 AND id IN ({list})"
+    );
     Ok(conn
         .execute_raw(stmt(
             conn,
-            sql,
+            &sql,
             vec![(now_ms + LEASE_MS).into(), owner.into()],
         ))
         .await?
