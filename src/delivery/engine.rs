@@ -135,7 +135,16 @@ fn observer_for(app_name: String) -> CallObserver {
                 .with_label_values(&[app_name.as_str()])
                 .inc();
         }
-        execute::record_call(record);
+        // The observer runs inside the call's `scim_call` span: tag it with what it served, so
+        // an exported call names its app, operation and HR event (DESIGN §7).
+        let mut tags = vec![("app", app_name.clone())];
+        if let Some(call) = execute::record_call(record) {
+            tags.push(("operation", call.operation.to_owned()));
+            if let Some(event) = call.hr_event_id {
+                tags.push(("hr_event_id", event));
+            }
+        }
+        crate::telemetry::tag_current_span(tags);
     })
 }
 
@@ -231,7 +240,7 @@ impl Delivery {
             client: &rt.client,
         };
         let now = queue::now_ms();
-        let (result, calls) = execute::with_call_log(async {
+        let (result, calls) = execute::with_call_log(None, async {
             let op = execute::deliver_user(conn, &ctx, identity_id, now).await?;
             execute::follow_ups(conn, &ctx, identity_id, op, now).await?;
             Ok::<_, JobError>(op)
@@ -415,6 +424,7 @@ impl Delivery {
         );
         let (result, calls) = {
             execute::with_call_log(
+                job.hr_event_id.as_deref(),
                 async {
                     let op = match kind {
                         ResourceKind::User => {
@@ -436,9 +446,11 @@ impl Delivery {
             )
             .await
         };
-        if let Ok(op) = &result {
-            span.record("operation", op.as_str());
-        }
+        match &result {
+            Ok(op) => span.record("operation", op.as_str()),
+            Err(JobError::Scim { operation, .. }) => span.record("operation", *operation),
+            Err(_) => &span,
+        };
         if let Err(e) = write_operations(
             conn,
             &app,

@@ -70,25 +70,48 @@ tokio::task_local! {
     /// write the provisioning log.
     pub static JOB_CALLS: RefCell<Vec<(&'static str, CallRecord)>>;
     static CURRENT_OPERATION: RefCell<&'static str>;
+    /// The HR event the current job serves, if any.
+    static JOB_EVENT: Option<String>;
 }
 
-/// Runs `fut` with a fresh call log; returns its output and the calls it made.
-pub async fn with_call_log<F: Future>(fut: F) -> (F::Output, Vec<(&'static str, CallRecord)>) {
-    JOB_CALLS
-        .scope(RefCell::new(Vec::new()), async {
-            let out = CURRENT_OPERATION.scope(RefCell::new("lookup"), fut).await;
-            let calls = JOB_CALLS.with(|c| c.take());
-            (out, calls)
-        })
+/// Runs `fut` with a fresh call log, for a job serving `hr_event_id`; returns its output and
+/// the calls it made.
+pub async fn with_call_log<F: Future>(
+    hr_event_id: Option<&str>,
+    fut: F,
+) -> (F::Output, Vec<(&'static str, CallRecord)>) {
+    let event = hr_event_id.map(str::to_owned);
+    JOB_EVENT
+        .scope(
+            event,
+            JOB_CALLS.scope(RefCell::new(Vec::new()), async {
+                let out = CURRENT_OPERATION.scope(RefCell::new("lookup"), fut).await;
+                let calls = JOB_CALLS.with(|c| c.take());
+                (out, calls)
+            }),
+        )
         .await
 }
 
-/// Records a call made by the current job (the client's observer calls this).
-pub fn record_call(record: &CallRecord) {
+/// What a call made inside a job served: its trace span and log row carry these.
+pub struct CallTags {
+    pub operation: &'static str,
+    pub hr_event_id: Option<String>,
+}
+
+/// Records a call made by the current job (the client's observer calls this); `None` outside
+/// a job (a reconciliation's reads, a connection test).
+pub fn record_call(record: &CallRecord) -> Option<CallTags> {
     let operation = CURRENT_OPERATION
         .try_with(|o| *o.borrow())
         .unwrap_or("lookup");
-    let _ = JOB_CALLS.try_with(|c| c.borrow_mut().push((operation, record.clone())));
+    JOB_CALLS
+        .try_with(|c| c.borrow_mut().push((operation, record.clone())))
+        .ok()?;
+    Some(CallTags {
+        operation,
+        hr_event_id: JOB_EVENT.try_with(Clone::clone).ok().flatten(),
+    })
 }
 
 fn doing(operation: Operation) {
