@@ -397,7 +397,10 @@ pub async fn deliver_user(
                 Err(e) if e.is_not_found() => {
                     return create_or_adopt(conn, ctx, &view, existing, &desired).await;
                 }
-                Err(e) => return Err(JobError::scim(Operation::Update, e)),
+                Err(e) => {
+                    forget_snapshot_if_unsure(conn, ctx, identity_id, &e).await;
+                    return Err(JobError::scim(Operation::Update, e));
+                }
             }
         };
         let rehired = existing
@@ -439,7 +442,8 @@ pub async fn deliver_user(
             save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
             Ok(Operation::Delete)
         }
-        ("deactivated", _) => Ok(Operation::Noop),
+        // Without a snapshot the last write's outcome is unknown: deactivate again.
+        ("deactivated", _) if link.snapshot.is_some() => Ok(Operation::Noop),
         _ => {
             doing(Operation::Deactivate);
             match ctx
@@ -458,7 +462,10 @@ pub async fn deliver_user(
                         .await?;
                     return Ok(Operation::Deactivate);
                 }
-                Err(e) => return Err(JobError::scim(Operation::Deactivate, e)),
+                Err(e) => {
+                    forget_snapshot_if_unsure(conn, ctx, identity_id, &e).await;
+                    return Err(JobError::scim(Operation::Deactivate, e));
+                }
             }
             let mut snapshot = link.snapshot.clone().unwrap_or_else(|| json!({}));
             if let Some(obj) = snapshot.as_object_mut() {
@@ -485,6 +492,28 @@ pub async fn deliver_user(
             .await?;
             Ok(Operation::Deactivate)
         }
+    }
+}
+
+/// A PATCH that timed out, lost its connection, got a 5xx or an unreadable answer may have been
+/// applied (only a 4xx says it was not): the link's
+/// snapshot no longer says what the target holds. Forgetting it makes the next attempt send
+/// every mapped attribute (and deactivate again when out of scope) instead of diffing against a
+/// state the target may have left — e.g. a deactivation applied but unanswered, then a re-hire
+/// whose diff against the old snapshot would be empty. A failure to forget is logged: the job
+/// fails anyway.
+async fn forget_snapshot_if_unsure(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    identity_id: &str,
+    error: &ScimError,
+) {
+    if error.status().is_some_and(|s| (400..500).contains(&s)) {
+        return;
+    }
+    if let Err(e) = queue::forget_snapshot(conn, &ctx.app.id, ResourceKind::User, identity_id).await
+    {
+        tracing::warn!(error = %e, "Could not mark a link's snapshot as unknown");
     }
 }
 

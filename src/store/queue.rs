@@ -380,9 +380,33 @@ pub async fn release(
             j.lease_owner.clone().into(),
         ];
         back_to_pending(conn, j.id, stmt(conn, sql, values)).await?;
+        // It may have been mid-write when its instance died: what the target holds is unknown.
+        if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
+            forget_snapshot(conn, &j.app_id, ResourceKind::User, &j.resource_id).await?;
+        }
         released += 1;
     }
     Ok(released)
+}
+
+/// Marks the link's snapshot (the state last applied to the target) as unknown, after a write
+/// whose outcome roster cannot know; the next delivery then sends the whole desired state.
+pub async fn forget_snapshot(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
+) -> Result<(), DbErr> {
+    let sql = "UPDATE link SET snapshot = NULL, snapshot_hash = NULL, updated_at = $1 \
+               WHERE app_id = $2 AND resource_kind = $3 AND resource_id = $4 AND target_id IS NOT NULL";
+    let values = vec![
+        chrono::Utc::now().into(),
+        app_id.into(),
+        kind.as_str().into(),
+        resource_id.into(),
+    ];
+    conn.execute_raw(stmt(conn, sql, values)).await?;
+    Ok(())
 }
 
 /// Pending jobs per (app, lane) and the oldest pending age per app, for the queue gauges and
