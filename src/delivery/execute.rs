@@ -158,6 +158,17 @@ impl<'a> LinkState<'a> {
         }
     }
 
+    /// A create whose outcome roster does not know (no answer, 5xx, a crash) may have made an
+    /// account: the next delivery looks for it before it creates, or deprovisions.
+    fn unsure() -> Self {
+        Self {
+            target_id: None,
+            snapshot: None,
+            state: "pending",
+            delete_after: None,
+        }
+    }
+
     /// The account is gone from the target (deleted by roster, or found missing).
     fn deleted() -> Self {
         Self {
@@ -352,7 +363,15 @@ async fn create_or_adopt(
             Some(account) => adopt(conn, ctx, person, existing, &account, desired).await,
             None => Err(JobError::scim(Operation::Create, e)),
         },
-        Err(e) => Err(JobError::scim(Operation::Create, e)),
+        Err(e) => {
+            if outcome_unknown(&e)
+                && let Err(db) =
+                    save_user_link(conn, ctx, &person.id, existing, LinkState::unsure()).await
+            {
+                tracing::warn!(error = %db, "Could not mark a create as unsure");
+            }
+            Err(JobError::scim(Operation::Create, e))
+        }
     }
 }
 
@@ -420,9 +439,37 @@ pub async fn deliver_user(
     }
 
     // Out of scope: only accounts roster created or adopted are ever deprovisioned.
-    let Some(link) = existing else {
+    let Some(mut link) = existing else {
         return Ok(Operation::Noop);
     };
+    if link.target_id.is_none() && link.state == "pending" {
+        // Roster's own create may have landed unanswered: the account, if it is there, is
+        // roster's, and leaves with the person.
+        let found = find_match(ctx, &view).await?.filter(|account| {
+            account["userName"]
+                .as_str()
+                .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
+        });
+        let Some((account, target_id)) =
+            found.and_then(|a| id_of(&a).map(str::to_owned).map(|id| (a, id)))
+        else {
+            save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
+            return Ok(Operation::Noop);
+        };
+        save_user_link(
+            conn,
+            ctx,
+            identity_id,
+            Some(link),
+            LinkState::linked(&target_id, &account),
+        )
+        .await?;
+        let Some(adopted) = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?
+        else {
+            return Ok(Operation::Noop);
+        };
+        link = adopted;
+    }
     let Some(target_id) = link.target_id.clone() else {
         return Ok(Operation::Noop);
     };
@@ -495,8 +542,14 @@ pub async fn deliver_user(
     }
 }
 
+/// Whether a failed write may have been applied all the same: no answer, a 5xx or an unreadable
+/// answer. Only a 4xx says it was not.
+fn outcome_unknown(error: &ScimError) -> bool {
+    !error.status().is_some_and(|s| (400..500).contains(&s))
+}
+
 /// A PATCH that timed out, lost its connection, got a 5xx or an unreadable answer may have been
-/// applied (only a 4xx says it was not): the link's
+/// applied: the link's
 /// snapshot no longer says what the target holds. Forgetting it makes the next attempt send
 /// every mapped attribute (and deactivate again when out of scope) instead of diffing against a
 /// state the target may have left — e.g. a deactivation applied but unanswered, then a re-hire
@@ -508,7 +561,7 @@ async fn forget_snapshot_if_unsure(
     identity_id: &str,
     error: &ScimError,
 ) {
-    if error.status().is_some_and(|s| (400..500).contains(&s)) {
+    if !outcome_unknown(error) {
         return;
     }
     if let Err(e) = queue::forget_snapshot(conn, &ctx.app.id, ResourceKind::User, identity_id).await

@@ -6,7 +6,7 @@
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr};
 
-use super::entity::job;
+use super::entity::{job, link};
 
 /// Delivery lanes, highest priority first: leavers overtake every other job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -383,10 +383,55 @@ pub async fn release(
         // It may have been mid-write when its instance died: what the target holds is unknown.
         if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
             forget_snapshot(conn, &j.app_id, ResourceKind::User, &j.resource_id).await?;
+            mark_create_unsure(conn, &j.app_id, &j.resource_id).await?;
         }
         released += 1;
     }
     Ok(released)
+}
+
+/// A user job that died may have created an account it never recorded: a link without an
+/// account (or no link) becomes `pending`, so the next delivery looks for the account before it
+/// creates one or, if the person is out of scope by then, deprovisions it.
+async fn mark_create_unsure(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    resource_id: &str,
+) -> Result<(), DbErr> {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+    let sql = "UPDATE link SET state = 'pending', updated_at = $1 \
+               WHERE app_id = $2 AND resource_kind = 'user' AND resource_id = $3 AND target_id IS NULL";
+    let values = vec![chrono::Utc::now().into(), app_id.into(), resource_id.into()];
+    if conn
+        .execute_raw(stmt(conn, sql, values))
+        .await?
+        .rows_affected()
+        > 0
+    {
+        return Ok(());
+    }
+    let exists = link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .filter(link::Column::ResourceId.eq(resource_id))
+        .one(conn)
+        .await?
+        .is_some();
+    if !exists {
+        let now = chrono::Utc::now();
+        link::ActiveModel {
+            app_id: Set(app_id.to_owned()),
+            resource_kind: Set(ResourceKind::User.as_str().to_owned()),
+            resource_id: Set(resource_id.to_owned()),
+            state: Set("pending".to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Marks the link's snapshot (the state last applied to the target) as unknown, after a write

@@ -628,6 +628,58 @@ async fn a_write_with_an_unknown_outcome_is_not_trusted_by_the_next_delivery() {
     assert_eq!(target.stats()["users"], 1, "{}", target.stats());
 }
 
+/// A create whose answer is lost may have made the account; when the person leaves before the
+/// retry links it, that account must still be deactivated, not left active with no link.
+#[tokio::test]
+async fn a_leaver_right_after_an_unanswered_create_is_deactivated() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        drop_reply_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    app.create_app(&sherpany(
+        "unanswered-create",
+        &target.base_url(),
+        TOKEN,
+        json!({"timeout_ms": 1000, "max_attempts": 100}),
+    ))
+    .await;
+    app.post_event(&joiner("v-j", "V1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let account = |active: bool| {
+        let target = &target;
+        move || {
+            let users = target.users_snapshot();
+            let found = user(&users, "v1@example.com")
+                .is_some_and(|u| u["active"].as_bool().unwrap_or(true) == active);
+            async move { found.then_some(()) }
+        }
+    };
+    // The POST has landed; its answer will never come (the job waits for its 1 s timeout).
+    eventually(
+        "the account created",
+        Duration::from_secs(10),
+        account(true),
+    )
+    .await;
+    app.post_event(&event(
+        "v-l",
+        "leaver",
+        "V1",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually(
+        "the unanswered account deactivated",
+        Duration::from_secs(20),
+        account(false),
+    )
+    .await;
+    assert_eq!(target.stats()["users"], 1, "{}", target.stats());
+}
+
 #[tokio::test]
 async fn bursts_of_5xx_and_a_hanging_target_are_retried_until_delivered() {
     let app = spawn_app().await;
