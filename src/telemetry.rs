@@ -387,6 +387,15 @@ where
         .with_filter(not_the_exporter)
 }
 
+/// Adds attributes to the current span as it is exported over OTLP (they are not log fields);
+/// nothing happens when traces are not exported.
+pub fn tag_current_span(attributes: impl IntoIterator<Item = (&'static str, String)>) {
+    let span = tracing::Span::current();
+    for (key, value) in attributes {
+        span.set_attribute(key, value);
+    }
+}
+
 /// The OpenTelemetry trace id of the current span, as 32 lowercase hex digits, for the
 /// provisioning log's trace id column. `None` when traces are not exported (no OpenTelemetry
 /// layer) or outside any span: a made-up id would point at a trace that exists nowhere.
@@ -598,8 +607,9 @@ mod tests {
     }
 
     // OTLP/HTTP with protobuf stores strings verbatim behind a field tag and a length, so the
-    // exact encodings below prove a name or a key=value pair is there without a protobuf decoder
-    // (opentelemetry-proto is not a dependency of ours). Lengths stay under 128: one-byte varints.
+    // exact encodings below prove a name or a key=value pair is there without a protobuf decoder.
+    // Lengths stay under 128: one-byte varints. The spans of a real job, decoded with
+    // opentelemetry-proto, are checked end to end in tests/reliability/observability.rs.
 
     /// `Span.name` is field 5 (wire type 2: tag byte 0x2a).
     fn span_name(name: &str) -> Vec<u8> {

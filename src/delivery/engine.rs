@@ -8,7 +8,7 @@
 //! - One app's trouble stays with that app: limits, pauses and quarantine are per app.
 //! - Shutdown stops claiming, lets running jobs finish for up to `drain`, then hands the rest
 //!   back to the queue.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,7 +88,35 @@ pub struct Delivery {
     runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
     /// The last calls' outcomes per app (true = failed), for the quarantine ratio.
     windows: Mutex<HashMap<String, VecDeque<bool>>>,
+    /// Jobs this process's workers are running: the only leases it renews.
+    in_flight: Mutex<HashSet<i64>>,
     jobs_ready: Arc<Notify>,
+}
+
+/// Marks a job as running in this process for as long as its worker lives (aborted included).
+/// A job whose outcome could not be written (the database was down) is then no longer renewed:
+/// its lease expires and it is reclaimed, instead of staying `running` — and blocking that
+/// person's later changes — for as long as this instance lives.
+struct InFlight {
+    delivery: Arc<Delivery>,
+    id: i64,
+}
+
+impl InFlight {
+    fn new(delivery: Arc<Delivery>, id: i64) -> Self {
+        if let Ok(mut set) = delivery.in_flight.lock() {
+            set.insert(id);
+        }
+        Self { delivery, id }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.delivery.in_flight.lock() {
+            set.remove(&self.id);
+        }
+    }
 }
 
 fn observer_for(app_name: String) -> CallObserver {
@@ -108,7 +136,16 @@ fn observer_for(app_name: String) -> CallObserver {
                 .with_label_values(&[app_name.as_str()])
                 .inc();
         }
-        execute::record_call(record);
+        // The observer runs inside the call's `scim_call` span: tag it with what it served, so
+        // an exported call names its app, operation and HR event (DESIGN §7).
+        let mut tags = vec![("app", app_name.clone())];
+        if let Some(call) = execute::record_call(record) {
+            tags.push(("operation", call.operation.to_owned()));
+            if let Some(event) = call.hr_event_id {
+                tags.push(("hr_event_id", event));
+            }
+        }
+        crate::telemetry::tag_current_span(tags);
     })
 }
 
@@ -134,6 +171,7 @@ impl Delivery {
             limiters: Limiters::default(),
             runtimes: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
             jobs_ready,
         }
     }
@@ -203,7 +241,7 @@ impl Delivery {
             client: &rt.client,
         };
         let now = queue::now_ms();
-        let (result, calls) = execute::with_call_log(async {
+        let (result, calls) = execute::with_call_log(None, async {
             let op = execute::deliver_user(conn, &ctx, identity_id, now).await?;
             execute::follow_ups(conn, &ctx, identity_id, op, now).await?;
             Ok::<_, JobError>(op)
@@ -377,6 +415,7 @@ impl Delivery {
         );
         let (result, calls) = {
             execute::with_call_log(
+                job.hr_event_id.as_deref(),
                 async {
                     let op = match kind {
                         ResourceKind::User => {
@@ -398,9 +437,11 @@ impl Delivery {
             )
             .await
         };
-        if let Ok(op) = &result {
-            span.record("operation", op.as_str());
-        }
+        match &result {
+            Ok(op) => span.record("operation", op.as_str()),
+            Err(JobError::Scim { operation, .. }) => span.record("operation", *operation),
+            Err(_) => &span,
+        };
         // Inside the job's span, so that the log rows carry its trace id.
         let operations = span.in_scope(|| {
             operation_rows(
@@ -628,8 +669,10 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
                 break;
             };
             let (d, f) = (delivery.clone(), finisher.clone());
+            let running = InFlight::new(delivery.clone(), job.id);
             tasks.spawn(async move {
                 let _permit: OwnedSemaphorePermit = permit;
+                let _running = running;
                 d.run_job(job, &f).await;
             });
         }
@@ -674,7 +717,12 @@ async fn housekeeping(delivery: Arc<Delivery>, config: EngineConfig, shutdown: C
         let now = queue::now_ms();
         {
             let _turn = delivery.db.write_turn().await;
-            if let Err(e) = queue::renew(conn, &delivery.owner, now).await {
+            let running: Vec<i64> = delivery
+                .in_flight
+                .lock()
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default();
+            if let Err(e) = queue::renew(conn, &delivery.owner, &running, now).await {
                 tracing::warn!(error = %e, "Could not renew leases");
             }
             match queue::release(conn, None, now).await {

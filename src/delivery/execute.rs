@@ -70,25 +70,48 @@ tokio::task_local! {
     /// write the provisioning log.
     pub static JOB_CALLS: RefCell<Vec<(&'static str, CallRecord)>>;
     static CURRENT_OPERATION: RefCell<&'static str>;
+    /// The HR event the current job serves, if any.
+    static JOB_EVENT: Option<String>;
 }
 
-/// Runs `fut` with a fresh call log; returns its output and the calls it made.
-pub async fn with_call_log<F: Future>(fut: F) -> (F::Output, Vec<(&'static str, CallRecord)>) {
-    JOB_CALLS
-        .scope(RefCell::new(Vec::new()), async {
-            let out = CURRENT_OPERATION.scope(RefCell::new("lookup"), fut).await;
-            let calls = JOB_CALLS.with(|c| c.take());
-            (out, calls)
-        })
+/// Runs `fut` with a fresh call log, for a job serving `hr_event_id`; returns its output and
+/// the calls it made.
+pub async fn with_call_log<F: Future>(
+    hr_event_id: Option<&str>,
+    fut: F,
+) -> (F::Output, Vec<(&'static str, CallRecord)>) {
+    let event = hr_event_id.map(str::to_owned);
+    JOB_EVENT
+        .scope(
+            event,
+            JOB_CALLS.scope(RefCell::new(Vec::new()), async {
+                let out = CURRENT_OPERATION.scope(RefCell::new("lookup"), fut).await;
+                let calls = JOB_CALLS.with(|c| c.take());
+                (out, calls)
+            }),
+        )
         .await
 }
 
-/// Records a call made by the current job (the client's observer calls this).
-pub fn record_call(record: &CallRecord) {
+/// What a call made inside a job served: its trace span and log row carry these.
+pub struct CallTags {
+    pub operation: &'static str,
+    pub hr_event_id: Option<String>,
+}
+
+/// Records a call made by the current job (the client's observer calls this); `None` outside
+/// a job (a reconciliation's reads, a connection test).
+pub fn record_call(record: &CallRecord) -> Option<CallTags> {
     let operation = CURRENT_OPERATION
         .try_with(|o| *o.borrow())
         .unwrap_or("lookup");
-    let _ = JOB_CALLS.try_with(|c| c.borrow_mut().push((operation, record.clone())));
+    JOB_CALLS
+        .try_with(|c| c.borrow_mut().push((operation, record.clone())))
+        .ok()?;
+    Some(CallTags {
+        operation,
+        hr_event_id: JOB_EVENT.try_with(Clone::clone).ok().flatten(),
+    })
 }
 
 fn doing(operation: Operation) {
@@ -131,6 +154,17 @@ impl<'a> LinkState<'a> {
             target_id: Some(target_id),
             snapshot: Some(snapshot),
             state: "linked",
+            delete_after: None,
+        }
+    }
+
+    /// A create whose outcome roster does not know (no answer, 5xx, a crash) may have made an
+    /// account: the next delivery looks for it before it creates, or deprovisions.
+    fn unsure() -> Self {
+        Self {
+            target_id: None,
+            snapshot: None,
+            state: "pending",
             delete_after: None,
         }
     }
@@ -329,7 +363,15 @@ async fn create_or_adopt(
             Some(account) => adopt(conn, ctx, person, existing, &account, desired).await,
             None => Err(JobError::scim(Operation::Create, e)),
         },
-        Err(e) => Err(JobError::scim(Operation::Create, e)),
+        Err(e) => {
+            if outcome_unknown(&e)
+                && let Err(db) =
+                    save_user_link(conn, ctx, &person.id, existing, LinkState::unsure()).await
+            {
+                tracing::warn!(error = %db, "Could not mark a create as unsure");
+            }
+            Err(JobError::scim(Operation::Create, e))
+        }
     }
 }
 
@@ -374,7 +416,10 @@ pub async fn deliver_user(
                 Err(e) if e.is_not_found() => {
                     return create_or_adopt(conn, ctx, &view, existing, &desired).await;
                 }
-                Err(e) => return Err(JobError::scim(Operation::Update, e)),
+                Err(e) => {
+                    forget_snapshot_if_unsure(conn, ctx, identity_id, &e).await;
+                    return Err(JobError::scim(Operation::Update, e));
+                }
             }
         };
         let rehired = existing
@@ -394,9 +439,37 @@ pub async fn deliver_user(
     }
 
     // Out of scope: only accounts roster created or adopted are ever deprovisioned.
-    let Some(link) = existing else {
+    let Some(mut link) = existing else {
         return Ok(Operation::Noop);
     };
+    if link.target_id.is_none() && link.state == "pending" {
+        // Roster's own create may have landed unanswered: the account, if it is there, is
+        // roster's, and leaves with the person.
+        let found = find_match(ctx, &view).await?.filter(|account| {
+            account["userName"]
+                .as_str()
+                .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
+        });
+        let Some((account, target_id)) =
+            found.and_then(|a| id_of(&a).map(str::to_owned).map(|id| (a, id)))
+        else {
+            save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
+            return Ok(Operation::Noop);
+        };
+        save_user_link(
+            conn,
+            ctx,
+            identity_id,
+            Some(link),
+            LinkState::linked(&target_id, &account),
+        )
+        .await?;
+        let Some(adopted) = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?
+        else {
+            return Ok(Operation::Noop);
+        };
+        link = adopted;
+    }
     let Some(target_id) = link.target_id.clone() else {
         return Ok(Operation::Noop);
     };
@@ -416,7 +489,8 @@ pub async fn deliver_user(
             save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
             Ok(Operation::Delete)
         }
-        ("deactivated", _) => Ok(Operation::Noop),
+        // Without a snapshot the last write's outcome is unknown: deactivate again.
+        ("deactivated", _) if link.snapshot.is_some() => Ok(Operation::Noop),
         _ => {
             doing(Operation::Deactivate);
             match ctx
@@ -435,7 +509,10 @@ pub async fn deliver_user(
                         .await?;
                     return Ok(Operation::Deactivate);
                 }
-                Err(e) => return Err(JobError::scim(Operation::Deactivate, e)),
+                Err(e) => {
+                    forget_snapshot_if_unsure(conn, ctx, identity_id, &e).await;
+                    return Err(JobError::scim(Operation::Deactivate, e));
+                }
             }
             let mut snapshot = link.snapshot.clone().unwrap_or_else(|| json!({}));
             if let Some(obj) = snapshot.as_object_mut() {
@@ -462,6 +539,34 @@ pub async fn deliver_user(
             .await?;
             Ok(Operation::Deactivate)
         }
+    }
+}
+
+/// Whether a failed write may have been applied all the same: no answer, a 5xx or an unreadable
+/// answer. Only a 4xx says it was not.
+fn outcome_unknown(error: &ScimError) -> bool {
+    !error.status().is_some_and(|s| (400..500).contains(&s))
+}
+
+/// A PATCH that timed out, lost its connection, got a 5xx or an unreadable answer may have been
+/// applied: the link's
+/// snapshot no longer says what the target holds. Forgetting it makes the next attempt send
+/// every mapped attribute (and deactivate again when out of scope) instead of diffing against a
+/// state the target may have left — e.g. a deactivation applied but unanswered, then a re-hire
+/// whose diff against the old snapshot would be empty. A failure to forget is logged: the job
+/// fails anyway.
+async fn forget_snapshot_if_unsure(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    identity_id: &str,
+    error: &ScimError,
+) {
+    if !outcome_unknown(error) {
+        return;
+    }
+    if let Err(e) = queue::forget_snapshot(conn, &ctx.app.id, ResourceKind::User, identity_id).await
+    {
+        tracing::warn!(error = %e, "Could not mark a link's snapshot as unknown");
     }
 }
 

@@ -36,7 +36,8 @@ pub struct CallRecord {
     pub error: Option<String>,
 }
 
-/// Receives every [`CallRecord`]; called inline, so keep it cheap (push to a channel).
+/// Receives every [`CallRecord`]; called inline, inside the call's `scim_call` span (so it may
+/// tag that span), so keep it cheap (push to a channel).
 pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 
 /// Awaited before every HTTP exchange: where the caller's rate limits and `Retry-After` pauses
@@ -456,14 +457,15 @@ impl ScimClient {
             duration: started.elapsed(),
             error: result.as_ref().err().map(ToString::to_string),
         };
+        // The observer runs inside the span, so it may tag it with what the call served.
         span.in_scope(|| {
             tracing::debug!(
                 duration_ms = record.duration.as_millis() as u64,
                 error = record.error.as_deref(),
                 "SCIM call"
             );
+            self.observe(&record);
         });
-        self.observe(&record);
         result
     }
 

@@ -25,7 +25,8 @@
 //! - Errors are [`ScimError`]; [`ScimError::class`] (from the pure [`classify`]) says transient,
 //!   conflict, auth, not found or permanent. [`parse_retry_after`] reads `Retry-After`.
 //! - Every HTTP call (token requests included) yields a [`CallRecord`] for the optional
-//!   [`CallObserver`] and a `scim_call` debug span. Secrets appear in neither.
+//!   [`CallObserver`] (called inside the call's span) and a `scim_call` info span. Secrets
+//!   appear in neither.
 //! - Safety: no redirects, no proxies, a whole-request timeout, an 8 MiB body cap, and the SSRF
 //!   guard at connect time (a resolver that drops refused addresses, plus a check of IP
 //!   literals before every request).

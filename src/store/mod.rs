@@ -129,8 +129,18 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
     Migrator::up(db, None).await.map_err(StoreError::Migrate)
 }
 
-/// `/readyz`: the database answers and every migration is applied.
+/// How long `/readyz` waits for the database. The pool itself would keep retrying a refused
+/// connection until its acquire timeout (30 s), longer than any probe waits.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `/readyz`: the database answers (within 2 s) and every migration is applied.
 pub async fn ready(db: &DatabaseConnection) -> Result<(), String> {
+    tokio::time::timeout(READY_TIMEOUT, check_ready(db))
+        .await
+        .map_err(|_| format!("database did not answer within {READY_TIMEOUT:?}"))?
+}
+
+async fn check_ready(db: &DatabaseConnection) -> Result<(), String> {
     db.execute_unprepared("SELECT 1")
         .await
         .map_err(|e| format!("database unreachable: {e}"))?;

@@ -6,7 +6,7 @@
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
 
-use super::entity::job;
+use super::entity::{job, link};
 
 /// Delivery lanes, highest priority first: leavers overtake every other job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -344,13 +344,31 @@ pub async fn dead(conn: &impl ConnectionTrait, id: i64, error: &str) -> Result<(
     Ok(())
 }
 
-/// Extends the leases of `owner`'s running jobs.
-pub async fn renew(conn: &impl ConnectionTrait, owner: &str, now_ms: i64) -> Result<u64, DbErr> {
-    let sql = "UPDATE job SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2";
+/// Extends the leases of `owner`'s jobs in `ids` — those its workers are running now. A job of
+/// `owner`'s that is not among them (its worker ended but could not record the outcome) keeps
+/// its lease until it expires and is reclaimed.
+pub async fn renew(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    ids: &[i64],
+    now_ms: i64,
+) -> Result<u64, DbErr> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    // Integers, so listing them in the text is safe.
+    let list = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE job SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2 AND id IN ({list})"
+    );
     Ok(conn
         .execute_raw(stmt(
             conn,
-            sql,
+            &sql,
             vec![(now_ms + LEASE_MS).into(), owner.into()],
         ))
         .await?
@@ -382,9 +400,78 @@ pub async fn release(
             j.lease_owner.clone().into(),
         ];
         back_to_pending(conn, j.id, stmt(conn, sql, values)).await?;
+        // It may have been mid-write when its instance died: what the target holds is unknown.
+        if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
+            forget_snapshot(conn, &j.app_id, ResourceKind::User, &j.resource_id).await?;
+            mark_create_unsure(conn, &j.app_id, &j.resource_id).await?;
+        }
         released += 1;
     }
     Ok(released)
+}
+
+/// A user job that died may have created an account it never recorded: a link without an
+/// account (or no link) becomes `pending`, so the next delivery looks for the account before it
+/// creates one or, if the person is out of scope by then, deprovisions it.
+async fn mark_create_unsure(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    resource_id: &str,
+) -> Result<(), DbErr> {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+    let sql = "UPDATE link SET state = 'pending', updated_at = $1 \
+               WHERE app_id = $2 AND resource_kind = 'user' AND resource_id = $3 AND target_id IS NULL";
+    let values = vec![chrono::Utc::now().into(), app_id.into(), resource_id.into()];
+    if conn
+        .execute_raw(stmt(conn, sql, values))
+        .await?
+        .rows_affected()
+        > 0
+    {
+        return Ok(());
+    }
+    let exists = link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .filter(link::Column::ResourceId.eq(resource_id))
+        .one(conn)
+        .await?
+        .is_some();
+    if !exists {
+        let now = chrono::Utc::now();
+        link::ActiveModel {
+            app_id: Set(app_id.to_owned()),
+            resource_kind: Set(ResourceKind::User.as_str().to_owned()),
+            resource_id: Set(resource_id.to_owned()),
+            state: Set("pending".to_owned()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Marks the link's snapshot (the state last applied to the target) as unknown, after a write
+/// whose outcome roster cannot know; the next delivery then sends the whole desired state.
+pub async fn forget_snapshot(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
+) -> Result<(), DbErr> {
+    let sql = "UPDATE link SET snapshot = NULL, snapshot_hash = NULL, updated_at = $1 \
+               WHERE app_id = $2 AND resource_kind = $3 AND resource_id = $4 AND target_id IS NOT NULL";
+    let values = vec![
+        chrono::Utc::now().into(),
+        app_id.into(),
+        kind.as_str().into(),
+        resource_id.into(),
+    ];
+    conn.execute_raw(stmt(conn, sql, values)).await?;
+    Ok(())
 }
 
 /// Pending jobs per (app, lane) and the oldest pending age per app, for the queue gauges and

@@ -565,6 +565,121 @@ async fn a_reply_lost_after_the_target_applied_a_post_does_not_create_twice() {
     }
 }
 
+/// A write whose answer is lost may have been applied: roster must not trust its snapshot
+/// afterwards. Every write's reply is lost here; a leaver's deactivation lands unanswered, then
+/// the person is re-hired: the account must become active again, although the snapshot (never
+/// updated, the PATCH having "failed") still says active.
+#[tokio::test]
+async fn a_write_with_an_unknown_outcome_is_not_trusted_by_the_next_delivery() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        drop_reply_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    app.create_app(&sherpany(
+        "unanswered",
+        &target.base_url(),
+        TOKEN,
+        json!({"timeout_ms": 300, "max_attempts": 100}),
+    ))
+    .await;
+    let account = |active: bool| {
+        let target = &target;
+        move || {
+            let users = target.users_snapshot();
+            let found = user(&users, "u1@example.com")
+                .is_some_and(|u| u["active"].as_bool().unwrap_or(true) == active);
+            async move { found.then_some(()) }
+        }
+    };
+    app.post_event(&joiner("u-j", "U1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    // The POST lands unanswered; the retry finds the account and links it.
+    eventually("the account linked", Duration::from_secs(20), || async {
+        let linked = app
+            .rows("SELECT id FROM link WHERE state = 'linked' AND snapshot IS NOT NULL")
+            .await;
+        (linked.len() == 1).then_some(())
+    })
+    .await;
+    app.post_event(&event(
+        "u-l",
+        "leaver",
+        "U1",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually(
+        "the deactivation applied",
+        Duration::from_secs(20),
+        account(false),
+    )
+    .await;
+    app.post_event(&joiner("u-r", "U1", "2026-11-01T11:00:00Z", json!({})))
+        .await;
+    eventually(
+        "the re-hire applied (active again)",
+        Duration::from_secs(20),
+        account(true),
+    )
+    .await;
+    assert_eq!(target.stats()["users"], 1, "{}", target.stats());
+}
+
+/// A create whose answer is lost may have made the account; when the person leaves before the
+/// retry links it, that account must still be deactivated, not left active with no link.
+#[tokio::test]
+async fn a_leaver_right_after_an_unanswered_create_is_deactivated() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        drop_reply_rate: 1.0,
+        ..Default::default()
+    })
+    .await;
+    app.create_app(&sherpany(
+        "unanswered-create",
+        &target.base_url(),
+        TOKEN,
+        json!({"timeout_ms": 1000, "max_attempts": 100}),
+    ))
+    .await;
+    app.post_event(&joiner("v-j", "V1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let account = |active: bool| {
+        let target = &target;
+        move || {
+            let users = target.users_snapshot();
+            let found = user(&users, "v1@example.com")
+                .is_some_and(|u| u["active"].as_bool().unwrap_or(true) == active);
+            async move { found.then_some(()) }
+        }
+    };
+    // The POST has landed; its answer will never come (the job waits for its 1 s timeout).
+    eventually(
+        "the account created",
+        Duration::from_secs(10),
+        account(true),
+    )
+    .await;
+    app.post_event(&event(
+        "v-l",
+        "leaver",
+        "V1",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually(
+        "the unanswered account deactivated",
+        Duration::from_secs(20),
+        account(false),
+    )
+    .await;
+    assert_eq!(target.stats()["users"], 1, "{}", target.stats());
+}
+
 #[tokio::test]
 async fn bursts_of_5xx_and_a_hanging_target_are_retried_until_delivered() {
     let app = spawn_app().await;

@@ -1,6 +1,11 @@
 //! Reliability against real processes: `roster serve` killed with SIGKILL during delivery and
 //! during ingest, drained with SIGTERM, and run twice on one PostgreSQL database. Bounded in
-//! time; everything on 127.0.0.1.
+//! time; everything on 127.0.0.1. Modules: `observability` (OTLP spans and JSON logs of a real
+//! process), `pg_restart` (a private PostgreSQL stopped under load), `chaos` (a seeded soak).
+mod chaos;
+mod observability;
+mod pg_restart;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -58,6 +63,16 @@ impl Cluster {
         }
     }
 
+    /// A cluster on a database the caller provides.
+    fn on(database_url: String) -> Self {
+        roster::startup::install_crypto_provider();
+        Self {
+            database_url,
+            secret_key: roster::crypto::SecretBox::generate_base64(),
+            _dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     fn is_postgres(&self) -> bool {
         self.database_url.starts_with("postgres")
     }
@@ -69,6 +84,18 @@ impl Cluster {
 
     /// Starts `roster serve` with this log filter, its log (stderr) going to `log`.
     async fn start_logging(&self, filter: &str, log: impl Into<Stdio>) -> Node {
+        self.start_with(filter, &[], Stdio::null(), log).await
+    }
+
+    /// Starts `roster serve` with this log filter and extra environment variables, its stdout
+    /// and stderr going where asked, and waits until it is ready.
+    async fn start_with(
+        &self,
+        filter: &str,
+        env: &[(&str, &str)],
+        stdout: impl Into<Stdio>,
+        stderr: impl Into<Stdio>,
+    ) -> Node {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_roster"))
             .arg("serve")
@@ -79,8 +106,9 @@ impl Cluster {
             .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
             .env("ROSTER_WORKERS", "8")
             .env("RUST_LOG", filter)
-            .stdout(Stdio::null())
-            .stderr(log)
+            .envs(env.iter().copied())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .expect("spawn roster");
         let node = Node {
@@ -153,6 +181,22 @@ impl Node {
             .expect("kill -TERM");
         assert!(status.success());
     }
+
+    /// SIGTERM, then waits (at most `limit`) for the process to exit; returns its status.
+    async fn stop(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "roster did not exit within {limit:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Node {
@@ -205,12 +249,17 @@ async fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
 async fn assert_delivered_once(cluster: &Cluster, target: &DevTarget, n: usize) {
     // The target may hold the last account a moment before its job records the link.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !cluster
-        .rows("SELECT id FROM job WHERE state IN ('pending', 'running')")
-        .await
-        .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the queue did not settle");
+    loop {
+        let open = cluster
+            .rows("SELECT id, state, lease_owner, lease_until, attempts, last_error FROM job WHERE state IN ('pending', 'running')")
+            .await;
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not settle: {open:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let users = target.users_snapshot();
