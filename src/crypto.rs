@@ -236,7 +236,8 @@ pub fn verify_webhook_signature(
     if v1.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now_unix - t).abs() > SIGNATURE_WINDOW_SECS {
+    // `abs_diff`: `now - t` overflows i64 for `t` near `i64::MIN` (a hostile header).
+    if now_unix.abs_diff(t) > SIGNATURE_WINDOW_SECS.unsigned_abs() {
         return Err(SignatureError::Expired);
     }
     let expected = sign_webhook(secret, t, body);
@@ -347,5 +348,14 @@ mod tests {
             verify_webhook_signature(&secret, Some("v1=abc"), body, 1_000),
             Err(SignatureError::Malformed)
         );
+        // Timestamps at the ends of i64 are expired, not an arithmetic overflow.
+        for t in [i64::MIN, i64::MIN + 1, i64::MAX] {
+            let header = format!("t={t},v1={sig}");
+            assert_eq!(
+                verify_webhook_signature(&secret, Some(&header), body, 1_784_000_000),
+                Err(SignatureError::Expired),
+                "t={t}"
+            );
+        }
     }
 }

@@ -9,6 +9,8 @@ pub mod crypto;
 pub mod delivery;
 pub mod demo;
 pub mod dev_target;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mapping;
 pub mod net_guard;
 pub mod reconcile;

@@ -102,7 +102,8 @@ fn field<T: Clone>(v: &MaybeUndefined<T>) -> FieldUpdate<T> {
     }
 }
 
-fn to_input(event: EventIn) -> HrEventInput {
+/// The service's view of a parsed event; the payload kept is the event as received.
+pub(crate) fn to_input(event: EventIn) -> HrEventInput {
     let payload = event.to_json().unwrap_or(Value::Null);
     let e = &event.employee;
     HrEventInput {

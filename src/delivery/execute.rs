@@ -652,6 +652,21 @@ pub async fn follow_ups(
     Ok(())
 }
 
+/// The member ids of a group as a target returns it: every `members[].value` that is a
+/// string; anything else in the list is ignored.
+#[must_use]
+pub(crate) fn target_members(group: &Value) -> BTreeSet<String> {
+    group
+        .get("members")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.get("value").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Makes the app's copy of a pushed roster group match: its members are the group's members
 /// that have a live account in the app. Membership changes are PATCH add/remove, never PUT.
 pub async fn deliver_group(
@@ -741,18 +756,7 @@ pub async fn deliver_group(
                     let id = id_of(one)
                         .map(str::to_owned)
                         .ok_or_else(|| JobError::Unprocessable("target group without id".into()))?;
-                    let members: BTreeSet<String> = one
-                        .get("members")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|m| {
-                                    m.get("value").and_then(Value::as_str).map(str::to_owned)
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (id, members)
+                    (id, target_members(one))
                 }
                 [] => {
                     doing(Operation::Create);

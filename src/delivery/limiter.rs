@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::scim::CallGate;
+use crate::scim::{CallGate, MAX_RETRY_AFTER};
 use crate::settings::AppSettings;
 
 pub struct AppLimiter {
@@ -37,8 +37,9 @@ impl AppLimiter {
     }
 
     /// Honour a `Retry-After`: no call to this app before `now + wait`.
+    /// The wait is capped at [`MAX_RETRY_AFTER`] (`Instant` addition panics on overflow).
     pub fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
         if let Ok(mut paused) = self.paused_until.lock()
             && paused.is_none_or(|p| p < until)
         {
@@ -110,6 +111,15 @@ mod tests {
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(400), "{took:?}");
         assert!(took < Duration::from_millis(1500), "{took:?}");
+    }
+
+    #[test]
+    fn a_huge_pause_is_capped_instead_of_overflowing() {
+        let limiter = AppLimiter::new(1, 1, 1);
+        limiter.pause_for(Duration::MAX);
+        let left = limiter.paused_for().expect("paused");
+        assert!(left <= MAX_RETRY_AFTER, "{left:?}");
+        assert!(left > MAX_RETRY_AFTER - Duration::from_secs(60), "{left:?}");
     }
 
     #[tokio::test]

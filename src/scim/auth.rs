@@ -35,19 +35,47 @@ pub(crate) struct CachedToken {
 
 /// Tokens without `expires_in` are kept this long.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Tokens are refreshed at least this often, whatever `expires_in` says: a server's
+/// `expires_in` near `u64::MAX` would otherwise overflow the `Instant` addition below.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// When a token that lives `expires_in` seconds from `now` should be refreshed: 30 s early,
 /// or at 90 % of a lifetime shorter than 5 minutes, so that a request never starts with a
 /// token about to lapse.
 #[must_use]
 pub(crate) fn refresh_at(now: Instant, expires_in: Option<u64>) -> Instant {
-    let lifetime = expires_in.map_or(DEFAULT_LIFETIME, Duration::from_secs);
+    let lifetime = expires_in
+        .map_or(DEFAULT_LIFETIME, Duration::from_secs)
+        .min(MAX_LIFETIME);
     let margin = if lifetime >= Duration::from_secs(300) {
         Duration::from_secs(30)
     } else {
         lifetime / 10
     };
     now + lifetime.saturating_sub(margin)
+}
+
+/// Reads a token endpoint's 2xx body into a token to cache: `access_token` required,
+/// `token_type` (when sent) must be `bearer`, `expires_in` sets the refresh time from `now`.
+/// Errors are the reason for a `BadResponse`.
+pub(crate) fn token_from(
+    body: Option<serde_json::Value>,
+    now: Instant,
+) -> Result<CachedToken, &'static str> {
+    let body = body.ok_or("token response without a body")?;
+    let parsed: TokenResponse =
+        serde_json::from_value(body).map_err(|_| "token response without access_token")?;
+    if parsed
+        .token_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+    {
+        return Err("token_type is not bearer");
+    }
+    Ok(CachedToken {
+        token: SecretString::from(parsed.access_token),
+        refresh_at: refresh_at(now, parsed.expires_in),
+    })
 }
 
 /// The parts of a token response (RFC 6749 §5.1) we use.
@@ -103,6 +131,11 @@ mod tests {
         assert_eq!(refresh_at(now, Some(60)), now + Duration::from_secs(54));
         assert_eq!(refresh_at(now, Some(0)), now);
         assert_eq!(refresh_at(now, None), now + Duration::from_secs(270));
+        // A hostile or broken token endpoint: capped at a day, no overflow panic.
+        assert_eq!(
+            refresh_at(now, Some(u64::MAX)),
+            now + MAX_LIFETIME - Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing::Instrument as _;
 use url::Url;
 
-use super::auth::{Auth, CachedToken, TokenResponse, refresh_at};
+use super::auth::{Auth, CachedToken, token_from};
 use super::discovery::Capabilities;
 use super::error::{ScimError, TransportKind, parse_error_body, parse_retry_after};
 use super::filter;
@@ -148,9 +148,19 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// A usable answer: 2xx, body parsed if there was one.
-struct Answer {
-    status: u16,
-    body: Option<Value>,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Option<Value>,
+}
+
+/// What [`decode_answer`] needs from a response besides its body: the status and the raw
+/// header values (`None` when absent or not visible ASCII).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResponseMeta {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<String>,
+    pub(crate) etag: Option<String>,
+    pub(crate) content_type: Option<String>,
 }
 
 /// What `DELETE` found.
@@ -276,6 +286,72 @@ fn is_json_media_type(content_type: &str) -> bool {
         .trim()
         .to_ascii_lowercase();
     media == "application/json" || media == "application/scim+json" || media.ends_with("+json")
+}
+
+/// Turns a complete response (status, headers, body within the size cap) into an [`Answer`]
+/// or the [`ScimError`] it stands for. Pure: the network part is [`ScimClient::read`]; this is
+/// the part that sees whatever bytes a target sends, and the fuzz target's entry point.
+pub(crate) fn decode_answer(
+    method: &Method,
+    path: &str,
+    meta: &ResponseMeta,
+    bytes: &[u8],
+    now: SystemTime,
+) -> Result<Answer, ScimError> {
+    let status = meta.status;
+    let bad = |reason: String| ScimError::BadResponse {
+        method: method.to_string(),
+        path: path.to_owned(),
+        status,
+        reason,
+    };
+    if !(200..300).contains(&status) {
+        let parsed = parse_error_body(bytes);
+        return Err(ScimError::Http {
+            method: method.to_string(),
+            path: path.to_owned(),
+            status,
+            scim_type: parsed.scim_type,
+            detail: parsed.detail.unwrap_or_else(|| {
+                StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("")
+                    .to_owned()
+            }),
+            retry_after: meta
+                .retry_after
+                .as_deref()
+                .and_then(|v| parse_retry_after(v, now)),
+        });
+    }
+    if status == 204 || bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Answer { status, body: None });
+    }
+    if let Some(ct) = &meta.content_type
+        && !is_json_media_type(ct)
+    {
+        let shown: String = ct.chars().take(60).collect();
+        return Err(bad(format!("unexpected content type `{shown}`")));
+    }
+    let mut body =
+        serde_json::from_slice::<Value>(bytes).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    // Some targets send the version only as an `ETag` header; keep it where callers look.
+    if let (Some(tag), Some(object)) = (&meta.etag, body.as_object_mut())
+        && object.contains_key("id")
+        && object.get("meta").and_then(|m| m.get("version")).is_none()
+    {
+        let meta = object
+            .entry("meta")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(meta) = meta.as_object_mut() {
+            meta.insert("version".into(), Value::String(tag.clone()));
+        }
+    }
+    Ok(Answer {
+        status,
+        body: Some(body),
+    })
 }
 
 /// `id` of a resource.
@@ -475,28 +551,32 @@ impl ScimClient {
         path: &str,
         mut response: reqwest::Response,
     ) -> Result<Answer, ScimError> {
+        // Taken when the headers arrive: an HTTP-date `Retry-After` counts from then.
+        let received_at = SystemTime::now();
         let status = response.status().as_u16();
         let headers = response.headers();
-        let retry_after = header_text(headers, header::RETRY_AFTER)
-            .and_then(|v| parse_retry_after(&v, SystemTime::now()));
-        let etag = header_text(headers, header::ETAG);
-        let content_type = header_text(headers, header::CONTENT_TYPE);
-        let bad = |reason: String| ScimError::BadResponse {
+        let meta = ResponseMeta {
+            status,
+            retry_after: header_text(headers, header::RETRY_AFTER),
+            etag: header_text(headers, header::ETAG),
+            content_type: header_text(headers, header::CONTENT_TYPE),
+        };
+        let max = self.inner.max_body;
+        let too_large = || ScimError::BadResponse {
             method: method.to_string(),
             path: path.to_owned(),
             status,
-            reason,
+            reason: format!("body larger than {max} bytes"),
         };
-        let max = self.inner.max_body;
         if response.content_length().is_some_and(|n| n > max as u64) {
-            return Err(bad(format!("body larger than {max} bytes")));
+            return Err(too_large());
         }
         let mut bytes = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if bytes.len() + chunk.len() > max {
-                        return Err(bad(format!("body larger than {max} bytes")));
+                        return Err(too_large());
                     }
                     bytes.extend_from_slice(&chunk);
                 }
@@ -504,50 +584,7 @@ impl ScimClient {
                 Err(e) => return Err(transport_error(method, path, &e, self.inner.timeout)),
             }
         }
-        if !(200..300).contains(&status) {
-            let parsed = parse_error_body(&bytes);
-            return Err(ScimError::Http {
-                method: method.to_string(),
-                path: path.to_owned(),
-                status,
-                scim_type: parsed.scim_type,
-                detail: parsed.detail.unwrap_or_else(|| {
-                    StatusCode::from_u16(status)
-                        .ok()
-                        .and_then(|s| s.canonical_reason())
-                        .unwrap_or("")
-                        .to_owned()
-                }),
-                retry_after,
-            });
-        }
-        if status == 204 || bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Answer { status, body: None });
-        }
-        if let Some(ct) = &content_type
-            && !is_json_media_type(ct)
-        {
-            let shown: String = ct.chars().take(60).collect();
-            return Err(bad(format!("unexpected content type `{shown}`")));
-        }
-        let mut body = serde_json::from_slice::<Value>(&bytes)
-            .map_err(|e| bad(format!("malformed JSON: {e}")))?;
-        // Some targets send the version only as an `ETag` header; keep it where callers look.
-        if let (Some(tag), Some(object)) = (&etag, body.as_object_mut())
-            && object.contains_key("id")
-            && object.get("meta").and_then(|m| m.get("version")).is_none()
-        {
-            let meta = object
-                .entry("meta")
-                .or_insert_with(|| Value::Object(serde_json::Map::new()));
-            if let Some(meta) = meta.as_object_mut() {
-                meta.insert("version".into(), Value::String(tag.clone()));
-            }
-        }
-        Ok(Answer {
-            status,
-            body: Some(body),
-        })
+        decode_answer(method, path, &meta, &bytes, received_at)
     }
 
     /// A SCIM request with auth; a 401 on a cached OAuth2 token refreshes it once and retries.
@@ -682,28 +719,11 @@ impl ScimClient {
                     .body(form)
             })
             .await?;
-        let bad = |reason: &str| ScimError::BadResponse {
+        token_from(answer.body, Instant::now()).map_err(|reason| ScimError::BadResponse {
             method: "POST".into(),
             path: token_url.path().to_owned(),
             status: answer.status,
             reason: reason.to_owned(),
-        };
-        let body = answer
-            .body
-            .clone()
-            .ok_or_else(|| bad("token response without a body"))?;
-        let parsed: TokenResponse =
-            serde_json::from_value(body).map_err(|_| bad("token response without access_token"))?;
-        if parsed
-            .token_type
-            .as_deref()
-            .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-        {
-            return Err(bad("token_type is not bearer"));
-        }
-        Ok(CachedToken {
-            token: SecretString::from(parsed.access_token),
-            refresh_at: refresh_at(Instant::now(), parsed.expires_in),
         })
     }
 
@@ -883,6 +903,28 @@ struct Paging {
     /// `id` of the first resource of page 1: seeing it again means the server wrapped round.
     first_id: Option<String>,
     done: bool,
+}
+
+/// One page of a listing, as [`parse_list_page`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListPage {
+    /// `totalResults`, when the target sent a non-negative integer.
+    pub(crate) total: Option<u64>,
+    pub(crate) items: Vec<Value>,
+}
+
+/// Reads a ListResponse body: `totalResults` and `Resources`, both matched without regard to
+/// case; a missing or `null` `Resources` is an empty page. Errors are the reason for a
+/// `BadResponse`.
+pub(crate) fn parse_list_page(body: &Value) -> Result<ListPage, &'static str> {
+    let object = body.as_object().ok_or("list response is not an object")?;
+    let total = filter::get_ci(object, "totalResults").and_then(Value::as_u64);
+    let items = match filter::get_ci(object, "Resources") {
+        Some(Value::Array(items)) => items.clone(),
+        None | Some(Value::Null) => Vec::new(),
+        Some(_) => return Err("`Resources` is not an array"),
+    };
+    Ok(ListPage { total, items })
 }
 
 /// `client.users()` or `client.groups()`: CRUD, look-ups and listing for one resource type.
@@ -1130,25 +1172,13 @@ impl Resources {
         let body = answer
             .body
             .ok_or_else(|| no_body("GET", path.clone(), answer.status))?;
-        let object = body.as_object().ok_or_else(|| ScimError::BadResponse {
-            method: "GET".into(),
-            path: path.clone(),
-            status: answer.status,
-            reason: "list response is not an object".into(),
-        })?;
-        let total = filter::get_ci(object, "totalResults").and_then(Value::as_u64);
-        let items = match filter::get_ci(object, "Resources") {
-            Some(Value::Array(items)) => items.clone(),
-            None | Some(Value::Null) => Vec::new(),
-            Some(_) => {
-                return Err(ScimError::BadResponse {
-                    method: "GET".into(),
-                    path,
-                    status: answer.status,
-                    reason: "`Resources` is not an array".into(),
-                });
-            }
-        };
+        let ListPage { total, items } =
+            parse_list_page(&body).map_err(|reason| ScimError::BadResponse {
+                method: "GET".into(),
+                path,
+                status: answer.status,
+                reason: reason.into(),
+            })?;
         let first_of_page = items.first().and_then(id_of).map(str::to_owned);
         let wrapped = paging.next_start > 1
             && (total.is_some_and(|t| paging.next_start > t)

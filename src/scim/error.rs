@@ -39,6 +39,11 @@ pub fn classify(status: Option<u16>) -> ErrorClass {
 
 /// Parses a `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3). A date in
 /// the past gives zero; anything else gives `None`.
+/// The longest wait a `Retry-After` can ask for; longer values (up to `u64::MAX` seconds, or
+/// an HTTP-date in the year 9999) are read as this. Callers add the wait to `Instant::now()`,
+/// which panics on overflow, and convert it to epoch milliseconds.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
 #[must_use]
 pub fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
     let raw = raw.trim();
@@ -47,10 +52,15 @@ pub fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
     }
     if raw.bytes().all(|b| b.is_ascii_digit()) {
         // Very long digit strings saturate instead of failing: "wait a very long time".
-        return Some(Duration::from_secs(raw.parse::<u64>().unwrap_or(u64::MAX)));
+        let seconds = raw.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     let at = httpdate::parse_http_date(raw).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Why no usable HTTP answer arrived.
@@ -278,7 +288,19 @@ mod tests {
         );
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
-        assert!(parse_retry_after("99999999999999999999999", now).is_some());
+        // Hostile values are capped, not trusted: the engine adds them to `Instant::now()`.
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("18446744073709551615", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
         for garbage in ["", "soon", "-5", "1.5", "7s", "Mon, 99 Foo 2026"] {
             assert_eq!(parse_retry_after(garbage, now), None, "{garbage:?}");
         }

@@ -44,7 +44,9 @@ pub use client::{
     ListQuery, Resources, ScimClient, TargetConfig, id_of, install_crypto_provider, version_of,
 };
 pub use discovery::Capabilities;
-pub use error::{ErrorClass, ScimError, TransportKind, classify, parse_retry_after};
+pub use error::{
+    ErrorClass, MAX_RETRY_AFTER, ScimError, TransportKind, classify, parse_retry_after,
+};
 pub use patch::{PatchError, PatchOp, PatchOperation, PatchRequest, chunk_members};
 pub use quirks::{PatchOpCase, Quirks, QuirksError};
 

@@ -219,6 +219,30 @@ pub fn validate_event(at: &str, event: &HrEventInput, now: DateTime<Utc>) -> Ser
     Ok(())
 }
 
+/// Checks a request's events before anything is stored: 1..=[`MAX_BATCH`] of them, each by
+/// [`validate_event`], named `events[i]` in a batch.
+pub fn validate_events(events: &[HrEventInput], now: DateTime<Utc>) -> ServiceResult<()> {
+    if events.is_empty() {
+        return Err(ServiceError::invalid("events", "must not be empty"));
+    }
+    if events.len() > MAX_BATCH {
+        return Err(ServiceError::invalid(
+            "events",
+            format!("at most {MAX_BATCH} events per batch"),
+        ));
+    }
+    let single = events.len() == 1;
+    for (i, e) in events.iter().enumerate() {
+        let at = if single {
+            String::new()
+        } else {
+            format!("events[{i}]")
+        };
+        validate_event(&at, e, now)?;
+    }
+    Ok(())
+}
+
 fn apply_record(
     model: &mut identity::ActiveModel,
     current: Option<&identity::Model>,
@@ -249,25 +273,7 @@ impl Roster {
         principal: &Principal,
         events: &[HrEventInput],
     ) -> ServiceResult<Vec<EventOutcome>> {
-        if events.is_empty() {
-            return Err(ServiceError::invalid("events", "must not be empty"));
-        }
-        if events.len() > MAX_BATCH {
-            return Err(ServiceError::invalid(
-                "events",
-                format!("at most {MAX_BATCH} events per batch"),
-            ));
-        }
-        let now = Utc::now();
-        let single = events.len() == 1;
-        for (i, e) in events.iter().enumerate() {
-            let at = if single {
-                String::new()
-            } else {
-                format!("events[{i}]")
-            };
-            validate_event(&at, e, now)?;
-        }
+        validate_events(events, Utc::now())?;
         self.inner_group_commit()
             .submit(self, principal.clone(), events.to_vec())
             .await

@@ -3,6 +3,7 @@
 mod crud;
 mod errors;
 mod faults;
+mod fuzz_corpus;
 mod helpers;
 mod oauth;
 mod paging;
