@@ -1,12 +1,16 @@
-//! A reconciliation run's IO (DESIGN §6): page through the target's `/Users`, classify each
-//! account with the pure [`Classifier`], store the findings, and in fix mode hand every
+//! A reconciliation run's IO (DESIGN §6): page through the target's `/Groups` (when the app
+//! pushes groups) and `/Users`, classify each group and account with the pure
+//! [`GroupClassifier`] and [`Classifier`], store the findings, and in fix mode hand every
 //! correction to the delivery queue.
 //!
 //! Invariants:
 //!
 //! * **Memory is bounded by the page size** on the target's side: accounts arrive as a stream,
 //!   findings are written to `reconcile_item` in batches of [`ITEM_BATCH`] and dropped. roster's
-//!   own identities are held once (O(identities)), as the classifier needs them.
+//!   own identities are held once (O(identities)), as the classifier needs them. The findings
+//!   of pushed groups (few, one per `group_push` entry) wait until the users were read, which
+//!   names the accounts a group lists by id only; target groups roster does not push are
+//!   written as they come.
 //! * **The run never writes to the target.** Fixes are jobs on lane `reconcile`; the run only
 //!   prepares the link so that the level-triggered job (which diffs the rendered user against
 //!   the link's last-applied snapshot) sees reality and sends the right call. `writes` in the
@@ -31,13 +35,14 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ActionKind, Class, Classifier, Counts, Desired, Finding, GuardDecision, LinkInfo,
-    ReconcileError, RunState, deletion_guard,
+    ActionKind, Class, Classifier, Counts, Desired, DesiredGroup, Finding, GroupClassifier,
+    GroupCounts, GroupFinding, GuardDecision, LinkInfo, ReconcileError, Resource, RunState,
+    deletion_guard, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
 use crate::scim::ScimError;
 use crate::settings::ReconcileMode;
-use crate::store::entity::{app, identity, link, reconcile_item, reconcile_run};
+use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
 use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
 use crate::store::{Db, is_postgres};
 use crate::telemetry::metrics;
@@ -93,6 +98,8 @@ impl RunState {
 pub struct RunOutcome {
     pub state: RunState,
     pub counts: Counts,
+    /// The group findings' classes.
+    pub groups: GroupCounts,
     pub writes: u64,
     /// Deprovisions the deletion guard held, with its reason.
     pub held: Option<(u64, String)>,
@@ -168,7 +175,7 @@ pub async fn begin(
         state: Set(RunState::Running.as_str().to_owned()),
         dry_run: Set(dry_run),
         mode: Set(mode.to_owned()),
-        counts: Set(counts_json(&Counts::default())),
+        counts: Set(counts_json(&Counts::default(), &GroupCounts::default())),
         writes: Set(0),
         error: Set(None),
         started_at: Set(now),
@@ -224,6 +231,7 @@ pub async fn execute(
             let failed = RunOutcome {
                 state: RunState::Failed,
                 counts: Counts::default(),
+                groups: GroupCounts::default(),
                 writes: 0,
                 held: None,
             };
@@ -307,12 +315,40 @@ async fn classify_and_fix(
     let fix = run.mode == "fix" && !run.dry_run;
     let desired = load_desired(db.conn(), &app.id, &target).await?;
     let mut classifier = Classifier::new(desired);
+    let mut group_classifier = load_desired_groups(db.conn(), &app.id, &target).await?;
     let mut batch = Batch::new(run, app, fix);
-
     let page_size = target.client.quirks().page_size;
+
+    // Groups first, so that the accounts a group lists by id alone are named on the way
+    // through the users. A target is asked for `/Groups` only when the app pushes groups.
+    let mut pushed: Vec<GroupFinding> = Vec::new();
+    if !group_classifier.is_empty() {
+        let mut groups = target.client.groups().list(page_size);
+        while let Some(group) = groups.next().await {
+            let finding = group_classifier.classify_group(&group?);
+            if finding.group.is_some() {
+                pushed.push(finding);
+            } else {
+                batch.push_group(finding);
+                if batch.is_full() {
+                    batch.flush(db).await?;
+                }
+            }
+        }
+        pushed.extend(group_classifier.finish());
+    }
+    let unnamed = unnamed_members(&pushed);
+    let mut names: HashMap<String, String> = HashMap::new();
+
     let mut accounts = target.client.users().list(page_size);
     while let Some(account) = accounts.next().await {
         let account = account?;
+        if !unnamed.is_empty()
+            && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
+            && let Some(user_name) = account.get("userName").and_then(Value::as_str)
+        {
+            names.insert(id.to_owned(), user_name.to_owned());
+        }
         let finding = classifier.classify_account(&account);
         batch.push(finding, Some(account));
         if batch.is_full() {
@@ -327,11 +363,18 @@ async fn classify_and_fix(
             batch.flush(db).await?;
         }
     }
+    name_members(&mut pushed, &names);
+    for finding in pushed {
+        batch.push_group(finding);
+        if batch.is_full() {
+            batch.flush(db).await?;
+        }
+    }
     batch.flush(db).await?;
 
     let m = metrics();
     for class in Class::ALL {
-        let n = batch.counts.get(class);
+        let n = batch.counts.get(class) + batch.group_counts.get(class);
         if class != Class::InSync && n > 0 {
             m.drift_detected_total
                 .with_label_values(&[app.name.as_str(), class.as_str()])
@@ -342,6 +385,7 @@ async fn classify_and_fix(
     let mut outcome = RunOutcome {
         state: RunState::Completed,
         counts: batch.counts,
+        groups: batch.group_counts,
         writes: batch.jobs,
         held: None,
     };
@@ -415,13 +459,67 @@ async fn load_desired(
     Ok(desired)
 }
 
+/// roster's side of the groups the app pushes: each `group_push` entry that names a roster
+/// group, with its link and the accounts its members have in the app (the same
+/// [`member_links`](crate::delivery::execute::member_links) delivery pushes).
+async fn load_desired_groups(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    target: &AppTarget,
+) -> Result<GroupClassifier, RunError> {
+    let mut desired = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for name in &target.settings.group_push {
+        if !names.insert(name.as_str()) {
+            continue;
+        }
+        let Some(row) = group::Entity::find()
+            .filter(group::Column::Name.eq(name.as_str()))
+            .one(conn)
+            .await?
+        else {
+            continue;
+        };
+        let link_target_id = find_link(conn, app_id, ResourceKind::Group, name)
+            .await?
+            .and_then(|l| l.target_id);
+        let members = crate::delivery::execute::member_links(conn, app_id, &row.id)
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                let user_name = l
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.get("userName"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Some((l.target_id?, user_name))
+            })
+            .collect();
+        desired.push(DesiredGroup {
+            name: name.clone(),
+            link_target_id,
+            members,
+        });
+    }
+    Ok(GroupClassifier::new(desired))
+}
+
+/// A finding waiting to be written: an account's (with the account, when its fix needs it)
+/// or a group's.
+enum Entry {
+    User(Finding, Option<Value>),
+    Group(GroupFinding),
+}
+
 /// Findings waiting to be written, with the accounts the non-deprovision fixes need.
 struct Batch<'a> {
     run: &'a reconcile_run::Model,
     app: &'a app::Model,
     fix: bool,
-    pending: Vec<(Finding, Option<Value>)>,
+    pending: Vec<Entry>,
     counts: Counts,
+    group_counts: GroupCounts,
     /// Jobs enqueued so far.
     jobs: u64,
     /// Findings whose action deactivates or deletes (applied after the guard).
@@ -436,6 +534,7 @@ impl<'a> Batch<'a> {
             fix,
             pending: Vec::with_capacity(ITEM_BATCH),
             counts: Counts::default(),
+            group_counts: GroupCounts::default(),
             jobs: 0,
             deprovisions: 0,
         }
@@ -453,7 +552,12 @@ impl<'a> Batch<'a> {
                 ActionKind::Patch | ActionKind::Link | ActionKind::LinkAndPatch
             );
         self.pending
-            .push((finding, if keep { account } else { None }));
+            .push(Entry::User(finding, if keep { account } else { None }));
+    }
+
+    fn push_group(&mut self, finding: GroupFinding) {
+        self.group_counts.add(&finding);
+        self.pending.push(Entry::Group(finding));
     }
 
     fn is_full(&self) -> bool {
@@ -468,17 +572,28 @@ impl<'a> Batch<'a> {
         }
         let pending = std::mem::take(&mut self.pending);
         let tx = db.write_tx().await?;
-        let rows = pending
-            .iter()
-            .map(|(finding, _)| item_row(&self.run.id, finding));
+        let rows = pending.iter().map(|entry| match entry {
+            Entry::User(finding, _) => item_row(&self.run.id, finding),
+            Entry::Group(finding) => group_item_row(&self.run.id, finding),
+        });
         reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
         if self.fix {
             let mut jobs = Vec::new();
-            for (finding, account) in &pending {
-                if let Some(job) = prepare_fix(&*tx, self.app, finding, account.as_ref()).await? {
+            for entry in &pending {
+                let (job, class) = match entry {
+                    Entry::User(finding, account) => (
+                        prepare_fix(&*tx, self.app, finding, account.as_ref()).await?,
+                        finding.class,
+                    ),
+                    Entry::Group(finding) => (
+                        prepare_group_fix(&*tx, self.app, finding).await?,
+                        finding.class,
+                    ),
+                };
+                if let Some(job) = job {
                     metrics()
                         .drift_corrected_total
-                        .with_label_values(&[self.app.name.as_str(), finding.class.as_str()])
+                        .with_label_values(&[self.app.name.as_str(), class.as_str()])
                         .inc();
                     jobs.push(job);
                 }
@@ -502,8 +617,85 @@ fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
         differences: Set(serde_json::to_value(&finding.differences).unwrap_or(Value::Null)),
         action: Set(finding.action.label().to_owned()),
         held: Set(false),
+        resource: Set(Resource::User.as_str().to_owned()),
+        display_name: Set(None),
         ..Default::default()
     }
+}
+
+fn group_item_row(run_id: &str, finding: &GroupFinding) -> reconcile_item::ActiveModel {
+    reconcile_item::ActiveModel {
+        run_id: Set(run_id.to_owned()),
+        class: Set(finding.class.as_str().to_owned()),
+        target_id: Set(finding.target_id.clone()),
+        user_name: Set(None),
+        identity_id: Set(None),
+        differences: Set(serde_json::to_value(finding.differences()).unwrap_or(Value::Null)),
+        action: Set(finding.action.as_str().to_owned()),
+        held: Set(false),
+        resource: Set(Resource::Group.as_str().to_owned()),
+        display_name: Set(finding.display_name.clone()),
+        ..Default::default()
+    }
+}
+
+/// The group side of [`prepare_fix`]: the group's link is made to say what the target holds
+/// (its id, `displayName` and members as read), so that the level-triggered group job sends
+/// the PATCH add/remove (never PUT) and the rename; a missing group's link loses its target id,
+/// so that the job creates it again (after looking for one of that name).
+async fn prepare_group_fix(
+    tx: &impl ConnectionTrait,
+    app: &app::Model,
+    finding: &GroupFinding,
+) -> Result<Option<JobRequest>, DbErr> {
+    let Some(name) = finding.group.as_deref() else {
+        return Ok(None);
+    };
+    let job = JobRequest {
+        kind: ResourceKind::Group,
+        resource_id: name.to_owned(),
+        ..user_job(&app.id, "")
+    };
+    match finding.action {
+        ActionKind::Patch | ActionKind::LinkAndPatch | ActionKind::Link => {
+            save_link(
+                tx,
+                app,
+                ResourceKind::Group,
+                name,
+                finding.target_id.as_deref(),
+                finding.target_state.as_ref(),
+            )
+            .await?;
+            Ok((finding.action != ActionKind::Link).then_some(job))
+        }
+        ActionKind::Create => {
+            forget_target(tx, &app.id, ResourceKind::Group, name).await?;
+            Ok(Some(job))
+        }
+        ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),
+    }
+}
+
+/// The resource is gone from the target: its link keeps no target id or snapshot, so that the
+/// next job matches (or looks up by name) and creates it.
+async fn forget_target(
+    tx: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
+) -> Result<(), DbErr> {
+    if let Some(row) = find_link(tx, app_id, kind, resource_id).await? {
+        let mut active: link::ActiveModel = row.into();
+        active.target_id = Set(None);
+        active.snapshot = Set(None);
+        active.snapshot_hash = Set(None);
+        active.state = Set("deleted".to_owned());
+        active.delete_after = Set(None);
+        active.updated_at = Set(chrono::Utc::now());
+        active.update(tx).await?;
+    }
+    Ok(())
 }
 
 fn user_job(app_id: &str, identity_id: &str) -> JobRequest {
@@ -532,26 +724,19 @@ async fn prepare_fix(
         // Linked but changed by hand: the job diffs against the snapshot, so the snapshot
         // becomes the account as it is, and the diff yields the PATCH back.
         ActionKind::Patch | ActionKind::LinkAndPatch => {
-            save_link(tx, app, identity_id, finding.target_id.as_deref(), account).await?;
+            let target_id = finding.target_id.as_deref();
+            save_link(tx, app, ResourceKind::User, identity_id, target_id, account).await?;
             Ok(Some(user_job(&app.id, identity_id)))
         }
         // Equal already: recording the link is the whole fix, no call needed.
         ActionKind::Link => {
-            save_link(tx, app, identity_id, finding.target_id.as_deref(), account).await?;
+            let target_id = finding.target_id.as_deref();
+            save_link(tx, app, ResourceKind::User, identity_id, target_id, account).await?;
             Ok(None)
         }
         // Gone from the target: a link without a target id makes the job match, then create.
         ActionKind::Create => {
-            if let Some(row) = find_link(tx, &app.id, identity_id).await? {
-                let mut active: link::ActiveModel = row.into();
-                active.target_id = Set(None);
-                active.snapshot = Set(None);
-                active.snapshot_hash = Set(None);
-                active.state = Set("deleted".to_owned());
-                active.delete_after = Set(None);
-                active.updated_at = Set(chrono::Utc::now());
-                active.update(tx).await?;
-            }
+            forget_target(tx, &app.id, ResourceKind::User, identity_id).await?;
             Ok(Some(user_job(&app.id, identity_id)))
         }
         ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),
@@ -561,12 +746,13 @@ async fn prepare_fix(
 async fn find_link(
     tx: &impl ConnectionTrait,
     app_id: &str,
-    identity_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
 ) -> Result<Option<link::Model>, DbErr> {
     link::Entity::find()
         .filter(link::Column::AppId.eq(app_id))
-        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-        .filter(link::Column::ResourceId.eq(identity_id))
+        .filter(link::Column::ResourceKind.eq(kind.as_str()))
+        .filter(link::Column::ResourceId.eq(resource_id))
         .one(tx)
         .await
 }
@@ -575,13 +761,14 @@ async fn find_link(
 async fn save_link(
     tx: &impl ConnectionTrait,
     app: &app::Model,
-    identity_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
     target_id: Option<&str>,
     snapshot: Option<&Value>,
 ) -> Result<(), DbErr> {
     let now = chrono::Utc::now();
     let hash = snapshot.map(crate::mapping::snapshot_hash);
-    match find_link(tx, &app.id, identity_id).await? {
+    match find_link(tx, &app.id, kind, resource_id).await? {
         Some(row) => {
             let mut active: link::ActiveModel = row.into();
             active.target_id = Set(target_id.map(str::to_owned));
@@ -597,8 +784,8 @@ async fn save_link(
         None => {
             link::ActiveModel {
                 app_id: Set(app.id.clone()),
-                resource_kind: Set(ResourceKind::User.as_str().to_owned()),
-                resource_id: Set(identity_id.to_owned()),
+                resource_kind: Set(kind.as_str().to_owned()),
+                resource_id: Set(resource_id.to_owned()),
                 target_id: Set(target_id.map(str::to_owned)),
                 snapshot: Set(snapshot.cloned()),
                 snapshot_hash: Set(hash),
@@ -662,7 +849,15 @@ async fn apply_deprovisions(db: &Db, app: &app::Model, run_id: &str) -> Result<u
             };
             let job = match item.identity_id.as_deref() {
                 Some(identity_id) => {
-                    save_link(&*tx, app, identity_id, Some(target_id), None).await?;
+                    save_link(
+                        &*tx,
+                        app,
+                        ResourceKind::User,
+                        identity_id,
+                        Some(target_id),
+                        None,
+                    )
+                    .await?;
                     user_job(&app.id, identity_id)
                 }
                 None => JobRequest {
@@ -712,16 +907,34 @@ async fn finish(
     if outcome.state != RunState::Failed {
         update = update.col_expr(
             reconcile_run::Column::Counts,
-            Expr::value(counts_json(&outcome.counts)),
+            Expr::value(counts_json(&outcome.counts, &outcome.groups)),
         );
     }
     update.exec(&*tx).await?;
     tx.commit().await
 }
 
+/// The run row's `counts`: the account counts of DESIGN §6 with the group counts under
+/// `groups` (one column; readers of the account counts ignore the extra key).
 #[must_use]
-pub fn counts_json(counts: &Counts) -> Value {
-    serde_json::to_value(counts).unwrap_or(Value::Null)
+pub fn counts_json(counts: &Counts, groups: &GroupCounts) -> Value {
+    let mut value = serde_json::to_value(counts).unwrap_or(Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "groups".to_owned(),
+            serde_json::to_value(groups).unwrap_or(Value::Null),
+        );
+    }
+    value
+}
+
+/// The group counts stored by [`counts_json`] (zero for runs recorded before groups were read).
+#[must_use]
+pub fn group_counts_of(counts: &Value) -> GroupCounts {
+    counts
+        .get("groups")
+        .and_then(|groups| serde_json::from_value(groups.clone()).ok())
+        .unwrap_or_default()
 }
 
 fn to_i64(n: u64) -> i64 {

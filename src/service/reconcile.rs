@@ -155,6 +155,8 @@ impl Roster {
             .into_iter()
             .filter_map(|item| {
                 Some(ReportItem {
+                    resource: parse(&item.resource).unwrap_or_default(),
+                    display_name: item.display_name,
                     class: parse(&item.class)?,
                     target_id: item.target_id,
                     user_name: item.user_name,
@@ -166,6 +168,7 @@ impl Roster {
             .collect();
         let report = Report {
             state: parse(&run.state).unwrap_or(RunState::Failed),
+            groups: run::group_counts_of(&run.counts),
             counts: serde_json::from_value::<Counts>(run.counts).unwrap_or_default(),
             writes: u64::try_from(run.writes).unwrap_or(0),
             dry_run: run.dry_run,
