@@ -23,6 +23,7 @@
 //! * One `running` run per app: [`begin`] locks the app row on PostgreSQL (SQLite has one
 //!   writer) before it looks for a running run, so two instances cannot both start one.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -40,7 +41,7 @@ use super::{
     deletion_guard, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::scim::ScimError;
+use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
 use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
@@ -103,6 +104,34 @@ pub struct RunOutcome {
     pub writes: u64,
     /// Deprovisions the deletion guard held, with its reason.
     pub held: Option<(u64, String)>,
+}
+
+/// How far a run has read the target's users, for a progress display: updated as pages
+/// arrive, read from another task.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    read: AtomicU64,
+    /// `totalResults` of the latest page; 0 until known.
+    total: AtomicU64,
+}
+
+impl RunProgress {
+    /// `(accounts read, totalResults if known)`.
+    #[must_use]
+    pub fn get(&self) -> (u64, Option<u64>) {
+        let total = self.total.load(Ordering::Relaxed);
+        (
+            self.read.load(Ordering::Relaxed),
+            (total > 0).then_some(total),
+        )
+    }
+
+    fn page(&self, read: usize, total: Option<u64>) {
+        self.read.fetch_add(read as u64, Ordering::Relaxed);
+        if let Some(total) = total {
+            self.total.store(total, Ordering::Relaxed);
+        }
+    }
 }
 
 /// When a run may start.
@@ -192,6 +221,7 @@ pub async fn execute(
     delivery: &Delivery,
     run_id: &str,
     shutdown: &CancellationToken,
+    progress: &RunProgress,
 ) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
     let run = reconcile_run::Entity::find_by_id(run_id)
@@ -203,7 +233,7 @@ pub async fn execute(
         .await?
         .ok_or_else(|| RunError::AppNotFound(run.app_id.clone()))?;
     let result = tokio::select! {
-        result = classify_and_fix(db, delivery, &run, &app) => result,
+        result = classify_and_fix(db, delivery, &run, &app, progress) => result,
         () = shutdown.cancelled() => Err(RunError::Interrupted),
     };
     let m = metrics();
@@ -310,6 +340,7 @@ async fn classify_and_fix(
     delivery: &Delivery,
     run: &reconcile_run::Model,
     app: &app::Model,
+    progress: &RunProgress,
 ) -> Result<RunOutcome, RunError> {
     let target = delivery.app_target(app).map_err(RunError::Settings)?;
     let fix = run.mode == "fix" && !run.dry_run;
@@ -340,23 +371,29 @@ async fn classify_and_fix(
     let unnamed = unnamed_members(&pushed);
     let mut names: HashMap<String, String> = HashMap::new();
 
-    let mut accounts = target.client.users().list(page_size);
-    while let Some(account) = accounts.next().await {
-        let account = account?;
-        if !unnamed.is_empty()
-            && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
-            && let Some(user_name) = account.get("userName").and_then(Value::as_str)
-        {
-            names.insert(id.to_owned(), user_name.to_owned());
-        }
-        let finding = classifier.classify_account(&account);
-        batch.push(finding, Some(account));
-        if batch.is_full() {
-            batch.flush(db).await?;
-            delivery.wake();
+    let mut pages = target.client.users().list_pages(ListQuery {
+        page_size,
+        ..ListQuery::default()
+    });
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        progress.page(page.resources.len(), page.total);
+        for account in page.resources {
+            if !unnamed.is_empty()
+                && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
+                && let Some(user_name) = account.get("userName").and_then(Value::as_str)
+            {
+                names.insert(id.to_owned(), user_name.to_owned());
+            }
+            let finding = classifier.classify_account(&account);
+            batch.push(finding, Some(account));
+            if batch.is_full() {
+                batch.flush(db).await?;
+                delivery.wake();
+            }
         }
     }
-    drop(accounts);
+    drop(pages);
     for finding in classifier.finish() {
         batch.push(finding, None);
         if batch.is_full() {
@@ -418,21 +455,22 @@ async fn load_desired(
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
     let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
+    // Only the columns classification needs: a link's snapshot is the size of an account, and
+    // every link of the app is held here.
     let links: HashMap<String, LinkInfo> = link::Entity::find()
+        .select_only()
+        .columns([
+            link::Column::ResourceId,
+            link::Column::TargetId,
+            link::Column::State,
+        ])
         .filter(link::Column::AppId.eq(app_id))
         .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .into_tuple::<(String, Option<String>, String)>()
         .all(conn)
         .await?
         .into_iter()
-        .map(|l| {
-            (
-                l.resource_id,
-                LinkInfo {
-                    target_id: l.target_id,
-                    state: l.state,
-                },
-            )
-        })
+        .map(|(resource_id, target_id, state)| (resource_id, LinkInfo { target_id, state }))
         .collect();
 
     let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;

@@ -962,3 +962,76 @@ async fn two_starts_at_once_make_one_run() {
     statuses.sort_unstable();
     assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
 }
+
+/// `roster reconcile --json` with its output piped (as a script runs it): exactly one JSON
+/// document on stdout, and no progress bar on stderr (not a terminal).
+#[tokio::test]
+async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_piped() {
+    use secrecy::ExposeSecret;
+
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "cli",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..3 {
+        let who = format!("c{n}@example.com");
+        app.post_event(&joiner(
+            &format!("c{n}"),
+            &format!("C{n}"),
+            AT,
+            json!({"user_name": who}),
+        ))
+        .await;
+    }
+    eventually("three accounts", || async {
+        settled(&app).await;
+        (hand.users("example.com").await.len() == 3).then_some(())
+    })
+    .await;
+
+    let secret = app
+        .config
+        .secret_key
+        .as_ref()
+        .map(|k| k.expose_secret().to_owned())
+        .unwrap_or_default();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["reconcile", "--app", &app_id, "--dry-run", "--json"])
+        .env("ROSTER_DATABASE_URL", &app.config.database_url)
+        .env("ROSTER_SECRET_KEY", secret)
+        .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
+        .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
+        .output()
+        .await
+        .expect("run roster reconcile");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["counts"]["in_sync"], 3, "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert!(
+        !stderr.contains("accounts read") && !stderr.contains('\r'),
+        "no progress bar when not on a terminal: {stderr}"
+    );
+}
