@@ -13,6 +13,7 @@ mod harness;
 mod ingest;
 mod leaver;
 mod rate_limit;
+mod reconcile;
 mod throughput;
 
 /// The scenarios of DESIGN §8 (names fixed), plus issue 5's `delivery-faults`.
@@ -147,13 +148,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
         Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
         Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,
         Scenario::DeliveryFaults => faults::run(options.size.unwrap_or(500)).await?,
-        Scenario::Reconcile => {
-            return Err(BenchError::NotAvailable {
-                scenario: "reconcile",
-                reason: "seeding 100k linked accounts is not built yet; the reconcile run \
-                         itself exists (`roster reconcile --app ID`)",
-            });
-        }
+        Scenario::Reconcile => reconcile::run(options.size.unwrap_or(100_000)).await?,
     };
     Ok(figures
         .with(
@@ -177,16 +172,32 @@ pub fn profile() -> &'static str {
 /// generator share the process, so this is an upper bound for roster alone.
 #[must_use]
 pub fn peak_rss_mb() -> Option<f64> {
+    status_kb("VmHWM:").map(|kb| round(kb / 1024.0, 1))
+}
+
+/// The process's resident set now (VmRSS), in MB.
+#[must_use]
+pub fn current_rss_mb() -> Option<f64> {
+    status_kb("VmRSS:").map(|kb| round(kb / 1024.0, 1))
+}
+
+/// Resets the peak resident set (VmHWM) to the current one (Linux: `5` to
+/// `/proc/self/clear_refs`), so that [`peak_rss_mb`] measures from here. Elsewhere, or when
+/// refused, the peak stays the process's.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn status_kb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(round(kb / 1024.0, 1))
+        .ok()
 }
 
 /// `value` rounded to `digits` decimals, for printing.
