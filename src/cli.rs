@@ -248,7 +248,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
 }
 
 /// An `indicatif` bar on stderr, fed from the run's progress every 100 ms: a spinner with the
-/// accounts read until the target sends `totalResults`, then read / total with rate and ETA.
+/// accounts read until the target sends `totalResults`, then read / total and the time left.
 fn show_progress(
     progress: std::sync::Arc<crate::reconcile::run::RunProgress>,
 ) -> (tokio::task::JoinHandle<()>, indicatif::ProgressBar) {
@@ -260,7 +260,7 @@ fn show_progress(
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let counted = ProgressStyle::with_template(
-        "{spinner} reconciling [{bar:30}] {pos}/{len} accounts read ({per_sec}, {eta} left)",
+        "{spinner} reconciling [{bar:30}] {pos}/{len} accounts read, {eta} left",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
     let shown = bar.clone();

@@ -10,9 +10,11 @@
 //! paging the dev-target over loopback HTTP.
 //!
 //! Peak RSS: the process's high-water mark is reset after seeding (`/proc/self/clear_refs`),
-//! so `peak_rss_mb` is the peak from the run's start, which still includes the dev-target's
-//! store of all accounts in this process (`rss_before_run_mb` shows that base;
-//! `seed_peak_rss_mb` the peak of the setup).
+//! so `peak_rss_mb` is the peak from the run's start. It still includes the dev-target's store
+//! of every account, held in this process: `dev_target_mb` is how much the resident set grew
+//! while that store was filled (before roster's side was seeded), and `roster_peak_rss_mb` is
+//! `peak_rss_mb` less that share. `rss_before_run_mb` is the base the run started from,
+//! `seed_peak_rss_mb` the peak of the setup.
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -39,6 +41,9 @@ pub struct Seeded {
     pub expected: Counts,
     /// Identity ids whose accounts were changed in the target.
     pub drifted: BTreeSet<String>,
+    /// How much the process's resident set grew while the dev-target's store was filled: the
+    /// part of `peak_rss_mb` that is the in-process target, not roster.
+    pub dev_target_mb: Option<f64>,
 }
 
 pub async fn run(n: usize) -> Result<Figures, BenchError> {
@@ -102,6 +107,10 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
             seed_peak.map_or(Value::Null, Value::from),
         )
         .with(
+            "dev_target_mb",
+            seeded.dev_target_mb.map_or(Value::Null, Value::from),
+        )
+        .with(
             "rss_before_run_mb",
             rss_before.map_or(Value::Null, Value::from),
         ))
@@ -143,40 +152,56 @@ pub async fn seed(harness: &Harness, app_id: &str, n: usize) -> Result<Seeded, B
     let compiled = crate::settings::compile_mappings(&app.settings)
         .map_err(|e| unexpected("compiling the app's mappings", e))?;
     let orphans = n / 200;
-    let drifted_every = 100;
-    let mut seeded = Seeded::default();
+    let orphan = |i: usize| {
+        // Spread through the listing, not bunched at its end.
+        orphans > 0 && i % (n / orphans) == 0 && i / (n / orphans) < orphans
+    };
+    let drifted = |i: usize| !orphan(i) && i % 100 == 1;
+    let status = |i: usize| if orphan(i) { "terminated" } else { "active" };
+
+    // The target first, alone, so that its share of the process's memory can be told apart.
+    let before = super::current_rss_mb();
+    let mut target_ids: Vec<Option<Box<str>>> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut account = mapping::render_user(&compiled, &person(i, status(i)));
+        account["active"] = json!(true);
+        if drifted(i) {
+            account["name"]["givenName"] = json!("Changed by hand");
+        }
+        let created = harness
+            .target
+            .insert(Kind::User, account)
+            .map_err(|e| unexpected("seeding the dev-target", e))?;
+        target_ids.push(created["id"].as_str().map(Box::from));
+    }
+    let mut seeded = Seeded {
+        dev_target_mb: match (before, super::current_rss_mb()) {
+            (Some(before), Some(after)) => Some(super::round(after - before, 1)),
+            _ => None,
+        },
+        ..Seeded::default()
+    };
+
     let db = harness.roster.store();
     let mut start = 0;
     while start < n {
         let end = (start + TX_ROWS).min(n);
         let mut identities = Vec::with_capacity(end - start);
         let mut links = Vec::with_capacity(end - start);
-        for i in start..end {
-            // Orphans are spread through the listing, not bunched at its end.
-            let orphan = orphans > 0 && i % (n / orphans) == 0 && i / (n / orphans) < orphans;
-            let drifted = !orphan && i % drifted_every == 1;
-            let person = person(i, if orphan { "terminated" } else { "active" });
-            let mut account = mapping::render_user(&compiled, &person);
-            account["active"] = json!(true);
-            if drifted {
-                account["name"]["givenName"] = json!("Changed by hand");
-            }
-            let created = harness
-                .target
-                .insert(Kind::User, account)
-                .map_err(|e| unexpected("seeding the dev-target", e))?;
-            let target_id = created["id"].as_str().map(str::to_owned);
+        for (i, target_id) in target_ids.iter().enumerate().take(end).skip(start) {
+            let person = person(i, status(i));
             identities.push(identity_row(&person));
-            if orphan {
+            if orphan(i) {
                 seeded.expected.orphan += 1;
+                continue;
+            }
+            let target_id = target_id.as_deref().map(str::to_owned);
+            links.push(link_row(app_id, &person, target_id, &compiled));
+            if drifted(i) {
+                seeded.expected.drifted += 1;
+                seeded.drifted.insert(person.id.clone());
             } else {
-                links.push(link_row(app_id, &person, target_id, &compiled));
-                if drifted {
-                    seeded.expected.drifted += 1;
-                    seeded.drifted.insert(person.id.clone());
-                } else {
-                    seeded.expected.in_sync += 1;
-                }
+                seeded.expected.in_sync += 1;
             }
         }
         let tx = db
