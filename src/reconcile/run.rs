@@ -48,8 +48,15 @@ use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
 use crate::store::{Db, is_postgres};
 use crate::telemetry::metrics;
 
-/// Findings written (and fixes prepared) per transaction.
-pub const ITEM_BATCH: usize = 500;
+/// Findings written (and fixes prepared) per transaction. Each commit is a sync to disk on
+/// SQLite, so larger batches are faster; 5000 findings are a few megabytes.
+pub const ITEM_BATCH: usize = 5000;
+
+/// Rows per INSERT statement (12 columns: within SQLite's and PostgreSQL's bind limits).
+const INSERT_ROWS: usize = 1000;
+
+/// Pages of the target's users fetched ahead of the one being classified.
+const PAGES_AHEAD: usize = 2;
 
 /// Identities read per query while building the desired state.
 const IDENTITY_PAGE: u64 = 1000;
@@ -344,10 +351,12 @@ async fn classify_and_fix(
 ) -> Result<RunOutcome, RunError> {
     let target = delivery.app_target(app).map_err(RunError::Settings)?;
     let fix = run.mode == "fix" && !run.dry_run;
+    let started = Instant::now();
     let desired = load_desired(db.conn(), &app.id, &target).await?;
+    let loaded = started.elapsed();
     let mut classifier = Classifier::new(desired);
     let mut group_classifier = load_desired_groups(db.conn(), &app.id, &target).await?;
-    let mut batch = Batch::new(run, app, fix);
+    let mut batch = Batch::new(db, run, app, fix);
     let page_size = target.client.quirks().page_size;
 
     // Groups first, so that the accounts a group lists by id alone are named on the way
@@ -362,7 +371,7 @@ async fn classify_and_fix(
             } else {
                 batch.push_group(finding);
                 if batch.is_full() {
-                    batch.flush(db).await?;
+                    batch.flush().await?;
                 }
             }
         }
@@ -371,11 +380,28 @@ async fn classify_and_fix(
     let unnamed = unnamed_members(&pushed);
     let mut names: HashMap<String, String> = HashMap::new();
 
+    // The next page is fetched while this one is classified and written (at most
+    // `PAGES_AHEAD` pages wait), so the target's latency and roster's work overlap.
     let mut pages = target.client.users().list_pages(ListQuery {
         page_size,
         ..ListQuery::default()
     });
-    while let Some(page) = pages.next().await {
+    let (ahead, mut arrived) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if ahead.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        let Some(page) = arrived.recv().await else {
+            break;
+        };
+        waited += asked.elapsed();
         let page = page?;
         progress.page(page.resources.len(), page.total);
         for account in page.resources {
@@ -388,26 +414,26 @@ async fn classify_and_fix(
             let finding = classifier.classify_account(&account);
             batch.push(finding, Some(account));
             if batch.is_full() {
-                batch.flush(db).await?;
+                batch.flush().await?;
                 delivery.wake();
             }
         }
     }
-    drop(pages);
+    drop(arrived);
     for finding in classifier.finish() {
         batch.push(finding, None);
         if batch.is_full() {
-            batch.flush(db).await?;
+            batch.flush().await?;
         }
     }
     name_members(&mut pushed, &names);
     for finding in pushed {
         batch.push_group(finding);
         if batch.is_full() {
-            batch.flush(db).await?;
+            batch.flush().await?;
         }
     }
-    batch.flush(db).await?;
+    batch.close().await?;
 
     let m = metrics();
     for class in Class::ALL {
@@ -419,6 +445,15 @@ async fn classify_and_fix(
         }
     }
 
+    tracing::info!(
+        app = %app.name,
+        run = %run.id,
+        load_seconds = loaded.as_secs_f64(),
+        waiting_for_target_seconds = waited.as_secs_f64(),
+        writing_seconds = batch.writing.as_secs_f64(),
+        total_seconds = started.elapsed().as_secs_f64(),
+        "Reconcile run classified the target"
+    );
     let mut outcome = RunOutcome {
         state: RunState::Completed,
         counts: batch.counts,
@@ -550,31 +585,48 @@ enum Entry {
     Group(GroupFinding),
 }
 
-/// Findings waiting to be written, with the accounts the non-deprovision fixes need.
-struct Batch<'a> {
-    run: &'a reconcile_run::Model,
-    app: &'a app::Model,
+/// Findings waiting to be written, with the accounts the non-deprovision fixes need. Full
+/// batches go to a writer task ([`write_batches`]), so that writing one batch (a commit, a disk
+/// sync on SQLite) overlaps reading and classifying the next; at most [`BATCHES_AHEAD`] batches
+/// wait for it, which keeps memory bounded.
+struct Batch {
     fix: bool,
     pending: Vec<Entry>,
     counts: Counts,
     group_counts: GroupCounts,
-    /// Jobs enqueued so far.
+    /// Time the writer spent writing findings and preparing fixes.
+    writing: std::time::Duration,
+    /// Jobs enqueued so far (known once the writer is done).
     jobs: u64,
     /// Findings whose action deactivates or deletes (applied after the guard).
     deprovisions: u64,
+    writer: Option<tokio::sync::mpsc::Sender<Vec<Entry>>>,
+    written: Option<tokio_util::task::AbortOnDropHandle<Result<(u64, std::time::Duration), DbErr>>>,
 }
 
-impl<'a> Batch<'a> {
-    fn new(run: &'a reconcile_run::Model, app: &'a app::Model, fix: bool) -> Self {
+/// Full batches that may wait for the writer.
+const BATCHES_AHEAD: usize = 1;
+
+impl Batch {
+    fn new(db: &Db, run: &reconcile_run::Model, app: &app::Model, fix: bool) -> Self {
+        let (writer, batches) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+        let written = tokio::spawn(write_batches(
+            db.clone(),
+            app.clone(),
+            run.id.clone(),
+            fix,
+            batches,
+        ));
         Self {
-            run,
-            app,
             fix,
             pending: Vec::with_capacity(ITEM_BATCH),
             counts: Counts::default(),
             group_counts: GroupCounts::default(),
+            writing: std::time::Duration::ZERO,
             jobs: 0,
             deprovisions: 0,
+            writer: Some(writer),
+            written: Some(tokio_util::task::AbortOnDropHandle::new(written)),
         }
     }
 
@@ -602,47 +654,106 @@ impl<'a> Batch<'a> {
         self.pending.len() >= ITEM_BATCH
     }
 
-    /// Writes the items and, in fix mode, prepares the links and enqueues the jobs of the
-    /// non-deprovision fixes, in one transaction.
-    async fn flush(&mut self, db: &Db) -> Result<(), RunError> {
+    /// Hands the pending findings to the writer (waiting while it is a batch behind).
+    async fn flush(&mut self) -> Result<(), RunError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let tx = db.write_tx().await?;
-        let rows = pending.iter().map(|entry| match entry {
-            Entry::User(finding, _) => item_row(&self.run.id, finding),
-            Entry::Group(finding) => group_item_row(&self.run.id, finding),
-        });
-        reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
-        if self.fix {
-            let mut jobs = Vec::new();
-            for entry in &pending {
-                let (job, class) = match entry {
-                    Entry::User(finding, account) => (
-                        prepare_fix(&*tx, self.app, finding, account.as_ref()).await?,
-                        finding.class,
-                    ),
-                    Entry::Group(finding) => (
-                        prepare_group_fix(&*tx, self.app, finding).await?,
-                        finding.class,
-                    ),
-                };
-                if let Some(job) = job {
-                    metrics()
-                        .drift_corrected_total
-                        .with_label_values(&[self.app.name.as_str(), class.as_str()])
-                        .inc();
-                    jobs.push(job);
-                }
-            }
-            queue::enqueue(&*tx, &jobs).await?;
-            self.jobs += jobs.len() as u64;
+        let pending = std::mem::replace(&mut self.pending, Vec::with_capacity(ITEM_BATCH));
+        let sent = match &self.writer {
+            Some(writer) => writer.send(pending).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped: its error says why.
+            self.join_writer().await?;
+            return Err(RunError::Db(DbErr::Custom(
+                "the findings writer stopped".to_owned(),
+            )));
         }
-        tx.commit().await?;
-        self.pending = Vec::with_capacity(ITEM_BATCH);
         Ok(())
     }
+
+    /// Writes what is pending and waits until every batch is written and committed.
+    async fn close(&mut self) -> Result<(), RunError> {
+        self.flush().await?;
+        self.join_writer().await
+    }
+
+    async fn join_writer(&mut self) -> Result<(), RunError> {
+        self.writer = None;
+        if let Some(written) = self.written.take() {
+            let (jobs, writing) = written
+                .await
+                .map_err(|e| RunError::Db(DbErr::Custom(format!("findings writer: {e}"))))??;
+            self.jobs += jobs;
+            self.writing += writing;
+        }
+        Ok(())
+    }
+}
+
+/// The writer task of a [`Batch`]: each batch in one transaction. Returns the jobs enqueued
+/// and the time spent.
+async fn write_batches(
+    db: Db,
+    app: app::Model,
+    run_id: String,
+    fix: bool,
+    mut batches: tokio::sync::mpsc::Receiver<Vec<Entry>>,
+) -> Result<(u64, std::time::Duration), DbErr> {
+    let mut jobs = 0;
+    let mut writing = std::time::Duration::ZERO;
+    while let Some(pending) = batches.recv().await {
+        let started = Instant::now();
+        jobs += write_batch(&db, &app, &run_id, fix, &pending).await?;
+        writing += started.elapsed();
+    }
+    Ok((jobs, writing))
+}
+
+/// Writes the items and, in fix mode, prepares the links and enqueues the jobs of the
+/// non-deprovision fixes, in one transaction. Returns the jobs enqueued.
+async fn write_batch(
+    db: &Db,
+    app: &app::Model,
+    run_id: &str,
+    fix: bool,
+    pending: &[Entry],
+) -> Result<u64, DbErr> {
+    let tx = db.write_tx().await?;
+    // Bounded statements: a database limits the bind parameters of one statement.
+    for chunk in pending.chunks(INSERT_ROWS) {
+        let rows = chunk.iter().map(|entry| match entry {
+            Entry::User(finding, _) => item_row(run_id, finding),
+            Entry::Group(finding) => group_item_row(run_id, finding),
+        });
+        reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
+    }
+    let mut jobs = Vec::new();
+    if fix {
+        for entry in pending {
+            let (job, class) = match entry {
+                Entry::User(finding, account) => (
+                    prepare_fix(&*tx, app, finding, account.as_ref()).await?,
+                    finding.class,
+                ),
+                Entry::Group(finding) => {
+                    (prepare_group_fix(&*tx, app, finding).await?, finding.class)
+                }
+            };
+            if let Some(job) = job {
+                metrics()
+                    .drift_corrected_total
+                    .with_label_values(&[app.name.as_str(), class.as_str()])
+                    .inc();
+                jobs.push(job);
+            }
+        }
+        queue::enqueue(&*tx, &jobs).await?;
+    }
+    tx.commit().await?;
+    Ok(jobs.len() as u64)
 }
 
 fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
