@@ -5,8 +5,10 @@
 //!
 //! Invariants:
 //!
-//! * **Memory is bounded by the page size** on the target's side: accounts arrive as a stream,
-//!   findings are written to `reconcile_item` in batches of [`ITEM_BATCH`] and dropped. roster's
+//! * **Memory is bounded by the page size** on the target's side: accounts arrive a page at a
+//!   time (at most `PAGES_AHEAD` pages fetched ahead), findings are written to
+//!   `reconcile_item` by a writer task in batches of [`ITEM_BATCH`] (at most one batch waiting
+//!   for it) and dropped. roster's
 //!   own identities are held once (O(identities)), as the classifier needs them. The findings
 //!   of pushed groups (few, one per `group_push` entry) wait until the users were read, which
 //!   names the accounts a group lists by id only; target groups roster does not push are
