@@ -154,7 +154,7 @@ pub async fn seed(harness: &Harness, app_id: &str, n: usize) -> Result<Seeded, B
     let orphans = n / 200;
     let orphan = |i: usize| {
         // Spread through the listing, not bunched at its end.
-        orphans > 0 && i % (n / orphans) == 0 && i / (n / orphans) < orphans
+        orphans > 0 && i.is_multiple_of(n / orphans) && i / (n / orphans) < orphans
     };
     let drifted = |i: usize| !orphan(i) && i % 100 == 1;
     let status = |i: usize| if orphan(i) { "terminated" } else { "active" };
