@@ -190,7 +190,9 @@ const CLI_MAX_ITEMS: u64 = 100_000;
 /// same database would deliver them as well; leases keep the two from sending a job twice).
 async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    use std::sync::Arc;
 
+    use crate::reconcile::run::RunProgress;
     use crate::service::reconcile::RunOptions;
 
     let config = Config::from_env()?;
@@ -212,23 +214,16 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         .await
         .context("starting the run")?;
 
-    // A plain counter rather than `indicatif`: one line, only on a terminal.
-    let progress = std::io::stderr().is_terminal().then(|| {
-        let roster = roster.clone();
-        let run_id = run.id.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                if let Ok(n) = roster.reconcile_items_recorded(&run_id).await {
-                    eprint!("\rroster: {n} accounts classified");
-                }
-            }
-        })
-    });
-    let outcome = roster.run_reconcile(&run.id).await;
-    if let Some(progress) = progress {
-        progress.abort();
-        eprintln!();
+    // A progress bar only for a person at a terminal: never with --json, and never when
+    // either stream is redirected (stdout then carries output for a program, and stderr a log).
+    let progress = Arc::new(RunProgress::default());
+    let interactive =
+        !args.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let bar = interactive.then(|| show_progress(progress.clone()));
+    let outcome = roster.run_reconcile_observed(&run.id, &progress).await;
+    if let Some((task, bar)) = bar {
+        task.abort();
+        bar.finish_and_clear();
     }
 
     if let Ok(done) = &outcome
@@ -250,6 +245,40 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         Ok(_) => Ok(()),
         Err(e) => Err(anyhow::anyhow!(e).context("the reconcile run failed")),
     }
+}
+
+/// An `indicatif` bar on stderr, fed from the run's progress every 100 ms: a spinner with the
+/// accounts read until the target sends `totalResults`, then read / total and the time left.
+fn show_progress(
+    progress: std::sync::Arc<crate::reconcile::run::RunProgress>,
+) -> (tokio::task::JoinHandle<()>, indicatif::ProgressBar) {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} reconciling: {pos} accounts read")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let counted = ProgressStyle::with_template(
+        "{spinner} reconciling [{bar:30}] {pos}/{len} accounts read, {eta} left",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let shown = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (read, total) = progress.get();
+            if let Some(total) = total
+                && shown.length() != Some(total)
+            {
+                shown.set_length(total);
+                shown.set_style(counted.clone());
+            }
+            shown.set_position(read);
+            shown.tick();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    (task, bar)
 }
 
 /// Runs the delivery engine until the app has no pending or running reconcile-lane job.

@@ -10,7 +10,7 @@ use super::ApiTags;
 use super::auth::ApiKey;
 use super::body::JsonBody;
 use super::problem::ApiError;
-use crate::reconcile::Counts;
+use crate::reconcile::{Counts, GroupCounts};
 use crate::service::reconcile::{RunOptions, RunReport};
 use crate::service::{Permission, Roster};
 use crate::settings::ReconcileMode;
@@ -70,17 +70,44 @@ impl From<Counts> for CountsOut {
     }
 }
 
+/// Classes of the pushed and target groups (groups are never orphan or unmatched).
+#[derive(Object)]
+pub struct GroupCountsOut {
+    pub in_sync: u64,
+    pub drifted: u64,
+    pub missing: u64,
+    pub unmanaged: u64,
+    pub adoptable: u64,
+}
+
+impl From<GroupCounts> for GroupCountsOut {
+    fn from(c: GroupCounts) -> Self {
+        Self {
+            in_sync: c.in_sync,
+            drifted: c.drifted,
+            missing: c.missing,
+            unmanaged: c.unmanaged,
+            adoptable: c.adoptable,
+        }
+    }
+}
+
 #[derive(Object)]
 pub struct DifferenceOut {
+    /// A mapped SCIM path; for groups `displayName` or `members`.
     pub path: String,
-    /// roster's value (`null`: absent).
+    /// roster's value (`null`: absent). For a group's `members`: the members roster wants
+    /// that the target group lacks, each `{"value": target id, "display": userName}`.
     pub roster: Value,
-    /// The target's value (`null`: absent).
+    /// The target's value (`null`: absent). For a group's `members`: the members the target
+    /// group has that roster does not want.
     pub target: Value,
 }
 
 #[derive(Object)]
 pub struct ItemOut {
+    /// `user` (an account, or a person without one) or `group`.
+    pub resource: String,
     /// in_sync, drifted, missing, orphan, unmatched, unmanaged or adoptable.
     pub class: String,
     pub target_id: Option<String>,
@@ -91,6 +118,9 @@ pub struct ItemOut {
     pub action: String,
     /// Held by the deletion guard (applied when the run is approved).
     pub held: bool,
+    /// Groups: roster's group name (the target's `displayName` for unmanaged groups).
+    #[oai(skip_serializing_if_is_none)]
+    pub display_name: Option<String>,
 }
 
 /// A run's report: `{id, app_id, state, dry_run, counts, writes, items}` (DESIGN §6), plus the
@@ -104,7 +134,10 @@ pub struct RunOut {
     pub dry_run: bool,
     /// report or fix.
     pub mode: String,
+    /// Accounts by class.
     pub counts: CountsOut,
+    /// Groups by class: the groups the app pushes and the target's other groups.
+    pub groups: GroupCountsOut,
     /// Jobs the run enqueued on lane `reconcile` (each becomes at most one SCIM write, none
     /// when the target already matches by the time it runs).
     pub writes: u64,
@@ -133,6 +166,7 @@ pub struct ApproveOut {
 
 fn run_summary(run: reconcile_run::Model) -> RunOut {
     RunOut {
+        groups: crate::reconcile::run::group_counts_of(&run.counts).into(),
         counts: serde_json::from_value::<Counts>(run.counts)
             .unwrap_or_default()
             .into(),
@@ -157,6 +191,8 @@ fn run_report(run: RunReport) -> RunOut {
         .into_iter()
         .zip(run.held)
         .map(|(item, held)| ItemOut {
+            resource: item.resource.as_str().to_owned(),
+            display_name: item.display_name,
             class: item.class.as_str().to_owned(),
             target_id: item.target_id,
             user_name: item.user_name,
@@ -181,6 +217,7 @@ fn run_report(run: RunReport) -> RunOut {
         dry_run: report.dry_run,
         mode: run.mode,
         counts: report.counts.into(),
+        groups: report.groups.into(),
         writes: report.writes,
         error: run.error,
         started_at: run.started_at,

@@ -42,6 +42,8 @@ impl Drop for ScratchDir {
 
 pub struct Harness {
     pub target: DevTarget,
+    /// The roster behind the API, for scenarios that seed its store or call a use case directly.
+    pub roster: crate::service::Roster,
     /// `http://ADDR/api/v1`.
     pub api: String,
     pub http: reqwest::Client,
@@ -83,12 +85,13 @@ impl Harness {
         let (roster, _) = startup::build(config)
             .await
             .map_err(|e| BenchError::Setup(format!("roster: {e}")))?;
-        let server = startup::serve(roster, "127.0.0.1:0")
+        let server = startup::serve(roster.clone(), "127.0.0.1:0")
             .await
             .map_err(|e| BenchError::Setup(format!("roster: {e}")))?;
         Ok(Self {
             api: format!("http://{}/api/v1", server.addr),
             target,
+            roster,
             http: client()?,
             admin,
             server: Some(server),

@@ -13,6 +13,7 @@ mod harness;
 mod ingest;
 mod leaver;
 mod rate_limit;
+mod reconcile;
 mod throughput;
 
 /// The scenarios of DESIGN §8 (names fixed), plus issue 5's `delivery-faults`.
@@ -147,20 +148,16 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
         Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
         Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,
         Scenario::DeliveryFaults => faults::run(options.size.unwrap_or(500)).await?,
-        Scenario::Reconcile => {
-            return Err(BenchError::NotAvailable {
-                scenario: "reconcile",
-                reason: "seeding 100k linked accounts is not built yet; the reconcile run \
-                         itself exists (`roster reconcile --app ID`)",
-            });
-        }
+        Scenario::Reconcile => reconcile::run(options.size.unwrap_or(100_000)).await?,
     };
-    Ok(figures
-        .with(
-            "peak_rss_mb",
-            peak_rss_mb().map_or(Value::Null, Value::from),
-        )
-        .with("profile", profile()))
+    let peak = peak_rss_mb();
+    let mut figures = figures.with("peak_rss_mb", peak.map_or(Value::Null, Value::from));
+    // The reconcile scenario holds its target in this process; its share is measured apart.
+    if let (Some(peak), Some(target)) = (peak, figures.get("dev_target_mb").and_then(Value::as_f64))
+    {
+        figures = figures.with("roster_peak_rss_mb", round(peak - target, 1));
+    }
+    Ok(figures.with("profile", profile()))
 }
 
 /// `debug` or `release`: figures from a debug build are not comparable with the targets.
@@ -177,16 +174,32 @@ pub fn profile() -> &'static str {
 /// generator share the process, so this is an upper bound for roster alone.
 #[must_use]
 pub fn peak_rss_mb() -> Option<f64> {
+    status_kb("VmHWM:").map(|kb| round(kb / 1024.0, 1))
+}
+
+/// The process's resident set now (VmRSS), in MB.
+#[must_use]
+pub fn current_rss_mb() -> Option<f64> {
+    status_kb("VmRSS:").map(|kb| round(kb / 1024.0, 1))
+}
+
+/// Resets the peak resident set (VmHWM) to the current one (Linux: `5` to
+/// `/proc/self/clear_refs`), so that [`peak_rss_mb`] measures from here. Elsewhere, or when
+/// refused, the peak stays the process's.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn status_kb(field: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(round(kb / 1024.0, 1))
+        .ok()
 }
 
 /// `value` rounded to `digits` decimals, for printing.

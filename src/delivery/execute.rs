@@ -667,6 +667,51 @@ pub(crate) fn target_members(group: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// The links of the accounts a roster group's members have in the app, `linked` ones only:
+/// their target ids are what the pushed group's members should be. One definition for
+/// delivery and reconciliation, so that both agree on what the target group should hold.
+pub async fn member_links(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    group_id: &str,
+) -> Result<Vec<link::Model>, sea_orm::DbErr> {
+    let employee_ids: Vec<String> = group_member::Entity::find()
+        .filter(group_member::Column::GroupId.eq(group_id))
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|m| m.employee_id)
+        .collect();
+    if employee_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut people = Vec::with_capacity(employee_ids.len());
+    // Bounded IN lists: a large group must not exceed a database's bind-parameter limit.
+    for chunk in employee_ids.chunks(1000) {
+        people.extend(
+            identity::Entity::find()
+                .filter(identity::Column::EmployeeId.is_in(chunk.iter().cloned()))
+                .all(conn)
+                .await?
+                .into_iter()
+                .map(|p| p.id),
+        );
+    }
+    let mut links = Vec::with_capacity(people.len());
+    for chunk in people.chunks(1000) {
+        links.extend(
+            link::Entity::find()
+                .filter(link::Column::AppId.eq(app_id))
+                .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+                .filter(link::Column::State.eq("linked"))
+                .filter(link::Column::ResourceId.is_in(chunk.iter().cloned()))
+                .all(conn)
+                .await?,
+        );
+    }
+    Ok(links)
+}
+
 /// Makes the app's copy of a pushed roster group match: its members are the group's members
 /// that have a live account in the app. Membership changes are PATCH add/remove, never PUT.
 pub async fn deliver_group(
@@ -696,98 +741,97 @@ pub async fn deliver_group(
         }
         return Ok(Operation::Noop);
     };
-    let employee_ids: Vec<String> = group_member::Entity::find()
-        .filter(group_member::Column::GroupId.eq(group.id.as_str()))
-        .all(conn)
+    let desired: BTreeSet<String> = member_links(conn, &ctx.app.id, &group.id)
         .await?
         .into_iter()
-        .map(|m| m.employee_id)
+        .filter_map(|l| l.target_id)
         .collect();
-    let people: Vec<String> = if employee_ids.is_empty() {
-        Vec::new()
-    } else {
-        identity::Entity::find()
-            .filter(identity::Column::EmployeeId.is_in(employee_ids))
-            .all(conn)
-            .await?
-            .into_iter()
-            .map(|p| p.id)
-            .collect()
-    };
-    let desired: BTreeSet<String> = if people.is_empty() {
-        BTreeSet::new()
-    } else {
-        link::Entity::find()
-            .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
-            .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-            .filter(link::Column::State.eq("linked"))
-            .filter(link::Column::ResourceId.is_in(people))
-            .all(conn)
-            .await?
-            .into_iter()
-            .filter_map(|l| l.target_id)
-            .collect()
-    };
-    let (target_id, current) = match existing.as_ref().and_then(|l| l.target_id.clone()) {
-        Some(id) => {
-            let current: BTreeSet<String> = existing
-                .as_ref()
-                .and_then(|l| l.snapshot.as_ref())
-                .and_then(|s| s.get("members"))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            (id, current)
-        }
-        None => {
-            doing(Operation::Adopt);
-            let found = ctx
-                .client
-                .groups()
-                .find_by("displayName", group_name)
-                .await
-                .map_err(|e| JobError::scim(Operation::Adopt, e))?;
-            match found.as_slice() {
-                [one] => {
-                    let id = id_of(one)
-                        .map(str::to_owned)
-                        .ok_or_else(|| JobError::Unprocessable("target group without id".into()))?;
-                    (id, target_members(one))
-                }
-                [] => {
-                    doing(Operation::Create);
-                    let created = ctx
-                        .client
-                        .groups()
-                        .create(&json!({
-                            "schemas": [crate::scim::schemas::GROUP],
-                            "displayName": group_name,
-                            "externalId": group.id,
-                        }))
-                        .await
-                        .map_err(|e| JobError::scim(Operation::Create, e))?;
-                    let id = id_of(&created).map(str::to_owned).ok_or_else(|| {
-                        JobError::Unprocessable(
-                            "target answered a group create without an id".into(),
-                        )
-                    })?;
-                    (id, BTreeSet::new())
-                }
-                _ => {
-                    return Err(JobError::Unprocessable(format!(
-                        "several target groups are named `{group_name}`; link one by hand"
-                    )));
+    let (target_id, current, current_name) =
+        match existing.as_ref().and_then(|l| l.target_id.clone()) {
+            Some(id) => {
+                let snapshot = existing.as_ref().and_then(|l| l.snapshot.as_ref());
+                // Reconciliation stores the name it read; older snapshots have roster's own.
+                let name = snapshot
+                    .and_then(|s| s.get("displayName"))
+                    .and_then(Value::as_str)
+                    .unwrap_or(group_name)
+                    .to_owned();
+                let current: BTreeSet<String> = existing
+                    .as_ref()
+                    .and_then(|l| l.snapshot.as_ref())
+                    .and_then(|s| s.get("members"))
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (id, current, name)
+            }
+            None => {
+                doing(Operation::Adopt);
+                let found = ctx
+                    .client
+                    .groups()
+                    .find_by("displayName", group_name)
+                    .await
+                    .map_err(|e| JobError::scim(Operation::Adopt, e))?;
+                match found.as_slice() {
+                    [one] => {
+                        let id = id_of(one).map(str::to_owned).ok_or_else(|| {
+                            JobError::Unprocessable("target group without id".into())
+                        })?;
+                        let members = target_members(one);
+                        let name = one
+                            .get("displayName")
+                            .and_then(Value::as_str)
+                            .unwrap_or(group_name)
+                            .to_owned();
+                        (id, members, name)
+                    }
+                    [] => {
+                        doing(Operation::Create);
+                        let created = ctx
+                            .client
+                            .groups()
+                            .create(&json!({
+                                "schemas": [crate::scim::schemas::GROUP],
+                                "displayName": group_name,
+                                "externalId": group.id,
+                            }))
+                            .await
+                            .map_err(|e| JobError::scim(Operation::Create, e))?;
+                        let id = id_of(&created).map(str::to_owned).ok_or_else(|| {
+                            JobError::Unprocessable(
+                                "target answered a group create without an id".into(),
+                            )
+                        })?;
+                        (id, BTreeSet::new(), group_name.to_owned())
+                    }
+                    _ => {
+                        return Err(JobError::Unprocessable(format!(
+                            "several target groups are named `{group_name}`; link one by hand"
+                        )));
+                    }
                 }
             }
-        }
-    };
+        };
     let to_add: Vec<String> = desired.difference(&current).cloned().collect();
     let to_remove: Vec<String> = current.difference(&desired).cloned().collect();
     doing(Operation::GroupUpdate);
+    let renamed = current_name != group_name;
+    if renamed {
+        // Renamed by hand in the target: the group is roster's, its name too.
+        ctx.client
+            .groups()
+            .patch(
+                &target_id,
+                &PatchRequest::new().replace("displayName", json!(group_name)),
+            )
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
     if !to_add.is_empty() {
         ctx.client
             .groups()
@@ -818,7 +862,7 @@ pub async fn deliver_group(
         },
     )
     .await?;
-    Ok(if to_add.is_empty() && to_remove.is_empty() {
+    Ok(if to_add.is_empty() && to_remove.is_empty() && !renamed {
         Operation::Noop
     } else {
         Operation::GroupUpdate

@@ -404,7 +404,11 @@ impl Store {
             .map(kind)
             .values()
             .filter(|r| filter.is_none_or(|f| f.matches(r)));
-        let total = matching.clone().count();
+        // Without a filter the total is the map's size: a full listing stays linear per page.
+        let total = match filter {
+            None => self.map(kind).len(),
+            Some(_) => matching.clone().count(),
+        };
         let start_index = if wrap && start_index > total {
             1
         } else {

@@ -36,11 +36,16 @@
 //!   `classify_account`, `finish`), [`Finding`], [`Class`], [`Action`] (`label`, `kind`,
 //!   `is_deprovision`, `changes`), [`ActionKind`], [`ReconcileError`]. The module documentation
 //!   gives the order of the classification questions and why.
+//! * `groups.rs`: [`DesiredGroup`], [`GroupClassifier`] (`new`, `classify_group`, `finish`),
+//!   [`GroupFinding`] (`differences`), [`Member`], [`unnamed_members`], [`name_members`]: the
+//!   groups the app pushes against the target's `/Groups`.
 //! * `guard.rs`: [`deletion_guard`] → [`GuardDecision`].
-//! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`RunState`].
+//! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`GroupCounts`], [`Resource`],
+//!   [`RunState`].
 //! * `run.rs`: [`run::begin`], [`run::execute`], [`run::apply_held`], [`run::complete_approval`] (IO: scim, store, and the
 //!   delivery runtime for the app's client and the queue).
 mod classify;
+mod groups;
 mod guard;
 mod report;
 pub mod run;
@@ -50,5 +55,8 @@ mod tests;
 pub use classify::{
     Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
 };
+pub use groups::{
+    DesiredGroup, GroupClassifier, GroupFinding, Member, name_members, unnamed_members,
+};
 pub use guard::{GuardDecision, MIN_ACCOUNTS_FOR_FRACTION, deletion_guard};
-pub use report::{Counts, Report, ReportItem, RunState};
+pub use report::{Counts, GroupCounts, Report, ReportItem, Resource, RunState};

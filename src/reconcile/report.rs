@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::classify::{ActionKind, Class, Finding};
+use super::groups::GroupFinding;
 use crate::mapping::Difference;
 
 /// How many findings of each class; the field names are fixed.
@@ -54,6 +55,60 @@ impl Counts {
     }
 }
 
+/// How many pushed and target groups fell in each class (the report's `groups`). Groups are
+/// never `orphan` or `unmatched`: a target group roster does not push is `unmanaged`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCounts {
+    pub in_sync: u64,
+    pub drifted: u64,
+    pub missing: u64,
+    pub unmanaged: u64,
+    pub adoptable: u64,
+}
+
+impl GroupCounts {
+    pub fn add(&mut self, finding: &GroupFinding) {
+        match finding.class {
+            Class::InSync => self.in_sync += 1,
+            Class::Drifted => self.drifted += 1,
+            Class::Missing => self.missing += 1,
+            Class::Adoptable => self.adoptable += 1,
+            Class::Unmanaged | Class::Orphan | Class::Unmatched => self.unmanaged += 1,
+        }
+    }
+
+    #[must_use]
+    pub fn get(&self, class: Class) -> u64 {
+        match class {
+            Class::InSync => self.in_sync,
+            Class::Drifted => self.drifted,
+            Class::Missing => self.missing,
+            Class::Unmanaged => self.unmanaged,
+            Class::Adoptable => self.adoptable,
+            Class::Orphan | Class::Unmatched => 0,
+        }
+    }
+}
+
+/// What an item is about: a target account (or a person without one) or a group.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    #[default]
+    User,
+    Group,
+}
+
+impl Resource {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::User => "user",
+            Resource::Group => "group",
+        }
+    }
+}
+
 /// `state` of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,17 +123,25 @@ pub enum RunState {
 /// One entry of `items`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportItem {
+    /// `user` (the fields of DESIGN §6) or `group`.
+    #[serde(default)]
+    pub resource: Resource,
     pub class: Class,
     pub target_id: Option<String>,
     pub user_name: Option<String>,
     pub identity_id: Option<String>,
     pub differences: Vec<Difference>,
     pub action: ActionKind,
+    /// Groups only: roster's group name (the target's `displayName` for unmanaged groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
 }
 
 impl From<&Finding> for ReportItem {
     fn from(finding: &Finding) -> Self {
         Self {
+            resource: Resource::User,
+            display_name: None,
             class: finding.class,
             target_id: finding.target_id.clone(),
             user_name: finding.user_name.clone(),
@@ -89,7 +152,23 @@ impl From<&Finding> for ReportItem {
     }
 }
 
-/// A run's report: `{id, app_id, state, dry_run, counts, writes, items}`.
+impl From<&GroupFinding> for ReportItem {
+    fn from(finding: &GroupFinding) -> Self {
+        Self {
+            resource: Resource::Group,
+            class: finding.class,
+            target_id: finding.target_id.clone(),
+            user_name: None,
+            identity_id: None,
+            differences: finding.differences(),
+            action: finding.action,
+            display_name: finding.display_name.clone(),
+        }
+    }
+}
+
+/// A run's report: `{id, app_id, state, dry_run, counts, writes, items}`, plus `groups`: the
+/// counts of the group findings (`counts` counts accounts only, as before).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub id: String,
@@ -97,6 +176,8 @@ pub struct Report {
     pub state: RunState,
     pub dry_run: bool,
     pub counts: Counts,
+    #[serde(default)]
+    pub groups: GroupCounts,
     /// SCIM writes the run made (zero for dry runs and report mode).
     pub writes: u64,
     pub items: Vec<ReportItem>,
@@ -112,6 +193,7 @@ impl Report {
             state: RunState::Running,
             dry_run,
             counts: Counts::default(),
+            groups: GroupCounts::default(),
             writes: 0,
             items: Vec::new(),
         }
@@ -120,6 +202,12 @@ impl Report {
     /// Counts the finding and lists it.
     pub fn record(&mut self, finding: &Finding) {
         self.counts.add(finding);
+        self.items.push(ReportItem::from(finding));
+    }
+
+    /// Counts the group finding and lists it.
+    pub fn record_group(&mut self, finding: &GroupFinding) {
+        self.groups.add(finding);
         self.items.push(ReportItem::from(finding));
     }
 }
@@ -188,6 +276,23 @@ mod tests {
             Action::Deprovision(DeprovisionAction::Delete),
         ));
         report.record(&finding(Class::Adoptable, Action::Link));
+        report.record_group(&GroupFinding {
+            class: Class::Drifted,
+            target_id: Some("g-1".to_owned()),
+            display_name: Some("board-room".to_owned()),
+            group: Some("board-room".to_owned()),
+            renamed_from: None,
+            missing_members: vec![crate::reconcile::groups::Member {
+                value: "t-2".to_owned(),
+                display: Some("bob@example.com".to_owned()),
+            }],
+            unexpected_members: vec![crate::reconcile::groups::Member {
+                value: "t-9".to_owned(),
+                display: None,
+            }],
+            action: ActionKind::Patch,
+            target_state: None,
+        });
         report.state = RunState::AwaitingApproval;
 
         let value = serde_json::to_value(&report).ok();
@@ -197,18 +302,26 @@ mod tests {
                 "id": "run-1", "app_id": "app-1", "state": "awaiting_approval", "dry_run": true,
                 "counts": {"in_sync": 0, "drifted": 1, "missing": 1, "orphan": 1,
                            "unmatched": 0, "unmanaged": 0, "adoptable": 1},
+                "groups": {"in_sync": 0, "drifted": 1, "missing": 0, "unmanaged": 0,
+                           "adoptable": 0},
                 "writes": 0,
                 "items": [
-                    {"class": "drifted", "target_id": "t-1", "user_name": "ada@example.com",
+                    {"resource": "user", "class": "drifted", "target_id": "t-1", "user_name": "ada@example.com",
                      "identity_id": "i-1",
                      "differences": [{"path": "name.givenName", "roster": "Ada", "target": "Adaa"}],
                      "action": "patch"},
-                    {"class": "missing", "target_id": null, "user_name": "ada@example.com",
+                    {"resource": "user", "class": "missing", "target_id": null, "user_name": "ada@example.com",
                      "identity_id": "i-1", "differences": [], "action": "create"},
-                    {"class": "orphan", "target_id": "t-1", "user_name": "ada@example.com",
+                    {"resource": "user", "class": "orphan", "target_id": "t-1", "user_name": "ada@example.com",
                      "identity_id": "i-1", "differences": [], "action": "delete"},
-                    {"class": "adoptable", "target_id": "t-1", "user_name": "ada@example.com",
-                     "identity_id": "i-1", "differences": [], "action": "link"}
+                    {"resource": "user", "class": "adoptable", "target_id": "t-1", "user_name": "ada@example.com",
+                     "identity_id": "i-1", "differences": [], "action": "link"},
+                    {"resource": "group", "class": "drifted", "target_id": "g-1",
+                     "user_name": null, "identity_id": null, "display_name": "board-room",
+                     "differences": [{"path": "members",
+                                      "roster": [{"value": "t-2", "display": "bob@example.com"}],
+                                      "target": [{"value": "t-9", "display": null}]}],
+                     "action": "patch"}
                 ]
             }))
         );

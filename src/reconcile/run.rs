@@ -1,12 +1,18 @@
-//! A reconciliation run's IO (DESIGN §6): page through the target's `/Users`, classify each
-//! account with the pure [`Classifier`], store the findings, and in fix mode hand every
+//! A reconciliation run's IO (DESIGN §6): page through the target's `/Groups` (when the app
+//! pushes groups) and `/Users`, classify each group and account with the pure
+//! [`GroupClassifier`] and [`Classifier`], store the findings, and in fix mode hand every
 //! correction to the delivery queue.
 //!
 //! Invariants:
 //!
-//! * **Memory is bounded by the page size** on the target's side: accounts arrive as a stream,
-//!   findings are written to `reconcile_item` in batches of [`ITEM_BATCH`] and dropped. roster's
-//!   own identities are held once (O(identities)), as the classifier needs them.
+//! * **Memory is bounded by the page size** on the target's side: accounts arrive a page at a
+//!   time (at most `PAGES_AHEAD` pages fetched ahead), findings are written to
+//!   `reconcile_item` by a writer task in batches of [`ITEM_BATCH`] (at most one batch waiting
+//!   for it) and dropped. roster's
+//!   own identities are held once (O(identities)), as the classifier needs them. The findings
+//!   of pushed groups (few, one per `group_push` entry) wait until the users were read, which
+//!   names the accounts a group lists by id only; target groups roster does not push are
+//!   written as they come.
 //! * **The run never writes to the target.** Fixes are jobs on lane `reconcile`; the run only
 //!   prepares the link so that the level-triggered job (which diffs the rendered user against
 //!   the link's last-applied snapshot) sees reality and sends the right call. `writes` in the
@@ -19,6 +25,7 @@
 //! * One `running` run per app: [`begin`] locks the app row on PostgreSQL (SQLite has one
 //!   writer) before it looks for a running run, so two instances cannot both start one.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -31,19 +38,27 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ActionKind, Class, Classifier, Counts, Desired, Finding, GuardDecision, LinkInfo,
-    ReconcileError, RunState, deletion_guard,
+    ActionKind, Class, Classifier, Counts, Desired, DesiredGroup, Finding, GroupClassifier,
+    GroupCounts, GroupFinding, GuardDecision, LinkInfo, ReconcileError, Resource, RunState,
+    deletion_guard, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::scim::ScimError;
+use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
-use crate::store::entity::{app, identity, link, reconcile_item, reconcile_run};
+use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
 use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
 use crate::store::{Db, is_postgres};
 use crate::telemetry::metrics;
 
-/// Findings written (and fixes prepared) per transaction.
-pub const ITEM_BATCH: usize = 500;
+/// Findings written (and fixes prepared) per transaction. Each commit is a sync to disk on
+/// SQLite, so larger batches are faster; 5000 findings are a few megabytes.
+pub const ITEM_BATCH: usize = 5000;
+
+/// Rows per INSERT statement (12 columns: within SQLite's and PostgreSQL's bind limits).
+const INSERT_ROWS: usize = 1000;
+
+/// Pages of the target's users fetched ahead of the one being classified.
+const PAGES_AHEAD: usize = 2;
 
 /// Identities read per query while building the desired state.
 const IDENTITY_PAGE: u64 = 1000;
@@ -93,9 +108,39 @@ impl RunState {
 pub struct RunOutcome {
     pub state: RunState,
     pub counts: Counts,
+    /// The group findings' classes.
+    pub groups: GroupCounts,
     pub writes: u64,
     /// Deprovisions the deletion guard held, with its reason.
     pub held: Option<(u64, String)>,
+}
+
+/// How far a run has read the target's users, for a progress display: updated as pages
+/// arrive, read from another task.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    read: AtomicU64,
+    /// `totalResults` of the latest page; 0 until known.
+    total: AtomicU64,
+}
+
+impl RunProgress {
+    /// `(accounts read, totalResults if known)`.
+    #[must_use]
+    pub fn get(&self) -> (u64, Option<u64>) {
+        let total = self.total.load(Ordering::Relaxed);
+        (
+            self.read.load(Ordering::Relaxed),
+            (total > 0).then_some(total),
+        )
+    }
+
+    fn page(&self, read: usize, total: Option<u64>) {
+        self.read.fetch_add(read as u64, Ordering::Relaxed);
+        if let Some(total) = total {
+            self.total.store(total, Ordering::Relaxed);
+        }
+    }
 }
 
 /// When a run may start.
@@ -168,7 +213,7 @@ pub async fn begin(
         state: Set(RunState::Running.as_str().to_owned()),
         dry_run: Set(dry_run),
         mode: Set(mode.to_owned()),
-        counts: Set(counts_json(&Counts::default())),
+        counts: Set(counts_json(&Counts::default(), &GroupCounts::default())),
         writes: Set(0),
         error: Set(None),
         started_at: Set(now),
@@ -185,6 +230,7 @@ pub async fn execute(
     delivery: &Delivery,
     run_id: &str,
     shutdown: &CancellationToken,
+    progress: &RunProgress,
 ) -> Result<RunOutcome, RunError> {
     let started = Instant::now();
     let run = reconcile_run::Entity::find_by_id(run_id)
@@ -196,7 +242,7 @@ pub async fn execute(
         .await?
         .ok_or_else(|| RunError::AppNotFound(run.app_id.clone()))?;
     let result = tokio::select! {
-        result = classify_and_fix(db, delivery, &run, &app) => result,
+        result = classify_and_fix(db, delivery, &run, &app, progress) => result,
         () = shutdown.cancelled() => Err(RunError::Interrupted),
     };
     let m = metrics();
@@ -224,6 +270,7 @@ pub async fn execute(
             let failed = RunOutcome {
                 state: RunState::Failed,
                 counts: Counts::default(),
+                groups: GroupCounts::default(),
                 writes: 0,
                 held: None,
             };
@@ -302,36 +349,97 @@ async fn classify_and_fix(
     delivery: &Delivery,
     run: &reconcile_run::Model,
     app: &app::Model,
+    progress: &RunProgress,
 ) -> Result<RunOutcome, RunError> {
     let target = delivery.app_target(app).map_err(RunError::Settings)?;
     let fix = run.mode == "fix" && !run.dry_run;
+    let started = Instant::now();
     let desired = load_desired(db.conn(), &app.id, &target).await?;
+    let loaded = started.elapsed();
     let mut classifier = Classifier::new(desired);
-    let mut batch = Batch::new(run, app, fix);
-
+    let mut group_classifier = load_desired_groups(db.conn(), &app.id, &target).await?;
+    let mut batch = Batch::new(db, run, app, fix);
     let page_size = target.client.quirks().page_size;
-    let mut accounts = target.client.users().list(page_size);
-    while let Some(account) = accounts.next().await {
-        let account = account?;
-        let finding = classifier.classify_account(&account);
-        batch.push(finding, Some(account));
-        if batch.is_full() {
-            batch.flush(db).await?;
-            delivery.wake();
+
+    // Groups first, so that the accounts a group lists by id alone are named on the way
+    // through the users. A target is asked for `/Groups` only when the app pushes groups.
+    let mut pushed: Vec<GroupFinding> = Vec::new();
+    if !group_classifier.is_empty() {
+        let mut groups = target.client.groups().list(page_size);
+        while let Some(group) = groups.next().await {
+            let finding = group_classifier.classify_group(&group?);
+            if finding.group.is_some() {
+                pushed.push(finding);
+            } else {
+                batch.push_group(finding);
+                if batch.is_full() {
+                    batch.flush().await?;
+                }
+            }
+        }
+        pushed.extend(group_classifier.finish());
+    }
+    let unnamed = unnamed_members(&pushed);
+    let mut names: HashMap<String, String> = HashMap::new();
+
+    // The next page is fetched while this one is classified and written (at most
+    // `PAGES_AHEAD` pages wait), so the target's latency and roster's work overlap.
+    let mut pages = target.client.users().list_pages(ListQuery {
+        page_size,
+        ..ListQuery::default()
+    });
+    let (ahead, mut arrived) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if ahead.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        let Some(page) = arrived.recv().await else {
+            break;
+        };
+        waited += asked.elapsed();
+        let page = page?;
+        progress.page(page.resources.len(), page.total);
+        for account in page.resources {
+            if !unnamed.is_empty()
+                && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
+                && let Some(user_name) = account.get("userName").and_then(Value::as_str)
+            {
+                names.insert(id.to_owned(), user_name.to_owned());
+            }
+            let finding = classifier.classify_account(&account);
+            batch.push(finding, Some(account));
+            if batch.is_full() {
+                batch.flush().await?;
+                delivery.wake();
+            }
         }
     }
-    drop(accounts);
+    drop(arrived);
     for finding in classifier.finish() {
         batch.push(finding, None);
         if batch.is_full() {
-            batch.flush(db).await?;
+            batch.flush().await?;
         }
     }
-    batch.flush(db).await?;
+    name_members(&mut pushed, &names);
+    for finding in pushed {
+        batch.push_group(finding);
+        if batch.is_full() {
+            batch.flush().await?;
+        }
+    }
+    batch.close().await?;
 
     let m = metrics();
     for class in Class::ALL {
-        let n = batch.counts.get(class);
+        let n = batch.counts.get(class) + batch.group_counts.get(class);
         if class != Class::InSync && n > 0 {
             m.drift_detected_total
                 .with_label_values(&[app.name.as_str(), class.as_str()])
@@ -339,9 +447,19 @@ async fn classify_and_fix(
         }
     }
 
+    tracing::info!(
+        app = %app.name,
+        run = %run.id,
+        load_seconds = loaded.as_secs_f64(),
+        waiting_for_target_seconds = waited.as_secs_f64(),
+        writing_seconds = batch.writing.as_secs_f64(),
+        total_seconds = started.elapsed().as_secs_f64(),
+        "Reconcile run classified the target"
+    );
     let mut outcome = RunOutcome {
         state: RunState::Completed,
         counts: batch.counts,
+        groups: batch.group_counts,
         writes: batch.jobs,
         held: None,
     };
@@ -374,21 +492,22 @@ async fn load_desired(
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
     let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
+    // Only the columns classification needs: a link's snapshot is the size of an account, and
+    // every link of the app is held here.
     let links: HashMap<String, LinkInfo> = link::Entity::find()
+        .select_only()
+        .columns([
+            link::Column::ResourceId,
+            link::Column::TargetId,
+            link::Column::State,
+        ])
         .filter(link::Column::AppId.eq(app_id))
         .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .into_tuple::<(String, Option<String>, String)>()
         .all(conn)
         .await?
         .into_iter()
-        .map(|l| {
-            (
-                l.resource_id,
-                LinkInfo {
-                    target_id: l.target_id,
-                    state: l.state,
-                },
-            )
-        })
+        .map(|(resource_id, target_id, state)| (resource_id, LinkInfo { target_id, state }))
         .collect();
 
     let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;
@@ -415,29 +534,101 @@ async fn load_desired(
     Ok(desired)
 }
 
-/// Findings waiting to be written, with the accounts the non-deprovision fixes need.
-struct Batch<'a> {
-    run: &'a reconcile_run::Model,
-    app: &'a app::Model,
+/// roster's side of the groups the app pushes: each `group_push` entry that names a roster
+/// group, with its link and the accounts its members have in the app (the same
+/// [`member_links`](crate::delivery::execute::member_links) delivery pushes).
+async fn load_desired_groups(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    target: &AppTarget,
+) -> Result<GroupClassifier, RunError> {
+    let mut desired = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for name in &target.settings.group_push {
+        if !names.insert(name.as_str()) {
+            continue;
+        }
+        let Some(row) = group::Entity::find()
+            .filter(group::Column::Name.eq(name.as_str()))
+            .one(conn)
+            .await?
+        else {
+            continue;
+        };
+        let link_target_id = find_link(conn, app_id, ResourceKind::Group, name)
+            .await?
+            .and_then(|l| l.target_id);
+        let members = crate::delivery::execute::member_links(conn, app_id, &row.id)
+            .await?
+            .into_iter()
+            .filter_map(|l| {
+                let user_name = l
+                    .snapshot
+                    .as_ref()
+                    .and_then(|s| s.get("userName"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                Some((l.target_id?, user_name))
+            })
+            .collect();
+        desired.push(DesiredGroup {
+            name: name.clone(),
+            link_target_id,
+            members,
+        });
+    }
+    Ok(GroupClassifier::new(desired))
+}
+
+/// A finding waiting to be written: an account's (with the account, when its fix needs it)
+/// or a group's.
+enum Entry {
+    User(Finding, Option<Value>),
+    Group(GroupFinding),
+}
+
+/// Findings waiting to be written, with the accounts the non-deprovision fixes need. Full
+/// batches go to a writer task ([`write_batches`]), so that writing one batch (a commit, a disk
+/// sync on SQLite) overlaps reading and classifying the next; at most [`BATCHES_AHEAD`] batches
+/// wait for it, which keeps memory bounded.
+struct Batch {
     fix: bool,
-    pending: Vec<(Finding, Option<Value>)>,
+    pending: Vec<Entry>,
     counts: Counts,
-    /// Jobs enqueued so far.
+    group_counts: GroupCounts,
+    /// Time the writer spent writing findings and preparing fixes.
+    writing: std::time::Duration,
+    /// Jobs enqueued so far (known once the writer is done).
     jobs: u64,
     /// Findings whose action deactivates or deletes (applied after the guard).
     deprovisions: u64,
+    writer: Option<tokio::sync::mpsc::Sender<Vec<Entry>>>,
+    written: Option<tokio_util::task::AbortOnDropHandle<Result<(u64, std::time::Duration), DbErr>>>,
 }
 
-impl<'a> Batch<'a> {
-    fn new(run: &'a reconcile_run::Model, app: &'a app::Model, fix: bool) -> Self {
+/// Full batches that may wait for the writer.
+const BATCHES_AHEAD: usize = 1;
+
+impl Batch {
+    fn new(db: &Db, run: &reconcile_run::Model, app: &app::Model, fix: bool) -> Self {
+        let (writer, batches) = tokio::sync::mpsc::channel(BATCHES_AHEAD);
+        let written = tokio::spawn(write_batches(
+            db.clone(),
+            app.clone(),
+            run.id.clone(),
+            fix,
+            batches,
+        ));
         Self {
-            run,
-            app,
             fix,
             pending: Vec::with_capacity(ITEM_BATCH),
             counts: Counts::default(),
+            group_counts: GroupCounts::default(),
+            writing: std::time::Duration::ZERO,
             jobs: 0,
             deprovisions: 0,
+            writer: Some(writer),
+            written: Some(tokio_util::task::AbortOnDropHandle::new(written)),
         }
     }
 
@@ -453,43 +644,118 @@ impl<'a> Batch<'a> {
                 ActionKind::Patch | ActionKind::Link | ActionKind::LinkAndPatch
             );
         self.pending
-            .push((finding, if keep { account } else { None }));
+            .push(Entry::User(finding, if keep { account } else { None }));
+    }
+
+    fn push_group(&mut self, finding: GroupFinding) {
+        self.group_counts.add(&finding);
+        self.pending.push(Entry::Group(finding));
     }
 
     fn is_full(&self) -> bool {
         self.pending.len() >= ITEM_BATCH
     }
 
-    /// Writes the items and, in fix mode, prepares the links and enqueues the jobs of the
-    /// non-deprovision fixes, in one transaction.
-    async fn flush(&mut self, db: &Db) -> Result<(), RunError> {
+    /// Hands the pending findings to the writer (waiting while it is a batch behind).
+    async fn flush(&mut self) -> Result<(), RunError> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let tx = db.write_tx().await?;
-        let rows = pending
-            .iter()
-            .map(|(finding, _)| item_row(&self.run.id, finding));
-        reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
-        if self.fix {
-            let mut jobs = Vec::new();
-            for (finding, account) in &pending {
-                if let Some(job) = prepare_fix(&*tx, self.app, finding, account.as_ref()).await? {
-                    metrics()
-                        .drift_corrected_total
-                        .with_label_values(&[self.app.name.as_str(), finding.class.as_str()])
-                        .inc();
-                    jobs.push(job);
-                }
-            }
-            queue::enqueue(&*tx, &jobs).await?;
-            self.jobs += jobs.len() as u64;
+        let pending = std::mem::replace(&mut self.pending, Vec::with_capacity(ITEM_BATCH));
+        let sent = match &self.writer {
+            Some(writer) => writer.send(pending).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped: its error says why.
+            self.join_writer().await?;
+            return Err(RunError::Db(DbErr::Custom(
+                "the findings writer stopped".to_owned(),
+            )));
         }
-        tx.commit().await?;
-        self.pending = Vec::with_capacity(ITEM_BATCH);
         Ok(())
     }
+
+    /// Writes what is pending and waits until every batch is written and committed.
+    async fn close(&mut self) -> Result<(), RunError> {
+        self.flush().await?;
+        self.join_writer().await
+    }
+
+    async fn join_writer(&mut self) -> Result<(), RunError> {
+        self.writer = None;
+        if let Some(written) = self.written.take() {
+            let (jobs, writing) = written
+                .await
+                .map_err(|e| RunError::Db(DbErr::Custom(format!("findings writer: {e}"))))??;
+            self.jobs += jobs;
+            self.writing += writing;
+        }
+        Ok(())
+    }
+}
+
+/// The writer task of a [`Batch`]: each batch in one transaction. Returns the jobs enqueued
+/// and the time spent.
+async fn write_batches(
+    db: Db,
+    app: app::Model,
+    run_id: String,
+    fix: bool,
+    mut batches: tokio::sync::mpsc::Receiver<Vec<Entry>>,
+) -> Result<(u64, std::time::Duration), DbErr> {
+    let mut jobs = 0;
+    let mut writing = std::time::Duration::ZERO;
+    while let Some(pending) = batches.recv().await {
+        let started = Instant::now();
+        jobs += write_batch(&db, &app, &run_id, fix, &pending).await?;
+        writing += started.elapsed();
+    }
+    Ok((jobs, writing))
+}
+
+/// Writes the items and, in fix mode, prepares the links and enqueues the jobs of the
+/// non-deprovision fixes, in one transaction. Returns the jobs enqueued.
+async fn write_batch(
+    db: &Db,
+    app: &app::Model,
+    run_id: &str,
+    fix: bool,
+    pending: &[Entry],
+) -> Result<u64, DbErr> {
+    let tx = db.write_tx().await?;
+    // Bounded statements: a database limits the bind parameters of one statement.
+    for chunk in pending.chunks(INSERT_ROWS) {
+        let rows = chunk.iter().map(|entry| match entry {
+            Entry::User(finding, _) => item_row(run_id, finding),
+            Entry::Group(finding) => group_item_row(run_id, finding),
+        });
+        reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
+    }
+    let mut jobs = Vec::new();
+    if fix {
+        for entry in pending {
+            let (job, class) = match entry {
+                Entry::User(finding, account) => (
+                    prepare_fix(&*tx, app, finding, account.as_ref()).await?,
+                    finding.class,
+                ),
+                Entry::Group(finding) => {
+                    (prepare_group_fix(&*tx, app, finding).await?, finding.class)
+                }
+            };
+            if let Some(job) = job {
+                metrics()
+                    .drift_corrected_total
+                    .with_label_values(&[app.name.as_str(), class.as_str()])
+                    .inc();
+                jobs.push(job);
+            }
+        }
+        queue::enqueue(&*tx, &jobs).await?;
+    }
+    tx.commit().await?;
+    Ok(jobs.len() as u64)
 }
 
 fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
@@ -502,8 +768,85 @@ fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
         differences: Set(serde_json::to_value(&finding.differences).unwrap_or(Value::Null)),
         action: Set(finding.action.label().to_owned()),
         held: Set(false),
+        resource: Set(Resource::User.as_str().to_owned()),
+        display_name: Set(None),
         ..Default::default()
     }
+}
+
+fn group_item_row(run_id: &str, finding: &GroupFinding) -> reconcile_item::ActiveModel {
+    reconcile_item::ActiveModel {
+        run_id: Set(run_id.to_owned()),
+        class: Set(finding.class.as_str().to_owned()),
+        target_id: Set(finding.target_id.clone()),
+        user_name: Set(None),
+        identity_id: Set(None),
+        differences: Set(serde_json::to_value(finding.differences()).unwrap_or(Value::Null)),
+        action: Set(finding.action.as_str().to_owned()),
+        held: Set(false),
+        resource: Set(Resource::Group.as_str().to_owned()),
+        display_name: Set(finding.display_name.clone()),
+        ..Default::default()
+    }
+}
+
+/// The group side of [`prepare_fix`]: the group's link is made to say what the target holds
+/// (its id, `displayName` and members as read), so that the level-triggered group job sends
+/// the PATCH add/remove (never PUT) and the rename; a missing group's link loses its target id,
+/// so that the job creates it again (after looking for one of that name).
+async fn prepare_group_fix(
+    tx: &impl ConnectionTrait,
+    app: &app::Model,
+    finding: &GroupFinding,
+) -> Result<Option<JobRequest>, DbErr> {
+    let Some(name) = finding.group.as_deref() else {
+        return Ok(None);
+    };
+    let job = JobRequest {
+        kind: ResourceKind::Group,
+        resource_id: name.to_owned(),
+        ..user_job(&app.id, "")
+    };
+    match finding.action {
+        ActionKind::Patch | ActionKind::LinkAndPatch | ActionKind::Link => {
+            save_link(
+                tx,
+                app,
+                ResourceKind::Group,
+                name,
+                finding.target_id.as_deref(),
+                finding.target_state.as_ref(),
+            )
+            .await?;
+            Ok((finding.action != ActionKind::Link).then_some(job))
+        }
+        ActionKind::Create => {
+            forget_target(tx, &app.id, ResourceKind::Group, name).await?;
+            Ok(Some(job))
+        }
+        ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),
+    }
+}
+
+/// The resource is gone from the target: its link keeps no target id or snapshot, so that the
+/// next job matches (or looks up by name) and creates it.
+async fn forget_target(
+    tx: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
+) -> Result<(), DbErr> {
+    if let Some(row) = find_link(tx, app_id, kind, resource_id).await? {
+        let mut active: link::ActiveModel = row.into();
+        active.target_id = Set(None);
+        active.snapshot = Set(None);
+        active.snapshot_hash = Set(None);
+        active.state = Set("deleted".to_owned());
+        active.delete_after = Set(None);
+        active.updated_at = Set(chrono::Utc::now());
+        active.update(tx).await?;
+    }
+    Ok(())
 }
 
 fn user_job(app_id: &str, identity_id: &str) -> JobRequest {
@@ -532,26 +875,19 @@ async fn prepare_fix(
         // Linked but changed by hand: the job diffs against the snapshot, so the snapshot
         // becomes the account as it is, and the diff yields the PATCH back.
         ActionKind::Patch | ActionKind::LinkAndPatch => {
-            save_link(tx, app, identity_id, finding.target_id.as_deref(), account).await?;
+            let target_id = finding.target_id.as_deref();
+            save_link(tx, app, ResourceKind::User, identity_id, target_id, account).await?;
             Ok(Some(user_job(&app.id, identity_id)))
         }
         // Equal already: recording the link is the whole fix, no call needed.
         ActionKind::Link => {
-            save_link(tx, app, identity_id, finding.target_id.as_deref(), account).await?;
+            let target_id = finding.target_id.as_deref();
+            save_link(tx, app, ResourceKind::User, identity_id, target_id, account).await?;
             Ok(None)
         }
         // Gone from the target: a link without a target id makes the job match, then create.
         ActionKind::Create => {
-            if let Some(row) = find_link(tx, &app.id, identity_id).await? {
-                let mut active: link::ActiveModel = row.into();
-                active.target_id = Set(None);
-                active.snapshot = Set(None);
-                active.snapshot_hash = Set(None);
-                active.state = Set("deleted".to_owned());
-                active.delete_after = Set(None);
-                active.updated_at = Set(chrono::Utc::now());
-                active.update(tx).await?;
-            }
+            forget_target(tx, &app.id, ResourceKind::User, identity_id).await?;
             Ok(Some(user_job(&app.id, identity_id)))
         }
         ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),
@@ -561,12 +897,13 @@ async fn prepare_fix(
 async fn find_link(
     tx: &impl ConnectionTrait,
     app_id: &str,
-    identity_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
 ) -> Result<Option<link::Model>, DbErr> {
     link::Entity::find()
         .filter(link::Column::AppId.eq(app_id))
-        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-        .filter(link::Column::ResourceId.eq(identity_id))
+        .filter(link::Column::ResourceKind.eq(kind.as_str()))
+        .filter(link::Column::ResourceId.eq(resource_id))
         .one(tx)
         .await
 }
@@ -575,13 +912,14 @@ async fn find_link(
 async fn save_link(
     tx: &impl ConnectionTrait,
     app: &app::Model,
-    identity_id: &str,
+    kind: ResourceKind,
+    resource_id: &str,
     target_id: Option<&str>,
     snapshot: Option<&Value>,
 ) -> Result<(), DbErr> {
     let now = chrono::Utc::now();
     let hash = snapshot.map(crate::mapping::snapshot_hash);
-    match find_link(tx, &app.id, identity_id).await? {
+    match find_link(tx, &app.id, kind, resource_id).await? {
         Some(row) => {
             let mut active: link::ActiveModel = row.into();
             active.target_id = Set(target_id.map(str::to_owned));
@@ -597,8 +935,8 @@ async fn save_link(
         None => {
             link::ActiveModel {
                 app_id: Set(app.id.clone()),
-                resource_kind: Set(ResourceKind::User.as_str().to_owned()),
-                resource_id: Set(identity_id.to_owned()),
+                resource_kind: Set(kind.as_str().to_owned()),
+                resource_id: Set(resource_id.to_owned()),
                 target_id: Set(target_id.map(str::to_owned)),
                 snapshot: Set(snapshot.cloned()),
                 snapshot_hash: Set(hash),
@@ -662,7 +1000,15 @@ async fn apply_deprovisions(db: &Db, app: &app::Model, run_id: &str) -> Result<u
             };
             let job = match item.identity_id.as_deref() {
                 Some(identity_id) => {
-                    save_link(&*tx, app, identity_id, Some(target_id), None).await?;
+                    save_link(
+                        &*tx,
+                        app,
+                        ResourceKind::User,
+                        identity_id,
+                        Some(target_id),
+                        None,
+                    )
+                    .await?;
                     user_job(&app.id, identity_id)
                 }
                 None => JobRequest {
@@ -712,16 +1058,34 @@ async fn finish(
     if outcome.state != RunState::Failed {
         update = update.col_expr(
             reconcile_run::Column::Counts,
-            Expr::value(counts_json(&outcome.counts)),
+            Expr::value(counts_json(&outcome.counts, &outcome.groups)),
         );
     }
     update.exec(&*tx).await?;
     tx.commit().await
 }
 
+/// The run row's `counts`: the account counts of DESIGN §6 with the group counts under
+/// `groups` (one column; readers of the account counts ignore the extra key).
 #[must_use]
-pub fn counts_json(counts: &Counts) -> Value {
-    serde_json::to_value(counts).unwrap_or(Value::Null)
+pub fn counts_json(counts: &Counts, groups: &GroupCounts) -> Value {
+    let mut value = serde_json::to_value(counts).unwrap_or(Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "groups".to_owned(),
+            serde_json::to_value(groups).unwrap_or(Value::Null),
+        );
+    }
+    value
+}
+
+/// The group counts stored by [`counts_json`] (zero for runs recorded before groups were read).
+#[must_use]
+pub fn group_counts_of(counts: &Value) -> GroupCounts {
+    counts
+        .get("groups")
+        .and_then(|groups| serde_json::from_value(groups.clone()).ok())
+        .unwrap_or_default()
 }
 
 fn to_i64(n: u64) -> i64 {

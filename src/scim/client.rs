@@ -895,6 +895,13 @@ impl ResourceKind {
     }
 }
 
+/// One page of a listing: its resources and the target's `totalResults`, when it sent one.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Page {
+    pub resources: Vec<Value>,
+    pub total: Option<u64>,
+}
+
 /// State of a paged listing between pages.
 #[derive(Debug, Clone)]
 struct Paging {
@@ -1131,6 +1138,15 @@ impl Resources {
     /// or short page without `totalResults`, on a page starting past `totalResults`, and when
     /// page 1 comes round again (servers that wrap `startIndex`), so it never loops forever.
     pub fn list_query(&self, query: ListQuery) -> BoxStream<'static, Result<Value, ScimError>> {
+        self.list_pages(query)
+            .map_ok(|page| stream::iter(page.resources.into_iter().map(Ok)))
+            .try_flatten()
+            .boxed()
+    }
+
+    /// [`Resources::list_query`] a page at a time, with each page's `totalResults` (for
+    /// progress). Memory is bounded by one page.
+    pub fn list_pages(&self, query: ListQuery) -> BoxStream<'static, Result<Page, ScimError>> {
         let this = self.clone();
         let start = Paging {
             next_start: 1,
@@ -1143,8 +1159,6 @@ impl Resources {
             let query = query.clone();
             async move { this.next_page(paging, &query).await }
         })
-        .map_ok(|items| stream::iter(items.into_iter().map(Ok)))
-        .try_flatten()
         .boxed()
     }
 
@@ -1152,7 +1166,7 @@ impl Resources {
         &self,
         mut paging: Paging,
         query: &ListQuery,
-    ) -> Result<Option<(Vec<Value>, Paging)>, ScimError> {
+    ) -> Result<Option<(Page, Paging)>, ScimError> {
         if paging.done {
             return Ok(None);
         }
@@ -1185,7 +1199,7 @@ impl Resources {
                 || (first_of_page.is_some() && first_of_page == paging.first_id));
         if wrapped {
             paging.done = true;
-            return Ok(Some((Vec::new(), paging)));
+            return Ok(Some((Page::default(), paging)));
         }
         if paging.next_start == 1 {
             paging.first_id = first_of_page;
@@ -1199,7 +1213,13 @@ impl Resources {
                 Some(total) => paging.fetched >= total,
                 None => n < u64::from(count),
             };
-        Ok(Some((items, paging)))
+        Ok(Some((
+            Page {
+                resources: items,
+                total,
+            },
+            paging,
+        )))
     }
 
     /// Adds members with PATCH, in chunks of `quirks.max_members_per_patch`.

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::audit::{self, AuditEntry};
 use super::{Principal, Roster, ServiceError, ServiceResult};
-use crate::reconcile::run::{self, RunError, RunOutcome, Start};
+use crate::reconcile::run::{self, RunError, RunOutcome, RunProgress, Start};
 use crate::reconcile::{Counts, Report, ReportItem, RunState};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{reconcile_item, reconcile_run};
@@ -115,8 +115,25 @@ impl Roster {
 
     /// Runs a begun run to its end.
     pub async fn run_reconcile(&self, run_id: &str) -> ServiceResult<RunOutcome> {
+        self.run_reconcile_observed(run_id, &RunProgress::default())
+            .await
+    }
+
+    /// [`Roster::run_reconcile`], reporting the accounts read to `progress` (a CLI's bar).
+    pub async fn run_reconcile_observed(
+        &self,
+        run_id: &str,
+        progress: &RunProgress,
+    ) -> ServiceResult<RunOutcome> {
         let delivery = self.delivery();
-        Ok(run::execute(self.store(), &delivery, run_id, self.shutdown_token()).await?)
+        Ok(run::execute(
+            self.store(),
+            &delivery,
+            run_id,
+            self.shutdown_token(),
+            progress,
+        )
+        .await?)
     }
 
     /// Newest first.
@@ -155,6 +172,8 @@ impl Roster {
             .into_iter()
             .filter_map(|item| {
                 Some(ReportItem {
+                    resource: parse(&item.resource).unwrap_or_default(),
+                    display_name: item.display_name,
                     class: parse(&item.class)?,
                     target_id: item.target_id,
                     user_name: item.user_name,
@@ -166,6 +185,7 @@ impl Roster {
             .collect();
         let report = Report {
             state: parse(&run.state).unwrap_or(RunState::Failed),
+            groups: run::group_counts_of(&run.counts),
             counts: serde_json::from_value::<Counts>(run.counts).unwrap_or_default(),
             writes: u64::try_from(run.writes).unwrap_or(0),
             dry_run: run.dry_run,

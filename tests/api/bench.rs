@@ -33,10 +33,25 @@ async fn ingest_accepts_every_event_over_32_connections() {
     assert!(number(&figures, "per_s") > 0.0, "{}", figures.to_line());
 }
 
-#[tokio::test]
-async fn an_unbuilt_scenario_fails_clearly_instead_of_printing_figures() {
-    let err = run(Scenario::Reconcile, Options::default())
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_classifies_every_seeded_account_correctly() {
+    let figures = run(Scenario::Reconcile, Options { size: Some(1000) })
         .await
-        .expect_err("the reconcile scenario is not built yet");
-    assert!(err.is_not_available(), "{err}");
+        .expect("reconcile");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    assert_eq!(line["scenario"], "reconcile");
+    assert_eq!(line["target_users"], 1000, "{line}");
+    // 1 % drifted, 0.5 % orphans, the rest in sync; a dry run writes nothing.
+    assert_eq!(
+        line["expected"],
+        serde_json::json!({"in_sync": 985, "drifted": 10, "missing": 0, "orphan": 5,
+                           "unmatched": 0, "unmanaged": 0, "adoptable": 0}),
+        "{line}"
+    );
+    assert_eq!(line["counts"], line["expected"], "{line}");
+    assert_eq!(line["all_classified_correctly"], true, "{line}");
+    assert_eq!(line["writes"], 0, "{line}");
+    for key in ["seconds", "peak_rss_mb"] {
+        assert!(number(&figures, key) > 0.0, "{key}: {line}");
+    }
 }

@@ -179,6 +179,263 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The group named `name`, if there is exactly one.
+    async fn group(&self, name: &str) -> Option<Value> {
+        let filter = format!("displayName eq \"{name}\"");
+        let page: Value = self
+            .http
+            .get(self.url("/Groups"))
+            .query(&[("filter", filter.as_str())])
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("list groups")
+            .json()
+            .await
+            .expect("groups body");
+        match page["Resources"].as_array().map(Vec::as_slice) {
+            Some([group]) => Some(group.clone()),
+            _ => None,
+        }
+    }
+
+    /// The member ids of the group named `name`, sorted; `None` without such a group.
+    async fn member_ids(&self, name: &str) -> Option<Vec<String>> {
+        let group = self.group(name).await?;
+        let mut ids: Vec<String> = group["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["value"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        Some(ids)
+    }
+
+    async fn patch_group(&self, id: &str, operation: Value) {
+        let status = self
+            .http
+            .patch(self.url(&format!("/Groups/{id}")))
+            .bearer_auth(&self.token)
+            .json(&json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [operation],
+            }))
+            .send()
+            .await
+            .expect("patch group")
+            .status();
+        assert!(status.is_success(), "hand PATCH of a group: {status}");
+    }
+
+    async fn delete_group(&self, id: &str) {
+        let status = self
+            .http
+            .delete(self.url(&format!("/Groups/{id}")))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("delete group")
+            .status();
+        assert!(status.is_success(), "hand DELETE of a group: {status}");
+    }
+}
+
+/// The group item about the pushed group `name`.
+fn group_item<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["resource"] == "group" && i["display_name"] == name)
+        .unwrap_or(&Value::Null)
+}
+
+/// `(in_sync, drifted, missing, adoptable)` of the report's group counts.
+fn group_counts(report: &Value) -> [u64; 4] {
+    ["in_sync", "drifted", "missing", "adoptable"]
+        .map(|class| report["groups"][class].as_u64().unwrap_or(u64::MAX))
+}
+
+/// Issue 6: a pushed group changed by hand in the target. Three joiners in a pushed static
+/// group; by hand, one member is removed and a guest from another company added: a dry run
+/// reports the group drifted with both differences and changes nothing, a fix restores the
+/// exact membership through a PATCH, a second run finds nothing; the group deleted by hand is
+/// `missing` and recreated with its members.
+async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
+    let managed = format!("{marker}.example.com");
+    let name = |who: &str| format!("{who}@{managed}");
+    let group = format!("board-{marker}");
+    let employee = |n: usize| format!("{marker}-G{n}");
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": group, "members": [employee(0), employee(1), employee(2)]}),
+    )
+    .await
+    .expect(201);
+    let app_id = app
+        .create_app(&app_body(
+            &format!("wiki-{marker}"),
+            json!({
+                "base_url": target.base,
+                "auth": {"type": "bearer", "token": target.token},
+                "scope": {"email_domains": [managed]},
+                "group_push": [group],
+                "max_concurrency": 1,
+                "reconcile": {"interval_minutes": 0, "mode": "report"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (n, who) in ["ada", "bob", "cy"].iter().enumerate() {
+        app.post_event(&joiner(
+            &format!("{marker}-gj{n}"),
+            &employee(n),
+            AT,
+            json!({"user_name": name(who), "email": name(who), "given_name": who, "family_name": "Test"}),
+        ))
+        .await;
+    }
+    let users = eventually("the joiners and their group", || async {
+        settled(app).await;
+        let users = target.users(marker).await;
+        let members = target.member_ids(&group).await?;
+        (users.len() == 3 && members.len() == 3).then_some(users)
+    })
+    .await;
+    let id_of_user = |who: &str| {
+        users
+            .iter()
+            .find(|u| u["userName"].as_str() == Some(name(who).as_str()))
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let mut wanted = vec![id_of_user("ada"), id_of_user("bob"), id_of_user("cy")];
+    wanted.sort();
+    assert_eq!(target.member_ids(&group).await, Some(wanted.clone()));
+
+    // By hand: bob removed from the group, a guest from another company added to it.
+    let guest_name = format!("guest@partner-{marker}.org");
+    target.create(&guest_name).await;
+    let guest = target
+        .user(&format!("partner-{marker}"), &guest_name)
+        .await
+        .expect("the guest's account");
+    let group_id = id_of(&target.group(&group).await.expect("the pushed group"));
+    let bob = id_of_user("bob");
+    target
+        .patch_group(
+            &group_id,
+            json!({"op": "remove", "path": format!("members[value eq \"{bob}\"]")}),
+        )
+        .await;
+    target
+        .patch_group(
+            &group_id,
+            json!({"op": "add", "path": "members", "value": [{"value": id_of(&guest)}]}),
+        )
+        .await;
+    let by_hand = target.member_ids(&group).await;
+
+    let dry = reconcile(app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+    assert_eq!(dry["state"], "completed", "{dry}");
+    assert_eq!(dry["writes"], 0, "{dry}");
+    let found = group_item(&dry, &group);
+    assert_eq!(found["class"], "drifted", "{dry}");
+    assert_eq!(found["action"], "patch", "{dry}");
+    assert_eq!(found["target_id"], json!(group_id));
+    assert_eq!(
+        found["differences"],
+        json!([{"path": "members",
+                "roster": [{"value": bob, "display": name("bob")}],
+                "target": [{"value": id_of(&guest), "display": guest_name}]}]),
+        "{dry}"
+    );
+    assert_eq!(group_counts(&dry), [0, 1, 0, 0], "{dry}");
+    settled(app).await;
+    assert_eq!(
+        target.member_ids(&group).await,
+        by_hand,
+        "a dry run changes nothing"
+    );
+
+    let fixed = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["state"], "completed", "{fixed}");
+    assert_eq!(fixed["writes"], 1, "one group job: {fixed}");
+    settled(app).await;
+    assert_eq!(
+        target.member_ids(&group).await,
+        Some(wanted.clone()),
+        "the fix restores the exact membership"
+    );
+
+    let again = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(again["writes"], 0, "{again}");
+    assert_eq!(group_counts(&again), [1, 0, 0, 0], "{again}");
+    assert_eq!(group_item(&again, &group)["class"], "in_sync");
+
+    // Deleted by hand: missing, created again with its members.
+    target.delete_group(&group_id).await;
+    let dry = reconcile(app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+    assert_eq!(group_item(&dry, &group)["class"], "missing", "{dry}");
+    assert_eq!(group_item(&dry, &group)["action"], "create", "{dry}");
+    assert_eq!(group_counts(&dry), [0, 0, 1, 0], "{dry}");
+    assert_eq!(
+        target.member_ids(&group).await,
+        None,
+        "a dry run creates nothing"
+    );
+    let fixed = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["writes"], 1, "{fixed}");
+    settled(app).await;
+    assert_eq!(
+        target.member_ids(&group).await,
+        Some(wanted),
+        "the group is created again with its members"
+    );
+    let again = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(again["writes"], 0, "{again}");
+    assert_eq!(group_counts(&again), [1, 0, 0, 0], "{again}");
+    let puts = app
+        .rows("SELECT id FROM operation WHERE method = 'PUT'")
+        .await;
+    assert!(puts.is_empty(), "membership is never PUT: {puts:?}");
+}
+
+#[tokio::test]
+async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_dev_target() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    group_drift_scenario(&app, &hand, "gdt").await;
+}
+
+#[tokio::test]
+async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_peer() {
+    let Some((base, token)) = peer() else {
+        return;
+    };
+    let _one = PEER.lock().await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: base.trim_end_matches('/').to_owned(),
+        token,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .build()
+            .expect("http client"),
+    };
+    let marker = format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    group_drift_scenario(&app, &hand, &marker).await;
+}
+
 fn id_of(user: &Value) -> String {
     user["id"].as_str().unwrap_or_default().to_owned()
 }
@@ -704,4 +961,77 @@ async fn two_starts_at_once_make_one_run() {
     let mut statuses = [a.status, b.status];
     statuses.sort_unstable();
     assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
+}
+
+/// `roster reconcile --json` with its output piped (as a script runs it): exactly one JSON
+/// document on stdout, and no progress bar on stderr (not a terminal).
+#[tokio::test]
+async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_piped() {
+    use secrecy::ExposeSecret;
+
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "cli",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..3 {
+        let who = format!("c{n}@example.com");
+        app.post_event(&joiner(
+            &format!("c{n}"),
+            &format!("C{n}"),
+            AT,
+            json!({"user_name": who}),
+        ))
+        .await;
+    }
+    eventually("three accounts", || async {
+        settled(&app).await;
+        (hand.users("example.com").await.len() == 3).then_some(())
+    })
+    .await;
+
+    let secret = app
+        .config
+        .secret_key
+        .as_ref()
+        .map(|k| k.expose_secret().to_owned())
+        .unwrap_or_default();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+        .args(["reconcile", "--app", &app_id, "--dry-run", "--json"])
+        .env("ROSTER_DATABASE_URL", &app.config.database_url)
+        .env("ROSTER_SECRET_KEY", secret)
+        .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
+        .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
+        .output()
+        .await
+        .expect("run roster reconcile");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["counts"]["in_sync"], 3, "{report}");
+    assert_eq!(report["dry_run"], true);
+    assert!(
+        !stderr.contains("accounts read") && !stderr.contains('\r'),
+        "no progress bar when not on a terminal: {stderr}"
+    );
 }

@@ -14,6 +14,10 @@ pub struct Model {
     pub differences: Json,
     pub action: String,
     pub held: bool,
+    /// `user` or `group`.
+    pub resource: String,
+    /// Group items: the group's name.
+    pub display_name: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
