@@ -283,6 +283,7 @@ impl Roster {
     /// savepoint, so one request's failure does not undo another's; answers every request
     /// after the commit (or with the commit's error).
     async fn commit_group(&self, requests: Vec<IngestRequest>) {
+        let started = std::time::Instant::now();
         let mut results = Vec::with_capacity(requests.len());
         let committed = async {
             let tx = self.write_tx().await?;
@@ -294,6 +295,13 @@ impl Roster {
             Ok::<_, ServiceError>(())
         }
         .await;
+        tracing::debug!(
+            requests = requests.len(),
+            events = requests.iter().map(|r| r.events.len()).sum::<usize>(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            committed = committed.is_ok(),
+            "Ingest commit group"
+        );
         let mut results = results.into_iter();
         let mut applied = false;
         for request in requests {
@@ -361,7 +369,14 @@ impl GroupCommit {
             events,
             reply,
         });
-        let turn = self.turn.lock().await;
+        let mut answer = std::pin::pin!(answer);
+        // A request whose group another leader already committed must not queue for the turn
+        // behind the next group's commit: its answer is there.
+        let turn = tokio::select! {
+            biased;
+            result = &mut answer => return Self::answered(result),
+            turn = self.turn.lock() => turn,
+        };
         let group = self.take_group();
         if !group.is_empty() {
             let roster = roster.clone();
@@ -371,7 +386,13 @@ impl GroupCommit {
             }
         }
         drop(turn);
-        answer.await.map_err(|_| {
+        Self::answered(answer.await)
+    }
+
+    fn answered(
+        result: Result<ServiceResult<Vec<EventOutcome>>, oneshot::error::RecvError>,
+    ) -> ServiceResult<Vec<EventOutcome>> {
+        result.map_err(|_| {
             ServiceError::Internal("the events' commit group was interrupted".into())
         })?
     }
