@@ -357,3 +357,37 @@ mod signature {
         assert_eq!(replay["result"], "duplicate");
     }
 }
+
+/// Concurrent requests share commit groups (one transaction, a savepoint each): every request
+/// still gets its own answer, an event sent twice at once is applied once, and each request
+/// leaves its own audit row.
+#[tokio::test]
+async fn concurrent_requests_in_one_commit_group_are_answered_each_and_applied_once() {
+    let app = spawn_planner().await;
+    let audit_before = app.count("audit").await;
+    let requests: Vec<Value> = (0..24)
+        .flat_map(|i| {
+            let e = joiner(
+                &format!("grp-{i}"),
+                &format!("G{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            );
+            [e.clone(), e]
+        })
+        .collect();
+    let answers = futures::future::join_all(requests.iter().map(|e| app.post_event(e))).await;
+    for i in 0..24 {
+        let id = format!("grp-{i}");
+        let mut results: Vec<&str> = answers
+            .iter()
+            .filter(|a| a["event_id"] == id.as_str())
+            .map(|a| a["result"].as_str().unwrap_or("?"))
+            .collect();
+        results.sort_unstable();
+        assert_eq!(results, ["applied", "duplicate"], "answers for {id}");
+    }
+    assert_eq!(app.count("hr_event").await, 24);
+    assert_eq!(app.count("identity").await, 24);
+    assert_eq!(app.count("audit").await - audit_before, 48);
+}
