@@ -197,6 +197,21 @@ pub struct DeletionGuard {
     #[oai(default = "default_max_count")]
     #[serde(default = "default_max_count")]
     pub max_count: u32,
+    /// Also guard the event path: when deprovisions caused by HR events (leavers, movers out
+    /// of scope) within `window_minutes` would exceed the same limits, the app is paused with
+    /// the reason and the rest wait until `POST /apps/{id}/resume` approves them. Off by
+    /// default, like the accidental-deletion threshold of other provisioning services.
+    #[oai(default)]
+    #[serde(default)]
+    pub on_events: bool,
+    /// The window the event-path guard counts deprovisions in.
+    #[oai(default = "default_window_minutes")]
+    #[serde(default = "default_window_minutes")]
+    pub window_minutes: u32,
+}
+
+fn default_window_minutes() -> u32 {
+    60
 }
 
 fn default_fraction() -> f64 {
@@ -212,6 +227,8 @@ impl Default for DeletionGuard {
         Self {
             max_fraction: default_fraction(),
             max_count: default_max_count(),
+            on_events: false,
+            window_minutes: default_window_minutes(),
         }
     }
 }

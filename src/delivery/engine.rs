@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use super::execute::{self, AppContext, JobError, Operation};
 use super::finisher::{Finished, Finisher, JobEnd};
+use super::guard;
 use super::limiter::{AppLimiter, Limiters};
 use super::policy::{self, Decision};
 use super::target;
@@ -31,7 +32,7 @@ use crate::scim::{CallObserver, CallRecord, ConnectionReport, ScimClient};
 use crate::settings::{self, AppSettings};
 use crate::store::Db;
 use crate::store::entity::{app, job, operation};
-use crate::store::queue::{self, ResourceKind};
+use crate::store::queue::{self, Lane, ResourceKind};
 use crate::telemetry::metrics;
 
 #[derive(Debug, Clone)]
@@ -90,6 +91,8 @@ pub struct Delivery {
     windows: Mutex<HashMap<String, VecDeque<bool>>>,
     /// Jobs this process's workers are running: the only leases it renews.
     in_flight: Mutex<HashSet<i64>>,
+    /// Deprovisions running now, per app, for the event-path deletion guard.
+    deprovisions: Arc<guard::InFlightDeprovisions>,
     jobs_ready: Arc<Notify>,
 }
 
@@ -172,6 +175,7 @@ impl Delivery {
             runtimes: Mutex::new(HashMap::new()),
             windows: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            deprovisions: Arc::default(),
             jobs_ready,
         }
     }
@@ -296,6 +300,37 @@ impl Delivery {
         report
     }
 
+    /// Pauses an active app whose deprovisions the event-path deletion guard holds; its jobs
+    /// wait until an operator resumes it.
+    async fn hold_for_approval(&self, app: &app::Model, reason: &str) {
+        let conn = self.db.conn();
+        let _turn = self.db.write_turn().await;
+        let result = app::Entity::update_many()
+            .col_expr(
+                app::Column::State,
+                sea_orm::sea_query::Expr::value("paused"),
+            )
+            .col_expr(
+                app::Column::StateReason,
+                sea_orm::sea_query::Expr::value(reason),
+            )
+            .col_expr(
+                app::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(chrono::Utc::now()),
+            )
+            .filter(app::Column::Id.eq(app.id.as_str()))
+            .filter(app::Column::State.eq("active"))
+            .exec(conn)
+            .await;
+        match result {
+            Ok(r) if r.rows_affected > 0 => {
+                tracing::error!(app = %app.name, reason, "Deprovisions held for approval; app paused");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Could not pause an app for the deletion guard"),
+        }
+    }
+
     async fn quarantine(&self, app: &app::Model, reason: &str) {
         let conn = self.db.conn();
         let _turn = self.db.write_turn().await;
@@ -398,13 +433,42 @@ impl Delivery {
             ));
             return;
         }
+        let kind = ResourceKind::parse(&job.resource_kind);
+        // The deletion guard on the event path: weighed before each deprovision-lane job.
+        let deprovision = if kind == ResourceKind::User && job.lane == Lane::Deprovision.as_str() {
+            match guard::check(
+                conn,
+                &self.deprovisions,
+                &app,
+                &rt.settings.deletion_guard,
+                chrono::Utc::now(),
+            )
+            .await
+            {
+                Ok(guard::EventGuard::Proceed(slot)) => slot,
+                Ok(guard::EventGuard::Hold(reason)) => {
+                    self.hold_for_approval(&app, &reason).await;
+                    finisher.finish(ended(job.id, JobEnd::retry(now, None, false)));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Could not weigh the deletion guard; retrying");
+                    finisher.finish(ended(
+                        job.id,
+                        JobEnd::retry(now + 5_000, Some("database unavailable"), false),
+                    ));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let ctx = AppContext {
             app: &app,
             settings: &rt.settings,
             compiled: &rt.compiled,
             client: &rt.client,
         };
-        let kind = ResourceKind::parse(&job.resource_kind);
         let span = tracing::info_span!(
             "job",
             app = %app.name,
@@ -474,6 +538,7 @@ impl Delivery {
                     job_id: job.id,
                     end: JobEnd::Complete,
                     operations,
+                    deprovision,
                 });
             }
             Err(err) => {
@@ -535,6 +600,7 @@ impl Delivery {
                     job_id: id,
                     end,
                     operations,
+                    deprovision,
                 });
             }
         }
@@ -549,6 +615,7 @@ fn ended(job_id: i64, end: JobEnd) -> Finished {
         job_id,
         end,
         operations: Vec::new(),
+        deprovision: None,
     }
 }
 

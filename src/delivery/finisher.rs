@@ -48,6 +48,9 @@ pub struct Finished {
     pub job_id: i64,
     pub end: JobEnd,
     pub operations: Vec<operation::ActiveModel>,
+    /// Released once the batch is written: the deletion guard counts the deprovision until
+    /// its log rows are there.
+    pub deprovision: Option<super::guard::DeprovisionSlot>,
 }
 
 /// The sending side, held by the engine's workers.

@@ -2,6 +2,7 @@
 pub mod engine;
 pub mod execute;
 pub mod finisher;
+pub mod guard;
 pub mod limiter;
 pub mod people;
 pub mod policy;

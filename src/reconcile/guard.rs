@@ -67,6 +67,7 @@ mod tests {
         let guard = DeletionGuard {
             max_fraction,
             max_count,
+            ..DeletionGuard::default()
         };
         match deletion_guard(&guard, deprovisions, app_accounts) {
             GuardDecision::Proceed => "proceed",

@@ -217,6 +217,11 @@ pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
         settings.deletion_guard.max_count,
         0..=1_000_000,
     )?;
+    check_range(
+        "deletion_guard.window_minutes",
+        settings.deletion_guard.window_minutes,
+        1..=10_080,
+    )?;
     settings.quirks = normalise_quirks(&settings.quirks)?;
     Ok(())
 }
@@ -568,9 +573,22 @@ impl Roster {
         model.state_reason = Set(reason);
         model.updated_at = Set(chrono::Utc::now());
         let updated = model.update(&*tx).await?;
-        let action = match state {
-            AppState::Paused => "app.pause",
-            _ => "app.resume",
+        let (action, after) = match state {
+            AppState::Paused => ("app.pause", json!({"state": updated.state})),
+            _ => {
+                // Resuming approves the deprovisions waiting now: the event-path deletion
+                // guard reads this row and lets that many through.
+                let released = crate::store::queue::pending_in_lane(
+                    &*tx,
+                    id,
+                    crate::store::queue::Lane::Deprovision,
+                )
+                .await?;
+                (
+                    crate::delivery::guard::RESUME_ACTION,
+                    json!({"state": updated.state, "deprovisions_released": released}),
+                )
+            }
         };
         audit::record(
             &*tx,
@@ -579,8 +597,8 @@ impl Roster {
                 action,
                 object_type: "app",
                 object_id: Some(id),
-                before: Some(json!({"state": current.state})),
-                after: Some(json!({"state": updated.state})),
+                before: Some(json!({"state": current.state, "reason": current.state_reason})),
+                after: Some(after),
             },
         )
         .await?;

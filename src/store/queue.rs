@@ -474,6 +474,21 @@ pub async fn forget_snapshot(
     Ok(())
 }
 
+/// How many jobs of `app_id` wait in `lane`.
+pub async fn pending_in_lane(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    lane: Lane,
+) -> Result<u64, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    job::Entity::find()
+        .filter(job::Column::AppId.eq(app_id))
+        .filter(job::Column::State.eq("pending"))
+        .filter(job::Column::Lane.eq(lane.as_str()))
+        .count(conn)
+        .await
+}
+
 /// Pending jobs per (app, lane) and the oldest pending age per app, for the queue gauges and
 /// the app status.
 #[derive(Debug, Clone, sea_orm::FromQueryResult)]

@@ -1027,3 +1027,96 @@ async fn a_hand_made_account_is_adopted_not_duplicated() {
         .await;
     assert_eq!(link[0]["target_id"], users[0]["id"]);
 }
+
+fn inactive_users(target: &DevTarget) -> usize {
+    target
+        .users_snapshot()
+        .iter()
+        .filter(|u| u["active"] == json!(false))
+        .count()
+}
+
+/// An HR export gone wrong: a burst of leavers above the app's deletion guard is held — the app
+/// is paused with the reason after `max_count` deprovisions — until an operator resumes it,
+/// which lets the waiting ones through.
+#[tokio::test]
+async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "guarded",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 1,
+                   "deletion_guard": {"max_count": 3, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(&app, "g", "G", 12).await;
+    eventually("12 accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 12).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    let leavers: Vec<Value> = (0..8)
+        .map(|i| {
+            event(
+                &format!("gl{i}"),
+                "leaver",
+                &format!("G{i}"),
+                "2026-11-02T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": leavers}))
+        .await
+        .expect(202);
+    let status = eventually(
+        "the app paused by the guard",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    let shown = status.to_string();
+    assert!(
+        shown.contains("deletion guard") && shown.contains("resume the app"),
+        "the status says why: {shown}"
+    );
+    // Held: no more than max_count went through, and they stay held.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        inactive_users(&target),
+        3,
+        "only max_count deprovisions ran"
+    );
+
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    eventually(
+        "all 8 leavers deactivated",
+        Duration::from_secs(30),
+        || async { (inactive_users(&target) == 8).then_some(()) },
+    )
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let after = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert_eq!(
+        after["state"], "active",
+        "approval does not re-trip the guard: {after}"
+    );
+    assert_eq!(inactive_users(&target), 8);
+}

@@ -1,0 +1,138 @@
+//! The deletion guard on the event path (DESIGN §9): a burst of deprovisions caused by HR events
+//! — an HR export gone wrong that terminates half the company — must not wipe an app. With
+//! `deletion_guard.on_events`, before a deprovision-lane job runs, the deprovisions the app saw
+//! within `window_minutes` (plus those in flight in this process, plus this one) are weighed
+//! with the same limits as a reconcile run (`reconcile::guard::deletion_guard`). Above them the
+//! app is paused with the reason; its jobs stay queued until an operator resumes it, which
+//! approves the deprovisions waiting at that moment (recorded in the resume's audit row).
+//!
+//! Limits: counts come from the provisioning log plus this process's deprovisions not yet
+//! logged, so several instances on one PostgreSQL may together let a few more through than the
+//! limit (at most about the app's `max_concurrency` per instance).
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+
+use crate::reconcile::{GuardDecision, deletion_guard};
+use crate::settings::DeletionGuard;
+use crate::store::entity::{app, audit, link, operation};
+
+/// The audit action of `POST /apps/{id}/resume`; its `after.deprovisions_released` is the
+/// approval the guard reads.
+pub const RESUME_ACTION: &str = "app.resume";
+
+/// Deprovisions this process is running, per app (not yet in the provisioning log).
+#[derive(Default)]
+pub struct InFlightDeprovisions {
+    per_app: Mutex<HashMap<String, usize>>,
+}
+
+/// Holds one in-flight deprovision until dropped: by the finisher, once the job's log rows
+/// (which the guard counts) are committed.
+pub struct DeprovisionSlot {
+    owner: Arc<InFlightDeprovisions>,
+    app_id: String,
+}
+
+impl Drop for DeprovisionSlot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.owner.per_app.lock()
+            && let Some(n) = map.get_mut(&self.app_id)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl InFlightDeprovisions {
+    fn count(&self, app_id: &str) -> usize {
+        self.per_app
+            .lock()
+            .map_or(0, |m| m.get(app_id).copied().unwrap_or(0))
+    }
+
+    fn take(self: &Arc<Self>, app_id: &str) -> DeprovisionSlot {
+        if let Ok(mut map) = self.per_app.lock() {
+            *map.entry(app_id.to_owned()).or_default() += 1;
+        }
+        DeprovisionSlot {
+            owner: self.clone(),
+            app_id: app_id.to_owned(),
+        }
+    }
+}
+
+/// What the guard says about one more deprovision in `app`.
+pub enum EventGuard {
+    /// Go ahead; the slot counts this deprovision until its log rows are written.
+    Proceed(Option<DeprovisionSlot>),
+    /// Pause the app for this reason.
+    Hold(String),
+}
+
+pub async fn check(
+    conn: &impl ConnectionTrait,
+    in_flight: &Arc<InFlightDeprovisions>,
+    app: &app::Model,
+    guard: &DeletionGuard,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<EventGuard, sea_orm::DbErr> {
+    if !guard.on_events {
+        return Ok(EventGuard::Proceed(None));
+    }
+    // Read before the log: a deprovision leaves this count only after its log rows are
+    // committed, so reading in this order never misses one (it may count one twice, which
+    // errs on the side of holding).
+    let unlogged = in_flight.count(&app.id);
+    let window_start = now - chrono::Duration::minutes(i64::from(guard.window_minutes));
+    // The last approval: deprovisions before it do not count, and it lets through the ones
+    // that were waiting when it was given.
+    let approval = audit::Entity::find()
+        .filter(audit::Column::Action.eq(RESUME_ACTION))
+        .filter(audit::Column::ObjectType.eq("app"))
+        .filter(audit::Column::ObjectId.eq(app.id.as_str()))
+        .filter(audit::Column::CreatedAt.gte(window_start))
+        .order_by_desc(audit::Column::Id)
+        .one(conn)
+        .await?;
+    let (since, released) = match &approval {
+        Some(row) => (
+            row.created_at.max(window_start),
+            row.after
+                .as_ref()
+                .and_then(|a| a.get("deprovisions_released"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+        ),
+        None => (window_start, 0),
+    };
+    let done = operation::Entity::find()
+        .filter(operation::Column::AppId.eq(app.id.as_str()))
+        .filter(operation::Column::Operation.is_in(["deactivate", "delete"]))
+        .filter(operation::Column::Method.is_in(["PATCH", "DELETE"]))
+        .filter(operation::Column::Outcome.eq("succeeded"))
+        .filter(operation::Column::CreatedAt.gte(since))
+        .count(conn)
+        .await?;
+    let accounts = link::Entity::find()
+        .filter(link::Column::AppId.eq(app.id.as_str()))
+        .filter(link::Column::ResourceKind.eq("user"))
+        .filter(link::Column::State.is_in(["linked", "deactivated"]))
+        .count(conn)
+        .await?;
+    let counted = usize::try_from(done).unwrap_or(usize::MAX) + unlogged + 1;
+    let counted = counted.saturating_sub(usize::try_from(released).unwrap_or(usize::MAX));
+    match deletion_guard(
+        guard,
+        counted,
+        usize::try_from(accounts).unwrap_or(usize::MAX),
+    ) {
+        GuardDecision::Proceed => Ok(EventGuard::Proceed(Some(in_flight.take(&app.id)))),
+        GuardDecision::Hold { reason } => Ok(EventGuard::Hold(format!(
+            "deletion guard on HR events: {} within {} minutes; resume the app to approve",
+            reason.replace("the run would deprovision", "deprovisioning"),
+            guard.window_minutes
+        ))),
+    }
+}
