@@ -300,16 +300,13 @@ impl Delivery {
         report
     }
 
-    /// Pauses an active app whose deprovisions the event-path deletion guard holds; its jobs
-    /// wait until an operator resumes it.
-    async fn hold_for_approval(&self, app: &app::Model, reason: &str) {
+    /// Moves an active app to `state` with `reason`; `true` when this call did it (the app was
+    /// still active). Used by the deletion guard (`paused`) and quarantine.
+    async fn leave_active(&self, app: &app::Model, state: &str, reason: &str) -> bool {
         let conn = self.db.conn();
         let _turn = self.db.write_turn().await;
         let result = app::Entity::update_many()
-            .col_expr(
-                app::Column::State,
-                sea_orm::sea_query::Expr::value("paused"),
-            )
+            .col_expr(app::Column::State, sea_orm::sea_query::Expr::value(state))
             .col_expr(
                 app::Column::StateReason,
                 sea_orm::sea_query::Expr::value(reason),
@@ -323,44 +320,29 @@ impl Delivery {
             .exec(conn)
             .await;
         match result {
-            Ok(r) if r.rows_affected > 0 => {
-                tracing::error!(app = %app.name, reason, "Deprovisions held for approval; app paused");
+            Ok(r) => r.rows_affected > 0,
+            Err(e) => {
+                tracing::warn!(error = %e, app = %app.name, state, "Could not change an app's state");
+                false
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Could not pause an app for the deletion guard"),
+        }
+    }
+
+    /// Pauses an active app whose deprovisions the event-path deletion guard holds; its jobs
+    /// wait until an operator resumes it.
+    async fn hold_for_approval(&self, app: &app::Model, reason: &str) {
+        if self.leave_active(app, "paused", reason).await {
+            tracing::error!(app = %app.name, reason, "Deprovisions held for approval; app paused");
         }
     }
 
     async fn quarantine(&self, app: &app::Model, reason: &str) {
-        let conn = self.db.conn();
-        let _turn = self.db.write_turn().await;
-        let result = app::Entity::update_many()
-            .col_expr(
-                app::Column::State,
-                sea_orm::sea_query::Expr::value("quarantined"),
-            )
-            .col_expr(
-                app::Column::StateReason,
-                sea_orm::sea_query::Expr::value(reason),
-            )
-            .col_expr(
-                app::Column::UpdatedAt,
-                sea_orm::sea_query::Expr::value(chrono::Utc::now()),
-            )
-            .filter(app::Column::Id.eq(app.id.as_str()))
-            .filter(app::Column::State.eq("active"))
-            .exec(conn)
-            .await;
-        match result {
-            Ok(r) if r.rows_affected > 0 => {
-                metrics()
-                    .app_quarantined
-                    .with_label_values(&[app.name.as_str()])
-                    .set(1);
-                tracing::error!(app = %app.name, reason, "App quarantined");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "Could not quarantine an app"),
+        if self.leave_active(app, "quarantined", reason).await {
+            metrics()
+                .app_quarantined
+                .with_label_values(&[app.name.as_str()])
+                .set(1);
+            tracing::error!(app = %app.name, reason, "App quarantined");
         }
     }
 

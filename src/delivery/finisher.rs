@@ -8,7 +8,7 @@
 //! level-triggered and matches before it creates.
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, EntityTrait, TransactionTrait};
+use sea_orm::EntityTrait;
 use tokio::sync::mpsc;
 
 use crate::store::Db;
@@ -129,25 +129,4 @@ async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> 
         }
     }
     tx.commit().await
-}
-
-/// Writes one job's end at once (outside the engine: tests, on-demand paths).
-pub async fn finish_now(
-    conn: &(impl ConnectionTrait + TransactionTrait),
-    finished: Finished,
-) -> Result<(), sea_orm::DbErr> {
-    if !finished.operations.is_empty() {
-        operation::Entity::insert_many(finished.operations)
-            .exec(conn)
-            .await?;
-    }
-    match finished.end {
-        JobEnd::Complete => queue::complete(conn, finished.job_id).await,
-        JobEnd::Retry {
-            run_at_ms,
-            error,
-            counts,
-        } => queue::retry(conn, finished.job_id, run_at_ms, error.as_deref(), counts).await,
-        JobEnd::Dead { error } => queue::dead(conn, finished.job_id, &error).await,
-    }
 }

@@ -255,11 +255,6 @@ pub async fn claim(
     Ok(jobs)
 }
 
-/// The job is done.
-pub async fn complete(conn: &impl ConnectionTrait, id: i64) -> Result<(), DbErr> {
-    complete_many(conn, &[id]).await
-}
-
 /// These jobs are done.
 pub async fn complete_many(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
     use sea_orm::sea_query::Expr;
