@@ -40,7 +40,7 @@ fn validate_employee_ids(ids: &[String]) -> ServiceResult<BTreeSet<String>> {
     Ok(set)
 }
 
-fn rule_of(model: &group::Model) -> ServiceResult<Option<GroupRule>> {
+pub(crate) fn rule_of(model: &group::Model) -> ServiceResult<Option<GroupRule>> {
     model
         .rule
         .clone()
@@ -113,43 +113,6 @@ async fn set_members(
         .await?;
     }
     Ok(gone.into_iter().chain(new).collect())
-}
-
-/// Re-evaluates every rule group for one person; returns the names of groups they joined or
-/// left. Called inside the ingest transaction.
-pub async fn reevaluate_rules_for(
-    conn: &impl ConnectionTrait,
-    person: &identity::Model,
-) -> ServiceResult<Vec<String>> {
-    let static_and_current = people::group_names(conn, &person.employee_id).await?;
-    let view = people::view_of(person, static_and_current);
-    let mut changed = Vec::new();
-    let rule_groups = group::Entity::find()
-        .filter(group::Column::Kind.eq("rule"))
-        .all(conn)
-        .await?;
-    for g in rule_groups {
-        let Some(rule) = rule_of(&g)? else { continue };
-        let wanted = mapping::evaluate_group_rule(&rule, &view);
-        let has = view.groups.contains(&g.name);
-        if wanted && !has {
-            group_member::ActiveModel {
-                group_id: Set(g.id.clone()),
-                employee_id: Set(person.employee_id.clone()),
-            }
-            .insert(conn)
-            .await?;
-            changed.push(g.name.clone());
-        } else if !wanted && has {
-            group_member::Entity::delete_many()
-                .filter(group_member::Column::GroupId.eq(g.id.as_str()))
-                .filter(group_member::Column::EmployeeId.eq(person.employee_id.as_str()))
-                .exec(conn)
-                .await?;
-            changed.push(g.name.clone());
-        }
-    }
-    Ok(changed)
 }
 
 fn validate_rule(rule: &GroupRule) -> ServiceResult<()> {

@@ -78,21 +78,6 @@ fn group_job(app_id: &str, group_name: &str, now_ms: i64) -> JobRequest {
     }
 }
 
-/// Ids of the apps where this identity has a link (an account roster manages).
-pub async fn linked_apps(
-    conn: &impl ConnectionTrait,
-    identity_id: &str,
-) -> ServiceResult<HashSet<String>> {
-    Ok(link::Entity::find()
-        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-        .filter(link::Column::ResourceId.eq(identity_id))
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|l| l.app_id)
-        .collect())
-}
-
 /// A job for every person the app assigns or has an account for, and for each pushed group:
 /// the initial sync of a new app, or a re-sync after its scope or mappings changed.
 pub async fn plan_full_sync(

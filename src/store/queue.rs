@@ -94,7 +94,10 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     let now = chrono::Utc::now();
     let now_ms = now.timestamp_millis();
     // Bounded statement size: SQLite allows 32766 bound values; 12 per row.
-    for chunk in jobs.chunks(500) {
+    for chunk in distinct_rounds(jobs)
+        .iter()
+        .flat_map(|round| round.chunks(500))
+    {
         let mut insert = Query::insert();
         insert.into_table(job::Entity).columns([
             job::Column::AppId,
@@ -165,6 +168,27 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     Ok(())
 }
 
+/// Splits `jobs` into rounds in which each (app, resource) appears at most once, in order:
+/// PostgreSQL refuses an `INSERT … ON CONFLICT DO UPDATE` that touches one row twice, and
+/// coalescing the k-th request for a resource into the pending job must happen after the
+/// (k-1)-th, as if each had been enqueued alone.
+fn distinct_rounds(jobs: &[JobRequest]) -> Vec<Vec<&JobRequest>> {
+    let mut rounds: Vec<Vec<&JobRequest>> = Vec::new();
+    let mut seen: std::collections::HashMap<(&str, &str, &str), usize> =
+        std::collections::HashMap::new();
+    for j in jobs {
+        let times = seen
+            .entry((j.app_id.as_str(), j.kind.as_str(), j.resource_id.as_str()))
+            .or_insert(0);
+        if rounds.len() <= *times {
+            rounds.push(Vec::new());
+        }
+        rounds[*times].push(j);
+        *times += 1;
+    }
+    rounds
+}
+
 /// How long a claim holds a job before another instance may take it over.
 pub const LEASE_MS: i64 = 30_000;
 
@@ -205,6 +229,48 @@ fn positional(sql: &str, values: &[sea_orm::Value]) -> (String, Vec<sea_orm::Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(app: &str, resource: &str, lane: Lane) -> JobRequest {
+        JobRequest {
+            app_id: app.into(),
+            kind: ResourceKind::User,
+            resource_id: resource.into(),
+            lane,
+            run_at_ms: 0,
+            hr_event_id: None,
+        }
+    }
+
+    #[test]
+    fn requests_for_one_resource_go_in_successive_rounds_in_order() {
+        let jobs = [
+            request("a", "p1", Lane::Normal),
+            request("a", "p2", Lane::Normal),
+            request("a", "p1", Lane::Deprovision),
+            request("b", "p1", Lane::Normal),
+            request("a", "p1", Lane::Normal),
+        ];
+        let rounds: Vec<Vec<(&str, &str, Lane)>> = distinct_rounds(&jobs)
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|j| (j.app_id.as_str(), j.resource_id.as_str(), j.lane))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rounds,
+            vec![
+                vec![
+                    ("a", "p1", Lane::Normal),
+                    ("a", "p2", Lane::Normal),
+                    ("b", "p1", Lane::Normal)
+                ],
+                vec![("a", "p1", Lane::Deprovision)],
+                vec![("a", "p1", Lane::Normal)],
+            ]
+        );
+    }
 
     #[test]
     fn numbered_placeholders_bind_by_number_on_sqlite() {

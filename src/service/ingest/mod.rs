@@ -9,19 +9,16 @@
 //! - An event older than the identity's `last_event_at` is `stale`: recorded, not applied, so a
 //!   late joiner never re-activates a leaver.
 use chrono::{DateTime, Utc};
-use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
-    TransactionTrait,
-};
+use sea_orm::{Set, TransactionTrait};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use super::apps::AppSettings;
-use super::audit::{self, AuditEntry};
-use super::{Principal, Roster, ServiceError, ServiceResult, groups, new_id, planner};
-use crate::delivery::people;
-use crate::store::entity::{app, hr_event, identity};
-use crate::store::{is_postgres, is_unique_violation, queue};
+use super::{Principal, Roster, ServiceError, ServiceResult};
+use crate::store::entity::identity;
+use crate::store::is_unique_violation;
+
+mod apply;
+use apply::{Catalog, EventSet};
 
 pub const MAX_BATCH: usize = 1000;
 /// Clock skew tolerated on `occurred_at`; a later timestamp would make every real event stale.
@@ -279,29 +276,31 @@ impl Roster {
             .await
     }
 
-    /// Applies the requests of one commit group in one write transaction, each under its own
-    /// savepoint, so one request's failure does not undo another's; answers every request
-    /// after the commit (or with the commit's error).
+    /// Applies the requests of one commit group in one write transaction and answers every
+    /// request after the commit (or with the commit's error). First all together, as one
+    /// [`EventSet`]; if that fails, each request again under its own savepoint, so one
+    /// request's failure does not undo another's.
     async fn commit_group(&self, requests: Vec<IngestRequest>) {
         let started = std::time::Instant::now();
-        let mut results = Vec::with_capacity(requests.len());
-        let committed = async {
-            let tx = self.write_tx().await?;
-            let apps = planner::apps_with_settings(&*tx).await?;
-            for request in &requests {
-                results.push(apply_request(&tx, &apps, request).await);
-            }
-            tx.commit().await?;
-            Ok::<_, ServiceError>(())
+        let mut together = true;
+        let mut committed = self.apply_together(&requests).await;
+        if let Err(e) = &committed {
+            tracing::debug!(error = %e, requests = requests.len(), "An ingest commit group failed as a whole; applying its requests one by one");
+            together = false;
+            committed = self.apply_one_by_one(&requests).await;
         }
-        .await;
         tracing::debug!(
             requests = requests.len(),
             events = requests.iter().map(|r| r.events.len()).sum::<usize>(),
             ms = started.elapsed().as_secs_f64() * 1e3,
+            together,
             committed = committed.is_ok(),
             "Ingest commit group"
         );
+        let (committed, results) = match committed {
+            Ok(results) => (Ok(()), results),
+            Err(e) => (Err(e), Vec::new()),
+        };
         let mut results = results.into_iter();
         let mut applied = false;
         for request in requests {
@@ -329,6 +328,76 @@ impl Roster {
         }
         if applied {
             self.notify_jobs();
+        }
+    }
+}
+
+impl Roster {
+    /// Every request of the group as one set: no savepoints, a few statements per event.
+    async fn apply_together(
+        &self,
+        requests: &[IngestRequest],
+    ) -> ServiceResult<Vec<ServiceResult<Vec<EventOutcome>>>> {
+        let tx = self.write_tx().await?;
+        let catalog = Catalog::load(&*tx).await?;
+        let all: Vec<&IngestRequest> = requests.iter().collect();
+        let mut set = EventSet::load(&*tx, &catalog, &all).await?;
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            results.push(Ok(set.apply_request(&*tx, request).await?));
+        }
+        set.flush(&*tx).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Each request as a set of its own under a savepoint; the group commits whatever
+    /// succeeded. On PostgreSQL another instance may insert the same new identity or event at
+    /// once: the loser's savepoint fails on the unique index and is simply run again, now
+    /// seeing the winner's rows (and answering `duplicate` or applying on top).
+    async fn apply_one_by_one(
+        &self,
+        requests: &[IngestRequest],
+    ) -> ServiceResult<Vec<ServiceResult<Vec<EventOutcome>>>> {
+        let tx = self.write_tx().await?;
+        let catalog = Catalog::load(&*tx).await?;
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            results.push(apply_alone(&tx, &catalog, request).await);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+async fn apply_alone(
+    tx: &sea_orm::DatabaseTransaction,
+    catalog: &Catalog,
+    request: &IngestRequest,
+) -> ServiceResult<Vec<EventOutcome>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let savepoint = tx.begin().await?;
+        let applied = async {
+            let mut set = EventSet::load(&savepoint, catalog, &[request]).await?;
+            let outcomes = set.apply_request(&savepoint, request).await?;
+            set.flush(&savepoint).await?;
+            Ok::<_, ServiceError>(outcomes)
+        }
+        .await;
+        match applied {
+            Ok(outcomes) => {
+                savepoint.commit().await?;
+                return Ok(outcomes);
+            }
+            Err(ServiceError::Db(e)) if attempt < 4 && is_unique_violation(&e) => {
+                savepoint.rollback().await?;
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                return Err(e);
+            }
         }
     }
 }
@@ -419,202 +488,4 @@ impl GroupCommit {
         }
         group
     }
-}
-
-/// One request's events under a savepoint of the group's transaction. On PostgreSQL another
-/// instance may insert the same new identity or event at once; the loser's savepoint fails on
-/// the unique index and is simply run again, now seeing the winner's rows (and answering
-/// `duplicate` or applying on top).
-async fn apply_request(
-    tx: &sea_orm::DatabaseTransaction,
-    apps: &[(app::Model, AppSettings)],
-    request: &IngestRequest,
-) -> ServiceResult<Vec<EventOutcome>> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let savepoint = tx.begin().await?;
-        match apply_events(&savepoint, apps, &request.principal, &request.events).await {
-            Ok(outcomes) => {
-                savepoint.commit().await?;
-                return Ok(outcomes);
-            }
-            Err(ServiceError::Db(e)) if attempt < 4 && is_unique_violation(&e) => {
-                savepoint.rollback().await?;
-            }
-            Err(e) => {
-                savepoint.rollback().await?;
-                return Err(e);
-            }
-        }
-    }
-}
-
-async fn apply_events(
-    conn: &impl ConnectionTrait,
-    apps: &[(app::Model, AppSettings)],
-    principal: &Principal,
-    events: &[HrEventInput],
-) -> ServiceResult<Vec<EventOutcome>> {
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        outcomes.push(apply_event(conn, apps, principal, event).await?);
-    }
-    let summary = json!({
-        "events": outcomes.len(),
-        "results": outcomes.iter().map(|o| json!({"event_id": o.event_id, "result": o.result.as_str()})).collect::<Vec<_>>(),
-    });
-    audit::record(
-        conn,
-        Some(principal),
-        AuditEntry {
-            action: "events.ingest",
-            object_type: "hr_event",
-            object_id: (outcomes.len() == 1).then(|| outcomes[0].event_id.as_str()),
-            before: None,
-            after: Some(summary),
-        },
-    )
-    .await?;
-    Ok(outcomes)
-}
-
-async fn record_event(
-    conn: &impl ConnectionTrait,
-    principal: &Principal,
-    event: &HrEventInput,
-    result: EventResult,
-    detail: Option<String>,
-) -> ServiceResult<EventOutcome> {
-    hr_event::ActiveModel {
-        event_id: Set(event.event_id.clone()),
-        event_type: Set(event.event_type.as_str().into()),
-        employee_id: Set(event.employee.employee_id.clone()),
-        occurred_at: Set(event.occurred_at),
-        payload: Set(event.payload.clone()),
-        result: Set(result.as_str().into()),
-        detail: Set(detail.clone()),
-        api_key_id: Set(Some(principal.key_id.clone())),
-        received_at: Set(Utc::now()),
-        ..Default::default()
-    }
-    .insert(conn)
-    .await?;
-    Ok(EventOutcome {
-        event_id: event.event_id.clone(),
-        result,
-        detail,
-    })
-}
-
-async fn apply_event(
-    conn: &impl ConnectionTrait,
-    apps: &[(app::Model, AppSettings)],
-    principal: &Principal,
-    event: &HrEventInput,
-) -> ServiceResult<EventOutcome> {
-    if hr_event::Entity::find()
-        .filter(hr_event::Column::EventId.eq(event.event_id.as_str()))
-        .one(conn)
-        .await?
-        .is_some()
-    {
-        return Ok(EventOutcome {
-            event_id: event.event_id.clone(),
-            result: EventResult::Duplicate,
-            detail: None,
-        });
-    }
-    let employee = &event.employee;
-    let mut query = identity::Entity::find()
-        .filter(identity::Column::EmployeeId.eq(employee.employee_id.as_str()));
-    if is_postgres(conn) {
-        // Serialises concurrent events for one person across instances.
-        query = query.lock_exclusive();
-    }
-    let current = query.one(conn).await?;
-    if let Some(cur) = &current
-        && let Some(last) = cur.last_event_at
-        && event.occurred_at < last
-    {
-        let detail = format!(
-            "older than the last applied event for {} ({last})",
-            employee.employee_id
-        );
-        return record_event(conn, principal, event, EventResult::Stale, Some(detail)).await;
-    }
-    if current.is_none() {
-        let creatable = employee.user_name.is_set() || employee.email.is_set();
-        let refusal = match event.event_type {
-            EventType::Leaver => Some("unknown employee: there is nobody to deprovision"),
-            EventType::Mover if !creatable => {
-                Some("unknown employee, and no `user_name` or `email` to create them")
-            }
-            _ => None,
-        };
-        if let Some(reason) = refusal {
-            return record_event(
-                conn,
-                principal,
-                event,
-                EventResult::Rejected,
-                Some(reason.into()),
-            )
-            .await;
-        }
-    }
-
-    let before_view = match &current {
-        Some(cur) => Some(people::view_of(
-            cur,
-            people::group_names(conn, &cur.employee_id).await?,
-        )),
-        None => None,
-    };
-    let now = Utc::now();
-    let status = match (event.event_type, &current) {
-        (EventType::Joiner, _) => "active".to_owned(),
-        (EventType::Leaver, _) => "terminated".to_owned(),
-        (EventType::Mover, Some(cur)) => cur.status.clone(),
-        (EventType::Mover, None) => "active".to_owned(),
-    };
-    let saved = match &current {
-        Some(cur) => {
-            let mut model: identity::ActiveModel = cur.clone().into();
-            apply_record(&mut model, Some(cur), employee);
-            model.status = Set(status);
-            model.last_event_at = Set(Some(event.occurred_at));
-            model.version = Set(cur.version + 1);
-            model.updated_at = Set(now);
-            model.update(conn).await?
-        }
-        None => {
-            let mut model = identity::ActiveModel {
-                id: Set(new_id()),
-                employee_id: Set(employee.employee_id.clone()),
-                status: Set(status),
-                last_event_at: Set(Some(event.occurred_at)),
-                version: Set(1),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            };
-            apply_record(&mut model, None, employee);
-            model.insert(conn).await?
-        }
-    };
-    let changed_groups = groups::reevaluate_rules_for(conn, &saved).await?;
-    let after_view = people::view_of(&saved, people::group_names(conn, &saved.employee_id).await?);
-    let linked = planner::linked_apps(conn, &saved.id).await?;
-    let jobs = planner::plan_person_change(
-        apps,
-        before_view.as_ref(),
-        &after_view,
-        &linked,
-        &changed_groups,
-        Some(&event.event_id),
-        queue::now_ms(),
-    );
-    queue::enqueue(conn, &jobs).await?;
-    record_event(conn, principal, event, EventResult::Applied, None).await
 }
