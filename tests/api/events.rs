@@ -169,6 +169,43 @@ async fn a_leaver_goes_on_the_deprovision_lane_and_coalesces_with_the_pending_sy
     assert_eq!(jobs[0]["hr_event_id"], "l1");
 }
 
+/// The same three changes in one batch: the events are applied together and their jobs
+/// written at the end in one statement per round, so the coalescing must still come out as if
+/// each had been enqueued alone (PostgreSQL refuses one upsert touching a row twice).
+#[tokio::test]
+async fn a_batch_of_changes_for_one_person_coalesces_into_one_job() {
+    let app = spawn_planner().await;
+    app.create_app(&app_body("a", json!({}))).await;
+    let batch = json!({"events": [
+        joiner("j1", "E1", "2026-11-01T09:00:00Z", json!({})),
+        joiner("j2", "E2", "2026-11-01T09:00:00Z", json!({})),
+        event("m1", "mover", "E1", "2026-11-01T10:00:00Z", json!({"title": "Lead"})),
+        event("l1", "leaver", "E1", "2026-11-01T11:00:00Z", json!({})),
+    ]});
+    let answer = app.post("/api/v1/events:batch", &batch).await.expect(202);
+    let results: Vec<&str> = answer["results"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["result"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(results, ["applied"; 4]);
+    let jobs = pending_jobs(&app).await;
+    let mut lanes: Vec<(&str, &str)> = jobs
+        .iter()
+        .filter_map(|j| Some((j["lane"].as_str()?, j["hr_event_id"].as_str()?)))
+        .collect();
+    lanes.sort_unstable();
+    assert_eq!(
+        lanes,
+        [("deprovision", "l1"), ("normal", "j2")],
+        "one job per person, E1's on the deprovision lane: {jobs:?}"
+    );
+    let person = app.get("/api/v1/identities/E1").await.expect(200);
+    assert_eq!(
+        (person["status"].as_str(), person["title"].as_str()),
+        (Some("terminated"), Some("Lead"))
+    );
+}
+
 #[tokio::test]
 async fn a_mover_changes_only_the_fields_it_carries_and_null_clears() {
     let app = spawn_app().await;
