@@ -86,11 +86,14 @@ pub fn now_ms() -> i64 {
 
 /// Inserts the jobs, coalescing each into the pending job of the same (app, resource): the
 /// merged job keeps the higher-priority lane, the earlier `run_at` and the first enqueue time
-/// (so event-to-target latency is measured from the first change it carries).
+/// (so event-to-target latency is measured from the first change it carries). Requests for the
+/// same resource within `jobs` are merged first, by the same rules (PostgreSQL refuses to
+/// update one row twice in one statement), and written in key order.
 pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result<(), DbErr> {
     if jobs.is_empty() {
         return Ok(());
     }
+    let jobs = coalesce(jobs);
     let now = chrono::Utc::now();
     let now_ms = now.timestamp_millis();
     // Bounded statement size: SQLite allows 32766 bound values; 12 per row.
@@ -165,6 +168,31 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     Ok(())
 }
 
+/// One request per (app, resource), merged as the upsert in `enqueue` merges a request into a
+/// pending job: higher-priority lane, earlier `run_at`, the later HR event if it names one.
+fn coalesce(jobs: &[JobRequest]) -> Vec<JobRequest> {
+    let mut merged: std::collections::BTreeMap<(&str, &str, &str), JobRequest> =
+        std::collections::BTreeMap::new();
+    for j in jobs {
+        let key = (j.app_id.as_str(), j.kind.as_str(), j.resource_id.as_str());
+        match merged.get_mut(&key) {
+            None => {
+                merged.insert(key, j.clone());
+            }
+            Some(m) => {
+                if j.lane.priority() < m.lane.priority() {
+                    m.lane = j.lane;
+                }
+                m.run_at_ms = m.run_at_ms.min(j.run_at_ms);
+                if j.hr_event_id.is_some() {
+                    m.hr_event_id.clone_from(&j.hr_event_id);
+                }
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
 /// How long a claim holds a job before another instance may take it over.
 pub const LEASE_MS: i64 = 30_000;
 
@@ -205,6 +233,33 @@ fn positional(sql: &str, values: &[sea_orm::Value]) -> (String, Vec<sea_orm::Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn request(resource_id: &str, lane: Lane, run_at_ms: i64, event: Option<&str>) -> JobRequest {
+        JobRequest {
+            app_id: "a".into(),
+            kind: ResourceKind::Group,
+            resource_id: resource_id.into(),
+            lane,
+            run_at_ms,
+            hr_event_id: event.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn requests_for_one_resource_merge_like_the_upsert() {
+        let merged = coalesce(&[
+            request("g2", Lane::Normal, 50, Some("e1")),
+            request("g1", Lane::Normal, 10, None),
+            request("g2", Lane::Deprovision, 70, None),
+            request("g2", Lane::Reconcile, 20, Some("e2")),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].resource_id, "g1");
+        let g2 = &merged[1];
+        assert_eq!(g2.lane, Lane::Deprovision);
+        assert_eq!(g2.run_at_ms, 20);
+        assert_eq!(g2.hr_event_id.as_deref(), Some("e2"));
+    }
 
     #[test]
     fn numbered_placeholders_bind_by_number_on_sqlite() {
