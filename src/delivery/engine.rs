@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::execute::{self, AppContext, JobError, Operation};
-use super::finisher::{Finished, Finisher, JobEnd};
+use super::finisher::{self, Finished, Finisher, JobEnd};
 use super::guard;
 use super::limiter::{AppLimiter, Limiters};
 use super::policy::{self, Decision};
+use super::staged::JobWrites;
 use super::target;
 use crate::crypto::SecretBox;
 use crate::mapping::CompiledMappings;
@@ -230,7 +231,8 @@ impl Delivery {
     }
 
     /// Runs one user's delivery to one app now, outside the queue (provision on demand).
-    /// Returns what was done and every SCIM call made.
+    /// Returns what was done and every SCIM call made, once its link, follow-up jobs and log
+    /// rows are committed (one write transaction, the finisher's writer for the staged part).
     pub async fn provision_now(
         &self,
         app: &app::Model,
@@ -245,21 +247,41 @@ impl Delivery {
             client: &rt.client,
         };
         let now = queue::now_ms();
+        let mut writes = JobWrites::default();
         let (result, calls) = execute::with_call_log(None, async {
-            let op = execute::deliver_user(conn, &ctx, identity_id, now).await?;
-            execute::follow_ups(conn, &ctx, identity_id, op, now).await?;
+            let op = execute::deliver_user(conn, &ctx, identity_id, now, &mut writes).await?;
+            execute::follow_ups(conn, &ctx, identity_id, op, now, &mut writes).await?;
             Ok::<_, JobError>(op)
         })
         .await;
         let rows = operation_rows(app, None, ResourceKind::User, identity_id, 0, None, &calls);
-        if !rows.is_empty() {
-            let _turn = self.db.write_turn().await;
-            if let Err(e) = operation::Entity::insert_many(rows).exec(conn).await {
-                tracing::warn!(error = %e, "Could not write the provisioning log");
+        let result = match (self.write_now(&writes, rows).await, result) {
+            (Ok(()), result) => result,
+            (Err(e), Ok(_)) => Err(JobError::Db(e)),
+            (Err(e), Err(failed)) => {
+                tracing::warn!(error = %e, "Could not record a failed on-demand provisioning");
+                Err(failed)
             }
-        }
+        };
         self.jobs_ready.notify_one();
         Ok((result, calls))
+    }
+
+    /// Writes one delivery's staged writes and log rows in one write transaction.
+    async fn write_now(
+        &self,
+        writes: &JobWrites,
+        rows: Vec<operation::ActiveModel>,
+    ) -> Result<(), sea_orm::DbErr> {
+        if writes.is_empty() && rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.write_tx().await?;
+        finisher::write_staged(&*tx, &[writes]).await?;
+        if !rows.is_empty() {
+            operation::Entity::insert_many(rows).exec(&*tx).await?;
+        }
+        tx.commit().await
     }
 
     /// Checks a quarantined app; on success it is active again.
@@ -459,23 +481,26 @@ impl Delivery {
             hr_event_id = job.hr_event_id.as_deref().unwrap_or(""),
             operation = tracing::field::Empty,
         );
+        // The job's links and follow-up jobs, written by the finisher with its end, whatever
+        // the result.
+        let mut writes = JobWrites::default();
         let (result, calls) = {
+            let writes = &mut writes;
             execute::with_call_log(
                 job.hr_event_id.as_deref(),
                 async {
+                    let id = job.resource_id.as_str();
                     let op = match kind {
                         ResourceKind::User => {
-                            execute::deliver_user(conn, &ctx, &job.resource_id, now).await?
+                            execute::deliver_user(conn, &ctx, id, now, writes).await?
                         }
                         ResourceKind::Group => {
-                            execute::deliver_group(conn, &ctx, &job.resource_id).await?
+                            execute::deliver_group(conn, &ctx, id, writes).await?
                         }
-                        ResourceKind::Account => {
-                            execute::deprovision_account(&ctx, &job.resource_id).await?
-                        }
+                        ResourceKind::Account => execute::deprovision_account(&ctx, id).await?,
                     };
                     if kind == ResourceKind::User {
-                        execute::follow_ups(conn, &ctx, &job.resource_id, op, now).await?;
+                        execute::follow_ups(conn, &ctx, id, op, now, writes).await?;
                     }
                     Ok::<_, JobError>(op)
                 }
@@ -519,6 +544,7 @@ impl Delivery {
                 finisher.finish(Finished {
                     job_id: job.id,
                     end: JobEnd::Complete,
+                    writes,
                     operations,
                     deprovision,
                 });
@@ -581,6 +607,7 @@ impl Delivery {
                 finisher.finish(Finished {
                     job_id: id,
                     end,
+                    writes,
                     operations,
                     deprovision,
                 });
@@ -596,6 +623,7 @@ fn ended(job_id: i64, end: JobEnd) -> Finished {
     Finished {
         job_id,
         end,
+        writes: JobWrites::default(),
         operations: Vec::new(),
         deprovision: None,
     }

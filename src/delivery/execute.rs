@@ -4,15 +4,16 @@
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use super::people;
+use super::staged::{JobWrites, LinkRow, LinkWrite};
 use crate::mapping::{self, CompiledMappings, IdentityView};
 use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, id_of};
 use crate::settings::{AppSettings, DeprovisionAction};
 use crate::store::entity::{app, group, group_member, identity, link};
-use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
+use crate::store::queue::{JobRequest, Lane, ResourceKind};
 
 /// What a job did; the label is the `operation` of metrics and the provisioning log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,67 +181,46 @@ impl<'a> LinkState<'a> {
     }
 }
 
-/// Saves the link of a person's account in the job's app.
-async fn save_user_link(
-    conn: &impl ConnectionTrait,
-    ctx: &AppContext<'_>,
-    identity_id: &str,
-    existing: Option<link::Model>,
-    new: LinkState<'_>,
-) -> Result<(), JobError> {
-    save_link(
-        conn,
-        &ctx.app.id,
-        ResourceKind::User,
-        identity_id,
-        existing,
-        new,
-    )
-    .await
+impl LinkState<'_> {
+    fn row(&self) -> LinkRow {
+        LinkRow {
+            target_id: self.target_id.map(str::to_owned),
+            snapshot: self.snapshot.cloned(),
+            snapshot_hash: self.snapshot.map(mapping::snapshot_hash),
+            state: self.state.to_owned(),
+            delete_after: self.delete_after,
+            at: chrono::Utc::now(),
+        }
+    }
 }
 
-async fn save_link(
-    conn: &impl ConnectionTrait,
+/// Stages a link as it should be stored after the job (the finisher writes it, whatever the
+/// job's result); returns the row as it will be stored.
+fn stage_link(
+    writes: &mut JobWrites,
     app_id: &str,
     kind: ResourceKind,
     resource_id: &str,
-    existing: Option<link::Model>,
     new: LinkState<'_>,
-) -> Result<(), JobError> {
-    let now = chrono::Utc::now();
-    let hash = new.snapshot.map(mapping::snapshot_hash);
-    match existing {
-        Some(row) => {
-            let mut active: link::ActiveModel = row.into();
-            active.target_id = Set(new.target_id.map(str::to_owned));
-            active.snapshot = Set(new.snapshot.cloned());
-            active.snapshot_hash = Set(hash);
-            active.state = Set(new.state.to_owned());
-            active.last_error = Set(None);
-            active.delete_after = Set(new.delete_after);
-            active.updated_at = Set(now);
-            active.update(conn).await?;
-        }
-        None => {
-            link::ActiveModel {
-                app_id: Set(app_id.to_owned()),
-                resource_kind: Set(kind.as_str().to_owned()),
-                resource_id: Set(resource_id.to_owned()),
-                target_id: Set(new.target_id.map(str::to_owned)),
-                snapshot: Set(new.snapshot.cloned()),
-                snapshot_hash: Set(hash),
-                state: Set(new.state.to_owned()),
-                last_error: Set(None),
-                delete_after: Set(new.delete_after),
-                created_at: Set(now),
-                updated_at: Set(now),
-                ..Default::default()
-            }
-            .insert(conn)
-            .await?;
-        }
-    }
-    Ok(())
+) -> LinkRow {
+    let row = new.row();
+    writes.link(LinkWrite {
+        app_id: app_id.to_owned(),
+        kind,
+        resource_id: resource_id.to_owned(),
+        row: Some(row.clone()),
+    });
+    row
+}
+
+/// Stages the link of a person's account in the job's app.
+fn stage_user_link(
+    writes: &mut JobWrites,
+    ctx: &AppContext<'_>,
+    identity_id: &str,
+    new: LinkState<'_>,
+) -> LinkRow {
+    stage_link(writes, &ctx.app.id, ResourceKind::User, identity_id, new)
 }
 
 /// A SCIM PATCH for the changes. A change to one element of a multi-valued attribute
@@ -298,12 +278,11 @@ async fn find_match(
 
 /// Adopts `account`: links it and brings it in line with `desired`.
 async fn adopt(
-    conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     person: &IdentityView,
-    existing: Option<link::Model>,
     account: &Value,
     desired: &Value,
+    writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
     let Some(target_id) = id_of(account).map(str::to_owned) else {
         return Err(JobError::Unprocessable(
@@ -319,26 +298,23 @@ async fn adopt(
             .await
             .map_err(|e| JobError::scim(Operation::Update, e))?;
     }
-    save_user_link(
-        conn,
+    stage_user_link(
+        writes,
         ctx,
         &person.id,
-        existing,
         LinkState::linked(&target_id, desired),
-    )
-    .await?;
+    );
     Ok(Operation::Adopt)
 }
 
 async fn create_or_adopt(
-    conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     person: &IdentityView,
-    existing: Option<link::Model>,
     desired: &Value,
+    writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
     if let Some(account) = find_match(ctx, person).await? {
-        return adopt(conn, ctx, person, existing, &account, desired).await;
+        return adopt(ctx, person, &account, desired, writes).await;
     }
     doing(Operation::Create);
     match ctx.client.users().create(desired).await {
@@ -348,39 +324,36 @@ async fn create_or_adopt(
                     "the target answered a create without an id".into(),
                 ));
             };
-            save_user_link(
-                conn,
+            stage_user_link(
+                writes,
                 ctx,
                 &person.id,
-                existing,
                 LinkState::linked(&target_id, desired),
-            )
-            .await?;
+            );
             Ok(Operation::Create)
         }
         // The account exists after all: an earlier POST whose answer was lost, or a race.
         Err(e) if e.is_conflict() => match find_match(ctx, person).await? {
-            Some(account) => adopt(conn, ctx, person, existing, &account, desired).await,
+            Some(account) => adopt(ctx, person, &account, desired, writes).await,
             None => Err(JobError::scim(Operation::Create, e)),
         },
         Err(e) => {
-            if outcome_unknown(&e)
-                && let Err(db) =
-                    save_user_link(conn, ctx, &person.id, existing, LinkState::unsure()).await
-            {
-                tracing::warn!(error = %db, "Could not mark a create as unsure");
+            if outcome_unknown(&e) {
+                stage_user_link(writes, ctx, &person.id, LinkState::unsure());
             }
             Err(JobError::scim(Operation::Create, e))
         }
     }
 }
 
-/// Makes the app's copy of one person match roster.
+/// Makes the app's copy of one person match roster. The link writes are staged in `writes`,
+/// also when the job fails: a create that succeeded before a later error keeps its link.
 pub async fn deliver_user(
     conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     identity_id: &str,
     now_ms: i64,
+    writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
     let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await? else {
         return Ok(Operation::Noop);
@@ -398,7 +371,7 @@ pub async fn deliver_user(
                     .map(|t| (t, l.snapshot.clone().unwrap_or(Value::Null)))
             });
         let Some((target_id, snapshot)) = linked else {
-            return create_or_adopt(conn, ctx, &view, existing, &desired).await;
+            return create_or_adopt(ctx, &view, &desired, writes).await;
         };
         let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, &snapshot));
         let operation = if changes.is_empty() {
@@ -414,10 +387,12 @@ pub async fn deliver_user(
                 Ok(_) => Operation::Update,
                 // Deleted in the target by hand: create it again.
                 Err(e) if e.is_not_found() => {
-                    return create_or_adopt(conn, ctx, &view, existing, &desired).await;
+                    return create_or_adopt(ctx, &view, &desired, writes).await;
                 }
                 Err(e) => {
-                    forget_snapshot_if_unsure(conn, ctx, identity_id, &e).await;
+                    if let Some(link) = &existing {
+                        forget_snapshot_if_unsure(writes, link, &e);
+                    }
                     return Err(JobError::scim(Operation::Update, e));
                 }
             }
@@ -426,14 +401,12 @@ pub async fn deliver_user(
             .as_ref()
             .is_some_and(|l| l.state != "linked" || l.delete_after.is_some());
         if operation != Operation::Noop || rehired {
-            save_user_link(
-                conn,
+            stage_user_link(
+                writes,
                 ctx,
                 identity_id,
-                existing,
                 LinkState::linked(&target_id, &desired),
-            )
-            .await?;
+            );
         }
         return Ok(operation);
     }
@@ -453,22 +426,17 @@ pub async fn deliver_user(
         let Some((account, target_id)) =
             found.and_then(|a| id_of(&a).map(str::to_owned).map(|id| (a, id)))
         else {
-            save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
+            stage_user_link(writes, ctx, identity_id, LinkState::deleted());
             return Ok(Operation::Noop);
         };
-        save_user_link(
-            conn,
+        // Go on with the link as it will be stored: adopted.
+        stage_user_link(
+            writes,
             ctx,
             identity_id,
-            Some(link),
             LinkState::linked(&target_id, &account),
         )
-        .await?;
-        let Some(adopted) = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?
-        else {
-            return Ok(Operation::Noop);
-        };
-        link = adopted;
+        .apply_to(&mut link);
     }
     let Some(target_id) = link.target_id.clone() else {
         return Ok(Operation::Noop);
@@ -486,7 +454,7 @@ pub async fn deliver_user(
                 .delete(&target_id)
                 .await
                 .map_err(|e| JobError::scim(Operation::Delete, e))?;
-            save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted()).await?;
+            stage_user_link(writes, ctx, identity_id, LinkState::deleted());
             Ok(Operation::Delete)
         }
         // Without a snapshot the last write's outcome is unknown: deactivate again.
@@ -505,12 +473,11 @@ pub async fn deliver_user(
                 Ok(_) => {}
                 // Already gone from the target: nothing left to close.
                 Err(e) if e.is_not_found() => {
-                    save_user_link(conn, ctx, identity_id, Some(link), LinkState::deleted())
-                        .await?;
+                    stage_user_link(writes, ctx, identity_id, LinkState::deleted());
                     return Ok(Operation::Deactivate);
                 }
                 Err(e) => {
-                    forget_snapshot_if_unsure(conn, ctx, identity_id, &e).await;
+                    forget_snapshot_if_unsure(writes, &link, &e);
                     return Err(JobError::scim(Operation::Deactivate, e));
                 }
             }
@@ -523,20 +490,17 @@ pub async fn deliver_user(
                 .deprovision
                 .delete_after_days
                 .map(|days| now_ms + i64::from(days) * 86_400_000);
-            save_link(
-                conn,
-                &ctx.app.id,
-                ResourceKind::User,
+            stage_user_link(
+                writes,
+                ctx,
                 identity_id,
-                Some(link),
                 LinkState {
                     target_id: Some(&target_id),
                     snapshot: Some(&snapshot),
                     state: "deactivated",
                     delete_after,
                 },
-            )
-            .await?;
+            );
             Ok(Operation::Deactivate)
         }
     }
@@ -553,21 +517,22 @@ fn outcome_unknown(error: &ScimError) -> bool {
 /// snapshot no longer says what the target holds. Forgetting it makes the next attempt send
 /// every mapped attribute (and deactivate again when out of scope) instead of diffing against a
 /// state the target may have left — e.g. a deactivation applied but unanswered, then a re-hire
-/// whose diff against the old snapshot would be empty. A failure to forget is logged: the job
-/// fails anyway.
-async fn forget_snapshot_if_unsure(
-    conn: &impl ConnectionTrait,
-    ctx: &AppContext<'_>,
-    identity_id: &str,
-    error: &ScimError,
-) {
-    if !outcome_unknown(error) {
+/// whose diff against the old snapshot would be empty. `link` is the link as the job left it
+/// so far; the forgetting is staged like the job's other writes (and, like
+/// `queue::forget_snapshot`, only for a link with a target account).
+fn forget_snapshot_if_unsure(writes: &mut JobWrites, link: &link::Model, error: &ScimError) {
+    if !outcome_unknown(error) || link.target_id.is_none() {
         return;
     }
-    if let Err(e) = queue::forget_snapshot(conn, &ctx.app.id, ResourceKind::User, identity_id).await
-    {
-        tracing::warn!(error = %e, "Could not mark a link's snapshot as unknown");
-    }
+    let mut row = LinkRow::from_model(link, chrono::Utc::now());
+    row.snapshot = None;
+    row.snapshot_hash = None;
+    writes.link(LinkWrite {
+        app_id: link.app_id.clone(),
+        kind: ResourceKind::parse(&link.resource_kind),
+        resource_id: link.resource_id.clone(),
+        row: Some(row),
+    });
 }
 
 /// Deprovisions a target account that belongs to no identity (reconciliation's `unmatched`
@@ -606,18 +571,26 @@ pub async fn deprovision_account(
 
 /// After a user job: the follow-up jobs it implies — the scheduled DELETE of a deactivated
 /// account, and the pushed groups the person is in (their membership may now include the
-/// account).
+/// account). They are staged in `writes`, so that they are enqueued with the job's link.
 pub async fn follow_ups(
     conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     identity_id: &str,
     operation: Operation,
     now_ms: i64,
+    writes: &mut JobWrites,
 ) -> Result<(), JobError> {
     let mut jobs = Vec::new();
-    if let Some(l) = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?
-        && l.state == "deactivated"
-        && let Some(due) = l.delete_after
+    // The link as the job leaves it: staged, or else as stored.
+    let after = match writes.staged_link(&ctx.app.id, ResourceKind::User, identity_id) {
+        Some(w) => w.row.as_ref().map(|r| (r.state.clone(), r.delete_after)),
+        None => find_link(conn, &ctx.app.id, ResourceKind::User, identity_id)
+            .await?
+            .map(|l| (l.state, l.delete_after)),
+    };
+    if let Some((state, delete_after)) = after
+        && state == "deactivated"
+        && let Some(due) = delete_after
     {
         jobs.push(JobRequest {
             app_id: ctx.app.id.clone(),
@@ -648,7 +621,7 @@ pub async fn follow_ups(
             }
         }
     }
-    queue::enqueue(conn, &jobs).await?;
+    writes.enqueue(jobs);
     Ok(())
 }
 
@@ -718,6 +691,7 @@ pub async fn deliver_group(
     conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     group_name: &str,
+    writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
     let existing = find_link(conn, &ctx.app.id, ResourceKind::Group, group_name).await?;
     let pushed = ctx.settings.group_push.iter().any(|g| g == group_name);
@@ -736,7 +710,12 @@ pub async fn deliver_group(
                 .delete(&target_id)
                 .await
                 .map_err(|e| JobError::scim(Operation::Delete, e))?;
-            link::Entity::delete_by_id(l.id).exec(conn).await?;
+            writes.link(LinkWrite {
+                app_id: ctx.app.id.clone(),
+                kind: ResourceKind::Group,
+                resource_id: group_name.to_owned(),
+                row: None,
+            });
             return Ok(Operation::Delete);
         }
         return Ok(Operation::Noop);
@@ -848,20 +827,18 @@ pub async fn deliver_group(
     }
     let snapshot =
         json!({"displayName": group_name, "members": desired.iter().collect::<Vec<_>>()});
-    save_link(
-        conn,
+    stage_link(
+        writes,
         &ctx.app.id,
         ResourceKind::Group,
         group_name,
-        existing,
         LinkState {
             target_id: Some(&target_id),
             snapshot: Some(&snapshot),
             state: "linked",
             delete_after: None,
         },
-    )
-    .await?;
+    );
     Ok(if to_add.is_empty() && to_remove.is_empty() && !renamed {
         Operation::Noop
     } else {

@@ -1,19 +1,25 @@
-//! Group commit for the ends of jobs: a job's provisioning-log rows and its new queue state
-//! (done, back to pending, dead) are written by one task, many jobs per transaction, instead of
-//! two commits per job (each a disk flush on SQLite).
+//! Group commit for the ends of jobs: a job's staged writes (its links and follow-up jobs,
+//! `staged::JobWrites`), its provisioning-log rows and its new queue state (done, back to
+//! pending, dead) are written by one task, many jobs per transaction, instead of several
+//! commits per job (each a disk flush on SQLite, and a turn on its lock).
 //!
-//! Invariant: a job stays `running` until the batch holding its end commits, so nothing else
-//! delivers the same resource meanwhile. If a batch cannot be written, its jobs keep their
-//! `running` state until their lease expires and run again — harmless, because delivery is
-//! level-triggered and matches before it creates.
+//! Invariants: a job stays `running` until the batch holding its end commits, so nothing else
+//! delivers the same resource meanwhile. A job's links and follow-up jobs are written in the
+//! same transaction as, and before, its end — whatever the job's result — so a follow-up (a
+//! pushed group's update) never runs before the link it depends on is there. If a batch cannot
+//! be written, its jobs keep their `running` state until their lease expires and run again —
+//! harmless, because delivery is level-triggered and matches before it creates.
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use sea_orm::EntityTrait;
+use sea_orm::sea_query::{LockType, OnConflict};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set};
 use tokio::sync::mpsc;
 
-use crate::store::Db;
-use crate::store::entity::operation;
-use crate::store::queue;
+use super::staged::{JobWrites, LinkRow, LinkWrite};
+use crate::store::entity::{app, link, operation};
+use crate::store::queue::{self, JobRequest};
+use crate::store::{Db, is_postgres};
 
 /// Job ends written per transaction at most.
 const MAX_BATCH: usize = 512;
@@ -43,10 +49,13 @@ impl JobEnd {
     }
 }
 
-/// One finished job: its end and the provisioning-log rows of the calls it made.
+/// One finished job: its end, its staged writes and the provisioning-log rows of the calls it
+/// made.
 pub struct Finished {
     pub job_id: i64,
     pub end: JobEnd,
+    /// Written before the end, whatever it is.
+    pub writes: JobWrites,
     pub operations: Vec<operation::ActiveModel>,
     /// Released once the batch is written: the deletion guard counts the deprovision until
     /// its log rows are there.
@@ -101,6 +110,8 @@ async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Finished>) {
 
 async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> {
     let tx = db.write_tx().await?;
+    let writes: Vec<&JobWrites> = batch.iter().map(|f| &f.writes).collect();
+    write_staged(&*tx, &writes).await?;
     // SQLite allows 32766 bound values per statement; a log row binds 15.
     let rows: Vec<operation::ActiveModel> =
         batch.iter().flat_map(|f| f.operations.clone()).collect();
@@ -129,4 +140,111 @@ async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> 
         }
     }
     tx.commit().await
+}
+
+/// SQLite allows 32766 bound values per statement; a link row binds 11.
+const LINK_ROWS_PER_STATEMENT: usize = 1_000;
+
+/// Writes jobs' staged links and follow-up jobs, in the caller's transaction: the links as
+/// upserts on (app, kind, resource) — the last write per link wins, across jobs too, since
+/// PostgreSQL refuses to update one row twice in one statement — then the follow-up jobs
+/// (coalesced like any enqueue). Writes for an app deleted meanwhile are dropped: its links and
+/// jobs are gone with it, and one such job must not fail everyone's batch.
+pub async fn write_staged(
+    conn: &impl ConnectionTrait,
+    writes: &[&JobWrites],
+) -> Result<(), sea_orm::DbErr> {
+    let app_ids: BTreeSet<&str> = writes
+        .iter()
+        .flat_map(|w| {
+            w.links()
+                .iter()
+                .map(|l| l.app_id.as_str())
+                .chain(w.jobs().iter().map(|j| j.app_id.as_str()))
+        })
+        .collect();
+    if app_ids.is_empty() {
+        return Ok(());
+    }
+    let mut live = app::Entity::find()
+        .select_only()
+        .column(app::Column::Id)
+        .filter(app::Column::Id.is_in(app_ids.iter().copied()));
+    if is_postgres(conn) {
+        // Keeps the apps from being deleted before the commit (their rows' foreign keys).
+        live = live.lock(LockType::KeyShare);
+    }
+    let live: HashSet<String> = live
+        .into_tuple::<String>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .collect();
+    // In key order: concurrent writers on PostgreSQL then lock rows in the same order.
+    let mut last: BTreeMap<(&str, &str, &str), &LinkWrite> = BTreeMap::new();
+    for w in writes.iter().flat_map(|w| w.links()) {
+        if live.contains(&w.app_id) {
+            last.insert((&w.app_id, w.kind.as_str(), &w.resource_id), w);
+        }
+    }
+    let upserts: Vec<link::ActiveModel> = last
+        .values()
+        .filter_map(|w| w.row.as_ref().map(|row| link_row(w, row)))
+        .collect();
+    for chunk in upserts.chunks(LINK_ROWS_PER_STATEMENT) {
+        link::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::columns([
+                    link::Column::AppId,
+                    link::Column::ResourceKind,
+                    link::Column::ResourceId,
+                ])
+                .update_columns([
+                    link::Column::TargetId,
+                    link::Column::Snapshot,
+                    link::Column::SnapshotHash,
+                    link::Column::State,
+                    link::Column::LastError,
+                    link::Column::DeleteAfter,
+                    link::Column::UpdatedAt,
+                ])
+                .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await?;
+    }
+    for w in last.values().filter(|w| w.row.is_none()) {
+        link::Entity::delete_many()
+            .filter(link::Column::AppId.eq(w.app_id.as_str()))
+            .filter(link::Column::ResourceKind.eq(w.kind.as_str()))
+            .filter(link::Column::ResourceId.eq(w.resource_id.as_str()))
+            .exec(conn)
+            .await?;
+    }
+    let jobs: Vec<JobRequest> = writes
+        .iter()
+        .flat_map(|w| w.jobs())
+        .filter(|j| live.contains(&j.app_id))
+        .cloned()
+        .collect();
+    queue::enqueue(conn, &jobs).await?;
+    Ok(())
+}
+
+fn link_row(write: &LinkWrite, row: &LinkRow) -> link::ActiveModel {
+    link::ActiveModel {
+        app_id: Set(write.app_id.clone()),
+        resource_kind: Set(write.kind.as_str().to_owned()),
+        resource_id: Set(write.resource_id.clone()),
+        target_id: Set(row.target_id.clone()),
+        snapshot: Set(row.snapshot.clone()),
+        snapshot_hash: Set(row.snapshot_hash.clone()),
+        state: Set(row.state.clone()),
+        last_error: Set(None),
+        delete_after: Set(row.delete_after),
+        // Kept by the update: only a new row takes it.
+        created_at: Set(row.at),
+        updated_at: Set(row.at),
+        ..Default::default()
+    }
 }

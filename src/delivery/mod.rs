@@ -6,4 +6,5 @@ pub mod guard;
 pub mod limiter;
 pub mod people;
 pub mod policy;
+pub mod staged;
 pub mod target;

@@ -86,18 +86,18 @@ pub fn now_ms() -> i64 {
 
 /// Inserts the jobs, coalescing each into the pending job of the same (app, resource): the
 /// merged job keeps the higher-priority lane, the earlier `run_at` and the first enqueue time
-/// (so event-to-target latency is measured from the first change it carries).
+/// (so event-to-target latency is measured from the first change it carries). Requests for the
+/// same resource within `jobs` are merged first, by the same rules (PostgreSQL refuses to
+/// update one row twice in one statement), and written in key order.
 pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result<(), DbErr> {
     if jobs.is_empty() {
         return Ok(());
     }
+    let jobs = coalesce(jobs);
     let now = chrono::Utc::now();
     let now_ms = now.timestamp_millis();
     // Bounded statement size: SQLite allows 32766 bound values; 12 per row.
-    for chunk in distinct_rounds(jobs)
-        .iter()
-        .flat_map(|round| round.chunks(500))
-    {
+    for chunk in jobs.chunks(500) {
         let mut insert = Query::insert();
         insert.into_table(job::Entity).columns([
             job::Column::AppId,
@@ -168,25 +168,29 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     Ok(())
 }
 
-/// Splits `jobs` into rounds in which each (app, resource) appears at most once, in order:
-/// PostgreSQL refuses an `INSERT … ON CONFLICT DO UPDATE` that touches one row twice, and
-/// coalescing the k-th request for a resource into the pending job must happen after the
-/// (k-1)-th, as if each had been enqueued alone.
-fn distinct_rounds(jobs: &[JobRequest]) -> Vec<Vec<&JobRequest>> {
-    let mut rounds: Vec<Vec<&JobRequest>> = Vec::new();
-    let mut seen: std::collections::HashMap<(&str, &str, &str), usize> =
-        std::collections::HashMap::new();
+/// One request per (app, resource), merged as the upsert in `enqueue` merges a request into a
+/// pending job: higher-priority lane, earlier `run_at`, the later HR event if it names one.
+fn coalesce(jobs: &[JobRequest]) -> Vec<JobRequest> {
+    let mut merged: std::collections::BTreeMap<(&str, &str, &str), JobRequest> =
+        std::collections::BTreeMap::new();
     for j in jobs {
-        let times = seen
-            .entry((j.app_id.as_str(), j.kind.as_str(), j.resource_id.as_str()))
-            .or_insert(0);
-        if rounds.len() <= *times {
-            rounds.push(Vec::new());
+        let key = (j.app_id.as_str(), j.kind.as_str(), j.resource_id.as_str());
+        match merged.get_mut(&key) {
+            None => {
+                merged.insert(key, j.clone());
+            }
+            Some(m) => {
+                if j.lane.priority() < m.lane.priority() {
+                    m.lane = j.lane;
+                }
+                m.run_at_ms = m.run_at_ms.min(j.run_at_ms);
+                if j.hr_event_id.is_some() {
+                    m.hr_event_id.clone_from(&j.hr_event_id);
+                }
+            }
         }
-        rounds[*times].push(j);
-        *times += 1;
     }
-    rounds
+    merged.into_values().collect()
 }
 
 /// How long a claim holds a job before another instance may take it over.
@@ -230,46 +234,31 @@ fn positional(sql: &str, values: &[sea_orm::Value]) -> (String, Vec<sea_orm::Val
 mod tests {
     use super::*;
 
-    fn request(app: &str, resource: &str, lane: Lane) -> JobRequest {
+    fn request(resource_id: &str, lane: Lane, run_at_ms: i64, event: Option<&str>) -> JobRequest {
         JobRequest {
-            app_id: app.into(),
-            kind: ResourceKind::User,
-            resource_id: resource.into(),
+            app_id: "a".into(),
+            kind: ResourceKind::Group,
+            resource_id: resource_id.into(),
             lane,
-            run_at_ms: 0,
-            hr_event_id: None,
+            run_at_ms,
+            hr_event_id: event.map(str::to_owned),
         }
     }
 
     #[test]
-    fn requests_for_one_resource_go_in_successive_rounds_in_order() {
-        let jobs = [
-            request("a", "p1", Lane::Normal),
-            request("a", "p2", Lane::Normal),
-            request("a", "p1", Lane::Deprovision),
-            request("b", "p1", Lane::Normal),
-            request("a", "p1", Lane::Normal),
-        ];
-        let rounds: Vec<Vec<(&str, &str, Lane)>> = distinct_rounds(&jobs)
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .map(|j| (j.app_id.as_str(), j.resource_id.as_str(), j.lane))
-                    .collect()
-            })
-            .collect();
-        assert_eq!(
-            rounds,
-            vec![
-                vec![
-                    ("a", "p1", Lane::Normal),
-                    ("a", "p2", Lane::Normal),
-                    ("b", "p1", Lane::Normal)
-                ],
-                vec![("a", "p1", Lane::Deprovision)],
-                vec![("a", "p1", Lane::Normal)],
-            ]
-        );
+    fn requests_for_one_resource_merge_like_the_upsert() {
+        let merged = coalesce(&[
+            request("g2", Lane::Normal, 50, Some("e1")),
+            request("g1", Lane::Normal, 10, None),
+            request("g2", Lane::Deprovision, 70, None),
+            request("g2", Lane::Reconcile, 20, Some("e2")),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].resource_id, "g1");
+        let g2 = &merged[1];
+        assert_eq!(g2.lane, Lane::Deprovision);
+        assert_eq!(g2.run_at_ms, 20);
+        assert_eq!(g2.hr_event_id.as_deref(), Some("e2"));
     }
 
     #[test]

@@ -980,6 +980,57 @@ async fn provision_on_demand_returns_every_call() {
     assert_eq!(again["calls"], json!([]));
 }
 
+#[tokio::test]
+async fn provision_on_demand_answers_with_the_link_and_group_job_stored() {
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "pod-room", "members": ["P2"]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&sherpany(
+            "pod-push",
+            &target.base_url(),
+            TOKEN,
+            json!({"group_push": ["pod-room"]}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("p2", "P2", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let answer = app
+        .post(
+            &format!("/api/v1/apps/{app_id}/provision-on-demand"),
+            &json!({"identity_id": "P2"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(answer["operation"], "create", "{answer}");
+    // Stored before the answer: no waiting.
+    let account = user(&target.users_snapshot(), "p2@example.com")
+        .cloned()
+        .unwrap_or_default();
+    let id = identity_id(&app, "P2").await;
+    let link = app
+        .rows(&format!(
+            "SELECT target_id, state FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link.len(), 1, "{link:?}");
+    assert_eq!(link[0]["target_id"], account["id"]);
+    assert_eq!(link[0]["state"], "linked");
+    let group_jobs = app
+        .rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND resource_kind = 'group' \
+             AND resource_id = 'pod-room' AND state = 'pending'"
+        ))
+        .await;
+    assert_eq!(group_jobs.len(), 1, "the pushed group's follow-up job");
+}
+
 async fn spawn_app_with_engine_off() -> TestApp {
     crate::helpers::spawn_planner().await
 }

@@ -170,8 +170,8 @@ async fn a_leaver_goes_on_the_deprovision_lane_and_coalesces_with_the_pending_sy
 }
 
 /// The same three changes in one batch: the events are applied together and their jobs
-/// written at the end in one statement per round, so the coalescing must still come out as if
-/// each had been enqueued alone (PostgreSQL refuses one upsert touching a row twice).
+/// written at the end in one statement, so the coalescing must still come out as if each had
+/// been enqueued alone (PostgreSQL refuses one upsert touching a row twice).
 #[tokio::test]
 async fn a_batch_of_changes_for_one_person_coalesces_into_one_job() {
     let app = spawn_planner().await;

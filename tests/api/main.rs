@@ -6,6 +6,7 @@ mod bench;
 mod dashboards;
 mod delivery;
 mod events;
+mod finisher;
 mod groups;
 mod health;
 mod helpers;
