@@ -73,82 +73,49 @@ struct Export {
     body: Vec<u8>,
 }
 
-/// A tiny OTLP/HTTP collector on 127.0.0.1, port 0: answers every POST with 200 and keeps the
-/// request. Its threads end with the test binary.
+/// A tiny OTLP/HTTP collector on 127.0.0.1, port 0 (poem, as roster's own servers): answers
+/// every POST with 200 and keeps the request. It ends with the test's runtime.
 struct FakeCollector {
     url: String,
     exports: Arc<Mutex<Vec<Export>>>,
 }
 
 impl FakeCollector {
-    fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+    async fn start() -> Self {
+        use poem::listener::{Acceptor as _, Listener as _};
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .expect("bind");
+        let addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|a| a.as_socket_addr().copied())
+            .expect("addr");
         let exports = Arc::new(Mutex::new(Vec::new()));
         let kept = exports.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let kept = kept.clone();
-                std::thread::spawn(move || serve(stream, &kept));
+        let collect = poem::endpoint::make(move |req: poem::Request| {
+            let kept = kept.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let content_type = req.content_type().map(str::to_owned);
+                let body = req.into_body().into_vec().await.unwrap_or_default();
+                if let Ok(mut k) = kept.lock() {
+                    k.push(Export {
+                        path,
+                        content_type,
+                        body,
+                    });
+                }
+                poem::Response::builder()
+                    .content_type("application/x-protobuf")
+                    .body(Vec::<u8>::new())
             }
         });
-        Self { url, exports }
-    }
-}
-
-fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<Export>>) {
-    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    // Keep-alive: one connection may carry several exports.
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = request_line
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        let (mut length, mut content_type) = (0, None);
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse().unwrap_or(0);
-                } else if name.eq_ignore_ascii_case("content-type") {
-                    content_type = Some(value.to_owned());
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        if let Ok(mut k) = kept.lock() {
-            k.push(Export {
-                path,
-                content_type,
-                body,
-            });
-        }
-        let reply =
-            "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        if writer.write_all(reply.as_bytes()).is_err() {
-            return;
+        tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(collect));
+        Self {
+            url: format!("http://{addr}"),
+            exports,
         }
     }
 }
@@ -159,7 +126,7 @@ fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<Export>>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_job_exports_job_and_scim_call_spans_over_otlp() {
     const EVENT: &str = "otel-evt-1";
-    let collector = FakeCollector::start();
+    let collector = FakeCollector::start().await;
     let cluster = Cluster::new().await;
     let target = target(0).await;
     let mut node = cluster
