@@ -134,6 +134,23 @@ impl Cluster {
             .expect("connect")
     }
 
+    /// Every event answered 202 (`accepted`) is stored; returns the stored event ids.
+    async fn assert_stored(&self, accepted: &[String]) -> std::collections::HashSet<String> {
+        let stored: std::collections::HashSet<String> = self
+            .rows("SELECT event_id FROM hr_event")
+            .await
+            .into_iter()
+            .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
+            .collect();
+        for id in accepted {
+            assert!(
+                stored.contains(id),
+                "event {id} was answered 202 but is gone"
+            );
+        }
+        stored
+    }
+
     async fn rows(&self, sql: &str) -> Vec<Value> {
         let db = self.db().await;
         let rows = JsonValue::find_by_statement(Statement::from_string(
@@ -350,20 +367,9 @@ async fn kill_9_during_ingest_keeps_every_accepted_event() {
     }
     cluster.assert_integrity().await;
     let _node = cluster.start().await;
-    let stored: std::collections::HashSet<String> = cluster
-        .rows("SELECT event_id FROM hr_event")
-        .await
-        .into_iter()
-        .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
-        .collect();
     let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
     assert!(accepted.len() >= 100);
-    for id in &accepted {
-        assert!(
-            stored.contains(id),
-            "event {id} was answered 202 but is gone"
-        );
-    }
+    let stored = cluster.assert_stored(&accepted).await;
     // Nothing half-applied: every stored event has its identity, and every identity its event.
     let people = cluster.rows("SELECT employee_id FROM identity").await;
     assert_eq!(

@@ -1,7 +1,6 @@
 //! PostgreSQL stopped (`pg_ctl stop -m immediate`, a crash) and started again while events
 //! stream in and deliveries run. The shared server on 5432 is never touched: the test runs its
 //! own PostgreSQL (initdb + pg_ctl) in a temporary directory on a free loopback port.
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -306,20 +305,9 @@ async fn postgresql_restarted_under_load_roster_reconnects_and_loses_nothing() {
     )
     .await;
     assert_delivered_once(&cluster, &target, N).await;
-    let stored: HashSet<String> = cluster
-        .rows("SELECT event_id FROM hr_event")
-        .await
-        .into_iter()
-        .filter_map(|r| r["event_id"].as_str().map(str::to_owned))
-        .collect();
     let accepted = accepted.lock().map(|a| a.clone()).unwrap_or_default();
     assert_eq!(accepted.len(), N);
-    for id in &accepted {
-        assert!(
-            stored.contains(id),
-            "event {id} was answered 202 but is gone"
-        );
-    }
+    cluster.assert_stored(&accepted).await;
     let dead = cluster
         .rows("SELECT id FROM job WHERE state = 'dead'")
         .await;
