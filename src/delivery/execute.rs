@@ -127,18 +127,19 @@ pub struct AppContext<'a> {
     pub client: &'a ScimClient,
 }
 
-async fn find_link(
+/// The stored link of one resource in one app (shared with reconciliation).
+pub async fn find_link(
     conn: &impl ConnectionTrait,
     app_id: &str,
     kind: ResourceKind,
     resource_id: &str,
-) -> Result<Option<link::Model>, JobError> {
-    Ok(link::Entity::find()
+) -> Result<Option<link::Model>, sea_orm::DbErr> {
+    link::Entity::find()
         .filter(link::Column::AppId.eq(app_id))
         .filter(link::Column::ResourceKind.eq(kind.as_str()))
         .filter(link::Column::ResourceId.eq(resource_id))
         .one(conn)
-        .await?)
+        .await
 }
 
 /// The link as it should be stored after a job.

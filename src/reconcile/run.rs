@@ -43,6 +43,7 @@ use super::{
     deletion_guard, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
+use crate::delivery::execute::find_link;
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
@@ -892,20 +893,6 @@ async fn prepare_fix(
         }
         ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),
     }
-}
-
-async fn find_link(
-    tx: &impl ConnectionTrait,
-    app_id: &str,
-    kind: ResourceKind,
-    resource_id: &str,
-) -> Result<Option<link::Model>, DbErr> {
-    link::Entity::find()
-        .filter(link::Column::AppId.eq(app_id))
-        .filter(link::Column::ResourceKind.eq(kind.as_str()))
-        .filter(link::Column::ResourceId.eq(resource_id))
-        .one(tx)
-        .await
 }
 
 /// Records `linked` to `target_id`; `snapshot` replaces the last-applied one when given.
