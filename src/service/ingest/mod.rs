@@ -282,13 +282,13 @@ impl Roster {
     /// request's failure does not undo another's.
     async fn commit_group(&self, requests: Vec<IngestRequest>) {
         let started = std::time::Instant::now();
-        let mut together = true;
-        let mut committed = self.apply_together(&requests).await;
-        if let Err(e) = &committed {
-            tracing::debug!(error = %e, requests = requests.len(), "An ingest commit group failed as a whole; applying its requests one by one");
-            together = false;
-            committed = self.apply_one_by_one(&requests).await;
-        }
+        let (together, committed) = match self.apply_together(&requests).await {
+            Ok(outcomes) => (true, Ok(outcomes.into_iter().map(Ok).collect())),
+            Err(e) => {
+                tracing::debug!(error = %e, requests = requests.len(), "An ingest commit group failed as a whole; applying its requests one by one");
+                (false, self.apply_one_by_one(&requests).await)
+            }
+        };
         tracing::debug!(
             requests = requests.len(),
             events = requests.iter().map(|r| r.events.len()).sum::<usize>(),
@@ -337,14 +337,14 @@ impl Roster {
     async fn apply_together(
         &self,
         requests: &[IngestRequest],
-    ) -> ServiceResult<Vec<ServiceResult<Vec<EventOutcome>>>> {
+    ) -> ServiceResult<Vec<Vec<EventOutcome>>> {
         let tx = self.write_tx().await?;
         let catalog = Catalog::load(&*tx).await?;
         let all: Vec<&IngestRequest> = requests.iter().collect();
         let mut set = EventSet::load(&*tx, &catalog, &all).await?;
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
-            results.push(Ok(set.apply_request(&*tx, request).await?));
+            results.push(set.apply_request(&*tx, request).await?);
         }
         set.flush(&*tx).await?;
         tx.commit().await?;
