@@ -825,6 +825,11 @@ async fn a_permanent_error_is_a_dead_letter_until_retried() {
     assert_eq!(status["dead"], 1);
 
     let id = dead["id"].as_i64().unwrap_or_default();
+    // Paused, the retried job stays pending: otherwise the engine may run it and dead-letter it
+    // again (it makes no call) before the second retry below is sent.
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
     let retried = app
         .post(&format!("/api/v1/jobs/{id}/retry"), &json!({}))
         .await
@@ -834,6 +839,9 @@ async fn a_permanent_error_is_a_dead_letter_until_retried() {
     app.post(&format!("/api/v1/jobs/{id}/retry"), &json!({}))
         .await
         .problem(409);
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
     // Still undeliverable: dead again, not lost and not looping.
     eventually("dead again", Duration::from_secs(20), || async {
         let jobs = app.get("/api/v1/jobs?state=dead").await.body;
