@@ -1126,6 +1126,31 @@ impl Resources {
             .await
     }
 
+    /// Resources whose `attr` equals any of `values`, in one `filter=attr eq "a" or attr eq "b"
+    /// …` listing (every page of it). `None` when the target does not filter: the caller looks
+    /// each value up with [`Resources::find_by`]. Which value a resource answers is the
+    /// caller's to decide.
+    pub async fn find_by_any(
+        &self,
+        attr: &str,
+        values: &[&str],
+    ) -> Result<Option<Vec<Value>>, ScimError> {
+        let capabilities = self.client.capabilities().await;
+        if !(capabilities.filter && self.client.inner.quirks.supports_filter) || values.is_empty() {
+            return Ok(None);
+        }
+        let terms = values
+            .iter()
+            .map(|v| filter::eq(attr, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let query = ListQuery {
+            filter: Some(terms.join(" or ")),
+            attributes: Vec::new(),
+            page_size: self.client.inner.quirks.page_size,
+        };
+        self.list_query(query).try_collect().await.map(Some)
+    }
+
     /// Every resource, page by page (memory bounded by one page).
     pub fn list(&self, page_size: u32) -> BoxStream<'static, Result<Value, ScimError>> {
         self.list_query(ListQuery {
