@@ -22,7 +22,9 @@ use tracing::Instrument;
 use super::execute::{self, AppContext, JobError, Operation};
 use super::finisher::{self, Finished, Finisher, JobEnd};
 use super::guard;
+use super::inputs::{ClaimedBatch, UserInputs};
 use super::limiter::{AppLimiter, Limiters};
+use super::lookups::LookupBatcher;
 use super::policy::{self, Decision};
 use super::staged::JobWrites;
 use super::target;
@@ -70,6 +72,7 @@ struct AppRuntime {
     compiled: Arc<CompiledMappings>,
     client: ScimClient,
     limiter: Arc<AppLimiter>,
+    lookups: Arc<LookupBatcher>,
 }
 
 /// What reconciliation reads an app through: the same client and limiter deliveries use.
@@ -207,6 +210,7 @@ impl Delivery {
             compiled: Arc::new(compiled),
             client,
             limiter,
+            lookups: Arc::default(),
         });
         if let Ok(mut map) = self.runtimes.lock() {
             map.insert(app.id.clone(), rt.clone());
@@ -245,12 +249,14 @@ impl Delivery {
             settings: &rt.settings,
             compiled: &rt.compiled,
             client: &rt.client,
+            lookups: &rt.lookups,
         };
         let now = queue::now_ms();
         let mut writes = JobWrites::default();
         let (result, calls) = execute::with_call_log(None, async {
-            let op = execute::deliver_user(conn, &ctx, identity_id, now, &mut writes).await?;
-            execute::follow_ups(conn, &ctx, identity_id, op, now, &mut writes).await?;
+            let inputs = UserInputs::load(conn, &app.id, identity_id).await?;
+            let op = execute::deliver_user(&ctx, &inputs, identity_id, now, &mut writes).await?;
+            execute::follow_ups(&ctx, &inputs, identity_id, op, now, &mut writes);
             Ok::<_, JobError>(op)
         })
         .await;
@@ -388,10 +394,16 @@ impl Delivery {
         None
     }
 
-    async fn run_job(&self, job: job::Model, finisher: &Finisher) {
+    /// Runs one claimed job with the inputs read for its batch (`None`: the batch read
+    /// failed, and the job reads its own).
+    async fn run_job(&self, job: job::Model, batch: Option<&ClaimedBatch>, finisher: &Finisher) {
         let conn = self.db.conn();
         let now = queue::now_ms();
-        let app = match app::Entity::find_by_id(job.app_id.as_str()).one(conn).await {
+        let app = match batch {
+            Some(batch) => Ok(batch.app(&job.app_id).cloned()),
+            None => app::Entity::find_by_id(job.app_id.as_str()).one(conn).await,
+        };
+        let app = match app {
             Ok(Some(app)) => app,
             Ok(None) => {
                 finisher.finish(ended(job.id, JobEnd::Complete));
@@ -472,6 +484,7 @@ impl Delivery {
             settings: &rt.settings,
             compiled: &rt.compiled,
             client: &rt.client,
+            lookups: &rt.lookups,
         };
         let span = tracing::info_span!(
             "job",
@@ -492,16 +505,19 @@ impl Delivery {
                     let id = job.resource_id.as_str();
                     let op = match kind {
                         ResourceKind::User => {
-                            execute::deliver_user(conn, &ctx, id, now, writes).await?
+                            let inputs = match batch.and_then(|b| b.user(&app.id, id)) {
+                                Some(inputs) => inputs,
+                                None => UserInputs::load(conn, &app.id, id).await?,
+                            };
+                            let op = execute::deliver_user(&ctx, &inputs, id, now, writes).await?;
+                            execute::follow_ups(&ctx, &inputs, id, op, now, writes);
+                            op
                         }
                         ResourceKind::Group => {
                             execute::deliver_group(conn, &ctx, id, writes).await?
                         }
                         ResourceKind::Account => execute::deprovision_account(&ctx, id).await?,
                     };
-                    if kind == ResourceKind::User {
-                        execute::follow_ups(conn, &ctx, id, op, now, writes).await?;
-                    }
                     Ok::<_, JobError>(op)
                 }
                 .instrument(span.clone()),
@@ -741,16 +757,23 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             }
             continue;
         }
+        let batch = match ClaimedBatch::load(delivery.db.conn(), &jobs).await {
+            Ok(batch) => Some(Arc::new(batch)),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not read the claimed jobs' inputs; each job reads its own");
+                None
+            }
+        };
         for job in jobs {
             let Ok(permit) = workers.clone().acquire_owned().await else {
                 break;
             };
-            let (d, f) = (delivery.clone(), finisher.clone());
+            let (d, f, b) = (delivery.clone(), finisher.clone(), batch.clone());
             let running = InFlight::new(delivery.clone(), job.id);
             tasks.spawn(async move {
                 let _permit: OwnedSemaphorePermit = permit;
                 let _running = running;
-                d.run_job(job, &f).await;
+                d.run_job(job, b.as_deref(), &f).await;
             });
         }
     }

@@ -3,11 +3,13 @@
 //! coalesced, retried and replayed jobs converge instead of replaying stale payloads.
 use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
-use super::people;
+use super::inputs::UserInputs;
+use super::lookups::LookupBatcher;
 use super::staged::{JobWrites, LinkRow, LinkWrite};
 use crate::mapping::{self, CompiledMappings, IdentityView};
 use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, id_of};
@@ -94,6 +96,46 @@ pub async fn with_call_log<F: Future>(
         .await
 }
 
+/// The job a call is made for, captured in the job's task so that another task can make the
+/// call on its behalf (a look-up shared by several jobs) with the same tags.
+#[derive(Debug, Clone)]
+pub struct JobCallContext {
+    hr_event_id: Option<String>,
+    operation: &'static str,
+}
+
+/// The current job's call context (empty outside a job).
+#[must_use]
+pub fn job_call_context() -> JobCallContext {
+    JobCallContext {
+        hr_event_id: JOB_EVENT.try_with(Clone::clone).ok().flatten(),
+        operation: CURRENT_OPERATION
+            .try_with(|o| *o.borrow())
+            .unwrap_or("lookup"),
+    }
+}
+
+/// Runs `fut` as a call made for the job of `context`: its calls are tagged with that job's
+/// HR event and operation, and returned.
+pub async fn with_job_call_context<F: Future>(
+    context: &JobCallContext,
+    fut: F,
+) -> (F::Output, Vec<CallRecord>) {
+    let (out, calls) = JOB_EVENT
+        .scope(
+            context.hr_event_id.clone(),
+            JOB_CALLS.scope(RefCell::new(Vec::new()), async {
+                let out = CURRENT_OPERATION
+                    .scope(RefCell::new(context.operation), fut)
+                    .await;
+                let calls = JOB_CALLS.with(|c| c.take());
+                (out, calls)
+            }),
+        )
+        .await;
+    (out, calls.into_iter().map(|(_, call)| call).collect())
+}
+
 /// What a call made inside a job served: its trace span and log row carry these.
 pub struct CallTags {
     pub operation: &'static str,
@@ -115,6 +157,18 @@ pub fn record_call(record: &CallRecord) -> Option<CallTags> {
     })
 }
 
+/// Records calls made on the current job's behalf by another task (a look-up shared by
+/// several jobs), as the current operation's.
+pub fn record_shared_calls(calls: Vec<CallRecord>) {
+    let operation = CURRENT_OPERATION
+        .try_with(|o| *o.borrow())
+        .unwrap_or("lookup");
+    let _ = JOB_CALLS.try_with(|c| {
+        c.borrow_mut()
+            .extend(calls.into_iter().map(|call| (operation, call)));
+    });
+}
+
 fn doing(operation: Operation) {
     let _ = CURRENT_OPERATION.try_with(|o| *o.borrow_mut() = operation.as_str());
 }
@@ -125,6 +179,8 @@ pub struct AppContext<'a> {
     pub settings: &'a AppSettings,
     pub compiled: &'a CompiledMappings,
     pub client: &'a ScimClient,
+    /// Matching look-ups merged with other jobs' of this app.
+    pub lookups: &'a Arc<LookupBatcher>,
 }
 
 /// The stored link of one resource in one app (shared with reconciliation).
@@ -263,9 +319,8 @@ async fn find_match(
     };
     doing(Operation::Adopt);
     let mut found = ctx
-        .client
-        .users()
-        .find_by(attribute, &value)
+        .lookups
+        .find(ctx.client, attribute, &value)
         .await
         .map_err(|e| JobError::scim(Operation::Adopt, e))?;
     match found.len() {
@@ -350,19 +405,18 @@ async fn create_or_adopt(
 /// Makes the app's copy of one person match roster. The link writes are staged in `writes`,
 /// also when the job fails: a create that succeeded before a later error keeps its link.
 pub async fn deliver_user(
-    conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
+    inputs: &UserInputs,
     identity_id: &str,
     now_ms: i64,
     writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
-    let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await? else {
+    let Some(view) = &inputs.person else {
         return Ok(Operation::Noop);
     };
-    let view = people::load_view(conn, &person).await?;
-    let existing = find_link(conn, &ctx.app.id, ResourceKind::User, identity_id).await?;
-    if ctx.settings.scope.admits(&view) {
-        let desired = mapping::render_user(ctx.compiled, &view);
+    let existing = inputs.link.clone();
+    if ctx.settings.scope.admits(view) {
+        let desired = mapping::render_user(ctx.compiled, view);
         let linked = existing
             .as_ref()
             .filter(|l| l.state != "deleted" && l.state != "pending")
@@ -372,7 +426,7 @@ pub async fn deliver_user(
                     .map(|t| (t, l.snapshot.clone().unwrap_or(Value::Null)))
             });
         let Some((target_id, snapshot)) = linked else {
-            return create_or_adopt(ctx, &view, &desired, writes).await;
+            return create_or_adopt(ctx, view, &desired, writes).await;
         };
         let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, &snapshot));
         let operation = if changes.is_empty() {
@@ -388,7 +442,7 @@ pub async fn deliver_user(
                 Ok(_) => Operation::Update,
                 // Deleted in the target by hand: create it again.
                 Err(e) if e.is_not_found() => {
-                    return create_or_adopt(ctx, &view, &desired, writes).await;
+                    return create_or_adopt(ctx, view, &desired, writes).await;
                 }
                 Err(e) => {
                     if let Some(link) = &existing {
@@ -419,7 +473,7 @@ pub async fn deliver_user(
     if link.target_id.is_none() && link.state == "pending" {
         // Roster's own create may have landed unanswered: the account, if it is there, is
         // roster's, and leaves with the person.
-        let found = find_match(ctx, &view).await?.filter(|account| {
+        let found = find_match(ctx, view).await?.filter(|account| {
             account["userName"]
                 .as_str()
                 .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
@@ -573,21 +627,22 @@ pub async fn deprovision_account(
 /// After a user job: the follow-up jobs it implies — the scheduled DELETE of a deactivated
 /// account, and the pushed groups the person is in (their membership may now include the
 /// account). They are staged in `writes`, so that they are enqueued with the job's link.
-pub async fn follow_ups(
-    conn: &impl ConnectionTrait,
+pub fn follow_ups(
     ctx: &AppContext<'_>,
+    inputs: &UserInputs,
     identity_id: &str,
     operation: Operation,
     now_ms: i64,
     writes: &mut JobWrites,
-) -> Result<(), JobError> {
+) {
     let mut jobs = Vec::new();
-    // The link as the job leaves it: staged, or else as stored.
+    // The link as the job leaves it: staged, or else as it was read.
     let after = match writes.staged_link(&ctx.app.id, ResourceKind::User, identity_id) {
         Some(w) => w.row.as_ref().map(|r| (r.state.clone(), r.delete_after)),
-        None => find_link(conn, &ctx.app.id, ResourceKind::User, identity_id)
-            .await?
-            .map(|l| (l.state, l.delete_after)),
+        None => inputs
+            .link
+            .as_ref()
+            .map(|l| (l.state.clone(), l.delete_after)),
     };
     if let Some((state, delete_after)) = after
         && state == "deactivated"
@@ -606,9 +661,8 @@ pub async fn follow_ups(
         operation,
         Operation::Create | Operation::Adopt | Operation::Delete | Operation::Deactivate
     ) && !ctx.settings.group_push.is_empty()
-        && let Some(person) = identity::Entity::find_by_id(identity_id).one(conn).await?
+        && let Some(view) = &inputs.person
     {
-        let view = people::load_view(conn, &person).await?;
         for g in &ctx.settings.group_push {
             if view.groups.contains(g) {
                 jobs.push(JobRequest {
@@ -623,7 +677,6 @@ pub async fn follow_ups(
         }
     }
     writes.enqueue(jobs);
-    Ok(())
 }
 
 /// The member ids of a group as a target returns it: every `members[].value` that is a

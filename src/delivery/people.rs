@@ -1,6 +1,6 @@
 //! roster's people as mappings see them: an identity row and its group names become a
 //! `mapping::IdentityView`. One place for the planner, the delivery executor and reconciliation.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
@@ -31,25 +31,56 @@ pub async fn group_names(
     conn: &impl ConnectionTrait,
     employee_id: &str,
 ) -> Result<Vec<String>, DbErr> {
-    let ids: Vec<String> = group_member::Entity::find()
-        .filter(group_member::Column::EmployeeId.eq(employee_id))
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|m| m.group_id)
-        .collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
+    let mut by_employee = group_names_of(conn, &[employee_id.to_owned()]).await?;
+    Ok(by_employee.remove(employee_id).unwrap_or_default())
+}
+
+/// Group names of several people by employee id, sorted, in two queries. People in no group
+/// are absent from the map.
+pub async fn group_names_of(
+    conn: &impl ConnectionTrait,
+    employee_ids: &[String],
+) -> Result<HashMap<String, Vec<String>>, DbErr> {
+    if employee_ids.is_empty() {
+        return Ok(HashMap::new());
     }
-    let mut names: Vec<String> = group::Entity::find()
-        .filter(group::Column::Id.is_in(ids))
+    let memberships = group_member::Entity::find()
+        .filter(group_member::Column::EmployeeId.is_in(employee_ids.iter().cloned()))
+        .all(conn)
+        .await?;
+    if memberships.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let group_ids: HashSet<&str> = memberships.iter().map(|m| m.group_id.as_str()).collect();
+    let names: HashMap<String, String> = group::Entity::find()
+        .filter(group::Column::Id.is_in(group_ids.into_iter().map(str::to_owned)))
         .all(conn)
         .await?
         .into_iter()
-        .map(|g| g.name)
+        .map(|g| (g.id, g.name))
         .collect();
-    names.sort();
-    Ok(names)
+    Ok(names_by_employee(memberships, &names))
+}
+
+/// Memberships turned into sorted group names per employee; memberships of groups not in
+/// `names` (deleted meanwhile) are dropped.
+fn names_by_employee(
+    memberships: Vec<group_member::Model>,
+    names: &HashMap<String, String>,
+) -> HashMap<String, Vec<String>> {
+    let mut by_employee: HashMap<String, Vec<String>> = HashMap::new();
+    for m in memberships {
+        if let Some(name) = names.get(&m.group_id) {
+            by_employee
+                .entry(m.employee_id)
+                .or_default()
+                .push(name.clone());
+        }
+    }
+    for groups in by_employee.values_mut() {
+        groups.sort();
+    }
+    by_employee
 }
 
 /// Everyone's group names by employee id, sorted, in two queries.
@@ -62,19 +93,8 @@ pub async fn all_group_names(
         .into_iter()
         .map(|g| (g.id, g.name))
         .collect();
-    let mut by_employee: HashMap<String, Vec<String>> = HashMap::new();
-    for m in group_member::Entity::find().all(conn).await? {
-        if let Some(name) = names.get(&m.group_id) {
-            by_employee
-                .entry(m.employee_id)
-                .or_default()
-                .push(name.clone());
-        }
-    }
-    for groups in by_employee.values_mut() {
-        groups.sort();
-    }
-    Ok(by_employee)
+    let memberships = group_member::Entity::find().all(conn).await?;
+    Ok(names_by_employee(memberships, &names))
 }
 
 /// One person's view, with their groups read now.

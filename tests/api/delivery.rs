@@ -1177,3 +1177,45 @@ async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
     );
     assert_eq!(inactive_users(&target), 8);
 }
+
+/// Many joiners at once: their matching look-ups are merged into listings of several values,
+/// hand-made accounts among them are still adopted (never created twice), and every person's
+/// provisioning log shows the look-up that served them.
+#[tokio::test]
+async fn joiners_in_a_batch_share_look_ups_and_still_adopt_existing_accounts() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    for i in [3, 17] {
+        target
+            .insert(
+                roster::dev_target::Kind::User,
+                json!({"schemas": [roster::scim::schemas::USER], "userName": format!("BULK{i}@EXAMPLE.COM")}),
+            )
+            .expect("insert");
+    }
+    let created = app
+        .create_app(&sherpany(
+            "merged",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 16, "rate_limit": {"per_second": 1000, "burst": 1000}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(&app, "bulk-", "BULK", 40).await;
+    app.settled(&app_id, Duration::from_secs(60)).await;
+
+    let users = target.users_snapshot();
+    assert_eq!(users.len(), 40, "each joiner exactly once");
+    let stats = target.stats();
+    assert_eq!(stats["requests"]["POST"], 38, "two adopted: {stats}");
+    let lookups = stats["requests"]["GET"].as_u64().unwrap_or(0);
+    assert!(lookups < 40, "look-ups merged: {lookups} for 40 joiners");
+    let logged = app
+        .rows(&format!(
+            "SELECT DISTINCT resource_id FROM operation \
+             WHERE app_id = '{app_id}' AND method = 'GET' AND path LIKE '%filter=%'"
+        ))
+        .await;
+    assert_eq!(logged.len(), 40, "every person's log shows their look-up");
+}

@@ -150,3 +150,9 @@ async fn test_connection_reports_capabilities() {
     assert_eq!(caps.resource_types, ["User", "Group"]);
     assert_eq!(caps.schemas.len(), 3);
 }
+
+#[tokio::test]
+async fn concurrent_matching_look_ups_share_one_listing() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    scenarios::merged_lookups(&t.client, &t.calls).await;
+}

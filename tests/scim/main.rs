@@ -5,6 +5,7 @@ mod errors;
 mod faults;
 mod fuzz_corpus;
 mod helpers;
+mod lookups;
 mod oauth;
 mod paging;
 mod peer;

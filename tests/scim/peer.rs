@@ -64,6 +64,15 @@ async fn peer_hostile_filters_find_exactly_one() {
 }
 
 #[tokio::test]
+async fn peer_answers_merged_look_ups_in_one_listing() {
+    let _one = PEER.lock().await;
+    let Some((c, calls)) = peer_client(|_| {}) else {
+        return;
+    };
+    scenarios::merged_lookups(&c, &calls).await;
+}
+
+#[tokio::test]
 async fn peer_conflicts_and_missing_are_classified() {
     let _one = PEER.lock().await;
     let Some((c, _)) = peer_client(|_| {}) else {

@@ -263,3 +263,63 @@ pub async fn conflicts_and_missing(client: &ScimClient) {
         .await
         .unwrap();
 }
+
+/// Concurrent matching look-ups merged by delivery's `LookupBatcher`: one listing answers all
+/// of them, each finds exactly what its own `find_by` finds (hostile names included), and the
+/// names that match nobody find nothing.
+pub async fn merged_lookups(client: &ScimClient, calls: &Calls) {
+    use roster::delivery::lookups::LookupBatcher;
+    use std::sync::Arc;
+    let suffix = unique("");
+    let present = [
+        format!("merged-a{suffix}"),
+        format!("merged-b{suffix}\" or userName pr or \"x\" eq \"x"),
+        format!("Merged-C{suffix}"),
+    ];
+    let mut created = Vec::new();
+    for name in &present {
+        let u = client.users().create(&user(name)).await.unwrap();
+        created.push(id_of(&u).unwrap().to_owned());
+    }
+    // Asked as delivery renders them: the first and third in another case.
+    let asked: Vec<String> = vec![
+        present[0].to_uppercase(),
+        present[1].clone(),
+        present[2].to_lowercase(),
+        format!("merged-nobody{suffix}"),
+        format!("merged-none\\{suffix}"),
+    ];
+    calls.clear();
+    let batcher = Arc::new(LookupBatcher::default());
+    let found = futures::future::join_all(
+        asked
+            .iter()
+            .map(|name| batcher.find(client, "userName", name)),
+    )
+    .await;
+    let gets = calls
+        .all()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path.contains("filter="))
+        .count();
+    assert_eq!(
+        gets,
+        1,
+        "one listing for five look-ups: {:?}",
+        calls.summary()
+    );
+    for (i, id) in created.iter().enumerate() {
+        let got = found[i].as_ref().unwrap();
+        assert_eq!(
+            ids(got),
+            std::slice::from_ref(id),
+            "look-up of {:?}",
+            asked[i]
+        );
+    }
+    assert!(found[3].as_ref().unwrap().is_empty());
+    assert!(found[4].as_ref().unwrap().is_empty());
+    for id in &created {
+        client.users().delete(id).await.unwrap();
+    }
+}

@@ -1,0 +1,330 @@
+//! Matching look-ups merged across jobs. Before each create, delivery looks the person up in the
+//! target (DESIGN §5); under load, many jobs of one app do so at once. Their look-ups queue
+//! here, and one dispatcher per app sends them as one `filter=userName eq "a" or userName eq
+//! "b" …` listing, so that a thousand joiners cost a few dozen look-ups instead of a thousand
+//! (each SCIM call counts against the app's rate limit).
+//!
+//! Invariants:
+//! - A job sees exactly what its own `find_by` would have found, or it makes that call itself:
+//!   a batch that fails, or answers with an account that matches none of the asked values (the
+//!   target compares differently), sends every job of the batch back to its own look-up.
+//! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
+//!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
+//!   and leave together, up to 25 values per listing.
+//! - A target that refuses the `or` filter (a 4xx other than auth or throttling) is asked one
+//!   value at a time from then on, until the app's settings change (a new runtime).
+//! - The shared call is in every served job's call log (its provisioning log shows the call
+//!   that looked it up); the metrics count it once; its trace span is a child of the first
+//!   served job's span, tagged with that job's HR event.
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::execute;
+use crate::scim::{CallRecord, ScimClient, ScimError, filter};
+
+/// Values per look-up: about 1.5 KB of URL with e-mail addresses as user names, well under the
+/// 8 KB most servers accept.
+const MAX_VALUES: usize = 25;
+/// Look-ups of one app in flight at once. While they are, later ones queue and leave together.
+const MAX_DISPATCHERS: usize = 2;
+
+enum Reply {
+    /// The answer to this waiter's value, and the call(s) that gave it.
+    Found(Result<Vec<Value>, ScimError>, Vec<CallRecord>),
+    /// Look it up alone.
+    Alone,
+}
+
+struct Waiter {
+    attr: String,
+    value: String,
+    reply: oneshot::Sender<Reply>,
+    /// The job's span and tags: a call made for it is its span's child, tagged as its own.
+    span: tracing::Span,
+    job: execute::JobCallContext,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiter>,
+    dispatchers: usize,
+}
+
+/// One app's merged look-ups (part of its runtime: rebuilt when its settings change).
+#[derive(Default)]
+pub struct LookupBatcher {
+    queue: Mutex<Queue>,
+    or_refused: AtomicBool,
+}
+
+/// Ends a dispatcher: however it stops (its task dropped at shutdown included), it is counted
+/// out, and if it was the last one, whoever still waits is told to look up alone.
+struct DispatcherExit<'a>(&'a LookupBatcher);
+
+impl Drop for DispatcherExit<'_> {
+    fn drop(&mut self) {
+        let Ok(mut queue) = self.0.queue.lock() else {
+            return;
+        };
+        queue.dispatchers = queue.dispatchers.saturating_sub(1);
+        if queue.dispatchers == 0 {
+            for w in queue.waiting.drain(..) {
+                let _ = w.reply.send(Reply::Alone);
+            }
+        }
+    }
+}
+
+/// Attributes whose value can be read back from a resource to tell which asked value it
+/// answers: top-level, single-valued. (`emails[type eq "work"].value` and the like are looked
+/// up one at a time.)
+fn batchable(attr: &str) -> bool {
+    !attr.contains(['.', '[', ':']) && filter::check_attr_path(attr).is_ok()
+}
+
+/// Whether `resource`'s `attr` equals `value` as the target compares: `userName` ignoring case
+/// (RFC 7643 §4.1.1), anything else exactly.
+fn answers(resource: &Value, attr: &str, value: &str) -> bool {
+    let Some(object) = resource.as_object() else {
+        return false;
+    };
+    let Some(held) = filter::get_ci(object, attr).and_then(Value::as_str) else {
+        return false;
+    };
+    if attr.eq_ignore_ascii_case("userName") {
+        held.to_lowercase() == value.to_lowercase()
+    } else {
+        held == value
+    }
+}
+
+/// The accounts found for each asked value, in order; `None` when some account answers none of
+/// them (the target's comparison differs from ours: nothing can be attributed safely).
+fn attribute(found: &[Value], attr: &str, values: &[&str]) -> Option<Vec<Vec<Value>>> {
+    let mut per_value = vec![Vec::new(); values.len()];
+    for resource in found {
+        let mut any = false;
+        for (i, value) in values.iter().enumerate() {
+            if answers(resource, attr, value) {
+                per_value[i].push(resource.clone());
+                any = true;
+            }
+        }
+        if !any {
+            return None;
+        }
+    }
+    Some(per_value)
+}
+
+/// A batched answer that says the target cannot take the `or` filter (as opposed to being down,
+/// throttling or refusing our credentials, which a single look-up would meet as well).
+fn refuses_or(error: &ScimError) -> bool {
+    error
+        .status()
+        .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 408 | 429))
+}
+
+impl LookupBatcher {
+    /// The target accounts whose `attr` equals `value`, as `users().find_by` finds them.
+    pub async fn find(
+        self: &Arc<Self>,
+        client: &ScimClient,
+        attr: &str,
+        value: &str,
+    ) -> Result<Vec<Value>, ScimError> {
+        if !batchable(attr) || self.or_refused.load(Ordering::Relaxed) {
+            return client.users().find_by(attr, value).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let Ok(mut queue) = self.queue.lock() else {
+                return client.users().find_by(attr, value).await;
+            };
+            queue.waiting.push_back(Waiter {
+                attr: attr.to_owned(),
+                value: value.to_owned(),
+                reply,
+                span: tracing::Span::current(),
+                job: execute::job_call_context(),
+            });
+            let start = queue.dispatchers < MAX_DISPATCHERS;
+            if start {
+                queue.dispatchers += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().dispatch(client.clone()));
+        }
+        match answer.await {
+            Ok(Reply::Found(found, calls)) => {
+                execute::record_shared_calls(calls);
+                found
+            }
+            Ok(Reply::Alone) | Err(_) => client.users().find_by(attr, value).await,
+        }
+    }
+
+    /// Takes the next batch: the first waiter and up to `MAX_VALUES - 1` more for the same
+    /// attribute; empty when nobody waits.
+    fn next_batch(&self) -> Vec<Waiter> {
+        let Ok(mut queue) = self.queue.lock() else {
+            return Vec::new();
+        };
+        let Some(first) = queue.waiting.pop_front() else {
+            return Vec::new();
+        };
+        let mut batch = vec![first];
+        let mut rest = VecDeque::with_capacity(queue.waiting.len());
+        while let Some(w) = queue.waiting.pop_front() {
+            if batch.len() < MAX_VALUES && w.attr == batch[0].attr {
+                batch.push(w);
+            } else {
+                rest.push_back(w);
+            }
+        }
+        queue.waiting = rest;
+        batch
+    }
+
+    /// Sends queued look-ups until none is left: one waiter's alone, several as one listing.
+    async fn dispatch(self: Arc<Self>, client: ScimClient) {
+        let _exit = DispatcherExit(&self);
+        loop {
+            let mut batch = self.next_batch();
+            if batch.is_empty() {
+                return;
+            }
+            if self.or_refused.load(Ordering::Relaxed) {
+                for w in batch {
+                    let _ = w.reply.send(Reply::Alone);
+                }
+                continue;
+            }
+            if batch.len() == 1 {
+                let w = batch.remove(0);
+                let (found, calls) = execute::with_job_call_context(
+                    &w.job,
+                    client
+                        .users()
+                        .find_by(&w.attr, &w.value)
+                        .instrument(w.span.clone()),
+                )
+                .await;
+                let _ = w.reply.send(Reply::Found(found, calls));
+                continue;
+            }
+            let attr = batch[0].attr.clone();
+            let values: Vec<&str> = batch.iter().map(|w| w.value.as_str()).collect();
+            // The shared call's span is in the first job's trace, tagged with its HR event.
+            let (result, calls) = execute::with_job_call_context(
+                &batch[0].job,
+                client
+                    .users()
+                    .find_by_any(&attr, &values)
+                    .instrument(batch[0].span.clone()),
+            )
+            .await;
+            let per_value = match result {
+                Ok(Some(found)) => attribute(&found, &attr, &values),
+                Ok(None) => None,
+                Err(e) => {
+                    if refuses_or(&e) {
+                        self.or_refused.store(true, Ordering::Relaxed);
+                        tracing::info!(error = %e, "The target refused a look-up of several values; looking up one at a time");
+                    }
+                    None
+                }
+            };
+            match per_value {
+                Some(per_value) => {
+                    for (w, found) in batch.into_iter().zip(per_value) {
+                        let _ = w.reply.send(Reply::Found(Ok(found), calls.clone()));
+                    }
+                }
+                None => {
+                    for w in batch {
+                        let _ = w.reply.send(Reply::Alone);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn only_top_level_attributes_are_batched() {
+        assert!(batchable("userName"));
+        assert!(batchable("externalId"));
+        assert!(!batchable("emails.value"));
+        assert!(!batchable("emails[type eq \"work\"].value"));
+        assert!(!batchable(
+            "urn:ietf:params:scim:schemas:core:2.0:User:userName"
+        ));
+        assert!(!batchable("user name"));
+    }
+
+    #[test]
+    fn accounts_are_attributed_to_the_values_they_answer() {
+        let found = vec![
+            json!({"id": "1", "userName": "Ada@Example.com"}),
+            json!({"id": "2", "userName": "bob@example.com"}),
+        ];
+        let values = ["ada@example.com", "bob@example.com", "cy@example.com"];
+        let per_value = attribute(&found, "userName", &values).expect("attributed");
+        assert_eq!(per_value[0], vec![found[0].clone()]);
+        assert_eq!(per_value[1], vec![found[1].clone()]);
+        assert!(per_value[2].is_empty());
+    }
+
+    #[test]
+    fn other_attributes_compare_exactly_and_a_stray_account_spoils_the_batch() {
+        let found = vec![json!({"id": "1", "externalId": "e1"})];
+        assert!(attribute(&found, "externalId", &["E1", "e2"]).is_none());
+        let per_value = attribute(&found, "externalId", &["e1", "e2"]).expect("attributed");
+        assert_eq!(per_value[0].len(), 1);
+        // An account without the attribute answers nothing we asked.
+        let found = vec![json!({"id": "1"})];
+        assert!(attribute(&found, "userName", &["a"]).is_none());
+    }
+
+    #[test]
+    fn two_accounts_for_one_value_are_both_kept() {
+        let found = vec![
+            json!({"id": "1", "userName": "ada"}),
+            json!({"id": "2", "userName": "ADA"}),
+        ];
+        let per_value = attribute(&found, "userName", &["ada", "bob"]).expect("attributed");
+        assert_eq!(per_value[0].len(), 2);
+        assert!(per_value[1].is_empty());
+    }
+
+    #[test]
+    fn only_answers_about_the_filter_switch_batching_off() {
+        let refusal = |status| ScimError::Http {
+            status,
+            scim_type: None,
+            detail: String::new(),
+            method: "GET".into(),
+            path: "/Users".into(),
+            retry_after: None,
+        };
+        assert!(refuses_or(&refusal(400)));
+        assert!(refuses_or(&refusal(414)));
+        for status in [401, 403, 429, 500, 503] {
+            assert!(!refuses_or(&refusal(status)), "{status}");
+        }
+    }
+}

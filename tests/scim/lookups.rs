@@ -1,0 +1,112 @@
+//! Delivery's merged matching look-ups against a target that refuses `or` filters: every job
+//! still finds what its own look-up finds, and the target is asked one value at a time after.
+use std::sync::Arc;
+
+use poem::listener::{Acceptor as _, Listener as _};
+use poem::web::Query;
+use poem::{Route, get, handler};
+use roster::delivery::lookups::LookupBatcher;
+use roster::scim::filter::{self, CompareOp, Filter};
+use serde_json::{Value, json};
+
+use crate::helpers::{bearer, client};
+
+#[derive(serde::Deserialize)]
+struct ListParams {
+    filter: Option<String>,
+}
+
+fn scim(status: u16, body: Value) -> poem::Response {
+    poem::Response::builder()
+        .status(poem::http::StatusCode::from_u16(status).unwrap())
+        .content_type("application/scim+json")
+        .body(body.to_string())
+}
+
+/// One account, `known`; `userName eq` alone is understood, anything else is `invalidFilter`.
+#[handler]
+fn users(Query(params): Query<ListParams>) -> poem::Response {
+    let parsed = params.filter.as_deref().map(filter::parse);
+    let Some(Ok(Filter::Compare {
+        attr,
+        op: CompareOp::Eq,
+        value: Value::String(name),
+    })) = parsed
+    else {
+        return scim(
+            400,
+            json!({"schemas": [roster::scim::schemas::ERROR], "status": "400",
+                   "scimType": "invalidFilter", "detail": "only one comparison per filter"}),
+        );
+    };
+    assert_eq!(attr, "userName");
+    let resources: Vec<Value> = if name.eq_ignore_ascii_case("known") {
+        vec![json!({"id": "k1", "userName": "known", "schemas": [roster::scim::schemas::USER]})]
+    } else {
+        Vec::new()
+    };
+    scim(
+        200,
+        json!({"schemas": [roster::scim::schemas::LIST_RESPONSE],
+               "totalResults": resources.len(), "startIndex": 1,
+               "itemsPerPage": resources.len(), "Resources": resources}),
+    )
+}
+
+#[handler]
+fn config() -> poem::Response {
+    scim(
+        200,
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+               "patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100},
+               "bulk": {"supported": false}, "etag": {"supported": false},
+               "sort": {"supported": false}, "changePassword": {"supported": false}}),
+    )
+}
+
+#[tokio::test]
+async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
+    let app = Route::new()
+        .at("/v2/Users", get(users))
+        .at("/v2/ServiceProviderConfig", get(config));
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .unwrap();
+    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    let (c, calls) = client(&format!("http://{addr}/v2"), bearer("t"), |_| {});
+    let batcher = Arc::new(LookupBatcher::default());
+    let asked = ["KNOWN", "a", "b"];
+    let lookups =
+        || futures::future::join_all(asked.iter().map(|n| batcher.find(&c, "userName", n)));
+
+    let found = lookups().await;
+    let counts: Vec<usize> = found.into_iter().map(|f| f.unwrap().len()).collect();
+    assert_eq!(counts, [1, 0, 0]);
+    let statuses = |calls: &crate::helpers::Calls| {
+        calls
+            .all()
+            .iter()
+            .filter(|c| c.path.contains("filter="))
+            .map(|c| c.status.unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    // The merged listing was refused once; each value was then asked alone.
+    assert_eq!(statuses(&calls), [400, 200, 200, 200]);
+
+    calls.clear();
+    let found = lookups().await;
+    assert_eq!(
+        found
+            .into_iter()
+            .map(|f| f.unwrap().len())
+            .collect::<Vec<_>>(),
+        [1, 0, 0]
+    );
+    assert_eq!(
+        statuses(&calls),
+        [200, 200, 200],
+        "no merged listing is tried again"
+    );
+}
