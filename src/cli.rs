@@ -41,6 +41,10 @@ enum Command {
         /// Scale the scenario's main count (identities, events or samples), e.g. for CI.
         #[arg(long)]
         size: Option<usize>,
+        /// `throughput` only: the dev-target answers each call this many ms late, as a SaaS
+        /// app across the internet would.
+        #[arg(long)]
+        target_latency_ms: Option<u64>,
     },
     /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
     /// a leaver, drift and a ghost account, reconciled.
@@ -98,7 +102,14 @@ pub fn main() -> ExitCode {
                 scenario,
                 json,
                 size,
-            } => bench(scenario, json, size).await,
+                target_latency_ms,
+            } => {
+                let options = crate::bench::Options {
+                    size,
+                    target_latency_ms,
+                };
+                bench(scenario, json, options).await
+            }
         }
     });
     match result {
@@ -120,10 +131,10 @@ pub fn main() -> ExitCode {
 async fn bench(
     scenario: crate::bench::Scenario,
     json: bool,
-    size: Option<usize>,
+    options: crate::bench::Options,
 ) -> anyhow::Result<()> {
     use std::io::Write;
-    let figures = crate::bench::run(scenario, crate::bench::Options { size }).await?;
+    let figures = crate::bench::run(scenario, options).await?;
     writeln!(std::io::stdout(), "{}", figures.to_line()).context("writing the figures")?;
     if !json {
         eprintln!("{}", figures.summary());

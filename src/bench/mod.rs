@@ -46,6 +46,9 @@ impl Scenario {
 pub struct Options {
     /// The scenario's main count (identities, events or samples); `None` is DESIGN's size.
     pub size: Option<usize>,
+    /// `throughput` only: the dev-target answers every call this many milliseconds late, as a
+    /// SaaS app across the internet would (both loops then wait on the network, not the CPU).
+    pub target_latency_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +146,9 @@ impl Figures {
 pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchError> {
     crate::startup::install_crypto_provider();
     let figures = match scenario {
-        Scenario::Throughput => throughput::run(options.size.unwrap_or(20_000)).await?,
+        Scenario::Throughput => {
+            throughput::run(options.size.unwrap_or(20_000), options.target_latency_ms).await?
+        }
         Scenario::LeaverLatency => leaver::run(options.size.unwrap_or(200)).await?,
         Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
         Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,

@@ -6,9 +6,15 @@ use super::harness::{self, Harness, WORKERS};
 use super::{BenchError, Figures, Scenario, per_second, round};
 use crate::dev_target::DevTargetArgs;
 
-pub async fn run(n: usize) -> Result<Figures, BenchError> {
-    let harness = Harness::start(DevTargetArgs::default()).await?;
-    let result = measure(&harness, n).await;
+pub async fn run(n: usize, target_latency_ms: Option<u64>) -> Result<Figures, BenchError> {
+    let harness = Harness::start(DevTargetArgs {
+        latency_ms: target_latency_ms.unwrap_or(0),
+        ..DevTargetArgs::default()
+    })
+    .await?;
+    let result = measure(&harness, n)
+        .await
+        .map(|f| f.with("target_latency_ms", target_latency_ms.unwrap_or(0)));
     harness.stop().await;
     result
 }

@@ -11,9 +11,15 @@ fn number(figures: &roster::bench::Figures, key: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_delivers_every_user_and_reports_the_ratio() {
-    let figures = run(Scenario::Throughput, Options { size: Some(50) })
-        .await
-        .expect("throughput");
+    let figures = run(
+        Scenario::Throughput,
+        Options {
+            size: Some(50),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("throughput");
     let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
     assert_eq!(line["scenario"], "throughput");
     assert_eq!(line["n"], 50);
@@ -23,11 +29,35 @@ async fn throughput_delivers_every_user_and_reports_the_ratio() {
     }
 }
 
+/// With a target that answers late, as across the internet, joiners' matching look-ups queue
+/// behind those in flight and leave together: well under two target calls per user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_against_a_slow_target_merges_the_look_ups() {
+    let figures = run(
+        Scenario::Throughput,
+        Options {
+            size: Some(50),
+            target_latency_ms: Some(5),
+        },
+    )
+    .await
+    .expect("throughput");
+    assert_eq!(number(&figures, "target_latency_ms"), 5.0);
+    let per_user = number(&figures, "target_calls_per_user");
+    assert!(per_user < 1.6, "{}", figures.to_line());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_accepts_every_event_over_32_connections() {
-    let figures = run(Scenario::Ingest, Options { size: Some(50) })
-        .await
-        .expect("ingest");
+    let figures = run(
+        Scenario::Ingest,
+        Options {
+            size: Some(50),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("ingest");
     assert_eq!(number(&figures, "n"), 50.0);
     assert_eq!(number(&figures, "connections"), 32.0);
     assert!(number(&figures, "per_s") > 0.0, "{}", figures.to_line());
@@ -35,9 +65,15 @@ async fn ingest_accepts_every_event_over_32_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_classifies_every_seeded_account_correctly() {
-    let figures = run(Scenario::Reconcile, Options { size: Some(1000) })
-        .await
-        .expect("reconcile");
+    let figures = run(
+        Scenario::Reconcile,
+        Options {
+            size: Some(1000),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("reconcile");
     let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
     assert_eq!(line["scenario"], "reconcile");
     assert_eq!(line["target_users"], 1000, "{line}");
