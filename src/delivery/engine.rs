@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::execute::{self, AppContext, JobError, Operation};
-use super::finisher::{self, Finished, Finisher, JobEnd};
+use super::finisher::{self, Finished, Finisher, JobEnd, JobFinisher};
 use super::guard;
 use super::inputs::{ClaimedBatch, UserInputs};
 use super::limiter::{AppLimiter, Limiters};
@@ -396,7 +396,12 @@ impl Delivery {
 
     /// Runs one claimed job with the inputs read for its batch (`None`: the batch read
     /// failed, and the job reads its own).
-    async fn run_job(&self, job: job::Model, batch: Option<&ClaimedBatch>, finisher: &Finisher) {
+    async fn run_job(
+        &self,
+        job: job::Model,
+        batch: Option<&ClaimedBatch>,
+        finisher: &JobFinisher<'_>,
+    ) {
         let conn = self.db.conn();
         let now = queue::now_ms();
         let app = match batch {
@@ -563,6 +568,7 @@ impl Delivery {
                     writes,
                     operations,
                     deprovision,
+                    running: None,
                 });
             }
             Err(err) => {
@@ -626,6 +632,7 @@ impl Delivery {
                     writes,
                     operations,
                     deprovision,
+                    running: None,
                 });
             }
         }
@@ -642,6 +649,7 @@ fn ended(job_id: i64, end: JobEnd) -> Finished {
         writes: JobWrites::default(),
         operations: Vec::new(),
         deprovision: None,
+        running: None,
     }
 }
 
@@ -772,7 +780,9 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             let running = InFlight::new(delivery.clone(), job.id);
             tasks.spawn(async move {
                 let _permit: OwnedSemaphorePermit = permit;
-                let _running = running;
+                // The in-flight mark travels with the job's end to the finisher, so that the
+                // lease is renewed until the end is written.
+                let f = JobFinisher::new(&f, Box::new(running));
                 d.run_job(job, b.as_deref(), &f).await;
             });
         }

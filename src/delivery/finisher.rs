@@ -60,6 +60,34 @@ pub struct Finished {
     /// Released once the batch is written: the deletion guard counts the deprovision until
     /// its log rows are there.
     pub deprovision: Option<super::guard::DeprovisionSlot>,
+    /// Dropped once the batch is written (or given up on): the engine's mark that the job runs
+    /// in this process, so that its lease is renewed until its end is stored, not only until
+    /// the worker handed it over.
+    pub running: Option<Box<dyn Send + Sync>>,
+}
+
+/// The finisher as one job's worker sees it: the end it sends carries the job's `running`
+/// mark.
+pub struct JobFinisher<'a> {
+    finisher: &'a Finisher,
+    running: std::sync::Mutex<Option<Box<dyn Send + Sync>>>,
+}
+
+impl<'a> JobFinisher<'a> {
+    #[must_use]
+    pub fn new(finisher: &'a Finisher, running: Box<dyn Send + Sync>) -> Self {
+        Self {
+            finisher,
+            running: std::sync::Mutex::new(Some(running)),
+        }
+    }
+
+    pub fn finish(&self, mut finished: Finished) {
+        if let Ok(mut running) = self.running.lock() {
+            finished.running = running.take();
+        }
+        self.finisher.finish(finished);
+    }
 }
 
 /// The sending side, held by the engine's workers.

@@ -1,12 +1,24 @@
 //! The finisher's group commit of what jobs staged: links and follow-up jobs are written with
 //! the job's end, in one transaction, whatever the job's result.
-use roster::delivery::finisher::{self, Finished, Finisher, JobEnd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use roster::delivery::finisher::{self, Finished, Finisher, JobEnd, JobFinisher};
 use roster::delivery::staged::{JobWrites, LinkRow, LinkWrite};
 use roster::store::Db;
 use roster::store::queue::{self, JobRequest, Lane, ResourceKind};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, app_body, spawn_planner};
+
+/// Sets its flag when dropped.
+struct Released(Arc<AtomicBool>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
 
 async fn app_id(app: &TestApp, name: &str) -> String {
     app.create_app(&app_body(name, json!({}))).await["id"]
@@ -105,12 +117,16 @@ async fn a_finished_job_leaves_its_link_and_follow_up_job_with_its_end() {
     unsure.link(link(&app_id, ResourceKind::User, "u2", None, "pending"));
 
     let (sender, writer) = Finisher::start(Db::new(app.db.clone()));
-    sender.finish(Finished {
+    // The worker's in-flight mark (which keeps the lease renewed) goes with u1's end.
+    let released = Arc::new(AtomicBool::new(false));
+    let mark = Box::new(Released(released.clone()));
+    JobFinisher::new(&sender, mark).finish(Finished {
         job_id: id_of("u1"),
         end: JobEnd::Complete,
         writes: created,
         operations: Vec::new(),
         deprovision: None,
+        running: None,
     });
     sender.finish(Finished {
         job_id: id_of("u2"),
@@ -118,11 +134,19 @@ async fn a_finished_job_leaves_its_link_and_follow_up_job_with_its_end() {
         writes: unsure,
         operations: Vec::new(),
         deprovision: None,
+        running: None,
     });
+    // This test's runtime has one thread: the writer has not run yet, and the mark is held
+    // while the end waits to be written.
+    assert!(
+        !released.load(Ordering::SeqCst),
+        "released before the end was written"
+    );
     drop(sender);
     writer
         .await
         .expect("the finisher ends once its senders are gone");
+    assert!(released.load(Ordering::SeqCst), "released once written");
 
     let links = link_rows(&app, &app_id).await;
     let states: Vec<(Value, Value, Value)> = links
