@@ -5,9 +5,11 @@
 //! (each SCIM call counts against the app's rate limit).
 //!
 //! Invariants:
-//! - A job sees exactly what its own `find_by` would have found, or it makes that call itself:
-//!   a batch that fails, or answers with an account that matches none of the asked values (the
-//!   target compares differently), sends every job of the batch back to its own look-up.
+//! - A job sees exactly what its own `find_by` would have found, or the error the shared call
+//!   met (the target down, throttling, refusing our credentials: the job retries by the
+//!   policy), or it makes its own call: a batch answered with an account that matches none of
+//!   the asked values (the target compares differently), or refused as a filter, sends every
+//!   job of the batch back to its own look-up.
 //! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
 //!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
 //!   and leave together, up to 25 values per listing.
@@ -234,12 +236,19 @@ impl LookupBatcher {
             let per_value = match result {
                 Ok(Some(found)) => attribute(&found, &attr, &values),
                 Ok(None) => None,
-                Err(e) => {
-                    if refuses_or(&e) {
-                        self.or_refused.store(true, Ordering::Relaxed);
-                        tracing::info!(error = %e, "The target refused a look-up of several values; looking up one at a time");
-                    }
+                Err(e) if refuses_or(&e) => {
+                    self.or_refused.store(true, Ordering::Relaxed);
+                    tracing::info!(error = %e, "The target refused a look-up of several values; looking up one at a time");
                     None
+                }
+                // Down, throttling or refusing our credentials: every job met that answer (its
+                // log shows the call) and retries by the policy, instead of each asking a
+                // target in trouble again at once.
+                Err(e) => {
+                    for w in batch {
+                        let _ = w.reply.send(Reply::Found(Err(e.clone()), calls.clone()));
+                    }
+                    continue;
                 }
             };
             match per_value {

@@ -72,7 +72,8 @@ pub enum TransportKind {
     Other,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: one call's error can be the answer of several callers (delivery's merged look-ups).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ScimError {
     /// The target answered with a non-success status.
     #[error("{method} {path}: HTTP {status}{}{}", scim_type.as_deref().map(|t| format!(" ({t})")).unwrap_or_default(), if detail.is_empty() { String::new() } else { format!(": {detail}") })]

@@ -64,10 +64,23 @@ fn config() -> poem::Response {
     )
 }
 
-#[tokio::test]
-async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
+/// A target in trouble: every listing answers 503 with `Retry-After`.
+#[handler]
+fn unavailable() -> poem::Response {
+    poem::Response::builder()
+        .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+        .header("Retry-After", "1")
+        .content_type("application/scim+json")
+        .body(
+            json!({"schemas": [roster::scim::schemas::ERROR], "status": "503", "detail": "busy"})
+                .to_string(),
+        )
+}
+
+/// Serves `listing` under `/v2/Users`; returns the base URL.
+async fn target(listing: impl poem::Endpoint + 'static) -> String {
     let app = Route::new()
-        .at("/v2/Users", get(users))
+        .at("/v2/Users", listing)
         .at("/v2/ServiceProviderConfig", get(config));
     let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
@@ -75,7 +88,35 @@ async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
         .unwrap();
     let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
     tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
-    let (c, calls) = client(&format!("http://{addr}/v2"), bearer("t"), |_| {});
+    format!("http://{addr}/v2")
+}
+
+#[tokio::test]
+async fn a_throttled_merged_look_up_is_every_job_s_answer_not_a_burst_of_single_ones() {
+    let base = target(get(unavailable)).await;
+    let (c, calls) = client(&base, bearer("t"), |_| {});
+    let batcher = Arc::new(LookupBatcher::default());
+    let asked = ["a", "b", "c"];
+    let found =
+        futures::future::join_all(asked.iter().map(|n| batcher.find(&c, "userName", n))).await;
+    for result in found {
+        let error = result.expect_err("the target is unavailable");
+        assert_eq!(error.status(), Some(503));
+        assert!(error.retry_after().is_some(), "{error}");
+    }
+    let listings: Vec<Option<u16>> = calls
+        .all()
+        .iter()
+        .filter(|c| c.path.contains("filter="))
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(listings, [Some(503)], "one call, its answer shared");
+}
+
+#[tokio::test]
+async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
+    let base = target(get(users)).await;
+    let (c, calls) = client(&base, bearer("t"), |_| {});
     let batcher = Arc::new(LookupBatcher::default());
     let asked = ["KNOWN", "a", "b"];
     let lookups =
