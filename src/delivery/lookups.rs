@@ -6,10 +6,11 @@
 //!
 //! Invariants:
 //! - A job sees exactly what its own `find_by` would have found, or the error the shared call
-//!   met (the target down, throttling, refusing our credentials: the job retries by the
-//!   policy), or it makes its own call: a batch answered with an account that matches none of
-//!   the asked values (the target compares differently), or refused as a filter, sends every
-//!   job of the batch back to its own look-up.
+//!   met when a single call would meet it too (throttled, told to wait, credentials refused, no
+//!   answer: the job retries by the policy), or it makes its own call: a batch answered with an
+//!   account that matches none of the asked values (the target compares differently), with a
+//!   5xx without `Retry-After` (the `or` filter may be what fails), or refused as a filter,
+//!   sends every job of the batch back to its own look-up (`after_failed_batch`).
 //! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
 //!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
 //!   and leave together, up to 25 values per listing.
@@ -124,12 +125,31 @@ fn attribute(found: &[Value], attr: &str, values: &[&str]) -> Option<Vec<Vec<Val
     Some(per_value)
 }
 
-/// A batched answer that says the target cannot take the `or` filter (as opposed to being down,
-/// throttling or refusing our credentials, which a single look-up would meet as well).
-fn refuses_or(error: &ScimError) -> bool {
-    error
-        .status()
-        .is_some_and(|s| (400..500).contains(&s) && !matches!(s, 401 | 403 | 408 | 429))
+/// What a failed merged listing means for the jobs it served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchFailure {
+    /// A 4xx other than auth, timeout or throttling: the target cannot take the `or` filter.
+    /// Every job looks up alone, now and from then on.
+    RefusesOr,
+    /// A 5xx without `Retry-After`, or an answer that could not be read: perhaps the target
+    /// fails on the `or` filter itself. Every job of this batch looks up alone.
+    RetryAlone,
+    /// Throttled or told to wait (`Retry-After`), credentials refused, or no answer at all:
+    /// every job met that answer and retries by the policy, instead of each asking a target
+    /// in trouble again at once.
+    Shared,
+}
+
+fn after_failed_batch(error: &ScimError) -> BatchFailure {
+    match (error, error.status()) {
+        (_, Some(401 | 403 | 408 | 429)) => BatchFailure::Shared,
+        (_, Some(400..=499)) => BatchFailure::RefusesOr,
+        (_, Some(_)) if error.retry_after().is_some() => BatchFailure::Shared,
+        (ScimError::Http { .. } | ScimError::BadResponse { .. }, Some(_)) => {
+            BatchFailure::RetryAlone
+        }
+        _ => BatchFailure::Shared,
+    }
 }
 
 impl LookupBatcher {
@@ -236,20 +256,20 @@ impl LookupBatcher {
             let per_value = match result {
                 Ok(Some(found)) => attribute(&found, &attr, &values),
                 Ok(None) => None,
-                Err(e) if refuses_or(&e) => {
-                    self.or_refused.store(true, Ordering::Relaxed);
-                    tracing::info!(error = %e, "The target refused a look-up of several values; looking up one at a time");
-                    None
-                }
-                // Down, throttling or refusing our credentials: every job met that answer (its
-                // log shows the call) and retries by the policy, instead of each asking a
-                // target in trouble again at once.
-                Err(e) => {
-                    for w in batch {
-                        let _ = w.reply.send(Reply::Found(Err(e.clone()), calls.clone()));
+                Err(e) => match after_failed_batch(&e) {
+                    BatchFailure::RefusesOr => {
+                        self.or_refused.store(true, Ordering::Relaxed);
+                        tracing::info!(error = %e, "The target refused a look-up of several values; looking up one at a time");
+                        None
                     }
-                    continue;
-                }
+                    BatchFailure::RetryAlone => None,
+                    BatchFailure::Shared => {
+                        for w in batch {
+                            let _ = w.reply.send(Reply::Found(Err(e.clone()), calls.clone()));
+                        }
+                        continue;
+                    }
+                },
             };
             match per_value {
                 Some(per_value) => {
@@ -321,19 +341,46 @@ mod tests {
     }
 
     #[test]
-    fn only_answers_about_the_filter_switch_batching_off() {
-        let refusal = |status| ScimError::Http {
+    fn a_failed_merged_listing_is_shared_retried_alone_or_turns_merging_off() {
+        let answer = |status, retry_after: Option<u64>| ScimError::Http {
             status,
             scim_type: None,
             detail: String::new(),
             method: "GET".into(),
             path: "/Users".into(),
-            retry_after: None,
+            retry_after: retry_after.map(std::time::Duration::from_secs),
         };
-        assert!(refuses_or(&refusal(400)));
-        assert!(refuses_or(&refusal(414)));
-        for status in [401, 403, 429, 500, 503] {
-            assert!(!refuses_or(&refusal(status)), "{status}");
+        let table = [
+            (answer(400, None), BatchFailure::RefusesOr),
+            (answer(404, None), BatchFailure::RefusesOr),
+            (answer(414, None), BatchFailure::RefusesOr),
+            (answer(501, None), BatchFailure::RetryAlone),
+            (answer(500, None), BatchFailure::RetryAlone),
+            (answer(502, None), BatchFailure::RetryAlone),
+            (answer(503, Some(1)), BatchFailure::Shared),
+            (answer(500, Some(5)), BatchFailure::Shared),
+            (answer(429, None), BatchFailure::Shared),
+            (answer(429, Some(2)), BatchFailure::Shared),
+            (answer(401, None), BatchFailure::Shared),
+            (answer(403, None), BatchFailure::Shared),
+            (answer(408, None), BatchFailure::Shared),
+        ];
+        for (error, expected) in table {
+            assert_eq!(after_failed_batch(&error), expected, "{error}");
         }
+        let unreadable = ScimError::BadResponse {
+            method: "GET".into(),
+            path: "/Users".into(),
+            status: 200,
+            reason: "not JSON".into(),
+        };
+        assert_eq!(after_failed_batch(&unreadable), BatchFailure::RetryAlone);
+        let timeout = ScimError::Transport {
+            method: "GET".into(),
+            path: "/Users".into(),
+            kind: crate::scim::TransportKind::Timeout,
+            message: "timed out".into(),
+        };
+        assert_eq!(after_failed_batch(&timeout), BatchFailure::Shared);
     }
 }
