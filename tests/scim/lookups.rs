@@ -2,14 +2,13 @@
 //! still finds what its own look-up finds, and the target is asked one value at a time after.
 use std::sync::Arc;
 
-use poem::listener::{Acceptor as _, Listener as _};
 use poem::web::Query;
 use poem::{Route, get, handler};
 use roster::delivery::lookups::LookupBatcher;
 use roster::scim::filter::{self, CompareOp, Filter};
 use serde_json::{Value, json};
 
-use crate::helpers::{bearer, client};
+use crate::helpers::{bearer, client, serve};
 
 #[derive(serde::Deserialize)]
 struct ListParams {
@@ -82,13 +81,7 @@ async fn target(listing: impl poem::Endpoint + 'static) -> String {
     let app = Route::new()
         .at("/v2/Users", listing)
         .at("/v2/ServiceProviderConfig", get(config));
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .unwrap();
-    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
-    format!("http://{addr}/v2")
+    format!("http://{}/v2", serve(app).await)
 }
 
 #[tokio::test]

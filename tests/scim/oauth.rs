@@ -3,14 +3,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine as _;
-use poem::listener::{Acceptor as _, Listener as _};
 use poem::{EndpointExt, Route, handler, post, web::Data};
 use roster::dev_target::{self, DevTargetArgs};
 use roster::scim::Auth;
 use secrecy::SecretString;
 use serde_json::json;
 
-use crate::helpers::{TOKEN, client};
+use crate::helpers::{TOKEN, client, serve};
 
 struct Issuer {
     requests: AtomicUsize,
@@ -44,13 +43,7 @@ async fn issuer(tokens: Vec<&'static str>) -> (String, Arc<Issuer>) {
         requests: AtomicUsize::new(0),
         tokens,
     });
-    let app = Route::new().at("/token", post(token)).data(issuer.clone());
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .unwrap();
-    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+    let addr = serve(Route::new().at("/token", post(token)).data(issuer.clone())).await;
     (format!("http://{addr}/token"), issuer)
 }
 
