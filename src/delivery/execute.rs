@@ -83,17 +83,36 @@ pub async fn with_call_log<F: Future>(
     hr_event_id: Option<&str>,
     fut: F,
 ) -> (F::Output, Vec<(&'static str, CallRecord)>) {
-    let event = hr_event_id.map(str::to_owned);
+    in_job_scope(hr_event_id.map(str::to_owned), DEFAULT_OPERATION, fut).await
+}
+
+/// The operation a call is tagged with before the job says what it is doing.
+const DEFAULT_OPERATION: &str = "lookup";
+
+/// Runs `fut` in a job's task-local scope: its HR event, a fresh call log and `operation` as
+/// the current one; returns its output and the calls it made.
+async fn in_job_scope<F: Future>(
+    hr_event_id: Option<String>,
+    operation: &'static str,
+    fut: F,
+) -> (F::Output, Vec<(&'static str, CallRecord)>) {
     JOB_EVENT
         .scope(
-            event,
+            hr_event_id,
             JOB_CALLS.scope(RefCell::new(Vec::new()), async {
-                let out = CURRENT_OPERATION.scope(RefCell::new("lookup"), fut).await;
+                let out = CURRENT_OPERATION.scope(RefCell::new(operation), fut).await;
                 let calls = JOB_CALLS.with(|c| c.take());
                 (out, calls)
             }),
         )
         .await
+}
+
+/// The operation the current job is doing (the default outside a job).
+fn current_operation() -> &'static str {
+    CURRENT_OPERATION
+        .try_with(|o| *o.borrow())
+        .unwrap_or(DEFAULT_OPERATION)
 }
 
 /// The job a call is made for, captured in the job's task so that another task can make the
@@ -109,9 +128,7 @@ pub struct JobCallContext {
 pub fn job_call_context() -> JobCallContext {
     JobCallContext {
         hr_event_id: JOB_EVENT.try_with(Clone::clone).ok().flatten(),
-        operation: CURRENT_OPERATION
-            .try_with(|o| *o.borrow())
-            .unwrap_or("lookup"),
+        operation: current_operation(),
     }
 }
 
@@ -121,18 +138,7 @@ pub async fn with_job_call_context<F: Future>(
     context: &JobCallContext,
     fut: F,
 ) -> (F::Output, Vec<CallRecord>) {
-    let (out, calls) = JOB_EVENT
-        .scope(
-            context.hr_event_id.clone(),
-            JOB_CALLS.scope(RefCell::new(Vec::new()), async {
-                let out = CURRENT_OPERATION
-                    .scope(RefCell::new(context.operation), fut)
-                    .await;
-                let calls = JOB_CALLS.with(|c| c.take());
-                (out, calls)
-            }),
-        )
-        .await;
+    let (out, calls) = in_job_scope(context.hr_event_id.clone(), context.operation, fut).await;
     (out, calls.into_iter().map(|(_, call)| call).collect())
 }
 
@@ -145,9 +151,7 @@ pub struct CallTags {
 /// Records a call made by the current job (the client's observer calls this); `None` outside
 /// a job (a reconciliation's reads, a connection test).
 pub fn record_call(record: &CallRecord) -> Option<CallTags> {
-    let operation = CURRENT_OPERATION
-        .try_with(|o| *o.borrow())
-        .unwrap_or("lookup");
+    let operation = current_operation();
     JOB_CALLS
         .try_with(|c| c.borrow_mut().push((operation, record.clone())))
         .ok()?;
@@ -160,9 +164,7 @@ pub fn record_call(record: &CallRecord) -> Option<CallTags> {
 /// Records calls made on the current job's behalf by another task (a look-up shared by
 /// several jobs), as the current operation's.
 pub fn record_shared_calls(calls: Vec<CallRecord>) {
-    let operation = CURRENT_OPERATION
-        .try_with(|o| *o.borrow())
-        .unwrap_or("lookup");
+    let operation = current_operation();
     let _ = JOB_CALLS.try_with(|c| {
         c.borrow_mut()
             .extend(calls.into_iter().map(|call| (operation, call)));
