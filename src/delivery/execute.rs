@@ -416,21 +416,20 @@ pub async fn deliver_user(
     let Some(view) = &inputs.person else {
         return Ok(Operation::Noop);
     };
-    let existing = inputs.link.clone();
+    let existing = inputs.link.as_ref();
     if ctx.settings.scope.admits(view) {
         let desired = mapping::render_user(ctx.compiled, view);
         let linked = existing
-            .as_ref()
             .filter(|l| l.state != "deleted" && l.state != "pending")
             .and_then(|l| {
                 l.target_id
-                    .clone()
-                    .map(|t| (t, l.snapshot.clone().unwrap_or(Value::Null)))
+                    .as_deref()
+                    .map(|t| (t, l.snapshot.as_ref().unwrap_or(&Value::Null)))
             });
         let Some((target_id, snapshot)) = linked else {
             return create_or_adopt(ctx, view, &desired, writes).await;
         };
-        let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, &snapshot));
+        let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, snapshot));
         let operation = if changes.is_empty() {
             Operation::Noop
         } else {
@@ -438,7 +437,7 @@ pub async fn deliver_user(
             match ctx
                 .client
                 .users()
-                .patch(&target_id, &patch_for(&changes, &desired))
+                .patch(target_id, &patch_for(&changes, &desired))
                 .await
             {
                 Ok(_) => Operation::Update,
@@ -447,29 +446,28 @@ pub async fn deliver_user(
                     return create_or_adopt(ctx, view, &desired, writes).await;
                 }
                 Err(e) => {
-                    if let Some(link) = &existing {
+                    if let Some(link) = existing {
                         forget_snapshot_if_unsure(writes, link, &e);
                     }
                     return Err(JobError::scim(Operation::Update, e));
                 }
             }
         };
-        let rehired = existing
-            .as_ref()
-            .is_some_and(|l| l.state != "linked" || l.delete_after.is_some());
+        let rehired = existing.is_some_and(|l| l.state != "linked" || l.delete_after.is_some());
         if operation != Operation::Noop || rehired {
             stage_user_link(
                 writes,
                 ctx,
                 identity_id,
-                LinkState::linked(&target_id, &desired),
+                LinkState::linked(target_id, &desired),
             );
         }
         return Ok(operation);
     }
 
     // Out of scope: only accounts roster created or adopted are ever deprovisioned.
-    let Some(mut link) = existing else {
+    // Owned: an adoption below changes it before the deprovision.
+    let Some(mut link) = existing.cloned() else {
         return Ok(Operation::Noop);
     };
     if link.target_id.is_none() && link.state == "pending" {
