@@ -29,6 +29,15 @@ impl Calls {
             })
             .collect()
     }
+    /// The status of each filtered listing (`filter=` look-up), in order; `None` when no
+    /// answer arrived.
+    pub fn listing_statuses(&self) -> Vec<Option<u16>> {
+        self.all()
+            .iter()
+            .filter(|c| c.path.contains("filter="))
+            .map(|c| c.status)
+            .collect()
+    }
     pub fn clear(&self) {
         self.0.lock().unwrap().clear();
     }
