@@ -254,31 +254,29 @@ impl LinkState<'_> {
 }
 
 /// Stages a link as it should be stored after the job (the finisher writes it, whatever the
-/// job's result); returns the row as it will be stored.
-fn stage_link(
-    writes: &mut JobWrites,
+/// job's result); returns the write as staged.
+fn stage_link<'w>(
+    writes: &'w mut JobWrites,
     app_id: &str,
     kind: ResourceKind,
     resource_id: &str,
     new: LinkState<'_>,
-) -> LinkRow {
-    let row = new.row();
+) -> &'w LinkWrite {
     writes.link(LinkWrite {
         app_id: app_id.to_owned(),
         kind,
         resource_id: resource_id.to_owned(),
-        row: Some(row.clone()),
-    });
-    row
+        row: Some(new.row()),
+    })
 }
 
 /// Stages the link of a person's account in the job's app.
-fn stage_user_link(
-    writes: &mut JobWrites,
+fn stage_user_link<'w>(
+    writes: &'w mut JobWrites,
     ctx: &AppContext<'_>,
     identity_id: &str,
     new: LinkState<'_>,
-) -> LinkRow {
+) -> &'w LinkWrite {
     stage_link(writes, &ctx.app.id, ResourceKind::User, identity_id, new)
 }
 
@@ -485,13 +483,15 @@ pub async fn deliver_user(
             return Ok(Operation::Noop);
         };
         // Go on with the link as it will be stored: adopted.
-        stage_user_link(
+        let adopted = stage_user_link(
             writes,
             ctx,
             identity_id,
             LinkState::linked(&target_id, &account),
-        )
-        .apply_to(&mut link);
+        );
+        if let Some(row) = &adopted.row {
+            row.apply_to(&mut link);
+        }
     }
     let Some(target_id) = link.target_id.clone() else {
         return Ok(Operation::Noop);

@@ -74,11 +74,13 @@ pub struct JobWrites {
 }
 
 impl JobWrites {
-    /// Stages a link write; it supersedes an earlier one for the same link.
-    pub fn link(&mut self, write: LinkWrite) {
+    /// Stages a link write; it supersedes an earlier one for the same link. Returns it as
+    /// staged.
+    pub fn link(&mut self, write: LinkWrite) -> &LinkWrite {
         self.links
             .retain(|w| !w.same_key(&write.app_id, write.kind, &write.resource_id));
         self.links.push(write);
+        &self.links[self.links.len() - 1]
     }
 
     /// Stages follow-up jobs.
