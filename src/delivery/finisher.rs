@@ -141,10 +141,11 @@ async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> 
     let writes: Vec<&JobWrites> = batch.iter().map(|f| &f.writes).collect();
     write_staged(&*tx, &writes).await?;
     // SQLite allows 32766 bound values per statement; a log row binds 15.
-    let rows: Vec<operation::ActiveModel> =
-        batch.iter().flat_map(|f| f.operations.clone()).collect();
+    // Copied once, chunk by chunk: the batch stays whole for a retry.
+    let rows: Vec<&operation::ActiveModel> =
+        batch.iter().flat_map(|f| f.operations.iter()).collect();
     for chunk in rows.chunks(1_000) {
-        operation::Entity::insert_many(chunk.to_vec())
+        operation::Entity::insert_many(chunk.iter().map(|r| (*r).clone()))
             .exec(&*tx)
             .await?;
     }
@@ -215,12 +216,12 @@ pub async fn write_staged(
             last.insert((&w.app_id, w.kind.as_str(), &w.resource_id), w);
         }
     }
-    let upserts: Vec<link::ActiveModel> = last
+    let upserts: Vec<(&LinkWrite, &LinkRow)> = last
         .values()
-        .filter_map(|w| w.row.as_ref().map(|row| link_row(w, row)))
+        .filter_map(|w| w.row.as_ref().map(|row| (*w, row)))
         .collect();
     for chunk in upserts.chunks(LINK_ROWS_PER_STATEMENT) {
-        link::Entity::insert_many(chunk.to_vec())
+        link::Entity::insert_many(chunk.iter().map(|(w, row)| link_row(w, row)))
             .on_conflict(
                 OnConflict::columns([
                     link::Column::AppId,
