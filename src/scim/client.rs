@@ -1109,16 +1109,10 @@ impl Resources {
     /// Resources whose `attr` equals `value` (`userName` ignoring case). Uses `filter=` with the
     /// value escaped; on targets without filtering, pages through everything and compares here.
     pub async fn find_by(&self, attr: &str, value: &str) -> Result<Vec<Value>, ScimError> {
-        let expression = filter::eq(attr, value)?;
-        let capabilities = self.client.capabilities().await;
-        if capabilities.filter && self.client.inner.quirks.supports_filter {
-            let query = ListQuery {
-                filter: Some(expression),
-                attributes: Vec::new(),
-                page_size: self.client.inner.quirks.page_size,
-            };
-            return self.list_query(query).try_collect().await;
+        if let Some(found) = self.find_by_any(attr, &[value]).await? {
+            return Ok(found);
         }
+        let expression = filter::eq(attr, value)?;
         let parsed = filter::parse(&expression).map_err(ScimError::InvalidInput)?;
         self.list(self.client.inner.quirks.page_size)
             .try_filter(|resource| futures::future::ready(parsed.matches(resource)))

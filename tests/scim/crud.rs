@@ -156,3 +156,44 @@ async fn concurrent_matching_look_ups_share_one_listing() {
     let t = spawn_target(DevTargetArgs::default()).await;
     scenarios::merged_lookups(&t.client, &t.calls).await;
 }
+
+/// A target without filtering (`quirks.supports_filter = false`): look-ups page through the
+/// users and compare here, with userName ignoring case, and never send `filter=`.
+#[tokio::test]
+async fn look_ups_without_filter_support_page_and_compare_locally() {
+    let t = spawn_target_with(DevTargetArgs::default(), |c| {
+        c.quirks.supports_filter = false;
+        c.quirks.page_size = 2;
+    })
+    .await;
+    let name = unique("nofilter");
+    for other in 0..3 {
+        t.client
+            .users()
+            .create(&user(&unique(&format!("other{other}"))))
+            .await
+            .unwrap();
+    }
+    let created = t.client.users().create(&user(&name)).await.unwrap();
+    let found = t
+        .client
+        .users()
+        .find_by("userName", &name.to_uppercase())
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(id_of(&found[0]), id_of(&created));
+    assert!(
+        t.client
+            .users()
+            .find_by("userName", "nobody")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        t.calls.listing_statuses().is_empty(),
+        "{:?}",
+        t.calls.summary()
+    );
+}
