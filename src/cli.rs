@@ -32,7 +32,8 @@ enum Command {
     Openapi,
     /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
     DevTarget(crate::dev_target::DevTargetArgs),
-    /// Run a performance scenario of DESIGN §8 in-process and print its figures as JSON.
+    /// Run a performance scenario (throughput, leaver latency, rate limit, ingest, reconcile…)
+    /// in-process on loopback and print its figures as JSON.
     Bench {
         scenario: crate::bench::Scenario,
         /// Print only the JSON line (no summary on stderr).
@@ -61,7 +62,8 @@ struct ReconcileArgs {
     /// Classify and report only: nothing is written to the target.
     #[arg(long)]
     dry_run: bool,
-    /// Print the report as JSON (DESIGN §6) instead of a summary.
+    /// Print the report as JSON (id, app_id, state, dry_run, counts, writes, items) instead of
+    /// a summary.
     #[arg(long)]
     json: bool,
 }

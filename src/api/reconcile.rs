@@ -123,8 +123,8 @@ pub struct ItemOut {
     pub display_name: Option<String>,
 }
 
-/// A run's report: `{id, app_id, state, dry_run, counts, writes, items}` (DESIGN §6), plus the
-/// run's mode, times and error.
+/// A run's report: `{id, app_id, state, dry_run, counts, writes, items}`, plus the run's mode,
+/// times and error.
 #[derive(Object)]
 pub struct RunOut {
     pub id: String,
