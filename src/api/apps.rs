@@ -496,3 +496,22 @@ impl AppsApi {
         Ok(Json(view.into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_is_a_star_or_a_list_of_strong_tags() {
+        let versions = |h: &str| expected_versions(Some(h)).map(|v| v.0);
+        assert_eq!(expected_versions(None).map(|v| v.0), None);
+        assert_eq!(versions("*"), None);
+        assert_eq!(versions("\"3\""), Some(vec![3]));
+        assert_eq!(versions(" \"3\" , \"5\""), Some(vec![3, 5]));
+        // Weak or malformed tags match no version: a 412, never "any".
+        for never in ["W/\"3\"", "3", "\"x\"", ""] {
+            assert_eq!(versions(never), Some(vec![]), "{never}");
+        }
+        assert_eq!(etag(7), "\"7\"");
+    }
+}

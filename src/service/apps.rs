@@ -856,3 +856,85 @@ impl Roster {
         Ok(rotated)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AppSettings {
+        AppSettings {
+            rate_limit: RateLimit::default(),
+            max_concurrency: 4,
+            timeout_ms: 30_000,
+            max_attempts: 8,
+            matching: Matching::default(),
+            scope: AppScope::default(),
+            mappings: default_mappings(),
+            role_mapping: None,
+            group_push: Vec::new(),
+            deprovision: Deprovision::default(),
+            reconcile: ReconcileSettings::default(),
+            deletion_guard: DeletionGuard::default(),
+            quirks: json!({}),
+        }
+    }
+
+    #[test]
+    fn only_loosening_or_destructive_changes_need_admin() {
+        let base = settings();
+        let mut stricter = base.clone();
+        stricter.deletion_guard.max_count = 3;
+        stricter.deletion_guard.max_fraction = 0.05;
+        stricter.deletion_guard.on_events = true;
+        stricter.deletion_guard.window_minutes = 600;
+        assert!(changes_needing_admin(&base, &stricter).is_empty());
+        assert!(changes_needing_admin(&base, &base).is_empty());
+
+        let mut fix_mode = base.clone();
+        fix_mode.reconcile.mode = ReconcileMode::Fix;
+        assert!(changes_needing_admin(&base, &fix_mode).is_empty());
+        let mut unmatched = base.clone();
+        unmatched.reconcile.deprovision_unmatched = true;
+        let mut unmatched_fix = unmatched.clone();
+        unmatched_fix.reconcile.mode = ReconcileMode::Fix;
+        let found = changes_needing_admin(&unmatched, &unmatched_fix);
+        assert!(found[0].starts_with("reconcile.mode"), "{found:?}");
+
+        let mut delete_later = base.clone();
+        delete_later.deprovision.delete_after_days = Some(30);
+        let mut sooner = delete_later.clone();
+        sooner.deprovision.delete_after_days = Some(7);
+        assert!(changes_needing_admin(&delete_later, &sooner)[0].contains("shortened"));
+        assert!(changes_needing_admin(&sooner, &delete_later).is_empty());
+
+        let admin = Principal {
+            key_id: "a".into(),
+            scopes: vec![super::super::Scope::Admin],
+        };
+        let writer = Principal {
+            key_id: "w".into(),
+            scopes: vec![super::super::Scope::AppsWrite],
+        };
+        assert!(check_authority(&admin, &delete_later, &sooner).is_ok());
+        assert!(matches!(
+            check_authority(&writer, &delete_later, &sooner),
+            Err(ServiceError::NeedsAdmin(_))
+        ));
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port() {
+        assert!(origin_change("https://a.example/v2", "https://a.example:443/other").is_none());
+        for moved in [
+            "http://a.example/v2",
+            "https://b.example/v2",
+            "https://a.example:8443/v2",
+            "not a url",
+        ] {
+            assert!(
+                origin_change("https://a.example/v2", moved).is_some(),
+                "{moved}"
+            );
+        }
+    }
+}

@@ -220,3 +220,28 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_files_are_found_in_file_urls_only() {
+        assert_eq!(
+            sqlite_file("sqlite://roster.db?mode=rwc"),
+            Some("roster.db".into())
+        );
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/r.db"),
+            Some("/var/lib/r.db".into())
+        );
+        for none in [
+            "sqlite::memory:",
+            "sqlite://shared?mode=memory&cache=shared",
+            "sqlite://",
+            "postgres://x/y",
+        ] {
+            assert_eq!(sqlite_file(none), None, "{none}");
+        }
+    }
+}
