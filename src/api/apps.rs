@@ -266,9 +266,9 @@ pub struct ConnectionOut {
 
 #[derive(ApiResponse)]
 pub enum AppCreated {
-    /// The app, with secrets reduced to `*_set` flags.
+    /// The app, with secrets reduced to `*_set` flags; `ETag` is its version (`"1"`).
     #[oai(status = 201)]
-    Created(Json<AppOut>),
+    Created(Json<AppOut>, #[oai(header = "ETag")] String),
 }
 
 /// An app with its `ETag`.
@@ -353,7 +353,8 @@ impl AppsApi {
             quirks: b.quirks,
         };
         let view = roster.create_app(principal, changes).await?;
-        Ok(AppCreated::Created(Json(view.into())))
+        let tag = etag(view.model.version);
+        Ok(AppCreated::Created(Json(view.into()), tag))
     }
 
     /// List apps (scope `read`).

@@ -713,7 +713,16 @@ mod concurrent_changes {
     #[tokio::test]
     async fn a_patch_with_a_stale_if_match_is_refused_with_412() {
         let app = spawn_app_with(|c| c.run_engine = false).await;
-        let created = app.create_app(&app_body("tagged", json!({}))).await;
+        let created = app
+            .http
+            .post(format!("{}/api/v1/apps", app.base))
+            .bearer_auth(ADMIN)
+            .json(&app_body("tagged", json!({})))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(etag(&created), "\"1\"", "the new app's ETag");
+        let created = TestApp::answer(created).await.expect(201);
         let id = created["id"].as_str().unwrap_or_default().to_owned();
         let got = app
             .http
