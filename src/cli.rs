@@ -38,7 +38,7 @@ enum Command {
     Openapi,
     /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
     DevTarget(crate::dev_target::DevTargetArgs),
-    /// Run a performance scenario of DESIGN §8 in-process and print its figures as JSON.
+    /// Run a performance scenario in-process and print its figures as JSON.
     Bench {
         scenario: crate::bench::Scenario,
         /// Print only the JSON line (no summary on stderr).
@@ -67,7 +67,7 @@ struct ReconcileArgs {
     /// Classify and report only: nothing is written to the target.
     #[arg(long)]
     dry_run: bool,
-    /// Print the report as JSON (DESIGN §6) instead of a summary.
+    /// Print the report as JSON instead of a summary.
     #[arg(long)]
     json: bool,
 }

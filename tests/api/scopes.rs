@@ -450,6 +450,14 @@ mod bootstrap {
             String::from_utf8_lossy(&help.stdout).contains("revoke-bootstrap-key"),
             "the command is in --help"
         );
+        for command in ["serve", "revoke-bootstrap-key", "reconcile", "bench"] {
+            let help = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+                .args([command, "--help"])
+                .output()
+                .expect("help");
+            let text = String::from_utf8_lossy(&help.stdout);
+            assert!(!text.contains("DESIGN"), "{command} --help: {text}");
+        }
     }
 
     #[tokio::test]
