@@ -21,13 +21,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// API + workers + scheduler; migrates the database on start.
+    /// API + workers + scheduler; migrates the database on start. The only command that manages
+    /// the bootstrap admin key: ROSTER_ADMIN_TOKEN (32 to 512 characters) creates or rotates it;
+    /// unsetting the variable does not revoke it (see revoke-bootstrap-key).
     Serve,
     /// Apply migrations and exit.
     Migrate,
     /// Re-encrypt app credentials with ROSTER_SECRET_KEY (the old key in
-    /// ROSTER_SECRET_KEY_PREVIOUS), then exit.
+    /// ROSTER_SECRET_KEY_PREVIOUS), then exit. Instances still running on the old key then
+    /// refuse to seal new credentials until restarted with the new one.
     RotateKey,
+    /// Revoke the bootstrap admin key that ROSTER_ADMIN_TOKEN set (audited), then exit. Unset
+    /// ROSTER_ADMIN_TOKEN first, everywhere: `serve` would create the key again.
+    RevokeBootstrapKey,
     /// Print the OpenAPI 3 JSON (openapi/openapi.json must equal it).
     Openapi,
     /// In-memory SCIM 2.0 server for demos, tests and benchmarks.
@@ -96,6 +102,7 @@ pub fn main() -> ExitCode {
             Command::Serve => serve().await,
             Command::Migrate => migrate().await,
             Command::RotateKey => rotate_key().await,
+            Command::RevokeBootstrapKey => revoke_bootstrap_key().await,
             Command::Openapi => Ok(()),
             Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
             Command::Demo => crate::demo::run().await.context("demo"),
@@ -154,12 +161,30 @@ async fn migrate() -> anyhow::Result<()> {
 
 async fn rotate_key() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let (roster, _) = startup::build(config).await.context("starting roster")?;
+    // `open`, not `build`: only `serve` manages the bootstrap admin key.
+    let roster = startup::open(config).await.context("starting roster")?;
     let rotated = roster.rotate_credentials().await?;
     println!(
         "roster: re-encrypted {rotated} app credential(s) with key {}",
         roster.secrets().key_id()
     );
+    Ok(())
+}
+
+async fn revoke_bootstrap_key() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    if config.admin_token.is_some() {
+        anyhow::bail!(
+            "ROSTER_ADMIN_TOKEN is set: `roster serve` would create the bootstrap key again at its \
+             next start; unset it (for every instance) and run this command again"
+        );
+    }
+    let roster = startup::open(config).await.context("starting roster")?;
+    if roster.revoke_bootstrap_key().await? {
+        println!("roster: revoked the bootstrap admin key");
+    } else {
+        println!("roster: there is no bootstrap admin key");
+    }
     Ok(())
 }
 
@@ -209,12 +234,8 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     use crate::service::reconcile::RunOptions;
 
     let config = Config::from_env()?;
-    let (roster, generated) = startup::build(config).await.context("starting roster")?;
-    if let Some(token) = generated {
-        // stdout may carry the JSON report; the one-time token goes to the terminal instead.
-        eprintln!("roster: created the first admin API key (shown once, store it now):");
-        eprintln!("{}", token.expose_secret());
-    }
+    // `open`, not `build`: only `serve` manages the bootstrap admin key.
+    let roster = startup::open(config).await.context("starting roster")?;
     let run = roster
         .begin_reconcile(
             None,

@@ -81,6 +81,12 @@ impl SecretBox {
         key_id == self.key_id
     }
 
+    /// Whether this box opens what `key_id` sealed (the current key or a previous one).
+    #[must_use]
+    pub fn opens(&self, key_id: &str) -> bool {
+        key_id == self.key_id || self.previous.iter().any(|(id, _)| id == key_id)
+    }
+
     /// A fresh random key, base64-encoded (for the SQLite key file).
     #[must_use]
     pub fn generate_base64() -> String {
@@ -141,30 +147,29 @@ impl SecretBox {
     }
 }
 
-/// Loads the credential key: `ROSTER_SECRET_KEY` if set; else, for a SQLite file database, a key
-/// file beside it (created with mode 0600 on first start). `None` means neither applies.
-pub fn load_or_create_key_file(path: &std::path::Path) -> Result<(SecretBox, bool), CryptoError> {
-    let display = path.display().to_string();
+/// Reads the credential key file of a SQLite database; `None` when there is none. Whether a
+/// missing file may be created is the caller's decision (not when credentials are sealed).
+pub fn load_key_file(path: &std::path::Path) -> Result<Option<SecretBox>, CryptoError> {
     match std::fs::read_to_string(path) {
-        Ok(contents) => Ok((
-            SecretBox::from_base64(&SecretString::from(contents))?,
-            false,
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let encoded = SecretBox::generate_base64();
-            write_private_file(path, &encoded).map_err(|source| CryptoError::KeyFile {
-                action: "create",
-                path: display,
-                source,
-            })?;
-            Ok((SecretBox::from_base64(&SecretString::from(encoded))?, true))
-        }
+        Ok(contents) => Ok(Some(SecretBox::from_base64(&SecretString::from(contents))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CryptoError::KeyFile {
             action: "read",
-            path: display,
+            path: path.display().to_string(),
             source,
         }),
     }
+}
+
+/// Creates a new key file (mode 0600), failing if one exists.
+pub fn create_key_file(path: &std::path::Path) -> Result<SecretBox, CryptoError> {
+    let encoded = SecretBox::generate_base64();
+    write_private_file(path, &encoded).map_err(|source| CryptoError::KeyFile {
+        action: "create",
+        path: path.display().to_string(),
+        source,
+    })?;
+    SecretBox::from_base64(&SecretString::from(encoded))
 }
 
 fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {

@@ -167,9 +167,11 @@ pub async fn check_url(raw: &str, policy: TargetPolicy) -> Result<url::Url, Stri
                 .await;
                 if let Ok(Ok(addrs)) = lookup {
                     for addr in addrs {
-                        policy
-                            .check_ip(addr.ip())
-                            .map_err(|e| format!("{name} resolves to {e}"))?;
+                        // The kind of address only: the caller learns nothing of what an
+                        // internal name resolves to (no mapping of the network by 422s).
+                        if let Some(reason) = forbidden_reason(addr.ip()) {
+                            return Err(format!("{name} resolves to {reason}"));
+                        }
                     }
                 }
             }

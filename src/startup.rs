@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::crypto::{CryptoError, SecretBox, load_or_create_key_file};
+use crate::crypto::{CryptoError, SecretBox, create_key_file, load_key_file};
 use crate::delivery::engine::{self, EngineConfig};
 use crate::service::{Roster, ServiceError};
 use crate::store::{self, StoreError};
@@ -22,8 +22,21 @@ pub enum StartupError {
         "ROSTER_SECRET_KEY is required with PostgreSQL (base64 of 32 random bytes, e.g. `openssl rand -base64 32`)"
     )]
     SecretKeyRequired,
-    #[error("cannot create the first API key: {0}")]
+    #[error("cannot set up the bootstrap admin key: {0}")]
     Bootstrap(#[from] ServiceError),
+    #[error(
+        "ROSTER_ADMIN_TOKEN has {0} characters: the bootstrap admin key needs 32 to 512 \
+         (e.g. `openssl rand -base64 32`)"
+    )]
+    AdminTokenLength(usize),
+    #[error(
+        "the credential key file {path} is missing, but {sealed} app credential(s) in the \
+         database are sealed with a key: restore the file from the backup taken with the \
+         database, or set ROSTER_SECRET_KEY to that key; a new key would open none of them"
+    )]
+    KeyFileMissing { path: String, sealed: u64 },
+    #[error("{0}")]
+    CredentialKey(ServiceError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -31,28 +44,35 @@ pub enum StartupError {
     },
 }
 
+/// The shortest `ROSTER_ADMIN_TOKEN` accepted: the token is the whole secret of an `admin` key.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+/// The longest: what `Roster::authenticate` reads of a token.
+pub const MAX_ADMIN_TOKEN_BYTES: usize = 512;
+
 /// The file beside a SQLite database that holds its credential key.
 #[must_use]
 pub fn sqlite_key_path(database_url: &str) -> Option<PathBuf> {
-    let rest = database_url
-        .strip_prefix("sqlite://")
-        .or_else(|| database_url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return None;
-    }
-    Some(PathBuf::from(format!("{path}.key")))
+    let path = store::sqlite_file(database_url)?;
+    Some(PathBuf::from(format!("{}.key", path.display())))
 }
 
-fn credential_key(config: &Config) -> Result<SecretBox, StartupError> {
-    let key = current_key(config)?;
+async fn credential_key(
+    config: &Config,
+    db: &sea_orm::DatabaseConnection,
+) -> Result<SecretBox, StartupError> {
+    let key = current_key(config, db).await?;
     Ok(match &config.secret_key_previous {
         Some(old) => key.with_previous(old)?,
         None => key,
     })
 }
 
-fn current_key(config: &Config) -> Result<SecretBox, StartupError> {
+async fn current_key(
+    config: &Config,
+    db: &sea_orm::DatabaseConnection,
+) -> Result<SecretBox, StartupError> {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+
     if let Some(raw) = &config.secret_key {
         return Ok(SecretBox::from_base64(raw)?);
     }
@@ -61,10 +81,24 @@ fn current_key(config: &Config) -> Result<SecretBox, StartupError> {
     }
     match sqlite_key_path(&config.database_url) {
         Some(path) => {
-            let (key, created) = load_or_create_key_file(&path)?;
-            if created {
-                tracing::warn!(path = %path.display(), "ROSTER_SECRET_KEY is unset: created a key file beside the database; back it up with the database, or set ROSTER_SECRET_KEY");
+            if let Some(key) = load_key_file(&path)? {
+                return Ok(key);
             }
+            // A lost key file must not be replaced silently: every sealed credential would
+            // then fail to open, app by app, at delivery time.
+            let sealed = crate::store::entity::app::Entity::find()
+                .filter(crate::store::entity::app::Column::SecretCiphertext.is_not_null())
+                .count(db)
+                .await
+                .map_err(StoreError::from)?;
+            if sealed > 0 {
+                return Err(StartupError::KeyFileMissing {
+                    path: path.display().to_string(),
+                    sealed,
+                });
+            }
+            let key = create_key_file(&path)?;
+            tracing::warn!(path = %path.display(), "ROSTER_SECRET_KEY is unset: created a key file beside the database; back it up with the database, or set ROSTER_SECRET_KEY");
             Ok(key)
         }
         None => {
@@ -83,14 +117,35 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Connects, migrates, loads the credential key and makes sure an admin key exists. Returns
-/// the service and, when one was generated, the initial admin token to print once.
-pub async fn build(config: Config) -> Result<(Roster, Option<SecretString>), StartupError> {
+/// Connects, migrates and loads the credential key (claiming it as the current one). Leaves
+/// API keys alone: this is what commands other than `serve` use (`rotate-key`, `reconcile`).
+pub async fn open(config: Config) -> Result<Roster, StartupError> {
     install_crypto_provider();
     let db = store::connect(&config.database_url, config.workers).await?;
     store::migrate(&db).await?;
-    let secrets = credential_key(&config)?;
+    let secrets = credential_key(&config, &db).await?;
     let roster = Roster::new(db, secrets, config);
+    roster
+        .claim_credential_key()
+        .await
+        .map_err(StartupError::CredentialKey)?;
+    Ok(roster)
+}
+
+/// What `serve` (and the demo, the benchmarks and the tests, which serve too) starts with:
+/// [`open`], then the bootstrap admin key from `ROSTER_ADMIN_TOKEN`, the one place that manages
+/// it. Returns the service and, when one was generated, the initial admin token to print once.
+pub async fn build(config: Config) -> Result<(Roster, Option<SecretString>), StartupError> {
+    if let Some(token) = &config.admin_token {
+        use secrecy::ExposeSecret;
+        let secret = token.expose_secret();
+        let chars = secret.chars().count();
+        // Above 512 bytes `authenticate` would refuse it: fail here, not at the first request.
+        if chars < MIN_ADMIN_TOKEN_CHARS || secret.len() > MAX_ADMIN_TOKEN_BYTES {
+            return Err(StartupError::AdminTokenLength(chars));
+        }
+    }
+    let roster = open(config).await?;
     let generated = roster.bootstrap_admin_key().await?;
     Ok((roster, generated))
 }

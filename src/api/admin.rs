@@ -31,6 +31,9 @@ pub struct KeyOut {
     pub name: String,
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
+    /// When the key last authenticated a request, to the minute (absent: never).
+    #[oai(skip_serializing_if_is_none)]
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 fn key_out(m: &api_key::Model) -> KeyOut {
@@ -39,6 +42,7 @@ fn key_out(m: &api_key::Model) -> KeyOut {
         name: m.name.clone(),
         scopes: scope_names(m),
         created_at: m.created_at,
+        last_used_at: m.last_used_at,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `/apps`: register SCIM targets.
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
@@ -13,8 +13,8 @@ use super::auth::ApiKey;
 use super::body::JsonBody;
 use super::problem::ApiError;
 use crate::service::apps::{
-    AppChanges, AppScope, AppState, AppView, AuthInput, DeletionGuard, Deprovision, MappingEntry,
-    Matching, RateLimit, ReconcileSettings, RoleMappingEntry,
+    AppChanges, AppScope, AppState, AppView, AuthInput, DeletionGuard, Deprovision,
+    ExpectedVersions, MappingEntry, Matching, RateLimit, ReconcileSettings, RoleMappingEntry,
 };
 use crate::service::{Permission, Roster};
 
@@ -266,9 +266,50 @@ pub struct ConnectionOut {
 
 #[derive(ApiResponse)]
 pub enum AppCreated {
-    /// The app, with secrets reduced to `*_set` flags.
+    /// The app, with secrets reduced to `*_set` flags; `ETag` is its version (`"1"`).
     #[oai(status = 201)]
-    Created(Json<AppOut>),
+    Created(Json<AppOut>, #[oai(header = "ETag")] String),
+}
+
+/// An app with its `ETag`.
+#[derive(ApiResponse)]
+pub enum AppAnswer {
+    /// The app. `ETag` is its version (`"3"`): send it back in `If-Match` to change the app
+    /// only if nobody changed it since.
+    #[oai(status = 200)]
+    Ok(Json<AppOut>, #[oai(header = "ETag")] String),
+}
+
+impl From<AppView> for AppAnswer {
+    fn from(view: AppView) -> Self {
+        let tag = etag(view.model.version);
+        AppAnswer::Ok(Json(view.into()), tag)
+    }
+}
+
+/// The strong entity tag of an app version.
+fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// `If-Match`: `*` (any version: `None`) or a list of entity tags. Weak tags (`W/"3"`) and
+/// anything not a version match nothing, as RFC 9110 compares `If-Match` strongly.
+fn expected_versions(header: Option<&str>) -> Option<ExpectedVersions> {
+    let raw = header?.trim();
+    if raw == "*" {
+        return None;
+    }
+    Some(ExpectedVersions(
+        raw.split(',')
+            .filter_map(|tag| {
+                tag.trim()
+                    .strip_prefix('"')?
+                    .strip_suffix('"')?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .collect(),
+    ))
 }
 
 #[derive(ApiResponse)]
@@ -281,7 +322,9 @@ pub struct AppsApi;
 
 #[OpenApi(prefix_path = "/apps", tag = "ApiTags::Apps")]
 impl AppsApi {
-    /// Register an app (scope `apps:write`).
+    /// Register an app (scope `apps:write`; a weaker `deletion_guard` than the default,
+    /// `deprovision.action: delete`, `deprovision.delete_after_days` and
+    /// `reconcile.deprovision_unmatched` need scope `admin`).
     #[oai(path = "/", method = "post")]
     async fn create(
         &self,
@@ -310,7 +353,8 @@ impl AppsApi {
             quirks: b.quirks,
         };
         let view = roster.create_app(principal, changes).await?;
-        Ok(AppCreated::Created(Json(view.into())))
+        let tag = etag(view.model.version);
+        Ok(AppCreated::Created(Json(view.into()), tag))
     }
 
     /// List apps (scope `read`).
@@ -321,27 +365,35 @@ impl AppsApi {
         Ok(Json(apps.into_iter().map(AppOut::from).collect()))
     }
 
-    /// One app (scope `read`).
+    /// One app (scope `read`), with its version as `ETag`.
     #[oai(path = "/:id", method = "get")]
     async fn get(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<AppOut>> {
+    ) -> poem::Result<AppAnswer> {
         auth.require(Permission::ReadConfig)?;
-        Ok(Json(roster.get_app(&id.0).await?.into()))
+        Ok(roster.get_app(&id.0).await?.into())
     }
 
     /// Change an app (scope `apps:write`). A new scope or new mappings re-sync everyone.
+    /// Concurrent changes to different fields all apply; with `If-Match` (an `ETag` from GET or
+    /// PATCH), a change to an app that changed since answers 412 instead. Moving `base_url`
+    /// to another origin (scheme, host, port) needs `auth` in the same request. Weakening
+    /// `deletion_guard`, `deprovision.action: delete`, `deprovision.delete_after_days` and
+    /// `reconcile.deprovision_unmatched` need scope `admin`.
     #[oai(path = "/:id", method = "patch")]
     async fn update(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
+        /// An `ETag` of the app (`"3"`), or `*`: change it only if it is still that version.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: JsonBody<AppPatch>,
-    ) -> poem::Result<Json<AppOut>> {
+    ) -> poem::Result<AppAnswer> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = AppChanges {
@@ -366,9 +418,11 @@ impl AppsApi {
             deletion_guard: b.deletion_guard,
             quirks: b.quirks,
         };
-        Ok(Json(
-            roster.update_app(principal, &id.0, changes).await?.into(),
-        ))
+        let expected = expected_versions(if_match.0.as_deref());
+        Ok(roster
+            .update_app(principal, &id.0, changes, expected)
+            .await?
+            .into())
     }
 
     /// Remove an app and roster's record of its accounts (scope `apps:write`). Accounts in the
@@ -441,5 +495,24 @@ impl AppsApi {
             .set_app_state(principal, &id.0, AppState::Active, None)
             .await?;
         Ok(Json(view.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_is_a_star_or_a_list_of_strong_tags() {
+        let versions = |h: &str| expected_versions(Some(h)).map(|v| v.0);
+        assert_eq!(expected_versions(None).map(|v| v.0), None);
+        assert_eq!(versions("*"), None);
+        assert_eq!(versions("\"3\""), Some(vec![3]));
+        assert_eq!(versions(" \"3\" , \"5\""), Some(vec![3, 5]));
+        // Weak or malformed tags match no version: a 412, never "any".
+        for never in ["W/\"3\"", "3", "\"x\"", ""] {
+            assert_eq!(versions(never), Some(vec![]), "{never}");
+        }
+        assert_eq!(etag(7), "\"7\"");
     }
 }

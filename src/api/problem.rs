@@ -101,7 +101,13 @@ impl From<ServiceError> for ApiError {
                 "Conflict",
                 err.to_string(),
             ),
-            ServiceError::Forbidden(_) => Self::new(
+            ServiceError::PreconditionFailed(_) => Self::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+                err.to_string(),
+            ),
+            ServiceError::Forbidden(_) | ServiceError::NeedsAdmin(_) => Self::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "Forbidden",

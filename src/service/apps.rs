@@ -3,13 +3,15 @@
 //! The settings types below are stored as the app's `config` JSON and are also the API's wire
 //! shape (they derive `poem_openapi::Object`), so one definition serves both; credentials are
 //! kept apart and only ever stored encrypted.
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::audit::{self, AuditEntry};
 use super::planner;
-use super::{Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
+use super::{Permission, Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
 use crate::net_guard;
 use crate::settings::settings_of as stored_settings;
 pub use crate::settings::{
@@ -316,6 +318,95 @@ fn audit_view(model: &app::Model) -> Value {
     serde_json::to_value(model).unwrap_or(Value::Null)
 }
 
+/// A URL's origin (scheme, host, port): where an app's credentials are sent. `None` for what
+/// has no such origin, which never equals anything.
+fn origin_of(raw: &str) -> Option<String> {
+    let origin = url::Url::parse(raw).ok()?.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
+}
+
+fn origin_change(before: &str, after: &str) -> Option<Value> {
+    let (from, to) = (origin_of(before), origin_of(after));
+    (from.is_none() || from != to).then(|| json!({"from": from, "to": to}))
+}
+
+fn token_url_of(auth_config: &Value) -> Option<&str> {
+    auth_config.get("token_url").and_then(Value::as_str)
+}
+
+/// What only an `admin` key may change, compared with `before` (the defaults, for a new app):
+/// each entry loosens the deletion guard or turns on a way of removing accounts.
+fn changes_needing_admin(before: &AppSettings, after: &AppSettings) -> Vec<String> {
+    let (bg, ag) = (&before.deletion_guard, &after.deletion_guard);
+    let (bd, ad) = (&before.deprovision, &after.deprovision);
+    let (br, ar) = (&before.reconcile, &after.reconcile);
+    let mut found = Vec::new();
+    if ag.max_fraction > bg.max_fraction {
+        found.push(format!(
+            "deletion_guard.max_fraction raised from {} to {}",
+            bg.max_fraction, ag.max_fraction
+        ));
+    }
+    if ag.max_count > bg.max_count {
+        found.push(format!(
+            "deletion_guard.max_count raised from {} to {}",
+            bg.max_count, ag.max_count
+        ));
+    }
+    if ag.window_minutes < bg.window_minutes {
+        found.push(format!(
+            "deletion_guard.window_minutes shortened from {} to {}",
+            bg.window_minutes, ag.window_minutes
+        ));
+    }
+    if bg.on_events && !ag.on_events {
+        found.push("deletion_guard.on_events turned off".into());
+    }
+    if ad.action == DeprovisionAction::Delete && bd.action != DeprovisionAction::Delete {
+        found.push("deprovision.action set to `delete`".into());
+    }
+    match (bd.delete_after_days, ad.delete_after_days) {
+        (None, Some(days)) => found.push(format!("deprovision.delete_after_days set to {days}")),
+        (Some(old), Some(days)) if days < old => found.push(format!(
+            "deprovision.delete_after_days shortened from {old} to {days}"
+        )),
+        _ => {}
+    }
+    if ar.deprovision_unmatched && !br.deprovision_unmatched {
+        found.push("reconcile.deprovision_unmatched turned on".into());
+    } else if ar.deprovision_unmatched
+        && ar.mode == ReconcileMode::Fix
+        && br.mode != ReconcileMode::Fix
+    {
+        found.push("reconcile.mode set to `fix` with deprovision_unmatched on".into());
+    }
+    found
+}
+
+/// Refuses what `changes_needing_admin` finds unless `principal` is an admin.
+fn check_authority(
+    principal: &Principal,
+    before: &AppSettings,
+    after: &AppSettings,
+) -> ServiceResult<()> {
+    if principal.require(Permission::Admin).is_ok() {
+        return Ok(());
+    }
+    let found = changes_needing_admin(before, after);
+    if found.is_empty() {
+        Ok(())
+    } else {
+        Err(ServiceError::NeedsAdmin(format!(
+            "{} (weakening the deletion guard or switching on destructive deprovisioning)",
+            found.join("; ")
+        )))
+    }
+}
+
+/// `If-Match` of a PATCH: the versions the caller last saw (`*` is `None`: any version).
+#[derive(Debug, Clone, Default)]
+pub struct ExpectedVersions(pub Vec<i64>);
+
 impl Roster {
     pub async fn create_app(
         &self,
@@ -356,6 +447,13 @@ impl Roster {
             quirks: changes.quirks.clone().unwrap_or_else(|| json!({})),
         };
         validate_settings(&mut settings)?;
+        let baseline = AppSettings {
+            deletion_guard: DeletionGuard::default(),
+            deprovision: Deprovision::default(),
+            reconcile: ReconcileSettings::default(),
+            ..settings.clone()
+        };
+        check_authority(principal, &baseline, &settings)?;
         let id = new_id();
         let sealed = self
             .secrets()
@@ -365,6 +463,7 @@ impl Roster {
         let config =
             serde_json::to_value(&settings).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let tx = self.write_tx().await?;
+        self.check_sealing_key(&*tx).await?;
         if app::Entity::find()
             .filter(app::Column::Name.eq(name.as_str()))
             .one(&*tx)
@@ -439,28 +538,92 @@ impl Roster {
         })
     }
 
+    /// Applies `changes` onto the app as it is inside the write transaction (the row is read
+    /// under the write: PostgreSQL's row lock and SQLite's writer turn make concurrent patches
+    /// take turns), so that a patch never reverts a field another patch set meanwhile.
+    /// `expected`, from `If-Match`, turns a stale read into a 412 instead.
     pub async fn update_app(
         &self,
         principal: &Principal,
         id: &str,
         changes: AppChanges,
+        expected: Option<ExpectedVersions>,
     ) -> ServiceResult<AppView> {
-        let current = self.get_app(id).await?;
-        let mut settings = current.settings.clone();
-        let mut model: app::ActiveModel = current.model.clone().into();
+        // What needs no row is checked and prepared first, so that DNS look-ups and sealing
+        // never hold the writer.
         if let Some(name) = &changes.name {
             validate_name("name", name)?;
+        }
+        let base_url = match &changes.base_url {
+            Some(raw) => Some(validate_base_url(self, raw).await?),
+            None => None,
+        };
+        let new_auth = match &changes.auth {
+            Some(auth) => {
+                let (auth_type, auth_config, secret) = prepare_auth(self, auth).await?;
+                let sealed = self
+                    .secrets()
+                    .seal(secret.expose_secret().as_bytes(), id)
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                Some((auth_type, auth_config, sealed))
+            }
+            None => None,
+        };
+        let tx = self.write_tx().await?;
+        if new_auth.is_some() {
+            self.check_sealing_key(&*tx).await?;
+        }
+        let Some(current) = app::Entity::find_by_id(id)
+            .lock_exclusive()
+            .one(&*tx)
+            .await?
+        else {
+            return Err(ServiceError::not_found("app", id));
+        };
+        if let Some(ExpectedVersions(versions)) = &expected
+            && !versions.contains(&current.version)
+        {
+            return Err(ServiceError::PreconditionFailed(format!(
+                "the app is at version {}, not the one given in If-Match: read it again \
+                 (its ETag) and send the change with that version",
+                current.version
+            )));
+        }
+        let current_settings = settings_of(&current)?;
+        let mut settings = current_settings.clone();
+        let mut model: app::ActiveModel = current.clone().into();
+        if let Some(name) = &changes.name {
             model.name = Set(name.clone());
         }
-        if let Some(raw) = &changes.base_url {
-            model.base_url = Set(validate_base_url(self, raw).await?);
+        // Credentials go where `base_url` (and `token_url`) point: moving them to another
+        // origin takes credentials sent in the same request, so that a key allowed to edit an
+        // app cannot redirect the secret it holds to a host of its choosing.
+        let mut moved = serde_json::Map::new();
+        if let Some(url) = &base_url {
+            if let Some(change) = origin_change(&current.base_url, url) {
+                if new_auth.is_none() {
+                    return Err(ServiceError::invalid(
+                        "base_url",
+                        format!(
+                            "moving the app from {} to another origin ({}) sends its \
+                             credentials there: send `auth` again in the same request",
+                            change["from"].as_str().unwrap_or("its origin"),
+                            change["to"].as_str().unwrap_or("a new origin"),
+                        ),
+                    ));
+                }
+                moved.insert("base_url".into(), change);
+            }
+            model.base_url = Set(url.clone());
         }
-        if let Some(auth) = &changes.auth {
-            let (auth_type, auth_config, secret) = prepare_auth(self, auth).await?;
-            let sealed = self
-                .secrets()
-                .seal(secret.expose_secret().as_bytes(), id)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if let Some((auth_type, auth_config, sealed)) = new_auth {
+            if let (Some(before), Some(after)) = (
+                token_url_of(&current.auth_config),
+                token_url_of(&auth_config),
+            ) && let Some(change) = origin_change(before, after)
+            {
+                moved.insert("token_url".into(), change);
+            }
             model.auth_type = Set(auth_type.into());
             model.auth_config = Set(auth_config);
             model.secret_ciphertext = Set(Some(sealed));
@@ -487,17 +650,17 @@ impl Roster {
             quirks
         );
         validate_settings(&mut settings)?;
-        let resync = settings.scope != current.settings.scope
-            || settings.mappings != current.settings.mappings
-            || settings.role_mapping != current.settings.role_mapping
-            || settings.group_push != current.settings.group_push
-            || settings.matching != current.settings.matching;
+        check_authority(principal, &current_settings, &settings)?;
+        let resync = settings.scope != current_settings.scope
+            || settings.mappings != current_settings.mappings
+            || settings.role_mapping != current_settings.role_mapping
+            || settings.group_push != current_settings.group_push
+            || settings.matching != current_settings.matching;
         model.config =
             Set(serde_json::to_value(&settings)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?);
-        model.version = Set(current.model.version + 1);
+        model.version = Set(current.version + 1);
         model.updated_at = Set(chrono::Utc::now());
-        let tx = self.write_tx().await?;
         if let Some(name) = &changes.name {
             let clash = app::Entity::find()
                 .filter(app::Column::Name.eq(name.as_str()))
@@ -511,6 +674,15 @@ impl Roster {
             }
         }
         let updated = model.update(&*tx).await?;
+        let mut after = audit_view(&updated);
+        if !moved.is_empty() {
+            // Where the credentials now go, said apart from the full row so that a reviewer
+            // sees it; the secrets themselves are never in an audit row.
+            moved.insert("credentials_replaced".into(), Value::Bool(true));
+            if let Some(obj) = after.as_object_mut() {
+                obj.insert("origin_change".into(), Value::Object(moved));
+            }
+        }
         audit::record(
             &*tx,
             Some(principal),
@@ -518,8 +690,8 @@ impl Roster {
                 action: "app.update",
                 object_type: "app",
                 object_id: Some(id),
-                before: Some(audit_view(&current.model)),
-                after: Some(audit_view(&updated)),
+                before: Some(audit_view(&current)),
+                after: Some(after),
             },
         )
         .await?;
@@ -635,6 +807,9 @@ impl Roster {
     /// Returns how many were re-encrypted; one audit row each.
     pub async fn rotate_credentials(&self) -> ServiceResult<u64> {
         let tx = self.write_tx().await?;
+        // Taken first: a sealer on PostgreSQL holds it shared, so no credential sealed with the
+        // old key commits after this scan.
+        super::secret_key::recorded(&*tx, true).await?;
         let mut rotated = 0;
         for model in app::Entity::find().all(&*tx).await? {
             let (Some(sealed), Some(key_id)) = (&model.secret_ciphertext, &model.secret_key_id)
@@ -676,7 +851,90 @@ impl Roster {
             .await?;
             rotated += 1;
         }
+        super::secret_key::record_current(&*tx, self.secrets().key_id()).await?;
         tx.commit().await?;
         Ok(rotated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> AppSettings {
+        AppSettings {
+            rate_limit: RateLimit::default(),
+            max_concurrency: 4,
+            timeout_ms: 30_000,
+            max_attempts: 8,
+            matching: Matching::default(),
+            scope: AppScope::default(),
+            mappings: default_mappings(),
+            role_mapping: None,
+            group_push: Vec::new(),
+            deprovision: Deprovision::default(),
+            reconcile: ReconcileSettings::default(),
+            deletion_guard: DeletionGuard::default(),
+            quirks: json!({}),
+        }
+    }
+
+    #[test]
+    fn only_loosening_or_destructive_changes_need_admin() {
+        let base = settings();
+        let mut stricter = base.clone();
+        stricter.deletion_guard.max_count = 3;
+        stricter.deletion_guard.max_fraction = 0.05;
+        stricter.deletion_guard.on_events = true;
+        stricter.deletion_guard.window_minutes = 600;
+        assert!(changes_needing_admin(&base, &stricter).is_empty());
+        assert!(changes_needing_admin(&base, &base).is_empty());
+
+        let mut fix_mode = base.clone();
+        fix_mode.reconcile.mode = ReconcileMode::Fix;
+        assert!(changes_needing_admin(&base, &fix_mode).is_empty());
+        let mut unmatched = base.clone();
+        unmatched.reconcile.deprovision_unmatched = true;
+        let mut unmatched_fix = unmatched.clone();
+        unmatched_fix.reconcile.mode = ReconcileMode::Fix;
+        let found = changes_needing_admin(&unmatched, &unmatched_fix);
+        assert!(found[0].starts_with("reconcile.mode"), "{found:?}");
+
+        let mut delete_later = base.clone();
+        delete_later.deprovision.delete_after_days = Some(30);
+        let mut sooner = delete_later.clone();
+        sooner.deprovision.delete_after_days = Some(7);
+        assert!(changes_needing_admin(&delete_later, &sooner)[0].contains("shortened"));
+        assert!(changes_needing_admin(&sooner, &delete_later).is_empty());
+
+        let admin = Principal {
+            key_id: "a".into(),
+            scopes: vec![super::super::Scope::Admin],
+        };
+        let writer = Principal {
+            key_id: "w".into(),
+            scopes: vec![super::super::Scope::AppsWrite],
+        };
+        assert!(check_authority(&admin, &delete_later, &sooner).is_ok());
+        assert!(matches!(
+            check_authority(&writer, &delete_later, &sooner),
+            Err(ServiceError::NeedsAdmin(_))
+        ));
+    }
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port() {
+        assert!(origin_change("https://a.example/v2", "https://a.example:443/other").is_none());
+        for moved in [
+            "http://a.example/v2",
+            "https://b.example/v2",
+            "https://a.example:8443/v2",
+            "not a url",
+        ] {
+            assert!(
+                origin_change("https://a.example/v2", moved).is_some(),
+                "{moved}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod keys;
 pub mod operations;
 pub mod planner;
 pub mod reconcile;
+pub mod secret_key;
 
 use std::sync::Arc;
 
@@ -35,6 +36,12 @@ pub enum ServiceError {
     Conflict(String),
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(&'static str),
+    /// A change the caller's scope covers in general, but not this part of it.
+    #[error("{0}: this needs an API key with the `admin` scope")]
+    NeedsAdmin(String),
+    /// `If-Match` named a version that is no longer current.
+    #[error("{0}")]
+    PreconditionFailed(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -148,6 +155,8 @@ struct Inner {
     shutdown: CancellationToken,
     /// Concurrent HR event requests share one commit (see `ingest::GroupCommit`).
     ingest_group: ingest::GroupCommit,
+    /// When this process last recorded each API key's use.
+    key_uses: keys::KeyUses,
 }
 
 impl Roster {
@@ -171,6 +180,7 @@ impl Roster {
                 delivery,
                 shutdown: CancellationToken::new(),
                 ingest_group: ingest::GroupCommit::default(),
+                key_uses: keys::KeyUses::default(),
             }),
         }
     }
@@ -219,6 +229,10 @@ impl Roster {
     #[must_use]
     pub fn target_policy(&self) -> TargetPolicy {
         TargetPolicy::from_allow_private(self.inner.config.allow_private_targets)
+    }
+
+    pub(crate) fn key_uses(&self) -> &keys::KeyUses {
+        &self.inner.key_uses
     }
 
     pub(crate) fn inner_group_commit(&self) -> &ingest::GroupCommit {

@@ -92,11 +92,54 @@ pub enum StoreError {
     Db(#[from] DbErr),
 }
 
+/// The file of a SQLite database URL; `None` for PostgreSQL and in-memory databases.
+#[must_use]
+pub fn sqlite_file(database_url: &str) -> Option<std::path::PathBuf> {
+    let rest = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+        return None;
+    }
+    Some(path.into())
+}
+
+/// Creates a missing SQLite database file readable by its owner only, as the key file beside
+/// it: it holds everyone's identity data. SQLite gives the `-wal` and `-shm` files it creates
+/// the mode of the database file.
+fn create_private_sqlite_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens the database named by `url` (`sqlite://…` or `postgres://…`), with the pool sized for
 /// `workers` concurrent deliveries plus the API.
 pub async fn connect(url: &str, workers: usize) -> Result<DatabaseConnection, StoreError> {
     let mut options = ConnectOptions::new(url.to_owned());
     let sqlite = url.starts_with("sqlite:");
+    // Only where sqlx would create the file itself (`mode=rwc`), so a mistyped path still fails.
+    if let Some(path) = sqlite_file(url)
+        && url.contains("mode=rwc")
+        && !path.exists()
+    {
+        create_private_sqlite_file(&path).map_err(|e| {
+            StoreError::Connect(DbErr::Custom(format!(
+                "cannot create {}: {e}",
+                path.display()
+            )))
+        })?;
+    }
     // SQLite allows one writer at a time; a large pool only queues on its lock, so keep it small
     // but big enough for concurrent readers (WAL lets readers run beside the writer).
     let max = if sqlite {
@@ -133,24 +176,34 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), StoreError> {
 /// connection until its acquire timeout (30 s), longer than any probe waits.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `/readyz`: the database answers (within 2 s) and every migration is applied.
+/// `/readyz`: the database answers (within 2 s) and every migration is applied. The reason
+/// returned is for an unauthenticated probe, so it names the check that failed and nothing of
+/// the database's own error text (host names, users, paths); that goes to the log.
 pub async fn ready(db: &DatabaseConnection) -> Result<(), String> {
     tokio::time::timeout(READY_TIMEOUT, check_ready(db))
         .await
-        .map_err(|_| format!("database did not answer within {READY_TIMEOUT:?}"))?
+        .map_err(|_| {
+            tracing::warn!("Readiness: the database did not answer within {READY_TIMEOUT:?}");
+            "not ready: database did not answer in time".to_owned()
+        })?
 }
 
 async fn check_ready(db: &DatabaseConnection) -> Result<(), String> {
-    db.execute_unprepared("SELECT 1")
-        .await
-        .map_err(|e| format!("database unreachable: {e}"))?;
-    let pending = Migrator::get_pending_migrations(db)
-        .await
-        .map_err(|e| format!("cannot read migrations: {e}"))?;
+    db.execute_unprepared("SELECT 1").await.map_err(|e| {
+        tracing::warn!(error = %e, "Readiness: database unreachable");
+        "not ready: database unreachable".to_owned()
+    })?;
+    let pending = Migrator::get_pending_migrations(db).await.map_err(|e| {
+        tracing::warn!(error = %e, "Readiness: cannot read the applied migrations");
+        "not ready: cannot read the applied migrations".to_owned()
+    })?;
     if pending.is_empty() {
         Ok(())
     } else {
-        Err(format!("{} migration(s) not applied", pending.len()))
+        Err(format!(
+            "not ready: {} migration(s) not applied",
+            pending.len()
+        ))
     }
 }
 
@@ -166,4 +219,29 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
         err.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_files_are_found_in_file_urls_only() {
+        assert_eq!(
+            sqlite_file("sqlite://roster.db?mode=rwc"),
+            Some("roster.db".into())
+        );
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/r.db"),
+            Some("/var/lib/r.db".into())
+        );
+        for none in [
+            "sqlite::memory:",
+            "sqlite://shared?mode=memory&cache=shared",
+            "sqlite://",
+            "postgres://x/y",
+        ] {
+            assert_eq!(sqlite_file(none), None, "{none}");
+        }
+    }
 }

@@ -53,6 +53,7 @@ async fn every_write_through_the_api_leaves_an_audit_row_with_the_key() {
     assert_eq!(
         actions,
         [
+            "api_key.bootstrap_create",
             "api_key.create",
             "app.create",
             "app.update",

@@ -30,6 +30,8 @@ async fn readyz_fails_when_the_database_is_gone() {
     app.db.clone().close().await.expect("close");
     let r = app.request("GET", "/readyz", None, None).await;
     assert_eq!(r.status, 503, "{}", r.text);
+    // The reason is for the operator's log: the probe says only which check failed.
+    assert_eq!(r.text, "not ready: database unreachable");
 }
 
 #[test]

@@ -9,7 +9,8 @@ use roster::startup;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 
-pub const ADMIN: &str = "test-admin-token";
+/// At least 32 characters: shorter bootstrap tokens are refused.
+pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
 pub struct TestApp {
     pub base: String,

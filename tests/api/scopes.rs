@@ -219,3 +219,319 @@ async fn keys_are_shown_once_stored_hashed_and_revocable() {
     assert!(detail.starts_with("scopes[0]"), "{detail}");
     app.delete("/api/v1/api-keys/bootstrap").await.problem(409);
 }
+
+/// Field-level authority: `apps:write` manages apps, but weakening the deletion guard or
+/// switching on destructive deprovisioning needs `admin`, on create and on patch.
+#[tokio::test]
+async fn weakening_the_guard_or_destructive_deprovisioning_needs_admin() {
+    let app = spawn_app().await;
+    let writer = app.key(&["apps:write"]).await;
+    let needs_admin = [
+        (
+            json!({"deletion_guard": {"max_fraction": 1.0, "max_count": 1_000_000}}),
+            "deletion_guard.max_fraction",
+        ),
+        (
+            json!({"deletion_guard": {"max_count": 51}}),
+            "deletion_guard.max_count",
+        ),
+        (
+            json!({"deletion_guard": {"window_minutes": 5}}),
+            "deletion_guard.window_minutes",
+        ),
+        (
+            json!({"reconcile": {"mode": "fix", "deprovision_unmatched": true}}),
+            "reconcile.deprovision_unmatched",
+        ),
+        (
+            json!({"deprovision": {"action": "delete"}}),
+            "deprovision.action",
+        ),
+        (
+            json!({"deprovision": {"action": "deactivate", "delete_after_days": 30}}),
+            "deprovision.delete_after_days",
+        ),
+    ];
+    for (n, (change, field)) in needs_admin.iter().enumerate() {
+        let detail = app
+            .request(
+                "POST",
+                "/api/v1/apps",
+                Some(&writer),
+                Some(&app_body(&format!("c{n}"), change.clone())),
+            )
+            .await
+            .problem(403);
+        assert!(
+            detail.contains(field) && detail.contains("`admin`"),
+            "create {change}: {detail}"
+        );
+    }
+    assert_eq!(app.count("app").await, 0);
+
+    // A stricter guard, or the defaults spelled out, are fine for `apps:write`.
+    let created = app
+        .request(
+            "POST",
+            "/api/v1/apps",
+            Some(&writer),
+            Some(&app_body(
+                "strict",
+                json!({"deletion_guard": {"max_fraction": 0.1, "max_count": 10, "on_events": true},
+                       "deprovision": {"action": "deactivate"},
+                       "reconcile": {"mode": "fix", "deprovision_unmatched": false}}),
+            )),
+        )
+        .await
+        .expect(201);
+    let path = format!(
+        "/api/v1/apps/{}",
+        created["id"].as_str().unwrap_or_default()
+    );
+    let mut patch_needs_admin = needs_admin.to_vec();
+    patch_needs_admin.push((
+        json!({"deletion_guard": {"max_fraction": 0.1, "max_count": 10, "on_events": false}}),
+        "deletion_guard.on_events",
+    ));
+    patch_needs_admin.push((
+        json!({"deletion_guard": {"max_fraction": 0.15, "max_count": 10, "on_events": true}}),
+        "deletion_guard.max_fraction",
+    ));
+    for (change, field) in &patch_needs_admin {
+        let detail = app
+            .request("PATCH", &path, Some(&writer), Some(change))
+            .await
+            .problem(403);
+        assert!(
+            detail.contains(field) && detail.contains("`admin`"),
+            "patch {change}: {detail}"
+        );
+    }
+    let unchanged = app.get(&path).await.expect(200);
+    assert_eq!(unchanged["version"], 1, "nothing was applied: {unchanged}");
+
+    // Tightening stays open to `apps:write`; loosening it is the admin's call.
+    app.request(
+        "PATCH",
+        &path,
+        Some(&writer),
+        Some(&json!({"deletion_guard": {"max_fraction": 0.05, "max_count": 3, "on_events": true}})),
+    )
+    .await
+    .expect(200);
+    app.patch(
+        &path,
+        &json!({"deletion_guard": {"max_fraction": 1.0, "max_count": 1000}, "deprovision": {"action": "delete"},
+                "reconcile": {"mode": "fix", "deprovision_unmatched": true}}),
+    )
+    .await
+    .expect(200);
+    // Sending the current values again is no change, so `apps:write` may.
+    app.request(
+        "PATCH",
+        &path,
+        Some(&writer),
+        Some(&json!({"deprovision": {"action": "delete"}, "max_attempts": 3})),
+    )
+    .await
+    .expect(200);
+}
+
+/// The bootstrap key: only `serve` manages it; other commands started without
+/// `ROSTER_ADMIN_TOKEN` leave it alone.
+mod bootstrap {
+    use secrecy::ExposeSecret;
+    use serde_json::{Value, json};
+
+    use crate::helpers::{ADMIN, TestApp, app_body, spawn_app};
+
+    fn roster_cmd(app: &TestApp, args: &[&str]) -> std::process::Output {
+        let secret = app
+            .config
+            .secret_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned())
+            .unwrap_or_default();
+        std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+            .args(args)
+            .env("ROSTER_DATABASE_URL", &app.config.database_url)
+            .env("ROSTER_SECRET_KEY", secret)
+            .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
+            .env("RUST_LOG", "warn")
+            .env_remove("ROSTER_ADMIN_TOKEN")
+            .output()
+            .expect("run roster")
+    }
+
+    async fn audit_actions(app: &TestApp) -> Vec<Value> {
+        app.rows("SELECT action, api_key_id, object_id, before, after FROM audit WHERE action LIKE 'api_key.bootstrap%' ORDER BY id")
+            .await
+    }
+
+    #[tokio::test]
+    async fn other_commands_without_the_variable_leave_the_bootstrap_key_alone() {
+        let app = spawn_app().await;
+        let created = app.create_app(&app_body("crm", json!({}))).await;
+        let id = created["id"].as_str().unwrap_or_default().to_owned();
+        let out = roster_cmd(&app, &["rotate-key"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        app.get("/api/v1/apps").await.expect(200);
+        // The run itself fails (nothing listens on port 9): the key must survive either way.
+        let _ = roster_cmd(&app, &["reconcile", "--app", &id, "--dry-run", "--json"]);
+        app.get("/api/v1/apps").await.expect(200);
+        assert_eq!(
+            audit_actions(&app).await.len(),
+            1,
+            "only the creation at start-up"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_bootstrap_key_is_audited_and_revoked_only_when_asked() {
+        let mut app = spawn_app().await;
+        let rows = audit_actions(&app).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0]["action"], "api_key.bootstrap_create");
+        assert_eq!(rows[0]["object_id"], "bootstrap");
+
+        // A new token rotates the key: the old one stops working.
+        let rotated = "rotated-admin-token-0123456789abcdef";
+        app.config.admin_token = Some(rotated.to_owned().into());
+        let mut app = app.restart().await;
+        app.request("GET", "/api/v1/apps", Some(ADMIN), None)
+            .await
+            .problem(401);
+        app.request("GET", "/api/v1/apps", Some(rotated), None)
+            .await
+            .expect(200);
+        let rows = audit_actions(&app).await;
+        assert_eq!(
+            rows.iter().map(|r| r["action"].clone()).collect::<Vec<_>>(),
+            [
+                json!("api_key.bootstrap_create"),
+                json!("api_key.bootstrap_rotate")
+            ]
+        );
+        for row in &rows {
+            let text = row.to_string();
+            assert!(!text.contains(rotated) && !text.contains(ADMIN), "{text}");
+        }
+
+        // Unset, the key stays: only the explicit command revokes it.
+        app.config.admin_token = None;
+        let app = app.restart().await;
+        app.request("GET", "/api/v1/apps", Some(rotated), None)
+            .await
+            .expect(200);
+        let out = roster_cmd(&app, &["revoke-bootstrap-key"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        app.request("GET", "/api/v1/apps", Some(rotated), None)
+            .await
+            .problem(401);
+        let rows = audit_actions(&app).await;
+        assert_eq!(
+            rows.last().map(|r| r["action"].clone()),
+            Some(json!("api_key.bootstrap_revoke")),
+            "{rows:?}"
+        );
+        let help = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+            .arg("--help")
+            .output()
+            .expect("help");
+        assert!(
+            String::from_utf8_lossy(&help.stdout).contains("revoke-bootstrap-key"),
+            "the command is in --help"
+        );
+        for command in ["serve", "revoke-bootstrap-key", "reconcile", "bench"] {
+            let help = std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+                .args([command, "--help"])
+                .output()
+                .expect("help");
+            let text = String::from_utf8_lossy(&help.stdout);
+            assert!(!text.contains("DESIGN"), "{command} --help: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_short_bootstrap_token_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = roster::config::Config {
+            database_url: format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display()),
+            admin_token: Some("admin-secret".to_owned().into()),
+            secret_key: Some(roster::crypto::SecretBox::generate_base64().into()),
+            ..roster::config::Config::default()
+        };
+        let err = match roster::startup::build(config).await {
+            Ok(_) => panic!("a 12-character admin token was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("ROSTER_ADMIN_TOKEN") && err.contains("32"),
+            "{err}"
+        );
+    }
+}
+
+/// `last_used_at` tells an admin which keys are still in use, written at most once a minute.
+#[tokio::test]
+async fn a_keys_last_use_is_recorded_at_most_once_a_minute() {
+    let app = spawn_app().await;
+    let token = app.key(&["read"]).await;
+    let id = token
+        .strip_prefix("rst_")
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id.to_owned())
+        .unwrap_or_default();
+    let listed = app.get("/api/v1/api-keys").await.expect(200);
+    let before = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["id"] == id.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert!(before["last_used_at"].is_null(), "{before}");
+    app.request("GET", "/api/v1/apps", Some(&token), None)
+        .await
+        .expect(200);
+    let query = format!("SELECT last_used_at FROM api_key WHERE id = '{id}'");
+    let first = crate::helpers::eventually(
+        "last_used_at to be written",
+        std::time::Duration::from_secs(10),
+        || async {
+            let rows = app.rows(&query).await;
+            rows.first()
+                .map(|r| r["last_used_at"].clone())
+                .filter(|v| !v.is_null())
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        app.request("GET", "/api/v1/apps", Some(&token), None)
+            .await
+            .expect(200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rows = app.rows(&query).await;
+    assert_eq!(
+        rows[0]["last_used_at"], first,
+        "not rewritten within a minute"
+    );
+    let listed = app.get("/api/v1/api-keys").await.expect(200);
+    assert!(
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["id"] == id.as_str() && !k["last_used_at"].is_null()),
+        "{listed}"
+    );
+}

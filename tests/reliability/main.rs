@@ -15,7 +15,8 @@ use sea_orm::{
 };
 use serde_json::{Value, json};
 
-const ADMIN: &str = "reliability-admin";
+/// At least 32 characters: shorter bootstrap tokens are refused.
+const ADMIN: &str = "reliability-admin-0123456789abcdef";
 const TOKEN: &str = "target-token";
 
 struct Node {

@@ -2,6 +2,7 @@
 pub mod api_key;
 pub mod app;
 pub mod audit;
+pub mod credential_key;
 pub mod group;
 pub mod group_member;
 pub mod hr_event;
