@@ -1,11 +1,17 @@
 //! `roster dev-target`: an in-memory SCIM 2.0 server for demos, tests and benchmarks.
-//! Depends only on `scim` (its filter parser and PATCH applier).
+//! Depends only on `scim`'s types and constants: its filters are read by the `scim_v2` crate and
+//! evaluated in `filter`, its PATCH applied in `patch`, with no code shared with roster's client,
+//! so that tests checking roster against it check against an independent implementation.
 //!
 //! - SCIM root: `http://ADDR/scim/v2` ([`DevTarget::base_url`]): `/Users`, `/Groups` (CRUD,
 //!   `filter=`, `startIndex`/`count`, PATCH, PUT, `.search`), `/ServiceProviderConfig` (no
 //!   auth; advertises `filter.maxResults` = `--max-page-size`, ETags, PATCH), `/ResourceTypes`,
-//!   `/Schemas`. `userName` is unique ignoring case (409 `uniqueness`); `meta.version` is a weak
-//!   ETag from one counter, `If-Match` mismatches are 412; PATCH answers 200 with the resource.
+//!   `/Schemas`. `userName` and a group's `displayName` are unique ignoring case (409
+//!   `uniqueness`); `meta.version` is a strong ETag from one counter, `If-Match` compares
+//!   strongly (a weak tag never matches) and mismatches are 412; PATCH answers 200 with the
+//!   resource. As strict as RFC 7644 where a lenient server would hide a client bug: POST and PUT
+//!   need `schemas`, a PUT body's `id` must be the URL's, a PatchOp needs its `schemas`, a
+//!   `replace` whose value filter matches nothing is 400 `noTarget`, `active` is a boolean.
 //! - Control plane (no auth, no faults): `GET /_dev/stats` →
 //!   `{"requests": {"GET": n, …}, "throttled": n, "failed": n, "hung": n, "dropped": n, "users": n, "groups": n}`
 //!   (requests counts every SCIM request received, faulted or not), `POST /_dev/reset` (empties
@@ -23,6 +29,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+mod filter;
+mod patch;
 mod server;
 mod store;
 

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::DevTargetArgs;
+use super::filter;
 use super::store::{Kind, Refusal, Store};
-use crate::scim::{filter, schemas};
+use crate::scim::schemas;
 
 /// The SCIM root under the listen address.
 pub const SCIM_ROOT: &str = "/scim/v2";
@@ -370,6 +371,7 @@ impl DevEndpoint {
             ("POST", [collection]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                Store::require_schemas(kind, &body())?;
                 let created = store.create(kind, body())?;
                 Ok(resource_response(201, &created))
             }
@@ -378,10 +380,13 @@ impl DevEndpoint {
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
                 match method.as_str() {
                     "GET" => Ok(resource_response(200, &store.get(kind, id)?)),
-                    "PUT" => Ok(resource_response(
-                        200,
-                        &store.replace(kind, id, body(), if_match)?,
-                    )),
+                    "PUT" => {
+                        Store::require_schemas(kind, &body())?;
+                        Ok(resource_response(
+                            200,
+                            &store.replace(kind, id, body(), if_match)?,
+                        ))
+                    }
                     "PATCH" => Ok(resource_response(
                         200,
                         &store.patch(kind, id, &body(), if_match)?,
