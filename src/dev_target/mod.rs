@@ -73,6 +73,13 @@ pub struct DevTargetArgs {
     /// Send `Retry-After` as an HTTP date instead of seconds.
     #[arg(long)]
     pub retry_after_http_date: bool,
+    /// Answer the first N requests to /Users and /Groups 429 with `Retry-After:
+    /// --throttle-seconds`, whatever the rate (a scripted, reproducible throttle).
+    #[arg(long, default_value_t = 0)]
+    pub throttle_first: u32,
+    /// The `Retry-After` of `--throttle-first`'s answers, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub throttle_seconds: u64,
     /// Share of writes applied but never answered (the reply is lost), 0.0..=1.0.
     #[arg(long, default_value_t = 0.0)]
     pub drop_reply_rate: f64,
@@ -93,6 +100,8 @@ impl Default for DevTargetArgs {
             advertised_max_results: None,
             paging_wraps: false,
             retry_after_http_date: false,
+            throttle_first: 0,
+            throttle_seconds: 3,
             drop_reply_rate: 0.0,
         }
     }

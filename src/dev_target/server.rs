@@ -26,6 +26,8 @@ const MAX_REQUEST_BODY: usize = 1024 * 1024;
 struct Stats {
     requests: BTreeMap<String, u64>,
     throttled: u64,
+    /// Answers still to throttle under `--throttle-first`.
+    scripted_throttles_used: u32,
     failed: u64,
     hung: u64,
     dropped: u64,
@@ -94,6 +96,19 @@ impl Shared {
         if let Ok(mut stats) = self.stats.lock() {
             f(&mut stats);
         }
+    }
+
+    /// Whether this request is one of the first `--throttle-first` (counted as throttled).
+    fn scripted_throttle(&self) -> bool {
+        let Ok(mut stats) = self.stats.lock() else {
+            return false;
+        };
+        if stats.scripted_throttles_used >= self.args.throttle_first {
+            return false;
+        }
+        stats.scripted_throttles_used += 1;
+        stats.throttled += 1;
+        true
     }
 
     fn roll(&self) -> f64 {
@@ -194,6 +209,18 @@ impl DevEndpoint {
         let args = &shared.args;
         if args.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.latency_ms)).await;
+        }
+        let resource_path = matches!(
+            segments.first().map(String::as_str),
+            Some("Users" | "Groups")
+        );
+        if resource_path && shared.scripted_throttle() {
+            let refusal = Refusal::new(429, None, "scripted throttle");
+            return with_retry_after(
+                error_response(&refusal),
+                args.throttle_seconds,
+                args.retry_after_http_date,
+            );
         }
         if let Some(limiter) = &shared.limiter
             && let Err(not_until) = limiter.check()

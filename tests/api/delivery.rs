@@ -466,6 +466,52 @@ async fn a_throttling_target_gets_everyone_within_its_limit() {
     );
 }
 
+/// A joiner's first call is answered 429 with `Retry-After` of 3 s (as seconds or as an HTTP
+/// date); returns how long the account took to appear. A Retry-After that was not understood
+/// (a broken HTTP-date parse falls back to 1 s) shows as a shorter wait.
+async fn measured_retry_after(http_date: bool) -> Duration {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        throttle_first: 1,
+        throttle_seconds: 3,
+        retry_after_http_date: http_date,
+        ..Default::default()
+    })
+    .await;
+    app.create_app(&sherpany("paused", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let started = std::time::Instant::now();
+    post_joiners(&app, "w", "W", 1).await;
+    eventually(
+        "the user after the pause",
+        Duration::from_secs(20),
+        || async { (target.stats()["users"] == 1).then_some(()) },
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(target.stats()["throttled"], 1, "{}", target.stats());
+    waited
+}
+
+#[tokio::test]
+async fn retry_after_in_seconds_is_waited_out() {
+    let waited = measured_retry_after(false).await;
+    assert!(
+        waited >= Duration::from_millis(2900) && waited < Duration::from_secs(10),
+        "waited {waited:?} for a Retry-After of 3 s"
+    );
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_waited_out() {
+    let waited = measured_retry_after(true).await;
+    // The date has whole seconds: "3 s from now" is between 2 and 3 s away.
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "waited {waited:?} for a Retry-After date 3 s ahead"
+    );
+}
+
 #[tokio::test]
 async fn retry_after_as_an_http_date_is_honoured_too() {
     let app = spawn_app().await;

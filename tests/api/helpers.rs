@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use roster::config::Config;
 use roster::startup;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
 pub const ADMIN: &str = "test-admin-token";
@@ -55,24 +55,10 @@ impl Answer {
     }
 }
 
-async fn fresh_database(dir: &std::path::Path) -> String {
-    match std::env::var("ROSTER_TEST_DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let admin = Database::connect(&url)
-                .await
-                .expect("connect to the test PostgreSQL");
-            let name = format!("roster_t_{}", uuid::Uuid::new_v4().simple());
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create a test database");
-            admin.close().await.ok();
-            let (base, _) = url.rsplit_once('/').expect("a database URL ends in /NAME");
-            format!("{base}/{name}")
-        }
-        _ => format!("sqlite://{}?mode=rwc", dir.join("roster.db").display()),
-    }
-}
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::app_body;
+use common::fresh_database;
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -247,22 +233,6 @@ impl TestApp {
         .expect("count query")
         .map_or(0, |c| c.n)
     }
-}
-
-/// An app body with sensible test defaults; `overrides` are merged at the top level.
-pub fn app_body(name: &str, overrides: Value) -> Value {
-    let mut body = json!({
-        "name": name,
-        "base_url": "http://127.0.0.1:9/scim/v2",
-        "auth": {"type": "bearer", "token": "target-token"},
-        "scope": {"email_domains": ["example.com"]},
-    });
-    if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
-        for (k, v) in o {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    body
 }
 
 pub fn joiner(event_id: &str, employee_id: &str, at: &str, extra: Value) -> Value {
