@@ -218,7 +218,9 @@ async fn joiner_mover_leaver_reach_the_dev_target() {
 
 #[tokio::test]
 async fn joiner_mover_leaver_reach_the_third_party_peer() {
-    let Some((base, token)) = peer() else { return };
+    let Some((base, token, _turn)) = peer().await else {
+        return;
+    };
     let app = spawn_app().await;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     joiner_mover_leaver(&app, &base, &token, &tag).await;
@@ -357,7 +359,9 @@ async fn group_member_names(base: &str, token: &str, group: &str) -> Option<Vec<
 
 #[tokio::test]
 async fn a_pushed_group_follows_roster_membership_on_the_third_party_peer() {
-    let Some((base, token)) = peer() else { return };
+    let Some((base, token, _turn)) = peer().await else {
+        return;
+    };
     let app = spawn_app().await;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let group = format!("board-{tag}");
@@ -833,6 +837,96 @@ async fn a_401_quarantines_the_app_and_a_probe_lifts_it_once_fixed() {
         .await
         .expect(200);
     assert_eq!(status["state"], "active", "{status}");
+}
+
+/// A target that finds no one and refuses every write with `status` and a SCIM error: the
+/// permanent refusals of a real app (a 400 for a value it does not accept, a 403 for a token
+/// without the right to create users). Stops with the returned token.
+async fn refusing_target(status: u16) -> (String, tokio_util::sync::CancellationToken) {
+    use poem::listener::{Acceptor as _, Listener as _};
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    let endpoint = poem::endpoint::make_sync(move |req: poem::Request| {
+        let (code, body) = if req.method() == poem::http::Method::GET {
+            let body = if req.uri().path().ends_with("/ServiceProviderConfig") {
+                json!({"patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100}})
+            } else {
+                json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+                       "totalResults": 0, "startIndex": 1, "itemsPerPage": 0, "Resources": []})
+            };
+            (200, body)
+        } else {
+            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                              "status": status.to_string(), "detail": "refused by the stub"});
+            (status, body)
+        };
+        poem::Response::builder()
+            .status(poem::http::StatusCode::from_u16(code).expect("a status"))
+            .content_type("application/scim+json")
+            .body(body.to_string())
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let shutdown = stop.clone();
+    tokio::spawn(async move {
+        poem::Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(endpoint, shutdown.cancelled_owned(), None)
+            .await
+    });
+    (format!("http://{addr}/scim/v2"), stop)
+}
+
+/// A target's own refusal of a create, 400 or 403, is permanent: the job is dead after one
+/// attempt, with the target's answer as its reason, and the app is not quarantined for it.
+#[tokio::test]
+async fn a_target_refusal_400_or_403_is_a_dead_letter() {
+    for status in [400_u16, 403] {
+        let app = spawn_app().await;
+        let (base, stop) = refusing_target(status).await;
+        let name = format!("refuses-{status}");
+        let created = app
+            .create_app(&sherpany(&name, &base, TOKEN, json!({})))
+            .await;
+        let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+        app.post_event(&joiner(
+            &format!("r{status}"),
+            &format!("R{status}"),
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+        let dead = eventually("a dead letter", Duration::from_secs(20), || async {
+            let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+            jobs["items"].as_array().and_then(|a| a.first().cloned())
+        })
+        .await;
+        assert_eq!(dead["app_id"], app_id.as_str());
+        assert_eq!(dead["attempts"], 1, "not retried: {dead}");
+        assert!(
+            dead["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&status.to_string())),
+            "{dead}"
+        );
+        let posts = app
+            .rows(&format!(
+                "SELECT id FROM operation WHERE method = 'POST' AND status = {status}"
+            ))
+            .await;
+        assert_eq!(posts.len(), 1, "one POST, refused with {status}");
+        let app_status = app
+            .get(&format!("/api/v1/apps/{app_id}/status"))
+            .await
+            .expect(200);
+        assert_eq!(app_status["dead"], 1, "{app_status}");
+        assert_ne!(app_status["state"], "quarantined", "{app_status}");
+        stop.cancel();
+    }
 }
 
 #[tokio::test]

@@ -253,11 +253,19 @@ pub fn event(event_id: &str, kind: &str, employee_id: &str, at: &str, extra: Val
     json!({"event_id": event_id, "type": kind, "occurred_at": at, "employee": employee})
 }
 
-/// The third-party SCIM server started by `with-peer.sh`: `(base_url, token)`. `None` (with a
-/// printed reason) on a developer machine without it; under `CI=true` its absence fails.
-pub fn peer() -> Option<(String, String)> {
+/// The peer speaks HTTP/1.0, single-threaded, with a listen backlog of 5: one test at a time
+/// talks to it, whichever module it is in.
+static PEER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test's turn with the peer; the next peer test waits until it is dropped.
+pub type PeerTurn = tokio::sync::MutexGuard<'static, ()>;
+
+/// The third-party SCIM server started by `with-peer.sh`: `(base_url, token, turn)`, once no
+/// other test uses it; keep `turn` for the whole test. `None` (with a printed reason) on a
+/// developer machine without it; under `CI=true` its absence fails.
+pub async fn peer() -> Option<(String, String, PeerTurn)> {
     match (std::env::var("PEER_BASE_URL"), std::env::var("PEER_TOKEN")) {
-        (Ok(base), Ok(token)) => Some((base, token)),
+        (Ok(base), Ok(token)) => Some((base, token, PEER.lock().await)),
         _ => {
             assert_ne!(
                 std::env::var("CI").as_deref(),
@@ -304,10 +312,20 @@ where
 impl TestApp {
     /// Waits until no job of the app is pending or running.
     pub async fn settled(&self, app_id: &str, timeout: Duration) {
+        self.drained(&format!("app_id = '{app_id}' AND "), timeout)
+            .await;
+    }
+
+    /// Waits until no job of any app is pending or running.
+    pub async fn settled_all(&self, timeout: Duration) {
+        self.drained("", timeout).await;
+    }
+
+    async fn drained(&self, condition: &str, timeout: Duration) {
         eventually("the queue to drain", timeout, || async {
             let n = self
                 .rows(&format!(
-                    "SELECT id FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+                    "SELECT id FROM job WHERE {condition}state IN ('pending', 'running')"
                 ))
                 .await
                 .len();

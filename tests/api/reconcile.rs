@@ -2,7 +2,7 @@
 //! their class, a dry run changes nothing, a fix run corrects drift, missing and orphan
 //! accounts through the queue and leaves unmatched and unmanaged ones alone, and a second run
 //! finds nothing to do. Against the in-process dev-target and against the third-party peer.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -12,34 +12,18 @@ const TOKEN: &str = "target-token";
 const AT: &str = "2026-11-01T09:00:00Z";
 const LATER: &str = "2026-11-02T09:00:00Z";
 
-/// The peer speaks HTTP/1.0 with a tiny backlog: one peer test at a time.
-static PEER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Polls `probe` until it returns `Some`, failing after 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+/// `helpers::eventually` with this module's 20 s.
+async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(what, Duration::from_secs(20), probe).await
 }
 
 /// Waits until the queue holds no pending or running job.
 async fn settled(app: &TestApp) {
-    eventually("the queue to drain", || async {
-        let busy = app
-            .rows("SELECT id FROM job WHERE state IN ('pending', 'running')")
-            .await;
-        busy.is_empty().then_some(())
-    })
-    .await;
+    app.settled_all(Duration::from_secs(20)).await;
 }
 
 async fn deactivated_links(app: &TestApp) -> usize {
@@ -419,10 +403,9 @@ async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_dev_target() {
 
 #[tokio::test]
 async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_peer() {
-    let Some((base, token)) = peer() else {
+    let Some((base, token, _turn)) = peer().await else {
         return;
     };
-    let _one = PEER.lock().await;
     let app = spawn_app().await;
     let hand = Target {
         base: base.trim_end_matches('/').to_owned(),
@@ -650,10 +633,9 @@ async fn reconcile_finds_and_fixes_drift_in_the_dev_target() {
 
 #[tokio::test]
 async fn reconcile_finds_and_fixes_drift_in_the_peer() {
-    let Some((base, token)) = peer() else {
+    let Some((base, token, _turn)) = peer().await else {
         return;
     };
-    let _one = PEER.lock().await;
     let app = spawn_app().await;
     let hand = Target {
         base: base.trim_end_matches('/').to_owned(),

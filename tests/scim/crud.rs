@@ -82,7 +82,7 @@ async fn targets_without_patch_get_users_put_and_groups_refused() {
     let g = t
         .client
         .groups()
-        .create(&json!({"displayName": "g"}))
+        .create(&json!({"schemas": [roster::scim::schemas::GROUP], "displayName": "g"}))
         .await
         .unwrap();
     let err = t
