@@ -1289,8 +1289,17 @@ async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
         shown.contains("deletion guard") && shown.contains("resume the app"),
         "the status says why: {shown}"
     );
-    // Held: no more than max_count went through, and they stay held.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Held: no more than max_count went through; the other five wait as pending jobs of the
+    // paused app, which the engine does not claim (a state to reach, not a window of time).
+    eventually("the other five held", Duration::from_secs(30), || async {
+        let jobs = app
+            .rows(&format!(
+                "SELECT state FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+            ))
+            .await;
+        (jobs.len() == 5 && jobs.iter().all(|j| j["state"] == "pending")).then_some(())
+    })
+    .await;
     assert_eq!(
         inactive_users(&target),
         3,
