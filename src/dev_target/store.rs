@@ -280,27 +280,31 @@ impl Store {
         resource
     }
 
-    /// RFC 7643 §3: a resource sent with POST or PUT names its schemas, its core schema among
-    /// them. (Seeding through [`Store::create`] directly does not need them.)
+    /// RFC 7643 §3: a resource sent with POST or PUT names its schemas: its core schema and
+    /// every extension whose object it carries. (Seeding through [`Store::create`] directly
+    /// does not need them.)
     pub fn require_schemas(kind: Kind, body: &Value) -> Result<(), Refusal> {
-        let named = body
-            .as_object()
+        let object = body.as_object();
+        let listed: Vec<&str> = object
             .and_then(|o| get_ci(o, "schemas"))
             .and_then(Value::as_array)
-            .is_some_and(|s| {
-                s.iter().any(|u| {
-                    u.as_str()
-                        .is_some_and(|u| u.eq_ignore_ascii_case(kind.schema()))
-                })
-            });
-        if named {
-            Ok(())
-        } else {
-            Err(Refusal::new(
+            .map(|s| s.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let has = |urn: &str| listed.iter().any(|u| u.eq_ignore_ascii_case(urn));
+        let extensions = object
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .filter(|k| k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")));
+        match std::iter::once(kind.schema())
+            .chain(extensions.map(String::as_str))
+            .find(|urn| !has(urn))
+        {
+            None => Ok(()),
+            Some(missing) => Err(Refusal::new(
                 400,
                 Some("invalidSyntax"),
-                format!("`schemas` must include {}", kind.schema()),
-            ))
+                format!("`schemas` must include {missing}"),
+            )),
         }
     }
 
@@ -573,6 +577,10 @@ mod tests {
         let group_schema = json!({"schemas": [schemas::GROUP], "displayName": "g"});
         assert!(Store::require_schemas(Kind::User, &group_schema).is_err());
         assert!(Store::require_schemas(Kind::Group, &group_schema).is_ok());
+        let unlisted_extension = json!({"schemas": [schemas::USER], "userName": "a",
+            (schemas::ENTERPRISE_USER): {"department": "R&D"}});
+        let err = Store::require_schemas(Kind::User, &unlisted_extension).unwrap_err();
+        assert!(err.detail.contains("enterprise"), "{}", err.detail);
         // A PUT body's id is the URL's.
         let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
         let id = user["id"].as_str().unwrap();
