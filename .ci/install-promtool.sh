@@ -5,10 +5,19 @@
 # Idempotent: does nothing when promtool is already installed. Debian's `prometheus` package
 # ships promtool (there is no separate package on bookworm).
 #
-# Never fails CI by itself: without apt or root it warns and exits 0. The test then refuses to
-# skip when CI=true, so a runner that cannot install promtool still goes red, in one place,
-# with a message that names the missing tool.
+# Under CI=true (.ci/run exports it) it fails when it cannot install, so a runner without
+# promtool goes red here, naming the missing tool. Elsewhere (a developer's machine) it warns and
+# exits 0, and the test skips.
 set -u
+
+give_up() {
+    if [ "${CI:-}" = "true" ]; then
+        echo "install-promtool: ERROR: $1" >&2
+        exit 1
+    fi
+    echo "install-promtool: WARNING: $1; alert rules will not be checked" >&2
+    exit 0
+}
 
 if command -v promtool >/dev/null 2>&1; then
     echo "install-promtool: $(promtool --version 2>&1 | head -n 1)"
@@ -16,8 +25,7 @@ if command -v promtool >/dev/null 2>&1; then
 fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-promtool: WARNING: promtool is missing and apt-get is unavailable; alert rules will not be checked" >&2
-    exit 0
+    give_up "promtool is missing and apt-get is unavailable"
 fi
 
 SUDO=""
@@ -25,8 +33,7 @@ if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then
         SUDO="sudo -n"
     else
-        echo "install-promtool: WARNING: promtool is missing and this user cannot run apt-get; alert rules will not be checked" >&2
-        exit 0
+        give_up "promtool is missing and this user cannot run apt-get"
     fi
 fi
 
@@ -34,8 +41,7 @@ start=$(date +%s)
 # --no-install-recommends: the recommends pull in node exporters and web assets we don't need.
 if ! { $SUDO apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; then
-    echo "install-promtool: WARNING: apt-get could not install the prometheus package; alert rules will not be checked" >&2
-    exit 0
+    give_up "apt-get could not install the prometheus package"
 fi
 
 # The package's postinst may start a Prometheus server on hosts with an init system; CI only
@@ -45,6 +51,6 @@ $SUDO systemctl stop prometheus >/dev/null 2>&1 || true
 if command -v promtool >/dev/null 2>&1; then
     echo "install-promtool: installed $(promtool --version 2>&1 | head -n 1) in $(($(date +%s) - start)) s"
 else
-    echo "install-promtool: WARNING: the prometheus package installed but promtool is not on PATH" >&2
+    give_up "the prometheus package installed but promtool is not on PATH"
 fi
 exit 0

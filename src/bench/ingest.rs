@@ -38,9 +38,18 @@ async fn measure(harness: &Arc<Harness>, n: usize) -> Result<Figures, BenchError
     }
     harness::join_all(tasks, deadline, "the ingest load").await?;
     let elapsed = start.elapsed();
+    // Correctness beside the speed: each accepted event made its one identity.
+    let identities = {
+        use sea_orm::{EntityTrait as _, PaginatorTrait as _};
+        crate::store::entity::identity::Entity::find()
+            .count(harness.roster.db())
+            .await
+            .map_err(|e| BenchError::Setup(format!("counting identities: {e}")))?
+    };
     Ok(Figures::new(Scenario::Ingest)
         .with("n", n)
         .with("connections", CONNECTIONS)
         .with("per_s", per_second(n, elapsed))
+        .with("identities", identities)
         .with("seconds", super::round(elapsed.as_secs_f64(), 2)))
 }

@@ -45,6 +45,14 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
     let calls: u64 = stats["requests"].as_object().map_or(0, |m| {
         m.values().filter_map(serde_json::Value::as_u64).sum()
     });
+    // Correctness beside the speed: every account there once, none POSTed twice.
+    let distinct_user_names = harness
+        .target
+        .users_snapshot()
+        .iter()
+        .filter_map(|u| u["userName"].as_str().map(str::to_lowercase))
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     Ok(Figures::new(Scenario::Throughput)
         .with("n", n)
         .with("concurrency", WORKERS)
@@ -54,6 +62,9 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with("roster_seconds", round(elapsed.as_secs_f64(), 2))
         .with("batch_ingest_per_s", per_second(n, ingested))
         .with("target_calls", calls)
+        .with("target_users", stats["users"].clone())
+        .with("target_posts", stats["requests"]["POST"].clone())
+        .with("distinct_user_names", distinct_user_names)
         .with(
             "target_calls_per_user",
             round(calls as f64 / n.max(1) as f64, 2),

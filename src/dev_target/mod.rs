@@ -1,11 +1,17 @@
 //! `roster dev-target`: an in-memory SCIM 2.0 server for demos, tests and benchmarks.
-//! Depends only on `scim` (its filter parser and PATCH applier).
+//! Depends only on `scim`'s types and constants: its filters are read by the `scim_v2` crate and
+//! evaluated in `filter`, its PATCH applied in `patch`, with no code shared with roster's client,
+//! so that tests checking roster against it check against an independent implementation.
 //!
 //! - SCIM root: `http://ADDR/scim/v2` ([`DevTarget::base_url`]): `/Users`, `/Groups` (CRUD,
 //!   `filter=`, `startIndex`/`count`, PATCH, PUT, `.search`), `/ServiceProviderConfig` (no
 //!   auth; advertises `filter.maxResults` = `--max-page-size`, ETags, PATCH), `/ResourceTypes`,
-//!   `/Schemas`. `userName` is unique ignoring case (409 `uniqueness`); `meta.version` is a weak
-//!   ETag from one counter, `If-Match` mismatches are 412; PATCH answers 200 with the resource.
+//!   `/Schemas`. `userName` and a group's `displayName` are unique ignoring case (409
+//!   `uniqueness`); `meta.version` is a strong ETag from one counter, `If-Match` compares
+//!   strongly (a weak tag never matches) and mismatches are 412; PATCH answers 200 with the
+//!   resource. As strict as RFC 7644 where a lenient server would hide a client bug: POST and PUT
+//!   need `schemas`, a PUT body's `id` must be the URL's, a PatchOp needs its `schemas`, a
+//!   `replace` whose value filter matches nothing is 400 `noTarget`, `active` is a boolean.
 //! - Control plane (no auth, no faults): `GET /_dev/stats` →
 //!   `{"requests": {"GET": n, …}, "throttled": n, "failed": n, "hung": n, "dropped": n, "users": n, "groups": n}`
 //!   (requests counts every SCIM request received, faulted or not), `POST /_dev/reset` (empties
@@ -23,6 +29,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+mod filter;
+mod patch;
 mod server;
 mod store;
 
@@ -65,6 +73,13 @@ pub struct DevTargetArgs {
     /// Send `Retry-After` as an HTTP date instead of seconds.
     #[arg(long)]
     pub retry_after_http_date: bool,
+    /// Answer the first N requests to /Users and /Groups 429 with `Retry-After:
+    /// --throttle-seconds`, whatever the rate (a scripted, reproducible throttle).
+    #[arg(long, default_value_t = 0)]
+    pub throttle_first: u32,
+    /// The `Retry-After` of `--throttle-first`'s answers, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub throttle_seconds: u64,
     /// Share of writes applied but never answered (the reply is lost), 0.0..=1.0.
     #[arg(long, default_value_t = 0.0)]
     pub drop_reply_rate: f64,
@@ -85,6 +100,8 @@ impl Default for DevTargetArgs {
             advertised_max_results: None,
             paging_wraps: false,
             retry_after_http_date: false,
+            throttle_first: 0,
+            throttle_seconds: 3,
             drop_reply_rate: 0.0,
         }
     }

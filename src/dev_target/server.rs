@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::DevTargetArgs;
+use super::filter;
 use super::store::{Kind, Refusal, Store};
-use crate::scim::{filter, schemas};
+use crate::scim::schemas;
 
 /// The SCIM root under the listen address.
 pub const SCIM_ROOT: &str = "/scim/v2";
@@ -25,6 +26,8 @@ const MAX_REQUEST_BODY: usize = 1024 * 1024;
 struct Stats {
     requests: BTreeMap<String, u64>,
     throttled: u64,
+    /// Answers still to throttle under `--throttle-first`.
+    scripted_throttles_used: u32,
     failed: u64,
     hung: u64,
     dropped: u64,
@@ -93,6 +96,19 @@ impl Shared {
         if let Ok(mut stats) = self.stats.lock() {
             f(&mut stats);
         }
+    }
+
+    /// Whether this request is one of the first `--throttle-first` (counted as throttled).
+    fn scripted_throttle(&self) -> bool {
+        let Ok(mut stats) = self.stats.lock() else {
+            return false;
+        };
+        if stats.scripted_throttles_used >= self.args.throttle_first {
+            return false;
+        }
+        stats.scripted_throttles_used += 1;
+        stats.throttled += 1;
+        true
     }
 
     fn roll(&self) -> f64 {
@@ -193,6 +209,18 @@ impl DevEndpoint {
         let args = &shared.args;
         if args.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.latency_ms)).await;
+        }
+        let resource_path = matches!(
+            segments.first().map(String::as_str),
+            Some("Users" | "Groups")
+        );
+        if resource_path && shared.scripted_throttle() {
+            let refusal = Refusal::new(429, None, "scripted throttle");
+            return with_retry_after(
+                error_response(&refusal),
+                args.throttle_seconds,
+                args.retry_after_http_date,
+            );
         }
         if let Some(limiter) = &shared.limiter
             && let Err(not_until) = limiter.check()
@@ -370,6 +398,7 @@ impl DevEndpoint {
             ("POST", [collection]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                Store::require_schemas(kind, &body())?;
                 let created = store.create(kind, body())?;
                 Ok(resource_response(201, &created))
             }
@@ -378,10 +407,13 @@ impl DevEndpoint {
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
                 match method.as_str() {
                     "GET" => Ok(resource_response(200, &store.get(kind, id)?)),
-                    "PUT" => Ok(resource_response(
-                        200,
-                        &store.replace(kind, id, body(), if_match)?,
-                    )),
+                    "PUT" => {
+                        Store::require_schemas(kind, &body())?;
+                        Ok(resource_response(
+                            200,
+                            &store.replace(kind, id, body(), if_match)?,
+                        ))
+                    }
                     "PATCH" => Ok(resource_response(
                         200,
                         &store.patch(kind, id, &body(), if_match)?,

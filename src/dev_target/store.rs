@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value, json};
 
-use crate::scim::filter::{self, CompareOp, Filter};
-use crate::scim::patch::{self, PatchRequest};
+use scim_v2::filter::{AttrPath, Filter};
+
+use super::filter::{self, get_ci, is_extension_urn};
+use super::patch;
 use crate::scim::schemas;
 
 /// A SCIM error answer: status, optional `scimType`, detail.
@@ -77,6 +79,8 @@ pub struct Store {
     groups: BTreeMap<String, Value>,
     /// Lower-cased userName → id: uniqueness and the `userName eq` fast path.
     user_names: HashMap<String, String>,
+    /// Lower-cased group displayName → id: uniqueness (`displayName` is `caseExact: false`).
+    group_names: HashMap<String, String>,
     version: u64,
     /// Where resources say they live (`meta.location`).
     base_url: String,
@@ -89,7 +93,7 @@ fn now() -> String {
 /// Whether a PATCH path names an attribute of the resource's schema (RFC 7643 §4), so that a
 /// typo is a 400 `invalidPath` as on real servers, not a new attribute. Extension attributes
 /// (`urn:…:extension:…`) are accepted as they come.
-fn known_path(kind: Kind, path: &str) -> bool {
+fn known_path(kind: Kind, path: &AttrPath) -> bool {
     const USER: &[&str] = &[
         "userName",
         "name",
@@ -115,46 +119,27 @@ fn known_path(kind: Kind, path: &str) -> bool {
         "externalId",
     ];
     const GROUP: &[&str] = &["displayName", "members", "externalId"];
-    let local = if filter::has_urn_prefix(path) {
-        let before_filter = path.split('[').next().unwrap_or(path);
-        let Some(idx) = before_filter.rfind(':') else {
-            return false;
-        };
-        if path[..idx].to_ascii_lowercase().contains(":extension:") {
-            return true;
-        }
-        &path[idx + 1..]
-    } else {
-        path
-    };
-    let attr = local.split(['.', '[']).next().unwrap_or("");
+    if path.uri.as_deref().is_some_and(is_extension_urn) {
+        return true;
+    }
     let known = match kind {
         Kind::User => USER,
         Kind::Group => GROUP,
     };
-    known.iter().any(|k| k.eq_ignore_ascii_case(attr))
+    known.iter().any(|k| k.eq_ignore_ascii_case(&path.name))
 }
 
-/// Collects the values of `filter` if it is `userName eq "…"` terms joined by `or`.
-fn user_name_terms<'a>(filter: &'a Filter, names: &mut Vec<&'a str>) -> bool {
-    match filter {
-        Filter::Compare {
-            attr,
-            op: CompareOp::Eq,
-            value: Value::String(name),
-        } if attr.eq_ignore_ascii_case("userName") => {
-            names.push(name);
-            true
-        }
-        Filter::Or(a, b) => user_name_terms(a, names) && user_name_terms(b, names),
-        _ => false,
-    }
+fn group_name_of(resource: &Value) -> Option<&str> {
+    resource
+        .as_object()
+        .and_then(|o| get_ci(o, "displayName"))
+        .and_then(Value::as_str)
 }
 
 fn user_name_of(resource: &Value) -> Option<&str> {
     resource
         .as_object()
-        .and_then(|o| filter::get_ci(o, "userName"))
+        .and_then(|o| get_ci(o, "userName"))
         .and_then(Value::as_str)
 }
 
@@ -193,9 +178,10 @@ impl Store {
         self.map(kind).values().cloned().collect()
     }
 
+    /// A strong ETag: the stored resource is byte-exact, and `If-Match` compares strongly.
     fn next_version(&mut self) -> String {
         self.version += 1;
-        format!("W/\"{}\"", self.version)
+        format!("\"{}\"", self.version)
     }
 
     /// Checks the body and the userName's uniqueness (ignoring case, excluding `own_id`).
@@ -221,17 +207,30 @@ impl Store {
                 }
             }
             Kind::Group => {
-                let ok = filter::get_ci(object, "displayName")
+                let name = get_ci(object, "displayName")
                     .and_then(Value::as_str)
-                    .is_some_and(|n| !n.trim().is_empty());
-                if !ok {
+                    .filter(|n| !n.trim().is_empty())
+                    .ok_or_else(|| {
+                        Refusal::new(400, Some("invalidValue"), "displayName is required")
+                    })?;
+                if let Some(holder) = self.group_names.get(&name.to_lowercase())
+                    && Some(holder.as_str()) != own_id
+                {
                     return Err(Refusal::new(
-                        400,
-                        Some("invalidValue"),
-                        "displayName is required",
+                        409,
+                        Some("uniqueness"),
+                        format!("a group named {name} already exists"),
                     ));
                 }
             }
+        }
+        // RFC 7643 §4.1.1: `active` is a boolean; `"False"` as a string is refused.
+        if get_ci(object, "active").is_some_and(|a| !a.is_boolean()) {
+            return Err(Refusal::new(
+                400,
+                Some("invalidValue"),
+                "active must be a boolean",
+            ));
         }
         Ok(())
     }
@@ -246,7 +245,7 @@ impl Store {
         if !object.contains_key("schemas") {
             object.insert("schemas".into(), json!([kind.schema()]));
         }
-        if kind == Kind::Group && filter::get_ci(&object, "members").is_none() {
+        if kind == Kind::Group && get_ci(&object, "members").is_none() {
             object.insert("members".into(), json!([]));
         }
         let stamp = now();
@@ -263,17 +262,50 @@ impl Store {
             }),
         );
         let resource = Value::Object(object);
-        if kind == Kind::User {
-            if let Some(old) = self.users.get(id).and_then(user_name_of) {
-                let old = old.to_lowercase();
-                self.user_names.remove(&old);
-            }
-            if let Some(name) = user_name_of(&resource) {
-                self.user_names.insert(name.to_lowercase(), id.to_owned());
-            }
+        let (names, name_of): (_, fn(&Value) -> Option<&str>) = match kind {
+            Kind::User => (&mut self.user_names, user_name_of),
+            Kind::Group => (&mut self.group_names, group_name_of),
+        };
+        let old = match kind {
+            Kind::User => self.users.get(id),
+            Kind::Group => self.groups.get(id),
+        };
+        if let Some(old) = old.and_then(name_of) {
+            names.remove(&old.to_lowercase());
+        }
+        if let Some(name) = name_of(&resource) {
+            names.insert(name.to_lowercase(), id.to_owned());
         }
         self.map_mut(kind).insert(id.to_owned(), resource.clone());
         resource
+    }
+
+    /// RFC 7643 §3: a resource sent with POST or PUT names its schemas: its core schema and
+    /// every extension whose object it carries. (Seeding through [`Store::create`] directly
+    /// does not need them.)
+    pub fn require_schemas(kind: Kind, body: &Value) -> Result<(), Refusal> {
+        let object = body.as_object();
+        let listed: Vec<&str> = object
+            .and_then(|o| get_ci(o, "schemas"))
+            .and_then(Value::as_array)
+            .map(|s| s.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let has = |urn: &str| listed.iter().any(|u| u.eq_ignore_ascii_case(urn));
+        let extensions = object
+            .into_iter()
+            .flat_map(|o| o.keys())
+            .filter(|k| k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:")));
+        match std::iter::once(kind.schema())
+            .chain(extensions.map(String::as_str))
+            .find(|urn| !has(urn))
+        {
+            None => Ok(()),
+            Some(missing) => Err(Refusal::new(
+                400,
+                Some("invalidSyntax"),
+                format!("`schemas` must include {missing}"),
+            )),
+        }
     }
 
     pub fn create(&mut self, kind: Kind, body: Value) -> Result<Value, Refusal> {
@@ -289,13 +321,14 @@ impl Store {
             .ok_or_else(|| Refusal::not_found(kind, id))
     }
 
-    /// 412 when `if_match` is given and is neither `*` nor the current version.
+    /// 412 when `if_match` is given and is neither `*` nor the current version. RFC 9110
+    /// §13.1.1: `If-Match` uses the strong comparison, so a weak tag (`W/"3"`) never matches.
     fn precondition(&self, kind: Kind, id: &str, if_match: Option<&str>) -> Result<Value, Refusal> {
         let current = self.get(kind, id)?;
         if let Some(wanted) = if_match {
             let version = current["meta"]["version"].as_str().unwrap_or_default();
-            let matches =
-                wanted.trim() == "*" || wanted.split(',').any(|tag| tag.trim() == version);
+            let strong = |tag: &str| !tag.starts_with("W/") && tag == version;
+            let matches = wanted.trim() == "*" || wanted.split(',').any(|tag| strong(tag.trim()));
             if !matches {
                 return Err(Refusal::new(412, None, "version mismatch"));
             }
@@ -311,6 +344,16 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<Value, Refusal> {
         let current = self.precondition(kind, id, if_match)?;
+        // RFC 7644 §3.5.1: `id` is the URL's; a body naming another resource is refused.
+        if let Some(body_id) = body.as_object().and_then(|o| get_ci(o, "id"))
+            && body_id.as_str() != Some(id)
+        {
+            return Err(Refusal::new(
+                400,
+                Some("mutability"),
+                format!("the body's id {body_id} is not the URL's {id}"),
+            ));
+        }
         self.validate(kind, &body, Some(id))?;
         let created = current["meta"]["created"].as_str().map(str::to_owned);
         Ok(self.store(kind, id, body, created))
@@ -324,25 +367,24 @@ impl Store {
         if_match: Option<&str>,
     ) -> Result<Value, Refusal> {
         let current = self.precondition(kind, id, if_match)?;
-        let request = PatchRequest::from_body(body)
-            .map_err(|e| Refusal::new(400, Some(e.scim_type), e.detail))?;
-        for op in &request.operations {
-            if let Some(path) = &op.path
-                && !known_path(kind, path)
+        let operations = patch::parse(body)?;
+        for op in &operations {
+            if let Some(attr) = op.attribute()
+                && !known_path(kind, attr)
             {
                 return Err(Refusal::new(
                     400,
                     Some("invalidPath"),
                     format!(
-                        "no attribute `{path}` in the {} schema",
+                        "no attribute `{}` in the {} schema",
+                        op.raw_path().unwrap_or_default(),
                         kind.resource_type()
                     ),
                 ));
             }
         }
         let mut patched = current.clone();
-        patch::apply(&mut patched, &request)
-            .map_err(|e| Refusal::new(400, Some(e.scim_type), e.detail))?;
+        patch::apply(&mut patched, &operations)?;
         self.validate(kind, &patched, Some(id))?;
         let created = current["meta"]["created"].as_str().map(str::to_owned);
         Ok(self.store(kind, id, patched, created))
@@ -350,7 +392,14 @@ impl Store {
 
     pub fn delete(&mut self, kind: Kind, id: &str, if_match: Option<&str>) -> Result<(), Refusal> {
         self.precondition(kind, id, if_match)?;
-        if let Some(old) = self.map_mut(kind).remove(id)
+        let removed = self.map_mut(kind).remove(id);
+        if let Some(old) = &removed
+            && kind == Kind::Group
+            && let Some(name) = group_name_of(old)
+        {
+            self.group_names.remove(&name.to_lowercase());
+        }
+        if let Some(old) = removed
             && kind == Kind::User
         {
             if let Some(name) = user_name_of(&old) {
@@ -391,10 +440,8 @@ impl Store {
         // Fast path for the matching look-ups delivery makes before creating: `userName eq`
         // one value, or several joined by `or`, answered from the userName index as a real
         // server would, in the order asked.
-        let mut names = Vec::new();
         if kind == Kind::User
-            && let Some(filter) = filter
-            && user_name_terms(filter, &mut names)
+            && let Some(names) = filter.and_then(filter::user_name_terms)
         {
             let mut seen = std::collections::HashSet::new();
             let found: Vec<Value> = names
@@ -419,7 +466,7 @@ impl Store {
         let matching = self
             .map(kind)
             .values()
-            .filter(|r| filter.is_none_or(|f| f.matches(r)));
+            .filter(|r| filter.is_none_or(|f| filter::matches(f, r)));
         // Without a filter the total is the map's size: a full listing stays linear per page.
         let total = match filter {
             None => self.map(kind).len(),
@@ -468,17 +515,22 @@ mod tests {
         let mut store = Store::new(String::new());
         let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
         let id = user["id"].as_str().unwrap();
-        let op =
-            |path: &str| json!({"Operations": [{"op": "replace", "path": path, "value": "x"}]});
+        let op = |path: &str| {
+            json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                   "Operations": [{"op": "replace", "path": path, "value": "x"}]})
+        };
         let err = store
             .patch(Kind::User, id, &op("nosuchattr"), None)
             .unwrap_err();
         assert_eq!((err.status, err.scim_type), (400, Some("invalidPath")));
         assert!(store.patch(Kind::User, id, &op("title"), None).is_ok());
-        assert!(
-            store
-                .patch(Kind::User, id, &op(r#"emails[type eq "work"].value"#), None)
-                .is_ok()
+        let err = store
+            .patch(Kind::User, id, &op(r#"emails[type eq "work"].value"#), None)
+            .unwrap_err();
+        assert_eq!(
+            err.scim_type,
+            Some("noTarget"),
+            "a replace matching nothing"
         );
         let ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department";
         assert!(store.patch(Kind::User, id, &op(ext), None).is_ok());
@@ -514,6 +566,86 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status, 412);
         assert_eq!(updated["meta"]["created"], user["meta"]["created"]);
+    }
+
+    #[test]
+    fn strict_where_a_lenient_server_would_hide_a_client_bug() {
+        let mut store = Store::new(String::new());
+        // POST and PUT name their schemas.
+        let err = Store::require_schemas(Kind::User, &json!({"userName": "a"})).unwrap_err();
+        assert_eq!((err.status, err.scim_type), (400, Some("invalidSyntax")));
+        let group_schema = json!({"schemas": [schemas::GROUP], "displayName": "g"});
+        assert!(Store::require_schemas(Kind::User, &group_schema).is_err());
+        assert!(Store::require_schemas(Kind::Group, &group_schema).is_ok());
+        let unlisted_extension = json!({"schemas": [schemas::USER], "userName": "a",
+            (schemas::ENTERPRISE_USER): {"department": "R&D"}});
+        let err = Store::require_schemas(Kind::User, &unlisted_extension).unwrap_err();
+        assert!(err.detail.contains("enterprise"), "{}", err.detail);
+        // A PUT body's id is the URL's.
+        let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
+        let id = user["id"].as_str().unwrap();
+        let err = store
+            .replace(
+                Kind::User,
+                id,
+                json!({"id": "other", "userName": "a"}),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!((err.status, err.scim_type), (400, Some("mutability")));
+        assert!(
+            store
+                .replace(Kind::User, id, json!({"id": id, "userName": "a"}), None)
+                .is_ok()
+        );
+        // `active` is a boolean.
+        let err = store
+            .replace(
+                Kind::User,
+                id,
+                json!({"userName": "a", "active": "False"}),
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(err.scim_type, Some("invalidValue"));
+        // Group displayNames are unique ignoring case, also on rename, and freed on delete.
+        let g = store
+            .create(Kind::Group, json!({"displayName": "Board"}))
+            .unwrap();
+        let err = store
+            .create(Kind::Group, json!({"displayName": "board"}))
+            .unwrap_err();
+        assert_eq!((err.status, err.scim_type), (409, Some("uniqueness")));
+        let other = store
+            .create(Kind::Group, json!({"displayName": "Staff"}))
+            .unwrap();
+        let other_id = other["id"].as_str().unwrap();
+        let err = store
+            .replace(Kind::Group, other_id, json!({"displayName": "BOARD"}), None)
+            .unwrap_err();
+        assert_eq!(err.status, 409);
+        store
+            .delete(Kind::Group, g["id"].as_str().unwrap(), None)
+            .unwrap();
+        assert!(
+            store
+                .create(Kind::Group, json!({"displayName": "board"}))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn if_match_compares_strongly() {
+        let mut store = Store::new(String::new());
+        let user = store.create(Kind::User, json!({"userName": "a"})).unwrap();
+        let id = user["id"].as_str().unwrap();
+        let version = user["meta"]["version"].as_str().unwrap().to_owned();
+        assert!(!version.starts_with("W/"), "versions are strong ETags");
+        let weak = format!("W/{version}");
+        let err = store.delete(Kind::User, id, Some(&weak)).unwrap_err();
+        assert_eq!(err.status, 412, "a weak tag never matches under If-Match");
+        let list = format!("\"nope\", {version}");
+        assert!(store.delete(Kind::User, id, Some(&list)).is_ok());
     }
 
     #[test]
@@ -553,7 +685,7 @@ mod tests {
         let scanned = store
             .snapshot(Kind::User)
             .into_iter()
-            .filter(|r| f.matches(r))
+            .filter(|r| filter::matches(&f, r))
             .count();
         assert_eq!(scanned, 2);
         // Anything else in the filter takes the full scan.

@@ -354,7 +354,9 @@ mod connection {
 
     #[tokio::test]
     async fn test_connection_works_against_the_third_party_peer() {
-        let Some((base, token)) = peer() else { return };
+        let Some((base, token, _turn)) = peer().await else {
+            return;
+        };
         let app = spawn_app().await;
         let peer_app = app
             .create_app(&app_body(

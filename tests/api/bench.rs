@@ -23,7 +23,10 @@ async fn throughput_delivers_every_user_and_reports_the_ratio() {
     let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
     assert_eq!(line["scenario"], "throughput");
     assert_eq!(line["n"], 50);
-    // The scenario only ends once the target holds all 50 users.
+    // Every account delivered once: 50 users, 50 distinct userNames, 50 POSTs.
+    for key in ["target_users", "distinct_user_names", "target_posts"] {
+        assert_eq!(number(&figures, key), 50.0, "{key}: {line}");
+    }
     for key in ["roster_per_s", "raw_per_s", "ratio", "peak_rss_mb"] {
         assert!(number(&figures, key) > 0.0, "{key}: {line}");
     }
@@ -43,6 +46,9 @@ async fn throughput_against_a_slow_target_merges_the_look_ups() {
     .await
     .expect("throughput");
     assert_eq!(number(&figures, "target_latency_ms"), 5.0);
+    assert_eq!(number(&figures, "target_users"), 50.0);
+    assert_eq!(number(&figures, "distinct_user_names"), 50.0);
+    assert_eq!(number(&figures, "target_posts"), 50.0, "no duplicate POST");
     let per_user = number(&figures, "target_calls_per_user");
     assert!(per_user < 1.6, "{}", figures.to_line());
 }
@@ -60,6 +66,7 @@ async fn ingest_accepts_every_event_over_32_connections() {
     .expect("ingest");
     assert_eq!(number(&figures, "n"), 50.0);
     assert_eq!(number(&figures, "connections"), 32.0);
+    assert_eq!(number(&figures, "identities"), 50.0, "every event stored");
     assert!(number(&figures, "per_s") > 0.0, "{}", figures.to_line());
 }
 
@@ -77,7 +84,15 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
     let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
     assert_eq!(line["scenario"], "reconcile");
     assert_eq!(line["target_users"], 1000, "{line}");
-    // 1 % drifted, 0.5 % orphans, the rest in sync; a dry run writes nothing.
+    // 1 % drifted, 0.5 % orphans, the rest in sync; a dry run writes nothing. The counts are
+    // checked against numbers computed here from the size, not only against the scenario's own
+    // `expected`.
+    assert_eq!(
+        line["counts"],
+        serde_json::json!({"in_sync": 1000 - 10 - 5, "drifted": 1000 / 100, "missing": 0,
+                           "orphan": 1000 / 200, "unmatched": 0, "unmanaged": 0, "adoptable": 0}),
+        "{line}"
+    );
     assert_eq!(
         line["expected"],
         serde_json::json!({"in_sync": 985, "drifted": 10, "missing": 0, "orphan": 5,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use roster::config::Config;
 use roster::startup;
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::DatabaseConnection;
 use serde_json::{Value, json};
 
 /// At least 32 characters: shorter bootstrap tokens are refused.
@@ -56,24 +56,10 @@ impl Answer {
     }
 }
 
-async fn fresh_database(dir: &std::path::Path) -> String {
-    match std::env::var("ROSTER_TEST_DATABASE_URL") {
-        Ok(url) if url.starts_with("postgres") => {
-            let admin = Database::connect(&url)
-                .await
-                .expect("connect to the test PostgreSQL");
-            let name = format!("roster_t_{}", uuid::Uuid::new_v4().simple());
-            admin
-                .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await
-                .expect("create a test database");
-            admin.close().await.ok();
-            let (base, _) = url.rsplit_once('/').expect("a database URL ends in /NAME");
-            format!("{base}/{name}")
-        }
-        _ => format!("sqlite://{}?mode=rwc", dir.join("roster.db").display()),
-    }
-}
+#[path = "../common/mod.rs"]
+mod common;
+pub use common::app_body;
+use common::fresh_database;
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -250,22 +236,6 @@ impl TestApp {
     }
 }
 
-/// An app body with sensible test defaults; `overrides` are merged at the top level.
-pub fn app_body(name: &str, overrides: Value) -> Value {
-    let mut body = json!({
-        "name": name,
-        "base_url": "http://127.0.0.1:9/scim/v2",
-        "auth": {"type": "bearer", "token": "target-token"},
-        "scope": {"email_domains": ["example.com"]},
-    });
-    if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
-        for (k, v) in o {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    body
-}
-
 pub fn joiner(event_id: &str, employee_id: &str, at: &str, extra: Value) -> Value {
     event(event_id, "joiner", employee_id, at, extra)
 }
@@ -284,11 +254,19 @@ pub fn event(event_id: &str, kind: &str, employee_id: &str, at: &str, extra: Val
     json!({"event_id": event_id, "type": kind, "occurred_at": at, "employee": employee})
 }
 
-/// The third-party SCIM server started by `with-peer.sh`: `(base_url, token)`. `None` (with a
-/// printed reason) on a developer machine without it; under `CI=true` its absence fails.
-pub fn peer() -> Option<(String, String)> {
+/// The peer speaks HTTP/1.0, single-threaded, with a listen backlog of 5: one test at a time
+/// talks to it, whichever module it is in.
+static PEER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test's turn with the peer; the next peer test waits until it is dropped.
+pub type PeerTurn = tokio::sync::MutexGuard<'static, ()>;
+
+/// The third-party SCIM server started by `with-peer.sh`: `(base_url, token, turn)`, once no
+/// other test uses it; keep `turn` for the whole test. `None` (with a printed reason) on a
+/// developer machine without it; under `CI=true` its absence fails.
+pub async fn peer() -> Option<(String, String, PeerTurn)> {
     match (std::env::var("PEER_BASE_URL"), std::env::var("PEER_TOKEN")) {
-        (Ok(base), Ok(token)) => Some((base, token)),
+        (Ok(base), Ok(token)) => Some((base, token, PEER.lock().await)),
         _ => {
             assert_ne!(
                 std::env::var("CI").as_deref(),
@@ -335,10 +313,20 @@ where
 impl TestApp {
     /// Waits until no job of the app is pending or running.
     pub async fn settled(&self, app_id: &str, timeout: Duration) {
+        self.drained(&format!("app_id = '{app_id}' AND "), timeout)
+            .await;
+    }
+
+    /// Waits until no job of any app is pending or running.
+    pub async fn settled_all(&self, timeout: Duration) {
+        self.drained("", timeout).await;
+    }
+
+    async fn drained(&self, condition: &str, timeout: Duration) {
         eventually("the queue to drain", timeout, || async {
             let n = self
                 .rows(&format!(
-                    "SELECT id FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+                    "SELECT id FROM job WHERE {condition}state IN ('pending', 'running')"
                 ))
                 .await
                 .len();

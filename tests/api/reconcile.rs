@@ -2,7 +2,7 @@
 //! their class, a dry run changes nothing, a fix run corrects drift, missing and orphan
 //! accounts through the queue and leaves unmatched and unmanaged ones alone, and a second run
 //! finds nothing to do. Against the in-process dev-target and against the third-party peer.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -12,34 +12,18 @@ const TOKEN: &str = "target-token";
 const AT: &str = "2026-11-01T09:00:00Z";
 const LATER: &str = "2026-11-02T09:00:00Z";
 
-/// The peer speaks HTTP/1.0 with a tiny backlog: one peer test at a time.
-static PEER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Polls `probe` until it returns `Some`, failing after 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
+/// `helpers::eventually` with this module's 20 s.
+async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::helpers::eventually(what, Duration::from_secs(20), probe).await
 }
 
 /// Waits until the queue holds no pending or running job.
 async fn settled(app: &TestApp) {
-    eventually("the queue to drain", || async {
-        let busy = app
-            .rows("SELECT id FROM job WHERE state IN ('pending', 'running')")
-            .await;
-        busy.is_empty().then_some(())
-    })
-    .await;
+    app.settled_all(Duration::from_secs(20)).await;
 }
 
 async fn deactivated_links(app: &TestApp) -> usize {
@@ -93,33 +77,42 @@ fn item<'a>(report: &'a Value, user_name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// The target, edited "by hand" over plain SCIM (as an admin of the app would).
+/// The target, edited "by hand" (as an admin of the app would), through roster's own SCIM
+/// client rather than a second one written here.
 struct Target {
     base: String,
     token: String,
-    http: reqwest::Client,
 }
 
 impl Target {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    fn client(&self) -> roster::scim::ScimClient {
+        let mut config = roster::scim::TargetConfig::new(
+            url::Url::parse(&self.base).expect("a base URL"),
+            roster::scim::Auth::Bearer(self.token.clone().into()),
+            roster::net_guard::TargetPolicy::AllowPrivate,
+        );
+        config.timeout = Duration::from_secs(15);
+        roster::scim::ScimClient::new(config).expect("a SCIM client")
     }
 
-    /// Every user whose `userName` contains `marker`.
+    /// Every user whose `userName` contains `marker`, sorted by userName.
     async fn users(&self, marker: &str) -> Vec<Value> {
-        let filter = format!("userName co \"{marker}\"");
-        let page: Value = self
-            .http
-            .get(self.url("/Users"))
-            .query(&[("filter", filter.as_str()), ("count", "500")])
-            .bearer_auth(&self.token)
-            .send()
+        use futures::TryStreamExt as _;
+        let query = roster::scim::ListQuery {
+            filter: Some(format!(
+                "userName co {}",
+                roster::scim::filter::json_string(marker)
+            )),
+            attributes: Vec::new(),
+            page_size: 500,
+        };
+        let mut users: Vec<Value> = self
+            .client()
+            .users()
+            .list_query(query)
+            .try_collect()
             .await
-            .expect("list users")
-            .json()
-            .await
-            .expect("list body");
-        let mut users = page["Resources"].as_array().cloned().unwrap_or_default();
+            .expect("list users");
         users.sort_by_key(|u| u["userName"].as_str().unwrap_or_default().to_lowercase());
         users
     }
@@ -133,69 +126,41 @@ impl Target {
     }
 
     async fn patch(&self, id: &str, path: &str, value: Value) {
-        let status = self
-            .http
-            .patch(self.url(&format!("/Users/{id}")))
-            .bearer_auth(&self.token)
-            .json(&json!({
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [{"op": "replace", "path": path, "value": value}],
-            }))
-            .send()
+        let request = roster::scim::PatchRequest::new().replace(path, value);
+        self.client()
+            .users()
+            .patch(id, &request)
             .await
-            .expect("patch")
-            .status();
-        assert!(status.is_success(), "hand PATCH: {status}");
+            .expect("hand PATCH");
     }
 
     async fn delete(&self, id: &str) {
-        let status = self
-            .http
-            .delete(self.url(&format!("/Users/{id}")))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("delete")
-            .status();
-        assert!(status.is_success(), "hand DELETE: {status}");
+        self.client().users().delete(id).await.expect("hand DELETE");
     }
 
     async fn create(&self, user_name: &str) {
-        let status = self
-            .http
-            .post(self.url("/Users"))
-            .bearer_auth(&self.token)
-            .json(&json!({
+        self.client()
+            .users()
+            .create(&json!({
                 "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
                 "userName": user_name,
                 "active": true,
                 "emails": [{"value": user_name, "type": "work", "primary": true}],
             }))
-            .send()
             .await
-            .expect("create")
-            .status();
-        assert!(status.is_success(), "hand POST: {status}");
+            .expect("hand POST");
     }
-}
 
-impl Target {
     /// The group named `name`, if there is exactly one.
     async fn group(&self, name: &str) -> Option<Value> {
-        let filter = format!("displayName eq \"{name}\"");
-        let page: Value = self
-            .http
-            .get(self.url("/Groups"))
-            .query(&[("filter", filter.as_str())])
-            .bearer_auth(&self.token)
-            .send()
+        let found = self
+            .client()
+            .groups()
+            .find_by("displayName", name)
             .await
-            .expect("list groups")
-            .json()
-            .await
-            .expect("groups body");
-        match page["Resources"].as_array().map(Vec::as_slice) {
-            Some([group]) => Some(group.clone()),
+            .expect("list groups");
+        match found.as_slice() {
+            [group] => Some(group.clone()),
             _ => None,
         }
     }
@@ -213,32 +178,33 @@ impl Target {
         Some(ids)
     }
 
+    /// One PATCH operation (`{"op", "path", "value"}`) on a group.
     async fn patch_group(&self, id: &str, operation: Value) {
-        let status = self
-            .http
-            .patch(self.url(&format!("/Groups/{id}")))
-            .bearer_auth(&self.token)
-            .json(&json!({
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [operation],
-            }))
-            .send()
+        let op = operation["op"]
+            .as_str()
+            .and_then(roster::scim::PatchOp::parse)
+            .expect("an op");
+        let request = roster::scim::PatchRequest {
+            operations: vec![roster::scim::PatchOperation {
+                op,
+                path: operation["path"].as_str().map(str::to_owned),
+                value: operation.get("value").cloned(),
+            }],
+            if_match: None,
+        };
+        self.client()
+            .groups()
+            .patch(id, &request)
             .await
-            .expect("patch group")
-            .status();
-        assert!(status.is_success(), "hand PATCH of a group: {status}");
+            .expect("hand PATCH of a group");
     }
 
     async fn delete_group(&self, id: &str) {
-        let status = self
-            .http
-            .delete(self.url(&format!("/Groups/{id}")))
-            .bearer_auth(&self.token)
-            .send()
+        self.client()
+            .groups()
+            .delete(id)
             .await
-            .expect("delete group")
-            .status();
-        assert!(status.is_success(), "hand DELETE of a group: {status}");
+            .expect("hand DELETE of a group");
     }
 }
 
@@ -412,25 +378,19 @@ async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_dev_target() {
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     group_drift_scenario(&app, &hand, "gdt").await;
 }
 
 #[tokio::test]
 async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_peer() {
-    let Some((base, token)) = peer() else {
+    let Some((base, token, _turn)) = peer().await else {
         return;
     };
-    let _one = PEER.lock().await;
     let app = spawn_app().await;
     let hand = Target {
         base: base.trim_end_matches('/').to_owned(),
         token,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("http client"),
     };
     let marker = format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     group_drift_scenario(&app, &hand, &marker).await;
@@ -643,25 +603,19 @@ async fn reconcile_finds_and_fixes_drift_in_the_dev_target() {
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     drift_scenario(&app, &hand, "dt", "example.com").await;
 }
 
 #[tokio::test]
 async fn reconcile_finds_and_fixes_drift_in_the_peer() {
-    let Some((base, token)) = peer() else {
+    let Some((base, token, _turn)) = peer().await else {
         return;
     };
-    let _one = PEER.lock().await;
     let app = spawn_app().await;
     let hand = Target {
         base: base.trim_end_matches('/').to_owned(),
         token,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .build()
-            .expect("http client"),
     };
     let marker = format!("r{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     drift_scenario(&app, &hand, &marker, "example.com").await;
@@ -674,7 +628,6 @@ async fn mass_deprovisioning_waits_for_approval() {
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     let app_id = app
         .create_app(&app_body(
@@ -839,7 +792,6 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     let app_id = app
         .create_app(&app_body(
@@ -974,7 +926,6 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     let app_id = app
         .create_app(&app_body(

@@ -3,8 +3,9 @@
 //! target must hold exactly what the accepted events say, account by account.
 //!
 //! Replay a failure with `ROSTER_CHAOS_SEED=<seed>` (printed at the start and in every failure
-//! message): the events and the target's fault draws follow the seed; the timing of kills
-//! against deliveries does not.
+//! message): the events, the target's fault draws and the kills (after how many accepted events,
+//! and how long after that) follow the seed. What the engine had in flight at that moment still
+//! depends on the machine's speed.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -310,9 +311,12 @@ async fn seeded_chaos_soak_converges_to_the_model() {
         }));
     }
 
-    // Two kill -9s mid-stream, each followed by a restart on the same database.
+    // Two kill -9s mid-stream, each followed by a restart on the same database; when, from the
+    // seed: one in each third of the stream, then a pause of up to half a second.
+    let mut kills = StdRng::seed_from_u64(seed ^ 0x6b69_6c6c);
     for round in 1..=2 {
-        let at = EVENTS * round / 3;
+        let at = kills.gen_range(EVENTS * round / 3..EVENTS * (round + 1) / 3);
+        let pause = Duration::from_millis(kills.gen_range(0..500));
         let deadline = Instant::now() + Duration::from_secs(60);
         while accepted.lock().map(|a| *a).unwrap_or(0) < at {
             assert!(
@@ -321,9 +325,10 @@ async fn seeded_chaos_soak_converges_to_the_model() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(pause).await;
         node.kill9();
         eprintln!(
-            "kill -9 #{round} after {at} events, {} accounts in the target, at {:?} {tag}",
+            "kill -9 #{round} {pause:?} after {at} events, {} accounts in the target, at {:?} {tag}",
             target.stats()["users"],
             started.elapsed()
         );

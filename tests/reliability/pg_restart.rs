@@ -189,8 +189,7 @@ async fn readyz(base: &str) -> Option<u16> {
 /// is POSTed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_under_load_roster_reconnects_and_loses_nothing() {
-    if !std::env::var("ROSTER_TEST_DATABASE_URL").is_ok_and(|u| u.starts_with("postgres")) {
-        eprintln!("skipped: a PostgreSQL restart needs ROSTER_TEST_DATABASE_URL=postgres://…");
+    if !super::common::on_postgres("restarting PostgreSQL") {
         return;
     }
     const N: usize = 240;

@@ -63,7 +63,7 @@ async fn page_size_is_clamped_to_the_advertised_maximum() {
     seed(&t, 250);
     let listed = list_all(&t, 500).await;
     assert_all_once(&listed, 250);
-    assert!(counts(&t).iter().all(|c| *c == 50), "{:?}", counts(&t));
+    assert_eq!(counts(&t), [50; 5]);
 }
 
 #[tokio::test]
@@ -71,7 +71,7 @@ async fn page_size_is_clamped_to_the_quirks() {
     let t = spawn_target_with(DevTargetArgs::default(), |c| c.quirks.page_size = 40).await;
     seed(&t, 100);
     assert_all_once(&list_all(&t, 500).await, 100);
-    assert!(counts(&t).iter().all(|c| *c == 40));
+    assert_eq!(counts(&t), [40; 3]);
 }
 
 #[tokio::test]
