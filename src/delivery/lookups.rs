@@ -90,22 +90,6 @@ fn batchable(attr: &str) -> bool {
     !attr.contains(['.', '[', ':']) && filter::check_attr_path(attr).is_ok()
 }
 
-/// Whether `resource`'s `attr` equals `value` as the target compares: `userName` ignoring case
-/// (RFC 7643 §4.1.1), anything else exactly.
-fn answers(resource: &Value, attr: &str, value: &str) -> bool {
-    let Some(object) = resource.as_object() else {
-        return false;
-    };
-    let Some(held) = filter::get_ci(object, attr).and_then(Value::as_str) else {
-        return false;
-    };
-    if attr.eq_ignore_ascii_case("userName") {
-        held.to_lowercase() == value.to_lowercase()
-    } else {
-        held == value
-    }
-}
-
 /// The accounts found for each asked value, in order; `None` when some account answers none of
 /// them (the target's comparison differs from ours: nothing can be attributed safely).
 fn attribute(found: &[Value], attr: &str, values: &[&str]) -> Option<Vec<Vec<Value>>> {
@@ -113,7 +97,7 @@ fn attribute(found: &[Value], attr: &str, values: &[&str]) -> Option<Vec<Vec<Val
     for resource in found {
         let mut any = false;
         for (i, value) in values.iter().enumerate() {
-            if answers(resource, attr, value) {
+            if filter::holds_value(resource, attr, value) {
                 per_value[i].push(resource.clone());
                 any = true;
             }

@@ -58,5 +58,6 @@ pub mod schemas {
     pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
     pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
     pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+    pub const SEARCH_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
     pub const PATCH_OP: &str = super::patch::PATCH_OP_SCHEMA;
 }
