@@ -1611,7 +1611,7 @@ mod tests {
             &[
                 (
                     "filter",
-                    r#"userName eq "ada@example.com" or emails.value eq "a"b@x""#.into(),
+                    r#"userName eq "ada@example.com" or emails.value eq "a\"b@x""#.into(),
                 ),
                 ("startIndex", "1".into()),
                 ("count", "25".into()),

@@ -764,3 +764,57 @@ async fn the_unique_live_link_index_detaches_later_duplicates_on_upgrade() {
         .await
         .expect("a deleted link may share the account");
 }
+
+#[tokio::test]
+async fn a_released_job_of_a_person_long_gone_is_not_marked_as_an_unsure_create() {
+    use roster::store::entity::identity;
+    use sea_orm::{ActiveModelTrait as _, ConnectionTrait as _, EntityTrait as _, IntoActiveModel as _, Set};
+    let app = crate::helpers::spawn_planner().await;
+    let app_id = app.create_app(&app_body("released", json!({}))).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (e, employee) in [("p1", "GONE"), ("p2", "HERE")] {
+        app.post_event(&joiner(e, employee, "2026-11-01T09:00:00Z", json!({})))
+            .await;
+    }
+    app.post_event(&event(
+        "p3",
+        "leaver",
+        "GONE",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let gone = identity_id(&app, "GONE").await;
+    let here = identity_id(&app, "HERE").await;
+    // GONE left an hour before the job was claimed; both jobs' instance then died.
+    let mut person = identity::Entity::find_by_id(gone.as_str())
+        .one(&app.db)
+        .await
+        .expect("read")
+        .expect("GONE")
+        .into_active_model();
+    person.updated_at = Set(chrono::Utc::now() - chrono::Duration::hours(1));
+    person.update(&app.db).await.expect("backdate");
+    let claimed = app
+        .db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'running', lease_owner = 'dead-instance', lease_until = 1 \
+             WHERE app_id = '{app_id}' AND state = 'pending'"
+        ))
+        .await
+        .expect("claim")
+        .rows_affected();
+    assert_eq!(claimed, 2);
+    let released = roster::store::queue::release(&app.db, None, roster::store::queue::now_ms())
+        .await
+        .expect("release");
+    assert_eq!(released, 2);
+    assert!(
+        link_of(&app, "user", &gone).await.is_none(),
+        "a job that read a terminated person never created"
+    );
+    let unsure = link_of(&app, "user", &here).await.expect("an unsure create");
+    assert_eq!(unsure["state"], "pending");
+}
