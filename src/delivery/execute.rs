@@ -543,13 +543,14 @@ pub async fn deliver_user(
                 .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
         });
         let found = match found {
-            Some(account) => match adoptable(ctx, ResourceKind::User, identity_id, &account).await
-            {
-                Ok(id) => Some((account, id)),
-                Err(JobError::Db(e)) => return Err(JobError::Db(e)),
-                // Someone else's account (or one without an id) is not roster's create.
-                Err(_) => None,
-            },
+            Some(account) => {
+                match adoptable(ctx, ResourceKind::User, identity_id, &account).await {
+                    Ok(id) => Some((account, id)),
+                    Err(JobError::Db(e)) => return Err(JobError::Db(e)),
+                    // Someone else's account (or one without an id) is not roster's create.
+                    Err(_) => None,
+                }
+            }
             None => None,
         };
         let Some((account, target_id)) = found else {

@@ -7,10 +7,13 @@
 //! Invariants:
 //! - A job sees exactly what its own `find_by` would have found, or the error the shared call
 //!   met when a single call would meet it too (throttled, told to wait, credentials refused, no
-//!   answer: the job retries by the policy), or it makes its own call: a batch answered with an
-//!   account that matches none of the asked values (the target compares differently), with a
+//!   answer: the job retries by the policy), or it makes its own call: a batch answered with a
 //!   5xx without `Retry-After` (the `or` filter may be what fails), or refused as a filter,
 //!   sends every job of the batch back to its own look-up (`after_failed_batch`).
+//! - Every account in an answer is checked with `scim::filter::holds_value`, the one rule of
+//!   every look-up (`userName` and `emails.value` ignoring case, anything else exactly): the
+//!   client drops accounts that answer none of the asked values (a target that ignores or
+//!   misreads the filter), and each job gets only the accounts that hold its own value.
 //! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
 //!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
 //!   and leave together, up to 25 values per listing.
@@ -91,7 +94,8 @@ fn batchable(attr: &str) -> bool {
 }
 
 /// The accounts found for each asked value, in order; `None` when some account answers none of
-/// them (the target's comparison differs from ours: nothing can be attributed safely).
+/// them (never from the client, which drops those; kept so that nothing unattributable is
+/// ever handed to a job).
 fn attribute(found: &[Value], attr: &str, values: &[&str]) -> Option<Vec<Vec<Value>>> {
     let mut per_value = vec![Vec::new(); values.len()];
     for resource in found {

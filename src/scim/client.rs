@@ -1336,7 +1336,9 @@ impl Resources {
         let mut seen = SeenIds::default();
         self.list_query(query)
             .try_filter(|resource| {
-                let wanted = values.iter().any(|v| filter::holds_value(resource, attr, v));
+                let wanted = values
+                    .iter()
+                    .any(|v| filter::holds_value(resource, attr, v));
                 futures::future::ready(wanted && seen.first_time(resource))
             })
             .try_collect()
@@ -1558,8 +1560,14 @@ mod tests {
                 decode_answer(&method, "/Users", &meta(200, "text/html"), b"<p>", now).is_err()
             );
             assert!(
-                decode_answer(&method, "/Users", &meta(200, "application/json"), b"OK", now)
-                    .is_err()
+                decode_answer(
+                    &method,
+                    "/Users",
+                    &meta(200, "application/json"),
+                    b"OK",
+                    now
+                )
+                .is_err()
             );
         }
     }

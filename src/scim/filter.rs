@@ -611,15 +611,30 @@ mod tests {
             "ada@home.example"
         ));
         assert!(holds_value(&ada, "externalId", "E1"));
-        assert!(!holds_value(&ada, "externalId", "e1"), "others compare exactly");
+        assert!(
+            !holds_value(&ada, "externalId", "e1"),
+            "others compare exactly"
+        );
         assert!(holds_value(
             &ada,
             "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber",
             "42"
         ));
-        assert!(holds_value(&json!({"DisplayName": "Board"}), "displayName", "Board"));
-        assert!(!holds_value(&json!({"displayName": "board"}), "displayName", "Board"));
-        assert!(!holds_value(&json!({"id": "2"}), "userName", "ada@example.com"));
+        assert!(holds_value(
+            &json!({"DisplayName": "Board"}),
+            "displayName",
+            "Board"
+        ));
+        assert!(!holds_value(
+            &json!({"displayName": "board"}),
+            "displayName",
+            "Board"
+        ));
+        assert!(!holds_value(
+            &json!({"id": "2"}),
+            "userName",
+            "ada@example.com"
+        ));
         assert!(!holds_value(&json!("text"), "userName", "text"));
         assert!(!holds_value(&ada, "emails[type eq", "ada@example.com"));
     }

@@ -153,7 +153,11 @@ impl Stub {
         if self.how.lower_cases_emails {
             lower_case_emails(&mut resource);
         }
-        let list = if kind == "g" { &self.groups } else { &self.users };
+        let list = if kind == "g" {
+            &self.groups
+        } else {
+            &self.users
+        };
         list.lock().unwrap().push(resource.clone());
         resource
     }
@@ -240,8 +244,7 @@ impl Stub {
                 {
                     return error(StatusCode::CONFLICT, Some("uniqueness"), "taken");
                 }
-                let created =
-                    self.store(if *kind == "Users" { "u" } else { "g" }, body.clone());
+                let created = self.store(if *kind == "Users" { "u" } else { "g" }, body.clone());
                 scim(StatusCode::CREATED, &created)
             }
             (m @ ("GET" | "PATCH" | "DELETE"), [kind @ ("Users" | "Groups"), id]) => {
@@ -555,7 +558,10 @@ async fn a_target_that_lower_cases_emails_is_matched_on_them_without_a_duplicate
     let id = identity_id(&app, "L1").await;
     let link = link_of(&app, "user", &id).await.expect("a link");
     assert_eq!(link["state"], "linked");
-    assert_eq!(link["target_id"].as_str(), Some(id_text(&hand_made).as_str()));
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&hand_made).as_str())
+    );
     // A change later reaches the same accounts, and nothing is created twice.
     for (event_id, employee) in [("l3", "L1"), ("l4", "L2")] {
         app.post_event(&event(
@@ -570,7 +576,10 @@ async fn a_target_that_lower_cases_emails_is_matched_on_them_without_a_duplicate
     app.settled(&app_id, Duration::from_secs(20)).await;
     let users = stub.users();
     assert_eq!(users.len(), 2, "{users:?}");
-    assert!(users.iter().all(|u| u["name"]["familyName"] == "Moved"), "{users:?}");
+    assert!(
+        users.iter().all(|u| u["name"]["familyName"] == "Moved"),
+        "{users:?}"
+    );
     assert_eq!(app.count("job WHERE state = 'dead'").await, 0);
 }
 
@@ -608,10 +617,14 @@ async fn a_new_hire_given_a_leavers_address_never_takes_over_the_leavers_account
     let new_hire = json!({"email": "john@example.com", "given_name": "Joan", "family_name": "New"});
     app.post_event(&joiner("x3", "E-NEW", "2026-11-03T09:00:00Z", new_hire))
         .await;
-    let dead = eventually("the new hire's job dead", Duration::from_secs(20), || async {
-        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
-        jobs["items"].as_array().and_then(|a| a.first().cloned())
-    })
+    let dead = eventually(
+        "the new hire's job dead",
+        Duration::from_secs(20),
+        || async {
+            let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+            jobs["items"].as_array().and_then(|a| a.first().cloned())
+        },
+    )
     .await;
     let reason = dead["last_error"].as_str().unwrap_or_default();
     let old_id = identity_id(&app, "E-OLD").await;
@@ -620,7 +633,11 @@ async fn a_new_hire_given_a_leavers_address_never_takes_over_the_leavers_account
         "the reason names the conflict and the other identity: {dead}"
     );
     assert_eq!(stub.users(), before, "John's account is unchanged");
-    assert_eq!(stub.writes(), writes_before, "nothing was written for the new hire");
+    assert_eq!(
+        stub.writes(),
+        writes_before,
+        "nothing was written for the new hire"
+    );
     let new_id = identity_id(&app, "E-NEW").await;
     let logged = app
         .rows(&format!(
@@ -652,7 +669,9 @@ async fn the_provisioning_log_keeps_no_address_from_a_look_up() {
     .await;
     app.settled(&app_id, Duration::from_secs(20)).await;
     assert!(
-        stub.seen().iter().any(|s| s.method == "GET" && s.path.ends_with("/Users")),
+        stub.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.ends_with("/Users")),
         "a look-up was made"
     );
     let id = identity_id(&app, "R1").await;
@@ -665,7 +684,11 @@ async fn the_provisioning_log_keeps_no_address_from_a_look_up() {
         .iter()
         .find(|r| r["path"].as_str().is_some_and(|p| p.contains("filter=")))
         .unwrap_or_else(|| panic!("a look-up row: {logged:?}"));
-    assert_eq!(look_up["resource_id"], id.as_str(), "the identity id is kept");
+    assert_eq!(
+        look_up["resource_id"],
+        id.as_str(),
+        "the identity id is kept"
+    );
     assert!(
         look_up["path"]
             .as_str()
@@ -745,20 +768,34 @@ async fn the_unique_live_link_index_detaches_later_duplicates_on_upgrade() {
         }
     };
     let old = row("old").await;
-    assert_eq!((old["target_id"].as_str(), old["state"].as_str()), (Some("T"), Some("deactivated")));
+    assert_eq!(
+        (old["target_id"].as_str(), old["state"].as_str()),
+        (Some("T"), Some("deactivated"))
+    );
     let new = row("new").await;
     assert_eq!(new["target_id"], Value::Null, "{new}");
     assert_eq!(new["state"], "error");
     assert_eq!(new["delete_after"], Value::Null);
     assert_eq!(new["snapshot"], Value::Null);
     assert!(
-        new["last_error"].as_str().is_some_and(|e| e.contains("conflict")),
+        new["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
         "{new}"
     );
-    assert_eq!(row("gone").await["target_id"], "T", "a deleted link is not live");
+    assert_eq!(
+        row("gone").await["target_id"],
+        "T",
+        "a deleted link is not live"
+    );
     assert_eq!(row("other").await["state"], "linked");
     // And from now on the database refuses a second live link to one account.
-    assert!(insert("third", "U", "pending", None).insert(&app.db).await.is_err());
+    assert!(
+        insert("third", "U", "pending", None)
+            .insert(&app.db)
+            .await
+            .is_err()
+    );
     insert("fourth", "U", "deleted", None)
         .insert(&app.db)
         .await
@@ -768,7 +805,9 @@ async fn the_unique_live_link_index_detaches_later_duplicates_on_upgrade() {
 #[tokio::test]
 async fn a_released_job_of_a_person_long_gone_is_not_marked_as_an_unsure_create() {
     use roster::store::entity::identity;
-    use sea_orm::{ActiveModelTrait as _, ConnectionTrait as _, EntityTrait as _, IntoActiveModel as _, Set};
+    use sea_orm::{
+        ActiveModelTrait as _, ConnectionTrait as _, EntityTrait as _, IntoActiveModel as _, Set,
+    };
     let app = crate::helpers::spawn_planner().await;
     let app_id = app.create_app(&app_body("released", json!({}))).await["id"]
         .as_str()
@@ -815,6 +854,56 @@ async fn a_released_job_of_a_person_long_gone_is_not_marked_as_an_unsure_create(
         link_of(&app, "user", &gone).await.is_none(),
         "a job that read a terminated person never created"
     );
-    let unsure = link_of(&app, "user", &here).await.expect("an unsure create");
+    let unsure = link_of(&app, "user", &here)
+        .await
+        .expect("an unsure create");
     assert_eq!(unsure["state"], "pending");
+}
+
+#[tokio::test]
+async fn a_target_group_linked_to_another_roster_group_is_never_adopted() {
+    use roster::store::entity::link;
+    use sea_orm::{ActiveModelTrait as _, Set};
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    // Roster's group `x` pushed this target group; someone renamed it `y` in the app.
+    let taken = stub.store(
+        "g",
+        json!({"schemas": [roster::scim::schemas::GROUP], "displayName": "y", "members": []}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "group-conflict", &base, json!({"group_push": ["y"]})).await;
+    let now = chrono::Utc::now();
+    link::ActiveModel {
+        app_id: Set(app_id.clone()),
+        resource_kind: Set("group".into()),
+        resource_id: Set("x".into()),
+        target_id: Set(Some(id_text(&taken))),
+        snapshot: Set(Some(json!({"displayName": "x", "members": []}))),
+        state: Set("linked".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&app.db)
+    .await
+    .expect("x's link");
+    app.post("/api/v1/groups", &json!({"name": "y", "members": ["Y1"]}))
+        .await
+        .expect(201);
+    app.post_event(&joiner("y1", "Y1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let dead = eventually("the group's job dead", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict") && e.contains("roster group `x`")),
+        "{dead}"
+    );
+    assert_eq!(stub.groups(), [taken], "the group is untouched");
+    assert!(link_of(&app, "group", "y").await.is_none());
 }
