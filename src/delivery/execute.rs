@@ -221,9 +221,16 @@ async fn adoptable(
             "the matching target {noun} has no id"
         )));
     };
-    if let Some(other) =
-        linked_to_another(ctx.conn, &ctx.app.id, kind, &target_id, resource_id).await?
-    {
+    let other =
+        match linked_to_another(ctx.conn, &ctx.app.id, kind, &target_id, resource_id).await? {
+            Some(other) => Some(other),
+            // Not linked yet, but created or adopted by another job a moment ago.
+            None => ctx
+                .lookups
+                .claim(kind.as_str(), &target_id, resource_id)
+                .err(),
+        };
+    if let Some(other) = other {
         let owner = match kind {
             ResourceKind::Group => format!("roster group `{other}`"),
             _ => format!("identity {other}"),
@@ -446,6 +453,10 @@ async fn create_or_adopt(
                     "the target answered a create without an id".into(),
                 ));
             };
+            // Ours: another job matching it before this link is committed must not adopt it.
+            let _ = ctx
+                .lookups
+                .claim(ResourceKind::User.as_str(), &target_id, &person.id);
             stage_user_link(
                 writes,
                 ctx,

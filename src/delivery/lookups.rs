@@ -22,9 +22,10 @@
 //! - The shared call is in every served job's call log (its provisioning log shows the call
 //!   that looked it up); the metrics count it once; its trace span is a child of the first
 //!   served job's span, tagged with that job's HR event.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -66,6 +67,37 @@ struct Queue {
 pub struct LookupBatcher {
     queue: Mutex<Queue>,
     or_refused: AtomicBool,
+    claims: Mutex<Claims>,
+}
+
+/// How long an account created or adopted in this process stays claimed by its resource: far
+/// longer than a job's end takes to be committed, after which the database's links (checked
+/// before every adoption) say who holds it.
+const CLAIM_TTL: Duration = Duration::from_secs(600);
+
+/// Target accounts this process's jobs created or adopted lately: (kind, target id) → the
+/// resource that holds it and when. Two jobs that match the same account at once (two people
+/// with one address) would otherwise both adopt it before either link is committed.
+#[derive(Default)]
+struct Claims(HashMap<(String, String), (String, Instant)>);
+
+impl Claims {
+    fn claim(
+        &mut self,
+        key: (String, String),
+        resource_id: &str,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.0
+            .retain(|_, (_, at)| now.duration_since(*at) < CLAIM_TTL);
+        match self.0.get(&key) {
+            Some((holder, _)) if holder != resource_id => Err(holder.clone()),
+            _ => {
+                self.0.insert(key, (resource_id.to_owned(), now));
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Ends a dispatcher: however it stops (its task dropped at shutdown included), it is counted
@@ -141,6 +173,21 @@ fn after_failed_batch(error: &ScimError) -> BatchFailure {
 }
 
 impl LookupBatcher {
+    /// Claims the target resource `target_id` of `kind` (`user`, `group`) for `resource_id`,
+    /// which has just created it or is about to adopt it. `Err` names the resource that
+    /// claimed it first in this process: adopting it too would give one account two owners.
+    pub fn claim(&self, kind: &str, target_id: &str, resource_id: &str) -> Result<(), String> {
+        let Ok(mut claims) = self.claims.lock() else {
+            // A poisoned map protects nothing more; the database's links still do.
+            return Ok(());
+        };
+        claims.claim(
+            (kind.to_owned(), target_id.to_owned()),
+            resource_id,
+            Instant::now(),
+        )
+    }
+
     /// The target accounts whose `attr` equals `value`, as `users().find_by` finds them.
     pub async fn find(
         self: &Arc<Self>,
@@ -280,6 +327,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_account_claimed_by_one_resource_is_refused_to_another_until_the_claim_expires() {
+        let mut claims = Claims::default();
+        let key = || ("user".to_owned(), "t1".to_owned());
+        let t0 = Instant::now();
+        assert_eq!(claims.claim(key(), "ada", t0), Ok(()));
+        assert_eq!(claims.claim(key(), "ada", t0), Ok(()), "the holder again");
+        assert_eq!(claims.claim(key(), "bob", t0), Err("ada".to_owned()));
+        assert_eq!(
+            claims.claim(("group".to_owned(), "t1".to_owned()), "bob", t0),
+            Ok(()),
+            "kinds are apart"
+        );
+        let later = t0 + CLAIM_TTL;
+        assert_eq!(claims.claim(key(), "bob", later), Ok(()), "expired");
+        assert_eq!(claims.0.len(), 1, "expired claims are dropped");
+    }
 
     #[test]
     fn only_top_level_attributes_are_batched() {

@@ -907,3 +907,52 @@ async fn a_target_group_linked_to_another_roster_group_is_never_adopted() {
     assert_eq!(stub.groups(), [taken], "the group is untouched");
     assert!(link_of(&app, "group", "y").await.is_none());
 }
+
+#[tokio::test]
+async fn two_people_with_one_address_never_share_one_account() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "one-address", &base, json!({})).await;
+    // HR sends two people with the same address, at once.
+    let both: Vec<Value> = ["TWIN-A", "TWIN-B"]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            joiner(
+                &format!("t{i}"),
+                e,
+                "2026-11-01T09:00:00Z",
+                json!({"email": "twin@example.com", "given_name": *e}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": both}))
+        .await
+        .expect(202);
+    let dead = eventually("one job dead", Duration::from_secs(30), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{dead}"
+    );
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "{users:?}");
+    let links = app
+        .rows(&format!(
+            "SELECT resource_id, target_id, state FROM link WHERE app_id = '{app_id}' AND target_id IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(links.len(), 1, "one owner: {links:?}");
+    assert!(
+        !stub.writes().iter().any(|w| w.starts_with("PATCH")),
+        "the one account was not overwritten with the other person: {:?}",
+        stub.writes()
+    );
+}
