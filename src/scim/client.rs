@@ -496,6 +496,10 @@ pub(crate) fn canonical_names(resource: &mut Value) {
     let Some(object) = resource.as_object_mut() else {
         return;
     };
+    if filter::get_ci(object, "Resources").is_some() {
+        // A ListResponse: its resources are read one by one (`parse_list_page`).
+        return;
+    }
     canonical_keys(object, CORE_NAMES);
     for value in object.values_mut() {
         match value {
