@@ -245,6 +245,7 @@ impl Delivery {
         let rt = self.runtime(app)?;
         let conn = self.db.conn();
         let ctx = AppContext {
+            conn,
             app,
             settings: &rt.settings,
             compiled: &rt.compiled,
@@ -485,6 +486,7 @@ impl Delivery {
             None
         };
         let ctx = AppContext {
+            conn,
             app: &app,
             settings: &rt.settings,
             compiled: &rt.compiled,

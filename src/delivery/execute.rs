@@ -171,12 +171,89 @@ pub fn record_shared_calls(calls: Vec<CallRecord>) {
     });
 }
 
+/// Marks the current job's last call (the look-up that found the account) as failed with
+/// `reason`, so that the provisioning log shows why its answer was not acted on.
+fn refuse_last_call(reason: &str) {
+    let _ = JOB_CALLS.try_with(|c| {
+        if let Some((_, call)) = c.borrow_mut().last_mut() {
+            call.error = Some(reason.to_owned());
+        }
+    });
+}
+
+/// The resource (identity id, or group name) other than `resource_id` whose live link in the
+/// app holds the target account `target_id`; live is every state but `deleted`.
+async fn linked_to_another(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    kind: ResourceKind,
+    target_id: &str,
+    resource_id: &str,
+) -> Result<Option<String>, sea_orm::DbErr> {
+    Ok(link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(kind.as_str()))
+        .filter(link::Column::TargetId.eq(target_id))
+        .filter(link::Column::State.ne("deleted"))
+        .filter(link::Column::ResourceId.ne(resource_id))
+        .one(conn)
+        .await?
+        .map(|l| l.resource_id))
+}
+
+/// The target id of a found account that `resource_id` may adopt. An account linked to
+/// another identity (or roster group) is never adopted: a new hire given a leaver's address
+/// would otherwise take over the leaver's account, and the leaver's scheduled delete would
+/// later remove it. The conflict is the job's error (it is dead-lettered with this reason)
+/// and is written on the look-up's provisioning-log row.
+async fn adoptable(
+    ctx: &AppContext<'_>,
+    kind: ResourceKind,
+    resource_id: &str,
+    account: &Value,
+) -> Result<String, JobError> {
+    let noun = match kind {
+        ResourceKind::Group => "group",
+        _ => "account",
+    };
+    let Some(target_id) = id_of(account).map(str::to_owned) else {
+        return Err(JobError::Unprocessable(format!(
+            "the matching target {noun} has no id"
+        )));
+    };
+    let other =
+        match linked_to_another(ctx.conn, &ctx.app.id, kind, &target_id, resource_id).await? {
+            Some(other) => Some(other),
+            // Not linked yet, but created or adopted by another job a moment ago.
+            None => ctx
+                .lookups
+                .claim(kind.as_str(), &target_id, resource_id)
+                .err(),
+        };
+    if let Some(other) = other {
+        let owner = match kind {
+            ResourceKind::Group => format!("roster group `{other}`"),
+            _ => format!("identity {other}"),
+        };
+        let reason = format!(
+            "conflict: the matching target {noun} {target_id} is linked to {owner}; \
+             roster never adopts a {noun} that belongs to someone else (resolve it by hand)"
+        );
+        refuse_last_call(&reason);
+        return Err(JobError::Unprocessable(reason));
+    }
+    Ok(target_id)
+}
+
 fn doing(operation: Operation) {
     let _ = CURRENT_OPERATION.try_with(|o| *o.borrow_mut() = operation.as_str());
 }
 
 /// Everything a job needs about its app.
 pub struct AppContext<'a> {
+    /// For reads only (whose link holds an account before adopting it): the executor never
+    /// writes to the database, its writes are staged.
+    pub conn: &'a sea_orm::DatabaseConnection,
     pub app: &'a app::Model,
     pub settings: &'a AppSettings,
     pub compiled: &'a CompiledMappings,
@@ -340,11 +417,7 @@ async fn adopt(
     desired: &Value,
     writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
-    let Some(target_id) = id_of(account).map(str::to_owned) else {
-        return Err(JobError::Unprocessable(
-            "the matching target account has no id".into(),
-        ));
-    };
+    let target_id = adoptable(ctx, ResourceKind::User, &person.id, account).await?;
     let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, desired, account));
     if !changes.is_empty() {
         doing(Operation::Update);
@@ -380,6 +453,10 @@ async fn create_or_adopt(
                     "the target answered a create without an id".into(),
                 ));
             };
+            // Ours: another job matching it before this link is committed must not adopt it.
+            let _ = ctx
+                .lookups
+                .claim(ResourceKind::User.as_str(), &target_id, &person.id);
             stage_user_link(
                 writes,
                 ctx,
@@ -476,9 +553,18 @@ pub async fn deliver_user(
                 .as_str()
                 .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
         });
-        let Some((account, target_id)) =
-            found.and_then(|a| id_of(&a).map(str::to_owned).map(|id| (a, id)))
-        else {
+        let found = match found {
+            Some(account) => {
+                match adoptable(ctx, ResourceKind::User, identity_id, &account).await {
+                    Ok(id) => Some((account, id)),
+                    Err(JobError::Db(e)) => return Err(JobError::Db(e)),
+                    // Someone else's account (or one without an id) is not roster's create.
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        let Some((account, target_id)) = found else {
             stage_user_link(writes, ctx, identity_id, LinkState::deleted());
             return Ok(Operation::Noop);
         };
@@ -812,9 +898,7 @@ pub async fn deliver_group(
                     .map_err(|e| JobError::scim(Operation::Adopt, e))?;
                 match found.as_slice() {
                     [one] => {
-                        let id = id_of(one).map(str::to_owned).ok_or_else(|| {
-                            JobError::Unprocessable("target group without id".into())
-                        })?;
+                        let id = adoptable(ctx, ResourceKind::Group, group_name, one).await?;
                         let members = target_members(one);
                         let name = one
                             .get("displayName")

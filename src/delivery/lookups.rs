@@ -7,10 +7,13 @@
 //! Invariants:
 //! - A job sees exactly what its own `find_by` would have found, or the error the shared call
 //!   met when a single call would meet it too (throttled, told to wait, credentials refused, no
-//!   answer: the job retries by the policy), or it makes its own call: a batch answered with an
-//!   account that matches none of the asked values (the target compares differently), with a
+//!   answer: the job retries by the policy), or it makes its own call: a batch answered with a
 //!   5xx without `Retry-After` (the `or` filter may be what fails), or refused as a filter,
 //!   sends every job of the batch back to its own look-up (`after_failed_batch`).
+//! - Every account in an answer is checked with `scim::filter::holds_value`, the one rule of
+//!   every look-up (`userName` and `emails.value` ignoring case, anything else exactly): the
+//!   client drops accounts that answer none of the asked values (a target that ignores or
+//!   misreads the filter), and each job gets only the accounts that hold its own value.
 //! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
 //!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
 //!   and leave together, up to 25 values per listing.
@@ -19,9 +22,10 @@
 //! - The shared call is in every served job's call log (its provisioning log shows the call
 //!   that looked it up); the metrics count it once; its trace span is a child of the first
 //!   served job's span, tagged with that job's HR event.
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -63,6 +67,37 @@ struct Queue {
 pub struct LookupBatcher {
     queue: Mutex<Queue>,
     or_refused: AtomicBool,
+    claims: Mutex<Claims>,
+}
+
+/// How long an account created or adopted in this process stays claimed by its resource: far
+/// longer than a job's end takes to be committed, after which the database's links (checked
+/// before every adoption) say who holds it.
+const CLAIM_TTL: Duration = Duration::from_secs(600);
+
+/// Target accounts this process's jobs created or adopted lately: (kind, target id) → the
+/// resource that holds it and when. Two jobs that match the same account at once (two people
+/// with one address) would otherwise both adopt it before either link is committed.
+#[derive(Default)]
+struct Claims(HashMap<(String, String), (String, Instant)>);
+
+impl Claims {
+    fn claim(
+        &mut self,
+        key: (String, String),
+        resource_id: &str,
+        now: Instant,
+    ) -> Result<(), String> {
+        self.0
+            .retain(|_, (_, at)| now.duration_since(*at) < CLAIM_TTL);
+        match self.0.get(&key) {
+            Some((holder, _)) if holder != resource_id => Err(holder.clone()),
+            _ => {
+                self.0.insert(key, (resource_id.to_owned(), now));
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Ends a dispatcher: however it stops (its task dropped at shutdown included), it is counted
@@ -90,30 +125,15 @@ fn batchable(attr: &str) -> bool {
     !attr.contains(['.', '[', ':']) && filter::check_attr_path(attr).is_ok()
 }
 
-/// Whether `resource`'s `attr` equals `value` as the target compares: `userName` ignoring case
-/// (RFC 7643 §4.1.1), anything else exactly.
-fn answers(resource: &Value, attr: &str, value: &str) -> bool {
-    let Some(object) = resource.as_object() else {
-        return false;
-    };
-    let Some(held) = filter::get_ci(object, attr).and_then(Value::as_str) else {
-        return false;
-    };
-    if attr.eq_ignore_ascii_case("userName") {
-        held.to_lowercase() == value.to_lowercase()
-    } else {
-        held == value
-    }
-}
-
 /// The accounts found for each asked value, in order; `None` when some account answers none of
-/// them (the target's comparison differs from ours: nothing can be attributed safely).
+/// them (never from the client, which drops those; kept so that nothing unattributable is
+/// ever handed to a job).
 fn attribute(found: &[Value], attr: &str, values: &[&str]) -> Option<Vec<Vec<Value>>> {
     let mut per_value = vec![Vec::new(); values.len()];
     for resource in found {
         let mut any = false;
         for (i, value) in values.iter().enumerate() {
-            if answers(resource, attr, value) {
+            if filter::holds_value(resource, attr, value) {
                 per_value[i].push(resource.clone());
                 any = true;
             }
@@ -153,6 +173,21 @@ fn after_failed_batch(error: &ScimError) -> BatchFailure {
 }
 
 impl LookupBatcher {
+    /// Claims the target resource `target_id` of `kind` (`user`, `group`) for `resource_id`,
+    /// which has just created it or is about to adopt it. `Err` names the resource that
+    /// claimed it first in this process: adopting it too would give one account two owners.
+    pub fn claim(&self, kind: &str, target_id: &str, resource_id: &str) -> Result<(), String> {
+        let Ok(mut claims) = self.claims.lock() else {
+            // A poisoned map protects nothing more; the database's links still do.
+            return Ok(());
+        };
+        claims.claim(
+            (kind.to_owned(), target_id.to_owned()),
+            resource_id,
+            Instant::now(),
+        )
+    }
+
     /// The target accounts whose `attr` equals `value`, as `users().find_by` finds them.
     pub async fn find(
         self: &Arc<Self>,
@@ -292,6 +327,24 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_account_claimed_by_one_resource_is_refused_to_another_until_the_claim_expires() {
+        let mut claims = Claims::default();
+        let key = || ("user".to_owned(), "t1".to_owned());
+        let t0 = Instant::now();
+        assert_eq!(claims.claim(key(), "ada", t0), Ok(()));
+        assert_eq!(claims.claim(key(), "ada", t0), Ok(()), "the holder again");
+        assert_eq!(claims.claim(key(), "bob", t0), Err("ada".to_owned()));
+        assert_eq!(
+            claims.claim(("group".to_owned(), "t1".to_owned()), "bob", t0),
+            Ok(()),
+            "kinds are apart"
+        );
+        let later = t0 + CLAIM_TTL;
+        assert_eq!(claims.claim(key(), "bob", later), Ok(()), "expired");
+        assert_eq!(claims.0.len(), 1, "expired claims are dropped");
+    }
 
     #[test]
     fn only_top_level_attributes_are_batched() {

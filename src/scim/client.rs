@@ -278,6 +278,53 @@ fn transport_error(
     }
 }
 
+/// `filter`'s string literals replaced by `"<redacted>"`, quotes and escapes respected, so
+/// that `userName eq "ada@example.com"` becomes `userName eq "<redacted>"`.
+fn redact_filter(filter: &str) -> String {
+    let mut out = String::with_capacity(filter.len());
+    let mut chars = filter.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            out.push(c);
+            continue;
+        }
+        out.push_str("\"<redacted>\"");
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => break,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The path and query of a call as the provisioning log, the call's trace span and its error
+/// keep them: the values inside `filter=` (a person's e-mail address, as a look-up sends it)
+/// are redacted; the rest of the query (paging) is kept as sent.
+pub(crate) fn logged_path(url: &Url) -> String {
+    let Some(query) = url.query() else {
+        return url.path().to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if key.eq_ignore_ascii_case("filter") => {
+                let decoded: String = url::form_urlencoded::parse(format!("f={value}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                format!("{key}={}", redact_filter(&decoded))
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", url.path(), query.join("&"))
+}
+
 fn is_json_media_type(content_type: &str) -> bool {
     let media = content_type
         .split(';')
@@ -328,14 +375,24 @@ pub(crate) fn decode_answer(
     if status == 204 || bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Answer { status, body: None });
     }
+    // A PATCH or DELETE needs no body back (RFC 7644 §3.5.2, §3.6): a 2xx is the success,
+    // whatever the target sends with it (an HTML page, `OK`).
+    let body_optional = *method == Method::PATCH || *method == Method::DELETE;
     if let Some(ct) = &meta.content_type
         && !is_json_media_type(ct)
     {
+        if body_optional {
+            return Ok(Answer { status, body: None });
+        }
         let shown: String = ct.chars().take(60).collect();
         return Err(bad(format!("unexpected content type `{shown}`")));
     }
-    let mut body =
-        serde_json::from_slice::<Value>(bytes).map_err(|e| bad(format!("malformed JSON: {e}")))?;
+    let mut body = match serde_json::from_slice::<Value>(bytes) {
+        Ok(body) => body,
+        Err(_) if body_optional => return Ok(Answer { status, body: None }),
+        Err(e) => return Err(bad(format!("malformed JSON: {e}"))),
+    };
+    canonical_names(&mut body);
     // Some targets send the version only as an `ETag` header; keep it where callers look.
     if let (Some(tag), Some(object)) = (&meta.etag, body.as_object_mut())
         && object.contains_key("id")
@@ -352,6 +409,119 @@ pub(crate) fn decode_answer(
         status,
         body: Some(body),
     })
+}
+
+/// Top-level attribute names of the core User and Group schemas (RFC 7643 §4, §4.2) and of
+/// the ListResponse, as roster reads them.
+const CORE_NAMES: &[&str] = &[
+    "id",
+    "externalId",
+    "meta",
+    "schemas",
+    "userName",
+    "name",
+    "displayName",
+    "nickName",
+    "profileUrl",
+    "title",
+    "userType",
+    "preferredLanguage",
+    "locale",
+    "timezone",
+    "active",
+    "emails",
+    "phoneNumbers",
+    "ims",
+    "photos",
+    "addresses",
+    "groups",
+    "entitlements",
+    "roles",
+    "x509Certificates",
+    "members",
+];
+
+/// Sub-attribute names: of `name`, of `meta`, and of multi-valued elements.
+const SUB_NAMES: &[&str] = &[
+    "value",
+    "display",
+    "type",
+    "primary",
+    "$ref",
+    "givenName",
+    "familyName",
+    "formatted",
+    "middleName",
+    "honorificPrefix",
+    "honorificSuffix",
+    "version",
+    "resourceType",
+    "created",
+    "lastModified",
+    "location",
+];
+
+/// Renames the keys of `object` that equal one of `names` ignoring case to that spelling,
+/// unless the exact spelling is there already.
+fn canonical_keys(object: &mut serde_json::Map<String, Value>, names: &[&str]) {
+    let odd: Vec<(String, &str)> = object
+        .keys()
+        .filter_map(|k| {
+            let name = names
+                .iter()
+                .find(|n| n.eq_ignore_ascii_case(k) && **n != k.as_str())?;
+            (!object.contains_key(*name)).then(|| (k.clone(), *name))
+        })
+        .collect();
+    for (key, name) in odd {
+        if let Some(v) = object.remove(&key) {
+            object.insert(name.to_owned(), v);
+        }
+    }
+}
+
+/// A number where SCIM has a string (`id`, `members[].value`: some targets send database
+/// keys as JSON numbers) becomes its decimal text.
+fn number_as_text(value: &mut Value) {
+    if let Value::Number(n) = value {
+        *value = Value::String(n.to_string());
+    }
+}
+
+/// Puts a resource as a target sent it into the shape the rest of roster reads: attribute
+/// names are case-insensitive (RFC 7643 §2.1), so the core ones are renamed to their usual
+/// spelling (`UserName`, `ID`, `Meta.Version`); a numeric `id` or member `value` becomes its
+/// text. Pure; applied to every JSON answer and every listed resource.
+pub(crate) fn canonical_names(resource: &mut Value) {
+    let Some(object) = resource.as_object_mut() else {
+        return;
+    };
+    if filter::get_ci(object, "Resources").is_some() {
+        // A ListResponse: its resources are read one by one (`parse_list_page`).
+        return;
+    }
+    canonical_keys(object, CORE_NAMES);
+    for value in object.values_mut() {
+        match value {
+            Value::Object(inner) => canonical_keys(inner, SUB_NAMES),
+            Value::Array(items) => {
+                for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                    canonical_keys(item, SUB_NAMES);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(id) = object.get_mut("id") {
+        number_as_text(id);
+    }
+    if let Some(Value::Array(members)) = object.get_mut("members") {
+        for member in members.iter_mut().filter_map(Value::as_object_mut) {
+            if let Some(value) = member.get_mut("value") {
+                number_as_text(value);
+            }
+        }
+    }
 }
 
 /// `id` of a resource.
@@ -487,10 +657,7 @@ impl ScimClient {
         url: Url,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<Answer, ScimError> {
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
+        let path = logged_path(&url);
         if let Some(gate) = &self.inner.gate {
             gate.wait().await;
         }
@@ -910,6 +1077,9 @@ struct Paging {
     /// `id` of the first resource of page 1: seeing it again means the server wrapped round.
     first_id: Option<String>,
     done: bool,
+    /// The target answered `scimType: sensitive` to a filter in the URL: pages are asked
+    /// with `POST …/.search` from then on.
+    search: bool,
 }
 
 /// One page of a listing, as [`parse_list_page`] reads it.
@@ -927,11 +1097,28 @@ pub(crate) fn parse_list_page(body: &Value) -> Result<ListPage, &'static str> {
     let object = body.as_object().ok_or("list response is not an object")?;
     let total = filter::get_ci(object, "totalResults").and_then(Value::as_u64);
     let items = match filter::get_ci(object, "Resources") {
-        Some(Value::Array(items)) => items.clone(),
+        Some(Value::Array(items)) => {
+            let mut items = items.clone();
+            items.iter_mut().for_each(canonical_names);
+            items
+        }
         None | Some(Value::Null) => Vec::new(),
         Some(_) => return Err("`Resources` is not an array"),
     };
     Ok(ListPage { total, items })
+}
+
+/// The ids a look-up has returned so far: a target whose pages overlap (an account on page 1
+/// and again on page 2) must not make one account look like two.
+#[derive(Default)]
+struct SeenIds(std::collections::HashSet<String>);
+
+impl SeenIds {
+    /// Whether `resource` is new to the look-up. One without an `id` is always kept: the
+    /// caller refuses it with its own reason.
+    fn first_time(&mut self, resource: &Value) -> bool {
+        id_of(resource).is_none_or(|id| self.0.insert(id.to_owned()))
+    }
 }
 
 /// `client.users()` or `client.groups()`: CRUD, look-ups and listing for one resource type.
@@ -1106,24 +1293,32 @@ impl Resources {
         }
     }
 
-    /// Resources whose `attr` equals `value` (`userName` ignoring case). Uses `filter=` with the
-    /// value escaped; on targets without filtering, pages through everything and compares here.
+    /// Resources whose `attr` holds `value`, by [`filter::holds_value`] (`userName` and
+    /// `emails.value` ignoring case). Uses `filter=` with the value escaped; on targets without
+    /// filtering, pages through everything. Either way every resource is checked here: a
+    /// target that ignores or misreads the filter answers nothing it should not.
     pub async fn find_by(&self, attr: &str, value: &str) -> Result<Vec<Value>, ScimError> {
         if let Some(found) = self.find_by_any(attr, &[value]).await? {
             return Ok(found);
         }
-        let expression = filter::eq(attr, value)?;
-        let parsed = filter::parse(&expression).map_err(ScimError::InvalidInput)?;
+        // Refuses an attribute that no filter could name, as the filtered look-up would.
+        filter::eq(attr, value)?;
+        let mut seen = SeenIds::default();
         self.list(self.client.inner.quirks.page_size)
-            .try_filter(|resource| futures::future::ready(parsed.matches(resource)))
+            .try_filter(|resource| {
+                futures::future::ready(
+                    filter::holds_value(resource, attr, value) && seen.first_time(resource),
+                )
+            })
             .try_collect()
             .await
     }
 
-    /// Resources whose `attr` equals any of `values`, in one `filter=attr eq "a" or attr eq "b"
-    /// …` listing (every page of it). `None` when the target does not filter: the caller looks
-    /// each value up with [`Resources::find_by`]. Which value a resource answers is the
-    /// caller's to decide.
+    /// Resources whose `attr` holds any of `values`, in one `filter=attr eq "a" or attr eq "b"
+    /// …` listing (every page of it), each checked here with [`filter::holds_value`] and each
+    /// counted once, however often the pages repeat it. `None` when the target does not
+    /// filter: the caller looks each value up with [`Resources::find_by`]. Which value a
+    /// resource answers is the caller's to decide.
     pub async fn find_by_any(
         &self,
         attr: &str,
@@ -1142,7 +1337,17 @@ impl Resources {
             attributes: Vec::new(),
             page_size: self.client.inner.quirks.page_size,
         };
-        self.list_query(query).try_collect().await.map(Some)
+        let mut seen = SeenIds::default();
+        self.list_query(query)
+            .try_filter(|resource| {
+                let wanted = values
+                    .iter()
+                    .any(|v| filter::holds_value(resource, attr, v));
+                futures::future::ready(wanted && seen.first_time(resource))
+            })
+            .try_collect()
+            .await
+            .map(Some)
     }
 
     /// Every resource, page by page (memory bounded by one page).
@@ -1172,6 +1377,7 @@ impl Resources {
             fetched: 0,
             first_id: None,
             done: false,
+            search: false,
         };
         stream::try_unfold(start, move |paging| {
             let this = this.clone();
@@ -1200,8 +1406,21 @@ impl Resources {
         params.push(("startIndex", paging.next_start.to_string()));
         params.push(("count", count.to_string()));
         let url = self.client.url(&[self.kind.endpoint()], &params);
-        let path = url.path().to_owned();
-        let answer = self.client.scim(Method::GET, url, None, None).await?;
+        let mut path = url.path().to_owned();
+        let answer = if paging.search {
+            self.search(query, paging.next_start, count, &mut path)
+                .await?
+        } else {
+            match self.client.scim(Method::GET, url, None, None).await {
+                // The target will not read the filter's values from a URL: ask with a body.
+                Err(e) if e.is_sensitive() && query.filter.is_some() => {
+                    paging.search = true;
+                    self.search(query, paging.next_start, count, &mut path)
+                        .await?
+                }
+                other => other?,
+            }
+        };
         let body = answer
             .body
             .ok_or_else(|| no_body("GET", path.clone(), answer.status))?;
@@ -1239,6 +1458,31 @@ impl Resources {
             },
             paging,
         )))
+    }
+
+    /// One page of `query` as `POST {endpoint}/.search` (RFC 7644 §3.4.3), for targets that
+    /// refuse filter values in a URL (`scimType: sensitive`). Sets `path` to the one called.
+    async fn search(
+        &self,
+        query: &ListQuery,
+        start: u64,
+        count: u32,
+        path: &mut String,
+    ) -> Result<Answer, ScimError> {
+        let url = self.client.url(&[self.kind.endpoint(), ".search"], &[]);
+        url.path().clone_into(path);
+        let mut body = serde_json::json!({
+            "schemas": [super::schemas::SEARCH_REQUEST],
+            "startIndex": start,
+            "count": count,
+        });
+        if let Some(filter) = &query.filter {
+            body["filter"] = Value::String(filter.clone());
+        }
+        if !query.attributes.is_empty() {
+            body["attributes"] = serde_json::json!(query.attributes);
+        }
+        self.client.scim(Method::POST, url, Some(&body), None).await
     }
 
     /// Adds members with PATCH, in chunks of `quirks.max_members_per_patch`.
@@ -1290,6 +1534,109 @@ mod tests {
         );
         assert_eq!(url.path(), "/scim/v2/Users/a%2Fb%3Fc");
         assert_eq!(url.query(), Some("filter=userName%20eq%20%22x%20y%22"));
+    }
+
+    fn meta(status: u16, content_type: &str) -> ResponseMeta {
+        ResponseMeta {
+            status,
+            content_type: Some(content_type.into()),
+            ..ResponseMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_2xx_to_patch_or_delete_is_a_success_whatever_its_body() {
+        let now = SystemTime::now();
+        for method in [Method::PATCH, Method::DELETE] {
+            for (ct, body) in [
+                ("text/html", &b"<html>OK</html>"[..]),
+                ("application/json", b"OK"),
+                ("text/plain", b"done"),
+            ] {
+                let answer = decode_answer(&method, "/Users/1", &meta(200, ct), body, now)
+                    .unwrap_or_else(|e| panic!("{method} {ct}: {e}"));
+                assert_eq!(answer.body, None);
+            }
+        }
+        // A GET or POST needs its resource: the same answers are refused there.
+        for method in [Method::GET, Method::POST] {
+            assert!(
+                decode_answer(&method, "/Users", &meta(200, "text/html"), b"<p>", now).is_err()
+            );
+            assert!(
+                decode_answer(
+                    &method,
+                    "/Users",
+                    &meta(200, "application/json"),
+                    b"OK",
+                    now
+                )
+                .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn attribute_names_are_read_ignoring_case_and_numeric_ids_as_text() {
+        let now = SystemTime::now();
+        let body = br#"{"ID": 42, "UserName": "ada", "Meta": {"Version": "W/\"3\""},
+                       "Emails": [{"Value": "a@x", "Primary": true}],
+                       "Name": {"GivenName": "Ada"}, "custom": {"Value": 1}}"#;
+        let answer = decode_answer(
+            &Method::GET,
+            "/Users/42",
+            &meta(200, "application/scim+json"),
+            body,
+            now,
+        )
+        .unwrap();
+        let user = answer.body.unwrap();
+        assert_eq!(id_of(&user), Some("42"));
+        assert_eq!(user["userName"], "ada");
+        assert_eq!(version_of(&user), Some("W/\"3\""));
+        assert_eq!(user["emails"][0]["value"], "a@x");
+        assert_eq!(user["name"]["givenName"], "Ada");
+        // Only known names are respelled; an exact spelling already there wins.
+        let mut both = serde_json::json!({"id": "a", "ID": "b", "members": [{"value": 7}]});
+        canonical_names(&mut both);
+        assert_eq!(both["id"], "a");
+        assert_eq!(both["members"][0]["value"], "7");
+        let page = parse_list_page(&serde_json::json!({
+            "TotalResults": 1, "Resources": [{"Id": 9, "USERNAME": "bob"}]
+        }))
+        .unwrap();
+        assert_eq!(page.total, Some(1));
+        assert_eq!(id_of(&page.items[0]), Some("9"));
+        assert_eq!(page.items[0]["userName"], "bob");
+    }
+
+    #[test]
+    fn logged_paths_keep_no_filter_values() {
+        let config = TargetConfig::new(
+            Url::parse("http://127.0.0.1:9/scim/v2").unwrap(),
+            Auth::None,
+            TargetPolicy::AllowPrivate,
+        );
+        let client = ScimClient::new(config).unwrap();
+        let url = client.url(
+            &["Users"],
+            &[
+                (
+                    "filter",
+                    r#"userName eq "ada@example.com" or emails.value eq "a\"b@x""#.into(),
+                ),
+                ("startIndex", "1".into()),
+                ("count", "25".into()),
+            ],
+        );
+        let logged = logged_path(&url);
+        assert_eq!(
+            logged,
+            r#"/scim/v2/Users?filter=userName eq "<redacted>" or emails.value eq "<redacted>"&startIndex=1&count=25"#
+        );
+        assert!(!logged.contains("ada") && !logged.contains("b@x"));
+        let plain = client.url(&["Users", "u-1"], &[]);
+        assert_eq!(logged_path(&plain), "/scim/v2/Users/u-1");
     }
 
     #[test]

@@ -44,17 +44,22 @@ impl Default for Capabilities {
     }
 }
 
+/// `doc`'s `key`, the name matched without regard to case (RFC 7643 §2.1).
+fn field<'a>(doc: &'a Value, key: &str) -> Option<&'a Value> {
+    doc.as_object().and_then(|o| super::filter::get_ci(o, key))
+}
+
 /// `true`, `"true"` and `"True"` are true; anything else is false.
 fn flag(doc: &Value, section: &str) -> bool {
-    match doc.get(section).and_then(|s| s.get("supported")) {
+    match field(doc, section).and_then(|s| field(s, "supported")) {
         Some(Value::Bool(b)) => *b,
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
     }
 }
 
-fn number(doc: &Value, section: &str, field: &str) -> Option<u64> {
-    match doc.get(section)?.get(field)? {
+fn number(doc: &Value, section: &str, name: &str) -> Option<u64> {
+    match field(field(doc, section)?, name)? {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
@@ -65,13 +70,12 @@ impl Capabilities {
     /// Reads a `/ServiceProviderConfig` document.
     #[must_use]
     pub fn from_service_provider_config(doc: &Value) -> Self {
-        let auth_schemes = doc
-            .get("authenticationSchemes")
+        let auth_schemes = field(doc, "authenticationSchemes")
             .and_then(Value::as_array)
             .map(|schemes| {
                 schemes
                     .iter()
-                    .filter_map(|s| s.get("type").and_then(Value::as_str))
+                    .filter_map(|s| field(s, "type").and_then(Value::as_str))
                     .map(str::to_owned)
                     .collect()
             })
@@ -98,15 +102,14 @@ impl Capabilities {
     /// ListResponse or a bare array.
     #[must_use]
     pub(crate) fn names(doc: &Value, key: &str) -> Vec<String> {
-        let items = doc
-            .get("Resources")
+        let items = field(doc, "Resources")
             .and_then(Value::as_array)
             .or_else(|| doc.as_array());
         items
             .map(|items| {
                 items
                     .iter()
-                    .filter_map(|i| i.get(key).and_then(Value::as_str))
+                    .filter_map(|i| field(i, key).and_then(Value::as_str))
                     .map(str::to_owned)
                     .collect()
             })
@@ -143,6 +146,22 @@ mod tests {
         assert_eq!(empty.filter_max_results, None);
         let odd = Capabilities::from_service_provider_config(&json!("nonsense"));
         assert!(!odd.patch);
+    }
+
+    #[test]
+    fn discovery_documents_are_read_ignoring_the_case_of_names() {
+        let doc = json!({
+            "Patch": {"Supported": true},
+            "FILTER": {"supported": true, "MaxResults": 50},
+            "eTag": {"SUPPORTED": "true"},
+            "AuthenticationSchemes": [{"Type": "oauthbearertoken"}]
+        });
+        let caps = Capabilities::from_service_provider_config(&doc);
+        assert!(caps.patch && caps.filter && caps.etag);
+        assert_eq!(caps.filter_max_results, Some(50));
+        assert_eq!(caps.auth_schemes, ["oauthbearertoken"]);
+        let list = json!({"resources": [{"Name": "User"}]});
+        assert_eq!(Capabilities::names(&list, "name"), ["User"]);
     }
 
     #[test]

@@ -152,6 +152,8 @@ impl ScimError {
     #[must_use]
     pub fn class(&self) -> ErrorClass {
         match self {
+            // A version mismatch some targets answer with 400 (RFC 7644 §3.12): like 412.
+            Self::Http { .. } if self.is_version_mismatch() => ErrorClass::Transient,
             Self::Http { status, .. } => classify(Some(*status)),
             Self::Transport { .. } => classify(None),
             // A body cut short by a 5xx is still a 5xx; a bad 2xx body will not improve.
@@ -162,6 +164,23 @@ impl ScimError {
             | Self::Unsupported(_)
             | Self::Config(_) => ErrorClass::Permanent,
         }
+    }
+
+    /// The target refused the version sent in `If-Match`: 412, or `scimType: invalidVers`.
+    #[must_use]
+    pub fn is_version_mismatch(&self) -> bool {
+        matches!(self, Self::Http { status: 412, .. })
+            || self
+                .scim_type()
+                .is_some_and(|t| t.eq_ignore_ascii_case("invalidVers"))
+    }
+
+    /// The target refused to read the request's values from the URL (`scimType: sensitive`,
+    /// RFC 7644 §3.12): the query is to be sent again as `POST …/.search`.
+    #[must_use]
+    pub fn is_sensitive(&self) -> bool {
+        self.scim_type()
+            .is_some_and(|t| t.eq_ignore_ascii_case("sensitive"))
     }
 
     #[must_use]
@@ -221,7 +240,8 @@ pub(crate) fn parse_error_body(body: &[u8]) -> ErrorBody {
     };
     let text = |key: &str| {
         value
-            .get(key)
+            .as_object()
+            .and_then(|o| super::filter::get_ci(o, key))
             .and_then(serde_json::Value::as_str)
             .map(|s| truncate_detail(s, DETAIL_MAX))
     };
@@ -324,6 +344,34 @@ mod tests {
         let long = "x".repeat(5000);
         let parsed = parse_error_body(long.as_bytes());
         assert!(parsed.detail.unwrap().chars().count() <= DETAIL_MAX + 1);
+    }
+
+    #[test]
+    fn scim_type_drives_the_class_of_an_answer() {
+        let answer = |status, scim_type: &str| ScimError::Http {
+            method: "PATCH".into(),
+            path: "/Users/1".into(),
+            status,
+            scim_type: Some(scim_type.into()),
+            detail: String::new(),
+            retry_after: None,
+        };
+        assert_eq!(answer(400, "invalidVers").class(), ErrorClass::Transient);
+        assert!(answer(400, "INVALIDVERS").is_version_mismatch());
+        assert!(answer(412, "").is_version_mismatch());
+        assert_eq!(answer(400, "invalidValue").class(), ErrorClass::Permanent);
+        assert!(!answer(400, "invalidValue").is_version_mismatch());
+        assert!(answer(403, "sensitive").is_sensitive());
+        assert!(!answer(403, "").is_sensitive());
+        let body = br#"{"SCIMTYPE":"invalidVers","Detail":"stale"}"#;
+        assert_eq!(
+            parse_error_body(body),
+            ErrorBody {
+                scim_type: Some("invalidVers".into()),
+                detail: Some("stale".into())
+            },
+            "names are read ignoring case"
+        );
     }
 
     #[test]

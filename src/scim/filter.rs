@@ -378,6 +378,69 @@ fn case_exact(path: &str) -> bool {
     )
 }
 
+/// Whether a matching attribute compares ignoring case on the client side: `userName`
+/// (RFC 7643 §4.1.1) and e-mail addresses (`emails.value`, `caseExact: false` in RFC 7643
+/// §8.7.1), whatever the element filter (`emails[type eq "work"].value`). Everything else
+/// compares exactly: when in doubt, a look-up finds nothing rather than someone else.
+fn matches_ignoring_case(attr: &str) -> bool {
+    let plain = match attr.split_once('[') {
+        Some((base, rest)) => {
+            let sub = rest.split_once(']').map_or("", |(_, sub)| sub);
+            format!("{base}{sub}")
+        }
+        None => attr.to_owned(),
+    };
+    let plain = match split_urn(&plain) {
+        // Only the core User schema's attributes are the ones named here.
+        Some((urn, a)) if urn.eq_ignore_ascii_case(super::schemas::USER) => a.to_owned(),
+        Some(_) => return false,
+        None => plain,
+    };
+    plain.eq_ignore_ascii_case("userName") || plain.eq_ignore_ascii_case("emails.value")
+}
+
+/// The values at a matching attribute: a plain path (`userName`, `name.familyName`,
+/// URN-qualified), or one element filter and a sub-attribute (`emails[type eq "work"].value`).
+fn matching_values<'a>(resource: &'a Value, attr: &str) -> Vec<&'a Value> {
+    let Some((base, rest)) = attr.split_once('[') else {
+        return values_at(resource, attr);
+    };
+    let Some((inner, sub)) = rest.split_once(']') else {
+        return Vec::new();
+    };
+    let Ok(element_filter) = parse(inner) else {
+        return Vec::new();
+    };
+    let elements = values_at(resource, base)
+        .into_iter()
+        .filter(|e| element_filter.matches(e));
+    match sub.strip_prefix('.') {
+        Some(sub) => elements.flat_map(|e| values_at(e, sub)).collect(),
+        None => elements.collect(),
+    }
+}
+
+/// Whether `resource` really holds `value` at the matching attribute `attr`: the one rule by
+/// which every look-up answer is checked before roster acts on it (a target may ignore or
+/// misread `filter=`). `userName` and `emails.value` compare ignoring case, anything else
+/// exactly; a number counts as its decimal text; attribute names are read ignoring case.
+#[must_use]
+pub fn holds_value(resource: &Value, attr: &str, value: &str) -> bool {
+    let ignore_case = matches_ignoring_case(attr);
+    matching_values(resource, attr).into_iter().any(|held| {
+        let text = match held {
+            Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            Value::Number(n) => std::borrow::Cow::Owned(n.to_string()),
+            _ => return false,
+        };
+        if ignore_case {
+            text.to_lowercase() == value.to_lowercase()
+        } else {
+            text == value
+        }
+    })
+}
+
 impl Filter {
     /// Whether `resource` matches.
     #[must_use]
@@ -518,6 +581,62 @@ mod tests {
         // `or` binds looser than `and`.
         let f = parse(r#"a eq "1" or b eq "2" and c eq "3""#).unwrap();
         assert!(matches!(f, Filter::Or(_, _)));
+    }
+
+    #[test]
+    fn look_up_answers_are_checked_with_one_rule() {
+        let ada = json!({
+            "id": "1", "userName": "Ada@Example.com", "externalId": "E1",
+            "emails": [{"type": "home", "value": "ada@home.example"},
+                       {"type": "work", "value": "ADA@example.com"}],
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"employeeNumber": 42}
+        });
+        assert!(holds_value(&ada, "userName", "ada@example.com"));
+        assert!(holds_value(&ada, "USERNAME", "ADA@EXAMPLE.COM"));
+        assert!(holds_value(
+            &ada,
+            "urn:ietf:params:scim:schemas:core:2.0:User:userName",
+            "ada@example.com"
+        ));
+        assert!(!holds_value(&ada, "userName", "admin@example.com"));
+        assert!(holds_value(&ada, "emails.value", "ada@EXAMPLE.com"));
+        assert!(holds_value(
+            &ada,
+            r#"emails[type eq "work"].value"#,
+            "ada@example.com"
+        ));
+        assert!(!holds_value(
+            &ada,
+            r#"emails[type eq "work"].value"#,
+            "ada@home.example"
+        ));
+        assert!(holds_value(&ada, "externalId", "E1"));
+        assert!(
+            !holds_value(&ada, "externalId", "e1"),
+            "others compare exactly"
+        );
+        assert!(holds_value(
+            &ada,
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:employeeNumber",
+            "42"
+        ));
+        assert!(holds_value(
+            &json!({"DisplayName": "Board"}),
+            "displayName",
+            "Board"
+        ));
+        assert!(!holds_value(
+            &json!({"displayName": "board"}),
+            "displayName",
+            "Board"
+        ));
+        assert!(!holds_value(
+            &json!({"id": "2"}),
+            "userName",
+            "ada@example.com"
+        ));
+        assert!(!holds_value(&json!("text"), "userName", "text"));
+        assert!(!holds_value(&ada, "emails[type eq", "ada@example.com"));
     }
 
     #[test]

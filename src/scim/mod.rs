@@ -20,7 +20,8 @@
 //! - Behaviour follows discovery ([`ScimClient::capabilities`], read lazily from
 //!   `/ServiceProviderConfig` and cached) and the [`Quirks`]: no PATCH → users are patched
 //!   locally and PUT; ETags → `If-Match`, and a 412 re-reads the version and retries once;
-//!   no filter → look-ups page through the collection; `count` is clamped to
+//!   no filter → look-ups page through the collection; every look-up answer is checked
+//!   locally ([`filter::holds_value`]) and each account counted once; `count` is clamped to
 //!   `quirks.page_size` and `filter.maxResults`.
 //! - Errors are [`ScimError`]; [`ScimError::class`] (from the pure [`classify`]) says transient,
 //!   conflict, auth, not found or permanent. [`parse_retry_after`] reads `Retry-After`.
@@ -58,5 +59,6 @@ pub mod schemas {
     pub const ENTERPRISE_USER: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
     pub const LIST_RESPONSE: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
     pub const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+    pub const SEARCH_REQUEST: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
     pub const PATCH_OP: &str = super::patch::PATCH_OP_SCHEMA;
 }

@@ -6,7 +6,7 @@
 use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
 
-use super::entity::{job, link};
+use super::entity::{identity, job, link};
 
 /// Delivery lanes, highest priority first: leavers overtake every other job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -453,11 +453,35 @@ pub async fn release(
         // It may have been mid-write when its instance died: what the target holds is unknown.
         if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
             forget_snapshot(conn, &j.app_id, ResourceKind::User, &j.resource_id).await?;
-            mark_create_unsure(conn, &j.app_id, &j.resource_id).await?;
+            if could_have_created(conn, &j).await? {
+                mark_create_unsure(conn, &j.app_id, &j.resource_id).await?;
+            }
         }
         released += 1;
     }
     Ok(released)
+}
+
+/// How long before a job's claim a change to its person may still have been unread by it: the
+/// identity's `updated_at` is taken before its transaction commits.
+const CHANGE_COMMIT_MARGIN_MS: i64 = 30_000;
+
+/// Whether a released user job may have sent a create. Only a job that read an active person
+/// can (delivery creates for people in scope, and scope requires `active`). A job whose person
+/// is gone, or was already inactive well before the job was claimed (its `updated_at`, set
+/// by the claim), never created: marking it unsure would make a later delivery look the
+/// person up and adopt, then deprovision, an account roster never made.
+async fn could_have_created(conn: &impl ConnectionTrait, j: &job::Model) -> Result<bool, DbErr> {
+    use sea_orm::EntityTrait;
+    let Some(person) = identity::Entity::find_by_id(j.resource_id.as_str())
+        .one(conn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    let changed_ms = person.updated_at.timestamp_millis();
+    Ok(person.status == "active"
+        || changed_ms + CHANGE_COMMIT_MARGIN_MS > j.updated_at.timestamp_millis())
 }
 
 /// A user job that died may have created an account it never recorded: a link without an

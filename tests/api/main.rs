@@ -1,4 +1,5 @@
 //! Integration tests of the HTTP API: one binary, a module per capability.
+mod adoption;
 mod apps;
 mod audit;
 mod bad_input;

@@ -139,3 +139,97 @@ async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
         "no merged listing is tried again"
     );
 }
+
+/// A target that reads no filter values from a URL (`scimType: sensitive`) and answers
+/// `POST /Users/.search` instead, with pages that repeat an account and hold others; its
+/// PATCH and DELETE answer 200 with a body that is not JSON.
+#[handler]
+fn sensitive_listing() -> poem::Response {
+    scim(
+        403,
+        json!({"schemas": [roster::scim::schemas::ERROR], "status": "403",
+               "scimType": "sensitive", "detail": "no personal data in URLs"}),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct SearchRequest {
+    schemas: Vec<String>,
+    filter: Option<String>,
+    #[serde(rename = "startIndex")]
+    start_index: u64,
+}
+
+#[handler]
+fn search(poem::web::Json(request): poem::web::Json<SearchRequest>) -> poem::Response {
+    assert_eq!(request.schemas, [roster::scim::schemas::SEARCH_REQUEST]);
+    assert!(request.filter.is_some_and(|f| f.contains("userName eq")));
+    // Page 2 repeats page 1's Ada; Bob and Carl answer a filter the target did not apply.
+    let page = if request.start_index == 1 {
+        json!([{"id": "a1", "userName": "ada"}, {"id": "b1", "userName": "bob"}])
+    } else {
+        json!([{"id": "c1", "userName": "carl"}, {"ID": "a1", "UserName": "Ada"}])
+    };
+    scim(
+        200,
+        json!({"schemas": [roster::scim::schemas::LIST_RESPONSE], "totalResults": 4,
+               "startIndex": request.start_index, "itemsPerPage": 2, "Resources": page}),
+    )
+}
+
+#[handler]
+fn not_json() -> poem::Response {
+    poem::Response::builder()
+        .status(poem::http::StatusCode::OK)
+        .content_type("text/html")
+        .body("<html>done</html>")
+}
+
+#[handler]
+fn small_pages() -> poem::Response {
+    scim(
+        200,
+        json!({"patch": {"supported": true}, "filter": {"supported": true, "maxResults": 2}}),
+    )
+}
+
+#[tokio::test]
+async fn a_sensitive_target_is_searched_by_post_and_answers_are_checked_and_counted_once() {
+    let app = Route::new()
+        .at("/v2/Users", get(sensitive_listing))
+        .at("/v2/Users/.search", poem::post(search))
+        .at("/v2/Users/a1", poem::patch(not_json).delete(not_json))
+        .at("/v2/ServiceProviderConfig", get(small_pages));
+    let base = format!("http://{}/v2", serve(app).await);
+    let (c, calls) = client(&base, bearer("t"), |_| {});
+    let found = c.users().find_by("userName", "ADA").await.expect("found");
+    assert_eq!(
+        found,
+        [json!({"id": "a1", "userName": "ada"})],
+        "one account, once, and only the one asked for"
+    );
+    let listings: Vec<String> = calls
+        .all()
+        .iter()
+        .filter(|r| r.path.contains("Users"))
+        .map(|r| format!("{} {} {:?}", r.method, r.path, r.status))
+        .collect();
+    assert_eq!(listings.len(), 3, "{listings:?}");
+    assert!(listings[0].starts_with("GET") && listings[0].contains("Some(403)"));
+    assert_eq!(listings[1], "POST /v2/Users/.search Some(200)");
+    assert_eq!(listings[2], "POST /v2/Users/.search Some(200)");
+    // A 2xx without JSON to PATCH or DELETE is a success.
+    let patched = c
+        .users()
+        .patch(
+            "a1",
+            &roster::scim::PatchRequest::new().replace("active", json!(false)),
+        )
+        .await
+        .expect("a 200 to PATCH is a success");
+    assert_eq!(patched, None);
+    assert_eq!(
+        c.users().delete("a1").await.expect("a 200 to DELETE"),
+        roster::scim::Deleted::Deleted
+    );
+}

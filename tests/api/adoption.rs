@@ -1,0 +1,958 @@
+//! Matching and adoption against targets that misbehave, each in one way (a scripted stub on
+//! port 0): one that ignores `filter=`, one that sends numeric ids, one that lower-cases
+//! e-mail addresses. roster must change no account wrongly (refusing with a clear reason is
+//! fine) and reach a correct end state. Also: an account linked to another identity is never
+//! adopted, and the provisioning log keeps no e-mail address in its look-up paths.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use poem::http::{Method, StatusCode};
+use poem::{Request, Response};
+use roster::scim::filter;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, app_body, event, eventually, joiner, spawn_app};
+
+const TOKEN: &str = "stub-token";
+
+/// How a stub target misbehaves.
+#[derive(Debug, Clone, Copy, Default)]
+struct Misbehaviour {
+    /// Answers every listing with every resource, whatever `filter=` asks.
+    ignores_filter: bool,
+    /// Sends `id` as a JSON number.
+    numeric_ids: bool,
+    /// Stores `emails[].value` lower-cased.
+    lower_cases_emails: bool,
+}
+
+/// One request as the stub saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+}
+
+/// A small SCIM server holding users and groups in memory, misbehaving as told.
+struct Stub {
+    how: Misbehaviour,
+    users: Mutex<Vec<Value>>,
+    groups: Mutex<Vec<Value>>,
+    seen: Mutex<Vec<Seen>>,
+    next_id: AtomicU64,
+}
+
+fn scim(status: StatusCode, body: &Value) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/scim+json")
+        .body(body.to_string())
+}
+
+fn error(status: StatusCode, scim_type: Option<&str>, detail: &str) -> Response {
+    let mut body = json!({"schemas": [roster::scim::schemas::ERROR],
+                          "status": status.as_u16().to_string(), "detail": detail});
+    if let Some(t) = scim_type {
+        body["scimType"] = json!(t);
+    }
+    scim(status, &body)
+}
+
+fn id_text(resource: &Value) -> String {
+    match &resource["id"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// Applies the PatchOp operations the client sends (top-level and dotted paths, whole
+/// multi-valued attributes, member adds and filtered member removes).
+fn apply_patch(resource: &mut Value, body: &Value) {
+    for op in body["Operations"].as_array().into_iter().flatten() {
+        let kind = op["op"].as_str().unwrap_or("").to_ascii_lowercase();
+        let value = op.get("value").cloned().unwrap_or(Value::Null);
+        match op["path"].as_str() {
+            None => {
+                if let (Some(target), Some(fields)) = (resource.as_object_mut(), value.as_object())
+                {
+                    for (k, v) in fields {
+                        target.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Some(path) if path.starts_with("members[") => {
+                let gone = filter::parse(&path["members[".len()..path.len() - 1]).ok();
+                if let (Some(gone), Some(members)) = (gone, resource["members"].as_array_mut()) {
+                    members.retain(|m| !gone.matches(m));
+                }
+            }
+            Some("members") if kind == "add" => {
+                let members = resource
+                    .as_object_mut()
+                    .map(|o| o.entry("members").or_insert_with(|| json!([])));
+                if let (Some(Value::Array(members)), Some(new)) = (members, value.as_array()) {
+                    members.extend(new.iter().cloned());
+                }
+            }
+            Some(path) => {
+                let mut parts: Vec<&str> = path.split('.').collect();
+                let last = parts.pop().unwrap_or_default();
+                let mut at = &mut *resource;
+                for p in parts {
+                    at = &mut at[p];
+                    if at.is_null() {
+                        *at = json!({});
+                    }
+                }
+                if let Some(object) = at.as_object_mut() {
+                    if kind == "remove" {
+                        object.remove(last);
+                    } else {
+                        object.insert(last.to_owned(), value);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a target that lower-cases e-mail addresses does: every `emails[].value`, and a
+/// `userName` that is an address, stored lower-cased.
+fn lower_case_emails(resource: &mut Value) {
+    for e in resource["emails"].as_array_mut().into_iter().flatten() {
+        if let Some(v) = e["value"].as_str() {
+            e["value"] = json!(v.to_lowercase());
+        }
+    }
+    if let Some(name) = resource["userName"].as_str().filter(|n| n.contains('@')) {
+        resource["userName"] = json!(name.to_lowercase());
+    }
+}
+
+impl Stub {
+    fn new(how: Misbehaviour) -> Arc<Self> {
+        Arc::new(Self {
+            how,
+            users: Mutex::new(Vec::new()),
+            groups: Mutex::new(Vec::new()),
+            seen: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(100),
+        })
+    }
+
+    /// Stores `resource` as the target would and returns it as sent back.
+    fn store(&self, kind: &str, mut resource: Value) -> Value {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        resource["id"] = if self.how.numeric_ids {
+            json!(n)
+        } else {
+            json!(format!("{kind}-{n}"))
+        };
+        if self.how.lower_cases_emails {
+            lower_case_emails(&mut resource);
+        }
+        let list = if kind == "g" {
+            &self.groups
+        } else {
+            &self.users
+        };
+        list.lock().unwrap().push(resource.clone());
+        resource
+    }
+
+    fn users(&self) -> Vec<Value> {
+        self.users.lock().unwrap().clone()
+    }
+
+    fn groups(&self) -> Vec<Value> {
+        self.groups.lock().unwrap().clone()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// `"METHOD path"` of every write (POST, PATCH, PUT, DELETE).
+    fn writes(&self) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method != "GET")
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect()
+    }
+
+    fn answer(&self, method: &Method, path: &str, query: &str, body: &Value) -> Response {
+        let segments: Vec<&str> = path
+            .trim_start_matches("/scim/v2/")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
+        let lower_cased = self.how.lower_cases_emails;
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["ServiceProviderConfig"]) => scim(
+                StatusCode::OK,
+                &json!({"patch": {"supported": true},
+                        "filter": {"supported": true, "maxResults": 100},
+                        "etag": {"supported": false}, "bulk": {"supported": false}}),
+            ),
+            ("GET", [kind @ ("Users" | "Groups")]) => {
+                let params: std::collections::HashMap<String, String> =
+                    url::form_urlencoded::parse(query.as_bytes())
+                        .into_owned()
+                        .collect();
+                let all = if *kind == "Users" {
+                    self.users()
+                } else {
+                    self.groups()
+                };
+                let wanted = params.get("filter").and_then(|f| filter::parse(f).ok());
+                let found: Vec<Value> = all
+                    .into_iter()
+                    .filter(|r| {
+                        self.how.ignores_filter || wanted.as_ref().is_none_or(|f| f.matches(r))
+                    })
+                    .collect();
+                let start = params
+                    .get("startIndex")
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .unwrap_or(1)
+                    .max(1);
+                let count = params
+                    .get("count")
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .unwrap_or(100);
+                let page: Vec<Value> = found.iter().skip(start - 1).take(count).cloned().collect();
+                scim(
+                    StatusCode::OK,
+                    &json!({"schemas": [roster::scim::schemas::LIST_RESPONSE],
+                            "totalResults": found.len(), "startIndex": start,
+                            "itemsPerPage": page.len(), "Resources": page}),
+                )
+            }
+            ("POST", [kind @ ("Users" | "Groups")]) => {
+                let (list, key) = if *kind == "Users" {
+                    (self.users(), "userName")
+                } else {
+                    (self.groups(), "displayName")
+                };
+                let name = body[key].as_str().unwrap_or("").to_lowercase();
+                if list
+                    .iter()
+                    .any(|r| r[key].as_str().is_some_and(|n| n.to_lowercase() == name))
+                {
+                    return error(StatusCode::CONFLICT, Some("uniqueness"), "taken");
+                }
+                let created = self.store(if *kind == "Users" { "u" } else { "g" }, body.clone());
+                scim(StatusCode::CREATED, &created)
+            }
+            (m @ ("GET" | "PATCH" | "DELETE"), [kind @ ("Users" | "Groups"), id]) => {
+                let list = if *kind == "Users" {
+                    &self.users
+                } else {
+                    &self.groups
+                };
+                let mut list = list.lock().unwrap();
+                let Some(at) = list.iter().position(|r| id_text(r) == *id) else {
+                    return error(StatusCode::NOT_FOUND, None, "no such resource");
+                };
+                match m {
+                    "GET" => scim(StatusCode::OK, &list[at]),
+                    "DELETE" => {
+                        list.remove(at);
+                        Response::builder().status(StatusCode::NO_CONTENT).finish()
+                    }
+                    _ => {
+                        apply_patch(&mut list[at], body);
+                        if lower_cased {
+                            lower_case_emails(&mut list[at]);
+                        }
+                        scim(StatusCode::OK, &list[at])
+                    }
+                }
+            }
+            _ => error(StatusCode::NOT_FOUND, None, "no such endpoint"),
+        }
+    }
+}
+
+/// Serves the stub on a free loopback port; returns its SCIM base URL.
+async fn serve(stub: Arc<Stub>) -> String {
+    use poem::listener::{Acceptor as _, Listener as _};
+    let endpoint = poem::endpoint::make(move |req: Request| {
+        let stub = stub.clone();
+        async move {
+            let authorized = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {TOKEN}"));
+            let method = req.method().clone();
+            let path = req.uri().path().to_owned();
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let bytes = req.into_body().into_vec().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            stub.seen.lock().unwrap().push(Seen {
+                method: method.to_string(),
+                path: path.clone(),
+            });
+            if !authorized {
+                return error(StatusCode::UNAUTHORIZED, None, "token required");
+            }
+            stub.answer(&method, &path, &query, &body)
+        }
+    });
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = *acceptor.local_addr()[0]
+        .as_socket_addr()
+        .expect("a socket address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    format!("http://{addr}/scim/v2")
+}
+
+/// An app on `base_url`: userName and the work e-mail from HR's email, matched on `matching`.
+fn stub_app(name: &str, base_url: &str, extra: Value) -> Value {
+    let mut body = app_body(
+        name,
+        json!({
+            "base_url": base_url,
+            "auth": {"type": "bearer", "token": TOKEN},
+            "rate_limit": {"per_second": 100, "burst": 100},
+            "timeout_ms": 5000,
+            "mappings": [
+                {"target": "userName", "source": "email"},
+                {"target": "name.givenName", "source": "given_name"},
+                {"target": "name.familyName", "source": "family_name"},
+                {"target": "emails[type eq \"work\"].value", "source": "email"},
+                {"target": "externalId", "source": "employee_id"}
+            ],
+        }),
+    );
+    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+async fn app_on(app: &TestApp, name: &str, base_url: &str, extra: Value) -> String {
+    app.create_app(&stub_app(name, base_url, extra)).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn identity_id(app: &TestApp, employee_id: &str) -> String {
+    app.get(&format!("/api/v1/identities/{employee_id}"))
+        .await
+        .expect(200)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn link_of(app: &TestApp, kind: &str, resource_id: &str) -> Option<Value> {
+    app.rows(&format!(
+        "SELECT target_id, state FROM link WHERE resource_kind = '{kind}' AND resource_id = '{resource_id}'"
+    ))
+    .await
+    .pop()
+}
+
+fn admin() -> Value {
+    json!({"schemas": [roster::scim::schemas::USER], "userName": "admin@example.com",
+           "name": {"givenName": "Site", "familyName": "Admin"},
+           "emails": [{"type": "work", "value": "admin@example.com", "primary": true}],
+           "active": true})
+}
+
+#[tokio::test]
+async fn a_target_that_ignores_filter_never_gets_its_only_account_taken_over() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        ignores_filter: true,
+        ..Misbehaviour::default()
+    });
+    let admin = stub.store("u", admin());
+    let admin_id = id_text(&admin);
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "ignores-filter", &base, json!({})).await;
+    app.post_event(&joiner(
+        "f1",
+        "ADA",
+        "2026-11-01T09:00:00Z",
+        json!({"given_name": "Ada", "family_name": "Lovelace"}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let writes = stub.writes();
+    assert!(
+        !writes.iter().any(|w| w.contains(&admin_id)),
+        "the admin account was written to: {writes:?}"
+    );
+    let users = stub.users();
+    assert_eq!(users[0], admin, "the admin account is unchanged");
+    let ada = users
+        .iter()
+        .find(|u| u["userName"] == "ada@example.com")
+        .unwrap_or_else(|| panic!("Ada's own account was created: {users:?}"));
+    let id = identity_id(&app, "ADA").await;
+    let link = link_of(&app, "user", &id).await.expect("a link");
+    assert_eq!(link["target_id"].as_str(), Some(id_text(ada).as_str()));
+    assert_eq!(link["state"], "linked");
+
+    // A second joiner: the listing now holds two accounts, neither of them hers.
+    app.post_event(&joiner("f2", "BOB", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert_eq!(users[0], admin);
+    assert!(
+        !stub
+            .writes()
+            .iter()
+            .any(|w| w.starts_with("PATCH") || w.starts_with("PUT")),
+        "nobody was adopted: {:?}",
+        stub.writes()
+    );
+}
+
+#[tokio::test]
+async fn a_target_that_ignores_filter_never_gets_its_only_group_renamed_or_emptied() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        ignores_filter: true,
+        ..Misbehaviour::default()
+    });
+    let member = stub.store("u", admin());
+    let existing = stub.store(
+        "g",
+        json!({"schemas": [roster::scim::schemas::GROUP], "displayName": "Administrators",
+               "members": [{"value": id_text(&member)}]}),
+    );
+    let base = serve(stub.clone()).await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board-room", "members": ["G1"]}),
+    )
+    .await
+    .expect(201);
+    let app_id = app_on(
+        &app,
+        "groups-ignore-filter",
+        &base,
+        json!({"group_push": ["board-room"]}),
+    )
+    .await;
+    app.post_event(&joiner("g1", "G1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let board = eventually("the pushed group", Duration::from_secs(20), || async {
+        stub.groups()
+            .into_iter()
+            .find(|g| g["displayName"] == "board-room")
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let groups = stub.groups();
+    assert_eq!(groups[0], existing, "the existing group is untouched");
+    let existing_id = id_text(&existing);
+    assert!(
+        !stub.writes().iter().any(|w| w.contains(&existing_id)),
+        "{:?}",
+        stub.writes()
+    );
+    let link = link_of(&app, "group", "board-room").await.expect("a link");
+    assert_eq!(link["target_id"].as_str(), Some(id_text(&board).as_str()));
+}
+
+#[tokio::test]
+async fn a_target_with_numeric_ids_is_linked_by_their_text() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        numeric_ids: true,
+        ..Misbehaviour::default()
+    });
+    // A hand-made account to adopt, and a joiner to create.
+    let hand_made = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER], "userName": "n1@example.com",
+               "title": "Old", "active": true}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "numeric", &base, json!({})).await;
+    for e in ["N1", "N2"] {
+        app.post_event(&joiner(
+            &format!("n{e}"),
+            e,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 2, "adopted one, created one: {users:?}");
+    for (employee, user_name) in [("N1", "n1@example.com"), ("N2", "n2@example.com")] {
+        let account = users
+            .iter()
+            .find(|u| u["userName"] == user_name)
+            .expect("account");
+        let id = identity_id(&app, employee).await;
+        let link = link_of(&app, "user", &id).await.expect("a link");
+        assert_eq!(link["state"], "linked", "{employee}: {link}");
+        assert_eq!(link["target_id"].as_str(), Some(id_text(account).as_str()));
+    }
+    assert_eq!(id_text(&users[0]), id_text(&hand_made));
+    assert_eq!(app.count("job WHERE state = 'dead'").await, 0);
+    // A mover reaches the numeric id's account.
+    app.post_event(&event(
+        "n3",
+        "mover",
+        "N1",
+        "2026-11-01T10:00:00Z",
+        json!({"family_name": "Moved"}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    assert_eq!(stub.users()[0]["name"]["familyName"], "Moved");
+}
+
+#[tokio::test]
+async fn a_target_that_lower_cases_emails_is_matched_on_them_without_a_duplicate() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        lower_cases_emails: true,
+        ..Misbehaviour::default()
+    });
+    // Made by hand before roster, the address (and the userName made of it) lower-cased.
+    let hand_made = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER], "userName": "Ada.Lovelace@Example.com",
+               "emails": [{"type": "work", "value": "Ada.Lovelace@Example.com", "primary": true}],
+               "active": true}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "lower-case", &base, json!({})).await;
+    for (event_id, employee, email) in [
+        ("l1", "L1", "Ada.Lovelace@Example.com"),
+        ("l2", "L2", "Grace.Hopper@Example.com"),
+    ] {
+        app.post_event(&joiner(
+            event_id,
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({"email": email}),
+        ))
+        .await;
+    }
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 2, "one adopted, one created: {users:?}");
+    assert_eq!(users[0]["userName"], "ada.lovelace@example.com");
+    let id = identity_id(&app, "L1").await;
+    let link = link_of(&app, "user", &id).await.expect("a link");
+    assert_eq!(link["state"], "linked");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&hand_made).as_str())
+    );
+    // A change later reaches the same accounts, and nothing is created twice.
+    for (event_id, employee) in [("l3", "L1"), ("l4", "L2")] {
+        app.post_event(&event(
+            event_id,
+            "mover",
+            employee,
+            "2026-11-01T10:00:00Z",
+            json!({"family_name": "Moved"}),
+        ))
+        .await;
+    }
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 2, "{users:?}");
+    assert!(
+        users.iter().all(|u| u["name"]["familyName"] == "Moved"),
+        "{users:?}"
+    );
+    assert_eq!(app.count("job WHERE state = 'dead'").await, 0);
+}
+
+#[tokio::test]
+async fn a_new_hire_given_a_leavers_address_never_takes_over_the_leavers_account() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "ex-employee",
+        &base,
+        json!({"deprovision": {"action": "deactivate", "delete_after_days": 365}}),
+    )
+    .await;
+    let john = json!({"email": "john@example.com", "given_name": "John", "family_name": "Old"});
+    app.post_event(&joiner("x1", "E-OLD", "2026-11-01T09:00:00Z", john))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    app.post_event(&event(
+        "x2",
+        "leaver",
+        "E-OLD",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually("John deactivated", Duration::from_secs(20), || async {
+        (stub.users().first()?["active"] == json!(false)).then_some(())
+    })
+    .await;
+    let before = stub.users();
+    let writes_before = stub.writes();
+
+    let new_hire = json!({"email": "john@example.com", "given_name": "Joan", "family_name": "New"});
+    app.post_event(&joiner("x3", "E-NEW", "2026-11-03T09:00:00Z", new_hire))
+        .await;
+    let dead = eventually(
+        "the new hire's job dead",
+        Duration::from_secs(20),
+        || async {
+            let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+            jobs["items"].as_array().and_then(|a| a.first().cloned())
+        },
+    )
+    .await;
+    let reason = dead["last_error"].as_str().unwrap_or_default();
+    let old_id = identity_id(&app, "E-OLD").await;
+    assert!(
+        reason.contains("conflict") && reason.contains(&old_id),
+        "the reason names the conflict and the other identity: {dead}"
+    );
+    assert_eq!(stub.users(), before, "John's account is unchanged");
+    assert_eq!(
+        stub.writes(),
+        writes_before,
+        "nothing was written for the new hire"
+    );
+    let new_id = identity_id(&app, "E-NEW").await;
+    let logged = app
+        .rows(&format!(
+            "SELECT outcome, error, path FROM operation WHERE resource_id = '{new_id}'"
+        ))
+        .await;
+    assert!(
+        logged.iter().any(|r| r["outcome"] == "failed"
+            && r["error"].as_str().is_some_and(|e| e.contains("conflict"))),
+        "the provisioning log shows the refusal: {logged:?}"
+    );
+    let link = link_of(&app, "user", &old_id).await.expect("John's link");
+    assert_eq!(link["state"], "deactivated", "John keeps his link");
+    assert!(link_of(&app, "user", &new_id).await.is_none());
+}
+
+#[tokio::test]
+async fn the_provisioning_log_keeps_no_address_from_a_look_up() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "redacted", &base, json!({})).await;
+    app.post_event(&joiner(
+        "r1",
+        "R1",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "secret.person@example.com"}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    assert!(
+        stub.seen()
+            .iter()
+            .any(|s| s.method == "GET" && s.path.ends_with("/Users")),
+        "a look-up was made"
+    );
+    let id = identity_id(&app, "R1").await;
+    let logged = app
+        .rows(&format!(
+            "SELECT path, error, resource_id FROM operation WHERE app_id = '{app_id}'"
+        ))
+        .await;
+    let look_up = logged
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.contains("filter=")))
+        .unwrap_or_else(|| panic!("a look-up row: {logged:?}"));
+    assert_eq!(
+        look_up["resource_id"],
+        id.as_str(),
+        "the identity id is kept"
+    );
+    assert!(
+        look_up["path"]
+            .as_str()
+            .is_some_and(|p| p.contains(r#"userName eq "<redacted>""#)),
+        "{look_up}"
+    );
+    for row in &logged {
+        assert!(!row.to_string().contains("secret.person"), "{row}");
+    }
+}
+
+#[tokio::test]
+async fn the_unique_live_link_index_detaches_later_duplicates_on_upgrade() {
+    use migration::MigratorTrait as _;
+    use roster::store::entity::link;
+    use sea_orm::{ActiveModelTrait as _, ConnectionTrait as _, Set};
+    let app = crate::helpers::spawn_planner().await;
+    let app_id = app.create_app(&app_body("upgrade", json!({}))).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The database as it was before the upgrade: no index, and links that share an account.
+    app.db
+        .execute_unprepared("DROP INDEX uq_link_live_target")
+        .await
+        .expect("drop the index");
+    app.db
+        .execute_unprepared(
+            "DELETE FROM seaql_migrations WHERE version = 'm20261203_000001_unique_live_link_target'",
+        )
+        .await
+        .expect("forget the migration");
+    let insert = |resource: &str, target: &str, state: &str, delete_after: Option<i64>| {
+        let now = chrono::Utc::now();
+        link::ActiveModel {
+            app_id: Set(app_id.clone()),
+            resource_kind: Set("user".into()),
+            resource_id: Set(resource.into()),
+            target_id: Set(Some(target.into())),
+            snapshot: Set(Some(json!({"userName": "john@example.com"}))),
+            snapshot_hash: Set(Some("h".into())),
+            state: Set(state.into()),
+            delete_after: Set(delete_after),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+    };
+    insert("old", "T", "deactivated", Some(9_000_000_000_000))
+        .insert(&app.db)
+        .await
+        .expect("old");
+    insert("new", "T", "linked", None)
+        .insert(&app.db)
+        .await
+        .expect("new");
+    insert("gone", "T", "deleted", None)
+        .insert(&app.db)
+        .await
+        .expect("gone");
+    insert("other", "U", "linked", None)
+        .insert(&app.db)
+        .await
+        .expect("other");
+    migration::Migrator::up(&app.db, None)
+        .await
+        .expect("the upgrade runs on existing data");
+    let row = |resource: &'static str| {
+        let app = &app;
+        async move {
+            app.rows(&format!(
+                "SELECT target_id, state, last_error, delete_after, snapshot FROM link WHERE resource_id = '{resource}'"
+            ))
+            .await
+            .pop()
+            .expect("row")
+        }
+    };
+    let old = row("old").await;
+    assert_eq!(
+        (old["target_id"].as_str(), old["state"].as_str()),
+        (Some("T"), Some("deactivated"))
+    );
+    let new = row("new").await;
+    assert_eq!(new["target_id"], Value::Null, "{new}");
+    assert_eq!(new["state"], "error");
+    assert_eq!(new["delete_after"], Value::Null);
+    assert_eq!(new["snapshot"], Value::Null);
+    assert!(
+        new["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{new}"
+    );
+    assert_eq!(
+        row("gone").await["target_id"],
+        "T",
+        "a deleted link is not live"
+    );
+    assert_eq!(row("other").await["state"], "linked");
+    // And from now on the database refuses a second live link to one account.
+    assert!(
+        insert("third", "U", "pending", None)
+            .insert(&app.db)
+            .await
+            .is_err()
+    );
+    insert("fourth", "U", "deleted", None)
+        .insert(&app.db)
+        .await
+        .expect("a deleted link may share the account");
+}
+
+#[tokio::test]
+async fn a_released_job_of_a_person_long_gone_is_not_marked_as_an_unsure_create() {
+    use roster::store::entity::identity;
+    use sea_orm::{
+        ActiveModelTrait as _, ConnectionTrait as _, EntityTrait as _, IntoActiveModel as _, Set,
+    };
+    let app = crate::helpers::spawn_planner().await;
+    let app_id = app.create_app(&app_body("released", json!({}))).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for (e, employee) in [("p1", "GONE"), ("p2", "HERE")] {
+        app.post_event(&joiner(e, employee, "2026-11-01T09:00:00Z", json!({})))
+            .await;
+    }
+    app.post_event(&event(
+        "p3",
+        "leaver",
+        "GONE",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let gone = identity_id(&app, "GONE").await;
+    let here = identity_id(&app, "HERE").await;
+    // GONE left an hour before the job was claimed; both jobs' instance then died.
+    let mut person = identity::Entity::find_by_id(gone.as_str())
+        .one(&app.db)
+        .await
+        .expect("read")
+        .expect("GONE")
+        .into_active_model();
+    person.updated_at = Set(chrono::Utc::now() - chrono::Duration::hours(1));
+    person.update(&app.db).await.expect("backdate");
+    let claimed = app
+        .db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'running', lease_owner = 'dead-instance', lease_until = 1 \
+             WHERE app_id = '{app_id}' AND state = 'pending'"
+        ))
+        .await
+        .expect("claim")
+        .rows_affected();
+    assert_eq!(claimed, 2);
+    let released = roster::store::queue::release(&app.db, None, roster::store::queue::now_ms())
+        .await
+        .expect("release");
+    assert_eq!(released, 2);
+    assert!(
+        link_of(&app, "user", &gone).await.is_none(),
+        "a job that read a terminated person never created"
+    );
+    let unsure = link_of(&app, "user", &here)
+        .await
+        .expect("an unsure create");
+    assert_eq!(unsure["state"], "pending");
+}
+
+#[tokio::test]
+async fn a_target_group_linked_to_another_roster_group_is_never_adopted() {
+    use roster::store::entity::link;
+    use sea_orm::{ActiveModelTrait as _, Set};
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    // Roster's group `x` pushed this target group; someone renamed it `y` in the app.
+    let taken = stub.store(
+        "g",
+        json!({"schemas": [roster::scim::schemas::GROUP], "displayName": "y", "members": []}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "group-conflict", &base, json!({"group_push": ["y"]})).await;
+    let now = chrono::Utc::now();
+    link::ActiveModel {
+        app_id: Set(app_id.clone()),
+        resource_kind: Set("group".into()),
+        resource_id: Set("x".into()),
+        target_id: Set(Some(id_text(&taken))),
+        snapshot: Set(Some(json!({"displayName": "x", "members": []}))),
+        state: Set("linked".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&app.db)
+    .await
+    .expect("x's link");
+    app.post("/api/v1/groups", &json!({"name": "y", "members": ["Y1"]}))
+        .await
+        .expect(201);
+    app.post_event(&joiner("y1", "Y1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let dead = eventually("the group's job dead", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict") && e.contains("roster group `x`")),
+        "{dead}"
+    );
+    assert_eq!(stub.groups(), [taken], "the group is untouched");
+    assert!(link_of(&app, "group", "y").await.is_none());
+}
+
+#[tokio::test]
+async fn two_people_with_one_address_never_share_one_account() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "one-address", &base, json!({})).await;
+    // HR sends two people with the same address, at once.
+    let both: Vec<Value> = ["TWIN-A", "TWIN-B"]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            joiner(
+                &format!("t{i}"),
+                e,
+                "2026-11-01T09:00:00Z",
+                json!({"email": "twin@example.com", "given_name": *e}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": both}))
+        .await
+        .expect(202);
+    let dead = eventually("one job dead", Duration::from_secs(30), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{dead}"
+    );
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "{users:?}");
+    let links = app
+        .rows(&format!(
+            "SELECT resource_id, target_id, state FROM link WHERE app_id = '{app_id}' AND target_id IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(links.len(), 1, "one owner: {links:?}");
+    assert!(
+        !stub.writes().iter().any(|w| w.starts_with("PATCH")),
+        "the one account was not overwritten with the other person: {:?}",
+        stub.writes()
+    );
+}
