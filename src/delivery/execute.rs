@@ -624,9 +624,19 @@ pub async fn deprovision_account(
     }
 }
 
+/// The target id a link contributes to pushed groups' members: only a `linked` account is a
+/// member (the same rule as [`member_links`]).
+fn member_target<'a>(state: &str, target_id: Option<&'a str>) -> Option<&'a str> {
+    (state == "linked").then_some(target_id).flatten()
+}
+
 /// After a user job: the follow-up jobs it implies — the scheduled DELETE of a deactivated
-/// account, and the pushed groups the person is in (their membership may now include the
-/// account). They are staged in `writes`, so that they are enqueued with the job's link.
+/// account, and the pushed groups the person is in whenever the job changed what the account
+/// contributes to them (created, adopted, re-activated, deactivated, deleted, re-created).
+/// A group's job that ran before this one's link was committed left the account out (or in):
+/// this follow-up is written in the same transaction as the link, so another group job
+/// always comes after it, whatever order the two ran in. They are staged in `writes`, so
+/// that they are enqueued with the job's link.
 pub fn follow_ups(
     ctx: &AppContext<'_>,
     inputs: &UserInputs,
@@ -638,15 +648,25 @@ pub fn follow_ups(
     let mut jobs = Vec::new();
     // The link as the job leaves it: staged, or else as it was read.
     let after = match writes.staged_link(&ctx.app.id, ResourceKind::User, identity_id) {
-        Some(w) => w.row.as_ref().map(|r| (r.state.clone(), r.delete_after)),
+        Some(w) => w
+            .row
+            .as_ref()
+            .map(|r| (r.state.clone(), r.delete_after, r.target_id.clone())),
         None => inputs
             .link
             .as_ref()
-            .map(|l| (l.state.clone(), l.delete_after)),
+            .map(|l| (l.state.clone(), l.delete_after, l.target_id.clone())),
     };
-    if let Some((state, delete_after)) = after
+    let member_before = inputs
+        .link
+        .as_ref()
+        .and_then(|l| member_target(&l.state, l.target_id.as_deref()));
+    let member_after = after
+        .as_ref()
+        .and_then(|(state, _, target_id)| member_target(state, target_id.as_deref()));
+    if let Some((state, delete_after, _)) = &after
         && state == "deactivated"
-        && let Some(due) = delete_after
+        && let Some(due) = *delete_after
     {
         jobs.push(JobRequest {
             app_id: ctx.app.id.clone(),
@@ -657,10 +677,13 @@ pub fn follow_ups(
             hr_event_id: None,
         });
     }
-    if matches!(
-        operation,
-        Operation::Create | Operation::Adopt | Operation::Delete | Operation::Deactivate
-    ) && !ctx.settings.group_push.is_empty()
+    let membership_changed = member_before != member_after
+        || matches!(
+            operation,
+            Operation::Create | Operation::Adopt | Operation::Delete | Operation::Deactivate
+        );
+    if membership_changed
+        && !ctx.settings.group_push.is_empty()
         && let Some(view) = &inputs.person
     {
         for g in &ctx.settings.group_push {

@@ -1219,3 +1219,153 @@ async fn joiners_in_a_batch_share_look_ups_and_still_adopt_existing_accounts() {
         .await;
     assert_eq!(logged.len(), 40, "every person's log shows their look-up");
 }
+
+/// Sets `run_at` of the app's pending jobs for `kind` (through SQL: the order of two jobs is
+/// the test's to choose).
+async fn schedule_pending(app: &TestApp, app_id: &str, kind: &str, run_at_ms: i64) {
+    let sql = format!(
+        "UPDATE job SET run_at = {run_at_ms} WHERE app_id = '{app_id}' \
+         AND resource_kind = '{kind}' AND state = 'pending'"
+    );
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &sql)
+        .await
+        .expect("reschedule");
+}
+
+/// Waits until the app has no pending or running job of `kind`.
+async fn kind_settled(app: &TestApp, app_id: &str, kind: &str) {
+    eventually("the jobs to run", Duration::from_secs(30), || async {
+        app.rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND resource_kind = '{kind}' \
+             AND state IN ('pending', 'running')"
+        ))
+        .await
+        .is_empty()
+        .then_some(())
+    })
+    .await;
+}
+
+/// Waits until no job of the app is running or due (a scheduled delete may wait for days).
+async fn due_settled(app: &TestApp, app_id: &str) {
+    eventually("the due jobs to run", Duration::from_secs(30), || async {
+        let now = roster::store::queue::now_ms();
+        app.rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND (state = 'running' \
+             OR (state = 'pending' AND run_at <= {now}))"
+        ))
+        .await
+        .is_empty()
+        .then_some(())
+    })
+    .await;
+}
+
+/// A person who leaves and comes back (a re-hire) is back in the pushed group, whether the
+/// group's job runs before their account is re-activated (`group_first`) or after.
+async fn comeback_is_back_in_the_pushed_group(base: &str, token: &str, group_first: bool) {
+    let app = spawn_app().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let group = format!("room-{tag}");
+    let emp = format!("R{tag}");
+    let email = format!("r{tag}@example.com");
+    app.post("/api/v1/groups", &json!({"name": group, "members": [emp]}))
+        .await
+        .expect(201);
+    let created = app
+        .create_app(&sherpany(
+            &format!("back-{tag}"),
+            base,
+            token,
+            json!({"group_push": [group],
+                   "deprovision": {"action": "deactivate", "delete_after_days": 30}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let joined = json!({"email": email});
+    app.post_event(&joiner(
+        &format!("j1{tag}"),
+        &emp,
+        "2026-11-01T09:00:00Z",
+        joined.clone(),
+    ))
+    .await;
+    eventually("in the group", Duration::from_secs(30), || async {
+        (group_member_names(base, token, &group).await? == [email.clone()]).then_some(())
+    })
+    .await;
+    app.post_event(&event(
+        &format!("l{tag}"),
+        "leaver",
+        &emp,
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    assert_eq!(
+        group_member_names(base, token, &group).await,
+        Some(vec![]),
+        "a leaver leaves the group"
+    );
+    // The re-hire's jobs wait until the order is set.
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    app.post_event(&joiner(
+        &format!("j2{tag}"),
+        &emp,
+        "2026-11-03T09:00:00Z",
+        joined,
+    ))
+    .await;
+    if group_first {
+        roster::store::queue::enqueue(
+            &app.db,
+            &[roster::store::queue::JobRequest {
+                app_id: app_id.clone(),
+                kind: roster::store::queue::ResourceKind::Group,
+                resource_id: group.clone(),
+                lane: roster::store::queue::Lane::Normal,
+                run_at_ms: 0,
+                hr_event_id: None,
+            }],
+        )
+        .await
+        .expect("enqueue the group's job");
+        schedule_pending(&app, &app_id, "user", i64::MAX / 2).await;
+    }
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    if group_first {
+        kind_settled(&app, &app_id, "group").await;
+        schedule_pending(&app, &app_id, "user", 0).await;
+    }
+    due_settled(&app, &app_id).await;
+    let account = read_user(base, token, &email).await.unwrap_or_default();
+    assert_eq!(account["active"], json!(true), "re-activated: {account}");
+    assert_eq!(
+        group_member_names(base, token, &group).await,
+        Some(vec![email.clone()]),
+        "back in the pushed group (group's job first: {group_first})"
+    );
+}
+
+#[tokio::test]
+async fn a_rehire_is_back_in_the_pushed_group_when_the_user_job_runs_first() {
+    let target = target_with(DevTargetArgs::default()).await;
+    comeback_is_back_in_the_pushed_group(&target.base_url(), TOKEN, false).await;
+}
+
+#[tokio::test]
+async fn a_rehire_is_back_in_the_pushed_group_when_the_group_job_runs_first() {
+    let target = target_with(DevTargetArgs::default()).await;
+    comeback_is_back_in_the_pushed_group(&target.base_url(), TOKEN, true).await;
+}
+
+#[tokio::test]
+async fn a_rehire_is_back_in_the_pushed_group_on_the_third_party_peer() {
+    let Some((base, token)) = peer() else { return };
+    comeback_is_back_in_the_pushed_group(&base, &token, true).await;
+}
