@@ -540,11 +540,17 @@ pub async fn deliver_user(
             if let Some(obj) = snapshot.as_object_mut() {
                 obj.insert("active".into(), json!(false));
             }
-            let delete_after = ctx
-                .settings
-                .deprovision
-                .delete_after_days
-                .map(|days| now_ms + i64::from(days) * 86_400_000);
+            // Deactivating again (the last write's outcome was unknown, e.g. after a reclaim)
+            // keeps the date the first deactivation set: the delete neither moves nor is lost.
+            let delete_after = link
+                .delete_after
+                .filter(|_| link.state == "deactivated")
+                .or_else(|| {
+                    ctx.settings
+                        .deprovision
+                        .delete_after_days
+                        .map(|days| now_ms + i64::from(days) * 86_400_000)
+                });
             stage_user_link(
                 writes,
                 ctx,

@@ -1369,3 +1369,201 @@ async fn a_rehire_is_back_in_the_pushed_group_on_the_third_party_peer() {
     let Some((base, token)) = peer() else { return };
     comeback_is_back_in_the_pushed_group(&base, &token, true).await;
 }
+
+/// One number of the `/metrics` text: the sample whose name and labels start with `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A leaver in an app that deletes 30 days after deactivating: returns the app id, the
+/// person's identity id and the scheduled delete's date.
+async fn leaver_with_scheduled_delete(
+    app: &TestApp,
+    target: &DevTarget,
+    name: &str,
+    emp: &str,
+) -> (String, String, i64) {
+    let created = app
+        .create_app(&sherpany(
+            name,
+            &target.base_url(),
+            TOKEN,
+            json!({"deprovision": {"action": "deactivate", "delete_after_days": 30}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        &format!("j-{emp}"),
+        emp,
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    due_settled(app, &app_id).await;
+    app.post_event(&event(
+        &format!("l-{emp}"),
+        "leaver",
+        emp,
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    due_settled(app, &app_id).await;
+    let id = identity_id(app, emp).await;
+    let link = app
+        .rows(&format!(
+            "SELECT state, delete_after FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["state"], "deactivated", "{link:?}");
+    let due = link[0]["delete_after"].as_i64().unwrap_or_default();
+    let day = 86_400_000;
+    assert!(due > roster::store::queue::now_ms() + 29 * day, "{link:?}");
+    (app_id, id, due)
+}
+
+/// The pending jobs of one person: `(lane, run_at)`.
+async fn pending_user_jobs(app: &TestApp, app_id: &str, id: &str) -> Vec<(String, i64)> {
+    app.rows(&format!(
+        "SELECT lane, run_at FROM job WHERE app_id = '{app_id}' AND resource_id = '{id}' \
+         AND state = 'pending'"
+    ))
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r["lane"].as_str().unwrap_or_default().to_owned(),
+            r["run_at"].as_i64().unwrap_or_default(),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn a_scheduled_delete_keeps_its_date_through_a_reclaim_and_is_not_a_stall() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, due) = leaver_with_scheduled_delete(&app, &target, "sched", "SD1").await;
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [("deprovision".to_owned(), due)]
+    );
+    // A day goes by.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!("UPDATE job SET enqueued_at = enqueued_at - 86400000 WHERE app_id = '{app_id}'"),
+    )
+    .await
+    .expect("age the queue");
+    let status = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert!(
+        status["oldest_pending_seconds"]
+            .as_f64()
+            .unwrap_or_default()
+            < 60.0,
+        "a delete that is not due yet is no stall: {status}"
+    );
+    // The engine publishes the gauge every couple of seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    let gauge = metric(
+        &metrics,
+        "roster_queue_oldest_pending_seconds{app=\"sched\"}",
+    );
+    assert!(gauge.is_some_and(|g| g < 60.0), "gauge {gauge:?}");
+    // The delete's job is taken over from an instance that died: reclaimed, and the account's
+    // state is unknown again.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "UPDATE job SET state = 'running', lease_owner = 'gone', lease_until = 1 \
+             WHERE app_id = '{app_id}' AND state = 'pending'"
+        ),
+    )
+    .await
+    .expect("a dead instance's lease");
+    roster::store::queue::release(&app.db, None, roster::store::queue::now_ms())
+        .await
+        .expect("reclaim");
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [("deprovision".to_owned(), due)]
+    );
+    // Any change to the person then runs their job at once.
+    app.post_event(&event(
+        "m-SD1",
+        "mover",
+        "SD1",
+        "2026-11-03T09:00:00Z",
+        json!({"title": "Ex"}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let link = app
+        .rows(&format!(
+            "SELECT state, delete_after FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["state"], "deactivated", "{link:?}");
+    assert_eq!(
+        link[0]["delete_after"].as_i64(),
+        Some(due),
+        "the date is kept"
+    );
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [("deprovision".to_owned(), due)]
+    );
+    assert_eq!(target.stats()["users"], 1, "not deleted early");
+}
+
+#[tokio::test]
+async fn a_rehire_cancels_the_scheduled_delete_and_is_timed_from_its_own_event() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, _) = leaver_with_scheduled_delete(&app, &target, "rehire-sched", "SD2").await;
+    // The re-hire comes a day after the delete was scheduled.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!("UPDATE job SET enqueued_at = enqueued_at - 86400000 WHERE app_id = '{app_id}'"),
+    )
+    .await
+    .expect("age the queue");
+    app.post_event(&joiner("j2-SD2", "SD2", "2026-11-05T09:00:00Z", json!({})))
+        .await;
+    due_settled(&app, &app_id).await;
+    let link = app
+        .rows(&format!(
+            "SELECT state, delete_after FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["state"], "linked", "{link:?}");
+    assert_eq!(link[0]["delete_after"], Value::Null, "{link:?}");
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [],
+        "no delete waits"
+    );
+    assert_eq!(target.users_snapshot()[0]["active"], json!(true));
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    let series = "roster_event_to_target_seconds_bucket{app=\"rehire-sched\",operation=\"update\",le=\"3600\"}";
+    let within_an_hour = metric(&metrics, series);
+    let all = metric(
+        &metrics,
+        "roster_event_to_target_seconds_count{app=\"rehire-sched\",operation=\"update\"}",
+    );
+    assert!(
+        all.is_some_and(|n| n >= 1.0),
+        "the re-hire is observed: {all:?}"
+    );
+    assert_eq!(
+        within_an_hour, all,
+        "timed from the re-hire, not from the leaver"
+    );
+}
