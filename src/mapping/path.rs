@@ -209,15 +209,39 @@ impl ScimPath {
                 .is_some_and(|sub| sub.eq_ignore_ascii_case("primary"))
     }
 
-    /// Whether values compare case-insensitively: only the core `userName` (RFC 7643 §4.1
-    /// makes it `caseExact: false`, and matching relies on it). Other strings compare exactly,
-    /// so a hand edit that only changes case is still drift.
+    /// Whether values compare case-insensitively: the core `userName` and `emails.value`
+    /// (RFC 7643 §4.1 makes both `caseExact: false`; matching relies on the first, and targets
+    /// that lower-case addresses on the second). Other strings compare exactly, so a hand
+    /// edit that only changes case is still drift.
     #[must_use]
     pub fn is_case_insensitive(&self) -> bool {
-        self.schema.is_none()
-            && self.filter.is_none()
+        if self.schema.is_some() {
+            return false;
+        }
+        let user_name = self.filter.is_none()
             && self.sub_attribute.is_none()
-            && self.attribute.eq_ignore_ascii_case("userName")
+            && self.attribute.eq_ignore_ascii_case("userName");
+        let email = self.attribute.eq_ignore_ascii_case("emails")
+            && self
+                .sub_attribute
+                .as_deref()
+                .is_some_and(|sub| sub.eq_ignore_ascii_case("value"));
+        user_name || email
+    }
+
+    /// Why this path cannot be the matching attribute, if it cannot: a look-up is a plain
+    /// `attribute eq "value"` filter, which a path selecting one element of a multi-valued
+    /// attribute (`emails[type eq "work"].value`) is not.
+    #[must_use]
+    pub fn matching_refusal(&self) -> Option<String> {
+        self.filter.is_some().then(|| {
+            format!(
+                "`{}` selects one element of a multi-valued attribute, which a look-up filter \
+                 cannot name; match on a simple attribute such as userName or externalId \
+                 (e.g. map the email to userName)",
+                self.text
+            )
+        })
     }
 
     /// Whether two paths would write the same place (or one inside the other), which would make

@@ -1275,3 +1275,23 @@ proptest! {
         let _ = ScimPath::parse(&input);
     }
 }
+
+#[test]
+fn emails_compare_ignoring_case_and_cannot_be_the_matching_attribute() {
+    let compiled = compiled_example();
+    let desired = render_user(&compiled, &ada());
+    let mut lowered = desired.clone();
+    lowered["userName"] = json!("ADA@example.com");
+    lowered["emails"][0]["value"] = json!("ADA@EXAMPLE.COM");
+    assert_eq!(diff(&compiled, &desired, &lowered), []);
+    lowered["name"]["givenName"] = json!("ADA");
+    assert_eq!(
+        diff(&compiled, &desired, &lowered).len(),
+        1,
+        "other strings are exact"
+    );
+    let refusal = |raw: &str| ScimPath::parse(raw).ok().and_then(|p| p.matching_refusal());
+    assert!(refusal("emails[type eq \"work\"].value").is_some());
+    assert_eq!(refusal("userName"), None);
+    assert_eq!(refusal("externalId"), None);
+}

@@ -1567,3 +1567,69 @@ async fn a_rehire_cancels_the_scheduled_delete_and_is_timed_from_its_own_event()
         "timed from the re-hire, not from the leaver"
     );
 }
+
+/// RFC 7643 makes `emails.value` `caseExact: false`: a target that lower-cases the address is
+/// in line, not drifted, on every reconciliation run.
+#[tokio::test]
+async fn an_email_lower_cased_by_the_target_is_no_drift() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("lower", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        "jc",
+        "CASE1",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "Cy.Case@Example.com"}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let account = user(&target.users_snapshot(), "cy.case@example.com")
+        .cloned()
+        .unwrap_or_default();
+    let id = account["id"].as_str().unwrap_or_default().to_owned();
+    assert!(target.edit(roster::dev_target::Kind::User, &id, |u| {
+        for e in u["emails"].as_array_mut().into_iter().flatten() {
+            let lower = e["value"].as_str().map(str::to_lowercase);
+            e["value"] = json!(lower);
+        }
+    }));
+    for run in 0..2 {
+        let started = app
+            .post(
+                &format!("/api/v1/apps/{app_id}/reconcile"),
+                &json!({"mode": "fix"}),
+            )
+            .await
+            .expect(202);
+        let run_id = started["id"].as_str().unwrap_or_default().to_owned();
+        let report = eventually("the run to finish", Duration::from_secs(20), || async {
+            let r = app
+                .get(&format!("/api/v1/reconcile-runs/{run_id}"))
+                .await
+                .expect(200);
+            (r["state"] != "running").then_some(r)
+        })
+        .await;
+        assert_eq!(report["counts"]["drifted"], 0, "run {run}: {report}");
+        assert_eq!(report["counts"]["in_sync"], 1, "run {run}: {report}");
+    }
+}
+
+/// A matching attribute that selects one element of a multi-valued attribute cannot be looked
+/// up with a plain `eq` filter: the app is refused when registered, naming the field, instead
+/// of dead-lettering every create.
+#[tokio::test]
+async fn a_filtered_matching_attribute_is_refused_at_registration() {
+    let app = spawn_app().await;
+    let body = sherpany(
+        "filtered-match",
+        "http://127.0.0.1:9/scim/v2",
+        TOKEN,
+        json!({"matching": {"target_attribute": "emails[type eq \"work\"].value"}}),
+    );
+    let detail = app.post("/api/v1/apps", &body).await.problem(422);
+    assert!(detail.contains("matching.target_attribute"), "{detail}");
+}
