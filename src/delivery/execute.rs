@@ -280,29 +280,62 @@ fn stage_user_link<'w>(
     stage_link(writes, &ctx.app.id, ResourceKind::User, identity_id, new)
 }
 
-/// A SCIM PATCH for the changes. A change to one element of a multi-valued attribute
-/// (`emails[type eq "work"].value`) replaces the whole attribute with the rendered one:
-/// a filtered `replace` fails with `noTarget` on targets that lack the element.
-fn patch_for(changes: &[mapping::Change], desired: &Value) -> PatchRequest {
+/// A SCIM PATCH for the changes, against `current` (the target's copy as read): a change to
+/// one element of a multi-valued attribute (`roles[primary eq true].value`) replaces the whole
+/// attribute, built from `current` so that the elements roster does not render (a role
+/// assigned in the app, a home email) are kept (`mapping::keep_foreign_elements`).
+fn patch_for(
+    compiled: &CompiledMappings,
+    changes: &[mapping::Change],
+    desired: &Value,
+    current: &Value,
+) -> PatchRequest {
     let mut patch = PatchRequest::new();
-    let mut whole = BTreeSet::new();
-    for change in changes {
-        if let Some((base, _)) = change.path.split_once('[') {
-            whole.insert(base.to_owned());
-            continue;
-        }
-        patch = match &change.value {
-            Some(v) => patch.replace(&change.path, v.clone()),
+    for change in mapping::keep_foreign_elements(compiled, changes, desired, current) {
+        patch = match change.value {
+            Some(v) => patch.replace(&change.path, v),
             None => patch.remove(&change.path),
         };
     }
-    for base in whole {
-        patch = match desired.get(&base) {
-            Some(v) => patch.replace(&base, v.clone()),
-            None => patch.remove(&base),
-        };
-    }
     patch
+}
+
+/// Whether a change is to an element of a multi-valued attribute: sending it needs the
+/// target's current copy of the attribute.
+fn needs_current(compiled: &CompiledMappings, changes: &[mapping::Change]) -> bool {
+    changes.iter().any(|change| {
+        compiled
+            .compared_paths()
+            .iter()
+            .any(|p| p.as_str() == change.path && p.multi_valued_base().is_some())
+    })
+}
+
+/// PATCHes the linked account with `changes`. When one touches a multi-valued attribute the
+/// account is read first and the PATCH built from that copy, sent with `If-Match` where the
+/// target supports ETags and built again from a new read on 412 (`patch_after_read`).
+async fn send_changes(
+    ctx: &AppContext<'_>,
+    target_id: &str,
+    changes: &[mapping::Change],
+    desired: &Value,
+) -> Result<(), ScimError> {
+    let users = ctx.client.users();
+    if needs_current(ctx.compiled, changes) {
+        users
+            .patch_after_read(target_id, |current| {
+                patch_for(ctx.compiled, changes, desired, current)
+            })
+            .await?;
+    } else {
+        users
+            .patch(
+                target_id,
+                &patch_for(ctx.compiled, changes, desired, &Value::Null),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Matching before create: the target account whose matching attribute equals the rendered
@@ -350,7 +383,10 @@ async fn adopt(
         doing(Operation::Update);
         ctx.client
             .users()
-            .patch(&target_id, &patch_for(&changes, desired))
+            .patch(
+                &target_id,
+                &patch_for(ctx.compiled, &changes, desired, account),
+            )
             .await
             .map_err(|e| JobError::scim(Operation::Update, e))?;
     }
@@ -432,13 +468,8 @@ pub async fn deliver_user(
             Operation::Noop
         } else {
             doing(Operation::Update);
-            match ctx
-                .client
-                .users()
-                .patch(target_id, &patch_for(&changes, &desired))
-                .await
-            {
-                Ok(_) => Operation::Update,
+            match send_changes(ctx, target_id, &changes, &desired).await {
+                Ok(()) => Operation::Update,
                 // Deleted in the target by hand: create it again.
                 Err(e) if e.is_not_found() => {
                     return create_or_adopt(ctx, view, &desired, writes).await;

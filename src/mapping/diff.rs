@@ -80,6 +80,58 @@ pub fn patch_changes(differences: &[Difference]) -> Vec<Change> {
     changes
 }
 
+/// `changes` as PATCH should send them without touching what roster does not own: each change
+/// to an element of a multi-valued attribute (`roles[primary eq true].value`) becomes one
+/// `replace` of the whole attribute, built from `current` (the target's copy as read): the
+/// elements roster's paths select take roster's values, every other element (a role assigned
+/// in the app, a home email) is kept as it is. A filtered `replace` is not sent because
+/// targets answer it with `noTarget` when they lack the element, and some refuse value-filter
+/// paths altogether. Other changes pass through unchanged.
+#[must_use]
+pub fn keep_foreign_elements(
+    compiled: &CompiledMappings,
+    changes: &[Change],
+    desired: &Value,
+    current: &Value,
+) -> Vec<Change> {
+    let paths = compiled.compared_paths();
+    let base_of = |raw: &str| {
+        paths
+            .iter()
+            .find(|p| p.as_str() == raw)
+            .and_then(ScimPath::multi_valued_base)
+    };
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    let mut done: Vec<String> = Vec::new();
+    for change in changes {
+        let Some(base) = base_of(&change.path) else {
+            out.push(change.clone());
+            continue;
+        };
+        if done.contains(&base) {
+            continue;
+        }
+        let mine: Vec<&ScimPath> = paths
+            .iter()
+            .filter(|p| p.multi_valued_base().as_deref() == Some(base.as_str()))
+            .collect();
+        let mut elements = mine
+            .first()
+            .map(|p| p.elements(current))
+            .unwrap_or_default();
+        for path in mine {
+            let value = present(path.lookup(desired)).cloned();
+            path.set_in_elements(&mut elements, value, path.element(desired));
+        }
+        out.push(Change {
+            path: base.clone(),
+            value: (!elements.is_empty()).then_some(Value::Array(elements)),
+        });
+        done.push(base);
+    }
+    out
+}
+
 /// A stable hash of `value`'s canonical JSON (object keys sorted, no whitespace): 16 hex digits
 /// of FNV-1a 64. For change detection only; it is not collision resistant against an attacker.
 #[must_use]

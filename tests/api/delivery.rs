@@ -1633,3 +1633,115 @@ async fn a_filtered_matching_attribute_is_refused_at_registration() {
     let detail = app.post("/api/v1/apps", &body).await.problem(422);
     assert!(detail.contains("matching.target_attribute"), "{detail}");
 }
+
+/// roster's client for a target, for edits "by hand" in the app.
+fn hand_client(base: &str, token: &str) -> roster::scim::ScimClient {
+    let config = roster::scim::TargetConfig::new(
+        url::Url::parse(base).expect("base url"),
+        roster::scim::Auth::Bearer(token.to_owned().into()),
+        roster::net_guard::TargetPolicy::AllowPrivate,
+    );
+    roster::scim::ScimClient::new(config).expect("client")
+}
+
+/// Elements of a multi-valued attribute that roster does not render (a role and an email
+/// added in the app) survive roster changing its own element of the same attribute.
+async fn foreign_elements_survive(base: &str, token: &str) {
+    let app = spawn_app().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let emp = format!("F{tag}");
+    let email = format!("f{tag}@example.com");
+    let moved = format!("f{tag}.new@example.com");
+    let admins = format!("admins-{tag}");
+    app.post("/api/v1/groups", &json!({"name": admins, "members": []}))
+        .await
+        .expect(201);
+    let mut body = sherpany(&format!("foreign-{tag}"), base, token, json!({}));
+    body["role_mapping"]["rules"] = json!([{"group": admins, "value": "admin"}]);
+    let created = app.create_app(&body).await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        &format!("j{tag}"),
+        &emp,
+        "2026-11-01T09:00:00Z",
+        json!({"email": email}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let account = read_user(base, token, &email).await.expect("created");
+    let id = account["id"].as_str().unwrap_or_default().to_owned();
+    hand_client(base, token)
+        .users()
+        .patch(
+            &id,
+            &roster::scim::PatchRequest::new()
+                .add("roles", json!([{"value": "billing", "type": "billing"}]))
+                .add(
+                    "emails",
+                    json!([{"value": format!("{tag}@home.example"), "type": "home"}]),
+                ),
+        )
+        .await
+        .expect("edit by hand");
+    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.patch(
+        &format!("/api/v1/groups/{group_id}"),
+        &json!({"members": [emp]}),
+    )
+    .await
+    .expect(200);
+    app.post_event(&event(
+        &format!("m{tag}"),
+        "mover",
+        &emp,
+        "2026-11-02T09:00:00Z",
+        json!({"email": moved}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let account = hand_client(base, token)
+        .users()
+        .get(&id)
+        .await
+        .expect("read");
+    let values = |attr: &str, kind: &str| -> Vec<String> {
+        account[attr]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == kind || (kind.is_empty() && e["primary"] == json!(true)))
+            .filter_map(|e| e["value"].as_str().map(str::to_lowercase))
+            .collect()
+    };
+    assert_eq!(
+        values("roles", ""),
+        ["admin"],
+        "roster's role changed: {account}"
+    );
+    assert_eq!(
+        values("roles", "billing"),
+        ["billing"],
+        "the app's own role kept: {account}"
+    );
+    assert_eq!(values("emails", "work"), [moved.clone()], "{account}");
+    assert_eq!(
+        values("emails", "home"),
+        [format!("{tag}@home.example")],
+        "{account}"
+    );
+}
+
+#[tokio::test]
+async fn elements_roster_does_not_render_survive_its_updates() {
+    let target = target_with(DevTargetArgs::default()).await;
+    foreign_elements_survive(&target.base_url(), TOKEN).await;
+}
+
+#[tokio::test]
+async fn elements_roster_does_not_render_survive_its_updates_on_the_third_party_peer() {
+    let Some((base, token)) = peer() else { return };
+    foreign_elements_survive(&base, &token).await;
+}
