@@ -659,7 +659,14 @@ impl ScimPath {
         let (Some(filter), Some(sub)) = (&self.filter, &self.sub_attribute) else {
             return;
         };
-        match (select_index(elements, filter), value) {
+        // An element found only by the lookup's fallback (the single primary or only element,
+        // for servers that drop `type`) is roster's unless it says it is of another `type`: a
+        // role typed `billing` is never taken for roster's primary role.
+        let index = select_index(elements, filter).filter(|&index| {
+            let element = &elements[index];
+            get_ci(element, &filter.attribute).is_some() || get_ci(element, "type").is_none()
+        });
+        match (index, value) {
             (Some(index), Some(value)) => {
                 if let Some(Value::Object(element)) = elements.get_mut(index) {
                     let key = element
