@@ -1726,7 +1726,7 @@ async fn foreign_elements_survive(base: &str, token: &str) {
         ["billing"],
         "the app's own role kept: {account}"
     );
-    assert_eq!(values("emails", "work"), [moved.clone()], "{account}");
+    assert_eq!(values("emails", "work"), [moved], "{account}");
     assert_eq!(
         values("emails", "home"),
         [format!("{tag}@home.example")],
