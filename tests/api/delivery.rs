@@ -1261,9 +1261,14 @@ async fn due_settled(app: &TestApp, app_id: &str) {
     .await;
 }
 
-/// A person who leaves and comes back (a re-hire) is back in the pushed group, whether the
-/// group's job runs before their account is re-activated (`group_first`) or after.
+/// A person who leaves and comes back (a re-hire, or with `mover` a move out of the app's
+/// scope and back) is back in the pushed group, whether the group's job runs before their
+/// account is re-activated (`group_first`) or after.
 async fn comeback_is_back_in_the_pushed_group(base: &str, token: &str, group_first: bool) {
+    comeback(base, token, group_first, false).await;
+}
+
+async fn comeback(base: &str, token: &str, group_first: bool, mover: bool) {
     let app = spawn_app().await;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let group = format!("room-{tag}");
@@ -1294,14 +1299,25 @@ async fn comeback_is_back_in_the_pushed_group(base: &str, token: &str, group_fir
         (group_member_names(base, token, &group).await? == [email.clone()]).then_some(())
     })
     .await;
-    app.post_event(&event(
-        &format!("l{tag}"),
-        "leaver",
-        &emp,
-        "2026-11-02T09:00:00Z",
-        json!({}),
-    ))
-    .await;
+    let out = if mover {
+        let external = json!({"email": format!("r{tag}@partner.org")});
+        event(
+            &format!("l{tag}"),
+            "mover",
+            &emp,
+            "2026-11-02T09:00:00Z",
+            external,
+        )
+    } else {
+        event(
+            &format!("l{tag}"),
+            "leaver",
+            &emp,
+            "2026-11-02T09:00:00Z",
+            json!({}),
+        )
+    };
+    app.post_event(&out).await;
     due_settled(&app, &app_id).await;
     assert_eq!(
         group_member_names(base, token, &group).await,
@@ -1312,13 +1328,18 @@ async fn comeback_is_back_in_the_pushed_group(base: &str, token: &str, group_fir
     app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
         .await
         .expect(200);
-    app.post_event(&joiner(
-        &format!("j2{tag}"),
-        &emp,
-        "2026-11-03T09:00:00Z",
-        joined,
-    ))
-    .await;
+    let back = if mover {
+        event(
+            &format!("j2{tag}"),
+            "mover",
+            &emp,
+            "2026-11-03T09:00:00Z",
+            joined,
+        )
+    } else {
+        joiner(&format!("j2{tag}"), &emp, "2026-11-03T09:00:00Z", joined)
+    };
+    app.post_event(&back).await;
     if group_first {
         roster::store::queue::enqueue(
             &app.db,
@@ -1362,6 +1383,14 @@ async fn a_rehire_is_back_in_the_pushed_group_when_the_user_job_runs_first() {
 async fn a_rehire_is_back_in_the_pushed_group_when_the_group_job_runs_first() {
     let target = target_with(DevTargetArgs::default()).await;
     comeback_is_back_in_the_pushed_group(&target.base_url(), TOKEN, true).await;
+}
+
+#[tokio::test]
+async fn a_mover_back_in_scope_is_back_in_the_pushed_group_whichever_job_runs_first() {
+    for group_first in [true, false] {
+        let target = target_with(DevTargetArgs::default()).await;
+        comeback(&target.base_url(), TOKEN, group_first, true).await;
+    }
 }
 
 #[tokio::test]
