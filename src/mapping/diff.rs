@@ -60,10 +60,10 @@ pub fn diff(compiled: &CompiledMappings, desired: &Value, actual: &Value) -> Vec
 /// The changes that make the other side equal roster's: a replace for each difference where
 /// roster has a value, a remove where roster has none. One change per path.
 ///
-/// Filtered paths are sent as they are (RFC 7644 §3.5.2 allows `emails[type eq "work"].value`).
-/// Caveat for the delivery engine: RFC 7644 §3.5.2.3 answers `replace` on a filter that matches
-/// no element with 400 `noTarget`; when the target lacks the element, send `add` of the whole
-/// element instead.
+/// Filtered paths are kept as they are (`emails[type eq "work"].value`); before sending,
+/// [`keep_foreign_elements`] turns them into a replace of the whole attribute that keeps the
+/// elements roster does not render (RFC 7644 §3.5.2.3 answers a filtered `replace` that
+/// matches no element with 400 `noTarget`).
 #[must_use]
 pub fn patch_changes(differences: &[Difference]) -> Vec<Change> {
     let mut changes: Vec<Change> = Vec::with_capacity(differences.len());
