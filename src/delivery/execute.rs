@@ -357,29 +357,62 @@ fn stage_user_link<'w>(
     stage_link(writes, &ctx.app.id, ResourceKind::User, identity_id, new)
 }
 
-/// A SCIM PATCH for the changes. A change to one element of a multi-valued attribute
-/// (`emails[type eq "work"].value`) replaces the whole attribute with the rendered one:
-/// a filtered `replace` fails with `noTarget` on targets that lack the element.
-fn patch_for(changes: &[mapping::Change], desired: &Value) -> PatchRequest {
+/// A SCIM PATCH for the changes, against `current` (the target's copy as read): a change to
+/// one element of a multi-valued attribute (`roles[primary eq true].value`) replaces the whole
+/// attribute, built from `current` so that the elements roster does not render (a role
+/// assigned in the app, a home email) are kept (`mapping::keep_foreign_elements`).
+fn patch_for(
+    compiled: &CompiledMappings,
+    changes: &[mapping::Change],
+    desired: &Value,
+    current: &Value,
+) -> PatchRequest {
     let mut patch = PatchRequest::new();
-    let mut whole = BTreeSet::new();
-    for change in changes {
-        if let Some((base, _)) = change.path.split_once('[') {
-            whole.insert(base.to_owned());
-            continue;
-        }
-        patch = match &change.value {
-            Some(v) => patch.replace(&change.path, v.clone()),
+    for change in mapping::keep_foreign_elements(compiled, changes, desired, current) {
+        patch = match change.value {
+            Some(v) => patch.replace(&change.path, v),
             None => patch.remove(&change.path),
         };
     }
-    for base in whole {
-        patch = match desired.get(&base) {
-            Some(v) => patch.replace(&base, v.clone()),
-            None => patch.remove(&base),
-        };
-    }
     patch
+}
+
+/// Whether a change is to an element of a multi-valued attribute: sending it needs the
+/// target's current copy of the attribute.
+fn needs_current(compiled: &CompiledMappings, changes: &[mapping::Change]) -> bool {
+    changes.iter().any(|change| {
+        compiled
+            .compared_paths()
+            .iter()
+            .any(|p| p.as_str() == change.path && p.multi_valued_base().is_some())
+    })
+}
+
+/// PATCHes the linked account with `changes`. When one touches a multi-valued attribute the
+/// account is read first and the PATCH built from that copy, sent with `If-Match` where the
+/// target supports ETags and built again from a new read on 412 (`patch_after_read`).
+async fn send_changes(
+    ctx: &AppContext<'_>,
+    target_id: &str,
+    changes: &[mapping::Change],
+    desired: &Value,
+) -> Result<(), ScimError> {
+    let users = ctx.client.users();
+    if needs_current(ctx.compiled, changes) {
+        users
+            .patch_after_read(target_id, |current| {
+                patch_for(ctx.compiled, changes, desired, current)
+            })
+            .await?;
+    } else {
+        users
+            .patch(
+                target_id,
+                &patch_for(ctx.compiled, changes, desired, &Value::Null),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// Matching before create: the target account whose matching attribute equals the rendered
@@ -423,7 +456,10 @@ async fn adopt(
         doing(Operation::Update);
         ctx.client
             .users()
-            .patch(&target_id, &patch_for(&changes, desired))
+            .patch(
+                &target_id,
+                &patch_for(ctx.compiled, &changes, desired, account),
+            )
             .await
             .map_err(|e| JobError::scim(Operation::Update, e))?;
     }
@@ -509,13 +545,8 @@ pub async fn deliver_user(
             Operation::Noop
         } else {
             doing(Operation::Update);
-            match ctx
-                .client
-                .users()
-                .patch(target_id, &patch_for(&changes, &desired))
-                .await
-            {
-                Ok(_) => Operation::Update,
+            match send_changes(ctx, target_id, &changes, &desired).await {
+                Ok(()) => Operation::Update,
                 // Deleted in the target by hand: create it again.
                 Err(e) if e.is_not_found() => {
                     return create_or_adopt(ctx, view, &desired, writes).await;
@@ -626,11 +657,17 @@ pub async fn deliver_user(
             if let Some(obj) = snapshot.as_object_mut() {
                 obj.insert("active".into(), json!(false));
             }
-            let delete_after = ctx
-                .settings
-                .deprovision
-                .delete_after_days
-                .map(|days| now_ms + i64::from(days) * 86_400_000);
+            // Deactivating again (the last write's outcome was unknown, e.g. after a reclaim)
+            // keeps the date the first deactivation set: the delete neither moves nor is lost.
+            let delete_after = link
+                .delete_after
+                .filter(|_| link.state == "deactivated")
+                .or_else(|| {
+                    ctx.settings
+                        .deprovision
+                        .delete_after_days
+                        .map(|days| now_ms + i64::from(days) * 86_400_000)
+                });
             stage_user_link(
                 writes,
                 ctx,
@@ -710,9 +747,19 @@ pub async fn deprovision_account(
     }
 }
 
+/// The target id a link contributes to pushed groups' members: only a `linked` account is a
+/// member (the same rule as [`member_links`]).
+fn member_target<'a>(state: &str, target_id: Option<&'a str>) -> Option<&'a str> {
+    (state == "linked").then_some(target_id).flatten()
+}
+
 /// After a user job: the follow-up jobs it implies — the scheduled DELETE of a deactivated
-/// account, and the pushed groups the person is in (their membership may now include the
-/// account). They are staged in `writes`, so that they are enqueued with the job's link.
+/// account, and the pushed groups the person is in whenever the job changed what the account
+/// contributes to them (created, adopted, re-activated, deactivated, deleted, re-created).
+/// A group's job that ran before this one's link was committed left the account out (or in):
+/// this follow-up is written in the same transaction as the link, so another group job
+/// always comes after it, whatever order the two ran in. They are staged in `writes`, so
+/// that they are enqueued with the job's link.
 pub fn follow_ups(
     ctx: &AppContext<'_>,
     inputs: &UserInputs,
@@ -724,15 +771,25 @@ pub fn follow_ups(
     let mut jobs = Vec::new();
     // The link as the job leaves it: staged, or else as it was read.
     let after = match writes.staged_link(&ctx.app.id, ResourceKind::User, identity_id) {
-        Some(w) => w.row.as_ref().map(|r| (r.state.clone(), r.delete_after)),
+        Some(w) => w
+            .row
+            .as_ref()
+            .map(|r| (r.state.clone(), r.delete_after, r.target_id.clone())),
         None => inputs
             .link
             .as_ref()
-            .map(|l| (l.state.clone(), l.delete_after)),
+            .map(|l| (l.state.clone(), l.delete_after, l.target_id.clone())),
     };
-    if let Some((state, delete_after)) = after
+    let member_before = inputs
+        .link
+        .as_ref()
+        .and_then(|l| member_target(&l.state, l.target_id.as_deref()));
+    let member_after = after
+        .as_ref()
+        .and_then(|(state, _, target_id)| member_target(state, target_id.as_deref()));
+    if let Some((state, delete_after, _)) = &after
         && state == "deactivated"
-        && let Some(due) = delete_after
+        && let Some(due) = *delete_after
     {
         jobs.push(JobRequest {
             app_id: ctx.app.id.clone(),
@@ -743,10 +800,13 @@ pub fn follow_ups(
             hr_event_id: None,
         });
     }
-    if matches!(
-        operation,
-        Operation::Create | Operation::Adopt | Operation::Delete | Operation::Deactivate
-    ) && !ctx.settings.group_push.is_empty()
+    let membership_changed = member_before != member_after
+        || matches!(
+            operation,
+            Operation::Create | Operation::Adopt | Operation::Delete | Operation::Deactivate
+        );
+    if membership_changed
+        && !ctx.settings.group_push.is_empty()
         && let Some(view) = &inputs.person
     {
         for g in &ctx.settings.group_push {

@@ -60,10 +60,10 @@ pub fn diff(compiled: &CompiledMappings, desired: &Value, actual: &Value) -> Vec
 /// The changes that make the other side equal roster's: a replace for each difference where
 /// roster has a value, a remove where roster has none. One change per path.
 ///
-/// Filtered paths are sent as they are (RFC 7644 §3.5.2 allows `emails[type eq "work"].value`).
-/// Caveat for the delivery engine: RFC 7644 §3.5.2.3 answers `replace` on a filter that matches
-/// no element with 400 `noTarget`; when the target lacks the element, send `add` of the whole
-/// element instead.
+/// Filtered paths are kept as they are (`emails[type eq "work"].value`); before sending,
+/// [`keep_foreign_elements`] turns them into a replace of the whole attribute that keeps the
+/// elements roster does not render (RFC 7644 §3.5.2.3 answers a filtered `replace` that
+/// matches no element with 400 `noTarget`).
 #[must_use]
 pub fn patch_changes(differences: &[Difference]) -> Vec<Change> {
     let mut changes: Vec<Change> = Vec::with_capacity(differences.len());
@@ -78,6 +78,58 @@ pub fn patch_changes(differences: &[Difference]) -> Vec<Change> {
         });
     }
     changes
+}
+
+/// `changes` as PATCH should send them without touching what roster does not own: each change
+/// to an element of a multi-valued attribute (`roles[primary eq true].value`) becomes one
+/// `replace` of the whole attribute, built from `current` (the target's copy as read): the
+/// elements roster's paths select take roster's values, every other element (a role assigned
+/// in the app, a home email) is kept as it is. A filtered `replace` is not sent because
+/// targets answer it with `noTarget` when they lack the element, and some refuse value-filter
+/// paths altogether. Other changes pass through unchanged.
+#[must_use]
+pub fn keep_foreign_elements(
+    compiled: &CompiledMappings,
+    changes: &[Change],
+    desired: &Value,
+    current: &Value,
+) -> Vec<Change> {
+    let paths = compiled.compared_paths();
+    let base_of = |raw: &str| {
+        paths
+            .iter()
+            .find(|p| p.as_str() == raw)
+            .and_then(ScimPath::multi_valued_base)
+    };
+    let mut out: Vec<Change> = Vec::with_capacity(changes.len());
+    let mut done: Vec<String> = Vec::new();
+    for change in changes {
+        let Some(base) = base_of(&change.path) else {
+            out.push(change.clone());
+            continue;
+        };
+        if done.contains(&base) {
+            continue;
+        }
+        let mine: Vec<&ScimPath> = paths
+            .iter()
+            .filter(|p| p.multi_valued_base().as_deref() == Some(base.as_str()))
+            .collect();
+        let mut elements = mine
+            .first()
+            .map(|p| p.elements(current))
+            .unwrap_or_default();
+        for path in mine {
+            let value = present(path.lookup(desired)).cloned();
+            path.set_in_elements(&mut elements, value, path.element(desired));
+        }
+        out.push(Change {
+            path: base.clone(),
+            value: (!elements.is_empty()).then_some(Value::Array(elements)),
+        });
+        done.push(base);
+    }
+    out
 }
 
 /// A stable hash of `value`'s canonical JSON (object keys sorted, no whitespace): 16 hex digits

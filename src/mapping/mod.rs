@@ -25,7 +25,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 
-pub use diff::{Change, Difference, diff, patch_changes, snapshot_hash};
+pub use diff::{Change, Difference, diff, keep_foreign_elements, patch_changes, snapshot_hash};
 pub use expr::{Expression, ExpressionError, MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_LEN};
 pub use path::{CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA, FilterValue, ScimPath, ValueFilter};
 pub use render::{render_matching_value, render_user};

@@ -209,15 +209,39 @@ impl ScimPath {
                 .is_some_and(|sub| sub.eq_ignore_ascii_case("primary"))
     }
 
-    /// Whether values compare case-insensitively: only the core `userName` (RFC 7643 §4.1
-    /// makes it `caseExact: false`, and matching relies on it). Other strings compare exactly,
-    /// so a hand edit that only changes case is still drift.
+    /// Whether values compare case-insensitively: the core `userName` and `emails.value`
+    /// (RFC 7643 §4.1 makes both `caseExact: false`; matching relies on the first, and targets
+    /// that lower-case addresses on the second). Other strings compare exactly, so a hand
+    /// edit that only changes case is still drift.
     #[must_use]
     pub fn is_case_insensitive(&self) -> bool {
-        self.schema.is_none()
-            && self.filter.is_none()
+        if self.schema.is_some() {
+            return false;
+        }
+        let user_name = self.filter.is_none()
             && self.sub_attribute.is_none()
-            && self.attribute.eq_ignore_ascii_case("userName")
+            && self.attribute.eq_ignore_ascii_case("userName");
+        let email = self.attribute.eq_ignore_ascii_case("emails")
+            && self
+                .sub_attribute
+                .as_deref()
+                .is_some_and(|sub| sub.eq_ignore_ascii_case("value"));
+        user_name || email
+    }
+
+    /// Why this path cannot be the matching attribute, if it cannot: a look-up is a plain
+    /// `attribute eq "value"` filter, which a path selecting one element of a multi-valued
+    /// attribute (`emails[type eq "work"].value`) is not.
+    #[must_use]
+    pub fn matching_refusal(&self) -> Option<String> {
+        self.filter.is_some().then(|| {
+            format!(
+                "`{}` selects one element of a multi-valued attribute, which a look-up filter \
+                 cannot name; match on a simple attribute such as userName or externalId \
+                 (e.g. map the email to userName)",
+                self.text
+            )
+        })
     }
 
     /// Whether two paths would write the same place (or one inside the other), which would make
@@ -567,7 +591,12 @@ fn select_element<'a>(value: &'a Value, filter: &ValueFilter) -> Option<&'a Valu
         Value::Object(_) => std::slice::from_ref(value),
         _ => return None,
     };
-    if let Some(found) = elements.iter().find(|element| {
+    select_index(elements, filter).and_then(|index| elements.get(index))
+}
+
+/// Which of `elements` the filter selects, as [`ScimPath::lookup`] reads it.
+fn select_index(elements: &[Value], filter: &ValueFilter) -> Option<usize> {
+    if let Some(found) = elements.iter().position(|element| {
         get_ci(element, &filter.attribute).is_some_and(|actual| filter.value.matches(actual))
     }) {
         return Some(found);
@@ -580,13 +609,112 @@ fn select_element<'a>(value: &'a Value, filter: &ValueFilter) -> Option<&'a Valu
         return None;
     }
     let primary = FilterValue::Bool(true);
-    let mut marked = elements
-        .iter()
-        .filter(|element| get_ci(element, "primary").is_some_and(|flag| primary.matches(flag)));
+    let mut marked = elements.iter().enumerate().filter(|(_, element)| {
+        get_ci(element, "primary").is_some_and(|flag| primary.matches(flag))
+    });
     match (marked.next(), marked.next()) {
-        (Some(only_primary), None) => Some(only_primary),
-        _ if elements.len() == 1 => elements.first(),
+        (Some((only_primary, _)), None) => Some(only_primary),
+        _ if elements.len() == 1 => Some(0),
         _ => None,
+    }
+}
+
+impl ScimPath {
+    /// For a path into one element of a multi-valued attribute, the path of the whole
+    /// attribute as PATCH names it (`roles`, `urn:…:User:badges`); `None` for other paths.
+    #[must_use]
+    pub fn multi_valued_base(&self) -> Option<String> {
+        self.filter.as_ref()?;
+        Some(match &self.schema {
+            Some(schema) => format!("{schema}:{}", self.attribute),
+            None => self.attribute.clone(),
+        })
+    }
+
+    /// The elements of this path's multi-valued attribute in `resource` (a bare object counts
+    /// as one element); empty when it has none.
+    #[must_use]
+    pub fn elements(&self, resource: &Value) -> Vec<Value> {
+        let container = match &self.schema {
+            Some(schema) => get_ci(resource, schema),
+            None => Some(resource),
+        };
+        match container.and_then(|c| get_ci(c, &self.attribute)) {
+            Some(Value::Array(elements)) => elements.clone(),
+            Some(element @ Value::Object(_)) => vec![element.clone()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Writes this path's `value` into the element of `elements` its filter selects, leaving
+    /// every other element as it is. `None` removes the sub-attribute, and the element with it
+    /// when nothing but its filter attribute and `primary` is left. A missing element is added
+    /// as `rendered` (the element as roster renders it) has it.
+    pub fn set_in_elements(
+        &self,
+        elements: &mut Vec<Value>,
+        value: Option<Value>,
+        rendered: Option<&Value>,
+    ) {
+        let (Some(filter), Some(sub)) = (&self.filter, &self.sub_attribute) else {
+            return;
+        };
+        // An element found only by the lookup's fallback (the single primary or only element,
+        // for servers that drop `type`) is roster's unless it says it is of another `type`: a
+        // role typed `billing` is never taken for roster's primary role.
+        let index = select_index(elements, filter).filter(|&index| {
+            let element = &elements[index];
+            get_ci(element, &filter.attribute).is_some() || get_ci(element, "type").is_none()
+        });
+        match (index, value) {
+            (Some(index), Some(value)) => {
+                if let Some(Value::Object(element)) = elements.get_mut(index) {
+                    let key = element
+                        .keys()
+                        .find(|k| k.eq_ignore_ascii_case(sub))
+                        .cloned()
+                        .unwrap_or_else(|| sub.clone());
+                    element.insert(key, value);
+                }
+            }
+            (Some(index), None) => {
+                let emptied = match elements.get_mut(index) {
+                    Some(Value::Object(element)) => {
+                        element.retain(|k, _| !k.eq_ignore_ascii_case(sub));
+                        element.keys().all(|k| {
+                            k.eq_ignore_ascii_case(&filter.attribute)
+                                || k.eq_ignore_ascii_case("primary")
+                        })
+                    }
+                    _ => false,
+                };
+                if emptied {
+                    elements.remove(index);
+                }
+            }
+            (None, Some(value)) => {
+                let mut element = rendered.cloned().unwrap_or_else(|| {
+                    let mut element = Map::new();
+                    element.insert(filter.attribute.clone(), filter.value.to_json());
+                    Value::Object(element)
+                });
+                if let Value::Object(members) = &mut element {
+                    members.insert(sub.clone(), value);
+                }
+                elements.push(element);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The element of `resource` this path's filter selects.
+    #[must_use]
+    pub fn element<'a>(&self, resource: &'a Value) -> Option<&'a Value> {
+        let container = match &self.schema {
+            Some(schema) => get_ci(resource, schema)?,
+            None => resource,
+        };
+        select_element(get_ci(container, &self.attribute)?, self.filter.as_ref()?)
     }
 }
 

@@ -1300,3 +1300,87 @@ proptest! {
         let _ = ScimPath::parse(&input);
     }
 }
+
+#[test]
+fn emails_compare_ignoring_case_and_cannot_be_the_matching_attribute() {
+    let compiled = compiled_example();
+    let desired = render_user(&compiled, &ada());
+    let mut lowered = desired.clone();
+    lowered["userName"] = json!("ADA@example.com");
+    lowered["emails"][0]["value"] = json!("ADA@EXAMPLE.COM");
+    assert_eq!(diff(&compiled, &desired, &lowered), []);
+    lowered["name"]["givenName"] = json!("ADA");
+    assert_eq!(
+        diff(&compiled, &desired, &lowered).len(),
+        1,
+        "other strings are exact"
+    );
+    let refusal = |raw: &str| ScimPath::parse(raw).ok().and_then(|p| p.matching_refusal());
+    assert!(refusal("emails[type eq \"work\"].value").is_some());
+    assert_eq!(refusal("userName"), None);
+    assert_eq!(refusal("externalId"), None);
+}
+
+#[test]
+fn changes_to_one_element_keep_the_elements_roster_does_not_render() {
+    const ACME: &str = "urn:example:params:scim:schemas:extension:acme:2.0:User";
+    let (mut mappings, role_mapping) = design_example();
+    mappings.push(expression_mapping(
+        &format!("{ACME}:badges[type eq \"door\"].value"),
+        "\"D-1\"",
+    ));
+    let compiled = compile(&mappings, Some(&role_mapping)).expect("compiles");
+    let mut person = ada();
+    person.groups = vec!["board-admins".to_owned()];
+    person.email = Some("ada.l@example.com".to_owned());
+    let desired = render_user(&compiled, &person);
+    // The target's copy: roster's elements as last applied, and elements added in the app.
+    let mut current = render_user(&compiled, &ada());
+    current["roles"] = json!([{"value": "billing", "type": "billing"},
+                              {"primary": true, "value": "member", "display": "Member"}]);
+    current["emails"] = json!([{"type": "home", "value": "ada@home.example"},
+                               {"type": "work", "value": "ada@example.com", "primary": true}]);
+    current[ACME] =
+        json!({"badges": [{"type": "gym", "value": "G-7"}, {"type": "door", "value": "D-1"}]});
+    let changes = patch_changes(&diff(&compiled, &desired, &current));
+    let sent = keep_foreign_elements(&compiled, &changes, &desired, &current);
+    let find = |path: &str| sent.iter().find(|c| c.path == path).cloned();
+    assert_eq!(
+        find("roles").and_then(|c| c.value),
+        Some(json!([{"value": "billing", "type": "billing"},
+                    {"primary": true, "value": "admin", "display": "Member"}])),
+        "{sent:?}"
+    );
+    assert_eq!(
+        find("emails").and_then(|c| c.value),
+        Some(json!([{"type": "home", "value": "ada@home.example"},
+                    {"type": "work", "value": "ada.l@example.com", "primary": true}]))
+    );
+    assert_eq!(
+        find("userName").and_then(|c| c.value),
+        Some(json!("ada.l@example.com"))
+    );
+    // The extension's element is in line: nothing is sent for it, least of all a remove.
+    assert!(sent.iter().all(|c| !c.path.starts_with(ACME)), "{sent:?}");
+    // A change to the extension's element replaces its attribute under the URN, keeping `gym`.
+    current[ACME]["badges"][1]["value"] = json!("D-0");
+    let changes = patch_changes(&diff(&compiled, &desired, &current));
+    let sent = keep_foreign_elements(&compiled, &changes, &desired, &current);
+    assert_eq!(
+        sent.iter()
+            .find(|c| c.path == format!("{ACME}:badges"))
+            .and_then(|c| c.value.clone()),
+        Some(json!([{"type": "gym", "value": "G-7"}, {"type": "door", "value": "D-1"}])),
+        "{sent:?}"
+    );
+    // A missing element is added as rendered.
+    current["roles"] = json!([{"value": "billing", "type": "billing"}]);
+    let changes = patch_changes(&diff(&compiled, &desired, &current));
+    let sent = keep_foreign_elements(&compiled, &changes, &desired, &current);
+    assert_eq!(
+        sent.iter()
+            .find(|c| c.path == "roles")
+            .and_then(|c| c.value.clone()),
+        Some(json!([{"value": "billing", "type": "billing"}, {"primary": true, "value": "admin"}]))
+    );
+}

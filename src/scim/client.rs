@@ -1178,32 +1178,17 @@ impl Resources {
             .ok_or_else(|| no_body("GET", self.item_path(id), answer.status))
     }
 
-    /// PUT. With ETags, `resource`'s own `meta.version` is sent as `If-Match`; on 412 the
-    /// current version is re-read and the PUT retried once.
+    /// PUT. With ETags, `resource`'s own `meta.version` is sent as `If-Match`. A 412 is the
+    /// caller's answer: `resource` was built from a copy someone has since changed, and sending
+    /// it again with the new version would overwrite their change.
     pub async fn replace(&self, id: &str, resource: &Value) -> Result<Value, ScimError> {
         let capabilities = self.client.capabilities().await;
         let version = if self.client.use_etag(&capabilities) {
-            version_of(resource).map(str::to_owned)
+            version_of(resource)
         } else {
             None
         };
-        self.put_with_retry(id, resource, version).await
-    }
-
-    async fn put_with_retry(
-        &self,
-        id: &str,
-        resource: &Value,
-        version: Option<String>,
-    ) -> Result<Value, ScimError> {
-        let first = self.put(id, resource, version.as_deref()).await;
-        match first {
-            Err(ScimError::Http { status: 412, .. }) if version.is_some() => {
-                let current = self.get(id).await?;
-                self.put(id, resource, version_of(&current)).await
-            }
-            other => other,
-        }
+        self.put(id, resource, version).await
     }
 
     async fn put(
@@ -1223,7 +1208,9 @@ impl Resources {
         }
     }
 
-    /// PATCH. Returns the resource when the target sends it (200), `None` for 204.
+    /// PATCH. Returns the resource when the target sends it (200), `None` for 204. With ETags,
+    /// `request.if_match` is sent as `If-Match`, and a 412 is returned as it is (the request was
+    /// built from an older copy; see [`Resources::patch_after_read`] to build it again).
     ///
     /// Users on targets without PATCH (discovered, or `quirks.supports_patch = false`) are read,
     /// patched locally and PUT. Groups are never PUT (membership would be overwritten wholesale):
@@ -1233,50 +1220,93 @@ impl Resources {
         id: &str,
         request: &PatchRequest,
     ) -> Result<Option<Value>, ScimError> {
+        self.write(id, false, request.if_match.as_deref(), |_| request.clone())
+            .await
+            .map(|(answer, _)| answer)
+    }
+
+    /// Read-modify-write: reads the resource, and PATCHes it with what `change` makes of the
+    /// copy read, sent with `If-Match` of that copy's version where the target supports ETags.
+    /// On 412 (someone wrote in between) it reads again and applies `change` to the new copy,
+    /// once: the change is re-applied to what the target holds now, never sent stale. Returns
+    /// the answer to the PATCH and the copy it was built from.
+    pub async fn patch_after_read(
+        &self,
+        id: &str,
+        change: impl Fn(&Value) -> PatchRequest,
+    ) -> Result<(Option<Value>, Value), ScimError> {
+        let (answer, read) = self.write(id, true, None, change).await?;
+        match read {
+            Some(read) => Ok((answer, read)),
+            None => Err(ScimError::InvalidInput(
+                "read-modify-write without a read".into(),
+            )),
+        }
+    }
+
+    /// One PATCH, or a read-modify-write: `change` is given the copy read (or `Null` for a
+    /// plain PATCH: a target with PATCH and no `read_first`). Targets without PATCH always
+    /// read and PUT. A write built from a read and refused with 412 is built again from a new
+    /// read, once. Returns the answer and the copy the write was built from.
+    async fn write(
+        &self,
+        id: &str,
+        read_first: bool,
+        if_match: Option<&str>,
+        change: impl Fn(&Value) -> PatchRequest,
+    ) -> Result<(Option<Value>, Option<Value>), ScimError> {
         let capabilities = self.client.capabilities().await;
         let patch_ok = capabilities.patch && self.client.inner.quirks.supports_patch;
-        if !patch_ok {
-            if self.kind == ResourceKind::Groups {
-                return Err(ScimError::Unsupported(
-                    "the target does not support PATCH, and group membership is never replaced with PUT".into(),
-                ));
-            }
-            let mut current = self.get(id).await?;
-            patch::apply(&mut current, request)
-                .map_err(|e| ScimError::InvalidInput(e.to_string()))?;
-            let version = if self.client.use_etag(&capabilities) {
+        let etag = self.client.use_etag(&capabilities);
+        if !patch_ok && self.kind == ResourceKind::Groups {
+            return Err(ScimError::Unsupported(
+                "the target does not support PATCH, and group membership is never replaced with PUT".into(),
+            ));
+        }
+        // A plain PATCH (no read): the caller's request as it is.
+        if patch_ok && !read_first {
+            let request = change(&Value::Null);
+            let version = if etag { if_match } else { None };
+            let answer = self.send_patch(id, &request, version).await?;
+            return Ok((answer, None));
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.get(id).await?;
+            let request = change(&current);
+            let version = if etag {
                 version_of(&current).map(str::to_owned)
             } else {
                 None
             };
-            return self.put_with_retry(id, &current, version).await.map(Some);
+            let result = if patch_ok {
+                self.send_patch(id, &request, version.as_deref()).await
+            } else {
+                let mut whole = current.clone();
+                match patch::apply(&mut whole, &request) {
+                    Ok(()) => self.put(id, &whole, version.as_deref()).await.map(Some),
+                    Err(e) => Err(ScimError::InvalidInput(e.to_string())),
+                }
+            };
+            match result {
+                Err(ScimError::Http { status: 412, .. }) if version.is_some() && attempt < 2 => {}
+                other => return other.map(|answer| (answer, Some(current))),
+            }
         }
+    }
+
+    async fn send_patch(
+        &self,
+        id: &str,
+        request: &PatchRequest,
+        version: Option<&str>,
+    ) -> Result<Option<Value>, ScimError> {
         let body = request.to_body(self.client.inner.quirks.patch_op_case);
-        let version = if self.client.use_etag(&capabilities) {
-            request.if_match.clone()
-        } else {
-            None
-        };
-        let send = |version: Option<String>| {
-            let body = &body;
-            async move {
-                self.client
-                    .scim(
-                        Method::PATCH,
-                        self.item_url(id),
-                        Some(body),
-                        version.as_deref(),
-                    )
-                    .await
-            }
-        };
-        let answer = match send(version.clone()).await {
-            Err(ScimError::Http { status: 412, .. }) if version.is_some() => {
-                let current = self.get(id).await?;
-                send(version_of(&current).map(str::to_owned)).await?
-            }
-            other => other?,
-        };
+        let answer = self
+            .client
+            .scim(Method::PATCH, self.item_url(id), Some(&body), version)
+            .await?;
         Ok(answer.body)
     }
 

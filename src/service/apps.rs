@@ -191,6 +191,12 @@ pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
             format!("`{matching}` is not the target of any mapping, so no account could match"),
         ));
     }
+    if let Some(reason) = crate::mapping::ScimPath::parse(matching)
+        .ok()
+        .and_then(|p| p.matching_refusal())
+    {
+        return Err(ServiceError::invalid("matching.target_attribute", reason));
+    }
     for (i, g) in settings.group_push.iter().enumerate() {
         validate_name(&format!("group_push[{i}]"), g)?;
     }

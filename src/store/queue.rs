@@ -85,8 +85,9 @@ pub fn now_ms() -> i64 {
 }
 
 /// Inserts the jobs, coalescing each into the pending job of the same (app, resource): the
-/// merged job keeps the higher-priority lane, the earlier `run_at` and the first enqueue time
-/// (so event-to-target latency is measured from the first change it carries). Requests for the
+/// merged job keeps the higher-priority lane, the earlier `run_at` and the earlier enqueue time
+/// (so event-to-target latency is measured from the first change it carries). A job's enqueue
+/// time is when it is wanted: now, or its `run_at` if that is later (a scheduled delete). Requests for the
 /// same resource within `jobs` are merged first, by the same rules (PostgreSQL refuses to
 /// update one row twice in one statement), and written in key order.
 pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result<(), DbErr> {
@@ -124,7 +125,10 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
                 0i32.into(),
                 "pending".into(),
                 j.hr_event_id.clone().into(),
-                now_ms.into(),
+                // A job scheduled for later (a delete `delete_after_days` out) is wanted from
+                // its date on: it is no stall before then, and the latency of a change that
+                // coalesces into it is measured from that change, not from the schedule.
+                now_ms.max(j.run_at_ms).into(),
                 now.into(),
                 now.into(),
             ]);
@@ -159,6 +163,12 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
             .value(
                 job::Column::HrEventId,
                 Expr::cust("COALESCE(excluded.hr_event_id, job.hr_event_id)"),
+            )
+            .value(
+                job::Column::EnqueuedAt,
+                Expr::cust(
+                    "CASE WHEN excluded.enqueued_at < job.enqueued_at THEN excluded.enqueued_at ELSE job.enqueued_at END",
+                ),
             )
             .value(job::Column::UpdatedAt, Expr::cust("excluded.updated_at"))
             .to_owned(),
@@ -564,7 +574,8 @@ pub async fn pending_in_lane(
 }
 
 /// Pending jobs per (app, lane) and the oldest pending age per app, for the queue gauges and
-/// the app status.
+/// the app status. A job scheduled for later is enqueued at its date (see [`enqueue`]), so
+/// until then its age is negative and, clamped at zero by the readers, no stall.
 #[derive(Debug, Clone, sea_orm::FromQueryResult)]
 pub struct LaneDepth {
     pub app_id: String,

@@ -1368,3 +1368,558 @@ async fn joiners_in_a_batch_share_look_ups_and_still_adopt_existing_accounts() {
         .await;
     assert_eq!(logged.len(), 40, "every person's log shows their look-up");
 }
+
+/// Sets `run_at` of the app's pending jobs for `kind` (through SQL: the order of two jobs is
+/// the test's to choose).
+async fn schedule_pending(app: &TestApp, app_id: &str, kind: &str, run_at_ms: i64) {
+    let sql = format!(
+        "UPDATE job SET run_at = {run_at_ms} WHERE app_id = '{app_id}' \
+         AND resource_kind = '{kind}' AND state = 'pending'"
+    );
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &sql)
+        .await
+        .expect("reschedule");
+}
+
+/// Waits until the app has no pending or running job of `kind`.
+async fn kind_settled(app: &TestApp, app_id: &str, kind: &str) {
+    eventually("the jobs to run", Duration::from_secs(30), || async {
+        app.rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND resource_kind = '{kind}' \
+             AND state IN ('pending', 'running')"
+        ))
+        .await
+        .is_empty()
+        .then_some(())
+    })
+    .await;
+}
+
+/// Waits until no job of the app is running or due (a scheduled delete may wait for days).
+async fn due_settled(app: &TestApp, app_id: &str) {
+    eventually("the due jobs to run", Duration::from_secs(30), || async {
+        let now = roster::store::queue::now_ms();
+        app.rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND (state = 'running' \
+             OR (state = 'pending' AND run_at <= {now}))"
+        ))
+        .await
+        .is_empty()
+        .then_some(())
+    })
+    .await;
+}
+
+/// A person who leaves and comes back (a re-hire, or with `mover` a move out of the app's
+/// scope and back) is back in the pushed group, whether the group's job runs before their
+/// account is re-activated (`group_first`) or after.
+async fn comeback_is_back_in_the_pushed_group(base: &str, token: &str, group_first: bool) {
+    comeback(base, token, group_first, false).await;
+}
+
+async fn comeback(base: &str, token: &str, group_first: bool, mover: bool) {
+    let app = spawn_app().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let group = format!("room-{tag}");
+    let emp = format!("R{tag}");
+    let email = format!("r{tag}@example.com");
+    app.post("/api/v1/groups", &json!({"name": group, "members": [emp]}))
+        .await
+        .expect(201);
+    let created = app
+        .create_app(&sherpany(
+            &format!("back-{tag}"),
+            base,
+            token,
+            json!({"group_push": [group],
+                   "deprovision": {"action": "deactivate", "delete_after_days": 30}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let joined = json!({"email": email});
+    app.post_event(&joiner(
+        &format!("j1{tag}"),
+        &emp,
+        "2026-11-01T09:00:00Z",
+        joined.clone(),
+    ))
+    .await;
+    eventually("in the group", Duration::from_secs(30), || async {
+        (group_member_names(base, token, &group).await? == [email.clone()]).then_some(())
+    })
+    .await;
+    let out = if mover {
+        let external = json!({"email": format!("r{tag}@partner.org")});
+        event(
+            &format!("l{tag}"),
+            "mover",
+            &emp,
+            "2026-11-02T09:00:00Z",
+            external,
+        )
+    } else {
+        event(
+            &format!("l{tag}"),
+            "leaver",
+            &emp,
+            "2026-11-02T09:00:00Z",
+            json!({}),
+        )
+    };
+    app.post_event(&out).await;
+    due_settled(&app, &app_id).await;
+    assert_eq!(
+        group_member_names(base, token, &group).await,
+        Some(vec![]),
+        "a leaver leaves the group"
+    );
+    // The re-hire's jobs wait until the order is set.
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    let back = if mover {
+        event(
+            &format!("j2{tag}"),
+            "mover",
+            &emp,
+            "2026-11-03T09:00:00Z",
+            joined,
+        )
+    } else {
+        joiner(&format!("j2{tag}"), &emp, "2026-11-03T09:00:00Z", joined)
+    };
+    app.post_event(&back).await;
+    if group_first {
+        roster::store::queue::enqueue(
+            &app.db,
+            &[roster::store::queue::JobRequest {
+                app_id: app_id.clone(),
+                kind: roster::store::queue::ResourceKind::Group,
+                resource_id: group.clone(),
+                lane: roster::store::queue::Lane::Normal,
+                run_at_ms: 0,
+                hr_event_id: None,
+            }],
+        )
+        .await
+        .expect("enqueue the group's job");
+        schedule_pending(&app, &app_id, "user", i64::MAX / 2).await;
+    }
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    if group_first {
+        kind_settled(&app, &app_id, "group").await;
+        schedule_pending(&app, &app_id, "user", 0).await;
+    }
+    due_settled(&app, &app_id).await;
+    let account = read_user(base, token, &email).await.unwrap_or_default();
+    assert_eq!(account["active"], json!(true), "re-activated: {account}");
+    assert_eq!(
+        group_member_names(base, token, &group).await,
+        Some(vec![email.clone()]),
+        "back in the pushed group (group's job first: {group_first})"
+    );
+}
+
+#[tokio::test]
+async fn a_rehire_is_back_in_the_pushed_group_when_the_user_job_runs_first() {
+    let target = target_with(DevTargetArgs::default()).await;
+    comeback_is_back_in_the_pushed_group(&target.base_url(), TOKEN, false).await;
+}
+
+#[tokio::test]
+async fn a_rehire_is_back_in_the_pushed_group_when_the_group_job_runs_first() {
+    let target = target_with(DevTargetArgs::default()).await;
+    comeback_is_back_in_the_pushed_group(&target.base_url(), TOKEN, true).await;
+}
+
+#[tokio::test]
+async fn a_mover_back_in_scope_is_back_in_the_pushed_group_whichever_job_runs_first() {
+    for group_first in [true, false] {
+        let target = target_with(DevTargetArgs::default()).await;
+        comeback(&target.base_url(), TOKEN, group_first, true).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rehire_is_back_in_the_pushed_group_on_the_third_party_peer() {
+    let Some((base, token)) = peer() else { return };
+    comeback_is_back_in_the_pushed_group(&base, &token, true).await;
+}
+
+/// One number of the `/metrics` text: the sample whose name and labels start with `series`.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A leaver in an app that deletes 30 days after deactivating: returns the app id, the
+/// person's identity id and the scheduled delete's date.
+async fn leaver_with_scheduled_delete(
+    app: &TestApp,
+    target: &DevTarget,
+    name: &str,
+    emp: &str,
+) -> (String, String, i64) {
+    let created = app
+        .create_app(&sherpany(
+            name,
+            &target.base_url(),
+            TOKEN,
+            json!({"deprovision": {"action": "deactivate", "delete_after_days": 30}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        &format!("j-{emp}"),
+        emp,
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    due_settled(app, &app_id).await;
+    app.post_event(&event(
+        &format!("l-{emp}"),
+        "leaver",
+        emp,
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    due_settled(app, &app_id).await;
+    let id = identity_id(app, emp).await;
+    let link = app
+        .rows(&format!(
+            "SELECT state, delete_after FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["state"], "deactivated", "{link:?}");
+    let due = link[0]["delete_after"].as_i64().unwrap_or_default();
+    let day = 86_400_000;
+    assert!(due > roster::store::queue::now_ms() + 29 * day, "{link:?}");
+    (app_id, id, due)
+}
+
+/// The pending jobs of one person: `(lane, run_at)`.
+async fn pending_user_jobs(app: &TestApp, app_id: &str, id: &str) -> Vec<(String, i64)> {
+    app.rows(&format!(
+        "SELECT lane, run_at FROM job WHERE app_id = '{app_id}' AND resource_id = '{id}' \
+         AND state = 'pending'"
+    ))
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r["lane"].as_str().unwrap_or_default().to_owned(),
+            r["run_at"].as_i64().unwrap_or_default(),
+        )
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn a_scheduled_delete_keeps_its_date_through_a_reclaim_and_is_not_a_stall() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, due) = leaver_with_scheduled_delete(&app, &target, "sched", "SD1").await;
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [("deprovision".to_owned(), due)]
+    );
+    // A day goes by.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!("UPDATE job SET enqueued_at = enqueued_at - 86400000 WHERE app_id = '{app_id}'"),
+    )
+    .await
+    .expect("age the queue");
+    let status = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert!(
+        status["oldest_pending_seconds"]
+            .as_f64()
+            .unwrap_or_default()
+            < 60.0,
+        "a delete that is not due yet is no stall: {status}"
+    );
+    // The engine publishes the gauge every couple of seconds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    let gauge = metric(
+        &metrics,
+        "roster_queue_oldest_pending_seconds{app=\"sched\"}",
+    );
+    assert!(gauge.is_some_and(|g| g < 60.0), "gauge {gauge:?}");
+    // The delete's job is taken over from an instance that died: reclaimed, and the account's
+    // state is unknown again.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "UPDATE job SET state = 'running', lease_owner = 'gone', lease_until = 1 \
+             WHERE app_id = '{app_id}' AND state = 'pending'"
+        ),
+    )
+    .await
+    .expect("a dead instance's lease");
+    roster::store::queue::release(&app.db, None, roster::store::queue::now_ms())
+        .await
+        .expect("reclaim");
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [("deprovision".to_owned(), due)]
+    );
+    // Any change to the person then runs their job at once.
+    app.post_event(&event(
+        "m-SD1",
+        "mover",
+        "SD1",
+        "2026-11-03T09:00:00Z",
+        json!({"title": "Ex"}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let link = app
+        .rows(&format!(
+            "SELECT state, delete_after FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["state"], "deactivated", "{link:?}");
+    assert_eq!(
+        link[0]["delete_after"].as_i64(),
+        Some(due),
+        "the date is kept"
+    );
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [("deprovision".to_owned(), due)]
+    );
+    assert_eq!(target.stats()["users"], 1, "not deleted early");
+}
+
+#[tokio::test]
+async fn a_rehire_cancels_the_scheduled_delete_and_is_timed_from_its_own_event() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, _) = leaver_with_scheduled_delete(&app, &target, "rehire-sched", "SD2").await;
+    // The re-hire comes a day after the delete was scheduled.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!("UPDATE job SET enqueued_at = enqueued_at - 86400000 WHERE app_id = '{app_id}'"),
+    )
+    .await
+    .expect("age the queue");
+    app.post_event(&joiner("j2-SD2", "SD2", "2026-11-05T09:00:00Z", json!({})))
+        .await;
+    due_settled(&app, &app_id).await;
+    let link = app
+        .rows(&format!(
+            "SELECT state, delete_after FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(link[0]["state"], "linked", "{link:?}");
+    assert_eq!(link[0]["delete_after"], Value::Null, "{link:?}");
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [],
+        "no delete waits"
+    );
+    assert_eq!(target.users_snapshot()[0]["active"], json!(true));
+    let metrics = app.request("GET", "/metrics", None, None).await.text;
+    let series = "roster_event_to_target_seconds_bucket{app=\"rehire-sched\",operation=\"update\",le=\"3600\"}";
+    let within_an_hour = metric(&metrics, series);
+    let all = metric(
+        &metrics,
+        "roster_event_to_target_seconds_count{app=\"rehire-sched\",operation=\"update\"}",
+    );
+    assert!(
+        all.is_some_and(|n| n >= 1.0),
+        "the re-hire is observed: {all:?}"
+    );
+    assert_eq!(
+        within_an_hour, all,
+        "timed from the re-hire, not from the leaver"
+    );
+}
+
+/// RFC 7643 makes `emails.value` `caseExact: false`: a target that lower-cases the address is
+/// in line, not drifted, on every reconciliation run.
+#[tokio::test]
+async fn an_email_lower_cased_by_the_target_is_no_drift() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("lower", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        "jc",
+        "CASE1",
+        "2026-11-01T09:00:00Z",
+        json!({"email": "Cy.Case@Example.com"}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let account = user(&target.users_snapshot(), "cy.case@example.com")
+        .cloned()
+        .unwrap_or_default();
+    let id = account["id"].as_str().unwrap_or_default().to_owned();
+    assert!(target.edit(roster::dev_target::Kind::User, &id, |u| {
+        for e in u["emails"].as_array_mut().into_iter().flatten() {
+            let lower = e["value"].as_str().map(str::to_lowercase);
+            e["value"] = json!(lower);
+        }
+    }));
+    for run in 0..2 {
+        let started = app
+            .post(
+                &format!("/api/v1/apps/{app_id}/reconcile"),
+                &json!({"mode": "fix"}),
+            )
+            .await
+            .expect(202);
+        let run_id = started["id"].as_str().unwrap_or_default().to_owned();
+        let report = eventually("the run to finish", Duration::from_secs(20), || async {
+            let r = app
+                .get(&format!("/api/v1/reconcile-runs/{run_id}"))
+                .await
+                .expect(200);
+            (r["state"] != "running").then_some(r)
+        })
+        .await;
+        assert_eq!(report["counts"]["drifted"], 0, "run {run}: {report}");
+        assert_eq!(report["counts"]["in_sync"], 1, "run {run}: {report}");
+    }
+}
+
+/// A matching attribute that selects one element of a multi-valued attribute cannot be looked
+/// up with a plain `eq` filter: the app is refused when registered, naming the field, instead
+/// of dead-lettering every create.
+#[tokio::test]
+async fn a_filtered_matching_attribute_is_refused_at_registration() {
+    let app = spawn_app().await;
+    let body = sherpany(
+        "filtered-match",
+        "http://127.0.0.1:9/scim/v2",
+        TOKEN,
+        json!({"matching": {"target_attribute": "emails[type eq \"work\"].value"}}),
+    );
+    let detail = app.post("/api/v1/apps", &body).await.problem(422);
+    assert!(detail.contains("matching.target_attribute"), "{detail}");
+}
+
+/// roster's client for a target, for edits "by hand" in the app.
+fn hand_client(base: &str, token: &str) -> roster::scim::ScimClient {
+    let config = roster::scim::TargetConfig::new(
+        url::Url::parse(base).expect("base url"),
+        roster::scim::Auth::Bearer(token.to_owned().into()),
+        roster::net_guard::TargetPolicy::AllowPrivate,
+    );
+    roster::scim::ScimClient::new(config).expect("client")
+}
+
+/// Elements of a multi-valued attribute that roster does not render (a role and an email
+/// added in the app) survive roster changing its own element of the same attribute.
+async fn foreign_elements_survive(base: &str, token: &str) {
+    let app = spawn_app().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let emp = format!("F{tag}");
+    let email = format!("f{tag}@example.com");
+    let moved = format!("f{tag}.new@example.com");
+    let admins = format!("admins-{tag}");
+    app.post("/api/v1/groups", &json!({"name": admins, "members": []}))
+        .await
+        .expect(201);
+    let mut body = sherpany(&format!("foreign-{tag}"), base, token, json!({}));
+    body["role_mapping"]["rules"] = json!([{"group": admins, "value": "admin"}]);
+    let created = app.create_app(&body).await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        &format!("j{tag}"),
+        &emp,
+        "2026-11-01T09:00:00Z",
+        json!({"email": email}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let account = read_user(base, token, &email).await.expect("created");
+    let id = account["id"].as_str().unwrap_or_default().to_owned();
+    hand_client(base, token)
+        .users()
+        .patch(
+            &id,
+            &roster::scim::PatchRequest::new()
+                .add("roles", json!([{"value": "billing", "type": "billing"}]))
+                .add(
+                    "emails",
+                    json!([{"value": format!("{tag}@home.example"), "type": "home"}]),
+                ),
+        )
+        .await
+        .expect("edit by hand");
+    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.patch(
+        &format!("/api/v1/groups/{group_id}"),
+        &json!({"members": [emp]}),
+    )
+    .await
+    .expect(200);
+    app.post_event(&event(
+        &format!("m{tag}"),
+        "mover",
+        &emp,
+        "2026-11-02T09:00:00Z",
+        json!({"email": moved}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let account = hand_client(base, token)
+        .users()
+        .get(&id)
+        .await
+        .expect("read");
+    let values = |attr: &str, kind: &str| -> Vec<String> {
+        account[attr]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == kind || (kind.is_empty() && e["primary"] == json!(true)))
+            .filter_map(|e| e["value"].as_str().map(str::to_lowercase))
+            .collect()
+    };
+    assert_eq!(
+        values("roles", ""),
+        ["admin"],
+        "roster's role changed: {account}"
+    );
+    assert_eq!(
+        values("roles", "billing"),
+        ["billing"],
+        "the app's own role kept: {account}"
+    );
+    assert_eq!(values("emails", "work"), [moved], "{account}");
+    assert_eq!(
+        values("emails", "home"),
+        [format!("{tag}@home.example")],
+        "{account}"
+    );
+}
+
+#[tokio::test]
+async fn elements_roster_does_not_render_survive_its_updates() {
+    let target = target_with(DevTargetArgs::default()).await;
+    foreign_elements_survive(&target.base_url(), TOKEN).await;
+}
+
+#[tokio::test]
+async fn elements_roster_does_not_render_survive_its_updates_on_the_third_party_peer() {
+    let Some((base, token)) = peer() else { return };
+    foreign_elements_survive(&base, &token).await;
+}

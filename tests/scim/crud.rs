@@ -39,7 +39,7 @@ async fn hostile_user_names_cannot_change_a_filter() {
 }
 
 #[tokio::test]
-async fn stale_versions_get_412_then_one_reread_and_retry() {
+async fn stale_versions_get_412_and_overwrite_nothing() {
     let t = spawn_target(DevTargetArgs::default()).await;
     scenarios::etag_retry(&t.client, &t.calls).await;
     scenarios::etag_patch_retry(&t.client, &t.calls).await;
@@ -175,4 +175,82 @@ async fn look_ups_without_filter_support_page_and_compare_locally() {
         "{:?}",
         t.calls.summary()
     );
+}
+
+/// A read-modify-write whose target changed between the read and the write (412) reads again
+/// and re-applies the change to the new copy: both writers' changes are kept. `patch_after_read`
+/// (PATCH with `If-Match`) and the PUT that stands in for PATCH on targets without it.
+#[tokio::test]
+async fn a_write_refused_with_412_is_built_again_from_a_new_read() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use roster::dev_target::Kind;
+
+    for no_patch in [false, true] {
+        let target = Arc::new(
+            roster::dev_target::spawn(DevTargetArgs {
+                token: Some(crate::helpers::TOKEN.into()),
+                ..DevTargetArgs::default()
+            })
+            .await
+            .unwrap(),
+        );
+        // Someone edits the account in the app right after roster's first read of it.
+        let armed = Arc::new(AtomicBool::new(false));
+        let (edit_target, edit_armed) = (target.clone(), armed.clone());
+        let (client, calls) = crate::helpers::client(
+            &target.base_url(),
+            crate::helpers::bearer(crate::helpers::TOKEN),
+            move |c| {
+                if no_patch {
+                    c.quirks = Quirks::profile("no-patch").unwrap();
+                }
+                let record = c.observer.take().unwrap();
+                c.observer = Some(Arc::new(move |r: &roster::scim::CallRecord| {
+                    record(r);
+                    if r.method == "GET"
+                        && r.path.contains("/Users/")
+                        && edit_armed.swap(false, Ordering::SeqCst)
+                    {
+                        let id = r.path.rsplit('/').next().unwrap_or_default().to_owned();
+                        edit_target.edit(Kind::User, &id, |u| u["title"] = json!("by hand"));
+                    }
+                }));
+            },
+        );
+        let created = client.users().create(&user(&unique("rmw"))).await.unwrap();
+        let id = id_of(&created).unwrap().to_owned();
+        let _ = client.capabilities().await;
+        calls.clear();
+        armed.store(true, Ordering::SeqCst);
+        let change =
+            |_: &serde_json::Value| PatchRequest::new().replace("displayName", json!("by roster"));
+        if no_patch {
+            client
+                .users()
+                .patch(&id, &change(&json!(null)))
+                .await
+                .unwrap();
+        } else {
+            client.users().patch_after_read(&id, change).await.unwrap();
+        }
+        let write = if no_patch { "PUT" } else { "PATCH" };
+        assert_eq!(
+            calls.summary(),
+            [
+                "GET 200",
+                &format!("{write} 412"),
+                "GET 200",
+                &format!("{write} 200")
+            ],
+            "no_patch {no_patch}"
+        );
+        let now = client.users().get(&id).await.unwrap();
+        assert_eq!(now["title"], "by hand", "no_patch {no_patch}: {now}");
+        assert_eq!(
+            now["displayName"], "by roster",
+            "no_patch {no_patch}: {now}"
+        );
+    }
 }

@@ -82,7 +82,7 @@ async fn peer_conflicts_and_missing_are_classified() {
 }
 
 #[tokio::test]
-async fn peer_weak_etags_get_412_then_retry() {
+async fn peer_weak_etags_get_412_and_overwrite_nothing() {
     let _one = PEER.lock().await;
     let Some((c, calls)) = peer_client(|_| {}) else {
         return;

@@ -181,7 +181,8 @@ pub async fn list_prefix(client: &ScimClient, prefix: &str, page_size: u32) -> V
     listed
 }
 
-/// A stale `meta.version` on PUT gets 412, then the client re-reads and succeeds.
+/// A stale `meta.version` on PUT gets 412, and the client does not send the stale body again
+/// with the new version: the other writer's change survives.
 pub async fn etag_retry(client: &ScimClient, calls: &Calls) {
     let users = client.users();
     let created = users.create(&user(&unique("etag"))).await.unwrap();
@@ -202,15 +203,16 @@ pub async fn etag_retry(client: &ScimClient, calls: &Calls) {
     calls.clear();
     let mut update = stale.clone();
     update["displayName"] = json!("after 412");
-    let replaced = users.replace(&id, &update).await.unwrap();
-    assert_eq!(replaced["displayName"], "after 412");
-    let summary = calls.summary();
-    let tail: Vec<&str> = summary.iter().map(String::as_str).rev().take(3).collect();
-    assert_eq!(tail, ["PUT 200", "GET 200", "PUT 412"], "{summary:?}");
+    let err = users.replace(&id, &update).await.unwrap_err();
+    assert_eq!(err.status(), Some(412), "{err}");
+    assert_eq!(calls.summary(), ["PUT 412"]);
+    let now = users.get(&id).await.unwrap();
+    assert_eq!(now["title"], "moved", "the other writer's change survives");
     users.delete(&id).await.unwrap();
 }
 
-/// A stale `If-Match` on PATCH gets 412, then the client re-reads and succeeds.
+/// A stale `If-Match` on PATCH gets 412, returned to the caller (who built the PATCH from the
+/// old copy) instead of sent again with the new version.
 pub async fn etag_patch_retry(client: &ScimClient, calls: &Calls) {
     let users = client.users();
     let created = users.create(&user(&unique("etag-patch"))).await.unwrap();
@@ -224,14 +226,10 @@ pub async fn etag_patch_retry(client: &ScimClient, calls: &Calls) {
     let stale_patch = PatchRequest::new()
         .replace("title", json!("patched"))
         .if_match(version_of(&stale).unwrap());
-    users.patch(&id, &stale_patch).await.unwrap();
-    let summary = calls.summary();
-    assert_eq!(
-        summary.first().map(String::as_str),
-        Some("PATCH 412"),
-        "{summary:?}"
-    );
-    assert_eq!(users.get(&id).await.unwrap()["title"], "patched");
+    let err = users.patch(&id, &stale_patch).await.unwrap_err();
+    assert_eq!(err.status(), Some(412), "{err}");
+    assert_eq!(calls.summary(), ["PATCH 412"]);
+    assert_eq!(users.get(&id).await.unwrap()["title"], "moved");
     users.delete(&id).await.unwrap();
 }
 
