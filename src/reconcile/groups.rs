@@ -151,6 +151,23 @@ impl GroupClassifier {
         self.groups.is_empty()
     }
 
+    /// Whether [`GroupClassifier::classify_group`] would compare `group` with a pushed group
+    /// (by its link, or by name for an unlinked one): then its members matter, and the run
+    /// reads it by id when the listing left them out.
+    #[must_use]
+    pub fn concerns(&self, group: &Value) -> bool {
+        let unseen = |index: &usize| !self.seen[*index];
+        let linked = id_of(group)
+            .and_then(|id| self.by_target_id.get(id))
+            .is_some_and(unseen);
+        linked
+            || group
+                .get("displayName")
+                .and_then(Value::as_str)
+                .and_then(|name| self.unlinked_by_name.get(&name.to_lowercase()))
+                .is_some_and(unseen)
+    }
+
     /// Classifies one group as the target returned it (a SCIM Group resource).
     pub fn classify_group(&mut self, group: &Value) -> GroupFinding {
         let target_id = id_of(group).map(str::to_owned);
@@ -256,6 +273,16 @@ impl GroupClassifier {
             })
             .collect()
     }
+}
+
+/// Whether the group as answered has a `members` attribute (any case) at all. Some targets
+/// leave it out of listings: its absence says nothing about the membership, so comparing it
+/// as empty would report (and "fix") every member as missing.
+#[must_use]
+pub fn lists_members(group: &Value) -> bool {
+    group
+        .as_object()
+        .is_some_and(|object| object.keys().any(|key| key.eq_ignore_ascii_case("members")))
 }
 
 /// A target group's member ids (sorted, unique) with their `display`, if the target sends one.

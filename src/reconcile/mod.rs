@@ -56,7 +56,8 @@ pub use classify::{
     Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
 };
 pub use groups::{
-    DesiredGroup, GroupClassifier, GroupFinding, Member, name_members, unnamed_members,
+    DesiredGroup, GroupClassifier, GroupFinding, Member, lists_members, name_members,
+    unnamed_members,
 };
 pub use guard::{GuardDecision, MIN_ACCOUNTS_FOR_FRACTION, deletion_guard};
 pub use report::{Counts, GroupCounts, Report, ReportItem, Resource, RunState};

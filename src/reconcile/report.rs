@@ -16,6 +16,9 @@ pub struct Counts {
     pub unmatched: u64,
     pub unmanaged: u64,
     pub adoptable: u64,
+    /// Added after the others: runs recorded before it have none.
+    #[serde(default)]
+    pub conflict: u64,
 }
 
 impl Counts {
@@ -33,7 +36,15 @@ impl Counts {
             Class::Unmatched => self.unmatched,
             Class::Unmanaged => self.unmanaged,
             Class::Adoptable => self.adoptable,
+            Class::Conflict => self.conflict,
         }
+    }
+
+    /// A finding counted as `from` turned out to be `to` (a rewritten item).
+    pub fn reclassify(&mut self, from: Class, to: Class) {
+        let slot = self.slot(from);
+        *slot = slot.saturating_sub(1);
+        *self.slot(to) += 1;
     }
 
     /// Every finding counted; accounts read are this minus `missing`.
@@ -51,6 +62,7 @@ impl Counts {
             Class::Unmatched => &mut self.unmatched,
             Class::Unmanaged => &mut self.unmanaged,
             Class::Adoptable => &mut self.adoptable,
+            Class::Conflict => &mut self.conflict,
         }
     }
 }
@@ -73,7 +85,9 @@ impl GroupCounts {
             Class::Drifted => self.drifted += 1,
             Class::Missing => self.missing += 1,
             Class::Adoptable => self.adoptable += 1,
-            Class::Unmanaged | Class::Orphan | Class::Unmatched => self.unmanaged += 1,
+            Class::Unmanaged | Class::Orphan | Class::Unmatched | Class::Conflict => {
+                self.unmanaged += 1;
+            }
         }
     }
 
@@ -85,7 +99,7 @@ impl GroupCounts {
             Class::Missing => self.missing,
             Class::Unmanaged => self.unmanaged,
             Class::Adoptable => self.adoptable,
-            Class::Orphan | Class::Unmatched => 0,
+            Class::Orphan | Class::Unmatched | Class::Conflict => 0,
         }
     }
 }

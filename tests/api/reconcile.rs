@@ -1035,3 +1035,443 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
         "no progress bar when not on a terminal: {stderr}"
     );
 }
+
+// ---- Issue 20 A3, A4, E: targets that misbehave, and accounts that are not evidence enough.
+
+/// How a scripted stub target in front of the dev-target misbehaves: only its listings
+/// (`GET /Users`, `GET /Groups` without an id) are changed; every other call passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Misbehaviour {
+    /// Answers page 1 whatever `startIndex` says.
+    IgnoresStartIndex,
+    /// Starts every page after the first one account early, so the previous page's last
+    /// account comes again and the count of accounts read reaches `totalResults` too soon.
+    RepeatsItems,
+    /// Sends no `totalResults`, and pages of at most 2 accounts whatever `count` asks.
+    OmitsTotal,
+    /// Leaves `members` out of the groups it lists (a GET by id still has them).
+    OmitsMembers,
+}
+
+/// Serves `endpoint` on 127.0.0.1, port 0.
+async fn serve(endpoint: impl poem::Endpoint + 'static) -> std::net::SocketAddr {
+    use poem::listener::{Acceptor as _, Listener as _};
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind a port");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    addr
+}
+
+/// A stub target misbehaving as `how` in front of the SCIM server at `upstream` (a base
+/// URL); returns the stub's base URL.
+async fn misbehaving(upstream: &str, how: Misbehaviour) -> String {
+    let upstream = url::Url::parse(upstream).expect("upstream base URL");
+    let base_path = upstream.path().to_owned();
+    let http = reqwest::Client::new();
+    let endpoint = poem::endpoint::make(move |req: poem::Request| {
+        let http = http.clone();
+        let upstream = upstream.clone();
+        async move { relay(&http, &upstream, how, req).await }
+    });
+    let addr = serve(endpoint).await;
+    format!("http://{addr}{base_path}")
+}
+
+async fn relay(
+    http: &reqwest::Client,
+    upstream: &url::Url,
+    how: Misbehaviour,
+    mut req: poem::Request,
+) -> poem::Response {
+    let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
+    let listing = method == "GET" && (path.ends_with("/Users") || path.ends_with("/Groups"));
+    let mut pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    if listing {
+        for (key, value) in &mut pairs {
+            let n: u64 = value.parse().unwrap_or(1);
+            match (how, key.as_str()) {
+                (Misbehaviour::IgnoresStartIndex, "startIndex") => *value = "1".to_owned(),
+                (Misbehaviour::RepeatsItems, "startIndex") => {
+                    *value = n.saturating_sub(1).max(1).to_string();
+                }
+                (Misbehaviour::OmitsTotal, "count") => *value = n.min(2).to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut url = upstream.clone();
+    url.set_path(&path);
+    url.set_query(None);
+    if !pairs.is_empty() {
+        url.query_pairs_mut().extend_pairs(&pairs);
+    }
+    let body = req.take_body().into_vec().await.unwrap_or_default();
+    let mut forward = http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("a method"),
+            url,
+        )
+        .body(body);
+    for name in ["authorization", "content-type", "accept", "if-match"] {
+        if let Some(value) = req.headers().get(name) {
+            forward = forward.header(name, value.as_bytes());
+        }
+    }
+    let answer = forward.send().await.expect("the upstream answers");
+    let status = answer.status().as_u16();
+    let content_type = answer
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
+    if listing && let Ok(mut page) = serde_json::from_slice::<Value>(&bytes) {
+        match how {
+            Misbehaviour::OmitsTotal => {
+                if let Some(page) = page.as_object_mut() {
+                    page.remove("totalResults");
+                }
+            }
+            Misbehaviour::OmitsMembers => {
+                for group in page["Resources"].as_array_mut().into_iter().flatten() {
+                    if let Some(group) = group.as_object_mut() {
+                        group.remove("members");
+                    }
+                }
+            }
+            Misbehaviour::IgnoresStartIndex | Misbehaviour::RepeatsItems => {}
+        }
+        bytes = serde_json::to_vec(&page).unwrap_or_default();
+    }
+    let mut out = poem::Response::builder().status(
+        poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::BAD_GATEWAY),
+    );
+    if let Some(content_type) = content_type {
+        out = out.content_type(content_type);
+    }
+    out.body(bytes)
+}
+
+/// The user links as stored: `(identity, target id, state)`.
+async fn user_links(app: &TestApp) -> Vec<Value> {
+    app.rows(
+        "SELECT resource_id, target_id, state FROM link WHERE resource_kind = 'user' ORDER BY resource_id",
+    )
+    .await
+}
+
+/// The provisioning log's rows after row `after`.
+async fn calls_after(app: &TestApp, after: i64) -> Vec<Value> {
+    app.rows(&format!(
+        "SELECT operation, method, path, status FROM operation WHERE id > {after} ORDER BY id"
+    ))
+    .await
+}
+
+async fn last_call(app: &TestApp) -> i64 {
+    app.rows("SELECT MAX(id) AS n FROM operation")
+        .await
+        .first()
+        .and_then(|row| row["n"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Six joiners provisioned through a stub target misbehaving as `how` (app page size
+/// `page_size`), then a fix run. Asserts that the run changed no link and that no job touched
+/// the target; returns the run's report.
+async fn run_against(how: Misbehaviour, page_size: u32) -> Value {
+    let target = dev_target(TOKEN).await;
+    let stub = misbehaving(&target.base_url(), how).await;
+    let app = spawn_app().await;
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": stub,
+                "auth": {"type": "bearer", "token": TOKEN},
+                "quirks": {"page_size": page_size},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..6 {
+        app.post_event(&joiner(&format!("stub-{n}"), &format!("S{n}"), AT, json!({})))
+            .await;
+    }
+    let before = eventually("six linked accounts", || async {
+        settled(&app).await;
+        let links = user_links(&app).await;
+        let linked = links
+            .iter()
+            .filter(|l| l["state"] == "linked" && l["target_id"].is_string())
+            .count();
+        (linked == 6).then_some(links)
+    })
+    .await;
+    assert_eq!(target.users_snapshot().len(), 6);
+    let mark = last_call(&app).await;
+
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(
+        user_links(&app).await,
+        before,
+        "no link forgotten or moved: {report}"
+    );
+    assert_eq!(
+        calls_after(&app, mark).await,
+        Vec::<Value>::new(),
+        "no job touched the target (no look-up, create or adoption): {report}"
+    );
+    assert_eq!(target.users_snapshot().len(), 6, "no duplicate: {report}");
+    report
+}
+
+#[tokio::test]
+async fn a_target_that_ignores_start_index_fails_the_run_and_forgets_no_link() {
+    let report = run_against(Misbehaviour::IgnoresStartIndex, 2).await;
+    assert_eq!(report["state"], "failed", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("incomplete") && error.contains("startIndex"),
+        "{report}"
+    );
+    assert_eq!(report["counts"]["missing"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_target_that_repeats_items_across_pages_fails_the_run_and_forgets_no_link() {
+    // Pages of 2 starting one early: 1-2, 2-3, 4-5; six read by count, five distinct.
+    let report = run_against(Misbehaviour::RepeatsItems, 2).await;
+    assert_eq!(report["state"], "failed", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("read 5 distinct accounts of the 6"), "{report}");
+    assert_eq!(report["counts"]["missing"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_target_without_total_results_has_unseen_linked_accounts_confirmed_by_id() {
+    // Pages of at most 2 when 4 were asked for, and no totalResults: the listing ends after
+    // page 1. The four linked accounts not seen are read by id, and found.
+    let report = run_against(Misbehaviour::OmitsTotal, 4).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(counts(&report), [6, 0, 0, 0, 0, 0, 0], "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_link_goes() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post_event(&joiner("gone-1", "G1", AT, json!({}))).await;
+    let ada = eventually("the account", || async {
+        settled(&app).await;
+        target.users_snapshot().first().cloned()
+    })
+    .await;
+    hand.delete(&id_of(&ada)).await;
+    let mark = last_call(&app).await;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(item(&report, "g1")["class"], "missing", "{report}");
+    settled(&app).await;
+    // Created again, and linked to the new account.
+    let again = target.users_snapshot();
+    assert_eq!(again.len(), 1);
+    assert_ne!(id_of(&again[0]), id_of(&ada));
+    let links = user_links(&app).await;
+    assert_eq!(links[0]["target_id"], json!(id_of(&again[0])), "{links:?}");
+    let creates: Vec<Value> = calls_after(&app, mark)
+        .await
+        .into_iter()
+        .filter(|c| c["method"] == "POST")
+        .collect();
+    assert_eq!(creates.len(), 1, "{creates:?}");
+}
+
+#[tokio::test]
+async fn a_pushed_group_listed_without_members_is_read_by_id_and_loses_no_member() {
+    let target = dev_target(TOKEN).await;
+    let stub = misbehaving(&target.base_url(), Misbehaviour::OmitsMembers).await;
+    let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board", "members": ["M0", "M1", "M2"]}),
+    )
+    .await
+    .expect(201);
+    let app_id = app
+        .create_app(&app_body(
+            "wiki",
+            json!({
+                "base_url": stub,
+                "auth": {"type": "bearer", "token": TOKEN},
+                "group_push": ["board"],
+                "max_concurrency": 1,
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..3 {
+        app.post_event(&joiner(&format!("gm-{n}"), &format!("M{n}"), AT, json!({})))
+            .await;
+    }
+    let members = || {
+        target
+            .groups_snapshot()
+            .first()
+            .and_then(|g| g["members"].as_array().map(Vec::len))
+    };
+    eventually("the pushed group with three members", || async {
+        settled(&app).await;
+        (members() == Some(3)).then_some(())
+    })
+    .await;
+    let mark = last_call(&app).await;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(group_item(&report, "board")["class"], "in_sync", "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(members(), Some(3));
+    assert_eq!(calls_after(&app, mark).await, Vec::<Value>::new(), "{report}");
+}
+
+/// An app on the dev-target with `n` joiners provisioned and linked; returns the app id.
+async fn provisioned(app: &TestApp, target: &roster::dev_target::DevTarget, people: &[&str]) -> String {
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for who in people {
+        app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
+            .await;
+    }
+    eventually("the accounts", || async {
+        settled(app).await;
+        (target.users_snapshot().len() == people.len()).then_some(())
+    })
+    .await;
+    app_id
+}
+
+/// A second account carrying `user_name` in another case (SCIM compares userName ignoring
+/// case, so it matches the same person), with a work address in the managed domain; returns
+/// its id.
+fn duplicate(target: &roster::dev_target::DevTarget, user_name: &str) -> String {
+    use roster::dev_target::Kind;
+    let created = target
+        .insert(
+            Kind::User,
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": format!("placeholder-{user_name}"),
+                "active": true,
+                "emails": [{"value": format!("{user_name}@example.com"), "primary": true}],
+            }),
+        )
+        .expect("a second account");
+    let id = id_of(&created);
+    let upper = user_name.to_uppercase();
+    assert!(target.edit(Kind::User, &id, |u| u["userName"] = json!(upper)));
+    id
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_linked_account_is_a_conflict_and_the_link_stays() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = provisioned(&app, &target, &["D1"]).await;
+    let before = user_links(&app).await;
+    let twin = duplicate(&target, "d1");
+    for _ in 0..2 {
+        // Twice: the second run must not move the link back either.
+        let report = reconcile(&app, &app_id, json!({})).await;
+        settled(&app).await;
+        assert_eq!(report["state"], "completed", "{report}");
+        let found = report["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["target_id"] == json!(twin))
+            .cloned()
+            .unwrap_or(Value::Null);
+        assert_eq!(found["class"], "conflict", "{report}");
+        assert_eq!(found["action"], "none", "{report}");
+        assert_eq!(report["counts"]["conflict"], 1, "{report}");
+        assert_eq!(report["writes"], 0, "{report}");
+        assert_eq!(user_links(&app).await, before, "{report}");
+    }
+}
+
+#[tokio::test]
+async fn two_accounts_matching_an_unlinked_person_are_both_conflicts_and_neither_is_linked() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = provisioned(&app, &target, &["D2"]).await;
+    // The person's link is lost (e.g. restored from an old backup): two accounts match them.
+    use sea_orm::ConnectionTrait as _;
+    app.db
+        .execute_unprepared("DELETE FROM link")
+        .await
+        .expect("drop the link");
+    let twin = duplicate(&target, "d2");
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    let classes: Vec<&Value> = report["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| &i["class"])
+        .collect();
+    assert_eq!(classes, vec!["conflict", "conflict"], "{report}");
+    assert_eq!(report["counts"]["conflict"], 2, "{report}");
+    assert_eq!(report["counts"]["adoptable"], 0, "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(user_links(&app).await, Vec::<Value>::new(), "{report}");
+    assert!(!twin.is_empty());
+}
