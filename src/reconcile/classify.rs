@@ -599,12 +599,12 @@ impl Classifier {
     /// email when the `userName` is not an address, is a managed one. Without a domain filter
     /// every account is inside.
     fn is_managed(&self, account: &Value, user_name: Option<&str>) -> bool {
-        let address = user_name
-            .filter(|name| name.contains('@'))
-            .or_else(|| primary_email(&self.desired.paths.primary_email, account))
-            .or(user_name)
-            .unwrap_or("");
-        mapping::domain_managed(&self.desired.policy.scope, address)
+        is_managed(
+            &self.desired.paths,
+            &self.desired.policy.scope,
+            account,
+            user_name,
+        )
     }
 
     fn matching_index(&self, account: &Value) -> Option<usize> {
@@ -635,6 +635,36 @@ impl Classifier {
             action => Action::Deprovision(action),
         }
     }
+}
+
+/// Inside the scope filter: the domain of the `userName`, or of the primary (else first)
+/// email when the `userName` is not an address, is a managed one.
+fn is_managed(
+    paths: &AccountPaths,
+    scope: &ScopeSpec,
+    account: &Value,
+    user_name: Option<&str>,
+) -> bool {
+    let address = user_name
+        .filter(|name| name.contains('@'))
+        .or_else(|| primary_email(&paths.primary_email, account))
+        .or(user_name)
+        .unwrap_or("");
+    mapping::domain_managed(scope, address)
+}
+
+/// Whether a target account lies inside the app's scope filter (its managed domains), by the
+/// rule reconciliation classifies with: outside it, an account is `unmanaged` and never
+/// touched. Delivery asks it again right before it deprovisions an account by id, since the
+/// account may have changed since the decision.
+#[must_use]
+pub fn account_is_managed(scope: &ScopeSpec, account: &Value) -> bool {
+    // The built-in paths always parse; if they did not, nothing counts as managed.
+    let Ok(paths) = AccountPaths::new() else {
+        return false;
+    };
+    let user_name = paths.user_name.lookup(account).and_then(Value::as_str);
+    is_managed(&paths, scope, account, user_name)
 }
 
 impl AccountPaths {

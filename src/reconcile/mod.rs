@@ -54,6 +54,7 @@ mod tests;
 
 pub use classify::{
     Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
+    account_is_managed,
 };
 pub use groups::{
     DesiredGroup, GroupClassifier, GroupFinding, Member, lists_members, name_members,

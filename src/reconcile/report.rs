@@ -258,10 +258,10 @@ mod tests {
             serde_json::to_value(counts).ok(),
             Some(
                 json!({"in_sync": 1, "drifted": 2, "missing": 3, "orphan": 4,
-                        "unmatched": 5, "unmanaged": 6, "adoptable": 7})
+                        "unmatched": 5, "unmanaged": 6, "adoptable": 7, "conflict": 8})
             )
         );
-        assert_eq!(counts.total(), 28);
+        assert_eq!(counts.total(), 36);
         assert_eq!(counts.get(Class::Unmanaged), 6);
     }
 
@@ -315,7 +315,7 @@ mod tests {
             Some(json!({
                 "id": "run-1", "app_id": "app-1", "state": "awaiting_approval", "dry_run": true,
                 "counts": {"in_sync": 0, "drifted": 1, "missing": 1, "orphan": 1,
-                           "unmatched": 0, "unmanaged": 0, "adoptable": 1},
+                           "unmatched": 0, "unmanaged": 0, "adoptable": 1, "conflict": 0},
                 "groups": {"in_sync": 0, "drifted": 1, "missing": 0, "unmanaged": 0,
                            "adoptable": 0},
                 "writes": 0,

@@ -52,7 +52,7 @@ use super::{
     deletion_guard, lists_members, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::delivery::execute::find_link;
+use crate::delivery::execute::{GROUP_ADOPTED, find_link, group_origin};
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
@@ -1112,13 +1112,26 @@ async fn prepare_group_fix(
     };
     match finding.action {
         ActionKind::Patch | ActionKind::LinkAndPatch | ActionKind::Link => {
+            // The snapshot keeps whether roster created the group: an adopted one is never
+            // deleted with the roster group.
+            let origin = if finding.action == ActionKind::Patch {
+                find_link(tx, &app.id, ResourceKind::Group, name)
+                    .await?
+                    .and_then(|l| group_origin(l.snapshot.as_ref()).map(str::to_owned))
+            } else {
+                Some(GROUP_ADOPTED.to_owned())
+            };
+            let mut state = finding.target_state.clone();
+            if let Some(object) = state.as_mut().and_then(Value::as_object_mut) {
+                object.insert("origin".to_owned(), Value::from(origin));
+            }
             save_link(
                 tx,
                 app,
                 ResourceKind::Group,
                 name,
                 finding.target_id.as_deref(),
-                finding.target_state.as_ref(),
+                state.as_ref(),
             )
             .await?;
             Ok((finding.action != ActionKind::Link).then_some(job))

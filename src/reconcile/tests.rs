@@ -303,10 +303,10 @@ fn accounts_are_classified_as_the_design_table_says() {
             expect(InSync, "none", Some("i-grace")),
         ),
         (
-            "leaver's unlinked account, matched by userName",
+            "leaver's second account, matched by userName while she is linked: deprovisioning it would move her link",
             as_is,
             account_of("t-other", "Grace@example.com", true),
-            expect(Orphan, "deactivate", Some("i-grace")),
+            expect(Conflict, "none", Some("i-grace")),
         ),
         (
             "moved out of the app's group, still active",
@@ -414,12 +414,6 @@ fn accounts_are_classified_as_the_design_table_says() {
             as_is,
             json!({"userName": "edsger@example.com", "active": true}),
             expect(Conflict, "none", Some("i-edsger")),
-        ),
-        (
-            "a leaver's second account, while the leaver is linked: not deprovisioned by guess",
-            as_is,
-            account_of("t-grace-2", "grace@example.com", true),
-            expect(Conflict, "none", Some("i-grace")),
         ),
     ];
     for (name, tweak, account, want) in cases {
@@ -569,6 +563,18 @@ fn two_accounts_matching_one_unlinked_identity_are_both_conflicts() {
         .map(|finding| finding.identity_id)
         .collect();
     assert_eq!(missing, vec![Some("i-ada".to_owned())]);
+}
+
+#[test]
+fn an_unlinked_leavers_only_account_is_an_orphan() {
+    let findings = run(
+        &[(grace(), None)],
+        &[account_of("t-other", "Grace@example.com", true)],
+    );
+    assert_eq!(
+        findings,
+        vec![(Class::Orphan, "deactivate", Some("i-grace".to_owned()))]
+    );
 }
 
 #[test]

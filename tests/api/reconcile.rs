@@ -1179,10 +1179,12 @@ async fn calls_after(app: &TestApp, after: i64) -> Vec<Value> {
 }
 
 async fn last_call(app: &TestApp) -> i64 {
-    app.rows("SELECT MAX(id) AS n FROM operation")
-        .await
-        .first()
-        .and_then(|row| row["n"].as_i64())
+    let last = app
+        .rows("SELECT id FROM operation ORDER BY id DESC LIMIT 1")
+        .await;
+    let id = last.first().map(|row| row["id"].clone());
+    // Some drivers hand integers over as text.
+    id.and_then(|id| id.as_i64().or_else(|| id.as_str().and_then(|s| s.parse().ok())))
         .unwrap_or(0)
 }
 
@@ -1474,4 +1476,229 @@ async fn two_accounts_matching_an_unlinked_person_are_both_conflicts_and_neither
     assert_eq!(report["writes"], 0, "{report}");
     assert_eq!(user_links(&app).await, Vec::<Value>::new(), "{report}");
     assert!(!twin.is_empty());
+}
+
+/// Issue 20 A5: a held run's deprovisions, approved later, act on what the target and roster
+/// hold then, not on what the run saw.
+#[tokio::test]
+async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_meanwhile() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+                "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    hand.create("ghost@example.com").await;
+    hand.create("stale@example.com").await;
+    let held = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(held["state"], "awaiting_approval", "{held}");
+    let id_named = |name: &str| {
+        target
+            .users_snapshot()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let (ghost, stale) = (id_named("ghost@example.com"), id_named("stale@example.com"));
+
+    // Meanwhile: a new hire with the ghost's address is linked to that account, and the other
+    // account was moved to a partner's domain by hand.
+    app.post_event(&joiner(
+        "a5-hire",
+        "E5",
+        AT,
+        json!({"user_name": "ghost@example.com", "email": "ghost@example.com"}),
+    ))
+    .await;
+    eventually("the new hire linked to the ghost's account", || async {
+        settled(&app).await;
+        let links = user_links(&app).await;
+        links
+            .iter()
+            .any(|l| l["target_id"] == json!(ghost))
+            .then_some(())
+    })
+    .await;
+    assert!(target.edit(Kind::User, &stale, |u| {
+        u["userName"] = json!("stale@partner.org");
+    }));
+
+    let run_id = held["id"].as_str().unwrap_or_default();
+    app.post(&format!("/api/v1/reconcile-runs/{run_id}/approve"), &json!({}))
+        .await
+        .expect(200);
+    settled(&app).await;
+    for id in [&ghost, &stale] {
+        let account = target
+            .users_snapshot()
+            .into_iter()
+            .find(|u| id_of(u) == *id)
+            .unwrap_or_default();
+        assert_eq!(account["active"], json!(true), "not deprovisioned: {account}");
+    }
+    let jobs = app
+        .rows("SELECT resource_id, state, last_error FROM job WHERE resource_kind = 'account' ORDER BY resource_id")
+        .await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!(job["state"], "dead", "{jobs:?}");
+        let error = job["last_error"].as_str().unwrap_or_default();
+        let want = if job["resource_id"] == json!(ghost) {
+            "is linked to identity"
+        } else {
+            "outside the app's managed domains"
+        };
+        assert!(error.contains(want), "{jobs:?}");
+    }
+    let logged = app
+        .rows("SELECT method, error FROM operation WHERE resource_kind = 'account'")
+        .await;
+    assert_eq!(logged.len(), 2, "only the reads: {logged:?}");
+    assert!(
+        logged
+            .iter()
+            .all(|row| row["method"] == "GET" && row["error"].as_str().is_some_and(|e| e.contains("skipped"))),
+        "{logged:?}"
+    );
+}
+
+/// Issue 20 D17: deleting a roster group deletes the target group only if roster created it;
+/// one roster adopted (the app had it before) stays, and only its link goes.
+#[tokio::test]
+async fn deleting_a_roster_group_never_deletes_a_target_group_roster_adopted() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    target
+        .insert(
+            Kind::Group,
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "board"}),
+        )
+        .expect("the app's own group");
+    let mut ids = Vec::new();
+    for name in ["board", "team"] {
+        let created = app
+            .post("/api/v1/groups", &json!({"name": name, "members": ["B1"]}))
+            .await
+            .expect(201);
+        ids.push(created["id"].as_str().unwrap_or_default().to_owned());
+    }
+    app.create_app(&app_body(
+        "wiki",
+        json!({
+            "base_url": target.base_url(),
+            "auth": {"type": "bearer", "token": TOKEN},
+            "group_push": ["board", "team"],
+            "max_concurrency": 1,
+        }),
+    ))
+    .await;
+    app.post_event(&joiner("d17-1", "B1", AT, json!({}))).await;
+    let names = || {
+        let mut names: Vec<String> = target
+            .groups_snapshot()
+            .iter()
+            .filter_map(|g| g["displayName"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    };
+    eventually("both groups pushed with their member", || async {
+        settled(&app).await;
+        let full = target
+            .groups_snapshot()
+            .iter()
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 1))
+            .count();
+        (full == 2).then_some(())
+    })
+    .await;
+    assert_eq!(names(), vec!["board", "team"], "board adopted, not created twice");
+
+    for id in &ids {
+        app.delete(&format!("/api/v1/groups/{id}")).await;
+    }
+    settled(&app).await;
+    assert_eq!(
+        names(),
+        vec!["board"],
+        "the group roster created is deleted, the adopted one stays"
+    );
+    let links = app
+        .rows("SELECT resource_id FROM link WHERE resource_kind = 'group'")
+        .await;
+    assert_eq!(links, Vec::<Value>::new(), "both links are gone");
+}
+
+/// Issue 20 D17: a scope group deleted at once takes every member out of the app's scope.
+/// With the deletion guard on the event path, that mass deprovisioning is held like a
+/// reconcile fix over the limits: the app is paused with the reason once the limit is reached.
+#[tokio::test]
+async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let members: Vec<String> = (0..5).map(|n| format!("SG{n}")).collect();
+    let group = app
+        .post("/api/v1/groups", &json!({"name": "staff", "members": members}))
+        .await
+        .expect(201);
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "scope": {"groups": ["staff"], "email_domains": ["example.com"]},
+                "max_concurrency": 1,
+                "deletion_guard": {"max_fraction": 1.0, "max_count": 2, "on_events": true},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for who in &members {
+        app.post_event(&joiner(&format!("sg-{who}"), who, AT, json!({})))
+            .await;
+    }
+    eventually("five accounts", || async {
+        settled(&app).await;
+        (target.users_snapshot().len() == 5).then_some(())
+    })
+    .await;
+
+    let group_id = group["id"].as_str().unwrap_or_default();
+    app.delete(&format!("/api/v1/groups/{group_id}")).await;
+    let state = eventually("the app paused by the guard", || async {
+        let apps = app
+            .rows(&format!("SELECT state FROM app WHERE id = '{app_id}'"))
+            .await;
+        let state = apps.first().map(|a| a["state"].clone()).unwrap_or_default();
+        (state == "paused").then_some(state)
+    })
+    .await;
+    assert_eq!(state, "paused");
+    let inactive = target
+        .users_snapshot()
+        .iter()
+        .filter(|u| u["active"] == json!(false))
+        .count();
+    assert!(inactive <= 2, "at most max_count deprovisions pass: {inactive}");
 }
