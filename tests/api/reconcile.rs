@@ -1073,6 +1073,8 @@ async fn serve(endpoint: impl poem::Endpoint + 'static) -> std::net::SocketAddr 
 async fn misbehaving(upstream: &str, how: Misbehaviour) -> String {
     let upstream = url::Url::parse(upstream).expect("upstream base URL");
     let base_path = upstream.path().to_owned();
+    // The client below may be the test's first (before the app under test installs it).
+    roster::scim::install_crypto_provider();
     let http = reqwest::Client::new();
     let endpoint = poem::endpoint::make(move |req: poem::Request| {
         let http = http.clone();
