@@ -13,11 +13,7 @@ impl MigrationTrait for Migration {
         m.alter_table(
             Table::alter()
                 .table(ReconcileItem::Table)
-                .add_column(
-                    ColumnDef::new(ReconcileItem::Account)
-                        .json_binary()
-                        .null(),
-                )
+                .add_column(ColumnDef::new(ReconcileItem::Account).json_binary().null())
                 .to_owned(),
         )
         .await

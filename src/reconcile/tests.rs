@@ -586,7 +586,10 @@ fn a_duplicate_of_a_linked_account_never_moves_the_link_whatever_the_order() {
         [duplicate.clone(), ada_account()],
     ] {
         let findings = run(&[(ada(), linked("t-ada"))], &accounts);
-        let mut classes: Vec<_> = findings.iter().map(|(class, action, _)| (*class, *action)).collect();
+        let mut classes: Vec<_> = findings
+            .iter()
+            .map(|(class, action, _)| (*class, *action))
+            .collect();
         classes.sort_by_key(|(class, _)| class.as_str());
         assert_eq!(classes, vec![(Conflict, "none"), (InSync, "none")]);
     }

@@ -1186,8 +1186,11 @@ async fn last_call(app: &TestApp) -> i64 {
         .await;
     let id = last.first().map(|row| row["id"].clone());
     // Some drivers hand integers over as text.
-    id.and_then(|id| id.as_i64().or_else(|| id.as_str().and_then(|s| s.parse().ok())))
-        .unwrap_or(0)
+    id.and_then(|id| {
+        id.as_i64()
+            .or_else(|| id.as_str().and_then(|s| s.parse().ok()))
+    })
+    .unwrap_or(0)
 }
 
 /// Six joiners provisioned through a stub target misbehaving as `how` (app page size
@@ -1212,8 +1215,13 @@ async fn run_against(how: Misbehaviour, page_size: u32) -> Value {
         .unwrap_or_default()
         .to_owned();
     for n in 0..6 {
-        app.post_event(&joiner(&format!("stub-{n}"), &format!("S{n}"), AT, json!({})))
-            .await;
+        app.post_event(&joiner(
+            &format!("stub-{n}"),
+            &format!("S{n}"),
+            AT,
+            json!({}),
+        ))
+        .await;
     }
     let before = eventually("six linked accounts", || async {
         settled(&app).await;
@@ -1262,7 +1270,10 @@ async fn a_target_that_repeats_items_across_pages_fails_the_run_and_forgets_no_l
     let report = run_against(Misbehaviour::RepeatsItems, 2).await;
     assert_eq!(report["state"], "failed", "{report}");
     let error = report["error"].as_str().unwrap_or_default();
-    assert!(error.contains("read 5 distinct accounts of the 6"), "{report}");
+    assert!(
+        error.contains("read 5 distinct accounts of the 6"),
+        "{report}"
+    );
     assert_eq!(report["counts"]["missing"], 0, "{report}");
 }
 
@@ -1372,11 +1383,19 @@ async fn a_pushed_group_listed_without_members_is_read_by_id_and_loses_no_member
     assert_eq!(group_item(&report, "board")["class"], "in_sync", "{report}");
     assert_eq!(report["writes"], 0, "{report}");
     assert_eq!(members(), Some(3));
-    assert_eq!(calls_after(&app, mark).await, Vec::<Value>::new(), "{report}");
+    assert_eq!(
+        calls_after(&app, mark).await,
+        Vec::<Value>::new(),
+        "{report}"
+    );
 }
 
 /// An app on the dev-target with `n` joiners provisioned and linked; returns the app id.
-async fn provisioned(app: &TestApp, target: &roster::dev_target::DevTarget, people: &[&str]) -> String {
+async fn provisioned(
+    app: &TestApp,
+    target: &roster::dev_target::DevTarget,
+    people: &[&str],
+) -> String {
     let app_id = app
         .create_app(&app_body(
             "crm",
@@ -1543,9 +1562,12 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
     }));
 
     let run_id = held["id"].as_str().unwrap_or_default();
-    app.post(&format!("/api/v1/reconcile-runs/{run_id}/approve"), &json!({}))
-        .await
-        .expect(200);
+    app.post(
+        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
+        &json!({}),
+    )
+    .await
+    .expect(200);
     settled(&app).await;
     for id in [&ghost, &stale] {
         let account = target
@@ -1553,7 +1575,11 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
             .into_iter()
             .find(|u| id_of(u) == *id)
             .unwrap_or_default();
-        assert_eq!(account["active"], json!(true), "not deprovisioned: {account}");
+        assert_eq!(
+            account["active"],
+            json!(true),
+            "not deprovisioned: {account}"
+        );
     }
     let jobs = app
         .rows("SELECT resource_id, state, last_error FROM job WHERE resource_kind = 'account' ORDER BY resource_id")
@@ -1574,9 +1600,8 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
         .await;
     assert_eq!(logged.len(), 2, "only the reads: {logged:?}");
     assert!(
-        logged
-            .iter()
-            .all(|row| row["method"] == "GET" && row["error"].as_str().is_some_and(|e| e.contains("skipped"))),
+        logged.iter().all(|row| row["method"] == "GET"
+            && row["error"].as_str().is_some_and(|e| e.contains("skipped"))),
         "{logged:?}"
     );
 }
@@ -1632,7 +1657,11 @@ async fn deleting_a_roster_group_never_deletes_a_target_group_roster_adopted() {
         (full == 2).then_some(())
     })
     .await;
-    assert_eq!(names(), vec!["board", "team"], "board adopted, not created twice");
+    assert_eq!(
+        names(),
+        vec!["board", "team"],
+        "board adopted, not created twice"
+    );
 
     for id in &ids {
         app.delete(&format!("/api/v1/groups/{id}")).await;
@@ -1658,7 +1687,10 @@ async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
     let app = spawn_app().await;
     let members: Vec<String> = (0..5).map(|n| format!("SG{n}")).collect();
     let group = app
-        .post("/api/v1/groups", &json!({"name": "staff", "members": members}))
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "staff", "members": members}),
+        )
         .await
         .expect(201);
     let app_id = app
@@ -1702,5 +1734,8 @@ async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
         .iter()
         .filter(|u| u["active"] == json!(false))
         .count();
-    assert!(inactive <= 2, "at most max_count deprovisions pass: {inactive}");
+    assert!(
+        inactive <= 2,
+        "at most max_count deprovisions pass: {inactive}"
+    );
 }
