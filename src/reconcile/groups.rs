@@ -151,6 +151,20 @@ impl GroupClassifier {
         self.groups.is_empty()
     }
 
+    /// The target ids of pushed groups' links that no classified group was: the listing may
+    /// have missed them (a target that ignores `startIndex`), so the run reads each by id —
+    /// classifying what it finds — before [`GroupClassifier::finish`] calls the rest
+    /// `missing`, which drops their links.
+    #[must_use]
+    pub fn unseen_links(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+            .filter_map(|(group, _)| group.link_target_id.clone())
+            .collect()
+    }
+
     /// Whether [`GroupClassifier::classify_group`] would compare `group` with a pushed group
     /// (by its link, or by name for an unlinked one): then its members matter, and the run
     /// reads it by id when the listing left them out.
@@ -477,6 +491,22 @@ mod tests {
             eprintln!("case: {name}");
             check(&target_group, expect);
         }
+    }
+
+    #[test]
+    fn linked_groups_not_listed_are_confirmed_and_a_listing_without_members_is_told_apart() {
+        let mut classifier = GroupClassifier::new(roster());
+        assert_eq!(classifier.unseen_links(), vec!["g-1".to_owned()]);
+        let listed = json!({"id": "g-1", "displayName": "board"});
+        // Listed without `members`: pushed, so read by id before it is compared.
+        assert!(classifier.concerns(&listed));
+        assert!(!lists_members(&listed));
+        assert!(lists_members(&json!({"id": "g-1", "Members": []})));
+        assert!(!classifier.concerns(&json!({"id": "g-9", "displayName": "other"})));
+        let read = classifier.classify_group(&group("g-1", "board", &["t-ada", "t-bob"]));
+        assert_eq!(read.class, Class::InSync);
+        assert!(classifier.unseen_links().is_empty());
+        assert!(!classifier.concerns(&listed), "seen already");
     }
 
     #[test]

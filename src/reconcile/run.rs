@@ -101,8 +101,8 @@ pub enum RunError {
         "the target's listing of its accounts was incomplete: {0}; no link was dropped, and nobody whose account was not seen was created, adopted or deprovisioned"
     )]
     IncompleteListing(String),
-    /// `GET /Users/{id}` of a linked account answered something else than that account.
-    #[error("GET of linked account `{0}` answered a resource with another id")]
+    /// `GET /Users/{id}` (or `/Groups/{id}`) of a linked resource answered something else.
+    #[error("GET of linked resource `{0}` answered a resource with another id")]
     WrongAccount(String),
     #[error("the run was interrupted by shutdown")]
     Interrupted,
@@ -402,6 +402,17 @@ async fn classify_and_fix(
                 if batch.is_full() {
                     batch.flush().await?;
                 }
+            }
+        }
+        // A pushed group's link is dropped only for a group the target confirms gone.
+        for id in group_classifier.unseen_links() {
+            match target.client.groups().get(&id).await {
+                Ok(group) if crate::scim::id_of(&group) == Some(id.as_str()) => {
+                    pushed.push(group_classifier.classify_group(&group));
+                }
+                Ok(_) => return Err(RunError::WrongAccount(id)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
             }
         }
         pushed.extend(group_classifier.finish());

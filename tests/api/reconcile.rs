@@ -1739,3 +1739,64 @@ async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
         "at most max_count deprovisions pass: {inactive}"
     );
 }
+
+/// Issue 20 A4 for groups: a pushed group the listing did not show (a target that ignores
+/// `startIndex` answers page 1 again) is read by id, not called missing and re-linked.
+#[tokio::test]
+async fn a_pushed_group_the_listing_missed_is_confirmed_by_id() {
+    let target = dev_target(TOKEN).await;
+    let stub = misbehaving(&target.base_url(), Misbehaviour::IgnoresStartIndex).await;
+    let app = spawn_app().await;
+    let names = ["ga", "gb", "gc"];
+    for name in names {
+        app.post("/api/v1/groups", &json!({"name": name, "members": ["P1"]}))
+            .await
+            .expect(201);
+    }
+    let app_id = app
+        .create_app(&app_body(
+            "wiki",
+            json!({
+                "base_url": stub,
+                "auth": {"type": "bearer", "token": TOKEN},
+                "group_push": names,
+                "quirks": {"page_size": 2},
+                "max_concurrency": 1,
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post_event(&joiner("pg-1", "P1", AT, json!({}))).await;
+    eventually("three pushed groups with their member", || async {
+        settled(&app).await;
+        let full = target
+            .groups_snapshot()
+            .iter()
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 1))
+            .count();
+        (full == 3).then_some(())
+    })
+    .await;
+    let links = app
+        .rows("SELECT resource_id, target_id FROM link WHERE resource_kind = 'group' ORDER BY resource_id")
+        .await;
+    let mark = last_call(&app).await;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(group_counts(&report), [3, 0, 0, 0], "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(
+        calls_after(&app, mark).await,
+        Vec::<Value>::new(),
+        "{report}"
+    );
+    assert_eq!(
+        app.rows("SELECT resource_id, target_id FROM link WHERE resource_kind = 'group' ORDER BY resource_id")
+            .await,
+        links
+    );
+}
