@@ -927,7 +927,7 @@ async fn the_scheduler_runs_apps_whose_interval_has_passed() {
     .await;
     assert_eq!(runs.len(), 1, "only the app with an interval: {runs:?}");
     assert_eq!(runs[0]["app_id"], json!(due));
-    assert_eq!(runs[0]["state"], "completed");
+    assert_eq!(runs[0]["state"], "completed", "{runs:?}");
     assert_eq!(runs[0]["mode"], "report");
 }
 
