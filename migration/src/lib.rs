@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261123_000001_init;
 mod m20261123_000002_reconcile_item_resource;
 mod m20261203_000001_unique_live_link_target;
+mod m20261203_000002_reconcile_item_account;
 mod m20261203_000005_credential_key;
 
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261123_000002_reconcile_item_resource::Migration),
             Box::new(m20261203_000001_unique_live_link_target::Migration),
+            Box::new(m20261203_000002_reconcile_item_account::Migration),
             Box::new(m20261203_000005_credential_key::Migration),
         ]
     }

@@ -54,6 +54,10 @@ pub struct CountsOut {
     pub unmatched: u64,
     pub unmanaged: u64,
     pub adoptable: u64,
+    /// Accounts that match a person but are not tied to them: the person is linked to another
+    /// account, another account matches them too, or the account has no `id`. Never changed;
+    /// decide by hand which account is the person's.
+    pub conflict: u64,
 }
 
 impl From<Counts> for CountsOut {
@@ -66,6 +70,7 @@ impl From<Counts> for CountsOut {
             unmatched: c.unmatched,
             unmanaged: c.unmanaged,
             adoptable: c.adoptable,
+            conflict: c.conflict,
         }
     }
 }
@@ -108,7 +113,9 @@ pub struct DifferenceOut {
 pub struct ItemOut {
     /// `user` (an account, or a person without one) or `group`.
     pub resource: String,
-    /// in_sync, drifted, missing, orphan, unmatched, unmanaged or adoptable.
+    /// in_sync, drifted, missing, orphan, unmatched, unmanaged, adoptable or conflict
+    /// (matches a person who is linked to another account, or whom another account matches
+    /// too, or has no `id`: never changed; decide by hand which account is theirs).
     pub class: String,
     pub target_id: Option<String>,
     pub user_name: Option<String>,
@@ -141,6 +148,9 @@ pub struct RunOut {
     /// Jobs the run enqueued on lane `reconcile` (each becomes at most one SCIM write, none
     /// when the target already matches by the time it runs).
     pub writes: u64,
+    /// Why the run failed: e.g. the target's listing ended before every account was read
+    /// (then no link was dropped and nothing was created or deprovisioned for people whose
+    /// account was not seen).
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,

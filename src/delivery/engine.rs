@@ -523,7 +523,9 @@ impl Delivery {
                         ResourceKind::Group => {
                             execute::deliver_group(conn, &ctx, id, writes).await?
                         }
-                        ResourceKind::Account => execute::deprovision_account(&ctx, id).await?,
+                        ResourceKind::Account => {
+                            execute::deprovision_account(conn, &ctx, id).await?
+                        }
                     };
                     Ok::<_, JobError>(op)
                 }

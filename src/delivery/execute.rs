@@ -171,11 +171,11 @@ pub fn record_shared_calls(calls: Vec<CallRecord>) {
     });
 }
 
-/// Marks the current job's last call (the look-up that found the account) as failed with
-/// `reason`, so that the provisioning log shows why its answer was not acted on.
-fn refuse_last_call(reason: &str) {
-    let _ = JOB_CALLS.try_with(|c| {
-        if let Some((_, call)) = c.borrow_mut().last_mut() {
+/// Puts `reason` on the log row of the current job's latest call: a job that stops because of
+/// what a read showed says why next to that read in the provisioning log.
+fn note_on_last_call(reason: &str) {
+    let _ = JOB_CALLS.try_with(|calls| {
+        if let Some((_, call)) = calls.borrow_mut().last_mut() {
             call.error = Some(reason.to_owned());
         }
     });
@@ -239,7 +239,7 @@ async fn adoptable(
             "conflict: the matching target {noun} {target_id} is linked to {owner}; \
              roster never adopts a {noun} that belongs to someone else (resolve it by hand)"
         );
-        refuse_last_call(&reason);
+        note_on_last_call(&reason);
         return Err(JobError::Unprocessable(reason));
     }
     Ok(target_id)
@@ -716,11 +716,53 @@ fn forget_snapshot_if_unsure(writes: &mut JobWrites, link: &link::Model, error: 
 /// Deprovisions a target account that belongs to no identity (reconciliation's `unmatched`
 /// with `reconcile.deprovision_unmatched`), per `deprovision.action`. There is no link to
 /// keep: the account is identified by its target id alone, and 404 means it is gone already.
+///
+/// The decision may be hours old (a held run approved later), so the account and the links
+/// are read again first: an account linked to a person by now, or outside the managed domains
+/// by now, is not touched — the job ends dead with the reason, which is also on the log row of
+/// the read that showed it.
 pub async fn deprovision_account(
+    conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     target_id: &str,
 ) -> Result<Operation, JobError> {
     let users = ctx.client.users();
+    let operation = match ctx.settings.deprovision.action {
+        DeprovisionAction::Delete => Operation::Delete,
+        DeprovisionAction::Deactivate => Operation::Deactivate,
+    };
+    doing(operation);
+    let account = match users.get(target_id).await {
+        Ok(account) => account,
+        Err(e) if e.is_not_found() => return Ok(Operation::Noop),
+        Err(e) => return Err(JobError::scim(operation, e)),
+    };
+    let linked_to = link::Entity::find()
+        .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .filter(link::Column::TargetId.eq(target_id))
+        .one(conn)
+        .await?;
+    let refused = if let Some(link) = linked_to {
+        Some(format!(
+            "skipped: account {target_id} is linked to identity {} now, so it is not deprovisioned as an account of nobody",
+            link.resource_id
+        ))
+    } else if id_of(&account) != Some(target_id) {
+        Some(format!(
+            "skipped: GET of account {target_id} answered another resource; nothing deprovisioned"
+        ))
+    } else if !crate::reconcile::account_is_managed(&ctx.settings.scope.spec(), &account) {
+        Some(format!(
+            "skipped: account {target_id} is outside the app's managed domains now (unmanaged accounts are never touched)"
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = refused {
+        note_on_last_call(&reason);
+        return Err(JobError::Unprocessable(reason));
+    }
     match ctx.settings.deprovision.action {
         DeprovisionAction::Delete => {
             doing(Operation::Delete);
@@ -840,6 +882,20 @@ pub(crate) fn target_members(group: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// A pushed group's link snapshot says, under `origin`, whether roster created the target
+/// group or adopted one the app had: only a group roster created is deleted when the roster
+/// group is deleted or no longer pushed. Links recorded before the origin was kept have none,
+/// and are not deleted either (roster cannot tell).
+pub const GROUP_CREATED: &str = "created";
+/// See [`GROUP_CREATED`].
+pub const GROUP_ADOPTED: &str = "adopted";
+
+/// The `origin` a group link's snapshot records, if any.
+#[must_use]
+pub fn group_origin(snapshot: Option<&Value>) -> Option<&str> {
+    snapshot?.get("origin")?.as_str()
+}
+
 /// The links of the accounts a roster group's members have in the app, `linked` ones only:
 /// their target ids are what the pushed group's members should be. One definition for
 /// delivery and reconciliation, so that both agree on what the target group should hold.
@@ -900,7 +956,25 @@ pub async fn deliver_group(
         .one(conn)
         .await?;
     let (Some(group), true) = (group, pushed) else {
-        // No longer pushed or deleted in roster: remove the target group roster created.
+        // No longer pushed or deleted in roster: remove the target group roster created. A
+        // group roster adopted was the app's before, and stays: only the link goes.
+        if let Some(l) = &existing
+            && l.target_id.is_some()
+            && group_origin(l.snapshot.as_ref()) != Some(GROUP_CREATED)
+        {
+            tracing::info!(
+                app = %ctx.app.name,
+                group = group_name,
+                "Not deleting a target group roster did not create; forgetting its link"
+            );
+            writes.link(LinkWrite {
+                app_id: ctx.app.id.clone(),
+                kind: ResourceKind::Group,
+                resource_id: group_name.to_owned(),
+                row: None,
+            });
+            return Ok(Operation::Noop);
+        }
         if let Some(l) = existing
             && let Some(target_id) = l.target_id.clone()
         {
@@ -925,6 +999,10 @@ pub async fn deliver_group(
         .into_iter()
         .filter_map(|l| l.target_id)
         .collect();
+    let mut origin = existing
+        .as_ref()
+        .and_then(|l| group_origin(l.snapshot.as_ref()))
+        .map(str::to_owned);
     let (target_id, current, current_name) =
         match existing.as_ref().and_then(|l| l.target_id.clone()) {
             Some(id) => {
@@ -965,6 +1043,7 @@ pub async fn deliver_group(
                             .and_then(Value::as_str)
                             .unwrap_or(group_name)
                             .to_owned();
+                        origin = Some(GROUP_ADOPTED.to_owned());
                         (id, members, name)
                     }
                     [] => {
@@ -984,6 +1063,7 @@ pub async fn deliver_group(
                                 "target answered a group create without an id".into(),
                             )
                         })?;
+                        origin = Some(GROUP_CREATED.to_owned());
                         (id, BTreeSet::new(), group_name.to_owned())
                     }
                     _ => {
@@ -1023,8 +1103,11 @@ pub async fn deliver_group(
             .await
             .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
     }
-    let snapshot =
-        json!({"displayName": group_name, "members": desired.iter().collect::<Vec<_>>()});
+    let snapshot = json!({
+        "displayName": group_name,
+        "members": desired.iter().collect::<Vec<_>>(),
+        "origin": origin,
+    });
     stage_link(
         writes,
         &ctx.app.id,

@@ -12,7 +12,13 @@
 //!    before matching so that an external account is never adopted or deprovisioned, even if it
 //!    happens to carry a matching value.
 //! 3. **Matches an identity by the matching attribute?** → `adoptable` (identity in scope) or,
-//!    like a linked account, `orphan`/`in_sync` (identity terminated or out of scope).
+//!    like a linked account, `orphan`/`in_sync` (identity terminated or out of scope). Unless
+//!    the match is not evidence enough to tie the account to the person → `conflict`, action
+//!    none, always: the identity is linked to another account already (a duplicate; adopting it
+//!    would move the link, and the next run would move it back), a second account matches the
+//!    same identity (which one is theirs is for a person to decide, so neither is adopted: the
+//!    first one's finding is turned into a conflict too, see [`Classifier::superseded`]), or
+//!    the account has no `id` (it could be neither linked nor changed).
 //! 4. Otherwise → `unmatched`.
 //!
 //! For the identity found in 1 or 3: in scope → compare the mapped attributes (`in_sync`,
@@ -52,11 +58,15 @@ pub enum Class {
     Unmatched,
     Unmanaged,
     Adoptable,
+    /// Matches an identity, but cannot be tied to it: the identity is linked to another
+    /// account, another account matches it too, or the account has no `id`. Never acted on;
+    /// an operator decides which account is the person's.
+    Conflict,
 }
 
 impl Class {
     /// Every class, in the order of the DESIGN table and of the report's `counts`.
-    pub const ALL: [Class; 7] = [
+    pub const ALL: [Class; 8] = [
         Class::InSync,
         Class::Drifted,
         Class::Missing,
@@ -64,6 +74,7 @@ impl Class {
         Class::Unmatched,
         Class::Unmanaged,
         Class::Adoptable,
+        Class::Conflict,
     ];
 
     /// The fixed name (report field, metric label `class`).
@@ -77,6 +88,7 @@ impl Class {
             Class::Unmatched => "unmatched",
             Class::Unmanaged => "unmanaged",
             Class::Adoptable => "adoptable",
+            Class::Conflict => "conflict",
         }
     }
 }
@@ -224,6 +236,8 @@ struct AccountPaths {
 #[derive(Debug, Clone)]
 struct DesiredIdentity {
     identity_id: Box<str>,
+    /// The target id of the identity's link, if it has one: the account roster holds for it.
+    link_target: Option<Box<str>>,
     /// The SCIM User roster wants the app to hold ([`mapping::render_user`]), as compact JSON
     /// text: a parsed `Value` costs several times the memory, and a run holds one per identity
     /// (a 100k-person run measured in `roster bench reconcile`). Only in-scope identities are
@@ -302,12 +316,14 @@ impl Desired {
             .then(|| serde_json::to_string(&mapping::render_user(&self.compiled, identity)).ok())
             .flatten()
             .map(String::into_boxed_str);
+        let link_target = link.and_then(|link| link.target_id.as_deref());
         self.identities.push(DesiredIdentity {
             identity_id: identity.id.as_str().into(),
+            link_target: link_target.map(Into::into),
             rendered,
             in_scope,
         });
-        if let Some(target_id) = link.and_then(|link| link.target_id.as_deref()) {
+        if let Some(target_id) = link_target {
             self.by_target_id
                 .entry(target_id.to_owned())
                 .or_insert(index);
@@ -353,12 +369,28 @@ impl Desired {
 /// One run's classifier: feed it every target account once ([`Classifier::classify_account`]),
 /// then [`Classifier::finish`] for the identities no account belonged to.
 ///
-/// It keeps no target account: only one flag per identity saying whether an account was seen.
+/// It keeps no target account: only, per identity, which account was seen for it.
 #[derive(Debug, Clone)]
 pub struct Classifier {
     desired: Desired,
     // Invariant: `seen.len() == desired.identities.len()`.
-    seen: Vec<bool>,
+    seen: Vec<Seen>,
+    /// `(identity id, target id)` of adoptable (or orphan) findings already handed out whose
+    /// identity a later account matched too: they are conflicts as well.
+    superseded: Vec<(String, String)>,
+}
+
+/// What a run has seen of one identity's accounts so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Seen {
+    #[default]
+    Nothing,
+    /// Its linked account.
+    Linked,
+    /// One unlinked account matching it (its target id): adoptable, or an orphan.
+    Matched(Box<str>),
+    /// Several accounts, or one without an `id`, match it: none is tied to it.
+    Conflict,
 }
 
 /// How an account was tied to an identity.
@@ -371,8 +403,69 @@ enum Tie {
 impl Classifier {
     #[must_use]
     pub fn new(desired: Desired) -> Self {
-        let seen = vec![false; desired.identities.len()];
-        Self { desired, seen }
+        let seen = vec![Seen::Nothing; desired.identities.len()];
+        Self {
+            desired,
+            seen,
+            superseded: Vec::new(),
+        }
+    }
+
+    /// The target ids of the links whose account no classified account was (in the order the
+    /// identities were inserted). The listing may have missed them: the run confirms each by
+    /// `GET /Users/{id}` — classifying what it finds — before [`Classifier::finish`] calls the
+    /// rest `missing`, which drops their links.
+    #[must_use]
+    pub fn unseen_links(&self) -> Vec<String> {
+        self.desired
+            .identities
+            .iter()
+            .zip(&self.seen)
+            .filter(|(desired, seen)| **seen == Seen::Nothing && desired.in_scope)
+            .filter_map(|(desired, _)| desired.link_target.as_deref().map(str::to_owned))
+            .collect()
+    }
+
+    /// `(identity id, target id)` of findings already returned as `adoptable` (or `orphan` of
+    /// an unlinked account) whose identity a later account matched too: they are `conflict`s,
+    /// with action none, like the later one. The run rewrites their items before it applies
+    /// any adoption or deprovision.
+    #[must_use]
+    pub fn superseded(&self) -> &[(String, String)] {
+        &self.superseded
+    }
+
+    /// Whether an unlinked account that matched identity `index` by value cannot be tied to
+    /// it; records what was seen.
+    fn conflicts(&mut self, index: usize, target_id: Option<&str>) -> bool {
+        let desired = &self.desired.identities[index];
+        if desired.link_target.is_some() {
+            // A duplicate of the identity's own account: adopting it would move the link.
+            return true;
+        }
+        let Some(target_id) = target_id else {
+            self.conflict_with_earlier(index);
+            return true;
+        };
+        match &self.seen[index] {
+            Seen::Nothing => {
+                self.seen[index] = Seen::Matched(target_id.into());
+                false
+            }
+            // The same account again (a listing that repeats items): the same finding.
+            Seen::Matched(first) if **first == *target_id => false,
+            Seen::Matched(_) | Seen::Linked | Seen::Conflict => {
+                self.conflict_with_earlier(index);
+                true
+            }
+        }
+    }
+
+    fn conflict_with_earlier(&mut self, index: usize) {
+        if let Seen::Matched(first) = std::mem::replace(&mut self.seen[index], Seen::Conflict) {
+            let identity_id = self.desired.identities[index].identity_id.to_string();
+            self.superseded.push((identity_id, first.into()));
+        }
     }
 
     /// Classifies one account as the target returned it (a SCIM User resource).
@@ -421,8 +514,22 @@ impl Classifier {
                 differences: Vec::new(),
             };
         };
-
-        self.seen[index] = true;
+        match tie {
+            Tie::Linked => self.seen[index] = Seen::Linked,
+            Tie::ByMatchingValue if self.conflicts(index, target_id.as_deref()) => {
+                return Finding {
+                    class: Class::Conflict,
+                    target_id,
+                    user_name,
+                    identity_id: Some(self.desired.identities[index].identity_id.to_string()),
+                    differences: Vec::new(),
+                    // Neither linked nor changed nor deprovisioned: which account is the
+                    // person's is not roster's to guess.
+                    action: Action::None,
+                };
+            }
+            Tie::ByMatchingValue => {}
+        }
         let desired = &self.desired.identities[index];
         let identity_id = Some(desired.identity_id.to_string());
         if !desired.in_scope {
@@ -463,7 +570,9 @@ impl Classifier {
     }
 
     /// The in-scope identities no account belonged to: `missing`, each with `Create`, in the
-    /// order they were inserted.
+    /// order they were inserted. A linked one among them loses its link when the fix runs, so
+    /// the caller confirms [`Classifier::unseen_links`] first. An identity with conflicting
+    /// accounts is not missing: an account of theirs exists.
     #[must_use]
     pub fn finish(self) -> Vec<Finding> {
         let user_name = self.desired.paths.user_name;
@@ -471,7 +580,7 @@ impl Classifier {
             .identities
             .into_iter()
             .zip(self.seen)
-            .filter(|(desired, seen)| desired.in_scope && !seen)
+            .filter(|(desired, seen)| desired.in_scope && *seen == Seen::Nothing)
             .map(|(desired, _)| Finding {
                 class: Class::Missing,
                 target_id: None,
@@ -490,12 +599,12 @@ impl Classifier {
     /// email when the `userName` is not an address, is a managed one. Without a domain filter
     /// every account is inside.
     fn is_managed(&self, account: &Value, user_name: Option<&str>) -> bool {
-        let address = user_name
-            .filter(|name| name.contains('@'))
-            .or_else(|| primary_email(&self.desired.paths.primary_email, account))
-            .or(user_name)
-            .unwrap_or("");
-        mapping::domain_managed(&self.desired.policy.scope, address)
+        is_managed(
+            &self.desired.paths,
+            &self.desired.policy.scope,
+            account,
+            user_name,
+        )
     }
 
     fn matching_index(&self, account: &Value) -> Option<usize> {
@@ -526,6 +635,36 @@ impl Classifier {
             action => Action::Deprovision(action),
         }
     }
+}
+
+/// Inside the scope filter: the domain of the `userName`, or of the primary (else first)
+/// email when the `userName` is not an address, is a managed one.
+fn is_managed(
+    paths: &AccountPaths,
+    scope: &ScopeSpec,
+    account: &Value,
+    user_name: Option<&str>,
+) -> bool {
+    let address = user_name
+        .filter(|name| name.contains('@'))
+        .or_else(|| primary_email(&paths.primary_email, account))
+        .or(user_name)
+        .unwrap_or("");
+    mapping::domain_managed(scope, address)
+}
+
+/// Whether a target account lies inside the app's scope filter (its managed domains), by the
+/// rule reconciliation classifies with: outside it, an account is `unmanaged` and never
+/// touched. Delivery asks it again right before it deprovisions an account by id, since the
+/// account may have changed since the decision.
+#[must_use]
+pub fn account_is_managed(scope: &ScopeSpec, account: &Value) -> bool {
+    // The built-in paths always parse; if they did not, nothing counts as managed.
+    let Ok(paths) = AccountPaths::new() else {
+        return false;
+    };
+    let user_name = paths.user_name.lookup(account).and_then(Value::as_str);
+    is_managed(&paths, scope, account, user_name)
 }
 
 impl AccountPaths {

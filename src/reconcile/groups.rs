@@ -151,6 +151,37 @@ impl GroupClassifier {
         self.groups.is_empty()
     }
 
+    /// The target ids of pushed groups' links that no classified group was: the listing may
+    /// have missed them (a target that ignores `startIndex`), so the run reads each by id —
+    /// classifying what it finds — before [`GroupClassifier::finish`] calls the rest
+    /// `missing`, which drops their links.
+    #[must_use]
+    pub fn unseen_links(&self) -> Vec<String> {
+        self.groups
+            .iter()
+            .zip(&self.seen)
+            .filter(|(_, seen)| !**seen)
+            .filter_map(|(group, _)| group.link_target_id.clone())
+            .collect()
+    }
+
+    /// Whether [`GroupClassifier::classify_group`] would compare `group` with a pushed group
+    /// (by its link, or by name for an unlinked one): then its members matter, and the run
+    /// reads it by id when the listing left them out.
+    #[must_use]
+    pub fn concerns(&self, group: &Value) -> bool {
+        let unseen = |index: &usize| !self.seen[*index];
+        let linked = id_of(group)
+            .and_then(|id| self.by_target_id.get(id))
+            .is_some_and(unseen);
+        linked
+            || group
+                .get("displayName")
+                .and_then(Value::as_str)
+                .and_then(|name| self.unlinked_by_name.get(&name.to_lowercase()))
+                .is_some_and(unseen)
+    }
+
     /// Classifies one group as the target returned it (a SCIM Group resource).
     pub fn classify_group(&mut self, group: &Value) -> GroupFinding {
         let target_id = id_of(group).map(str::to_owned);
@@ -256,6 +287,16 @@ impl GroupClassifier {
             })
             .collect()
     }
+}
+
+/// Whether the group as answered has a `members` attribute (any case) at all. Some targets
+/// leave it out of listings: its absence says nothing about the membership, so comparing it
+/// as empty would report (and "fix") every member as missing.
+#[must_use]
+pub fn lists_members(group: &Value) -> bool {
+    group
+        .as_object()
+        .is_some_and(|object| object.keys().any(|key| key.eq_ignore_ascii_case("members")))
 }
 
 /// A target group's member ids (sorted, unique) with their `display`, if the target sends one.
@@ -450,6 +491,22 @@ mod tests {
             eprintln!("case: {name}");
             check(&target_group, expect);
         }
+    }
+
+    #[test]
+    fn linked_groups_not_listed_are_confirmed_and_a_listing_without_members_is_told_apart() {
+        let mut classifier = GroupClassifier::new(roster());
+        assert_eq!(classifier.unseen_links(), vec!["g-1".to_owned()]);
+        let listed = json!({"id": "g-1", "displayName": "board"});
+        // Listed without `members`: pushed, so read by id before it is compared.
+        assert!(classifier.concerns(&listed));
+        assert!(!lists_members(&listed));
+        assert!(lists_members(&json!({"id": "g-1", "Members": []})));
+        assert!(!classifier.concerns(&json!({"id": "g-9", "displayName": "other"})));
+        let read = classifier.classify_group(&group("g-1", "board", &["t-ada", "t-bob"]));
+        assert_eq!(read.class, Class::InSync);
+        assert!(classifier.unseen_links().is_empty());
+        assert!(!classifier.concerns(&listed), "seen already");
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!
 //! Invariants:
 //!
+//! * **A link never moves by guess**: an unlinked account that matches an identity already
+//!   linked to another account, or an identity another account matched too, or that has no
+//!   `id`, is a `conflict` with action none (and so is the first match, once a second one
+//!   shows up): nothing is linked, patched or deprovisioned for it.
 //! * **Unmanaged accounts are never touched**: an unlinked account outside the scope filter is
 //!   `unmanaged` before any matching is tried, and its action is `none` whatever the settings
 //!   (`deprovision_unmatched` included).
@@ -33,11 +37,15 @@
 //! Public API:
 //!
 //! * `classify.rs`: [`Desired`] (`new`, `insert`), [`LinkInfo`], [`Classifier`] (`new`,
-//!   `classify_account`, `finish`), [`Finding`], [`Class`], [`Action`] (`label`, `kind`,
-//!   `is_deprovision`, `changes`), [`ActionKind`], [`ReconcileError`]. The module documentation
-//!   gives the order of the classification questions and why.
+//!   `classify_account`, `unseen_links`, `superseded`, `finish`), [`Finding`], [`Class`],
+//!   [`Action`] (`label`, `kind`, `is_deprovision`, `changes`), [`ActionKind`],
+//!   [`ReconcileError`], [`account_is_managed`] (the scope-filter rule, also asked by delivery
+//!   right before it deprovisions an account by id). The module documentation gives the order
+//!   of the classification questions and why.
 //! * `groups.rs`: [`DesiredGroup`], [`GroupClassifier`] (`new`, `classify_group`, `finish`),
-//!   [`GroupFinding`] (`differences`), [`Member`], [`unnamed_members`], [`name_members`]: the
+//!   [`GroupFinding`] (`differences`), [`Member`], [`unnamed_members`], [`name_members`],
+//!   [`lists_members`] (with `GroupClassifier::concerns`: a pushed group listed without
+//!   `members` is read by id before it is compared): the
 //!   groups the app pushes against the target's `/Groups`.
 //! * `guard.rs`: [`deletion_guard`] → [`GuardDecision`].
 //! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`GroupCounts`], [`Resource`],
@@ -54,9 +62,11 @@ mod tests;
 
 pub use classify::{
     Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
+    account_is_managed,
 };
 pub use groups::{
-    DesiredGroup, GroupClassifier, GroupFinding, Member, name_members, unnamed_members,
+    DesiredGroup, GroupClassifier, GroupFinding, Member, lists_members, name_members,
+    unnamed_members,
 };
 pub use guard::{GuardDecision, MIN_ACCOUNTS_FOR_FRACTION, deletion_guard};
 pub use report::{Counts, GroupCounts, Report, ReportItem, Resource, RunState};

@@ -16,6 +16,9 @@ pub struct Counts {
     pub unmatched: u64,
     pub unmanaged: u64,
     pub adoptable: u64,
+    /// Added after the others: runs recorded before it have none.
+    #[serde(default)]
+    pub conflict: u64,
 }
 
 impl Counts {
@@ -33,7 +36,15 @@ impl Counts {
             Class::Unmatched => self.unmatched,
             Class::Unmanaged => self.unmanaged,
             Class::Adoptable => self.adoptable,
+            Class::Conflict => self.conflict,
         }
+    }
+
+    /// A finding counted as `from` turned out to be `to` (a rewritten item).
+    pub fn reclassify(&mut self, from: Class, to: Class) {
+        let slot = self.slot(from);
+        *slot = slot.saturating_sub(1);
+        *self.slot(to) += 1;
     }
 
     /// Every finding counted; accounts read are this minus `missing`.
@@ -51,6 +62,7 @@ impl Counts {
             Class::Unmatched => &mut self.unmatched,
             Class::Unmanaged => &mut self.unmanaged,
             Class::Adoptable => &mut self.adoptable,
+            Class::Conflict => &mut self.conflict,
         }
     }
 }
@@ -73,7 +85,9 @@ impl GroupCounts {
             Class::Drifted => self.drifted += 1,
             Class::Missing => self.missing += 1,
             Class::Adoptable => self.adoptable += 1,
-            Class::Unmanaged | Class::Orphan | Class::Unmatched => self.unmanaged += 1,
+            Class::Unmanaged | Class::Orphan | Class::Unmatched | Class::Conflict => {
+                self.unmanaged += 1;
+            }
         }
     }
 
@@ -85,7 +99,7 @@ impl GroupCounts {
             Class::Missing => self.missing,
             Class::Unmanaged => self.unmanaged,
             Class::Adoptable => self.adoptable,
-            Class::Orphan | Class::Unmatched => 0,
+            Class::Orphan | Class::Unmatched | Class::Conflict => 0,
         }
     }
 }
@@ -244,10 +258,10 @@ mod tests {
             serde_json::to_value(counts).ok(),
             Some(
                 json!({"in_sync": 1, "drifted": 2, "missing": 3, "orphan": 4,
-                        "unmatched": 5, "unmanaged": 6, "adoptable": 7})
+                        "unmatched": 5, "unmanaged": 6, "adoptable": 7, "conflict": 8})
             )
         );
-        assert_eq!(counts.total(), 28);
+        assert_eq!(counts.total(), 36);
         assert_eq!(counts.get(Class::Unmanaged), 6);
     }
 
@@ -301,7 +315,7 @@ mod tests {
             Some(json!({
                 "id": "run-1", "app_id": "app-1", "state": "awaiting_approval", "dry_run": true,
                 "counts": {"in_sync": 0, "drifted": 1, "missing": 1, "orphan": 1,
-                           "unmatched": 0, "unmanaged": 0, "adoptable": 1},
+                           "unmatched": 0, "unmanaged": 0, "adoptable": 1, "conflict": 0},
                 "groups": {"in_sync": 0, "drifted": 1, "missing": 0, "unmanaged": 0,
                            "adoptable": 0},
                 "writes": 0,

@@ -17,6 +17,14 @@
 //!   prepares the link so that the level-triggered job (which diffs the rendered user against
 //!   the link's last-applied snapshot) sees reality and sends the right call. `writes` in the
 //!   report is therefore the number of jobs the run enqueued.
+//! * **Links are dropped and accounts adopted only on complete evidence.** A listing that
+//!   ended early — fewer distinct accounts than `totalResults`, page 1 answered again, a
+//!   `totalResults` that went down, `startIndex` past it — fails the run with the reason before
+//!   anyone is called `missing` or anything is adopted or deprovisioned: accounts not seen are
+//!   not gone. An account repeated across pages counts once. A linked account the listing did
+//!   not show is asked for by `GET /Users/{id}`: found, it is classified as read; only a 404
+//!   lets its link go. Adoptions wait until the whole listing was read (their accounts wait on
+//!   their items), because a second account matching the same person makes both a `conflict`.
 //! * **Deprovisions wait for the deletion guard**: they are applied only after the whole target
 //!   was read (the guard needs the totals), by reading the run's items back page by page; when
 //!   held they stay `held` until `approve`.
@@ -24,7 +32,8 @@
 //!   succeeds: the job is an ordinary user job and does not know it came from a run.
 //! * One `running` run per app: [`begin`] locks the app row on PostgreSQL (SQLite has one
 //!   writer) before it looks for a running run, so two instances cannot both start one.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -40,10 +49,10 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ActionKind, Class, Classifier, Counts, Desired, DesiredGroup, Finding, GroupClassifier,
     GroupCounts, GroupFinding, GuardDecision, LinkInfo, ReconcileError, Resource, RunState,
-    deletion_guard, name_members, unnamed_members,
+    deletion_guard, lists_members, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::delivery::execute::find_link;
+use crate::delivery::execute::{GROUP_ADOPTED, find_link, group_origin};
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
@@ -86,6 +95,15 @@ pub enum RunError {
     Classify(#[from] ReconcileError),
     #[error("reading the target: {0}")]
     Scim(#[from] ScimError),
+    /// The target's listing ended before every account was read: nothing was concluded from
+    /// the accounts it did not show.
+    #[error(
+        "the target's listing of its accounts was incomplete: {0}; no link was dropped, and nobody whose account was not seen was created, adopted or deprovisioned"
+    )]
+    IncompleteListing(String),
+    /// `GET /Users/{id}` (or `/Groups/{id}`) of a linked resource answered something else.
+    #[error("GET of linked resource `{0}` answered a resource with another id")]
+    WrongAccount(String),
     #[error("the run was interrupted by shutdown")]
     Interrupted,
     #[error("database: {0}")]
@@ -368,7 +386,15 @@ async fn classify_and_fix(
     if !group_classifier.is_empty() {
         let mut groups = target.client.groups().list(page_size);
         while let Some(group) = groups.next().await {
-            let finding = group_classifier.classify_group(&group?);
+            let mut group = group?;
+            if group_classifier.concerns(&group)
+                && !lists_members(&group)
+                && let Some(id) = crate::scim::id_of(&group).map(str::to_owned)
+            {
+                // The listing left the members out (some targets do): read what is compared.
+                group = target.client.groups().get(&id).await?;
+            }
+            let finding = group_classifier.classify_group(&group);
             if finding.group.is_some() {
                 pushed.push(finding);
             } else {
@@ -376,6 +402,17 @@ async fn classify_and_fix(
                 if batch.is_full() {
                     batch.flush().await?;
                 }
+            }
+        }
+        // A pushed group's link is dropped only for a group the target confirms gone.
+        for id in group_classifier.unseen_links() {
+            match target.client.groups().get(&id).await {
+                Ok(group) if crate::scim::id_of(&group) == Some(id.as_str()) => {
+                    pushed.push(group_classifier.classify_group(&group));
+                }
+                Ok(_) => return Err(RunError::WrongAccount(id)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
             }
         }
         pushed.extend(group_classifier.finish());
@@ -399,6 +436,7 @@ async fn classify_and_fix(
         }
     }));
     let mut waited = std::time::Duration::ZERO;
+    let mut listing = Listing::default();
     loop {
         let asked = Instant::now();
         let Some(page) = arrived.recv().await else {
@@ -407,7 +445,12 @@ async fn classify_and_fix(
         waited += asked.elapsed();
         let page = page?;
         progress.page(page.resources.len(), page.total);
+        listing.page(page.total, page.wrapped);
         for account in page.resources {
+            if !listing.first_sight(crate::scim::id_of(&account)) {
+                // Read already: a page boundary that moved, or a target that repeats items.
+                continue;
+            }
             if !unnamed.is_empty()
                 && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
                 && let Some(user_name) = account.get("userName").and_then(Value::as_str)
@@ -423,6 +466,31 @@ async fn classify_and_fix(
         }
     }
     drop(arrived);
+    if let Some(reason) = listing.incomplete() {
+        // What was read is recorded; nothing is concluded from what was not.
+        batch.close().await?;
+        return Err(RunError::IncompleteListing(reason));
+    }
+    // A link is dropped only for an account the target confirms gone.
+    for target_id in classifier.unseen_links() {
+        match target.client.users().get(&target_id).await {
+            Ok(account) => {
+                if crate::scim::id_of(&account) != Some(target_id.as_str()) {
+                    return Err(RunError::WrongAccount(target_id));
+                }
+                if listing.first_sight(Some(&target_id)) {
+                    let finding = classifier.classify_account(&account);
+                    batch.push(finding, Some(account));
+                }
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        if batch.is_full() {
+            batch.flush().await?;
+        }
+    }
+    let superseded = classifier.superseded().to_vec();
     for finding in classifier.finish() {
         batch.push(finding, None);
         if batch.is_full() {
@@ -437,6 +505,17 @@ async fn classify_and_fix(
         }
     }
     batch.close().await?;
+    for (identity_id, target_id) in &superseded {
+        for (class, action) in mark_conflict(db, &run.id, identity_id, target_id).await? {
+            batch.counts.reclassify(class, Class::Conflict);
+            if action == ActionKind::Deactivate || action == ActionKind::Delete {
+                batch.deprovisions = batch.deprovisions.saturating_sub(1);
+            }
+        }
+    }
+    if fix {
+        batch.jobs += apply_adoptions(db, app, &run.id).await?;
+    }
 
     let m = metrics();
     for class in Class::ALL {
@@ -484,6 +563,229 @@ async fn classify_and_fix(
     }
     delivery.wake();
     Ok(outcome)
+}
+
+/// What a run saw of the target's listing of users: enough to tell a complete listing from one
+/// that ended early, which is the only kind roster may conclude "gone" from.
+///
+/// Memory: one 64-bit hash per account id read (about 16 bytes with the set's overhead), the
+/// price of counting distinct accounts; the accounts themselves are not kept.
+#[derive(Debug, Default)]
+struct Listing {
+    ids: HashSet<u64>,
+    /// Accounts without an `id`: they cannot repeat-check, so each counts.
+    without_id: u64,
+    /// Accounts answered again (skipped).
+    repeats: u64,
+    /// `totalResults` of the latest page that sent one.
+    total: Option<u64>,
+    /// A page's `totalResults` was below an earlier one's.
+    shrank: bool,
+    /// The client stopped because the target answered page 1 again or a page started past
+    /// `totalResults`.
+    wrapped: bool,
+}
+
+impl Listing {
+    fn page(&mut self, total: Option<u64>, wrapped: bool) {
+        self.wrapped |= wrapped;
+        if let Some(total) = total {
+            self.shrank |= self.total.is_some_and(|before| total < before);
+            self.total = Some(total);
+        }
+    }
+
+    /// Whether the account is read for the first time (an account without `id` always is).
+    fn first_sight(&mut self, id: Option<&str>) -> bool {
+        let Some(id) = id else {
+            self.without_id += 1;
+            return true;
+        };
+        // A fixed hasher: the same id gives the same hash for the whole run.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut hasher);
+        let first = self.ids.insert(hasher.finish());
+        if !first {
+            self.repeats += 1;
+        }
+        first
+    }
+
+    /// Why the listing may not hold every account of the target; `None` when nothing says so.
+    /// Without `totalResults` completeness cannot be checked: then only the confirmation of
+    /// each unseen linked account by id protects the links.
+    fn incomplete(&self) -> Option<String> {
+        let read = self.ids.len() as u64 + self.without_id;
+        let mut why = Vec::new();
+        if let Some(total) = self.total
+            && read < total
+        {
+            why.push(format!(
+                "read {read} distinct accounts of the {total} its totalResults announced"
+            ));
+        }
+        if self.wrapped {
+            why.push(
+                "the target answered a page already read (does it ignore startIndex?) or a page past its totalResults"
+                    .to_owned(),
+            );
+        }
+        if self.shrank {
+            why.push(
+                "its totalResults went down while it was read, so accounts may have moved to pages already read"
+                    .to_owned(),
+            );
+        }
+        if self.repeats > 0 && !why.is_empty() {
+            why.push(format!("{} accounts were answered twice", self.repeats));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// Turns the user items of `(identity, account)` into `conflict`s with action none; returns
+/// what each was before (for the counts and the deletion guard).
+async fn mark_conflict(
+    db: &Db,
+    run_id: &str,
+    identity_id: &str,
+    target_id: &str,
+) -> Result<Vec<(Class, ActionKind)>, DbErr> {
+    let of_pair = || {
+        reconcile_item::Entity::find()
+            .filter(reconcile_item::Column::RunId.eq(run_id))
+            .filter(reconcile_item::Column::Resource.eq(Resource::User.as_str()))
+            .filter(reconcile_item::Column::IdentityId.eq(identity_id))
+            .filter(reconcile_item::Column::TargetId.eq(target_id))
+    };
+    let before: Vec<(Class, ActionKind)> = of_pair()
+        .all(db.conn())
+        .await?
+        .into_iter()
+        .filter_map(|item| {
+            let class = serde_json::from_value(Value::String(item.class)).ok()?;
+            let action = serde_json::from_value(Value::String(item.action)).ok()?;
+            Some((class, action))
+        })
+        .collect();
+    let tx = db.write_tx().await?;
+    reconcile_item::Entity::update_many()
+        .col_expr(
+            reconcile_item::Column::Class,
+            Expr::value(Class::Conflict.as_str()),
+        )
+        .col_expr(
+            reconcile_item::Column::Action,
+            Expr::value(ActionKind::None.as_str()),
+        )
+        .col_expr(
+            reconcile_item::Column::Account,
+            Expr::value(sea_orm::Value::Json(None)),
+        )
+        .filter(reconcile_item::Column::RunId.eq(run_id))
+        .filter(reconcile_item::Column::Resource.eq(Resource::User.as_str()))
+        .filter(reconcile_item::Column::IdentityId.eq(identity_id))
+        .filter(reconcile_item::Column::TargetId.eq(target_id))
+        .exec(&*tx)
+        .await?;
+    tx.commit().await?;
+    Ok(before)
+}
+
+/// Whether identity's link may point at `target_id`: it has no account, or that one. An
+/// identity linked to another account since the run read the target (a job created or adopted
+/// one meanwhile) keeps it: moving the link would hand its account to nobody.
+async fn link_is_free_for(
+    tx: &impl ConnectionTrait,
+    app: &app::Model,
+    identity_id: &str,
+    target_id: &str,
+) -> Result<bool, DbErr> {
+    let current = find_link(tx, &app.id, ResourceKind::User, identity_id).await?;
+    let free = current
+        .and_then(|row| row.target_id)
+        .is_none_or(|linked| linked == target_id);
+    if !free {
+        tracing::warn!(
+            app = %app.name,
+            identity = identity_id,
+            target_id,
+            "Not linking the account a reconcile run found: the person is linked to another account now"
+        );
+    }
+    Ok(free)
+}
+
+/// Applies the run's adoptions, once the whole listing was read and no second account turned
+/// them into conflicts: each adoptable item's account becomes its identity's link (with the
+/// account as read as the snapshot, so that the level-triggered job sends the PATCH), and
+/// `link_and_patch` enqueues that job. Reads the items back a page at a time; clears the
+/// accounts they held. Returns the jobs enqueued.
+async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64, DbErr> {
+    let mut after = 0i64;
+    let mut enqueued = 0u64;
+    loop {
+        let items = reconcile_item::Entity::find()
+            .filter(reconcile_item::Column::RunId.eq(run_id))
+            .filter(reconcile_item::Column::Resource.eq(Resource::User.as_str()))
+            .filter(reconcile_item::Column::Class.eq(Class::Adoptable.as_str()))
+            .filter(
+                reconcile_item::Column::Action
+                    .is_in([ActionKind::Link.as_str(), ActionKind::LinkAndPatch.as_str()]),
+            )
+            .filter(reconcile_item::Column::Id.gt(after))
+            .order_by_asc(reconcile_item::Column::Id)
+            .limit(ITEM_BATCH as u64)
+            .all(db.conn())
+            .await?;
+        let Some(last) = items.last() else {
+            break;
+        };
+        after = last.id;
+        let tx = db.write_tx().await?;
+        let mut jobs = Vec::new();
+        for item in &items {
+            let (Some(identity_id), Some(target_id), Some(account)) = (
+                item.identity_id.as_deref(),
+                item.target_id.as_deref(),
+                item.account.as_ref(),
+            ) else {
+                continue;
+            };
+            if !link_is_free_for(&*tx, app, identity_id, target_id).await? {
+                continue;
+            }
+            save_link(
+                &*tx,
+                app,
+                ResourceKind::User,
+                identity_id,
+                Some(target_id),
+                Some(account),
+            )
+            .await?;
+            if item.action == ActionKind::LinkAndPatch.as_str() {
+                metrics()
+                    .drift_corrected_total
+                    .with_label_values(&[app.name.as_str(), Class::Adoptable.as_str()])
+                    .inc();
+                jobs.push(user_job(&app.id, identity_id));
+            }
+        }
+        queue::enqueue(&*tx, &jobs).await?;
+        reconcile_item::Entity::update_many()
+            .col_expr(
+                reconcile_item::Column::Account,
+                Expr::value(sea_orm::Value::Json(None)),
+            )
+            .filter(reconcile_item::Column::RunId.eq(run_id))
+            .filter(reconcile_item::Column::Id.is_in(items.iter().map(|item| item.id)))
+            .exec(&*tx)
+            .await?;
+        tx.commit().await?;
+        enqueued += jobs.len() as u64;
+    }
+    Ok(enqueued)
 }
 
 /// roster's side, indexed: every identity with its group names and its link to this app.
@@ -728,7 +1030,7 @@ async fn write_batch(
     // Bounded statements: a database limits the bind parameters of one statement.
     for chunk in pending.chunks(INSERT_ROWS) {
         let rows = chunk.iter().map(|entry| match entry {
-            Entry::User(finding, _) => item_row(run_id, finding),
+            Entry::User(finding, account) => item_row(run_id, finding, account.as_ref()),
             Entry::Group(finding) => group_item_row(run_id, finding),
         });
         reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
@@ -759,8 +1061,18 @@ async fn write_batch(
     Ok(jobs.len() as u64)
 }
 
-fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
+/// `account` waits on the item only for an adoption (applied once the listing is read).
+fn item_row(
+    run_id: &str,
+    finding: &Finding,
+    account: Option<&Value>,
+) -> reconcile_item::ActiveModel {
+    let adopts = matches!(
+        finding.action.kind(),
+        ActionKind::Link | ActionKind::LinkAndPatch
+    );
     reconcile_item::ActiveModel {
+        account: Set(account.filter(|_| adopts).cloned()),
         run_id: Set(run_id.to_owned()),
         class: Set(finding.class.as_str().to_owned()),
         target_id: Set(finding.target_id.clone()),
@@ -787,6 +1099,7 @@ fn group_item_row(run_id: &str, finding: &GroupFinding) -> reconcile_item::Activ
         held: Set(false),
         resource: Set(Resource::Group.as_str().to_owned()),
         display_name: Set(finding.display_name.clone()),
+        account: Set(None),
         ..Default::default()
     }
 }
@@ -810,13 +1123,26 @@ async fn prepare_group_fix(
     };
     match finding.action {
         ActionKind::Patch | ActionKind::LinkAndPatch | ActionKind::Link => {
+            // The snapshot keeps whether roster created the group: an adopted one is never
+            // deleted with the roster group.
+            let origin = if finding.action == ActionKind::Patch {
+                find_link(tx, &app.id, ResourceKind::Group, name)
+                    .await?
+                    .and_then(|l| group_origin(l.snapshot.as_ref()).map(str::to_owned))
+            } else {
+                Some(GROUP_ADOPTED.to_owned())
+            };
+            let mut state = finding.target_state.clone();
+            if let Some(object) = state.as_mut().and_then(Value::as_object_mut) {
+                object.insert("origin".to_owned(), Value::from(origin));
+            }
             save_link(
                 tx,
                 app,
                 ResourceKind::Group,
                 name,
                 finding.target_id.as_deref(),
-                finding.target_state.as_ref(),
+                state.as_ref(),
             )
             .await?;
             Ok((finding.action != ActionKind::Link).then_some(job))
@@ -875,17 +1201,25 @@ async fn prepare_fix(
     match finding.action.kind() {
         // Linked but changed by hand: the job diffs against the snapshot, so the snapshot
         // becomes the account as it is, and the diff yields the PATCH back.
-        ActionKind::Patch | ActionKind::LinkAndPatch => {
-            let target_id = finding.target_id.as_deref();
-            save_link(tx, app, ResourceKind::User, identity_id, target_id, account).await?;
+        ActionKind::Patch => {
+            // A linked account always has its id; without one there is nothing to point at,
+            // and the link must not lose the id it has.
+            let Some(target_id) = finding.target_id.as_deref() else {
+                return Ok(None);
+            };
+            save_link(
+                tx,
+                app,
+                ResourceKind::User,
+                identity_id,
+                Some(target_id),
+                account,
+            )
+            .await?;
             Ok(Some(user_job(&app.id, identity_id)))
         }
-        // Equal already: recording the link is the whole fix, no call needed.
-        ActionKind::Link => {
-            let target_id = finding.target_id.as_deref();
-            save_link(tx, app, ResourceKind::User, identity_id, target_id, account).await?;
-            Ok(None)
-        }
+        // Adoptions wait until the whole listing was read ([`apply_adoptions`]).
+        ActionKind::Link | ActionKind::LinkAndPatch => Ok(None),
         // Gone from the target: a link without a target id makes the job match, then create.
         ActionKind::Create => {
             forget_target(tx, &app.id, ResourceKind::User, identity_id).await?;
@@ -987,6 +1321,11 @@ async fn apply_deprovisions(db: &Db, app: &app::Model, run_id: &str) -> Result<u
             };
             let job = match item.identity_id.as_deref() {
                 Some(identity_id) => {
+                    // Decided maybe hours ago (a held run approved later): the person may
+                    // have another account by now, which must keep its link.
+                    if !link_is_free_for(&*tx, app, identity_id, target_id).await? {
+                        continue;
+                    }
                     save_link(
                         &*tx,
                         app,

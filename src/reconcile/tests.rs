@@ -303,10 +303,10 @@ fn accounts_are_classified_as_the_design_table_says() {
             expect(InSync, "none", Some("i-grace")),
         ),
         (
-            "leaver's unlinked account, matched by userName",
+            "leaver's second account, matched by userName while she is linked: deprovisioning it would move her link",
             as_is,
             account_of("t-other", "Grace@example.com", true),
-            expect(Orphan, "deactivate", Some("i-grace")),
+            expect(Conflict, "none", Some("i-grace")),
         ),
         (
             "moved out of the app's group, still active",
@@ -398,16 +398,22 @@ fn accounts_are_classified_as_the_design_table_says() {
             ),
         ),
         (
-            "matches ada by userName, but ada is linked to another account",
+            "matches ada by userName, but ada is linked to another account: a duplicate",
             as_is,
             edited(ada_account(), &[("/id", json!("t-ada-2"))]),
-            expect(Adoptable, "link", ada_id),
+            expect(Conflict, "none", ada_id),
         ),
         (
-            "no id at all, matched by userName",
+            "no id at all, matched by userName: must never replace ada's link",
             as_is,
             edited(ada_account(), &[("/id", Value::Null)]),
-            expect(Adoptable, "link", ada_id),
+            expect(Conflict, "none", ada_id),
+        ),
+        (
+            "no id at all, matches an unlinked identity: nothing to link",
+            as_is,
+            json!({"userName": "edsger@example.com", "active": true}),
+            expect(Conflict, "none", Some("i-edsger")),
         ),
     ];
     for (name, tweak, account, want) in cases {
@@ -523,6 +529,81 @@ fn in_scope_identities_without_an_account_are_missing_at_the_end() {
         ),
         vec![(Unmanaged, "none", None), (Missing, "create", id("i-ada"))]
     );
+}
+
+#[test]
+fn two_accounts_matching_one_unlinked_identity_are_both_conflicts() {
+    use Class::*;
+    let id = || Some("i-edsger".to_owned());
+    let mut classifier = classifier(as_is, &roster());
+    let first = classifier.classify_account(&account_of("t-e1", "edsger@example.com", true));
+    // The listing repeats the first account: still the same finding, no conflict.
+    let again = classifier.classify_account(&account_of("t-e1", "edsger@example.com", true));
+    assert_eq!(first.class, Adoptable);
+    assert_eq!(again.class, Adoptable);
+    assert!(classifier.superseded().is_empty());
+    let second = classifier.classify_account(&account_of("t-e2", "EDSGER@example.com", true));
+    assert_eq!(
+        (second.class, second.action.label(), second.identity_id),
+        (Conflict, "none", id())
+    );
+    // The first one's finding was handed out already: the run turns it into a conflict.
+    assert_eq!(
+        classifier.superseded(),
+        &[("i-edsger".to_owned(), "t-e1".to_owned())]
+    );
+    // A third one is a conflict too, and supersedes nothing more.
+    let third = classifier.classify_account(&account_of("t-e3", "edsger@example.com", true));
+    assert_eq!(third.class, Conflict);
+    assert_eq!(classifier.superseded().len(), 1);
+    // Edsger has accounts: not missing (no create of a fourth).
+    let missing: Vec<_> = classifier
+        .finish()
+        .into_iter()
+        .map(|finding| finding.identity_id)
+        .collect();
+    assert_eq!(missing, vec![Some("i-ada".to_owned())]);
+}
+
+#[test]
+fn an_unlinked_leavers_only_account_is_an_orphan() {
+    let findings = run(
+        &[(grace(), None)],
+        &[account_of("t-other", "Grace@example.com", true)],
+    );
+    assert_eq!(
+        findings,
+        vec![(Class::Orphan, "deactivate", Some("i-grace".to_owned()))]
+    );
+}
+
+#[test]
+fn a_duplicate_of_a_linked_account_never_moves_the_link_whatever_the_order() {
+    use Class::*;
+    let duplicate = edited(ada_account(), &[("/id", json!("t-ada-2"))]);
+    for accounts in [
+        [ada_account(), duplicate.clone()],
+        [duplicate.clone(), ada_account()],
+    ] {
+        let findings = run(&[(ada(), linked("t-ada"))], &accounts);
+        let mut classes: Vec<_> = findings
+            .iter()
+            .map(|(class, action, _)| (*class, *action))
+            .collect();
+        classes.sort_by_key(|(class, _)| class.as_str());
+        assert_eq!(classes, vec![(Conflict, "none"), (InSync, "none")]);
+    }
+}
+
+#[test]
+fn linked_accounts_not_seen_are_listed_for_confirmation_before_they_are_missing() {
+    let mut classifier = classifier(as_is, &roster());
+    // Grace is out of scope: her unseen account is never missing, so needs no confirmation.
+    assert_eq!(classifier.unseen_links(), vec!["t-ada".to_owned()]);
+    // Confirmed by a GET by id: classified like a listed account, no longer unseen.
+    let finding = classifier.classify_account(&ada_account());
+    assert_eq!(finding.class, Class::InSync);
+    assert!(classifier.unseen_links().is_empty());
 }
 
 #[test]

@@ -1067,6 +1067,10 @@ impl ResourceKind {
 pub struct Page {
     pub resources: Vec<Value>,
     pub total: Option<u64>,
+    /// The listing ended because the target answered page 1 again, or because the next
+    /// `startIndex` lay past a `totalResults` that had shrunk: what it held was not all read.
+    /// Such a page has no resources (they were read already, or there were none).
+    pub wrapped: bool,
 }
 
 /// State of a paged listing between pages.
@@ -1467,7 +1471,11 @@ impl Resources {
                 || (first_of_page.is_some() && first_of_page == paging.first_id));
         if wrapped {
             paging.done = true;
-            return Ok(Some((Page::default(), paging)));
+            let page = Page {
+                wrapped: true,
+                ..Page::default()
+            };
+            return Ok(Some((page, paging)));
         }
         if paging.next_start == 1 {
             paging.first_id = first_of_page;
@@ -1485,6 +1493,7 @@ impl Resources {
             Page {
                 resources: items,
                 total,
+                wrapped: false,
             },
             paging,
         )))

@@ -151,16 +151,34 @@ pub async fn plan_group_change(
             .all(conn)
             .await?
     };
+    // The groups as they are after the change: whoever it takes out of an app's scope gets a
+    // deprovision-lane job, so that the deletion guard on the event path weighs it (a scope
+    // group deleted or emptied would otherwise deprovision everyone past the guard).
+    let mut groups_of = people::group_names_of(
+        conn,
+        &people
+            .iter()
+            .map(|p| p.employee_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    let views: Vec<IdentityView> = people
+        .iter()
+        .map(|p| people::view_of(p, groups_of.remove(&p.employee_id).unwrap_or_default()))
+        .collect();
     let mut jobs = Vec::new();
     for (app, settings) in relevant {
-        for person in &people {
-            // The lane is decided by the worker's render; a membership change is a normal one
-            // unless it takes the person out of scope, which the worker treats as deprovision.
+        for person in &views {
+            let lane = if settings.scope.admits(person) {
+                Lane::Normal
+            } else {
+                Lane::Deprovision
+            };
             jobs.push(JobRequest {
                 app_id: app.id.clone(),
                 kind: ResourceKind::User,
                 resource_id: person.id.clone(),
-                lane: Lane::Normal,
+                lane,
                 run_at_ms: now,
                 hr_event_id: None,
             });

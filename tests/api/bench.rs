@@ -96,7 +96,7 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
     assert_eq!(
         line["expected"],
         serde_json::json!({"in_sync": 985, "drifted": 10, "missing": 0, "orphan": 5,
-                           "unmatched": 0, "unmanaged": 0, "adoptable": 0}),
+                           "unmatched": 0, "unmanaged": 0, "adoptable": 0, "conflict": 0}),
         "{line}"
     );
     assert_eq!(line["counts"], line["expected"], "{line}");

@@ -879,7 +879,7 @@ async fn the_scheduler_runs_apps_whose_interval_has_passed() {
     .await;
     assert_eq!(runs.len(), 1, "only the app with an interval: {runs:?}");
     assert_eq!(runs[0]["app_id"], json!(due));
-    assert_eq!(runs[0]["state"], "completed");
+    assert_eq!(runs[0]["state"], "completed", "{runs:?}");
     assert_eq!(runs[0]["mode"], "report");
 }
 
@@ -984,5 +984,770 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
     assert!(
         !stderr.contains("accounts read") && !stderr.contains('\r'),
         "no progress bar when not on a terminal: {stderr}"
+    );
+}
+
+// ---- Issue 20 A3, A4, E: targets that misbehave, and accounts that are not evidence enough.
+
+/// How a scripted stub target in front of the dev-target misbehaves: only its listings
+/// (`GET /Users`, `GET /Groups` without an id) are changed; every other call passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Misbehaviour {
+    /// Answers page 1 whatever `startIndex` says.
+    IgnoresStartIndex,
+    /// Starts every page after the first one account early, so the previous page's last
+    /// account comes again and the count of accounts read reaches `totalResults` too soon.
+    RepeatsItems,
+    /// Sends no `totalResults`, and pages of at most 2 accounts whatever `count` asks.
+    OmitsTotal,
+    /// Leaves `members` out of the groups it lists (a GET by id still has them).
+    OmitsMembers,
+}
+
+/// Serves `endpoint` on 127.0.0.1, port 0.
+async fn serve(endpoint: impl poem::Endpoint + 'static) -> std::net::SocketAddr {
+    use poem::listener::{Acceptor as _, Listener as _};
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind a port");
+    let addr = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .copied()
+        .expect("a socket address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    addr
+}
+
+/// A stub target misbehaving as `how` in front of the SCIM server at `upstream` (a base
+/// URL); returns the stub's base URL.
+async fn misbehaving(upstream: &str, how: Misbehaviour) -> String {
+    let upstream = url::Url::parse(upstream).expect("upstream base URL");
+    let base_path = upstream.path().to_owned();
+    // The client below may be the test's first (before the app under test installs it).
+    roster::scim::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let endpoint = poem::endpoint::make(move |req: poem::Request| {
+        let http = http.clone();
+        let upstream = upstream.clone();
+        async move { relay(&http, &upstream, how, req).await }
+    });
+    let addr = serve(endpoint).await;
+    format!("http://{addr}{base_path}")
+}
+
+async fn relay(
+    http: &reqwest::Client,
+    upstream: &url::Url,
+    how: Misbehaviour,
+    mut req: poem::Request,
+) -> poem::Response {
+    let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
+    let listing = method == "GET" && (path.ends_with("/Users") || path.ends_with("/Groups"));
+    let mut pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    if listing {
+        for (key, value) in &mut pairs {
+            let n: u64 = value.parse().unwrap_or(1);
+            match (how, key.as_str()) {
+                (Misbehaviour::IgnoresStartIndex, "startIndex") => *value = "1".to_owned(),
+                (Misbehaviour::RepeatsItems, "startIndex") => {
+                    *value = n.saturating_sub(1).max(1).to_string();
+                }
+                (Misbehaviour::OmitsTotal, "count") => *value = n.min(2).to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut url = upstream.clone();
+    url.set_path(&path);
+    url.set_query(None);
+    if !pairs.is_empty() {
+        url.query_pairs_mut().extend_pairs(&pairs);
+    }
+    let body = req.take_body().into_vec().await.unwrap_or_default();
+    let mut forward = http
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).expect("a method"),
+            url,
+        )
+        .body(body);
+    for name in ["authorization", "content-type", "accept", "if-match"] {
+        if let Some(value) = req.headers().get(name) {
+            forward = forward.header(name, value.as_bytes());
+        }
+    }
+    let answer = forward.send().await.expect("the upstream answers");
+    let status = answer.status().as_u16();
+    let content_type = answer
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
+    if listing && let Ok(mut page) = serde_json::from_slice::<Value>(&bytes) {
+        match how {
+            Misbehaviour::OmitsTotal => {
+                if let Some(page) = page.as_object_mut() {
+                    page.remove("totalResults");
+                }
+            }
+            Misbehaviour::OmitsMembers => {
+                for group in page["Resources"].as_array_mut().into_iter().flatten() {
+                    if let Some(group) = group.as_object_mut() {
+                        group.remove("members");
+                    }
+                }
+            }
+            Misbehaviour::IgnoresStartIndex | Misbehaviour::RepeatsItems => {}
+        }
+        bytes = serde_json::to_vec(&page).unwrap_or_default();
+    }
+    let mut out = poem::Response::builder().status(
+        poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::BAD_GATEWAY),
+    );
+    if let Some(content_type) = content_type {
+        out = out.content_type(content_type);
+    }
+    out.body(bytes)
+}
+
+/// The user links as stored: `(identity, target id, state)`.
+async fn user_links(app: &TestApp) -> Vec<Value> {
+    app.rows(
+        "SELECT resource_id, target_id, state FROM link WHERE resource_kind = 'user' ORDER BY resource_id",
+    )
+    .await
+}
+
+/// The provisioning log's rows after row `after`.
+async fn calls_after(app: &TestApp, after: i64) -> Vec<Value> {
+    app.rows(&format!(
+        "SELECT operation, method, path, status FROM operation WHERE id > {after} ORDER BY id"
+    ))
+    .await
+}
+
+async fn last_call(app: &TestApp) -> i64 {
+    let last = app
+        .rows("SELECT id FROM operation ORDER BY id DESC LIMIT 1")
+        .await;
+    let id = last.first().map(|row| row["id"].clone());
+    // Some drivers hand integers over as text.
+    id.and_then(|id| {
+        id.as_i64()
+            .or_else(|| id.as_str().and_then(|s| s.parse().ok()))
+    })
+    .unwrap_or(0)
+}
+
+/// Six joiners provisioned through a stub target misbehaving as `how` (app page size
+/// `page_size`), then a fix run. Asserts that the run changed no link and that no job touched
+/// the target; returns the run's report.
+async fn run_against(how: Misbehaviour, page_size: u32) -> Value {
+    let target = dev_target(TOKEN).await;
+    let stub = misbehaving(&target.base_url(), how).await;
+    let app = spawn_app().await;
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": stub,
+                "auth": {"type": "bearer", "token": TOKEN},
+                "quirks": {"page_size": page_size},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..6 {
+        app.post_event(&joiner(
+            &format!("stub-{n}"),
+            &format!("S{n}"),
+            AT,
+            json!({}),
+        ))
+        .await;
+    }
+    let before = eventually("six linked accounts", || async {
+        settled(&app).await;
+        let links = user_links(&app).await;
+        let linked = links
+            .iter()
+            .filter(|l| l["state"] == "linked" && l["target_id"].is_string())
+            .count();
+        (linked == 6).then_some(links)
+    })
+    .await;
+    assert_eq!(target.users_snapshot().len(), 6);
+    let mark = last_call(&app).await;
+
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(
+        user_links(&app).await,
+        before,
+        "no link forgotten or moved: {report}"
+    );
+    assert_eq!(
+        calls_after(&app, mark).await,
+        Vec::<Value>::new(),
+        "no job touched the target (no look-up, create or adoption): {report}"
+    );
+    assert_eq!(target.users_snapshot().len(), 6, "no duplicate: {report}");
+    report
+}
+
+#[tokio::test]
+async fn a_target_that_ignores_start_index_fails_the_run_and_forgets_no_link() {
+    let report = run_against(Misbehaviour::IgnoresStartIndex, 2).await;
+    assert_eq!(report["state"], "failed", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("incomplete") && error.contains("startIndex"),
+        "{report}"
+    );
+    assert_eq!(report["counts"]["missing"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_target_that_repeats_items_across_pages_fails_the_run_and_forgets_no_link() {
+    // Pages of 2 starting one early: 1-2, 2-3, 4-5; six read by count, five distinct.
+    let report = run_against(Misbehaviour::RepeatsItems, 2).await;
+    assert_eq!(report["state"], "failed", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("read 5 distinct accounts of the 6"),
+        "{report}"
+    );
+    assert_eq!(report["counts"]["missing"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_target_without_total_results_has_unseen_linked_accounts_confirmed_by_id() {
+    // Pages of at most 2 when 4 were asked for, and no totalResults: the listing ends after
+    // page 1. The four linked accounts not seen are read by id, and found.
+    let report = run_against(Misbehaviour::OmitsTotal, 4).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(counts(&report), [6, 0, 0, 0, 0, 0, 0], "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_link_goes() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post_event(&joiner("gone-1", "G1", AT, json!({}))).await;
+    let ada = eventually("the account", || async {
+        settled(&app).await;
+        target.users_snapshot().first().cloned()
+    })
+    .await;
+    hand.delete(&id_of(&ada)).await;
+    let mark = last_call(&app).await;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(item(&report, "g1")["class"], "missing", "{report}");
+    settled(&app).await;
+    // Created again, and linked to the new account.
+    let again = target.users_snapshot();
+    assert_eq!(again.len(), 1);
+    assert_ne!(id_of(&again[0]), id_of(&ada));
+    let links = user_links(&app).await;
+    assert_eq!(links[0]["target_id"], json!(id_of(&again[0])), "{links:?}");
+    let creates: Vec<Value> = calls_after(&app, mark)
+        .await
+        .into_iter()
+        .filter(|c| c["method"] == "POST")
+        .collect();
+    assert_eq!(creates.len(), 1, "{creates:?}");
+}
+
+#[tokio::test]
+async fn a_pushed_group_listed_without_members_is_read_by_id_and_loses_no_member() {
+    let target = dev_target(TOKEN).await;
+    let stub = misbehaving(&target.base_url(), Misbehaviour::OmitsMembers).await;
+    let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "board", "members": ["M0", "M1", "M2"]}),
+    )
+    .await
+    .expect(201);
+    let app_id = app
+        .create_app(&app_body(
+            "wiki",
+            json!({
+                "base_url": stub,
+                "auth": {"type": "bearer", "token": TOKEN},
+                "group_push": ["board"],
+                "max_concurrency": 1,
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for n in 0..3 {
+        app.post_event(&joiner(&format!("gm-{n}"), &format!("M{n}"), AT, json!({})))
+            .await;
+    }
+    let members = || {
+        target
+            .groups_snapshot()
+            .first()
+            .and_then(|g| g["members"].as_array().map(Vec::len))
+    };
+    eventually("the pushed group with three members", || async {
+        settled(&app).await;
+        (members() == Some(3)).then_some(())
+    })
+    .await;
+    let mark = last_call(&app).await;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(group_item(&report, "board")["class"], "in_sync", "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(members(), Some(3));
+    assert_eq!(
+        calls_after(&app, mark).await,
+        Vec::<Value>::new(),
+        "{report}"
+    );
+}
+
+/// An app on the dev-target with `n` joiners provisioned and linked; returns the app id.
+async fn provisioned(
+    app: &TestApp,
+    target: &roster::dev_target::DevTarget,
+    people: &[&str],
+) -> String {
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for who in people {
+        app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
+            .await;
+    }
+    eventually("the accounts", || async {
+        settled(app).await;
+        (target.users_snapshot().len() == people.len()).then_some(())
+    })
+    .await;
+    app_id
+}
+
+/// A second account carrying `user_name` in another case (SCIM compares userName ignoring
+/// case, so it matches the same person), with a work address in the managed domain; returns
+/// its id.
+fn duplicate(target: &roster::dev_target::DevTarget, user_name: &str) -> String {
+    use roster::dev_target::Kind;
+    let created = target
+        .insert(
+            Kind::User,
+            json!({
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": format!("placeholder-{user_name}"),
+                "active": true,
+                "emails": [{"value": format!("{user_name}@example.com"), "primary": true}],
+            }),
+        )
+        .expect("a second account");
+    let id = id_of(&created);
+    let upper = user_name.to_uppercase();
+    assert!(target.edit(Kind::User, &id, |u| u["userName"] = json!(upper)));
+    id
+}
+
+#[tokio::test]
+async fn a_duplicate_of_a_linked_account_is_a_conflict_and_the_link_stays() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = provisioned(&app, &target, &["D1"]).await;
+    let before = user_links(&app).await;
+    let twin = duplicate(&target, "d1");
+    for _ in 0..2 {
+        // Twice: the second run must not move the link back either.
+        let report = reconcile(&app, &app_id, json!({})).await;
+        settled(&app).await;
+        assert_eq!(report["state"], "completed", "{report}");
+        let found = report["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["target_id"] == json!(twin))
+            .cloned()
+            .unwrap_or(Value::Null);
+        assert_eq!(found["class"], "conflict", "{report}");
+        assert_eq!(found["action"], "none", "{report}");
+        assert_eq!(report["counts"]["conflict"], 1, "{report}");
+        assert_eq!(report["writes"], 0, "{report}");
+        assert_eq!(user_links(&app).await, before, "{report}");
+    }
+}
+
+#[tokio::test]
+async fn two_accounts_matching_an_unlinked_person_are_both_conflicts_and_neither_is_linked() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = provisioned(&app, &target, &["D2"]).await;
+    // The person's link is lost (e.g. restored from an old backup): two accounts match them.
+    use sea_orm::ConnectionTrait as _;
+    app.db
+        .execute_unprepared("DELETE FROM link")
+        .await
+        .expect("drop the link");
+    let twin = duplicate(&target, "d2");
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    let classes: Vec<&Value> = report["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| &i["class"])
+        .collect();
+    assert_eq!(classes, vec!["conflict", "conflict"], "{report}");
+    assert_eq!(report["counts"]["conflict"], 2, "{report}");
+    assert_eq!(report["counts"]["adoptable"], 0, "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(user_links(&app).await, Vec::<Value>::new(), "{report}");
+    assert!(!twin.is_empty());
+}
+
+/// Issue 20 A5: a held run's deprovisions, approved later, act on what the target and roster
+/// hold then, not on what the run saw.
+#[tokio::test]
+async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_meanwhile() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+        http: reqwest::Client::new(),
+    };
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+                "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    hand.create("ghost@example.com").await;
+    hand.create("stale@example.com").await;
+    let held = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(held["state"], "awaiting_approval", "{held}");
+    let id_named = |name: &str| {
+        target
+            .users_snapshot()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let (ghost, stale) = (id_named("ghost@example.com"), id_named("stale@example.com"));
+
+    // Meanwhile: a new hire with the ghost's address is linked to that account, and the other
+    // account was moved to a partner's domain by hand.
+    app.post_event(&joiner(
+        "a5-hire",
+        "E5",
+        AT,
+        json!({"user_name": "ghost@example.com", "email": "ghost@example.com"}),
+    ))
+    .await;
+    eventually("the new hire linked to the ghost's account", || async {
+        settled(&app).await;
+        let links = user_links(&app).await;
+        links
+            .iter()
+            .any(|l| l["target_id"] == json!(ghost))
+            .then_some(())
+    })
+    .await;
+    assert!(target.edit(Kind::User, &stale, |u| {
+        u["userName"] = json!("stale@partner.org");
+    }));
+
+    let run_id = held["id"].as_str().unwrap_or_default();
+    app.post(
+        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
+        &json!({}),
+    )
+    .await
+    .expect(200);
+    settled(&app).await;
+    for id in [&ghost, &stale] {
+        let account = target
+            .users_snapshot()
+            .into_iter()
+            .find(|u| id_of(u) == *id)
+            .unwrap_or_default();
+        assert_eq!(
+            account["active"],
+            json!(true),
+            "not deprovisioned: {account}"
+        );
+    }
+    let jobs = app
+        .rows("SELECT resource_id, state, last_error FROM job WHERE resource_kind = 'account' ORDER BY resource_id")
+        .await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!(job["state"], "dead", "{jobs:?}");
+        let error = job["last_error"].as_str().unwrap_or_default();
+        let want = if job["resource_id"] == json!(ghost) {
+            "is linked to identity"
+        } else {
+            "outside the app's managed domains"
+        };
+        assert!(error.contains(want), "{jobs:?}");
+    }
+    let logged = app
+        .rows("SELECT method, error FROM operation WHERE resource_kind = 'account'")
+        .await;
+    assert_eq!(logged.len(), 2, "only the reads: {logged:?}");
+    assert!(
+        logged.iter().all(|row| row["method"] == "GET"
+            && row["error"].as_str().is_some_and(|e| e.contains("skipped"))),
+        "{logged:?}"
+    );
+}
+
+/// Issue 20 D17: deleting a roster group deletes the target group only if roster created it;
+/// one roster adopted (the app had it before) stays, and only its link goes.
+#[tokio::test]
+async fn deleting_a_roster_group_never_deletes_a_target_group_roster_adopted() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    target
+        .insert(
+            Kind::Group,
+            json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "board"}),
+        )
+        .expect("the app's own group");
+    let mut ids = Vec::new();
+    for name in ["board", "team"] {
+        let created = app
+            .post("/api/v1/groups", &json!({"name": name, "members": ["B1"]}))
+            .await
+            .expect(201);
+        ids.push(created["id"].as_str().unwrap_or_default().to_owned());
+    }
+    app.create_app(&app_body(
+        "wiki",
+        json!({
+            "base_url": target.base_url(),
+            "auth": {"type": "bearer", "token": TOKEN},
+            "group_push": ["board", "team"],
+            "max_concurrency": 1,
+        }),
+    ))
+    .await;
+    app.post_event(&joiner("d17-1", "B1", AT, json!({}))).await;
+    let names = || {
+        let mut names: Vec<String> = target
+            .groups_snapshot()
+            .iter()
+            .filter_map(|g| g["displayName"].as_str().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    };
+    eventually("both groups pushed with their member", || async {
+        settled(&app).await;
+        let full = target
+            .groups_snapshot()
+            .iter()
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 1))
+            .count();
+        (full == 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        names(),
+        vec!["board", "team"],
+        "board adopted, not created twice"
+    );
+
+    for id in &ids {
+        app.delete(&format!("/api/v1/groups/{id}")).await;
+    }
+    settled(&app).await;
+    assert_eq!(
+        names(),
+        vec!["board"],
+        "the group roster created is deleted, the adopted one stays"
+    );
+    let links = app
+        .rows("SELECT resource_id FROM link WHERE resource_kind = 'group'")
+        .await;
+    assert_eq!(links, Vec::<Value>::new(), "both links are gone");
+}
+
+/// Issue 20 D17: a scope group deleted at once takes every member out of the app's scope.
+/// With the deletion guard on the event path, that mass deprovisioning is held like a
+/// reconcile fix over the limits: the app is paused with the reason once the limit is reached.
+#[tokio::test]
+async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let members: Vec<String> = (0..5).map(|n| format!("SG{n}")).collect();
+    let group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "staff", "members": members}),
+        )
+        .await
+        .expect(201);
+    let app_id = app
+        .create_app(&app_body(
+            "crm",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "scope": {"groups": ["staff"], "email_domains": ["example.com"]},
+                "max_concurrency": 1,
+                "deletion_guard": {"max_fraction": 1.0, "max_count": 2, "on_events": true},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for who in &members {
+        app.post_event(&joiner(&format!("sg-{who}"), who, AT, json!({})))
+            .await;
+    }
+    eventually("five accounts", || async {
+        settled(&app).await;
+        (target.users_snapshot().len() == 5).then_some(())
+    })
+    .await;
+
+    let group_id = group["id"].as_str().unwrap_or_default();
+    app.delete(&format!("/api/v1/groups/{group_id}")).await;
+    let state = eventually("the app paused by the guard", || async {
+        let apps = app
+            .rows(&format!("SELECT state FROM app WHERE id = '{app_id}'"))
+            .await;
+        let state = apps.first().map(|a| a["state"].clone()).unwrap_or_default();
+        (state == "paused").then_some(state)
+    })
+    .await;
+    assert_eq!(state, "paused");
+    let inactive = target
+        .users_snapshot()
+        .iter()
+        .filter(|u| u["active"] == json!(false))
+        .count();
+    assert!(
+        inactive <= 2,
+        "at most max_count deprovisions pass: {inactive}"
+    );
+}
+
+/// Issue 20 A4 for groups: a pushed group the listing did not show (a target that ignores
+/// `startIndex` answers page 1 again) is read by id, not called missing and re-linked.
+#[tokio::test]
+async fn a_pushed_group_the_listing_missed_is_confirmed_by_id() {
+    let target = dev_target(TOKEN).await;
+    let stub = misbehaving(&target.base_url(), Misbehaviour::IgnoresStartIndex).await;
+    let app = spawn_app().await;
+    let names = ["ga", "gb", "gc"];
+    for name in names {
+        app.post("/api/v1/groups", &json!({"name": name, "members": ["P1"]}))
+            .await
+            .expect(201);
+    }
+    let app_id = app
+        .create_app(&app_body(
+            "wiki",
+            json!({
+                "base_url": stub,
+                "auth": {"type": "bearer", "token": TOKEN},
+                "group_push": names,
+                "quirks": {"page_size": 2},
+                "max_concurrency": 1,
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post_event(&joiner("pg-1", "P1", AT, json!({}))).await;
+    eventually("three pushed groups with their member", || async {
+        settled(&app).await;
+        let full = target
+            .groups_snapshot()
+            .iter()
+            .filter(|g| g["members"].as_array().is_some_and(|m| m.len() == 1))
+            .count();
+        (full == 3).then_some(())
+    })
+    .await;
+    let links = app
+        .rows("SELECT resource_id, target_id FROM link WHERE resource_kind = 'group' ORDER BY resource_id")
+        .await;
+    let mark = last_call(&app).await;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(group_counts(&report), [3, 0, 0, 0], "{report}");
+    assert_eq!(report["writes"], 0, "{report}");
+    assert_eq!(
+        calls_after(&app, mark).await,
+        Vec::<Value>::new(),
+        "{report}"
+    );
+    assert_eq!(
+        app.rows("SELECT resource_id, target_id FROM link WHERE resource_kind = 'group' ORDER BY resource_id")
+            .await,
+        links
     );
 }

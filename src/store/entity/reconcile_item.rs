@@ -18,6 +18,9 @@ pub struct Model {
     pub resource: String,
     /// Group items: the group's name.
     pub display_name: Option<String>,
+    /// An adoption's account as read, waiting until the run has read the whole listing (then
+    /// linked as the link's snapshot, and cleared).
+    pub account: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
