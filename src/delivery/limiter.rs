@@ -1,7 +1,14 @@
 //! Per-app rate limits (DESIGN §5): a governor token bucket per app for calls, a semaphore of
 //! `max_concurrency` for jobs in flight, and a pause set by `Retry-After`. Apps never share
 //! any of these, so one slow or throttling app does not hold up another.
-use std::collections::HashMap;
+//!
+//! The engine's global worker permits (`ROSTER_WORKERS`) are not held while a job waits for
+//! its app: a job takes its app's slot before its permit, and gives the permit back while a
+//! call waits for a token or a `Retry-After` pause (`with_worker`), so one app's backlog or
+//! pause never keeps another app's jobs from running.
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,12 +65,67 @@ impl AppLimiter {
 impl CallGate for AppLimiter {
     fn wait(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            while let Some(wait) = self.paused_for() {
-                tokio::time::sleep(wait).await;
+            if self.paused_for().is_none() && self.bucket.check().is_ok() {
+                return;
             }
-            self.bucket.until_ready().await;
+            // The call must wait for this app: the job's worker permit goes back meanwhile.
+            without_worker(async {
+                while let Some(wait) = self.paused_for() {
+                    tokio::time::sleep(wait).await;
+                }
+                self.bucket.until_ready().await;
+            })
+            .await;
         })
     }
+}
+
+tokio::task_local! {
+    /// The global worker permit of the job running in this task, if any.
+    static WORKER: RefCell<Worker>;
+}
+
+struct Worker {
+    pool: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Runs a job's `fut` holding `permit` (one of `pool`'s), which `without_worker` may hand back
+/// while the job waits for its app.
+pub async fn with_worker<F: Future>(
+    pool: Arc<Semaphore>,
+    permit: OwnedSemaphorePermit,
+    fut: F,
+) -> F::Output {
+    WORKER
+        .scope(
+            RefCell::new(Worker {
+                pool,
+                permit: Some(permit),
+            }),
+            fut,
+        )
+        .await
+}
+
+/// Runs `wait` (a job waiting for its app, not working) without the job's worker permit, and
+/// takes a permit again before going on. Outside a job (a reconciliation's reads, a shared
+/// look-up's task) it just runs `wait`.
+pub async fn without_worker<F: Future>(wait: F) -> F::Output {
+    let pool = WORKER
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.permit.take().map(|_| w.pool.clone())
+        })
+        .ok()
+        .flatten();
+    let out = wait.await;
+    if let Some(pool) = pool
+        && let Ok(permit) = pool.acquire_owned().await
+    {
+        let _ = WORKER.try_with(|w| w.borrow_mut().permit = Some(permit));
+    }
+    out
 }
 
 /// One limiter per app, rebuilt when the app's settings change (by version).
@@ -93,6 +155,23 @@ impl Limiters {
         ));
         apps.insert(app_id.to_owned(), (version, limiter.clone()));
         limiter
+    }
+
+    /// Forgets the limiters of apps not in `live` (deleted apps).
+    pub fn retain(&self, live: &HashSet<String>) {
+        if let Ok(mut apps) = self.apps.lock() {
+            apps.retain(|id, _| live.contains(id));
+        }
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.apps.lock().map_or(0, |apps| apps.len())
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -116,7 +116,7 @@ async fn a_finished_job_leaves_its_link_and_follow_up_job_with_its_end() {
     let mut unsure = JobWrites::default();
     unsure.link(link(&app_id, ResourceKind::User, "u2", None, "pending"));
 
-    let (sender, writer) = Finisher::start(Db::new(app.db.clone()));
+    let (sender, writer) = Finisher::start(Db::new(app.db.clone()), "test-owner".into());
     // The worker's in-flight mark (which keeps the lease renewed) goes with u1's end.
     let released = Arc::new(AtomicBool::new(false));
     let mark = Box::new(Released(released.clone()));
