@@ -342,14 +342,18 @@ pub async fn claim_within(
     } else {
         format!("AND j.app_id NOT IN ({}) ", full.join(", "))
     };
-    let mut cap = String::from("CASE c.app_id");
+    let mut cases = String::new();
     for (app, room) in rooms.rooms.iter().filter(|(_, room)| *room > 0) {
         let app = placeholder(app.clone().into());
         let room = placeholder((*room as i64).into());
-        cap.push_str(&format!(" WHEN {app} THEN {room}"));
+        cases.push_str(&format!(" WHEN {app} THEN {room}"));
     }
     let default_room = placeholder((rooms.default_room as i64).into());
-    cap.push_str(&format!(" ELSE {default_room} END"));
+    let cap = if cases.is_empty() {
+        default_room
+    } else {
+        format!("CASE c.app_id{cases} ELSE {default_room} END")
+    };
     let sql = format!(
         "UPDATE job SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
          WHERE id IN (SELECT ranked.id FROM (\

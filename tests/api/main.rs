@@ -5,6 +5,7 @@ mod bad_input;
 mod bench;
 mod dashboards;
 mod delivery;
+mod engine;
 mod events;
 mod finisher;
 mod groups;
