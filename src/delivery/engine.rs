@@ -524,7 +524,10 @@ impl Delivery {
             .filter(app::Column::State.eq("quarantined"));
         if healthy {
             update = update
-                .col_expr(app::Column::State, sea_orm::sea_query::Expr::value("active"))
+                .col_expr(
+                    app::Column::State,
+                    sea_orm::sea_query::Expr::value("active"),
+                )
                 .col_expr(
                     app::Column::StateReason,
                     sea_orm::sea_query::Expr::value(Option::<String>::None),

@@ -197,8 +197,7 @@ pub async fn write_batch(
                 error,
                 counts,
             } => {
-                queue::retry(&*tx, owner, f.job_id, *run_at_ms, error.as_deref(), *counts)
-                    .await?;
+                queue::retry(&*tx, owner, f.job_id, *run_at_ms, error.as_deref(), *counts).await?;
             }
             JobEnd::Dead { error } => {
                 queue::dead(&*tx, owner, f.job_id, error).await?;

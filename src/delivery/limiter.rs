@@ -202,6 +202,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_job_waiting_out_a_pause_gives_its_worker_back_meanwhile() {
+        let workers = Arc::new(Semaphore::new(1));
+        let paused = Arc::new(AppLimiter::new(1000, 1000, 1));
+        paused.pause_for(Duration::from_millis(400));
+        let permit = workers.clone().acquire_owned().await.expect("permit");
+        let waiting = tokio::spawn({
+            let (workers, paused) = (workers.clone(), paused.clone());
+            async move {
+                with_worker(workers.clone(), permit, async {
+                    paused.wait().await;
+                    // Working again: the worker is taken back.
+                    workers.available_permits()
+                })
+                .await
+            }
+        });
+        // Another app's job gets the only worker while the first one waits.
+        let other =
+            tokio::time::timeout(Duration::from_millis(200), workers.clone().acquire_owned())
+                .await
+                .expect("the worker is free while the job waits")
+                .expect("permit");
+        drop(other);
+        let free_while_working = waiting.await.expect("the job ends");
+        assert_eq!(free_while_working, 0);
+        assert_eq!(workers.available_permits(), 1, "given back at the end");
+    }
+
+    #[tokio::test]
     async fn a_pause_holds_calls_back() {
         let limiter = AppLimiter::new(1000, 1000, 1);
         limiter.pause_for(Duration::from_millis(300));

@@ -589,7 +589,11 @@ pub async fn dead(
     );
     let mut values = vec![error.into(), chrono::Utc::now().into(), id.into()];
     values.extend(lease_values);
-    Ok(conn.execute_raw(stmt(conn, &sql, values)).await?.rows_affected() > 0)
+    Ok(conn
+        .execute_raw(stmt(conn, &sql, values))
+        .await?
+        .rows_affected()
+        > 0)
 }
 
 /// Extends the leases of `owner`'s jobs in `ids` — those its workers are running now — and

@@ -93,7 +93,9 @@ impl Stub {
                 .status(StatusCode::TOO_MANY_REQUESTS)
                 .header("Retry-After", seconds.to_string())
                 .content_type("application/scim+json")
-                .body(json!({"schemas": [roster::scim::schemas::ERROR], "status": "429"}).to_string());
+                .body(
+                    json!({"schemas": [roster::scim::schemas::ERROR], "status": "429"}).to_string(),
+                );
         }
         tokio::time::sleep(self.latency).await;
         if req.method() == poem::http::Method::POST {
@@ -252,7 +254,11 @@ async fn a_worker_that_lost_its_lease_stops_and_changes_nothing() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     stub.open.send_replace(true);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(stub.posts.load(Ordering::SeqCst), 0, "no create after the lease was lost");
+    assert_eq!(
+        stub.posts.load(Ordering::SeqCst),
+        0,
+        "no create after the lease was lost"
+    );
     let jobs = app
         .rows(&format!(
             "SELECT state, lease_owner, lease_until FROM job WHERE app_id = '{app_id}'"
@@ -279,7 +285,13 @@ async fn leases_are_renewed_while_a_probe_waits_out_a_retry_after() {
     });
     let slow = Arc::new(Stub::default());
     slow.hold_users.store(true, Ordering::SeqCst);
-    let throttled_id = create_app(&app, "throttled", &serve(throttled.clone()).await, json!({})).await;
+    let throttled_id = create_app(
+        &app,
+        "throttled",
+        &serve(throttled.clone()).await,
+        json!({}),
+    )
+    .await;
     let slow_id = create_app(&app, "slow", &serve(slow.clone()).await, json!({})).await;
     app.post_event(&joiner("r1", "R1", "2026-11-01T09:00:00Z", json!({})))
         .await;
@@ -336,7 +348,14 @@ async fn a_slow_apps_backlog_never_holds_up_another_app() {
     wait_count("the backlog under way", &slow.user_calls, 1).await;
     let started = Instant::now();
     let prompt: Vec<Value> = (0..3)
-        .map(|i| joiner(&format!("p{i}"), &format!("P{i}"), "2026-11-01T09:00:00Z", json!({})))
+        .map(|i| {
+            joiner(
+                &format!("p{i}"),
+                &format!("P{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
         .collect();
     app.post("/api/v1/events:batch", &json!({"events": prompt}))
         .await
@@ -351,7 +370,11 @@ async fn a_slow_apps_backlog_never_holds_up_another_app() {
             "SELECT id FROM job WHERE app_id = '{slow_id}' AND state IN ('pending', 'running')"
         ))
         .await;
-    assert!(pending.len() > 20, "the backlog is still there: {}", pending.len());
+    assert!(
+        pending.len() > 20,
+        "the backlog is still there: {}",
+        pending.len()
+    );
     assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
@@ -373,7 +396,14 @@ async fn a_merged_look_up_that_times_out_is_one_failure_and_falls_back() {
     )
     .await;
     let joiners: Vec<Value> = (0..40)
-        .map(|i| joiner(&format!("m{i}"), &format!("M{i}"), "2026-11-01T09:00:00Z", json!({})))
+        .map(|i| {
+            joiner(
+                &format!("m{i}"),
+                &format!("M{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
         .collect();
     app.post("/api/v1/events:batch", &json!({"events": joiners}))
         .await
@@ -390,7 +420,10 @@ async fn a_merged_look_up_that_times_out_is_one_failure_and_falls_back() {
             "SELECT id, attempts, last_error FROM job WHERE app_id = '{app_id}' AND attempts > 1"
         ))
         .await;
-    assert!(retried.is_empty(), "no attempt spent on the merged look-up: {retried:?}");
+    assert!(
+        retried.is_empty(),
+        "no attempt spent on the merged look-up: {retried:?}"
+    );
 }
 
 /// Issue 20 D18: what the engine keeps per app goes with the app.
