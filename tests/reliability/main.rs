@@ -568,7 +568,10 @@ async fn a_probe_held_by_a_long_retry_after_lets_no_lease_expire() {
         if !rows.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "the throttled app was never called");
+        assert!(
+            Instant::now() < deadline,
+            "the throttled app was never called"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     db.execute_raw(Statement::from_sql_and_values(
