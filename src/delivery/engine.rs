@@ -132,6 +132,8 @@ impl Health {
 struct AppRuntime {
     version: i64,
     name: String,
+    /// When it was built: an app created after the app list was read is not taken for deleted.
+    built_at: std::time::Instant,
     settings: Arc<AppSettings>,
     compiled: Arc<CompiledMappings>,
     client: ScimClient,
@@ -314,6 +316,7 @@ impl Delivery {
         let rt = Arc::new(AppRuntime {
             version: app.version,
             name: app.name.clone(),
+            built_at: std::time::Instant::now(),
             settings: Arc::new(settings),
             compiled: Arc::new(compiled),
             client,
@@ -392,24 +395,27 @@ impl Delivery {
     }
 
     /// Forgets what this process keeps per app (runtime, limiter, merged look-ups, health, the
-    /// app's gauges) for apps not in `live`: deleted ones.
-    fn forget_deleted_apps(&self, live: &HashSet<String>) {
+    /// app's gauges) for apps not in `live`, the apps read at `read_at`: deleted ones.
+    fn forget_deleted_apps(&self, live: &HashSet<String>, read_at: std::time::Instant) {
         let gone: Vec<(String, String)> = self
             .runtimes
             .lock()
             .map(|mut map| {
                 let gone = map
                     .iter()
-                    .filter(|(id, _)| !live.contains(*id))
+                    .filter(|(id, rt)| !live.contains(*id) && rt.built_at < read_at)
                     .map(|(id, rt)| (id.clone(), rt.name.clone()))
                     .collect::<Vec<_>>();
-                map.retain(|id, _| live.contains(id));
+                for (id, _) in &gone {
+                    map.remove(id);
+                }
                 gone
             })
             .unwrap_or_default();
-        self.limiters.retain(live);
+        let ids: HashSet<&str> = gone.iter().map(|(id, _)| id.as_str()).collect();
+        self.limiters.forget(&ids);
         if let Ok(mut apps) = self.health.apps.lock() {
-            apps.retain(|id, _| live.contains(id));
+            apps.retain(|id, _| !ids.contains(id.as_str()));
         }
         let m = metrics();
         for (_, name) in &gone {
@@ -1099,12 +1105,12 @@ async fn leases(delivery: Arc<Delivery>, shutdown: CancellationToken, stop: Canc
                 }
             }
         }
-        if n.is_multiple_of(2)
-            && !shutdown.is_cancelled()
-            && let Some(apps) = update_gauges(conn).await
-        {
-            let live: HashSet<String> = apps.into_iter().map(|a| a.id).collect();
-            delivery.forget_deleted_apps(&live);
+        if n.is_multiple_of(2) && !shutdown.is_cancelled() {
+            let read_at = std::time::Instant::now();
+            if let Some(apps) = update_gauges(conn).await {
+                let live: HashSet<String> = apps.into_iter().map(|a| a.id).collect();
+                delivery.forget_deleted_apps(&live, read_at);
+            }
         }
     }
 }

@@ -157,10 +157,10 @@ impl Limiters {
         limiter
     }
 
-    /// Forgets the limiters of apps not in `live` (deleted apps).
-    pub fn retain(&self, live: &HashSet<String>) {
+    /// Forgets the limiters of these apps (deleted ones).
+    pub fn forget(&self, app_ids: &HashSet<&str>) {
         if let Ok(mut apps) = self.apps.lock() {
-            apps.retain(|id, _| live.contains(id));
+            apps.retain(|id, _| !app_ids.contains(id.as_str()));
         }
     }
 
