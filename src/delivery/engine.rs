@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,7 +23,7 @@ use super::execute::{self, AppContext, JobError, Operation};
 use super::finisher::{self, Finished, Finisher, JobEnd, JobFinisher};
 use super::guard;
 use super::inputs::{ClaimedBatch, UserInputs};
-use super::limiter::{AppLimiter, Limiters};
+use super::limiter::{self, AppLimiter, Limiters};
 use super::lookups::LookupBatcher;
 use super::policy::{self, Decision};
 use super::staged::JobWrites;
@@ -35,7 +35,7 @@ use crate::scim::{CallObserver, CallRecord, ConnectionReport, ScimClient};
 use crate::settings::{self, AppSettings};
 use crate::store::Db;
 use crate::store::entity::{app, job, operation};
-use crate::store::queue::{self, Lane, ResourceKind};
+use crate::store::queue::{self, ClaimRooms, Lane, ResourceKind};
 use crate::telemetry::metrics;
 
 #[derive(Debug, Clone)]
@@ -66,8 +66,74 @@ impl Default for EngineConfig {
 const MIN_CALLS_FOR_RATIO: usize = 20;
 const WINDOW: usize = 100;
 
+/// The claim window of an app whose settings this process has not read yet (the default
+/// `max_concurrency` of 4, twice).
+const DEFAULT_CLAIM_WINDOW: u64 = 8;
+
+/// How many of an app's jobs this process holds claimed at most: its concurrency, plus as many
+/// again (up to its rate per second) ready to start as soon as a slot frees. More would only
+/// wait inside the process, in front of jobs claimed later (a leaver's).
+fn claim_window(settings: &AppSettings) -> u64 {
+    let concurrency = u64::from(settings.max_concurrency.max(1));
+    concurrency + concurrency.min(u64::from(settings.rate_limit.per_second.max(1)))
+}
+
+/// The last calls' outcomes per app (true = failed), for the quarantine ratio. Each SCIM call
+/// made for a job counts once, when it is made (by the app's call observer): a merged look-up
+/// that served 25 jobs is one call, however many jobs' logs show it.
+#[derive(Default)]
+struct Health {
+    apps: Mutex<HashMap<String, AppHealth>>,
+}
+
+#[derive(Default)]
+struct AppHealth {
+    calls: VecDeque<bool>,
+    /// Why the app must be quarantined, once the ratio tripped; taken by the next job's end.
+    tripped: Option<String>,
+}
+
+impl Health {
+    fn record(&self, app_id: &str, failed: bool) {
+        let Ok(mut apps) = self.apps.lock() else {
+            return;
+        };
+        let health = apps.entry(app_id.to_owned()).or_default();
+        health.calls.push_back(failed);
+        if health.calls.len() > WINDOW {
+            health.calls.pop_front();
+        }
+        let failed = health.calls.iter().filter(|f| **f).count();
+        if health.calls.len() >= MIN_CALLS_FOR_RATIO && failed * 2 > health.calls.len() {
+            health.tripped = Some(format!(
+                "{failed} of the last {} calls failed",
+                health.calls.len()
+            ));
+            health.calls.clear();
+        }
+    }
+
+    /// `Some(reason)` once, when the app must be quarantined for its failure ratio.
+    fn take_tripped(&self, app_id: &str) -> Option<String> {
+        self.apps
+            .lock()
+            .ok()?
+            .get_mut(app_id)
+            .and_then(|h| h.tripped.take())
+    }
+
+    fn forget(&self, app_id: &str) {
+        if let Ok(mut apps) = self.apps.lock() {
+            apps.remove(app_id);
+        }
+    }
+}
+
 struct AppRuntime {
     version: i64,
+    name: String,
+    /// When it was built: an app created after the app list was read is not taken for deleted.
+    built_at: std::time::Instant,
     settings: Arc<AppSettings>,
     compiled: Arc<CompiledMappings>,
     client: ScimClient,
@@ -91,10 +157,12 @@ pub struct Delivery {
     owner: String,
     limiters: Limiters,
     runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
-    /// The last calls' outcomes per app (true = failed), for the quarantine ratio.
-    windows: Mutex<HashMap<String, VecDeque<bool>>>,
-    /// Jobs this process's workers are running: the only leases it renews.
-    in_flight: Mutex<HashSet<i64>>,
+    health: Arc<Health>,
+    /// Jobs this process's workers are running: the only leases it renews. Each job's token is
+    /// cancelled when its lease is found lost, and its worker stops.
+    in_flight: Mutex<HashMap<i64, CancellationToken>>,
+    /// Jobs claimed and not yet ended per app, against its claim window.
+    claims: Arc<Mutex<HashMap<String, u64>>>,
     /// Deprovisions running now, per app, for the event-path deletion guard.
     deprovisions: Arc<guard::InFlightDeprovisions>,
     jobs_ready: Arc<Notify>,
@@ -110,11 +178,44 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn new(delivery: Arc<Delivery>, id: i64) -> Self {
+    /// Marks the job; the token is cancelled if its lease is lost.
+    fn new(delivery: Arc<Delivery>, id: i64) -> (Self, CancellationToken) {
+        let lost = CancellationToken::new();
         if let Ok(mut set) = delivery.in_flight.lock() {
-            set.insert(id);
+            set.insert(id, lost.clone());
         }
-        Self { delivery, id }
+        (Self { delivery, id }, lost)
+    }
+}
+
+/// One claimed job in its app's claim window, until its worker ends.
+struct Claimed {
+    claims: Arc<Mutex<HashMap<String, u64>>>,
+    app_id: String,
+}
+
+impl Claimed {
+    fn new(claims: Arc<Mutex<HashMap<String, u64>>>, app_id: &str) -> Self {
+        if let Ok(mut map) = claims.lock() {
+            *map.entry(app_id.to_owned()).or_default() += 1;
+        }
+        Self {
+            claims,
+            app_id: app_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.claims.lock()
+            && let Some(n) = map.get_mut(&self.app_id)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.app_id);
+            }
+        }
     }
 }
 
@@ -126,7 +227,7 @@ impl Drop for InFlight {
     }
 }
 
-fn observer_for(app_name: String) -> CallObserver {
+fn observer_for(app_name: String, app_id: String, health: Arc<Health>) -> CallObserver {
     Arc::new(move |record: &CallRecord| {
         let m = metrics();
         let status = record
@@ -147,6 +248,9 @@ fn observer_for(app_name: String) -> CallObserver {
         // an exported call names its app, operation and HR event (DESIGN §7).
         let mut tags = vec![("app", app_name.clone())];
         if let Some(call) = execute::record_call(record) {
+            // A call made for a job (a reconciliation's reads and probes are not) counts
+            // towards the app's health, once.
+            health.record(&app_id, call_failed(record));
             tags.push(("operation", call.operation.to_owned()));
             if let Some(event) = call.hr_event_id {
                 tags.push(("hr_event_id", event));
@@ -177,8 +281,9 @@ impl Delivery {
             owner: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
             limiters: Limiters::default(),
             runtimes: Mutex::new(HashMap::new()),
-            windows: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashSet::new()),
+            health: Arc::default(),
+            in_flight: Mutex::new(HashMap::new()),
+            claims: Arc::default(),
             deprovisions: Arc::default(),
             jobs_ready,
         }
@@ -200,12 +305,18 @@ impl Delivery {
             &settings,
             &self.secrets,
             self.policy,
-            Some(observer_for(app.name.clone())),
+            Some(observer_for(
+                app.name.clone(),
+                app.id.clone(),
+                self.health.clone(),
+            )),
             Some(gate),
         )
         .map_err(|e| e.to_string())?;
         let rt = Arc::new(AppRuntime {
             version: app.version,
+            name: app.name.clone(),
+            built_at: std::time::Instant::now(),
             settings: Arc::new(settings),
             compiled: Arc::new(compiled),
             client,
@@ -227,6 +338,112 @@ impl Delivery {
             compiled: rt.compiled.clone(),
             client: rt.client.clone(),
         })
+    }
+
+    /// Renews the leases of the jobs this process runs; the worker of a job whose lease is
+    /// no longer this instance's (it expired and another instance took the job) is stopped.
+    async fn renew(&self, now: i64) {
+        let running: Vec<i64> = self
+            .in_flight
+            .lock()
+            .map(|set| set.keys().copied().collect())
+            .unwrap_or_default();
+        match queue::renew(self.db.conn(), &self.owner, &running, now).await {
+            Ok(renewed) => {
+                if let Ok(set) = self.in_flight.lock() {
+                    // A job that ended meanwhile is gone from the set, or its worker already
+                    // stopped: cancelling its token does nothing.
+                    for id in running.iter().filter(|id| !renewed.contains(id)) {
+                        if let Some(lost) = set.get(id) {
+                            lost.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "Could not renew leases"),
+        }
+    }
+
+    /// The room left in each app's claim window.
+    fn claim_rooms(&self) -> ClaimRooms {
+        let windows: HashMap<String, u64> = self
+            .runtimes
+            .lock()
+            .map(|map| {
+                map.iter()
+                    .map(|(id, rt)| (id.clone(), claim_window(&rt.settings)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let claims = self.claims.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut rooms: Vec<(String, u64)> = windows
+            .iter()
+            .map(|(id, window)| {
+                let taken = claims.get(id).copied().unwrap_or(0);
+                (id.clone(), window.saturating_sub(taken))
+            })
+            .collect();
+        for (id, taken) in &claims {
+            if !windows.contains_key(id) {
+                rooms.push((id.clone(), DEFAULT_CLAIM_WINDOW.saturating_sub(*taken)));
+            }
+        }
+        ClaimRooms {
+            rooms,
+            default_room: DEFAULT_CLAIM_WINDOW,
+        }
+    }
+
+    /// Forgets what this process keeps per app (runtime, limiter, merged look-ups, health, the
+    /// app's gauges) for apps not in `live`, the apps read at `read_at`: deleted ones.
+    fn forget_deleted_apps(&self, live: &HashSet<String>, read_at: std::time::Instant) {
+        let gone: Vec<(String, String)> = self
+            .runtimes
+            .lock()
+            .map(|mut map| {
+                let gone = map
+                    .iter()
+                    .filter(|(id, rt)| !live.contains(*id) && rt.built_at < read_at)
+                    .map(|(id, rt)| (id.clone(), rt.name.clone()))
+                    .collect::<Vec<_>>();
+                for (id, _) in &gone {
+                    map.remove(id);
+                }
+                gone
+            })
+            .unwrap_or_default();
+        let ids: HashSet<&str> = gone.iter().map(|(id, _)| id.as_str()).collect();
+        self.limiters.forget(&ids);
+        if let Ok(mut apps) = self.health.apps.lock() {
+            apps.retain(|id, _| !ids.contains(id.as_str()));
+        }
+        let m = metrics();
+        for (_, name) in &gone {
+            let _ = m.app_quarantined.remove_label_values(&[name.as_str()]);
+            let _ = m
+                .queue_oldest_pending_seconds
+                .remove_label_values(&[name.as_str()]);
+            for lane in Lane::ALL {
+                let _ = m
+                    .queue_depth
+                    .remove_label_values(&[name.as_str(), lane.as_str()]);
+            }
+        }
+        if !gone.is_empty() {
+            tracing::debug!(apps = gone.len(), "Forgot deleted apps");
+        }
+    }
+
+    /// How many apps this process keeps runtime state for (runtimes, limiters, health
+    /// windows), for tests.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn apps_held(&self) -> (usize, usize, usize) {
+        (
+            self.runtimes.lock().map_or(0, |m| m.len()),
+            self.limiters.len(),
+            self.health.apps.lock().map_or(0, |m| m.len()),
+        )
     }
 
     /// Wakes the engine: jobs were committed outside its own loop.
@@ -291,7 +508,8 @@ impl Delivery {
         tx.commit().await
     }
 
-    /// Checks a quarantined app; on success it is active again.
+    /// Checks a quarantined app; on success it is active again — if it is still quarantined
+    /// then: an operator's pause (or anything else) meanwhile is never undone by a probe.
     async fn probe(&self, app: &app::Model) -> ConnectionReport {
         let report = match self.runtime(app) {
             Ok(rt) => rt.client.test_connection().await,
@@ -302,29 +520,42 @@ impl Delivery {
                 reason: Some(reason),
             },
         };
-        let conn = self.db.conn();
         let healthy = report.reachable && report.auth_ok && report.reason.is_none();
-        let mut active: app::ActiveModel = app.clone().into();
+        let mut update = app::Entity::update_many()
+            // Touching updated_at schedules the next probe one interval later.
+            .col_expr(
+                app::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(chrono::Utc::now()),
+            )
+            .filter(app::Column::Id.eq(app.id.as_str()))
+            .filter(app::Column::State.eq("quarantined"));
         if healthy {
-            active.state = Set("active".into());
-            active.state_reason = Set(None);
-            if let Ok(mut w) = self.windows.lock() {
-                w.remove(&app.id);
+            update = update
+                .col_expr(
+                    app::Column::State,
+                    sea_orm::sea_query::Expr::value("active"),
+                )
+                .col_expr(
+                    app::Column::StateReason,
+                    sea_orm::sea_query::Expr::value(Option::<String>::None),
+                );
+        }
+        let result = {
+            let _turn = self.db.write_turn().await;
+            update.exec(self.db.conn()).await
+        };
+        match result {
+            Ok(r) if healthy && r.rows_affected > 0 => {
+                self.health.forget(&app.id);
+                metrics()
+                    .app_quarantined
+                    .with_label_values(&[app.name.as_str()])
+                    .set(0);
+                tracing::info!(app = %app.name, "Quarantine lifted after a successful probe");
+                self.jobs_ready.notify_one();
             }
-            metrics()
-                .app_quarantined
-                .with_label_values(&[app.name.as_str()])
-                .set(0);
-            tracing::info!(app = %app.name, "Quarantine lifted after a successful probe");
-        }
-        // Touching updated_at schedules the next probe one interval later.
-        active.updated_at = Set(chrono::Utc::now());
-        let _turn = self.db.write_turn().await;
-        if let Err(e) = active.update(conn).await {
-            tracing::warn!(error = %e, "Could not record a probe");
-        }
-        if healthy {
-            self.jobs_ready.notify_one();
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Could not record a probe"),
         }
         report
     }
@@ -375,33 +606,17 @@ impl Delivery {
         }
     }
 
-    /// Adds the job's calls to the app's window; `Some(reason)` when the app must be
-    /// quarantined for its failure ratio.
-    fn record_health(&self, app_id: &str, calls: &[(&'static str, CallRecord)]) -> Option<String> {
-        let mut windows = self.windows.lock().ok()?;
-        let window = windows.entry(app_id.to_owned()).or_default();
-        for (_, call) in calls {
-            window.push_back(call_failed(call));
-            if window.len() > WINDOW {
-                window.pop_front();
-            }
-        }
-        let failed = window.iter().filter(|f| **f).count();
-        if window.len() >= MIN_CALLS_FOR_RATIO && failed * 2 > window.len() {
-            let reason = format!("{failed} of the last {} calls failed", window.len());
-            window.clear();
-            return Some(reason);
-        }
-        None
-    }
-
     /// Runs one claimed job with the inputs read for its batch (`None`: the batch read
     /// failed, and the job reads its own).
+    ///
+    /// The job waits for its app's slot (and, inside its calls, for the app's tokens and
+    /// pauses) without one of the engine's `workers`; it takes a worker once it has the slot.
     async fn run_job(
         &self,
         job: job::Model,
         batch: Option<&ClaimedBatch>,
         finisher: &JobFinisher<'_>,
+        workers: &Arc<Semaphore>,
     ) {
         let conn = self.db.conn();
         let now = queue::now_ms();
@@ -455,6 +670,29 @@ impl Delivery {
             ));
             return;
         }
+        let Ok(permit) = workers.clone().acquire_owned().await else {
+            return;
+        };
+        limiter::with_worker(
+            workers.clone(),
+            permit,
+            self.deliver(job, app, &rt, batch, finisher),
+        )
+        .await;
+    }
+
+    /// Runs a job that holds its app's slot and a worker.
+    async fn deliver(
+        &self,
+        job: job::Model,
+        app: app::Model,
+        rt: &AppRuntime,
+        batch: Option<&ClaimedBatch>,
+        finisher: &JobFinisher<'_>,
+    ) {
+        let conn = self.db.conn();
+        // Read again: the job may have waited for its slot.
+        let now = queue::now_ms();
         let kind = ResourceKind::parse(&job.resource_kind);
         // The deletion guard on the event path: weighed before each deprovision-lane job.
         let deprovision = if kind == ResourceKind::User && job.lane == Lane::Deprovision.as_str() {
@@ -550,7 +788,10 @@ impl Delivery {
                 &calls,
             )
         });
-        let ratio_reason = self.record_health(&app.id, &calls);
+        // Before the end is handed over: once it is written, the worker may be stopped.
+        if let Some(reason) = self.health.take_tripped(&app.id) {
+            self.quarantine(&app, &reason).await;
+        }
         let m = metrics();
         let app_label = app.name.as_str();
         match result {
@@ -640,9 +881,6 @@ impl Delivery {
                 });
             }
         }
-        if let Some(reason) = ratio_reason {
-            self.quarantine(&app, &reason).await;
-        }
     }
 }
 
@@ -720,11 +958,19 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         }
     }
     let workers = Arc::new(Semaphore::new(config.workers.max(1)));
-    let (finisher, finisher_task) = Finisher::start(delivery.db.clone());
+    let (finisher, finisher_task) = Finisher::start(delivery.db.clone(), delivery.owner.clone());
     let mut tasks: JoinSet<()> = JoinSet::new();
-    let housekeeping = tokio::spawn(housekeeping(
+    // Leases are renewed until the very end, through the drain; probes stop at shutdown, and
+    // run in a task of their own: a probe waiting out a Retry-After must not hold up renewals.
+    let leases_stop = CancellationToken::new();
+    let leases = tokio::spawn(leases(
         delivery.clone(),
-        config.clone(),
+        shutdown.clone(),
+        leases_stop.clone(),
+    ));
+    let probes = tokio::spawn(probes(
+        delivery.clone(),
+        config.probe_interval,
         shutdown.clone(),
     ));
     loop {
@@ -732,6 +978,8 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         if shutdown.is_cancelled() {
             break;
         }
+        // Jobs waiting for their app hold no worker: the free workers bound what is claimed,
+        // and each app's claim window bounds what waits for it.
         let free = workers.available_permits();
         if free == 0 {
             tokio::select! {
@@ -740,13 +988,15 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             }
             continue;
         }
+        let rooms = delivery.claim_rooms();
         let claimed = {
             let _turn = delivery.db.write_turn().await;
-            queue::claim(
+            queue::claim_within(
                 delivery.db.conn(),
                 &delivery.owner,
                 queue::now_ms(),
                 free as u64,
+                &rooms,
             )
             .await
         };
@@ -762,9 +1012,11 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             }
         };
         if jobs.is_empty() {
+            // A job ending frees room in its app's window: claim again then too.
             tokio::select! {
                 () = delivery.jobs_ready.notified() => {}
                 () = tokio::time::sleep(config.poll) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 () = shutdown.cancelled() => {}
             }
             continue;
@@ -777,20 +1029,33 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             }
         };
         for job in jobs {
-            let Ok(permit) = workers.clone().acquire_owned().await else {
-                break;
-            };
-            let (d, f, b) = (delivery.clone(), finisher.clone(), batch.clone());
-            let running = InFlight::new(delivery.clone(), job.id);
+            let (d, f, b, w) = (
+                delivery.clone(),
+                finisher.clone(),
+                batch.clone(),
+                workers.clone(),
+            );
+            let (running, lost) = InFlight::new(delivery.clone(), job.id);
+            let claimed = Claimed::new(delivery.claims.clone(), &job.app_id);
             tasks.spawn(async move {
-                let _permit: OwnedSemaphorePermit = permit;
+                let _claimed = claimed;
+                let id = job.id;
                 // The in-flight mark travels with the job's end to the finisher, so that the
                 // lease is renewed until the end is written.
                 let f = JobFinisher::new(&f, Box::new(running));
-                d.run_job(job, b.as_deref(), &f).await;
+                tokio::select! {
+                    () = d.run_job(job, b.as_deref(), &f, &w) => {}
+                    () = lost.cancelled() => {
+                        // Another instance holds the job now: stop acting on it. Whatever
+                        // this worker already did is harmless (delivery is level-triggered,
+                        // and its end, if any, is dropped by the finisher).
+                        tracing::warn!(job = id, "Lost the job's lease; its worker stops");
+                    }
+                }
             });
         }
     }
+    probes.abort();
     // Drain: running jobs may finish; the rest go back to the queue.
     let drained = tokio::time::timeout(config.drain, async {
         while tasks.join_next().await.is_some() {}
@@ -805,6 +1070,8 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
     if let Err(e) = finisher_task.await {
         tracing::warn!(error = %e, "The job writer failed at shutdown");
     }
+    leases_stop.cancel();
+    let _ = leases.await;
     let _turn = delivery.db.write_turn().await;
     match queue::release(delivery.db.conn(), Some(&delivery.owner), queue::now_ms()).await {
         Ok(n) if n > 0 => tracing::info!(jobs = n, "Released jobs at shutdown"),
@@ -813,54 +1080,62 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             tracing::warn!(error = %e, "Could not release jobs at shutdown; their leases will expire")
         }
     }
-    drop(_turn);
-    housekeeping.abort();
 }
 
-/// Leases, reclaiming, queue gauges and quarantine probes.
-async fn housekeeping(delivery: Arc<Delivery>, config: EngineConfig, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2).min(config.probe_interval));
+/// Lease renewal (until `stop`, so through the drain), reclaiming expired leases, queue gauges
+/// and forgetting deleted apps (until `shutdown`).
+async fn leases(delivery: Arc<Delivery>, shutdown: CancellationToken, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut n: u64 = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         }
         n += 1;
         let conn = delivery.db.conn();
         let now = queue::now_ms();
         {
             let _turn = delivery.db.write_turn().await;
-            let running: Vec<i64> = delivery
-                .in_flight
-                .lock()
-                .map(|set| set.iter().copied().collect())
-                .unwrap_or_default();
-            if let Err(e) = queue::renew(conn, &delivery.owner, &running, now).await {
-                tracing::warn!(error = %e, "Could not renew leases");
-            }
-            match queue::release(conn, None, now).await {
-                Ok(k) if k > 0 => {
-                    tracing::info!(jobs = k, "Reclaimed jobs whose lease expired");
-                    delivery.jobs_ready.notify_one();
+            delivery.renew(now).await;
+            if !shutdown.is_cancelled() {
+                match queue::release(conn, None, now).await {
+                    Ok(k) if k > 0 => {
+                        tracing::info!(jobs = k, "Reclaimed jobs whose lease expired");
+                        delivery.jobs_ready.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "Could not reclaim expired leases"),
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "Could not reclaim expired leases"),
             }
         }
-        if n.is_multiple_of(2) {
-            update_gauges(conn).await;
+        if n.is_multiple_of(2) && !shutdown.is_cancelled() {
+            let read_at = std::time::Instant::now();
+            if let Some(apps) = update_gauges(conn).await {
+                let live: HashSet<String> = apps.into_iter().map(|a| a.id).collect();
+                delivery.forget_deleted_apps(&live, read_at);
+            }
         }
-        probe_due(&delivery, config.probe_interval).await;
     }
 }
 
-async fn update_gauges(conn: &impl ConnectionTrait) {
-    let Ok(apps) = app::Entity::find().all(conn).await else {
-        return;
-    };
+/// Probes quarantined apps when due, until `shutdown`.
+async fn probes(delivery: Arc<Delivery>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2).min(interval));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        probe_due(&delivery, interval).await;
+    }
+}
+
+/// Sets the queue gauges; returns the apps it read.
+async fn update_gauges(conn: &impl ConnectionTrait) -> Option<Vec<app::Model>> {
+    let apps = app::Entity::find().all(conn).await.ok()?;
     let Ok(depths) = queue::depths(conn).await else {
-        return;
+        return Some(apps);
     };
     let m = metrics();
     let now = queue::now_ms();
@@ -885,6 +1160,7 @@ async fn update_gauges(conn: &impl ConnectionTrait) {
             .with_label_values(&[a.name.as_str()])
             .set(i64::from(a.state == "quarantined"));
     }
+    Some(apps)
 }
 
 async fn probe_due(delivery: &Delivery, interval: Duration) {
@@ -899,7 +1175,14 @@ async fn probe_due(delivery: &Delivery, interval: Duration) {
     for a in quarantined {
         let due = a.updated_at
             + chrono::Duration::from_std(interval).unwrap_or_else(|_| chrono::Duration::minutes(5));
-        if due <= now {
+        // A target that asked to wait is probed once the wait is over, not through it.
+        let paused = delivery
+            .runtimes
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&a.id).map(|rt| rt.limiter.paused_for().is_some()))
+            .unwrap_or(false);
+        if due <= now && !paused {
             let report = delivery.probe(&a).await;
             tracing::info!(app = %a.name, reachable = report.reachable, auth_ok = report.auth_ok, "Probed a quarantined app");
         }

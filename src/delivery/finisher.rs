@@ -8,7 +8,12 @@
 //! same transaction as, and before, its end — whatever the job's result — so a follow-up (a
 //! pushed group's update) never runs before the link it depends on is there. If a batch cannot
 //! be written, its jobs keep their `running` state until their lease expires and run again —
-//! harmless, because delivery is level-triggered and matches before it creates.
+//! harmless, because delivery is level-triggered and matches before it creates. A job's end
+//! and its staged writes are written only while this instance still holds the job's lease
+//! (`running` under its owner, rows locked until the commit on PostgreSQL); a job whose lease
+//! was lost (it expired and another instance reclaimed the job) has its end and writes dropped
+//! — the instance that holds it now decides — and only its log rows, the calls it really made,
+//! are kept.
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
@@ -96,13 +101,22 @@ pub struct Finisher {
     tx: mpsc::UnboundedSender<Finished>,
 }
 
+/// What one written batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Jobs whose end and staged writes were written.
+    pub written: usize,
+    /// Jobs whose lease this instance no longer held: their end and staged writes dropped.
+    pub lease_lost: usize,
+}
+
 impl Finisher {
-    /// Starts the writer task; it ends once every `Finisher` clone is dropped and the queue
-    /// is written.
+    /// Starts the writer task for the jobs `owner` (the instance's lease owner) claimed; it
+    /// ends once every `Finisher` clone is dropped and the queue is written.
     #[must_use]
-    pub fn start(db: Db) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(db: Db, owner: String) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Self { tx }, tokio::spawn(write_loop(db, rx)))
+        (Self { tx }, tokio::spawn(write_loop(db, owner, rx)))
     }
 
     pub fn finish(&self, finished: Finished) {
@@ -114,14 +128,14 @@ impl Finisher {
     }
 }
 
-async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Finished>) {
+async fn write_loop(db: Db, owner: String, mut rx: mpsc::UnboundedReceiver<Finished>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match write_batch(&db, &batch).await {
-                Ok(()) => break,
+            match write_batch(&db, &owner, &batch).await {
+                Ok(_) => break,
                 Err(e) if attempt < 3 => {
                     tracing::warn!(error = %e, jobs = batch.len(), "Could not record finished jobs; trying again");
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
@@ -136,10 +150,30 @@ async fn write_loop(db: Db, mut rx: mpsc::UnboundedReceiver<Finished>) {
     }
 }
 
-async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> {
+/// Writes one batch of job ends in one transaction: first which of the jobs `owner` still
+/// holds (locked on PostgreSQL until the commit), then those jobs' staged writes, every job's
+/// log rows, and those jobs' ends.
+pub async fn write_batch(
+    db: &Db,
+    owner: &str,
+    batch: &[Finished],
+) -> Result<BatchOutcome, sea_orm::DbErr> {
     let tx = db.write_tx().await?;
-    let writes: Vec<&JobWrites> = batch.iter().map(|f| &f.writes).collect();
+    let ids: Vec<i64> = batch.iter().map(|f| f.job_id).collect();
+    let held = queue::held(&*tx, owner, &ids).await?;
+    let (kept, lost): (Vec<&Finished>, Vec<&Finished>) =
+        batch.iter().partition(|f| held.contains(&f.job_id));
+    if !lost.is_empty() {
+        let ids: Vec<i64> = lost.iter().map(|f| f.job_id).collect();
+        tracing::warn!(
+            jobs = lost.len(),
+            ?ids,
+            "Lost the lease of finished jobs (another instance took them over); their ends and writes are dropped"
+        );
+    }
+    let writes: Vec<&JobWrites> = kept.iter().map(|f| &f.writes).collect();
     write_staged(&*tx, &writes).await?;
+    // The calls were made whoever holds the job now: every job's log rows are kept.
     // SQLite allows 32766 bound values per statement; a log row binds 15.
     // Copied once, chunk by chunk: the batch stays whole for a retry.
     let rows: Vec<&operation::ActiveModel> =
@@ -149,13 +183,13 @@ async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> 
             .exec(&*tx)
             .await?;
     }
-    let completed: Vec<i64> = batch
+    let completed: Vec<i64> = kept
         .iter()
         .filter(|f| matches!(f.end, JobEnd::Complete))
         .map(|f| f.job_id)
         .collect();
-    queue::complete_many(&*tx, &completed).await?;
-    for f in batch {
+    queue::complete_many(&*tx, owner, &completed).await?;
+    for f in &kept {
         match &f.end {
             JobEnd::Complete => {}
             JobEnd::Retry {
@@ -163,12 +197,18 @@ async fn write_batch(db: &Db, batch: &[Finished]) -> Result<(), sea_orm::DbErr> 
                 error,
                 counts,
             } => {
-                queue::retry(&*tx, f.job_id, *run_at_ms, error.as_deref(), *counts).await?;
+                queue::retry(&*tx, owner, f.job_id, *run_at_ms, error.as_deref(), *counts).await?;
             }
-            JobEnd::Dead { error } => queue::dead(&*tx, f.job_id, error).await?,
+            JobEnd::Dead { error } => {
+                queue::dead(&*tx, owner, f.job_id, error).await?;
+            }
         }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(BatchOutcome {
+        written: kept.len(),
+        lease_lost: lost.len(),
+    })
 }
 
 /// SQLite allows 32766 bound values per statement; a link row binds 11.

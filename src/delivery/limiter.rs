@@ -1,7 +1,14 @@
 //! Per-app rate limits (DESIGN §5): a governor token bucket per app for calls, a semaphore of
 //! `max_concurrency` for jobs in flight, and a pause set by `Retry-After`. Apps never share
 //! any of these, so one slow or throttling app does not hold up another.
-use std::collections::HashMap;
+//!
+//! The engine's global worker permits (`ROSTER_WORKERS`) are not held while a job waits for
+//! its app: a job takes its app's slot before its permit, and gives the permit back while a
+//! call waits for a token or a `Retry-After` pause (`with_worker`), so one app's backlog or
+//! pause never keeps another app's jobs from running.
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,12 +65,67 @@ impl AppLimiter {
 impl CallGate for AppLimiter {
     fn wait(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            while let Some(wait) = self.paused_for() {
-                tokio::time::sleep(wait).await;
+            if self.paused_for().is_none() && self.bucket.check().is_ok() {
+                return;
             }
-            self.bucket.until_ready().await;
+            // The call must wait for this app: the job's worker permit goes back meanwhile.
+            without_worker(async {
+                while let Some(wait) = self.paused_for() {
+                    tokio::time::sleep(wait).await;
+                }
+                self.bucket.until_ready().await;
+            })
+            .await;
         })
     }
+}
+
+tokio::task_local! {
+    /// The global worker permit of the job running in this task, if any.
+    static WORKER: RefCell<Worker>;
+}
+
+struct Worker {
+    pool: Arc<Semaphore>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Runs a job's `fut` holding `permit` (one of `pool`'s), which `without_worker` may hand back
+/// while the job waits for its app.
+pub async fn with_worker<F: Future>(
+    pool: Arc<Semaphore>,
+    permit: OwnedSemaphorePermit,
+    fut: F,
+) -> F::Output {
+    WORKER
+        .scope(
+            RefCell::new(Worker {
+                pool,
+                permit: Some(permit),
+            }),
+            fut,
+        )
+        .await
+}
+
+/// Runs `wait` (a job waiting for its app, not working) without the job's worker permit, and
+/// takes a permit again before going on. Outside a job (a reconciliation's reads, a shared
+/// look-up's task) it just runs `wait`.
+pub async fn without_worker<F: Future>(wait: F) -> F::Output {
+    let pool = WORKER
+        .try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.permit.take().map(|_| w.pool.clone())
+        })
+        .ok()
+        .flatten();
+    let out = wait.await;
+    if let Some(pool) = pool
+        && let Ok(permit) = pool.acquire_owned().await
+    {
+        let _ = WORKER.try_with(|w| w.borrow_mut().permit = Some(permit));
+    }
+    out
 }
 
 /// One limiter per app, rebuilt when the app's settings change (by version).
@@ -94,6 +156,23 @@ impl Limiters {
         apps.insert(app_id.to_owned(), (version, limiter.clone()));
         limiter
     }
+
+    /// Forgets the limiters of these apps (deleted ones).
+    pub fn forget(&self, app_ids: &HashSet<&str>) {
+        if let Ok(mut apps) = self.apps.lock() {
+            apps.retain(|id, _| !app_ids.contains(id.as_str()));
+        }
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.apps.lock().map_or(0, |apps| apps.len())
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +199,35 @@ mod tests {
         let left = limiter.paused_for().expect("paused");
         assert!(left <= MAX_RETRY_AFTER, "{left:?}");
         assert!(left > MAX_RETRY_AFTER - Duration::from_secs(60), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_job_waiting_out_a_pause_gives_its_worker_back_meanwhile() {
+        let workers = Arc::new(Semaphore::new(1));
+        let paused = Arc::new(AppLimiter::new(1000, 1000, 1));
+        paused.pause_for(Duration::from_millis(400));
+        let permit = workers.clone().acquire_owned().await.expect("permit");
+        let waiting = tokio::spawn({
+            let (workers, paused) = (workers.clone(), paused.clone());
+            async move {
+                with_worker(workers.clone(), permit, async {
+                    paused.wait().await;
+                    // Working again: the worker is taken back.
+                    workers.available_permits()
+                })
+                .await
+            }
+        });
+        // Another app's job gets the only worker while the first one waits.
+        let other =
+            tokio::time::timeout(Duration::from_millis(200), workers.clone().acquire_owned())
+                .await
+                .expect("the worker is free while the job waits")
+                .expect("permit");
+        drop(other);
+        let free_while_working = waiting.await.expect("the job ends");
+        assert_eq!(free_while_working, 0);
+        assert_eq!(workers.available_permits(), 1, "given back at the end");
     }
 
     #[tokio::test]

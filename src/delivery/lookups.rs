@@ -151,23 +151,32 @@ enum BatchFailure {
     /// A 4xx other than auth, timeout or throttling: the target cannot take the `or` filter.
     /// Every job looks up alone, now and from then on.
     RefusesOr,
-    /// A 5xx without `Retry-After`, or an answer that could not be read: perhaps the target
-    /// fails on the `or` filter itself. Every job of this batch looks up alone.
+    /// A 5xx without `Retry-After`, an answer that could not be read, or a time-out (408, or
+    /// no answer in time): perhaps the target fails on, or is slow with, the `or` filter
+    /// itself. Every job of this batch looks up alone, instead of spending an attempt.
     RetryAlone,
-    /// Throttled or told to wait (`Retry-After`), credentials refused, or no answer at all:
-    /// every job met that answer and retries by the policy, instead of each asking a target
-    /// in trouble again at once.
+    /// Throttled or told to wait (`Retry-After`), credentials refused, or no connection at
+    /// all: every job met that answer and retries by the policy, instead of each asking a
+    /// target in trouble again at once.
     Shared,
 }
 
 fn after_failed_batch(error: &ScimError) -> BatchFailure {
     match (error, error.status()) {
-        (_, Some(401 | 403 | 408 | 429)) => BatchFailure::Shared,
+        (_, Some(408)) => BatchFailure::RetryAlone,
+        (_, Some(401 | 403 | 429)) => BatchFailure::Shared,
         (_, Some(400..=499)) => BatchFailure::RefusesOr,
         (_, Some(_)) if error.retry_after().is_some() => BatchFailure::Shared,
         (ScimError::Http { .. } | ScimError::BadResponse { .. }, Some(_)) => {
             BatchFailure::RetryAlone
         }
+        (
+            ScimError::Transport {
+                kind: crate::scim::TransportKind::Timeout,
+                ..
+            },
+            _,
+        ) => BatchFailure::RetryAlone,
         _ => BatchFailure::Shared,
     }
 }
@@ -219,7 +228,8 @@ impl LookupBatcher {
         if start {
             tokio::spawn(self.clone().dispatch(client.clone()));
         }
-        match answer.await {
+        // Waiting for another task's call: the job's worker is free for other apps meanwhile.
+        match super::limiter::without_worker(answer).await {
             Ok(Reply::Found(found, calls)) => {
                 execute::record_shared_calls(calls);
                 found
@@ -416,7 +426,7 @@ mod tests {
             (answer(429, Some(2)), BatchFailure::Shared),
             (answer(401, None), BatchFailure::Shared),
             (answer(403, None), BatchFailure::Shared),
-            (answer(408, None), BatchFailure::Shared),
+            (answer(408, None), BatchFailure::RetryAlone),
         ];
         for (error, expected) in table {
             assert_eq!(after_failed_batch(&error), expected, "{error}");
@@ -434,6 +444,13 @@ mod tests {
             kind: crate::scim::TransportKind::Timeout,
             message: "timed out".into(),
         };
-        assert_eq!(after_failed_batch(&timeout), BatchFailure::Shared);
+        assert_eq!(after_failed_batch(&timeout), BatchFailure::RetryAlone);
+        let refused = ScimError::Transport {
+            method: "GET".into(),
+            path: "/Users".into(),
+            kind: crate::scim::TransportKind::Connect,
+            message: "connection refused".into(),
+        };
+        assert_eq!(after_failed_batch(&refused), BatchFailure::Shared);
     }
 }

@@ -281,6 +281,26 @@ mod tests {
     }
 }
 
+/// How many more jobs a claim may take per app: the room left in each app's claim window
+/// (DESIGN §5: the engine claims for an app only what that app can start soon). Apps not
+/// listed get `default_room`; apps with no room left are skipped.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimRooms {
+    pub rooms: Vec<(String, u64)>,
+    pub default_room: u64,
+}
+
+impl ClaimRooms {
+    /// No per-app limit: up to the claim's `limit` from any app.
+    #[must_use]
+    pub fn unlimited() -> Self {
+        Self {
+            rooms: Vec::new(),
+            default_room: u64::from(u32::MAX),
+        }
+    }
+}
+
 /// Claims up to `limit` due jobs for `owner`, highest lane first, skipping apps that are not
 /// active and resources that already have a running job (so one account never sees two
 /// deliveries at once). On PostgreSQL rows locked by another instance's claim are skipped.
@@ -290,29 +310,74 @@ pub async fn claim(
     now_ms: i64,
     limit: u64,
 ) -> Result<Vec<job::Model>, DbErr> {
+    claim_within(conn, owner, now_ms, limit, &ClaimRooms::unlimited()).await
+}
+
+/// [`claim`], taking from each app at most the room `rooms` gives it: one app's backlog never
+/// fills the claim, and an app with no room is not asked for at all. The candidates are the
+/// first `limit` due jobs of the apps with room (locked, on PostgreSQL, as they are read),
+/// then each app's first ones up to its room.
+pub async fn claim_within(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    now_ms: i64,
+    limit: u64,
+    rooms: &ClaimRooms,
+) -> Result<Vec<job::Model>, DbErr> {
     use sea_orm::FromQueryResult;
     let lock = if super::is_postgres(conn) {
         "FOR UPDATE SKIP LOCKED"
     } else {
         ""
     };
-    let sql = format!(
-        "UPDATE job SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
-         WHERE id IN (SELECT j.id FROM job j \
-             WHERE j.state = 'pending' AND j.run_at <= $4 \
-               AND j.app_id IN (SELECT a.id FROM app a WHERE a.state = 'active') \
-               AND NOT EXISTS (SELECT 1 FROM job r WHERE r.state = 'running' AND r.app_id = j.app_id \
-                               AND r.resource_kind = j.resource_kind AND r.resource_id = j.resource_id) \
-             ORDER BY j.priority, j.run_at, j.id LIMIT $5 {lock}) \
-         RETURNING *"
-    );
-    let values = vec![
+    let mut values: Vec<sea_orm::Value> = vec![
         owner.into(),
         (now_ms + LEASE_MS).into(),
         chrono::Utc::now().into(),
         now_ms.into(),
         (limit as i64).into(),
     ];
+    let mut placeholder = |v: sea_orm::Value| {
+        values.push(v);
+        format!("${}", values.len())
+    };
+    let full: Vec<String> = rooms
+        .rooms
+        .iter()
+        .filter(|(_, room)| *room == 0)
+        .map(|(app, _)| placeholder(app.clone().into()))
+        .collect();
+    let skip_full = if full.is_empty() {
+        String::new()
+    } else {
+        format!("AND j.app_id NOT IN ({}) ", full.join(", "))
+    };
+    let mut cases = String::new();
+    for (app, room) in rooms.rooms.iter().filter(|(_, room)| *room > 0) {
+        let app = placeholder(app.clone().into());
+        let room = placeholder((*room as i64).into());
+        cases.push_str(&format!(" WHEN {app} THEN {room}"));
+    }
+    let default_room = placeholder((rooms.default_room as i64).into());
+    let cap = if cases.is_empty() {
+        default_room
+    } else {
+        format!("CASE c.app_id{cases} ELSE {default_room} END")
+    };
+    let sql = format!(
+        "UPDATE job SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
+         WHERE id IN (SELECT ranked.id FROM (\
+             SELECT c.id, ROW_NUMBER() OVER (PARTITION BY c.app_id ORDER BY c.priority, c.run_at, c.id) AS rn, \
+                    {cap} AS room \
+             FROM (SELECT j.id, j.app_id, j.priority, j.run_at FROM job j \
+                 WHERE j.state = 'pending' AND j.run_at <= $4 \
+                   AND j.app_id IN (SELECT a.id FROM app a WHERE a.state = 'active') {skip_full}\
+                   AND NOT EXISTS (SELECT 1 FROM job r WHERE r.state = 'running' AND r.app_id = j.app_id \
+                                   AND r.resource_kind = j.resource_kind AND r.resource_id = j.resource_id) \
+                 ORDER BY j.priority, j.run_at, j.id LIMIT $5 {lock}) c\
+           ) ranked WHERE ranked.rn <= ranked.room) \
+         RETURNING *"
+    );
     let mut jobs = job::Model::find_by_statement(stmt(conn, &sql, values))
         .all(conn)
         .await?;
@@ -320,123 +385,275 @@ pub async fn claim(
     Ok(jobs)
 }
 
-/// These jobs are done.
-pub async fn complete_many(conn: &impl ConnectionTrait, ids: &[i64]) -> Result<(), DbErr> {
-    use sea_orm::sea_query::Expr;
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    for chunk in ids.chunks(1_000) {
-        job::Entity::update_many()
-            .col_expr(job::Column::State, Expr::value("done"))
-            .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-            .col_expr(job::Column::LeaseUntil, Expr::value(Option::<i64>::None))
-            .col_expr(job::Column::LastError, Expr::value(Option::<String>::None))
-            .col_expr(job::Column::UpdatedAt, Expr::value(chrono::Utc::now()))
-            .filter(job::Column::Id.is_in(chunk.iter().copied()))
-            .exec(conn)
-            .await?;
-    }
-    Ok(())
+/// The lease a job's end must still hold to be written: the job is `running` under `owner`
+/// and, when reclaiming, its lease ran out before `expired_before`. An end, or a release,
+/// under any other lease changes nothing (DESIGN §5: a job's end counts only while its lease
+/// is held).
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub owner: &'a str,
+    pub expired_before: Option<i64>,
 }
 
-/// Back to `pending` at `run_at_ms`. If a newer pending job for the same resource was queued
-/// meanwhile, this one is superseded (the newer one renders the latest state anyway) and is
-/// closed instead. The partial unique index decides, so a concurrent enqueue cannot slip in
-/// between a check and the update.
+impl<'a> Lease<'a> {
+    /// The lease `owner` holds now.
+    #[must_use]
+    pub fn held_by(owner: &'a str) -> Self {
+        Self {
+            owner,
+            expired_before: None,
+        }
+    }
+
+    /// `" AND …"` with the lease's conditions, its values numbered from `$first`.
+    fn condition(&self, first: usize) -> (String, Vec<sea_orm::Value>) {
+        let mut sql = format!(" AND state = 'running' AND lease_owner = ${first}");
+        let mut values: Vec<sea_orm::Value> = vec![self.owner.into()];
+        if let Some(before) = self.expired_before {
+            sql.push_str(&format!(" AND lease_until < ${}", first + 1));
+            values.push(before.into());
+        }
+        (sql, values)
+    }
+}
+
+/// Of `ids`, those still `running` under `owner`'s lease. On PostgreSQL their rows stay locked
+/// until the caller's transaction ends, so no other instance can reclaim them before the ends
+/// written in that transaction commit (a reclaim then finds them no longer running).
+pub async fn held(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, DbErr> {
+    use sea_orm::FromQueryResult;
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: i64,
+    }
+    let lock = if super::is_postgres(conn) {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let mut held = std::collections::HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(1_000) {
+        // Integers, so listing them in the text is safe.
+        let list = id_list(chunk);
+        // In id order: concurrent lockers (renewals) take the rows in the same order.
+        let sql = format!(
+            "SELECT id FROM job WHERE id IN ({list}) AND state = 'running' AND lease_owner = $1 \
+             ORDER BY id{lock}"
+        );
+        for row in Id::find_by_statement(stmt(conn, &sql, vec![owner.into()]))
+            .all(conn)
+            .await?
+        {
+            held.insert(row.id);
+        }
+    }
+    Ok(held)
+}
+
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// These jobs are done, those of them still held under `owner`'s lease.
+pub async fn complete_many(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    ids: &[i64],
+) -> Result<u64, DbErr> {
+    let (lease, mut values) = Lease::held_by(owner).condition(1);
+    values.push(chrono::Utc::now().into());
+    let mut done = 0;
+    for chunk in ids.chunks(1_000) {
+        let sql = format!(
+            "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = NULL, \
+             updated_at = $2 WHERE id IN ({}){lease}",
+            id_list(chunk)
+        );
+        done += conn
+            .execute_raw(stmt(conn, &sql, values.clone()))
+            .await?
+            .rows_affected();
+    }
+    Ok(done)
+}
+
+/// Back to `pending` at `run_at_ms`, if still held under `owner`'s lease. If a newer pending
+/// job for the same resource was queued meanwhile, this one is superseded (the newer one
+/// renders the latest state anyway) and is closed instead. The partial unique index decides,
+/// so a concurrent enqueue cannot slip in between a check and the update. `true` when the job
+/// was still held.
 pub async fn retry(
     conn: &(impl ConnectionTrait + TransactionTrait),
+    owner: &str,
     id: i64,
     run_at_ms: i64,
     error: Option<&str>,
     count_attempt: bool,
-) -> Result<(), DbErr> {
+) -> Result<bool, DbErr> {
     let attempts = if count_attempt {
         "attempts"
     } else {
         "attempts - 1"
     };
+    let lease = Lease::held_by(owner);
+    let (held, lease_values) = lease.condition(5);
     let sql = format!(
         "UPDATE job SET state = 'pending', run_at = $1, lease_owner = NULL, lease_until = NULL, \
-         attempts = {attempts}, last_error = $2, updated_at = $3 WHERE id = $4"
+         attempts = {attempts}, last_error = $2, updated_at = $3 WHERE id = $4{held}"
     );
-    let values = vec![
+    let mut values = vec![
         run_at_ms.into(),
         error.map(str::to_owned).into(),
         chrono::Utc::now().into(),
         id.into(),
     ];
-    back_to_pending(conn, id, stmt(conn, &sql, values)).await
+    values.extend(lease_values);
+    back_to_pending(conn, id, stmt(conn, &sql, values), lease).await
 }
 
-/// Runs `update` (which makes job `id` pending); on a unique violation — a newer pending job
-/// exists for the same resource — closes job `id` as superseded. The update runs under a
-/// savepoint (a transaction of its own on a plain connection): on PostgreSQL a failed
-/// statement would otherwise abort the surrounding transaction.
+/// Runs `update` (which makes job `id` pending while `lease` holds it); on a unique violation
+/// — a newer pending job exists for the same resource — closes job `id` as superseded, under
+/// the same lease, and hands its priority on: the pending job takes the higher lane of the
+/// two, the HR event if it has none, and the earlier enqueue time, as coalescing would have
+/// merged them (a leaver's deprovision is never demoted to the lane of whatever replaced it).
+/// The update runs under a savepoint (a transaction of its own on a plain connection): on
+/// PostgreSQL a failed statement would otherwise abort the surrounding transaction. `true`
+/// when the lease still held the job.
 async fn back_to_pending(
     conn: &(impl ConnectionTrait + TransactionTrait),
     id: i64,
     update: sea_orm::Statement,
-) -> Result<(), DbErr> {
+    lease: Lease<'_>,
+) -> Result<bool, DbErr> {
+    use sea_orm::EntityTrait;
     let attempt = conn.begin().await?;
     let result = attempt.execute_raw(update).await;
     match result {
-        Ok(_) => attempt.commit().await,
+        Ok(r) => {
+            attempt.commit().await?;
+            Ok(r.rows_affected() > 0)
+        }
         Err(e) if super::is_unique_violation(&e) => {
             attempt.rollback().await?;
-            let sql = "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, \
-                       last_error = 'superseded by a newer change', updated_at = $1 WHERE id = $2";
-            conn.execute_raw(stmt(conn, sql, vec![chrono::Utc::now().into(), id.into()]))
-                .await?;
-            Ok(())
+            let Some(old) = job::Entity::find_by_id(id).one(conn).await? else {
+                return Ok(false);
+            };
+            let (held, lease_values) = lease.condition(3);
+            let sql = format!(
+                "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, \
+                 last_error = 'superseded by a newer change', updated_at = $1 WHERE id = $2{held}"
+            );
+            let mut values = vec![chrono::Utc::now().into(), id.into()];
+            values.extend(lease_values);
+            if conn
+                .execute_raw(stmt(conn, &sql, values))
+                .await?
+                .rows_affected()
+                == 0
+            {
+                return Ok(false);
+            }
+            let sql = "UPDATE job SET \
+                 lane = CASE WHEN $1 < priority THEN $2 ELSE lane END, \
+                 priority = CASE WHEN $1 < priority THEN $1 ELSE priority END, \
+                 hr_event_id = COALESCE(hr_event_id, $3), \
+                 enqueued_at = CASE WHEN $4 < enqueued_at THEN $4 ELSE enqueued_at END, \
+                 updated_at = $5 \
+                 WHERE app_id = $6 AND resource_kind = $7 AND resource_id = $8 AND state = 'pending'";
+            let values = vec![
+                old.priority.into(),
+                old.lane.clone().into(),
+                old.hr_event_id.clone().into(),
+                old.enqueued_at.into(),
+                chrono::Utc::now().into(),
+                old.app_id.clone().into(),
+                old.resource_kind.clone().into(),
+                old.resource_id.clone().into(),
+            ];
+            conn.execute_raw(stmt(conn, sql, values)).await?;
+            Ok(true)
         }
         Err(e) => Err(e),
     }
 }
 
-/// A dead letter: kept with its reason until someone retries it through the API.
-pub async fn dead(conn: &impl ConnectionTrait, id: i64, error: &str) -> Result<(), DbErr> {
-    let sql = "UPDATE job SET state = 'dead', lease_owner = NULL, lease_until = NULL, last_error = $1, updated_at = $2 WHERE id = $3";
-    conn.execute_raw(stmt(
-        conn,
-        sql,
-        vec![error.into(), chrono::Utc::now().into(), id.into()],
-    ))
-    .await?;
-    Ok(())
+/// A dead letter, if still held under `owner`'s lease: kept with its reason until someone
+/// retries it through the API. `true` when the job was still held.
+pub async fn dead(
+    conn: &impl ConnectionTrait,
+    owner: &str,
+    id: i64,
+    error: &str,
+) -> Result<bool, DbErr> {
+    let (held, lease_values) = Lease::held_by(owner).condition(4);
+    let sql = format!(
+        "UPDATE job SET state = 'dead', lease_owner = NULL, lease_until = NULL, last_error = $1, \
+         updated_at = $2 WHERE id = $3{held}"
+    );
+    let mut values = vec![error.into(), chrono::Utc::now().into(), id.into()];
+    values.extend(lease_values);
+    Ok(conn
+        .execute_raw(stmt(conn, &sql, values))
+        .await?
+        .rows_affected()
+        > 0)
 }
 
-/// Extends the leases of `owner`'s jobs in `ids` — those its workers are running now. A job of
-/// `owner`'s that is not among them (its worker ended but could not record the outcome) keeps
-/// its lease until it expires and is reclaimed.
+/// Extends the leases of `owner`'s jobs in `ids` — those its workers are running now — and
+/// returns those it extended. A job of `ids` missing from the answer is no longer this
+/// instance's (its lease expired and another instance reclaimed it, or it ended): its worker
+/// should stop. A job of `owner`'s that is not among `ids` (its worker ended but could not
+/// record the outcome) keeps its lease until it expires and is reclaimed.
 pub async fn renew(
     conn: &impl ConnectionTrait,
     owner: &str,
     ids: &[i64],
     now_ms: i64,
-) -> Result<u64, DbErr> {
-    if ids.is_empty() {
-        return Ok(0);
+) -> Result<std::collections::HashSet<i64>, DbErr> {
+    use sea_orm::FromQueryResult;
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: i64,
     }
-    // Integers, so listing them in the text is safe.
-    let list = ids
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "UPDATE job SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2 AND id IN ({list})"
-    );
-    Ok(conn
-        .execute_raw(stmt(
+    let mut renewed = std::collections::HashSet::with_capacity(ids.len());
+    let lock = if super::is_postgres(conn) {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    for chunk in ids.chunks(1_000) {
+        // Rows locked in id order, as the finisher locks them, so the two cannot deadlock.
+        let sql = format!(
+            "UPDATE job SET lease_until = $1 WHERE id IN (SELECT id FROM job \
+             WHERE state = 'running' AND lease_owner = $2 AND id IN ({}) ORDER BY id{lock}) \
+             RETURNING id",
+            id_list(chunk)
+        );
+        for row in Id::find_by_statement(stmt(
             conn,
             &sql,
             vec![(now_ms + LEASE_MS).into(), owner.into()],
         ))
+        .all(conn)
         .await?
-        .rows_affected())
+        {
+            renewed.insert(row.id);
+        }
+    }
+    Ok(renewed)
 }
 
-/// Returns running jobs whose lease expired (their instance died) — or all of `owner`'s, at
-/// shutdown — to `pending`. A job superseded by a newer pending one is closed instead.
+/// Returns running jobs whose lease expired before `now_ms` (their instance died) — or all of
+/// `owner`'s, at shutdown — to `pending`. A job superseded by a newer pending one is closed
+/// instead. Each update re-checks the lease it read (owner and expiry), so a lease renewed or
+/// a job finished in between is left alone.
 pub async fn release(
     conn: &(impl ConnectionTrait + TransactionTrait),
     owner: Option<&str>,
@@ -451,15 +668,23 @@ pub async fn release(
     let stuck = q.all(conn).await?;
     let mut released = 0;
     for j in stuck {
-        // Only if it is still the same lease: another instance may have just finished it.
-        let sql = "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-                   WHERE id = $2 AND state = 'running' AND lease_owner = $3";
-        let values = vec![
-            chrono::Utc::now().into(),
-            j.id.into(),
-            j.lease_owner.clone().into(),
-        ];
-        back_to_pending(conn, j.id, stmt(conn, sql, values)).await?;
+        let Some(held_by) = j.lease_owner.as_deref() else {
+            continue;
+        };
+        let lease = Lease {
+            owner: held_by,
+            expired_before: owner.is_none().then_some(now_ms),
+        };
+        let (held, lease_values) = lease.condition(3);
+        let sql = format!(
+            "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
+             updated_at = $1 WHERE id = $2{held}"
+        );
+        let mut values = vec![chrono::Utc::now().into(), j.id.into()];
+        values.extend(lease_values);
+        if !back_to_pending(conn, j.id, stmt(conn, &sql, values), lease).await? {
+            continue;
+        }
         // It may have been mid-write when its instance died: what the target holds is unknown.
         if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
             forget_snapshot(conn, &j.app_id, ResourceKind::User, &j.resource_id).await?;

@@ -116,7 +116,7 @@ async fn a_finished_job_leaves_its_link_and_follow_up_job_with_its_end() {
     let mut unsure = JobWrites::default();
     unsure.link(link(&app_id, ResourceKind::User, "u2", None, "pending"));
 
-    let (sender, writer) = Finisher::start(Db::new(app.db.clone()));
+    let (sender, writer) = Finisher::start(Db::new(app.db.clone()), "test-owner".into());
     // The worker's in-flight mark (which keeps the lease renewed) goes with u1's end.
     let released = Arc::new(AtomicBool::new(false));
     let mark = Box::new(Released(released.clone()));
@@ -337,4 +337,309 @@ async fn staged_writes_upsert_links_keep_the_last_write_and_coalesce_follow_ups(
     );
     assert!(summary.contains(&(json!("staff"), json!("normal"), json!("pending"))));
     assert!(summary.contains(&(json!("kept"), json!("deprovision"), json!("pending"))));
+}
+
+/// Claims every due job of the app for `owner`, then lets another instance take them over as
+/// if `owner`'s leases had expired: reclaimed, then claimed by `"other"`.
+async fn taken_over(app: &TestApp, owner: &str) -> Vec<i64> {
+    let conn = &app.db;
+    let claimed = queue::claim(conn, owner, queue::now_ms(), 10)
+        .await
+        .expect("claim");
+    // Far in the future: every lease has expired by then.
+    let released = queue::release(conn, None, queue::now_ms() + 10 * queue::LEASE_MS)
+        .await
+        .expect("reclaim");
+    assert_eq!(released as usize, claimed.len());
+    let again = queue::claim(conn, "other", queue::now_ms(), 10)
+        .await
+        .expect("claim again");
+    assert_eq!(again.len(), claimed.len());
+    claimed.iter().map(|j| j.id).collect()
+}
+
+fn finished(job_id: i64, end: JobEnd, writes: JobWrites) -> Finished {
+    Finished {
+        job_id,
+        end,
+        writes,
+        operations: Vec::new(),
+        deprovision: None,
+        running: None,
+    }
+}
+
+/// Issue 20 B6: a job's end and staged writes count only while its lease is held. Once
+/// another instance holds the job, the first one's done, retry or dead — and the link and
+/// follow-up job it staged — change nothing.
+#[tokio::test]
+async fn the_end_of_a_job_whose_lease_another_instance_took_changes_nothing() {
+    let app = spawn_planner().await;
+    let app_id = app_id(&app, "lease").await;
+    let conn = &app.db;
+    queue::enqueue(
+        conn,
+        &[
+            job(&app_id, ResourceKind::User, "u1", Lane::Normal),
+            job(&app_id, ResourceKind::User, "u2", Lane::Normal),
+            job(&app_id, ResourceKind::User, "u3", Lane::Normal),
+        ],
+    )
+    .await
+    .expect("enqueue");
+    let ids = taken_over(&app, "first").await;
+    let before = jobs(&app, &app_id).await;
+    // The reclaim left unsure links (a create may have happened); the first instance's
+    // writes must not touch them.
+    let links_before = link_rows(&app, &app_id).await;
+    let mut writes = JobWrites::default();
+    writes.link(link(
+        &app_id,
+        ResourceKind::User,
+        "u1",
+        Some("t1"),
+        "linked",
+    ));
+    writes.enqueue([job(&app_id, ResourceKind::Group, "staff", Lane::Normal)]);
+    let batch = [
+        finished(ids[0], JobEnd::Complete, writes),
+        finished(
+            ids[1],
+            JobEnd::retry(queue::now_ms(), Some("boom"), true),
+            JobWrites::default(),
+        ),
+        finished(
+            ids[2],
+            JobEnd::Dead {
+                error: "gone".into(),
+            },
+            JobWrites::default(),
+        ),
+    ];
+    let db = Db::new(app.db.clone());
+    let outcome = finisher::write_batch(&db, "first", &batch)
+        .await
+        .expect("written");
+    assert_eq!(outcome.lease_lost, 3);
+    assert_eq!(outcome.written, 0);
+    assert_eq!(jobs(&app, &app_id).await, before, "no job changed");
+    let rows = app
+        .rows(&format!(
+            "SELECT state, lease_owner FROM job WHERE app_id = '{app_id}'"
+        ))
+        .await;
+    assert!(
+        rows.iter()
+            .all(|r| r["state"] == "running" && r["lease_owner"] == "other"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        link_rows(&app, &app_id).await,
+        links_before,
+        "no link written"
+    );
+    assert_eq!(jobs(&app, &app_id).await.len(), 3, "no follow-up job");
+
+    // The queue's own statements refuse the wrong owner too.
+    assert_eq!(
+        queue::complete_many(conn, "first", &ids)
+            .await
+            .expect("complete"),
+        0
+    );
+    assert!(
+        !queue::retry(conn, "first", ids[1], 0, None, true)
+            .await
+            .expect("retry")
+    );
+    assert!(!queue::dead(conn, "first", ids[2], "x").await.expect("dead"));
+    let renewed = queue::renew(conn, "first", &ids, queue::now_ms())
+        .await
+        .expect("renew");
+    assert!(renewed.is_empty(), "no lease of the first instance is left");
+    let renewed = queue::renew(conn, "other", &ids, queue::now_ms())
+        .await
+        .expect("renew");
+    assert_eq!(renewed.len(), 3);
+
+    // The instance that holds the jobs ends them.
+    let outcome = finisher::write_batch(
+        &db,
+        "other",
+        &[finished(ids[0], JobEnd::Complete, JobWrites::default())],
+    )
+    .await
+    .expect("written");
+    assert_eq!(outcome.written, 1);
+    let done = app
+        .rows(&format!("SELECT state FROM job WHERE id = {}", ids[0]))
+        .await;
+    assert_eq!(done[0]["state"], "done");
+}
+
+/// Issue 20 B6: a reclaim only takes back a lease that is still expired when it writes; a
+/// shutdown's release only its own.
+#[tokio::test]
+async fn a_release_leaves_a_live_lease_and_other_owners_alone() {
+    let app = spawn_planner().await;
+    let app_id = app_id(&app, "release").await;
+    let conn = &app.db;
+    queue::enqueue(
+        conn,
+        &[job(&app_id, ResourceKind::User, "u1", Lane::Normal)],
+    )
+    .await
+    .expect("enqueue");
+    queue::claim(conn, "mine", queue::now_ms(), 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        queue::release(conn, None, queue::now_ms())
+            .await
+            .expect("reclaim"),
+        0,
+        "a live lease stays"
+    );
+    assert_eq!(
+        queue::release(conn, Some("someone-else"), queue::now_ms())
+            .await
+            .expect("release"),
+        0
+    );
+    assert_eq!(
+        queue::release(conn, Some("mine"), queue::now_ms())
+            .await
+            .expect("release"),
+        1
+    );
+    let rows = jobs(&app, &app_id).await;
+    assert_eq!(rows[0]["state"], "pending", "{rows:?}");
+}
+
+/// Issue 20 B9: a retry superseded by a newer change hands its priority on: the job that
+/// replaces it takes the higher lane and keeps the HR event, so a leaver's deprovision never
+/// falls behind a reconcile backlog. A change coalescing into a job waiting to retry keeps its
+/// lane too.
+#[tokio::test]
+async fn a_superseded_retry_keeps_its_lane_and_hr_event() {
+    let app = spawn_planner().await;
+    let app_id = app_id(&app, "lanes").await;
+    let conn = &app.db;
+    let leaver = JobRequest {
+        hr_event_id: Some("leaver-1".into()),
+        ..job(&app_id, ResourceKind::User, "u1", Lane::Deprovision)
+    };
+    queue::enqueue(conn, &[leaver]).await.expect("enqueue");
+    let claimed = queue::claim(conn, "w", queue::now_ms(), 10)
+        .await
+        .expect("claim");
+    let first_enqueued = claimed[0].enqueued_at;
+    // While the deprovision runs, a reconciliation queues a fix for the same person.
+    queue::enqueue(
+        conn,
+        &[job(&app_id, ResourceKind::User, "u1", Lane::Reconcile)],
+    )
+    .await
+    .expect("enqueue");
+    // The deprovision meets a 503 and would retry: the pending job supersedes it.
+    assert!(
+        queue::retry(
+            conn,
+            "w",
+            claimed[0].id,
+            queue::now_ms() + 60_000,
+            Some("503"),
+            true
+        )
+        .await
+        .expect("retry")
+    );
+    let rows = app
+        .rows(&format!(
+            "SELECT id, lane, priority, hr_event_id, enqueued_at, state, last_error FROM job \
+             WHERE app_id = '{app_id}' ORDER BY id"
+        ))
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["state"], "done", "{rows:?}");
+    assert_eq!(rows[0]["last_error"], "superseded by a newer change");
+    let pending = &rows[1];
+    assert_eq!(pending["state"], "pending", "{rows:?}");
+    assert_eq!(pending["lane"], "deprovision", "{rows:?}");
+    assert_eq!(pending["priority"], json!(Lane::Deprovision.priority()));
+    assert_eq!(pending["hr_event_id"], "leaver-1", "{rows:?}");
+    assert_eq!(pending["enqueued_at"], json!(first_enqueued), "{rows:?}");
+
+    // A job waiting to retry, joined by a reconcile change, stays in its lane with its event.
+    let claimed = queue::claim(conn, "w", queue::now_ms(), 10)
+        .await
+        .expect("claim");
+    assert!(
+        queue::retry(
+            conn,
+            "w",
+            claimed[0].id,
+            queue::now_ms() + 60_000,
+            Some("503"),
+            true
+        )
+        .await
+        .expect("retry")
+    );
+    queue::enqueue(
+        conn,
+        &[job(&app_id, ResourceKind::User, "u1", Lane::Reconcile)],
+    )
+    .await
+    .expect("enqueue");
+    let rows = app
+        .rows(&format!(
+            "SELECT lane, hr_event_id FROM job WHERE app_id = '{app_id}' AND state = 'pending'"
+        ))
+        .await;
+    assert_eq!(
+        rows,
+        [json!({"lane": "deprovision", "hr_event_id": "leaver-1"})],
+        "{rows:?}"
+    );
+}
+
+/// Issue 20 D15: a claim takes from each app at most the room its window has left, and none
+/// from an app without room, so one app's backlog never fills a claim.
+#[tokio::test]
+async fn a_claim_takes_from_each_app_only_its_room() {
+    let app = spawn_planner().await;
+    let busy = app_id(&app, "busy").await;
+    let quiet = app_id(&app, "quiet").await;
+    let conn = &app.db;
+    let backlog: Vec<JobRequest> = (0..20)
+        .map(|i| job(&busy, ResourceKind::User, &format!("b{i}"), Lane::Normal))
+        .collect();
+    queue::enqueue(conn, &backlog).await.expect("enqueue");
+    queue::enqueue(conn, &[job(&quiet, ResourceKind::User, "q1", Lane::Normal)])
+        .await
+        .expect("enqueue");
+    let rooms = queue::ClaimRooms {
+        rooms: vec![(busy.clone(), 3)],
+        default_room: 5,
+    };
+    let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &rooms)
+        .await
+        .expect("claim");
+    let from = |app: &str| claimed.iter().filter(|j| j.app_id == app).count();
+    assert_eq!(from(&busy), 3, "{claimed:?}");
+    assert_eq!(from(&quiet), 1, "{claimed:?}");
+    // The busy app is full: the next claim does not take from it at all.
+    queue::enqueue(conn, &[job(&quiet, ResourceKind::User, "q2", Lane::Normal)])
+        .await
+        .expect("enqueue");
+    let full = queue::ClaimRooms {
+        rooms: vec![(busy.clone(), 0)],
+        default_room: 5,
+    };
+    let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &full)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].resource_id, "q2");
 }

@@ -6,6 +6,7 @@ mod bad_input;
 mod bench;
 mod dashboards;
 mod delivery;
+mod engine;
 mod events;
 mod finisher;
 mod groups;

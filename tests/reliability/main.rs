@@ -446,6 +446,161 @@ async fn two_instances_on_one_postgresql_send_each_change_once() {
     );
 }
 
+/// A SCIM target for the lease test: `/Users` calls are slow (`users_delay`) or all answered
+/// 429 with a long `Retry-After`; discovery answers at once. Counts look-ups and creates.
+#[derive(Default)]
+struct LeaseStub {
+    users_delay: Duration,
+    retry_after: Option<u64>,
+    lookups: std::sync::atomic::AtomicUsize,
+    posts: std::sync::atomic::AtomicUsize,
+}
+
+async fn serve_stub(stub: std::sync::Arc<LeaseStub>) -> String {
+    use poem::listener::{Acceptor as _, Listener as _};
+    use std::sync::atomic::Ordering;
+    let endpoint = poem::endpoint::make(move |mut req: poem::Request| {
+        let stub = stub.clone();
+        async move {
+            let body = req.take_body().into_vec().await.unwrap_or_default();
+            let scim = |status: u16, body: Value| {
+                poem::Response::builder()
+                    .status(poem::http::StatusCode::from_u16(status).unwrap_or_default())
+                    .content_type("application/scim+json")
+                    .body(body.to_string())
+            };
+            let path = req.uri().path().to_owned();
+            if path.ends_with("/ServiceProviderConfig") {
+                return scim(
+                    200,
+                    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+                           "patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100},
+                           "bulk": {"supported": false}, "etag": {"supported": false},
+                           "sort": {"supported": false}, "changePassword": {"supported": false}}),
+                );
+            }
+            if !path.contains("/Users") {
+                return scim(404, json!({"status": "404"}));
+            }
+            if let Some(seconds) = stub.retry_after {
+                let mut r = scim(429, json!({"status": "429"}));
+                r.headers_mut().insert(
+                    "Retry-After",
+                    poem::http::HeaderValue::from_str(&seconds.to_string())
+                        .unwrap_or(poem::http::HeaderValue::from_static("60")),
+                );
+                return r;
+            }
+            tokio::time::sleep(stub.users_delay).await;
+            if req.method() == poem::http::Method::POST {
+                let n = stub.posts.fetch_add(1, Ordering::SeqCst);
+                let mut user: Value = serde_json::from_slice(&body).unwrap_or_default();
+                user["id"] = json!(format!("u{n}"));
+                return scim(201, user);
+            }
+            stub.lookups.fetch_add(1, Ordering::SeqCst);
+            scim(
+                200,
+                json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+                       "totalResults": 0, "startIndex": 1, "itemsPerPage": 0, "Resources": []}),
+            )
+        }
+    });
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = *acceptor.local_addr()[0]
+        .as_socket_addr()
+        .expect("a socket address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    format!("http://{addr}/scim/v2")
+}
+
+/// Issue 20 B6: an instance whose probe of a quarantined app waits out a long `Retry-After`
+/// still renews the leases of its running jobs, so a second instance never takes over a job
+/// that is still being delivered (which would deliver it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_held_by_a_long_retry_after_lets_no_lease_expire() {
+    use std::sync::atomic::Ordering;
+    let cluster = Cluster::new().await;
+    if !cluster.is_postgres() {
+        eprintln!("skipped: several instances need PostgreSQL (set ROSTER_TEST_DATABASE_URL)");
+        return;
+    }
+    let throttled = std::sync::Arc::new(LeaseStub {
+        retry_after: Some(600),
+        ..LeaseStub::default()
+    });
+    // Two calls (look-up, create) of 22 s each: the job outlives a lease (30 s) unless renewed.
+    let slow = std::sync::Arc::new(LeaseStub {
+        users_delay: Duration::from_secs(22),
+        ..LeaseStub::default()
+    });
+    let a = cluster.start().await;
+    let mut body = app_body(&serve_stub(throttled.clone()).await);
+    body["name"] = json!("throttled");
+    let created: Value = a
+        .post("/api/v1/apps", &body)
+        .await
+        .expect("create app")
+        .json()
+        .await
+        .expect("json");
+    let throttled_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let mut body = app_body(&serve_stub(slow.clone()).await);
+    body["name"] = json!("slow");
+    body["timeout_ms"] = json!(60_000);
+    a.post("/api/v1/apps", &body).await.expect("create app");
+    a.post("/api/v1/events", &joiners("lease", 1)[0])
+        .await
+        .expect("joiner");
+    // Instance A met the long Retry-After; now its app is quarantined with a probe due.
+    let db = cluster.db().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = cluster
+            .rows("SELECT id FROM operation WHERE status = 429")
+            .await;
+        if !rows.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the throttled app was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    db.execute_raw(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "UPDATE app SET state = 'quarantined', state_reason = 'test', updated_at = $1 WHERE id = $2",
+        [
+            (chrono::Utc::now() - chrono::Duration::hours(1)).into(),
+            throttled_id.into(),
+        ],
+    ))
+    .await
+    .expect("quarantine");
+    // A second instance, ready to reclaim any lease that expires.
+    let _b = cluster.start().await;
+    wait_for("the slow user", Duration::from_secs(90), || {
+        slow.posts.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    // Long enough for a reclaimed copy to have made its own look-up.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        slow.lookups.load(Ordering::SeqCst),
+        1,
+        "one delivery: the job was never taken over"
+    );
+    assert_eq!(slow.posts.load(Ordering::SeqCst), 1);
+    let attempts = cluster
+        .rows("SELECT j.attempts FROM job j JOIN app a ON a.id = j.app_id WHERE a.name = 'slow'")
+        .await;
+    assert_eq!(attempts, [json!({"attempts": 1})], "{attempts:?}");
+}
+
 /// A canary secret placed in app credentials must never leave roster: not in a log line (at
 /// debug level), an API answer, a stored row or a metric — through calls, failures and retries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

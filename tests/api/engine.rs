@@ -1,0 +1,485 @@
+//! The delivery engine's own guarantees, against a scripted stub target: a job acts only while
+//! it holds its lease, renewals never wait on a probe, a probe never undoes an operator's
+//! pause, one app's backlog never holds up another, one failed merged look-up is one failure,
+//! and a deleted app's runtime is forgotten.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use poem::http::StatusCode;
+use poem::{Request, Response};
+use roster::store::queue;
+use sea_orm::{ConnectionTrait, Statement};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::helpers::{ADMIN, TestApp, app_body, dev_target, eventually, joiner, spawn_app_with};
+
+const TOKEN: &str = "target-token";
+
+/// A SCIM target scripted per test. Every user look-up finds nothing; a POST creates.
+struct Stub {
+    /// Hold `/ServiceProviderConfig` (a probe) until `open`.
+    hold_config: AtomicBool,
+    /// Hold every `/Users` call until `open`.
+    hold_users: AtomicBool,
+    open: watch::Sender<bool>,
+    /// Answer every `/Users` call 429 with this `Retry-After` (seconds).
+    throttle: Option<u64>,
+    /// Every `/Users` call takes this long.
+    latency: Duration,
+    /// A look-up of several values (an `or` filter) takes this long.
+    or_latency: Duration,
+    config_reads: AtomicUsize,
+    user_calls: AtomicUsize,
+    or_lookups: AtomicUsize,
+    posts: AtomicUsize,
+}
+
+impl Default for Stub {
+    fn default() -> Self {
+        Self {
+            hold_config: AtomicBool::new(false),
+            hold_users: AtomicBool::new(false),
+            open: watch::channel(false).0,
+            throttle: None,
+            latency: Duration::ZERO,
+            or_latency: Duration::ZERO,
+            config_reads: AtomicUsize::new(0),
+            user_calls: AtomicUsize::new(0),
+            or_lookups: AtomicUsize::new(0),
+            posts: AtomicUsize::new(0),
+        }
+    }
+}
+
+fn scim(status: StatusCode, body: &Value) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/scim+json")
+        .body(body.to_string())
+}
+
+impl Stub {
+    async fn wait_open(&self) {
+        let mut open = self.open.subscribe();
+        let _ = open.wait_for(|o| *o).await;
+    }
+
+    async fn answer(&self, req: Request, body: Vec<u8>) -> Response {
+        let path = req.uri().path().to_owned();
+        if path.ends_with("/ServiceProviderConfig") {
+            self.config_reads.fetch_add(1, Ordering::SeqCst);
+            if self.hold_config.load(Ordering::SeqCst) {
+                self.wait_open().await;
+            }
+            return scim(
+                StatusCode::OK,
+                &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
+                        "patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100},
+                        "bulk": {"supported": false}, "etag": {"supported": false},
+                        "sort": {"supported": false}, "changePassword": {"supported": false}}),
+            );
+        }
+        if !path.contains("/Users") {
+            return scim(StatusCode::NOT_FOUND, &json!({"status": "404"}));
+        }
+        self.user_calls.fetch_add(1, Ordering::SeqCst);
+        if self.hold_users.load(Ordering::SeqCst) {
+            self.wait_open().await;
+        }
+        if let Some(seconds) = self.throttle {
+            return Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header("Retry-After", seconds.to_string())
+                .content_type("application/scim+json")
+                .body(
+                    json!({"schemas": [roster::scim::schemas::ERROR], "status": "429"}).to_string(),
+                );
+        }
+        tokio::time::sleep(self.latency).await;
+        if req.method() == poem::http::Method::POST {
+            let n = self.posts.fetch_add(1, Ordering::SeqCst);
+            let mut user: Value = serde_json::from_slice(&body).unwrap_or_default();
+            user["id"] = json!(format!("u{n}"));
+            return scim(StatusCode::CREATED, &user);
+        }
+        let query = req.uri().query().unwrap_or_default();
+        if query.contains("%20or%20") || query.contains("+or+") {
+            self.or_lookups.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.or_latency).await;
+        }
+        scim(
+            StatusCode::OK,
+            &json!({"schemas": [roster::scim::schemas::LIST_RESPONSE], "totalResults": 0,
+                    "startIndex": 1, "itemsPerPage": 0, "Resources": []}),
+        )
+    }
+}
+
+/// Serves `stub` on 127.0.0.1 (port 0); returns its SCIM base URL.
+async fn serve(stub: Arc<Stub>) -> String {
+    use poem::listener::{Acceptor as _, Listener as _};
+    let endpoint = poem::endpoint::make(move |req: Request| {
+        let stub = stub.clone();
+        async move {
+            let mut req = req;
+            let body = req.take_body().into_vec().await.unwrap_or_default();
+            stub.answer(req, body).await
+        }
+    });
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = *acceptor.local_addr()[0]
+        .as_socket_addr()
+        .expect("a socket address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    format!("http://{addr}/scim/v2")
+}
+
+async fn create_app(app: &TestApp, name: &str, base_url: &str, extra: Value) -> String {
+    let mut body = app_body(
+        name,
+        json!({"base_url": base_url, "auth": {"type": "bearer", "token": TOKEN},
+               "rate_limit": {"per_second": 1000, "burst": 1000}, "max_concurrency": 4}),
+    );
+    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    app.create_app(&body).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn execute(app: &TestApp, sql: &str, values: Vec<sea_orm::Value>) {
+    let backend = app.db.get_database_backend();
+    let sql = if backend == sea_orm::DbBackend::Sqlite {
+        // Numbered in the text, bound in order.
+        let mut out = String::new();
+        let mut rest = sql;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            out.push('?');
+            rest = rest[i + 1..].trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        out.push_str(rest);
+        out
+    } else {
+        sql.to_owned()
+    };
+    app.db
+        .execute_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await
+        .expect("statement");
+}
+
+/// Quarantines the app as the engine would, with a probe due at once.
+async fn quarantine(app: &TestApp, app_id: &str) {
+    execute(
+        app,
+        "UPDATE app SET state = 'quarantined', state_reason = 'test', updated_at = $1 WHERE id = $2",
+        vec![
+            (chrono::Utc::now() - chrono::Duration::hours(1)).into(),
+            app_id.into(),
+        ],
+    )
+    .await;
+}
+
+async fn app_state(app: &TestApp, app_id: &str) -> String {
+    app.get(&format!("/api/v1/apps/{app_id}")).await.expect(200)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn wait_count(what: &str, counter: &AtomicUsize, at_least: usize) {
+    eventually(what, Duration::from_secs(20), || async {
+        (counter.load(Ordering::SeqCst) >= at_least).then_some(())
+    })
+    .await;
+}
+
+/// Issue 20 B8: a successful probe lifts a quarantine, never an operator's pause made while the
+/// probe was under way.
+#[tokio::test]
+async fn a_probe_never_resumes_an_app_an_operator_paused_meanwhile() {
+    let app = spawn_app_with(|_| {}).await;
+    let stub = Arc::new(Stub::default());
+    let base = serve(stub.clone()).await;
+    let app_id = create_app(&app, "probed", &base, json!({})).await;
+    stub.hold_config.store(true, Ordering::SeqCst);
+    quarantine(&app, &app_id).await;
+    wait_count("the probe", &stub.config_reads, 1).await;
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    let probes = stub.config_reads.load(Ordering::SeqCst);
+    stub.open.send_replace(true);
+    // The probe finds the target healthy; give it time to record that (and probe again).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stub.config_reads.load(Ordering::SeqCst) >= probes);
+    assert_eq!(app_state(&app, &app_id).await, "paused");
+    let status = app.get(&format!("/api/v1/apps/{app_id}")).await.expect(200);
+    assert_eq!(status["state_reason"], "paused through the API", "{status}");
+}
+
+/// Issue 20 B6: when another instance holds a job's lease, the worker that lost it stops (no
+/// further call) and its end and writes change nothing.
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_stops_and_changes_nothing() {
+    let app = spawn_app_with(|_| {}).await;
+    let stub = Arc::new(Stub::default());
+    stub.hold_users.store(true, Ordering::SeqCst);
+    let base = serve(stub.clone()).await;
+    let app_id = create_app(&app, "lost", &base, json!({})).await;
+    app.post_event(&joiner("l1", "L1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    wait_count("the look-up", &stub.user_calls, 1).await;
+    // Another instance took the job over (its lease had expired and was reclaimed).
+    let until = queue::now_ms() + 600_000;
+    execute(
+        &app,
+        "UPDATE job SET lease_owner = 'another-instance', lease_until = $1 \
+         WHERE app_id = $2 AND state = 'running'",
+        vec![until.into(), app_id.as_str().into()],
+    )
+    .await;
+    // A renewal (every 2 s) finds the lease gone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stub.open.send_replace(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stub.posts.load(Ordering::SeqCst),
+        0,
+        "no create after the lease was lost"
+    );
+    let jobs = app
+        .rows(&format!(
+            "SELECT state, lease_owner, lease_until FROM job WHERE app_id = '{app_id}'"
+        ))
+        .await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["state"], "running", "{jobs:?}");
+    assert_eq!(jobs[0]["lease_owner"], "another-instance", "{jobs:?}");
+    assert_eq!(jobs[0]["lease_until"], json!(until), "{jobs:?}");
+    let links = app
+        .rows(&format!("SELECT id FROM link WHERE app_id = '{app_id}'"))
+        .await;
+    assert!(links.is_empty(), "{links:?}");
+}
+
+/// Issue 20 B6: a probe of a quarantined app that waits out a long `Retry-After` does not stop
+/// the renewal of other jobs' leases.
+#[tokio::test]
+async fn leases_are_renewed_while_a_probe_waits_out_a_retry_after() {
+    let app = spawn_app_with(|_| {}).await;
+    let throttled = Arc::new(Stub {
+        throttle: Some(120),
+        ..Stub::default()
+    });
+    let slow = Arc::new(Stub::default());
+    slow.hold_users.store(true, Ordering::SeqCst);
+    let throttled_id = create_app(
+        &app,
+        "throttled",
+        &serve(throttled.clone()).await,
+        json!({}),
+    )
+    .await;
+    let slow_id = create_app(&app, "slow", &serve(slow.clone()).await, json!({})).await;
+    app.post_event(&joiner("r1", "R1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    wait_count("the throttled call", &throttled.user_calls, 1).await;
+    wait_count("the held call", &slow.user_calls, 1).await;
+    quarantine(&app, &throttled_id).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let jobs = app
+        .rows(&format!(
+            "SELECT lease_until FROM job WHERE app_id = '{slow_id}' AND state = 'running'"
+        ))
+        .await;
+    slow.open.send_replace(true);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let left = jobs[0]["lease_until"].as_i64().unwrap_or_default() - queue::now_ms();
+    assert!(
+        left > queue::LEASE_MS - 5_000,
+        "the lease was not renewed: {left} ms left"
+    );
+}
+
+/// Issue 20 D15: jobs waiting for a slow app's slot hold none of the engine's workers; another
+/// app's jobs are delivered at once.
+#[tokio::test]
+async fn a_slow_apps_backlog_never_holds_up_another_app() {
+    let app = spawn_app_with(|c| c.workers = 2).await;
+    let slow = Arc::new(Stub {
+        latency: Duration::from_millis(1000),
+        ..Stub::default()
+    });
+    let slow_id = create_app(
+        &app,
+        "backlog",
+        &serve(slow.clone()).await,
+        json!({"max_concurrency": 1, "rate_limit": {"per_second": 1, "burst": 1},
+               "scope": {"email_domains": ["slow.example"]}}),
+    )
+    .await;
+    let fast = dev_target(TOKEN).await;
+    create_app(&app, "prompt", &fast.base_url(), json!({})).await;
+    let backlog: Vec<Value> = (0..30)
+        .map(|i| {
+            joiner(
+                &format!("s{i}"),
+                &format!("S{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({"email": format!("s{i}@slow.example")}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": backlog}))
+        .await
+        .expect(202);
+    wait_count("the backlog under way", &slow.user_calls, 1).await;
+    let started = Instant::now();
+    let prompt: Vec<Value> = (0..3)
+        .map(|i| {
+            joiner(
+                &format!("p{i}"),
+                &format!("P{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": prompt}))
+        .await
+        .expect(202);
+    eventually("the other app's users", Duration::from_secs(8), || async {
+        (fast.stats()["users"] == 3).then_some(())
+    })
+    .await;
+    let took = started.elapsed();
+    let pending = app
+        .rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{slow_id}' AND state IN ('pending', 'running')"
+        ))
+        .await;
+    assert!(
+        pending.len() > 20,
+        "the backlog is still there: {}",
+        pending.len()
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
+/// Issue 20 D14: a merged look-up that times out is one failed call towards quarantine, not
+/// one per job it served, and its jobs look up alone instead of spending an attempt.
+#[tokio::test]
+async fn a_merged_look_up_that_times_out_is_one_failure_and_falls_back() {
+    let app = spawn_app_with(|_| {}).await;
+    let stub = Arc::new(Stub {
+        latency: Duration::from_millis(50),
+        or_latency: Duration::from_secs(5),
+        ..Stub::default()
+    });
+    let app_id = create_app(
+        &app,
+        "merging",
+        &serve(stub.clone()).await,
+        json!({"max_concurrency": 16, "timeout_ms": 500}),
+    )
+    .await;
+    let joiners: Vec<Value> = (0..40)
+        .map(|i| {
+            joiner(
+                &format!("m{i}"),
+                &format!("M{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": joiners}))
+        .await
+        .expect(202);
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    assert!(
+        stub.or_lookups.load(Ordering::SeqCst) > 0,
+        "look-ups were merged"
+    );
+    assert_eq!(app_state(&app, &app_id).await, "active");
+    assert_eq!(stub.posts.load(Ordering::SeqCst), 40);
+    let retried = app
+        .rows(&format!(
+            "SELECT id, attempts, last_error FROM job WHERE app_id = '{app_id}' AND attempts > 1"
+        ))
+        .await;
+    assert!(
+        retried.is_empty(),
+        "no attempt spent on the merged look-up: {retried:?}"
+    );
+}
+
+/// Issue 20 D18: what the engine keeps per app goes with the app.
+#[tokio::test]
+async fn a_deleted_apps_runtime_is_forgotten() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probe = spawn_app_with(|c| c.run_engine = false).await;
+    let mut config = probe.config.clone();
+    config.run_engine = true;
+    drop(probe);
+    if !config.database_url.starts_with("postgres") {
+        config.database_url = format!("sqlite://{}?mode=rwc", dir.path().join("r.db").display());
+    }
+    let (roster, _) = roster::startup::build(config).await.expect("build");
+    let delivery = roster.delivery();
+    let server = roster::startup::serve(roster, "127.0.0.1:0")
+        .await
+        .expect("serve");
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let target = dev_target(TOKEN).await;
+    let created: Value = http
+        .post(format!("{base}/api/v1/apps"))
+        .bearer_auth(ADMIN)
+        .json(&app_body(
+            "doomed",
+            json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": TOKEN}}),
+        ))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("json");
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    http.post(format!("{base}/api/v1/events"))
+        .bearer_auth(ADMIN)
+        .json(&joiner("d1", "D1", "2026-11-01T09:00:00Z", json!({})))
+        .send()
+        .await
+        .expect("event");
+    eventually("the delivery", Duration::from_secs(20), || async {
+        (target.stats()["users"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(delivery.apps_held(), (1, 1, 1));
+    let deleted = http
+        .delete(format!("{base}/api/v1/apps/{app_id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("delete");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    eventually("the app forgotten", Duration::from_secs(15), || async {
+        (delivery.apps_held() == (0, 0, 0)).then_some(())
+    })
+    .await;
+    server.stop().await;
+}
