@@ -343,6 +343,13 @@ impl Delivery {
                 app::Column::UpdatedAt,
                 sea_orm::sea_query::Expr::value(chrono::Utc::now()),
             )
+            // Only the guard pauses here; only a pause by the guard can be approved away.
+            .col_expr(
+                app::Column::PausedBy,
+                sea_orm::sea_query::Expr::value(
+                    (state == "paused").then_some(guard::PAUSED_BY_GUARD),
+                ),
+            )
             .filter(app::Column::Id.eq(app.id.as_str()))
             .filter(app::Column::State.eq("active"))
             .exec(conn)

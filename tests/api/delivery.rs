@@ -1094,7 +1094,7 @@ fn inactive_users(target: &DevTarget) -> usize {
 }
 
 /// An HR export gone wrong: a burst of leavers above the app's deletion guard is held — the app
-/// is paused with the reason after `max_count` deprovisions — until an operator resumes it,
+/// is paused with the reason after `max_count` deprovisions — until an admin approves them,
 /// which lets the waiting ones through.
 #[tokio::test]
 async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
@@ -1146,8 +1146,8 @@ async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
     .await;
     let shown = status.to_string();
     assert!(
-        shown.contains("deletion guard") && shown.contains("resume the app"),
-        "the status says why: {shown}"
+        shown.contains("deletion guard") && shown.contains("approve_deprovisions"),
+        "the status says why and how to approve: {shown}"
     );
     // Held: no more than max_count went through, and they stay held.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1157,9 +1157,12 @@ async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
         "only max_count deprovisions ran"
     );
 
-    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
-        .await
-        .expect(200);
+    app.post(
+        &format!("/api/v1/apps/{app_id}/resume"),
+        &json!({"approve_deprovisions": true}),
+    )
+    .await
+    .expect(200);
     eventually(
         "all 8 leavers deactivated",
         Duration::from_secs(30),
@@ -1218,4 +1221,194 @@ async fn joiners_in_a_batch_share_look_ups_and_still_adopt_existing_accounts() {
         ))
         .await;
     assert_eq!(logged.len(), 40, "every person's log shows their look-up");
+}
+
+/// The event-path deletion guard weighs concurrent deprovisions of one app one at a time: with
+/// `max_count 2` and 16 leavers delivered 16 at once, at most 2 go through and the app is paused
+/// by the guard (the check and the taking of its slot are one step per app).
+#[tokio::test]
+async fn concurrent_leavers_never_slip_past_the_deletion_guard() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        latency_ms: 20,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let created = app
+        .create_app(&sherpany(
+            "raced",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 16,
+                   "rate_limit": {"per_second": 1000, "burst": 1000},
+                   "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(&app, "r", "R", 16).await;
+    eventually("16 accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 16).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    let leavers: Vec<Value> = (0..16)
+        .map(|i| {
+            event(
+                &format!("rl{i}"),
+                "leaver",
+                &format!("R{i}"),
+                "2026-11-02T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": leavers}))
+        .await
+        .expect(202);
+    let status = eventually(
+        "the app paused by the guard",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        status.to_string().contains("deletion guard"),
+        "paused by the guard: {status}"
+    );
+    // Whatever was in flight when it paused has ended by now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deactivated = inactive_users(&target);
+    assert!(
+        deactivated <= 2,
+        "{deactivated} of 16 deactivated with max_count 2"
+    );
+}
+
+/// Only an admin's explicit approval releases deprovisions, and only those the guard held: an
+/// app paused by hand while 8 leavers arrive, then resumed with an `apps:write` key, still
+/// weighs them (2 go through, then the guard pauses it); `approve_deprovisions` needs `admin`
+/// and a hold by the guard; the admin's approval lets the other 6 through.
+#[tokio::test]
+async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "approved",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 1,
+                   "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let resume = format!("/api/v1/apps/{app_id}/resume");
+    let writer = app.key(&["apps:write"]).await;
+    post_joiners(&app, "a", "A", 12).await;
+    eventually("12 accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 12).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    app.request(
+        "POST",
+        &format!("/api/v1/apps/{app_id}/pause"),
+        Some(&writer),
+        Some(&json!({})),
+    )
+    .await
+    .expect(200);
+    // Nothing is held by the guard yet: there is nothing to approve.
+    let detail = app
+        .post(&resume, &json!({"approve_deprovisions": true}))
+        .await
+        .problem(409);
+    assert!(detail.contains("paused by an operator"), "{detail}");
+    let leavers: Vec<Value> = (0..8)
+        .map(|i| {
+            event(
+                &format!("al{i}"),
+                "leaver",
+                &format!("A{i}"),
+                "2026-11-02T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": leavers}))
+        .await
+        .expect(202);
+    // A resume without a body, by an `apps:write` key: not an approval.
+    app.request("POST", &resume, Some(&writer), None)
+        .await
+        .expect(200);
+    let status = eventually(
+        "the guard pauses the app again",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    assert!(status.to_string().contains("deletion guard"), "{status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(inactive_users(&target), 2, "the guard kept counting");
+
+    // Approving takes an admin.
+    app.request(
+        "POST",
+        &resume,
+        Some(&writer),
+        Some(&json!({"approve_deprovisions": true})),
+    )
+    .await
+    .problem(403);
+    assert_eq!(
+        app.get(&format!("/api/v1/apps/{app_id}/status"))
+            .await
+            .expect(200)["state"],
+        "paused"
+    );
+    let approved = app
+        .post(&resume, &json!({"approve_deprovisions": true}))
+        .await
+        .expect(200);
+    assert_eq!(approved["state"], "active");
+    eventually(
+        "all 8 leavers deactivated",
+        Duration::from_secs(30),
+        || async { (inactive_users(&target) == 8).then_some(()) },
+    )
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let audit = app
+        .rows(&format!(
+            "SELECT action FROM audit WHERE object_id = '{app_id}' ORDER BY id"
+        ))
+        .await;
+    let actions: Vec<&str> = audit.iter().filter_map(|r| r["action"].as_str()).collect();
+    assert!(
+        actions.ends_with(&["app.pause", "app.resume", "app.deprovisions_approved"]),
+        "{actions:?}"
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/apps/{app_id}/status"))
+            .await
+            .expect(200)["state"],
+        "active"
+    );
 }
