@@ -292,6 +292,12 @@ impl DeliveryApi {
 
     /// Provision one person to this app now, outside the queue, and return every SCIM call
     /// made (scope `apps:write`).
+    ///
+    /// It follows the queue's rules: 409 when the app is paused or quarantined, or while a job
+    /// for this person and app is running (a queued job for them is done by this delivery
+    /// instead); a deprovision counts in the deletion guard on HR events, which may hold it
+    /// (409, the app is then paused until an admin approves). The link, the provisioning log
+    /// and the audit row are stored together before the answer.
     #[oai(path = "/apps/:id/provision-on-demand", method = "post")]
     async fn provision_on_demand(
         &self,

@@ -1412,3 +1412,240 @@ async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
         "active"
     );
 }
+
+/// SCIM requests the dev-target has answered so far, all methods together.
+fn requests_seen(target: &DevTarget) -> u64 {
+    target.stats()["requests"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, n)| n.as_u64())
+        .sum()
+}
+
+/// Provision on demand respects the app's state: on a paused or quarantined app it is a 409
+/// that says why, and the target sees no request at all.
+#[tokio::test]
+async fn provision_on_demand_is_refused_on_a_paused_or_quarantined_app() {
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "pod-paused",
+            &target.base_url(),
+            TOKEN,
+            json!({}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("pp1", "PP1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    let before = requests_seen(&target);
+    let detail = app
+        .post(&url, &json!({"identity_id": "PP1"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("paused"), "{detail}");
+    use sea_orm::ConnectionTrait;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE app SET state = 'quarantined', state_reason = '401 on every call', \
+             paused_by = NULL WHERE id = '{app_id}'"
+        ))
+        .await
+        .expect("quarantine");
+    let detail = app
+        .post(&url, &json!({"identity_id": "PP1"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("quarantined"), "{detail}");
+    assert_eq!(requests_seen(&target), before, "no SCIM request");
+    assert!(target.users_snapshot().is_empty());
+}
+
+/// Never two deliveries of one resource in flight: while a job for the person runs, provision
+/// on demand is a 409 and makes no call; a pending job for them is absorbed (done by the
+/// on-demand delivery); a delete scheduled for later is left as it is.
+#[tokio::test]
+async fn provision_on_demand_never_runs_beside_a_job_for_the_same_person() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("pod-busy", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("pb1", "PB1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let id = identity_id(&app, "PB1").await;
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    let job_of = |state: &str| {
+        format!(
+            "SELECT id, run_at FROM job WHERE app_id = '{app_id}' AND resource_id = '{id}' \
+             AND state = '{state}'"
+        )
+    };
+    let queued = app.rows(&job_of("pending")).await;
+    assert_eq!(queued.len(), 1, "the joiner's job");
+    let job_id = queued[0]["id"].as_i64().unwrap_or_default();
+
+    // Another worker (another instance) runs it now.
+    let far = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'running', lease_owner = 'elsewhere', lease_until = {far} \
+             WHERE id = {job_id}"
+        ))
+        .await
+        .expect("a running job");
+    let before = requests_seen(&target);
+    let detail = app
+        .post(&url, &json!({"identity_id": "PB1"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("running"), "{detail}");
+    assert_eq!(requests_seen(&target), before, "no SCIM request");
+
+    // It is queued again: provision on demand does its work and closes it.
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL \
+             WHERE id = {job_id}"
+        ))
+        .await
+        .expect("a pending job");
+    let answer = app
+        .post(&url, &json!({"identity_id": "PB1"}))
+        .await
+        .expect(200);
+    assert_eq!(answer["operation"], "create", "{answer}");
+    assert!(app.rows(&job_of("pending")).await.is_empty(), "absorbed");
+    assert!(app.rows(&job_of("running")).await.is_empty(), "ended");
+
+    // A delete scheduled for next year keeps its date.
+    let next_year = chrono::Utc::now().timestamp_millis() + 365 * 86_400_000;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'pending', run_at = {next_year} WHERE id = {job_id}"
+        ))
+        .await
+        .expect("a scheduled job");
+    let answer = app
+        .post(&url, &json!({"identity_id": "PB1"}))
+        .await
+        .expect(200);
+    assert_eq!(answer["operation"], "noop", "{answer}");
+    let scheduled = app.rows(&job_of("pending")).await;
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0]["run_at"].as_i64(), Some(next_year));
+}
+
+/// A deprovision through provision on demand counts in the event-path deletion guard: with
+/// `max_count 1`, the second one pauses the app (by the guard) and is not made.
+#[tokio::test]
+async fn provision_on_demand_deprovisions_pass_the_deletion_guard() {
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "pod-guard",
+            &target.base_url(),
+            TOKEN,
+            json!({"deletion_guard": {"max_count": 1, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    for n in 1..=2 {
+        let who = format!("PG{n}");
+        app.post_event(&joiner(
+            &format!("pg{n}"),
+            &who,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+        let answer = app
+            .post(&url, &json!({"identity_id": who}))
+            .await
+            .expect(200);
+        assert_eq!(answer["operation"], "create", "{answer}");
+        app.post_event(&event(
+            &format!("pgl{n}"),
+            "leaver",
+            &who,
+            "2026-11-02T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    let first = app
+        .post(&url, &json!({"identity_id": "PG1"}))
+        .await
+        .expect(200);
+    assert_eq!(first["operation"], "deactivate", "{first}");
+    let detail = app
+        .post(&url, &json!({"identity_id": "PG2"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("deletion guard"), "{detail}");
+    assert_eq!(
+        inactive_users(&target),
+        1,
+        "the second deprovision was held"
+    );
+    let held = app
+        .rows(&format!(
+            "SELECT state, paused_by FROM app WHERE id = '{app_id}'"
+        ))
+        .await;
+    assert_eq!(held[0]["state"], "paused");
+    assert_eq!(held[0]["paused_by"], "guard");
+}
+
+/// Provision on demand writes its audit row in the transaction of its link: when the audit row
+/// cannot be written, no link is stored either (the next job matches the account again).
+#[tokio::test]
+async fn provision_on_demand_stores_its_link_and_audit_row_together() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("pod-audit", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("pa1", "PA1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let pg = app.db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let triggers: &[&str] = if pg {
+        &[
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit FOR EACH ROW \
+             WHEN (NEW.action = 'app.provision_on_demand') EXECUTE FUNCTION refuse_audit()",
+        ]
+    } else {
+        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit \
+           WHEN NEW.action = 'app.provision_on_demand' \
+           BEGIN SELECT RAISE(ABORT, 'injected failure'); END"]
+    };
+    for sql in triggers {
+        app.db.execute_unprepared(sql).await.expect("a trigger");
+    }
+    let failed = app
+        .post(
+            &format!("/api/v1/apps/{app_id}/provision-on-demand"),
+            &json!({"identity_id": "PA1"}),
+        )
+        .await;
+    assert_eq!(failed.status, 500, "{}", failed.text);
+    let links = app
+        .rows(&format!("SELECT id FROM link WHERE app_id = '{app_id}'"))
+        .await;
+    assert!(links.is_empty(), "a link without its audit row: {links:?}");
+}
