@@ -121,6 +121,10 @@ pub struct AppStatusOut {
     pub state: String,
     /// Why the app is paused or quarantined.
     pub state_reason: Option<String>,
+    /// Who paused it, while `paused`: `operator` (`POST /apps/{id}/pause`) or `guard` (the
+    /// deletion guard on HR events holds deprovisions; an `admin` releases them with
+    /// `POST /apps/{id}/resume {"approve_deprovisions": true}`).
+    pub paused_by: Option<String>,
     /// Pending jobs per lane.
     pub queue: LaneDepthOut,
     pub oldest_pending_seconds: Option<f64>,
@@ -282,6 +286,7 @@ impl DeliveryApi {
             },
             state: s.state,
             state_reason: s.state_reason,
+            paused_by: s.paused_by,
             oldest_pending_seconds: s.oldest_pending_seconds,
             running: s.running,
             dead: s.dead,

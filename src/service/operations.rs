@@ -24,6 +24,8 @@ pub struct OperationFilter {
 pub struct AppStatus {
     pub state: String,
     pub state_reason: Option<String>,
+    /// `operator` or `guard`, while paused.
+    pub paused_by: Option<String>,
     pub queue: Vec<(Lane, i64)>,
     pub oldest_pending_seconds: Option<f64>,
     pub running: i64,
@@ -181,6 +183,7 @@ impl Roster {
         Ok(AppStatus {
             state: view.model.state,
             state_reason: view.model.state_reason,
+            paused_by: view.model.paused_by,
             queue: queue_depths,
             oldest_pending_seconds: oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
             running,

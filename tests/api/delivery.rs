@@ -1328,6 +1328,11 @@ async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
     )
     .await
     .expect(200);
+    let paused = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert_eq!(paused["paused_by"], "operator", "{paused}");
     // Nothing is held by the guard yet: there is nothing to approve.
     let detail = app
         .post(&resume, &json!({"approve_deprovisions": true}))
@@ -1365,6 +1370,7 @@ async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
     )
     .await;
     assert!(status.to_string().contains("deletion guard"), "{status}");
+    assert_eq!(status["paused_by"], "guard", "{status}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(inactive_users(&target), 2, "the guard kept counting");
 
