@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::ApiKey;
-use super::body::JsonBody;
+use super::body::{JsonBody, OptionalJsonBody};
 use super::problem::ApiError;
 use crate::service::apps::{
     AppChanges, AppScope, AppState, AppView, AuthInput, DeletionGuard, Deprovision,
@@ -483,19 +483,43 @@ impl AppsApi {
     }
 
     /// Resume delivery (also ends a quarantine) (scope `apps:write`).
+    ///
+    /// A plain resume approves nothing: when the deletion guard on HR events paused the app,
+    /// the deprovisions it held still count, so they pause the app again at the guard's limit.
+    /// To let them through, an `admin` key sends `{"approve_deprovisions": true}`; that is
+    /// accepted only while the guard holds the app (409 otherwise) and is audited as
+    /// `app.deprovisions_approved` with the number of deprovisions it released.
     #[oai(path = "/:id/resume", method = "post")]
     async fn resume(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
+        body: OptionalJsonBody<ResumeIn>,
     ) -> poem::Result<Json<AppOut>> {
         let principal = auth.require(Permission::WriteApps)?;
-        let view = roster
-            .set_app_state(principal, &id.0, AppState::Active, None)
-            .await?;
+        let view = if body.0.approve_deprovisions {
+            let principal = auth.require(Permission::Admin)?;
+            roster.approve_deprovisions(principal, &id.0).await?
+        } else {
+            roster
+                .set_app_state(principal, &id.0, AppState::Active, None)
+                .await?
+        };
         Ok(Json(view.into()))
     }
+}
+
+/// `POST /apps/{id}/resume`; the body may be left out.
+#[derive(Object, serde::Deserialize, Default)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeIn {
+    /// Release the deprovisions the deletion guard held (scope `admin`; only while the guard
+    /// holds the app). Default `false`: resume without approving them.
+    #[serde(default)]
+    #[oai(default)]
+    pub approve_deprovisions: bool,
 }
 
 #[cfg(test)]

@@ -60,6 +60,57 @@ impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
 
 poem_openapi::impl_apirequest_for_payload!(JsonBody<T>, T: Type + DeserializeOwned + Send);
 
+/// An optional JSON body: a request without one (no body and no `Content-Type`, as routes
+/// that used to take none are called) is `T::default()`; one that is sent is parsed like
+/// `JsonBody`.
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<'a, T: Type + DeserializeOwned + Default + Send> poem_openapi::ApiExtractor<'a>
+    for OptionalJsonBody<T>
+{
+    const TYPES: &'static [poem_openapi::ApiExtractorType] =
+        &[poem_openapi::ApiExtractorType::RequestObject];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+
+    fn request_meta() -> Option<poem_openapi::registry::MetaRequest> {
+        Some(poem_openapi::registry::MetaRequest {
+            description: None,
+            content: vec![poem_openapi::registry::MetaMediaType {
+                content_type: <JsonBody<T> as Payload>::CONTENT_TYPE,
+                schema: T::schema_ref(),
+            }],
+            required: false,
+        })
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _param_opts: poem_openapi::ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let data = <Vec<u8> as FromRequest>::from_request(request, body).await?;
+        if data.is_empty() {
+            return Ok(Self(T::default()));
+        }
+        match request.content_type() {
+            Some(ct) if <JsonBody<T> as Payload>::check_content_type(ct) => {
+                Ok(Self(parse_json(&data)?))
+            }
+            Some(ct) => Err(poem_openapi::error::ContentTypeError::NotSupported {
+                content_type: ct.to_owned(),
+            }
+            .into()),
+            None => Err(poem_openapi::error::ContentTypeError::ExpectContentType.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

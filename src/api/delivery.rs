@@ -121,6 +121,10 @@ pub struct AppStatusOut {
     pub state: String,
     /// Why the app is paused or quarantined.
     pub state_reason: Option<String>,
+    /// Who paused it, while `paused`: `operator` (`POST /apps/{id}/pause`) or `guard` (the
+    /// deletion guard on HR events holds deprovisions; an `admin` releases them with
+    /// `POST /apps/{id}/resume {"approve_deprovisions": true}`).
+    pub paused_by: Option<String>,
     /// Pending jobs per lane.
     pub queue: LaneDepthOut,
     pub oldest_pending_seconds: Option<f64>,
@@ -282,6 +286,7 @@ impl DeliveryApi {
             },
             state: s.state,
             state_reason: s.state_reason,
+            paused_by: s.paused_by,
             oldest_pending_seconds: s.oldest_pending_seconds,
             running: s.running,
             dead: s.dead,
@@ -292,6 +297,12 @@ impl DeliveryApi {
 
     /// Provision one person to this app now, outside the queue, and return every SCIM call
     /// made (scope `apps:write`).
+    ///
+    /// It follows the queue's rules: 409 when the app is paused or quarantined, or while a job
+    /// for this person and app is running (a queued job for them is done by this delivery
+    /// instead); a deprovision counts in the deletion guard on HR events, which may hold it
+    /// (409, the app is then paused until an admin approves). The link, the provisioning log
+    /// and the audit row are stored together before the answer.
     #[oai(path = "/apps/:id/provision-on-demand", method = "post")]
     async fn provision_on_demand(
         &self,

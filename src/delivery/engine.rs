@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::execute::{self, AppContext, JobError, Operation};
-use super::finisher::{self, Finished, Finisher, JobEnd, JobFinisher};
+use super::finisher::{Finished, Finisher, JobEnd, JobFinisher};
 use super::guard;
 use super::inputs::{ClaimedBatch, UserInputs};
 use super::limiter::{self, AppLimiter, Limiters};
@@ -37,6 +37,9 @@ use crate::store::Db;
 use crate::store::entity::{app, job, operation};
 use crate::store::queue::{self, ClaimRooms, Lane, ResourceKind};
 use crate::telemetry::metrics;
+
+mod on_demand;
+pub use on_demand::{OnDemandDelivery, Refused as OnDemandRefused};
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -451,63 +454,6 @@ impl Delivery {
         self.jobs_ready.notify_one();
     }
 
-    /// Runs one user's delivery to one app now, outside the queue (provision on demand).
-    /// Returns what was done and every SCIM call made, once its link, follow-up jobs and log
-    /// rows are committed (one write transaction, the finisher's writer for the staged part).
-    pub async fn provision_now(
-        &self,
-        app: &app::Model,
-        identity_id: &str,
-    ) -> Result<(Result<Operation, JobError>, Vec<(&'static str, CallRecord)>), String> {
-        let rt = self.runtime(app)?;
-        let conn = self.db.conn();
-        let ctx = AppContext {
-            conn,
-            app,
-            settings: &rt.settings,
-            compiled: &rt.compiled,
-            client: &rt.client,
-            lookups: &rt.lookups,
-        };
-        let now = queue::now_ms();
-        let mut writes = JobWrites::default();
-        let (result, calls) = execute::with_call_log(None, async {
-            let inputs = UserInputs::load(conn, &app.id, identity_id).await?;
-            let op = execute::deliver_user(&ctx, &inputs, identity_id, now, &mut writes).await?;
-            execute::follow_ups(&ctx, &inputs, identity_id, op, now, &mut writes);
-            Ok::<_, JobError>(op)
-        })
-        .await;
-        let rows = operation_rows(app, None, ResourceKind::User, identity_id, 0, None, &calls);
-        let result = match (self.write_now(&writes, rows).await, result) {
-            (Ok(()), result) => result,
-            (Err(e), Ok(_)) => Err(JobError::Db(e)),
-            (Err(e), Err(failed)) => {
-                tracing::warn!(error = %e, "Could not record a failed on-demand provisioning");
-                Err(failed)
-            }
-        };
-        self.jobs_ready.notify_one();
-        Ok((result, calls))
-    }
-
-    /// Writes one delivery's staged writes and log rows in one write transaction.
-    async fn write_now(
-        &self,
-        writes: &JobWrites,
-        rows: Vec<operation::ActiveModel>,
-    ) -> Result<(), sea_orm::DbErr> {
-        if writes.is_empty() && rows.is_empty() {
-            return Ok(());
-        }
-        let tx = self.db.write_tx().await?;
-        finisher::write_staged(&*tx, &[writes]).await?;
-        if !rows.is_empty() {
-            operation::Entity::insert_many(rows).exec(&*tx).await?;
-        }
-        tx.commit().await
-    }
-
     /// Checks a quarantined app; on success it is active again — if it is still quarantined
     /// then: an operator's pause (or anything else) meanwhile is never undone by a probe.
     async fn probe(&self, app: &app::Model) -> ConnectionReport {
@@ -574,6 +520,13 @@ impl Delivery {
             .col_expr(
                 app::Column::UpdatedAt,
                 sea_orm::sea_query::Expr::value(chrono::Utc::now()),
+            )
+            // Only the guard pauses here; only a pause by the guard can be approved away.
+            .col_expr(
+                app::Column::PausedBy,
+                sea_orm::sea_query::Expr::value(
+                    (state == "paused").then_some(guard::PAUSED_BY_GUARD),
+                ),
             )
             .filter(app::Column::Id.eq(app.id.as_str()))
             .filter(app::Column::State.eq("active"))

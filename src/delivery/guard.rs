@@ -3,8 +3,14 @@
 //! `deletion_guard.on_events`, before a deprovision-lane job runs, the deprovisions the app saw
 //! within `window_minutes` (plus those in flight in this process, plus this one) are weighed
 //! with the same limits as a reconcile run (`reconcile::guard::deletion_guard`). Above them the
-//! app is paused with the reason; its jobs stay queued until an operator resumes it, which
-//! approves the deprovisions waiting at that moment (recorded in the resume's audit row).
+//! app is paused by the guard (`app.paused_by = 'guard'`) with the reason; its jobs stay queued.
+//! Only an explicit approval — `POST /apps/{id}/resume {"approve_deprovisions": true}` by an
+//! `admin` key, while the guard holds the app — releases the deprovisions waiting at that
+//! moment (its audit row, `APPROVAL_ACTION`, is what this guard reads). Any other resume leaves
+//! the count as it was, so the waiting deprovisions pause the app again at the limit.
+//!
+//! Within one process the check and the taking of its slot are one step per app (an async
+//! lock per app), so concurrent workers never all read the same count.
 //!
 //! Limits: counts come from the provisioning log plus this process's deprovisions not yet
 //! logged, so several instances on one PostgreSQL may together let a few more through than the
@@ -18,14 +24,20 @@ use crate::reconcile::{GuardDecision, deletion_guard};
 use crate::settings::DeletionGuard;
 use crate::store::entity::{app, audit, link, operation};
 
-/// The audit action of `POST /apps/{id}/resume`; its `after.deprovisions_released` is the
-/// approval the guard reads.
-pub const RESUME_ACTION: &str = "app.resume";
+/// The audit action of an admin's approval of the deprovisions the guard held (a resume with
+/// `approve_deprovisions`); its `after.deprovisions_released` is what the guard lets through.
+/// A plain resume is audited as `app.resume` and approves nothing.
+pub const APPROVAL_ACTION: &str = "app.deprovisions_approved";
+
+/// `app.paused_by` of an app the guard paused (an operator's pause is `operator`).
+pub const PAUSED_BY_GUARD: &str = "guard";
 
 /// Deprovisions this process is running, per app (not yet in the provisioning log).
 #[derive(Default)]
 pub struct InFlightDeprovisions {
     per_app: Mutex<HashMap<String, usize>>,
+    /// One check at a time per app: the count it reads includes every slot taken before it.
+    checks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Holds one in-flight deprovision until dropped: by the finisher, once the job's log rows
@@ -50,6 +62,15 @@ impl InFlightDeprovisions {
         self.per_app
             .lock()
             .map_or(0, |m| m.get(app_id).copied().unwrap_or(0))
+    }
+
+    fn check_lock(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        // A map poisoned by a panic elsewhere is still a valid map of locks.
+        let mut map = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(app_id.to_owned()).or_default().clone()
     }
 
     fn take(self: &Arc<Self>, app_id: &str) -> DeprovisionSlot {
@@ -81,6 +102,10 @@ pub async fn check(
     if !guard.on_events {
         return Ok(EventGuard::Proceed(None));
     }
+    // Held until this check's slot is taken: a concurrent check of the same app waits, then
+    // counts this one among the in-flight deprovisions.
+    let lock = in_flight.check_lock(&app.id);
+    let _one_at_a_time = lock.lock().await;
     // Read before the log: a deprovision leaves this count only after its log rows are
     // committed, so reading in this order never misses one (it may count one twice, which
     // errs on the side of holding).
@@ -89,7 +114,7 @@ pub async fn check(
     // The last approval: deprovisions before it do not count, and it lets through the ones
     // that were waiting when it was given.
     let approval = audit::Entity::find()
-        .filter(audit::Column::Action.eq(RESUME_ACTION))
+        .filter(audit::Column::Action.eq(APPROVAL_ACTION))
         .filter(audit::Column::ObjectType.eq("app"))
         .filter(audit::Column::ObjectId.eq(app.id.as_str()))
         .filter(audit::Column::CreatedAt.gte(window_start))
@@ -130,7 +155,8 @@ pub async fn check(
     ) {
         GuardDecision::Proceed => Ok(EventGuard::Proceed(Some(in_flight.take(&app.id)))),
         GuardDecision::Hold { reason } => Ok(EventGuard::Hold(format!(
-            "deletion guard on HR events: {} within {} minutes; resume the app to approve",
+            "deletion guard on HR events: {} within {} minutes; an admin approves with \
+             POST /apps/{{id}}/resume {{\"approve_deprovisions\": true}}",
             reason.replace("the run would deprovision", "deprovisioning"),
             guard.window_minutes
         ))),

@@ -50,7 +50,7 @@
 //! * `guard.rs`: [`deletion_guard`] → [`GuardDecision`].
 //! * `report.rs`: [`Report`], [`ReportItem`], [`Counts`], [`GroupCounts`], [`Resource`],
 //!   [`RunState`].
-//! * `run.rs`: [`run::begin`], [`run::execute`], [`run::apply_held`], [`run::complete_approval`] (IO: scim, store, and the
+//! * `run.rs`: [`run::begin`], [`run::execute`], [`run::approve_held`] (IO: scim, store, and the
 //!   delivery runtime for the app's client and the queue).
 mod classify;
 mod groups;

@@ -303,43 +303,29 @@ pub async fn execute(
     }
 }
 
-/// Approving a held run, step 1: prepares and enqueues the deprovisions the deletion guard
-/// held. Returns the jobs enqueued. The run stays `awaiting_approval` until
-/// [`complete_approval`], so a failure here leaves it approvable again; enqueueing twice (two
-/// approvals at once, or a retry) is harmless, as the jobs coalesce and are level-triggered.
-pub async fn apply_held(db: &Db, delivery: &Delivery, run_id: &str) -> Result<u64, RunError> {
+/// Approving a held run, in the caller's transaction (beside its audit row), so that it
+/// happens once and whole: the run moves from `awaiting_approval` to `completed` by a
+/// conditional update (`Conflict` when another approval got there first: that one's
+/// transaction holds the row until it commits), then the deprovisions the deletion guard held
+/// are prepared and enqueued, and counted in the run's `writes`. Returns the jobs enqueued. A
+/// failure anywhere rolls all of it back: the run is still awaiting approval, nothing enqueued.
+/// The caller wakes the engine after its commit.
+pub async fn approve_held(tx: &impl ConnectionTrait, run_id: &str) -> Result<u64, RunError> {
     let run = reconcile_run::Entity::find_by_id(run_id)
-        .one(db.conn())
+        .one(tx)
         .await?
         .ok_or_else(|| RunError::RunNotFound(run_id.to_owned()))?;
     if run.state != RunState::AwaitingApproval.as_str() {
         return Err(not_awaiting(run_id, &run.state));
     }
     let app = app::Entity::find_by_id(run.app_id.as_str())
-        .one(db.conn())
+        .one(tx)
         .await?
         .ok_or_else(|| RunError::AppNotFound(run.app_id.clone()))?;
-    let jobs = apply_deprovisions(db, &app, run_id).await?;
-    delivery.wake();
-    Ok(jobs)
-}
-
-/// Approving a held run, step 2 (in the caller's transaction, beside its audit row): the run
-/// becomes `completed`, its `writes` counting the `jobs` of step 1. `Conflict` when another
-/// approval got there first.
-pub async fn complete_approval(
-    tx: &impl ConnectionTrait,
-    run_id: &str,
-    jobs: u64,
-) -> Result<(), RunError> {
     let result = reconcile_run::Entity::update_many()
         .col_expr(
             reconcile_run::Column::State,
             Expr::value(RunState::Completed.as_str()),
-        )
-        .col_expr(
-            reconcile_run::Column::Writes,
-            Expr::col(reconcile_run::Column::Writes).add(to_i64(jobs)),
         )
         .col_expr(
             reconcile_run::Column::FinishedAt,
@@ -349,12 +335,26 @@ pub async fn complete_approval(
         .filter(reconcile_run::Column::State.eq(RunState::AwaitingApproval.as_str()))
         .exec(tx)
         .await?;
-    if result.rows_affected == 0 {
+    if result.rows_affected != 1 {
         return Err(RunError::Conflict(format!(
             "reconcile run {run_id} was approved already"
         )));
     }
-    Ok(())
+    let mut jobs = 0u64;
+    let mut after = 0i64;
+    while let Some((last, enqueued)) = deprovision_batch(tx, &app, run_id, after).await? {
+        after = last;
+        jobs += enqueued;
+    }
+    reconcile_run::Entity::update_many()
+        .col_expr(
+            reconcile_run::Column::Writes,
+            Expr::col(reconcile_run::Column::Writes).add(to_i64(jobs)),
+        )
+        .filter(reconcile_run::Column::Id.eq(run_id))
+        .exec(tx)
+        .await?;
+    Ok(jobs)
 }
 
 fn not_awaiting(run_id: &str, state: &str) -> RunError {
@@ -1298,62 +1298,76 @@ async fn apply_deprovisions(db: &Db, app: &app::Model, run_id: &str) -> Result<u
     let mut after = 0i64;
     let mut enqueued = 0u64;
     loop {
-        let items = reconcile_item::Entity::find()
-            .filter(reconcile_item::Column::RunId.eq(run_id))
-            .filter(
-                reconcile_item::Column::Action
-                    .is_in([ActionKind::Deactivate.as_str(), ActionKind::Delete.as_str()]),
-            )
-            .filter(reconcile_item::Column::Id.gt(after))
-            .order_by_asc(reconcile_item::Column::Id)
-            .limit(ITEM_BATCH as u64)
-            .all(db.conn())
-            .await?;
-        let Some(last) = items.last() else {
+        let tx = db.write_tx().await?;
+        let Some((last, jobs)) = deprovision_batch(&*tx, app, run_id, after).await? else {
             break;
         };
-        after = last.id;
-        let tx = db.write_tx().await?;
-        let mut jobs = Vec::with_capacity(items.len());
-        for item in &items {
-            let Some(target_id) = item.target_id.as_deref() else {
-                continue;
-            };
-            let job = match item.identity_id.as_deref() {
-                Some(identity_id) => {
-                    // Decided maybe hours ago (a held run approved later): the person may
-                    // have another account by now, which must keep its link.
-                    if !link_is_free_for(&*tx, app, identity_id, target_id).await? {
-                        continue;
-                    }
-                    save_link(
-                        &*tx,
-                        app,
-                        ResourceKind::User,
-                        identity_id,
-                        Some(target_id),
-                        None,
-                    )
-                    .await?;
-                    user_job(&app.id, identity_id)
-                }
-                None => JobRequest {
-                    kind: ResourceKind::Account,
-                    resource_id: target_id.to_owned(),
-                    ..user_job(&app.id, "")
-                },
-            };
-            metrics()
-                .drift_corrected_total
-                .with_label_values(&[app.name.as_str(), item.class.as_str()])
-                .inc();
-            jobs.push(job);
-        }
-        queue::enqueue(&*tx, &jobs).await?;
         tx.commit().await?;
-        enqueued += jobs.len() as u64;
+        after = last;
+        enqueued += jobs;
     }
     Ok(enqueued)
+}
+
+/// One batch of a run's deprovision items after item id `after`, in `tx`: links prepared and
+/// jobs enqueued. `None` when no item is left; else the last item's id and the jobs enqueued.
+async fn deprovision_batch(
+    tx: &impl ConnectionTrait,
+    app: &app::Model,
+    run_id: &str,
+    after: i64,
+) -> Result<Option<(i64, u64)>, DbErr> {
+    let items = reconcile_item::Entity::find()
+        .filter(reconcile_item::Column::RunId.eq(run_id))
+        .filter(
+            reconcile_item::Column::Action
+                .is_in([ActionKind::Deactivate.as_str(), ActionKind::Delete.as_str()]),
+        )
+        .filter(reconcile_item::Column::Id.gt(after))
+        .order_by_asc(reconcile_item::Column::Id)
+        .limit(ITEM_BATCH as u64)
+        .all(tx)
+        .await?;
+    let Some(last) = items.last() else {
+        return Ok(None);
+    };
+    let mut jobs = Vec::with_capacity(items.len());
+    for item in &items {
+        let Some(target_id) = item.target_id.as_deref() else {
+            continue;
+        };
+        let job = match item.identity_id.as_deref() {
+            Some(identity_id) => {
+                // Decided maybe hours ago (a held run approved later): the person may have
+                // another account by now, which must keep its link.
+                if !link_is_free_for(tx, app, identity_id, target_id).await? {
+                    continue;
+                }
+                save_link(
+                    tx,
+                    app,
+                    ResourceKind::User,
+                    identity_id,
+                    Some(target_id),
+                    None,
+                )
+                .await?;
+                user_job(&app.id, identity_id)
+            }
+            None => JobRequest {
+                kind: ResourceKind::Account,
+                resource_id: target_id.to_owned(),
+                ..user_job(&app.id, "")
+            },
+        };
+        metrics()
+            .drift_corrected_total
+            .with_label_values(&[app.name.as_str(), item.class.as_str()])
+            .inc();
+        jobs.push(job);
+    }
+    queue::enqueue(tx, &jobs).await?;
+    Ok(Some((last.id, jobs.len() as u64)))
 }
 
 async fn finish(

@@ -491,6 +491,7 @@ impl Roster {
             config: Set(config),
             state: Set(AppState::Active.as_str().into()),
             state_reason: Set(None),
+            paused_by: Set(None),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
@@ -734,7 +735,10 @@ impl Roster {
         Ok(())
     }
 
-    /// Pause or resume delivery to an app. Resuming also clears a quarantine.
+    /// Pause or resume delivery to an app. Resuming also clears a quarantine. A pause here is
+    /// an operator's; a resume here approves nothing the deletion guard holds: the guard keeps
+    /// counting, so deprovisions it held pause the app again at its limit
+    /// (`approve_deprovisions` is the one way to release them).
     pub async fn set_app_state(
         &self,
         principal: &Principal,
@@ -749,24 +753,12 @@ impl Roster {
         let mut model: app::ActiveModel = current.clone().into();
         model.state = Set(state.as_str().into());
         model.state_reason = Set(reason);
+        model.paused_by = Set((state == AppState::Paused).then(|| PAUSED_BY_OPERATOR.to_owned()));
         model.updated_at = Set(chrono::Utc::now());
         let updated = model.update(&*tx).await?;
-        let (action, after) = match state {
-            AppState::Paused => ("app.pause", json!({"state": updated.state})),
-            _ => {
-                // Resuming approves the deprovisions waiting now: the event-path deletion
-                // guard reads this row and lets that many through.
-                let released = crate::store::queue::pending_in_lane(
-                    &*tx,
-                    id,
-                    crate::store::queue::Lane::Deprovision,
-                )
-                .await?;
-                (
-                    crate::delivery::guard::RESUME_ACTION,
-                    json!({"state": updated.state, "deprovisions_released": released}),
-                )
-            }
+        let action = match state {
+            AppState::Paused => "app.pause",
+            _ => "app.resume",
         };
         audit::record(
             &*tx,
@@ -775,8 +767,8 @@ impl Roster {
                 action,
                 object_type: "app",
                 object_id: Some(id),
-                before: Some(json!({"state": current.state, "reason": current.state_reason})),
-                after: Some(after),
+                before: Some(state_audit(&current)),
+                after: Some(json!({"state": updated.state})),
             },
         )
         .await?;
@@ -787,6 +779,97 @@ impl Roster {
             settings,
         })
     }
+
+    /// An admin's approval of the deprovisions the deletion guard held: the app, which the
+    /// guard paused, is active again and the deprovisions waiting now are let through (the
+    /// guard reads this audit row, `crate::delivery::guard::APPROVAL_ACTION`). `Conflict` when the guard does
+    /// not hold the app (an operator's pause, a quarantine, an active app): nothing to approve.
+    /// The caller checks that the principal is an admin.
+    pub async fn approve_deprovisions(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> ServiceResult<AppView> {
+        let tx = self.write_tx().await?;
+        let Some(current) = app::Entity::find_by_id(id).one(&*tx).await? else {
+            return Err(ServiceError::not_found("app", id));
+        };
+        if current.state != AppState::Paused.as_str()
+            || current.paused_by.as_deref() != Some(crate::delivery::guard::PAUSED_BY_GUARD)
+        {
+            let why = match (current.state.as_str(), current.paused_by.as_deref()) {
+                ("paused", _) => "it was paused by an operator".to_owned(),
+                (state, _) => format!("it is `{state}`"),
+            };
+            return Err(ServiceError::Conflict(format!(
+                "app {} is not held by the deletion guard ({why}): there are no held \
+                 deprovisions to approve; resume without `approve_deprovisions`",
+                current.name
+            )));
+        }
+        // Conditional, so that two approvals at once release the waiting deprovisions once.
+        let changed = app::Entity::update_many()
+            .col_expr(
+                app::Column::State,
+                sea_orm::sea_query::Expr::value(AppState::Active.as_str()),
+            )
+            .col_expr(
+                app::Column::StateReason,
+                sea_orm::sea_query::Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                app::Column::PausedBy,
+                sea_orm::sea_query::Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                app::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(chrono::Utc::now()),
+            )
+            .filter(app::Column::Id.eq(id))
+            .filter(app::Column::State.eq(AppState::Paused.as_str()))
+            .filter(app::Column::PausedBy.eq(crate::delivery::guard::PAUSED_BY_GUARD))
+            .exec(&*tx)
+            .await?;
+        if changed.rows_affected != 1 {
+            return Err(ServiceError::Conflict(format!(
+                "app {} changed state while its deprovisions were being approved; try again",
+                current.name
+            )));
+        }
+        let released =
+            crate::store::queue::pending_in_lane(&*tx, id, crate::store::queue::Lane::Deprovision)
+                .await?;
+        audit::record(
+            &*tx,
+            Some(principal),
+            AuditEntry {
+                action: crate::delivery::guard::APPROVAL_ACTION,
+                object_type: "app",
+                object_id: Some(id),
+                before: Some(state_audit(&current)),
+                after: Some(json!({"state": "active", "deprovisions_released": released})),
+            },
+        )
+        .await?;
+        let updated = app::Entity::find_by_id(id)
+            .one(&*tx)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("app", id))?;
+        tx.commit().await?;
+        let settings = settings_of(&updated)?;
+        Ok(AppView {
+            model: updated,
+            settings,
+        })
+    }
+}
+
+/// `app.paused_by` of a pause through the API.
+const PAUSED_BY_OPERATOR: &str = "operator";
+
+/// An app's state for the audit rows of pause, resume and approval.
+fn state_audit(app: &app::Model) -> serde_json::Value {
+    json!({"state": app.state, "reason": app.state_reason, "paused_by": app.paused_by})
 }
 
 impl Roster {

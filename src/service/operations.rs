@@ -24,6 +24,8 @@ pub struct OperationFilter {
 pub struct AppStatus {
     pub state: String,
     pub state_reason: Option<String>,
+    /// `operator` or `guard`, while paused.
+    pub paused_by: Option<String>,
     pub queue: Vec<(Lane, i64)>,
     pub oldest_pending_seconds: Option<f64>,
     pub running: i64,
@@ -181,6 +183,7 @@ impl Roster {
         Ok(AppStatus {
             state: view.model.state,
             state_reason: view.model.state_reason,
+            paused_by: view.model.paused_by,
             queue: queue_depths,
             oldest_pending_seconds: oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
             running,
@@ -194,26 +197,52 @@ impl Roster {
         })
     }
 
-    /// Provisions one person to one app now and returns every SCIM call made (DESIGN §4).
+    /// Provisions one person to one app now and returns every SCIM call made. Refused (409)
+    /// on an app that is not active, while a job for the person runs, or when the deletion
+    /// guard holds the deprovision. The job's end, its link writes, its log rows and the audit
+    /// row are written in one transaction.
     pub async fn provision_on_demand(
         &self,
         principal: &Principal,
         app_id: &str,
         identity_id: &str,
     ) -> ServiceResult<OnDemand> {
+        use crate::delivery::engine::OnDemandRefused as Refused;
         let view = self.get_app(app_id).await?;
         let person = self.get_identity(identity_id).await?;
-        let (result, calls) = self
+        let delivered = self
             .delivery()
-            .provision_now(&view.model, &person.model.id)
+            .provision_now(&view.model.id, &person.model.id)
             .await
-            .map_err(|e| ServiceError::invalid("app", e))?;
-        let (operation, error) = match result {
-            Ok(op) => (Some(op), None),
-            Err(JobError::Db(e)) => return Err(ServiceError::Db(e)),
-            Err(e) => (None, Some(e.to_string())),
-        };
+            .map_err(|e| match e {
+                Refused::Db(e) => ServiceError::Db(e),
+                Refused::Gone(id) => ServiceError::not_found("app", id),
+                Refused::Settings(reason) => ServiceError::invalid("app", reason),
+                e @ (Refused::NotActive { .. } | Refused::Busy { .. } | Refused::Held(_)) => {
+                    ServiceError::Conflict(e.to_string())
+                }
+            })?;
         let tx = self.write_tx().await?;
+        let lease_held = delivered.write(&*tx).await?;
+        // A store failure inside the delivery is still recorded (the job's end, the calls
+        // made, the audit row), then answered as a server error.
+        let store_failure = match &delivered.result {
+            Err(JobError::Db(e)) => Some(e.to_string()),
+            _ => None,
+        };
+        let (operation, error) = match (&delivered.result, lease_held) {
+            (Err(e), _) => (None, Some(e.to_string())),
+            (Ok(_), false) => (
+                None,
+                Some(
+                    "this instance lost the delivery's lease (it took too long); its calls \
+                     were made but its link was not stored: the next job for the person \
+                     matches the account again"
+                        .to_owned(),
+                ),
+            ),
+            (Ok(op), true) => (Some(*op), None),
+        };
         audit::record(
             &*tx,
             Some(principal),
@@ -226,12 +255,18 @@ impl Roster {
                     "app_id": app_id,
                     "operation": operation.map(Operation::as_str),
                     "error": error,
-                    "calls": calls.len(),
+                    "calls": delivered.calls.len(),
                 })),
             },
         )
         .await?;
         tx.commit().await?;
+        if let Some(e) = store_failure {
+            return Err(ServiceError::Internal(format!(
+                "provision on demand could not read or write the store: {e}"
+            )));
+        }
+        let calls = delivered.calls.clone();
         Ok(OnDemand {
             operation,
             error,

@@ -226,10 +226,10 @@ impl Roster {
 
     /// Applies the deprovisions the deletion guard held; 409 unless the run awaits approval.
     pub async fn approve_reconcile(&self, principal: &Principal, id: &str) -> ServiceResult<u64> {
-        let delivery = self.delivery();
-        let jobs = run::apply_held(self.store(), &delivery, id).await?;
+        // One transaction: the conditional state change, the enqueued jobs and the audit row
+        // commit together or not at all, and a second approval at once gets a 409.
         let tx = self.write_tx().await?;
-        run::complete_approval(&*tx, id, jobs).await?;
+        let jobs = run::approve_held(&*tx, id).await?;
         audit::record(
             &*tx,
             Some(principal),
@@ -243,6 +243,7 @@ impl Roster {
         )
         .await?;
         tx.commit().await?;
+        self.delivery().wake();
         Ok(jobs)
     }
 }

@@ -1234,7 +1234,7 @@ fn inactive_users(target: &DevTarget) -> usize {
 }
 
 /// An HR export gone wrong: a burst of leavers above the app's deletion guard is held — the app
-/// is paused with the reason after `max_count` deprovisions — until an operator resumes it,
+/// is paused with the reason after `max_count` deprovisions — until an admin approves them,
 /// which lets the waiting ones through.
 #[tokio::test]
 async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
@@ -1286,8 +1286,8 @@ async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
     .await;
     let shown = status.to_string();
     assert!(
-        shown.contains("deletion guard") && shown.contains("resume the app"),
-        "the status says why: {shown}"
+        shown.contains("deletion guard") && shown.contains("approve_deprovisions"),
+        "the status says why and how to approve: {shown}"
     );
     // Held: no more than max_count went through; the other five wait as pending jobs of the
     // paused app, which the engine does not claim (a state to reach, not a window of time).
@@ -1306,9 +1306,12 @@ async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
         "only max_count deprovisions ran"
     );
 
-    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
-        .await
-        .expect(200);
+    app.post(
+        &format!("/api/v1/apps/{app_id}/resume"),
+        &json!({"approve_deprovisions": true}),
+    )
+    .await
+    .expect(200);
     eventually(
         "all 8 leavers deactivated",
         Duration::from_secs(30),
@@ -1544,7 +1547,7 @@ async fn a_mover_back_in_scope_is_back_in_the_pushed_group_whichever_job_runs_fi
 
 #[tokio::test]
 async fn a_rehire_is_back_in_the_pushed_group_on_the_third_party_peer() {
-    let Some((base, token)) = peer() else { return };
+    let Some((base, token, _turn)) = peer().await else { return };
     comeback_is_back_in_the_pushed_group(&base, &token, true).await;
 }
 
@@ -1920,6 +1923,439 @@ async fn elements_roster_does_not_render_survive_its_updates() {
 
 #[tokio::test]
 async fn elements_roster_does_not_render_survive_its_updates_on_the_third_party_peer() {
-    let Some((base, token)) = peer() else { return };
+    let Some((base, token, _turn)) = peer().await else { return };
     foreign_elements_survive(&base, &token).await;
+}
+
+/// The event-path deletion guard weighs concurrent deprovisions of one app one at a time: with
+/// `max_count 2` and 16 leavers delivered 16 at once, at most 2 go through and the app is paused
+/// by the guard (the check and the taking of its slot are one step per app).
+#[tokio::test]
+async fn concurrent_leavers_never_slip_past_the_deletion_guard() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs {
+        latency_ms: 20,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let created = app
+        .create_app(&sherpany(
+            "raced",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 16,
+                   "rate_limit": {"per_second": 1000, "burst": 1000},
+                   "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(&app, "r", "R", 16).await;
+    eventually("16 accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 16).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    let leavers: Vec<Value> = (0..16)
+        .map(|i| {
+            event(
+                &format!("rl{i}"),
+                "leaver",
+                &format!("R{i}"),
+                "2026-11-02T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": leavers}))
+        .await
+        .expect(202);
+    let status = eventually(
+        "the app paused by the guard",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    assert!(
+        status.to_string().contains("deletion guard"),
+        "paused by the guard: {status}"
+    );
+    // Whatever was in flight when it paused has ended by now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let deactivated = inactive_users(&target);
+    assert!(
+        deactivated <= 2,
+        "{deactivated} of 16 deactivated with max_count 2"
+    );
+}
+
+/// Only an admin's explicit approval releases deprovisions, and only those the guard held: an
+/// app paused by hand while 8 leavers arrive, then resumed with an `apps:write` key, still
+/// weighs them (2 go through, then the guard pauses it); `approve_deprovisions` needs `admin`
+/// and a hold by the guard; the admin's approval lets the other 6 through.
+#[tokio::test]
+async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "approved",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 1,
+                   "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let resume = format!("/api/v1/apps/{app_id}/resume");
+    let writer = app.key(&["apps:write"]).await;
+    post_joiners(&app, "a", "A", 12).await;
+    eventually("12 accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 12).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    app.request(
+        "POST",
+        &format!("/api/v1/apps/{app_id}/pause"),
+        Some(&writer),
+        Some(&json!({})),
+    )
+    .await
+    .expect(200);
+    let paused = app
+        .get(&format!("/api/v1/apps/{app_id}/status"))
+        .await
+        .expect(200);
+    assert_eq!(paused["paused_by"], "operator", "{paused}");
+    // Nothing is held by the guard yet: there is nothing to approve.
+    let detail = app
+        .post(&resume, &json!({"approve_deprovisions": true}))
+        .await
+        .problem(409);
+    assert!(detail.contains("paused by an operator"), "{detail}");
+    let leavers: Vec<Value> = (0..8)
+        .map(|i| {
+            event(
+                &format!("al{i}"),
+                "leaver",
+                &format!("A{i}"),
+                "2026-11-02T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": leavers}))
+        .await
+        .expect(202);
+    // A resume without a body, by an `apps:write` key: not an approval.
+    app.request("POST", &resume, Some(&writer), None)
+        .await
+        .expect(200);
+    let status = eventually(
+        "the guard pauses the app again",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    assert!(status.to_string().contains("deletion guard"), "{status}");
+    assert_eq!(status["paused_by"], "guard", "{status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(inactive_users(&target), 2, "the guard kept counting");
+
+    // Approving takes an admin.
+    app.request(
+        "POST",
+        &resume,
+        Some(&writer),
+        Some(&json!({"approve_deprovisions": true})),
+    )
+    .await
+    .problem(403);
+    assert_eq!(
+        app.get(&format!("/api/v1/apps/{app_id}/status"))
+            .await
+            .expect(200)["state"],
+        "paused"
+    );
+    let approved = app
+        .post(&resume, &json!({"approve_deprovisions": true}))
+        .await
+        .expect(200);
+    assert_eq!(approved["state"], "active");
+    eventually(
+        "all 8 leavers deactivated",
+        Duration::from_secs(30),
+        || async { (inactive_users(&target) == 8).then_some(()) },
+    )
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let audit = app
+        .rows(&format!(
+            "SELECT action FROM audit WHERE object_id = '{app_id}' ORDER BY id"
+        ))
+        .await;
+    let actions: Vec<&str> = audit.iter().filter_map(|r| r["action"].as_str()).collect();
+    assert!(
+        actions.ends_with(&["app.pause", "app.resume", "app.deprovisions_approved"]),
+        "{actions:?}"
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/apps/{app_id}/status"))
+            .await
+            .expect(200)["state"],
+        "active"
+    );
+}
+
+/// SCIM requests the dev-target has answered so far, all methods together.
+fn requests_seen(target: &DevTarget) -> u64 {
+    target.stats()["requests"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, n)| n.as_u64())
+        .sum()
+}
+
+/// Provision on demand respects the app's state: on a paused or quarantined app it is a 409
+/// that says why, and the target sees no request at all.
+#[tokio::test]
+async fn provision_on_demand_is_refused_on_a_paused_or_quarantined_app() {
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "pod-paused",
+            &target.base_url(),
+            TOKEN,
+            json!({}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("pp1", "PP1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    let before = requests_seen(&target);
+    let detail = app
+        .post(&url, &json!({"identity_id": "PP1"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("paused"), "{detail}");
+    use sea_orm::ConnectionTrait;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE app SET state = 'quarantined', state_reason = '401 on every call', \
+             paused_by = NULL WHERE id = '{app_id}'"
+        ))
+        .await
+        .expect("quarantine");
+    let detail = app
+        .post(&url, &json!({"identity_id": "PP1"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("quarantined"), "{detail}");
+    assert_eq!(requests_seen(&target), before, "no SCIM request");
+    assert!(target.users_snapshot().is_empty());
+}
+
+/// Never two deliveries of one resource in flight: while a job for the person runs, provision
+/// on demand is a 409 and makes no call; a pending job for them is absorbed (done by the
+/// on-demand delivery); a delete scheduled for later is left as it is.
+#[tokio::test]
+async fn provision_on_demand_never_runs_beside_a_job_for_the_same_person() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("pod-busy", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("pb1", "PB1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let id = identity_id(&app, "PB1").await;
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    let job_of = |state: &str| {
+        format!(
+            "SELECT id, run_at FROM job WHERE app_id = '{app_id}' AND resource_id = '{id}' \
+             AND state = '{state}'"
+        )
+    };
+    let queued = app.rows(&job_of("pending")).await;
+    assert_eq!(queued.len(), 1, "the joiner's job");
+    let job_id = queued[0]["id"].as_i64().unwrap_or_default();
+
+    // Another worker (another instance) runs it now.
+    let far = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'running', lease_owner = 'elsewhere', lease_until = {far} \
+             WHERE id = {job_id}"
+        ))
+        .await
+        .expect("a running job");
+    let before = requests_seen(&target);
+    let detail = app
+        .post(&url, &json!({"identity_id": "PB1"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("running"), "{detail}");
+    assert_eq!(requests_seen(&target), before, "no SCIM request");
+
+    // It is queued again: provision on demand does its work and closes it.
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'pending', lease_owner = NULL, lease_until = NULL \
+             WHERE id = {job_id}"
+        ))
+        .await
+        .expect("a pending job");
+    let answer = app
+        .post(&url, &json!({"identity_id": "PB1"}))
+        .await
+        .expect(200);
+    assert_eq!(answer["operation"], "create", "{answer}");
+    assert!(app.rows(&job_of("pending")).await.is_empty(), "absorbed");
+    assert!(app.rows(&job_of("running")).await.is_empty(), "ended");
+
+    // A delete scheduled for next year keeps its date.
+    let next_year = chrono::Utc::now().timestamp_millis() + 365 * 86_400_000;
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'pending', run_at = {next_year} WHERE id = {job_id}"
+        ))
+        .await
+        .expect("a scheduled job");
+    let answer = app
+        .post(&url, &json!({"identity_id": "PB1"}))
+        .await
+        .expect(200);
+    assert_eq!(answer["operation"], "noop", "{answer}");
+    let scheduled = app.rows(&job_of("pending")).await;
+    assert_eq!(scheduled.len(), 1);
+    assert_eq!(scheduled[0]["run_at"].as_i64(), Some(next_year));
+}
+
+/// A deprovision through provision on demand counts in the event-path deletion guard: with
+/// `max_count 1`, the second one pauses the app (by the guard) and is not made.
+#[tokio::test]
+async fn provision_on_demand_deprovisions_pass_the_deletion_guard() {
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany(
+            "pod-guard",
+            &target.base_url(),
+            TOKEN,
+            json!({"deletion_guard": {"max_count": 1, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    for n in 1..=2 {
+        let who = format!("PG{n}");
+        app.post_event(&joiner(
+            &format!("pg{n}"),
+            &who,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+        let answer = app
+            .post(&url, &json!({"identity_id": who}))
+            .await
+            .expect(200);
+        assert_eq!(answer["operation"], "create", "{answer}");
+        app.post_event(&event(
+            &format!("pgl{n}"),
+            "leaver",
+            &who,
+            "2026-11-02T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    let first = app
+        .post(&url, &json!({"identity_id": "PG1"}))
+        .await
+        .expect(200);
+    assert_eq!(first["operation"], "deactivate", "{first}");
+    let detail = app
+        .post(&url, &json!({"identity_id": "PG2"}))
+        .await
+        .problem(409);
+    assert!(detail.contains("deletion guard"), "{detail}");
+    assert_eq!(
+        inactive_users(&target),
+        1,
+        "the second deprovision was held"
+    );
+    let held = app
+        .rows(&format!(
+            "SELECT state, paused_by FROM app WHERE id = '{app_id}'"
+        ))
+        .await;
+    assert_eq!(held[0]["state"], "paused");
+    assert_eq!(held[0]["paused_by"], "guard");
+}
+
+/// Provision on demand writes its audit row in the transaction of its link: when the audit row
+/// cannot be written, no link is stored either (the next job matches the account again).
+#[tokio::test]
+async fn provision_on_demand_stores_its_link_and_audit_row_together() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app_with_engine_off().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("pod-audit", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner("pa1", "PA1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let pg = app.db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let triggers: &[&str] = if pg {
+        &[
+            "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit FOR EACH ROW \
+             WHEN (NEW.action = 'app.provision_on_demand') EXECUTE FUNCTION refuse_audit()",
+        ]
+    } else {
+        &["CREATE TRIGGER refuse_audit BEFORE INSERT ON audit \
+           WHEN NEW.action = 'app.provision_on_demand' \
+           BEGIN SELECT RAISE(ABORT, 'injected failure'); END"]
+    };
+    for sql in triggers {
+        app.db.execute_unprepared(sql).await.expect("a trigger");
+    }
+    let failed = app
+        .post(
+            &format!("/api/v1/apps/{app_id}/provision-on-demand"),
+            &json!({"identity_id": "PA1"}),
+        )
+        .await;
+    assert_eq!(failed.status, 500, "{}", failed.text);
+    let links = app
+        .rows(&format!("SELECT id FROM link WHERE app_id = '{app_id}'"))
+        .await;
+    assert!(links.is_empty(), "a link without its audit row: {links:?}");
 }

@@ -1245,7 +1245,6 @@ async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_lin
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     let app_id = app
         .create_app(&app_body(
@@ -1460,7 +1459,6 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
-        http: reqwest::Client::new(),
     };
     let app_id = app
         .create_app(&app_body(
@@ -1750,4 +1748,137 @@ async fn a_pushed_group_the_listing_missed_is_confirmed_by_id() {
             .await,
         links
     );
+}
+
+/// A run awaiting approval, written straight to the store: `items` deactivations of accounts
+/// `t{i}` for identities `i{i}`, on a paused app so that the jobs an approval enqueues stay in
+/// the queue to be counted.
+async fn held_run(app: &TestApp, items: u32) -> (String, String) {
+    use sea_orm::ConnectionTrait;
+    let app_id = app.create_app(&app_body("held", json!({}))).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    let pg = app.db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let (empty_object, empty_list) = if pg {
+        ("'{}'::jsonb", "'[]'::jsonb")
+    } else {
+        ("'{}'", "'[]'")
+    };
+    let run_id = uuid::Uuid::new_v4().to_string();
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO reconcile_run (id, app_id, state, dry_run, mode, counts, writes, started_at) \
+             VALUES ('{run_id}', '{app_id}', 'awaiting_approval', false, 'fix', {empty_object}, 0, \
+                     '2026-12-01T00:00:00+00:00')"
+        ))
+        .await
+        .expect("a held run");
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO reconcile_item \
+               (run_id, class, target_id, user_name, identity_id, differences, action, held, resource) \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {items}) \
+             SELECT '{run_id}', 'orphan', 't' || i, 'u' || i || '@example.com', \
+                    'i' || i, {empty_list}, \
+                    'deactivate', true, 'user' FROM n"
+        ))
+        .await
+        .expect("its items");
+    (app_id, run_id)
+}
+
+/// Two approvals of one held run at once: one enqueues the held deprovisions and completes
+/// the run, the other is a 409 that changed nothing — no job enqueued or touched twice, one
+/// audit row.
+#[tokio::test]
+async fn two_approvals_of_one_run_at_once_apply_it_once() {
+    let app = spawn_app().await;
+    let (app_id, run_id) = held_run(&app, 40).await;
+    let url = format!("/api/v1/reconcile-runs/{run_id}/approve");
+    let empty = json!({});
+    let (a, b) = tokio::join!(app.post(&url, &empty), app.post(&url, &empty));
+    let mut statuses = [a.status, b.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{} / {}", a.text, b.text);
+    let approved = if a.status == 200 { a.body } else { b.body };
+    assert_eq!(approved["jobs_enqueued"], 40);
+    let jobs = app
+        .rows(&format!("SELECT id FROM job WHERE app_id = '{app_id}'"))
+        .await;
+    assert_eq!(jobs.len(), 40);
+    let touched = app
+        .rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND updated_at <> created_at"
+        ))
+        .await;
+    assert!(touched.is_empty(), "jobs enqueued twice: {touched:?}");
+    let audit = app
+        .rows("SELECT id FROM audit WHERE action = 'reconcile.approve'")
+        .await;
+    assert_eq!(audit.len(), 1);
+    let report = app
+        .get(&format!("/api/v1/reconcile-runs/{run_id}"))
+        .await
+        .expect(200);
+    assert_eq!(report["state"], "completed");
+    assert_eq!(report["writes"], 40);
+}
+
+/// An approval that fails part-way leaves nothing behind: no job enqueued, no link changed,
+/// the run still awaiting approval (and approvable once the fault is gone). The fault: the
+/// store refuses the approval's audit row, the last thing it writes.
+#[tokio::test]
+async fn an_approval_that_fails_part_way_enqueues_nothing() {
+    use sea_orm::ConnectionTrait;
+    let app = spawn_app().await;
+    let (app_id, run_id) = held_run(&app, 40).await;
+    let pg = app.db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let triggers: &[&str] = if pg {
+        &[
+            "CREATE FUNCTION refuse_approval() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+            "CREATE TRIGGER refuse_approval BEFORE INSERT ON audit FOR EACH ROW \
+             WHEN (NEW.action = 'reconcile.approve') EXECUTE FUNCTION refuse_approval()",
+        ]
+    } else {
+        &["CREATE TRIGGER refuse_approval BEFORE INSERT ON audit \
+           WHEN NEW.action = 'reconcile.approve' \
+           BEGIN SELECT RAISE(ABORT, 'injected failure'); END"]
+    };
+    for sql in triggers {
+        app.db.execute_unprepared(sql).await.expect("a trigger");
+    }
+    let url = format!("/api/v1/reconcile-runs/{run_id}/approve");
+    let failed = app.post(&url, &json!({})).await;
+    assert_eq!(failed.status, 500, "{}", failed.text);
+    let jobs = app
+        .rows(&format!("SELECT id FROM job WHERE app_id = '{app_id}'"))
+        .await;
+    assert!(
+        jobs.is_empty(),
+        "{} jobs enqueued by a failed approval",
+        jobs.len()
+    );
+    assert_eq!(app.count("link").await, 0);
+    let report = app
+        .get(&format!("/api/v1/reconcile-runs/{run_id}"))
+        .await
+        .expect(200);
+    assert_eq!(report["state"], "awaiting_approval");
+
+    let drop = if pg {
+        "DROP TRIGGER refuse_approval ON audit"
+    } else {
+        "DROP TRIGGER refuse_approval"
+    };
+    app.db
+        .execute_unprepared(drop)
+        .await
+        .expect("drop the trigger");
+    let approved = app.post(&url, &json!({})).await.expect(200);
+    assert_eq!(approved["jobs_enqueued"], 40);
 }

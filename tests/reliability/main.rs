@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use roster::dev_target::{DevTarget, DevTargetArgs};
-use sea_orm::{Database, DatabaseConnection, FromQueryResult, JsonValue, Statement};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, FromQueryResult, JsonValue, Statement,
+};
 use serde_json::{Value, json};
 
 /// At least 32 characters: shorter bootstrap tokens are refused.

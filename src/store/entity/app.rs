@@ -17,6 +17,8 @@ pub struct Model {
     pub config: Json,
     pub state: String,
     pub state_reason: Option<String>,
+    /// Who paused it, while `paused`: `operator` or `guard` (the deletion guard on HR events).
+    pub paused_by: Option<String>,
     pub version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
