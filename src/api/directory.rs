@@ -140,24 +140,20 @@ impl From<GroupView> for GroupOut {
     }
 }
 
+/// A rule in its text or JSON form; both are held to the same depth and width before a rule
+/// is built from them.
 fn parse_rule(raw: Option<Value>) -> Result<Option<GroupRule>, ApiError> {
     raw.map(|v| {
-        if let Value::String(text) = &v {
-            return crate::mapping::parse_group_rule(text).map_err(|e| {
-                ApiError::new(
-                    poem::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation",
-                    "Validation failed",
-                    format!("rule: {e}"),
-                )
-            });
-        }
-        serde_json::from_value::<GroupRule>(v).map_err(|e| {
+        let parsed = match &v {
+            Value::String(text) => crate::mapping::parse_group_rule(text),
+            _ => crate::mapping::group_rule_from_json(&v),
+        };
+        parsed.map_err(|e| {
             ApiError::new(
                 poem::http::StatusCode::UNPROCESSABLE_ENTITY,
                 "validation",
                 "Validation failed",
-                format!("rule: not a rule ({e}); expected {{\"attribute\", \"op\", \"value\"}} or {{\"and\"|\"or\": [...]}} or {{\"not\": rule}}"),
+                e.to_string(),
             )
         })
     })

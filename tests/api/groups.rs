@@ -185,3 +185,56 @@ async fn a_group_change_queues_syncs_in_apps_that_scope_or_push_it() {
     );
     assert_eq!(for_app(&unrelated["id"], "user"), 0);
 }
+
+/// The JSON form of a rule has the text form's limits (depth, and 4 KiB of text), checked
+/// before the rule is built: a deep rule around a wide array once took 2 GB to refuse.
+#[tokio::test]
+async fn a_json_rule_is_held_to_the_limits_of_the_text_form() {
+    let app = spawn_app().await;
+    // Numbers, so that 120 000 values fit the 1 MiB body limit.
+    let values: Vec<u32> = (0..120_000).collect();
+    let wide =
+        json!({"name": "wide", "rule": {"attribute": "department", "op": "in", "value": values}});
+    let detail = app.post("/api/v1/groups", &wide).await.problem(422);
+    assert!(
+        detail.starts_with("rule.value") && detail.contains("4096 bytes"),
+        "{detail}"
+    );
+
+    let mut deep = json!({"attribute": "department", "op": "eq", "value": "x"});
+    for _ in 0..8 {
+        deep = json!({"not": deep});
+    }
+    let detail = app
+        .post("/api/v1/groups", &json!({"name": "deep", "rule": deep}))
+        .await
+        .problem(422);
+    assert!(detail.contains("deeper than 8 levels"), "{detail}");
+
+    // 120 `not`s around a 480 000-element array: just under the 1 MiB body limit.
+    let mut bomb = json!(vec![0; 480_000]);
+    for _ in 0..120 {
+        bomb = json!({"not": bomb});
+    }
+    let started = std::time::Instant::now();
+    let detail = app
+        .post("/api/v1/groups", &json!({"name": "bomb", "rule": bomb}))
+        .await
+        .problem(422);
+    assert!(detail.contains("deeper than 8 levels"), "{detail}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused in {:?}",
+        started.elapsed()
+    );
+
+    // A rule within the limits, as JSON and as text, is still accepted.
+    let fine: Vec<String> = (0..100).map(|i| format!("D{i}")).collect();
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "fine", "rule": {"and": [{"attribute": "department", "op": "in", "value": fine}, {"not": {"attribute": "title", "op": "pr"}}]}}),
+    )
+    .await
+    .expect(201);
+    assert_eq!(app.count("roster_group").await, 1);
+}
