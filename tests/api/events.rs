@@ -428,3 +428,89 @@ async fn concurrent_requests_in_one_commit_group_are_answered_each_and_applied_o
     assert_eq!(app.count("identity").await, 24);
     assert_eq!(app.count("audit").await - audit_before, 48);
 }
+
+/// `employee_id` is 1 to 64 characters, counted as characters (as documented), not bytes.
+#[tokio::test]
+async fn an_employee_id_is_limited_in_characters_not_bytes() {
+    let app = spawn_app().await;
+    let sixty_four = "é".repeat(64);
+    let answer = app
+        .post_event(&event(
+            "wide-1",
+            "joiner",
+            &sixty_four,
+            "2026-11-01T09:00:00Z",
+            json!({"user_name": "wide", "email": "wide@example.com"}),
+        ))
+        .await;
+    assert_eq!(answer["result"], "applied");
+    let detail = app
+        .post(
+            "/api/v1/events",
+            &event(
+                "wide-2",
+                "joiner",
+                &"é".repeat(65),
+                "2026-11-01T09:00:00Z",
+                json!({"user_name": "wider", "email": "wider@example.com"}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(detail.starts_with("employee.employee_id"), "{detail}");
+    // Static group members are employee ids too.
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "wide", "members": [sixty_four]}),
+    )
+    .await
+    .expect(201);
+}
+
+/// An `employee_id` equal to another identity's roster id cannot make look-ups by "roster id
+/// or employee id" ambiguous: the roster id wins, in every such look-up.
+#[tokio::test]
+async fn an_employee_id_equal_to_another_identitys_id_never_takes_its_place() {
+    let app = spawn_app().await;
+    app.post_event(&joiner("v1", "VICTIM", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let victim = app.get("/api/v1/identities/VICTIM").await.expect(200);
+    let victim_id = victim["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        "i1",
+        &victim_id,
+        "2026-11-01T09:00:00Z",
+        json!({"user_name": "impostor", "email": "impostor@example.com"}),
+    ))
+    .await;
+    let found = app
+        .get(&format!("/api/v1/identities/{victim_id}"))
+        .await
+        .expect(200);
+    assert_eq!(found["employee_id"], "VICTIM");
+    assert_eq!(found["id"], victim_id.as_str());
+
+    // The provisioning log filtered by identity: the victim's rows, not the impostor's.
+    let impostor = app
+        .rows(&format!(
+            "SELECT id FROM identity WHERE employee_id = '{victim_id}'"
+        ))
+        .await;
+    let impostor_id = impostor[0]["id"].as_str().unwrap_or_default().to_owned();
+    for (resource, path) in [(&victim_id, "/victim"), (&impostor_id, "/impostor")] {
+        app.rows(&format!(
+            "INSERT INTO operation (app_id, resource_kind, resource_id, operation, method, path, duration_ms, attempt, outcome, created_at) \
+             VALUES ('app', 'user', '{resource}', 'create', 'POST', '{path}', 1, 1, 'ok', '2026-11-01T09:00:00Z')"
+        ))
+        .await;
+    }
+    let log = app
+        .get(&format!("/api/v1/operations?identity={victim_id}"))
+        .await
+        .expect(200);
+    let paths: Vec<&str> = log["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|o| o["path"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(paths, ["/victim"], "{log}");
+}

@@ -130,7 +130,12 @@ fn no_controls(field: &str, value: &str, max: usize) -> ServiceResult<()> {
 }
 
 pub fn validate_employee_id(field: &str, id: &str) -> ServiceResult<()> {
-    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) || id.trim() != id {
+    // Counted in characters, as documented: a non-ASCII id is not held to fewer of them.
+    if id.is_empty()
+        || id.chars().count() > 64
+        || id.chars().any(char::is_control)
+        || id.trim() != id
+    {
         return Err(ServiceError::invalid(
             field,
             "must be 1 to 64 characters, without control characters or surrounding spaces",
