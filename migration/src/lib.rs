@@ -3,6 +3,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261123_000001_init;
 mod m20261123_000002_reconcile_item_resource;
+mod m20261203_000006_field_times;
 
 pub struct Migrator;
 
@@ -12,6 +13,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261123_000001_init::Migration),
             Box::new(m20261123_000002_reconcile_item_resource::Migration),
+            Box::new(m20261203_000006_field_times::Migration),
         ]
     }
 }
