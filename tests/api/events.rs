@@ -780,6 +780,14 @@ async fn the_same_event_id_with_another_payload_is_a_conflict() {
     let detail = app.post("/api/v1/events:batch", &batch).await.problem(409);
     assert!(detail.contains("c-3"), "{detail}");
 
+    // Events stored before payload hashes were kept are compared by their stored payload.
+    app.rows("UPDATE hr_event SET payload_hash = NULL").await;
+    assert_eq!(app.post_event(&first).await["result"], "duplicate");
+    let mut other = first.clone();
+    other["type"] = json!("mover");
+    let detail = app.post("/api/v1/events", &other).await.problem(409);
+    assert!(detail.contains("c-1") && detail.contains("type"), "{detail}");
+
     app.get("/api/v1/identities/C2").await.problem(404);
     app.get("/api/v1/identities/C3").await.problem(404);
     let person = app.get("/api/v1/identities/C1").await.expect(200);

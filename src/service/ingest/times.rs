@@ -167,6 +167,56 @@ mod tests {
 
     use super::*;
 
+    fn person(field_times: Option<Value>, last_event_at: Option<DateTime<Utc>>) -> identity::Model {
+        let now = Utc::now();
+        identity::Model {
+            id: "id".into(),
+            employee_id: "E".into(),
+            user_name: None,
+            email: None,
+            given_name: None,
+            family_name: None,
+            display_name: None,
+            department: None,
+            title: None,
+            manager_employee_id: None,
+            attributes: json!({}),
+            status: "active".into(),
+            last_event_at,
+            field_times,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn a_person_stored_before_field_times_counts_every_field_as_set_at_its_last_event() {
+        let at = DateTime::parse_from_rfc3339("2026-11-01T09:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let earlier = at - chrono::Duration::hours(1);
+        let legacy = FieldTimes::of(&person(None, Some(at)));
+        for field in FIELDS.iter().chain([&STATUS]) {
+            assert_eq!(legacy.get(field), Some(at), "{field}");
+            assert!(!legacy.admits(field, earlier), "{field}");
+            assert!(
+                legacy.admits(field, at),
+                "{field}: a tie between data fields is taken"
+            );
+        }
+        // Times round-trip through their stored form; a field without one admits anything.
+        let mut times = FieldTimes::default();
+        times.set("title", at);
+        times.confirm(STATUS, earlier);
+        times.confirm(STATUS, at);
+        let stored = FieldTimes::of(&person(Some(times.to_json()), Some(at)));
+        assert_eq!(stored, times);
+        assert_eq!(stored.get(STATUS), Some(at), "confirm keeps the later time");
+        assert!(stored.admits("department", earlier));
+        assert_eq!(FieldTimes::of(&person(None, None)), FieldTimes::default());
+    }
+
     #[test]
     fn the_hash_ignores_key_order_and_sees_every_value() {
         let a = json!({"event_id": "e", "employee": {"employee_id": "E", "title": "x"}});
