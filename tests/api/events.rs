@@ -786,7 +786,10 @@ async fn the_same_event_id_with_another_payload_is_a_conflict() {
     let mut other = first.clone();
     other["type"] = json!("mover");
     let detail = app.post("/api/v1/events", &other).await.problem(409);
-    assert!(detail.contains("c-1") && detail.contains("type"), "{detail}");
+    assert!(
+        detail.contains("c-1") && detail.contains("type"),
+        "{detail}"
+    );
 
     app.get("/api/v1/identities/C2").await.problem(404);
     app.get("/api/v1/identities/C3").await.problem(404);
