@@ -6,6 +6,7 @@ mod m20261123_000002_reconcile_item_resource;
 mod m20261203_000001_unique_live_link_target;
 mod m20261203_000002_reconcile_item_account;
 mod m20261203_000005_credential_key;
+mod m20261203_000006_field_times;
 mod m20261203_000007_app_paused_by;
 
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_unique_live_link_target::Migration),
             Box::new(m20261203_000002_reconcile_item_account::Migration),
             Box::new(m20261203_000005_credential_key::Migration),
+            Box::new(m20261203_000006_field_times::Migration),
             Box::new(m20261203_000007_app_paused_by::Migration),
         ]
     }

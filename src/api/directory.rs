@@ -88,6 +88,33 @@ pub struct IdentityPage {
     pub next_cursor: Option<String>,
 }
 
+#[derive(Object)]
+pub struct GroupPage {
+    pub items: Vec<GroupOut>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Object)]
+pub struct MemberPage {
+    /// Employee ids, sorted.
+    pub items: Vec<String>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+/// A page size from the query: 1..=`max`, `default` when absent.
+fn page_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(format!("limit: must be 1 to {max}")))
+    }
+}
+
 #[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
@@ -120,8 +147,11 @@ pub struct GroupOut {
     pub kind: String,
     #[oai(skip_serializing_if_is_none)]
     pub rule: Option<Value>,
-    /// Employee ids of the members.
+    /// Employee ids of the first 100 members, sorted (all of them when `member_count` is at
+    /// most 100); every member is listed, a page at a time, at `/groups/{id}/members`.
     pub members: Vec<String>,
+    /// How many members the group has.
+    pub member_count: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -134,30 +164,27 @@ impl From<GroupView> for GroupOut {
             kind: v.model.kind,
             rule: v.model.rule,
             members: v.members,
+            member_count: v.member_count,
             created_at: v.model.created_at,
             updated_at: v.model.updated_at,
         }
     }
 }
 
+/// A rule in its text or JSON form; both are held to the same depth and width before a rule
+/// is built from them.
 fn parse_rule(raw: Option<Value>) -> Result<Option<GroupRule>, ApiError> {
     raw.map(|v| {
-        if let Value::String(text) = &v {
-            return crate::mapping::parse_group_rule(text).map_err(|e| {
-                ApiError::new(
-                    poem::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation",
-                    "Validation failed",
-                    format!("rule: {e}"),
-                )
-            });
-        }
-        serde_json::from_value::<GroupRule>(v).map_err(|e| {
+        let parsed = match &v {
+            Value::String(text) => crate::mapping::parse_group_rule(text),
+            _ => crate::mapping::group_rule_from_json(&v),
+        };
+        parsed.map_err(|e| {
             ApiError::new(
                 poem::http::StatusCode::UNPROCESSABLE_ENTITY,
                 "validation",
                 "Validation failed",
-                format!("rule: not a rule ({e}); expected {{\"attribute\", \"op\", \"value\"}} or {{\"and\"|\"or\": [...]}} or {{\"not\": rule}}"),
+                e.to_string(),
             )
         })
     })
@@ -243,22 +270,50 @@ impl DirectoryApi {
         Ok(Json(out))
     }
 
-    /// Groups with their members (scope `read`).
+    /// Groups by name, each with its member count and first 100 members (scope `read`).
     #[oai(path = "/groups", method = "get")]
     async fn list_groups(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-    ) -> poem::Result<Json<Vec<GroupOut>>> {
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// 1..=200, default 50.
+        limit: Query<Option<u64>>,
+    ) -> poem::Result<Json<GroupPage>> {
         auth.require(Permission::ReadConfig)?;
-        Ok(Json(
-            roster
-                .list_groups()
-                .await?
-                .into_iter()
-                .map(GroupOut::from)
-                .collect(),
-        ))
+        let limit = page_limit(limit.0, 50, 200)?;
+        let groups = roster.list_groups(cursor.0.as_deref(), limit).await?;
+        let next_cursor = (groups.len() as u64 == limit)
+            .then(|| groups.last().map(|g| g.model.name.clone()))
+            .flatten();
+        Ok(Json(GroupPage {
+            items: groups.into_iter().map(GroupOut::from).collect(),
+            next_cursor,
+        }))
+    }
+
+    /// A group's members, by employee id, a page at a time (scope `read`).
+    #[oai(path = "/groups/:id/members", method = "get")]
+    async fn group_members(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+        id: Path<String>,
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// 1..=1000, default 100.
+        limit: Query<Option<u64>>,
+    ) -> poem::Result<Json<MemberPage>> {
+        auth.require(Permission::ReadConfig)?;
+        let limit = page_limit(limit.0, 100, 1000)?;
+        let items = roster
+            .group_members(&id.0, cursor.0.as_deref(), limit)
+            .await?;
+        let next_cursor = (items.len() as u64 == limit)
+            .then(|| items.last().cloned())
+            .flatten();
+        Ok(Json(MemberPage { items, next_cursor }))
     }
 
     /// One group (scope `read`).

@@ -54,13 +54,16 @@ pub struct EmployeeIn {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
-    /// Idempotency key: a repeated `event_id` is answered `duplicate` and not re-applied.
+    /// Idempotency key: a repeated `event_id` with the same content is answered `duplicate`
+    /// and not re-applied; with other content it is refused with 409.
     pub event_id: String,
     #[oai(rename = "type")]
     #[serde(rename = "type")]
     pub kind: EventKind,
-    /// When the change took effect in HR (RFC 3339). Events older than the last applied one
-    /// for the person are `stale`.
+    /// When the change took effect in HR (RFC 3339). Ordering is per field: an event sets a
+    /// field only if no newer event set it. A joiner activates only if it is newer than the
+    /// last leaver (at equal times the leaver wins). An event whose status change lost, or
+    /// none of whose fields were newer, is `stale`.
     pub occurred_at: DateTime<Utc>,
     pub employee: EmployeeIn,
 }
@@ -76,7 +79,8 @@ pub struct EventBatchIn {
 #[derive(Object)]
 pub struct EventAccepted {
     pub event_id: String,
-    /// `applied`, `duplicate`, `stale` or `rejected`.
+    /// `applied`, `duplicate`, `stale` or `rejected`. A leaver for an unknown person is
+    /// `applied`: recorded as a terminated identity, so an older joiner cannot activate them.
     pub result: String,
     #[oai(skip_serializing_if_is_none)]
     pub detail: Option<String>,

@@ -262,6 +262,7 @@ fn identity_row(person: &IdentityView) -> identity::ActiveModel {
         attributes: Set(person.attributes.clone()),
         status: Set(person.status.clone()),
         last_event_at: Set(Some(now)),
+        field_times: Set(None),
         version: Set(1),
         created_at: Set(now),
         updated_at: Set(now),

@@ -29,7 +29,10 @@ pub use diff::{Change, Difference, diff, keep_foreign_elements, patch_changes, s
 pub use expr::{Expression, ExpressionError, MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_LEN};
 pub use path::{CORE_USER_SCHEMA, ENTERPRISE_USER_SCHEMA, FilterValue, ScimPath, ValueFilter};
 pub use render::{render_matching_value, render_user};
-pub use rules::{MAX_RULE_DEPTH, evaluate_group_rule, parse_group_rule, validate_group_rule};
+pub use rules::{
+    MAX_RULE_DEPTH, MAX_RULE_TEXT_LEN, evaluate_group_rule, group_rule_from_json, parse_group_rule,
+    validate_group_rule,
+};
 pub use scope::{ScopeSpec, domain_managed, in_scope};
 pub use source::{IdentityField, Source};
 

@@ -33,11 +33,165 @@ use super::{GroupRule, IdentityView, MappingError};
 
 /// Deepest accepted nesting of `and`/`or`/`not` (a lone comparison is depth 1).
 pub const MAX_RULE_DEPTH: usize = 8;
-/// Longest accepted string form, in bytes.
-const MAX_RULE_TEXT_LEN: usize = 4096;
+/// Longest accepted string form, in bytes; the JSON form is held to the same width.
+pub const MAX_RULE_TEXT_LEN: usize = 4096;
 /// Parentheses may wrap more than the resulting depth (`((a))`), but not without bound.
 const MAX_PAREN_DEPTH: usize = 32;
 const OPS: [&str; 7] = ["eq", "ne", "co", "sw", "ew", "pr", "in"];
+
+/// Reads the JSON form of a rule (`{"attribute", "op", "value"}`, `{"and": [...]}`,
+/// `{"or": [...]}`, `{"not": rule}`) under the same limits as the text form: at most
+/// [`MAX_RULE_DEPTH`] levels and [`MAX_RULE_TEXT_LEN`] bytes as text. The shape, depth and
+/// width are checked on the parsed value before any rule is built, walking it in place: a
+/// derived (untagged) deserializer would copy the whole subtree once per nesting level, so a
+/// deep rule around a wide array took gigabytes before it was refused. Then validated like
+/// every rule.
+pub fn group_rule_from_json(value: &Value) -> Result<GroupRule, MappingError> {
+    let mut budget = MAX_RULE_TEXT_LEN;
+    check_json(value, "rule", 1, &mut budget)?;
+    let rule = build_json(value);
+    validate_group_rule(&rule)?;
+    Ok(rule)
+}
+
+const RULE_SHAPE: &str = "expected {\"attribute\", \"op\", \"value\"}, {\"and\": [...]}, {\"or\": [...]} or {\"not\": rule}";
+
+/// Takes `cost` bytes of the text-form budget, or names the limit.
+fn spend(budget: &mut usize, cost: usize, at: &str) -> Result<(), MappingError> {
+    match budget.checked_sub(cost) {
+        Some(left) => {
+            *budget = left;
+            Ok(())
+        }
+        None => Err(MappingError::new(
+            at,
+            format!(
+                "rule is longer than {MAX_RULE_TEXT_LEN} bytes (the limit of a rule, counted as its text form)"
+            ),
+        )),
+    }
+}
+
+/// Length of a value in the text form (strings quoted); `None` for what no rule holds.
+fn scalar_width(value: &Value) -> Option<usize> {
+    match value {
+        Value::String(text) => Some(text.len() + 2),
+        Value::Number(number) => Some(number.to_string().len()),
+        Value::Bool(true) => Some(4),
+        Value::Bool(false) => Some(5),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// The shape, depth and width of a JSON rule, without building it. Depth is counted as
+/// [`validate_group_rule`] counts it, and checked before descending.
+fn check_json(
+    value: &Value,
+    at: &str,
+    depth: usize,
+    budget: &mut usize,
+) -> Result<(), MappingError> {
+    if depth > MAX_RULE_DEPTH {
+        return Err(MappingError::new(
+            at,
+            format!("rules nest deeper than {MAX_RULE_DEPTH} levels"),
+        ));
+    }
+    let Value::Object(fields) = value else {
+        return Err(MappingError::new(at, format!("not a rule; {RULE_SHAPE}")));
+    };
+    let only = |key: &str| fields.len() == 1 && fields.contains_key(key);
+    if only("and") || only("or") {
+        let (key, joiner) = if only("and") { ("and", 5) } else { ("or", 4) };
+        let at = format!("{at}.{key}");
+        let Some(Value::Array(rules)) = fields.get(key) else {
+            return Err(MappingError::new(at, "must be an array of rules"));
+        };
+        // Parentheses around the combination, a keyword between its rules.
+        spend(budget, 2 + joiner * rules.len().saturating_sub(1), &at)?;
+        for (index, rule) in rules.iter().enumerate() {
+            check_json(rule, &format!("{at}[{index}]"), depth + 1, budget)?;
+        }
+        return Ok(());
+    }
+    if only("not") {
+        let at = format!("{at}.not");
+        spend(budget, 6, &at)?;
+        return match fields.get("not") {
+            Some(rule) => check_json(rule, &at, depth + 1, budget),
+            None => Err(MappingError::new(at, "must be a rule")),
+        };
+    }
+    if let Some(key) = fields
+        .keys()
+        .find(|key| !matches!(key.as_str(), "attribute" | "op" | "value"))
+    {
+        return Err(MappingError::new(
+            format!("{at}.{key}"),
+            format!("unknown field; {RULE_SHAPE}"),
+        ));
+    }
+    let text = |key: &str| match fields.get(key) {
+        Some(Value::String(text)) => Ok(text.len()),
+        _ => Err(MappingError::new(format!("{at}.{key}"), "must be a string")),
+    };
+    spend(budget, text("attribute")? + 1 + text("op")?, at)?;
+    match fields.get("value") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Array(values)) => {
+            let at = format!("{at}.value");
+            spend(budget, 3, &at)?;
+            for (index, value) in values.iter().enumerate() {
+                let width = scalar_width(value).ok_or_else(|| {
+                    MappingError::new(
+                        format!("{at}[{index}]"),
+                        "must be a string, a number or a boolean",
+                    )
+                })?;
+                spend(budget, width + 2, &at)?;
+            }
+            Ok(())
+        }
+        Some(value) => {
+            let at = format!("{at}.value");
+            let width = scalar_width(value).ok_or_else(|| {
+                MappingError::new(&at, "must be a string, a number, a boolean or an array")
+            })?;
+            spend(budget, width + 1, &at)
+        }
+    }
+}
+
+/// Builds a rule from a value [`check_json`] accepted (so every branch here is known to hold).
+fn build_json(value: &Value) -> GroupRule {
+    let field = |key: &str| value.get(key);
+    if let Some(Value::Array(rules)) = field("and") {
+        return GroupRule::And {
+            and: rules.iter().map(build_json).collect(),
+        };
+    }
+    if let Some(Value::Array(rules)) = field("or") {
+        return GroupRule::Or {
+            or: rules.iter().map(build_json).collect(),
+        };
+    }
+    if let Some(rule) = field("not") {
+        return GroupRule::Not {
+            not: Box::new(build_json(rule)),
+        };
+    }
+    let text = |key: &str| {
+        field(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    GroupRule::Compare {
+        attribute: text("attribute"),
+        op: text("op"),
+        value: field("value").filter(|value| !value.is_null()).cloned(),
+    }
+}
 
 /// Checks a rule: known attributes and operators, a value exactly where the operator needs one,
 /// non-empty `and`/`or`, depth at most [`MAX_RULE_DEPTH`]. Error paths look like
@@ -472,4 +626,91 @@ fn single_or(
         return only;
     }
     combine(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// `n` `not`s around `inner`, built without recursion.
+    fn nested_nots(n: usize, inner: Value) -> Value {
+        (0..n).fold(inner, |rule, _| json!({ "not": rule }))
+    }
+
+    #[test]
+    fn a_deep_json_rule_is_refused_by_the_shape_check_before_anything_is_built() {
+        // 120 levels around a 480 000-element array: the check stops at level 9, having
+        // looked at neither the array nor the levels below.
+        let bomb = nested_nots(120, json!(vec![0; 480_000]));
+        let mut budget = MAX_RULE_TEXT_LEN;
+        let refused = check_json(&bomb, "rule", 1, &mut budget).map(|()| "accepted");
+        let error = refused.expect_err("a rule 120 levels deep");
+        assert!(error.message.contains("deeper than 8 levels"), "{error}");
+        assert_eq!(error.path, format!("rule{}", ".not".repeat(8)));
+        // Only the `not`s above the limit were counted, nothing below them.
+        assert_eq!(budget, MAX_RULE_TEXT_LEN - 8 * 6);
+        assert_eq!(group_rule_from_json(&bomb).err(), Some(error));
+    }
+
+    #[test]
+    fn a_json_rule_is_as_wide_as_its_text_form_may_be() {
+        let in_rule = |n: usize| {
+            let values: Vec<String> = (0..n).map(|i| format!("v{i:03}")).collect();
+            json!({"attribute": "department", "op": "in", "value": values})
+        };
+        // Each value is 8 bytes as text (`"v000", `): 500 of them fit in 4 KiB, 520 do not.
+        let accepted = group_rule_from_json(&in_rule(500));
+        assert!(accepted.is_ok(), "{accepted:?}");
+        let error = group_rule_from_json(&in_rule(520)).err();
+        assert!(
+            error
+                .as_ref()
+                .is_some_and(|e| e.path == "rule.value" && e.message.contains("4096 bytes")),
+            "{error:?}"
+        );
+        // The same rule as text is refused by the text form's own limit.
+        let text = format!(
+            "department in [{}]",
+            (0..520)
+                .map(|i| format!("\"v{i:03}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert!(parse_group_rule(&text).is_err());
+    }
+
+    #[test]
+    fn the_json_form_reads_what_the_derived_form_reads() {
+        let rule = json!({"or": [
+            {"and": [{"attribute": "department", "op": "eq", "value": "Sales"},
+                     {"not": {"attribute": "title", "op": "pr"}}]},
+            {"attribute": "attributes.level", "op": "in", "value": ["L7", 8, true]},
+            {"attribute": "title", "op": "pr", "value": null},
+        ]});
+        let derived: GroupRule = serde_json::from_value(rule.clone()).expect("derived form");
+        assert_eq!(group_rule_from_json(&rule), Ok(derived));
+        for (bad, path) in [
+            (json!([]), "rule"),
+            (json!({"and": {}}), "rule.and"),
+            (json!({"and": [], "or": []}), "rule.and"),
+            (json!({"attribute": "department", "op": 1}), "rule.op"),
+            (
+                json!({"attribute": "department", "op": "eq", "value": {}}),
+                "rule.value",
+            ),
+            (
+                json!({"not": {"attribute": "title", "op": "pr", "extra": 1}}),
+                "rule.not.extra",
+            ),
+        ] {
+            let error = group_rule_from_json(&bad).err();
+            assert_eq!(
+                error.as_ref().map(|e| e.path.as_str()),
+                Some(path),
+                "{bad}: {error:?}"
+            );
+        }
+    }
 }

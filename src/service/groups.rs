@@ -3,7 +3,8 @@
 use std::collections::BTreeSet;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
 
@@ -14,11 +15,27 @@ use crate::delivery::people;
 use crate::mapping::{self, GroupRule};
 use crate::store::entity::{group, group_member, identity};
 
-/// A group with its current members (employee ids, sorted).
+/// Members shown in a group's answers and audit rows; the rest are paged
+/// (`Roster::group_members`), so no answer or audit row grows with a group.
+pub const MEMBERS_SHOWN: usize = 100;
+
+/// A group with its member count and its first [`MEMBERS_SHOWN`] members (employee ids,
+/// sorted).
 #[derive(Debug, Clone)]
 pub struct GroupView {
     pub model: group::Model,
     pub members: Vec<String>,
+    pub member_count: u64,
+}
+
+impl GroupView {
+    fn new(model: group::Model, members: &BTreeSet<String>) -> Self {
+        Self {
+            model,
+            members: members.iter().take(MEMBERS_SHOWN).cloned().collect(),
+            member_count: members.len() as u64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -119,8 +136,40 @@ fn validate_rule(rule: &GroupRule) -> ServiceResult<()> {
     mapping::validate_group_rule(rule).map_err(|e| ServiceError::invalid(e.path, e.message))
 }
 
+/// A group in an audit row: its count and first members, never the whole list.
 fn group_audit(view: &GroupView) -> serde_json::Value {
-    json!({"name": view.model.name, "kind": view.model.kind, "rule": view.model.rule, "members": view.members})
+    json!({"name": view.model.name, "kind": view.model.kind, "rule": view.model.rule,
+           "member_count": view.member_count, "members": view.members})
+}
+
+/// The first [`MEMBERS_SHOWN`] members of a group, sorted, and how many it has.
+async fn shown_members(
+    conn: &impl ConnectionTrait,
+    group_id: &str,
+) -> ServiceResult<(Vec<String>, u64)> {
+    let count = group_member::Entity::find()
+        .filter(group_member::Column::GroupId.eq(group_id))
+        .count(conn)
+        .await?;
+    let members = page_members(conn, group_id, None, MEMBERS_SHOWN as u64).await?;
+    Ok((members, count))
+}
+
+async fn page_members(
+    conn: &impl ConnectionTrait,
+    group_id: &str,
+    after: Option<&str>,
+    limit: u64,
+) -> ServiceResult<Vec<String>> {
+    let mut query = group_member::Entity::find()
+        .select_only()
+        .column(group_member::Column::EmployeeId)
+        .filter(group_member::Column::GroupId.eq(group_id))
+        .order_by_asc(group_member::Column::EmployeeId);
+    if let Some(after) = after {
+        query = query.filter(group_member::Column::EmployeeId.gt(after));
+    }
+    Ok(query.limit(limit).into_tuple().all(conn).await?)
 }
 
 impl Roster {
@@ -182,10 +231,7 @@ impl Roster {
             (None, None) => BTreeSet::new(),
         };
         let affected = set_members(&*tx, &id, &wanted).await?;
-        let view = GroupView {
-            model,
-            members: wanted.into_iter().collect(),
-        };
+        let view = GroupView::new(model, &wanted);
         audit::record(
             &*tx,
             Some(principal),
@@ -204,16 +250,26 @@ impl Roster {
         Ok(view)
     }
 
-    pub async fn list_groups(&self) -> ServiceResult<Vec<GroupView>> {
+    /// Groups by name, a page at a time; `after` is the last name of the previous page.
+    pub async fn list_groups(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> ServiceResult<Vec<GroupView>> {
         let db = self.db();
-        let groups = group::Entity::find()
-            .order_by_asc(group::Column::Name)
-            .all(db)
-            .await?;
+        let mut query = group::Entity::find().order_by_asc(group::Column::Name);
+        if let Some(after) = after {
+            query = query.filter(group::Column::Name.gt(after));
+        }
+        let groups = query.limit(limit).all(db).await?;
         let mut out = Vec::with_capacity(groups.len());
         for model in groups {
-            let members = members_of(db, &model.id).await?.into_iter().collect();
-            out.push(GroupView { model, members });
+            let (members, member_count) = shown_members(db, &model.id).await?;
+            out.push(GroupView {
+                model,
+                members,
+                member_count,
+            });
         }
         Ok(out)
     }
@@ -224,8 +280,27 @@ impl Roster {
             .one(db)
             .await?
             .ok_or_else(|| ServiceError::not_found("group", id))?;
-        let members = members_of(db, id).await?.into_iter().collect();
-        Ok(GroupView { model, members })
+        let (members, member_count) = shown_members(db, id).await?;
+        Ok(GroupView {
+            model,
+            members,
+            member_count,
+        })
+    }
+
+    /// A group's members (employee ids) in order, a page at a time; `after` is the last
+    /// employee id of the previous page.
+    pub async fn group_members(
+        &self,
+        id: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> ServiceResult<Vec<String>> {
+        let db = self.db();
+        if group::Entity::find_by_id(id).one(db).await?.is_none() {
+            return Err(ServiceError::not_found("group", id));
+        }
+        page_members(db, id, after, limit).await
     }
 
     pub async fn update_group(
@@ -256,10 +331,7 @@ impl Roster {
             return Err(ServiceError::not_found("group", id));
         };
         let before_members = members_of(&*tx, id).await?;
-        let before = GroupView {
-            model: current.clone(),
-            members: before_members.iter().cloned().collect(),
-        };
+        let before = GroupView::new(current.clone(), &before_members);
         let mut model: group::ActiveModel = current.clone().into();
         if let Some(name) = &changes.name
             && name != &current.name
@@ -311,10 +383,7 @@ impl Roster {
             Some(w) => set_members(&*tx, id, w).await?,
             None => Vec::new(),
         };
-        let view = GroupView {
-            members: wanted.map_or_else(|| before.members.clone(), |w| w.into_iter().collect()),
-            model: updated,
-        };
+        let view = GroupView::new(updated, wanted.as_ref().unwrap_or(&before_members));
         audit::record(
             &*tx,
             Some(principal),
@@ -351,9 +420,8 @@ impl Roster {
                 action: "group.delete",
                 object_type: "group",
                 object_id: Some(id),
-                before: Some(
-                    json!({"name": current.name, "kind": current.kind, "members": members}),
-                ),
+                before: Some(json!({"name": current.name, "kind": current.kind,
+                    "member_count": members.len(), "members": &members[..members.len().min(MEMBERS_SHOWN)]})),
                 after: None,
             },
         )

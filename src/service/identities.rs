@@ -1,6 +1,5 @@
 //! Reading identities (they are written only by HR events).
-use sea_orm::sea_query::ExprTrait;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{Roster, ServiceError, ServiceResult};
 use crate::delivery::people;
@@ -11,6 +10,23 @@ pub struct IdentityDetail {
     pub groups: Vec<String>,
     /// Each app's link: (app, link).
     pub links: Vec<(app::Model, link::Model)>,
+}
+
+/// The identity a caller names by roster id or by employee id. HR chooses employee ids, so one
+/// may equal another identity's roster id: the roster id is tried first and always wins, so
+/// no `employee_id` can take another identity's place in a look-up (the one `id OR
+/// employee_id` query answered whichever row came first).
+pub(crate) async fn find_identity(
+    conn: &impl ConnectionTrait,
+    key: &str,
+) -> ServiceResult<Option<identity::Model>> {
+    if let Some(found) = identity::Entity::find_by_id(key).one(conn).await? {
+        return Ok(Some(found));
+    }
+    Ok(identity::Entity::find()
+        .filter(identity::Column::EmployeeId.eq(key))
+        .one(conn)
+        .await?)
 }
 
 impl Roster {
@@ -31,16 +47,10 @@ impl Roster {
         Ok(q.limit(limit).all(self.db()).await?)
     }
 
-    /// By roster id or by employee id.
+    /// By roster id or by employee id (see [`find_identity`]).
     pub async fn get_identity(&self, id: &str) -> ServiceResult<IdentityDetail> {
         let db = self.db();
-        let model = identity::Entity::find()
-            .filter(
-                identity::Column::Id
-                    .eq(id)
-                    .or(identity::Column::EmployeeId.eq(id)),
-            )
-            .one(db)
+        let model = find_identity(db, id)
             .await?
             .ok_or_else(|| ServiceError::not_found("identity", id))?;
         let groups = people::group_names(db, &model.employee_id).await?;

@@ -6,7 +6,7 @@ use super::audit::{self, AuditEntry};
 use super::{Principal, Roster, ServiceError, ServiceResult};
 use crate::delivery::execute::{JobError, Operation};
 use crate::scim::CallRecord;
-use crate::store::entity::{identity, job, operation};
+use crate::store::entity::{job, operation};
 use crate::store::queue::{self, Lane};
 
 #[derive(Debug, Default, Clone)]
@@ -51,10 +51,8 @@ impl Roster {
             q = q.filter(operation::Column::AppId.eq(app.as_str()));
         }
         if let Some(who) = &filter.identity {
-            // A roster id or an employee id.
-            let id = identity::Entity::find()
-                .filter(identity::Column::EmployeeId.eq(who.as_str()))
-                .one(self.db())
+            // A roster id or an employee id, the roster id first.
+            let id = super::identities::find_identity(self.db(), who)
                 .await?
                 .map_or_else(|| who.clone(), |p| p.id);
             q = q.filter(operation::Column::ResourceId.eq(id));

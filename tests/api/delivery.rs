@@ -314,7 +314,7 @@ async fn a_pushed_group_follows_roster_membership_with_patches() {
         || async { (members_of(&target)? == ["g1@example.com", "g2@example.com"]).then_some(()) },
     )
     .await;
-    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+    let group_id = app.get("/api/v1/groups").await.expect(200)["items"][0]["id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -397,7 +397,7 @@ async fn a_pushed_group_follows_roster_membership_on_the_third_party_peer() {
         },
     )
     .await;
-    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+    let group_id = app.get("/api/v1/groups").await.expect(200)["items"][0]["id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();

@@ -50,6 +50,7 @@ fn routes() -> Vec<(&'static str, &'static str, Needs)> {
         ("GET", "/groups", Read),
         ("POST", "/groups", AppsWrite),
         ("GET", "/groups/{id}", Read),
+        ("GET", "/groups/{id}/members", Read),
         ("PATCH", "/groups/{id}", AppsWrite),
         ("DELETE", "/groups/{id}", AppsWrite),
         ("POST", "/api-keys", Admin),

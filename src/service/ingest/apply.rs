@@ -14,18 +14,22 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::Utc;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, TryIntoModel,
+    ActiveModelTrait, ActiveValue, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use serde_json::json;
 
+use super::times::{self, FieldTimes};
 use super::{EventOutcome, EventResult, EventType, HrEventInput, IngestRequest, apply_record};
 use crate::delivery::people;
 use crate::mapping::{self, GroupRule};
 use crate::service::apps::AppSettings;
-use crate::service::{Principal, ServiceResult, groups, new_id, planner};
+use crate::service::{Principal, ServiceError, ServiceResult, groups, new_id, planner};
 use crate::store::entity::{app, audit, group, group_member, hr_event, identity, link};
 use crate::store::{is_postgres, queue};
+
+const ACTIVE: &str = "active";
+const TERMINATED: &str = "terminated";
 
 /// Rows per `IN (…)` list or multi-row insert: far below SQLite's 32 766 bound values.
 const CHUNK: usize = 500;
@@ -67,8 +71,8 @@ impl Catalog {
 /// Events applied together, and the rows they leave to write at the end.
 pub(crate) struct EventSet<'c> {
     catalog: &'c Catalog,
-    /// Event ids already stored or recorded in this set.
-    known_events: HashSet<String>,
+    /// Event ids already stored or recorded in this set, with their payloads' hashes.
+    known_events: HashMap<String, String>,
     /// People by employee id, as stored (or as written by this set); absent: nobody yet.
     people: HashMap<String, identity::Model>,
     /// Group ids per employee id (static and rule memberships).
@@ -101,16 +105,39 @@ impl<'c> EventSet<'c> {
         let event_ids: Vec<&str> = event_ids.into_iter().collect();
         let employee_ids: Vec<&str> = employee_ids.into_iter().collect();
 
-        let mut known_events = HashSet::new();
+        let mut known_events = HashMap::new();
+        let mut unhashed = Vec::new();
         for chunk in event_ids.chunks(CHUNK) {
-            let found: Vec<String> = hr_event::Entity::find()
+            let found: Vec<(String, Option<String>)> = hr_event::Entity::find()
                 .select_only()
                 .column(hr_event::Column::EventId)
+                .column(hr_event::Column::PayloadHash)
                 .filter(hr_event::Column::EventId.is_in(chunk.iter().copied()))
                 .into_tuple()
                 .all(conn)
                 .await?;
-            known_events.extend(found);
+            for (event_id, hash) in found {
+                match hash {
+                    Some(hash) => {
+                        known_events.insert(event_id, hash);
+                    }
+                    None => unhashed.push(event_id),
+                }
+            }
+        }
+        // Events stored before hashes were kept: their payloads are hashed here, once.
+        for chunk in unhashed.chunks(CHUNK) {
+            let found: Vec<(String, serde_json::Value)> = hr_event::Entity::find()
+                .select_only()
+                .column(hr_event::Column::EventId)
+                .column(hr_event::Column::Payload)
+                .filter(hr_event::Column::EventId.is_in(chunk.iter().cloned()))
+                .into_tuple()
+                .all(conn)
+                .await?;
+            for (event_id, payload) in found {
+                known_events.insert(event_id, times::payload_hash(&payload));
+            }
         }
         let mut people = HashMap::new();
         let mut memberships: HashMap<String, BTreeSet<String>> = HashMap::new();
@@ -231,16 +258,19 @@ impl<'c> EventSet<'c> {
         &mut self,
         principal: &Principal,
         event: &HrEventInput,
+        hash: String,
         result: EventResult,
         detail: Option<String>,
     ) -> EventOutcome {
-        self.known_events.insert(event.event_id.clone());
+        self.known_events
+            .insert(event.event_id.clone(), hash.clone());
         self.hr_events.push(hr_event::ActiveModel {
             event_id: Set(event.event_id.clone()),
             event_type: Set(event.event_type.as_str().into()),
             employee_id: Set(event.employee.employee_id.clone()),
             occurred_at: Set(event.occurred_at),
             payload: Set(event.payload.clone()),
+            payload_hash: Set(Some(hash)),
             result: Set(result.as_str().into()),
             detail: Set(detail.clone()),
             api_key_id: Set(Some(principal.key_id.clone())),
@@ -254,13 +284,59 @@ impl<'c> EventSet<'c> {
         }
     }
 
+    /// The conflict of an `event_id` received before with another payload, naming where the
+    /// payloads differ (read from this set, or else from the store).
+    async fn conflict(
+        &self,
+        conn: &impl ConnectionTrait,
+        event: &HrEventInput,
+    ) -> ServiceResult<ServiceError> {
+        let in_set = self
+            .hr_events
+            .iter()
+            .find_map(|row| match (&row.event_id, &row.payload) {
+                (ActiveValue::Set(id), ActiveValue::Set(payload)) if *id == event.event_id => {
+                    Some(payload.clone())
+                }
+                _ => None,
+            });
+        let before = match in_set {
+            Some(payload) => Some(payload),
+            None => {
+                hr_event::Entity::find()
+                    .select_only()
+                    .column(hr_event::Column::Payload)
+                    .filter(hr_event::Column::EventId.eq(event.event_id.as_str()))
+                    .into_tuple::<serde_json::Value>()
+                    .one(conn)
+                    .await?
+            }
+        };
+        let differing = before
+            .map(|before| times::differences(&before, &event.payload))
+            .unwrap_or_default();
+        let fields = if differing.is_empty() {
+            String::new()
+        } else {
+            format!(" (it differs in {})", differing.join(", "))
+        };
+        Ok(ServiceError::Conflict(format!(
+            "event_id `{}` was already received with another payload{fields}; an event id names one event: send a changed event under a new id",
+            event.event_id
+        )))
+    }
+
     async fn apply_event(
         &mut self,
         conn: &impl ConnectionTrait,
         principal: &Principal,
         event: &HrEventInput,
     ) -> ServiceResult<EventOutcome> {
-        if self.known_events.contains(&event.event_id) {
+        let hash = times::payload_hash(&event.payload);
+        if let Some(known) = self.known_events.get(&event.event_id) {
+            if *known != hash {
+                return Err(self.conflict(conn, event).await?);
+            }
             return Ok(EventOutcome {
                 event_id: event.event_id.clone(),
                 result: EventResult::Duplicate,
@@ -268,34 +344,134 @@ impl<'c> EventSet<'c> {
             });
         }
         let employee = &event.employee;
+        let at = event.occurred_at;
         let current = self.people.get(&employee.employee_id).cloned();
-        if let Some(cur) = &current
-            && let Some(last) = cur.last_event_at
-            && event.occurred_at < last
+        if current.is_none()
+            && event.event_type == EventType::Mover
+            && !employee.user_name.is_set()
+            && !employee.email.is_set()
         {
-            let detail = format!(
-                "older than the last applied event for {} ({last})",
-                employee.employee_id
-            );
-            return Ok(self.record(principal, event, EventResult::Stale, Some(detail)));
+            let reason = "unknown employee, and no `user_name` or `email` to create them";
+            return Ok(self.record(
+                principal,
+                event,
+                hash,
+                EventResult::Rejected,
+                Some(reason.into()),
+            ));
         }
-        if current.is_none() {
-            let creatable = employee.user_name.is_set() || employee.email.is_set();
-            let refusal = match event.event_type {
-                EventType::Leaver => Some("unknown employee: there is nobody to deprovision"),
-                EventType::Mover if !creatable => {
-                    Some("unknown employee, and no `user_name` or `email` to create them")
-                }
-                _ => None,
-            };
-            if let Some(reason) = refusal {
-                return Ok(self.record(
-                    principal,
-                    event,
-                    EventResult::Rejected,
-                    Some(reason.into()),
-                ));
+
+        let now = Utc::now();
+        // Someone unknown starts blank and terminated with no status time: a joiner
+        // activates them, and a leaver leaves a record that an older joiner cannot undo.
+        let mut saved = current.clone().unwrap_or_else(|| identity::Model {
+            id: new_id(),
+            employee_id: employee.employee_id.clone(),
+            user_name: None,
+            email: None,
+            given_name: None,
+            family_name: None,
+            display_name: None,
+            department: None,
+            title: None,
+            manager_employee_id: None,
+            attributes: json!({}),
+            status: TERMINATED.to_owned(),
+            last_event_at: None,
+            field_times: None,
+            version: 0,
+            created_at: now,
+            updated_at: now,
+        });
+        let mut field_times = current.as_ref().map(FieldTimes::of).unwrap_or_default();
+        let (filled, older) = apply_record(&mut saved, employee, |field| {
+            let newer = field_times.admits(field, at);
+            if newer {
+                field_times.set(field, at);
             }
+            newer
+        });
+        let wanted_status = match (event.event_type, &current) {
+            (EventType::Joiner, _) => Some(ACTIVE),
+            (EventType::Leaver, _) => Some(TERMINATED),
+            // A mover creates whom it names, but never asserts a status: it cannot outvote a
+            // leaver, even an older one that arrives later.
+            (EventType::Mover, None) => {
+                saved.status = ACTIVE.to_owned();
+                None
+            }
+            (EventType::Mover, Some(_)) => None,
+        };
+        let mut status_lost = None;
+        if let Some(wanted) = wanted_status {
+            let last = field_times.get(times::STATUS);
+            if saved.status == wanted {
+                field_times.confirm(times::STATUS, at);
+            } else if last.is_none_or(|last| at > last || (wanted == TERMINATED && at == last)) {
+                // The leaver wins a tie; a joiner must be strictly newer to grant access.
+                saved.status = wanted.to_owned();
+                field_times.set(times::STATUS, at);
+            } else {
+                status_lost = last;
+            }
+        }
+        let status_changed = current
+            .as_ref()
+            .is_none_or(|cur| cur.status != saved.status);
+        let changed = current.is_none() || !filled.is_empty() || status_changed;
+        let (result, detail) = match status_lost {
+            Some(last) => {
+                let mut detail = format!(
+                    "older than the change to `{}` at {last} for {}; the status stays (at equal times the leaver wins)",
+                    saved.status, employee.employee_id
+                );
+                if !filled.is_empty() {
+                    detail.push_str(&format!(
+                        "; filled the fields no newer event set: {}",
+                        filled.join(", ")
+                    ));
+                }
+                (EventResult::Stale, Some(detail))
+            }
+            // Nothing of it was newer: every field it carries, or the whole event, is older.
+            None if !changed
+                && (!older.is_empty()
+                    || current
+                        .as_ref()
+                        .and_then(|cur| cur.last_event_at)
+                        .is_some_and(|last| at < last)) =>
+            {
+                (
+                    EventResult::Stale,
+                    Some(format!(
+                        "older than the last applied event for {}{}",
+                        employee.employee_id,
+                        if older.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": newer events set {}", older.join(", "))
+                        }
+                    )),
+                )
+            }
+            None if !older.is_empty() => (
+                EventResult::Applied,
+                Some(format!(
+                    "newer events set {}; kept their values",
+                    older.join(", ")
+                )),
+            ),
+            None if current.is_none() && event.event_type == EventType::Leaver => (
+                EventResult::Applied,
+                Some(format!(
+                    "unknown employee {}: recorded as terminated, so an older joiner cannot activate them",
+                    employee.employee_id
+                )),
+            ),
+            None => (EventResult::Applied, None),
+        };
+        if result == EventResult::Stale && !changed {
+            return Ok(self.record(principal, event, hash, result, detail));
         }
 
         let group_ids = self
@@ -306,40 +482,14 @@ impl<'c> EventSet<'c> {
         let before_view = current
             .as_ref()
             .map(|cur| people::view_of(cur, self.catalog.names_of(&group_ids)));
-        let now = Utc::now();
-        let status = match (event.event_type, &current) {
-            (EventType::Joiner, _) => "active".to_owned(),
-            (EventType::Leaver, _) => "terminated".to_owned(),
-            (EventType::Mover, Some(cur)) => cur.status.clone(),
-            (EventType::Mover, None) => "active".to_owned(),
-        };
+        saved.field_times = Some(field_times.to_json());
+        saved.last_event_at = Some(saved.last_event_at.map_or(at, |last| last.max(at)));
+        saved.version += 1;
+        saved.updated_at = now;
+        if current.is_none() {
+            self.new_people.insert(employee.employee_id.clone());
+        }
         // The row is written at the end of the set (`flush`); later events read it from here.
-        let saved = match &current {
-            Some(cur) => {
-                let mut model: identity::ActiveModel = cur.clone().into();
-                apply_record(&mut model, Some(cur), employee);
-                model.status = Set(status);
-                model.last_event_at = Set(Some(event.occurred_at));
-                model.version = Set(cur.version + 1);
-                model.updated_at = Set(now);
-                model.try_into_model()?
-            }
-            None => {
-                let mut model = identity::ActiveModel {
-                    id: Set(new_id()),
-                    employee_id: Set(employee.employee_id.clone()),
-                    status: Set(status),
-                    last_event_at: Set(Some(event.occurred_at)),
-                    version: Set(1),
-                    created_at: Set(now),
-                    updated_at: Set(now),
-                    ..Default::default()
-                };
-                apply_record(&mut model, None, employee);
-                self.new_people.insert(employee.employee_id.clone());
-                model.try_into_model()?
-            }
-        };
         if self.changed_people.insert(saved.employee_id.clone()) {
             self.write_order.push(saved.employee_id.clone());
         }
@@ -359,7 +509,7 @@ impl<'c> EventSet<'c> {
             queue::now_ms(),
         );
         self.jobs.extend(jobs);
-        Ok(self.record(principal, event, EventResult::Applied, None))
+        Ok(self.record(principal, event, hash, result, detail))
     }
 
     /// Rule groups decide membership from the person as now stored; returns the person's

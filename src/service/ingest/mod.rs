@@ -5,11 +5,19 @@
 //!   its own savepoint inside a commit group's transaction (`GroupCommit`). The answer is sent
 //!   only after the events, their effects on identities and groups, and the jobs they cause are
 //!   committed. Nothing is half-applied.
-//! - An `event_id` is applied at most once; a repeat is `duplicate`.
-//! - An event older than the identity's `last_event_at` is `stale`: recorded, not applied, so a
-//!   late joiner never re-activates a leaver.
+//! - An `event_id` is applied at most once; a repeat with the same payload (compared by the
+//!   hash of its canonical form) is `duplicate`, with another payload a conflict (409).
+//! - Ordering is per field: an event sets a field only if no newer event set it
+//!   (`identity.field_times`), so an older event still fills the fields nobody newer set.
+//! - The status follows joiners and leavers by `occurred_at`, and a tie goes to the leaver: a
+//!   joiner activates only if it is strictly newer than the last status change, so no tie and
+//!   no late joiner ever grants access. A mover never decides the status of a known person.
+//!   A leaver for an unknown person is recorded as a terminated identity, so its joiner, if
+//!   older, cannot activate them.
+//! - A joiner or leaver whose status change lost, or an event none of whose fields were newer,
+//!   is `stale`: recorded; it may still have filled fields nobody newer set.
 use chrono::{DateTime, Utc};
-use sea_orm::{Set, TransactionTrait};
+use sea_orm::TransactionTrait;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -18,6 +26,7 @@ use crate::store::entity::identity;
 use crate::store::is_unique_violation;
 
 mod apply;
+mod times;
 use apply::{Catalog, EventSet};
 
 pub const MAX_BATCH: usize = 1000;
@@ -130,7 +139,12 @@ fn no_controls(field: &str, value: &str, max: usize) -> ServiceResult<()> {
 }
 
 pub fn validate_employee_id(field: &str, id: &str) -> ServiceResult<()> {
-    if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) || id.trim() != id {
+    // Counted in characters, as documented: a non-ASCII id is not held to fewer of them.
+    if id.is_empty()
+        || id.chars().count() > 64
+        || id.chars().any(char::is_control)
+        || id.trim() != id
+    {
         return Err(ServiceError::invalid(
             field,
             "must be 1 to 64 characters, without control characters or surrounding spaces",
@@ -240,27 +254,52 @@ pub fn validate_events(events: &[HrEventInput], now: DateTime<Utc>) -> ServiceRe
     Ok(())
 }
 
+/// Sets the fields `e` carries on `person`, each only if `take` allows it (by field name, see
+/// [`times::FIELDS`]); returns the names of the carried fields that were set, and of those that
+/// were not.
 fn apply_record(
-    model: &mut identity::ActiveModel,
-    current: Option<&identity::Model>,
+    person: &mut identity::Model,
     e: &EmployeeRecord,
-) {
-    let cur = |get: fn(&identity::Model) -> Option<String>| current.and_then(get);
-    model.user_name = Set(e.user_name.apply(cur(|m| m.user_name.clone())));
-    model.email = Set(e.email.apply(cur(|m| m.email.clone())));
-    model.given_name = Set(e.given_name.apply(cur(|m| m.given_name.clone())));
-    model.family_name = Set(e.family_name.apply(cur(|m| m.family_name.clone())));
-    model.display_name = Set(e.display_name.apply(cur(|m| m.display_name.clone())));
-    model.department = Set(e.department.apply(cur(|m| m.department.clone())));
-    model.title = Set(e.title.apply(cur(|m| m.title.clone())));
-    model.manager_employee_id = Set(e
-        .manager_employee_id
-        .apply(cur(|m| m.manager_employee_id.clone())));
-    let attributes = e
-        .attributes
-        .apply(current.map(|m| m.attributes.clone()))
-        .unwrap_or_else(|| json!({}));
-    model.attributes = Set(attributes);
+    mut take: impl FnMut(&'static str) -> bool,
+) -> (Vec<&'static str>, Vec<&'static str>) {
+    let mut set = Vec::new();
+    let mut refused = Vec::new();
+    let mut one = |name: &'static str, update: &FieldUpdate<String>, slot: &mut Option<String>| {
+        if matches!(update, FieldUpdate::Keep) {
+            return;
+        }
+        if take(name) {
+            *slot = update.apply(slot.take());
+            set.push(name);
+        } else {
+            refused.push(name);
+        }
+    };
+    one("user_name", &e.user_name, &mut person.user_name);
+    one("email", &e.email, &mut person.email);
+    one("given_name", &e.given_name, &mut person.given_name);
+    one("family_name", &e.family_name, &mut person.family_name);
+    one("display_name", &e.display_name, &mut person.display_name);
+    one("department", &e.department, &mut person.department);
+    one("title", &e.title, &mut person.title);
+    one(
+        "manager_employee_id",
+        &e.manager_employee_id,
+        &mut person.manager_employee_id,
+    );
+    if !matches!(e.attributes, FieldUpdate::Keep) {
+        if take("attributes") {
+            let current = std::mem::take(&mut person.attributes);
+            person.attributes = e
+                .attributes
+                .apply(Some(current))
+                .unwrap_or_else(|| json!({}));
+            set.push("attributes");
+        } else {
+            refused.push("attributes");
+        }
+    }
+    (set, refused)
 }
 
 impl Roster {

@@ -12,6 +12,8 @@ pub struct Model {
     pub employee_id: String,
     pub occurred_at: DateTimeUtc,
     pub payload: Json,
+    /// SHA-256 of the canonical payload; `None` for events stored before it was kept.
+    pub payload_hash: Option<String>,
     pub result: String,
     pub detail: Option<String>,
     pub api_key_id: Option<String>,

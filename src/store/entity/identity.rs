@@ -19,6 +19,9 @@ pub struct Model {
     pub attributes: Json,
     pub status: String,
     pub last_event_at: Option<DateTimeUtc>,
+    /// When each field and the status were last set (`occurred_at` of the setting event), by
+    /// field name; `None` for identities written before it was kept (see `ingest::times`).
+    pub field_times: Option<Json>,
     pub version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
