@@ -1547,7 +1547,9 @@ async fn a_mover_back_in_scope_is_back_in_the_pushed_group_whichever_job_runs_fi
 
 #[tokio::test]
 async fn a_rehire_is_back_in_the_pushed_group_on_the_third_party_peer() {
-    let Some((base, token, _turn)) = peer().await else { return };
+    let Some((base, token, _turn)) = peer().await else {
+        return;
+    };
     comeback_is_back_in_the_pushed_group(&base, &token, true).await;
 }
 
@@ -1923,7 +1925,9 @@ async fn elements_roster_does_not_render_survive_its_updates() {
 
 #[tokio::test]
 async fn elements_roster_does_not_render_survive_its_updates_on_the_third_party_peer() {
-    let Some((base, token, _turn)) = peer().await else { return };
+    let Some((base, token, _turn)) = peer().await else {
+        return;
+    };
     foreign_elements_survive(&base, &token).await;
 }
 
