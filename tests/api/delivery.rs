@@ -89,6 +89,64 @@ async fn post_joiners(app: &TestApp, event: &str, employee: &str, n: usize) {
         .expect(202);
 }
 
+/// An app with the deletion guard on the event path (`settings` add to or override the
+/// example's), holding accounts for `n` joiners `{employee}0..n` delivered and settled.
+async fn guarded_app(
+    app: &TestApp,
+    target: &DevTarget,
+    name: &str,
+    settings: Value,
+    (event, employee, n): (&str, &str, usize),
+) -> String {
+    let created = app
+        .create_app(&sherpany(name, &target.base_url(), TOKEN, settings))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(app, event, employee, n).await;
+    eventually(
+        &format!("{n} accounts"),
+        Duration::from_secs(30),
+        || async { (target.stats()["users"] == n).then_some(()) },
+    )
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    app_id
+}
+
+/// Leaver events for `{employee}0..n`, in one batch.
+async fn post_leavers(app: &TestApp, event_prefix: &str, employee: &str, n: usize) {
+    let leavers: Vec<Value> = (0..n)
+        .map(|i| {
+            event(
+                &format!("{event_prefix}{i}"),
+                "leaver",
+                &format!("{employee}{i}"),
+                "2026-11-02T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": leavers}))
+        .await
+        .expect(202);
+}
+
+/// Waits until the app is paused and returns its status.
+async fn paused_status(app: &TestApp, app_id: &str) -> Value {
+    eventually(
+        "the app paused by the guard",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await
+}
+
 async fn identity_id(app: &TestApp, employee_id: &str) -> String {
     app.get(&format!("/api/v1/identities/{employee_id}"))
         .await
@@ -1240,50 +1298,19 @@ fn inactive_users(target: &DevTarget) -> usize {
 async fn a_burst_of_leavers_above_the_deletion_guard_waits_for_approval() {
     let app = spawn_app().await;
     let target = target_with(DevTargetArgs::default()).await;
-    let created = app
-        .create_app(&sherpany(
-            "guarded",
-            &target.base_url(),
-            TOKEN,
-            json!({"max_concurrency": 1,
+    let app_id = guarded_app(
+        &app,
+        &target,
+        "guarded",
+        json!({"max_concurrency": 1,
                    "deletion_guard": {"max_count": 3, "max_fraction": 1.0,
                                       "on_events": true, "window_minutes": 60}}),
-        ))
-        .await;
-    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
-    post_joiners(&app, "g", "G", 12).await;
-    eventually("12 accounts", Duration::from_secs(30), || async {
-        (target.stats()["users"] == 12).then_some(())
-    })
-    .await;
-    app.settled(&app_id, Duration::from_secs(30)).await;
-
-    let leavers: Vec<Value> = (0..8)
-        .map(|i| {
-            event(
-                &format!("gl{i}"),
-                "leaver",
-                &format!("G{i}"),
-                "2026-11-02T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": leavers}))
-        .await
-        .expect(202);
-    let status = eventually(
-        "the app paused by the guard",
-        Duration::from_secs(30),
-        || async {
-            let s = app
-                .get(&format!("/api/v1/apps/{app_id}/status"))
-                .await
-                .expect(200);
-            (s["state"] == "paused").then_some(s)
-        },
+        ("g", "G", 12),
     )
     .await;
+
+    post_leavers(&app, "gl", "G", 8).await;
+    let status = paused_status(&app, &app_id).await;
     let shown = status.to_string();
     assert!(
         shown.contains("deletion guard") && shown.contains("approve_deprovisions"),
@@ -1942,51 +1969,20 @@ async fn concurrent_leavers_never_slip_past_the_deletion_guard() {
         ..DevTargetArgs::default()
     })
     .await;
-    let created = app
-        .create_app(&sherpany(
-            "raced",
-            &target.base_url(),
-            TOKEN,
-            json!({"max_concurrency": 16,
+    let app_id = guarded_app(
+        &app,
+        &target,
+        "raced",
+        json!({"max_concurrency": 16,
                    "rate_limit": {"per_second": 1000, "burst": 1000},
                    "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
                                       "on_events": true, "window_minutes": 60}}),
-        ))
-        .await;
-    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
-    post_joiners(&app, "r", "R", 16).await;
-    eventually("16 accounts", Duration::from_secs(30), || async {
-        (target.stats()["users"] == 16).then_some(())
-    })
-    .await;
-    app.settled(&app_id, Duration::from_secs(30)).await;
-
-    let leavers: Vec<Value> = (0..16)
-        .map(|i| {
-            event(
-                &format!("rl{i}"),
-                "leaver",
-                &format!("R{i}"),
-                "2026-11-02T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": leavers}))
-        .await
-        .expect(202);
-    let status = eventually(
-        "the app paused by the guard",
-        Duration::from_secs(30),
-        || async {
-            let s = app
-                .get(&format!("/api/v1/apps/{app_id}/status"))
-                .await
-                .expect(200);
-            (s["state"] == "paused").then_some(s)
-        },
+        ("r", "R", 16),
     )
     .await;
+
+    post_leavers(&app, "rl", "R", 16).await;
+    let status = paused_status(&app, &app_id).await;
     assert!(
         status.to_string().contains("deletion guard"),
         "paused by the guard: {status}"
@@ -2008,25 +2004,18 @@ async fn concurrent_leavers_never_slip_past_the_deletion_guard() {
 async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
     let app = spawn_app().await;
     let target = target_with(DevTargetArgs::default()).await;
-    let created = app
-        .create_app(&sherpany(
-            "approved",
-            &target.base_url(),
-            TOKEN,
-            json!({"max_concurrency": 1,
+    let app_id = guarded_app(
+        &app,
+        &target,
+        "approved",
+        json!({"max_concurrency": 1,
                    "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
                                       "on_events": true, "window_minutes": 60}}),
-        ))
-        .await;
-    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+        ("a", "A", 12),
+    )
+    .await;
     let resume = format!("/api/v1/apps/{app_id}/resume");
     let writer = app.key(&["apps:write"]).await;
-    post_joiners(&app, "a", "A", 12).await;
-    eventually("12 accounts", Duration::from_secs(30), || async {
-        (target.stats()["users"] == 12).then_some(())
-    })
-    .await;
-    app.settled(&app_id, Duration::from_secs(30)).await;
 
     app.request(
         "POST",
@@ -2047,20 +2036,7 @@ async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
         .await
         .problem(409);
     assert!(detail.contains("paused by an operator"), "{detail}");
-    let leavers: Vec<Value> = (0..8)
-        .map(|i| {
-            event(
-                &format!("al{i}"),
-                "leaver",
-                &format!("A{i}"),
-                "2026-11-02T09:00:00Z",
-                json!({}),
-            )
-        })
-        .collect();
-    app.post("/api/v1/events:batch", &json!({"events": leavers}))
-        .await
-        .expect(202);
+    post_leavers(&app, "al", "A", 8).await;
     // A resume without a body, by an `apps:write` key: not an approval.
     app.request("POST", &resume, Some(&writer), None)
         .await
