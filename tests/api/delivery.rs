@@ -2363,3 +2363,125 @@ async fn provision_on_demand_stores_its_link_and_audit_row_together() {
         .await;
     assert!(links.is_empty(), "a link without its audit row: {links:?}");
 }
+
+/// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs);
+/// `None` when no such series is exported.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let prefix = format!("{name}{{");
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| {
+            let set = l.split_once('}').map_or("", |(s, _)| s);
+            labels.iter().all(|want| set.contains(want))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+async fn scrape(app: &TestApp) -> String {
+    app.request("GET", "/metrics", None, None).await.text
+}
+
+/// The alert on dead jobs reads `roster_sync_operations_total{outcome="dead"}`: a job the
+/// target refuses with 400 moves it.
+#[tokio::test]
+async fn a_dead_letter_counts_in_the_dead_outcome_metric() {
+    let app = spawn_app().await;
+    let (base, stop) = refusing_target(400).await;
+    app.create_app(&sherpany("cov-dead", &base, TOKEN, json!({})))
+        .await;
+    let labels = ["app=\"cov-dead\"", "outcome=\"dead\""];
+    let before = metric_sum(&scrape(&app).await, "roster_sync_operations_total", &labels);
+    assert_eq!(before.unwrap_or(0.0), 0.0, "no dead job yet");
+    app.post_event(&joiner("cd1", "CD1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    eventually("a dead letter", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        (jobs["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    let after = metric_sum(&scrape(&app).await, "roster_sync_operations_total", &labels);
+    assert_eq!(after, Some(1.0), "one dead job, counted once");
+    stop.cancel();
+}
+
+/// The alert on leavers not deprovisioned reads `roster_queue_depth{lane="deprovision"}`:
+/// leavers held by a paused app show there, and leave it once delivered.
+#[tokio::test]
+async fn leavers_held_by_a_paused_app_show_in_the_deprovision_queue_depth() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("cov-depth", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(&app, "qd-j", "QD", 3).await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    for i in 0..3 {
+        app.post_event(&event(
+            &format!("qd-l{i}"),
+            "leaver",
+            &format!("QD{i}"),
+            "2026-11-02T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    let series = "roster_queue_depth{app=\"cov-depth\",lane=\"deprovision\"}";
+    // The engine publishes the gauges every couple of seconds.
+    eventually("three held leavers", Duration::from_secs(20), || async {
+        (metric(&scrape(&app).await, series) == Some(3.0)).then_some(())
+    })
+    .await;
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    eventually(
+        "the deprovision lane empty",
+        Duration::from_secs(20),
+        || async { (metric(&scrape(&app).await, series) == Some(0.0)).then_some(()) },
+    )
+    .await;
+    assert!(
+        target
+            .users_snapshot()
+            .iter()
+            .all(|u| u["active"] == json!(false)),
+        "all three deactivated"
+    );
+}
+
+/// The SLO reads `roster_event_to_target_seconds`: a delivered joiner adds one sample to its
+/// app's create series.
+#[tokio::test]
+async fn a_delivered_joiner_is_a_sample_of_event_to_target_seconds() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("cov-slo", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let count = "roster_event_to_target_seconds_count{app=\"cov-slo\",operation=\"create\"}";
+    assert_eq!(metric(&scrape(&app).await, count), None, "no sample yet");
+    app.post_event(&joiner("slo1", "SLO1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    assert!(
+        read_user(&target.base_url(), TOKEN, "slo1@example.com")
+            .await
+            .is_some()
+    );
+    let text = scrape(&app).await;
+    assert_eq!(metric(&text, count), Some(1.0), "one sample for one joiner");
+    let within_a_minute = metric(
+        &text,
+        "roster_event_to_target_seconds_bucket{app=\"cov-slo\",operation=\"create\",le=\"60\"}",
+    );
+    assert_eq!(within_a_minute, Some(1.0), "delivered within a minute");
+}
