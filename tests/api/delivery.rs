@@ -2485,3 +2485,167 @@ async fn a_delivered_joiner_is_a_sample_of_event_to_target_seconds() {
     );
     assert_eq!(within_a_minute, Some(1.0), "delivered within a minute");
 }
+
+/// Narrowing an app's scope deprovisions the accounts now outside it, and those deprovisions
+/// pass the deletion guard like any other: past `max_count` the app pauses and the rest wait
+/// for an admin's approval. The people still in scope are not touched.
+#[tokio::test]
+async fn narrowing_the_scope_deprovisions_those_outside_it_under_the_deletion_guard() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let staff: Vec<String> = (0..4).map(|i| format!("NS{i}")).collect();
+    let contractors: Vec<String> = (0..5).map(|i| format!("NC{i}")).collect();
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "staff", "members": staff}),
+    )
+    .await
+    .expect(201);
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "contractors", "members": contractors}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&sherpany(
+            "cov-narrow",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 1,
+                   "scope": {"groups": ["staff", "contractors"], "email_domains": ["example.com"]},
+                   "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    for who in staff.iter().chain(&contractors) {
+        app.post_event(&joiner(
+            &format!("n-{who}"),
+            who,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    eventually("nine accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 9).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    app.patch(
+        &format!("/api/v1/apps/{app_id}"),
+        &json!({"scope": {"groups": ["staff"], "email_domains": ["example.com"]}}),
+    )
+    .await
+    .expect(200);
+    let inactive = |who: &[String]| {
+        let users = target.users_snapshot();
+        who.iter()
+            .filter(|w| {
+                let name = format!("{}@example.com", w.to_lowercase());
+                user(&users, &name).is_some_and(|u| u["active"] == json!(false))
+            })
+            .count()
+    };
+    let status = eventually(
+        "the app paused by the guard",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    assert!(status.to_string().contains("deletion guard"), "{status}");
+    // Held: the rest wait as pending jobs of the paused app (a state, not a window of time);
+    // the re-sync's jobs for the people still in scope may wait beside them.
+    eventually("the other three held", Duration::from_secs(30), || async {
+        let jobs = app
+            .rows(&format!(
+                "SELECT state FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+            ))
+            .await;
+        (jobs.len() >= 3 && jobs.iter().all(|j| j["state"] == "pending")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        inactive(&contractors),
+        2,
+        "max_count deprovisions went through"
+    );
+    assert_eq!(
+        inactive(&staff),
+        0,
+        "the people still in scope are untouched"
+    );
+
+    app.post(
+        &format!("/api/v1/apps/{app_id}/resume"),
+        &json!({"approve_deprovisions": true}),
+    )
+    .await
+    .expect(200);
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert_eq!(inactive(&contractors), 5, "everyone outside the scope");
+    assert_eq!(
+        inactive(&staff),
+        0,
+        "the people still in scope are untouched"
+    );
+    assert_eq!(target.stats()["users"], 9, "deactivated, not deleted");
+}
+
+/// A changed mapping reaches the target for the accounts that exist already: `title` now comes
+/// from the family name, and the account is updated in place, not created again.
+#[tokio::test]
+async fn a_changed_mapping_reaches_existing_accounts() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("cov-remap", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        "rm1",
+        "RM1",
+        "2026-11-01T09:00:00Z",
+        json!({"given_name": "Ada", "family_name": "Lovelace", "title": "Engineer"}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let before = read_user(&target.base_url(), TOKEN, "rm1@example.com")
+        .await
+        .expect("the account");
+    assert_eq!(before["title"], "Engineer");
+
+    app.patch(
+        &format!("/api/v1/apps/{app_id}"),
+        &json!({"mappings": [
+            {"target": "userName", "source": "email"},
+            {"target": "name.givenName", "source": "given_name"},
+            {"target": "name.familyName", "source": "family_name"},
+            {"target": "emails[type eq \"work\"].value", "source": "email"},
+            {"target": "title", "source": "family_name"},
+            {"target": "externalId", "source": "employee_id"}
+        ]}),
+    )
+    .await
+    .expect(200);
+    let after = eventually(
+        "the new mapping applied",
+        Duration::from_secs(20),
+        || async {
+            read_user(&target.base_url(), TOKEN, "rm1@example.com")
+                .await
+                .filter(|u| u["title"] == "Lovelace")
+        },
+    )
+    .await;
+    assert_eq!(after["id"], before["id"], "updated in place");
+    assert_eq!(target.stats()["users"], 1, "not created again");
+}
