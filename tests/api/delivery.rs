@@ -2649,3 +2649,57 @@ async fn a_changed_mapping_reaches_existing_accounts() {
     assert_eq!(after["id"], before["id"], "updated in place");
     assert_eq!(target.stats()["users"], 1, "not created again");
 }
+
+/// `delete_after_days > 0`: once the date comes (moved into the past through SQL, for the
+/// queued job and the link alike), the scheduled delete runs: one DELETE, the account gone
+/// from the target, no job left waiting.
+#[tokio::test]
+async fn a_scheduled_delete_runs_on_its_date() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, _) = leaver_with_scheduled_delete(&app, &target, "cov-due", "SD3").await;
+    assert_eq!(
+        target.stats()["users"],
+        1,
+        "deactivated, kept until its date"
+    );
+    let past = roster::store::queue::now_ms() - 1_000;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ),
+    )
+    .await
+    .expect("the date comes for the link");
+    schedule_pending(&app, &app_id, "user", past).await;
+    eventually("the account deleted", Duration::from_secs(20), || async {
+        (target.stats()["users"] == 0).then_some(())
+    })
+    .await;
+    due_settled(&app, &app_id).await;
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [],
+        "nothing waits any more"
+    );
+    let deletes = app
+        .rows(&format!(
+            "SELECT status FROM operation WHERE app_id = '{app_id}' AND method = 'DELETE'"
+        ))
+        .await;
+    assert_eq!(deletes.len(), 1, "one DELETE: {deletes:?}");
+    let metrics = scrape(&app).await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "roster_sync_operations_total",
+            &[
+                "app=\"cov-due\"",
+                "operation=\"delete\"",
+                "outcome=\"succeeded\""
+            ]
+        ),
+        Some(1.0)
+    );
+}
