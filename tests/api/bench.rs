@@ -90,7 +90,8 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
     assert_eq!(
         line["counts"],
         serde_json::json!({"in_sync": 1000 - 10 - 5, "drifted": 1000 / 100, "missing": 0,
-                           "orphan": 1000 / 200, "unmatched": 0, "unmanaged": 0, "adoptable": 0}),
+                           "orphan": 1000 / 200, "unmatched": 0, "unmanaged": 0, "adoptable": 0,
+                           "conflict": 0}),
         "{line}"
     );
     assert_eq!(

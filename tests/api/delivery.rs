@@ -1866,7 +1866,7 @@ async fn foreign_elements_survive(base: &str, token: &str) {
         )
         .await
         .expect("edit by hand");
-    let group_id = app.get("/api/v1/groups").await.expect(200)[0]["id"]
+    let group_id = app.get("/api/v1/groups").await.expect(200)["items"][0]["id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
