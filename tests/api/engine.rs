@@ -651,3 +651,62 @@ async fn a_failure_ratio_above_half_quarantines_the_app_and_not_another() {
         "no call while quarantined"
     );
 }
+
+/// One throttled app (every call answered 429 with a long `Retry-After`) and one hanging app
+/// (no call ever answered) do not slow a third: its joiners are all delivered while the other
+/// two are still stuck, even when the hanging app's `max_concurrency` matches the engine's
+/// worker count.
+#[tokio::test]
+async fn a_throttled_and_a_hanging_app_do_not_slow_another() {
+    let workers = 4;
+    let app = spawn_app_with(|c| c.workers = workers).await;
+    let throttled = Arc::new(Stub {
+        throttle: Some(60),
+        ..Stub::default()
+    });
+    let hanging = Arc::new(Stub::default());
+    hanging.hold_users.store(true, Ordering::SeqCst);
+    create_app(
+        &app,
+        "cov-throttled",
+        &serve(throttled.clone()).await,
+        json!({"max_concurrency": workers}),
+    )
+    .await;
+    create_app(
+        &app,
+        "cov-hanging",
+        &serve(hanging.clone()).await,
+        json!({"max_concurrency": workers, "timeout_ms": 300_000}),
+    )
+    .await;
+    let healthy = dev_target(TOKEN).await;
+    create_app(&app, "cov-prompt", &healthy.base_url(), json!({})).await;
+    let joiners: Vec<Value> = (0..10)
+        .map(|i| {
+            joiner(
+                &format!("iso{i}"),
+                &format!("ISO{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": joiners}))
+        .await
+        .expect(202);
+    wait_count("the throttled app called", &throttled.user_calls, 1).await;
+    wait_count("the hanging app called", &hanging.user_calls, 1).await;
+    eventually(
+        "the third app's accounts",
+        Duration::from_secs(20),
+        || async { (healthy.stats()["users"] == 10).then_some(()) },
+    )
+    .await;
+    // The other two are still stuck: nothing created there.
+    assert_eq!(throttled.posts.load(Ordering::SeqCst), 0);
+    assert_eq!(hanging.posts.load(Ordering::SeqCst), 0);
+    let stuck = hanging.in_flight.load(Ordering::SeqCst);
+    assert!(stuck >= 1, "still hanging");
+    hanging.open.send_replace(true);
+}
