@@ -2339,3 +2339,343 @@ async fn provision_on_demand_stores_its_link_and_audit_row_together() {
         .await;
     assert!(links.is_empty(), "a link without its audit row: {links:?}");
 }
+
+/// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs);
+/// `None` when no such series is exported.
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let prefix = format!("{name}{{");
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| {
+            let set = l.split_once('}').map_or("", |(s, _)| s);
+            labels.iter().all(|want| set.contains(want))
+        })
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+async fn scrape(app: &TestApp) -> String {
+    app.request("GET", "/metrics", None, None).await.text
+}
+
+/// The alert on dead jobs reads `roster_sync_operations_total{outcome="dead"}`: a job the
+/// target refuses with 400 moves it.
+#[tokio::test]
+async fn a_dead_letter_counts_in_the_dead_outcome_metric() {
+    let app = spawn_app().await;
+    let (base, stop) = refusing_target(400).await;
+    app.create_app(&sherpany("cov-dead", &base, TOKEN, json!({})))
+        .await;
+    let labels = ["app=\"cov-dead\"", "outcome=\"dead\""];
+    let before = metric_sum(&scrape(&app).await, "roster_sync_operations_total", &labels);
+    assert_eq!(before.unwrap_or(0.0), 0.0, "no dead job yet");
+    app.post_event(&joiner("cd1", "CD1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    eventually("a dead letter", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        (jobs["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
+    let after = metric_sum(&scrape(&app).await, "roster_sync_operations_total", &labels);
+    assert_eq!(after, Some(1.0), "one dead job, counted once");
+    stop.cancel();
+}
+
+/// The alert on leavers not deprovisioned reads `roster_queue_depth{lane="deprovision"}`:
+/// leavers held by a paused app show there, and leave it once delivered.
+#[tokio::test]
+async fn leavers_held_by_a_paused_app_show_in_the_deprovision_queue_depth() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("cov-depth", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    post_joiners(&app, "qd-j", "QD", 3).await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    for i in 0..3 {
+        app.post_event(&event(
+            &format!("qd-l{i}"),
+            "leaver",
+            &format!("QD{i}"),
+            "2026-11-02T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    let series = "roster_queue_depth{app=\"cov-depth\",lane=\"deprovision\"}";
+    // The engine publishes the gauges every couple of seconds.
+    eventually("three held leavers", Duration::from_secs(20), || async {
+        (metric(&scrape(&app).await, series) == Some(3.0)).then_some(())
+    })
+    .await;
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    eventually(
+        "the deprovision lane empty",
+        Duration::from_secs(20),
+        || async { (metric(&scrape(&app).await, series) == Some(0.0)).then_some(()) },
+    )
+    .await;
+    assert!(
+        target
+            .users_snapshot()
+            .iter()
+            .all(|u| u["active"] == json!(false)),
+        "all three deactivated"
+    );
+}
+
+/// The SLO reads `roster_event_to_target_seconds`: a delivered joiner adds one sample to its
+/// app's create series.
+#[tokio::test]
+async fn a_delivered_joiner_is_a_sample_of_event_to_target_seconds() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("cov-slo", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let count = "roster_event_to_target_seconds_count{app=\"cov-slo\",operation=\"create\"}";
+    assert_eq!(metric(&scrape(&app).await, count), None, "no sample yet");
+    app.post_event(&joiner("slo1", "SLO1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    assert!(
+        read_user(&target.base_url(), TOKEN, "slo1@example.com")
+            .await
+            .is_some()
+    );
+    let text = scrape(&app).await;
+    assert_eq!(metric(&text, count), Some(1.0), "one sample for one joiner");
+    let within_a_minute = metric(
+        &text,
+        "roster_event_to_target_seconds_bucket{app=\"cov-slo\",operation=\"create\",le=\"60\"}",
+    );
+    assert_eq!(within_a_minute, Some(1.0), "delivered within a minute");
+}
+
+/// Narrowing an app's scope deprovisions the accounts now outside it, and those deprovisions
+/// pass the deletion guard like any other: past `max_count` the app pauses and the rest wait
+/// for an admin's approval. The people still in scope are not touched.
+#[tokio::test]
+async fn narrowing_the_scope_deprovisions_those_outside_it_under_the_deletion_guard() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let staff: Vec<String> = (0..4).map(|i| format!("NS{i}")).collect();
+    let contractors: Vec<String> = (0..5).map(|i| format!("NC{i}")).collect();
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "staff", "members": staff}),
+    )
+    .await
+    .expect(201);
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "contractors", "members": contractors}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&sherpany(
+            "cov-narrow",
+            &target.base_url(),
+            TOKEN,
+            json!({"max_concurrency": 1,
+                   "scope": {"groups": ["staff", "contractors"], "email_domains": ["example.com"]},
+                   "deletion_guard": {"max_count": 2, "max_fraction": 1.0,
+                                      "on_events": true, "window_minutes": 60}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    for who in staff.iter().chain(&contractors) {
+        app.post_event(&joiner(
+            &format!("n-{who}"),
+            who,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    eventually("nine accounts", Duration::from_secs(30), || async {
+        (target.stats()["users"] == 9).then_some(())
+    })
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    app.patch(
+        &format!("/api/v1/apps/{app_id}"),
+        &json!({"scope": {"groups": ["staff"], "email_domains": ["example.com"]}}),
+    )
+    .await
+    .expect(200);
+    let inactive = |who: &[String]| {
+        let users = target.users_snapshot();
+        who.iter()
+            .filter(|w| {
+                let name = format!("{}@example.com", w.to_lowercase());
+                user(&users, &name).is_some_and(|u| u["active"] == json!(false))
+            })
+            .count()
+    };
+    let status = eventually(
+        "the app paused by the guard",
+        Duration::from_secs(30),
+        || async {
+            let s = app
+                .get(&format!("/api/v1/apps/{app_id}/status"))
+                .await
+                .expect(200);
+            (s["state"] == "paused").then_some(s)
+        },
+    )
+    .await;
+    assert!(status.to_string().contains("deletion guard"), "{status}");
+    // Held: the rest wait as pending jobs of the paused app (a state, not a window of time);
+    // the re-sync's jobs for the people still in scope may wait beside them.
+    eventually("the other three held", Duration::from_secs(30), || async {
+        let jobs = app
+            .rows(&format!(
+                "SELECT state FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+            ))
+            .await;
+        (jobs.len() >= 3 && jobs.iter().all(|j| j["state"] == "pending")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        inactive(&contractors),
+        2,
+        "max_count deprovisions went through"
+    );
+    assert_eq!(
+        inactive(&staff),
+        0,
+        "the people still in scope are untouched"
+    );
+
+    app.post(
+        &format!("/api/v1/apps/{app_id}/resume"),
+        &json!({"approve_deprovisions": true}),
+    )
+    .await
+    .expect(200);
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert_eq!(inactive(&contractors), 5, "everyone outside the scope");
+    assert_eq!(
+        inactive(&staff),
+        0,
+        "the people still in scope are untouched"
+    );
+    assert_eq!(target.stats()["users"], 9, "deactivated, not deleted");
+}
+
+/// A changed mapping reaches the target for the accounts that exist already: `title` now comes
+/// from the family name, and the account is updated in place, not created again.
+#[tokio::test]
+async fn a_changed_mapping_reaches_existing_accounts() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let created = app
+        .create_app(&sherpany("cov-remap", &target.base_url(), TOKEN, json!({})))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&joiner(
+        "rm1",
+        "RM1",
+        "2026-11-01T09:00:00Z",
+        json!({"given_name": "Ada", "family_name": "Lovelace", "title": "Engineer"}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let before = read_user(&target.base_url(), TOKEN, "rm1@example.com")
+        .await
+        .expect("the account");
+    assert_eq!(before["title"], "Engineer");
+
+    app.patch(
+        &format!("/api/v1/apps/{app_id}"),
+        &json!({"mappings": [
+            {"target": "userName", "source": "email"},
+            {"target": "name.givenName", "source": "given_name"},
+            {"target": "name.familyName", "source": "family_name"},
+            {"target": "emails[type eq \"work\"].value", "source": "email"},
+            {"target": "title", "source": "family_name"},
+            {"target": "externalId", "source": "employee_id"}
+        ]}),
+    )
+    .await
+    .expect(200);
+    let after = eventually(
+        "the new mapping applied",
+        Duration::from_secs(20),
+        || async {
+            read_user(&target.base_url(), TOKEN, "rm1@example.com")
+                .await
+                .filter(|u| u["title"] == "Lovelace")
+        },
+    )
+    .await;
+    assert_eq!(after["id"], before["id"], "updated in place");
+    assert_eq!(target.stats()["users"], 1, "not created again");
+}
+
+/// `delete_after_days > 0`: once the date comes (moved into the past through SQL, for the
+/// queued job and the link alike), the scheduled delete runs: one DELETE, the account gone
+/// from the target, no job left waiting.
+#[tokio::test]
+async fn a_scheduled_delete_runs_on_its_date() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, _) = leaver_with_scheduled_delete(&app, &target, "cov-due", "SD3").await;
+    assert_eq!(
+        target.stats()["users"],
+        1,
+        "deactivated, kept until its date"
+    );
+    let past = roster::store::queue::now_ms() - 1_000;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ),
+    )
+    .await
+    .expect("the date comes for the link");
+    schedule_pending(&app, &app_id, "user", past).await;
+    eventually("the account deleted", Duration::from_secs(20), || async {
+        (target.stats()["users"] == 0).then_some(())
+    })
+    .await;
+    due_settled(&app, &app_id).await;
+    assert_eq!(
+        pending_user_jobs(&app, &app_id, &id).await,
+        [],
+        "nothing waits any more"
+    );
+    let deletes = app
+        .rows(&format!(
+            "SELECT status FROM operation WHERE app_id = '{app_id}' AND method = 'DELETE'"
+        ))
+        .await;
+    assert_eq!(deletes.len(), 1, "one DELETE: {deletes:?}");
+    let metrics = scrape(&app).await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "roster_sync_operations_total",
+            &[
+                "app=\"cov-due\"",
+                "operation=\"delete\"",
+                "outcome=\"succeeded\""
+            ]
+        ),
+        Some(1.0)
+    );
+}

@@ -34,6 +34,13 @@ struct Stub {
     user_calls: AtomicUsize,
     or_lookups: AtomicUsize,
     posts: AtomicUsize,
+    /// Answer every POST 500 (a target failing its writes).
+    fail_posts: AtomicBool,
+    /// `/Users` calls under way now, and the most ever under way at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    /// When each `/Users` call arrived.
+    arrivals: std::sync::Mutex<Vec<Instant>>,
 }
 
 impl Default for Stub {
@@ -49,6 +56,10 @@ impl Default for Stub {
             user_calls: AtomicUsize::new(0),
             or_lookups: AtomicUsize::new(0),
             posts: AtomicUsize::new(0),
+            fail_posts: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            arrivals: std::sync::Mutex::new(Vec::new()),
         }
     }
 }
@@ -85,6 +96,17 @@ impl Stub {
             return scim(StatusCode::NOT_FOUND, &json!({"status": "404"}));
         }
         self.user_calls.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut arrivals) = self.arrivals.lock() {
+            arrivals.push(Instant::now());
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let answer = self.answer_users(req, body).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        answer
+    }
+
+    async fn answer_users(&self, req: Request, body: Vec<u8>) -> Response {
         if self.hold_users.load(Ordering::SeqCst) {
             self.wait_open().await;
         }
@@ -99,6 +121,12 @@ impl Stub {
         }
         tokio::time::sleep(self.latency).await;
         if req.method() == poem::http::Method::POST {
+            if self.fail_posts.load(Ordering::SeqCst) {
+                return scim(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({"schemas": [roster::scim::schemas::ERROR], "status": "500"}),
+                );
+            }
             let n = self.posts.fetch_add(1, Ordering::SeqCst);
             let mut user: Value = serde_json::from_slice(&body).unwrap_or_default();
             user["id"] = json!(format!("u{n}"));
@@ -482,4 +510,203 @@ async fn a_deleted_apps_runtime_is_forgotten() {
     })
     .await;
     server.stop().await;
+}
+
+/// `per_second`, `burst` and `max_concurrency` hold against a target that never throttles:
+/// no one-second window sees more calls than the bucket allows (`burst + per_second`), and no
+/// more calls are under way at once than `max_concurrency`. Unlimited, the engine's four
+/// workers against this 50 ms target would make up to four calls at once and ~80 a second.
+#[tokio::test]
+async fn per_second_and_max_concurrency_hold_against_a_target_that_never_throttles() {
+    let app = spawn_app_with(|c| c.workers = 4).await;
+    let stub = Arc::new(Stub {
+        latency: Duration::from_millis(50),
+        ..Stub::default()
+    });
+    let (per_second, burst, concurrency) = (5_usize, 2_usize, 2_usize);
+    let app_id = create_app(
+        &app,
+        "cov-limited",
+        &serve(stub.clone()).await,
+        json!({"max_concurrency": concurrency,
+               "rate_limit": {"per_second": per_second, "burst": burst}}),
+    )
+    .await;
+    let joiners: Vec<Value> = (0..20)
+        .map(|i| {
+            joiner(
+                &format!("lim{i}"),
+                &format!("LIM{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": joiners}))
+        .await
+        .expect(202);
+    wait_count("every account created", &stub.posts, 20).await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let arrivals = stub.arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(arrivals.len() >= 20, "{} calls", arrivals.len());
+    let busiest = arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or_default();
+    // One call of slack: calls are timed on arrival, and a late arrival can crowd a window.
+    assert!(
+        busiest <= burst + per_second + 1,
+        "{busiest} calls in one second, above burst {burst} + {per_second}/s"
+    );
+    let most = stub.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        (1..=concurrency).contains(&most),
+        "{most} calls at once, above max_concurrency {concurrency}"
+    );
+}
+
+/// More than half of an app's last calls failing quarantines it (with the ratio as the
+/// reason), while another app keeps delivering the same people.
+#[tokio::test]
+async fn a_failure_ratio_above_half_quarantines_the_app_and_not_another() {
+    // No probe while the test looks: the stub's configuration read would lift the quarantine.
+    let app = spawn_app_with(|c| c.quarantine_probe = Duration::from_secs(600)).await;
+    let failing = Arc::new(Stub::default());
+    failing.fail_posts.store(true, Ordering::SeqCst);
+    let failing_id = create_app(
+        &app,
+        "cov-failing",
+        &serve(failing.clone()).await,
+        json!({}),
+    )
+    .await;
+    let healthy = dev_target(TOKEN).await;
+    create_app(&app, "cov-healthy", &healthy.base_url(), json!({})).await;
+    let joiners: Vec<Value> = (0..25)
+        .map(|i| {
+            joiner(
+                &format!("fr{i}"),
+                &format!("FR{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": joiners}))
+        .await
+        .expect(202);
+    let status = eventually("the quarantine", Duration::from_secs(30), || async {
+        let s = app
+            .get(&format!("/api/v1/apps/{failing_id}"))
+            .await
+            .expect(200);
+        (s["state"] == "quarantined").then_some(s)
+    })
+    .await;
+    assert!(
+        status.to_string().contains("calls failed"),
+        "the ratio is the reason: {status}"
+    );
+    assert_eq!(failing.posts.load(Ordering::SeqCst), 0, "nothing created");
+    eventually(
+        "the other app's accounts",
+        Duration::from_secs(30),
+        || async { (healthy.stats()["users"] == 25).then_some(()) },
+    )
+    .await;
+    // Quarantined, the app makes no more calls once its jobs under way have ended; the other
+    // app still delivers.
+    eventually(
+        "no job of the quarantined app running",
+        Duration::from_secs(20),
+        || async {
+            app.rows(&format!(
+                "SELECT id FROM job WHERE app_id = '{failing_id}' AND state = 'running'"
+            ))
+            .await
+            .is_empty()
+            .then_some(())
+        },
+    )
+    .await;
+    let calls = failing.user_calls.load(Ordering::SeqCst);
+    app.post_event(&joiner("fr-late", "FRL", "2026-11-01T10:00:00Z", json!({})))
+        .await;
+    eventually(
+        "the late joiner delivered",
+        Duration::from_secs(20),
+        || async { (healthy.stats()["users"] == 26).then_some(()) },
+    )
+    .await;
+    assert_eq!(app_state(&app, &failing_id).await, "quarantined");
+    assert_eq!(
+        failing.user_calls.load(Ordering::SeqCst),
+        calls,
+        "no call while quarantined"
+    );
+}
+
+/// One throttled app (every call answered 429 with a long `Retry-After`) and one hanging app
+/// (no call ever answered) do not slow a third: its joiners are all delivered while the other
+/// two are still stuck, even when the hanging app's `max_concurrency` matches the engine's
+/// worker count.
+#[tokio::test]
+async fn a_throttled_and_a_hanging_app_do_not_slow_another() {
+    let workers = 4;
+    let app = spawn_app_with(|c| c.workers = workers).await;
+    let throttled = Arc::new(Stub {
+        throttle: Some(60),
+        ..Stub::default()
+    });
+    let hanging = Arc::new(Stub::default());
+    hanging.hold_users.store(true, Ordering::SeqCst);
+    create_app(
+        &app,
+        "cov-throttled",
+        &serve(throttled.clone()).await,
+        json!({"max_concurrency": workers}),
+    )
+    .await;
+    create_app(
+        &app,
+        "cov-hanging",
+        &serve(hanging.clone()).await,
+        json!({"max_concurrency": workers, "timeout_ms": 300_000}),
+    )
+    .await;
+    let healthy = dev_target(TOKEN).await;
+    create_app(&app, "cov-prompt", &healthy.base_url(), json!({})).await;
+    let joiners: Vec<Value> = (0..10)
+        .map(|i| {
+            joiner(
+                &format!("iso{i}"),
+                &format!("ISO{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": joiners}))
+        .await
+        .expect(202);
+    wait_count("the throttled app called", &throttled.user_calls, 1).await;
+    wait_count("the hanging app called", &hanging.user_calls, 1).await;
+    eventually(
+        "the third app's accounts",
+        Duration::from_secs(20),
+        || async { (healthy.stats()["users"] == 10).then_some(()) },
+    )
+    .await;
+    // The other two are still stuck: nothing created there.
+    assert_eq!(throttled.posts.load(Ordering::SeqCst), 0);
+    assert_eq!(hanging.posts.load(Ordering::SeqCst), 0);
+    let stuck = hanging.in_flight.load(Ordering::SeqCst);
+    assert!(stuck >= 1, "still hanging");
+    hanging.open.send_replace(true);
 }

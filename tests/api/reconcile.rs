@@ -1882,3 +1882,51 @@ async fn an_approval_that_fails_part_way_enqueues_nothing() {
     let approved = app.post(&url, &json!({})).await.expect(200);
     assert_eq!(approved["jobs_enqueued"], 40);
 }
+
+/// `roster_reconcile_last_success_timestamp_seconds{app}` as `/metrics` shows it.
+async fn last_success(app: &TestApp, name: &str) -> Option<f64> {
+    let text = app.request("GET", "/metrics", None, None).await.text;
+    let series = format!("roster_reconcile_last_success_timestamp_seconds{{app=\"{name}\"}}");
+    text.lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The freshness alert reads `roster_reconcile_last_success_timestamp_seconds`: a successful
+/// run sets it, a failed run (the target gone) leaves it where it was.
+#[tokio::test]
+async fn reconcile_freshness_moves_on_success_and_stays_on_failure() {
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = app
+        .create_app(&app_body(
+            "cov-fresh",
+            json!({
+                "base_url": target.base_url(),
+                "auth": {"type": "bearer", "token": TOKEN},
+                "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            }),
+        ))
+        .await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post_event(&joiner("fresh-1", "F1", AT, json!({})))
+        .await;
+    settled(&app).await;
+    assert_eq!(last_success(&app, "cov-fresh").await, None, "no run yet");
+    let before = chrono::Utc::now().timestamp() as f64;
+    let report = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    let stamp = last_success(&app, "cov-fresh").await;
+    assert!(
+        stamp.is_some_and(|s| s >= before - 1.0),
+        "set by the run: {stamp:?}"
+    );
+    // The target goes away: the next run fails and the freshness stays at the last success.
+    target.shutdown().await.expect("stop the target");
+    let report = reconcile(&app, &app_id, json!({})).await;
+    assert_eq!(report["state"], "failed", "{report}");
+    assert_eq!(last_success(&app, "cov-fresh").await, stamp, "not moved");
+}
