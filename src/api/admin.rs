@@ -87,7 +87,7 @@ pub struct AdminApi;
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
     /// Create an API key (scope `admin`). The token is in this answer only.
-    #[oai(path = "/api-keys", method = "post")]
+    #[oai(path = "/api-keys", method = "post", operation_id = "createApiKey")]
     async fn create_key(
         &self,
         auth: ApiKey,
@@ -109,7 +109,7 @@ impl AdminApi {
     }
 
     /// List API keys, without secrets (scope `admin`).
-    #[oai(path = "/api-keys", method = "get")]
+    #[oai(path = "/api-keys", method = "get", operation_id = "listApiKeys")]
     async fn list_keys(
         &self,
         auth: ApiKey,
@@ -122,7 +122,11 @@ impl AdminApi {
     }
 
     /// Revoke an API key (scope `admin`).
-    #[oai(path = "/api-keys/:id", method = "delete")]
+    #[oai(
+        path = "/api-keys/:id",
+        method = "delete",
+        operation_id = "revokeApiKey"
+    )]
     async fn delete_key(
         &self,
         auth: ApiKey,
@@ -135,7 +139,7 @@ impl AdminApi {
     }
 
     /// The audit trail, newest first (scope `read`). Append-only: there is no route to change it.
-    #[oai(path = "/audit", method = "get")]
+    #[oai(path = "/audit", method = "get", operation_id = "listAuditEntries")]
     async fn audit(
         &self,
         auth: ApiKey,

@@ -325,7 +325,7 @@ impl AppsApi {
     /// Register an app (scope `apps:write`; a weaker `deletion_guard` than the default,
     /// `deprovision.action: delete`, `deprovision.delete_after_days` and
     /// `reconcile.deprovision_unmatched` need scope `admin`).
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/", method = "post", operation_id = "createApp")]
     async fn create(
         &self,
         auth: ApiKey,
@@ -358,7 +358,7 @@ impl AppsApi {
     }
 
     /// List apps (scope `read`).
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "listApps")]
     async fn list(&self, auth: ApiKey, roster: Data<&Roster>) -> poem::Result<Json<Vec<AppOut>>> {
         auth.require(Permission::ReadConfig)?;
         let apps = roster.list_apps().await?;
@@ -366,7 +366,7 @@ impl AppsApi {
     }
 
     /// One app (scope `read`), with its version as `ETag`.
-    #[oai(path = "/:id", method = "get")]
+    #[oai(path = "/:id", method = "get", operation_id = "getApp")]
     async fn get(
         &self,
         auth: ApiKey,
@@ -383,7 +383,7 @@ impl AppsApi {
     /// to another origin (scheme, host, port) needs `auth` in the same request. Weakening
     /// `deletion_guard`, `deprovision.action: delete`, `deprovision.delete_after_days` and
     /// `reconcile.deprovision_unmatched` need scope `admin`.
-    #[oai(path = "/:id", method = "patch")]
+    #[oai(path = "/:id", method = "patch", operation_id = "updateApp")]
     async fn update(
         &self,
         auth: ApiKey,
@@ -427,7 +427,7 @@ impl AppsApi {
 
     /// Remove an app and roster's record of its accounts (scope `apps:write`). Accounts in the
     /// target are left as they are.
-    #[oai(path = "/:id", method = "delete")]
+    #[oai(path = "/:id", method = "delete", operation_id = "deleteApp")]
     async fn delete(
         &self,
         auth: ApiKey,
@@ -440,7 +440,7 @@ impl AppsApi {
     }
 
     /// Stop delivering to an app; changes keep queueing (scope `apps:write`).
-    #[oai(path = "/:id/pause", method = "post")]
+    #[oai(path = "/:id/pause", method = "post", operation_id = "pauseApp")]
     async fn pause(
         &self,
         auth: ApiKey,
@@ -462,7 +462,11 @@ impl AppsApi {
     /// Check the target with the app's credentials: reachable, authenticated, and what it
     /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing)
     /// (scope `apps:write`).
-    #[oai(path = "/:id/test-connection", method = "post")]
+    #[oai(
+        path = "/:id/test-connection",
+        method = "post",
+        operation_id = "testAppConnection"
+    )]
     async fn test_connection(
         &self,
         auth: ApiKey,
@@ -489,7 +493,7 @@ impl AppsApi {
     /// To let them through, an `admin` key sends `{"approve_deprovisions": true}`; that is
     /// accepted only while the guard holds the app (409 otherwise) and is audited as
     /// `app.deprovisions_approved` with the number of deprovisions it released.
-    #[oai(path = "/:id/resume", method = "post")]
+    #[oai(path = "/:id/resume", method = "post", operation_id = "resumeApp")]
     async fn resume(
         &self,
         auth: ApiKey,

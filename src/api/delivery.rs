@@ -176,7 +176,7 @@ pub struct DeliveryApi;
 #[OpenApi(tag = "ApiTags::Delivery")]
 impl DeliveryApi {
     /// The provisioning log: one row per SCIM call, newest first (scope `read`).
-    #[oai(path = "/operations", method = "get")]
+    #[oai(path = "/operations", method = "get", operation_id = "listOperations")]
     #[allow(clippy::too_many_arguments)]
     async fn operations(
         &self,
@@ -219,7 +219,7 @@ impl DeliveryApi {
     }
 
     /// Jobs, newest first; `state=dead` lists the dead letters (scope `read`).
-    #[oai(path = "/jobs", method = "get")]
+    #[oai(path = "/jobs", method = "get", operation_id = "listJobs")]
     async fn jobs(
         &self,
         auth: ApiKey,
@@ -250,7 +250,7 @@ impl DeliveryApi {
     }
 
     /// Put a dead job back in the queue with a fresh attempt budget (scope `apps:write`).
-    #[oai(path = "/jobs/:id/retry", method = "post")]
+    #[oai(path = "/jobs/:id/retry", method = "post", operation_id = "retryJob")]
     async fn retry(
         &self,
         auth: ApiKey,
@@ -263,7 +263,11 @@ impl DeliveryApi {
 
     /// Delivery health of one app: state, queue depth per lane, oldest pending age, last
     /// success, error rate, quarantine reason (scope `read`).
-    #[oai(path = "/apps/:id/status", method = "get")]
+    #[oai(
+        path = "/apps/:id/status",
+        method = "get",
+        operation_id = "getAppStatus"
+    )]
     async fn status(
         &self,
         auth: ApiKey,
@@ -303,7 +307,11 @@ impl DeliveryApi {
     /// instead); a deprovision counts in the deletion guard on HR events, which may hold it
     /// (409, the app is then paused until an admin approves). The link, the provisioning log
     /// and the audit row are stored together before the answer.
-    #[oai(path = "/apps/:id/provision-on-demand", method = "post")]
+    #[oai(
+        path = "/apps/:id/provision-on-demand",
+        method = "post",
+        operation_id = "provisionOnDemand"
+    )]
     async fn provision_on_demand(
         &self,
         auth: ApiKey,

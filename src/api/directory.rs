@@ -202,7 +202,7 @@ pub struct DirectoryApi;
 #[OpenApi(tag = "ApiTags::Directory")]
 impl DirectoryApi {
     /// Identities, oldest first (scope `read`).
-    #[oai(path = "/identities", method = "get")]
+    #[oai(path = "/identities", method = "get", operation_id = "listIdentities")]
     async fn list_identities(
         &self,
         auth: ApiKey,
@@ -239,7 +239,7 @@ impl DirectoryApi {
 
     /// One identity by roster id or employee id, with its groups and its account in each app
     /// (scope `read`).
-    #[oai(path = "/identities/:id", method = "get")]
+    #[oai(path = "/identities/:id", method = "get", operation_id = "getIdentity")]
     async fn get_identity(
         &self,
         auth: ApiKey,
@@ -271,7 +271,7 @@ impl DirectoryApi {
     }
 
     /// Groups by name, each with its member count and first 100 members (scope `read`).
-    #[oai(path = "/groups", method = "get")]
+    #[oai(path = "/groups", method = "get", operation_id = "listGroups")]
     async fn list_groups(
         &self,
         auth: ApiKey,
@@ -294,7 +294,11 @@ impl DirectoryApi {
     }
 
     /// A group's members, by employee id, a page at a time (scope `read`).
-    #[oai(path = "/groups/:id/members", method = "get")]
+    #[oai(
+        path = "/groups/:id/members",
+        method = "get",
+        operation_id = "listGroupMembers"
+    )]
     async fn group_members(
         &self,
         auth: ApiKey,
@@ -317,7 +321,7 @@ impl DirectoryApi {
     }
 
     /// One group (scope `read`).
-    #[oai(path = "/groups/:id", method = "get")]
+    #[oai(path = "/groups/:id", method = "get", operation_id = "getGroup")]
     async fn get_group(
         &self,
         auth: ApiKey,
@@ -329,7 +333,7 @@ impl DirectoryApi {
     }
 
     /// Create a static or rule group (scope `apps:write`).
-    #[oai(path = "/groups", method = "post")]
+    #[oai(path = "/groups", method = "post", operation_id = "createGroup")]
     async fn create_group(
         &self,
         auth: ApiKey,
@@ -349,7 +353,7 @@ impl DirectoryApi {
     }
 
     /// Rename a group or replace its members or rule (scope `apps:write`).
-    #[oai(path = "/groups/:id", method = "patch")]
+    #[oai(path = "/groups/:id", method = "patch", operation_id = "updateGroup")]
     async fn update_group(
         &self,
         auth: ApiKey,
@@ -370,7 +374,7 @@ impl DirectoryApi {
     }
 
     /// Delete a group (scope `apps:write`).
-    #[oai(path = "/groups/:id", method = "delete")]
+    #[oai(path = "/groups/:id", method = "delete", operation_id = "deleteGroup")]
     async fn delete_group(
         &self,
         auth: ApiKey,

@@ -147,7 +147,7 @@ pub struct EventsApi;
 #[OpenApi(tag = "ApiTags::Events")]
 impl EventsApi {
     /// Post one HR event (scope `events:write`). 202 only after it is durably committed.
-    #[oai(path = "/events", method = "post")]
+    #[oai(path = "/events", method = "post", operation_id = "postEvent")]
     async fn post_event(
         &self,
         auth: ApiKey,
@@ -163,7 +163,11 @@ impl EventsApi {
     }
 
     /// Post up to 1000 HR events in one transaction (scope `events:write`).
-    #[oai(path = "/events:batch", method = "post")]
+    #[oai(
+        path = "/events:batch",
+        method = "post",
+        operation_id = "postEventBatch"
+    )]
     async fn post_batch(
         &self,
         auth: ApiKey,

@@ -243,7 +243,11 @@ pub struct ReconcileApi;
 impl ReconcileApi {
     /// Start a reconciliation run of the app (scope `apps:write`): 202 with the run id; the run
     /// proceeds in the background. 409 while another run of the app is running.
-    #[oai(path = "/apps/:id/reconcile", method = "post")]
+    #[oai(
+        path = "/apps/:id/reconcile",
+        method = "post",
+        operation_id = "startReconcileRun"
+    )]
     async fn start(
         &self,
         auth: ApiKey,
@@ -267,7 +271,11 @@ impl ReconcileApi {
     }
 
     /// Reconcile runs, newest first, without items (scope `read`).
-    #[oai(path = "/reconcile-runs", method = "get")]
+    #[oai(
+        path = "/reconcile-runs",
+        method = "get",
+        operation_id = "listReconcileRuns"
+    )]
     async fn list(
         &self,
         auth: ApiKey,
@@ -290,7 +298,11 @@ impl ReconcileApi {
 
     /// A run's report with its items (scope `read`): the first `limit` items in the order they
     /// were found (default 1000, at most 10000); `total_items` says how many there are.
-    #[oai(path = "/reconcile-runs/:id", method = "get")]
+    #[oai(
+        path = "/reconcile-runs/:id",
+        method = "get",
+        operation_id = "getReconcileRun"
+    )]
     async fn get(
         &self,
         auth: ApiKey,
@@ -310,7 +322,11 @@ impl ReconcileApi {
 
     /// Apply the deprovisions the deletion guard held (scope `admin`); 409 unless the run is
     /// `awaiting_approval`.
-    #[oai(path = "/reconcile-runs/:id/approve", method = "post")]
+    #[oai(
+        path = "/reconcile-runs/:id/approve",
+        method = "post",
+        operation_id = "approveReconcileRun"
+    )]
     async fn approve(
         &self,
         auth: ApiKey,

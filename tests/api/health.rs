@@ -45,3 +45,44 @@ fn committed_openapi_document_matches_the_code() {
         "openapi/openapi.json is stale: run `cargo run -q -- openapi > openapi/openapi.json`"
     );
 }
+
+/// Every operation of the generated document, as `(METHOD path, operation)`.
+fn operations() -> Vec<(String, serde_json::Value)> {
+    let spec: serde_json::Value =
+        serde_json::from_str(&roster::api::spec_json()).expect("the document is JSON");
+    let mut out = Vec::new();
+    for (path, ops) in spec["paths"].as_object().into_iter().flatten() {
+        for (method, op) in ops.as_object().into_iter().flatten() {
+            out.push((format!("{} {path}", method.to_uppercase()), op.clone()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_operation_has_a_unique_lower_camel_case_operation_id() {
+    let ops = operations();
+    assert!(ops.len() > 20, "the document lists the operations");
+    let mut seen = std::collections::BTreeMap::new();
+    for (route, op) in &ops {
+        let id = op["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{route} has no operationId"));
+        assert!(
+            id.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && id.chars().all(|c| c.is_ascii_alphanumeric()),
+            "{route}: operationId `{id}` is not lowerCamelCase"
+        );
+        if let Some(other) = seen.insert(id.to_owned(), route.clone()) {
+            panic!("operationId `{id}` is used by both {other} and {route}");
+        }
+    }
+    assert_eq!(
+        seen.get("createApp").map(String::as_str),
+        Some("POST /apps")
+    );
+    assert_eq!(
+        seen.get("postEventBatch").map(String::as_str),
+        Some("POST /events:batch")
+    );
+}
