@@ -93,7 +93,7 @@ impl AdminApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         body: JsonBody<KeyCreate>,
-    ) -> poem::Result<KeyCreatedResponse> {
+    ) -> Result<KeyCreatedResponse, ApiError> {
         let principal = auth.require(Permission::Admin)?;
         let created = roster
             .create_key(principal, &body.0.name, &body.0.scopes)
@@ -114,7 +114,7 @@ impl AdminApi {
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-    ) -> poem::Result<Json<Vec<KeyOut>>> {
+    ) -> Result<Json<Vec<KeyOut>>, ApiError> {
         auth.require(Permission::Admin)?;
         Ok(Json(
             roster.list_keys().await?.iter().map(key_out).collect(),
@@ -132,7 +132,7 @@ impl AdminApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Deleted> {
+    ) -> Result<Deleted, ApiError> {
         let principal = auth.require(Permission::Admin)?;
         roster.delete_key(principal, &id.0).await?;
         Ok(Deleted::NoContent)
@@ -147,7 +147,7 @@ impl AdminApi {
         cursor: Query<Option<i64>>,
         /// 1..=1000, default 100.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<AuditPage>> {
+    ) -> Result<Json<AuditPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = limit.0.unwrap_or(100);
         if !(1..=1000).contains(&limit) {

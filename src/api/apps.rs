@@ -331,7 +331,7 @@ impl AppsApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         body: JsonBody<AppCreate>,
-    ) -> poem::Result<AppCreated> {
+    ) -> Result<AppCreated, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = AppChanges {
@@ -359,7 +359,11 @@ impl AppsApi {
 
     /// List apps (scope `read`).
     #[oai(path = "/", method = "get", operation_id = "listApps")]
-    async fn list(&self, auth: ApiKey, roster: Data<&Roster>) -> poem::Result<Json<Vec<AppOut>>> {
+    async fn list(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+    ) -> Result<Json<Vec<AppOut>>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let apps = roster.list_apps().await?;
         Ok(Json(apps.into_iter().map(AppOut::from).collect()))
@@ -372,7 +376,7 @@ impl AppsApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<AppAnswer> {
+    ) -> Result<AppAnswer, ApiError> {
         auth.require(Permission::ReadConfig)?;
         Ok(roster.get_app(&id.0).await?.into())
     }
@@ -393,7 +397,7 @@ impl AppsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         body: JsonBody<AppPatch>,
-    ) -> poem::Result<AppAnswer> {
+    ) -> Result<AppAnswer, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = AppChanges {
@@ -433,7 +437,7 @@ impl AppsApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Deleted> {
+    ) -> Result<Deleted, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         roster.delete_app(principal, &id.0).await?;
         Ok(Deleted::NoContent)
@@ -446,7 +450,7 @@ impl AppsApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<AppOut>> {
+    ) -> Result<Json<AppOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let view = roster
             .set_app_state(
@@ -472,7 +476,7 @@ impl AppsApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<ConnectionOut>> {
+    ) -> Result<Json<ConnectionOut>, ApiError> {
         auth.require(Permission::WriteApps)?;
         let report = roster.test_connection(&id.0).await?;
         Ok(Json(ConnectionOut {
@@ -500,7 +504,7 @@ impl AppsApi {
         roster: Data<&Roster>,
         id: Path<String>,
         body: OptionalJsonBody<ResumeIn>,
-    ) -> poem::Result<Json<AppOut>> {
+    ) -> Result<Json<AppOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let view = if body.0.approve_deprovisions {
             let principal = auth.require(Permission::Admin)?;

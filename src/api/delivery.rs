@@ -191,7 +191,7 @@ impl DeliveryApi {
         since: Query<Option<DateTime<Utc>>>,
         cursor: Query<Option<i64>>,
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<OperationPage>> {
+    ) -> Result<Json<OperationPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         if let Some(s) = &state.0
             && !matches!(s.as_str(), "succeeded" | "failed")
@@ -229,7 +229,7 @@ impl DeliveryApi {
         app: Query<Option<String>>,
         cursor: Query<Option<i64>>,
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<JobPage>> {
+    ) -> Result<Json<JobPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         if let Some(s) = &state.0
             && !matches!(s.as_str(), "pending" | "running" | "done" | "dead")
@@ -256,7 +256,7 @@ impl DeliveryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<i64>,
-    ) -> poem::Result<Json<JobOut>> {
+    ) -> Result<Json<JobOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         Ok(Json(job_out(roster.retry_job(principal, id.0).await?)))
     }
@@ -273,7 +273,7 @@ impl DeliveryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<AppStatusOut>> {
+    ) -> Result<Json<AppStatusOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let s = roster.app_status(&id.0).await?;
         let depth = |lane: &str| {
@@ -318,7 +318,7 @@ impl DeliveryApi {
         roster: Data<&Roster>,
         id: Path<String>,
         body: JsonBody<OnDemandIn>,
-    ) -> poem::Result<Json<OnDemandOut>> {
+    ) -> Result<Json<OnDemandOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let result = roster
             .provision_on_demand(principal, &id.0, &body.0.identity_id)

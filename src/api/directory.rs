@@ -212,7 +212,7 @@ impl DirectoryApi {
         cursor: Query<Option<String>>,
         /// 1..=1000, default 100.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<IdentityPage>> {
+    ) -> Result<Json<IdentityPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = limit.0.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
@@ -245,7 +245,7 @@ impl DirectoryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<IdentityOut>> {
+    ) -> Result<Json<IdentityOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let IdentityDetail {
             model,
@@ -280,7 +280,7 @@ impl DirectoryApi {
         cursor: Query<Option<String>>,
         /// 1..=200, default 50.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<GroupPage>> {
+    ) -> Result<Json<GroupPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = page_limit(limit.0, 50, 200)?;
         let groups = roster.list_groups(cursor.0.as_deref(), limit).await?;
@@ -308,7 +308,7 @@ impl DirectoryApi {
         cursor: Query<Option<String>>,
         /// 1..=1000, default 100.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<MemberPage>> {
+    ) -> Result<Json<MemberPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = page_limit(limit.0, 100, 1000)?;
         let items = roster
@@ -327,7 +327,7 @@ impl DirectoryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<GroupOut>> {
+    ) -> Result<Json<GroupOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         Ok(Json(roster.get_group(&id.0).await?.into()))
     }
@@ -339,7 +339,7 @@ impl DirectoryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         body: JsonBody<GroupCreate>,
-    ) -> poem::Result<GroupCreated> {
+    ) -> Result<GroupCreated, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = GroupChanges {
@@ -360,7 +360,7 @@ impl DirectoryApi {
         roster: Data<&Roster>,
         id: Path<String>,
         body: JsonBody<GroupPatch>,
-    ) -> poem::Result<Json<GroupOut>> {
+    ) -> Result<Json<GroupOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = GroupChanges {
@@ -380,7 +380,7 @@ impl DirectoryApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Deleted> {
+    ) -> Result<Deleted, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         roster.delete_group(principal, &id.0).await?;
         Ok(Deleted::NoContent)

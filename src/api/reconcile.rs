@@ -254,7 +254,7 @@ impl ReconcileApi {
         roster: Data<&Roster>,
         id: Path<String>,
         body: JsonBody<ReconcileIn>,
-    ) -> poem::Result<StartAnswer> {
+    ) -> Result<StartAnswer, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let run = roster
             .begin_reconcile(
@@ -284,7 +284,7 @@ impl ReconcileApi {
         app: Query<Option<String>>,
         /// At most this many runs (1..=1000, default 100).
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<RunList>> {
+    ) -> Result<Json<RunList>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = limit.0.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
@@ -309,7 +309,7 @@ impl ReconcileApi {
         roster: Data<&Roster>,
         id: Path<String>,
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<RunOut>> {
+    ) -> Result<Json<RunOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = limit.0.unwrap_or(DEFAULT_ITEMS);
         if !(1..=MAX_ITEMS).contains(&limit) {
@@ -332,7 +332,7 @@ impl ReconcileApi {
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<ApproveOut>> {
+    ) -> Result<Json<ApproveOut>, ApiError> {
         let principal = auth.require(Permission::Admin)?;
         let jobs = roster.approve_reconcile(principal, &id.0).await?;
         Ok(Json(ApproveOut {

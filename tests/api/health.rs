@@ -86,3 +86,61 @@ fn every_operation_has_a_unique_lower_camel_case_operation_id() {
         Some("POST /events:batch")
     );
 }
+
+#[test]
+fn every_operation_declares_problem_json_errors() {
+    let spec: serde_json::Value =
+        serde_json::from_str(&roster::api::spec_json()).expect("the document is JSON");
+    let problem = &spec["components"]["schemas"]["Problem"];
+    for field in ["type", "title", "status", "detail"] {
+        assert!(
+            problem["properties"][field].is_object(),
+            "Problem has `{field}`"
+        );
+    }
+    for (route, op) in operations() {
+        let responses = op["responses"].as_object().cloned().unwrap_or_default();
+        let problem_4xx: Vec<&String> = responses
+            .iter()
+            .filter(|(status, answer)| {
+                status.starts_with('4')
+                    && answer["content"]["application/problem+json"]["schema"]["$ref"]
+                        == "#/components/schemas/Problem"
+            })
+            .map(|(status, _)| status)
+            .collect();
+        assert!(
+            !problem_4xx.is_empty(),
+            "{route} declares no 4xx with problem+json"
+        );
+        for status in ["401", "403", "422", "500"] {
+            assert!(responses.contains_key(status), "{route} lacks {status}");
+        }
+    }
+}
+
+#[test]
+fn the_events_routes_declare_the_signature_header() {
+    for route in ["POST /events", "POST /events:batch"] {
+        let (_, op) = operations()
+            .into_iter()
+            .find(|(r, _)| r == route)
+            .unwrap_or_else(|| panic!("{route} is documented"));
+        let header = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == "X-Roster-Signature")
+            .unwrap_or_else(|| panic!("{route} declares X-Roster-Signature"));
+        assert_eq!(header["in"], "header", "{route}");
+        assert_ne!(
+            header["required"], true,
+            "{route}: optional without a secret"
+        );
+        let description = header["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("t=<unix seconds>,v1=") && description.contains("HMAC-SHA256"),
+            "{route}: {description}"
+        );
+    }
+}
