@@ -11,6 +11,7 @@ use super::ApiTags;
 use super::apps::Deleted;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::service::keys::scope_names;
 use crate::service::{Permission, Roster};
@@ -149,14 +150,9 @@ impl AdminApi {
         limit: Query<Option<u64>>,
     ) -> Result<Json<AuditPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
-        }
+        let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster.list_audit(cursor.0, limit).await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id);
         Ok(Json(AuditPage {
             items: rows
                 .into_iter()

@@ -8,6 +8,7 @@ use poem_openapi::{Object, OpenApi};
 use super::ApiTags;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::service::operations::OperationFilter;
 use crate::service::{Permission, Roster};
@@ -162,15 +163,6 @@ pub struct OnDemandOut {
     pub calls: Vec<CallOut>,
 }
 
-fn limit_of(limit: Option<u64>) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if (1..=1000).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::invalid("limit: must be 1 to 1000"))
-    }
-}
-
 pub struct DeliveryApi;
 
 #[OpenApi(tag = "ApiTags::Delivery")]
@@ -198,7 +190,7 @@ impl DeliveryApi {
         {
             return Err(ApiError::invalid("state: must be succeeded or failed").into());
         }
-        let limit = limit_of(limit.0)?;
+        let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster
             .list_operations(&OperationFilter {
                 app: app.0,
@@ -209,9 +201,7 @@ impl DeliveryApi {
                 limit,
             })
             .await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id);
         Ok(Json(OperationPage {
             items: rows.into_iter().map(operation_out).collect(),
             next_cursor,
@@ -236,13 +226,11 @@ impl DeliveryApi {
         {
             return Err(ApiError::invalid("state: must be pending, running, done or dead").into());
         }
-        let limit = limit_of(limit.0)?;
+        let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster
             .list_jobs(state.0.as_deref(), app.0.as_deref(), cursor.0, limit)
             .await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id);
         Ok(Json(JobPage {
             items: rows.into_iter().map(job_out).collect(),
             next_cursor,

@@ -10,6 +10,7 @@ use super::ApiTags;
 use super::apps::Deleted;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::mapping::GroupRule;
 use crate::service::groups::{GroupChanges, GroupView};
@@ -103,16 +104,6 @@ pub struct MemberPage {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[oai(skip_serializing_if_is_none)]
     pub next_cursor: Option<String>,
-}
-
-/// A page size from the query: 1..=`max`, `default` when absent.
-fn page_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::invalid(format!("limit: must be 1 to {max}")))
-    }
 }
 
 #[derive(Object, serde::Deserialize)]
@@ -214,10 +205,7 @@ impl DirectoryApi {
         limit: Query<Option<u64>>,
     ) -> Result<Json<IdentityPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
-        }
+        let limit = page_limit(limit.0, 100, 1000)?;
         if let Some(s) = &status.0
             && !matches!(s.as_str(), "active" | "suspended" | "terminated")
         {
@@ -228,9 +216,7 @@ impl DirectoryApi {
         let rows = roster
             .list_identities(cursor.0.as_deref(), status.0.as_deref(), limit)
             .await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id.clone()))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id.clone());
         Ok(Json(IdentityPage {
             items: rows.into_iter().map(identity_out).collect(),
             next_cursor,
@@ -284,9 +270,7 @@ impl DirectoryApi {
         auth.require(Permission::ReadConfig)?;
         let limit = page_limit(limit.0, 50, 200)?;
         let groups = roster.list_groups(cursor.0.as_deref(), limit).await?;
-        let next_cursor = (groups.len() as u64 == limit)
-            .then(|| groups.last().map(|g| g.model.name.clone()))
-            .flatten();
+        let next_cursor = next_cursor(&groups, limit, |g| g.model.name.clone());
         Ok(Json(GroupPage {
             items: groups.into_iter().map(GroupOut::from).collect(),
             next_cursor,
@@ -314,9 +298,7 @@ impl DirectoryApi {
         let items = roster
             .group_members(&id.0, cursor.0.as_deref(), limit)
             .await?;
-        let next_cursor = (items.len() as u64 == limit)
-            .then(|| items.last().cloned())
-            .flatten();
+        let next_cursor = next_cursor(&items, limit, Clone::clone);
         Ok(Json(MemberPage { items, next_cursor }))
     }
 

@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod directory;
 pub mod events;
 pub mod guard;
+pub mod paging;
 pub mod problem;
 pub mod reconcile;
 
