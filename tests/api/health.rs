@@ -22,6 +22,12 @@ async fn health_ready_metrics_and_docs_answer_without_a_key() {
         .await
         .expect(200);
     assert!(spec["paths"]["/events:batch"]["post"].is_object());
+    let served = serde_json::to_string_pretty(&spec).unwrap_or_default();
+    assert_eq!(served, roster::api::spec_json(), "served = committed");
+    assert!(
+        docs.text.contains(r#""operationId": "createApp""#),
+        "Swagger UI shows the same document"
+    );
 }
 
 #[tokio::test]
@@ -143,4 +149,49 @@ fn the_events_routes_declare_the_signature_header() {
             "{route}: {description}"
         );
     }
+}
+
+/// Every `allOf` in the document, with where it is.
+fn all_ofs(value: &serde_json::Value, at: &str, out: &mut Vec<(String, serde_json::Value)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(parts) = map.get("allOf") {
+                out.push((at.to_owned(), parts.clone()));
+            }
+            for (k, v) in map {
+                all_ofs(v, &format!("{at}/{k}"), out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                all_ofs(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn described_component_fields_are_plain_refs_not_all_of() {
+    // openapi-python-client refuses `allOf: [{$ref: <enum>}, {description}]` ("Cannot take
+    // allOf a non-object") and drops every schema and operation that holds one.
+    let spec: serde_json::Value =
+        serde_json::from_str(&roster::api::spec_json()).expect("the document is JSON");
+    let mut found = Vec::new();
+    all_ofs(&spec, "", &mut found);
+    assert!(found.is_empty(), "allOf left: {found:?}");
+    let kind = &spec["components"]["schemas"]["AuthIn"]["properties"]["type"];
+    assert_eq!(kind["$ref"], "#/components/schemas/AuthKind", "{kind}");
+    assert!(
+        kind["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("bearer")),
+        "{kind}"
+    );
+    let action = &spec["components"]["schemas"]["Deprovision"]["properties"]["action"];
+    assert_eq!(
+        action["$ref"], "#/components/schemas/DeprovisionAction",
+        "{action}"
+    );
+    assert_eq!(action["default"], "deactivate", "{action}");
 }
