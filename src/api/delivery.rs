@@ -188,7 +188,7 @@ impl DeliveryApi {
         if let Some(s) = &state.0
             && !matches!(s.as_str(), "succeeded" | "failed")
         {
-            return Err(ApiError::invalid("state: must be succeeded or failed").into());
+            return Err(ApiError::invalid("state: must be succeeded or failed"));
         }
         let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster
@@ -224,7 +224,9 @@ impl DeliveryApi {
         if let Some(s) = &state.0
             && !matches!(s.as_str(), "pending" | "running" | "done" | "dead")
         {
-            return Err(ApiError::invalid("state: must be pending, running, done or dead").into());
+            return Err(ApiError::invalid(
+                "state: must be pending, running, done or dead",
+            ));
         }
         let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster

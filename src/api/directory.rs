@@ -209,9 +209,9 @@ impl DirectoryApi {
         if let Some(s) = &status.0
             && !matches!(s.as_str(), "active" | "suspended" | "terminated")
         {
-            return Err(
-                ApiError::invalid("status: must be active, suspended or terminated").into(),
-            );
+            return Err(ApiError::invalid(
+                "status: must be active, suspended or terminated",
+            ));
         }
         let rows = roster
             .list_identities(cursor.0.as_deref(), status.0.as_deref(), limit)
