@@ -25,7 +25,7 @@ async fn health_ready_metrics_and_docs_answer_without_a_key() {
     let served = serde_json::to_string_pretty(&spec).unwrap_or_default();
     assert_eq!(served, roster::api::spec_json(), "served = committed");
     assert!(
-        docs.text.contains(r#""operationId": "createApp""#),
+        docs.text.contains(&roster::api::spec_json()),
         "Swagger UI shows the same document"
     );
 }
