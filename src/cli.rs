@@ -267,7 +267,7 @@ async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     }
 
     let report = roster
-        .reconcile_report(&run.id, CLI_MAX_ITEMS)
+        .reconcile_report(&run.id, None, CLI_MAX_ITEMS)
         .await
         .context("reading the report")?;
     if args.json {

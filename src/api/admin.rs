@@ -11,6 +11,7 @@ use super::ApiTags;
 use super::apps::Deleted;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::service::keys::scope_names;
 use crate::service::{Permission, Roster};
@@ -87,13 +88,13 @@ pub struct AdminApi;
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
     /// Create an API key (scope `admin`). The token is in this answer only.
-    #[oai(path = "/api-keys", method = "post")]
+    #[oai(path = "/api-keys", method = "post", operation_id = "createApiKey")]
     async fn create_key(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         body: JsonBody<KeyCreate>,
-    ) -> poem::Result<KeyCreatedResponse> {
+    ) -> Result<KeyCreatedResponse, ApiError> {
         let principal = auth.require(Permission::Admin)?;
         let created = roster
             .create_key(principal, &body.0.name, &body.0.scopes)
@@ -109,12 +110,12 @@ impl AdminApi {
     }
 
     /// List API keys, without secrets (scope `admin`).
-    #[oai(path = "/api-keys", method = "get")]
+    #[oai(path = "/api-keys", method = "get", operation_id = "listApiKeys")]
     async fn list_keys(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
-    ) -> poem::Result<Json<Vec<KeyOut>>> {
+    ) -> Result<Json<Vec<KeyOut>>, ApiError> {
         auth.require(Permission::Admin)?;
         Ok(Json(
             roster.list_keys().await?.iter().map(key_out).collect(),
@@ -122,20 +123,24 @@ impl AdminApi {
     }
 
     /// Revoke an API key (scope `admin`).
-    #[oai(path = "/api-keys/:id", method = "delete")]
+    #[oai(
+        path = "/api-keys/:id",
+        method = "delete",
+        operation_id = "revokeApiKey"
+    )]
     async fn delete_key(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Deleted> {
+    ) -> Result<Deleted, ApiError> {
         let principal = auth.require(Permission::Admin)?;
         roster.delete_key(principal, &id.0).await?;
         Ok(Deleted::NoContent)
     }
 
     /// The audit trail, newest first (scope `read`). Append-only: there is no route to change it.
-    #[oai(path = "/audit", method = "get")]
+    #[oai(path = "/audit", method = "get", operation_id = "listAuditEntries")]
     async fn audit(
         &self,
         auth: ApiKey,
@@ -143,16 +148,11 @@ impl AdminApi {
         cursor: Query<Option<i64>>,
         /// 1..=1000, default 100.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<AuditPage>> {
+    ) -> Result<Json<AuditPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
-        }
+        let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster.list_audit(cursor.0, limit).await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id);
         Ok(Json(AuditPage {
             items: rows
                 .into_iter()

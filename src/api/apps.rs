@@ -325,13 +325,13 @@ impl AppsApi {
     /// Register an app (scope `apps:write`; a weaker `deletion_guard` than the default,
     /// `deprovision.action: delete`, `deprovision.delete_after_days` and
     /// `reconcile.deprovision_unmatched` need scope `admin`).
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/", method = "post", operation_id = "createApp")]
     async fn create(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         body: JsonBody<AppCreate>,
-    ) -> poem::Result<AppCreated> {
+    ) -> Result<AppCreated, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = AppChanges {
@@ -358,21 +358,25 @@ impl AppsApi {
     }
 
     /// List apps (scope `read`).
-    #[oai(path = "/", method = "get")]
-    async fn list(&self, auth: ApiKey, roster: Data<&Roster>) -> poem::Result<Json<Vec<AppOut>>> {
+    #[oai(path = "/", method = "get", operation_id = "listApps")]
+    async fn list(
+        &self,
+        auth: ApiKey,
+        roster: Data<&Roster>,
+    ) -> Result<Json<Vec<AppOut>>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let apps = roster.list_apps().await?;
         Ok(Json(apps.into_iter().map(AppOut::from).collect()))
     }
 
     /// One app (scope `read`), with its version as `ETag`.
-    #[oai(path = "/:id", method = "get")]
+    #[oai(path = "/:id", method = "get", operation_id = "getApp")]
     async fn get(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<AppAnswer> {
+    ) -> Result<AppAnswer, ApiError> {
         auth.require(Permission::ReadConfig)?;
         Ok(roster.get_app(&id.0).await?.into())
     }
@@ -383,7 +387,7 @@ impl AppsApi {
     /// to another origin (scheme, host, port) needs `auth` in the same request. Weakening
     /// `deletion_guard`, `deprovision.action: delete`, `deprovision.delete_after_days` and
     /// `reconcile.deprovision_unmatched` need scope `admin`.
-    #[oai(path = "/:id", method = "patch")]
+    #[oai(path = "/:id", method = "patch", operation_id = "updateApp")]
     async fn update(
         &self,
         auth: ApiKey,
@@ -393,7 +397,7 @@ impl AppsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         body: JsonBody<AppPatch>,
-    ) -> poem::Result<AppAnswer> {
+    ) -> Result<AppAnswer, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = AppChanges {
@@ -427,26 +431,26 @@ impl AppsApi {
 
     /// Remove an app and roster's record of its accounts (scope `apps:write`). Accounts in the
     /// target are left as they are.
-    #[oai(path = "/:id", method = "delete")]
+    #[oai(path = "/:id", method = "delete", operation_id = "deleteApp")]
     async fn delete(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Deleted> {
+    ) -> Result<Deleted, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         roster.delete_app(principal, &id.0).await?;
         Ok(Deleted::NoContent)
     }
 
     /// Stop delivering to an app; changes keep queueing (scope `apps:write`).
-    #[oai(path = "/:id/pause", method = "post")]
+    #[oai(path = "/:id/pause", method = "post", operation_id = "pauseApp")]
     async fn pause(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<AppOut>> {
+    ) -> Result<Json<AppOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let view = roster
             .set_app_state(
@@ -462,13 +466,17 @@ impl AppsApi {
     /// Check the target with the app's credentials: reachable, authenticated, and what it
     /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing)
     /// (scope `apps:write`).
-    #[oai(path = "/:id/test-connection", method = "post")]
+    #[oai(
+        path = "/:id/test-connection",
+        method = "post",
+        operation_id = "testAppConnection"
+    )]
     async fn test_connection(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<ConnectionOut>> {
+    ) -> Result<Json<ConnectionOut>, ApiError> {
         auth.require(Permission::WriteApps)?;
         let report = roster.test_connection(&id.0).await?;
         Ok(Json(ConnectionOut {
@@ -489,14 +497,14 @@ impl AppsApi {
     /// To let them through, an `admin` key sends `{"approve_deprovisions": true}`; that is
     /// accepted only while the guard holds the app (409 otherwise) and is audited as
     /// `app.deprovisions_approved` with the number of deprovisions it released.
-    #[oai(path = "/:id/resume", method = "post")]
+    #[oai(path = "/:id/resume", method = "post", operation_id = "resumeApp")]
     async fn resume(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
         body: OptionalJsonBody<ResumeIn>,
-    ) -> poem::Result<Json<AppOut>> {
+    ) -> Result<Json<AppOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let view = if body.0.approve_deprovisions {
             let principal = auth.require(Permission::Admin)?;

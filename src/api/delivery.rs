@@ -8,6 +8,7 @@ use poem_openapi::{Object, OpenApi};
 use super::ApiTags;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::service::operations::OperationFilter;
 use crate::service::{Permission, Roster};
@@ -162,21 +163,12 @@ pub struct OnDemandOut {
     pub calls: Vec<CallOut>,
 }
 
-fn limit_of(limit: Option<u64>) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(100);
-    if (1..=1000).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::invalid("limit: must be 1 to 1000"))
-    }
-}
-
 pub struct DeliveryApi;
 
 #[OpenApi(tag = "ApiTags::Delivery")]
 impl DeliveryApi {
     /// The provisioning log: one row per SCIM call, newest first (scope `read`).
-    #[oai(path = "/operations", method = "get")]
+    #[oai(path = "/operations", method = "get", operation_id = "listOperations")]
     #[allow(clippy::too_many_arguments)]
     async fn operations(
         &self,
@@ -191,14 +183,14 @@ impl DeliveryApi {
         since: Query<Option<DateTime<Utc>>>,
         cursor: Query<Option<i64>>,
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<OperationPage>> {
+    ) -> Result<Json<OperationPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         if let Some(s) = &state.0
             && !matches!(s.as_str(), "succeeded" | "failed")
         {
-            return Err(ApiError::invalid("state: must be succeeded or failed").into());
+            return Err(ApiError::invalid("state: must be succeeded or failed"));
         }
-        let limit = limit_of(limit.0)?;
+        let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster
             .list_operations(&OperationFilter {
                 app: app.0,
@@ -209,9 +201,7 @@ impl DeliveryApi {
                 limit,
             })
             .await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id);
         Ok(Json(OperationPage {
             items: rows.into_iter().map(operation_out).collect(),
             next_cursor,
@@ -219,7 +209,7 @@ impl DeliveryApi {
     }
 
     /// Jobs, newest first; `state=dead` lists the dead letters (scope `read`).
-    #[oai(path = "/jobs", method = "get")]
+    #[oai(path = "/jobs", method = "get", operation_id = "listJobs")]
     async fn jobs(
         &self,
         auth: ApiKey,
@@ -229,20 +219,20 @@ impl DeliveryApi {
         app: Query<Option<String>>,
         cursor: Query<Option<i64>>,
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<JobPage>> {
+    ) -> Result<Json<JobPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         if let Some(s) = &state.0
             && !matches!(s.as_str(), "pending" | "running" | "done" | "dead")
         {
-            return Err(ApiError::invalid("state: must be pending, running, done or dead").into());
+            return Err(ApiError::invalid(
+                "state: must be pending, running, done or dead",
+            ));
         }
-        let limit = limit_of(limit.0)?;
+        let limit = page_limit(limit.0, 100, 1000)?;
         let rows = roster
             .list_jobs(state.0.as_deref(), app.0.as_deref(), cursor.0, limit)
             .await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id);
         Ok(Json(JobPage {
             items: rows.into_iter().map(job_out).collect(),
             next_cursor,
@@ -250,26 +240,30 @@ impl DeliveryApi {
     }
 
     /// Put a dead job back in the queue with a fresh attempt budget (scope `apps:write`).
-    #[oai(path = "/jobs/:id/retry", method = "post")]
+    #[oai(path = "/jobs/:id/retry", method = "post", operation_id = "retryJob")]
     async fn retry(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<i64>,
-    ) -> poem::Result<Json<JobOut>> {
+    ) -> Result<Json<JobOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         Ok(Json(job_out(roster.retry_job(principal, id.0).await?)))
     }
 
     /// Delivery health of one app: state, queue depth per lane, oldest pending age, last
     /// success, error rate, quarantine reason (scope `read`).
-    #[oai(path = "/apps/:id/status", method = "get")]
+    #[oai(
+        path = "/apps/:id/status",
+        method = "get",
+        operation_id = "getAppStatus"
+    )]
     async fn status(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<AppStatusOut>> {
+    ) -> Result<Json<AppStatusOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let s = roster.app_status(&id.0).await?;
         let depth = |lane: &str| {
@@ -303,14 +297,18 @@ impl DeliveryApi {
     /// instead); a deprovision counts in the deletion guard on HR events, which may hold it
     /// (409, the app is then paused until an admin approves). The link, the provisioning log
     /// and the audit row are stored together before the answer.
-    #[oai(path = "/apps/:id/provision-on-demand", method = "post")]
+    #[oai(
+        path = "/apps/:id/provision-on-demand",
+        method = "post",
+        operation_id = "provisionOnDemand"
+    )]
     async fn provision_on_demand(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
         body: JsonBody<OnDemandIn>,
-    ) -> poem::Result<Json<OnDemandOut>> {
+    ) -> Result<Json<OnDemandOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let result = roster
             .provision_on_demand(principal, &id.0, &body.0.identity_id)

@@ -10,6 +10,7 @@ use super::ApiTags;
 use super::apps::Deleted;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::mapping::GroupRule;
 use crate::service::groups::{GroupChanges, GroupView};
@@ -105,16 +106,6 @@ pub struct MemberPage {
     pub next_cursor: Option<String>,
 }
 
-/// A page size from the query: 1..=`max`, `default` when absent.
-fn page_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::invalid(format!("limit: must be 1 to {max}")))
-    }
-}
-
 #[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
@@ -202,7 +193,7 @@ pub struct DirectoryApi;
 #[OpenApi(tag = "ApiTags::Directory")]
 impl DirectoryApi {
     /// Identities, oldest first (scope `read`).
-    #[oai(path = "/identities", method = "get")]
+    #[oai(path = "/identities", method = "get", operation_id = "listIdentities")]
     async fn list_identities(
         &self,
         auth: ApiKey,
@@ -212,25 +203,20 @@ impl DirectoryApi {
         cursor: Query<Option<String>>,
         /// 1..=1000, default 100.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<IdentityPage>> {
+    ) -> Result<Json<IdentityPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
-        }
+        let limit = page_limit(limit.0, 100, 1000)?;
         if let Some(s) = &status.0
             && !matches!(s.as_str(), "active" | "suspended" | "terminated")
         {
-            return Err(
-                ApiError::invalid("status: must be active, suspended or terminated").into(),
-            );
+            return Err(ApiError::invalid(
+                "status: must be active, suspended or terminated",
+            ));
         }
         let rows = roster
             .list_identities(cursor.0.as_deref(), status.0.as_deref(), limit)
             .await?;
-        let next_cursor = (rows.len() as u64 == limit)
-            .then(|| rows.last().map(|r| r.id.clone()))
-            .flatten();
+        let next_cursor = next_cursor(&rows, limit, |r| r.id.clone());
         Ok(Json(IdentityPage {
             items: rows.into_iter().map(identity_out).collect(),
             next_cursor,
@@ -239,13 +225,13 @@ impl DirectoryApi {
 
     /// One identity by roster id or employee id, with its groups and its account in each app
     /// (scope `read`).
-    #[oai(path = "/identities/:id", method = "get")]
+    #[oai(path = "/identities/:id", method = "get", operation_id = "getIdentity")]
     async fn get_identity(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<IdentityOut>> {
+    ) -> Result<Json<IdentityOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let IdentityDetail {
             model,
@@ -271,7 +257,7 @@ impl DirectoryApi {
     }
 
     /// Groups by name, each with its member count and first 100 members (scope `read`).
-    #[oai(path = "/groups", method = "get")]
+    #[oai(path = "/groups", method = "get", operation_id = "listGroups")]
     async fn list_groups(
         &self,
         auth: ApiKey,
@@ -280,13 +266,11 @@ impl DirectoryApi {
         cursor: Query<Option<String>>,
         /// 1..=200, default 50.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<GroupPage>> {
+    ) -> Result<Json<GroupPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = page_limit(limit.0, 50, 200)?;
         let groups = roster.list_groups(cursor.0.as_deref(), limit).await?;
-        let next_cursor = (groups.len() as u64 == limit)
-            .then(|| groups.last().map(|g| g.model.name.clone()))
-            .flatten();
+        let next_cursor = next_cursor(&groups, limit, |g| g.model.name.clone());
         Ok(Json(GroupPage {
             items: groups.into_iter().map(GroupOut::from).collect(),
             next_cursor,
@@ -294,7 +278,11 @@ impl DirectoryApi {
     }
 
     /// A group's members, by employee id, a page at a time (scope `read`).
-    #[oai(path = "/groups/:id/members", method = "get")]
+    #[oai(
+        path = "/groups/:id/members",
+        method = "get",
+        operation_id = "listGroupMembers"
+    )]
     async fn group_members(
         &self,
         auth: ApiKey,
@@ -304,38 +292,36 @@ impl DirectoryApi {
         cursor: Query<Option<String>>,
         /// 1..=1000, default 100.
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<MemberPage>> {
+    ) -> Result<Json<MemberPage>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         let limit = page_limit(limit.0, 100, 1000)?;
         let items = roster
             .group_members(&id.0, cursor.0.as_deref(), limit)
             .await?;
-        let next_cursor = (items.len() as u64 == limit)
-            .then(|| items.last().cloned())
-            .flatten();
+        let next_cursor = next_cursor(&items, limit, Clone::clone);
         Ok(Json(MemberPage { items, next_cursor }))
     }
 
     /// One group (scope `read`).
-    #[oai(path = "/groups/:id", method = "get")]
+    #[oai(path = "/groups/:id", method = "get", operation_id = "getGroup")]
     async fn get_group(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<GroupOut>> {
+    ) -> Result<Json<GroupOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         Ok(Json(roster.get_group(&id.0).await?.into()))
     }
 
     /// Create a static or rule group (scope `apps:write`).
-    #[oai(path = "/groups", method = "post")]
+    #[oai(path = "/groups", method = "post", operation_id = "createGroup")]
     async fn create_group(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         body: JsonBody<GroupCreate>,
-    ) -> poem::Result<GroupCreated> {
+    ) -> Result<GroupCreated, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = GroupChanges {
@@ -349,14 +335,14 @@ impl DirectoryApi {
     }
 
     /// Rename a group or replace its members or rule (scope `apps:write`).
-    #[oai(path = "/groups/:id", method = "patch")]
+    #[oai(path = "/groups/:id", method = "patch", operation_id = "updateGroup")]
     async fn update_group(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
         body: JsonBody<GroupPatch>,
-    ) -> poem::Result<Json<GroupOut>> {
+    ) -> Result<Json<GroupOut>, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
         let changes = GroupChanges {
@@ -370,13 +356,13 @@ impl DirectoryApi {
     }
 
     /// Delete a group (scope `apps:write`).
-    #[oai(path = "/groups/:id", method = "delete")]
+    #[oai(path = "/groups/:id", method = "delete", operation_id = "deleteGroup")]
     async fn delete_group(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Deleted> {
+    ) -> Result<Deleted, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         roster.delete_group(principal, &id.0).await?;
         Ok(Deleted::NoContent)

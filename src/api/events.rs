@@ -1,6 +1,7 @@
 //! `/events`: HR joiner / mover / leaver events.
 use chrono::{DateTime, Utc};
 use poem::web::Data;
+use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::types::{MaybeUndefined, ToJSON};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
@@ -147,13 +148,18 @@ pub struct EventsApi;
 #[OpenApi(tag = "ApiTags::Events")]
 impl EventsApi {
     /// Post one HR event (scope `events:write`). 202 only after it is durably committed.
-    #[oai(path = "/events", method = "post")]
+    #[oai(path = "/events", method = "post", operation_id = "postEvent")]
     async fn post_event(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
+        /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` keyed with the server's
+        /// webhook secret, `t` within 300 s of the server's clock; required when the server
+        /// has a webhook secret.
+        #[oai(name = "X-Roster-Signature")]
+        _signature: Header<Option<String>>,
         body: JsonBody<EventIn>,
-    ) -> poem::Result<Accepted<EventAccepted>> {
+    ) -> Result<Accepted<EventAccepted>, ApiError> {
         let principal = auth.require(Permission::WriteEvents)?;
         let mut outcomes = roster.ingest(principal, &[to_input(body.0)]).await?;
         let outcome = outcomes
@@ -163,13 +169,22 @@ impl EventsApi {
     }
 
     /// Post up to 1000 HR events in one transaction (scope `events:write`).
-    #[oai(path = "/events:batch", method = "post")]
+    #[oai(
+        path = "/events:batch",
+        method = "post",
+        operation_id = "postEventBatch"
+    )]
     async fn post_batch(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
+        /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">` keyed with the server's
+        /// webhook secret, `t` within 300 s of the server's clock; required when the server
+        /// has a webhook secret.
+        #[oai(name = "X-Roster-Signature")]
+        _signature: Header<Option<String>>,
         body: JsonBody<EventBatchIn>,
-    ) -> poem::Result<Accepted<EventBatchAccepted>> {
+    ) -> Result<Accepted<EventBatchAccepted>, ApiError> {
         let principal = auth.require(Permission::WriteEvents)?;
         let inputs: Vec<HrEventInput> = body.0.events.into_iter().map(to_input).collect();
         let outcomes = roster.ingest(principal, &inputs).await?;

@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod directory;
 pub mod events;
 pub mod guard;
+pub mod paging;
 pub mod problem;
 pub mod reconcile;
 
@@ -62,10 +63,82 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
     .server("/api/v1")
 }
 
-/// The OpenAPI document, as `roster openapi` prints it and `openapi/openapi.json` holds it.
+/// The OpenAPI document, as `roster openapi` prints it, `/openapi.json` serves it and
+/// `openapi/openapi.json` holds it.
 #[must_use]
 pub fn spec_json() -> String {
-    openapi_service().spec()
+    document(&openapi_service().spec())
+}
+
+/// poem-openapi's document with its described references made plain (`inline_described_refs`).
+/// Keys come out sorted (serde_json's map); the document is otherwise unchanged.
+fn document(raw: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(raw) else {
+        // poem-openapi printed it from its own types; never expected, but then serve it as is.
+        return raw.to_owned();
+    };
+    inline_described_refs(&mut doc);
+    serde_json::to_string_pretty(&doc).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// Keywords that only annotate a schema: merging them next to a `$ref` changes no validation.
+const ANNOTATIONS: &[&str] = &[
+    "description",
+    "default",
+    "example",
+    "title",
+    "readOnly",
+    "writeOnly",
+    "deprecated",
+];
+
+/// poem-openapi writes a field whose type is a component and which carries a description or a
+/// default as `{allOf: [{$ref}, {description, default}]}`. Generators that merge `allOf` as
+/// objects (openapi-python-client: "Cannot take allOf a non-object") then drop every schema
+/// holding an enum field so described, and every operation using one. This rewrites each such
+/// schema, wherever it is, as `{$ref, description, default}` (a `$ref` with annotations beside
+/// it, as OpenAPI 3.1 and JSON Schema allow), which those generators and the others read. Any
+/// other `allOf` is left alone.
+fn inline_described_refs(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let plain = match map.get("allOf") {
+                Some(Value::Array(parts)) => match parts.split_first() {
+                    Some((Value::Object(first), rest))
+                        if first.len() == 1
+                            && first.get("$ref").is_some_and(Value::is_string)
+                            && rest.iter().all(|part| {
+                                part.as_object().is_some_and(|p| {
+                                    p.keys().all(|k| ANNOTATIONS.contains(&k.as_str()))
+                                })
+                            }) =>
+                    {
+                        Some((first.clone(), rest.to_vec()))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((reference, annotations)) = plain {
+                map.remove("allOf");
+                for (key, annotation) in annotations
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        Value::Object(a) => Some(a),
+                        _ => None,
+                    })
+                    .flatten()
+                {
+                    map.entry(key).or_insert(annotation);
+                }
+                map.extend(reference);
+            }
+            map.values_mut().for_each(inline_described_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(inline_described_refs),
+        _ => {}
+    }
 }
 
 #[handler]
@@ -91,15 +164,30 @@ fn metrics() -> Response {
 /// The whole HTTP surface: `/api/v1`, `/docs`, `/openapi.json`, `/healthz`, `/readyz`, `/metrics`.
 pub fn app(roster: Roster) -> impl Endpoint {
     let service = openapi_service();
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    // Swagger UI shows the same document as `/openapi.json` (poem-openapi embeds its own).
+    let raw = service.spec();
+    let spec = document(&raw);
+    let docs_html = service.swagger_ui_html().replace(&raw, &spec);
+    let docs = Route::new().at(
+        "/",
+        get(poem::endpoint::make_sync(move |_| {
+            poem::web::Html(docs_html.clone())
+        })),
+    );
     let guard = guard::BodyGuard {
         webhook_secret: roster.config().hr_webhook_secret.clone(),
     };
     Route::new()
         .nest("/api/v1", service)
         .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at(
+            "/openapi.json",
+            get(poem::endpoint::make_sync(move |_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(spec.clone())
+            })),
+        )
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .at("/metrics", get(metrics))

@@ -1,7 +1,9 @@
 //! RFC 9457 problem+json: the one place where errors become HTTP answers.
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{IntoResponse, Response};
-use serde_json::json;
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, Object};
 
 use crate::service::ServiceError;
 
@@ -57,13 +59,98 @@ impl ApiError {
     }
 
     fn body(&self) -> String {
-        json!({
-            "type": format!("urn:roster:problem:{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        })
-        .to_string()
+        Problem {
+            kind: format!("urn:roster:problem:{}", self.slug),
+            title: self.title.to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+        }
+        .to_json_string()
+    }
+}
+
+/// An RFC 9457 problem: the body of every error answer (`application/problem+json`).
+#[derive(Object)]
+pub struct Problem {
+    /// `urn:roster:problem:<slug>`: stable, the field to match on (`validation`, `conflict`,
+    /// `not-found`, `forbidden`, `unauthorized`, `bad-signature`, `too-large`, …).
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// A short, fixed summary of the `type`.
+    pub title: String,
+    /// The HTTP status, repeated.
+    pub status: u16,
+    /// What was wrong with this request, naming the field at fault where there is one.
+    pub detail: String,
+}
+
+/// The error statuses every operation declares, with what they mean. One list for all
+/// operations: not every operation can answer every one of them (a GET has no body to be too
+/// large), but a client that handles them all handles any operation.
+const ERROR_STATUSES: &[(u16, &str)] = &[
+    (
+        400,
+        "The request cannot be read: unparsable JSON, an unknown field, a wrong type or a bad \
+         parameter; `detail` names the field.",
+    ),
+    (
+        401,
+        "No valid API key (`Authorization: Bearer <key>`), or on the events routes a missing \
+         or wrong `X-Roster-Signature`.",
+    ),
+    (403, "The key lacks the scope this operation needs."),
+    (404, "No such resource (or route)."),
+    (
+        409,
+        "The request conflicts with the current state: a duplicate name, an `event_id` with \
+         other content, a run already running, a deprovision held by the deletion guard.",
+    ),
+    (
+        412,
+        "`If-Match` does not match the resource's current `ETag`.",
+    ),
+    (413, "The request body is larger than 1 MiB."),
+    (
+        415,
+        "The body is not JSON: send `Content-Type: application/json`.",
+    ),
+    (
+        422,
+        "The request is well-formed but its content is invalid; `detail` says which field and why.",
+    ),
+    (
+        500,
+        "The request failed inside roster; nothing was committed. Retry, or see the server log.",
+    ),
+    (
+        503,
+        "roster cannot serve the request now (the database or the target is unavailable).",
+    ),
+];
+
+/// Handlers return `Result<_, ApiError>`, so every operation in the OpenAPI document declares
+/// the error statuses with the `Problem` schema from this one place.
+impl ApiResponse for ApiError {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: ERROR_STATUSES
+                .iter()
+                .map(|&(status, description)| MetaResponse {
+                    description,
+                    status: Some(status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: "application/problem+json",
+                        schema: Problem::schema_ref(),
+                    }],
+                    headers: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
     }
 }
 

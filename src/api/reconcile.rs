@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::ApiTags;
 use super::auth::ApiKey;
 use super::body::JsonBody;
+use super::paging::{next_cursor, page_limit};
 use super::problem::ApiError;
 use crate::reconcile::{Counts, GroupCounts};
 use crate::service::reconcile::{RunOptions, RunReport};
@@ -154,17 +155,24 @@ pub struct RunOut {
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// The first `limit` items, in the order found (absent in listings).
+    /// A page of the run's items, in the order found: the first `limit`, or those after
+    /// `cursor` (absent in listings).
     #[oai(skip_serializing_if_is_none)]
     pub items: Option<Vec<ItemOut>>,
     /// How many items the run recorded (absent in listings).
     #[oai(skip_serializing_if_is_none)]
     pub total_items: Option<u64>,
+    /// Pass as `cursor` to read the next items; absent on the last page and in listings.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<i64>,
 }
 
 #[derive(Object)]
 pub struct RunList {
     pub items: Vec<RunOut>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Object)]
@@ -191,10 +199,12 @@ fn run_summary(run: reconcile_run::Model) -> RunOut {
         finished_at: run.finished_at,
         items: None,
         total_items: None,
+        next_cursor: None,
     }
 }
 
-fn run_report(run: RunReport) -> RunOut {
+fn run_report(run: RunReport, limit: u64) -> RunOut {
+    let next_cursor = next_cursor(&run.item_ids, limit, |id| *id);
     let report = run.report;
     let items = report
         .items
@@ -234,6 +244,7 @@ fn run_report(run: RunReport) -> RunOut {
         finished_at: run.finished_at,
         items: Some(items),
         total_items: Some(run.total_items),
+        next_cursor,
     }
 }
 
@@ -243,14 +254,18 @@ pub struct ReconcileApi;
 impl ReconcileApi {
     /// Start a reconciliation run of the app (scope `apps:write`): 202 with the run id; the run
     /// proceeds in the background. 409 while another run of the app is running.
-    #[oai(path = "/apps/:id/reconcile", method = "post")]
+    #[oai(
+        path = "/apps/:id/reconcile",
+        method = "post",
+        operation_id = "startReconcileRun"
+    )]
     async fn start(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
         body: JsonBody<ReconcileIn>,
-    ) -> poem::Result<StartAnswer> {
+    ) -> Result<StartAnswer, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let run = roster
             .begin_reconcile(
@@ -266,57 +281,73 @@ impl ReconcileApi {
         Ok(StartAnswer::Accepted(Json(RunStarted { id: run.id })))
     }
 
-    /// Reconcile runs, newest first, without items (scope `read`).
-    #[oai(path = "/reconcile-runs", method = "get")]
+    /// Reconcile runs, newest first, without items, a page at a time (scope `read`).
+    #[oai(
+        path = "/reconcile-runs",
+        method = "get",
+        operation_id = "listReconcileRuns"
+    )]
     async fn list(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         /// App id.
         app: Query<Option<String>>,
-        /// At most this many runs (1..=1000, default 100).
+        /// `next_cursor` of the previous page.
+        cursor: Query<Option<String>>,
+        /// Runs per page (1..=1000, default 100).
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<RunList>> {
+    ) -> Result<Json<RunList>, ApiError> {
         auth.require(Permission::ReadConfig)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::invalid("limit: must be 1 to 1000").into());
-        }
-        let runs = roster.list_reconcile_runs(app.0.as_deref(), limit).await?;
+        let limit = page_limit(limit.0, 100, 1000)?;
+        let runs = roster
+            .list_reconcile_runs(app.0.as_deref(), cursor.0.as_deref(), limit)
+            .await?;
+        let next_cursor = next_cursor(&runs, limit, |r| r.id.clone());
         Ok(Json(RunList {
             items: runs.into_iter().map(run_summary).collect(),
+            next_cursor,
         }))
     }
 
-    /// A run's report with its items (scope `read`): the first `limit` items in the order they
-    /// were found (default 1000, at most 10000); `total_items` says how many there are.
-    #[oai(path = "/reconcile-runs/:id", method = "get")]
+    /// A run's report with a page of its items (scope `read`): `limit` items in the order they
+    /// were found (default 1000, at most 10000), the first ones or those after `cursor`;
+    /// `total_items` says how many there are.
+    #[oai(
+        path = "/reconcile-runs/:id",
+        method = "get",
+        operation_id = "getReconcileRun"
+    )]
     async fn get(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
+        /// `next_cursor` of the previous page: the items after it.
+        cursor: Query<Option<i64>>,
         limit: Query<Option<u64>>,
-    ) -> poem::Result<Json<RunOut>> {
+    ) -> Result<Json<RunOut>, ApiError> {
         auth.require(Permission::ReadConfig)?;
-        let limit = limit.0.unwrap_or(DEFAULT_ITEMS);
-        if !(1..=MAX_ITEMS).contains(&limit) {
-            return Err(ApiError::invalid("limit: must be 1 to 10000").into());
-        }
+        let limit = page_limit(limit.0, DEFAULT_ITEMS, MAX_ITEMS)?;
         Ok(Json(run_report(
-            roster.reconcile_report(&id.0, limit).await?,
+            roster.reconcile_report(&id.0, cursor.0, limit).await?,
+            limit,
         )))
     }
 
     /// Apply the deprovisions the deletion guard held (scope `admin`); 409 unless the run is
     /// `awaiting_approval`.
-    #[oai(path = "/reconcile-runs/:id/approve", method = "post")]
+    #[oai(
+        path = "/reconcile-runs/:id/approve",
+        method = "post",
+        operation_id = "approveReconcileRun"
+    )]
     async fn approve(
         &self,
         auth: ApiKey,
         roster: Data<&Roster>,
         id: Path<String>,
-    ) -> poem::Result<Json<ApproveOut>> {
+    ) -> Result<Json<ApproveOut>, ApiError> {
         let principal = auth.require(Permission::Admin)?;
         let jobs = roster.approve_reconcile(principal, &id.0).await?;
         Ok(Json(ApproveOut {

@@ -37,8 +37,10 @@ pub struct RunReport {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Parallel to `report.items`: whether the deletion guard held the item.
     pub held: Vec<bool>,
-    /// Items the run recorded, of which `report.items` holds the first `limit`.
+    /// Items the run recorded, of which `report.items` holds a page.
     pub total_items: u64,
+    /// The ids of the item rows read for this page, in order (the paging cursor's keys).
+    pub item_ids: Vec<i64>,
 }
 
 impl From<RunError> for ServiceError {
@@ -136,42 +138,70 @@ impl Roster {
         .await?)
     }
 
-    /// Newest first.
+    /// Newest first (`started_at`, then id); `after` is the cursor: the id of the last run of
+    /// the previous page.
     pub async fn list_reconcile_runs(
         &self,
         app_id: Option<&str>,
+        after: Option<&str>,
         limit: u64,
     ) -> ServiceResult<Vec<reconcile_run::Model>> {
+        use sea_orm::Condition;
         let mut query = reconcile_run::Entity::find()
             .order_by_desc(reconcile_run::Column::StartedAt)
             .order_by_desc(reconcile_run::Column::Id);
         if let Some(app_id) = app_id {
             query = query.filter(reconcile_run::Column::AppId.eq(app_id));
         }
+        if let Some(after) = after {
+            let last = reconcile_run::Entity::find_by_id(after)
+                .one(self.db())
+                .await?
+                .ok_or_else(|| ServiceError::invalid("cursor", "no reconcile run has this id"))?;
+            // The rest of the listing's order after `last`: older, or as old with a lower id.
+            query = query.filter(
+                Condition::any()
+                    .add(reconcile_run::Column::StartedAt.lt(last.started_at))
+                    .add(
+                        Condition::all()
+                            .add(reconcile_run::Column::StartedAt.eq(last.started_at))
+                            .add(reconcile_run::Column::Id.lt(last.id)),
+                    ),
+            );
+        }
         Ok(query.limit(limit).all(self.db()).await?)
     }
 
-    /// The run's report with its first `limit` items (in the order they were found).
-    pub async fn reconcile_report(&self, id: &str, limit: u64) -> ServiceResult<RunReport> {
+    /// The run's report with `limit` items in the order they were found, those after the item
+    /// id `after` if given.
+    pub async fn reconcile_report(
+        &self,
+        id: &str,
+        after: Option<i64>,
+        limit: u64,
+    ) -> ServiceResult<RunReport> {
         let run = reconcile_run::Entity::find_by_id(id)
             .one(self.db())
             .await?
             .ok_or_else(|| ServiceError::not_found("reconcile run", id))?;
-        let items = reconcile_item::Entity::find()
+        let mut query = reconcile_item::Entity::find()
             .filter(reconcile_item::Column::RunId.eq(id))
-            .order_by_asc(reconcile_item::Column::Id)
-            .limit(limit)
-            .all(self.db())
-            .await?;
+            .order_by_asc(reconcile_item::Column::Id);
+        if let Some(after) = after {
+            query = query.filter(reconcile_item::Column::Id.gt(after));
+        }
+        let items = query.limit(limit).all(self.db()).await?;
+        let item_ids = items.iter().map(|item| item.id).collect();
         let total_items = reconcile_item::Entity::find()
             .filter(reconcile_item::Column::RunId.eq(id))
             .count(self.db())
             .await?;
-        let held = items.iter().map(|item| item.held).collect();
-        let items = items
+        // `held` stays parallel to the items kept: an unreadable row drops from both.
+        let (items, held): (Vec<ReportItem>, Vec<bool>) = items
             .into_iter()
             .filter_map(|item| {
-                Some(ReportItem {
+                let held = item.held;
+                let item = ReportItem {
                     resource: parse(&item.resource).unwrap_or_default(),
                     display_name: item.display_name,
                     class: parse(&item.class)?,
@@ -180,9 +210,10 @@ impl Roster {
                     identity_id: item.identity_id,
                     differences: serde_json::from_value(item.differences).unwrap_or_default(),
                     action: parse(&item.action)?,
-                })
+                };
+                Some((item, held))
             })
-            .collect();
+            .unzip();
         let report = Report {
             state: parse(&run.state).unwrap_or(RunState::Failed),
             groups: run::group_counts_of(&run.counts),
@@ -201,6 +232,7 @@ impl Roster {
             finished_at: run.finished_at,
             held,
             total_items,
+            item_ids,
         })
     }
 
