@@ -609,7 +609,9 @@ impl Delivery {
                 return;
             }
         };
-        let Some(_slot) = rt.limiter.slot().await else {
+        // A deprovision takes the app's next slot and tokens ahead of the jobs waiting in line.
+        let turn = limiter::Turn::of_lane(&job.lane);
+        let Some(_slot) = rt.limiter.slot(turn).await else {
             return;
         };
         if let Some(wait) = rt.limiter.paused_for()
@@ -629,6 +631,7 @@ impl Delivery {
         limiter::with_worker(
             workers.clone(),
             permit,
+            turn,
             self.deliver(job, app, &rt, batch, finisher),
         )
         .await;
