@@ -41,6 +41,7 @@ async fn throughput_against_a_slow_target_merges_the_look_ups() {
         Options {
             size: Some(50),
             target_latency_ms: Some(5),
+            ..Options::default()
         },
     )
     .await
