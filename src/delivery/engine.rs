@@ -391,9 +391,19 @@ impl Delivery {
                 rooms.push((id.clone(), DEFAULT_CLAIM_WINDOW.saturating_sub(*taken)));
             }
         }
+        // Leavers have a window of their own on top: claimed at once, even into a full
+        // window, up to twice the window in all.
+        let first_rooms = windows
+            .iter()
+            .map(|(id, window)| {
+                let taken = claims.get(id).copied().unwrap_or(0);
+                (id.clone(), (2 * window).saturating_sub(taken))
+            })
+            .collect();
         ClaimRooms {
             rooms,
             default_room: DEFAULT_CLAIM_WINDOW,
+            first_rooms,
         }
     }
 
