@@ -111,9 +111,10 @@ impl AppLimiter {
     }
 
     /// Runs `wait` (a wait for a slot or a token) in `turn`: a `First` job waits counted in
-    /// `first_waiting`, so the others stand aside; an `InLine` one waits only while no `First` job does, and
-    /// drops its wait (leaving the semaphore's queue, handing on a permit already assigned to
-    /// it) as soon as one comes.
+    /// `first_waiting`, so the others stand aside; an `InLine` one waits only while no `First`
+    /// job does, and drops its wait (leaving the semaphore's queue, handing on a permit
+    /// already assigned to it) as soon as one comes. Among `InLine` jobs that stood aside the
+    /// order is not kept: jobs of one resource never run at once, so it carries nothing.
     async fn in_turn<T, F: Future<Output = T>>(
         first_waiting: &watch::Sender<usize>,
         turn: Turn,
@@ -125,7 +126,8 @@ impl AppLimiter {
         }
         let mut first = first_waiting.subscribe();
         loop {
-            // The sender lives in `self`: these waits end only on their condition.
+            // The sender lives in the limiter, which outlives this wait: these waits end only
+            // on their condition, never on a closed channel.
             let _ = first.wait_for(|n| turn.may_take(*n)).await.map(|_| ());
             let attempt = wait();
             let first_came = async { first.wait_for(|n| !turn.may_take(*n)).await.map(|_| ()) };
