@@ -52,6 +52,10 @@ enum Command {
         /// app across the internet would.
         #[arg(long)]
         target_latency_ms: Option<u64>,
+        /// `leaver-latency` only: the app is limited to this many calls/s (5 if no value is
+        /// given) and the leavers are posted behind a backlog of `--size` joiners (2000).
+        #[arg(long, num_args = 0..=1, default_missing_value = "5")]
+        throttled: Option<u32>,
     },
     /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
     /// a leaver, drift and a ghost account, reconciled.
@@ -112,10 +116,12 @@ pub fn main() -> ExitCode {
                 json,
                 size,
                 target_latency_ms,
+                throttled,
             } => {
                 let options = crate::bench::Options {
                     size,
                     target_latency_ms,
+                    throttled,
                 };
                 bench(scenario, json, options).await
             }

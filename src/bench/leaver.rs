@@ -29,15 +29,92 @@ pub async fn run(samples: usize) -> Result<Figures, BenchError> {
     result
 }
 
-async fn measure(harness: &Arc<Harness>, samples: usize) -> Result<Figures, BenchError> {
-    harness.create_app(10_000, 10_000, WORKERS).await?;
-    let base = 2 * samples + MOVER_POOL;
-    let events: Vec<_> = (0..base).map(|i| harness::joiner("L", i)).collect();
-    harness.post_batches(&events).await?;
+/// Leavers posted one at a time behind a throttled app's backlog.
+const THROTTLED_SAMPLES: usize = 30;
+
+/// `leaver-latency --throttled`: the app takes `per_second` calls/s, 2 at a time; `joiners`
+/// joiners are queued, then [`THROTTLED_SAMPLES`] people who already have accounts leave one
+/// after another. Reports the leavers' p50/p99 and whether the backlog then completed with
+/// every account exactly once.
+pub async fn run_throttled(joiners: usize, per_second: u32) -> Result<Figures, BenchError> {
+    let harness = Arc::new(Harness::start(DevTargetArgs::default()).await?);
+    let result = measure_throttled(&harness, joiners, per_second.max(1)).await;
+    if let Ok(harness) = Arc::try_unwrap(harness) {
+        harness.stop().await;
+    }
+    result
+}
+
+async fn measure_throttled(
+    harness: &Arc<Harness>,
+    joiners: usize,
+    per_second: u32,
+) -> Result<Figures, BenchError> {
+    let app = harness.create_app(per_second, per_second, 2).await?;
+    // The leavers-to-be have their accounts first.
+    let leavers: Vec<_> = (0..THROTTLED_SAMPLES)
+        .map(|i| harness::joiner("L", i))
+        .collect();
+    harness.post_batches(&leavers).await?;
+    let slow = |calls: usize| Duration::from_secs(60 + 3 * calls as u64 / u64::from(per_second));
     harness
-        .wait_for_users(base as u64, Duration::from_secs(60 + base as u64 / 20))
+        .wait_for_users(THROTTLED_SAMPLES as u64, slow(THROTTLED_SAMPLES))
         .await?;
-    let ids: HashMap<String, String> = harness
+    let ids = user_ids(harness);
+    let poller = harness::client()?;
+
+    let backlog: Vec<_> = (0..joiners).map(|i| harness::joiner("B", i)).collect();
+    let queued = Instant::now();
+    harness.post_batches(&backlog).await?;
+    // The backlog is under way before the first leaver.
+    harness
+        .wait_for_users(THROTTLED_SAMPLES as u64 + 2, slow(4))
+        .await?;
+    let mut latencies = Vec::with_capacity(THROTTLED_SAMPLES);
+    let mut behind = Vec::with_capacity(THROTTLED_SAMPLES);
+    for i in 0..THROTTLED_SAMPLES {
+        behind.push((harness.target_users() as usize).saturating_sub(THROTTLED_SAMPLES));
+        let (total, _) = sample(harness, &poller, &ids, i).await?;
+        latencies.push(total);
+    }
+    let backlog_left = joiners.saturating_sub(*behind.last().unwrap_or(&0));
+    let expected = THROTTLED_SAMPLES + joiners;
+    let mut completed = harness
+        .wait_for_users(expected as u64, slow(2 * joiners))
+        .await
+        .is_ok();
+    // The last jobs' ends are written just after their calls.
+    let drained_by = Instant::now() + Duration::from_secs(30);
+    while completed && !harness.queue_is_empty(&app).await.unwrap_or(false) {
+        if Instant::now() > drained_by {
+            completed = false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let backlog_s = queued.elapsed().as_secs_f64();
+    let users = harness.target.users_snapshot();
+    let names: std::collections::HashSet<&str> = users
+        .iter()
+        .filter_map(|u| u["userName"].as_str())
+        .collect();
+    let exactly_once = users.len() == expected && names.len() == expected;
+    latencies.sort();
+    Ok(Figures::new(Scenario::LeaverLatency)
+        .with("throttled_per_s", per_second)
+        .with("max_concurrency", 2)
+        .with("backlog_joiners", joiners)
+        .with("samples", THROTTLED_SAMPLES)
+        .with("leaver_p50_ms", percentile_ms(&latencies, 0.5))
+        .with("leaver_p99_ms", percentile_ms(&latencies, 0.99))
+        .with("backlog_left_at_last_leaver", backlog_left)
+        .with("backlog_completed", completed)
+        .with("every_account_exactly_once", exactly_once)
+        .with("backlog_s", (backlog_s * 10.0).round() / 10.0))
+}
+
+/// The dev-target's users: userName → id.
+fn user_ids(harness: &Harness) -> HashMap<String, String> {
+    harness
         .target
         .users_snapshot()
         .iter()
@@ -47,7 +124,18 @@ async fn measure(harness: &Arc<Harness>, samples: usize) -> Result<Figures, Benc
                 u["id"].as_str()?.to_owned(),
             ))
         })
-        .collect();
+        .collect()
+}
+
+async fn measure(harness: &Arc<Harness>, samples: usize) -> Result<Figures, BenchError> {
+    harness.create_app(10_000, 10_000, WORKERS).await?;
+    let base = 2 * samples + MOVER_POOL;
+    let events: Vec<_> = (0..base).map(|i| harness::joiner("L", i)).collect();
+    harness.post_batches(&events).await?;
+    harness
+        .wait_for_users(base as u64, Duration::from_secs(60 + base as u64 / 20))
+        .await?;
+    let ids = user_ids(harness);
     let poller = harness::client()?;
 
     let (mut idle, mut idle_posts) = (Vec::with_capacity(samples), Vec::with_capacity(samples));

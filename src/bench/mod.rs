@@ -49,6 +49,9 @@ pub struct Options {
     /// `throughput` only: the dev-target answers every call this many milliseconds late, as a
     /// SaaS app across the internet would (both loops then wait on the network, not the CPU).
     pub target_latency_ms: Option<u64>,
+    /// `leaver-latency` only: the app's calls per second; the leavers then wait behind a
+    /// backlog of `size` joiners in that throttled app.
+    pub throttled: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +152,12 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
         Scenario::Throughput => {
             throughput::run(options.size.unwrap_or(20_000), options.target_latency_ms).await?
         }
-        Scenario::LeaverLatency => leaver::run(options.size.unwrap_or(200)).await?,
+        Scenario::LeaverLatency => match options.throttled {
+            Some(per_second) => {
+                leaver::run_throttled(options.size.unwrap_or(2_000), per_second).await?
+            }
+            None => leaver::run(options.size.unwrap_or(200)).await?,
+        },
         Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
         Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,
         Scenario::DeliveryFaults => faults::run(options.size.unwrap_or(500)).await?,

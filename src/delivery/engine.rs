@@ -391,9 +391,19 @@ impl Delivery {
                 rooms.push((id.clone(), DEFAULT_CLAIM_WINDOW.saturating_sub(*taken)));
             }
         }
+        // Leavers have a window of their own on top: claimed at once, even into a full
+        // window, up to twice the window in all.
+        let first_rooms = windows
+            .iter()
+            .map(|(id, window)| {
+                let taken = claims.get(id).copied().unwrap_or(0);
+                (id.clone(), (2 * window).saturating_sub(taken))
+            })
+            .collect();
         ClaimRooms {
             rooms,
             default_room: DEFAULT_CLAIM_WINDOW,
+            first_rooms,
         }
     }
 
@@ -609,7 +619,9 @@ impl Delivery {
                 return;
             }
         };
-        let Some(_slot) = rt.limiter.slot().await else {
+        // A deprovision takes the app's next slot and tokens ahead of the jobs waiting in line.
+        let turn = limiter::Turn::of_lane(&job.lane);
+        let Some(_slot) = rt.limiter.slot(turn).await else {
             return;
         };
         if let Some(wait) = rt.limiter.paused_for()
@@ -629,6 +641,7 @@ impl Delivery {
         limiter::with_worker(
             workers.clone(),
             permit,
+            turn,
             self.deliver(job, app, &rt, batch, finisher),
         )
         .await;

@@ -6,6 +6,12 @@
 //! its app: a job takes its app's slot before its permit, and gives the permit back while a
 //! call waits for a token or a `Retry-After` pause (`with_worker`), so one app's backlog or
 //! pause never keeps another app's jobs from running.
+//!
+//! Leavers first (DESIGN §5): a job of the deprovision lane gets its app's next slot and next
+//! token ahead of every waiting normal or reconcile job. While one waits, the others step out
+//! of the slot queue and the token race, and come back once no such job waits. It still waits
+//! for the slot, the token and any `Retry-After` pause like every other job: the app's limits
+//! hold for leavers too.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::scim::{CallGate, MAX_RETRY_AFTER};
 use crate::settings::AppSettings;
@@ -24,6 +30,56 @@ pub struct AppLimiter {
     bucket: DefaultDirectRateLimiter,
     slots: Arc<Semaphore>,
     paused_until: Mutex<Option<Instant>>,
+    /// How many jobs that go first (deprovisions) wait for a slot now.
+    first_for_slot: watch::Sender<usize>,
+    /// How many calls of jobs that go first wait for a token now. Counted apart from the
+    /// slot: a job in flight waiting for a token must not stand aside for a leaver waiting
+    /// for that job's slot.
+    first_for_token: watch::Sender<usize>,
+}
+
+/// Whether a job waits in line or goes ahead of the line for its app's slot and tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// A deprovision: served before every job that waits in line.
+    First,
+    /// Normal and reconcile jobs, reads and shared look-ups: served while no `First` waits.
+    InLine,
+}
+
+impl Turn {
+    /// The turn of a job of `lane` (a job's stored lane name).
+    #[must_use]
+    pub fn of_lane(lane: &str) -> Self {
+        if lane == crate::store::queue::Lane::Deprovision.as_str() {
+            Turn::First
+        } else {
+            Turn::InLine
+        }
+    }
+
+    /// Whether a job of this turn may take a free slot or token now, with `first_waiting` jobs
+    /// of the first turn waiting for one.
+    #[must_use]
+    pub fn may_take(self, first_waiting: usize) -> bool {
+        self == Turn::First || first_waiting == 0
+    }
+}
+
+/// Counts one waiting `First` job while held.
+struct FirstWaiting<'a>(&'a watch::Sender<usize>);
+
+impl<'a> FirstWaiting<'a> {
+    fn enter(count: &'a watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Self(count)
+    }
+}
+
+impl Drop for FirstWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl AppLimiter {
@@ -35,12 +91,54 @@ impl AppLimiter {
             bucket: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
             slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
             paused_until: Mutex::new(None),
+            first_for_slot: watch::channel(0).0,
+            first_for_token: watch::channel(0).0,
         }
     }
 
     /// A slot for one job in flight; held for the job's whole run.
-    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
-        self.slots.clone().acquire_owned().await.ok()
+    pub async fn slot(&self, turn: Turn) -> Option<OwnedSemaphorePermit> {
+        Self::in_turn(&self.first_for_slot, turn, || {
+            self.slots.clone().acquire_owned()
+        })
+        .await
+        .ok()
+    }
+
+    /// The app's next call token, for a job of `turn`.
+    async fn token(&self, turn: Turn) {
+        Self::in_turn(&self.first_for_token, turn, || self.bucket.until_ready()).await;
+    }
+
+    /// Runs `wait` (a wait for a slot or a token) in `turn`: a `First` job waits counted in
+    /// `first_waiting`, so the others stand aside; an `InLine` one waits only while no `First`
+    /// job does, and drops its wait (leaving the semaphore's queue, handing on a permit
+    /// already assigned to it) as soon as one comes. Among `InLine` jobs that stood aside the
+    /// order is not kept: jobs of one resource never run at once, so it carries nothing.
+    async fn in_turn<T, F: Future<Output = T>>(
+        first_waiting: &watch::Sender<usize>,
+        turn: Turn,
+        mut wait: impl FnMut() -> F,
+    ) -> T {
+        if turn == Turn::First {
+            let _counted = FirstWaiting::enter(first_waiting);
+            return wait().await;
+        }
+        let mut first = first_waiting.subscribe();
+        loop {
+            // The sender lives in the limiter, which outlives this wait: these waits end only
+            // on their condition, never on a closed channel.
+            let _ = first.wait_for(|n| turn.may_take(*n)).await.map(|_| ());
+            let attempt = wait();
+            let first_came = async { first.wait_for(|n| !turn.may_take(*n)).await.map(|_| ()) };
+            tokio::select! {
+                biased;
+                // Checked before the attempt: a permit the semaphore just assigned goes back
+                // to it, and on to the first job, rather than to this one.
+                _ = first_came => {}
+                out = attempt => return out,
+            }
+        }
     }
 
     /// Honour a `Retry-After`: no call to this app before `now + wait`.
@@ -65,7 +163,11 @@ impl AppLimiter {
 impl CallGate for AppLimiter {
     fn wait(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if self.paused_for().is_none() && self.bucket.check().is_ok() {
+            let turn = current_turn();
+            if self.paused_for().is_none()
+                && turn.may_take(*self.first_for_token.borrow())
+                && self.bucket.check().is_ok()
+            {
                 return;
             }
             // The call must wait for this app: the job's worker permit goes back meanwhile.
@@ -73,7 +175,7 @@ impl CallGate for AppLimiter {
                 while let Some(wait) = self.paused_for() {
                     tokio::time::sleep(wait).await;
                 }
-                self.bucket.until_ready().await;
+                self.token(turn).await;
             })
             .await;
         })
@@ -88,13 +190,16 @@ tokio::task_local! {
 struct Worker {
     pool: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The job's turn for its app's tokens.
+    turn: Turn,
 }
 
 /// Runs a job's `fut` holding `permit` (one of `pool`'s), which `without_worker` may hand back
-/// while the job waits for its app.
+/// while the job waits for its app; its calls wait for tokens in `turn`.
 pub async fn with_worker<F: Future>(
     pool: Arc<Semaphore>,
     permit: OwnedSemaphorePermit,
+    turn: Turn,
     fut: F,
 ) -> F::Output {
     WORKER
@@ -102,10 +207,17 @@ pub async fn with_worker<F: Future>(
             RefCell::new(Worker {
                 pool,
                 permit: Some(permit),
+                turn,
             }),
             fut,
         )
         .await
+}
+
+/// The turn of the job running in this task; outside a job (a reconciliation's reads, a
+/// shared look-up's task), in line.
+fn current_turn() -> Turn {
+    WORKER.try_with(|w| w.borrow().turn).unwrap_or(Turn::InLine)
 }
 
 /// Runs `wait` (a job waiting for its app, not working) without the job's worker permit, and
@@ -210,7 +322,7 @@ mod tests {
         let waiting = tokio::spawn({
             let (workers, paused) = (workers.clone(), paused.clone());
             async move {
-                with_worker(workers.clone(), permit, async {
+                with_worker(workers.clone(), permit, Turn::InLine, async {
                     paused.wait().await;
                     // Working again: the worker is taken back.
                     workers.available_permits()
@@ -239,5 +351,107 @@ mod tests {
         limiter.wait().await;
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert!(limiter.paused_for().is_none());
+    }
+
+    #[test]
+    fn only_deprovisions_go_first_and_the_others_wait_for_them() {
+        assert_eq!(Turn::of_lane("deprovision"), Turn::First);
+        assert_eq!(Turn::of_lane("normal"), Turn::InLine);
+        assert_eq!(Turn::of_lane("reconcile"), Turn::InLine);
+        assert!(Turn::First.may_take(0));
+        assert!(Turn::First.may_take(3));
+        assert!(Turn::InLine.may_take(0));
+        assert!(!Turn::InLine.may_take(1));
+    }
+
+    /// Runs `f` as a job of `turn` (its calls wait for tokens in that turn).
+    async fn as_job<F: Future>(turn: Turn, f: F) -> F::Output {
+        let workers = Arc::new(Semaphore::new(1));
+        let permit = workers.clone().acquire_owned().await.expect("permit");
+        with_worker(workers, permit, turn, f).await
+    }
+
+    #[tokio::test]
+    async fn a_deprovision_gets_the_next_slot_ahead_of_the_jobs_waiting_in_line() {
+        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
+        let held = limiter.slot(Turn::InLine).await.expect("slot");
+        let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for (name, turn) in [
+            ("in line 1", Turn::InLine),
+            ("in line 2", Turn::InLine),
+            ("leaver", Turn::First),
+        ] {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            waiting.push(tokio::spawn(async move {
+                let slot = limiter.slot(turn).await.expect("slot");
+                let _ = order.send(name);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(slot);
+            }));
+            // Queued in this order.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held);
+        for task in waiting {
+            task.await.expect("a waiter ends");
+        }
+        drop(order);
+        let mut got = Vec::new();
+        while let Some(name) = ends.recv().await {
+            got.push(name);
+        }
+        // The others stepped aside for it and then all got theirs (in either order: jobs of
+        // one resource never run at once, so their order among themselves carries nothing).
+        assert_eq!(got[0], "leaver", "{got:?}");
+        assert_eq!(got.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_deprovision_gets_the_next_token_ahead_of_the_calls_waiting_in_line() {
+        // One token at once, then one every 200 ms.
+        let limiter = Arc::new(AppLimiter::new(5, 1, 4));
+        limiter.wait().await;
+        let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for (name, turn) in [
+            ("in line 1", Turn::InLine),
+            ("in line 2", Turn::InLine),
+            ("leaver", Turn::First),
+        ] {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            waiting.push(tokio::spawn(as_job(turn, async move {
+                limiter.wait().await;
+                let _ = order.send(name);
+            })));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for task in waiting {
+            task.await.expect("a waiter ends");
+        }
+        drop(order);
+        let mut got = Vec::new();
+        while let Some(name) = ends.recv().await {
+            got.push(name);
+        }
+        assert_eq!(got[0], "leaver", "{got:?}");
+        assert_eq!(got.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_deprovision_still_waits_out_a_pause_and_the_rate() {
+        let limiter = AppLimiter::new(5, 1, 1);
+        limiter.pause_for(Duration::from_millis(300));
+        let started = Instant::now();
+        as_job(Turn::First, limiter.wait()).await;
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        // The burst is spent: the next token is one interval (200 ms) away, first or not.
+        let started = Instant::now();
+        as_job(Turn::First, limiter.wait()).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

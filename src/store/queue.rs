@@ -288,6 +288,10 @@ mod tests {
 pub struct ClaimRooms {
     pub rooms: Vec<(String, u64)>,
     pub default_room: u64,
+    /// The room for deprovision-lane jobs of these apps, in place of `rooms`: a leaver is
+    /// claimed at once even while the app's window is full of other jobs (it then gets the
+    /// app's next slot ahead of them), yet a wave of leavers is bounded too.
+    pub first_rooms: Vec<(String, u64)>,
 }
 
 impl ClaimRooms {
@@ -297,6 +301,7 @@ impl ClaimRooms {
         Self {
             rooms: Vec::new(),
             default_room: u64::from(u32::MAX),
+            first_rooms: Vec::new(),
         }
     }
 }
@@ -347,10 +352,15 @@ pub async fn claim_within(
         .filter(|(_, room)| *room == 0)
         .map(|(app, _)| placeholder(app.clone().into()))
         .collect();
+    let first = Lane::Deprovision.priority();
     let skip_full = if full.is_empty() {
         String::new()
     } else {
-        format!("AND j.app_id NOT IN ({}) ", full.join(", "))
+        // A full app's deprovisions may still have room of their own.
+        format!(
+            "AND (j.app_id NOT IN ({}) OR j.priority = {first}) ",
+            full.join(", ")
+        )
     };
     let mut cases = String::new();
     for (app, room) in rooms.rooms.iter().filter(|(_, room)| *room > 0) {
@@ -363,6 +373,19 @@ pub async fn claim_within(
         default_room
     } else {
         format!("CASE c.app_id{cases} ELSE {default_room} END")
+    };
+    let mut first_cases = String::new();
+    for (app, room) in &rooms.first_rooms {
+        let app = placeholder(app.clone().into());
+        let room = placeholder((*room as i64).into());
+        first_cases.push_str(&format!(" WHEN {app} THEN {room}"));
+    }
+    let cap = if first_cases.is_empty() {
+        cap
+    } else {
+        format!(
+            "CASE WHEN c.priority = {first} THEN (CASE c.app_id{first_cases} ELSE {cap} END) ELSE {cap} END"
+        )
     };
     let sql = format!(
         "UPDATE job SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \

@@ -41,6 +41,7 @@ async fn throughput_against_a_slow_target_merges_the_look_ups() {
         Options {
             size: Some(50),
             target_latency_ms: Some(5),
+            ..Options::default()
         },
     )
     .await
@@ -106,4 +107,25 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
     for key in ["seconds", "peak_rss_mb"] {
         assert!(number(&figures, key) > 0.0, "{key}: {line}");
     }
+}
+
+/// Issue 24: `leaver-latency --throttled` at a smoke-test size: the leavers are measured
+/// behind the backlog, and the backlog then completes with every account exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaver_latency_throttled_reports_the_leavers_and_a_complete_backlog() {
+    let figures = run(
+        Scenario::LeaverLatency,
+        Options {
+            size: Some(40),
+            throttled: Some(20),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("leaver-latency --throttled");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    assert_eq!(line["throttled_per_s"], 20, "{line}");
+    assert_eq!(line["backlog_completed"], true, "{line}");
+    assert_eq!(line["every_account_exactly_once"], true, "{line}");
+    assert!(number(&figures, "leaver_p99_ms") > 0.0, "{line}");
 }

@@ -13,7 +13,9 @@ use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::helpers::{ADMIN, TestApp, app_body, dev_target, eventually, joiner, spawn_app_with};
+use crate::helpers::{
+    ADMIN, TestApp, app_body, dev_target, event, eventually, joiner, spawn_app_with,
+};
 
 const TOKEN: &str = "target-token";
 
@@ -709,4 +711,185 @@ async fn a_throttled_and_a_hanging_app_do_not_slow_another() {
     let stuck = hanging.in_flight.load(Ordering::SeqCst);
     assert!(stuck >= 1, "still hanging");
     hanging.open.send_replace(true);
+}
+
+/// A dev-target behind a proxy that records every `/Users` call in the order the target got
+/// it: (when, method, path).
+struct Recorder {
+    target: String,
+    client: reqwest::Client,
+    calls: std::sync::Mutex<Vec<(Instant, String, String)>>,
+}
+
+impl Recorder {
+    fn calls(&self) -> Vec<(Instant, String, String)> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+/// Serves `recorder` on 127.0.0.1 (port 0); returns its SCIM base URL.
+async fn serve_recorder(recorder: Arc<Recorder>) -> String {
+    use poem::listener::{Acceptor as _, Listener as _};
+    let endpoint = poem::endpoint::make(move |req: Request| {
+        let recorder = recorder.clone();
+        async move {
+            let mut req = req;
+            let body = req.take_body().into_vec().await.unwrap_or_default();
+            let path_and_query = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            let path = req.uri().path().to_owned();
+            if path.contains("/Users")
+                && let Ok(mut calls) = recorder.calls.lock()
+            {
+                calls.push((Instant::now(), req.method().to_string(), path));
+            }
+            let mut forward = recorder
+                .client
+                .request(
+                    req.method().clone(),
+                    format!("{}{path_and_query}", recorder.target),
+                )
+                .body(body);
+            for name in ["authorization", "content-type", "accept", "if-match"] {
+                if let Some(v) = req.headers().get(name) {
+                    forward = forward.header(name, v.clone());
+                }
+            }
+            let Ok(answer) = forward.send().await else {
+                return Response::builder().status(StatusCode::BAD_GATEWAY).finish();
+            };
+            let mut out = Response::builder().status(answer.status());
+            for (name, v) in answer.headers() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    out = out.header(name.clone(), v.clone());
+                }
+            }
+            out.body(answer.bytes().await.unwrap_or_default().to_vec())
+        }
+    });
+    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let addr = *acceptor.local_addr()[0]
+        .as_socket_addr()
+        .expect("a socket address");
+    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+    format!("http://{addr}")
+}
+
+/// Issue 24: in an app limited to 5 calls/s and 2 jobs at a time, a leaver posted behind a
+/// backlog of 100 joiners gets the app's next slot and next tokens: the deactivate reaches
+/// the target within a few calls of the event, long before the backlog is done, and no
+/// 1 s window on the target sees more calls than the app's limit allows.
+#[tokio::test]
+async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
+    const PER_SECOND: usize = 5;
+    const BURST: usize = 5;
+    let app = spawn_app_with(|c| c.workers = 8).await;
+    let target = dev_target(TOKEN).await;
+    let recorder = Arc::new(Recorder {
+        target: target.base_url().trim_end_matches("/scim/v2").to_owned(),
+        client: reqwest::Client::new(),
+        calls: std::sync::Mutex::new(Vec::new()),
+    });
+    let proxy = serve_recorder(recorder.clone()).await;
+    let app_id = create_app(
+        &app,
+        "throttled",
+        &format!("{proxy}/scim/v2"),
+        json!({"max_concurrency": 2,
+               "rate_limit": {"per_second": PER_SECOND, "burst": BURST}}),
+    )
+    .await;
+
+    // The leaver-to-be has an account first.
+    app.post_event(&joiner("x0", "X0", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let leaver_id = target
+        .users_snapshot()
+        .iter()
+        .find(|u| u["userName"] == "x0")
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("the leaver's account");
+
+    let backlog: Vec<Value> = (0..100)
+        .map(|i| {
+            joiner(
+                &format!("b{i}"),
+                &format!("B{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": backlog}))
+        .await
+        .expect(202);
+    // The backlog is under way: its first accounts are on the target.
+    eventually("the backlog under way", Duration::from_secs(20), || async {
+        (target.stats()["users"].as_u64().unwrap_or(0) >= 4).then_some(())
+    })
+    .await;
+    let before = recorder.calls().len();
+    let posted = Instant::now();
+    app.post_event(&event(
+        "x0-leaves",
+        "leaver",
+        "X0",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let leaver_path = format!("/scim/v2/Users/{leaver_id}");
+    let at = eventually(
+        "the leaver deactivated",
+        Duration::from_secs(60),
+        || async {
+            recorder
+                .calls()
+                .iter()
+                .position(|(_, method, path)| *path == leaver_path && method != "GET")
+        },
+    )
+    .await;
+    let took = recorder.calls()[at].0 - posted;
+    let users_then = target.stats()["users"].as_u64().unwrap_or(0);
+    // Calls the target got between the event and the deactivate: the first of the two jobs in
+    // flight to end hands the leaver its slot (each job is a look-up and a create, so that is
+    // at most three calls), and the leaver's calls take the next tokens.
+    let overtaken_by = at.saturating_sub(before);
+    eprintln!("leaver: {overtaken_by} calls ahead, {took:?}, {users_then} accounts by then");
+    for (t, method, path) in &recorder.calls()[before.saturating_sub(4)..=at] {
+        eprintln!(
+            "  {:?} {method} {path}",
+            t.saturating_duration_since(posted)
+        );
+    }
+    assert!(
+        overtaken_by <= 3,
+        "{overtaken_by} calls went to the target between the leaver's event and its deactivate \
+         ({took:?}, {users_then} accounts by then)"
+    );
+    assert!(users_then < 60, "{users_then} accounts before the leaver's");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+
+    // The backlog completes, and no 1 s window on the target holds more than the limit allows.
+    app.settled(&app_id, Duration::from_secs(120)).await;
+    assert_eq!(target.stats()["users"], 101);
+    let calls = recorder.calls();
+    for (i, (start, _, _)) in calls.iter().enumerate() {
+        let in_window = calls[i..]
+            .iter()
+            .take_while(|(t, _, _)| *t < *start + Duration::from_secs(1))
+            .count();
+        assert!(
+            in_window <= BURST + PER_SECOND,
+            "{in_window} calls in the 1 s from call {i}"
+        );
+    }
 }

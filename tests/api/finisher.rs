@@ -622,6 +622,7 @@ async fn a_claim_takes_from_each_app_only_its_room() {
     let rooms = queue::ClaimRooms {
         rooms: vec![(busy.clone(), 3)],
         default_room: 5,
+        ..Default::default()
     };
     let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &rooms)
         .await
@@ -636,10 +637,40 @@ async fn a_claim_takes_from_each_app_only_its_room() {
     let full = queue::ClaimRooms {
         rooms: vec![(busy.clone(), 0)],
         default_room: 5,
+        ..Default::default()
     };
     let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &full)
         .await
         .expect("claim");
     assert_eq!(claimed.len(), 1, "{claimed:?}");
     assert_eq!(claimed[0].resource_id, "q2");
+
+    // Issue 24: a leaver of the full app is claimed in the room leavers have of their own,
+    // and only there.
+    queue::enqueue(
+        conn,
+        &[
+            job(&busy, ResourceKind::User, "l1", Lane::Deprovision),
+            job(&busy, ResourceKind::User, "l2", Lane::Deprovision),
+        ],
+    )
+    .await
+    .expect("enqueue");
+    let no_first_room = queue::ClaimRooms {
+        first_rooms: vec![(busy.clone(), 0)],
+        ..full.clone()
+    };
+    let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &no_first_room)
+        .await
+        .expect("claim");
+    assert!(claimed.is_empty(), "{claimed:?}");
+    let first_room = queue::ClaimRooms {
+        first_rooms: vec![(busy.clone(), 1)],
+        ..full
+    };
+    let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &first_room)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].lane, "deprovision", "{claimed:?}");
 }
