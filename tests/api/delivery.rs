@@ -2055,7 +2055,17 @@ async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
     .await;
     assert!(status.to_string().contains("deletion guard"), "{status}");
     assert_eq!(status["paused_by"], "guard", "{status}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Held: the other six wait as pending jobs of the paused app, none still running (an
+    // approval counts the deprovisions waiting when it is given: a state to reach first).
+    eventually("the other six held", Duration::from_secs(30), || async {
+        let jobs = app
+            .rows(&format!(
+                "SELECT state FROM job WHERE app_id = '{app_id}' AND state IN ('pending', 'running')"
+            ))
+            .await;
+        (jobs.len() == 6 && jobs.iter().all(|j| j["state"] == "pending")).then_some(())
+    })
+    .await;
     assert_eq!(inactive_users(&target), 2, "the guard kept counting");
 
     // Approving takes an admin.
