@@ -324,15 +324,8 @@ async fn every_request_body_example_is_accepted() {
     let created = send("createApp", "/api/v1/apps".into()).await;
     let app_id = created.body["id"].as_str().unwrap_or_default().to_owned();
     send("updateApp", format!("/api/v1/apps/{app_id}")).await;
-    send("postEvent", "/api/v1/events".into()).await;
-    let group = send("createGroup", "/api/v1/groups".into()).await;
-    let group_id = group.body["id"].as_str().unwrap_or_default().to_owned();
-    send("updateGroup", format!("/api/v1/groups/{group_id}")).await;
-    // The guard does not hold the app, so approving is a 409 (a state conflict).
-    let resumed = send("resumeApp", format!("/api/v1/apps/{app_id}/resume")).await;
-    assert_eq!(resumed.status, 409, "{}", resumed.text);
-    // The example's target is not on this machine: point the app at a dev-target, so the
-    // examples that call the target succeed.
+    // The example's target is not on this machine: point the app at a dev-target before any
+    // delivery, so the examples that call the target succeed.
     let target = dev_target("t").await;
     app.patch(
         &format!("/api/v1/apps/{app_id}"),
@@ -340,6 +333,15 @@ async fn every_request_body_example_is_accepted() {
     )
     .await
     .expect(200);
+    send("postEvent", "/api/v1/events".into()).await;
+    let group = send("createGroup", "/api/v1/groups".into()).await;
+    let group_id = group.body["id"].as_str().unwrap_or_default().to_owned();
+    send("updateGroup", format!("/api/v1/groups/{group_id}")).await;
+    // The guard does not hold the app, so approving is a 409 (a state conflict).
+    let resumed = send("resumeApp", format!("/api/v1/apps/{app_id}/resume")).await;
+    assert_eq!(resumed.status, 409, "{}", resumed.text);
+    // Provision on demand is refused while a job of the person runs.
+    app.settled(&app_id, Duration::from_secs(30)).await;
     let provisioned = send(
         "provisionOnDemand",
         format!("/api/v1/apps/{app_id}/provision-on-demand"),
