@@ -397,7 +397,10 @@ mod tests {
         assert_eq!(tokens_now(&limiter), 1);
         clock.advance(Duration::from_millis(100));
         let leaver = FirstWaiting::enter(&limiter.first_for_token);
-        assert!(!limiter.token_now(Turn::InLine), "in line while a leaver waits");
+        assert!(
+            !limiter.token_now(Turn::InLine),
+            "in line while a leaver waits"
+        );
         assert!(limiter.token_now(Turn::First), "the leaver's token");
         drop(leaver);
         // The leaver took the one token there was; the line takes the next one.

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, dev_target, event, joiner, peer, spawn_app};
+use crate::helpers::{
+    Hold, RelayedCall, Tap, TestApp, app_body, dev_target, event, joiner, peer, relay, scim_client,
+    spawn_app,
+};
 
 const TOKEN: &str = "target-token";
 const AT: &str = "2026-11-01T09:00:00Z";
@@ -86,13 +89,7 @@ struct Target {
 
 impl Target {
     fn client(&self) -> roster::scim::ScimClient {
-        let mut config = roster::scim::TargetConfig::new(
-            url::Url::parse(&self.base).expect("a base URL"),
-            roster::scim::Auth::Bearer(self.token.clone().into()),
-            roster::net_guard::TargetPolicy::AllowPrivate,
-        );
-        config.timeout = Duration::from_secs(15);
-        roster::scim::ScimClient::new(config).expect("a SCIM client")
+        scim_client(&self.base, &self.token)
     }
 
     /// Every user whose `userName` contains `marker`, sorted by userName.
@@ -885,20 +882,17 @@ async fn the_scheduler_runs_apps_whose_interval_has_passed() {
 
 #[tokio::test]
 async fn two_starts_at_once_make_one_run() {
-    // A slow target keeps the first run `running` while the second start arrives.
-    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
-        token: Some(TOKEN.to_owned()),
-        latency_ms: 500,
-        ..Default::default()
-    })
-    .await
-    .expect("dev-target");
+    // The target holds every call until both starts are answered, so the first run is still
+    // `running` when the second start arrives, however fast or slow this machine is.
+    let target = dev_target(TOKEN).await;
+    let hold = std::sync::Arc::new(Hold::default());
+    let held = relay(&target.base_url(), hold.clone()).await;
     let app = spawn_app().await;
     let app_id = app
         .create_app(&app_body(
             "slow",
             json!({
-                "base_url": target.base_url(),
+                "base_url": held,
                 "auth": {"type": "bearer", "token": TOKEN},
                 "reconcile": {"interval_minutes": 0},
             }),
@@ -913,6 +907,20 @@ async fn two_starts_at_once_make_one_run() {
     let mut statuses = [a.status, b.status];
     statuses.sort_unstable();
     assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
+    // The one run reads the target once let through, and completes.
+    hold.open();
+    let runs = eventually("the run to finish", || async {
+        let runs = app.get("/api/v1/reconcile-runs").await.expect(200);
+        let items = runs["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .all(|r| r["state"] != "running")
+            .then_some(items)
+    })
+    .await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["state"], "completed", "{runs:?}");
+    assert!(hold.arrived.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
 /// `roster reconcile --json` with its output piped (as a script runs it): exactly one JSON
@@ -1004,55 +1012,27 @@ enum Misbehaviour {
     OmitsMembers,
 }
 
-/// Serves `endpoint` on 127.0.0.1, port 0.
-async fn serve(endpoint: impl poem::Endpoint + 'static) -> std::net::SocketAddr {
-    use poem::listener::{Acceptor as _, Listener as _};
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind a port");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-    addr
-}
-
 /// A stub target misbehaving as `how` in front of the SCIM server at `upstream` (a base
 /// URL); returns the stub's base URL.
 async fn misbehaving(upstream: &str, how: Misbehaviour) -> String {
-    let upstream = url::Url::parse(upstream).expect("upstream base URL");
-    let base_path = upstream.path().to_owned();
-    // The client below may be the test's first (before the app under test installs it).
-    roster::scim::install_crypto_provider();
-    let http = reqwest::Client::new();
-    let endpoint = poem::endpoint::make(move |req: poem::Request| {
-        let http = http.clone();
-        let upstream = upstream.clone();
-        async move { relay(&http, &upstream, how, req).await }
-    });
-    let addr = serve(endpoint).await;
-    format!("http://{addr}{base_path}")
+    relay(upstream, std::sync::Arc::new(how)).await
 }
 
-async fn relay(
-    http: &reqwest::Client,
-    upstream: &url::Url,
-    how: Misbehaviour,
-    mut req: poem::Request,
-) -> poem::Response {
-    let path = req.uri().path().to_owned();
-    let method = req.method().as_str().to_owned();
-    let listing = method == "GET" && (path.ends_with("/Users") || path.ends_with("/Groups"));
-    let mut pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    if listing {
-        for (key, value) in &mut pairs {
+impl Misbehaviour {
+    /// Only listings (`GET /Users`, `GET /Groups` without an id) misbehave.
+    fn listing(call: &RelayedCall) -> bool {
+        call.method == "GET" && (call.path.ends_with("/Users") || call.path.ends_with("/Groups"))
+    }
+}
+
+impl Tap for Misbehaviour {
+    async fn request(&self, call: &mut RelayedCall) {
+        if !Self::listing(call) {
+            return;
+        }
+        for (key, value) in &mut call.query {
             let n: u64 = value.parse().unwrap_or(1);
-            match (how, key.as_str()) {
+            match (*self, key.as_str()) {
                 (Misbehaviour::IgnoresStartIndex, "startIndex") => *value = "1".to_owned(),
                 (Misbehaviour::RepeatsItems, "startIndex") => {
                     *value = n.saturating_sub(1).max(1).to_string();
@@ -1062,34 +1042,15 @@ async fn relay(
             }
         }
     }
-    let mut url = upstream.clone();
-    url.set_path(&path);
-    url.set_query(None);
-    if !pairs.is_empty() {
-        url.query_pairs_mut().extend_pairs(&pairs);
-    }
-    let body = req.take_body().into_vec().await.unwrap_or_default();
-    let mut forward = http
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).expect("a method"),
-            url,
-        )
-        .body(body);
-    for name in ["authorization", "content-type", "accept", "if-match"] {
-        if let Some(value) = req.headers().get(name) {
-            forward = forward.header(name, value.as_bytes());
+
+    fn answer(&self, call: &RelayedCall, body: &mut Vec<u8>) {
+        if !Self::listing(call) {
+            return;
         }
-    }
-    let answer = forward.send().await.expect("the upstream answers");
-    let status = answer.status().as_u16();
-    let content_type = answer
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
-    if listing && let Ok(mut page) = serde_json::from_slice::<Value>(&bytes) {
-        match how {
+        let Ok(mut page) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        match self {
             Misbehaviour::OmitsTotal => {
                 if let Some(page) = page.as_object_mut() {
                     page.remove("totalResults");
@@ -1102,17 +1063,10 @@ async fn relay(
                     }
                 }
             }
-            Misbehaviour::IgnoresStartIndex | Misbehaviour::RepeatsItems => {}
+            Misbehaviour::IgnoresStartIndex | Misbehaviour::RepeatsItems => return,
         }
-        bytes = serde_json::to_vec(&page).unwrap_or_default();
+        *body = serde_json::to_vec(&page).unwrap_or_default();
     }
-    let mut out = poem::Response::builder().status(
-        poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::BAD_GATEWAY),
-    );
-    if let Some(content_type) = content_type {
-        out = out.content_type(content_type);
-    }
-    out.body(bytes)
 }
 
 /// The user links as stored: `(identity, target id, state)`.
