@@ -467,10 +467,15 @@ mod tests {
         with_worker(workers, permit, turn, f).await
     }
 
-    #[tokio::test]
-    async fn a_deprovision_gets_the_next_slot_ahead_of_the_jobs_waiting_in_line() {
-        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
-        let held = limiter.slot(Turn::InLine).await.expect("slot");
+    /// Queues two jobs in line and then a leaver, 20 ms apart and in that order, each waiting
+    /// for `through` of its turn; then runs `release` and returns the order they got through.
+    async fn order_through<Fut>(
+        through: impl Fn(Turn) -> Fut,
+        release: impl FnOnce(),
+    ) -> Vec<&'static str>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
         for (name, turn) in [
@@ -478,17 +483,15 @@ mod tests {
             ("in line 2", Turn::InLine),
             ("leaver", Turn::First),
         ] {
-            let (limiter, order) = (limiter.clone(), order.clone());
-            waiting.push(tokio::spawn(async move {
-                let slot = limiter.slot(turn).await.expect("slot");
+            let (through, order) = (through(turn), order.clone());
+            waiting.push(tokio::spawn(as_job(turn, async move {
+                through.await;
                 let _ = order.send(name);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                drop(slot);
-            }));
-            // Queued in this order.
+            })));
+            // On the test's single thread, each waiter is queued before the next is spawned.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(held);
+        release();
         for task in waiting {
             task.await.expect("a waiter ends");
         }
@@ -497,9 +500,27 @@ mod tests {
         while let Some(name) = ends.recv().await {
             got.push(name);
         }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_deprovision_gets_the_next_slot_ahead_of_the_jobs_waiting_in_line() {
+        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
+        let held = limiter.slot(Turn::InLine).await.expect("slot");
+        let got = order_through(
+            |turn| {
+                let limiter = limiter.clone();
+                async move {
+                    let _slot = limiter.slot(turn).await.expect("slot");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            move || drop(held),
+        )
+        .await;
         // The others stepped aside for it and then all got theirs (in either order: jobs of
         // one resource never run at once, so their order among themselves carries nothing).
-        assert_eq!(got[0], "leaver", "{got:?}");
+        assert_eq!(got.first(), Some(&"leaver"), "{got:?}");
         assert_eq!(got.len(), 3);
     }
 
@@ -509,29 +530,15 @@ mod tests {
         // before the next token.
         let limiter = Arc::new(AppLimiter::new(2, 1, 4));
         limiter.wait().await;
-        let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
-        let mut waiting = Vec::new();
-        for (name, turn) in [
-            ("in line 1", Turn::InLine),
-            ("in line 2", Turn::InLine),
-            ("leaver", Turn::First),
-        ] {
-            let (limiter, order) = (limiter.clone(), order.clone());
-            waiting.push(tokio::spawn(as_job(turn, async move {
-                limiter.wait().await;
-                let _ = order.send(name);
-            })));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for task in waiting {
-            task.await.expect("a waiter ends");
-        }
-        drop(order);
-        let mut got = Vec::new();
-        while let Some(name) = ends.recv().await {
-            got.push(name);
-        }
-        assert_eq!(got[0], "leaver", "{got:?}");
+        let got = order_through(
+            |_| {
+                let limiter = limiter.clone();
+                async move { limiter.wait().await }
+            },
+            || {},
+        )
+        .await;
+        assert_eq!(got.first(), Some(&"leaver"), "{got:?}");
         assert_eq!(got.len(), 3);
     }
 

@@ -220,6 +220,28 @@ impl TestApp {
             .expect("query")
     }
 
+    /// This app's `ROSTER_SECRET_KEY`, as text.
+    pub fn secret_key_text(&self) -> String {
+        use secrecy::ExposeSecret;
+        self.config
+            .secret_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `roster` binary with `args`, on this app's database and secret key, allowed to call
+    /// targets on 127.0.0.1 (the CLI tests add what else they need).
+    pub fn roster_command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_roster"));
+        command
+            .args(args)
+            .env("ROSTER_DATABASE_URL", &self.config.database_url)
+            .env("ROSTER_SECRET_KEY", self.secret_key_text())
+            .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true");
+        command
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         use sea_orm::{FromQueryResult, Statement};
         #[derive(FromQueryResult)]

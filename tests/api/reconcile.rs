@@ -927,8 +927,6 @@ async fn two_starts_at_once_make_one_run() {
 /// document on stdout, and no progress bar on stderr (not a terminal).
 #[tokio::test]
 async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_piped() {
-    use secrecy::ExposeSecret;
-
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
     let hand = Target {
@@ -964,21 +962,17 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
     })
     .await;
 
-    let secret = app
-        .config
-        .secret_key
-        .as_ref()
-        .map(|k| k.expose_secret().to_owned())
-        .unwrap_or_default();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["reconcile", "--app", &app_id, "--dry-run", "--json"])
-        .env("ROSTER_DATABASE_URL", &app.config.database_url)
-        .env("ROSTER_SECRET_KEY", secret)
-        .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
-        .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
-        .output()
-        .await
-        .expect("run roster reconcile");
+    let out = tokio::process::Command::from(app.roster_command(&[
+        "reconcile",
+        "--app",
+        &app_id,
+        "--dry-run",
+        "--json",
+    ]))
+    .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
+    .output()
+    .await
+    .expect("run roster reconcile");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
