@@ -29,6 +29,24 @@ async fn settled(app: &TestApp) {
     app.settled_all(Duration::from_secs(20)).await;
 }
 
+/// Registers an app on the target at `base_url` (bearer `TOKEN`) with `settings` added to the
+/// test defaults; returns its id.
+async fn app_on(app: &TestApp, name: &str, base_url: &str, settings: Value) -> String {
+    let mut body = app_body(
+        name,
+        json!({"base_url": base_url, "auth": {"type": "bearer", "token": TOKEN}}),
+    );
+    if let (Some(body), Some(settings)) = (body.as_object_mut(), settings.as_object()) {
+        for (key, value) in settings {
+            body.insert(key.clone(), value.clone());
+        }
+    }
+    app.create_app(&body).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 async fn deactivated_links(app: &TestApp) -> usize {
     app.rows("SELECT id FROM link WHERE state = 'deactivated'")
         .await
@@ -626,20 +644,16 @@ async fn mass_deprovisioning_waits_for_approval() {
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 5},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 5},
+        }),
+    )
+    .await;
     for n in 0..12 {
         let who = format!("p{n}@example.com");
         app.post_event(&joiner(
@@ -745,19 +759,15 @@ async fn mass_deprovisioning_waits_for_approval() {
 async fn a_second_run_is_refused_while_one_is_running() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0},
+        }),
+    )
+    .await;
     // A run row left `running` (as by a run in progress) blocks the next one.
     app.rows(&format!(
         "INSERT INTO reconcile_run (id, app_id, state, dry_run, mode, counts, writes, started_at) \
@@ -790,19 +800,15 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+        }),
+    )
+    .await;
     hand.create("ghost@example.com").await;
     hand.create("guest@partner.org").await;
 
@@ -838,19 +844,15 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
 async fn the_scheduler_runs_apps_whose_interval_has_passed() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let due = app
-        .create_app(&app_body(
-            "due",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 5},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let due = app_on(
+        &app,
+        "due",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 5},
+        }),
+    )
+    .await;
     app.create_app(&app_body(
         "off",
         json!({
@@ -888,19 +890,15 @@ async fn two_starts_at_once_make_one_run() {
     let hold = std::sync::Arc::new(Hold::default());
     let held = relay(&target.base_url(), hold.clone()).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "slow",
-            json!({
-                "base_url": held,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "slow",
+        &held,
+        json!({
+            "reconcile": {"interval_minutes": 0},
+        }),
+    )
+    .await;
     let path = format!("/api/v1/apps/{app_id}/reconcile");
     let body = json!({});
     let (a, b) = tokio::join!(app.post(&path, &body), app.post(&path, &body));
@@ -933,19 +931,15 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "cli",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "cli",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0},
+        }),
+    )
+    .await;
     for n in 0..3 {
         let who = format!("c{n}@example.com");
         app.post_event(&joiner(
@@ -1099,20 +1093,16 @@ async fn run_against(how: Misbehaviour, page_size: u32) -> Value {
     let target = dev_target(TOKEN).await;
     let stub = misbehaving(&target.base_url(), how).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": stub,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "quirks": {"page_size": page_size},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &stub,
+        json!({
+            "quirks": {"page_size": page_size},
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     for n in 0..6 {
         app.post_event(&joiner(
             &format!("stub-{n}"),
@@ -1194,19 +1184,15 @@ async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_lin
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     app.post_event(&joiner("gone-1", "G1", AT, json!({}))).await;
     let ada = eventually("the account", || async {
         settled(&app).await;
@@ -1244,21 +1230,17 @@ async fn a_pushed_group_listed_without_members_is_read_by_id_and_loses_no_member
     )
     .await
     .expect(201);
-    let app_id = app
-        .create_app(&app_body(
-            "wiki",
-            json!({
-                "base_url": stub,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "group_push": ["board"],
-                "max_concurrency": 1,
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "wiki",
+        &stub,
+        json!({
+            "group_push": ["board"],
+            "max_concurrency": 1,
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     for n in 0..3 {
         app.post_event(&joiner(&format!("gm-{n}"), &format!("M{n}"), AT, json!({})))
             .await;
@@ -1294,19 +1276,15 @@ async fn provisioned(
     target: &roster::dev_target::DevTarget,
     people: &[&str],
 ) -> String {
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     for who in people {
         app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
             .await;
@@ -1408,20 +1386,16 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+        }),
+    )
+    .await;
     hand.create("ghost@example.com").await;
     hand.create("stale@example.com").await;
     let held = reconcile(&app, &app_id, json!({})).await;
@@ -1590,21 +1564,17 @@ async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
         )
         .await
         .expect(201);
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "scope": {"groups": ["staff"], "email_domains": ["example.com"]},
-                "max_concurrency": 1,
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 2, "on_events": true},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "scope": {"groups": ["staff"], "email_domains": ["example.com"]},
+            "max_concurrency": 1,
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 2, "on_events": true},
+        }),
+    )
+    .await;
     for who in &members {
         app.post_event(&joiner(&format!("sg-{who}"), who, AT, json!({})))
             .await;
@@ -1650,22 +1620,18 @@ async fn a_pushed_group_the_listing_missed_is_confirmed_by_id() {
             .await
             .expect(201);
     }
-    let app_id = app
-        .create_app(&app_body(
-            "wiki",
-            json!({
-                "base_url": stub,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "group_push": names,
-                "quirks": {"page_size": 2},
-                "max_concurrency": 1,
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "wiki",
+        &stub,
+        json!({
+            "group_push": names,
+            "quirks": {"page_size": 2},
+            "max_concurrency": 1,
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     app.post_event(&joiner("pg-1", "P1", AT, json!({}))).await;
     eventually("three pushed groups with their member", || async {
         settled(&app).await;
@@ -1847,19 +1813,15 @@ async fn last_success(app: &TestApp, name: &str) -> Option<f64> {
 async fn reconcile_freshness_moves_on_success_and_stays_on_failure() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "cov-fresh",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "cov-fresh",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     app.post_event(&joiner("fresh-1", "F1", AT, json!({})))
         .await;
     settled(&app).await;
