@@ -1277,7 +1277,7 @@ async fn provisioned(
     people: &[&str],
 ) -> String {
     let app_id = app_on(
-        &app,
+        app,
         "crm",
         &target.base_url(),
         json!({
