@@ -323,11 +323,7 @@ fn stub_app(name: &str, base_url: &str, extra: Value) -> Value {
             ],
         }),
     );
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &extra);
     body
 }
 

@@ -34,11 +34,7 @@ fn sherpany(name: &str, base_url: &str, token: &str, extra: Value) -> Value {
                              "rules": [{"group": "board-admins", "value": "admin"}]},
         }),
     );
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &extra);
     body
 }
 

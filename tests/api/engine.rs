@@ -149,11 +149,7 @@ async fn create_app(app: &TestApp, name: &str, base_url: &str, extra: Value) -> 
         json!({"base_url": base_url, "auth": {"type": "bearer", "token": TOKEN},
                "rate_limit": {"per_second": 1000, "burst": 1000}, "max_concurrency": 4}),
     );
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &extra);
     app.create_app(&body).await["id"]
         .as_str()
         .unwrap_or_default()

@@ -60,7 +60,8 @@ impl Answer {
 mod common;
 use common::fresh_database;
 pub use common::{
-    app_body, empty_list, scim_answer, scim_error, serve, serve_until, stub_service_provider_config,
+    app_body, empty_list, merge, scim_answer, scim_error, serve, serve_until,
+    stub_service_provider_config,
 };
 
 pub async fn spawn_app() -> TestApp {
@@ -270,11 +271,7 @@ pub fn event(event_id: &str, kind: &str, employee_id: &str, at: &str, extra: Val
         employee["user_name"] = json!(employee_id.to_lowercase());
         employee["email"] = json!(format!("{}@example.com", employee_id.to_lowercase()));
     }
-    if let (Some(e), Some(x)) = (employee.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            e.insert(k.clone(), v.clone());
-        }
-    }
+    merge(&mut employee, &extra);
     json!({"event_id": event_id, "type": kind, "occurred_at": at, "employee": employee})
 }
 

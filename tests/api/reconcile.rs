@@ -36,11 +36,7 @@ async fn app_on(app: &TestApp, name: &str, base_url: &str, settings: Value) -> S
         name,
         json!({"base_url": base_url, "auth": {"type": "bearer", "token": TOKEN}}),
     );
-    if let (Some(body), Some(settings)) = (body.as_object_mut(), settings.as_object()) {
-        for (key, value) in settings {
-            body.insert(key.clone(), value.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &settings);
     app.create_app(&body).await["id"]
         .as_str()
         .unwrap_or_default()

@@ -67,12 +67,17 @@ pub fn app_body(name: &str, overrides: Value) -> Value {
         "auth": {"type": "bearer", "token": "target-token"},
         "scope": {"email_domains": ["example.com"]},
     });
-    if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
-        for (k, v) in o {
-            b.insert(k.clone(), v.clone());
+    merge(&mut body, &overrides);
+    body
+}
+
+/// Sets each top-level field of `extra` in `body` (both JSON objects), replacing what was there.
+pub fn merge(body: &mut Value, extra: &Value) {
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        for (key, value) in extra {
+            body.insert(key.clone(), value.clone());
         }
     }
-    body
 }
 
 /// Serves `endpoint` (a stub target, a relay, a collector) on 127.0.0.1, port 0, until the
