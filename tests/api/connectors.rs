@@ -1,0 +1,290 @@
+//! The connector catalogue: `/connectors`, and apps built from a connector.
+use serde_json::{Value, json};
+
+use crate::helpers::spawn_app;
+
+fn from_connector(name: &str, connector: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "name": name,
+        "connector": connector,
+        "auth": {"type": "bearer", "token": "target-token"},
+        "scope": {"email_domains": ["example.com"]},
+    });
+    if let (Some(b), Some(o)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn the_catalogue_lists_every_connector_with_sourced_facts() {
+    let app = spawn_app().await;
+    let list = app.get("/api/v1/connectors").await.expect(200);
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for wanted in [
+        "slack",
+        "github-emu",
+        "aws-identity-center",
+        "atlassian",
+        "zoom",
+        "salesforce",
+        "figma",
+        "miro",
+        "snowflake",
+        "asana",
+        "rfc",
+        "entra-style",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+    let github = app.get("/api/v1/connectors/github-emu").await.expect(200);
+    assert_eq!(github["delete_means"], "permanent");
+    assert_eq!(
+        github["base_url_template"],
+        "https://api.github.com/scim/v2/enterprises/{enterprise}"
+    );
+    assert!(
+        github["facts"]
+            .as_array()
+            .is_some_and(|f| f.iter().all(|f| f["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("https://"))))
+    );
+    let detail = app.get("/api/v1/connectors/github").await.problem(404);
+    assert!(detail.contains("github-emu"), "{detail}");
+}
+
+#[tokio::test]
+async fn an_app_built_from_a_connector_takes_its_defaults_and_records_it() {
+    let app = spawn_app().await;
+    // The template fills the base URL from the parameters.
+    let aws = app
+        .create_app(&from_connector(
+            "aws",
+            "aws-identity-center",
+            json!({"connector_params": {"region": "eu-west-1", "tenant_id": "d-9067"}}),
+        ))
+        .await;
+    assert_eq!(
+        aws["base_url"],
+        "https://scim.eu-west-1.amazonaws.com/d-9067/scim/v2"
+    );
+    assert_eq!(aws["quirks"]["max_members_per_patch"], 100);
+    assert_eq!(aws["quirks"]["page_size"], 100);
+    assert_eq!(aws["connector"]["name"], "aws-identity-center");
+    assert_eq!(aws["connector"]["version"], 1);
+    assert_eq!(aws["connector"]["params"]["tenant_id"], "d-9067");
+    assert!(
+        aws["mappings"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["target"] == "displayName")),
+        "the vendor requires displayName on create"
+    );
+
+    // Explicit fields override the connector; an explicit base_url replaces the template.
+    let slack = app
+        .create_app(&from_connector(
+            "slack",
+            "slack",
+            json!({"base_url": "http://127.0.0.1:9/scim/v2", "max_concurrency": 1,
+                   "quirks": {"page_size": 200}}),
+        ))
+        .await;
+    assert_eq!(slack["base_url"], "http://127.0.0.1:9/scim/v2");
+    assert_eq!(slack["max_concurrency"], 1);
+    assert_eq!(slack["rate_limit"], json!({"per_second": 3, "burst": 20}));
+    assert_eq!(slack["quirks"]["page_size"], 200);
+    let stored = app
+        .rows("SELECT connector FROM app WHERE name = 'slack'")
+        .await;
+    let recorded = match &stored[0]["connector"] {
+        Value::String(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    assert_eq!(recorded["name"], "slack");
+    assert_eq!(recorded["version"], 1);
+
+    // A hand-made app records none.
+    let plain = app
+        .create_app(&crate::helpers::app_body("plain", json!({})))
+        .await;
+    assert!(plain.get("connector").is_none(), "{plain}");
+}
+
+#[tokio::test]
+async fn a_newer_connector_version_shows_as_differences_and_changes_nothing() {
+    let app = spawn_app().await;
+    let slack = app
+        .create_app(&from_connector(
+            "slack-diff",
+            "slack",
+            json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+        ))
+        .await;
+    let id = slack["id"].as_str().expect("id");
+    let got = app.get(&format!("/api/v1/apps/{id}")).await.expect(200);
+    assert_eq!(got["connector"]["latest_version"], 1);
+    assert_eq!(got["connector"]["differences"], json!([]));
+    app.patch(
+        &format!("/api/v1/apps/{id}"),
+        &json!({"rate_limit": {"per_second": 1, "burst": 1}}),
+    )
+    .await
+    .expect(200);
+    // As if the app had been built from an older version of the connector.
+    app.rows(&format!(
+        "UPDATE app SET connector = '{{\"name\": \"slack\", \"version\": 0}}' WHERE id = '{id}' \
+         RETURNING id"
+    ))
+    .await;
+    let got = app.get(&format!("/api/v1/apps/{id}")).await.expect(200);
+    assert_eq!(got["connector"]["version"], 0);
+    assert_eq!(got["connector"]["latest_version"], 1);
+    assert_eq!(
+        got["connector"]["differences"],
+        json!([{"setting": "rate_limit", "app": {"per_second": 1, "burst": 1},
+                "connector": {"per_second": 3, "burst": 20}}])
+    );
+    assert_eq!(
+        got["rate_limit"]["per_second"], 1,
+        "nothing changed by itself"
+    );
+}
+
+#[tokio::test]
+async fn bad_connector_requests_are_422_and_store_nothing() {
+    let app = spawn_app().await;
+    let before = app.count("app").await;
+    let audit_before = app.count("audit").await;
+    let detail = app
+        .post("/api/v1/apps", &from_connector("x1", "slak", json!({})))
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("connector") && detail.contains("slack") && detail.contains("miro"),
+        "{detail}"
+    );
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x2",
+                "aws-identity-center",
+                json!({"connector_params": {"region": "eu-west-1"}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("connector_params.tenant_id"), "{detail}");
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x3",
+                "aws-identity-center",
+                json!({"connector_params": {"region": "eu-west-1", "tenant_id": "d-1"},
+                       "quirks": {"max_members_per_patch": 500}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("quirks.max_members_per_patch")
+            && detail.contains("100")
+            && detail.contains(
+                "https://docs.aws.amazon.com/singlesignon/latest/developerguide/patchgroup.html"
+            ),
+        "{detail}"
+    );
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x4",
+                "slack",
+                json!({"rate_limit": {"per_second": 50, "burst": 50}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("rate_limit.per_second")
+            && detail.contains("600 per minute")
+            && detail.contains("https://docs.slack.dev/reference/scim-api/rate-limits"),
+        "{detail}"
+    );
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x5",
+                "github-emu",
+                json!({"connector_params": {"enterprise": "acme"},
+                       "auth": {"type": "basic", "username": "u", "password": "p"}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("auth.type") && detail.contains("scim:enterprise"),
+        "{detail}"
+    );
+
+    let detail = app
+        .post("/api/v1/apps", &from_connector("x6", "rfc", json!({})))
+        .await
+        .problem(422);
+    assert!(detail.contains("base_url"), "{detail}");
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &crate::helpers::app_body("x7", json!({"connector_params": {"a": "b"}})),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("connector_params"), "{detail}");
+
+    assert_eq!(app.count("app").await, before, "nothing stored");
+    assert_eq!(app.count("audit").await, audit_before, "nothing audited");
+
+    // The same limit, overridden on purpose, is accepted and recorded.
+    let fast = app
+        .create_app(&from_connector(
+            "fast",
+            "slack",
+            json!({"rate_limit": {"per_second": 50, "burst": 50},
+                   "base_url": "http://127.0.0.1:9/scim/v2",
+                   "override_vendor_limits": true}),
+        ))
+        .await;
+    assert_eq!(fast["connector"]["override_vendor_limits"], true);
+
+    // A PATCH beyond the limit of a connector app without the override is refused too.
+    let slack = app
+        .create_app(&from_connector(
+            "slack-limited",
+            "slack",
+            json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+        ))
+        .await;
+    let detail = app
+        .patch(
+            &format!("/api/v1/apps/{}", slack["id"].as_str().unwrap_or_default()),
+            &json!({"quirks": {"page_size": 5000}}),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("quirks.page_size"), "{detail}");
+}
