@@ -1,7 +1,10 @@
 //! The connector catalogue: `/connectors`, and apps built from a connector.
+use std::time::Duration;
+
+use roster::dev_target::Profile;
 use serde_json::{Value, json};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{eventually, spawn_app};
 
 fn from_connector(name: &str, connector: &str, extra: Value) -> Value {
     let mut body = json!({
@@ -287,4 +290,250 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
         .await
         .problem(422);
     assert!(detail.contains("quirks.page_size"), "{detail}");
+}
+
+/// Joiner → mover → leaver, a pushed group larger than one PATCH takes, hand-made drift, and
+/// reconcile (dry run, fix, a second run with no writes), all through an app built from
+/// `connector` against `dev-target --profile`, which refuses what that vendor refuses.
+async fn lifecycle_against_profile(connector: &str, profile: Profile, params: Value) {
+    use roster::dev_target::{DevTargetArgs, Kind};
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let employee = |n: usize| format!("{connector}-E{n}");
+    let email = |n: usize| format!("p{n}@example.com");
+    let group = format!("team-{connector}");
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": group, "members": [employee(0), employee(1), employee(2)]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&from_connector(
+            connector,
+            connector,
+            json!({"connector_params": params, "base_url": target.base_url(),
+                   "auth": {"type": "bearer", "token": token},
+                   "rate_limit": {"per_second": 100, "burst": 100},
+                   "group_push": [group], "max_attempts": 2,
+                   "reconcile": {"interval_minutes": 0, "mode": "report"},
+                   "quirks": {"max_members_per_patch": 2}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    for n in 0..3 {
+        app.post_event(&crate::helpers::joiner(
+            &format!("{connector}-j{n}"),
+            &employee(n),
+            "2026-11-01T09:00:00Z",
+            json!({"email": email(n), "user_name": email(n), "given_name": format!("P{n}"),
+                   "family_name": "Test", "display_name": format!("P{n} Test")}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    let members_of = |target: &roster::dev_target::DevTarget| {
+        target
+            .groups_snapshot()
+            .iter()
+            .find(|g| g["displayName"] == json!(group))
+            .map(|g| g["members"].as_array().map_or(0, |m| m.len()))
+    };
+    eventually("joiners and their group", wait, || async {
+        app.settled(&app_id, wait).await;
+        (target.users_snapshot().len() == 3 && members_of(&target) == Some(3)).then_some(())
+    })
+    .await;
+
+    app.post_event(&crate::helpers::event(
+        &format!("{connector}-m0"),
+        "mover",
+        &employee(0),
+        "2026-11-02T09:00:00Z",
+        json!({"email": email(0), "user_name": email(0), "given_name": "P0",
+               "family_name": "Moved", "display_name": "P0 Test"}),
+    ))
+    .await;
+    app.post_event(&crate::helpers::event(
+        &format!("{connector}-l1"),
+        "leaver",
+        &employee(1),
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let user = |n: usize| {
+        target
+            .users_snapshot()
+            .into_iter()
+            .find(|u| u["userName"].as_str() == Some(email(n).as_str()))
+    };
+    eventually("the mover and the leaver", wait, || async {
+        app.settled(&app_id, wait).await;
+        let moved = user(0).is_some_and(|u| u["name"]["familyName"] == "Moved");
+        let left = user(1).is_some_and(|u| u["active"] == json!(false));
+        (moved && left && members_of(&target) == Some(2)).then_some(())
+    })
+    .await;
+    let dead = app
+        .rows(&format!(
+            "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+        ))
+        .await;
+    assert!(dead.is_empty(), "{connector}: dead jobs {dead:?}");
+
+    // Drift by hand, then reconcile: a dry run reports it, a fix run corrects it, and a second
+    // run finds nothing to write.
+    let drifted_id = user(2)
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("account");
+    assert!(target.edit(Kind::User, &drifted_id, |u| {
+        u["name"]["familyName"] = json!("Hand");
+    }));
+    let run = |body: Value| {
+        let app = &app;
+        let app_id = &app_id;
+        async move {
+            let started = app
+                .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
+                .await
+                .expect(202);
+            let id = started["id"].as_str().unwrap_or_default().to_owned();
+            eventually("the run", wait, || async {
+                let report = app
+                    .get(&format!("/api/v1/reconcile-runs/{id}"))
+                    .await
+                    .expect(200);
+                (report["state"] != "running").then_some(report)
+            })
+            .await
+        }
+    };
+    let dry = run(json!({"dry_run": true, "mode": "fix"})).await;
+    assert_eq!(dry["state"], "completed", "{connector}: {dry}");
+    assert_eq!(dry["writes"], 0);
+    assert_eq!(dry["counts"]["drifted"], 1, "{connector}: {dry}");
+    let fixed = run(json!({"mode": "fix"})).await;
+    assert_eq!(fixed["writes"], 1, "{connector}: {fixed}");
+    app.settled(&app_id, wait).await;
+    assert!(user(2).is_some_and(|u| u["name"]["familyName"] == "Test"));
+    let writes = |stats: &Value| -> u64 {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|m| stats["requests"][m].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = writes(&target.stats());
+    let again = run(json!({"mode": "fix"})).await;
+    assert_eq!(again["writes"], 0, "{connector}: {again}");
+    assert_eq!(again["counts"]["drifted"], 0, "{connector}: {again}");
+    app.settled(&app_id, wait).await;
+    assert_eq!(
+        writes(&target.stats()),
+        before,
+        "{connector}: no write at all"
+    );
+}
+
+#[tokio::test]
+async fn github_emu_lifecycle_against_its_emulation() {
+    lifecycle_against_profile(
+        "github-emu",
+        Profile::GithubEmu,
+        json!({"enterprise": "acme"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn salesforce_lifecycle_against_its_emulation() {
+    lifecycle_against_profile(
+        "salesforce",
+        Profile::Salesforce,
+        json!({"my_domain": "acme"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn zoom_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("zoom", Profile::Zoom, json!({})).await;
+}
+
+#[tokio::test]
+async fn snowflake_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("snowflake", Profile::Snowflake, json!({"account": "acme"})).await;
+}
+
+/// The emulation bites end to end: the same lifecycle with hand-made RFC settings fails on
+/// the GitHub profile (the leaver's removal from the pushed group uses a value-filter path).
+#[tokio::test]
+async fn rfc_settings_dead_letter_against_the_github_emulation() {
+    use roster::dev_target::DevTargetArgs;
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile: Profile::GithubEmu,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "team-rfc", "members": ["R0", "R1"]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&crate::helpers::app_body(
+            "plain-rfc",
+            json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": token},
+                   "group_push": ["team-rfc"], "max_attempts": 1,
+                   "reconcile": {"interval_minutes": 0, "mode": "report"}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    for n in 0..2 {
+        app.post_event(&crate::helpers::joiner(
+            &format!("rj{n}"),
+            &format!("R{n}"),
+            "2026-11-01T09:00:00Z",
+            json!({"email": format!("r{n}@example.com"), "user_name": format!("r{n}@example.com"),
+                   "given_name": "R", "family_name": "T"}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    app.settled(&app_id, wait).await;
+    app.post_event(&crate::helpers::event(
+        "rl1",
+        "leaver",
+        "R1",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let dead = eventually("the group job to dead-letter", wait, || async {
+        app.settled(&app_id, wait).await;
+        let dead = app
+            .rows(&format!(
+                "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+            ))
+            .await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert!(
+        dead.iter()
+            .any(|d| d["last_error"].as_str().is_some_and(|e| e.contains("400"))),
+        "{dead:?}"
+    );
 }
