@@ -985,7 +985,20 @@ impl Roster {
             None,
         )
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(client.test_connection().await)
+        let mut report = client.test_connection().await;
+        // Credentials refused: say what the vendor wants, in its own terms (the token's issuer
+        // and scope), for an app built from a connector.
+        if !report.auth_ok
+            && report.reachable
+            && let Some((_, Some(connector))) = recorded_connector(&view.model)
+            && let Some(reason) = &mut report.reason
+        {
+            reason.push_str(&format!(
+                "; {} expects: {} ({})",
+                connector.display_name, connector.credential.fact, connector.credential.source
+            ));
+        }
+        Ok(report)
     }
 }
 

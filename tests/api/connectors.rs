@@ -532,8 +532,43 @@ async fn rfc_settings_dead_letter_against_the_github_emulation() {
     })
     .await;
     assert!(
-        dead.iter()
-            .any(|d| d["last_error"].as_str().is_some_and(|e| e.contains("400"))),
+        dead.iter().any(|d| d["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("400") && e.contains("filters are not supported"))),
         "{dead:?}"
+    );
+}
+
+/// A token the vendor refuses is reported with what the vendor documents it wants.
+#[tokio::test]
+async fn test_connection_names_the_credential_the_vendor_wants() {
+    use roster::dev_target::DevTargetArgs;
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some("the-right-token".into()),
+        profile: Profile::GithubEmu,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let created = app
+        .create_app(&from_connector(
+            "gh-wrong-token",
+            "github-emu",
+            json!({"connector_params": {"enterprise": "acme"}, "base_url": target.base_url(),
+                   "auth": {"type": "bearer", "token": "a-token-without-the-scope"}}),
+        ))
+        .await;
+    let id = created["id"].as_str().expect("id");
+    let report = app
+        .post(&format!("/api/v1/apps/{id}/test-connection"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["auth_ok"], false, "{report}");
+    let reason = report["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("401") && reason.contains("scim:enterprise"),
+        "{reason}"
     );
 }
