@@ -20,6 +20,8 @@
 //!   (429 + `Retry-After` seconds), `--fail-rate` (half 503 + `Retry-After: 1`, half 500),
 //!   `--hang-rate` (no answer until shutdown), then the `--token` check. `--seed` makes the
 //!   fault draws reproducible.
+//! - `--profile NAME` (`dev_target::profiles`): a catalogue connector's vendor, emulated by
+//!   the rules its documentation states (each citing its source); `rfc` is the default.
 //! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors
 //!   read and edit the store directly.
 use std::net::SocketAddr;
