@@ -3,6 +3,7 @@ pub mod admin;
 pub mod apps;
 pub mod auth;
 pub mod body;
+pub mod connectors;
 pub mod delivery;
 pub mod directory;
 pub mod events;
@@ -33,6 +34,8 @@ pub enum ApiTags {
     Delivery,
     /// Reconciliation runs: drift and ghost accounts found, fixed, or held for approval.
     Reconcile,
+    /// The connector catalogue: SaaS targets with their documented limits and deviations.
+    Connectors,
 }
 
 pub type Apis = (
@@ -42,6 +45,7 @@ pub type Apis = (
     delivery::DeliveryApi,
     reconcile::ReconcileApi,
     admin::AdminApi,
+    connectors::ConnectorsApi,
 );
 
 pub fn openapi_service() -> OpenApiService<Apis, ()> {
@@ -53,6 +57,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             delivery::DeliveryApi,
             reconcile::ReconcileApi,
             admin::AdminApi,
+            connectors::ConnectorsApi,
         ),
         "roster",
         env!("CARGO_PKG_VERSION"),

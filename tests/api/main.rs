@@ -4,6 +4,7 @@ mod apps;
 mod audit;
 mod bad_input;
 mod bench;
+mod connectors;
 mod dashboards;
 mod delivery;
 mod engine;

@@ -57,6 +57,8 @@ fn routes() -> Vec<(&'static str, &'static str, Needs)> {
         ("GET", "/api-keys", Admin),
         ("DELETE", "/api-keys/{id}", Admin),
         ("GET", "/audit", Read),
+        ("GET", "/connectors", Read),
+        ("GET", "/connectors/{name}", Read),
     ]
 }
 
@@ -120,7 +122,10 @@ async fn each_scope_reaches_exactly_its_routes() {
         } else {
             "00000000-0000-0000-0000-000000000000"
         };
-        let concrete = format!("/api/v1{}", path.replace("{id}", id));
+        let concrete = format!(
+            "/api/v1{}",
+            path.replace("{id}", id).replace("{name}", "slack")
+        );
         for (scope, token) in &tokens {
             n += 1;
             let answer = app

@@ -2,6 +2,7 @@
 //! third-party peer (`peer` module; needs `with-peer.sh scim2-server`).
 #[path = "../common/mod.rs"]
 mod common;
+mod connectors;
 mod crud;
 mod errors;
 mod faults;
