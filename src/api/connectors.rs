@@ -13,16 +13,20 @@ pub struct ConnectorsApi;
 
 #[OpenApi(prefix_path = "/connectors", tag = "ApiTags::Connectors")]
 impl ConnectorsApi {
-    /// The connector catalogue (scope `read`): each connector's base URL template, accepted
-    /// auth types, default settings, vendor limits, what DELETE means there, and every fact
-    /// with the vendor documentation it comes from.
+    /// List the connector catalogue
+    ///
+    /// Scope `read`. Each connector's base URL template, accepted auth types, default
+    /// settings, vendor limits, what DELETE means there, and every fact with the vendor
+    /// documentation it comes from.
     #[oai(path = "/", method = "get", operation_id = "listConnectors")]
     async fn list(&self, auth: ApiKey) -> Result<Json<Vec<Connector>>, ApiError> {
         auth.require(Permission::ReadConfig)?;
         Ok(Json(connectors::catalogue().to_vec()))
     }
 
-    /// One connector (scope `read`).
+    /// Get one connector
+    ///
+    /// Scope `read`.
     #[oai(path = "/:name", method = "get", operation_id = "getConnector")]
     async fn get(&self, auth: ApiKey, name: Path<String>) -> Result<Json<Connector>, ApiError> {
         auth.require(Permission::ReadConfig)?;
