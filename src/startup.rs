@@ -37,6 +37,8 @@ pub enum StartupError {
     KeyFileMissing { path: String, sealed: u64 },
     #[error("{0}")]
     CredentialKey(ServiceError),
+    #[error("cannot check the apps' URLs: {0}")]
+    AppUrls(ServiceError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -129,6 +131,11 @@ pub async fn open(config: Config) -> Result<Roster, StartupError> {
         .claim_credential_key()
         .await
         .map_err(StartupError::CredentialKey)?;
+    // Reported in the log and in each app's status; their jobs wait.
+    roster
+        .hold_plain_http_apps()
+        .await
+        .map_err(StartupError::AppUrls)?;
     Ok(roster)
 }
 

@@ -84,7 +84,10 @@ impl AuthIn {
 pub struct AppCreate {
     pub name: String,
     /// The SCIM base URL, e.g. `https://scim.example.net/v2`. Loopback, private, link-local and
-    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`.
+    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`. Only
+    /// `https://`: plain `http://` is accepted for loopback and private hosts when those are
+    /// allowed, and for public hosts only with `ROSTER_ALLOW_INSECURE_HTTP=true`; the same
+    /// holds for an OAuth2 `token_url`.
     pub base_url: String,
     pub auth: AuthIn,
     pub rate_limit: Option<RateLimit>,

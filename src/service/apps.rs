@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::audit::{self, AuditEntry};
 use super::planner;
 use super::{Permission, Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
+use crate::delivery::target::PAUSED_BY_TRANSPORT;
 use crate::net_guard;
 use crate::settings::settings_of as stored_settings;
 pub use crate::settings::{
@@ -289,7 +290,7 @@ async fn prepare_auth(
             client_secret,
             scope,
         } => {
-            let url = net_guard::check_url(token_url, roster.target_policy())
+            let url = net_guard::check_target_url(token_url, roster.transport_policy())
                 .await
                 .map_err(|e| ServiceError::invalid("auth.token_url", e))?;
             validate_plain("auth.client_id", client_id, 512)?;
@@ -313,7 +314,7 @@ async fn validate_base_url(roster: &Roster, raw: &str) -> ServiceResult<String> 
             "longer than 2048 characters",
         ));
     }
-    let url = net_guard::check_url(raw, roster.target_policy())
+    let url = net_guard::check_target_url(raw, roster.transport_policy())
         .await
         .map_err(|e| ServiceError::invalid("base_url", e))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -576,6 +577,24 @@ impl Roster {
             }
             None => None,
         };
+        // A held app (plain http to a public host) is released by the change that makes both
+        // of its URLs allowed; judged here, outside the writer, because it may resolve names.
+        let released_from = match (&base_url, &new_auth) {
+            (None, None) => None,
+            _ => match app::Entity::find_by_id(id).one(self.db()).await? {
+                Some(stored) if stored.paused_by.as_deref() == Some(PAUSED_BY_TRANSPORT) => {
+                    let final_base = base_url.as_deref().unwrap_or(&stored.base_url);
+                    let final_auth = new_auth
+                        .as_ref()
+                        .map_or(&stored.auth_config, |(_, config, _)| config);
+                    plain_http_refusal_of(final_base, final_auth, self.transport_policy())
+                        .await
+                        .is_none()
+                        .then_some((stored.base_url, stored.auth_config))
+                }
+                _ => None,
+            },
+        };
         let tx = self.write_tx().await?;
         if new_auth.is_some() {
             self.check_sealing_key(&*tx).await?;
@@ -601,6 +620,15 @@ impl Roster {
         let mut model: app::ActiveModel = current.clone().into();
         if let Some(name) = &changes.name {
             model.name = Set(name.clone());
+        }
+        if current.paused_by.as_deref() == Some(PAUSED_BY_TRANSPORT)
+            && released_from.as_ref().is_some_and(|(base, auth)| {
+                *base == current.base_url && *auth == current.auth_config
+            })
+        {
+            model.state = Set(AppState::Active.as_str().into());
+            model.state_reason = Set(None);
+            model.paused_by = Set(None);
         }
         // Credentials go where `base_url` (and `token_url`) point: moving them to another
         // origin takes credentials sent in the same request, so that a key allowed to edit an
@@ -707,6 +735,7 @@ impl Roster {
             planner::plan_full_sync(&*tx, &updated, &settings).await?;
         }
         tx.commit().await?;
+        self.notify_jobs();
         Ok(AppView {
             model: updated,
             settings,
@@ -746,6 +775,9 @@ impl Roster {
         state: AppState,
         reason: Option<String>,
     ) -> ServiceResult<AppView> {
+        if state == AppState::Active {
+            self.check_resumable(id).await?;
+        }
         let tx = self.write_tx().await?;
         let Some(current) = app::Entity::find_by_id(id).one(&*tx).await? else {
             return Err(ServiceError::not_found("app", id));
@@ -790,6 +822,7 @@ impl Roster {
         principal: &Principal,
         id: &str,
     ) -> ServiceResult<AppView> {
+        self.check_resumable(id).await?;
         let tx = self.write_tx().await?;
         let Some(current) = app::Entity::find_by_id(id).one(&*tx).await? else {
             return Err(ServiceError::not_found("app", id));
@@ -881,12 +914,129 @@ impl Roster {
             &view.model,
             &view.settings,
             self.secrets(),
-            self.target_policy(),
+            self.transport_policy(),
             None,
             None,
-        )
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(client.test_connection().await)
+        );
+        match client {
+            Ok(client) => Ok(client.test_connection().await),
+            // Held for plain http: say why, and send nothing.
+            Err(e @ crate::delivery::target::TargetError::PlainHttp { .. }) => {
+                Ok(crate::scim::ConnectionReport {
+                    reachable: false,
+                    auth_ok: false,
+                    capabilities: None,
+                    reason: Some(e.to_string()),
+                })
+            }
+            Err(e) => Err(ServiceError::Internal(e.to_string())),
+        }
+    }
+}
+
+/// Why an app's stored URLs may not be used under `policy`: `base_url` or `token_url` is plain
+/// http to a public host. `None` when both are fine.
+async fn plain_http_refusal_of(
+    base_url: &str,
+    auth_config: &Value,
+    policy: net_guard::TransportPolicy,
+) -> Option<String> {
+    for (field, raw) in [
+        ("base_url", Some(base_url)),
+        ("auth.token_url", token_url_of(auth_config)),
+    ] {
+        let Some(url) = raw.and_then(|r| url::Url::parse(r).ok()) else {
+            continue;
+        };
+        if let Some(reason) = net_guard::plain_http_refusal(&url, policy).await {
+            return Some(format!("{field}: {reason}"));
+        }
+    }
+    None
+}
+
+impl Roster {
+    /// At start: every app whose `base_url` or `token_url` is plain http to a public host (stored
+    /// before https was required, or while `ROSTER_ALLOW_INSECURE_HTTP` was set) is held:
+    /// paused with `paused_by = transport` and the reason, so that its jobs wait (neither sent
+    /// nor dead) until the URL is fixed. Apps held so before whose URLs are now allowed are
+    /// released. Each is logged and audited. Returns the names of the apps held now.
+    pub async fn hold_plain_http_apps(&self) -> ServiceResult<Vec<String>> {
+        let policy = self.transport_policy();
+        let mut held = Vec::new();
+        for model in app::Entity::find().all(self.db()).await? {
+            let refusal = plain_http_refusal_of(&model.base_url, &model.auth_config, policy).await;
+            let held_by_transport = model.paused_by.as_deref() == Some(PAUSED_BY_TRANSPORT);
+            let (state, reason, paused_by, action) = match &refusal {
+                Some(reason) => {
+                    tracing::warn!(
+                        app = %model.name,
+                        app_id = %model.id,
+                        reason = %reason,
+                        "App uses plain http to a public host: nothing is sent to it until its URL is https"
+                    );
+                    held.push(model.name.clone());
+                    // An operator's or the deletion guard's pause stays theirs; resuming it is
+                    // refused while the URL is refused.
+                    if model.state == AppState::Paused.as_str() {
+                        continue;
+                    }
+                    (
+                        AppState::Paused,
+                        Some(format!("held: {reason}")),
+                        Some(PAUSED_BY_TRANSPORT.to_owned()),
+                        "app.held_plain_http",
+                    )
+                }
+                None if held_by_transport => {
+                    tracing::info!(app = %model.name, app_id = %model.id, "App's URLs are allowed now: released");
+                    (AppState::Active, None, None, "app.released_plain_http")
+                }
+                None => continue,
+            };
+            let tx = self.write_tx().await?;
+            let mut active: app::ActiveModel = model.clone().into();
+            active.state = Set(state.as_str().into());
+            active.state_reason = Set(reason);
+            active.paused_by = Set(paused_by);
+            active.updated_at = Set(chrono::Utc::now());
+            let updated = active.update(&*tx).await?;
+            audit::record(
+                &*tx,
+                None,
+                AuditEntry {
+                    action,
+                    object_type: "app",
+                    object_id: Some(&model.id),
+                    before: Some(state_audit(&model)),
+                    after: Some(state_audit(&updated)),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        if !held.is_empty() {
+            self.notify_jobs();
+        }
+        Ok(held)
+    }
+
+    /// Refuses to resume an app whose stored URLs are plain http to a public host.
+    async fn check_resumable(&self, id: &str) -> ServiceResult<()> {
+        let model = app::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("app", id))?;
+        match plain_http_refusal_of(&model.base_url, &model.auth_config, self.transport_policy())
+            .await
+        {
+            Some(reason) => Err(ServiceError::Conflict(format!(
+                "app {} stays held: {reason}; change the URL to https:// (PATCH the app), which \
+                 releases it",
+                model.name
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
