@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::crypto::{CryptoError, SecretBox};
 use crate::net_guard::{PLAIN_HTTP_REFUSED, PlainHttp, TargetPolicy, TransportPolicy};
-use crate::scim::{Auth, CallObserver, Quirks, ScimClient, ScimError, TargetConfig};
+use crate::scim::{Auth, CallObserver, ClientTls, Quirks, ScimClient, ScimError, TargetConfig};
 use crate::settings::AppSettings;
 use crate::store::entity::app;
 
@@ -90,6 +90,51 @@ fn credential(secrets: &SecretBox, model: &app::Model) -> Result<SecretString, T
     Ok(SecretString::from(text))
 }
 
+/// The additional data the TLS key is sealed with: the app id and the column, so that a sealed
+/// key cannot be moved into the credential column (or back) and opened there.
+#[must_use]
+pub fn tls_key_aad(app_id: &str) -> String {
+    format!("{app_id}/tls_key")
+}
+
+/// The app's TLS settings as the client takes them; `None` when it has none.
+fn client_tls(secrets: &SecretBox, model: &app::Model) -> Result<Option<ClientTls>, TargetError> {
+    let Some(tls) = &model.tls else {
+        return Ok(None);
+    };
+    let field = |name: &str| tls.get(name).and_then(Value::as_str).map(str::to_owned);
+    let identity_pem = match (
+        field("client_cert_pem"),
+        &model.tls_key_ciphertext,
+        &model.tls_key_id,
+    ) {
+        (Some(cert), Some(sealed), Some(key_id)) => {
+            let key = secrets
+                .open(sealed, key_id, &tls_key_aad(&model.id))
+                .map_err(|source| TargetError::Credential {
+                    app: model.name.clone(),
+                    source,
+                })?;
+            let key = String::from_utf8(key).map_err(|_| TargetError::AuthConfig {
+                app: model.name.clone(),
+                field: "tls.client_key_pem",
+            })?;
+            Some(SecretString::from(format!("{cert}\n{key}")))
+        }
+        (None, None, _) => None,
+        _ => {
+            return Err(TargetError::AuthConfig {
+                app: model.name.clone(),
+                field: "tls.client_key_pem",
+            });
+        }
+    };
+    Ok(Some(ClientTls {
+        ca_pem: field("ca_pem"),
+        identity_pem,
+    }))
+}
+
 fn text<'a>(model: &'a app::Model, field: &'static str) -> Result<&'a str, TargetError> {
     model
         .auth_config
@@ -147,6 +192,7 @@ pub fn client_for(
     config.quirks = quirks;
     config.observer = observer;
     config.gate = gate;
+    config.tls = client_tls(secrets, model)?;
     ScimClient::new(config).map_err(|source| TargetError::Client {
         app: model.name.clone(),
         source: Box::new(source),

@@ -44,6 +44,73 @@ pub enum AuthInput {
     },
 }
 
+/// An app's TLS settings as given by the API; the key is held as a secret until sealed.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInput {
+    pub ca_pem: Option<String>,
+    pub client_cert_pem: Option<String>,
+    pub client_key_pem: Option<SecretString>,
+}
+
+/// Validated TLS settings: the readable part (stored as JSON) and the sealed key, if any.
+struct PreparedTls {
+    public: Value,
+    sealed_key: Option<String>,
+}
+
+/// Checks PEM (parsable, certificates and key in their own fields, the key the certificate's,
+/// nothing expired, the CA bundle at most 1 MB) and seals the key for app `id`.
+fn prepare_tls(roster: &Roster, id: &str, tls: &TlsInput) -> ServiceResult<PreparedTls> {
+    let now = chrono::Utc::now().timestamp();
+    let invalid = |e: crate::pki::PemError| ServiceError::invalid(e.field, e.reason);
+    let mut public = serde_json::Map::new();
+    if let Some(ca) = &tls.ca_pem {
+        crate::pki::check_ca_bundle(ca, now).map_err(invalid)?;
+        public.insert("ca_pem".into(), Value::String(ca.clone()));
+    }
+    let sealed_key = match (&tls.client_cert_pem, &tls.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            crate::pki::check_client_identity(cert, key.expose_secret().as_bytes(), now)
+                .map_err(invalid)?;
+            public.insert("client_cert_pem".into(), Value::String(cert.clone()));
+            Some(
+                roster
+                    .secrets()
+                    .seal(
+                        key.expose_secret().as_bytes(),
+                        &crate::delivery::target::tls_key_aad(id),
+                    )
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            )
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ServiceError::invalid(
+                "tls.client_key_pem",
+                "is required with `client_cert_pem` (the key is write-only: send it with its \
+                 certificate each time)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ServiceError::invalid(
+                "tls.client_cert_pem",
+                "is required with `client_key_pem`",
+            ));
+        }
+    };
+    if public.is_empty() {
+        return Err(ServiceError::invalid(
+            "tls",
+            "give `ca_pem`, or `client_cert_pem` with `client_key_pem`, or both (`null` in a \
+             PATCH removes the TLS settings)",
+        ));
+    }
+    Ok(PreparedTls {
+        public: Value::Object(public),
+        sealed_key,
+    })
+}
+
 /// Fields of a create or a patch; `None` in a patch keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct AppChanges {
@@ -63,6 +130,8 @@ pub struct AppChanges {
     pub reconcile: Option<ReconcileSettings>,
     pub deletion_guard: Option<DeletionGuard>,
     pub quirks: Option<Value>,
+    /// `Some(None)` in a patch removes the TLS settings.
+    pub tls: Option<Option<TlsInput>>,
 }
 
 /// An app as the API shows it: credentials reduced to what kind they are and whether set.
@@ -462,6 +531,10 @@ impl Roster {
         };
         check_authority(principal, &baseline, &settings)?;
         let id = new_id();
+        let tls = match changes.tls.clone().flatten() {
+            Some(input) => Some(prepare_tls(self, &id, &input)?),
+            None => None,
+        };
         let sealed = self
             .secrets()
             .seal(secret.expose_secret().as_bytes(), &id)
@@ -493,6 +566,12 @@ impl Roster {
             state: Set(AppState::Active.as_str().into()),
             state_reason: Set(None),
             paused_by: Set(None),
+            tls: Set(tls.as_ref().map(|t| t.public.clone())),
+            tls_key_id: Set(tls
+                .as_ref()
+                .and_then(|t| t.sealed_key.as_ref())
+                .map(|_| self.secrets().key_id().to_owned())),
+            tls_key_ciphertext: Set(tls.and_then(|t| t.sealed_key)),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
@@ -577,6 +656,11 @@ impl Roster {
             }
             None => None,
         };
+        let new_tls = match &changes.tls {
+            Some(Some(input)) => Some(Some(prepare_tls(self, id, input)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
         // A held app (plain http to a public host) is released by the change that makes both
         // of its URLs allowed; judged here, outside the writer, because it may resolve names.
         let released_from = match (&base_url, &new_auth) {
@@ -596,7 +680,15 @@ impl Roster {
             },
         };
         let tx = self.write_tx().await?;
-        if new_auth.is_some() {
+        if new_auth.is_some()
+            || matches!(
+                &new_tls,
+                Some(Some(PreparedTls {
+                    sealed_key: Some(_),
+                    ..
+                }))
+            )
+        {
             self.check_sealing_key(&*tx).await?;
         }
         let Some(current) = app::Entity::find_by_id(id)
@@ -663,6 +755,22 @@ impl Roster {
             model.auth_config = Set(auth_config);
             model.secret_ciphertext = Set(Some(sealed));
             model.secret_key_id = Set(Some(self.secrets().key_id().to_owned()));
+        }
+        match new_tls {
+            Some(Some(tls)) => {
+                model.tls = Set(Some(tls.public));
+                model.tls_key_id = Set(tls
+                    .sealed_key
+                    .as_ref()
+                    .map(|_| self.secrets().key_id().to_owned()));
+                model.tls_key_ciphertext = Set(tls.sealed_key);
+            }
+            Some(None) => {
+                model.tls = Set(None);
+                model.tls_key_id = Set(None);
+                model.tls_key_ciphertext = Set(None);
+            }
+            None => {}
         }
         macro_rules! apply {
             ($($field:ident),*) => {$(
@@ -1051,6 +1159,7 @@ impl Roster {
         super::secret_key::recorded(&*tx, true).await?;
         let mut rotated = 0;
         for model in app::Entity::find().all(&*tx).await? {
+            rotated += self.rotate_tls_key(&*tx, &model).await?;
             let (Some(sealed), Some(key_id)) = (&model.secret_ciphertext, &model.secret_key_id)
             else {
                 continue;
@@ -1093,6 +1202,59 @@ impl Roster {
         super::secret_key::record_current(&*tx, self.secrets().key_id()).await?;
         tx.commit().await?;
         Ok(rotated)
+    }
+}
+
+impl Roster {
+    /// Re-seals the app's TLS key with the current key when another sealed it; 1 if it did.
+    async fn rotate_tls_key(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        model: &app::Model,
+    ) -> ServiceResult<u64> {
+        let (Some(sealed), Some(key_id)) = (&model.tls_key_ciphertext, &model.tls_key_id) else {
+            return Ok(0);
+        };
+        if self.secrets().is_current(key_id) {
+            return Ok(0);
+        }
+        let aad = crate::delivery::target::tls_key_aad(&model.id);
+        let plain = self.secrets().open(sealed, key_id, &aad).map_err(|e| {
+            ServiceError::Conflict(format!(
+                "app {} (tls key): {e}; set ROSTER_SECRET_KEY_PREVIOUS to the key it was sealed \
+                 with",
+                model.name
+            ))
+        })?;
+        let resealed = self
+            .secrets()
+            .seal(&plain, &aad)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        app::Entity::update_many()
+            .col_expr(
+                app::Column::TlsKeyCiphertext,
+                sea_orm::sea_query::Expr::value(resealed),
+            )
+            .col_expr(
+                app::Column::TlsKeyId,
+                sea_orm::sea_query::Expr::value(self.secrets().key_id()),
+            )
+            .filter(app::Column::Id.eq(model.id.as_str()))
+            .exec(conn)
+            .await?;
+        audit::record(
+            conn,
+            None,
+            AuditEntry {
+                action: "app.tls_key_rotated",
+                object_type: "app",
+                object_id: Some(&model.id),
+                before: Some(json!({"tls_key_id": key_id})),
+                after: Some(json!({"tls_key_id": self.secrets().key_id()})),
+            },
+        )
+        .await?;
+        Ok(1)
     }
 }
 

@@ -19,6 +19,14 @@ pub struct Model {
     pub state_reason: Option<String>,
     /// Who paused it, while `paused`: `operator` or `guard` (the deletion guard on HR events).
     pub paused_by: Option<String>,
+    /// `{ca_pem, client_cert_pem}` (either may be absent), or null: the system roots and no
+    /// client certificate.
+    pub tls: Option<Json>,
+    /// The client certificate's private key, sealed like `secret_ciphertext` (AAD
+    /// `"{id}/tls_key"`); never serialised.
+    #[serde(skip)]
+    pub tls_key_ciphertext: Option<String>,
+    pub tls_key_id: Option<String>,
     pub version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
