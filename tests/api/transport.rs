@@ -512,3 +512,53 @@ async fn bad_tls_settings_are_refused_with_the_reason_and_change_nothing() {
     assert_eq!(view["version"], created["version"]);
     assert_eq!(view["tls"]["client_cert_pem"], json!(cert));
 }
+
+#[tokio::test]
+async fn roster_serves_its_api_over_tls_with_its_own_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki::ca("roster api CA");
+    let (cert, key) = pki::leaf(&ca, &["127.0.0.1"], false);
+    let cert_file = dir.path().join("api-cert.pem");
+    let key_file = dir.path().join("api-key.pem");
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let app = spawn_app_with(|c| {
+        c.run_engine = false;
+        c.tls_cert_file = Some(cert_file);
+        c.tls_key_file = Some(key_file);
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://");
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let ready = trusting
+        .get(format!("https://{addr}/readyz"))
+        .send()
+        .await
+        .expect("https request");
+    assert_eq!(ready.status(), 200);
+    // Plain http to the TLS port gets no answer, and a client that does not trust the
+    // certificate fails.
+    assert!(
+        app.http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_err()
+    );
+    let untrusting = reqwest::Client::builder()
+        .tls_certs_only([
+            reqwest::Certificate::from_pem(pki::ca("other").pem().as_bytes()).unwrap(),
+        ])
+        .build()
+        .unwrap();
+    assert!(
+        untrusting
+            .get(format!("https://{addr}/readyz"))
+            .send()
+            .await
+            .is_err()
+    );
+}
