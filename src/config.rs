@@ -18,6 +18,16 @@ pub struct Config {
     pub hr_webhook_secret: Option<SecretString>,
     pub workers: usize,
     pub allow_private_targets: bool,
+    /// `ROSTER_ALLOW_INSECURE_HTTP`: plain `http://` app and token URLs on public hosts.
+    pub allow_insecure_http: bool,
+    /// `ROSTER_TLS_CERT` and `ROSTER_TLS_KEY`: PEM files; `serve` listens with TLS when set.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// `ROSTER_HTTP_READ_TIMEOUT_SECS`: how long a client may take to send a request's head
+    /// (and how long a connection may sit idle between requests), and its body.
+    pub http_read_timeout: std::time::Duration,
+    /// `ROSTER_MAX_CONNECTIONS`: connections served at once; more wait to be accepted.
+    pub max_connections: usize,
     /// Not from the environment: how often a quarantined app is probed (DESIGN: 5 minutes);
     /// tests shorten it.
     pub quarantine_probe: std::time::Duration,
@@ -39,6 +49,11 @@ impl Default for Config {
             hr_webhook_secret: None,
             workers: 32,
             allow_private_targets: false,
+            allow_insecure_http: false,
+            tls_cert_file: None,
+            tls_key_file: None,
+            http_read_timeout: std::time::Duration::from_secs(30),
+            max_connections: 4096,
             quarantine_probe: std::time::Duration::from_secs(300),
             run_engine: true,
         }
@@ -66,19 +81,59 @@ impl Config {
                 }
             },
         };
-        let allow_private_targets = match non_empty("ROSTER_ALLOW_PRIVATE_TARGETS").as_deref() {
-            None => false,
-            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                other => {
-                    return Err(ConfigError::Invalid {
-                        name: "ROSTER_ALLOW_PRIVATE_TARGETS",
+        let flag = |name: &'static str| -> Result<bool, ConfigError> {
+            match non_empty(name).as_deref() {
+                None => Ok(false),
+                Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" => Ok(true),
+                    "0" | "false" | "no" => Ok(false),
+                    other => Err(ConfigError::Invalid {
+                        name,
                         reason: format!("`{other}` is not true or false"),
-                    });
-                }
-            },
+                    }),
+                },
+            }
         };
+        let number = |name: &'static str, range: std::ops::RangeInclusive<u64>, default: u64| {
+            match non_empty(name) {
+                None => Ok(default),
+                Some(raw) => match raw.trim().parse::<u64>() {
+                    Ok(n) if range.contains(&n) => Ok(n),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        reason: format!(
+                            "`{raw}` is not a number from {} to {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    }),
+                },
+            }
+        };
+        let allow_private_targets = flag("ROSTER_ALLOW_PRIVATE_TARGETS")?;
+        let allow_insecure_http = flag("ROSTER_ALLOW_INSECURE_HTTP")?;
+        let http_read_timeout = std::time::Duration::from_secs(number(
+            "ROSTER_HTTP_READ_TIMEOUT_SECS",
+            1..=3600,
+            defaults.http_read_timeout.as_secs(),
+        )?);
+        let max_connections = number(
+            "ROSTER_MAX_CONNECTIONS",
+            1..=1_000_000,
+            defaults.max_connections as u64,
+        )? as usize;
+        let tls_cert_file = non_empty("ROSTER_TLS_CERT").map(std::path::PathBuf::from);
+        let tls_key_file = non_empty("ROSTER_TLS_KEY").map(std::path::PathBuf::from);
+        if tls_cert_file.is_some() != tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                name: if tls_cert_file.is_some() {
+                    "ROSTER_TLS_KEY"
+                } else {
+                    "ROSTER_TLS_CERT"
+                },
+                reason: "ROSTER_TLS_CERT and ROSTER_TLS_KEY are set together or not at all".into(),
+            });
+        }
         Ok(Self {
             database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url.clone()),
             listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen.clone()),
@@ -88,6 +143,11 @@ impl Config {
             hr_webhook_secret: non_empty("ROSTER_HR_WEBHOOK_SECRET").map(SecretString::from),
             workers,
             allow_private_targets,
+            allow_insecure_http,
+            tls_cert_file,
+            tls_key_file,
+            http_read_timeout,
+            max_connections,
             ..defaults
         })
     }
@@ -118,6 +178,10 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:8080");
         assert_eq!(c.workers, 32);
         assert!(!c.allow_private_targets);
+        assert!(!c.allow_insecure_http);
+        assert_eq!(c.http_read_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.max_connections, 4096);
+        assert!(c.tls_cert_file.is_none() && c.tls_key_file.is_none());
         assert!(c.is_sqlite());
     }
 
@@ -127,6 +191,25 @@ mod tests {
         assert!(err.to_string().contains("ROSTER_WORKERS"));
         let err = config(&[("ROSTER_ALLOW_PRIVATE_TARGETS", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("ROSTER_ALLOW_PRIVATE_TARGETS"));
+        for name in [
+            "ROSTER_ALLOW_INSECURE_HTTP",
+            "ROSTER_HTTP_READ_TIMEOUT_SECS",
+            "ROSTER_MAX_CONNECTIONS",
+        ] {
+            let err = config(&[(name, "maybe")]).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let err = config(&[("ROSTER_TLS_CERT", "/etc/roster/cert.pem")]).unwrap_err();
+        assert!(err.to_string().contains("ROSTER_TLS_KEY"), "{err}");
+        let c = config(&[
+            ("ROSTER_ALLOW_INSECURE_HTTP", "true"),
+            ("ROSTER_HTTP_READ_TIMEOUT_SECS", "2"),
+            ("ROSTER_MAX_CONNECTIONS", "10"),
+        ])
+        .unwrap();
+        assert!(c.allow_insecure_http);
+        assert_eq!(c.http_read_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.max_connections, 10);
         assert!(
             config(&[("ROSTER_ALLOW_PRIVATE_TARGETS", "TRUE")])
                 .unwrap()

@@ -12,8 +12,10 @@ pub mod demo;
 pub mod dev_target;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod listener;
 pub mod mapping;
 pub mod net_guard;
+pub mod pki;
 pub mod reconcile;
 pub mod scim;
 pub mod service;

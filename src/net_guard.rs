@@ -135,6 +135,90 @@ impl TargetPolicy {
     }
 }
 
+/// Whether plain `http://` may carry an app's credentials to a public host
+/// (`ROSTER_ALLOW_INSECURE_HTTP`). Loopback and private hosts are a separate matter: plain http
+/// to them is allowed whenever [`TargetPolicy::AllowPrivate`] allows the host at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// The default: public hosts only over `https://`.
+    Refused,
+    /// The operator set `ROSTER_ALLOW_INSECURE_HTTP=true`.
+    Allowed,
+}
+
+impl PlainHttp {
+    #[must_use]
+    pub fn from_allow_insecure(allow: bool) -> Self {
+        if allow { Self::Allowed } else { Self::Refused }
+    }
+}
+
+/// Both transport decisions about a URL roster calls: which addresses, and whether plain http.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportPolicy {
+    pub targets: TargetPolicy,
+    pub plain_http: PlainHttp,
+}
+
+/// The reason given when plain http is refused; names the variable that would allow it.
+pub const PLAIN_HTTP_REFUSED: &str = "plain http:// would send the app's credentials and \
+     people's data unencrypted to a public host: use https://, or set \
+     ROSTER_ALLOW_INSECURE_HTTP=true to accept that risk (plain http is allowed without it only \
+     to loopback and private hosts, and only with ROSTER_ALLOW_PRIVATE_TARGETS=true)";
+
+/// Whether `host` is one that only [`TargetPolicy::AllowPrivate`] allows: a loopback or
+/// private IP literal, `localhost`, or a name whose addresses are all in such ranges. A name
+/// that does not resolve now counts as public.
+async fn is_private_host(host: &url::Host<&str>, port: u16) -> bool {
+    match host {
+        url::Host::Ipv4(ip) => forbidden_reason(IpAddr::V4(*ip)).is_some(),
+        url::Host::Ipv6(ip) => forbidden_reason(IpAddr::V6(*ip)).is_some(),
+        url::Host::Domain(name) => {
+            let lower = name.to_ascii_lowercase();
+            if lower == "localhost" || lower.ends_with(".localhost") {
+                return true;
+            }
+            let lookup = tokio::time::timeout(
+                std::time::Duration::from_secs(3),
+                tokio::net::lookup_host((*name, port)),
+            )
+            .await;
+            match lookup {
+                Ok(Ok(addrs)) => {
+                    let addrs: Vec<_> = addrs.collect();
+                    !addrs.is_empty() && addrs.iter().all(|a| forbidden_reason(a.ip()).is_some())
+                }
+                _ => false,
+            }
+        }
+    }
+}
+
+/// `Some(reason)` when `url` is plain http that `policy` refuses: http to a public host
+/// without [`PlainHttp::Allowed`]. `https://` and other schemes are not this check's business.
+pub async fn plain_http_refusal(url: &url::Url, policy: TransportPolicy) -> Option<&'static str> {
+    if url.scheme() != "http" || policy.plain_http == PlainHttp::Allowed {
+        return None;
+    }
+    let Some(host) = url.host() else {
+        return Some(PLAIN_HTTP_REFUSED);
+    };
+    let port = url.port_or_known_default().unwrap_or(80);
+    let private_allowed =
+        policy.targets == TargetPolicy::AllowPrivate && is_private_host(&host, port).await;
+    (!private_allowed).then_some(PLAIN_HTTP_REFUSED)
+}
+
+/// [`check_url`], then the transport rule: `https://`, or plain http only where `policy`
+/// allows it ([`plain_http_refusal`]).
+pub async fn check_target_url(raw: &str, policy: TransportPolicy) -> Result<url::Url, String> {
+    let url = check_url(raw, policy.targets).await?;
+    match plain_http_refusal(&url, policy).await {
+        Some(reason) => Err(reason.to_owned()),
+        None => Ok(url),
+    }
+}
+
 /// Checks a URL someone wants roster to call: http(s), no credentials in it, and a host that is
 /// (or resolves only to) allowed addresses. A name that does not resolve now is accepted: the
 /// connect-time check still applies when roster calls it.
@@ -239,5 +323,47 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn plain_http_goes_only_to_private_hosts_unless_the_operator_allows_it() {
+        let policy = |targets, plain_http| TransportPolicy {
+            targets,
+            plain_http,
+        };
+        let strict = policy(TargetPolicy::PublicOnly, PlainHttp::Refused);
+        let dev = policy(TargetPolicy::AllowPrivate, PlainHttp::Refused);
+        let insecure = policy(TargetPolicy::PublicOnly, PlainHttp::Allowed);
+        // A public host: https always, http only with ROSTER_ALLOW_INSECURE_HTTP.
+        assert!(
+            check_target_url("https://93.184.215.14/v2", strict)
+                .await
+                .is_ok()
+        );
+        for p in [strict, dev] {
+            let err = check_target_url("http://93.184.215.14/v2", p)
+                .await
+                .unwrap_err();
+            assert!(err.contains("ROSTER_ALLOW_INSECURE_HTTP"), "{err}");
+        }
+        assert!(
+            check_target_url("http://93.184.215.14/v2", insecure)
+                .await
+                .is_ok()
+        );
+        // Loopback and private hosts: plain http wherever they are allowed at all.
+        for url in [
+            "http://127.0.0.1:9/v2",
+            "http://localhost:9/v2",
+            "http://10.1.2.3/v2",
+        ] {
+            assert!(check_target_url(url, dev).await.is_ok(), "{url}");
+            assert!(check_target_url(url, strict).await.is_err(), "{url}");
+        }
+        // A private IP literal over https is still the SSRF guard's refusal.
+        let err = check_target_url("https://10.1.2.3/v2", strict)
+            .await
+            .unwrap_err();
+        assert!(err.contains("private"), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use poem::listener::AcceptorExt as _;
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,10 @@ pub enum StartupError {
     KeyFileMissing { path: String, sealed: u64 },
     #[error("{0}")]
     CredentialKey(ServiceError),
+    #[error("cannot check the apps' URLs: {0}")]
+    AppUrls(ServiceError),
+    #[error("ROSTER_TLS_CERT / ROSTER_TLS_KEY: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -87,7 +92,11 @@ async fn current_key(
             // A lost key file must not be replaced silently: every sealed credential would
             // then fail to open, app by app, at delivery time.
             let sealed = crate::store::entity::app::Entity::find()
-                .filter(crate::store::entity::app::Column::SecretCiphertext.is_not_null())
+                .filter(
+                    sea_orm::Condition::any()
+                        .add(crate::store::entity::app::Column::SecretCiphertext.is_not_null())
+                        .add(crate::store::entity::app::Column::TlsKeyCiphertext.is_not_null()),
+                )
                 .count(db)
                 .await
                 .map_err(StoreError::from)?;
@@ -129,6 +138,11 @@ pub async fn open(config: Config) -> Result<Roster, StartupError> {
         .claim_credential_key()
         .await
         .map_err(StartupError::CredentialKey)?;
+    // Reported in the log and in each app's status; their jobs wait.
+    roster
+        .hold_plain_http_apps()
+        .await
+        .map_err(StartupError::AppUrls)?;
     Ok(roster)
 }
 
@@ -175,8 +189,24 @@ impl RunningServer {
     }
 }
 
+/// The TLS configuration of `ROSTER_TLS_CERT` and `ROSTER_TLS_KEY`, read now, if set.
+fn server_tls(
+    config: &Config,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, StartupError> {
+    let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|e| StartupError::Tls(format!("{}: {e}", path.display())))
+    };
+    crate::pki::server_config(&read(cert)?, &read(key)?, None)
+        .map(Some)
+        .map_err(|e| StartupError::Tls(e.to_string()))
+}
+
 /// Binds `listen` (port 0 picks a free port) and serves until `shutdown` is cancelled.
 pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, StartupError> {
+    let tls = server_tls(roster.config())?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartupError::Listen {
@@ -208,6 +238,10 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
     let handle = tokio::spawn(async move {
         let std_listener = listener.into_std()?;
         let acceptor = poem::listener::TcpAcceptor::from_std(std_listener)?;
+        let acceptor = match tls {
+            Some(config) => crate::listener::TlsAcceptor::new(acceptor, config).boxed(),
+            None => acceptor.boxed(),
+        };
         poem::Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(
                 app,

@@ -19,7 +19,7 @@ use crate::service::apps::recorded_connector;
 use crate::service::apps::{
     AppChanges, AppScope, AppState, AppView, AuthInput, ConnectorChoice, DeletionGuard,
     Deprovision, ExpectedVersions, MappingEntry, Matching, RateLimit, ReconcileSettings,
-    RoleMappingEntry,
+    RoleMappingEntry, TlsInput,
 };
 use crate::service::{Permission, Roster};
 
@@ -82,6 +82,41 @@ impl AuthIn {
     }
 }
 
+/// TLS to the target (and its OAuth2 token URL) beyond the system's trusted roots.
+/// Certificates are always verified; there is no setting that skips that.
+#[derive(Object, serde::Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct TlsIn {
+    /// PEM certificates of a private CA, trusted besides the system roots (at most 1 MB).
+    pub ca_pem: Option<String>,
+    /// PEM client certificate for mutual TLS, then its chain; needs `client_key_pem`.
+    pub client_cert_pem: Option<String>,
+    /// PEM private key of the client certificate (PKCS#8, PKCS#1 or SEC1). Write-only: stored
+    /// encrypted, never shown; send it again with its certificate when changing `tls`.
+    pub client_key_pem: Option<String>,
+}
+
+impl From<TlsIn> for TlsInput {
+    fn from(tls: TlsIn) -> Self {
+        TlsInput {
+            ca_pem: tls.ca_pem,
+            client_cert_pem: tls.client_cert_pem,
+            client_key_pem: tls.client_key_pem.map(SecretString::from),
+        }
+    }
+}
+
+/// TLS settings as shown: the certificates, and whether a client key is set.
+#[derive(Object)]
+pub struct TlsOut {
+    #[oai(skip_serializing_if_is_none)]
+    pub ca_pem: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub client_cert_pem: Option<String>,
+    pub client_key_set: bool,
+}
+
 /// A new app. Everything but `name`, `base_url` and `auth` has a default.
 #[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
@@ -89,9 +124,11 @@ impl AuthIn {
 pub struct AppCreate {
     pub name: String,
     /// The SCIM base URL, e.g. `https://scim.example.net/v2`. Loopback, private, link-local and
-    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`. Required
-    /// unless `connector` fills it from its template; given with a connector, it replaces the
-    /// template (a proxy, a test target).
+    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`. Only
+    /// `https://`: plain `http://` is accepted for loopback and private hosts when those are
+    /// allowed, and for public hosts only with `ROSTER_ALLOW_INSECURE_HTTP=true`; the same
+    /// holds for an OAuth2 `token_url`. Required unless `connector` fills it from its
+    /// template; given with a connector, it replaces the template (a proxy, a test target).
     pub base_url: Option<String>,
     pub auth: AuthIn,
     /// Build the app from a catalogue connector (`GET /connectors`): its defaults fill every
@@ -125,6 +162,8 @@ pub struct AppCreate {
     /// Target deviations: an object of flags (`patch_op_case`, `max_members_per_patch`,
     /// `page_size`, `supports_filter`, …).
     pub quirks: Option<Value>,
+    /// A private CA and a client certificate (mutual TLS); PEM is checked on write.
+    pub tls: Option<TlsIn>,
 }
 
 /// Changes to an app: each field given replaces the current value as a whole; `null` clears
@@ -151,6 +190,9 @@ pub struct AppPatch {
     pub reconcile: Option<ReconcileSettings>,
     pub deletion_guard: Option<DeletionGuard>,
     pub quirks: Option<Value>,
+    /// Replaces the TLS settings as a whole; `null` removes them.
+    #[serde(default)]
+    pub tls: MaybeUndefined<TlsIn>,
 }
 
 /// Credentials as shown: never the secret itself.
@@ -213,6 +255,8 @@ pub struct AppOut {
     /// The catalogue connector the app was built from; absent for an app configured by hand.
     #[oai(skip_serializing_if_is_none)]
     pub connector: Option<AppConnectorOut>,
+    #[oai(skip_serializing_if_is_none)]
+    pub tls: Option<TlsOut>,
     /// `active`, `paused` or `quarantined`.
     pub state: String,
     #[oai(skip_serializing_if_is_none)]
@@ -293,6 +337,14 @@ impl From<AppView> for AppOut {
             deletion_guard: settings.deletion_guard,
             quirks: settings.quirks,
             connector,
+            tls: model.tls.as_ref().map(|tls| {
+                let field = |k: &str| tls.get(k).and_then(Value::as_str).map(str::to_owned);
+                TlsOut {
+                    ca_pem: field("ca_pem"),
+                    client_cert_pem: field("client_cert_pem"),
+                    client_key_set: model.tls_key_ciphertext.is_some(),
+                }
+            }),
             state: model.state,
             state_reason: model.state_reason,
             version: model.version,
@@ -423,6 +475,7 @@ impl AppsApi {
             reconcile: b.reconcile,
             deletion_guard: b.deletion_guard,
             quirks: b.quirks,
+            tls: Some(b.tls.map(TlsInput::from)),
         };
         let view = roster.create_app(principal, changes).await?;
         let tag = etag(view.model.version);
@@ -500,6 +553,11 @@ impl AppsApi {
             deletion_guard: b.deletion_guard,
             quirks: b.quirks,
             connector: None,
+            tls: match b.tls {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(v) => Some(Some(v.into())),
+            },
         };
         let expected = expected_versions(if_match.0.as_deref());
         Ok(roster

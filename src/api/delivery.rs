@@ -125,9 +125,11 @@ pub struct AppStatusOut {
     pub state: String,
     /// Why the app is paused or quarantined.
     pub state_reason: Option<String>,
-    /// Who paused it, while `paused`: `operator` (`POST /apps/{id}/pause`) or `guard` (the
+    /// Who paused it, while `paused`: `operator` (`POST /apps/{id}/pause`), `guard` (the
     /// deletion guard on HR events holds deprovisions; an `admin` releases them with
-    /// `POST /apps/{id}/resume {"approve_deprovisions": true}`).
+    /// `POST /apps/{id}/resume {"approve_deprovisions": true}`) or `transport` (its `base_url`
+    /// or `token_url` is plain http to a public host, found at start; `state_reason` says
+    /// which; its jobs wait, and changing the URL to `https://` releases it).
     pub paused_by: Option<String>,
     /// Pending jobs per lane.
     pub queue: LaneDepthOut,

@@ -30,7 +30,7 @@ use super::staged::JobWrites;
 use super::target;
 use crate::crypto::SecretBox;
 use crate::mapping::CompiledMappings;
-use crate::net_guard::TargetPolicy;
+use crate::net_guard::TransportPolicy;
 use crate::scim::{CallObserver, CallRecord, ConnectionReport, ScimClient};
 use crate::settings::{self, AppSettings};
 use crate::store::Db;
@@ -156,7 +156,7 @@ pub struct AppTarget {
 pub struct Delivery {
     db: Db,
     secrets: SecretBox,
-    policy: TargetPolicy,
+    policy: TransportPolicy,
     owner: String,
     limiters: Limiters,
     runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
@@ -276,7 +276,12 @@ fn call_failed(record: &CallRecord) -> bool {
 
 impl Delivery {
     #[must_use]
-    pub fn new(db: Db, secrets: SecretBox, policy: TargetPolicy, jobs_ready: Arc<Notify>) -> Self {
+    pub fn new(
+        db: Db,
+        secrets: SecretBox,
+        policy: TransportPolicy,
+        jobs_ready: Arc<Notify>,
+    ) -> Self {
         Self {
             db,
             secrets,

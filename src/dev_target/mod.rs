@@ -22,6 +22,8 @@
 //!   fault draws reproducible.
 //! - `--profile NAME` (`dev_target::profiles`): a catalogue connector's vendor, emulated by
 //!   the rules its documentation states (each citing its source); `rfc` is the default.
+//! - TLS: `--tls-cert` and `--tls-key` (PEM files) serve https; `--client-ca` then requires a
+//!   client certificate signed by that CA (mutual TLS).
 //! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors
 //!   read and edit the store directly.
 use std::net::SocketAddr;
@@ -91,6 +93,15 @@ pub struct DevTargetArgs {
     /// (`rfc`, the default, is strict RFC 7644).
     #[arg(long, value_enum, default_value_t = Profile::Rfc)]
     pub profile: Profile,
+    /// Serve https with this PEM certificate (then its chain); needs `--tls-key`.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Require a client certificate signed by this PEM CA (mutual TLS); needs `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for DevTargetArgs {
@@ -112,6 +123,9 @@ impl Default for DevTargetArgs {
             throttle_seconds: 3,
             drop_reply_rate: 0.0,
             profile: Profile::Rfc,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
         }
     }
 }
@@ -130,7 +144,7 @@ fn invalid(msg: &str) -> std::io::Error {
 
 /// Binds and starts serving in the background.
 pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
-    use poem::listener::{Acceptor as _, Listener as _};
+    use poem::listener::{Acceptor as _, AcceptorExt as _, Listener as _};
     if [args.fail_rate, args.hang_rate, args.drop_reply_rate]
         .iter()
         .any(|r| !(0.0..=1.0).contains(r))
@@ -139,6 +153,7 @@ pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
             "--fail-rate, --hang-rate and --drop-reply-rate must be between 0 and 1",
         ));
     }
+    let tls = tls_config(&args)?;
     let acceptor = poem::listener::TcpListener::bind(args.listen)
         .into_acceptor()
         .await?;
@@ -147,7 +162,12 @@ pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
         .first()
         .and_then(|a| a.as_socket_addr().copied())
         .ok_or_else(|| invalid("listener has no socket address"))?;
-    let base_url = format!("http://{addr}{SCIM_ROOT}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base_url = format!("{scheme}://{addr}{SCIM_ROOT}");
+    let acceptor = match tls {
+        Some(config) => crate::listener::TlsAcceptor::new(acceptor, config).boxed(),
+        None => acceptor.boxed(),
+    };
     let shutdown = CancellationToken::new();
     let shared = Arc::new(server::Shared::new(
         args,
@@ -173,6 +193,25 @@ pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
 }
 
 /// Serves until Ctrl-C or SIGTERM; prints the base URL on stdout first.
+/// The rustls configuration of `--tls-cert`, `--tls-key` and `--client-ca`, if given.
+fn tls_config(args: &DevTargetArgs) -> std::io::Result<Option<Arc<rustls::ServerConfig>>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        if args.tls_cert.is_some() || args.tls_key.is_some() || args.client_ca.is_some() {
+            return Err(invalid(
+                "--tls-cert and --tls-key go together (and --client-ca needs them)",
+            ));
+        }
+        return Ok(None);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|e| invalid(&format!("{}: {e}", path.display())))
+    };
+    let client_ca = args.client_ca.as_ref().map(read).transpose()?;
+    crate::pki::server_config(&read(cert)?, &read(key)?, client_ca.as_deref())
+        .map(Some)
+        .map_err(|e| invalid(&e.to_string()))
+}
+
 pub async fn run(args: DevTargetArgs) -> std::io::Result<()> {
     let target = spawn(args).await?;
     println!("{}", target.base_url());

@@ -62,6 +62,30 @@ pub struct TargetConfig {
     pub observer: Option<CallObserver>,
     pub gate: Option<Arc<dyn CallGate>>,
     pub max_body_bytes: usize,
+    /// A private CA and a client certificate, for this target and its token URL.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS settings beyond the system roots. Certificates are always verified: there is no switch
+/// to skip that.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// PEM certificates trusted besides the system roots (a private CA).
+    pub ca_pem: Option<String>,
+    /// The client certificate (then its chain) and its private key, PEM, for mutual TLS.
+    pub identity_pem: Option<SecretString>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field(
+                "identity_pem",
+                &self.identity_pem.as_ref().map(|_| "[REDACTED]"),
+            )
+            .finish()
+    }
 }
 
 impl TargetConfig {
@@ -77,6 +101,7 @@ impl TargetConfig {
             observer: None,
             gate: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls: None,
         }
     }
 }
@@ -91,6 +116,7 @@ impl std::fmt::Debug for TargetConfig {
             .field("policy", &self.policy)
             .field("observer", &self.observer.as_ref().map(|_| "<fn>"))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -229,6 +255,68 @@ fn header_text(headers: &header::HeaderMap, name: header::HeaderName) -> Option<
         .map(str::to_owned)
 }
 
+/// A TLS failure in plain words, when `err` (or an error it wraps) is one. rustls' errors
+/// travel inside `io::Error`s, whose `source()` skips them, so those are opened with
+/// `get_ref`.
+fn tls_reason(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    fn rustls_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        // An `io::Error` may wrap another (hyper-rustls wraps tokio-rustls' error).
+        let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+        rustls_in(inner)
+    }
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(tls) = rustls_in(e) {
+            return Some(describe_tls(tls));
+        }
+        source = e.source();
+    }
+    None
+}
+
+fn describe_tls(err: &rustls::Error) -> String {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+    match err {
+        rustls::Error::InvalidCertificate(cert) => match cert {
+            Cert::UnknownIssuer => "TLS: unknown CA: the target's certificate is not signed by \
+                                    a trusted certificate authority (for a private CA, set \
+                                    `tls.ca_pem`)"
+                .into(),
+            Cert::NotValidForName | Cert::NotValidForNameContext { .. } => {
+                "TLS: hostname mismatch: the target's certificate is not valid for the host \
+                 name in the URL"
+                    .into()
+            }
+            Cert::Expired | Cert::ExpiredContext { .. } => {
+                "TLS: expired: the target's certificate has expired".into()
+            }
+            Cert::NotValidYet | Cert::NotValidYetContext { .. } => {
+                "TLS: the target's certificate is not valid yet".into()
+            }
+            Cert::Revoked => "TLS: the target's certificate is revoked".into(),
+            other => format!("TLS: the target's certificate is refused: {other:?}"),
+        },
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => {
+            "TLS: client certificate required: the target asks for a client certificate \
+             (set `tls.client_cert_pem` and `tls.client_key_pem`)"
+                .into()
+        }
+        rustls::Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnknownCA
+            | Alert::CertificateUnknown
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied),
+        ) => format!("TLS: client certificate refused by the target ({alert:?})"),
+        other => format!("TLS handshake failed: {other}"),
+    }
+}
+
 /// A short, secret-free reason for a transport failure.
 fn transport_error(
     method: &Method,
@@ -252,6 +340,14 @@ fn transport_error(
         }
         innermost = e.to_string();
         source = e.source();
+    }
+    if let Some(message) = tls_reason(err) {
+        return ScimError::Transport {
+            method: method.to_string(),
+            path: path.to_owned(),
+            kind: TransportKind::Connect,
+            message,
+        };
     }
     let (kind, message) = if err.is_timeout() {
         (
@@ -560,7 +656,26 @@ impl ScimClient {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = &config.tls {
+            if let Some(ca) = &tls.ca_pem {
+                let certs = reqwest::Certificate::from_pem_bundle(ca.as_bytes())
+                    .map_err(|e| ScimError::Config(format!("tls.ca_pem: {e}")))?;
+                // Besides the system roots: a token URL on a public identity provider still
+                // verifies.
+                builder = builder.tls_certs_merge(certs);
+            }
+            if let Some(identity) = &tls.identity_pem {
+                let identity = reqwest::Identity::from_pem(identity.expose_secret().as_bytes())
+                    .map_err(|_| {
+                        ScimError::Config(
+                            "tls.client_cert_pem and tls.client_key_pem are not usable".into(),
+                        )
+                    })?;
+                builder = builder.identity(identity);
+            }
+        }
+        let http = builder
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would connect on our behalf and bypass the address check.
             .no_proxy()

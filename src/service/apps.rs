@@ -15,6 +15,7 @@ use super::{Permission, Principal, Roster, ServiceError, ServiceResult, new_id, 
 use std::collections::BTreeMap;
 
 use crate::connectors::{self, ConnectorError, ConnectorRecord};
+use crate::delivery::target::PAUSED_BY_TRANSPORT;
 use crate::net_guard;
 use crate::settings::settings_of as stored_settings;
 pub use crate::settings::{
@@ -46,6 +47,73 @@ pub enum AuthInput {
     },
 }
 
+/// An app's TLS settings as given by the API; the key is held as a secret until sealed.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInput {
+    pub ca_pem: Option<String>,
+    pub client_cert_pem: Option<String>,
+    pub client_key_pem: Option<SecretString>,
+}
+
+/// Validated TLS settings: the readable part (stored as JSON) and the sealed key, if any.
+struct PreparedTls {
+    public: Value,
+    sealed_key: Option<String>,
+}
+
+/// Checks PEM (parsable, certificates and key in their own fields, the key the certificate's,
+/// nothing expired, the CA bundle at most 1 MB) and seals the key for app `id`.
+fn prepare_tls(roster: &Roster, id: &str, tls: &TlsInput) -> ServiceResult<PreparedTls> {
+    let now = chrono::Utc::now().timestamp();
+    let invalid = |e: crate::pki::PemError| ServiceError::invalid(e.field, e.reason);
+    let mut public = serde_json::Map::new();
+    if let Some(ca) = &tls.ca_pem {
+        crate::pki::check_ca_bundle(ca, now).map_err(invalid)?;
+        public.insert("ca_pem".into(), Value::String(ca.clone()));
+    }
+    let sealed_key = match (&tls.client_cert_pem, &tls.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            crate::pki::check_client_identity(cert, key.expose_secret().as_bytes(), now)
+                .map_err(invalid)?;
+            public.insert("client_cert_pem".into(), Value::String(cert.clone()));
+            Some(
+                roster
+                    .secrets()
+                    .seal(
+                        key.expose_secret().as_bytes(),
+                        &crate::delivery::target::tls_key_aad(id),
+                    )
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?,
+            )
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ServiceError::invalid(
+                "tls.client_key_pem",
+                "is required with `client_cert_pem` (the key is write-only: send it with its \
+                 certificate each time)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ServiceError::invalid(
+                "tls.client_cert_pem",
+                "is required with `client_key_pem`",
+            ));
+        }
+    };
+    if public.is_empty() {
+        return Err(ServiceError::invalid(
+            "tls",
+            "give `ca_pem`, or `client_cert_pem` with `client_key_pem`, or both (`null` in a \
+             PATCH removes the TLS settings)",
+        ));
+    }
+    Ok(PreparedTls {
+        public: Value::Object(public),
+        sealed_key,
+    })
+}
+
 /// Fields of a create or a patch; `None` in a patch keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct AppChanges {
@@ -65,6 +133,8 @@ pub struct AppChanges {
     pub reconcile: Option<ReconcileSettings>,
     pub deletion_guard: Option<DeletionGuard>,
     pub quirks: Option<Value>,
+    /// `Some(None)` in a patch removes the TLS settings.
+    pub tls: Option<Option<TlsInput>>,
     /// Build the app from a catalogue connector (create only).
     pub connector: Option<ConnectorChoice>,
 }
@@ -332,7 +402,7 @@ async fn prepare_auth(
             client_secret,
             scope,
         } => {
-            let url = net_guard::check_url(token_url, roster.target_policy())
+            let url = net_guard::check_target_url(token_url, roster.transport_policy())
                 .await
                 .map_err(|e| ServiceError::invalid("auth.token_url", e))?;
             validate_plain("auth.client_id", client_id, 512)?;
@@ -356,7 +426,7 @@ async fn validate_base_url(roster: &Roster, raw: &str) -> ServiceResult<String> 
             "longer than 2048 characters",
         ));
     }
-    let url = net_guard::check_url(raw, roster.target_policy())
+    let url = net_guard::check_target_url(raw, roster.transport_policy())
         .await
         .map_err(|e| ServiceError::invalid("base_url", e))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -556,6 +626,10 @@ impl Roster {
         };
         check_authority(principal, &baseline, &settings)?;
         let id = new_id();
+        let tls = match changes.tls.clone().flatten() {
+            Some(input) => Some(prepare_tls(self, &id, &input)?),
+            None => None,
+        };
         let sealed = self
             .secrets()
             .seal(secret.expose_secret().as_bytes(), &id)
@@ -588,6 +662,12 @@ impl Roster {
             state_reason: Set(None),
             paused_by: Set(None),
             connector: Set(record),
+            tls: Set(tls.as_ref().map(|t| t.public.clone())),
+            tls_key_id: Set(tls
+                .as_ref()
+                .and_then(|t| t.sealed_key.as_ref())
+                .map(|_| self.secrets().key_id().to_owned())),
+            tls_key_ciphertext: Set(tls.and_then(|t| t.sealed_key)),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
@@ -672,8 +752,39 @@ impl Roster {
             }
             None => None,
         };
+        let new_tls = match &changes.tls {
+            Some(Some(input)) => Some(Some(prepare_tls(self, id, input)?)),
+            Some(None) => Some(None),
+            None => None,
+        };
+        // A held app (plain http to a public host) is released by the change that makes both
+        // of its URLs allowed; judged here, outside the writer, because it may resolve names.
+        let released_from = match (&base_url, &new_auth) {
+            (None, None) => None,
+            _ => match app::Entity::find_by_id(id).one(self.db()).await? {
+                Some(stored) if stored.paused_by.as_deref() == Some(PAUSED_BY_TRANSPORT) => {
+                    let final_base = base_url.as_deref().unwrap_or(&stored.base_url);
+                    let final_auth = new_auth
+                        .as_ref()
+                        .map_or(&stored.auth_config, |(_, config, _)| config);
+                    plain_http_refusal_of(final_base, final_auth, self.transport_policy())
+                        .await
+                        .is_none()
+                        .then_some((stored.base_url, stored.auth_config))
+                }
+                _ => None,
+            },
+        };
         let tx = self.write_tx().await?;
-        if new_auth.is_some() {
+        if new_auth.is_some()
+            || matches!(
+                &new_tls,
+                Some(Some(PreparedTls {
+                    sealed_key: Some(_),
+                    ..
+                }))
+            )
+        {
             self.check_sealing_key(&*tx).await?;
         }
         let Some(current) = app::Entity::find_by_id(id)
@@ -697,6 +808,15 @@ impl Roster {
         let mut model: app::ActiveModel = current.clone().into();
         if let Some(name) = &changes.name {
             model.name = Set(name.clone());
+        }
+        if current.paused_by.as_deref() == Some(PAUSED_BY_TRANSPORT)
+            && released_from.as_ref().is_some_and(|(base, auth)| {
+                *base == current.base_url && *auth == current.auth_config
+            })
+        {
+            model.state = Set(AppState::Active.as_str().into());
+            model.state_reason = Set(None);
+            model.paused_by = Set(None);
         }
         // Credentials go where `base_url` (and `token_url`) point: moving them to another
         // origin takes credentials sent in the same request, so that a key allowed to edit an
@@ -731,6 +851,22 @@ impl Roster {
             model.auth_config = Set(auth_config);
             model.secret_ciphertext = Set(Some(sealed));
             model.secret_key_id = Set(Some(self.secrets().key_id().to_owned()));
+        }
+        match new_tls {
+            Some(Some(tls)) => {
+                model.tls = Set(Some(tls.public));
+                model.tls_key_id = Set(tls
+                    .sealed_key
+                    .as_ref()
+                    .map(|_| self.secrets().key_id().to_owned()));
+                model.tls_key_ciphertext = Set(tls.sealed_key);
+            }
+            Some(None) => {
+                model.tls = Set(None);
+                model.tls_key_id = Set(None);
+                model.tls_key_ciphertext = Set(None);
+            }
+            None => {}
         }
         macro_rules! apply {
             ($($field:ident),*) => {$(
@@ -806,6 +942,7 @@ impl Roster {
             planner::plan_full_sync(&*tx, &updated, &settings).await?;
         }
         tx.commit().await?;
+        self.notify_jobs();
         Ok(AppView {
             model: updated,
             settings,
@@ -845,6 +982,9 @@ impl Roster {
         state: AppState,
         reason: Option<String>,
     ) -> ServiceResult<AppView> {
+        if state == AppState::Active {
+            self.check_resumable(id).await?;
+        }
         let tx = self.write_tx().await?;
         let Some(current) = app::Entity::find_by_id(id).one(&*tx).await? else {
             return Err(ServiceError::not_found("app", id));
@@ -889,6 +1029,7 @@ impl Roster {
         principal: &Principal,
         id: &str,
     ) -> ServiceResult<AppView> {
+        self.check_resumable(id).await?;
         let tx = self.write_tx().await?;
         let Some(current) = app::Entity::find_by_id(id).one(&*tx).await? else {
             return Err(ServiceError::not_found("app", id));
@@ -980,11 +1121,23 @@ impl Roster {
             &view.model,
             &view.settings,
             self.secrets(),
-            self.target_policy(),
+            self.transport_policy(),
             None,
             None,
-        )
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        );
+        let client = match client {
+            Ok(client) => client,
+            // Held for plain http: say why, and send nothing.
+            Err(e @ crate::delivery::target::TargetError::PlainHttp { .. }) => {
+                return Ok(crate::scim::ConnectionReport {
+                    reachable: false,
+                    auth_ok: false,
+                    capabilities: None,
+                    reason: Some(e.to_string()),
+                });
+            }
+            Err(e) => return Err(ServiceError::Internal(e.to_string())),
+        };
         let mut report = client.test_connection().await;
         // Credentials refused: say what the vendor wants, in its own terms (the token's issuer
         // and scope), for an app built from a connector.
@@ -1002,6 +1155,112 @@ impl Roster {
     }
 }
 
+/// Why an app's stored URLs may not be used under `policy`: `base_url` or `token_url` is plain
+/// http to a public host. `None` when both are fine.
+async fn plain_http_refusal_of(
+    base_url: &str,
+    auth_config: &Value,
+    policy: net_guard::TransportPolicy,
+) -> Option<String> {
+    for (field, raw) in [
+        ("base_url", Some(base_url)),
+        ("auth.token_url", token_url_of(auth_config)),
+    ] {
+        let Some(url) = raw.and_then(|r| url::Url::parse(r).ok()) else {
+            continue;
+        };
+        if let Some(reason) = net_guard::plain_http_refusal(&url, policy).await {
+            return Some(format!("{field}: {reason}"));
+        }
+    }
+    None
+}
+
+impl Roster {
+    /// At start: every app whose `base_url` or `token_url` is plain http to a public host (stored
+    /// before https was required, or while `ROSTER_ALLOW_INSECURE_HTTP` was set) is held:
+    /// paused with `paused_by = transport` and the reason, so that its jobs wait (neither sent
+    /// nor dead) until the URL is fixed. Apps held so before whose URLs are now allowed are
+    /// released. Each is logged and audited. Returns the names of the apps held now.
+    pub async fn hold_plain_http_apps(&self) -> ServiceResult<Vec<String>> {
+        let policy = self.transport_policy();
+        let mut held = Vec::new();
+        for model in app::Entity::find().all(self.db()).await? {
+            let refusal = plain_http_refusal_of(&model.base_url, &model.auth_config, policy).await;
+            let held_by_transport = model.paused_by.as_deref() == Some(PAUSED_BY_TRANSPORT);
+            let (state, reason, paused_by, action) = match &refusal {
+                Some(reason) => {
+                    tracing::warn!(
+                        app = %model.name,
+                        app_id = %model.id,
+                        reason = %reason,
+                        "App uses plain http to a public host: nothing is sent to it until its URL is https"
+                    );
+                    held.push(model.name.clone());
+                    // An operator's or the deletion guard's pause stays theirs; resuming it is
+                    // refused while the URL is refused.
+                    if model.state == AppState::Paused.as_str() {
+                        continue;
+                    }
+                    (
+                        AppState::Paused,
+                        Some(format!("held: {reason}")),
+                        Some(PAUSED_BY_TRANSPORT.to_owned()),
+                        "app.held_plain_http",
+                    )
+                }
+                None if held_by_transport => {
+                    tracing::info!(app = %model.name, app_id = %model.id, "App's URLs are allowed now: released");
+                    (AppState::Active, None, None, "app.released_plain_http")
+                }
+                None => continue,
+            };
+            let tx = self.write_tx().await?;
+            let mut active: app::ActiveModel = model.clone().into();
+            active.state = Set(state.as_str().into());
+            active.state_reason = Set(reason);
+            active.paused_by = Set(paused_by);
+            active.updated_at = Set(chrono::Utc::now());
+            let updated = active.update(&*tx).await?;
+            audit::record(
+                &*tx,
+                None,
+                AuditEntry {
+                    action,
+                    object_type: "app",
+                    object_id: Some(&model.id),
+                    before: Some(state_audit(&model)),
+                    after: Some(state_audit(&updated)),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        if !held.is_empty() {
+            self.notify_jobs();
+        }
+        Ok(held)
+    }
+
+    /// Refuses to resume an app whose stored URLs are plain http to a public host.
+    async fn check_resumable(&self, id: &str) -> ServiceResult<()> {
+        let model = app::Entity::find_by_id(id)
+            .one(self.db())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("app", id))?;
+        match plain_http_refusal_of(&model.base_url, &model.auth_config, self.transport_policy())
+            .await
+        {
+            Some(reason) => Err(ServiceError::Conflict(format!(
+                "app {} stays held: {reason}; change the URL to https:// (PATCH the app), which \
+                 releases it",
+                model.name
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Roster {
     /// Re-encrypts every app credential that is not sealed with the current key (after
     /// `ROSTER_SECRET_KEY` changed and the old one moved to `ROSTER_SECRET_KEY_PREVIOUS`).
@@ -1013,6 +1272,7 @@ impl Roster {
         super::secret_key::recorded(&*tx, true).await?;
         let mut rotated = 0;
         for model in app::Entity::find().all(&*tx).await? {
+            rotated += self.rotate_tls_key(&*tx, &model).await?;
             let (Some(sealed), Some(key_id)) = (&model.secret_ciphertext, &model.secret_key_id)
             else {
                 continue;
@@ -1055,6 +1315,59 @@ impl Roster {
         super::secret_key::record_current(&*tx, self.secrets().key_id()).await?;
         tx.commit().await?;
         Ok(rotated)
+    }
+}
+
+impl Roster {
+    /// Re-seals the app's TLS key with the current key when another sealed it; 1 if it did.
+    async fn rotate_tls_key(
+        &self,
+        conn: &impl sea_orm::ConnectionTrait,
+        model: &app::Model,
+    ) -> ServiceResult<u64> {
+        let (Some(sealed), Some(key_id)) = (&model.tls_key_ciphertext, &model.tls_key_id) else {
+            return Ok(0);
+        };
+        if self.secrets().is_current(key_id) {
+            return Ok(0);
+        }
+        let aad = crate::delivery::target::tls_key_aad(&model.id);
+        let plain = self.secrets().open(sealed, key_id, &aad).map_err(|e| {
+            ServiceError::Conflict(format!(
+                "app {} (tls key): {e}; set ROSTER_SECRET_KEY_PREVIOUS to the key it was sealed \
+                 with",
+                model.name
+            ))
+        })?;
+        let resealed = self
+            .secrets()
+            .seal(&plain, &aad)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        app::Entity::update_many()
+            .col_expr(
+                app::Column::TlsKeyCiphertext,
+                sea_orm::sea_query::Expr::value(resealed),
+            )
+            .col_expr(
+                app::Column::TlsKeyId,
+                sea_orm::sea_query::Expr::value(self.secrets().key_id()),
+            )
+            .filter(app::Column::Id.eq(model.id.as_str()))
+            .exec(conn)
+            .await?;
+        audit::record(
+            conn,
+            None,
+            AuditEntry {
+                action: "app.tls_key_rotated",
+                object_type: "app",
+                object_id: Some(&model.id),
+                before: Some(json!({"tls_key_id": key_id})),
+                after: Some(json!({"tls_key_id": self.secrets().key_id()})),
+            },
+        )
+        .await?;
+        Ok(1)
     }
 }
 

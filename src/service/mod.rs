@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::crypto::SecretBox;
 use crate::delivery::engine::Delivery;
-use crate::net_guard::TargetPolicy;
+use crate::net_guard::{PlainHttp, TargetPolicy, TransportPolicy};
 use crate::store::{Db, WriteTx};
 
 /// What went wrong in a use case; `api::problem` maps each variant to one HTTP status.
@@ -159,12 +159,19 @@ struct Inner {
     key_uses: keys::KeyUses,
 }
 
+fn transport_policy_of(config: &Config) -> TransportPolicy {
+    TransportPolicy {
+        targets: TargetPolicy::from_allow_private(config.allow_private_targets),
+        plain_http: PlainHttp::from_allow_insecure(config.allow_insecure_http),
+    }
+}
+
 impl Roster {
     #[must_use]
     pub fn new(db: DatabaseConnection, secrets: SecretBox, config: Config) -> Self {
         let db = Db::new(db);
         let jobs_ready = Arc::new(Notify::new());
-        let policy = TargetPolicy::from_allow_private(config.allow_private_targets);
+        let policy = transport_policy_of(&config);
         let delivery = Arc::new(Delivery::new(
             db.clone(),
             secrets.clone(),
@@ -229,6 +236,12 @@ impl Roster {
     #[must_use]
     pub fn target_policy(&self) -> TargetPolicy {
         TargetPolicy::from_allow_private(self.inner.config.allow_private_targets)
+    }
+
+    /// Which addresses roster may call, and whether plain http may go to public hosts.
+    #[must_use]
+    pub fn transport_policy(&self) -> TransportPolicy {
+        transport_policy_of(&self.inner.config)
     }
 
     pub(crate) fn key_uses(&self) -> &keys::KeyUses {

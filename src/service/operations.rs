@@ -24,7 +24,7 @@ pub struct OperationFilter {
 pub struct AppStatus {
     pub state: String,
     pub state_reason: Option<String>,
-    /// `operator` or `guard`, while paused.
+    /// `operator`, `guard` or `transport`, while paused.
     pub paused_by: Option<String>,
     pub queue: Vec<(Lane, i64)>,
     pub oldest_pending_seconds: Option<f64>,

@@ -65,7 +65,11 @@ impl Roster {
             Some(current) if self.secrets().opens(&current) => {}
             Some(current) => {
                 let sealed = app::Entity::find()
-                    .filter(app::Column::SecretKeyId.eq(current.as_str()))
+                    .filter(
+                        sea_orm::Condition::any()
+                            .add(app::Column::SecretKeyId.eq(current.as_str()))
+                            .add(app::Column::TlsKeyId.eq(current.as_str())),
+                    )
                     .count(&*tx)
                     .await?;
                 if sealed > 0 {

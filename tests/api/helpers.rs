@@ -89,6 +89,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         allow_private_targets: true,
         quarantine_probe: Duration::from_secs(1),
         run_engine: true,
+        ..Config::default()
     };
     adjust(&mut config);
     start(config, dir).await

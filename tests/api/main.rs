@@ -16,3 +16,4 @@ mod helpers;
 mod openapi;
 mod reconcile;
 mod scopes;
+mod transport;

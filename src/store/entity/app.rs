@@ -22,6 +22,14 @@ pub struct Model {
     /// The catalogue connector the app was built from (`name`, `version`, `params`,
     /// `override_vendor_limits`); `None` for an app configured by hand.
     pub connector: Option<Json>,
+    /// `{ca_pem, client_cert_pem}` (either may be absent), or null: the system roots and no
+    /// client certificate.
+    pub tls: Option<Json>,
+    /// The client certificate's private key, sealed like `secret_ciphertext` (AAD
+    /// `"{id}/tls_key"`); never serialised.
+    #[serde(skip)]
+    pub tls_key_ciphertext: Option<String>,
+    pub tls_key_id: Option<String>,
     pub version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
