@@ -667,6 +667,7 @@ impl Delivery {
                 &self.deprovisions,
                 &app,
                 &rt.settings.deletion_guard,
+                job.id,
                 chrono::Utc::now(),
             )
             .await
