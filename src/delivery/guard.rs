@@ -20,7 +20,7 @@
 //! Limits: counts come from the provisioning log plus this process's deprovisions not yet
 //! logged, so several instances on one PostgreSQL may together let a few more through than the
 //! limit (at most about the app's `max_concurrency` per instance).
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use sea_orm::{
@@ -78,6 +78,37 @@ impl InFlightDeprovisions {
             |_| Vec::new(),
             |m| m.get(app_id).cloned().unwrap_or_default(),
         )
+    }
+
+    /// Forgets the deleted apps `gone`: their counts and check locks. A slot still held for
+    /// one of them finds nothing to release when dropped.
+    pub fn forget(&self, gone: &HashSet<&str>) {
+        if let Ok(mut map) = self.per_app.lock() {
+            map.retain(|id, _| !gone.contains(id.as_str()));
+        }
+        let mut checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        checks.retain(|id, _| !gone.contains(id.as_str()));
+    }
+
+    /// How many apps this keeps state for (a count or a check lock), for tests.
+    #[must_use]
+    pub fn apps_held(&self) -> usize {
+        let mut apps: HashSet<String> = self
+            .per_app
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        apps.extend(
+            self.checks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned(),
+        );
+        apps.len()
     }
 
     fn check_lock(&self, app_id: &str) -> Arc<tokio::sync::Mutex<()>> {
