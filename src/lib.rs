@@ -5,6 +5,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod crypto;
 pub mod delivery;
 pub mod demo;

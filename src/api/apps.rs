@@ -6,15 +6,20 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use secrecy::SecretString;
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::ApiKey;
 use super::body::{JsonBody, OptionalJsonBody};
 use super::problem::ApiError;
+use crate::connectors::ConnectorDifference;
+use crate::service::apps::recorded_connector;
 use crate::service::apps::{
-    AppChanges, AppScope, AppState, AppView, AuthInput, DeletionGuard, Deprovision,
-    ExpectedVersions, MappingEntry, Matching, RateLimit, ReconcileSettings, RoleMappingEntry,
+    AppChanges, AppScope, AppState, AppView, AuthInput, ConnectorChoice, DeletionGuard,
+    Deprovision, ExpectedVersions, MappingEntry, Matching, RateLimit, ReconcileSettings,
+    RoleMappingEntry,
 };
 use crate::service::{Permission, Roster};
 
@@ -84,9 +89,22 @@ impl AuthIn {
 pub struct AppCreate {
     pub name: String,
     /// The SCIM base URL, e.g. `https://scim.example.net/v2`. Loopback, private, link-local and
-    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`.
-    pub base_url: String,
+    /// metadata addresses are refused unless `ROSTER_ALLOW_PRIVATE_TARGETS=true`. Required
+    /// unless `connector` fills it from its template; given with a connector, it replaces the
+    /// template (a proxy, a test target).
+    pub base_url: Option<String>,
     pub auth: AuthIn,
+    /// Build the app from a catalogue connector (`GET /connectors`): its defaults fill every
+    /// field not given here, and it is recorded with its version.
+    pub connector: Option<String>,
+    /// Values for the connector's base URL template, e.g. `{"enterprise": "acme"}`.
+    pub connector_params: Option<BTreeMap<String, String>>,
+    /// Accept settings above the connector's documented vendor limits (a rate above the
+    /// vendor's, more member changes per PATCH than it takes). Default `false`: such a setting
+    /// is a 422 naming the limit and its source.
+    #[oai(default)]
+    #[serde(default)]
+    pub override_vendor_limits: bool,
     pub rate_limit: Option<RateLimit>,
     /// Concurrent calls to this app (default 4).
     pub max_concurrency: Option<u32>,
@@ -126,6 +144,7 @@ pub struct AppPatch {
     pub scope: Option<AppScope>,
     pub mappings: Option<Vec<MappingEntry>>,
     #[serde(default)]
+    #[oai(nullable)]
     pub role_mapping: MaybeUndefined<RoleMappingEntry>,
     pub group_push: Option<Vec<String>>,
     pub deprovision: Option<Deprovision>,
@@ -155,6 +174,22 @@ pub struct AuthOut {
     pub scope: Option<String>,
 }
 
+/// The connector an app was built from, and what a newer version of it would change.
+#[derive(Object)]
+pub struct AppConnectorOut {
+    pub name: String,
+    /// The version the app was built from; a newer connector never changes the app by itself.
+    pub version: u32,
+    /// The catalogue's version now; absent if the catalogue no longer has the connector.
+    #[oai(skip_serializing_if_is_none)]
+    pub latest_version: Option<u32>,
+    pub params: BTreeMap<String, String>,
+    pub override_vendor_limits: bool,
+    /// When `latest_version` is newer: each setting whose value differs from the newer
+    /// connector's default (a PATCH of those fields applies them).
+    pub differences: Vec<ConnectorDifference>,
+}
+
 #[derive(Object)]
 pub struct AppOut {
     pub id: String,
@@ -175,6 +210,9 @@ pub struct AppOut {
     pub reconcile: ReconcileSettings,
     pub deletion_guard: DeletionGuard,
     pub quirks: Value,
+    /// The catalogue connector the app was built from; absent for an app configured by hand.
+    #[oai(skip_serializing_if_is_none)]
+    pub connector: Option<AppConnectorOut>,
     /// `active`, `paused` or `quarantined`.
     pub state: String,
     #[oai(skip_serializing_if_is_none)]
@@ -187,6 +225,20 @@ pub struct AppOut {
 impl From<AppView> for AppOut {
     fn from(view: AppView) -> Self {
         let AppView { model, settings } = view;
+        let connector = recorded_connector(&model).map(|(record, latest)| {
+            let differences = match latest {
+                Some(latest) if latest.version > record.version => latest.differences(&settings),
+                _ => Vec::new(),
+            };
+            AppConnectorOut {
+                name: record.name,
+                version: record.version,
+                latest_version: latest.map(|c| c.version),
+                params: record.params,
+                override_vendor_limits: record.override_vendor_limits,
+                differences,
+            }
+        });
         let has_secret = model.secret_ciphertext.is_some();
         let cfg = &model.auth_config;
         let text = |k: &str| cfg.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -240,6 +292,7 @@ impl From<AppView> for AppOut {
             reconcile: settings.reconcile,
             deletion_guard: settings.deletion_guard,
             quirks: settings.quirks,
+            connector,
             state: model.state,
             state_reason: model.state_reason,
             version: model.version,
@@ -322,9 +375,11 @@ pub struct AppsApi;
 
 #[OpenApi(prefix_path = "/apps", tag = "ApiTags::Apps")]
 impl AppsApi {
-    /// Register an app (scope `apps:write`; a weaker `deletion_guard` than the default,
+    /// Register an app
+    ///
+    /// Scope `apps:write`. A weaker `deletion_guard` than the default,
     /// `deprovision.action: delete`, `deprovision.delete_after_days` and
-    /// `reconcile.deprovision_unmatched` need scope `admin`).
+    /// `reconcile.deprovision_unmatched` need scope `admin`.
     #[oai(path = "/", method = "post", operation_id = "createApp")]
     async fn create(
         &self,
@@ -334,9 +389,26 @@ impl AppsApi {
     ) -> Result<AppCreated, ApiError> {
         let principal = auth.require(Permission::WriteApps)?;
         let b = body.0;
+        let connector = match (b.connector, b.connector_params) {
+            (Some(name), params) => Some(ConnectorChoice {
+                name,
+                params: params.unwrap_or_default(),
+                override_vendor_limits: b.override_vendor_limits,
+            }),
+            (None, Some(_)) => {
+                return Err(ApiError::new(
+                    poem::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation",
+                    "Validation failed",
+                    "connector_params: only applies with `connector`".to_owned(),
+                ));
+            }
+            (None, None) => None,
+        };
         let changes = AppChanges {
             name: Some(b.name),
-            base_url: Some(b.base_url),
+            base_url: b.base_url,
+            connector,
             auth: Some(b.auth.into_input()?),
             rate_limit: b.rate_limit,
             max_concurrency: b.max_concurrency,
@@ -357,7 +429,9 @@ impl AppsApi {
         Ok(AppCreated::Created(Json(view.into()), tag))
     }
 
-    /// List apps (scope `read`).
+    /// List apps
+    ///
+    /// Scope `read`.
     #[oai(path = "/", method = "get", operation_id = "listApps")]
     async fn list(
         &self,
@@ -369,7 +443,9 @@ impl AppsApi {
         Ok(Json(apps.into_iter().map(AppOut::from).collect()))
     }
 
-    /// One app (scope `read`), with its version as `ETag`.
+    /// Get an app
+    ///
+    /// Scope `read`. The app's version is its `ETag`.
     #[oai(path = "/:id", method = "get", operation_id = "getApp")]
     async fn get(
         &self,
@@ -381,11 +457,13 @@ impl AppsApi {
         Ok(roster.get_app(&id.0).await?.into())
     }
 
-    /// Change an app (scope `apps:write`). A new scope or new mappings re-sync everyone.
-    /// Concurrent changes to different fields all apply; with `If-Match` (an `ETag` from GET or
-    /// PATCH), a change to an app that changed since answers 412 instead. Moving `base_url`
-    /// to another origin (scheme, host, port) needs `auth` in the same request. Weakening
-    /// `deletion_guard`, `deprovision.action: delete`, `deprovision.delete_after_days` and
+    /// Change an app
+    ///
+    /// Scope `apps:write`. A new scope or new mappings re-sync everyone. Concurrent changes to
+    /// different fields all apply; with `If-Match` (an `ETag` from GET or PATCH), a change to an
+    /// app that changed since answers 412 instead. Moving `base_url` to another origin (scheme,
+    /// host, port) needs `auth` in the same request. Weakening `deletion_guard`,
+    /// `deprovision.action: delete`, `deprovision.delete_after_days` and
     /// `reconcile.deprovision_unmatched` need scope `admin`.
     #[oai(path = "/:id", method = "patch", operation_id = "updateApp")]
     async fn update(
@@ -421,6 +499,7 @@ impl AppsApi {
             reconcile: b.reconcile,
             deletion_guard: b.deletion_guard,
             quirks: b.quirks,
+            connector: None,
         };
         let expected = expected_versions(if_match.0.as_deref());
         Ok(roster
@@ -429,8 +508,10 @@ impl AppsApi {
             .into())
     }
 
-    /// Remove an app and roster's record of its accounts (scope `apps:write`). Accounts in the
-    /// target are left as they are.
+    /// Remove an app
+    ///
+    /// Scope `apps:write`. Removes roster's record of its accounts; the accounts in the target are
+    /// left as they are.
     #[oai(path = "/:id", method = "delete", operation_id = "deleteApp")]
     async fn delete(
         &self,
@@ -443,7 +524,9 @@ impl AppsApi {
         Ok(Deleted::NoContent)
     }
 
-    /// Stop delivering to an app; changes keep queueing (scope `apps:write`).
+    /// Pause delivery to an app
+    ///
+    /// Scope `apps:write`. Changes keep queueing until the app is resumed.
     #[oai(path = "/:id/pause", method = "post", operation_id = "pauseApp")]
     async fn pause(
         &self,
@@ -463,9 +546,10 @@ impl AppsApi {
         Ok(Json(view.into()))
     }
 
-    /// Check the target with the app's credentials: reachable, authenticated, and what it
-    /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing)
-    /// (scope `apps:write`).
+    /// Check an app's target
+    ///
+    /// Scope `apps:write`. Whether the target is reachable with the app's credentials, and what it
+    /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing).
     #[oai(
         path = "/:id/test-connection",
         method = "post",
@@ -490,7 +574,9 @@ impl AppsApi {
         }))
     }
 
-    /// Resume delivery (also ends a quarantine) (scope `apps:write`).
+    /// Resume delivery to an app
+    ///
+    /// Scope `apps:write`. Also ends a quarantine.
     ///
     /// A plain resume approves nothing: when the deletion guard on HR events paused the app,
     /// the deprovisions it held still count, so they pause the app again at the guard's limit.

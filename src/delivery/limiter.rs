@@ -12,24 +12,34 @@
 //! of the slot queue and the token race, and come back once no such job waits. It still waits
 //! for the slot, the token and any `Retry-After` pause like every other job: the app's limits
 //! hold for leavers too.
+//!
+//! The bucket and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
+//! production; [`AppLimiter::with_clock`] is the one place another is put in (tests use
+//! governor's `FakeRelativeClock`, so they count tokens at chosen instants instead of timing a
+//! machine).
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::scim::{CallGate, MAX_RETRY_AFTER};
 use crate::settings::AppSettings;
 
-pub struct AppLimiter {
-    bucket: DefaultDirectRateLimiter,
+pub struct AppLimiter<C: Clock = DefaultClock> {
+    bucket: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
     slots: Arc<Semaphore>,
-    paused_until: Mutex<Option<Instant>>,
+    paused_until: Mutex<Option<C::Instant>>,
     /// How many jobs that go first (deprovisions) wait for a slot now.
     first_for_slot: watch::Sender<usize>,
     /// How many calls of jobs that go first wait for a token now. Counted apart from the
@@ -85,10 +95,25 @@ impl Drop for FirstWaiting<'_> {
 impl AppLimiter {
     #[must_use]
     pub fn new(per_second: u32, burst: u32, max_concurrency: u32) -> Self {
+        Self::with_clock(per_second, burst, max_concurrency, DefaultClock::default())
+    }
+
+    /// The app's next call token, for a job of `turn`.
+    async fn token(&self, turn: Turn) {
+        Self::in_turn(&self.first_for_token, turn, || self.bucket.until_ready()).await;
+    }
+}
+
+impl<C: Clock + Clone> AppLimiter<C> {
+    /// A limiter whose bucket and pause read `clock`.
+    #[must_use]
+    pub fn with_clock(per_second: u32, burst: u32, max_concurrency: u32, clock: C) -> Self {
         let per_second = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(per_second).allow_burst(burst);
         Self {
-            bucket: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
+            bucket: RateLimiter::direct_with_clock(quota, clock.clone()),
+            clock,
             slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
             paused_until: Mutex::new(None),
             first_for_slot: watch::channel(0).0,
@@ -105,9 +130,12 @@ impl AppLimiter {
         .ok()
     }
 
-    /// The app's next call token, for a job of `turn`.
-    async fn token(&self, turn: Turn) {
-        Self::in_turn(&self.first_for_token, turn, || self.bucket.until_ready()).await;
+    /// Takes a call token at once if a job of `turn` may: the app is not paused, no leaver
+    /// waits ahead of an `InLine` job, and the bucket has one.
+    fn token_now(&self, turn: Turn) -> bool {
+        self.paused_for().is_none()
+            && turn.may_take(*self.first_for_token.borrow())
+            && self.bucket.check().is_ok()
     }
 
     /// Runs `wait` (a wait for a slot or a token) in `turn`: a `First` job waits counted in
@@ -142,9 +170,10 @@ impl AppLimiter {
     }
 
     /// Honour a `Retry-After`: no call to this app before `now + wait`.
-    /// The wait is capped at [`MAX_RETRY_AFTER`] (`Instant` addition panics on overflow).
+    /// The wait is capped at [`MAX_RETRY_AFTER`] (a wait from outside must not overflow the
+    /// clock's arithmetic).
     pub fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
+        let until = self.clock.now() + Nanos::from(wait.min(MAX_RETRY_AFTER));
         if let Ok(mut paused) = self.paused_until.lock()
             && paused.is_none_or(|p| p < until)
         {
@@ -156,7 +185,10 @@ impl AppLimiter {
     #[must_use]
     pub fn paused_for(&self) -> Option<Duration> {
         let paused = self.paused_until.lock().ok()?;
-        paused.and_then(|until| until.checked_duration_since(Instant::now()))
+        let now = self.clock.now();
+        paused
+            .filter(|until| *until > now)
+            .map(|until| until.duration_since(now).into())
     }
 }
 
@@ -164,10 +196,7 @@ impl CallGate for AppLimiter {
     fn wait(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let turn = current_turn();
-            if self.paused_for().is_none()
-                && turn.may_take(*self.first_for_token.borrow())
-                && self.bucket.check().is_ok()
-            {
+            if self.token_now(turn) {
                 return;
             }
             // The call must wait for this app: the job's worker permit goes back meanwhile.
@@ -289,28 +318,95 @@ impl Limiters {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
-    #[tokio::test]
-    async fn the_bucket_allows_the_burst_then_the_rate() {
-        let limiter = AppLimiter::new(20, 5, 1);
-        let started = Instant::now();
-        for _ in 0..15 {
-            limiter.wait().await;
+    /// A limiter on a clock that moves only when the test moves it.
+    fn on_fake_clock(
+        per_second: u32,
+        burst: u32,
+    ) -> (AppLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (
+            AppLimiter::with_clock(per_second, burst, 1, clock.clone()),
+            clock,
+        )
+    }
+
+    /// How many tokens a job in line takes at once, now.
+    fn tokens_now(limiter: &AppLimiter<FakeRelativeClock>) -> usize {
+        let mut taken = 0;
+        while limiter.token_now(Turn::InLine) {
+            taken += 1;
+            assert!(taken <= 1000, "the bucket never runs dry");
         }
-        // 5 at once, then 10 more at 20/s: about 0.5 s.
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(400), "{took:?}");
-        assert!(took < Duration::from_millis(1500), "{took:?}");
+        taken
+    }
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_the_rate() {
+        let (limiter, clock) = on_fake_clock(20, 5);
+        assert_eq!(tokens_now(&limiter), 5, "the burst at once");
+        // 20 a second: the next token 50 ms after the burst, not a moment before.
+        clock.advance(Duration::from_millis(49));
+        assert_eq!(tokens_now(&limiter), 0);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(tokens_now(&limiter), 1);
+        // Then one every 50 ms: 15 tokens in the first half second.
+        for _ in 0..9 {
+            clock.advance(Duration::from_millis(50));
+            assert_eq!(tokens_now(&limiter), 1);
+        }
+        // An idle app's bucket fills up to the burst, never beyond it.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(tokens_now(&limiter), 5);
+    }
+
+    #[test]
+    fn a_pause_holds_tokens_back_until_it_ends_and_never_shortens() {
+        let (limiter, clock) = on_fake_clock(1000, 1000);
+        limiter.pause_for(Duration::from_millis(300));
+        // A shorter Retry-After later does not cut the longer pause short.
+        limiter.pause_for(Duration::from_millis(100));
+        assert_eq!(limiter.paused_for(), Some(Duration::from_millis(300)));
+        assert_eq!(tokens_now(&limiter), 0, "paused: no token");
+        clock.advance(Duration::from_millis(299));
+        assert_eq!(limiter.paused_for(), Some(Duration::from_millis(1)));
+        assert!(!limiter.token_now(Turn::First), "a leaver waits it out too");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(limiter.paused_for(), None);
+        assert!(limiter.token_now(Turn::InLine));
+        // A longer one later extends it.
+        limiter.pause_for(Duration::from_secs(2));
+        assert_eq!(limiter.paused_for(), Some(Duration::from_secs(2)));
     }
 
     #[test]
     fn a_huge_pause_is_capped_instead_of_overflowing() {
-        let limiter = AppLimiter::new(1, 1, 1);
+        let (limiter, _clock) = on_fake_clock(1, 1);
         limiter.pause_for(Duration::MAX);
-        let left = limiter.paused_for().expect("paused");
-        assert!(left <= MAX_RETRY_AFTER, "{left:?}");
-        assert!(left > MAX_RETRY_AFTER - Duration::from_secs(60), "{left:?}");
+        assert_eq!(limiter.paused_for(), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_waiting_leaver_takes_the_next_token_and_the_line_does_not() {
+        let (limiter, clock) = on_fake_clock(10, 1);
+        assert_eq!(tokens_now(&limiter), 1);
+        clock.advance(Duration::from_millis(100));
+        let leaver = FirstWaiting::enter(&limiter.first_for_token);
+        assert!(
+            !limiter.token_now(Turn::InLine),
+            "in line while a leaver waits"
+        );
+        assert!(limiter.token_now(Turn::First), "the leaver's token");
+        drop(leaver);
+        // The leaver took the one token there was; the line takes the next one.
+        assert_eq!(tokens_now(&limiter), 0);
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(tokens_now(&limiter), 1);
     }
 
     #[tokio::test]
@@ -371,10 +467,15 @@ mod tests {
         with_worker(workers, permit, turn, f).await
     }
 
-    #[tokio::test]
-    async fn a_deprovision_gets_the_next_slot_ahead_of_the_jobs_waiting_in_line() {
-        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
-        let held = limiter.slot(Turn::InLine).await.expect("slot");
+    /// Queues two jobs in line and then a leaver, 20 ms apart and in that order, each waiting
+    /// for `through` of its turn; then runs `release` and returns the order they got through.
+    async fn order_through<Fut>(
+        through: impl Fn(Turn) -> Fut,
+        release: impl FnOnce(),
+    ) -> Vec<&'static str>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
         for (name, turn) in [
@@ -382,17 +483,15 @@ mod tests {
             ("in line 2", Turn::InLine),
             ("leaver", Turn::First),
         ] {
-            let (limiter, order) = (limiter.clone(), order.clone());
-            waiting.push(tokio::spawn(async move {
-                let slot = limiter.slot(turn).await.expect("slot");
+            let (through, order) = (through(turn), order.clone());
+            waiting.push(tokio::spawn(as_job(turn, async move {
+                through.await;
                 let _ = order.send(name);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                drop(slot);
-            }));
-            // Queued in this order.
+            })));
+            // On the test's single thread, each waiter is queued before the next is spawned.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(held);
+        release();
         for task in waiting {
             task.await.expect("a waiter ends");
         }
@@ -401,40 +500,45 @@ mod tests {
         while let Some(name) = ends.recv().await {
             got.push(name);
         }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_deprovision_gets_the_next_slot_ahead_of_the_jobs_waiting_in_line() {
+        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
+        let held = limiter.slot(Turn::InLine).await.expect("slot");
+        let got = order_through(
+            |turn| {
+                let limiter = limiter.clone();
+                async move {
+                    let _slot = limiter.slot(turn).await.expect("slot");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            move || drop(held),
+        )
+        .await;
         // The others stepped aside for it and then all got theirs (in either order: jobs of
         // one resource never run at once, so their order among themselves carries nothing).
-        assert_eq!(got[0], "leaver", "{got:?}");
+        assert_eq!(got.first(), Some(&"leaver"), "{got:?}");
         assert_eq!(got.len(), 3);
     }
 
     #[tokio::test]
     async fn a_deprovision_gets_the_next_token_ahead_of_the_calls_waiting_in_line() {
-        // One token at once, then one every 200 ms.
-        let limiter = Arc::new(AppLimiter::new(5, 1, 4));
+        // One token at once, then one every 500 ms: the three are queued (20 ms apart) long
+        // before the next token.
+        let limiter = Arc::new(AppLimiter::new(2, 1, 4));
         limiter.wait().await;
-        let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
-        let mut waiting = Vec::new();
-        for (name, turn) in [
-            ("in line 1", Turn::InLine),
-            ("in line 2", Turn::InLine),
-            ("leaver", Turn::First),
-        ] {
-            let (limiter, order) = (limiter.clone(), order.clone());
-            waiting.push(tokio::spawn(as_job(turn, async move {
-                limiter.wait().await;
-                let _ = order.send(name);
-            })));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for task in waiting {
-            task.await.expect("a waiter ends");
-        }
-        drop(order);
-        let mut got = Vec::new();
-        while let Some(name) = ends.recv().await {
-            got.push(name);
-        }
-        assert_eq!(got[0], "leaver", "{got:?}");
+        let got = order_through(
+            |_| {
+                let limiter = limiter.clone();
+                async move { limiter.wait().await }
+            },
+            || {},
+        )
+        .await;
+        assert_eq!(got.first(), Some(&"leaver"), "{got:?}");
         assert_eq!(got.len(), 3);
     }
 

@@ -20,6 +20,8 @@
 //!   (429 + `Retry-After` seconds), `--fail-rate` (half 503 + `Retry-After: 1`, half 500),
 //!   `--hang-rate` (no answer until shutdown), then the `--token` check. `--seed` makes the
 //!   fault draws reproducible.
+//! - `--profile NAME` (`dev_target::profiles`): a catalogue connector's vendor, emulated by
+//!   the rules its documentation states (each citing its source); `rfc` is the default.
 //! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors
 //!   read and edit the store directly.
 use std::net::SocketAddr;
@@ -31,9 +33,11 @@ use tokio_util::sync::CancellationToken;
 
 mod filter;
 mod patch;
+mod profiles;
 mod server;
 mod store;
 
+pub use profiles::Profile;
 pub use server::SCIM_ROOT;
 pub use store::Kind;
 
@@ -83,6 +87,10 @@ pub struct DevTargetArgs {
     /// Share of writes applied but never answered (the reply is lost), 0.0..=1.0.
     #[arg(long, default_value_t = 0.0)]
     pub drop_reply_rate: f64,
+    /// Emulate a catalogue connector's vendor: refuse what it refuses, answer as it answers
+    /// (`rfc`, the default, is strict RFC 7644).
+    #[arg(long, value_enum, default_value_t = Profile::Rfc)]
+    pub profile: Profile,
 }
 
 impl Default for DevTargetArgs {
@@ -103,6 +111,7 @@ impl Default for DevTargetArgs {
             throttle_first: 0,
             throttle_seconds: 3,
             drop_reply_rate: 0.0,
+            profile: Profile::Rfc,
         }
     }
 }

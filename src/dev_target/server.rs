@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::DevTargetArgs;
 use super::filter;
+use super::profiles;
 use super::store::{Kind, Refusal, Store};
 use crate::scim::schemas;
 
@@ -253,10 +254,11 @@ impl DevEndpoint {
             shared.shutdown.cancelled().await;
             return error_response(&Refusal::new(503, None, "shutting down"));
         }
-        let public = matches!(
-            segments.first().map(String::as_str),
-            Some("ServiceProviderConfig")
-        );
+        let public = segments.len() == 1
+            && matches!(
+                segments[0].as_str(),
+                "ServiceProviderConfig" | "ServiceProviderConfigs"
+            );
         if let Some(token) = &args.token
             && !public
         {
@@ -281,6 +283,7 @@ impl DevEndpoint {
             })
             .unwrap_or_default();
         let if_match = req.header("if-match").map(str::to_owned);
+        let user_agent = req.header("user-agent").map(str::to_owned);
         let content_type = req.header("content-type").map(str::to_owned);
         let body = match req.into_body().into_bytes_limit(MAX_REQUEST_BODY).await {
             Ok(bytes) => bytes,
@@ -317,7 +320,20 @@ impl DevEndpoint {
             None
         };
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let result = self.route(&method, &segments, &query, body, if_match.as_deref());
+        let verdict = args.profile.check(&profiles::Seen {
+            method: &method,
+            segments: &segments,
+            query: &query,
+            body: body.as_ref(),
+            user_agent: user_agent.as_deref(),
+        });
+        let result = match verdict {
+            profiles::Verdict::Serve => {
+                self.route(&method, &segments, &query, body, if_match.as_deref())
+            }
+            profiles::Verdict::Refuse(refusal) => Err(refusal),
+            profiles::Verdict::EmptyList => Ok(json_response(200, &list_of(Vec::new()))),
+        };
         let is_write = matches!(
             method,
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE
@@ -356,7 +372,7 @@ impl DevEndpoint {
             .map_err(|_| Refusal::new(500, None, "store poisoned"))?;
         let body = || body.clone().unwrap_or(Value::Null);
         match (method.as_str(), segments) {
-            ("GET", ["ServiceProviderConfig"]) => {
+            ("GET", [discovery]) if *discovery == args.profile.discovery_segment() => {
                 Ok(json_response(200, &service_provider_config(args)))
             }
             ("GET", ["ResourceTypes"]) => Ok(json_response(200, &list_of(resource_types()))),

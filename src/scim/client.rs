@@ -900,14 +900,14 @@ impl ScimClient {
         let spc = self
             .scim(
                 Method::GET,
-                self.url(&["ServiceProviderConfig"], &[]),
+                self.url(&[self.inner.quirks.discovery_path.segment()], &[]),
                 None,
                 None,
             )
             .await?;
         let doc = spc.body.ok_or_else(|| ScimError::BadResponse {
             method: "GET".into(),
-            path: "/ServiceProviderConfig".into(),
+            path: format!("/{}", self.inner.quirks.discovery_path.segment()),
             status: spc.status,
             reason: "empty body".into(),
         })?;
@@ -944,7 +944,7 @@ impl ScimClient {
         if let Some(cached) = self.inner.capabilities.lock().ok().and_then(|c| c.clone()) {
             return cached;
         }
-        let url = self.url(&["ServiceProviderConfig"], &[]);
+        let url = self.url(&[self.inner.quirks.discovery_path.segment()], &[]);
         match self.scim(Method::GET, url, None, None).await {
             Ok(Answer {
                 body: Some(doc), ..
@@ -989,7 +989,7 @@ impl ScimClient {
             capabilities: None,
             reason: None,
         };
-        let spc_url = self.url(&["ServiceProviderConfig"], &[]);
+        let spc_url = self.url(&[self.inner.quirks.discovery_path.segment()], &[]);
         match self.scim(Method::GET, spc_url, None, None).await {
             Ok(_) => report.reachable = true,
             Err(e) => {
@@ -1000,7 +1000,10 @@ impl ScimClient {
                         ..
                     } => auth_reason(*status),
                     ScimError::Http { status, .. } => {
-                        format!("not a SCIM server: /ServiceProviderConfig answered {status}")
+                        format!(
+                            "not a SCIM server: /{} answered {status}",
+                            self.inner.quirks.discovery_path.segment()
+                        )
                     }
                     ScimError::BadResponse { reason, .. } => format!("not a SCIM server: {reason}"),
                     ScimError::Transport { message, .. } => message.clone(),
@@ -1267,12 +1270,19 @@ impl Resources {
                 "the target does not support PATCH, and group membership is never replaced with PUT".into(),
             ));
         }
+        // Users on a target that PATCHes only `active` get every other change by PUT.
+        let only_active =
+            self.kind == ResourceKind::Users && self.client.inner.quirks.patch_only_active;
+        let patch_takes =
+            |request: &PatchRequest| patch_ok && (!only_active || request.only_active());
         // A plain PATCH (no read): the caller's request as it is.
         if patch_ok && !read_first {
             let request = change(&Value::Null);
-            let version = if etag { if_match } else { None };
-            let answer = self.send_patch(id, &request, version).await?;
-            return Ok((answer, None));
+            if patch_takes(&request) {
+                let version = if etag { if_match } else { None };
+                let answer = self.send_patch(id, &request, version).await?;
+                return Ok((answer, None));
+            }
         }
         let mut attempt = 0;
         loop {
@@ -1284,7 +1294,7 @@ impl Resources {
             } else {
                 None
             };
-            let result = if patch_ok {
+            let result = if patch_takes(&request) {
                 self.send_patch(id, &request, version.as_deref()).await
             } else {
                 let mut whole = current.clone();
@@ -1332,7 +1342,9 @@ impl Resources {
     /// filtering, pages through everything. Either way every resource is checked here: a
     /// target that ignores or misreads the filter answers nothing it should not.
     pub async fn find_by(&self, attr: &str, value: &str) -> Result<Vec<Value>, ScimError> {
-        if let Some(found) = self.find_by_any(attr, &[value]).await? {
+        if self.client.inner.quirks.filters_on(attr)
+            && let Some(found) = self.filtered(attr, &[value]).await?
+        {
             return Ok(found);
         }
         // Refuses an attribute that no filter could name, as the filtered look-up would.
@@ -1353,11 +1365,24 @@ impl Resources {
     /// counted once, however often the pages repeat it. `None` when the target does not
     /// filter: the caller looks each value up with [`Resources::find_by`]. Which value a
     /// resource answers is the caller's to decide.
+    ///
+    /// Also `None` when the quirks say the target takes one term per filter, answers an
+    /// unsupported filter with an empty list (an `or` could read as "nobody"), or does not
+    /// filter on `attr`.
     pub async fn find_by_any(
         &self,
         attr: &str,
         values: &[&str],
     ) -> Result<Option<Vec<Value>>, ScimError> {
+        let quirks = &self.client.inner.quirks;
+        if values.len() > 1 && !quirks.merges_lookups() || !quirks.filters_on(attr) {
+            return Ok(None);
+        }
+        self.filtered(attr, values).await
+    }
+
+    /// The filtered listing behind [`Resources::find_by_any`] and [`Resources::find_by`].
+    async fn filtered(&self, attr: &str, values: &[&str]) -> Result<Option<Vec<Value>>, ScimError> {
         let capabilities = self.client.capabilities().await;
         if !(capabilities.filter && self.client.inner.quirks.supports_filter) || values.is_empty() {
             return Ok(None);
@@ -1539,17 +1564,24 @@ impl Resources {
         Ok(())
     }
 
-    /// Removes members with PATCH `remove members[value eq "…"]`, chunked likewise.
+    /// Removes members with PATCH `remove members[value eq "…"]`, chunked likewise; on a
+    /// target that refuses value-filter paths (`quirks.patch_value_filters = false`), with one
+    /// `remove` of `members` carrying the ids as its value.
     pub async fn remove_members(
         &self,
         group_id: &str,
         member_ids: &[String],
     ) -> Result<(), ScimError> {
+        let by_filter = self.client.inner.quirks.patch_value_filters;
         for chunk in
             patch::chunk_members(member_ids, self.client.inner.quirks.max_members_per_patch)
         {
-            self.patch(group_id, &PatchRequest::new().remove_members(&chunk))
-                .await?;
+            let request = if by_filter {
+                PatchRequest::new().remove_members(&chunk)
+            } else {
+                PatchRequest::new().remove_member_values(&chunk)
+            };
+            self.patch(group_id, &request).await?;
         }
         Ok(())
     }

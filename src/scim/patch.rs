@@ -109,6 +109,31 @@ impl PatchRequest {
         self
     }
 
+    /// One `remove` of `members` with the value `[{"value": id}, …]`: no filter in the path,
+    /// for targets that refuse value-filter paths.
+    pub fn remove_member_values(self, ids: &[String]) -> Self {
+        let members: Vec<Value> = ids.iter().map(|id| json!({ "value": id })).collect();
+        self.push(
+            PatchOp::Remove,
+            Some("members"),
+            Some(Value::Array(members)),
+        )
+    }
+
+    /// Whether every operation changes `active` only (by path, or as the only key of a
+    /// path-less value).
+    #[must_use]
+    pub fn only_active(&self) -> bool {
+        !self.operations.is_empty()
+            && self.operations.iter().all(|o| match (&o.path, &o.value) {
+                (Some(path), _) => path.eq_ignore_ascii_case("active"),
+                (None, Some(Value::Object(object))) => {
+                    !object.is_empty() && object.keys().all(|k| k.eq_ignore_ascii_case("active"))
+                }
+                (None, _) => false,
+            })
+    }
+
     pub fn if_match(mut self, version: impl Into<String>) -> Self {
         self.if_match = Some(version.into());
         self

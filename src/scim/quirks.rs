@@ -17,6 +17,37 @@ pub enum PatchOpCase {
     Pascal,
 }
 
+/// Where a target serves its service provider configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum DiscoveryPath {
+    /// `/ServiceProviderConfig`, as RFC 7644 §4 names it.
+    #[default]
+    ServiceProviderConfig,
+    /// `/ServiceProviderConfigs`, the plural some targets use.
+    ServiceProviderConfigs,
+}
+
+impl DiscoveryPath {
+    #[must_use]
+    pub fn segment(self) -> &'static str {
+        match self {
+            DiscoveryPath::ServiceProviderConfig => "ServiceProviderConfig",
+            DiscoveryPath::ServiceProviderConfigs => "ServiceProviderConfigs",
+        }
+    }
+}
+
+/// What a target does with a filter it does not support.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsupportedFilter {
+    /// Answers with an error (400 `invalidFilter`), as RFC 7644 says.
+    #[default]
+    Error,
+    /// Answers 200 with an empty list: an empty answer to such a filter proves nothing.
+    Empty,
+}
+
 /// How a target deviates. Stored on the app as JSON; unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +65,24 @@ pub struct Quirks {
     /// `false`: never send `If-Match`, even if the target advertises ETags (some advertise them
     /// and then reject every conditional request).
     pub supports_etag: bool,
+    /// Where `/ServiceProviderConfig` is.
+    pub discovery_path: DiscoveryPath,
+    /// `false`: the target accepts one filter term per request, so look-ups are never merged
+    /// into one `or`-filtered listing (each value is looked up alone).
+    pub filter_or: bool,
+    /// Attributes the target filters on; empty means any. A look-up on another attribute
+    /// pages through the collection and compares locally.
+    pub filter_attributes: Vec<String>,
+    /// What the target answers to a filter it does not support. With `empty`, roster sends
+    /// only filters the quirks say it supports (one `eq` term, a listed attribute), because
+    /// an empty answer to any other would read as "absent".
+    pub unsupported_filter: UnsupportedFilter,
+    /// `false`: PATCH paths with a value filter (`members[value eq "…"]`) are refused, so
+    /// members are removed with `remove` of `members` and a value list.
+    pub patch_value_filters: bool,
+    /// `true`: users accept PATCH only for `active`; any other change is read, applied
+    /// locally and sent with PUT.
+    pub patch_only_active: bool,
 }
 
 impl Default for Quirks {
@@ -45,7 +94,33 @@ impl Default for Quirks {
             supports_filter: true,
             supports_patch: true,
             supports_etag: true,
+            discovery_path: DiscoveryPath::ServiceProviderConfig,
+            filter_or: true,
+            filter_attributes: Vec::new(),
+            unsupported_filter: UnsupportedFilter::Error,
+            patch_value_filters: true,
+            patch_only_active: false,
         }
+    }
+}
+
+impl Quirks {
+    /// Whether a look-up on `attr` may be sent as a filter at all (the discovered filter
+    /// support aside): the attribute is one the target filters on.
+    #[must_use]
+    pub fn filters_on(&self, attr: &str) -> bool {
+        self.supports_filter
+            && (self.filter_attributes.is_empty()
+                || self
+                    .filter_attributes
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(attr)))
+    }
+
+    /// Whether several values may be looked up in one `or`-filtered listing.
+    #[must_use]
+    pub fn merges_lookups(&self) -> bool {
+        self.filter_or && self.unsupported_filter == UnsupportedFilter::Error
     }
 }
 
@@ -199,5 +274,34 @@ mod tests {
         let q: Quirks = serde_json::from_value(old).unwrap();
         assert_eq!(q.max_members_per_patch, 10);
         assert!(q.supports_patch, "new fields default");
+    }
+
+    #[test]
+    fn quirks_stored_before_the_catalogue_keep_their_meaning() {
+        // The full document an app stored before the vendor fields existed.
+        let stored = json!({"patch_op_case": "lower", "max_members_per_patch": 100,
+                            "page_size": 100, "supports_filter": true, "supports_patch": true,
+                            "supports_etag": true});
+        let q = Quirks::from_json(&stored).unwrap();
+        assert_eq!(q, Quirks::default());
+        assert!(q.merges_lookups() && q.filters_on("userName"));
+        assert_eq!(q.discovery_path.segment(), "ServiceProviderConfig");
+        let q = Quirks::from_json(&json!("entra")).unwrap();
+        assert!(q.patch_value_filters && !q.patch_only_active);
+    }
+
+    #[test]
+    fn vendor_quirks_parse_and_decide_what_filters_are_sent() {
+        let q = Quirks::from_json(&json!({"discovery_path": "ServiceProviderConfigs",
+            "filter_or": false, "filter_attributes": ["userName", "externalId"],
+            "unsupported_filter": "empty", "patch_value_filters": false,
+            "patch_only_active": true}))
+        .unwrap();
+        assert_eq!(q.discovery_path.segment(), "ServiceProviderConfigs");
+        assert!(!q.merges_lookups());
+        assert!(q.filters_on("username") && !q.filters_on("emails.value"));
+        let silent = Quirks::from_json(&json!({"unsupported_filter": "empty"})).unwrap();
+        assert!(!silent.merges_lookups(), "an `or` could be answered empty");
+        assert!(Quirks::from_json(&json!({"unsupported_filter": "ignore"})).is_err());
     }
 }

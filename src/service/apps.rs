@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 use super::audit::{self, AuditEntry};
 use super::planner;
 use super::{Permission, Principal, Roster, ServiceError, ServiceResult, new_id, validate_name};
+use std::collections::BTreeMap;
+
+use crate::connectors::{self, ConnectorError, ConnectorRecord};
 use crate::net_guard;
 use crate::settings::settings_of as stored_settings;
 pub use crate::settings::{
@@ -62,6 +65,46 @@ pub struct AppChanges {
     pub reconcile: Option<ReconcileSettings>,
     pub deletion_guard: Option<DeletionGuard>,
     pub quirks: Option<Value>,
+    /// Build the app from a catalogue connector (create only).
+    pub connector: Option<ConnectorChoice>,
+}
+
+/// `connector`, `connector_params` and `override_vendor_limits` of `POST /apps`.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorChoice {
+    pub name: String,
+    pub params: BTreeMap<String, String>,
+    pub override_vendor_limits: bool,
+}
+
+fn connector_error(e: &ConnectorError) -> ServiceError {
+    ServiceError::invalid(e.field(), e.to_string())
+}
+
+/// The connector an app records, if any, and the catalogue's current entry of that name.
+#[must_use]
+pub fn recorded_connector(
+    model: &app::Model,
+) -> Option<(ConnectorRecord, Option<&'static connectors::Connector>)> {
+    let record: ConnectorRecord = serde_json::from_value(model.connector.clone()?).ok()?;
+    let current = connectors::find(&record.name).ok();
+    Some((record, current))
+}
+
+/// Refuses settings above a hard limit of the app's connector, unless the app was registered
+/// with `override_vendor_limits`.
+fn check_vendor_limits(
+    connector: Option<(&connectors::Connector, bool)>,
+    settings: &AppSettings,
+) -> ServiceResult<()> {
+    let Some((connector, false)) = connector else {
+        return Ok(());
+    };
+    let quirks = crate::scim::Quirks::from_json(&settings.quirks)
+        .map_err(|e| ServiceError::invalid("quirks", e.to_string()))?;
+    connector
+        .check_limits(settings, &quirks)
+        .map_err(|e| connector_error(&e))
 }
 
 /// An app as the API shows it: credentials reduced to what kind they are and whether set.
@@ -424,35 +467,87 @@ impl Roster {
             .clone()
             .ok_or_else(|| ServiceError::invalid("name", "is required"))?;
         validate_name("name", &name)?;
-        let base_url = validate_base_url(
-            self,
-            changes
-                .base_url
-                .as_deref()
-                .ok_or_else(|| ServiceError::invalid("base_url", "is required"))?,
-        )
-        .await?;
+        let connector = match &changes.connector {
+            Some(choice) => Some(connectors::find(&choice.name).map_err(|e| connector_error(&e))?),
+            None => None,
+        };
+        // An explicit `base_url` replaces the connector's template (proxies, tests).
+        let raw_base_url = match (&changes.base_url, connector, &changes.connector) {
+            (Some(url), _, _) => url.clone(),
+            (None, Some(connector), Some(choice)) => connector
+                .base_url(&choice.params)
+                .map_err(|e| connector_error(&e))?,
+            _ => return Err(ServiceError::invalid("base_url", "is required")),
+        };
+        let base_url = validate_base_url(self, &raw_base_url).await?;
         let auth = changes
             .auth
             .clone()
             .ok_or_else(|| ServiceError::invalid("auth", "is required"))?;
         let (auth_type, auth_config, secret) = prepare_auth(self, &auth).await?;
+        if let Some(connector) = connector
+            && !connector.auth_types.iter().any(|t| t == auth_type)
+        {
+            return Err(ServiceError::invalid(
+                "auth.type",
+                format!(
+                    "`{auth_type}` is not accepted by {}; it takes {} ({})",
+                    connector.display_name,
+                    connector.auth_types.join(", "),
+                    connector.credential.fact
+                ),
+            ));
+        }
+        let defaults = connector.map(|c| &c.defaults);
         let mut settings = AppSettings {
-            rate_limit: changes.rate_limit.clone().unwrap_or_default(),
-            max_concurrency: changes.max_concurrency.unwrap_or(4),
+            rate_limit: changes
+                .rate_limit
+                .clone()
+                .or_else(|| defaults.map(|d| d.rate_limit.clone()))
+                .unwrap_or_default(),
+            max_concurrency: changes
+                .max_concurrency
+                .or_else(|| defaults.map(|d| d.max_concurrency))
+                .unwrap_or(4),
             timeout_ms: changes.timeout_ms.unwrap_or(30_000),
             max_attempts: changes.max_attempts.unwrap_or(8),
             matching: changes.matching.clone().unwrap_or_default(),
             scope: changes.scope.clone().unwrap_or_default(),
-            mappings: changes.mappings.clone().unwrap_or_else(default_mappings),
+            mappings: changes
+                .mappings
+                .clone()
+                .or_else(|| defaults.map(|d| d.mappings.clone()))
+                .unwrap_or_else(default_mappings),
             role_mapping: changes.role_mapping.clone().flatten(),
             group_push: changes.group_push.clone().unwrap_or_default(),
-            deprovision: changes.deprovision.clone().unwrap_or_default(),
+            deprovision: changes
+                .deprovision
+                .clone()
+                .or_else(|| defaults.map(|d| d.deprovision.clone()))
+                .unwrap_or_default(),
             reconcile: changes.reconcile.clone().unwrap_or_default(),
             deletion_guard: changes.deletion_guard.clone().unwrap_or_default(),
-            quirks: changes.quirks.clone().unwrap_or_else(|| json!({})),
+            quirks: match connector {
+                Some(c) => c.quirks_with(changes.quirks.as_ref()),
+                None => changes.quirks.clone().unwrap_or_else(|| json!({})),
+            },
         };
         validate_settings(&mut settings)?;
+        let record = match (connector, &changes.connector) {
+            (Some(connector), Some(choice)) => {
+                check_vendor_limits(Some((connector, choice.override_vendor_limits)), &settings)?;
+                Some(ConnectorRecord {
+                    name: connector.name.clone(),
+                    version: connector.version,
+                    params: choice.params.clone(),
+                    override_vendor_limits: choice.override_vendor_limits,
+                })
+            }
+            _ => None,
+        };
+        let record = record
+            .map(|r| serde_json::to_value(r).map_err(|e| ServiceError::Internal(e.to_string())))
+            .transpose()?;
         let baseline = AppSettings {
             deletion_guard: DeletionGuard::default(),
             deprovision: Deprovision::default(),
@@ -492,6 +587,7 @@ impl Roster {
             state: Set(AppState::Active.as_str().into()),
             state_reason: Set(None),
             paused_by: Set(None),
+            connector: Set(record),
             version: Set(1),
             created_at: Set(now),
             updated_at: Set(now),
@@ -658,6 +754,9 @@ impl Roster {
         );
         validate_settings(&mut settings)?;
         check_authority(principal, &current_settings, &settings)?;
+        if let Some((record, Some(connector))) = recorded_connector(&current) {
+            check_vendor_limits(Some((connector, record.override_vendor_limits)), &settings)?;
+        }
         let resync = settings.scope != current_settings.scope
             || settings.mappings != current_settings.mappings
             || settings.role_mapping != current_settings.role_mapping
@@ -886,7 +985,20 @@ impl Roster {
             None,
         )
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        Ok(client.test_connection().await)
+        let mut report = client.test_connection().await;
+        // Credentials refused: say what the vendor wants, in its own terms (the token's issuer
+        // and scope), for an app built from a connector.
+        if !report.auth_ok
+            && report.reachable
+            && let Some((_, Some(connector))) = recorded_connector(&view.model)
+            && let Some(reason) = &mut report.reason
+        {
+            reason.push_str(&format!(
+                "; {} expects: {} ({})",
+                connector.display_name, connector.credential.fact, connector.credential.source
+            ));
+        }
+        Ok(report)
     }
 }
 

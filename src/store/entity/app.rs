@@ -19,6 +19,9 @@ pub struct Model {
     pub state_reason: Option<String>,
     /// Who paused it, while `paused`: `operator` or `guard` (the deletion guard on HR events).
     pub paused_by: Option<String>,
+    /// The catalogue connector the app was built from (`name`, `version`, `params`,
+    /// `override_vendor_limits`); `None` for an app configured by hand.
+    pub connector: Option<Json>,
     pub version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -1,0 +1,574 @@
+//! The connector catalogue: `/connectors`, and apps built from a connector.
+use std::time::Duration;
+
+use roster::dev_target::Profile;
+use serde_json::{Value, json};
+
+use crate::helpers::{eventually, spawn_app};
+
+fn from_connector(name: &str, connector: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "name": name,
+        "connector": connector,
+        "auth": {"type": "bearer", "token": "target-token"},
+        "scope": {"email_domains": ["example.com"]},
+    });
+    if let (Some(b), Some(o)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+#[tokio::test]
+async fn the_catalogue_lists_every_connector_with_sourced_facts() {
+    let app = spawn_app().await;
+    let list = app.get("/api/v1/connectors").await.expect(200);
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for wanted in [
+        "slack",
+        "github-emu",
+        "aws-identity-center",
+        "atlassian",
+        "zoom",
+        "salesforce",
+        "figma",
+        "miro",
+        "snowflake",
+        "asana",
+        "rfc",
+        "entra-style",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+    }
+    let github = app.get("/api/v1/connectors/github-emu").await.expect(200);
+    assert_eq!(github["delete_means"], "permanent");
+    assert_eq!(
+        github["base_url_template"],
+        "https://api.github.com/scim/v2/enterprises/{enterprise}"
+    );
+    assert!(
+        github["facts"]
+            .as_array()
+            .is_some_and(|f| f.iter().all(|f| f["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("https://"))))
+    );
+    let detail = app.get("/api/v1/connectors/github").await.problem(404);
+    assert!(detail.contains("github-emu"), "{detail}");
+}
+
+#[tokio::test]
+async fn an_app_built_from_a_connector_takes_its_defaults_and_records_it() {
+    let app = spawn_app().await;
+    // The template fills the base URL from the parameters.
+    let aws = app
+        .create_app(&from_connector(
+            "aws",
+            "aws-identity-center",
+            json!({"connector_params": {"region": "eu-west-1", "tenant_id": "d-9067"}}),
+        ))
+        .await;
+    assert_eq!(
+        aws["base_url"],
+        "https://scim.eu-west-1.amazonaws.com/d-9067/scim/v2"
+    );
+    assert_eq!(aws["quirks"]["max_members_per_patch"], 100);
+    assert_eq!(aws["quirks"]["page_size"], 100);
+    assert_eq!(aws["connector"]["name"], "aws-identity-center");
+    assert_eq!(aws["connector"]["version"], 1);
+    assert_eq!(aws["connector"]["params"]["tenant_id"], "d-9067");
+    assert!(
+        aws["mappings"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["target"] == "displayName")),
+        "the vendor requires displayName on create"
+    );
+
+    // Explicit fields override the connector; an explicit base_url replaces the template.
+    let slack = app
+        .create_app(&from_connector(
+            "slack",
+            "slack",
+            json!({"base_url": "http://127.0.0.1:9/scim/v2", "max_concurrency": 1,
+                   "quirks": {"page_size": 200}}),
+        ))
+        .await;
+    assert_eq!(slack["base_url"], "http://127.0.0.1:9/scim/v2");
+    assert_eq!(slack["max_concurrency"], 1);
+    assert_eq!(slack["rate_limit"], json!({"per_second": 3, "burst": 20}));
+    assert_eq!(slack["quirks"]["page_size"], 200);
+    let stored = app
+        .rows("SELECT connector FROM app WHERE name = 'slack'")
+        .await;
+    let recorded = match &stored[0]["connector"] {
+        Value::String(text) => serde_json::from_str(text).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    assert_eq!(recorded["name"], "slack");
+    assert_eq!(recorded["version"], 1);
+
+    // A hand-made app records none.
+    let plain = app
+        .create_app(&crate::helpers::app_body("plain", json!({})))
+        .await;
+    assert!(plain.get("connector").is_none(), "{plain}");
+}
+
+#[tokio::test]
+async fn a_newer_connector_version_shows_as_differences_and_changes_nothing() {
+    let app = spawn_app().await;
+    let slack = app
+        .create_app(&from_connector(
+            "slack-diff",
+            "slack",
+            json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+        ))
+        .await;
+    let id = slack["id"].as_str().expect("id");
+    let got = app.get(&format!("/api/v1/apps/{id}")).await.expect(200);
+    assert_eq!(got["connector"]["latest_version"], 1);
+    assert_eq!(got["connector"]["differences"], json!([]));
+    app.patch(
+        &format!("/api/v1/apps/{id}"),
+        &json!({"rate_limit": {"per_second": 1, "burst": 1}}),
+    )
+    .await
+    .expect(200);
+    // As if the app had been built from an older version of the connector.
+    app.rows(&format!(
+        "UPDATE app SET connector = '{{\"name\": \"slack\", \"version\": 0}}' WHERE id = '{id}' \
+         RETURNING id"
+    ))
+    .await;
+    let got = app.get(&format!("/api/v1/apps/{id}")).await.expect(200);
+    assert_eq!(got["connector"]["version"], 0);
+    assert_eq!(got["connector"]["latest_version"], 1);
+    assert_eq!(
+        got["connector"]["differences"],
+        json!([{"setting": "rate_limit", "app": {"per_second": 1, "burst": 1},
+                "connector": {"per_second": 3, "burst": 20}}])
+    );
+    assert_eq!(
+        got["rate_limit"]["per_second"], 1,
+        "nothing changed by itself"
+    );
+}
+
+#[tokio::test]
+async fn bad_connector_requests_are_422_and_store_nothing() {
+    let app = spawn_app().await;
+    let before = app.count("app").await;
+    let audit_before = app.count("audit").await;
+    let detail = app
+        .post("/api/v1/apps", &from_connector("x1", "slak", json!({})))
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("connector") && detail.contains("slack") && detail.contains("miro"),
+        "{detail}"
+    );
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x2",
+                "aws-identity-center",
+                json!({"connector_params": {"region": "eu-west-1"}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("connector_params.tenant_id"), "{detail}");
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x3",
+                "aws-identity-center",
+                json!({"connector_params": {"region": "eu-west-1", "tenant_id": "d-1"},
+                       "quirks": {"max_members_per_patch": 500}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("quirks.max_members_per_patch")
+            && detail.contains("100")
+            && detail.contains(
+                "https://docs.aws.amazon.com/singlesignon/latest/developerguide/patchgroup.html"
+            ),
+        "{detail}"
+    );
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x4",
+                "slack",
+                json!({"rate_limit": {"per_second": 50, "burst": 50}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("rate_limit.per_second")
+            && detail.contains("600 per minute")
+            && detail.contains("https://docs.slack.dev/reference/scim-api/rate-limits"),
+        "{detail}"
+    );
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x5",
+                "github-emu",
+                json!({"connector_params": {"enterprise": "acme"},
+                       "auth": {"type": "basic", "username": "u", "password": "p"}}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("auth.type") && detail.contains("scim:enterprise"),
+        "{detail}"
+    );
+
+    let detail = app
+        .post("/api/v1/apps", &from_connector("x6", "rfc", json!({})))
+        .await
+        .problem(422);
+    assert!(detail.contains("base_url"), "{detail}");
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &crate::helpers::app_body("x7", json!({"connector_params": {"a": "b"}})),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("connector_params"), "{detail}");
+
+    assert_eq!(app.count("app").await, before, "nothing stored");
+    assert_eq!(app.count("audit").await, audit_before, "nothing audited");
+
+    // The same limit, overridden on purpose, is accepted and recorded.
+    let fast = app
+        .create_app(&from_connector(
+            "fast",
+            "slack",
+            json!({"rate_limit": {"per_second": 50, "burst": 50},
+                   "base_url": "http://127.0.0.1:9/scim/v2",
+                   "override_vendor_limits": true}),
+        ))
+        .await;
+    assert_eq!(fast["connector"]["override_vendor_limits"], true);
+
+    // A PATCH beyond the limit of a connector app without the override is refused too.
+    let slack = app
+        .create_app(&from_connector(
+            "slack-limited",
+            "slack",
+            json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+        ))
+        .await;
+    let detail = app
+        .patch(
+            &format!("/api/v1/apps/{}", slack["id"].as_str().unwrap_or_default()),
+            &json!({"quirks": {"page_size": 5000}}),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("quirks.page_size"), "{detail}");
+}
+
+/// Joiner → mover → leaver, a pushed group larger than one PATCH takes, hand-made drift, and
+/// reconcile (dry run, fix, a second run with no writes), all through an app built from
+/// `connector` against `dev-target --profile`, which refuses what that vendor refuses.
+async fn lifecycle_against_profile(connector: &str, profile: Profile, params: Value) {
+    use roster::dev_target::{DevTargetArgs, Kind};
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let employee = |n: usize| format!("{connector}-E{n}");
+    let email = |n: usize| format!("p{n}@example.com");
+    let group = format!("team-{connector}");
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": group, "members": [employee(0), employee(1), employee(2)]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&from_connector(
+            connector,
+            connector,
+            json!({"connector_params": params, "base_url": target.base_url(),
+                   "auth": {"type": "bearer", "token": token},
+                   "rate_limit": {"per_second": 100, "burst": 100},
+                   "group_push": [group], "max_attempts": 2,
+                   "reconcile": {"interval_minutes": 0, "mode": "report"},
+                   "quirks": {"max_members_per_patch": 2}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    for n in 0..3 {
+        app.post_event(&crate::helpers::joiner(
+            &format!("{connector}-j{n}"),
+            &employee(n),
+            "2026-11-01T09:00:00Z",
+            json!({"email": email(n), "user_name": email(n), "given_name": format!("P{n}"),
+                   "family_name": "Test", "display_name": format!("P{n} Test")}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    let members_of = |target: &roster::dev_target::DevTarget| {
+        target
+            .groups_snapshot()
+            .iter()
+            .find(|g| g["displayName"] == json!(group))
+            .map(|g| g["members"].as_array().map_or(0, |m| m.len()))
+    };
+    eventually("joiners and their group", wait, || async {
+        app.settled(&app_id, wait).await;
+        (target.users_snapshot().len() == 3 && members_of(&target) == Some(3)).then_some(())
+    })
+    .await;
+
+    app.post_event(&crate::helpers::event(
+        &format!("{connector}-m0"),
+        "mover",
+        &employee(0),
+        "2026-11-02T09:00:00Z",
+        json!({"email": email(0), "user_name": email(0), "given_name": "P0",
+               "family_name": "Moved", "display_name": "P0 Test"}),
+    ))
+    .await;
+    app.post_event(&crate::helpers::event(
+        &format!("{connector}-l1"),
+        "leaver",
+        &employee(1),
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let user = |n: usize| {
+        target
+            .users_snapshot()
+            .into_iter()
+            .find(|u| u["userName"].as_str() == Some(email(n).as_str()))
+    };
+    eventually("the mover and the leaver", wait, || async {
+        app.settled(&app_id, wait).await;
+        let moved = user(0).is_some_and(|u| u["name"]["familyName"] == "Moved");
+        let left = user(1).is_some_and(|u| u["active"] == json!(false));
+        (moved && left && members_of(&target) == Some(2)).then_some(())
+    })
+    .await;
+    let dead = app
+        .rows(&format!(
+            "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+        ))
+        .await;
+    assert!(dead.is_empty(), "{connector}: dead jobs {dead:?}");
+
+    // Drift by hand, then reconcile: a dry run reports it, a fix run corrects it, and a second
+    // run finds nothing to write.
+    let drifted_id = user(2)
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("account");
+    assert!(target.edit(Kind::User, &drifted_id, |u| {
+        u["name"]["familyName"] = json!("Hand");
+    }));
+    let run = |body: Value| {
+        let app = &app;
+        let app_id = &app_id;
+        async move {
+            let started = app
+                .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
+                .await
+                .expect(202);
+            let id = started["id"].as_str().unwrap_or_default().to_owned();
+            eventually("the run", wait, || async {
+                let report = app
+                    .get(&format!("/api/v1/reconcile-runs/{id}"))
+                    .await
+                    .expect(200);
+                (report["state"] != "running").then_some(report)
+            })
+            .await
+        }
+    };
+    let dry = run(json!({"dry_run": true, "mode": "fix"})).await;
+    assert_eq!(dry["state"], "completed", "{connector}: {dry}");
+    assert_eq!(dry["writes"], 0);
+    assert_eq!(dry["counts"]["drifted"], 1, "{connector}: {dry}");
+    let fixed = run(json!({"mode": "fix"})).await;
+    assert_eq!(fixed["writes"], 1, "{connector}: {fixed}");
+    app.settled(&app_id, wait).await;
+    assert!(user(2).is_some_and(|u| u["name"]["familyName"] == "Test"));
+    let writes = |stats: &Value| -> u64 {
+        ["POST", "PUT", "PATCH", "DELETE"]
+            .iter()
+            .map(|m| stats["requests"][m].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let before = writes(&target.stats());
+    let again = run(json!({"mode": "fix"})).await;
+    assert_eq!(again["writes"], 0, "{connector}: {again}");
+    assert_eq!(again["counts"]["drifted"], 0, "{connector}: {again}");
+    app.settled(&app_id, wait).await;
+    assert_eq!(
+        writes(&target.stats()),
+        before,
+        "{connector}: no write at all"
+    );
+}
+
+#[tokio::test]
+async fn github_emu_lifecycle_against_its_emulation() {
+    lifecycle_against_profile(
+        "github-emu",
+        Profile::GithubEmu,
+        json!({"enterprise": "acme"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn salesforce_lifecycle_against_its_emulation() {
+    lifecycle_against_profile(
+        "salesforce",
+        Profile::Salesforce,
+        json!({"my_domain": "acme"}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn zoom_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("zoom", Profile::Zoom, json!({})).await;
+}
+
+#[tokio::test]
+async fn snowflake_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("snowflake", Profile::Snowflake, json!({"account": "acme"})).await;
+}
+
+/// The emulation bites end to end: the same lifecycle with hand-made RFC settings fails on
+/// the GitHub profile (the leaver's removal from the pushed group uses a value-filter path).
+#[tokio::test]
+async fn rfc_settings_dead_letter_against_the_github_emulation() {
+    use roster::dev_target::DevTargetArgs;
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile: Profile::GithubEmu,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "team-rfc", "members": ["R0", "R1"]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&crate::helpers::app_body(
+            "plain-rfc",
+            json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": token},
+                   "group_push": ["team-rfc"], "max_attempts": 1,
+                   "reconcile": {"interval_minutes": 0, "mode": "report"}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    for n in 0..2 {
+        app.post_event(&crate::helpers::joiner(
+            &format!("rj{n}"),
+            &format!("R{n}"),
+            "2026-11-01T09:00:00Z",
+            json!({"email": format!("r{n}@example.com"), "user_name": format!("r{n}@example.com"),
+                   "given_name": "R", "family_name": "T"}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    app.settled(&app_id, wait).await;
+    app.post_event(&crate::helpers::event(
+        "rl1",
+        "leaver",
+        "R1",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let dead = eventually("the group job to dead-letter", wait, || async {
+        app.settled(&app_id, wait).await;
+        let dead = app
+            .rows(&format!(
+                "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+            ))
+            .await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert!(
+        dead.iter().any(|d| d["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("400") && e.contains("filters are not supported"))),
+        "{dead:?}"
+    );
+}
+
+/// A token the vendor refuses is reported with what the vendor documents it wants.
+#[tokio::test]
+async fn test_connection_names_the_credential_the_vendor_wants() {
+    use roster::dev_target::DevTargetArgs;
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some("the-right-token".into()),
+        profile: Profile::GithubEmu,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let created = app
+        .create_app(&from_connector(
+            "gh-wrong-token",
+            "github-emu",
+            json!({"connector_params": {"enterprise": "acme"}, "base_url": target.base_url(),
+                   "auth": {"type": "bearer", "token": "a-token-without-the-scope"}}),
+        ))
+        .await;
+    let id = created["id"].as_str().expect("id");
+    let report = app
+        .post(&format!("/api/v1/apps/{id}/test-connection"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["auth_ok"], false, "{report}");
+    let reason = report["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("401") && reason.contains("scim:enterprise"),
+        "{reason}"
+    );
+}

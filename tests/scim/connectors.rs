@@ -1,0 +1,225 @@
+//! Each emulated vendor rule (`dev-target --profile NAME`) bites: a client with plain RFC
+//! settings fails against the profile, and the same client with the catalogue connector's
+//! quirks (read from its file, `roster::connectors`) succeeds.
+use roster::dev_target::{DevTargetArgs, Profile};
+use roster::scim::{PatchRequest, Quirks, ScimClient, TargetConfig};
+use serde_json::{Value, json};
+
+use crate::helpers::{TOKEN, bearer, client, group, spawn_target, user};
+
+fn connector_quirks(name: &str) -> Quirks {
+    let connector = roster::connectors::find(name).expect("in the catalogue");
+    Quirks::from_json(&connector.defaults.quirks).expect("the connector's quirks parse")
+}
+
+/// A profile's dev-target, a client with RFC settings and one with the connector's quirks.
+async fn rfc_and_connector(
+    profile: Profile,
+    connector: &str,
+) -> (crate::helpers::TestTarget, ScimClient, ScimClient) {
+    let target = spawn_target(DevTargetArgs {
+        profile,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let base = target.target.base_url();
+    let (rfc, _) = client(&base, bearer(TOKEN), |_| {});
+    let quirks = connector_quirks(connector);
+    let (vendor, _) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+        c.quirks = quirks;
+    });
+    (target, rfc, vendor)
+}
+
+fn status(err: &roster::scim::ScimError) -> Option<u16> {
+    err.status()
+}
+
+#[tokio::test]
+async fn salesforce_discovery_is_plural() {
+    let (_target, rfc, vendor) = rfc_and_connector(Profile::Salesforce, "salesforce").await;
+    let err = rfc
+        .discover()
+        .await
+        .expect_err("the singular path is not served");
+    assert_eq!(status(&err), Some(404), "{err}");
+    let report = rfc.test_connection().await;
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("/ServiceProviderConfig answered 404")),
+        "{:?}",
+        report.reason
+    );
+    let capabilities = vendor.discover().await.expect("plural discovery");
+    assert!(capabilities.patch);
+    let report = vendor.test_connection().await;
+    assert!(report.reachable && report.auth_ok, "{:?}", report.reason);
+}
+
+#[tokio::test]
+async fn github_emu_refuses_value_filter_paths_and_the_connector_removes_members_without_them() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::GithubEmu, "github-emu").await;
+    let mut ids = Vec::new();
+    for name in ["gh-a", "gh-b", "gh-c"] {
+        let created = target
+            .client
+            .users()
+            .create(&user(name))
+            .await
+            .expect("user");
+        ids.push(roster::scim::id_of(&created).expect("id").to_owned());
+    }
+    let mut body = group("gh-team");
+    body["members"] = json!(
+        ids.iter()
+            .map(|id| json!({"value": id}))
+            .collect::<Vec<_>>()
+    );
+    let created = target.client.groups().create(&body).await.expect("group");
+    let gid = roster::scim::id_of(&created).expect("id").to_owned();
+
+    let err = rfc
+        .groups()
+        .remove_members(&gid, &ids[..1])
+        .await
+        .expect_err("a filtered remove path is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+
+    vendor
+        .groups()
+        .remove_members(&gid, &ids[..1])
+        .await
+        .expect("remove by value list");
+    let members: Vec<String> = target.client.groups().get(&gid).await.expect("group")["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["value"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(members.len(), 2, "only the one member removed: {members:?}");
+    assert!(!members.contains(&ids[0]));
+}
+
+#[tokio::test]
+async fn github_emu_takes_one_filter_term_so_the_connector_never_merges_lookups() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::GithubEmu, "github-emu").await;
+    for name in ["one", "two"] {
+        target
+            .client
+            .users()
+            .create(&user(name))
+            .await
+            .expect("user");
+    }
+    let err = rfc
+        .users()
+        .find_by_any("userName", &["one", "two"])
+        .await
+        .expect_err("an `or` filter is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let merged = vendor
+        .users()
+        .find_by_any("userName", &["one", "two"])
+        .await
+        .expect("no call made");
+    assert!(merged.is_none(), "the caller looks each value up alone");
+    for name in ["one", "two"] {
+        let found = vendor
+            .users()
+            .find_by("userName", name)
+            .await
+            .expect("look-up");
+        assert_eq!(found.len(), 1, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn github_emu_requires_a_user_agent_which_roster_always_sends() {
+    let target = spawn_target(DevTargetArgs {
+        profile: Profile::GithubEmu,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let url = format!("{}/Users", target.target.base_url());
+    let bare = reqwest::Client::builder().build().expect("client");
+    let refused = bare
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(refused.status(), 400, "no User-Agent");
+    let listed = target.client.users().find_by("userName", "nobody").await;
+    assert!(listed.is_ok(), "{listed:?}");
+}
+
+#[tokio::test]
+async fn zoom_patches_only_active_and_the_connector_puts_other_changes() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Zoom, "zoom").await;
+    let created = target
+        .client
+        .users()
+        .create(&user("zed"))
+        .await
+        .expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    let retitle = PatchRequest::new().replace("title", json!("Chair"));
+    let err = rfc
+        .users()
+        .patch(&id, &retitle)
+        .await
+        .expect_err("PATCH of title is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+
+    vendor
+        .users()
+        .patch(&id, &retitle)
+        .await
+        .expect("sent as PUT");
+    let read = target.client.users().get(&id).await.expect("user");
+    assert_eq!(read["title"], "Chair");
+    let deactivate = PatchRequest::new().replace("active", json!(false));
+    vendor
+        .users()
+        .patch(&id, &deactivate)
+        .await
+        .expect("PATCH of active");
+    let read = target.client.users().get(&id).await.expect("user");
+    assert_eq!(read["active"], Value::Bool(false));
+}
+
+#[tokio::test]
+async fn snowflake_answers_unsupported_filters_empty_so_the_connector_asks_one_value_at_a_time() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Snowflake, "snowflake").await;
+    for name in ["snow-a", "snow-b"] {
+        target
+            .client
+            .users()
+            .create(&user(name))
+            .await
+            .expect("user");
+    }
+    // With RFC settings both accounts read as absent: roster would create them again.
+    let merged = rfc
+        .users()
+        .find_by_any("userName", &["snow-a", "snow-b"])
+        .await
+        .expect("answered 200");
+    assert_eq!(merged, Some(Vec::new()), "the emulation answers empty");
+    let merged = vendor
+        .users()
+        .find_by_any("userName", &["snow-a", "snow-b"])
+        .await
+        .expect("no call made");
+    assert!(merged.is_none(), "never merged on this target");
+    for name in ["snow-a", "snow-b"] {
+        let found = vendor
+            .users()
+            .find_by("userName", name)
+            .await
+            .expect("look-up");
+        assert_eq!(found.len(), 1, "{name}");
+    }
+}
