@@ -413,7 +413,7 @@ impl Delivery {
     }
 
     /// Forgets what this process keeps per app (runtime, limiter, merged look-ups, health, the
-    /// app's gauges) for apps not in `live`, the apps read at `read_at`: deleted ones.
+    /// deletion guard's counts and locks, the app's gauges) for apps not in `live`, the apps read at `read_at`: deleted ones.
     fn forget_deleted_apps(&self, live: &HashSet<String>, read_at: std::time::Instant) {
         let gone: Vec<(String, String)> = self
             .runtimes
@@ -432,6 +432,7 @@ impl Delivery {
             .unwrap_or_default();
         let ids: HashSet<&str> = gone.iter().map(|(id, _)| id.as_str()).collect();
         self.limiters.forget(&ids);
+        self.deprovisions.forget(&ids);
         if let Ok(mut apps) = self.health.apps.lock() {
             apps.retain(|id, _| !ids.contains(id.as_str()));
         }
@@ -453,14 +454,15 @@ impl Delivery {
     }
 
     /// How many apps this process keeps runtime state for (runtimes, limiters, health
-    /// windows), for tests.
+    /// windows, deletion-guard state), for tests.
     #[doc(hidden)]
     #[must_use]
-    pub fn apps_held(&self) -> (usize, usize, usize) {
+    pub fn apps_held(&self) -> (usize, usize, usize, usize) {
         (
             self.runtimes.lock().map_or(0, |m| m.len()),
             self.limiters.len(),
             self.health.apps.lock().map_or(0, |m| m.len()),
+            self.deprovisions.apps_held(),
         )
     }
 
@@ -672,6 +674,7 @@ impl Delivery {
                 &self.deprovisions,
                 &app,
                 &rt.settings.deletion_guard,
+                job.id,
                 chrono::Utc::now(),
             )
             .await

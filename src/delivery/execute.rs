@@ -183,7 +183,7 @@ fn note_on_last_call(reason: &str) {
 
 /// The resource (identity id, or group name) other than `resource_id` whose live link in the
 /// app holds the target account `target_id`; live is every state but `deleted`.
-async fn linked_to_another(
+pub(super) async fn linked_to_another(
     conn: &impl ConnectionTrait,
     app_id: &str,
     kind: ResourceKind,
@@ -231,18 +231,24 @@ async fn adoptable(
                 .err(),
         };
     if let Some(other) = other {
-        let owner = match kind {
-            ResourceKind::Group => format!("roster group `{other}`"),
-            _ => format!("identity {other}"),
-        };
-        let reason = format!(
-            "conflict: the matching target {noun} {target_id} is linked to {owner}; \
-             roster never adopts a {noun} that belongs to someone else (resolve it by hand)"
-        );
+        let reason = belongs_to_another(kind, &target_id, &other);
         note_on_last_call(&reason);
         return Err(JobError::Unprocessable(reason));
     }
     Ok(target_id)
+}
+
+/// Why a job may not take the target account (or group) `target_id`: it is linked to `other`,
+/// an identity (or roster group) of the same app. The error of the job, which is dead.
+pub(super) fn belongs_to_another(kind: ResourceKind, target_id: &str, other: &str) -> String {
+    let (noun, owner) = match kind {
+        ResourceKind::Group => ("group", format!("roster group `{other}`")),
+        _ => ("account", format!("identity {other}")),
+    };
+    format!(
+        "conflict: the matching target {noun} {target_id} is linked to {owner}; \
+         roster never adopts a {noun} that belongs to someone else (resolve it by hand)"
+    )
 }
 
 fn doing(operation: Operation) {

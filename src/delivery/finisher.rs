@@ -14,13 +14,17 @@
 //! was lost (it expired and another instance reclaimed the job) has its end and writes dropped
 //! — the instance that holds it now decides — and only its log rows, the calls it really made,
 //! are kept.
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use sea_orm::sea_query::{LockType, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Set,
+    TransactionTrait,
+};
 use tokio::sync::mpsc;
 
+use super::execute;
 use super::staged::{JobWrites, LinkRow, LinkWrite};
 use crate::store::entity::{app, link, operation};
 use crate::store::queue::{self, JobRequest};
@@ -108,6 +112,9 @@ pub struct BatchOutcome {
     pub written: usize,
     /// Jobs whose lease this instance no longer held: their end and staged writes dropped.
     pub lease_lost: usize,
+    /// Jobs whose links would have taken a target account (or group) another link holds:
+    /// dead with `conflict: …`, their staged writes dropped (counted in `written` too).
+    pub conflicts: usize,
 }
 
 impl Finisher {
@@ -153,10 +160,43 @@ async fn write_loop(db: Db, owner: String, mut rx: mpsc::UnboundedReceiver<Finis
 /// Writes one batch of job ends in one transaction: first which of the jobs `owner` still
 /// holds (locked on PostgreSQL until the commit), then those jobs' staged writes, every job's
 /// log rows, and those jobs' ends.
+///
+/// A link that would take a target account (or group) another link of the app holds — two
+/// instances adopting one account at once, refused by `uq_link_live_target` — fails only its
+/// own job: the batch is written again with each job's staged writes under a savepoint of its
+/// own, and that job is dead with `conflict: …` (as `execute::adoptable` decides when it sees
+/// the other link first) while the others keep their results.
 pub async fn write_batch(
     db: &Db,
     owner: &str,
     batch: &[Finished],
+) -> Result<BatchOutcome, sea_orm::DbErr> {
+    match write_batch_staging(db, owner, batch, Staging::Together).await {
+        Err(e) if is_live_target_conflict(&e) => {
+            tracing::info!(
+                jobs = batch.len(),
+                "A finished job's link takes a target another link holds; writing its batch again, job by job"
+            );
+            write_batch_staging(db, owner, batch, Staging::EachJob).await
+        }
+        written => written,
+    }
+}
+
+/// How a batch's staged writes are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Staging {
+    /// All jobs' writes in a few multi-row statements.
+    Together,
+    /// Each job's writes under a savepoint of its own: one job's conflict fails only that job.
+    EachJob,
+}
+
+async fn write_batch_staging(
+    db: &Db,
+    owner: &str,
+    batch: &[Finished],
+    staging: Staging,
 ) -> Result<BatchOutcome, sea_orm::DbErr> {
     let tx = db.write_tx().await?;
     let ids: Vec<i64> = batch.iter().map(|f| f.job_id).collect();
@@ -171,8 +211,14 @@ pub async fn write_batch(
             "Lost the lease of finished jobs (another instance took them over); their ends and writes are dropped"
         );
     }
-    let writes: Vec<&JobWrites> = kept.iter().map(|f| &f.writes).collect();
-    write_staged(&*tx, &writes).await?;
+    let conflicts = match staging {
+        Staging::Together => {
+            let writes: Vec<&JobWrites> = kept.iter().map(|f| &f.writes).collect();
+            write_staged(&*tx, &writes).await?;
+            HashMap::new()
+        }
+        Staging::EachJob => write_staged_each(&tx, &kept).await?,
+    };
     // The calls were made whoever holds the job now: every job's log rows are kept.
     // SQLite allows 32766 bound values per statement; a log row binds 15.
     // Copied once, chunk by chunk: the batch stays whole for a retry.
@@ -185,11 +231,15 @@ pub async fn write_batch(
     }
     let completed: Vec<i64> = kept
         .iter()
-        .filter(|f| matches!(f.end, JobEnd::Complete))
+        .filter(|f| matches!(f.end, JobEnd::Complete) && !conflicts.contains_key(&f.job_id))
         .map(|f| f.job_id)
         .collect();
     queue::complete_many(&*tx, owner, &completed).await?;
     for f in &kept {
+        if let Some(conflict) = conflicts.get(&f.job_id) {
+            queue::dead(&*tx, owner, f.job_id, conflict).await?;
+            continue;
+        }
         match &f.end {
             JobEnd::Complete => {}
             JobEnd::Retry {
@@ -208,7 +258,72 @@ pub async fn write_batch(
     Ok(BatchOutcome {
         written: kept.len(),
         lease_lost: lost.len(),
+        conflicts: conflicts.len(),
     })
+}
+
+/// Writes each job's staged writes under a savepoint of its own, in batch order (so a later
+/// write for a link still supersedes an earlier one). A job whose links take a target another
+/// link holds has its writes rolled back; returned with the conflict, its error.
+async fn write_staged_each(
+    tx: &DatabaseTransaction,
+    jobs: &[&Finished],
+) -> Result<HashMap<i64, String>, sea_orm::DbErr> {
+    let mut conflicts = HashMap::new();
+    for f in jobs {
+        let savepoint = tx.begin().await?;
+        match write_staged(&savepoint, &[&f.writes]).await {
+            Ok(()) => savepoint.commit().await?,
+            Err(e) if is_live_target_conflict(&e) => {
+                savepoint.rollback().await?;
+                let conflict = live_target_conflict(tx, &f.writes).await?;
+                tracing::warn!(job = f.job_id, error = %conflict, "Finished job dead: its link conflicts with another");
+                conflicts.insert(f.job_id, conflict);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(conflicts)
+}
+
+/// Whether `err` is `uq_link_live_target` refusing a second live link to one target id (on
+/// SQLite the message names the index's columns, on PostgreSQL the index).
+fn is_live_target_conflict(err: &sea_orm::DbErr) -> bool {
+    match err.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(message)) => {
+            message.contains("uq_link_live_target")
+                || message.contains("link.app_id, link.resource_kind, link.target_id")
+        }
+        _ => false,
+    }
+}
+
+/// The conflict of a job whose links were refused by `uq_link_live_target`: which of its
+/// target ids another identity (or roster group) holds.
+async fn live_target_conflict(
+    conn: &impl ConnectionTrait,
+    writes: &JobWrites,
+) -> Result<String, sea_orm::DbErr> {
+    for w in writes.links() {
+        let Some(target_id) = w
+            .row
+            .as_ref()
+            .filter(|row| row.state != "deleted")
+            .and_then(|row| row.target_id.as_deref())
+        else {
+            continue;
+        };
+        if let Some(other) =
+            execute::linked_to_another(conn, &w.app_id, w.kind, target_id, &w.resource_id).await?
+        {
+            return Ok(execute::belongs_to_another(w.kind, target_id, &other));
+        }
+    }
+    Ok(
+        "conflict: a target account or group this job linked is linked to someone else; \
+        roster never adopts what belongs to someone else (resolve it by hand)"
+            .to_owned(),
+    )
 }
 
 /// SQLite allows 32766 bound values per statement; a link row binds 11.

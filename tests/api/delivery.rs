@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     TestApp, app_body, dev_target, empty_list, event, eventually, joiner, peer, scim_answer,
-    scim_client, scim_error, serve_until, spawn_app, stub_service_provider_config,
+    scim_client, scim_error, serve_until, spawn_app, spawn_planner, stub_service_provider_config,
 };
 
 const TOKEN: &str = "target-token";
@@ -1956,6 +1956,87 @@ async fn concurrent_leavers_never_slip_past_the_deletion_guard() {
         deactivated <= 2,
         "{deactivated} of 16 deactivated with max_count 2"
     );
+}
+
+/// A deprovision counts once in the guard, also in the moment between the finisher's commit of
+/// its log rows and the release of its in-flight slot. It counted twice there (in flight and in
+/// the log), for every deprovision of a finisher batch at once: the guard paused an app below
+/// its limit, and after an admin's approval held the last of the approved leavers again.
+#[tokio::test]
+async fn a_deprovision_whose_log_is_committed_before_its_slot_is_released_counts_once() {
+    use roster::delivery::guard::{self, EventGuard, InFlightDeprovisions};
+    use roster::store::entity::{app as app_row, operation};
+    use sea_orm::{ActiveModelTrait, EntityTrait, Set};
+
+    let app = spawn_planner().await;
+    let created = app.create_app(&app_body("once", json!({}))).await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let model = app_row::Entity::find_by_id(app_id.as_str())
+        .one(&app.db)
+        .await
+        .expect("read the app")
+        .expect("the app");
+    let limits = roster::settings::DeletionGuard {
+        max_fraction: 1.0,
+        max_count: 2,
+        on_events: true,
+        window_minutes: 60,
+    };
+    let in_flight = std::sync::Arc::new(InFlightDeprovisions::default());
+    let weigh = |job_id: i64| {
+        let (db, in_flight, model, limits) = (&app.db, &in_flight, &model, &limits);
+        async move {
+            guard::check(db, in_flight, model, limits, job_id, chrono::Utc::now())
+                .await
+                .expect("weigh the guard")
+        }
+    };
+    // The finisher's commit of a deprovision's log row (its PATCH to deactivate).
+    let log = |job_id: i64| {
+        let (db, app_id) = (&app.db, app_id.clone());
+        async move {
+            operation::ActiveModel {
+                app_id: Set(app_id),
+                job_id: Set(Some(job_id)),
+                resource_kind: Set("user".into()),
+                resource_id: Set(format!("person-{job_id}")),
+                operation: Set("deactivate".into()),
+                method: Set("PATCH".into()),
+                path: Set("/Users/x".into()),
+                status: Set(Some(200)),
+                duration_ms: Set(1),
+                attempt: Set(1),
+                outcome: Set("succeeded".into()),
+                created_at: Set(chrono::Utc::now()),
+                ..Default::default()
+            }
+            .insert(db)
+            .await
+            .expect("log row");
+        }
+    };
+
+    let EventGuard::Proceed(Some(first)) = weigh(1).await else {
+        panic!("the first deprovision is held");
+    };
+    // Its log rows are committed; its slot is not released yet.
+    log(1).await;
+    let EventGuard::Proceed(Some(second)) = weigh(2).await else {
+        panic!("the second deprovision (max_count 2) is held: the first was counted twice");
+    };
+    drop(first);
+    log(2).await;
+    // Two deprovisions, each counted once (the second in flight, its row left out): a third is
+    // one too many.
+    match weigh(3).await {
+        EventGuard::Hold(reason) => assert!(reason.contains("3 accounts"), "{reason}"),
+        EventGuard::Proceed(_) => panic!("a third deprovision passed max_count 2"),
+    }
+    drop(second);
+    match weigh(3).await {
+        EventGuard::Hold(reason) => assert!(reason.contains("3 accounts"), "{reason}"),
+        EventGuard::Proceed(_) => panic!("a third deprovision passed max_count 2"),
+    }
 }
 
 /// Only an admin's explicit approval releases deprovisions, and only those the guard held: an

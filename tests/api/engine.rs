@@ -426,7 +426,8 @@ async fn a_merged_look_up_that_times_out_is_one_failure_and_falls_back() {
     );
 }
 
-/// Issue 20 D18: what the engine keeps per app goes with the app.
+/// Issue 20 D18: what the engine keeps per app goes with the app, the deletion guard's counts
+/// and check locks included (a leaver passes the guard first).
 #[tokio::test]
 async fn a_deleted_apps_runtime_is_forgotten() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -450,7 +451,8 @@ async fn a_deleted_apps_runtime_is_forgotten() {
         .bearer_auth(ADMIN)
         .json(&app_body(
             "doomed",
-            json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": TOKEN}}),
+            json!({"base_url": target.base_url(), "auth": {"type": "bearer", "token": TOKEN},
+                   "deletion_guard": {"on_events": true}}),
         ))
         .send()
         .await
@@ -459,17 +461,42 @@ async fn a_deleted_apps_runtime_is_forgotten() {
         .await
         .expect("json");
     let app_id = created["id"].as_str().unwrap_or_default().to_owned();
-    http.post(format!("{base}/api/v1/events"))
-        .bearer_auth(ADMIN)
-        .json(&joiner("d1", "D1", "2026-11-01T09:00:00Z", json!({})))
-        .send()
-        .await
-        .expect("event");
+    let send = |e: Value| {
+        let (http, base) = (&http, &base);
+        async move {
+            let sent = http
+                .post(format!("{base}/api/v1/events"))
+                .bearer_auth(ADMIN)
+                .json(&e)
+                .send()
+                .await
+                .expect("event");
+            assert_eq!(sent.status(), StatusCode::ACCEPTED);
+        }
+    };
+    send(joiner("d1", "D1", "2026-11-01T09:00:00Z", json!({}))).await;
     eventually("the delivery", Duration::from_secs(20), || async {
         (target.stats()["users"] == 1).then_some(())
     })
     .await;
-    assert_eq!(delivery.apps_held(), (1, 1, 1));
+    send(event(
+        "d2",
+        "leaver",
+        "D1",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually(
+        "the leaver deactivated",
+        Duration::from_secs(20),
+        || async {
+            let users = target.users_snapshot();
+            (users.len() == 1 && users.iter().all(|u| u["active"] == false)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(delivery.apps_held(), (1, 1, 1, 1));
     let deleted = http
         .delete(format!("{base}/api/v1/apps/{app_id}"))
         .bearer_auth(ADMIN)
@@ -478,7 +505,7 @@ async fn a_deleted_apps_runtime_is_forgotten() {
         .expect("delete");
     assert!(deleted.status().is_success(), "{}", deleted.status());
     eventually("the app forgotten", Duration::from_secs(15), || async {
-        (delivery.apps_held() == (0, 0, 0)).then_some(())
+        (delivery.apps_held() == (0, 0, 0, 0)).then_some(())
     })
     .await;
     server.stop().await;

@@ -737,3 +737,133 @@ async fn a_leaver_behind_thousands_of_pending_jobs_is_claimed_first() {
     assert_eq!(then.len(), 3, "{then:?}");
     assert!(then.iter().all(|id| id.starts_with('b')), "{then:?}");
 }
+
+/// Two instances adopting one target account at once: the other instance's link to it was
+/// committed first, and `uq_link_live_target` refuses this job's. Only that job fails — dead,
+/// with the conflict naming the other identity, its link and follow-up job not written, its
+/// log rows kept — and the rest of the batch keeps its results (the whole batch used to fail,
+/// and every job in it ran again).
+#[tokio::test]
+async fn a_link_to_a_target_another_link_holds_fails_only_its_own_job() {
+    let app = spawn_planner().await;
+    let app_id = app_id(&app, "adopted-twice").await;
+    let conn = &app.db;
+    let mut theirs = JobWrites::default();
+    theirs.link(link(
+        &app_id,
+        ResourceKind::User,
+        "u-other",
+        Some("t-shared"),
+        "linked",
+    ));
+    finisher::write_staged(conn, &[&theirs])
+        .await
+        .expect("the other instance's link");
+    queue::enqueue(
+        conn,
+        &[
+            job(&app_id, ResourceKind::User, "u1", Lane::Normal),
+            job(&app_id, ResourceKind::User, "u2", Lane::Normal),
+        ],
+    )
+    .await
+    .expect("enqueue");
+    let claimed = queue::claim(conn, "me", queue::now_ms(), 10)
+        .await
+        .expect("claim");
+    let id_of = |resource: &str| {
+        claimed
+            .iter()
+            .find(|j| j.resource_id == resource)
+            .map(|j| j.id)
+            .unwrap_or_default()
+    };
+    let mut adopts_theirs = JobWrites::default();
+    adopts_theirs.link(link(
+        &app_id,
+        ResourceKind::User,
+        "u1",
+        Some("t-shared"),
+        "linked",
+    ));
+    adopts_theirs.enqueue([job(&app_id, ResourceKind::Group, "staff", Lane::Normal)]);
+    let mut creates = JobWrites::default();
+    creates.link(link(
+        &app_id,
+        ResourceKind::User,
+        "u2",
+        Some("t2"),
+        "linked",
+    ));
+    creates.enqueue([job(&app_id, ResourceKind::Group, "crew", Lane::Normal)]);
+    let logged = roster::store::entity::operation::ActiveModel {
+        app_id: sea_orm::Set(app_id.clone()),
+        job_id: sea_orm::Set(Some(id_of("u1"))),
+        resource_kind: sea_orm::Set("user".into()),
+        resource_id: sea_orm::Set("u1".into()),
+        operation: sea_orm::Set("update".into()),
+        method: sea_orm::Set("PATCH".into()),
+        path: sea_orm::Set("/Users/t-shared".into()),
+        status: sea_orm::Set(Some(200)),
+        duration_ms: sea_orm::Set(1),
+        attempt: sea_orm::Set(1),
+        outcome: sea_orm::Set("succeeded".into()),
+        created_at: sea_orm::Set(chrono::Utc::now()),
+        ..Default::default()
+    };
+    let mut first = finished(id_of("u1"), JobEnd::Complete, adopts_theirs);
+    first.operations.push(logged);
+    let batch = [first, finished(id_of("u2"), JobEnd::Complete, creates)];
+
+    let outcome = finisher::write_batch(&Db::new(app.db.clone()), "me", &batch)
+        .await
+        .expect("the batch is written");
+    assert_eq!(outcome.written, 2);
+    assert_eq!(outcome.conflicts, 1);
+    let ends = app
+        .rows(&format!(
+            "SELECT resource_id, state, last_error FROM job \
+             WHERE app_id = '{app_id}' AND resource_kind = 'user' ORDER BY resource_id"
+        ))
+        .await;
+    assert_eq!(ends[0]["resource_id"], "u1");
+    assert_eq!(ends[0]["state"], "dead", "{ends:?}");
+    let error = ends[0]["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("conflict:") && error.contains("t-shared") && error.contains("u-other"),
+        "{error}"
+    );
+    assert_eq!(ends[1]["resource_id"], "u2");
+    assert_eq!(ends[1]["state"], "done", "{ends:?}");
+    let links: Vec<(String, String)> = link_rows(&app, &app_id)
+        .await
+        .iter()
+        .map(|l| {
+            (
+                l["resource_id"].as_str().unwrap_or_default().to_owned(),
+                l["target_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        links,
+        [
+            ("u-other".to_owned(), "t-shared".to_owned()),
+            ("u2".to_owned(), "t2".to_owned())
+        ],
+        "the other identity keeps its account; u1 has no link"
+    );
+    let groups: Vec<String> = jobs(&app, &app_id)
+        .await
+        .iter()
+        .filter(|j| j["resource_kind"] == "group")
+        .filter_map(|j| j["resource_id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(groups, ["crew"], "only u2's follow-up job");
+    let log = app
+        .rows(&format!(
+            "SELECT resource_id FROM operation WHERE app_id = '{app_id}'"
+        ))
+        .await;
+    assert_eq!(log.len(), 1, "u1's calls stay in the log: {log:?}");
+}

@@ -92,7 +92,7 @@ impl Delivery {
         let (app, claimed) = self.claim_on_demand(app_id, identity_id).await?;
         // A lost lease needs no watch here: the final transaction writes only under the lease.
         let (running, _lost) = InFlight::new(self.clone(), claimed.id);
-        match self.deliver_on_demand(&app, identity_id).await {
+        match self.deliver_on_demand(&app, identity_id, claimed.id).await {
             Ok(Delivered {
                 result,
                 calls,
@@ -218,11 +218,13 @@ impl Delivery {
         Ok((app, claimed))
     }
 
-    /// The delivery itself: the deletion guard first if it may deprovision, then the calls.
+    /// The delivery itself, as the job `job_id`: the deletion guard first if it may
+    /// deprovision, then the calls.
     async fn deliver_on_demand(
         &self,
         app: &app::Model,
         identity_id: &str,
+        job_id: i64,
     ) -> Result<Delivered, Refused> {
         let rt: Arc<AppRuntime> = self.runtime(app).map_err(Refused::Settings)?;
         let conn = self.db.conn();
@@ -234,6 +236,7 @@ impl Delivery {
                 &self.deprovisions,
                 app,
                 &rt.settings.deletion_guard,
+                job_id,
                 chrono::Utc::now(),
             )
             .await?
