@@ -41,8 +41,8 @@ pub mod quirks;
 
 pub use auth::Auth;
 pub use client::{
-    CallGate, CallObserver, CallRecord, ConnectionReport, DEFAULT_MAX_BODY_BYTES, Deleted,
-    ListQuery, Page, Resources, ScimClient, TargetConfig, id_of, install_crypto_provider,
+    CallGate, CallObserver, CallPass, CallRecord, ConnectionReport, DEFAULT_MAX_BODY_BYTES,
+    Deleted, ListQuery, Page, Resources, ScimClient, TargetConfig, id_of, install_crypto_provider,
     version_of,
 };
 pub use discovery::Capabilities;
