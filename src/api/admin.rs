@@ -64,6 +64,7 @@ pub enum KeyCreatedResponse {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AuditOut {
     pub id: i64,
     /// The API key that made the change.
@@ -87,7 +88,9 @@ pub struct AdminApi;
 
 #[OpenApi(tag = "ApiTags::Admin")]
 impl AdminApi {
-    /// Create an API key (scope `admin`). The token is in this answer only.
+    /// Create an API key
+    ///
+    /// Scope `admin`. The token is in this answer only.
     #[oai(path = "/api-keys", method = "post", operation_id = "createApiKey")]
     async fn create_key(
         &self,
@@ -109,7 +112,9 @@ impl AdminApi {
         })))
     }
 
-    /// List API keys, without secrets (scope `admin`).
+    /// List API keys
+    ///
+    /// Scope `admin`. Without their secrets.
     #[oai(path = "/api-keys", method = "get", operation_id = "listApiKeys")]
     async fn list_keys(
         &self,
@@ -122,7 +127,9 @@ impl AdminApi {
         ))
     }
 
-    /// Revoke an API key (scope `admin`).
+    /// Revoke an API key
+    ///
+    /// Scope `admin`.
     #[oai(
         path = "/api-keys/:id",
         method = "delete",
@@ -139,7 +146,9 @@ impl AdminApi {
         Ok(Deleted::NoContent)
     }
 
-    /// The audit trail, newest first (scope `read`). Append-only: there is no route to change it.
+    /// Read the audit trail
+    ///
+    /// Scope `read`. Newest first. Append-only: there is no route to change it.
     #[oai(path = "/audit", method = "get", operation_id = "listAuditEntries")]
     async fn audit(
         &self,

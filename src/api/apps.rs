@@ -126,6 +126,7 @@ pub struct AppPatch {
     pub scope: Option<AppScope>,
     pub mappings: Option<Vec<MappingEntry>>,
     #[serde(default)]
+    #[oai(nullable)]
     pub role_mapping: MaybeUndefined<RoleMappingEntry>,
     pub group_push: Option<Vec<String>>,
     pub deprovision: Option<Deprovision>,
@@ -322,9 +323,11 @@ pub struct AppsApi;
 
 #[OpenApi(prefix_path = "/apps", tag = "ApiTags::Apps")]
 impl AppsApi {
-    /// Register an app (scope `apps:write`; a weaker `deletion_guard` than the default,
+    /// Register an app
+    ///
+    /// Scope `apps:write`. A weaker `deletion_guard` than the default,
     /// `deprovision.action: delete`, `deprovision.delete_after_days` and
-    /// `reconcile.deprovision_unmatched` need scope `admin`).
+    /// `reconcile.deprovision_unmatched` need scope `admin`.
     #[oai(path = "/", method = "post", operation_id = "createApp")]
     async fn create(
         &self,
@@ -357,7 +360,9 @@ impl AppsApi {
         Ok(AppCreated::Created(Json(view.into()), tag))
     }
 
-    /// List apps (scope `read`).
+    /// List apps
+    ///
+    /// Scope `read`.
     #[oai(path = "/", method = "get", operation_id = "listApps")]
     async fn list(
         &self,
@@ -369,7 +374,9 @@ impl AppsApi {
         Ok(Json(apps.into_iter().map(AppOut::from).collect()))
     }
 
-    /// One app (scope `read`), with its version as `ETag`.
+    /// Get an app
+    ///
+    /// Scope `read`. The app's version is its `ETag`.
     #[oai(path = "/:id", method = "get", operation_id = "getApp")]
     async fn get(
         &self,
@@ -381,11 +388,13 @@ impl AppsApi {
         Ok(roster.get_app(&id.0).await?.into())
     }
 
-    /// Change an app (scope `apps:write`). A new scope or new mappings re-sync everyone.
-    /// Concurrent changes to different fields all apply; with `If-Match` (an `ETag` from GET or
-    /// PATCH), a change to an app that changed since answers 412 instead. Moving `base_url`
-    /// to another origin (scheme, host, port) needs `auth` in the same request. Weakening
-    /// `deletion_guard`, `deprovision.action: delete`, `deprovision.delete_after_days` and
+    /// Change an app
+    ///
+    /// Scope `apps:write`. A new scope or new mappings re-sync everyone. Concurrent changes to
+    /// different fields all apply; with `If-Match` (an `ETag` from GET or PATCH), a change to an
+    /// app that changed since answers 412 instead. Moving `base_url` to another origin (scheme,
+    /// host, port) needs `auth` in the same request. Weakening `deletion_guard`,
+    /// `deprovision.action: delete`, `deprovision.delete_after_days` and
     /// `reconcile.deprovision_unmatched` need scope `admin`.
     #[oai(path = "/:id", method = "patch", operation_id = "updateApp")]
     async fn update(
@@ -429,8 +438,10 @@ impl AppsApi {
             .into())
     }
 
-    /// Remove an app and roster's record of its accounts (scope `apps:write`). Accounts in the
-    /// target are left as they are.
+    /// Remove an app
+    ///
+    /// Scope `apps:write`. Removes roster's record of its accounts; the accounts in the target are
+    /// left as they are.
     #[oai(path = "/:id", method = "delete", operation_id = "deleteApp")]
     async fn delete(
         &self,
@@ -443,7 +454,9 @@ impl AppsApi {
         Ok(Deleted::NoContent)
     }
 
-    /// Stop delivering to an app; changes keep queueing (scope `apps:write`).
+    /// Pause delivery to an app
+    ///
+    /// Scope `apps:write`. Changes keep queueing until the app is resumed.
     #[oai(path = "/:id/pause", method = "post", operation_id = "pauseApp")]
     async fn pause(
         &self,
@@ -463,9 +476,10 @@ impl AppsApi {
         Ok(Json(view.into()))
     }
 
-    /// Check the target with the app's credentials: reachable, authenticated, and what it
-    /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing)
-    /// (scope `apps:write`).
+    /// Check an app's target
+    ///
+    /// Scope `apps:write`. Whether the target is reachable with the app's credentials, and what it
+    /// supports (reads `/ServiceProviderConfig`, `/ResourceTypes`, `/Schemas`; writes nothing).
     #[oai(
         path = "/:id/test-connection",
         method = "post",
@@ -490,7 +504,9 @@ impl AppsApi {
         }))
     }
 
-    /// Resume delivery (also ends a quarantine) (scope `apps:write`).
+    /// Resume delivery to an app
+    ///
+    /// Scope `apps:write`. Also ends a quarantine.
     ///
     /// A plain resume approves nothing: when the deletion guard on HR events paused the app,
     /// the deprovisions it held still count, so they pause the app again at the guard's limit.

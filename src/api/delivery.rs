@@ -15,6 +15,7 @@ use crate::service::{Permission, Roster};
 use crate::store::entity::{job, operation};
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OperationOut {
     pub id: i64,
     pub app_id: String,
@@ -67,6 +68,7 @@ pub struct OperationPage {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct JobOut {
     pub id: i64,
     pub app_id: String,
@@ -117,6 +119,7 @@ pub struct LaneDepthOut {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct AppStatusOut {
     /// `active`, `paused` or `quarantined`.
     pub state: String,
@@ -145,6 +148,7 @@ pub struct OnDemandIn {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CallOut {
     pub operation: String,
     pub method: String,
@@ -155,6 +159,7 @@ pub struct CallOut {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct OnDemandOut {
     /// What was done (create, update, adopt, deactivate, delete, noop), if it succeeded.
     pub operation: Option<String>,
@@ -167,7 +172,9 @@ pub struct DeliveryApi;
 
 #[OpenApi(tag = "ApiTags::Delivery")]
 impl DeliveryApi {
-    /// The provisioning log: one row per SCIM call, newest first (scope `read`).
+    /// Read the provisioning log
+    ///
+    /// Scope `read`. One row per SCIM call, newest first.
     #[oai(path = "/operations", method = "get", operation_id = "listOperations")]
     #[allow(clippy::too_many_arguments)]
     async fn operations(
@@ -208,7 +215,9 @@ impl DeliveryApi {
         }))
     }
 
-    /// Jobs, newest first; `state=dead` lists the dead letters (scope `read`).
+    /// List jobs
+    ///
+    /// Scope `read`. Newest first; `state=dead` lists the dead letters.
     #[oai(path = "/jobs", method = "get", operation_id = "listJobs")]
     async fn jobs(
         &self,
@@ -239,7 +248,9 @@ impl DeliveryApi {
         }))
     }
 
-    /// Put a dead job back in the queue with a fresh attempt budget (scope `apps:write`).
+    /// Retry a dead job
+    ///
+    /// Scope `apps:write`. Puts the job back in the queue with a fresh attempt budget.
     #[oai(path = "/jobs/:id/retry", method = "post", operation_id = "retryJob")]
     async fn retry(
         &self,
@@ -251,8 +262,10 @@ impl DeliveryApi {
         Ok(Json(job_out(roster.retry_job(principal, id.0).await?)))
     }
 
-    /// Delivery health of one app: state, queue depth per lane, oldest pending age, last
-    /// success, error rate, quarantine reason (scope `read`).
+    /// Get an app's delivery health
+    ///
+    /// Scope `read`. State, queue depth per lane, oldest pending age, last success, error rate,
+    /// quarantine reason.
     #[oai(
         path = "/apps/:id/status",
         method = "get",
@@ -289,8 +302,9 @@ impl DeliveryApi {
         }))
     }
 
-    /// Provision one person to this app now, outside the queue, and return every SCIM call
-    /// made (scope `apps:write`).
+    /// Provision one person now
+    ///
+    /// Scope `apps:write`. Outside the queue; the answer lists every SCIM call made.
     ///
     /// It follows the queue's rules: 409 when the app is paused or quarantined, or while a job
     /// for this person and app is running (a queued job for them is done by this delivery

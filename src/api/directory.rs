@@ -32,6 +32,7 @@ pub struct LinkOut {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct IdentityOut {
     pub id: String,
     pub employee_id: String,
@@ -192,7 +193,9 @@ pub struct DirectoryApi;
 
 #[OpenApi(tag = "ApiTags::Directory")]
 impl DirectoryApi {
-    /// Identities, oldest first (scope `read`).
+    /// List identities
+    ///
+    /// Scope `read`. Oldest first.
     #[oai(path = "/identities", method = "get", operation_id = "listIdentities")]
     async fn list_identities(
         &self,
@@ -223,8 +226,9 @@ impl DirectoryApi {
         }))
     }
 
-    /// One identity by roster id or employee id, with its groups and its account in each app
-    /// (scope `read`).
+    /// Get an identity
+    ///
+    /// Scope `read`. By roster id or employee id, with its groups and its account in each app.
     #[oai(path = "/identities/:id", method = "get", operation_id = "getIdentity")]
     async fn get_identity(
         &self,
@@ -256,7 +260,9 @@ impl DirectoryApi {
         Ok(Json(out))
     }
 
-    /// Groups by name, each with its member count and first 100 members (scope `read`).
+    /// List groups
+    ///
+    /// Scope `read`. By name, each with its member count and first 100 members.
     #[oai(path = "/groups", method = "get", operation_id = "listGroups")]
     async fn list_groups(
         &self,
@@ -277,7 +283,9 @@ impl DirectoryApi {
         }))
     }
 
-    /// A group's members, by employee id, a page at a time (scope `read`).
+    /// List a group's members
+    ///
+    /// Scope `read`. By employee id, a page at a time.
     #[oai(
         path = "/groups/:id/members",
         method = "get",
@@ -302,7 +310,9 @@ impl DirectoryApi {
         Ok(Json(MemberPage { items, next_cursor }))
     }
 
-    /// One group (scope `read`).
+    /// Get a group
+    ///
+    /// Scope `read`.
     #[oai(path = "/groups/:id", method = "get", operation_id = "getGroup")]
     async fn get_group(
         &self,
@@ -314,7 +324,10 @@ impl DirectoryApi {
         Ok(Json(roster.get_group(&id.0).await?.into()))
     }
 
-    /// Create a static or rule group (scope `apps:write`).
+    /// Create a group
+    ///
+    /// Scope `apps:write`. A static group lists its members; a rule group computes them from
+    /// identity fields.
     #[oai(path = "/groups", method = "post", operation_id = "createGroup")]
     async fn create_group(
         &self,
@@ -334,7 +347,9 @@ impl DirectoryApi {
         )))
     }
 
-    /// Rename a group or replace its members or rule (scope `apps:write`).
+    /// Change a group
+    ///
+    /// Scope `apps:write`. Rename it, or replace its members or its rule.
     #[oai(path = "/groups/:id", method = "patch", operation_id = "updateGroup")]
     async fn update_group(
         &self,
@@ -355,7 +370,10 @@ impl DirectoryApi {
         ))
     }
 
-    /// Delete a group (scope `apps:write`).
+    /// Delete a group
+    ///
+    /// Scope `apps:write`. In the apps that push it, only target groups roster created are deleted,
+    /// never one it adopted.
     #[oai(path = "/groups/:id", method = "delete", operation_id = "deleteGroup")]
     async fn delete_group(
         &self,

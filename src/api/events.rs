@@ -31,23 +31,32 @@ pub struct EmployeeIn {
     /// The HR system's key for the person (1..=64 characters).
     pub employee_id: String,
     #[serde(default)]
+    #[oai(nullable)]
     pub user_name: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub email: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub given_name: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub family_name: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub display_name: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub department: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub title: MaybeUndefined<String>,
     #[serde(default)]
+    #[oai(nullable)]
     pub manager_employee_id: MaybeUndefined<String>,
     /// Anything else HR sends (a JSON object), usable as `attributes.<key>` in mappings.
     #[serde(default)]
+    #[oai(nullable)]
     pub attributes: MaybeUndefined<Value>,
 }
 
@@ -147,7 +156,9 @@ pub struct EventsApi;
 
 #[OpenApi(tag = "ApiTags::Events")]
 impl EventsApi {
-    /// Post one HR event (scope `events:write`). 202 only after it is durably committed.
+    /// Post one HR event
+    ///
+    /// Scope `events:write`. 202 only after it is durably committed.
     #[oai(path = "/events", method = "post", operation_id = "postEvent")]
     async fn post_event(
         &self,
@@ -168,7 +179,10 @@ impl EventsApi {
         Ok(Accepted::Accepted(Json(accepted(outcome))))
     }
 
-    /// Post up to 1000 HR events in one transaction (scope `events:write`).
+    /// Post up to 1000 HR events
+    ///
+    /// Scope `events:write`. Applied in order in one transaction; one invalid event refuses the
+    /// whole batch.
     #[oai(
         path = "/events:batch",
         method = "post",

@@ -6,6 +6,7 @@ pub mod body;
 pub mod delivery;
 pub mod directory;
 pub mod events;
+mod examples;
 pub mod guard;
 pub mod paging;
 pub mod problem;
@@ -70,19 +71,23 @@ pub fn spec_json() -> String {
     document(&openapi_service().spec())
 }
 
-/// poem-openapi's document with its described references made plain (`inline_described_refs`).
-/// Keys come out sorted (serde_json's map); the document is otherwise unchanged.
+/// poem-openapi's document with its described references made plain (`inline_described_refs`)
+/// and an example on every request body (`examples`). Keys come out sorted (serde_json's map);
+/// the document is otherwise unchanged.
 fn document(raw: &str) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(raw) else {
         // poem-openapi printed it from its own types; never expected, but then serve it as is.
         return raw.to_owned();
     };
     inline_described_refs(&mut doc);
+    examples::add_request_examples(&mut doc);
     serde_json::to_string_pretty(&doc).unwrap_or_else(|_| raw.to_owned())
 }
 
-/// Keywords that only annotate a schema: merging them next to a `$ref` changes no validation.
+/// Keywords that only annotate a schema (merging them next to a `$ref` changes no validation),
+/// and `nullable`, which makes the reference an `anyOf` of one.
 const ANNOTATIONS: &[&str] = &[
+    "nullable",
     "description",
     "default",
     "example",
@@ -97,8 +102,10 @@ const ANNOTATIONS: &[&str] = &[
 /// objects (openapi-python-client: "Cannot take allOf a non-object") then drop every schema
 /// holding an enum field so described, and every operation using one. This rewrites each such
 /// schema, wherever it is, as `{$ref, description, default}` (a `$ref` with annotations beside
-/// it, as OpenAPI 3.1 and JSON Schema allow), which those generators and the others read. Any
-/// other `allOf` is left alone.
+/// it, as OpenAPI 3.1 and JSON Schema allow), which those generators and the others read; a
+/// nullable one (`#[oai(nullable)]`, a field that takes `null`) becomes
+/// `{anyOf: [{$ref}], nullable, description}`, since a `nullable` beside a `$ref` is ignored.
+/// Any other `allOf` is left alone.
 fn inline_described_refs(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
@@ -132,7 +139,13 @@ fn inline_described_refs(value: &mut serde_json::Value) {
                 {
                     map.entry(key).or_insert(annotation);
                 }
-                map.extend(reference);
+                if map.get("nullable") == Some(&Value::Bool(true)) {
+                    // OpenAPI 3.0 ignores `nullable` beside a `$ref`, and so do the generators:
+                    // the reference goes one level down, where `nullable` applies to it.
+                    map.insert("anyOf".into(), Value::Array(vec![Value::Object(reference)]));
+                } else {
+                    map.extend(reference);
+                }
             }
             map.values_mut().for_each(inline_described_refs);
         }

@@ -111,6 +111,7 @@ pub struct DifferenceOut {
 }
 
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ItemOut {
     /// `user` (an account, or a person without one) or `group`.
     pub resource: String,
@@ -134,6 +135,7 @@ pub struct ItemOut {
 /// A run's report: `{id, app_id, state, dry_run, counts, writes, items}`, plus the run's mode,
 /// times and error.
 #[derive(Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct RunOut {
     pub id: String,
     pub app_id: String,
@@ -252,8 +254,10 @@ pub struct ReconcileApi;
 
 #[OpenApi(tag = "ApiTags::Reconcile")]
 impl ReconcileApi {
-    /// Start a reconciliation run of the app (scope `apps:write`): 202 with the run id; the run
-    /// proceeds in the background. 409 while another run of the app is running.
+    /// Start a reconciliation run
+    ///
+    /// Scope `apps:write`. 202 with the run id; the run proceeds in the background. 409 while
+    /// another run of the app is running.
     #[oai(
         path = "/apps/:id/reconcile",
         method = "post",
@@ -281,7 +285,9 @@ impl ReconcileApi {
         Ok(StartAnswer::Accepted(Json(RunStarted { id: run.id })))
     }
 
-    /// Reconcile runs, newest first, without items, a page at a time (scope `read`).
+    /// List reconciliation runs
+    ///
+    /// Scope `read`. Newest first, without items, a page at a time.
     #[oai(
         path = "/reconcile-runs",
         method = "get",
@@ -310,9 +316,11 @@ impl ReconcileApi {
         }))
     }
 
-    /// A run's report with a page of its items (scope `read`): `limit` items in the order they
-    /// were found (default 1000, at most 10000), the first ones or those after `cursor`;
-    /// `total_items` says how many there are.
+    /// Get a run's report
+    ///
+    /// Scope `read`. With a page of its items: `limit` items in the order they were found (default
+    /// 1000, at most 10000), the first ones or those after `cursor`; `total_items` says how many
+    /// there are.
     #[oai(
         path = "/reconcile-runs/:id",
         method = "get",
@@ -335,7 +343,9 @@ impl ReconcileApi {
         )))
     }
 
-    /// Apply the deprovisions the deletion guard held (scope `admin`); 409 unless the run is
+    /// Approve a run's held deprovisions
+    ///
+    /// Scope `admin`. Applies the deprovisions the deletion guard held; 409 unless the run is
     /// `awaiting_approval`.
     #[oai(
         path = "/reconcile-runs/:id/approve",

@@ -18,6 +18,11 @@
 //! others neither take a slot nor a token (they wait holding nothing), and go on once no such
 //! call waits. It still waits for the slot, the token and any `Retry-After` pause like every
 //! other call: the app's limits hold for leavers too.
+//!
+//! The bucket and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
+//! production; [`AppLimiter::with_clock`] is the one place another is put in (tests use
+//! governor's `FakeRelativeClock`, so they count tokens at chosen instants instead of timing a
+//! machine). Waits for a token sleep on tokio's timer for as long as the bucket says.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -26,38 +31,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use governor::clock::Clock;
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tokio::time::Instant;
 
 use crate::scim::{CallGate, CallPass, MAX_RETRY_AFTER};
 use crate::settings::AppSettings;
 
-/// The bucket's clock: tokio's, so that the bucket, the sleeps that wait for it and the
-/// `Retry-After` pauses share one time source (and tests may pause it).
-#[derive(Debug, Clone, Copy)]
-struct TokioClock {
-    origin: Instant,
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-
-    fn now(&self) -> Duration {
-        self.origin.elapsed()
-    }
-}
-
-type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
-
-pub struct AppLimiter {
-    bucket: Bucket,
-    clock: TokioClock,
+pub struct AppLimiter<C: Clock = DefaultClock> {
+    bucket: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
     slots: Arc<Semaphore>,
-    paused_until: Mutex<Option<Instant>>,
+    paused_until: Mutex<Option<C::Instant>>,
     /// How many calls of jobs that go first (deprovisions) wait for a slot or a token now.
     first_waiting: watch::Sender<usize>,
 }
@@ -109,21 +97,32 @@ impl Drop for FirstWaiting<'_> {
 impl AppLimiter {
     #[must_use]
     pub fn new(per_second: u32, burst: u32, max_concurrency: u32) -> Self {
+        Self::with_clock(per_second, burst, max_concurrency, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> AppLimiter<C> {
+    /// A limiter whose bucket and pause read `clock`.
+    #[must_use]
+    pub fn with_clock(per_second: u32, burst: u32, max_concurrency: u32, clock: C) -> Self {
         let per_second = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let clock = TokioClock {
-            origin: Instant::now(),
-        };
+        let quota = Quota::per_second(per_second).allow_burst(burst);
         Self {
-            bucket: RateLimiter::direct_with_clock(
-                Quota::per_second(per_second).allow_burst(burst),
-                clock,
-            ),
+            bucket: RateLimiter::direct_with_clock(quota, clock.clone()),
             clock,
             slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
             paused_until: Mutex::new(None),
             first_waiting: watch::channel(0).0,
         }
+    }
+
+    /// Takes a call token at once if a call of `turn` may: the app is not paused, no leaver
+    /// waits ahead of an `InLine` call, and the bucket has one.
+    fn token_now(&self, turn: Turn) -> bool {
+        self.paused_for().is_none()
+            && turn.may_take(*self.first_waiting.borrow())
+            && self.bucket.check().is_ok()
     }
 
     /// A slot and a token at once, if both are free now, no pause holds the app and no call
@@ -133,7 +132,7 @@ impl AppLimiter {
             return None;
         }
         let slot = self.slots.clone().try_acquire_owned().ok()?;
-        self.bucket.check().is_ok().then_some(slot)
+        self.token_now(turn).then_some(slot)
     }
 
     /// Waits for one call's slot and token, in `turn`; the slot is to be held until the
@@ -205,9 +204,10 @@ impl AppLimiter {
     }
 
     /// Honour a `Retry-After`: no call to this app before `now + wait`.
-    /// The wait is capped at [`MAX_RETRY_AFTER`] (`Instant` addition panics on overflow).
+    /// The wait is capped at [`MAX_RETRY_AFTER`] (a wait from outside must not overflow the
+    /// clock's arithmetic).
     pub fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
+        let until = self.clock.now() + Nanos::from(wait.min(MAX_RETRY_AFTER));
         if let Ok(mut paused) = self.paused_until.lock()
             && paused.is_none_or(|p| p < until)
         {
@@ -219,7 +219,10 @@ impl AppLimiter {
     #[must_use]
     pub fn paused_for(&self) -> Option<Duration> {
         let paused = self.paused_until.lock().ok()?;
-        paused.and_then(|until| until.checked_duration_since(Instant::now()))
+        let now = self.clock.now();
+        paused
+            .filter(|until| *until > now)
+            .map(|until| until.duration_since(now).into())
     }
 }
 
@@ -345,30 +348,96 @@ impl Limiters {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use governor::clock::FakeRelativeClock;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
 
-    #[tokio::test]
-    async fn the_bucket_allows_the_burst_then_the_rate() {
-        let limiter = AppLimiter::new(20, 5, 1);
-        let started = Instant::now();
-        for _ in 0..15 {
-            limiter.wait().await;
+    /// A limiter on a clock that moves only when the test moves it.
+    fn on_fake_clock(
+        per_second: u32,
+        burst: u32,
+    ) -> (AppLimiter<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (
+            AppLimiter::with_clock(per_second, burst, 1, clock.clone()),
+            clock,
+        )
+    }
+
+    /// How many tokens a job in line takes at once, now.
+    fn tokens_now(limiter: &AppLimiter<FakeRelativeClock>) -> usize {
+        let mut taken = 0;
+        while limiter.token_now(Turn::InLine) {
+            taken += 1;
+            assert!(taken <= 1000, "the bucket never runs dry");
         }
-        // 5 at once, then 10 more at 20/s: about 0.5 s.
-        let took = started.elapsed();
-        assert!(took >= Duration::from_millis(400), "{took:?}");
-        assert!(took < Duration::from_millis(1500), "{took:?}");
+        taken
+    }
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_the_rate() {
+        let (limiter, clock) = on_fake_clock(20, 5);
+        assert_eq!(tokens_now(&limiter), 5, "the burst at once");
+        // 20 a second: the next token 50 ms after the burst, not a moment before.
+        clock.advance(Duration::from_millis(49));
+        assert_eq!(tokens_now(&limiter), 0);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(tokens_now(&limiter), 1);
+        // Then one every 50 ms: 15 tokens in the first half second.
+        for _ in 0..9 {
+            clock.advance(Duration::from_millis(50));
+            assert_eq!(tokens_now(&limiter), 1);
+        }
+        // An idle app's bucket fills up to the burst, never beyond it.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(tokens_now(&limiter), 5);
+    }
+
+    #[test]
+    fn a_pause_holds_tokens_back_until_it_ends_and_never_shortens() {
+        let (limiter, clock) = on_fake_clock(1000, 1000);
+        limiter.pause_for(Duration::from_millis(300));
+        // A shorter Retry-After later does not cut the longer pause short.
+        limiter.pause_for(Duration::from_millis(100));
+        assert_eq!(limiter.paused_for(), Some(Duration::from_millis(300)));
+        assert_eq!(tokens_now(&limiter), 0, "paused: no token");
+        clock.advance(Duration::from_millis(299));
+        assert_eq!(limiter.paused_for(), Some(Duration::from_millis(1)));
+        assert!(!limiter.token_now(Turn::First), "a leaver waits it out too");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(limiter.paused_for(), None);
+        assert!(limiter.token_now(Turn::InLine));
+        // A longer one later extends it.
+        limiter.pause_for(Duration::from_secs(2));
+        assert_eq!(limiter.paused_for(), Some(Duration::from_secs(2)));
     }
 
     #[test]
     fn a_huge_pause_is_capped_instead_of_overflowing() {
-        let limiter = AppLimiter::new(1, 1, 1);
+        let (limiter, _clock) = on_fake_clock(1, 1);
         limiter.pause_for(Duration::MAX);
-        let left = limiter.paused_for().expect("paused");
-        assert!(left <= MAX_RETRY_AFTER, "{left:?}");
-        assert!(left > MAX_RETRY_AFTER - Duration::from_secs(60), "{left:?}");
+        assert_eq!(limiter.paused_for(), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_waiting_leaver_takes_the_next_token_and_the_line_does_not() {
+        let (limiter, clock) = on_fake_clock(10, 1);
+        assert_eq!(tokens_now(&limiter), 1);
+        clock.advance(Duration::from_millis(100));
+        let leaver = FirstWaiting::enter(&limiter.first_waiting);
+        assert!(
+            !limiter.token_now(Turn::InLine),
+            "in line while a leaver waits"
+        );
+        assert!(limiter.token_now(Turn::First), "the leaver's token");
+        drop(leaver);
+        // The leaver took the one token there was; the line takes the next one.
+        assert_eq!(tokens_now(&limiter), 0);
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(tokens_now(&limiter), 1);
     }
 
     #[tokio::test]

@@ -279,7 +279,6 @@ impl Stub {
 
 /// Serves the stub on a free loopback port; returns its SCIM base URL.
 async fn serve(stub: Arc<Stub>) -> String {
-    use poem::listener::{Acceptor as _, Listener as _};
     let endpoint = poem::endpoint::make(move |req: Request| {
         let stub = stub.clone();
         async move {
@@ -303,15 +302,7 @@ async fn serve(stub: Arc<Stub>) -> String {
             stub.answer(&method, &path, &query, &body)
         }
     });
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = *acceptor.local_addr()[0]
-        .as_socket_addr()
-        .expect("a socket address");
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-    format!("http://{addr}/scim/v2")
+    format!("http://{}/scim/v2", crate::helpers::serve(endpoint).await)
 }
 
 /// An app on `base_url`: userName and the work e-mail from HR's email, matched on `matching`.
@@ -332,11 +323,7 @@ fn stub_app(name: &str, base_url: &str, extra: Value) -> Value {
             ],
         }),
     );
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &extra);
     body
 }
 

@@ -803,15 +803,9 @@ mod keys_at_rest {
 
     #[tokio::test]
     async fn an_instance_on_the_old_key_refuses_to_seal_after_a_rotation() {
-        use secrecy::ExposeSecret;
         let app = spawn_app().await;
         let first = app.create_app(&app_body("before", json!({}))).await;
-        let old = app
-            .config
-            .secret_key
-            .clone()
-            .map(|k| k.expose_secret().to_owned())
-            .unwrap_or_default();
+        let old = app.secret_key_text();
         // What `roster rotate-key` does, in-process: a new key, the old one to open old rows.
         let new = roster::crypto::SecretBox::generate_base64();
         let mut rotating = app.config.clone();

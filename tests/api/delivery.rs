@@ -5,7 +5,10 @@ use std::time::Duration;
 use roster::dev_target::{DevTarget, DevTargetArgs};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, dev_target, event, eventually, joiner, peer, spawn_app};
+use crate::helpers::{
+    TestApp, app_body, dev_target, empty_list, event, eventually, joiner, peer, scim_answer,
+    scim_client, scim_error, serve_until, spawn_app, stub_service_provider_config,
+};
 
 const TOKEN: &str = "target-token";
 
@@ -31,11 +34,7 @@ fn sherpany(name: &str, base_url: &str, token: &str, extra: Value) -> Value {
                              "rules": [{"group": "board-admins", "value": "admin"}]},
         }),
     );
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &extra);
     body
 }
 
@@ -58,13 +57,7 @@ fn user<'a>(users: &'a [Value], user_name: &str) -> Option<&'a Value> {
 
 /// Reads one user of any SCIM server by userName, through roster's own client.
 async fn read_user(base: &str, token: &str, user_name: &str) -> Option<Value> {
-    let config = roster::scim::TargetConfig::new(
-        url::Url::parse(base).ok()?,
-        roster::scim::Auth::Bearer(token.to_owned().into()),
-        roster::net_guard::TargetPolicy::AllowPrivate,
-    );
-    let client = roster::scim::ScimClient::new(config).ok()?;
-    client
+    scim_client(base, token)
         .users()
         .find_by("userName", user_name)
         .await
@@ -398,12 +391,7 @@ async fn a_pushed_group_follows_roster_membership_with_patches() {
 
 /// The userNames in a target group, read through roster's SCIM client.
 async fn group_member_names(base: &str, token: &str, group: &str) -> Option<Vec<String>> {
-    let config = roster::scim::TargetConfig::new(
-        url::Url::parse(base).ok()?,
-        roster::scim::Auth::Bearer(token.to_owned().into()),
-        roster::net_guard::TargetPolicy::AllowPrivate,
-    );
-    let client = roster::scim::ScimClient::new(config).ok()?;
+    let client = scim_client(base, token);
     let found = client.groups().find_by("displayName", group).await.ok()?;
     let [g] = found.as_slice() else { return None };
     let mut names = Vec::new();
@@ -901,41 +889,20 @@ async fn a_401_quarantines_the_app_and_a_probe_lifts_it_once_fixed() {
 /// permanent refusals of a real app (a 400 for a value it does not accept, a 403 for a token
 /// without the right to create users). Stops with the returned token.
 async fn refusing_target(status: u16) -> (String, tokio_util::sync::CancellationToken) {
-    use poem::listener::{Acceptor as _, Listener as _};
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
     let endpoint = poem::endpoint::make_sync(move |req: poem::Request| {
-        let (code, body) = if req.method() == poem::http::Method::GET {
-            let body = if req.uri().path().ends_with("/ServiceProviderConfig") {
-                json!({"patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100}})
-            } else {
-                json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
-                       "totalResults": 0, "startIndex": 1, "itemsPerPage": 0, "Resources": []})
-            };
-            (200, body)
+        if req.method() != poem::http::Method::GET {
+            let mut refusal = scim_error(status);
+            refusal["detail"] = json!("refused by the stub");
+            return scim_answer(status, &refusal);
+        }
+        if req.uri().path().ends_with("/ServiceProviderConfig") {
+            scim_answer(200, &stub_service_provider_config())
         } else {
-            let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
-                              "status": status.to_string(), "detail": "refused by the stub"});
-            (status, body)
-        };
-        poem::Response::builder()
-            .status(poem::http::StatusCode::from_u16(code).expect("a status"))
-            .content_type("application/scim+json")
-            .body(body.to_string())
+            scim_answer(200, &empty_list())
+        }
     });
     let stop = tokio_util::sync::CancellationToken::new();
-    let shutdown = stop.clone();
-    tokio::spawn(async move {
-        poem::Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(endpoint, shutdown.cancelled_owned(), None)
-            .await
-    });
+    let addr = serve_until(endpoint, stop.clone()).await;
     (format!("http://{addr}/scim/v2"), stop)
 }
 
@@ -1846,12 +1813,7 @@ async fn a_filtered_matching_attribute_is_refused_at_registration() {
 
 /// roster's client for a target, for edits "by hand" in the app.
 fn hand_client(base: &str, token: &str) -> roster::scim::ScimClient {
-    let config = roster::scim::TargetConfig::new(
-        url::Url::parse(base).expect("base url"),
-        roster::scim::Auth::Bearer(token.to_owned().into()),
-        roster::net_guard::TargetPolicy::AllowPrivate,
-    );
-    roster::scim::ScimClient::new(config).expect("client")
+    scim_client(base, token)
 }
 
 /// Elements of a multi-valued attribute that roster does not render (a role and an email

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::helpers::{
-    ADMIN, TestApp, app_body, dev_target, event, eventually, joiner, spawn_app_with,
+    ADMIN, RelayedCall, Tap, TestApp, app_body, dev_target, empty_list, event, eventually, joiner,
+    relay, scim_answer, scim_error, spawn_app_with, stub_service_provider_config,
 };
 
 const TOKEN: &str = "target-token";
@@ -67,10 +68,7 @@ impl Default for Stub {
 }
 
 fn scim(status: StatusCode, body: &Value) -> Response {
-    Response::builder()
-        .status(status)
-        .content_type("application/scim+json")
-        .body(body.to_string())
+    scim_answer(status.as_u16(), body)
 }
 
 impl Stub {
@@ -86,13 +84,7 @@ impl Stub {
             if self.hold_config.load(Ordering::SeqCst) {
                 self.wait_open().await;
             }
-            return scim(
-                StatusCode::OK,
-                &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-                        "patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100},
-                        "bulk": {"supported": false}, "etag": {"supported": false},
-                        "sort": {"supported": false}, "changePassword": {"supported": false}}),
-            );
+            return scim(StatusCode::OK, &stub_service_provider_config());
         }
         if !path.contains("/Users") {
             return scim(StatusCode::NOT_FOUND, &json!({"status": "404"}));
@@ -117,17 +109,12 @@ impl Stub {
                 .status(StatusCode::TOO_MANY_REQUESTS)
                 .header("Retry-After", seconds.to_string())
                 .content_type("application/scim+json")
-                .body(
-                    json!({"schemas": [roster::scim::schemas::ERROR], "status": "429"}).to_string(),
-                );
+                .body(scim_error(429).to_string());
         }
         tokio::time::sleep(self.latency).await;
         if req.method() == poem::http::Method::POST {
             if self.fail_posts.load(Ordering::SeqCst) {
-                return scim(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({"schemas": [roster::scim::schemas::ERROR], "status": "500"}),
-                );
+                return scim(StatusCode::INTERNAL_SERVER_ERROR, &scim_error(500));
             }
             let n = self.posts.fetch_add(1, Ordering::SeqCst);
             let mut user: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -139,17 +126,12 @@ impl Stub {
             self.or_lookups.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.or_latency).await;
         }
-        scim(
-            StatusCode::OK,
-            &json!({"schemas": [roster::scim::schemas::LIST_RESPONSE], "totalResults": 0,
-                    "startIndex": 1, "itemsPerPage": 0, "Resources": []}),
-        )
+        scim(StatusCode::OK, &empty_list())
     }
 }
 
 /// Serves `stub` on 127.0.0.1 (port 0); returns its SCIM base URL.
 async fn serve(stub: Arc<Stub>) -> String {
-    use poem::listener::{Acceptor as _, Listener as _};
     let endpoint = poem::endpoint::make(move |req: Request| {
         let stub = stub.clone();
         async move {
@@ -158,15 +140,7 @@ async fn serve(stub: Arc<Stub>) -> String {
             stub.answer(req, body).await
         }
     });
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = *acceptor.local_addr()[0]
-        .as_socket_addr()
-        .expect("a socket address");
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-    format!("http://{addr}/scim/v2")
+    format!("http://{}/scim/v2", crate::helpers::serve(endpoint).await)
 }
 
 async fn create_app(app: &TestApp, name: &str, base_url: &str, extra: Value) -> String {
@@ -175,11 +149,7 @@ async fn create_app(app: &TestApp, name: &str, base_url: &str, extra: Value) -> 
         json!({"base_url": base_url, "auth": {"type": "bearer", "token": TOKEN},
                "rate_limit": {"per_second": 1000, "burst": 1000}, "max_concurrency": 4}),
     );
-    if let (Some(b), Some(x)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            b.insert(k.clone(), v.clone());
-        }
-    }
+    crate::helpers::merge(&mut body, &extra);
     app.create_app(&body).await["id"]
         .as_str()
         .unwrap_or_default()
@@ -713,13 +683,13 @@ async fn a_throttled_and_a_hanging_app_do_not_slow_another() {
     hanging.open.send_replace(true);
 }
 
-/// A dev-target behind a proxy that records every `/Users` call in the order the target got
+/// A dev-target behind a relay that records every `/Users` call in the order the target got
 /// it: (when, method, path), and how many were under way at once.
 struct Recorder {
+    /// The dev-target's address, without the SCIM base path.
     target: String,
-    client: reqwest::Client,
     calls: std::sync::Mutex<Vec<(Instant, String, String)>>,
-    /// `/Users` calls under way now, and the most ever under way at once.
+    /// `/Users` calls under way now (relayed, not yet answered), and the most ever at once.
     in_flight: AtomicUsize,
     most_in_flight: AtomicUsize,
     /// How many `/Users` calls arrived: subscribers see each arrival.
@@ -727,11 +697,10 @@ struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder in front of `target`, served on 127.0.0.1; with its SCIM base URL.
+    /// A recorder in front of `target`, relayed on 127.0.0.1; with its SCIM base URL.
     async fn start(target: &roster::dev_target::DevTarget) -> (Arc<Self>, String) {
         let recorder = Arc::new(Self {
             target: target.base_url().trim_end_matches("/scim/v2").to_owned(),
-            client: reqwest::Client::new(),
             calls: std::sync::Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             most_in_flight: AtomicUsize::new(0),
@@ -760,75 +729,34 @@ impl Recorder {
     }
 }
 
-/// Counts a call out of `Recorder::in_flight` when dropped.
-struct UnderWay<'a>(Option<&'a AtomicUsize>);
+impl Tap for Recorder {
+    async fn request(&self, call: &mut RelayedCall) {
+        if !call.path.contains("/Users") {
+            return;
+        }
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push((Instant::now(), call.method.clone(), call.path.clone()));
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.arrived.send_modify(|n| *n += 1);
+    }
 
-impl Drop for UnderWay<'_> {
-    fn drop(&mut self) {
-        if let Some(n) = self.0 {
-            n.fetch_sub(1, Ordering::SeqCst);
+    fn answer(&self, call: &RelayedCall, _body: &mut Vec<u8>) {
+        if call.path.contains("/Users") {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
 
-/// Serves `recorder` on 127.0.0.1 (port 0); returns its base URL.
+/// Relays to `recorder`'s target through 127.0.0.1 (port 0); returns the relay's address,
+/// without the SCIM base path.
 async fn serve_recorder(recorder: Arc<Recorder>) -> String {
-    use poem::listener::{Acceptor as _, Listener as _};
-    let endpoint = poem::endpoint::make(move |req: Request| {
-        let recorder = recorder.clone();
-        async move {
-            let mut req = req;
-            let body = req.take_body().into_vec().await.unwrap_or_default();
-            let path_and_query = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_owned())
-                .unwrap_or_default();
-            let path = req.uri().path().to_owned();
-            let user_call = path.contains("/Users");
-            if user_call {
-                if let Ok(mut calls) = recorder.calls.lock() {
-                    calls.push((Instant::now(), req.method().to_string(), path.clone()));
-                }
-                let now = recorder.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                recorder.most_in_flight.fetch_max(now, Ordering::SeqCst);
-                recorder.arrived.send_modify(|n| *n += 1);
-            }
-            // Counted out however the answer ends.
-            let _under_way = UnderWay(user_call.then_some(&recorder.in_flight));
-            let mut forward = recorder
-                .client
-                .request(
-                    req.method().clone(),
-                    format!("{}{path_and_query}", recorder.target),
-                )
-                .body(body);
-            for name in ["authorization", "content-type", "accept", "if-match"] {
-                if let Some(v) = req.headers().get(name) {
-                    forward = forward.header(name, v.clone());
-                }
-            }
-            let Ok(answer) = forward.send().await else {
-                return Response::builder().status(StatusCode::BAD_GATEWAY).finish();
-            };
-            let mut out = Response::builder().status(answer.status());
-            for (name, v) in answer.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
-                    out = out.header(name.clone(), v.clone());
-                }
-            }
-            out.body(answer.bytes().await.unwrap_or_default().to_vec())
-        }
-    });
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
+    let target = recorder.target.clone();
+    relay(&target, recorder)
         .await
-        .expect("bind");
-    let addr = *acceptor.local_addr()[0]
-        .as_socket_addr()
-        .expect("a socket address");
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-    format!("http://{addr}")
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// Issue 24: in an app limited to 5 calls/s and 2 jobs at a time, a leaver posted behind a

@@ -674,3 +674,66 @@ async fn a_claim_takes_from_each_app_only_its_room() {
     assert_eq!(claimed.len(), 1, "{claimed:?}");
     assert_eq!(claimed[0].lane, "deprovision", "{claimed:?}");
 }
+
+/// Issue 22 §5: a leaver posted behind a backlog of thousands of pending jobs of the same app
+/// is claimed first, whether the app's window is free or full: the next claim of one job is
+/// the leaver, and a claim with the app's window full takes the leaver and nothing else. (The
+/// engine then gives it the app's next slot and token: `engine::a_leaver_overtakes_…`.)
+#[tokio::test]
+async fn a_leaver_behind_thousands_of_pending_jobs_is_claimed_first() {
+    const BACKLOG: usize = 3000;
+    let app = spawn_planner().await;
+    let busy = app_id(&app, "busy").await;
+    let conn = &app.db;
+    // The backlog is older: by time alone every one of its jobs would come first.
+    let older = queue::now_ms() - 60_000;
+    let backlog: Vec<JobRequest> = (0..BACKLOG)
+        .map(|i| JobRequest {
+            run_at_ms: older,
+            ..job(&busy, ResourceKind::User, &format!("b{i}"), Lane::Normal)
+        })
+        .collect();
+    for chunk in backlog.chunks(500) {
+        queue::enqueue(conn, chunk)
+            .await
+            .expect("enqueue the backlog");
+    }
+    queue::enqueue(
+        conn,
+        &[job(&busy, ResourceKind::User, "leaver", Lane::Deprovision)],
+    )
+    .await
+    .expect("enqueue the leaver");
+    assert_eq!(app.count("job").await, BACKLOG as i64 + 1);
+
+    // The app's window is full of its backlog: only the leaver's own room is left.
+    let full = queue::ClaimRooms {
+        rooms: vec![(busy.clone(), 0)],
+        first_rooms: vec![(busy.clone(), 1)],
+        default_room: 5,
+    };
+    let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &full)
+        .await
+        .expect("claim");
+    let claimed: Vec<(&str, &str)> = claimed
+        .iter()
+        .map(|j| (j.resource_id.as_str(), j.lane.as_str()))
+        .collect();
+    assert_eq!(claimed, [("leaver", "deprovision")]);
+
+    // Released (as a lost worker's job would be), the leaver is again the next job of all.
+    app.rows("UPDATE job SET state = 'pending', lease_owner = NULL WHERE resource_id = 'leaver'")
+        .await;
+    let next = queue::claim(conn, "w", queue::now_ms(), 1)
+        .await
+        .expect("claim");
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].resource_id, "leaver", "{next:?}");
+    // Then the backlog in its own order, oldest first.
+    let then = queue::claim(conn, "w", queue::now_ms(), 3)
+        .await
+        .expect("claim");
+    let then: Vec<&str> = then.iter().map(|j| j.resource_id.as_str()).collect();
+    assert_eq!(then.len(), 3, "{then:?}");
+    assert!(then.iter().all(|id| id.starts_with('b')), "{then:?}");
+}

@@ -58,8 +58,11 @@ impl Answer {
 
 #[path = "../common/mod.rs"]
 mod common;
-pub use common::app_body;
 use common::fresh_database;
+pub use common::{
+    app_body, empty_list, merge, scim_answer, scim_error, serve, serve_until,
+    stub_service_provider_config,
+};
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
@@ -218,6 +221,28 @@ impl TestApp {
             .expect("query")
     }
 
+    /// This app's `ROSTER_SECRET_KEY`, as text.
+    pub fn secret_key_text(&self) -> String {
+        use secrecy::ExposeSecret;
+        self.config
+            .secret_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The `roster` binary with `args`, on this app's database and secret key, allowed to call
+    /// targets on 127.0.0.1 (the CLI tests add what else they need).
+    pub fn roster_command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_roster"));
+        command
+            .args(args)
+            .env("ROSTER_DATABASE_URL", &self.config.database_url)
+            .env("ROSTER_SECRET_KEY", self.secret_key_text())
+            .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true");
+        command
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         use sea_orm::{FromQueryResult, Statement};
         #[derive(FromQueryResult)]
@@ -246,11 +271,7 @@ pub fn event(event_id: &str, kind: &str, employee_id: &str, at: &str, extra: Val
         employee["user_name"] = json!(employee_id.to_lowercase());
         employee["email"] = json!(format!("{}@example.com", employee_id.to_lowercase()));
     }
-    if let (Some(e), Some(x)) = (employee.as_object_mut(), extra.as_object()) {
-        for (k, v) in x {
-            e.insert(k.clone(), v.clone());
-        }
-    }
+    merge(&mut employee, &extra);
     json!({"event_id": event_id, "type": kind, "occurred_at": at, "employee": employee})
 }
 
@@ -333,5 +354,136 @@ impl TestApp {
             (n == 0).then_some(())
         })
         .await;
+    }
+}
+
+/// roster's own SCIM client for the target at `base` (a SCIM base URL), for a test's edits and
+/// reads "by hand", as an admin of the app would make them: no second client is written here.
+pub fn scim_client(base: &str, token: &str) -> roster::scim::ScimClient {
+    let mut config = roster::scim::TargetConfig::new(
+        url::Url::parse(base).expect("a SCIM base URL"),
+        roster::scim::Auth::Bearer(token.to_owned().into()),
+        roster::net_guard::TargetPolicy::AllowPrivate,
+    );
+    config.timeout = Duration::from_secs(15);
+    roster::scim::ScimClient::new(config).expect("a SCIM client")
+}
+
+/// A call passing through a [`relay`].
+pub struct RelayedCall {
+    pub method: String,
+    /// The path as the client sent it (the relay's base path is the upstream's).
+    pub path: String,
+    /// The decoded query pairs; a tap may change them.
+    pub query: Vec<(String, String)>,
+}
+
+/// What a [`relay`] does to the calls it passes on; by default, nothing.
+pub trait Tap: Send + Sync + 'static {
+    /// Before a call goes upstream: may look at it, change its query, or hold it (wait).
+    fn request(&self, _call: &mut RelayedCall) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Before an answer goes back: may change its body.
+    fn answer(&self, _call: &RelayedCall, _body: &mut Vec<u8>) {}
+}
+
+/// A relay on 127.0.0.1 (port 0) in front of the SCIM server at `upstream` (a base URL): every
+/// call goes upstream with its `authorization`, `content-type`, `accept` and `if-match`
+/// headers, and comes back with the upstream's status and headers, as `tap` lets it. Returns
+/// the relay's base URL (with the upstream's path).
+pub async fn relay<T: Tap>(upstream: &str, tap: std::sync::Arc<T>) -> String {
+    let upstream = url::Url::parse(upstream).expect("an upstream base URL");
+    let base_path = upstream.path().to_owned();
+    // The client below may be the test's first (before the app under test installs it).
+    roster::scim::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let endpoint = poem::endpoint::make(move |req: poem::Request| {
+        let (http, upstream, tap) = (http.clone(), upstream.clone(), tap.clone());
+        async move { relay_one(&http, &upstream, &*tap, req).await }
+    });
+    let addr = serve(endpoint).await;
+    format!("http://{addr}{base_path}")
+}
+
+async fn relay_one<T: Tap>(
+    http: &reqwest::Client,
+    upstream: &url::Url,
+    tap: &T,
+    mut req: poem::Request,
+) -> poem::Response {
+    let raw_query = req.uri().query().unwrap_or("").to_owned();
+    let sent: Vec<(String, String)> = url::form_urlencoded::parse(raw_query.as_bytes())
+        .into_owned()
+        .collect();
+    let mut call = RelayedCall {
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path().to_owned(),
+        query: sent.clone(),
+    };
+    tap.request(&mut call).await;
+    let mut url = upstream.clone();
+    url.set_path(&call.path);
+    if call.query == sent {
+        // Unchanged: passed on exactly as the client encoded it.
+        url.set_query((!raw_query.is_empty()).then_some(raw_query.as_str()));
+    } else {
+        url.set_query(None);
+        url.query_pairs_mut().extend_pairs(&call.query);
+    }
+    let body = req.take_body().into_vec().await.unwrap_or_default();
+    let mut forward = http.request(req.method().clone(), url).body(body);
+    for name in ["authorization", "content-type", "accept", "if-match"] {
+        if let Some(value) = req.headers().get(name) {
+            forward = forward.header(name, value.clone());
+        }
+    }
+    let Ok(answer) = forward.send().await else {
+        return poem::Response::builder()
+            .status(poem::http::StatusCode::BAD_GATEWAY)
+            .finish();
+    };
+    let mut out = poem::Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            out = out.header(name.clone(), value.clone());
+        }
+    }
+    let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
+    tap.answer(&call, &mut bytes);
+    out.body(bytes)
+}
+
+/// A [`Tap`] that holds every call until [`Hold::open`], then lets them all through: a target
+/// that stays busy exactly as long as a test needs, whatever the machine's speed.
+pub struct Hold {
+    open: tokio::sync::watch::Sender<bool>,
+    /// Calls that arrived (held or not).
+    pub arrived: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            open: tokio::sync::watch::channel(false).0,
+            arrived: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Hold {
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Tap for Hold {
+    async fn request(&self, _call: &mut RelayedCall) {
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut open = self.open.subscribe();
+        // The sender lives in the tap, which the relay holds: this ends only when opened.
+        let _ = open.wait_for(|o| *o).await;
     }
 }

@@ -12,5 +12,6 @@ mod finisher;
 mod groups;
 mod health;
 mod helpers;
+mod openapi;
 mod reconcile;
 mod scopes;

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, dev_target, event, joiner, peer, spawn_app};
+use crate::helpers::{
+    Hold, RelayedCall, Tap, TestApp, app_body, dev_target, event, joiner, peer, relay, scim_client,
+    spawn_app,
+};
 
 const TOKEN: &str = "target-token";
 const AT: &str = "2026-11-01T09:00:00Z";
@@ -24,6 +27,20 @@ where
 /// Waits until the queue holds no pending or running job.
 async fn settled(app: &TestApp) {
     app.settled_all(Duration::from_secs(20)).await;
+}
+
+/// Registers an app on the target at `base_url` (bearer `TOKEN`) with `settings` added to the
+/// test defaults; returns its id.
+async fn app_on(app: &TestApp, name: &str, base_url: &str, settings: Value) -> String {
+    let mut body = app_body(
+        name,
+        json!({"base_url": base_url, "auth": {"type": "bearer", "token": TOKEN}}),
+    );
+    crate::helpers::merge(&mut body, &settings);
+    app.create_app(&body).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 async fn deactivated_links(app: &TestApp) -> usize {
@@ -86,13 +103,7 @@ struct Target {
 
 impl Target {
     fn client(&self) -> roster::scim::ScimClient {
-        let mut config = roster::scim::TargetConfig::new(
-            url::Url::parse(&self.base).expect("a base URL"),
-            roster::scim::Auth::Bearer(self.token.clone().into()),
-            roster::net_guard::TargetPolicy::AllowPrivate,
-        );
-        config.timeout = Duration::from_secs(15);
-        roster::scim::ScimClient::new(config).expect("a SCIM client")
+        scim_client(&self.base, &self.token)
     }
 
     /// Every user whose `userName` contains `marker`, sorted by userName.
@@ -629,20 +640,16 @@ async fn mass_deprovisioning_waits_for_approval() {
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 5},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 5},
+        }),
+    )
+    .await;
     for n in 0..12 {
         let who = format!("p{n}@example.com");
         app.post_event(&joiner(
@@ -748,19 +755,15 @@ async fn mass_deprovisioning_waits_for_approval() {
 async fn a_second_run_is_refused_while_one_is_running() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0},
+        }),
+    )
+    .await;
     // A run row left `running` (as by a run in progress) blocks the next one.
     app.rows(&format!(
         "INSERT INTO reconcile_run (id, app_id, state, dry_run, mode, counts, writes, started_at) \
@@ -793,19 +796,15 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+        }),
+    )
+    .await;
     hand.create("ghost@example.com").await;
     hand.create("guest@partner.org").await;
 
@@ -841,19 +840,15 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
 async fn the_scheduler_runs_apps_whose_interval_has_passed() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let due = app
-        .create_app(&app_body(
-            "due",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 5},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let due = app_on(
+        &app,
+        "due",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 5},
+        }),
+    )
+    .await;
     app.create_app(&app_body(
         "off",
         json!({
@@ -885,61 +880,62 @@ async fn the_scheduler_runs_apps_whose_interval_has_passed() {
 
 #[tokio::test]
 async fn two_starts_at_once_make_one_run() {
-    // A slow target keeps the first run `running` while the second start arrives.
-    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
-        token: Some(TOKEN.to_owned()),
-        latency_ms: 500,
-        ..Default::default()
-    })
-    .await
-    .expect("dev-target");
+    // The target holds every call until both starts are answered, so the first run is still
+    // `running` when the second start arrives, however fast or slow this machine is.
+    let target = dev_target(TOKEN).await;
+    let hold = std::sync::Arc::new(Hold::default());
+    let held = relay(&target.base_url(), hold.clone()).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "slow",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "slow",
+        &held,
+        json!({
+            "reconcile": {"interval_minutes": 0},
+        }),
+    )
+    .await;
     let path = format!("/api/v1/apps/{app_id}/reconcile");
     let body = json!({});
     let (a, b) = tokio::join!(app.post(&path, &body), app.post(&path, &body));
     let mut statuses = [a.status, b.status];
     statuses.sort_unstable();
     assert_eq!(statuses, [202, 409], "{} / {}", a.text, b.text);
+    // The one run reads the target once let through, and completes.
+    hold.open();
+    let runs = eventually("the run to finish", || async {
+        let runs = app.get("/api/v1/reconcile-runs").await.expect(200);
+        let items = runs["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .all(|r| r["state"] != "running")
+            .then_some(items)
+    })
+    .await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["state"], "completed", "{runs:?}");
+    assert!(hold.arrived.load(std::sync::atomic::Ordering::SeqCst) > 0);
 }
 
 /// `roster reconcile --json` with its output piped (as a script runs it): exactly one JSON
 /// document on stdout, and no progress bar on stderr (not a terminal).
 #[tokio::test]
 async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_piped() {
-    use secrecy::ExposeSecret;
-
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
     let hand = Target {
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "cli",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "cli",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0},
+        }),
+    )
+    .await;
     for n in 0..3 {
         let who = format!("c{n}@example.com");
         app.post_event(&joiner(
@@ -956,21 +952,17 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
     })
     .await;
 
-    let secret = app
-        .config
-        .secret_key
-        .as_ref()
-        .map(|k| k.expose_secret().to_owned())
-        .unwrap_or_default();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-        .args(["reconcile", "--app", &app_id, "--dry-run", "--json"])
-        .env("ROSTER_DATABASE_URL", &app.config.database_url)
-        .env("ROSTER_SECRET_KEY", secret)
-        .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
-        .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
-        .output()
-        .await
-        .expect("run roster reconcile");
+    let out = tokio::process::Command::from(app.roster_command(&[
+        "reconcile",
+        "--app",
+        &app_id,
+        "--dry-run",
+        "--json",
+    ]))
+    .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
+    .output()
+    .await
+    .expect("run roster reconcile");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -1004,55 +996,27 @@ enum Misbehaviour {
     OmitsMembers,
 }
 
-/// Serves `endpoint` on 127.0.0.1, port 0.
-async fn serve(endpoint: impl poem::Endpoint + 'static) -> std::net::SocketAddr {
-    use poem::listener::{Acceptor as _, Listener as _};
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind a port");
-    let addr = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .copied()
-        .expect("a socket address");
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-    addr
-}
-
 /// A stub target misbehaving as `how` in front of the SCIM server at `upstream` (a base
 /// URL); returns the stub's base URL.
 async fn misbehaving(upstream: &str, how: Misbehaviour) -> String {
-    let upstream = url::Url::parse(upstream).expect("upstream base URL");
-    let base_path = upstream.path().to_owned();
-    // The client below may be the test's first (before the app under test installs it).
-    roster::scim::install_crypto_provider();
-    let http = reqwest::Client::new();
-    let endpoint = poem::endpoint::make(move |req: poem::Request| {
-        let http = http.clone();
-        let upstream = upstream.clone();
-        async move { relay(&http, &upstream, how, req).await }
-    });
-    let addr = serve(endpoint).await;
-    format!("http://{addr}{base_path}")
+    relay(upstream, std::sync::Arc::new(how)).await
 }
 
-async fn relay(
-    http: &reqwest::Client,
-    upstream: &url::Url,
-    how: Misbehaviour,
-    mut req: poem::Request,
-) -> poem::Response {
-    let path = req.uri().path().to_owned();
-    let method = req.method().as_str().to_owned();
-    let listing = method == "GET" && (path.ends_with("/Users") || path.ends_with("/Groups"));
-    let mut pairs: Vec<(String, String)> =
-        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
-    if listing {
-        for (key, value) in &mut pairs {
+impl Misbehaviour {
+    /// Only listings (`GET /Users`, `GET /Groups` without an id) misbehave.
+    fn listing(call: &RelayedCall) -> bool {
+        call.method == "GET" && (call.path.ends_with("/Users") || call.path.ends_with("/Groups"))
+    }
+}
+
+impl Tap for Misbehaviour {
+    async fn request(&self, call: &mut RelayedCall) {
+        if !Self::listing(call) {
+            return;
+        }
+        for (key, value) in &mut call.query {
             let n: u64 = value.parse().unwrap_or(1);
-            match (how, key.as_str()) {
+            match (*self, key.as_str()) {
                 (Misbehaviour::IgnoresStartIndex, "startIndex") => *value = "1".to_owned(),
                 (Misbehaviour::RepeatsItems, "startIndex") => {
                     *value = n.saturating_sub(1).max(1).to_string();
@@ -1062,34 +1026,15 @@ async fn relay(
             }
         }
     }
-    let mut url = upstream.clone();
-    url.set_path(&path);
-    url.set_query(None);
-    if !pairs.is_empty() {
-        url.query_pairs_mut().extend_pairs(&pairs);
-    }
-    let body = req.take_body().into_vec().await.unwrap_or_default();
-    let mut forward = http
-        .request(
-            reqwest::Method::from_bytes(method.as_bytes()).expect("a method"),
-            url,
-        )
-        .body(body);
-    for name in ["authorization", "content-type", "accept", "if-match"] {
-        if let Some(value) = req.headers().get(name) {
-            forward = forward.header(name, value.as_bytes());
+
+    fn answer(&self, call: &RelayedCall, body: &mut Vec<u8>) {
+        if !Self::listing(call) {
+            return;
         }
-    }
-    let answer = forward.send().await.expect("the upstream answers");
-    let status = answer.status().as_u16();
-    let content_type = answer
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let mut bytes = answer.bytes().await.unwrap_or_default().to_vec();
-    if listing && let Ok(mut page) = serde_json::from_slice::<Value>(&bytes) {
-        match how {
+        let Ok(mut page) = serde_json::from_slice::<Value>(body) else {
+            return;
+        };
+        match self {
             Misbehaviour::OmitsTotal => {
                 if let Some(page) = page.as_object_mut() {
                     page.remove("totalResults");
@@ -1102,17 +1047,10 @@ async fn relay(
                     }
                 }
             }
-            Misbehaviour::IgnoresStartIndex | Misbehaviour::RepeatsItems => {}
+            Misbehaviour::IgnoresStartIndex | Misbehaviour::RepeatsItems => return,
         }
-        bytes = serde_json::to_vec(&page).unwrap_or_default();
+        *body = serde_json::to_vec(&page).unwrap_or_default();
     }
-    let mut out = poem::Response::builder().status(
-        poem::http::StatusCode::from_u16(status).unwrap_or(poem::http::StatusCode::BAD_GATEWAY),
-    );
-    if let Some(content_type) = content_type {
-        out = out.content_type(content_type);
-    }
-    out.body(bytes)
 }
 
 /// The user links as stored: `(identity, target id, state)`.
@@ -1151,20 +1089,16 @@ async fn run_against(how: Misbehaviour, page_size: u32) -> Value {
     let target = dev_target(TOKEN).await;
     let stub = misbehaving(&target.base_url(), how).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": stub,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "quirks": {"page_size": page_size},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &stub,
+        json!({
+            "quirks": {"page_size": page_size},
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     for n in 0..6 {
         app.post_event(&joiner(
             &format!("stub-{n}"),
@@ -1246,19 +1180,15 @@ async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_lin
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     app.post_event(&joiner("gone-1", "G1", AT, json!({}))).await;
     let ada = eventually("the account", || async {
         settled(&app).await;
@@ -1296,21 +1226,17 @@ async fn a_pushed_group_listed_without_members_is_read_by_id_and_loses_no_member
     )
     .await
     .expect(201);
-    let app_id = app
-        .create_app(&app_body(
-            "wiki",
-            json!({
-                "base_url": stub,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "group_push": ["board"],
-                "max_concurrency": 1,
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "wiki",
+        &stub,
+        json!({
+            "group_push": ["board"],
+            "max_concurrency": 1,
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     for n in 0..3 {
         app.post_event(&joiner(&format!("gm-{n}"), &format!("M{n}"), AT, json!({})))
             .await;
@@ -1346,19 +1272,15 @@ async fn provisioned(
     target: &roster::dev_target::DevTarget,
     people: &[&str],
 ) -> String {
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     for who in people {
         app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
             .await;
@@ -1460,20 +1382,16 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
         base: target.base_url(),
         token: TOKEN.to_owned(),
     };
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+        }),
+    )
+    .await;
     hand.create("ghost@example.com").await;
     hand.create("stale@example.com").await;
     let held = reconcile(&app, &app_id, json!({})).await;
@@ -1642,21 +1560,17 @@ async fn deleting_a_scope_group_is_held_by_the_deletion_guard() {
         )
         .await
         .expect(201);
-    let app_id = app
-        .create_app(&app_body(
-            "crm",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "scope": {"groups": ["staff"], "email_domains": ["example.com"]},
-                "max_concurrency": 1,
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 2, "on_events": true},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "crm",
+        &target.base_url(),
+        json!({
+            "scope": {"groups": ["staff"], "email_domains": ["example.com"]},
+            "max_concurrency": 1,
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 2, "on_events": true},
+        }),
+    )
+    .await;
     for who in &members {
         app.post_event(&joiner(&format!("sg-{who}"), who, AT, json!({})))
             .await;
@@ -1702,22 +1616,18 @@ async fn a_pushed_group_the_listing_missed_is_confirmed_by_id() {
             .await
             .expect(201);
     }
-    let app_id = app
-        .create_app(&app_body(
-            "wiki",
-            json!({
-                "base_url": stub,
-                "auth": {"type": "bearer", "token": TOKEN},
-                "group_push": names,
-                "quirks": {"page_size": 2},
-                "max_concurrency": 1,
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "wiki",
+        &stub,
+        json!({
+            "group_push": names,
+            "quirks": {"page_size": 2},
+            "max_concurrency": 1,
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     app.post_event(&joiner("pg-1", "P1", AT, json!({}))).await;
     eventually("three pushed groups with their member", || async {
         settled(&app).await;
@@ -1899,19 +1809,15 @@ async fn last_success(app: &TestApp, name: &str) -> Option<f64> {
 async fn reconcile_freshness_moves_on_success_and_stays_on_failure() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let app_id = app
-        .create_app(&app_body(
-            "cov-fresh",
-            json!({
-                "base_url": target.base_url(),
-                "auth": {"type": "bearer", "token": TOKEN},
-                "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            }),
-        ))
-        .await["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let app_id = app_on(
+        &app,
+        "cov-fresh",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+        }),
+    )
+    .await;
     app.post_event(&joiner("fresh-1", "F1", AT, json!({})))
         .await;
     settled(&app).await;

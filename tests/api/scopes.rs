@@ -341,23 +341,12 @@ async fn weakening_the_guard_or_destructive_deprovisioning_needs_admin() {
 /// The bootstrap key: only `serve` manages it; other commands started without
 /// `ROSTER_ADMIN_TOKEN` leave it alone.
 mod bootstrap {
-    use secrecy::ExposeSecret;
     use serde_json::{Value, json};
 
     use crate::helpers::{ADMIN, TestApp, app_body, spawn_app};
 
     fn roster_cmd(app: &TestApp, args: &[&str]) -> std::process::Output {
-        let secret = app
-            .config
-            .secret_key
-            .as_ref()
-            .map(|k| k.expose_secret().to_owned())
-            .unwrap_or_default();
-        std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
-            .args(args)
-            .env("ROSTER_DATABASE_URL", &app.config.database_url)
-            .env("ROSTER_SECRET_KEY", secret)
-            .env("ROSTER_ALLOW_PRIVATE_TARGETS", "true")
+        app.roster_command(args)
             .env("RUST_LOG", "warn")
             .env_remove("ROSTER_ADMIN_TOKEN")
             .output()

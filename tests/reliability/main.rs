@@ -459,33 +459,21 @@ struct LeaseStub {
 }
 
 async fn serve_stub(stub: std::sync::Arc<LeaseStub>) -> String {
-    use poem::listener::{Acceptor as _, Listener as _};
+    use common::{empty_list, scim_answer, scim_error, stub_service_provider_config};
     use std::sync::atomic::Ordering;
     let endpoint = poem::endpoint::make(move |mut req: poem::Request| {
         let stub = stub.clone();
         async move {
             let body = req.take_body().into_vec().await.unwrap_or_default();
-            let scim = |status: u16, body: Value| {
-                poem::Response::builder()
-                    .status(poem::http::StatusCode::from_u16(status).unwrap_or_default())
-                    .content_type("application/scim+json")
-                    .body(body.to_string())
-            };
             let path = req.uri().path().to_owned();
             if path.ends_with("/ServiceProviderConfig") {
-                return scim(
-                    200,
-                    json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-                           "patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100},
-                           "bulk": {"supported": false}, "etag": {"supported": false},
-                           "sort": {"supported": false}, "changePassword": {"supported": false}}),
-                );
+                return scim_answer(200, &stub_service_provider_config());
             }
             if !path.contains("/Users") {
-                return scim(404, json!({"status": "404"}));
+                return scim_answer(404, &scim_error(404));
             }
             if let Some(seconds) = stub.retry_after {
-                let mut r = scim(429, json!({"status": "429"}));
+                let mut r = scim_answer(429, &scim_error(429));
                 r.headers_mut().insert(
                     "Retry-After",
                     poem::http::HeaderValue::from_str(&seconds.to_string())
@@ -498,25 +486,13 @@ async fn serve_stub(stub: std::sync::Arc<LeaseStub>) -> String {
                 let n = stub.posts.fetch_add(1, Ordering::SeqCst);
                 let mut user: Value = serde_json::from_slice(&body).unwrap_or_default();
                 user["id"] = json!(format!("u{n}"));
-                return scim(201, user);
+                return scim_answer(201, &user);
             }
             stub.lookups.fetch_add(1, Ordering::SeqCst);
-            scim(
-                200,
-                json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
-                       "totalResults": 0, "startIndex": 1, "itemsPerPage": 0, "Resources": []}),
-            )
+            scim_answer(200, &empty_list())
         }
     });
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let addr = *acceptor.local_addr()[0]
-        .as_socket_addr()
-        .expect("a socket address");
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
-    format!("http://{addr}/scim/v2")
+    format!("http://{}/scim/v2", common::serve(endpoint).await)
 }
 
 /// Issue 20 B6: an instance whose probe of a quarantined app waits out a long `Retry-After`

@@ -82,16 +82,6 @@ struct FakeCollector {
 
 impl FakeCollector {
     async fn start() -> Self {
-        use poem::listener::{Acceptor as _, Listener as _};
-        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .expect("bind");
-        let addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .expect("addr");
         let exports = Arc::new(Mutex::new(Vec::new()));
         let kept = exports.clone();
         let collect = poem::endpoint::make(move |req: poem::Request| {
@@ -112,7 +102,7 @@ impl FakeCollector {
                     .body(Vec::<u8>::new())
             }
         });
-        tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(collect));
+        let addr = crate::common::serve(collect).await;
         Self {
             url: format!("http://{addr}"),
             exports,

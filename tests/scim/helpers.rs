@@ -123,12 +123,5 @@ pub fn ids(resources: &[serde_json::Value]) -> Vec<String> {
 
 /// Serves `app` on a free loopback port (a scripted peer for one test); returns its address.
 pub async fn serve(app: impl poem::Endpoint + 'static) -> std::net::SocketAddr {
-    use poem::listener::{Acceptor as _, Listener as _};
-    let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .unwrap();
-    let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-    tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
-    addr
+    crate::common::serve(app).await
 }

@@ -18,10 +18,7 @@ struct ListParams {
 }
 
 fn scim(status: u16, body: Value) -> poem::Response {
-    poem::Response::builder()
-        .status(poem::http::StatusCode::from_u16(status).unwrap())
-        .content_type("application/scim+json")
-        .body(body.to_string())
+    crate::common::scim_answer(status, &body)
 }
 
 /// One account, `known`; `userName eq` alone is understood, anything else is `invalidFilter`.
@@ -56,13 +53,7 @@ fn users(Query(params): Query<ListParams>) -> poem::Response {
 
 #[handler]
 fn config() -> poem::Response {
-    scim(
-        200,
-        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
-               "patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100},
-               "bulk": {"supported": false}, "etag": {"supported": false},
-               "sort": {"supported": false}, "changePassword": {"supported": false}}),
-    )
+    scim(200, crate::common::stub_service_provider_config())
 }
 
 /// A target in trouble: every listing answers 503 with `Retry-After`.

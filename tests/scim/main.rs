@@ -1,5 +1,7 @@
 //! The SCIM client against the in-process dev-target, tiny hostile servers, and the
 //! third-party peer (`peer` module; needs `with-peer.sh scim2-server`).
+#[path = "../common/mod.rs"]
+mod common;
 mod crud;
 mod errors;
 mod faults;
