@@ -74,8 +74,8 @@ const WINDOW: usize = 100;
 const DEFAULT_CLAIM_WINDOW: u64 = 8;
 
 /// How many of an app's jobs this process holds claimed at most: its concurrency, plus as many
-/// again (up to its rate per second) ready to start as soon as a slot frees. More would only
-/// wait inside the process, in front of jobs claimed later (a leaver's).
+/// again (up to its rate per second) ready to call as soon as a slot and a token are free. More
+/// would only wait inside the process, in front of jobs claimed later (a leaver's).
 fn claim_window(settings: &AppSettings) -> u64 {
     let concurrency = u64::from(settings.max_concurrency.max(1));
     concurrency + concurrency.min(u64::from(settings.rate_limit.per_second.max(1)))
@@ -579,8 +579,9 @@ impl Delivery {
     /// Runs one claimed job with the inputs read for its batch (`None`: the batch read
     /// failed, and the job reads its own).
     ///
-    /// The job waits for its app's slot (and, inside its calls, for the app's tokens and
-    /// pauses) without one of the engine's `workers`; it takes a worker once it has the slot.
+    /// The job holds one of the engine's `workers` while it works; each of its calls waits for
+    /// the app's slot, token and pause without it (`limiter::without_worker`), and holds the
+    /// slot only while the call is under way.
     async fn run_job(
         &self,
         job: job::Model,
@@ -626,11 +627,9 @@ impl Delivery {
                 return;
             }
         };
-        // A deprovision takes the app's next slot and tokens ahead of the jobs waiting in line.
+        // A deprovision's calls take the app's next slots and tokens ahead of the calls
+        // waiting in line.
         let turn = limiter::Turn::of_lane(&job.lane);
-        let Some(_slot) = rt.limiter.slot(turn).await else {
-            return;
-        };
         if let Some(wait) = rt.limiter.paused_for()
             && wait > Duration::from_secs(2)
         {
@@ -654,7 +653,7 @@ impl Delivery {
         .await;
     }
 
-    /// Runs a job that holds its app's slot and a worker.
+    /// Runs a job that holds a worker.
     async fn deliver(
         &self,
         job: job::Model,
@@ -664,7 +663,7 @@ impl Delivery {
         finisher: &JobFinisher<'_>,
     ) {
         let conn = self.db.conn();
-        // Read again: the job may have waited for its slot.
+        // Read again: the job may have waited for a worker.
         let now = queue::now_ms();
         let kind = ResourceKind::parse(&job.resource_kind);
         // The deletion guard on the event path: weighed before each deprovision-lane job.

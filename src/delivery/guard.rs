@@ -19,7 +19,8 @@
 //!
 //! Limits: counts come from the provisioning log plus this process's deprovisions not yet
 //! logged, so several instances on one PostgreSQL may together let a few more through than the
-//! limit (at most about the app's `max_concurrency` per instance).
+//! limit (per instance, at most the deprovisions it claimed for the app: about twice the app's
+//! claim window, `engine::claim_window`).
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 

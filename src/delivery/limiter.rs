@@ -1,22 +1,28 @@
 //! Per-app rate limits (DESIGN §5): a governor token bucket per app for calls, a semaphore of
-//! `max_concurrency` for jobs in flight, and a pause set by `Retry-After`. Apps never share
+//! `max_concurrency` for calls in flight, and a pause set by `Retry-After`. Apps never share
 //! any of these, so one slow or throttling app does not hold up another.
 //!
-//! The engine's global worker permits (`ROSTER_WORKERS`) are not held while a job waits for
-//! its app: a job takes its app's slot before its permit, and gives the permit back while a
-//! call waits for a token or a `Retry-After` pause (`with_worker`), so one app's backlog or
-//! pause never keeps another app's jobs from running.
+//! Every SCIM call to an app passes its gate ([`CallGate`]): it takes one of the app's slots and
+//! one token, and holds the slot until its answer is read. A call that must wait for a token
+//! waits without a slot (a job between two calls, or waiting for its next token, holds none),
+//! so the slots are held only by calls under way: a deprovision never waits behind jobs that
+//! sit on the app's slots while they wait for tokens of their own.
 //!
-//! Leavers first (DESIGN §5): a job of the deprovision lane gets its app's next slot and next
-//! token ahead of every waiting normal or reconcile job. While one waits, the others step out
-//! of the slot queue and the token race, and come back once no such job waits. It still waits
-//! for the slot, the token and any `Retry-After` pause like every other job: the app's limits
-//! hold for leavers too.
+//! The engine's global worker permits (`ROSTER_WORKERS`) are not held while a call waits for
+//! its app: the permit goes back while a call waits for a slot, a token or a `Retry-After`
+//! pause (`without_worker`), so one app's backlog or pause never keeps another app's jobs from
+//! running.
+//!
+//! Leavers first (DESIGN §5): a call of a deprovision-lane job gets its app's next slot and
+//! next token ahead of every waiting call of a normal or reconcile job. While one waits, the
+//! others neither take a slot nor a token (they wait holding nothing), and go on once no such
+//! call waits. It still waits for the slot, the token and any `Retry-After` pause like every
+//! other call: the app's limits hold for leavers too.
 //!
 //! The bucket and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
 //! production; [`AppLimiter::with_clock`] is the one place another is put in (tests use
 //! governor's `FakeRelativeClock`, so they count tokens at chosen instants instead of timing a
-//! machine).
+//! machine). Waits for a token sleep on tokio's timer for as long as the bucket says.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -32,7 +38,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::scim::{CallGate, MAX_RETRY_AFTER};
+use crate::scim::{CallGate, CallPass, MAX_RETRY_AFTER};
 use crate::settings::AppSettings;
 
 pub struct AppLimiter<C: Clock = DefaultClock> {
@@ -40,20 +46,16 @@ pub struct AppLimiter<C: Clock = DefaultClock> {
     clock: C,
     slots: Arc<Semaphore>,
     paused_until: Mutex<Option<C::Instant>>,
-    /// How many jobs that go first (deprovisions) wait for a slot now.
-    first_for_slot: watch::Sender<usize>,
-    /// How many calls of jobs that go first wait for a token now. Counted apart from the
-    /// slot: a job in flight waiting for a token must not stand aside for a leaver waiting
-    /// for that job's slot.
-    first_for_token: watch::Sender<usize>,
+    /// How many calls of jobs that go first (deprovisions) wait for a slot or a token now.
+    first_waiting: watch::Sender<usize>,
 }
 
-/// Whether a job waits in line or goes ahead of the line for its app's slot and tokens.
+/// Whether a call waits in line or goes ahead of the line for its app's slot and token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Turn {
-    /// A deprovision: served before every job that waits in line.
+    /// A deprovision's: served before every call that waits in line.
     First,
-    /// Normal and reconcile jobs, reads and shared look-ups: served while no `First` waits.
+    /// Normal and reconcile jobs', reads and shared look-ups: served while no `First` waits.
     InLine,
 }
 
@@ -68,15 +70,15 @@ impl Turn {
         }
     }
 
-    /// Whether a job of this turn may take a free slot or token now, with `first_waiting` jobs
-    /// of the first turn waiting for one.
+    /// Whether a call of this turn may take a free slot or token now, with `first_waiting`
+    /// calls of the first turn waiting for one.
     #[must_use]
     pub fn may_take(self, first_waiting: usize) -> bool {
         self == Turn::First || first_waiting == 0
     }
 }
 
-/// Counts one waiting `First` job while held.
+/// Counts one waiting `First` call while held.
 struct FirstWaiting<'a>(&'a watch::Sender<usize>);
 
 impl<'a> FirstWaiting<'a> {
@@ -97,11 +99,6 @@ impl AppLimiter {
     pub fn new(per_second: u32, burst: u32, max_concurrency: u32) -> Self {
         Self::with_clock(per_second, burst, max_concurrency, DefaultClock::default())
     }
-
-    /// The app's next call token, for a job of `turn`.
-    async fn token(&self, turn: Turn) {
-        Self::in_turn(&self.first_for_token, turn, || self.bucket.until_ready()).await;
-    }
 }
 
 impl<C: Clock + Clone> AppLimiter<C> {
@@ -116,56 +113,93 @@ impl<C: Clock + Clone> AppLimiter<C> {
             clock,
             slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
             paused_until: Mutex::new(None),
-            first_for_slot: watch::channel(0).0,
-            first_for_token: watch::channel(0).0,
+            first_waiting: watch::channel(0).0,
         }
     }
 
-    /// A slot for one job in flight; held for the job's whole run.
-    pub async fn slot(&self, turn: Turn) -> Option<OwnedSemaphorePermit> {
-        Self::in_turn(&self.first_for_slot, turn, || {
-            self.slots.clone().acquire_owned()
-        })
-        .await
-        .ok()
-    }
-
-    /// Takes a call token at once if a job of `turn` may: the app is not paused, no leaver
-    /// waits ahead of an `InLine` job, and the bucket has one.
+    /// Takes a call token at once if a call of `turn` may: the app is not paused, no leaver
+    /// waits ahead of an `InLine` call, and the bucket has one.
     fn token_now(&self, turn: Turn) -> bool {
         self.paused_for().is_none()
-            && turn.may_take(*self.first_for_token.borrow())
+            && turn.may_take(*self.first_waiting.borrow())
             && self.bucket.check().is_ok()
     }
 
-    /// Runs `wait` (a wait for a slot or a token) in `turn`: a `First` job waits counted in
-    /// `first_waiting`, so the others stand aside; an `InLine` one waits only while no `First`
-    /// job does, and drops its wait (leaving the semaphore's queue, handing on a permit
-    /// already assigned to it) as soon as one comes. Among `InLine` jobs that stood aside the
-    /// order is not kept: jobs of one resource never run at once, so it carries nothing.
-    async fn in_turn<T, F: Future<Output = T>>(
-        first_waiting: &watch::Sender<usize>,
-        turn: Turn,
-        mut wait: impl FnMut() -> F,
-    ) -> T {
-        if turn == Turn::First {
-            let _counted = FirstWaiting::enter(first_waiting);
-            return wait().await;
+    /// A slot and a token at once, if both are free now, no pause holds the app and no call
+    /// of the first turn waits (unless this one is of the first turn).
+    fn pass_now(&self, turn: Turn) -> Option<OwnedSemaphorePermit> {
+        if self.paused_for().is_some() || !turn.may_take(*self.first_waiting.borrow()) {
+            return None;
         }
-        let mut first = first_waiting.subscribe();
-        loop {
-            // The sender lives in the limiter, which outlives this wait: these waits end only
-            // on their condition, never on a closed channel.
-            let _ = first.wait_for(|n| turn.may_take(*n)).await.map(|_| ());
-            let attempt = wait();
-            let first_came = async { first.wait_for(|n| !turn.may_take(*n)).await.map(|_| ()) };
-            tokio::select! {
-                biased;
-                // Checked before the attempt: a permit the semaphore just assigned goes back
-                // to it, and on to the first job, rather than to this one.
-                _ = first_came => {}
-                out = attempt => return out,
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        self.token_now(turn).then_some(slot)
+    }
+
+    /// Waits for one call's slot and token, in `turn`; the slot is to be held until the
+    /// call's answer is read. `None` only if the slots were closed (never: the limiter owns
+    /// them).
+    ///
+    /// A `First` call is counted in `first_waiting` from the start, takes the next free slot
+    /// and holds it while it waits for the next token (no other call takes one meanwhile). An
+    /// `InLine` call waits holding nothing while a `First` one waits; it takes a slot, and
+    /// keeps it only if a token is ready too: otherwise it gives the slot back and sleeps until
+    /// the bucket's next token is due, then tries again. So a slot is never held by a call of
+    /// a normal job that waits for a token, and a deprovision waits at most for a call under
+    /// way to end and for the next token. Among `InLine` calls the order is not kept (as with
+    /// governor's own `until_ready`): jobs of one resource never run at once, so it carries
+    /// nothing.
+    pub async fn pass(&self, turn: Turn) -> Option<OwnedSemaphorePermit> {
+        let _counted = (turn == Turn::First).then(|| FirstWaiting::enter(&self.first_waiting));
+        let mut first = self.first_waiting.subscribe();
+        'slot: loop {
+            self.wait_out_pause().await;
+            let slot = if turn == Turn::First {
+                self.slots.clone().acquire_owned().await.ok()?
+            } else {
+                // The sender lives in the limiter, which outlives this wait: these waits end
+                // only on their condition, never on a closed channel.
+                let _ = first.wait_for(|n| turn.may_take(*n)).await.map(|_| ());
+                let attempt = self.slots.clone().acquire_owned();
+                let first_came = async { first.wait_for(|n| !turn.may_take(*n)).await.map(|_| ()) };
+                tokio::select! {
+                    biased;
+                    // Checked before the attempt: a permit the semaphore just assigned goes
+                    // back to it, and on to the first call, rather than to this one.
+                    _ = first_came => continue 'slot,
+                    slot = attempt => slot.ok()?,
+                }
+            };
+            loop {
+                if self.paused_for().is_some() {
+                    if turn == Turn::First {
+                        self.wait_out_pause().await;
+                        continue;
+                    }
+                    continue 'slot;
+                }
+                if !turn.may_take(*first.borrow()) {
+                    continue 'slot;
+                }
+                match self.bucket.check() {
+                    Ok(()) => return Some(slot),
+                    Err(not_until) => {
+                        let due = not_until.wait_time_from(self.clock.now());
+                        if turn == Turn::InLine {
+                            // Not on a slot while waiting for the token.
+                            drop(slot);
+                            tokio::time::sleep(due).await;
+                            continue 'slot;
+                        }
+                        tokio::time::sleep(due).await;
+                    }
+                }
             }
+        }
+    }
+
+    async fn wait_out_pause(&self) {
+        while let Some(wait) = self.paused_for() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -193,20 +227,16 @@ impl<C: Clock + Clone> AppLimiter<C> {
 }
 
 impl CallGate for AppLimiter {
-    fn wait(&self) -> BoxFuture<'_, ()> {
+    fn wait(&self) -> BoxFuture<'_, CallPass> {
         Box::pin(async move {
             let turn = current_turn();
-            if self.token_now(turn) {
-                return;
-            }
-            // The call must wait for this app: the job's worker permit goes back meanwhile.
-            without_worker(async {
-                while let Some(wait) = self.paused_for() {
-                    tokio::time::sleep(wait).await;
-                }
-                self.token(turn).await;
-            })
-            .await;
+            let slot = match self.pass_now(turn) {
+                Some(slot) => Some(slot),
+                // The call must wait for this app: the job's worker permit goes back meanwhile.
+                None => without_worker(self.pass(turn)).await,
+            };
+            let pass: CallPass = Box::new(slot);
+            pass
         })
     }
 }
@@ -219,12 +249,12 @@ tokio::task_local! {
 struct Worker {
     pool: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
-    /// The job's turn for its app's tokens.
+    /// The job's turn for its app's slots and tokens.
     turn: Turn,
 }
 
 /// Runs a job's `fut` holding `permit` (one of `pool`'s), which `without_worker` may hand back
-/// while the job waits for its app; its calls wait for tokens in `turn`.
+/// while the job waits for its app; its calls wait for slots and tokens in `turn`.
 pub async fn with_worker<F: Future>(
     pool: Arc<Semaphore>,
     permit: OwnedSemaphorePermit,
@@ -321,6 +351,7 @@ mod tests {
     use std::time::Instant;
 
     use governor::clock::FakeRelativeClock;
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
@@ -396,7 +427,7 @@ mod tests {
         let (limiter, clock) = on_fake_clock(10, 1);
         assert_eq!(tokens_now(&limiter), 1);
         clock.advance(Duration::from_millis(100));
-        let leaver = FirstWaiting::enter(&limiter.first_for_token);
+        let leaver = FirstWaiting::enter(&limiter.first_waiting);
         assert!(
             !limiter.token_now(Turn::InLine),
             "in line while a leaver waits"
@@ -467,15 +498,11 @@ mod tests {
         with_worker(workers, permit, turn, f).await
     }
 
-    /// Queues two jobs in line and then a leaver, 20 ms apart and in that order, each waiting
-    /// for `through` of its turn; then runs `release` and returns the order they got through.
-    async fn order_through<Fut>(
-        through: impl Fn(Turn) -> Fut,
-        release: impl FnOnce(),
-    ) -> Vec<&'static str>
-    where
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    #[tokio::test]
+    async fn a_deprovision_gets_the_next_slot_ahead_of_the_calls_waiting_in_line() {
+        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
+        // A call under way holds the only slot.
+        let under_way = limiter.pass(Turn::InLine).await.expect("slot");
         let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
         for (name, turn) in [
@@ -483,15 +510,17 @@ mod tests {
             ("in line 2", Turn::InLine),
             ("leaver", Turn::First),
         ] {
-            let (through, order) = (through(turn), order.clone());
-            waiting.push(tokio::spawn(as_job(turn, async move {
-                through.await;
+            let (limiter, order) = (limiter.clone(), order.clone());
+            waiting.push(tokio::spawn(async move {
+                let slot = limiter.pass(turn).await.expect("slot");
                 let _ = order.send(name);
-            })));
-            // On the test's single thread, each waiter is queued before the next is spawned.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(slot);
+            }));
+            // Queued in this order.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        release();
+        drop(under_way);
         for task in waiting {
             task.await.expect("a waiter ends");
         }
@@ -500,45 +529,171 @@ mod tests {
         while let Some(name) = ends.recv().await {
             got.push(name);
         }
-        got
-    }
-
-    #[tokio::test]
-    async fn a_deprovision_gets_the_next_slot_ahead_of_the_jobs_waiting_in_line() {
-        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
-        let held = limiter.slot(Turn::InLine).await.expect("slot");
-        let got = order_through(
-            |turn| {
-                let limiter = limiter.clone();
-                async move {
-                    let _slot = limiter.slot(turn).await.expect("slot");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            },
-            move || drop(held),
-        )
-        .await;
         // The others stepped aside for it and then all got theirs (in either order: jobs of
         // one resource never run at once, so their order among themselves carries nothing).
-        assert_eq!(got.first(), Some(&"leaver"), "{got:?}");
+        assert_eq!(got[0], "leaver", "{got:?}");
         assert_eq!(got.len(), 3);
+    }
+
+    /// Issue 24, at 1 call/s: a job's call waiting for its token holds none of the app's
+    /// slots, so a leaver finds one free although as many calls wait as there are slots; and
+    /// it gets the next token. Before, each waiting job sat on its slot and the leaver waited
+    /// for one of them to make its call first.
+    #[tokio::test]
+    async fn a_call_waiting_for_its_token_holds_no_slot() {
+        let limiter = Arc::new(AppLimiter::new(1, 1, 2));
+        // The burst is spent: the next token is a second away.
+        drop(limiter.pass(Turn::InLine).await);
+        let (order, mut granted) = tokio::sync::mpsc::unbounded_channel();
+        let mut in_line = Vec::new();
+        for name in ["in line 1", "in line 2"] {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            in_line.push(tokio::spawn(as_job(Turn::InLine, async move {
+                let pass = limiter.wait().await;
+                let _ = order.send(name);
+                drop(pass);
+            })));
+        }
+        // Both are waiting for a token (a second away), and hold no slot meanwhile.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(limiter.slots.available_permits(), 2);
+        assert_eq!(
+            granted.try_recv().ok(),
+            None,
+            "no token for anyone before the next is due"
+        );
+        let leaver = {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            tokio::spawn(as_job(Turn::First, async move {
+                let pass = limiter.wait().await;
+                let _ = order.send("leaver");
+                drop(pass);
+            }))
+        };
+        // The leaver holds a slot while it waits for its token, the others none.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(limiter.slots.available_permits(), 1);
+        leaver.await.expect("the leaver's call");
+        for task in in_line {
+            task.await.expect("a call in line");
+        }
+        drop(order);
+        let mut got = Vec::new();
+        while let Some(name) = granted.recv().await {
+            got.push(name);
+        }
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0], "leaver", "{got:?}");
+    }
+
+    /// Issue 24, the 1 call/s bench in small: an app at 1 call/s and 2 calls at once, two
+    /// workers going through a backlog of jobs of two calls each (a look-up, then a create). A
+    /// leaver that comes just after a call was let through makes the very next call; no call
+    /// is under way at once with more than one other, and the calls are a token apart.
+    #[tokio::test]
+    async fn at_one_call_a_second_a_leaver_makes_the_next_call_behind_a_backlog() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let limiter = Arc::new(AppLimiter::new(1, 1, 2));
+        let under_way = Arc::new(AtomicUsize::new(0));
+        let most_under_way = Arc::new(AtomicUsize::new(0));
+        let (calls, mut made) = tokio::sync::mpsc::unbounded_channel::<(&str, Instant)>();
+        // One call: through the gate, 10 ms at the target, counted while under way.
+        let call = {
+            let (limiter, under_way, most) =
+                (limiter.clone(), under_way.clone(), most_under_way.clone());
+            move |who: &'static str, calls: tokio::sync::mpsc::UnboundedSender<_>| {
+                let (limiter, under_way, most) = (limiter.clone(), under_way.clone(), most.clone());
+                async move {
+                    let pass = limiter.wait().await;
+                    let now = under_way.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _ = calls.send((who, Instant::now()));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    under_way.fetch_sub(1, Ordering::SeqCst);
+                    drop(pass);
+                }
+            }
+        };
+        let stop = CancellationToken::new();
+        let mut backlog = Vec::new();
+        for worker in ["backlog a", "backlog b"] {
+            let (call, calls, stop) = (call.clone(), calls.clone(), stop.clone());
+            backlog.push(tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    // A joiner's job: a look-up, then a create.
+                    as_job(Turn::InLine, async {
+                        call(worker, calls.clone()).await;
+                        call(worker, calls.clone()).await;
+                    })
+                    .await;
+                }
+            }));
+        }
+        // The backlog under way: three calls made, the last one just now.
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            seen.push(made.recv().await.expect("a backlog call"));
+        }
+        let leaver = tokio::spawn(as_job(Turn::First, call("leaver", calls.clone())));
+        // Two more calls after it came: the first is the leaver's.
+        let mut after = Vec::new();
+        while after.len() < 2 {
+            after.push(made.recv().await.expect("a call"));
+        }
+        leaver.await.expect("the leaver's call");
+        stop.cancel();
+        for task in backlog {
+            task.abort();
+        }
+        let names: Vec<&str> = after.iter().map(|(who, _)| *who).collect();
+        assert_eq!(
+            names[0], "leaver",
+            "the calls after the leaver came: {names:?}"
+        );
+        assert_eq!(names.iter().filter(|n| **n == "leaver").count(), 1);
+        assert!(
+            most_under_way.load(Ordering::SeqCst) <= 2,
+            "more calls under way at once than the app's 2"
+        );
+        // A token a second, burst 1: consecutive calls are (nearly) a second apart.
+        let times: Vec<Instant> = seen.iter().chain(&after).map(|(_, t)| *t).collect();
+        for pair in times.windows(2) {
+            let apart = pair[1] - pair[0];
+            assert!(
+                apart >= Duration::from_millis(900),
+                "two calls {apart:?} apart"
+            );
+        }
     }
 
     #[tokio::test]
     async fn a_deprovision_gets_the_next_token_ahead_of_the_calls_waiting_in_line() {
-        // One token at once, then one every 500 ms: the three are queued (20 ms apart) long
-        // before the next token.
-        let limiter = Arc::new(AppLimiter::new(2, 1, 4));
+        // One token at once, then one every 200 ms.
+        let limiter = Arc::new(AppLimiter::new(5, 1, 4));
         limiter.wait().await;
-        let got = order_through(
-            |_| {
-                let limiter = limiter.clone();
-                async move { limiter.wait().await }
-            },
-            || {},
-        )
-        .await;
-        assert_eq!(got.first(), Some(&"leaver"), "{got:?}");
+        let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for (name, turn) in [
+            ("in line 1", Turn::InLine),
+            ("in line 2", Turn::InLine),
+            ("leaver", Turn::First),
+        ] {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            waiting.push(tokio::spawn(as_job(turn, async move {
+                limiter.wait().await;
+                let _ = order.send(name);
+            })));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for task in waiting {
+            task.await.expect("a waiter ends");
+        }
+        drop(order);
+        let mut got = Vec::new();
+        while let Some(name) = ends.recv().await {
+            got.push(name);
+        }
+        assert_eq!(got[0], "leaver", "{got:?}");
         assert_eq!(got.len(), 3);
     }
 

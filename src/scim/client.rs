@@ -40,10 +40,14 @@ pub struct CallRecord {
 /// tag that span), so keep it cheap (push to a channel).
 pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
 
-/// Awaited before every HTTP exchange: where the caller's rate limits and `Retry-After` pauses
-/// apply. The client itself never sleeps for policy reasons.
+/// What a [`CallGate`] lets one call through with: held from before the request is sent until
+/// its answer is read (or it fails), then dropped. A gate bounds the calls in flight with it.
+pub type CallPass = Box<dyn Send + Sync>;
+
+/// Awaited before every HTTP exchange: where the caller's rate limits, concurrency limit and
+/// `Retry-After` pauses apply. The client itself never sleeps for policy reasons.
 pub trait CallGate: Send + Sync {
-    fn wait(&self) -> futures::future::BoxFuture<'_, ()>;
+    fn wait(&self) -> futures::future::BoxFuture<'_, CallPass>;
 }
 
 /// Bodies larger than this are refused unless the config says otherwise.
@@ -773,9 +777,11 @@ impl ScimClient {
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<Answer, ScimError> {
         let path = logged_path(&url);
-        if let Some(gate) = &self.inner.gate {
-            gate.wait().await;
-        }
+        // Held until the answer is read: the call counts as in flight until then.
+        let _pass = match &self.inner.gate {
+            Some(gate) => Some(gate.wait().await),
+            None => None,
+        };
         // An info span: exported as a trace at the default level; spans print no log lines.
         let span = tracing::info_span!(
             "scim_call",

@@ -711,25 +711,67 @@ async fn a_throttled_and_a_hanging_app_do_not_slow_another() {
 }
 
 /// A dev-target behind a relay that records every `/Users` call in the order the target got
-/// it: (when, method, path).
+/// it: (when, method, path), and how many were under way at once.
 struct Recorder {
     /// The dev-target's address, without the SCIM base path.
     target: String,
     calls: std::sync::Mutex<Vec<(Instant, String, String)>>,
+    /// `/Users` calls under way now (relayed, not yet answered), and the most ever at once.
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+    /// How many `/Users` calls arrived: subscribers see each arrival.
+    arrived: watch::Sender<usize>,
 }
 
 impl Recorder {
+    /// A recorder in front of `target`, relayed on 127.0.0.1; with its SCIM base URL.
+    async fn start(target: &roster::dev_target::DevTarget) -> (Arc<Self>, String) {
+        let recorder = Arc::new(Self {
+            target: target.base_url().trim_end_matches("/scim/v2").to_owned(),
+            calls: std::sync::Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+            arrived: watch::channel(0).0,
+        });
+        let proxy = serve_recorder(recorder.clone()).await;
+        (recorder, format!("{proxy}/scim/v2"))
+    }
+
     fn calls(&self) -> Vec<(Instant, String, String)> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// The most calls any one-second window (from a call's arrival) holds.
+    fn busiest_second(&self) -> usize {
+        let calls = self.calls();
+        (0..calls.len())
+            .map(|i| {
+                calls[i..]
+                    .iter()
+                    .take_while(|(t, _, _)| *t < calls[i].0 + Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
 impl Tap for Recorder {
     async fn request(&self, call: &mut RelayedCall) {
-        if call.path.contains("/Users")
-            && let Ok(mut calls) = self.calls.lock()
-        {
+        if !call.path.contains("/Users") {
+            return;
+        }
+        if let Ok(mut calls) = self.calls.lock() {
             calls.push((Instant::now(), call.method.clone(), call.path.clone()));
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.arrived.send_modify(|n| *n += 1);
+    }
+
+    fn answer(&self, call: &RelayedCall, _body: &mut Vec<u8>) {
+        if call.path.contains("/Users") {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -754,15 +796,11 @@ async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
     const BURST: usize = 5;
     let app = spawn_app_with(|c| c.workers = 8).await;
     let target = dev_target(TOKEN).await;
-    let recorder = Arc::new(Recorder {
-        target: target.base_url().trim_end_matches("/scim/v2").to_owned(),
-        calls: std::sync::Mutex::new(Vec::new()),
-    });
-    let proxy = serve_recorder(recorder.clone()).await;
+    let (recorder, proxy) = Recorder::start(&target).await;
     let app_id = create_app(
         &app,
         "throttled",
-        &format!("{proxy}/scim/v2"),
+        &proxy,
         json!({"max_concurrency": 2,
                "rate_limit": {"per_second": PER_SECOND, "burst": BURST}}),
     )
@@ -821,9 +859,10 @@ async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
     .await;
     let took = recorder.calls()[at].0 - posted;
     let users_then = target.stats()["users"].as_u64().unwrap_or(0);
-    // Calls the target got between the event and the deactivate: the first of the two jobs in
-    // flight to end hands the leaver its slot (each job is a look-up and a create, so that is
-    // at most three calls), and the leaver's calls take the next tokens.
+    // Calls the target got between the event and the deactivate: the leaver's call takes the
+    // next free slot (the app's calls under way end within milliseconds; calls waiting for
+    // tokens hold none) and the next token, so only calls let through before its job reached
+    // the gate come first.
     let overtaken_by = at.saturating_sub(before);
     eprintln!("leaver: {overtaken_by} calls ahead, {took:?}, {users_then} accounts by then");
     for (t, method, path) in &recorder.calls()[before.saturating_sub(4)..=at] {
@@ -840,18 +879,126 @@ async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
     assert!(users_then < 60, "{users_then} accounts before the leaver's");
     assert!(took < Duration::from_millis(1500), "{took:?}");
 
-    // The backlog completes, and no 1 s window on the target holds more than the limit allows.
+    // The backlog completes, no 1 s window on the target holds more than the limit allows,
+    // and never more calls are under way than `max_concurrency`.
     app.settled(&app_id, Duration::from_secs(120)).await;
     assert_eq!(target.stats()["users"], 101);
+    let busiest = recorder.busiest_second();
+    assert!(
+        busiest <= BURST + PER_SECOND,
+        "{busiest} calls in one second"
+    );
+    let most = recorder.most_in_flight.load(Ordering::SeqCst);
+    assert!(most <= 2, "{most} calls under way at once");
+}
+
+/// Issue 24 at 1 call/s (`max_concurrency` 2): the leaver's deactivate is the app's very next
+/// call. The leaver's event is posted just after a backlog call was let through, so the next
+/// token is a second away; the leaver's job is claimed and at the gate long before, finds a
+/// slot free (the backlog's jobs wait for their tokens holding none) and takes that token.
+/// Before, both slots were held by backlog jobs between their look-up and their create, and
+/// the leaver waited for one of them to make its next call (or two) first: 3 to 4 s.
+#[tokio::test]
+async fn at_one_call_a_second_a_leaver_makes_the_apps_next_call() {
+    const PER_SECOND: usize = 1;
+    const BURST: usize = 1;
+    const CONCURRENCY: usize = 2;
+    const BACKLOG: usize = 8;
+    let app = spawn_app_with(|c| c.workers = 8).await;
+    let target = dev_target(TOKEN).await;
+    let (recorder, proxy) = Recorder::start(&target).await;
+    let app_id = create_app(
+        &app,
+        "one-a-second",
+        &proxy,
+        json!({"max_concurrency": CONCURRENCY,
+               "rate_limit": {"per_second": PER_SECOND, "burst": BURST}}),
+    )
+    .await;
+    app.post_event(&joiner("y0", "Y0", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let leaver_id = target
+        .users_snapshot()
+        .iter()
+        .find(|u| u["userName"] == "y0")
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("the leaver's account");
+    let leaver_path = format!("/scim/v2/Users/{leaver_id}");
+
+    let backlog: Vec<Value> = (0..BACKLOG)
+        .map(|i| {
+            joiner(
+                &format!("c{i}"),
+                &format!("C{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    let before_backlog = recorder.calls().len();
+    app.post("/api/v1/events:batch", &json!({"events": backlog}))
+        .await
+        .expect(202);
+    // The backlog under way: two of its calls made, both slots taken by its jobs.
+    eventually("the backlog under way", Duration::from_secs(20), || async {
+        (recorder.calls().len() >= before_backlog + 2).then_some(())
+    })
+    .await;
+    // Just after the backlog's next call: the next token is a second away.
+    let mut arrived = recorder.arrived.subscribe();
+    arrived.mark_unchanged();
+    arrived.changed().await.expect("the recorder lives");
+    let before = recorder.calls().len();
+    app.post_event(&event(
+        "y0-leaves",
+        "leaver",
+        "Y0",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let at = eventually(
+        "the leaver deactivated",
+        Duration::from_secs(30),
+        || async {
+            recorder
+                .calls()
+                .iter()
+                .position(|(_, method, path)| *path == leaver_path && method != "GET")
+        },
+    )
+    .await;
     let calls = recorder.calls();
-    for (i, (start, _, _)) in calls.iter().enumerate() {
-        let in_window = calls[i..]
-            .iter()
-            .take_while(|(t, _, _)| *t < *start + Duration::from_secs(1))
-            .count();
-        assert!(
-            in_window <= BURST + PER_SECOND,
-            "{in_window} calls in the 1 s from call {i}"
-        );
-    }
+    let ahead: Vec<String> = calls[before..at]
+        .iter()
+        .map(|(_, method, path)| format!("{method} {path}"))
+        .collect();
+    assert!(
+        ahead.is_empty(),
+        "calls the target got between the leaver's event and its deactivate: {ahead:?}"
+    );
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    let calls = recorder.calls();
+    // The leaver spent one call: its deactivate, no look-up.
+    let leavers_calls: Vec<&str> = calls[before..]
+        .iter()
+        .filter(|(_, _, path)| *path == leaver_path)
+        .map(|(_, method, _)| method.as_str())
+        .collect();
+    assert_eq!(leavers_calls, ["PATCH"]);
+    // The backlog completed, every account once; the app's limits held throughout.
+    let users = target.users_snapshot();
+    let names: std::collections::HashSet<&str> = users
+        .iter()
+        .filter_map(|u| u["userName"].as_str())
+        .collect();
+    assert_eq!((users.len(), names.len()), (BACKLOG + 1, BACKLOG + 1));
+    let busiest = recorder.busiest_second();
+    assert!(
+        busiest <= BURST + PER_SECOND,
+        "{busiest} calls in one second"
+    );
+    let most = recorder.most_in_flight.load(Ordering::SeqCst);
+    assert!(most <= CONCURRENCY, "{most} calls under way at once");
 }
