@@ -21,6 +21,14 @@ pub struct Config {
     /// Not from the environment: how often a quarantined app is probed (DESIGN: 5 minutes);
     /// tests shorten it.
     pub quarantine_probe: std::time::Duration,
+    /// The HR snapshot leaver guard: a snapshot with more leavers than this is held.
+    pub hr_snapshot_max_leavers: u64,
+    /// … or with more leavers than this fraction of its source's active people (once they
+    /// are at least 10).
+    pub hr_snapshot_max_leaver_fraction: f64,
+    /// Not from the environment: how long an instance's claim on an HR snapshot lasts without
+    /// renewal; another instance (or this one after a restart) resumes it after that.
+    pub hr_snapshot_lease: std::time::Duration,
     /// Whether `serve` runs the delivery engine (tests of the API alone turn it off).
     pub run_engine: bool,
 }
@@ -41,6 +49,9 @@ impl Default for Config {
             allow_private_targets: false,
             quarantine_probe: std::time::Duration::from_secs(300),
             run_engine: true,
+            hr_snapshot_max_leavers: 50,
+            hr_snapshot_max_leaver_fraction: 0.05,
+            hr_snapshot_lease: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -79,7 +90,32 @@ impl Config {
                 }
             },
         };
+        let hr_snapshot_max_leavers = match non_empty("ROSTER_HR_SNAPSHOT_MAX_LEAVERS") {
+            None => defaults.hr_snapshot_max_leavers,
+            Some(raw) => raw
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ConfigError::Invalid {
+                    name: "ROSTER_HR_SNAPSHOT_MAX_LEAVERS",
+                    reason: format!("`{raw}` is not a whole number"),
+                })?,
+        };
+        let hr_snapshot_max_leaver_fraction =
+            match non_empty("ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION") {
+                None => defaults.hr_snapshot_max_leaver_fraction,
+                Some(raw) => match raw.trim().parse::<f64>() {
+                    Ok(f) if (0.0..=1.0).contains(&f) => f,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION",
+                            reason: format!("`{raw}` is not a number from 0 to 1"),
+                        });
+                    }
+                },
+            };
         Ok(Self {
+            hr_snapshot_max_leavers,
+            hr_snapshot_max_leaver_fraction,
             database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url.clone()),
             listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen.clone()),
             admin_token: non_empty("ROSTER_ADMIN_TOKEN").map(SecretString::from),
@@ -119,12 +155,21 @@ mod tests {
         assert_eq!(c.workers, 32);
         assert!(!c.allow_private_targets);
         assert!(c.is_sqlite());
+        assert_eq!(c.hr_snapshot_max_leavers, 50);
+        assert!((c.hr_snapshot_max_leaver_fraction - 0.05).abs() < f64::EPSILON);
     }
 
     #[test]
     fn bad_values_are_refused_with_the_variable_name() {
         let err = config(&[("ROSTER_WORKERS", "lots")]).unwrap_err();
         assert!(err.to_string().contains("ROSTER_WORKERS"));
+        let err = config(&[("ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION", "5%")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION")
+        );
+        let err = config(&[("ROSTER_HR_SNAPSHOT_MAX_LEAVERS", "-1")]).unwrap_err();
+        assert!(err.to_string().contains("ROSTER_HR_SNAPSHOT_MAX_LEAVERS"));
         let err = config(&[("ROSTER_ALLOW_PRIVATE_TARGETS", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("ROSTER_ALLOW_PRIVATE_TARGETS"));
         assert!(

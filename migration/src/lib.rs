@@ -8,6 +8,7 @@ mod m20261203_000002_reconcile_item_account;
 mod m20261203_000005_credential_key;
 mod m20261203_000006_field_times;
 mod m20261203_000007_app_paused_by;
+mod m20261203_000020_hr_snapshot;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000005_credential_key::Migration),
             Box::new(m20261203_000006_field_times::Migration),
             Box::new(m20261203_000007_app_paused_by::Migration),
+            Box::new(m20261203_000020_hr_snapshot::Migration),
         ]
     }
 }

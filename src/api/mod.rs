@@ -10,6 +10,8 @@ pub mod guard;
 pub mod paging;
 pub mod problem;
 pub mod reconcile;
+pub mod snapshot_body;
+pub mod snapshots;
 
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -32,6 +34,8 @@ pub enum ApiTags {
     Delivery,
     /// Reconciliation runs: drift and ghost accounts found, fixed, or held for approval.
     Reconcile,
+    /// HR snapshots: whole-population exports, diffed, guarded against mass leavers.
+    Snapshots,
 }
 
 pub type Apis = (
@@ -40,6 +44,7 @@ pub type Apis = (
     directory::DirectoryApi,
     delivery::DeliveryApi,
     reconcile::ReconcileApi,
+    snapshots::SnapshotsApi,
     admin::AdminApi,
 );
 
@@ -51,6 +56,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             directory::DirectoryApi,
             delivery::DeliveryApi,
             reconcile::ReconcileApi,
+            snapshots::SnapshotsApi,
             admin::AdminApi,
         ),
         "roster",

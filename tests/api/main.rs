@@ -14,3 +14,4 @@ mod health;
 mod helpers;
 mod reconcile;
 mod scopes;
+mod snapshots;
