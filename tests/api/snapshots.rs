@@ -384,3 +384,41 @@ async fn a_stale_export_is_refused_and_a_newer_event_wins_over_a_snapshot() {
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn with_a_webhook_secret_a_snapshot_must_be_signed_over_its_whole_body() {
+    let secret = "snapshot-webhook-secret";
+    let app = spawn_app_with(|c| {
+        c.run_engine = false;
+        c.hr_webhook_secret = Some(secret.to_owned().into());
+    })
+    .await;
+    let body = b"employee_id,email\nE1,e1@example.com\n".to_vec();
+    let send = |signature: Option<String>, body: Vec<u8>| {
+        let mut req = app
+            .http
+            .post(format!("{}/api/v1/hr/snapshots", app.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", CSV)
+            .body(body);
+        if let Some(s) = signature {
+            req = req.header("x-roster-signature", s);
+        }
+        async move { TestApp::answer(req.send().await.expect("request")).await }
+    };
+    let t = chrono::Utc::now().timestamp();
+    let sign = |body: &[u8]| {
+        format!(
+            "t={t},v1={}",
+            roster::crypto::sign_webhook(&secret.to_owned().into(), t, body)
+        )
+    };
+    send(None, body.clone()).await.problem(401);
+    // Signed over another body: the check at the end of the stream refuses it.
+    let other = sign(b"employee_id\nE9\n");
+    let detail = send(Some(other), body.clone()).await.problem(401);
+    assert!(detail.contains("does not match"), "{detail}");
+    assert_eq!(app.count("hr_snapshot").await, 0);
+    assert_eq!(app.count("hr_snapshot_row").await, 0);
+    send(Some(sign(&body)), body).await.expect(202);
+}
