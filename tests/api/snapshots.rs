@@ -422,3 +422,156 @@ async fn with_a_webhook_secret_a_snapshot_must_be_signed_over_its_whole_body() {
     assert_eq!(app.count("hr_snapshot_row").await, 0);
     send(Some(sign(&body)), body).await.expect(202);
 }
+
+async fn exec(app: &TestApp, sql: &str) {
+    use sea_orm::ConnectionTrait;
+    app.db.execute_unprepared(sql).await.expect(sql);
+}
+
+/// A crash while applying: another instance's lease runs out and the snapshot is resumed from
+/// its progress; changes that were ingested before the crash but not yet marked come back
+/// `duplicate` and change nothing.
+#[tokio::test]
+async fn an_interrupted_apply_resumes_after_the_lease_and_applies_nothing_twice() {
+    let app = spawn_app_with(|c| {
+        c.run_engine = false;
+        c.hr_snapshot_max_leavers = 2;
+    })
+    .await;
+    people(&app, &["E1", "E2", "E3", "E4", "E5"]).await;
+    let id = post(&app, "", CSV, b"employee_id\nE1\nE2\n")
+        .await
+        .expect(202)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(settled(&app, &id).await["state"], "held");
+    // As if an instance approved it, applied E3, and died before marking it: E3's change is
+    // applied by hand here with the same event the worker would send, the lease is the dead
+    // instance's and runs out in a second.
+    let lease_until = chrono::Utc::now().timestamp_millis() + 1000;
+    exec(
+        &app,
+        &format!(
+            "UPDATE hr_snapshot SET state = 'applying', lease_owner = 'dead-instance', lease_until = {lease_until} WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    let done = settled(&app, &id).await;
+    assert_eq!(done["state"], "applied", "{done}");
+    assert_eq!(done["progress"], json!({"applied": 3, "total": 3}));
+    let events_sql = format!(
+        "SELECT event_id, result FROM hr_event WHERE event_id LIKE 'hr-snapshot:{id}:%' ORDER BY event_id"
+    );
+    let applied = app.rows(&events_sql).await;
+    assert_eq!(applied.len(), 3, "{applied:?}");
+    let versions = app
+        .rows("SELECT employee_id, version, status FROM identity ORDER BY employee_id")
+        .await;
+
+    // The crash came after the changes were ingested but before they were marked applied:
+    // the rows are back, unmarked, and the snapshot is `applying` again.
+    for e in ["E3", "E4", "E5"] {
+        exec(
+            &app,
+            &format!(
+                "INSERT INTO hr_snapshot_row (snapshot_id, employee_id, line, record, kind, applied) VALUES ('{id}', '{e}', NULL, NULL, 'leaver', false)"
+            ),
+        )
+        .await;
+    }
+    exec(
+        &app,
+        &format!("UPDATE hr_snapshot SET state = 'applying', lease_owner = NULL, lease_until = NULL WHERE id = '{id}'"),
+    )
+    .await;
+    assert_eq!(settled(&app, &id).await["state"], "applied");
+    assert_eq!(
+        app.rows(&events_sql).await,
+        applied,
+        "a change was recorded twice"
+    );
+    assert_eq!(
+        app.rows("SELECT employee_id, version, status FROM identity ORDER BY employee_id")
+            .await,
+        versions,
+        "a change was applied twice"
+    );
+}
+
+/// A crash while diffing: the diff is run again from the start and finds the same changes
+/// (its leaver rows from the first attempt are not doubled); a cancel then drops the rows.
+#[tokio::test]
+async fn an_interrupted_diff_is_run_again_and_a_cancel_drops_the_rows() {
+    let app = spawn_app_with(|c| {
+        c.run_engine = false;
+        c.hr_snapshot_max_leavers = 1;
+    })
+    .await;
+    people(&app, &["E1", "E2", "E3", "E4"]).await;
+    let id = post(
+        &app,
+        "",
+        CSV,
+        b"employee_id,department\nE1,Board\nE2,Sales\n",
+    )
+    .await
+    .expect(202)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let held = settled(&app, &id).await;
+    assert_eq!(held["state"], "held", "{held}");
+    // A dead instance was diffing it again: its lease runs out in a second.
+    let lease_until = chrono::Utc::now().timestamp_millis() + 1000;
+    exec(
+        &app,
+        &format!(
+            "UPDATE hr_snapshot SET state = 'diffing', lease_owner = 'dead-instance', lease_until = {lease_until} WHERE id = '{id}'"
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        &format!(
+            "UPDATE hr_snapshot_row SET kind = NULL WHERE snapshot_id = '{id}' AND line IS NOT NULL"
+        ),
+    )
+    .await;
+    let again = settled(&app, &id).await;
+    assert_eq!(again["state"], "held", "{again}");
+    assert_eq!(again["counts"], held["counts"]);
+    assert_eq!(again["changes"], held["changes"]);
+    let kinds = app
+        .rows(&format!(
+            "SELECT employee_id, kind FROM hr_snapshot_row WHERE snapshot_id = '{id}' AND kind IS NOT NULL ORDER BY employee_id"
+        ))
+        .await;
+    assert_eq!(
+        kinds,
+        vec![
+            json!({"employee_id": "E1", "kind": "mover"}),
+            json!({"employee_id": "E3", "kind": "leaver"}),
+            json!({"employee_id": "E4", "kind": "leaver"}),
+        ]
+    );
+    app.request(
+        "POST",
+        &format!("/api/v1/hr/snapshots/{id}/cancel"),
+        Some(ADMIN),
+        None,
+    )
+    .await
+    .expect(200);
+    assert_eq!(app.count("hr_snapshot_row").await, 0);
+    assert_eq!(person(&app, "E3").await["status"], "active");
+    assert_eq!(person(&app, "E1").await["department"], "Sales");
+    app.request(
+        "POST",
+        &format!("/api/v1/hr/snapshots/{id}/approve"),
+        Some(ADMIN),
+        None,
+    )
+    .await
+    .problem(409);
+}
