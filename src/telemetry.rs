@@ -471,6 +471,13 @@ mod tests {
         m.reconcile_last_success_timestamp_seconds
             .with_label_values(&["a"])
             .set(1.0);
+        m.hr_snapshots_total
+            .with_label_values(&["hr", "applied"])
+            .inc();
+        m.hr_snapshot_changes_total
+            .with_label_values(&["hr", "leaver"])
+            .inc();
+        m.hr_snapshots_held.with_label_values(&["hr"]).set(0);
         let text = m.render();
         let design = [
             "roster_scim_requests_total",
@@ -486,6 +493,9 @@ mod tests {
             "roster_drift_corrected_total",
             "roster_reconcile_duration_seconds",
             "roster_reconcile_last_success_timestamp_seconds",
+            "roster_hr_snapshots_total",
+            "roster_hr_snapshot_changes_total",
+            "roster_hr_snapshots_held",
         ];
         for name in design {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
