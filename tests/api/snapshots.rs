@@ -575,3 +575,66 @@ async fn an_interrupted_diff_is_run_again_and_a_cancel_drops_the_rows() {
     .await
     .problem(409);
 }
+
+/// `roster hr-snapshot FILE`: sends the file, waits, prints the diff; piped, it prints plain
+/// lines; a held snapshot exits non-zero with the reason.
+#[tokio::test]
+async fn the_hr_snapshot_command_sends_a_file_and_exits_non_zero_when_held() {
+    let app = spawn_app_with(|c| {
+        c.run_engine = false;
+        c.hr_snapshot_max_leavers = 1;
+    })
+    .await;
+    people(&app, &["E1", "E2", "E3", "E4"]).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |file: &str, body: &str, extra: &[&str]| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, body).expect("write");
+        let mut args = vec!["hr-snapshot".to_owned(), path.display().to_string()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let base = app.base.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_roster"))
+                    .args(&args)
+                    .env("ROSTER_URL", base)
+                    .env("ROSTER_API_KEY", ADMIN)
+                    .env_remove("RUST_LOG")
+                    .output()
+                    .expect("run roster")
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let ok = run(
+        "people.csv",
+        "employee_id,department\nE1,Board\nE2,Sales\nE3,Sales\nE4,Sales\n",
+        &[],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(stdout.contains(": applied"), "{stdout}");
+    assert!(stdout.contains("movers 1"), "{stdout}");
+    assert!(stdout.contains("movers: E1"), "{stdout}");
+    assert_eq!(person(&app, "E1").await["department"], "Board");
+
+    let held = run("truncated.csv", "employee_id\nE1\nE2\n", &["--json"]).await;
+    assert!(!held.status.success());
+    let doc: Value = serde_json::from_slice(&held.stdout).expect("one JSON document");
+    assert_eq!(doc["state"], "held");
+    let stderr = String::from_utf8_lossy(&held.stderr);
+    assert!(
+        stderr.contains("held") && stderr.contains("MAX_LEAVERS"),
+        "{stderr}"
+    );
+
+    let refused = run("bad.csv", "employee_id,shoe\nE1,42\n", &[]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown column"));
+}
