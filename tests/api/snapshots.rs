@@ -638,3 +638,55 @@ async fn the_hr_snapshot_command_sends_a_file_and_exits_non_zero_when_held() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown column"));
 }
+
+/// A snapshot and events for the same people at the same time: each person ends with the
+/// newer of the two, whichever is applied first.
+#[tokio::test]
+async fn a_snapshot_racing_events_converges_to_the_newer_of_each() {
+    let app = spawn().await;
+    let ids: Vec<String> = (0..40).map(|i| format!("R{i:02}")).collect();
+    for id in &ids {
+        app.post_event(&joiner(
+            &format!("j-{id}"),
+            id,
+            "2026-11-01T09:00:00Z",
+            json!({"department": "Old"}),
+        ))
+        .await;
+    }
+    // The export says Snap for everyone, as of Nov 2 noon. Even people get an event at
+    // Nov 3 (newer: Event wins), odd people one at Nov 2 (older: Snap wins).
+    let mut file = String::from("employee_id,department\n");
+    for id in &ids {
+        file.push_str(&format!("{id},Snap\n"));
+    }
+    let events = ids.iter().enumerate().map(|(i, id)| {
+        let at = if i % 2 == 0 {
+            "2026-11-03T00:00:00Z"
+        } else {
+            "2026-11-02T00:00:00Z"
+        };
+        crate::helpers::event(
+            &format!("m-{id}"),
+            "mover",
+            id,
+            at,
+            json!({"department": "Event"}),
+        )
+    });
+    let snapshot = post(&app, "?as_of=2026-11-02T12:00:00Z", CSV, file.as_bytes());
+    let movers = futures::future::join_all(events.map(|e| {
+        let app = &app;
+        async move { app.post_event(&e).await }
+    }));
+    let (posted, _) = tokio::join!(snapshot, movers);
+    let id = posted.expect(202)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(settled(&app, &id).await["state"], "applied");
+    for (i, id) in ids.iter().enumerate() {
+        let wanted = if i % 2 == 0 { "Event" } else { "Snap" };
+        assert_eq!(person(&app, id).await["department"], wanted, "{id}");
+    }
+}
