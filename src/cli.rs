@@ -62,6 +62,33 @@ enum Command {
     Demo,
     /// One reconciliation run of an app; prints its report.
     Reconcile(ReconcileArgs),
+    /// Send an HR population file (CSV, NDJSON or a JSON array) to a running roster
+    /// (ROSTER_URL, ROSTER_API_KEY), wait until it is applied, and print the diff. Exits
+    /// non-zero with the reason when the snapshot is rejected or held by the leaver guard.
+    HrSnapshot(HrSnapshotArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct HrSnapshotArgs {
+    /// The file: `.csv` (text/csv), `.ndjson` or `.jsonl` (one employee a line), `.json` (an
+    /// array of employees).
+    file: std::path::PathBuf,
+    /// The HR system the file comes from (default `hr`): only its people become leavers by
+    /// being absent.
+    #[arg(long)]
+    source: Option<String>,
+    /// When the export was taken (RFC 3339; default now).
+    #[arg(long)]
+    as_of: Option<String>,
+    /// Show the diff; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the snapshot as one JSON document instead of lines.
+    #[arg(long)]
+    json: bool,
+    /// Where roster listens.
+    #[arg(long, env = "ROSTER_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -111,6 +138,7 @@ pub fn main() -> ExitCode {
             Command::DevTarget(args) => crate::dev_target::run(args).await.context("dev-target"),
             Command::Demo => crate::demo::run().await.context("demo"),
             Command::Reconcile(args) => reconcile(args).await,
+            Command::HrSnapshot(args) => hr_snapshot(args).await,
             Command::Bench {
                 scenario,
                 json,
@@ -140,6 +168,153 @@ pub fn main() -> ExitCode {
             eprintln!("roster: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `roster hr-snapshot`: streams the file up (a byte bar on a terminal), then follows the
+/// snapshot until it settles (an applied / total bar while it applies).
+async fn hr_snapshot(args: HrSnapshotArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+
+    use futures::StreamExt;
+
+    let key = std::env::var("ROSTER_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty())
+        .context("ROSTER_API_KEY is not set: the API key to send the snapshot with")?;
+    let content_type = match args.file.extension().and_then(|e| e.to_str()) {
+        Some("ndjson" | "jsonl") => "application/x-ndjson",
+        Some("json") => "application/json",
+        _ => "text/csv",
+    };
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .with_context(|| format!("opening {}", args.file.display()))?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let interactive =
+        !args.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let bar = interactive.then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(size),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message("sending");
+        bar
+    });
+    let counter = bar.clone();
+    let stream = tokio_util::io::ReaderStream::new(file).inspect(move |chunk| {
+        if let (Some(bar), Ok(chunk)) = (&counter, chunk) {
+            bar.inc(chunk.len() as u64);
+        }
+    });
+    let base = args.url.trim_end_matches('/').to_owned();
+    let mut query: Vec<(&str, String)> = Vec::new();
+    if let Some(source) = &args.source {
+        query.push(("source", source.clone()));
+    }
+    if let Some(as_of) = &args.as_of {
+        query.push(("as_of", as_of.clone()));
+    }
+    if args.dry_run {
+        query.push(("dry_run", "true".into()));
+    }
+    // reqwest is built without a default TLS provider: roster installs its one (ring).
+    crate::scim::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("{base}/api/v1/hr/snapshots"))
+        .bearer_auth(&key)
+        .header("content-type", content_type)
+        .query(&query)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .with_context(|| format!("sending the snapshot to {base}"))?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if !status.is_success() {
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        anyhow::bail!(
+            "the snapshot was refused ({status}): {}",
+            body["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    let mut snapshot = body;
+    let id = snapshot["id"].as_str().unwrap_or_default().to_owned();
+    if let Some(bar) = &bar {
+        bar.set_position(0);
+        bar.set_length(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} changes")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    }
+    let busy = |s: &serde_json::Value| {
+        matches!(
+            s["state"].as_str(),
+            Some("received" | "diffing" | "applying")
+        )
+    };
+    while !args.dry_run && busy(&snapshot) {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let answer = http
+            .get(format!("{base}/api/v1/hr/snapshots/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .context("following the snapshot")?;
+        if !answer.status().is_success() {
+            anyhow::bail!("following the snapshot: {}", answer.status());
+        }
+        snapshot = answer.json().await.context("reading the snapshot")?;
+        if let Some(bar) = &bar {
+            bar.set_message(snapshot["state"].as_str().unwrap_or_default().to_owned());
+            bar.set_length(snapshot["progress"]["total"].as_u64().unwrap_or(0));
+            bar.set_position(snapshot["progress"]["applied"].as_u64().unwrap_or(0));
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let state = snapshot["state"].as_str().unwrap_or_default().to_owned();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&snapshot)?);
+    } else {
+        let c = &snapshot["counts"];
+        println!(
+            "snapshot {id}{}: {state}",
+            if args.dry_run { " (dry run)" } else { "" }
+        );
+        println!(
+            "rows {}, joiners {}, movers {}, leavers {}, unchanged {}, invalid {}",
+            c["rows"], c["joiners"], c["movers"], c["leavers"], c["unchanged"], c["invalid"]
+        );
+        for kind in ["joiners", "movers", "leavers"] {
+            let ids: Vec<&str> = snapshot["changes"][kind]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            if !ids.is_empty() {
+                println!("{kind}: {}", ids.join(", "));
+            }
+        }
+    }
+    match state.as_str() {
+        "applied" => Ok(()),
+        other => anyhow::bail!(
+            "the snapshot is {other}: {}",
+            snapshot["reason"]
+                .as_str()
+                .unwrap_or("see GET /api/v1/hr/snapshots/{id}")
+        ),
     }
 }
 

@@ -31,6 +31,14 @@ pub struct Config {
     /// Not from the environment: how often a quarantined app is probed (DESIGN: 5 minutes);
     /// tests shorten it.
     pub quarantine_probe: std::time::Duration,
+    /// The HR snapshot leaver guard: a snapshot with more leavers than this is held.
+    pub hr_snapshot_max_leavers: u64,
+    /// … or with more leavers than this fraction of its source's active people (once they
+    /// are at least 10).
+    pub hr_snapshot_max_leaver_fraction: f64,
+    /// Not from the environment: how long an instance's claim on an HR snapshot lasts without
+    /// renewal; another instance (or this one after a restart) resumes it after that.
+    pub hr_snapshot_lease: std::time::Duration,
     /// Whether `serve` runs the delivery engine (tests of the API alone turn it off).
     pub run_engine: bool,
 }
@@ -56,6 +64,9 @@ impl Default for Config {
             max_connections: 4096,
             quarantine_probe: std::time::Duration::from_secs(300),
             run_engine: true,
+            hr_snapshot_max_leavers: 50,
+            hr_snapshot_max_leaver_fraction: 0.05,
+            hr_snapshot_lease: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -134,7 +145,27 @@ impl Config {
                 reason: "ROSTER_TLS_CERT and ROSTER_TLS_KEY are set together or not at all".into(),
             });
         }
+        let hr_snapshot_max_leavers = number(
+            "ROSTER_HR_SNAPSHOT_MAX_LEAVERS",
+            0..=u64::MAX,
+            defaults.hr_snapshot_max_leavers,
+        )?;
+        let hr_snapshot_max_leaver_fraction =
+            match non_empty("ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION") {
+                None => defaults.hr_snapshot_max_leaver_fraction,
+                Some(raw) => match raw.trim().parse::<f64>() {
+                    Ok(f) if (0.0..=1.0).contains(&f) => f,
+                    _ => {
+                        return Err(ConfigError::Invalid {
+                            name: "ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION",
+                            reason: format!("`{raw}` is not a number from 0 to 1"),
+                        });
+                    }
+                },
+            };
         Ok(Self {
+            hr_snapshot_max_leavers,
+            hr_snapshot_max_leaver_fraction,
             database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url.clone()),
             listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen.clone()),
             admin_token: non_empty("ROSTER_ADMIN_TOKEN").map(SecretString::from),
@@ -183,12 +214,21 @@ mod tests {
         assert_eq!(c.max_connections, 4096);
         assert!(c.tls_cert_file.is_none() && c.tls_key_file.is_none());
         assert!(c.is_sqlite());
+        assert_eq!(c.hr_snapshot_max_leavers, 50);
+        assert!((c.hr_snapshot_max_leaver_fraction - 0.05).abs() < f64::EPSILON);
     }
 
     #[test]
     fn bad_values_are_refused_with_the_variable_name() {
         let err = config(&[("ROSTER_WORKERS", "lots")]).unwrap_err();
         assert!(err.to_string().contains("ROSTER_WORKERS"));
+        let err = config(&[("ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION", "5%")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("ROSTER_HR_SNAPSHOT_MAX_LEAVER_FRACTION")
+        );
+        let err = config(&[("ROSTER_HR_SNAPSHOT_MAX_LEAVERS", "-1")]).unwrap_err();
+        assert!(err.to_string().contains("ROSTER_HR_SNAPSHOT_MAX_LEAVERS"));
         let err = config(&[("ROSTER_ALLOW_PRIVATE_TARGETS", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("ROSTER_ALLOW_PRIVATE_TARGETS"));
         for name in [

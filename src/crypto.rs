@@ -227,32 +227,68 @@ pub fn verify_webhook_signature(
     body: &[u8],
     now_unix: i64,
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let mut t = None;
-    let mut v1 = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", value)) => t = value.parse::<i64>().ok(),
-            Some(("v1", value)) => v1.push(value.to_owned()),
-            _ => {}
+    let mut check = SignatureCheck::start(secret, header, now_unix)?;
+    check.update(body);
+    check.finish()
+}
+
+/// The webhook signature check over a body read in pieces (an HR snapshot is streamed): the
+/// header and its time window are checked first, the MAC as the bytes arrive, the match last.
+pub struct SignatureCheck {
+    mac: Hmac<Sha256>,
+    candidates: Vec<String>,
+}
+
+impl SignatureCheck {
+    pub fn start(
+        secret: &SecretString,
+        header: Option<&str>,
+        now_unix: i64,
+    ) -> Result<Self, SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?;
+        let mut t = None;
+        let mut v1 = Vec::new();
+        for part in header.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", value)) => t = value.parse::<i64>().ok(),
+                Some(("v1", value)) => v1.push(value.to_owned()),
+                _ => {}
+            }
         }
+        let t = t.ok_or(SignatureError::Malformed)?;
+        if v1.is_empty() {
+            return Err(SignatureError::Malformed);
+        }
+        // `abs_diff`: `now - t` overflows i64 for `t` near `i64::MIN` (a hostile header).
+        if now_unix.abs_diff(t) > SIGNATURE_WINDOW_SECS.unsigned_abs() {
+            return Err(SignatureError::Expired);
+        }
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.expose_secret().as_bytes())
+            .map_err(|_| SignatureError::Malformed)?;
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        Ok(Self {
+            mac,
+            candidates: v1,
+        })
     }
-    let t = t.ok_or(SignatureError::Malformed)?;
-    if v1.is_empty() {
-        return Err(SignatureError::Malformed);
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.mac.update(bytes);
     }
-    // `abs_diff`: `now - t` overflows i64 for `t` near `i64::MIN` (a hostile header).
-    if now_unix.abs_diff(t) > SIGNATURE_WINDOW_SECS.unsigned_abs() {
-        return Err(SignatureError::Expired);
-    }
-    let expected = sign_webhook(secret, t, body);
-    if v1
-        .iter()
-        .any(|candidate| constant_time_eq(candidate.as_bytes(), expected.as_bytes()))
-    {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
+
+    pub fn finish(self) -> Result<(), SignatureError> {
+        let expected = hex::encode(self.mac.finalize().into_bytes());
+        if self
+            .candidates
+            .iter()
+            .any(|candidate| constant_time_eq(candidate.as_bytes(), expected.as_bytes()))
+        {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
     }
 }
 

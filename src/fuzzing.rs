@@ -173,3 +173,34 @@ pub fn hr_event(data: &[u8]) -> HrEventReport {
         signature_ok,
     }
 }
+
+/// What the HR snapshot parser made of an input, read as each of the three formats: rows
+/// taken and row errors (with their lines), or the reason the whole body was refused.
+#[derive(Debug)]
+pub struct HrSnapshotReport {
+    pub csv: Result<(usize, Vec<u64>), String>,
+    pub ndjson: Result<(usize, Vec<u64>), String>,
+    pub json: Result<(usize, Vec<u64>), String>,
+}
+
+/// Arbitrary bytes as the body of `POST /hr/snapshots`, parsed as CSV, NDJSON and a JSON array
+/// by the route's own parser (`api::snapshot_body::parse_snapshot`).
+pub fn hr_snapshot(data: &[u8]) -> HrSnapshotReport {
+    use crate::api::snapshot_body::parse_snapshot;
+    use crate::service::snapshot::SnapshotFormat;
+    let parse = |format| {
+        let mut rows = 0;
+        let mut errors = Vec::new();
+        parse_snapshot(format, data, |row| match row {
+            Ok(_) => rows += 1,
+            Err(e) => errors.push(e.line),
+        })
+        .map(|()| (rows, errors))
+        .map_err(|e| e.to_string())
+    };
+    HrSnapshotReport {
+        csv: parse(SnapshotFormat::Csv),
+        ndjson: parse(SnapshotFormat::Ndjson),
+        json: parse(SnapshotFormat::Json),
+    }
+}

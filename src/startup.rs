@@ -234,6 +234,12 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         .config()
         .run_engine
         .then(|| crate::service::reconcile::start_scheduler(roster.clone(), shutdown.clone()));
+    // The HR snapshot worker's handle is not kept: it stops on the same token, between
+    // steps, and a step interrupted by the exit is resumed on the next start.
+    drop(crate::service::snapshot::start_worker(
+        roster.clone(),
+        shutdown.clone(),
+    ));
     let app = crate::api::app(roster);
     let handle = tokio::spawn(async move {
         let std_listener = listener.into_std()?;

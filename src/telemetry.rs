@@ -33,6 +33,9 @@ pub struct Metrics {
     pub throttled_total: IntCounterVec,
     pub app_quarantined: IntGaugeVec,
     pub hr_events_total: IntCounterVec,
+    pub hr_snapshots_total: IntCounterVec,
+    pub hr_snapshot_changes_total: IntCounterVec,
+    pub hr_snapshots_held: IntGaugeVec,
     pub event_to_target_seconds: HistogramVec,
     pub drift_detected_total: IntCounterVec,
     pub drift_corrected_total: IntCounterVec,
@@ -147,6 +150,21 @@ impl Metrics {
                 "roster_hr_events_total",
                 "HR events received, by type and result.",
                 &["type", "result"],
+            ),
+            hr_snapshots_total: r.counter(
+                "roster_hr_snapshots_total",
+                "HR snapshots by source and result: received, held, applied, rejected, cancelled.",
+                &["source", "result"],
+            ),
+            hr_snapshot_changes_total: r.counter(
+                "roster_hr_snapshot_changes_total",
+                "Changes found by HR snapshot diffs, by source and kind (joiner, mover, leaver, unchanged).",
+                &["source", "kind"],
+            ),
+            hr_snapshots_held: r.int_gauge(
+                "roster_hr_snapshots_held",
+                "HR snapshots held by the leaver guard, waiting for an admin, by source.",
+                &["source"],
             ),
             event_to_target_seconds: r.histogram(
                 "roster_event_to_target_seconds",
@@ -453,6 +471,13 @@ mod tests {
         m.reconcile_last_success_timestamp_seconds
             .with_label_values(&["a"])
             .set(1.0);
+        m.hr_snapshots_total
+            .with_label_values(&["hr", "applied"])
+            .inc();
+        m.hr_snapshot_changes_total
+            .with_label_values(&["hr", "leaver"])
+            .inc();
+        m.hr_snapshots_held.with_label_values(&["hr"]).set(0);
         let text = m.render();
         let design = [
             "roster_scim_requests_total",
@@ -468,6 +493,9 @@ mod tests {
             "roster_drift_corrected_total",
             "roster_reconcile_duration_seconds",
             "roster_reconcile_last_success_timestamp_seconds",
+            "roster_hr_snapshots_total",
+            "roster_hr_snapshot_changes_total",
+            "roster_hr_snapshots_held",
         ];
         for name in design {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

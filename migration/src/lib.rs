@@ -9,6 +9,7 @@ mod m20261203_000005_credential_key;
 mod m20261203_000006_field_times;
 mod m20261203_000007_app_paused_by;
 mod m20261203_000010_app_tls;
+mod m20261203_000020_hr_snapshot;
 mod m20261203_000030_app_connector;
 
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000006_field_times::Migration),
             Box::new(m20261203_000007_app_paused_by::Migration),
             Box::new(m20261203_000010_app_tls::Migration),
+            Box::new(m20261203_000020_hr_snapshot::Migration),
             Box::new(m20261203_000030_app_connector::Migration),
         ]
     }

@@ -108,7 +108,7 @@ pub enum Accepted<T: poem_openapi::types::ToJSON + Send + Sync> {
     Accepted(Json<T>),
 }
 
-fn field<T: Clone>(v: &MaybeUndefined<T>) -> FieldUpdate<T> {
+pub(crate) fn field<T: Clone>(v: &MaybeUndefined<T>) -> FieldUpdate<T> {
     match v {
         MaybeUndefined::Undefined => FieldUpdate::Keep,
         MaybeUndefined::Null => FieldUpdate::Clear,
@@ -128,19 +128,25 @@ pub(crate) fn to_input(event: EventIn) -> HrEventInput {
             EventKind::Leaver => EventType::Leaver,
         },
         occurred_at: event.occurred_at,
-        employee: EmployeeRecord {
-            employee_id: e.employee_id.clone(),
-            user_name: field(&e.user_name),
-            email: field(&e.email),
-            given_name: field(&e.given_name),
-            family_name: field(&e.family_name),
-            display_name: field(&e.display_name),
-            department: field(&e.department),
-            title: field(&e.title),
-            manager_employee_id: field(&e.manager_employee_id),
-            attributes: field(&e.attributes),
-        },
+        employee: employee_record(e),
         payload,
+        source: None,
+    }
+}
+
+/// The service's view of an employee record as received.
+pub(crate) fn employee_record(e: &EmployeeIn) -> EmployeeRecord {
+    EmployeeRecord {
+        employee_id: e.employee_id.clone(),
+        user_name: field(&e.user_name),
+        email: field(&e.email),
+        given_name: field(&e.given_name),
+        family_name: field(&e.family_name),
+        display_name: field(&e.display_name),
+        department: field(&e.department),
+        title: field(&e.title),
+        manager_employee_id: field(&e.manager_employee_id),
+        attributes: field(&e.attributes),
     }
 }
 

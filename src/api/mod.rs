@@ -12,6 +12,8 @@ pub mod guard;
 pub mod paging;
 pub mod problem;
 pub mod reconcile;
+pub mod snapshot_body;
+pub mod snapshots;
 
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -36,6 +38,8 @@ pub enum ApiTags {
     Reconcile,
     /// The connector catalogue: SaaS targets with their documented limits and deviations.
     Connectors,
+    /// HR snapshots: whole-population exports, diffed, guarded against mass leavers.
+    Snapshots,
 }
 
 pub type Apis = (
@@ -44,6 +48,7 @@ pub type Apis = (
     directory::DirectoryApi,
     delivery::DeliveryApi,
     reconcile::ReconcileApi,
+    snapshots::SnapshotsApi,
     admin::AdminApi,
     connectors::ConnectorsApi,
 );
@@ -56,6 +61,7 @@ pub fn openapi_service() -> OpenApiService<Apis, ()> {
             directory::DirectoryApi,
             delivery::DeliveryApi,
             reconcile::ReconcileApi,
+            snapshots::SnapshotsApi,
             admin::AdminApi,
             connectors::ConnectorsApi,
         ),

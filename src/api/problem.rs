@@ -95,8 +95,8 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
     ),
     (
         401,
-        "No valid API key (`Authorization: Bearer <key>`), or on the events routes a missing \
-         or wrong `X-Roster-Signature`.",
+        "No valid API key (`Authorization: Bearer <key>`), or on the events and HR snapshot \
+         routes a missing or wrong `X-Roster-Signature`.",
     ),
     (403, "The key lacks the scope this operation needs."),
     (404, "No such resource (or route)."),
@@ -109,7 +109,11 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
         412,
         "`If-Match` does not match the resource's current `ETag`.",
     ),
-    (413, "The request body is larger than 1 MiB."),
+    (
+        413,
+        "The request body is larger than 1 MiB (on `POST /hr/snapshots`: 256 MiB or \
+         1,000,000 rows).",
+    ),
     (
         415,
         "The body is not JSON: send `Content-Type: application/json`.",

@@ -251,6 +251,7 @@ fn identity_row(person: &IdentityView) -> identity::ActiveModel {
     identity::ActiveModel {
         id: Set(person.id.clone()),
         employee_id: Set(person.employee_id.clone()),
+        source: Set(crate::service::ingest::DEFAULT_SOURCE.to_owned()),
         user_name: Set(person.user_name.clone()),
         email: Set(person.email.clone()),
         given_name: Set(person.given_name.clone()),

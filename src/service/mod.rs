@@ -12,6 +12,7 @@ pub mod operations;
 pub mod planner;
 pub mod reconcile;
 pub mod secret_key;
+pub mod snapshot;
 
 use std::sync::Arc;
 
@@ -157,6 +158,10 @@ struct Inner {
     ingest_group: ingest::GroupCommit,
     /// When this process last recorded each API key's use.
     key_uses: keys::KeyUses,
+    /// Wakes the HR snapshot worker when a snapshot is received or approved.
+    snapshots_ready: Notify,
+    /// Sources whose held-snapshot gauge this process has set (to zero them when released).
+    held_sources: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn transport_policy_of(config: &Config) -> TransportPolicy {
@@ -188,6 +193,8 @@ impl Roster {
                 shutdown: CancellationToken::new(),
                 ingest_group: ingest::GroupCommit::default(),
                 key_uses: keys::KeyUses::default(),
+                snapshots_ready: Notify::new(),
+                held_sources: std::sync::Mutex::default(),
             }),
         }
     }

@@ -203,7 +203,8 @@ fn the_metric_name_scanner_finds_metrics_and_only_metrics() {
 #[test]
 fn every_query_reads_only_metrics_roster_exports() {
     let exported: BTreeSet<&str> = roster::telemetry::metric_names().into_iter().collect();
-    assert_eq!(exported.len(), 13, "DESIGN §7 fixes 13 families");
+    // The 13 families of the product contract, and the HR snapshot three.
+    assert_eq!(exported.len(), 16, "roster exports 16 metric families");
     let mut unknown = Vec::new();
     let mut expressions = expressions();
     // The `app` variable's query is not PromQL: label_values(metric, label).
@@ -353,6 +354,7 @@ fn every_alert_has_a_severity_a_summary_naming_the_app_and_a_runbook() {
             "RosterQueueStalled",
             "RosterLeaverNotDeprovisioned",
             "RosterReconcileStale",
+            "RosterHrSnapshotHeld",
         ])
     );
     for rule in &rules {
@@ -366,9 +368,11 @@ fn every_alert_has_a_severity_a_summary_naming_the_app_and_a_runbook() {
         for key in ["summary", "description", "runbook"] {
             assert!(!annotation(key).trim().is_empty(), "{name}: no {key}");
         }
+        // Every alert names what it is about: the app, or the HR source of a held snapshot.
         assert!(
-            annotation("summary").contains("{{ $labels.app }}"),
-            "{name}: the summary does not name the app"
+            annotation("summary").contains("{{ $labels.app }}")
+                || annotation("summary").contains("{{ $labels.source }}"),
+            "{name}: the summary does not name the app or the source"
         );
     }
 }
@@ -414,7 +418,7 @@ fn promtool_accepts_the_alert_rules_and_rejects_a_broken_copy() {
     };
     assert!(output.status.success(), "{}", describe(&output));
     assert!(
-        String::from_utf8_lossy(&output.stdout).contains("5 rules found"),
+        String::from_utf8_lossy(&output.stdout).contains("6 rules found"),
         "{}",
         describe(&output)
     );
@@ -485,6 +489,11 @@ tests:
         values: '1 0 1 0 1 0 1 0 1 0 1'
       - series: 'roster_reconcile_last_success_timestamp_seconds{{app="okta"}}'
         values: '0x200'
+      # A snapshot held from minute 2 to minute 6, then approved.
+      - series: 'roster_hr_snapshots_held{{source="workday"}}'
+        values: '0 0 1 1 1 1 1 0 0 0'
+      - series: 'roster_hr_snapshots_held{{source="hr"}}'
+        values: '0x10'
     alert_rule_test:
       # Both count as new at 4m: Prometheus has no sample of either from 15 minutes earlier
       # (as after a fresh Prometheus start; real dead jobs exist, so the page is not wrong).
@@ -511,6 +520,16 @@ tests:
         alertname: RosterLeaverNotDeprovisioned
         exp_alerts:
           - exp_labels: {{app: okta, lane: deprovision, severity: critical}}
+      - eval_time: 2m
+        alertname: RosterHrSnapshotHeld
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: RosterHrSnapshotHeld
+        exp_alerts:
+          - exp_labels: {{source: workday, severity: warning}}
+      - eval_time: 8m
+        alertname: RosterHrSnapshotHeld
+        exp_alerts: []
       - eval_time: 130m
         alertname: RosterReconcileStale
         exp_alerts:

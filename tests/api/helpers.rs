@@ -89,6 +89,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
         allow_private_targets: true,
         quarantine_probe: Duration::from_secs(1),
         run_engine: true,
+        hr_snapshot_max_leavers: 50,
+        hr_snapshot_max_leaver_fraction: 0.05,
+        hr_snapshot_lease: Duration::from_secs(2),
         ..Config::default()
     };
     adjust(&mut config);

@@ -17,3 +17,4 @@ mod openapi;
 mod reconcile;
 mod scopes;
 mod transport;
+mod snapshots;

@@ -45,6 +45,11 @@ fn routes() -> Vec<(&'static str, &'static str, Needs)> {
         ("POST", "/jobs/{id}/retry", AppsWrite),
         ("POST", "/events", EventsWrite),
         ("POST", "/events:batch", EventsWrite),
+        ("POST", "/hr/snapshots", EventsWrite),
+        ("GET", "/hr/snapshots", Read),
+        ("GET", "/hr/snapshots/{id}", Read),
+        ("POST", "/hr/snapshots/{id}/approve", Admin),
+        ("POST", "/hr/snapshots/{id}/cancel", Admin),
         ("GET", "/identities", Read),
         ("GET", "/identities/{id}", Read),
         ("GET", "/groups", Read),
@@ -76,6 +81,10 @@ fn body_for(method: &str, path: &str, n: usize) -> Option<Value> {
         ("POST", "/events:batch") => Some(
             json!({"events": [joiner(&format!("bv{n}"), &format!("B{n}"), "2026-11-01T09:00:00Z", json!({}))]}),
         ),
+        // A JSON array of employees (the request helper sends `application/json`).
+        ("POST", "/hr/snapshots") => Some(json!([
+            {"employee_id": format!("S{n}"), "email": format!("s{n}@example.com")}
+        ])),
         ("POST", "/groups") => Some(json!({"name": format!("g{n}"), "members": []})),
         ("PATCH", "/groups/{id}") => Some(json!({"members": []})),
         ("POST", "/api-keys") => Some(json!({"name": format!("k{n}"), "scopes": ["read"]})),

@@ -153,3 +153,25 @@ fn hr_seeds_parse_and_validate_as_the_events_api_does() {
     tampered[last] = b'X';
     assert!(!fuzzing::hr_event(&tampered).signature_ok);
 }
+
+#[test]
+fn every_committed_hr_snapshot_input_is_handled_without_panic() {
+    let n = replay("hr_snapshot", fuzzing::hr_snapshot);
+    assert!(n >= 8, "only {n} inputs replayed");
+}
+
+#[test]
+fn hr_snapshot_seeds_parse_as_the_route_reads_them() {
+    let report = |name: &str| fuzzing::hr_snapshot(&seed("hr_snapshot", name));
+    assert_eq!(report("people.csv").csv, Ok((2, vec![])));
+    assert_eq!(report("bom_crlf.csv").csv, Ok((2, vec![])));
+    let quote = report("unterminated_quote.csv").csv;
+    assert!(
+        quote
+            .as_ref()
+            .is_err_and(|e| e.contains("unterminated quote")),
+        "{quote:?}"
+    );
+    assert_eq!(report("people.ndjson").ndjson, Ok((2, vec![])));
+    assert_eq!(report("non_object.json").json, Ok((1, vec![2])));
+}

@@ -20,7 +20,9 @@ use sea_orm::{
 use serde_json::json;
 
 use super::times::{self, FieldTimes};
-use super::{EventOutcome, EventResult, EventType, HrEventInput, IngestRequest, apply_record};
+use super::{
+    DEFAULT_SOURCE, EventOutcome, EventResult, EventType, HrEventInput, IngestRequest, apply_record,
+};
 use crate::delivery::people;
 use crate::mapping::{self, GroupRule};
 use crate::service::apps::AppSettings;
@@ -380,6 +382,10 @@ impl<'c> EventSet<'c> {
             last_event_at: None,
             field_times: None,
             version: 0,
+            source: event
+                .source
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SOURCE.to_owned()),
             created_at: now,
             updated_at: now,
         });
@@ -486,6 +492,10 @@ impl<'c> EventSet<'c> {
         saved.last_event_at = Some(saved.last_event_at.map_or(at, |last| last.max(at)));
         saved.version += 1;
         saved.updated_at = now;
+        // A snapshot's change makes its source the person's: its next snapshot may end them.
+        if let Some(source) = &event.source {
+            saved.source.clone_from(source);
+        }
         if current.is_none() {
             self.new_people.insert(employee.employee_id.clone());
         }

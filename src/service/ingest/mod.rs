@@ -96,7 +96,13 @@ pub struct HrEventInput {
     pub employee: EmployeeRecord,
     /// The event as received, kept in the `hr_event` row.
     pub payload: Value,
+    /// The HR source the change comes from (an HR snapshot's `source`); `None` keeps the
+    /// person's, or [`DEFAULT_SOURCE`] for someone new.
+    pub source: Option<String>,
 }
+
+/// The source of people written by events that name none.
+pub const DEFAULT_SOURCE: &str = "hr";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventResult {
@@ -172,17 +178,32 @@ pub fn validate_event(at: &str, event: &HrEventInput, now: DateTime<Utc>) -> Ser
             "is more than 5 minutes in the future; send events when they take effect",
         ));
     }
-    let e = &event.employee;
-    validate_employee_id(&f("employee.employee_id"), &e.employee_id)?;
+    validate_employee(&f("employee"), &event.employee)?;
+    if event.event_type == EventType::Joiner
+        && !event.employee.user_name.is_set()
+        && !event.employee.email.is_set()
+    {
+        return Err(ServiceError::invalid(
+            f("employee"),
+            "a joiner needs `user_name` or `email`",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an employee record (of an event or an HR snapshot row); `at` names it in errors.
+pub fn validate_employee(at: &str, e: &EmployeeRecord) -> ServiceResult<()> {
+    let f = |name: &str| format!("{at}.{name}");
+    validate_employee_id(&f("employee_id"), &e.employee_id)?;
     let texts = [
-        ("employee.user_name", &e.user_name),
-        ("employee.email", &e.email),
-        ("employee.given_name", &e.given_name),
-        ("employee.family_name", &e.family_name),
-        ("employee.display_name", &e.display_name),
-        ("employee.department", &e.department),
-        ("employee.title", &e.title),
-        ("employee.manager_employee_id", &e.manager_employee_id),
+        ("user_name", &e.user_name),
+        ("email", &e.email),
+        ("given_name", &e.given_name),
+        ("family_name", &e.family_name),
+        ("display_name", &e.display_name),
+        ("department", &e.department),
+        ("title", &e.title),
+        ("manager_employee_id", &e.manager_employee_id),
     ];
     for (name, value) in texts {
         if let FieldUpdate::Set(v) = value {
@@ -202,7 +223,7 @@ pub fn validate_event(at: &str, event: &HrEventInput, now: DateTime<Utc>) -> Ser
             });
         if !ok {
             return Err(ServiceError::invalid(
-                f("employee.email"),
+                f("email"),
                 format!("`{email}` is not an email address"),
             ));
         }
@@ -210,22 +231,13 @@ pub fn validate_event(at: &str, event: &HrEventInput, now: DateTime<Utc>) -> Ser
     if let FieldUpdate::Set(attrs) = &e.attributes {
         if !attrs.is_object() {
             return Err(ServiceError::invalid(
-                f("employee.attributes"),
+                f("attributes"),
                 "must be a JSON object",
             ));
         }
         if attrs.to_string().len() > 64 * 1024 {
-            return Err(ServiceError::invalid(
-                f("employee.attributes"),
-                "larger than 64 KiB",
-            ));
+            return Err(ServiceError::invalid(f("attributes"), "larger than 64 KiB"));
         }
-    }
-    if event.event_type == EventType::Joiner && !e.user_name.is_set() && !e.email.is_set() {
-        return Err(ServiceError::invalid(
-            f("employee"),
-            "a joiner needs `user_name` or `email`",
-        ));
     }
     Ok(())
 }

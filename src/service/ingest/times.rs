@@ -185,6 +185,7 @@ mod tests {
             last_event_at,
             field_times,
             version: 1,
+            source: "hr".into(),
             created_at: now,
             updated_at: now,
         }

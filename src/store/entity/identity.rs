@@ -23,6 +23,8 @@ pub struct Model {
     /// field name; `None` for identities written before it was kept (see `ingest::times`).
     pub field_times: Option<Json>,
     pub version: i64,
+    /// The HR source that last wrote the person (`hr` unless an event or snapshot named one).
+    pub source: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

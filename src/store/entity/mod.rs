@@ -6,6 +6,8 @@ pub mod credential_key;
 pub mod group;
 pub mod group_member;
 pub mod hr_event;
+pub mod hr_snapshot;
+pub mod hr_snapshot_row;
 pub mod identity;
 pub mod job;
 pub mod link;
