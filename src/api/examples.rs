@@ -13,8 +13,8 @@ fn joiner() -> Value {
     })
 }
 
-/// The example request body of `operation_id`, if the operation takes one.
-fn request_example(operation_id: &str) -> Option<Value> {
+/// The example request body of `operation_id` in `media_type`, if the operation takes one.
+fn request_example(operation_id: &str, media_type: &str) -> Option<Value> {
     Some(match operation_id {
         "createApiKey" => json!({"name": "hr-feed", "scopes": ["events:write"]}),
         "createApp" => json!({
@@ -43,6 +43,26 @@ fn request_example(operation_id: &str) -> Option<Value> {
         }]}),
         "createGroup" => json!({"name": "board-admins", "members": ["E100"]}),
         "updateGroup" => json!({"rule": {"attribute": "department", "op": "eq", "value": "Board"}}),
+        "postHrSnapshot" => hr_snapshot_example(media_type)?,
+        _ => return None,
+    })
+}
+
+/// The nightly export of the README's HR snapshot section, in each format the route takes.
+fn hr_snapshot_example(media_type: &str) -> Option<Value> {
+    Some(match media_type {
+        "text/csv" => Value::from(
+            "employee_id,user_name,email,given_name,family_name,department,title\n\
+             E100,ada,ada@example.com,Ada,Lovelace,Board,Chair\n",
+        ),
+        "application/x-ndjson" => Value::from(
+            "{\"employee_id\": \"E100\", \"user_name\": \"ada\", \"email\": \"ada@example.com\", \
+             \"department\": \"Board\", \"title\": \"Chair\"}\n",
+        ),
+        "application/json" => json!([{
+            "employee_id": "E100", "user_name": "ada", "email": "ada@example.com",
+            "given_name": "Ada", "family_name": "Lovelace", "department": "Board", "title": "Chair"
+        }]),
         _ => return None,
     })
 }
@@ -57,10 +77,10 @@ pub(super) fn add_request_examples(doc: &mut Value) {
         .filter_map(Value::as_object_mut)
         .flat_map(|ops| ops.values_mut())
     {
-        let Some(example) = operation
+        let Some(operation_id) = operation
             .get("operationId")
             .and_then(Value::as_str)
-            .and_then(request_example)
+            .map(str::to_owned)
         else {
             continue;
         };
@@ -68,8 +88,13 @@ pub(super) fn add_request_examples(doc: &mut Value) {
             .pointer_mut("/requestBody/content")
             .and_then(Value::as_object_mut)
         {
-            for media_type in content.values_mut().filter_map(Value::as_object_mut) {
-                media_type.insert("example".into(), example.clone());
+            for (media_type, body) in content.iter_mut() {
+                if let (Some(body), Some(example)) = (
+                    body.as_object_mut(),
+                    request_example(&operation_id, media_type),
+                ) {
+                    body.insert("example".into(), example);
+                }
             }
         }
     }

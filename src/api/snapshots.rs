@@ -342,8 +342,9 @@ pub struct SnapshotsApi;
 
 #[OpenApi(tag = "ApiTags::Snapshots")]
 impl SnapshotsApi {
-    /// Post an HR population file (scope `events:write`). Answers 202 once the file is
-    /// durably stored; the diff and the changes run in the background. Signed like events
+    /// Post an HR population file
+    ///
+    /// Scope `events:write`. Answers 202 once the file is durably stored; the diff and the changes run in the background. Signed like events
     /// (`X-Roster-Signature`) when the server has a webhook secret. An empty file, invalid
     /// rows or duplicate employee ids, and an `as_of` older than the source's last applied
     /// snapshot are refused (422; rows are listed with their line numbers).
@@ -468,7 +469,9 @@ impl SnapshotsApi {
         }
     }
 
-    /// List HR snapshots, newest first (scope `read`).
+    /// List HR snapshots
+    ///
+    /// Scope `read`. Newest first.
     #[oai(
         path = "/hr/snapshots",
         method = "get",
@@ -497,8 +500,9 @@ impl SnapshotsApi {
         }))
     }
 
-    /// One HR snapshot: state, counts, progress, the first changes of each kind, row errors
-    /// (scope `read`).
+    /// Get one HR snapshot
+    ///
+    /// Scope `read`. State, counts, progress, the first changes of each kind, row errors.
     #[oai(
         path = "/hr/snapshots/:id",
         method = "get",
@@ -514,7 +518,9 @@ impl SnapshotsApi {
         Ok(Json(out(roster.get_snapshot(&id.0).await?)))
     }
 
-    /// Apply a snapshot held by the leaver guard (scope `admin`).
+    /// Approve a held HR snapshot
+    ///
+    /// Scope `admin`. Applies a snapshot held by the leaver guard.
     #[oai(
         path = "/hr/snapshots/:id/approve",
         method = "post",
@@ -530,7 +536,9 @@ impl SnapshotsApi {
         Ok(Json(out(roster.approve_snapshot(principal, &id.0).await?)))
     }
 
-    /// Drop a snapshot that is received, diffing or held (scope `admin`); its rows are deleted.
+    /// Cancel an HR snapshot
+    ///
+    /// Scope `admin`. Drops a snapshot that is received, diffing or held; its rows are deleted.
     #[oai(
         path = "/hr/snapshots/:id/cancel",
         method = "post",

@@ -16,5 +16,5 @@ mod helpers;
 mod openapi;
 mod reconcile;
 mod scopes;
-mod transport;
 mod snapshots;
+mod transport;
