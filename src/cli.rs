@@ -49,9 +49,10 @@ enum Command {
         #[arg(long)]
         size: Option<usize>,
         /// `throughput` only: the dev-target answers each call this many ms late, as a SaaS
-        /// app across the internet would.
-        #[arg(long)]
-        target_latency_ms: Option<u64>,
+        /// app across the internet would. Several, comma-separated (`20,100`): the scenario
+        /// runs at each and prints the ratio at each.
+        #[arg(long, value_delimiter = ',')]
+        target_latency_ms: Vec<u64>,
         /// `leaver-latency` only: the app is limited to this many calls/s (5 if no value is
         /// given) and the leavers are posted behind a backlog of `--size` joiners (2000).
         #[arg(long, num_args = 0..=1, default_missing_value = "5")]
@@ -150,6 +151,8 @@ pub fn main() -> ExitCode {
                     size,
                     target_latency_ms,
                     throttled,
+                    // The dev-target of `reconcile` runs as a process of its own: this one.
+                    dev_target_exe: std::env::current_exe().ok(),
                 };
                 bench(scenario, json, options).await
             }

@@ -147,9 +147,21 @@ impl Harness {
         burst: u32,
         max_concurrency: usize,
     ) -> Result<String, BenchError> {
+        self.create_app_on(&self.target.base_url(), per_second, burst, max_concurrency)
+            .await
+    }
+
+    /// Registers the dev-target at `base_url` as an app with these limits; returns its id.
+    pub async fn create_app_on(
+        &self,
+        base_url: &str,
+        per_second: u32,
+        burst: u32,
+        max_concurrency: usize,
+    ) -> Result<String, BenchError> {
         let body = json!({
             "name": "bench-target",
-            "base_url": self.target.base_url(),
+            "base_url": base_url,
             "auth": {"type": "bearer", "token": TARGET_TOKEN},
             "rate_limit": {"per_second": per_second, "burst": burst},
             "max_concurrency": max_concurrency,
@@ -388,6 +400,100 @@ pub async fn raw_creates(
     }
     join_all(tasks, deadline, "the raw create loop").await?;
     Ok(start.elapsed())
+}
+
+/// A `roster dev-target` in a process of its own (killed when dropped), so that the figures of
+/// this process (its resident set) are roster's alone.
+pub struct TargetProcess {
+    child: tokio::process::Child,
+    /// `http://ADDR/scim/v2`.
+    pub base_url: String,
+    http: reqwest::Client,
+}
+
+impl TargetProcess {
+    /// Starts `exe dev-target` on a free loopback port and reads the URL it prints.
+    pub async fn spawn(exe: &std::path::Path) -> Result<Self, BenchError> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(exe)
+            .args([
+                "dev-target",
+                "--listen",
+                "127.0.0.1:0",
+                "--token",
+                TARGET_TOKEN,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Setup(format!("starting {}: {e}", exe.display())))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Setup("the dev-target's stdout".into()))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let read_url = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("http://") {
+                    return Some(line);
+                }
+            }
+            None
+        };
+        let base_url = tokio::time::timeout(Duration::from_secs(30), read_url)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| BenchError::Setup("the dev-target process printed no URL".into()))?;
+        Ok(Self {
+            child,
+            base_url,
+            http: client()?,
+        })
+    }
+
+    /// Seeds `accounts` as users (`POST /_dev/users:load`); returns their ids, in order.
+    pub async fn load_users(&self, accounts: &[Value]) -> Result<Vec<Option<String>>, BenchError> {
+        let root = self
+            .base_url
+            .strip_suffix(crate::dev_target::SCIM_ROOT)
+            .unwrap_or(&self.base_url);
+        let mut body = Vec::with_capacity(accounts.len() * 400);
+        for account in accounts {
+            serde_json::to_writer(&mut body, account).map_err(|e| BenchError::Unexpected {
+                what: "seeding the dev-target".into(),
+                detail: e.to_string(),
+            })?;
+            body.push(b'\n');
+        }
+        let what = "POST /_dev/users:load".to_owned();
+        let answer = self
+            .http
+            .post(format!("{root}/_dev/users:load"))
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| BenchError::Http {
+                what: what.clone(),
+                source,
+            })?;
+        let loaded = read_answer(what, answer, 200).await?;
+        Ok(loaded["ids"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .map(|id| id.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for TargetProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
 }
 
 /// Joins every task, failing on the first error or when `deadline` passes.

@@ -42,13 +42,18 @@ impl Scenario {
 }
 
 /// What a run may change from the full-size defaults.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// The scenario's main count (identities, events or samples); `None` is DESIGN's size.
     pub size: Option<usize>,
     /// `throughput` only: the dev-target answers every call this many milliseconds late, as a
     /// SaaS app across the internet would (both loops then wait on the network, not the CPU).
-    pub target_latency_ms: Option<u64>,
+    /// Several: the scenario runs at each, and prints the ratio at each. Empty: 0 ms.
+    pub target_latency_ms: Vec<u64>,
+    /// `reconcile` only: roster's executable, to run the dev-target as `EXE dev-target` in a
+    /// process of its own (so that the peak RSS printed is roster's alone); `None`: in this
+    /// process.
+    pub dev_target_exe: Option<std::path::PathBuf>,
     /// `leaver-latency` only: the app's calls per second; the leavers then wait behind a
     /// backlog of `size` joiners in that throttled app.
     pub throttled: Option<u32>,
@@ -150,7 +155,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
     crate::startup::install_crypto_provider();
     let figures = match scenario {
         Scenario::Throughput => {
-            throughput::run(options.size.unwrap_or(20_000), options.target_latency_ms).await?
+            throughput::run(options.size.unwrap_or(20_000), &options.target_latency_ms).await?
         }
         Scenario::LeaverLatency => match options.throttled {
             Some(per_second) => {
@@ -161,7 +166,13 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
         Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
         Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,
         Scenario::DeliveryFaults => faults::run(options.size.unwrap_or(500)).await?,
-        Scenario::Reconcile => reconcile::run(options.size.unwrap_or(100_000)).await?,
+        Scenario::Reconcile => {
+            reconcile::run(
+                options.size.unwrap_or(100_000),
+                options.dev_target_exe.as_deref(),
+            )
+            .await?
+        }
     };
     let peak = peak_rss_mb();
     let mut figures = figures.with("peak_rss_mb", peak.map_or(Value::Null, Value::from));
@@ -183,11 +194,46 @@ pub fn profile() -> &'static str {
     }
 }
 
-/// The process's peak resident set (VmHWM), in MB; the dev-target, roster and the load
-/// generator share the process, so this is an upper bound for roster alone.
+/// The process's peak resident set (VmHWM), in MB; where the dev-target runs in this process
+/// (every scenario but `reconcile` from the command line), this is an upper bound for roster
+/// alone.
 #[must_use]
 pub fn peak_rss_mb() -> Option<f64> {
     status_kb("VmHWM:").map(|kb| round(kb / 1024.0, 1))
+}
+
+/// The CPU time (user and system) this process has used so far, from its own counters
+/// (`getrusage`); `None` where they cannot be read.
+#[must_use]
+pub fn cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+        let micros = |t: nix::sys::time::TimeVal| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(t.tv_usec()).unwrap_or(0)
+        };
+        Some(Duration::from_micros(
+            micros(usage.user_time()) + micros(usage.system_time()),
+        ))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The machine's load average over the last minute (`/proc/loadavg`): the figures of a run on
+/// a busy machine are read with it.
+#[must_use]
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The process's resident set now (VmRSS), in MB.
@@ -266,6 +312,19 @@ mod tests {
         assert_eq!(f.to_line(), r#"{"scenario":"ingest","n":3,"per_s":1.5}"#);
         assert_eq!(f.to_value()["n"], 3);
         assert_eq!(f.summary(), "bench ingest: n=3, per_s=1.5");
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        if cfg!(unix) {
+            let before = cpu_time().expect("getrusage");
+            let mut x = 0u64;
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            assert!(cpu_time().expect("getrusage") > before, "{x}");
+        }
     }
 
     #[test]

@@ -9,19 +9,22 @@
 //! use case that `roster reconcile` and the API call (`begin_reconcile` + `run_reconcile`),
 //! paging the dev-target over loopback HTTP.
 //!
+//! The dev-target runs in a process of its own (`roster dev-target`, seeded through its
+//! `/_dev/users:load`) when the bench knows roster's executable (`roster bench` does), so that
+//! `peak_rss_mb` is roster's alone (`dev_target` says `process`). Otherwise (in tests without
+//! it) the target is in this process, and `dev_target_mb` is how much the resident set grew
+//! while its store was filled; `roster_peak_rss_mb` is then `peak_rss_mb` less that share.
+//!
 //! Peak RSS: the process's high-water mark is reset after seeding (`/proc/self/clear_refs`),
-//! so `peak_rss_mb` is the peak from the run's start. It still includes the dev-target's store
-//! of every account, held in this process: `dev_target_mb` is how much the resident set grew
-//! while that store was filled (before roster's side was seeded), and `roster_peak_rss_mb` is
-//! `peak_rss_mb` less that share. `rss_before_run_mb` is the base the run started from,
-//! `seed_peak_rss_mb` the peak of the setup.
+//! so `peak_rss_mb` is the peak from the run's start. `rss_before_run_mb` is the base the run
+//! started from, `seed_peak_rss_mb` the peak of the setup.
 use std::collections::BTreeSet;
 use std::time::Instant;
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, Set};
 use serde_json::{Value, json};
 
-use super::harness::Harness;
+use super::harness::{Harness, TargetProcess};
 use super::{BenchError, Figures, Scenario};
 use crate::dev_target::{DevTargetArgs, Kind};
 use crate::mapping::{self, CompiledMappings, IdentityView};
@@ -46,17 +49,33 @@ pub struct Seeded {
     pub dev_target_mb: Option<f64>,
 }
 
-pub async fn run(n: usize) -> Result<Figures, BenchError> {
+/// Accounts per seeding request to a dev-target process.
+const LOAD_ROWS: usize = 20_000;
+
+/// `dev_target_exe`: roster's executable, to run the dev-target in a process of its own.
+pub async fn run(
+    n: usize,
+    dev_target_exe: Option<&std::path::Path>,
+) -> Result<Figures, BenchError> {
+    let process = match dev_target_exe {
+        Some(exe) => Some(TargetProcess::spawn(exe).await?),
+        None => None,
+    };
     let harness = Harness::start(DevTargetArgs::default()).await?;
-    let result = measure(&harness, n).await;
+    let result = measure(&harness, process.as_ref(), n).await;
     harness.stop().await;
     result
 }
 
-async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
-    let app_id = harness.create_app(1000, 1000, 4).await?;
+async fn measure(
+    harness: &Harness,
+    process: Option<&TargetProcess>,
+    n: usize,
+) -> Result<Figures, BenchError> {
+    let base_url = process.map_or_else(|| harness.target.base_url(), |p| p.base_url.clone());
+    let app_id = harness.create_app_on(&base_url, 1000, 1000, 4).await?;
     let seeding = Instant::now();
-    let seeded = seed(harness, &app_id, n).await?;
+    let seeded = seed(harness, process, &app_id, n).await?;
     let seed_seconds = seeding.elapsed();
 
     let seed_peak = super::peak_rss_mb();
@@ -113,6 +132,14 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with(
             "rss_before_run_mb",
             rss_before.map_or(Value::Null, Value::from),
+        )
+        .with(
+            "dev_target",
+            if process.is_some() {
+                "process"
+            } else {
+                "in-process"
+            },
         ))
 }
 
@@ -142,8 +169,14 @@ async fn drifted_identities(
 
 /// `n` target accounts: 0.5 % active accounts of terminated identities (orphans, matched by
 /// `userName`, not linked), the rest linked to active identities in scope, of which 1 % were
-/// changed in the target (`name.givenName`: drifted).
-pub async fn seed(harness: &Harness, app_id: &str, n: usize) -> Result<Seeded, BenchError> {
+/// changed in the target (`name.givenName`: drifted). Into the dev-target `process` if there
+/// is one, else into the harness's own.
+pub async fn seed(
+    harness: &Harness,
+    process: Option<&TargetProcess>,
+    app_id: &str,
+    n: usize,
+) -> Result<Seeded, BenchError> {
     let app = harness
         .roster
         .get_app(app_id)
@@ -162,21 +195,41 @@ pub async fn seed(harness: &Harness, app_id: &str, n: usize) -> Result<Seeded, B
     // The target first, alone, so that its share of the process's memory can be told apart.
     let before = super::current_rss_mb();
     let mut target_ids: Vec<Option<Box<str>>> = Vec::with_capacity(n);
-    for i in 0..n {
+    let account = |i: usize| {
         let mut account = mapping::render_user(&compiled, &person(i, status(i)));
         account["active"] = json!(true);
         if drifted(i) {
             account["name"]["givenName"] = json!("Changed by hand");
         }
-        let created = harness
-            .target
-            .insert(Kind::User, account)
-            .map_err(|e| unexpected("seeding the dev-target", e))?;
-        target_ids.push(created["id"].as_str().map(Box::from));
+        account
+    };
+    if let Some(process) = process {
+        let mut start = 0;
+        while start < n {
+            let end = (start + LOAD_ROWS).min(n);
+            let accounts: Vec<Value> = (start..end).map(account).collect();
+            let ids = process.load_users(&accounts).await?;
+            if ids.len() != accounts.len() {
+                return Err(unexpected(
+                    "seeding the dev-target",
+                    format!("{} ids for {} accounts", ids.len(), accounts.len()),
+                ));
+            }
+            target_ids.extend(ids.into_iter().map(|id| id.map(Box::from)));
+            start = end;
+        }
+    } else {
+        for i in 0..n {
+            let created = harness
+                .target
+                .insert(Kind::User, account(i))
+                .map_err(|e| unexpected("seeding the dev-target", e))?;
+            target_ids.push(created["id"].as_str().map(Box::from));
+        }
     }
     let mut seeded = Seeded {
-        dev_target_mb: match (before, super::current_rss_mb()) {
-            (Some(before), Some(after)) => Some(super::round(after - before, 1)),
+        dev_target_mb: match (process, before, super::current_rss_mb()) {
+            (None, Some(before), Some(after)) => Some(super::round(after - before, 1)),
             _ => None,
         },
         ..Seeded::default()

@@ -1,20 +1,60 @@
 //! `throughput`: SCIM creates/s delivered end to end (event → target) for `n` identities and
-//! one unthrottled app, against a raw reqwest loop at the same concurrency (DESIGN §8).
-use std::time::Duration;
+//! one unthrottled app, against a raw reqwest loop at the same concurrency (DESIGN §8), at one
+//! or several target latencies; also the CPU each spends per create, from the process's own
+//! counters.
+//!
+//! The dev-target runs in this process, so both CPU figures include its share of serving the
+//! creates (the same for both); roster's also includes taking the HR events in.
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
 
 use super::harness::{self, Harness, WORKERS};
 use super::{BenchError, Figures, Scenario, per_second, round};
 use crate::dev_target::DevTargetArgs;
 
-pub async fn run(n: usize, target_latency_ms: Option<u64>) -> Result<Figures, BenchError> {
+/// Runs the scenario at each of `latencies_ms` (0 ms when empty), each with its own roster and
+/// dev-target. The figures are the first latency's, plus the ratio at each (`ratios`) and every
+/// latency's figures (`by_latency`) when there are several.
+pub async fn run(n: usize, latencies_ms: &[u64]) -> Result<Figures, BenchError> {
+    let latencies = if latencies_ms.is_empty() {
+        &[0][..]
+    } else {
+        latencies_ms
+    };
+    let mut runs = Vec::with_capacity(latencies.len());
+    for &latency_ms in latencies {
+        runs.push(run_at(n, latency_ms).await?);
+    }
+    let mut figures = runs[0].clone();
+    if runs.len() > 1 {
+        let ratios: Map<String, Value> = latencies
+            .iter()
+            .zip(&runs)
+            .map(|(latency, f)| {
+                (
+                    latency.to_string(),
+                    f.get("ratio").cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        figures = figures.with("ratios", Value::Object(ratios)).with(
+            "by_latency",
+            Value::Array(runs.iter().map(Figures::to_value).collect()),
+        );
+    }
+    Ok(figures)
+}
+
+async fn run_at(n: usize, latency_ms: u64) -> Result<Figures, BenchError> {
     let harness = Harness::start(DevTargetArgs {
-        latency_ms: target_latency_ms.unwrap_or(0),
+        latency_ms,
         ..DevTargetArgs::default()
     })
     .await?;
     let result = measure(&harness, n)
         .await
-        .map(|f| f.with("target_latency_ms", target_latency_ms.unwrap_or(0)));
+        .map(|f| f.with("target_latency_ms", latency_ms));
     harness.stop().await;
     result
 }
@@ -24,27 +64,43 @@ fn deadline(n: usize) -> Duration {
     Duration::from_secs(60 + (n as u64) / 20)
 }
 
+/// CPU microseconds per create between two readings of the process's counters.
+fn cpu_us_per_create(before: Option<Duration>, after: Option<Duration>, n: usize) -> Value {
+    match (before, after) {
+        (Some(before), Some(after)) => Value::from(round(
+            after.saturating_sub(before).as_secs_f64() * 1e6 / n.max(1) as f64,
+            1,
+        )),
+        _ => Value::Null,
+    }
+}
+
 async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
+    let load = super::load_average();
     // The baseline first, on the same dev-target, then emptied for roster.
+    let raw_cpu_before = super::cpu_time();
     let raw = harness::raw_creates(&harness.target.base_url(), n, WORKERS, deadline(n)).await?;
+    let raw_cpu = cpu_us_per_create(raw_cpu_before, super::cpu_time(), n);
     let raw_per_s = per_second(n, raw);
     harness.target.reset();
 
     harness.create_app(10_000, 10_000, WORKERS).await?;
     let events: Vec<_> = (0..n).map(|i| harness::joiner("T", i)).collect();
-    let posting = std::time::Instant::now();
+    let roster_cpu_before = super::cpu_time();
+    let posting = Instant::now();
     let first_accepted = harness
         .post_batches(&events)
         .await?
         .ok_or_else(|| BenchError::Setup("no events to post".into()))?;
     let ingested = posting.elapsed();
     let done = harness.wait_for_users(n as u64, deadline(n)).await?;
+    let roster_cpu = cpu_us_per_create(roster_cpu_before, super::cpu_time(), n);
     let elapsed = done - first_accepted;
     let roster_per_s = per_second(n, elapsed);
     let stats = harness.target.stats();
-    let calls: u64 = stats["requests"].as_object().map_or(0, |m| {
-        m.values().filter_map(serde_json::Value::as_u64).sum()
-    });
+    let calls: u64 = stats["requests"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     // Correctness beside the speed: every account there once, none POSTed twice.
     let distinct_user_names = harness
         .target
@@ -53,6 +109,10 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .filter_map(|u| u["userName"].as_str().map(str::to_lowercase))
         .collect::<std::collections::HashSet<_>>()
         .len();
+    let cpu_ratio = match (raw_cpu.as_f64(), roster_cpu.as_f64()) {
+        (Some(raw), Some(roster)) if roster > 0.0 => Value::from(round(raw / roster, 3)),
+        _ => Value::Null,
+    };
     Ok(Figures::new(Scenario::Throughput)
         .with("n", n)
         .with("concurrency", WORKERS)
@@ -60,6 +120,9 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with("raw_per_s", raw_per_s)
         .with("ratio", round(roster_per_s / raw_per_s.max(1e-9), 3))
         .with("roster_seconds", round(elapsed.as_secs_f64(), 2))
+        .with("roster_cpu_us_per_create", roster_cpu)
+        .with("raw_cpu_us_per_create", raw_cpu)
+        .with("cpu_ratio", cpu_ratio)
         .with("batch_ingest_per_s", per_second(n, ingested))
         .with("target_calls", calls)
         .with("target_users", stats["users"].clone())
@@ -68,5 +131,6 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with(
             "target_calls_per_user",
             round(calls as f64 / n.max(1) as f64, 2),
-        ))
+        )
+        .with("load_average", load.map_or(Value::Null, Value::from)))
 }

@@ -73,13 +73,20 @@ const WINDOW: usize = 100;
 /// `max_concurrency` of 4, twice).
 const DEFAULT_CLAIM_WINDOW: u64 = 8;
 
-/// How many of an app's jobs this process holds claimed at most: its concurrency, plus as many
-/// again (up to its rate per second) ready to call as soon as a slot and a token are free. More
-/// would only wait inside the process, in front of jobs claimed later (a leaver's).
+/// How many of an app's jobs this process holds claimed at most: its concurrency, plus twice as
+/// many again (up to its rate per second) ready to call as soon as a slot and a token are free,
+/// their matching look-ups started at their claim: a job waits for its call about as long as
+/// two target round trips, which is what its look-up takes when it waits for a merged batch, so
+/// its answer is there when it runs. More would only wait inside the process, in front of jobs
+/// claimed later (a leaver's has room of its own).
 fn claim_window(settings: &AppSettings) -> u64 {
     let concurrency = u64::from(settings.max_concurrency.max(1));
-    concurrency + concurrency.min(u64::from(settings.rate_limit.per_second.max(1)))
+    concurrency + (2 * concurrency).min(u64::from(settings.rate_limit.per_second.max(1)))
 }
+
+/// Jobs claimed in this process at most, in workers: those running, and twice as many waiting
+/// claimed ahead of a worker (see [`claim_window`]).
+const CLAIMED_PER_WORKER: usize = 3;
 
 /// The last calls' outcomes per app (true = failed), for the quarantine ratio. Each SCIM call
 /// made for a job counts once, when it is made (by the app's call observer): a merged look-up
@@ -132,6 +139,16 @@ impl Health {
     }
 }
 
+/// What a claimed job brings to its run, prepared before it waits for its slot.
+struct Prepared {
+    /// A user job's inputs, as read with its claimed batch (`None`: the job reads its own).
+    inputs: Option<UserInputs>,
+    /// Its matching look-up, started at its claim.
+    ahead: Option<execute::LookAhead>,
+    /// The job's span, from its claim: a look-up started ahead is made in it.
+    span: tracing::Span,
+}
+
 struct AppRuntime {
     version: i64,
     name: String,
@@ -142,6 +159,26 @@ struct AppRuntime {
     client: ScimClient,
     limiter: Arc<AppLimiter>,
     lookups: Arc<LookupBatcher>,
+}
+
+impl AppRuntime {
+    /// A job's view of the app, with the look-up started at its claim, if any.
+    fn context<'a>(
+        &'a self,
+        conn: &'a sea_orm::DatabaseConnection,
+        app: &'a app::Model,
+        ahead: Option<execute::LookAhead>,
+    ) -> AppContext<'a> {
+        AppContext {
+            conn,
+            app,
+            settings: &self.settings,
+            compiled: &self.compiled,
+            client: &self.client,
+            lookups: &self.lookups,
+            ahead: std::sync::Mutex::new(ahead),
+        }
+    }
 }
 
 /// What reconciliation reads an app through: the same client and limiter deliveries use.
@@ -370,6 +407,13 @@ impl Delivery {
             }
             Err(e) => tracing::warn!(error = %e, "Could not renew leases"),
         }
+    }
+
+    /// Jobs claimed in this process and not ended, all apps together.
+    fn claimed_total(&self) -> usize {
+        self.claims.lock().map_or(0, |m| {
+            usize::try_from(m.values().sum::<u64>()).unwrap_or(usize::MAX)
+        })
     }
 
     /// The room left in each app's claim window.
@@ -627,6 +671,35 @@ impl Delivery {
                 return;
             }
         };
+        let kind = ResourceKind::parse(&job.resource_kind);
+        let span = tracing::info_span!(
+            "job",
+            app = %app.name,
+            job_id = job.id,
+            resource = kind.as_str(),
+            hr_event_id = job.hr_event_id.as_deref().unwrap_or(""),
+            operation = tracing::field::Empty,
+        );
+        let inputs = match kind {
+            ResourceKind::User => batch.and_then(|b| b.user(&app.id, &job.resource_id)),
+            _ => None,
+        };
+        // The job's matching look-up leaves now, while the job waits for its turn, merged with
+        // those of the jobs claimed with it: the job finds the answer there instead of
+        // waiting for it with its slot (a round trip to the target, and the wait for a batch).
+        let ahead = inputs.as_ref().and_then(|inputs| {
+            execute::look_ahead(
+                &rt.context(conn, &app, None),
+                inputs,
+                job.hr_event_id.as_deref(),
+                span.clone(),
+            )
+        });
+        let prepared = Prepared {
+            inputs,
+            ahead,
+            span,
+        };
         // A deprovision's calls take the app's next slots and tokens ahead of the calls
         // waiting in line.
         let turn = limiter::Turn::of_lane(&job.lane);
@@ -648,7 +721,7 @@ impl Delivery {
             workers.clone(),
             permit,
             turn,
-            self.deliver(job, app, &rt, batch, finisher),
+            self.deliver(job, app, &rt, prepared, finisher),
         )
         .await;
     }
@@ -659,9 +732,14 @@ impl Delivery {
         job: job::Model,
         app: app::Model,
         rt: &AppRuntime,
-        batch: Option<&ClaimedBatch>,
+        prepared: Prepared,
         finisher: &JobFinisher<'_>,
     ) {
+        let Prepared {
+            inputs,
+            ahead,
+            span,
+        } = prepared;
         let conn = self.db.conn();
         // Read again: the job may have waited for a worker.
         let now = queue::now_ms();
@@ -696,22 +774,7 @@ impl Delivery {
         } else {
             None
         };
-        let ctx = AppContext {
-            conn,
-            app: &app,
-            settings: &rt.settings,
-            compiled: &rt.compiled,
-            client: &rt.client,
-            lookups: &rt.lookups,
-        };
-        let span = tracing::info_span!(
-            "job",
-            app = %app.name,
-            job_id = job.id,
-            resource = kind.as_str(),
-            hr_event_id = job.hr_event_id.as_deref().unwrap_or(""),
-            operation = tracing::field::Empty,
-        );
+        let ctx = rt.context(conn, &app, ahead);
         // The job's links and follow-up jobs, written by the finisher with its end, whatever
         // the result.
         let mut writes = JobWrites::default();
@@ -723,7 +786,7 @@ impl Delivery {
                     let id = job.resource_id.as_str();
                     let op = match kind {
                         ResourceKind::User => {
-                            let inputs = match batch.and_then(|b| b.user(&app.id, id)) {
+                            let inputs = match inputs {
                                 Some(inputs) => inputs,
                                 None => UserInputs::load(conn, &app.id, id).await?,
                             };
@@ -951,9 +1014,11 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         if shutdown.is_cancelled() {
             break;
         }
-        // Jobs waiting for their app hold no worker: the free workers bound what is claimed,
-        // and each app's claim window bounds what waits for it.
-        let free = workers.available_permits();
+        // Jobs waiting for their app hold no worker. What is claimed is bounded by the
+        // workers (a few times over: jobs wait claimed ahead of a worker, their look-ups
+        // leaving meanwhile), and each app's claim window bounds what waits for it.
+        let free =
+            (CLAIMED_PER_WORKER * config.workers.max(1)).saturating_sub(delivery.claimed_total());
         if free == 0 {
             tokio::select! {
                 _ = tasks.join_next() => {}

@@ -9,6 +9,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use super::inputs::UserInputs;
+pub use super::lookups::LookAhead;
 use super::lookups::LookupBatcher;
 use super::staged::{JobWrites, LinkRow, LinkWrite};
 use crate::mapping::{self, CompiledMappings, IdentityView};
@@ -266,6 +267,50 @@ pub struct AppContext<'a> {
     pub client: &'a ScimClient,
     /// Matching look-ups merged with other jobs' of this app.
     pub lookups: &'a Arc<LookupBatcher>,
+    /// The job's matching look-up, started when it was claimed ([`look_ahead`]); taken by the
+    /// job's first look-up.
+    pub ahead: std::sync::Mutex<Option<LookAhead>>,
+}
+
+/// Starts, ahead of time, the matching look-up a user job will make first — if it will make
+/// one: a person in the app's scope without a live link in it is matched before anything is
+/// created. Called when the job was claimed and its inputs read, so that the answer is there
+/// (or on its way) when the job gets its slot, instead of the job waiting for it with its slot;
+/// the job's calls are tagged with `hr_event_id` and made in `span`.
+pub fn look_ahead(
+    ctx: &AppContext<'_>,
+    inputs: &UserInputs,
+    hr_event_id: Option<&str>,
+    span: tracing::Span,
+) -> Option<LookAhead> {
+    let person = inputs.person.as_ref()?;
+    if live_target(inputs.link.as_ref()).is_some() || !ctx.settings.scope.admits(person) {
+        return None;
+    }
+    let attribute = ctx.settings.matching.target_attribute.as_str();
+    let value = mapping::render_matching_value(ctx.compiled, person, attribute)?;
+    ctx.lookups.look_ahead(
+        ctx.client,
+        attribute,
+        &value,
+        span,
+        JobCallContext {
+            hr_event_id: hr_event_id.map(str::to_owned),
+            operation: Operation::Adopt.as_str(),
+        },
+    )
+}
+
+/// The target account a user link holds and its last-applied snapshot: `None` for no link,
+/// a deleted one, or a create whose outcome is unknown (`pending`): the person is then matched
+/// before being created.
+fn live_target(link: Option<&link::Model>) -> Option<(&str, &Value)> {
+    link.filter(|l| l.state != "deleted" && l.state != "pending")
+        .and_then(|l| {
+            l.target_id
+                .as_deref()
+                .map(|t| (t, l.snapshot.as_ref().unwrap_or(&Value::Null)))
+        })
 }
 
 /// The stored link of one resource in one app (shared with reconciliation).
@@ -421,22 +466,33 @@ async fn send_changes(
     Ok(())
 }
 
+/// The app's matching attribute and the person's rendered value of it.
+fn matching_value<'c>(
+    ctx: &AppContext<'c>,
+    person: &IdentityView,
+) -> Result<(&'c str, String), JobError> {
+    let attribute = ctx.settings.matching.target_attribute.as_str();
+    match mapping::render_matching_value(ctx.compiled, person, attribute) {
+        Some(value) => Ok((attribute, value)),
+        None => Err(JobError::Unprocessable(format!(
+            "the matching attribute `{attribute}` renders empty for this person"
+        ))),
+    }
+}
+
 /// Matching before create: the target account whose matching attribute equals the rendered
 /// value. `None` when there is none; an error when several match (never guess whose it is).
 async fn find_match(
     ctx: &AppContext<'_>,
     person: &IdentityView,
 ) -> Result<Option<Value>, JobError> {
-    let attribute = ctx.settings.matching.target_attribute.as_str();
-    let Some(value) = mapping::render_matching_value(ctx.compiled, person, attribute) else {
-        return Err(JobError::Unprocessable(format!(
-            "the matching attribute `{attribute}` renders empty for this person"
-        )));
-    };
+    let (attribute, value) = matching_value(ctx, person)?;
     doing(Operation::Adopt);
+    // Only the job's first look-up may use the one started at its claim.
+    let ahead = ctx.ahead.lock().ok().and_then(|mut ahead| ahead.take());
     let mut found = ctx
         .lookups
-        .find(ctx.client, attribute, &value)
+        .find_or_take(ctx.client, attribute, &value, ahead)
         .await
         .map_err(|e| JobError::scim(Operation::Adopt, e))?;
     match found.len() {
@@ -487,6 +543,9 @@ async fn create_or_adopt(
     if let Some(account) = find_match(ctx, person).await? {
         return adopt(ctx, person, &account, desired, writes).await;
     }
+    // Another job of this app with the same value that looked ahead before now asks again.
+    let (attribute, value) = matching_value(ctx, person)?;
+    ctx.lookups.creating(attribute, &value);
     doing(Operation::Create);
     match ctx.client.users().create(desired).await {
         Ok(created) => {
@@ -536,14 +595,7 @@ pub async fn deliver_user(
     let existing = inputs.link.as_ref();
     if ctx.settings.scope.admits(view) {
         let desired = mapping::render_user(ctx.compiled, view);
-        let linked = existing
-            .filter(|l| l.state != "deleted" && l.state != "pending")
-            .and_then(|l| {
-                l.target_id
-                    .as_deref()
-                    .map(|t| (t, l.snapshot.as_ref().unwrap_or(&Value::Null)))
-            });
-        let Some((target_id, snapshot)) = linked else {
+        let Some((target_id, snapshot)) = live_target(existing) else {
             return create_or_adopt(ctx, view, &desired, writes).await;
         };
         let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, snapshot));

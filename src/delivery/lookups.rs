@@ -40,6 +40,68 @@ const MAX_VALUES: usize = 25;
 /// Look-ups of one app in flight at once. While they are, later ones queue and leave together.
 const MAX_DISPATCHERS: usize = 2;
 
+/// A matching look-up started for a claimed job before it runs (`LookupBatcher::look_ahead`),
+/// carried by the job to its first look-up.
+pub struct LookAhead {
+    attr: String,
+    value: String,
+    answer: oneshot::Receiver<Reply>,
+    /// `Creates::seq` when it was asked: a create of the same value started since makes its
+    /// answer stale.
+    asked: u64,
+    asked_at: Instant,
+}
+
+/// How long a look-up started ahead may be used: a job waits for its slot for a few target
+/// round trips, or a few rate-limit periods; one that waited longer (a long pause) asks again.
+const AHEAD_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The creates this process's jobs started lately, per matching value: a look-up sent ahead
+/// before another job of the app started creating an account with the same value (two people
+/// with one address) is not used: the job asks again, as it would have without looking ahead.
+#[derive(Default)]
+struct Creates {
+    /// Counts starts; a look-up ahead notes it when asked.
+    seq: u64,
+    /// (attribute, value ignoring case) → the `seq` of the latest create started with it.
+    latest: HashMap<(String, String), u64>,
+    /// The same, in the order they started, to forget them after `AHEAD_MAX_AGE`.
+    order: VecDeque<(Instant, u64, (String, String))>,
+}
+
+impl Creates {
+    fn key(attr: &str, value: &str) -> (String, String) {
+        // Ignoring case for every attribute: more look-ups asked again, never fewer.
+        (attr.to_ascii_lowercase(), value.to_lowercase())
+    }
+
+    fn started(&mut self, attr: &str, value: &str, now: Instant) {
+        while let Some((at, seq, _)) = self.order.front()
+            && now.duration_since(*at) > AHEAD_MAX_AGE
+        {
+            let seq = *seq;
+            if let Some((_, _, key)) = self.order.pop_front()
+                && self.latest.get(&key) == Some(&seq)
+            {
+                self.latest.remove(&key);
+            }
+        }
+        self.seq += 1;
+        let key = Self::key(attr, value);
+        self.latest.insert(key.clone(), self.seq);
+        self.order.push_back((now, self.seq, key));
+    }
+
+    /// Whether a look-up of `value` asked at `asked` may still be used at `now`.
+    fn fresh(&self, attr: &str, value: &str, asked: u64, asked_at: Instant, now: Instant) -> bool {
+        now.duration_since(asked_at) <= AHEAD_MAX_AGE
+            && self
+                .latest
+                .get(&Self::key(attr, value))
+                .is_none_or(|started| *started <= asked)
+    }
+}
+
 enum Reply {
     /// The answer to this waiter's value, and the call(s) that gave it.
     Found(Result<Vec<Value>, ScimError>, Vec<CallRecord>),
@@ -68,6 +130,7 @@ pub struct LookupBatcher {
     queue: Mutex<Queue>,
     or_refused: AtomicBool,
     claims: Mutex<Claims>,
+    creates: Mutex<Creates>,
 }
 
 /// How long an account created or adopted in this process stays claimed by its resource: far
@@ -79,7 +142,12 @@ const CLAIM_TTL: Duration = Duration::from_secs(600);
 /// resource that holds it and when. Two jobs that match the same account at once (two people
 /// with one address) would otherwise both adopt it before either link is committed.
 #[derive(Default)]
-struct Claims(HashMap<(String, String), (String, Instant)>);
+struct Claims {
+    held: HashMap<(String, String), (String, Instant)>,
+    /// The claims in the order they were made, to drop the expired ones from the front
+    /// (checking the whole map at each claim cost O(n) per create under load).
+    order: VecDeque<(Instant, (String, String))>,
+}
 
 impl Claims {
     fn claim(
@@ -88,12 +156,23 @@ impl Claims {
         resource_id: &str,
         now: Instant,
     ) -> Result<(), String> {
-        self.0
-            .retain(|_, (_, at)| now.duration_since(*at) < CLAIM_TTL);
-        match self.0.get(&key) {
-            Some((holder, _)) if holder != resource_id => Err(holder.clone()),
+        while let Some((at, _)) = self.order.front()
+            && now.duration_since(*at) >= CLAIM_TTL
+        {
+            let at = *at;
+            if let Some((_, expired)) = self.order.pop_front()
+                && self.held.get(&expired).is_some_and(|(_, made)| *made == at)
+            {
+                self.held.remove(&expired);
+            }
+        }
+        match self.held.get(&key) {
+            Some((holder, at)) if holder != resource_id && now.duration_since(*at) < CLAIM_TTL => {
+                Err(holder.clone())
+            }
             _ => {
-                self.0.insert(key, (resource_id.to_owned(), now));
+                self.held.insert(key.clone(), (resource_id.to_owned(), now));
+                self.order.push_back((now, key));
                 Ok(())
             }
         }
@@ -204,20 +283,111 @@ impl LookupBatcher {
         attr: &str,
         value: &str,
     ) -> Result<Vec<Value>, ScimError> {
-        if !batchable(attr) || self.or_refused.load(Ordering::Relaxed) {
+        self.find_or_take(client, attr, value, None).await
+    }
+
+    /// [`Self::find`], or the answer of `ahead`, the look-up this job started when it was
+    /// claimed ([`Self::look_ahead`]), if it asked for the same value and is still fresh: it
+    /// is usually there already.
+    pub async fn find_or_take(
+        self: &Arc<Self>,
+        client: &ScimClient,
+        attr: &str,
+        value: &str,
+        ahead: Option<LookAhead>,
+    ) -> Result<Vec<Value>, ScimError> {
+        let ahead = ahead
+            .filter(|ahead| ahead.attr == attr && ahead.value == value && self.still_fresh(ahead));
+        let answer = match ahead {
+            Some(ahead) => Some(ahead.answer),
+            None => self.enqueue(
+                client,
+                attr,
+                value,
+                tracing::Span::current(),
+                execute::job_call_context(),
+            ),
+        };
+        let Some(answer) = answer else {
             return client.users().find_by(attr, value).await;
+        };
+        // Waiting for another task's call: the job's worker is free for other apps meanwhile.
+        match super::limiter::without_worker(answer).await {
+            Ok(Reply::Found(found, calls)) => {
+                execute::record_shared_calls(calls);
+                found
+            }
+            Ok(Reply::Alone) | Err(_) => client.users().find_by(attr, value).await,
+        }
+    }
+
+    /// Starts the matching look-up of a job that has just been claimed, so that its answer is
+    /// there when the job gets its slot: the look-up leaves the job's critical path, and the
+    /// look-ups of jobs claimed together leave together. `None` when the value cannot be
+    /// merged (the job then looks up alone, when it runs). The answer is the job's own (it is
+    /// asked after the claim committed, as the job's own look-up would be), used once, for the
+    /// job's first look-up: a look-up after a 409 is made afresh.
+    pub fn look_ahead(
+        self: &Arc<Self>,
+        client: &ScimClient,
+        attr: &str,
+        value: &str,
+        span: tracing::Span,
+        job: execute::JobCallContext,
+    ) -> Option<LookAhead> {
+        let asked = self.creates.lock().ok()?.seq;
+        let answer = self.enqueue(client, attr, value, span, job)?;
+        Some(LookAhead {
+            attr: attr.to_owned(),
+            value: value.to_owned(),
+            answer,
+            asked,
+            asked_at: Instant::now(),
+        })
+    }
+
+    /// Notes that a job is about to create an account whose matching `attr` is `value`: a
+    /// look-up of that value sent ahead before now is not used (see [`Creates`]).
+    pub fn creating(&self, attr: &str, value: &str) {
+        if let Ok(mut creates) = self.creates.lock() {
+            creates.started(attr, value, Instant::now());
+        }
+    }
+
+    fn still_fresh(&self, ahead: &LookAhead) -> bool {
+        self.creates.lock().is_ok_and(|creates| {
+            creates.fresh(
+                &ahead.attr,
+                &ahead.value,
+                ahead.asked,
+                ahead.asked_at,
+                Instant::now(),
+            )
+        })
+    }
+
+    /// Queues a look-up of `value` and starts a dispatcher if fewer than `MAX_DISPATCHERS`
+    /// run; `None` when it cannot be merged (the caller looks up alone).
+    fn enqueue(
+        self: &Arc<Self>,
+        client: &ScimClient,
+        attr: &str,
+        value: &str,
+        span: tracing::Span,
+        job: execute::JobCallContext,
+    ) -> Option<oneshot::Receiver<Reply>> {
+        if !batchable(attr) || self.or_refused.load(Ordering::Relaxed) {
+            return None;
         }
         let (reply, answer) = oneshot::channel();
         let start = {
-            let Ok(mut queue) = self.queue.lock() else {
-                return client.users().find_by(attr, value).await;
-            };
+            let mut queue = self.queue.lock().ok()?;
             queue.waiting.push_back(Waiter {
                 attr: attr.to_owned(),
                 value: value.to_owned(),
                 reply,
-                span: tracing::Span::current(),
-                job: execute::job_call_context(),
+                span,
+                job,
             });
             let start = queue.dispatchers < MAX_DISPATCHERS;
             if start {
@@ -228,14 +398,7 @@ impl LookupBatcher {
         if start {
             tokio::spawn(self.clone().dispatch(client.clone()));
         }
-        // Waiting for another task's call: the job's worker is free for other apps meanwhile.
-        match super::limiter::without_worker(answer).await {
-            Ok(Reply::Found(found, calls)) => {
-                execute::record_shared_calls(calls);
-                found
-            }
-            Ok(Reply::Alone) | Err(_) => client.users().find_by(attr, value).await,
-        }
+        Some(answer)
     }
 
     /// Takes the next batch: the first waiter and up to `MAX_VALUES - 1` more for the same
@@ -353,7 +516,37 @@ mod tests {
         );
         let later = t0 + CLAIM_TTL;
         assert_eq!(claims.claim(key(), "bob", later), Ok(()), "expired");
-        assert_eq!(claims.0.len(), 1, "expired claims are dropped");
+        assert_eq!(claims.held.len(), 1, "expired claims are dropped");
+        assert_eq!(claims.order.len(), 1);
+    }
+
+    #[test]
+    fn a_look_up_sent_ahead_is_stale_once_a_create_of_its_value_started_or_it_is_old() {
+        let mut creates = Creates::default();
+        let t0 = Instant::now();
+        let asked = creates.seq;
+        assert!(creates.fresh("userName", "ada@example.com", asked, t0, t0));
+        creates.started("userName", "bob@example.com", t0);
+        assert!(
+            creates.fresh("userName", "ada@example.com", asked, t0, t0),
+            "another value"
+        );
+        creates.started("userName", "ADA@example.com", t0);
+        assert!(
+            !creates.fresh("userName", "ada@example.com", asked, t0, t0),
+            "a create of the same value (ignoring case) started after it was asked"
+        );
+        let asked_later = creates.seq;
+        assert!(creates.fresh("userName", "ada@example.com", asked_later, t0, t0));
+        let late = t0 + AHEAD_MAX_AGE + Duration::from_secs(1);
+        assert!(
+            !creates.fresh("userName", "ada@example.com", asked_later, t0, late),
+            "too old"
+        );
+        // Old starts are forgotten as new ones come.
+        creates.started("userName", "cy@example.com", late);
+        assert_eq!(creates.latest.len(), 1);
+        assert_eq!(creates.order.len(), 1);
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! - Control plane (no auth, no faults): `GET /_dev/stats` →
 //!   `{"requests": {"GET": n, …}, "throttled": n, "failed": n, "hung": n, "dropped": n, "users": n, "groups": n}`
 //!   (requests counts every SCIM request received, faulted or not), `POST /_dev/reset` (empties
-//!   the store and the counters).
+//!   the store and the counters), `POST /_dev/users:load` (one JSON user per line, created as
+//!   they are; answers `{"ids": [...]}`: seeds a dev-target in another process fast).
+//! - Full listings resume where the previous page ended (a cursor per listing in progress), so
+//!   paging through n resources is O(n), not O(n²).
 //! - Faults, applied in this order to every SCIM request: `--latency-ms`, `--rate-limit`
 //!   (429 + `Retry-After` seconds), `--fail-rate` (half 503 + `Retry-After: 1`, half 500),
 //!   `--hang-rate` (no answer until shutdown), then the `--token` check. `--seed` makes the

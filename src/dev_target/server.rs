@@ -117,6 +117,36 @@ impl Shared {
     }
 }
 
+/// `POST /_dev/users:load`: seeds users fast (no faults, no auth, no `schemas` needed), from a
+/// body of one JSON resource per line; answers `{"ids": [...]}` in the same order. For a
+/// dev-target in its own process, as the reconcile bench runs it.
+async fn load_users(shared: &Shared, req: Request) -> Response {
+    let body = match req.into_body().into_bytes_limit(LOAD_BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(e) => return error_response(&Refusal::new(413, None, e.to_string())),
+    };
+    let mut ids = Vec::new();
+    let Ok(mut store) = shared.store.lock() else {
+        return error_response(&Refusal::new(500, None, "store poisoned"));
+    };
+    for (n, line) in body.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let created = serde_json::from_slice::<Value>(line)
+            .map_err(|e| Refusal::new(400, Some("invalidSyntax"), format!("line {}: {e}", n + 1)))
+            .and_then(|resource| store.create(Kind::User, resource));
+        match created {
+            Ok(created) => ids.push(created["id"].clone()),
+            Err(refusal) => return error_response(&refusal),
+        }
+    }
+    json_response(200, &serde_json::json!({ "ids": ids }))
+}
+
+/// A seeding request's body: 64 MiB, some 100k accounts.
+const LOAD_BODY_LIMIT: usize = 64 << 20;
+
 fn json_response(status: u16, body: &Value) -> Response {
     Response::builder()
         .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
@@ -190,6 +220,7 @@ impl DevEndpoint {
                 shared.reset();
                 return Response::builder().status(StatusCode::NO_CONTENT).finish();
             }
+            ("POST", "/_dev/users:load") => return load_users(shared, req).await,
             _ => {}
         }
         let Some(rest) = path.strip_prefix(SCIM_ROOT) else {

@@ -25,6 +25,11 @@ struct Misbehaviour {
     numeric_ids: bool,
     /// Stores `emails[].value` lower-cased.
     lower_cases_emails: bool,
+    /// Creates a second account with a userName already taken, instead of answering 409
+    /// (many SaaS targets do not enforce uniqueness).
+    allows_duplicates: bool,
+    /// Holds every POST until [`Stub::release_posts`].
+    holds_posts: bool,
 }
 
 /// One request as the stub saw it.
@@ -32,6 +37,8 @@ struct Misbehaviour {
 struct Seen {
     method: String,
     path: String,
+    /// The query string, decoded.
+    query: String,
 }
 
 /// A small SCIM server holding users and groups in memory, misbehaving as told.
@@ -41,6 +48,8 @@ struct Stub {
     groups: Mutex<Vec<Value>>,
     seen: Mutex<Vec<Seen>>,
     next_id: AtomicU64,
+    /// Set once held POSTs may go on.
+    posts_released: tokio::sync::watch::Sender<bool>,
 }
 
 fn scim(status: StatusCode, body: &Value) -> Response {
@@ -139,7 +148,21 @@ impl Stub {
             groups: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(100),
+            posts_released: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Lets held POSTs (`holds_posts`) go on, and the later ones through at once.
+    fn release_posts(&self) {
+        self.posts_released.send_replace(true);
+    }
+
+    /// Waits here while POSTs are held.
+    async fn hold_post(&self) {
+        if self.how.holds_posts {
+            let mut released = self.posts_released.subscribe();
+            let _ = released.wait_for(|released| *released).await;
+        }
     }
 
     /// Stores `resource` as the target would and returns it as sent back.
@@ -238,9 +261,10 @@ impl Stub {
                     (self.groups(), "displayName")
                 };
                 let name = body[key].as_str().unwrap_or("").to_lowercase();
-                if list
-                    .iter()
-                    .any(|r| r[key].as_str().is_some_and(|n| n.to_lowercase() == name))
+                if !self.how.allows_duplicates
+                    && list
+                        .iter()
+                        .any(|r| r[key].as_str().is_some_and(|n| n.to_lowercase() == name))
                 {
                     return error(StatusCode::CONFLICT, Some("uniqueness"), "taken");
                 }
@@ -295,9 +319,16 @@ async fn serve(stub: Arc<Stub>) -> String {
             stub.seen.lock().unwrap().push(Seen {
                 method: method.to_string(),
                 path: path.clone(),
+                query: url::form_urlencoded::parse(query.as_bytes())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("&"),
             });
             if !authorized {
                 return error(StatusCode::UNAUTHORIZED, None, "token required");
+            }
+            if method == Method::POST {
+                stub.hold_post().await;
             }
             stub.answer(&method, &path, &query, &body)
         }
@@ -941,5 +972,131 @@ async fn two_people_with_one_address_never_share_one_account() {
         !stub.writes().iter().any(|w| w.starts_with("PATCH")),
         "the one account was not overwritten with the other person: {:?}",
         stub.writes()
+    );
+}
+
+/// Issue 17: a joiner's matching look-up is made as soon as its job is claimed, while the job
+/// still waits for its app's only slot (held by another joiner's create), not after: the
+/// look-up is off the job's critical path. Against a target that does not enforce userName
+/// uniqueness, the account found that way is adopted, never created a second time.
+#[tokio::test]
+async fn a_waiting_joiner_is_looked_up_ahead_and_adopted_where_the_target_allows_duplicates() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        holds_posts: true,
+        ..Misbehaviour::default()
+    });
+    let made_by_hand = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER], "userName": "ahead-b@example.com",
+               "name": {"givenName": "B", "familyName": "Hand"}, "active": true}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "look-ahead",
+        &base,
+        // Longer than the waits below: A's held create does not time out meanwhile.
+        json!({"max_concurrency": 1, "timeout_ms": 60_000}),
+    )
+    .await;
+    // A first: its create holds the app's one slot (the stub holds the POST).
+    app.post_event(&joiner("la0", "AHEAD-A", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    eventually("A's create held", Duration::from_secs(20), || async {
+        stub.seen().iter().any(|s| s.method == "POST").then_some(())
+    })
+    .await;
+    // Then B, who waits for that slot: its look-up is made meanwhile.
+    app.post_event(&joiner("la1", "AHEAD-B", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    eventually(
+        "B looked up while A's create holds the slot",
+        Duration::from_secs(20),
+        || async {
+            stub.seen()
+                .iter()
+                .any(|s| {
+                    s.method == "GET" && s.query.to_lowercase().contains("ahead-b@example.com")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    stub.release_posts();
+    app.settled(&app_id, Duration::from_secs(20)).await;
+
+    let users = stub.users();
+    assert_eq!(users.len(), 2, "A created, B's account adopted: {users:?}");
+    let posts: Vec<String> = stub
+        .writes()
+        .into_iter()
+        .filter(|w| w.starts_with("POST"))
+        .collect();
+    assert_eq!(posts.len(), 1, "only A was created: {posts:?}");
+    let b = identity_id(&app, "AHEAD-B").await;
+    let link = link_of(&app, "user", &b).await.expect("B's link");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&made_by_hand).as_str())
+    );
+    assert_eq!(link["state"], "linked");
+    let logged = app
+        .rows(&format!(
+            "SELECT path FROM operation WHERE app_id = '{app_id}' AND resource_id = '{b}' \
+             AND method = 'GET' AND path LIKE '%filter=%'"
+        ))
+        .await;
+    assert_eq!(
+        logged.len(),
+        1,
+        "B's log shows the look-up made for it: {logged:?}"
+    );
+}
+
+/// Two people with one address against a target that does not enforce uniqueness: both are
+/// looked up ahead (nothing there yet), one creates the account, and the other, whose answer
+/// predates that create, asks again and finds it linked to someone else: never a second
+/// account.
+#[tokio::test]
+async fn two_people_with_one_address_never_make_two_accounts_where_the_target_allows_it() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "one-address-dup",
+        &base,
+        json!({"max_concurrency": 1}),
+    )
+    .await;
+    let both: Vec<Value> = ["TWO-A", "TWO-B"]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            joiner(
+                &format!("tw{i}"),
+                e,
+                "2026-11-01T09:00:00Z",
+                json!({"email": "two@example.com", "given_name": *e}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": both}))
+        .await
+        .expect(202);
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "{users:?}");
+    let dead = app.get("/api/v1/jobs?state=dead").await.body;
+    assert!(
+        dead["items"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{dead}"
     );
 }

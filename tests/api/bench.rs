@@ -40,7 +40,7 @@ async fn throughput_against_a_slow_target_merges_the_look_ups() {
         Scenario::Throughput,
         Options {
             size: Some(50),
-            target_latency_ms: Some(5),
+            target_latency_ms: vec![5],
             ..Options::default()
         },
     )
@@ -77,6 +77,8 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
         Scenario::Reconcile,
         Options {
             size: Some(1000),
+            // The dev-target in its own process, as `roster bench reconcile` runs it.
+            dev_target_exe: Some(env!("CARGO_BIN_EXE_roster").into()),
             ..Options::default()
         },
     )
@@ -104,6 +106,7 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
     assert_eq!(line["counts"], line["expected"], "{line}");
     assert_eq!(line["all_classified_correctly"], true, "{line}");
     assert_eq!(line["writes"], 0, "{line}");
+    assert_eq!(line["dev_target"], "process", "{line}");
     for key in ["seconds", "peak_rss_mb"] {
         assert!(number(&figures, key) > 0.0, "{key}: {line}");
     }

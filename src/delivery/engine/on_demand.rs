@@ -257,6 +257,7 @@ impl Delivery {
             compiled: &rt.compiled,
             client: &rt.client,
             lookups: &rt.lookups,
+            ahead: std::sync::Mutex::default(),
         };
         let now = queue::now_ms();
         let mut writes = JobWrites::default();
