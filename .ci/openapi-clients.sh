@@ -39,7 +39,8 @@ fi
 rm -rf "$work/python"
 mkdir -p "$work/python"
 PATH="$PWD/$work/venv/bin:$PATH" openapi-python-client generate --path openapi/openapi.json \
-    --meta none --output-path "$work/python/roster_client" --fail-on-warning
+    --meta none --output-path "$work/python/roster_client" --fail-on-warning \
+    --config .ci/openapi-clients/python-client.yaml
 echo "openapi-clients: Python client generated without warnings"
 
 # A dev-target and roster on free loopback ports, on a fresh SQLite database.
