@@ -876,8 +876,9 @@ async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
         "{overtaken_by} calls went to the target between the leaver's event and its deactivate \
          ({took:?}, {users_then} accounts by then)"
     );
+    // Counts, not the wall clock: how long that took depends on the machine (the
+    // `leaver-latency --throttled` bench measures it).
     assert!(users_then < 60, "{users_then} accounts before the leaver's");
-    assert!(took < Duration::from_millis(1500), "{took:?}");
 
     // The backlog completes, no 1 s window on the target holds more than the limit allows,
     // and never more calls are under way than `max_concurrency`.
