@@ -540,11 +540,13 @@ async fn create_or_adopt(
     desired: &Value,
     writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
+    let (attribute, value) = matching_value(ctx, person)?;
+    // From the look-up to the create's answer, no other job of this app matches this value.
+    let _turn = ctx.lookups.matching_turn(attribute, &value).await;
     if let Some(account) = find_match(ctx, person).await? {
         return adopt(ctx, person, &account, desired, writes).await;
     }
     // Another job of this app with the same value that looked ahead before now asks again.
-    let (attribute, value) = matching_value(ctx, person)?;
     ctx.lookups.creating(attribute, &value);
     doing(Operation::Create);
     match ctx.client.users().create(desired).await {

@@ -131,6 +131,39 @@ pub struct LookupBatcher {
     or_refused: AtomicBool,
     claims: Mutex<Claims>,
     creates: Mutex<Creates>,
+    matching: Arc<MatchingTurns>,
+}
+
+/// Matching values a job of this app is matching, then maybe creating: (attribute, value
+/// ignoring case) → its turn. Two jobs with one value (two people with one address) take turns
+/// from their look-up to the end of their create, so the second looks up after the first's
+/// account exists and never creates a second one on a target that does not enforce uniqueness.
+/// Calls hold the app's slots one at a time, so nothing else serialises two such jobs.
+#[derive(Default)]
+struct MatchingTurns(Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+
+/// A job's turn at one matching value, from its look-up until its create is answered; dropped,
+/// it lets the next job with that value in, and forgets the value when none waits.
+pub struct MatchingTurn {
+    turns: Arc<MatchingTurns>,
+    key: (String, String),
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for MatchingTurn {
+    fn drop(&mut self) {
+        let Ok(mut turns) = self.turns.0.lock() else {
+            return;
+        };
+        drop(self.held.take());
+        // Only the map holds it: nobody holds or waits for this value.
+        if turns
+            .get(&self.key)
+            .is_some_and(|turn| Arc::strong_count(turn) == 1)
+        {
+            turns.remove(&self.key);
+        }
+    }
 }
 
 /// How long an account created or adopted in this process stays claimed by its resource: far
@@ -344,6 +377,25 @@ impl LookupBatcher {
             asked,
             asked_at: Instant::now(),
         })
+    }
+
+    /// Waits for this job's turn at matching `value` (see [`MatchingTurns`]); held until the
+    /// job's create, if any, is answered.
+    pub async fn matching_turn(&self, attr: &str, value: &str) -> MatchingTurn {
+        let key = Creates::key(attr, value);
+        let turn = match self.matching.0.lock() {
+            Ok(mut turns) => Some(turns.entry(key.clone()).or_default().clone()),
+            Err(_) => None,
+        };
+        let held = match turn {
+            Some(turn) => Some(super::limiter::without_worker(turn.lock_owned()).await),
+            None => None,
+        };
+        MatchingTurn {
+            turns: self.matching.clone(),
+            key,
+            held,
+        }
     }
 
     /// Notes that a job is about to create an account whose matching `attr` is `value`: a

@@ -12,7 +12,7 @@ use poem::{Request, Response};
 use roster::scim::filter;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, event, eventually, joiner, spawn_app};
+use crate::helpers::{TestApp, app_body, event, eventually, joiner, spawn_app, spawn_app_with};
 
 const TOKEN: &str = "stub-token";
 
@@ -976,12 +976,14 @@ async fn two_people_with_one_address_never_share_one_account() {
 }
 
 /// Issue 17: a joiner's matching look-up is made as soon as its job is claimed, while the job
-/// still waits for its app's only slot (held by another joiner's create), not after: the
-/// look-up is off the job's critical path. Against a target that does not enforce userName
+/// still waits for the only worker (held by another joiner's create), not after: the look-up
+/// is off the job's critical path. Against a target that does not enforce userName
 /// uniqueness, the account found that way is adopted, never created a second time.
 #[tokio::test]
 async fn a_waiting_joiner_is_looked_up_ahead_and_adopted_where_the_target_allows_duplicates() {
-    let app = spawn_app().await;
+    // One worker: A's job holds it through its held create; B's job, claimed meanwhile, waits
+    // for it. The app has room for a second call (`max_concurrency` counts calls in flight).
+    let app = spawn_app_with(|c| c.workers = 1).await;
     let stub = Stub::new(Misbehaviour {
         allows_duplicates: true,
         holds_posts: true,
@@ -998,21 +1000,21 @@ async fn a_waiting_joiner_is_looked_up_ahead_and_adopted_where_the_target_allows
         "look-ahead",
         &base,
         // Longer than the waits below: A's held create does not time out meanwhile.
-        json!({"max_concurrency": 1, "timeout_ms": 60_000}),
+        json!({"max_concurrency": 2, "timeout_ms": 60_000}),
     )
     .await;
-    // A first: its create holds the app's one slot (the stub holds the POST).
+    // A first: its create holds the only worker (the stub holds the POST).
     app.post_event(&joiner("la0", "AHEAD-A", "2026-11-01T09:00:00Z", json!({})))
         .await;
     eventually("A's create held", Duration::from_secs(20), || async {
         stub.seen().iter().any(|s| s.method == "POST").then_some(())
     })
     .await;
-    // Then B, who waits for that slot: its look-up is made meanwhile.
+    // Then B, whose job waits for that worker: its look-up is made meanwhile.
     app.post_event(&joiner("la1", "AHEAD-B", "2026-11-01T09:00:00Z", json!({})))
         .await;
     eventually(
-        "B looked up while A's create holds the slot",
+        "B looked up while A's create holds the worker",
         Duration::from_secs(20),
         || async {
             stub.seen()
