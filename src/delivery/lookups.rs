@@ -140,7 +140,10 @@ pub struct LookupBatcher {
 /// account exists and never creates a second one on a target that does not enforce uniqueness.
 /// Calls hold the app's slots one at a time, so nothing else serialises two such jobs.
 #[derive(Default)]
-struct MatchingTurns(Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>);
+struct MatchingTurns(Mutex<HashMap<(String, String), ValueLock>>);
+
+/// One matching value's turn: held by the job matching it.
+type ValueLock = Arc<tokio::sync::Mutex<()>>;
 
 /// A job's turn at one matching value, from its look-up until its create is answered; dropped,
 /// it lets the next job with that value in, and forgets the value when none waits.
