@@ -92,6 +92,10 @@ pub struct DevTargetArgs {
     /// Share of writes applied but never answered (the reply is lost), 0.0..=1.0.
     #[arg(long, default_value_t = 0.0)]
     pub drop_reply_rate: f64,
+    /// Accept two users with one userName instead of answering 409 `uniqueness`, as targets
+    /// that do not enforce uniqueness do (a duplicate create then makes a second account).
+    #[arg(long)]
+    pub allow_duplicate_user_names: bool,
     /// Emulate a catalogue connector's vendor: refuse what it refuses, answer as it answers
     /// (`rfc`, the default, is strict RFC 7644).
     #[arg(long, value_enum, default_value_t = Profile::Rfc)]
@@ -125,6 +129,7 @@ impl Default for DevTargetArgs {
             throttle_first: 0,
             throttle_seconds: 3,
             drop_reply_rate: 0.0,
+            allow_duplicate_user_names: false,
             profile: Profile::Rfc,
             tls_cert: None,
             tls_key: None,

@@ -54,7 +54,9 @@ impl Shared {
             None => StdRng::from_entropy(),
         };
         Self {
-            store: Mutex::new(Store::new(base_url)),
+            store: Mutex::new(
+                Store::new(base_url).allowing_duplicate_user_names(args.allow_duplicate_user_names),
+            ),
             stats: Mutex::new(Stats::default()),
             args,
             limiter,

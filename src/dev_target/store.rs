@@ -91,6 +91,11 @@ pub struct Store {
     /// instead of skipping `startIndex - 1` entries, so that paging through n resources costs
     /// O(n), not O(n²) (a million accounts took minutes), as a real server's cursor does.
     cursors: std::sync::Mutex<HashMap<(Kind, usize), (String, u64)>>,
+    /// Accounts may share a userName (no 409 `uniqueness`), as some SaaS targets allow: a
+    /// client that creates before it looks, or retries a create whose reply was lost, makes
+    /// a second account there. The userName index then misses all but one holder, so
+    /// `userName eq` look-ups scan.
+    duplicate_user_names: bool,
 }
 
 /// Listings in progress remembered at once; more (abandoned ones) are forgotten together.
@@ -161,9 +166,16 @@ impl Store {
         }
     }
 
+    /// A store that accepts two users with one userName (see `duplicate_user_names`).
+    #[must_use]
+    pub fn allowing_duplicate_user_names(mut self, allow: bool) -> Self {
+        self.duplicate_user_names = allow;
+        self
+    }
+
     pub fn clear(&mut self) {
         let base_url = std::mem::take(&mut self.base_url);
-        *self = Self::new(base_url);
+        *self = Self::new(base_url).allowing_duplicate_user_names(self.duplicate_user_names);
     }
 
     fn map(&self, kind: Kind) -> &BTreeMap<String, Value> {
@@ -206,7 +218,8 @@ impl Store {
                     .ok_or_else(|| {
                         Refusal::new(400, Some("invalidValue"), "userName is required")
                     })?;
-                if let Some(holder) = self.user_names.get(&name.to_lowercase())
+                if !self.duplicate_user_names
+                    && let Some(holder) = self.user_names.get(&name.to_lowercase())
                     && Some(holder.as_str()) != own_id
                 {
                     return Err(Refusal::new(
@@ -460,6 +473,7 @@ impl Store {
         // one value, or several joined by `or`, answered from the userName index as a real
         // server would, in the order asked.
         if kind == Kind::User
+            && !self.duplicate_user_names
             && let Some(names) = filter.and_then(filter::user_name_terms)
         {
             let mut seen = std::collections::HashSet::new();
@@ -566,6 +580,26 @@ mod tests {
         store.delete(Kind::User, id, None).unwrap();
         assert!(store.create(Kind::User, json!({"userName": "ada"})).is_ok());
         assert_eq!(store.create(Kind::User, json!({})).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn a_store_allowing_duplicates_keeps_both_and_finds_both() {
+        let mut store = Store::new("http://x/scim/v2".into()).allowing_duplicate_user_names(true);
+        let first = store
+            .create(Kind::User, json!({"userName": "Ada"}))
+            .unwrap();
+        let second = store
+            .create(Kind::User, json!({"userName": "ada"}))
+            .unwrap();
+        assert_ne!(first["id"], second["id"]);
+        let filter = crate::dev_target::filter::parse(r#"userName eq "ADA""#).unwrap();
+        let page = store.list(Kind::User, Some(&filter), 1, 10, false);
+        assert_eq!(page.total, 2, "{:?}", page.resources);
+        store.clear();
+        store
+            .create(Kind::User, json!({"userName": "Ada"}))
+            .unwrap();
+        assert!(store.create(Kind::User, json!({"userName": "Ada"})).is_ok());
     }
 
     #[test]

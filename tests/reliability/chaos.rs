@@ -206,6 +206,25 @@ async fn queue_rows(cluster: &Cluster, states: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_chaos_soak_converges_to_the_model() {
+    soak(Uniqueness::Enforced).await;
+}
+
+/// The same soak against a target that accepts a second account with a taken userName: a
+/// create retried after its reply was lost, or sent after a kill -9 mid-call, would make a
+/// duplicate there; roster must look (again) before every create instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_chaos_soak_against_a_target_without_uniqueness_makes_no_duplicate() {
+    soak(Uniqueness::NotEnforced).await;
+}
+
+/// Whether the soak's target answers a second create of one userName 409 `uniqueness`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uniqueness {
+    Enforced,
+    NotEnforced,
+}
+
+async fn soak(uniqueness: Uniqueness) {
     let seed = std::env::var("ROSTER_CHAOS_SEED")
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -214,7 +233,7 @@ async fn seeded_chaos_soak_converges_to_the_model() {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
-    let tag = format!("[replay: ROSTER_CHAOS_SEED={seed}]");
+    let tag = format!("[replay: ROSTER_CHAOS_SEED={seed}, userName uniqueness {uniqueness:?}]");
     eprintln!("chaos soak {tag}");
     let started = Instant::now();
     let (events, model) = generate(seed);
@@ -235,7 +254,12 @@ async fn seeded_chaos_soak_converges_to_the_model() {
         rate_limit: Some(12),
         fail_rate: 0.03,
         hang_rate: 0.01,
-        drop_reply_rate: 0.04,
+        // Twice the lost replies where a create sent again would be a second account.
+        drop_reply_rate: match uniqueness {
+            Uniqueness::Enforced => 0.04,
+            Uniqueness::NotEnforced => 0.08,
+        },
+        allow_duplicate_user_names: uniqueness == Uniqueness::NotEnforced,
         seed: Some(seed),
         ..Default::default()
     })
