@@ -288,6 +288,9 @@ pub fn look_ahead(
         return None;
     }
     let attribute = ctx.settings.matching.target_attribute.as_str();
+    if ctx.client.quirks().creates_before_looking(attribute) {
+        return None;
+    }
     let value = mapping::render_matching_value(ctx.compiled, person, attribute)?;
     ctx.lookups.look_ahead(
         ctx.client,
@@ -543,7 +546,10 @@ async fn create_or_adopt(
     let (attribute, value) = matching_value(ctx, person)?;
     // From the look-up to the create's answer, no other job of this app matches this value.
     let _turn = ctx.lookups.matching_turn(attribute, &value).await;
-    if let Some(account) = find_match(ctx, person).await? {
+    // Where the target rejects a taken userName with 409, that answer is the look-up.
+    if !ctx.client.quirks().creates_before_looking(attribute)
+        && let Some(account) = find_match(ctx, person).await?
+    {
         return adopt(ctx, person, &account, desired, writes).await;
     }
     // Another job of this app with the same value that looked ahead before now asks again.

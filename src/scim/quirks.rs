@@ -83,6 +83,12 @@ pub struct Quirks {
     /// `true`: users accept PATCH only for `active`; any other change is read, applied
     /// locally and sent with PUT.
     pub patch_only_active: bool,
+    /// `true`: the target answers a create whose userName is already taken (ignoring case)
+    /// with 409 `uniqueness`, as RFC 7644 §3.3 asks and its vendor documents. Where roster
+    /// matches on userName, a new account is then created first and looked up only on that
+    /// 409: one call per account instead of two. Leave it `false` for a target that does not
+    /// promise this: there a create without a look-up first could make a second account.
+    pub rejects_duplicate_user_names: bool,
 }
 
 impl Default for Quirks {
@@ -100,6 +106,7 @@ impl Default for Quirks {
             unsupported_filter: UnsupportedFilter::Error,
             patch_value_filters: true,
             patch_only_active: false,
+            rejects_duplicate_user_names: false,
         }
     }
 }
@@ -115,6 +122,15 @@ impl Quirks {
                     .filter_attributes
                     .iter()
                     .any(|a| a.eq_ignore_ascii_case(attr)))
+    }
+
+    /// Whether an account matched on `attr` is created before it is looked up (and looked up
+    /// only when the create is answered 409): the target rejects a duplicate userName and
+    /// roster matches on userName, so that 409 is the look-up. On any other attribute a 409
+    /// on userName would prove nothing about the matching value.
+    #[must_use]
+    pub fn creates_before_looking(&self, attr: &str) -> bool {
+        self.rejects_duplicate_user_names && attr.eq_ignore_ascii_case("userName")
     }
 
     /// Whether several values may be looked up in one `or`-filtered listing.
@@ -219,6 +235,22 @@ impl Quirks {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_a_target_rejecting_taken_user_names_is_created_on_first_and_only_on_user_name() {
+        let promised = Quirks::from_json(&json!({"rejects_duplicate_user_names": true})).unwrap();
+        assert!(promised.creates_before_looking("userName"));
+        assert!(promised.creates_before_looking("username"));
+        // A 409 on userName says nothing about an account with the same e-mail or externalId.
+        assert!(!promised.creates_before_looking("externalId"));
+        assert!(!promised.creates_before_looking("emails.value"));
+        // Stored quirks documents from before the field keep looking first.
+        assert!(
+            !Quirks::from_json(&json!({}))
+                .unwrap()
+                .creates_before_looking("userName")
+        );
+    }
 
     #[test]
     fn quirks_parse_from_profiles_and_overrides() {

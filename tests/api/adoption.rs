@@ -1057,6 +1057,66 @@ async fn a_waiting_joiner_is_looked_up_ahead_and_adopted_where_the_target_allows
     );
 }
 
+/// Issue 17, the other half: where the app's quirks say the target rejects a taken userName
+/// with 409, a joiner is created without a look-up first (one call), and a joiner whose
+/// account already exists gets the 409, is looked up then, and is linked to that account:
+/// adopted, not created twice.
+#[tokio::test]
+async fn where_the_target_rejects_taken_user_names_a_joiner_is_created_first_and_a_409_links_it() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let made_by_hand = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER], "userName": "first-b@example.com",
+               "name": {"givenName": "B", "familyName": "Hand"}, "active": true}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "create-first",
+        &base,
+        json!({"quirks": {"rejects_duplicate_user_names": true}}),
+    )
+    .await;
+    app.post_event(&joiner("cf0", "FIRST-A", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.post_event(&joiner("cf1", "FIRST-B", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+
+    let users = stub.users();
+    assert_eq!(users.len(), 2, "A created, B's account linked: {users:?}");
+    let looked_up = |who: &str| {
+        stub.seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.query.to_lowercase().contains(who))
+            .count()
+    };
+    assert_eq!(
+        looked_up("first-a@example.com"),
+        0,
+        "A was created without a look-up"
+    );
+    assert_eq!(
+        looked_up("first-b@example.com"),
+        1,
+        "B was looked up after its 409"
+    );
+    let posts = stub
+        .writes()
+        .into_iter()
+        .filter(|w| w.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 2, "one create each (B's answered 409)");
+    let b = identity_id(&app, "FIRST-B").await;
+    let link = link_of(&app, "user", &b).await.expect("B's link");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&made_by_hand).as_str())
+    );
+    assert_eq!(link["state"], "linked");
+}
+
 /// Two people with one address against a target that does not enforce uniqueness: both are
 /// looked up ahead (nothing there yet), one creates the account, and the other, whose answer
 /// predates that create, asks again and finds it linked to someone else: never a second
