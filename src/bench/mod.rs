@@ -14,6 +14,7 @@ mod ingest;
 mod leaver;
 mod rate_limit;
 mod reconcile;
+mod saas;
 mod throughput;
 
 /// The scenarios of DESIGN §8 (names fixed), plus issue 5's `delivery-faults`.
@@ -25,6 +26,7 @@ pub enum Scenario {
     Ingest,
     DeliveryFaults,
     Reconcile,
+    Saas,
 }
 
 impl Scenario {
@@ -37,6 +39,7 @@ impl Scenario {
             Self::Ingest => "ingest",
             Self::DeliveryFaults => "delivery-faults",
             Self::Reconcile => "reconcile",
+            Self::Saas => "saas",
         }
     }
 }
@@ -173,6 +176,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
             )
             .await?
         }
+        Scenario::Saas => saas::run(options.size.unwrap_or(100)).await?,
     };
     let peak = peak_rss_mb();
     let mut figures = figures.with("peak_rss_mb", peak.map_or(Value::Null, Value::from));

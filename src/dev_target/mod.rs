@@ -60,6 +60,10 @@ pub struct DevTargetArgs {
     /// Requests per second accepted (burst of the same size); above it 429 + Retry-After.
     #[arg(long)]
     pub rate_limit: Option<u32>,
+    /// Requests accepted at once above `--rate-limit` (default: the rate), as a vendor's
+    /// documented burst.
+    #[arg(long, requires = "rate_limit")]
+    pub rate_burst: Option<u32>,
     /// Share of requests answered 503 (with Retry-After) or 500, 0.0..=1.0.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
@@ -119,6 +123,7 @@ impl Default for DevTargetArgs {
             token: None,
             latency_ms: 0,
             rate_limit: None,
+            rate_burst: None,
             fail_rate: 0.0,
             hang_rate: 0.0,
             seed: None,
@@ -273,6 +278,16 @@ impl DevTarget {
     #[must_use]
     pub fn users_snapshot(&self) -> Vec<Value> {
         self.snapshot(Kind::User)
+    }
+
+    /// One user as stored, read in-process (no request: neither counted nor rate limited).
+    #[must_use]
+    pub fn user(&self, id: &str) -> Option<Value> {
+        self.shared
+            .store
+            .lock()
+            .ok()
+            .and_then(|s| s.get(Kind::User, id).ok())
     }
 
     #[must_use]

@@ -45,10 +45,10 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(args: DevTargetArgs, base_url: String, shutdown: CancellationToken) -> Self {
-        let limiter = args
-            .rate_limit
-            .and_then(NonZeroU32::new)
-            .map(|n| DefaultDirectRateLimiter::direct(Quota::per_second(n)));
+        let limiter = args.rate_limit.and_then(NonZeroU32::new).map(|n| {
+            let burst = args.rate_burst.and_then(NonZeroU32::new).unwrap_or(n);
+            DefaultDirectRateLimiter::direct(Quota::per_second(n).allow_burst(burst))
+        });
         let rng = match args.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),

@@ -132,3 +132,34 @@ async fn leaver_latency_throttled_reports_the_leavers_and_a_complete_backlog() {
     assert_eq!(line["every_account_exactly_once"], true, "{line}");
     assert!(number(&figures, "leaver_p99_ms") > 0.0, "{line}");
 }
+
+/// Issue 17: `saas` at a smoke-test size: eight apps from catalogue connectors, each against a
+/// target emulating its vendor's limits and latency, every account in every app exactly once,
+/// and the leavers measured in the fast app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saas_delivers_every_account_to_every_app_exactly_once() {
+    let figures = run(
+        Scenario::Saas,
+        Options {
+            size: Some(6),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("saas");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    assert_eq!(line["scenario"], "saas");
+    assert_eq!(line["every_account_exactly_once"], true, "{line}");
+    assert!(number(&figures, "apps") >= 8.0, "{line}");
+    let per_app = line["per_app"].as_object().expect("per_app");
+    assert_eq!(per_app.len() as f64, number(&figures, "apps"), "{line}");
+    for (app, figures) in per_app {
+        assert_eq!(figures["exactly_once"], true, "{app}: {line}");
+        let per_account = figures["calls_per_account"].as_f64().unwrap_or_default();
+        // At least the create; at most a look-up, a create and a look-up after a 409.
+        assert!((1.0..=3.0).contains(&per_account), "{app}: {line}");
+    }
+    assert_eq!(number(&figures, "leavers"), 3.0);
+    assert!(number(&figures, "leaver_p99_ms") > 0.0, "{line}");
+    assert!(number(&figures, "ratio_to_ideal") >= 1.0, "{line}");
+}
