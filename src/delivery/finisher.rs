@@ -271,16 +271,9 @@ async fn write_staged_each(
 ) -> Result<HashMap<i64, String>, sea_orm::DbErr> {
     let mut conflicts = HashMap::new();
     for f in jobs {
-        let savepoint = tx.begin().await?;
-        match write_staged(&savepoint, &[&f.writes]).await {
-            Ok(()) => savepoint.commit().await?,
-            Err(e) if is_live_target_conflict(&e) => {
-                savepoint.rollback().await?;
-                let conflict = live_target_conflict(tx, &f.writes).await?;
-                tracing::warn!(job = f.job_id, error = %conflict, "Finished job dead: its link conflicts with another");
-                conflicts.insert(f.job_id, conflict);
-            }
-            Err(e) => return Err(e),
+        if let Some(conflict) = write_staged_or_conflict(tx, &f.writes).await? {
+            tracing::warn!(job = f.job_id, error = %conflict, "Finished job dead: its link conflicts with another");
+            conflicts.insert(f.job_id, conflict);
         }
     }
     Ok(conflicts)
@@ -295,6 +288,27 @@ fn is_live_target_conflict(err: &sea_orm::DbErr) -> bool {
                 || message.contains("link.app_id, link.resource_kind, link.target_id")
         }
         _ => false,
+    }
+}
+
+/// Writes one job's staged writes under a savepoint of its own. `Some(conflict)` when one of
+/// its links takes a target another link of the app holds (`uq_link_live_target`): the job's
+/// writes are rolled back, and the conflict names who holds the target.
+pub async fn write_staged_or_conflict(
+    tx: &DatabaseTransaction,
+    writes: &JobWrites,
+) -> Result<Option<String>, sea_orm::DbErr> {
+    let savepoint = tx.begin().await?;
+    match write_staged(&savepoint, &[writes]).await {
+        Ok(()) => {
+            savepoint.commit().await?;
+            Ok(None)
+        }
+        Err(e) if is_live_target_conflict(&e) => {
+            savepoint.rollback().await?;
+            live_target_conflict(tx, writes).await.map(Some)
+        }
+        Err(e) => Err(e),
     }
 }
 

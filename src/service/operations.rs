@@ -221,7 +221,8 @@ impl Roster {
                 }
             })?;
         let tx = self.write_tx().await?;
-        let lease_held = delivered.write(&*tx).await?;
+        let written = delivered.write(&tx).await?;
+        let lease_held = written.held;
         // A store failure inside the delivery is still recorded (the job's end, the calls
         // made, the audit row), then answered as a server error.
         let store_failure = match &delivered.result {
@@ -230,6 +231,8 @@ impl Roster {
         };
         let (operation, error) = match (&delivered.result, lease_held) {
             (Err(e), _) => (None, Some(e.to_string())),
+            // Another instance linked the account this delivery adopted meanwhile.
+            (Ok(_), true) if written.conflict.is_some() => (None, written.conflict.clone()),
             (Ok(_), false) => (
                 None,
                 Some(

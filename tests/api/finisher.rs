@@ -867,3 +867,121 @@ async fn a_link_to_a_target_another_link_holds_fails_only_its_own_job() {
         .await;
     assert_eq!(log.len(), 1, "u1's calls stay in the log: {log:?}");
 }
+
+/// Holds the PATCH calls through a relay until opened; other calls pass.
+#[derive(Default)]
+struct HoldPatches(crate::helpers::Hold);
+
+impl crate::helpers::Tap for HoldPatches {
+    async fn request(&self, call: &mut crate::helpers::RelayedCall) {
+        if call.method == "PATCH" {
+            crate::helpers::Tap::request(&self.0, call).await;
+        }
+    }
+}
+
+/// The same index on the provision-on-demand path: another instance links the account while
+/// this delivery adopts it (between its look-up and its commit). The answer says so — the
+/// conflict naming the other identity, no operation — instead of a 500 that lost the calls'
+/// log; the person's link is not written, the calls made are in the provisioning log, and the
+/// job is closed.
+#[tokio::test]
+async fn provision_on_demand_adopting_an_account_another_instance_just_linked_reports_the_conflict()
+{
+    use std::sync::atomic::Ordering;
+    let app = spawn_planner().await;
+    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some("target-token".into()),
+        ..roster::dev_target::DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let by_hand = target
+        .insert(
+            roster::dev_target::Kind::User,
+            json!({"schemas": [roster::scim::schemas::USER], "userName": "pod1@example.com",
+                   "name": {"givenName": "By", "familyName": "Hand"}, "active": true}),
+        )
+        .expect("an account made by hand");
+    let account = by_hand["id"].as_str().unwrap_or_default().to_owned();
+    let hold = Arc::new(HoldPatches::default());
+    let base_url = crate::helpers::relay(&target.base_url(), hold.clone()).await;
+    let created = app
+        .create_app(&app_body(
+            "adopted-on-demand",
+            json!({"base_url": base_url, "mappings": [
+                {"target": "userName", "source": "email"},
+                {"target": "name.givenName", "source": "given_name"},
+                {"target": "name.familyName", "source": "family_name"}]}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    app.post_event(&crate::helpers::joiner(
+        "pod1",
+        "POD1",
+        "2026-11-01T09:00:00Z",
+        json!({"given_name": "Pat", "family_name": "Doe"}),
+    ))
+    .await;
+    let person = app.get("/api/v1/identities/POD1").await.expect(200)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let url = format!("/api/v1/apps/{app_id}/provision-on-demand");
+    let asked = json!({"identity_id": "POD1"});
+    let on_demand = app.post(&url, &asked);
+    let meanwhile = async {
+        // The delivery found the account, checked nobody holds it, and now PATCHes it.
+        while hold.0.arrived.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut theirs = JobWrites::default();
+        theirs.link(link(
+            &app_id,
+            ResourceKind::User,
+            "u-elsewhere",
+            Some(&account),
+            "linked",
+        ));
+        finisher::write_staged(&app.db, &[&theirs])
+            .await
+            .expect("the other instance's link");
+        hold.0.open();
+    };
+    let (answer, ()) = tokio::join!(on_demand, meanwhile);
+    let body = answer.expect(200);
+    assert_eq!(body["operation"], Value::Null, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("conflict") && error.contains("u-elsewhere"),
+        "{body}"
+    );
+    let links = app
+        .rows(&format!(
+            "SELECT target_id FROM link WHERE resource_id = '{person}'"
+        ))
+        .await;
+    assert!(
+        links
+            .iter()
+            .all(|l| l["target_id"].as_str() != Some(account.as_str())),
+        "{links:?}"
+    );
+    let logged = app
+        .rows(&format!(
+            "SELECT method FROM operation WHERE app_id = '{app_id}' AND resource_id = '{person}'"
+        ))
+        .await;
+    assert!(
+        logged.iter().any(|r| r["method"] == "PATCH"),
+        "the calls made are logged: {logged:?}"
+    );
+    let open = app
+        .rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND resource_id = '{person}' \
+             AND state = 'running'"
+        ))
+        .await;
+    assert!(open.is_empty(), "the delivery's job is closed: {open:?}");
+}

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QuerySelect,
-    Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QuerySelect, Set,
 };
 
 use super::{AppRuntime, Delivery, InFlight, operation_rows};
@@ -280,19 +280,48 @@ impl OnDemandDelivery {
     /// Records the delivery in `tx` (the caller's, with its audit row): the job's end, its
     /// staged links and follow-up jobs — only while this instance still holds the job's lease —
     /// and its log rows. `false` when the lease was lost (its writes were dropped).
-    pub async fn write(&self, tx: &impl ConnectionTrait) -> Result<bool, DbErr> {
-        let error = self.result.as_ref().err().map(ToString::to_string);
-        let held = end_job(tx, &self.job, &self.owner, error.as_deref()).await?;
-        if held {
-            finisher::write_staged(tx, &[&self.writes]).await?;
+    pub async fn write(&self, tx: &DatabaseTransaction) -> Result<Written, DbErr> {
+        // The links first, under a savepoint, while the job is still ours (the lease is
+        // checked below, in this transaction): another instance may have linked the account
+        // this delivery adopted since it checked, and the unique index then refuses ours.
+        let mut conflict = None;
+        if self.job_still_ours(tx).await? {
+            conflict = finisher::write_staged_or_conflict(tx, &self.writes).await?;
         }
+        let error = match (&self.result, &conflict) {
+            (Err(e), _) => Some(e.to_string()),
+            (Ok(_), Some(conflict)) => Some(conflict.clone()),
+            (Ok(_), None) => None,
+        };
+        let held = end_job(tx, &self.job, &self.owner, error.as_deref()).await?;
         if !self.rows.is_empty() {
             operation::Entity::insert_many(self.rows.clone())
                 .exec(tx)
                 .await?;
         }
-        Ok(held)
+        Ok(Written { held, conflict })
     }
+
+    /// Whether this instance still holds the delivery's job (locked on PostgreSQL until the
+    /// transaction ends, so that no claim elsewhere takes it meanwhile).
+    async fn job_still_ours(&self, tx: &DatabaseTransaction) -> Result<bool, DbErr> {
+        Ok(job::Entity::find_by_id(self.job.id)
+            .filter(job::Column::State.eq("running"))
+            .filter(job::Column::LeaseOwner.eq(self.owner.as_str()))
+            .lock_exclusive()
+            .one(tx)
+            .await?
+            .is_some())
+    }
+}
+
+/// What [`OnDemandDelivery::write`] stored.
+pub struct Written {
+    /// The job was still this instance's: its end and its links are stored.
+    pub held: bool,
+    /// Its link was refused: another link of the app holds the account it adopted (the job
+    /// failed with this).
+    pub conflict: Option<String>,
 }
 
 impl Drop for OnDemandDelivery {
