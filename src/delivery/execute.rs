@@ -552,6 +552,12 @@ async fn create_or_adopt(
     {
         return adopt(ctx, person, &account, desired, writes).await;
     }
+    if let Some(path) = ctx.client.quirks().missing_on_create(desired) {
+        return Err(JobError::Unprocessable(format!(
+            "the target requires `{path}` on create, and this person's mappings render none; \
+             nothing was sent"
+        )));
+    }
     // Another job of this app with the same value that looked ahead before now asks again.
     ctx.lookups.creating(attribute, &value);
     doing(Operation::Create);

@@ -89,6 +89,14 @@ pub struct Quirks {
     /// 409: one call per account instead of two. Leave it `false` for a target that does not
     /// promise this: there a create without a look-up first could make a second account.
     pub rejects_duplicate_user_names: bool,
+    /// Multi-valued attributes the target accepts one value of (`emails`, `phoneNumbers`,
+    /// `addresses`): mappings that render two elements of one are refused when the app is
+    /// written, instead of every create being refused by the target.
+    pub single_valued: Vec<String>,
+    /// Attributes the target requires on create (`name.givenName`, `displayName`): an app
+    /// without a mapping for one is refused, and a person whose mappings render none of one is
+    /// not sent (the job fails naming the attribute) rather than refused by the target.
+    pub required_on_create: Vec<String>,
 }
 
 impl Default for Quirks {
@@ -107,6 +115,8 @@ impl Default for Quirks {
             patch_value_filters: true,
             patch_only_active: false,
             rejects_duplicate_user_names: false,
+            single_valued: Vec::new(),
+            required_on_create: Vec::new(),
         }
     }
 }
@@ -133,10 +143,101 @@ impl Quirks {
         self.rejects_duplicate_user_names && attr.eq_ignore_ascii_case("userName")
     }
 
+    /// Why mappings with these target paths (`emails[type eq "work"].value`, `displayName`; the
+    /// role mapping's too) cannot serve this target: they render two elements of an attribute
+    /// it takes one value of, or none of an attribute it requires on create.
+    #[must_use]
+    pub fn mapping_refusal(&self, targets: &[&str]) -> Option<String> {
+        for attribute in &self.single_valued {
+            let mut elements: Vec<&str> = targets
+                .iter()
+                .map(|t| split_target(t))
+                .filter(|(attr, _, _)| attr.eq_ignore_ascii_case(attribute))
+                .map(|(_, filter, _)| filter)
+                .collect();
+            elements.sort_unstable();
+            elements.dedup();
+            if elements.len() > 1 {
+                return Some(format!(
+                    "the target takes one `{attribute}` value, and the mappings render {}                      elements of it ({}); map one",
+                    elements.len(),
+                    elements
+                        .iter()
+                        .map(|f| if f.is_empty() { "unfiltered" } else { f })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        self.required_on_create
+            .iter()
+            .find(|required| {
+                !targets.iter().any(|t| {
+                    let (attr, _, rest) = split_target(t);
+                    let plain = if rest.is_empty() {
+                        attr.to_owned()
+                    } else {
+                        format!("{attr}.{rest}")
+                    };
+                    let plain = plain.to_ascii_lowercase();
+                    let required = required.to_ascii_lowercase();
+                    plain == required || plain.starts_with(&format!("{required}."))
+                })
+            })
+            .map(|required| {
+                format!("the target requires `{required}` on create, and no mapping renders it")
+            })
+    }
+
+    /// The first attribute the target requires on create that `resource` lacks (absent, null,
+    /// an empty string or an empty list).
+    #[must_use]
+    pub fn missing_on_create(&self, resource: &serde_json::Value) -> Option<&str> {
+        self.required_on_create
+            .iter()
+            .find(|path| !present(resource, &path.split('.').collect::<Vec<_>>()))
+            .map(String::as_str)
+    }
+
     /// Whether several values may be looked up in one `or`-filtered listing.
     #[must_use]
     pub fn merges_lookups(&self) -> bool {
         self.filter_or && self.unsupported_filter == UnsupportedFilter::Error
+    }
+}
+
+/// A mapping target path as (attribute, value filter, sub-attribute):
+/// `emails[type eq "work"].value` → (`emails`, `type eq "work"`, `value`); `name.givenName` →
+/// (`name`, ``, `givenName`). Extension URNs stay whole in the attribute.
+fn split_target(target: &str) -> (&str, &str, &str) {
+    if let Some(open) = target.find('[')
+        && let Some(close) = target.rfind(']')
+        && close > open
+    {
+        let rest = target[close + 1..].trim_start_matches('.');
+        return (&target[..open], target[open + 1..close].trim(), rest);
+    }
+    // `urn:…:User:manager.value`: the attribute starts after the URN's last colon.
+    let from = target.rfind(':').map_or(0, |i| i + 1);
+    match target[from..].find('.') {
+        Some(dot) => (&target[..from + dot], "", &target[from + dot + 1..]),
+        None => (target, "", ""),
+    }
+}
+
+/// Whether `value` holds something at `path` (case-insensitive keys; any element of a list).
+fn present(value: &serde_json::Value, path: &[&str]) -> bool {
+    use serde_json::Value;
+    match (value, path.split_first()) {
+        (Value::Array(items), _) => items.iter().any(|item| present(item, path)),
+        (Value::Null, _) => false,
+        (Value::String(s), None) => !s.trim().is_empty(),
+        (_, None) => true,
+        (Value::Object(map), Some((key, rest))) => map
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .is_some_and(|(_, v)| present(v, rest)),
+        _ => false,
     }
 }
 
@@ -235,6 +336,50 @@ impl Quirks {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn mappings_must_render_one_value_of_single_valued_attributes_and_every_required_one() {
+        let quirks = Quirks::from_json(&json!({
+            "single_valued": ["emails"],
+            "required_on_create": ["userName", "name.givenName", "displayName"]
+        }))
+        .unwrap();
+        let fine = [
+            "userName",
+            "name.givenName",
+            "name.familyName",
+            "displayName",
+            r#"emails[type eq "work"].value"#,
+            r#"emails[type eq "work"].primary"#,
+        ];
+        assert_eq!(quirks.mapping_refusal(&fine), None);
+        let two_emails = [&fine[..], &[r#"emails[type eq "home"].value"#]].concat();
+        let refusal = quirks.mapping_refusal(&two_emails).unwrap();
+        assert!(
+            refusal.contains("one `emails` value") && refusal.contains("home"),
+            "{refusal}"
+        );
+        let refusal = quirks
+            .mapping_refusal(&["userName", "name.givenName", "title"])
+            .unwrap();
+        assert!(refusal.contains("`displayName`"), "{refusal}");
+        // `name` is covered only by a mapping inside it.
+        let needs_name = Quirks::from_json(&json!({"required_on_create": ["name"]})).unwrap();
+        assert_eq!(needs_name.mapping_refusal(&["name.givenName"]), None);
+        assert!(needs_name.mapping_refusal(&["nameless"]).is_some());
+
+        let resource = json!({"userName": "ada", "name": {"givenName": "Ada"}, "displayName": " ",
+                              "emails": [{"value": "a@x"}]});
+        assert_eq!(quirks.missing_on_create(&resource), Some("displayName"));
+        let emails =
+            Quirks::from_json(&json!({"required_on_create": ["emails.value", "NAME.GIVENNAME"]}))
+                .unwrap();
+        assert_eq!(emails.missing_on_create(&resource), None);
+        assert_eq!(
+            emails.missing_on_create(&json!({"emails": []})),
+            Some("emails.value")
+        );
+    }
 
     #[test]
     fn only_a_target_rejecting_taken_user_names_is_created_on_first_and_only_on_user_name() {

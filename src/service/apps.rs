@@ -297,6 +297,17 @@ pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
         }
     }
     compile_mappings(settings).map_err(|e| ServiceError::invalid(e.path, e.message))?;
+    let quirks = crate::scim::Quirks::from_json(&settings.quirks)
+        .map_err(|e| ServiceError::invalid("quirks", e.to_string()))?;
+    let targets: Vec<&str> = settings
+        .mappings
+        .iter()
+        .map(|m| m.target.as_str())
+        .chain(settings.role_mapping.iter().map(|r| r.target.as_str()))
+        .collect();
+    if let Some(reason) = quirks.mapping_refusal(&targets) {
+        return Err(ServiceError::invalid("mappings", reason));
+    }
     let matching = &settings.matching.target_attribute;
     if !settings.mappings.iter().any(|m| &m.target == matching) {
         return Err(ServiceError::invalid(

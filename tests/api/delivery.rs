@@ -2732,3 +2732,65 @@ async fn a_scheduled_delete_runs_on_its_date() {
         Some(1.0)
     );
 }
+
+/// Issue 16: a target that requires an attribute on create (its quirks say which) never gets
+/// a create without it: the person's job is dead at once, naming the attribute, and the target
+/// sees no POST; and an app whose mappings could never render it, or that renders two values
+/// of an attribute the target takes one of, is refused when it is written.
+#[tokio::test]
+async fn required_and_single_valued_attributes_are_checked_before_the_target_refuses() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let quirks = json!({"required_on_create": ["userName", "title"], "single_valued": ["emails"]});
+
+    let two_emails = sherpany(
+        "two-emails",
+        &target.base_url(),
+        TOKEN,
+        json!({"quirks": quirks, "mappings": [
+            {"target": "userName", "source": "email"},
+            {"target": "title", "source": "title"},
+            {"target": "emails[type eq \"work\"].value", "source": "email"},
+            {"target": "emails[type eq \"home\"].value", "source": "email"}]}),
+    );
+    let detail = app.post("/api/v1/apps", &two_emails).await.problem(422);
+    assert!(detail.contains("one `emails` value"), "{detail}");
+    let no_title = sherpany(
+        "no-title",
+        &target.base_url(),
+        TOKEN,
+        json!({"quirks": quirks, "mappings": [{"target": "userName", "source": "email"}]}),
+    );
+    let detail = app.post("/api/v1/apps", &no_title).await.problem(422);
+    assert!(detail.contains("requires `title` on create"), "{detail}");
+    let apps = app.get("/api/v1/apps").await.expect(200);
+    assert_eq!(apps["items"].as_array().map_or(0, Vec::len), 0, "{apps}");
+
+    let created = app
+        .create_app(&sherpany(
+            "needs-title",
+            &target.base_url(),
+            TOKEN,
+            json!({"quirks": quirks}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+    // No title from HR: the mapping renders none.
+    app.post_event(&joiner("nt1", "NT1", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    let dead = eventually("a dead letter", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await;
+    assert_eq!(dead["app_id"], app_id.as_str());
+    assert_eq!(dead["attempts"], 1, "not retried: {dead}");
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("requires `title` on create")),
+        "{dead}"
+    );
+    assert_eq!(target.stats()["requests"]["POST"], Value::Null, "no POST");
+    assert!(target.users_snapshot().is_empty());
+}
