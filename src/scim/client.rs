@@ -1744,6 +1744,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_call_is_a_read_a_write_or_a_delete_by_its_method_and_a_search_is_a_read() {
+        let url = |path: &str| Url::parse(&format!("https://t.example/scim/v2/{path}")).unwrap();
+        assert_eq!(CallKind::of(&Method::GET, &url("Users")), CallKind::Read);
+        assert_eq!(
+            CallKind::of(&Method::POST, &url("Users/.search")),
+            CallKind::Read
+        );
+        assert_eq!(CallKind::of(&Method::POST, &url("Users")), CallKind::Write);
+        assert_eq!(CallKind::of(&Method::PUT, &url("Users/1")), CallKind::Write);
+        assert_eq!(
+            CallKind::of(&Method::PATCH, &url("Groups/1")),
+            CallKind::Write
+        );
+        assert_eq!(
+            CallKind::of(&Method::DELETE, &url("Users/1")),
+            CallKind::Delete
+        );
+    }
+
+    #[test]
     fn base_url_keeps_its_path_and_ids_stay_one_segment() {
         let config = TargetConfig::new(
             Url::parse("http://127.0.0.1:9/scim/v2").unwrap(),
