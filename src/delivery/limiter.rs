@@ -24,13 +24,15 @@
 //! running.
 //!
 //! Leavers first (DESIGN §5): a call of a deprovision-lane job gets its app's next slot and
-//! next token ahead of every waiting call of a normal or reconcile job. While one waits, the
-//! others neither take a slot nor a token (they wait holding nothing), and go on once no such
-//! call waits. It still waits for the slot, the token and any `Retry-After` pause like every
-//! other call: the app's limits hold for leavers too.
+//! next tokens ahead of every waiting call of a normal or reconcile job — of every app of its
+//! group, since they take the same tokens. While one waits, the others neither take a slot nor
+//! a token (they wait holding nothing), and go on once no such call waits. It still waits for
+//! the slot, the tokens and any `Retry-After` pause like every other call: the app's limits
+//! hold for leavers too.
 //!
-//! The bucket and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
-//! production; [`AppLimiter::with_clock`] is the one place another is put in (tests use
+//! The buckets and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
+//! production; [`AppLimiter::with_clock`] and [`Buckets::new`] are the places another is put
+//! in (tests use
 //! governor's `FakeRelativeClock`, so they count tokens at chosen instants instead of timing a
 //! machine). Waits for a token sleep on tokio's timer for as long as the bucket says.
 use std::cell::RefCell;
