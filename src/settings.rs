@@ -18,6 +18,12 @@ pub struct RateLimit {
     pub per_second: u32,
     /// Calls allowed at once above the sustained rate (1..=10000).
     pub burst: u32,
+    /// Further limits, each a bucket of its own: limits over longer windows (30 s, a minute,
+    /// an hour) and limits of some operations only (reads, writes, DELETE). A call waits until
+    /// every limit that counts it has room (at most 16).
+    #[oai(default, skip_serializing_if_is_empty)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<RateWindow>,
 }
 
 impl Default for RateLimit {
@@ -25,6 +31,51 @@ impl Default for RateLimit {
         Self {
             per_second: 10,
             burst: 20,
+            windows: Vec::new(),
+        }
+    }
+}
+
+/// `limit` calls per `window_seconds`: a bucket that holds `burst` calls and refills one call
+/// every `window_seconds / limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Object)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct RateWindow {
+    /// Calls allowed per window (1..=1000000).
+    pub limit: u32,
+    /// The window's length in seconds (1..=86400): 60 for a limit per minute.
+    pub window_seconds: u32,
+    /// Calls allowed at once (1..=`limit`); absent: `limit`.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// The calls it counts: `read` (GET, and a search by POST), `write` (POST, PUT, PATCH),
+    /// `delete` (DELETE); absent or empty: every call.
+    #[oai(default, skip_serializing_if_is_empty)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<RateOperation>,
+}
+
+/// A kind of SCIM call, as rate limits count it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Enum,
+)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum RateOperation {
+    Read,
+    Write,
+    Delete,
+}
+
+impl RateOperation {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateOperation::Read => "read",
+            RateOperation::Write => "write",
+            RateOperation::Delete => "delete",
         }
     }
 }
@@ -251,6 +302,10 @@ pub struct AppSettings {
     pub reconcile: ReconcileSettings,
     pub deletion_guard: DeletionGuard,
     pub quirks: Value,
+    /// Apps with the same group share one set of rate-limit buckets and one `Retry-After`
+    /// pause: a vendor whose limits hold for a whole tenant (every app of one organisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_group: Option<String>,
 }
 
 /// The mappings an app gets when it names none: what an Entra ID or Okta admin sees by default.

@@ -143,6 +143,11 @@ pub struct AppCreate {
     #[serde(default)]
     pub override_vendor_limits: bool,
     pub rate_limit: Option<RateLimit>,
+    /// Apps with the same group share one set of rate-limit buckets and one `Retry-After`
+    /// pause, for a vendor whose limits hold for a whole tenant (two apps on one Slack
+    /// organisation): every limit any of them sets holds for their calls together. A connector
+    /// whose vendor limits a tenant derives it from `connector_params`.
+    pub rate_limit_group: Option<String>,
     /// Concurrent calls to this app (default 4).
     pub max_concurrency: Option<u32>,
     /// Per-call timeout (default 30000).
@@ -176,6 +181,10 @@ pub struct AppPatch {
     pub base_url: Option<String>,
     pub auth: Option<AuthIn>,
     pub rate_limit: Option<RateLimit>,
+    /// The app's rate-limit group (see `POST /apps`); `null` takes the app out of its group.
+    #[serde(default)]
+    #[oai(nullable)]
+    pub rate_limit_group: MaybeUndefined<String>,
     pub max_concurrency: Option<u32>,
     pub timeout_ms: Option<u32>,
     pub max_attempts: Option<u32>,
@@ -239,6 +248,10 @@ pub struct AppOut {
     pub base_url: String,
     pub auth: AuthOut,
     pub rate_limit: RateLimit,
+    /// Apps with the same group share one set of rate-limit buckets and one `Retry-After`
+    /// pause; absent: the app's limits are its own.
+    #[oai(skip_serializing_if_is_none)]
+    pub rate_limit_group: Option<String>,
     pub max_concurrency: u32,
     pub timeout_ms: u32,
     pub max_attempts: u32,
@@ -271,7 +284,9 @@ impl From<AppView> for AppOut {
         let AppView { model, settings } = view;
         let connector = recorded_connector(&model).map(|(record, latest)| {
             let differences = match latest {
-                Some(latest) if latest.version > record.version => latest.differences(&settings),
+                Some(latest) if latest.version > record.version => {
+                    latest.differences(&settings, &record.params)
+                }
                 _ => Vec::new(),
             };
             AppConnectorOut {
@@ -324,6 +339,7 @@ impl From<AppView> for AppOut {
             base_url: model.base_url,
             auth,
             rate_limit: settings.rate_limit,
+            rate_limit_group: settings.rate_limit_group,
             max_concurrency: settings.max_concurrency,
             timeout_ms: settings.timeout_ms,
             max_attempts: settings.max_attempts,
@@ -463,6 +479,7 @@ impl AppsApi {
             connector,
             auth: Some(b.auth.into_input()?),
             rate_limit: b.rate_limit,
+            rate_limit_group: b.rate_limit_group.map(Some),
             max_concurrency: b.max_concurrency,
             timeout_ms: b.timeout_ms,
             max_attempts: b.max_attempts,
@@ -536,6 +553,11 @@ impl AppsApi {
             base_url: b.base_url,
             auth: b.auth.map(AuthIn::into_input).transpose()?,
             rate_limit: b.rate_limit,
+            rate_limit_group: match b.rate_limit_group {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(None),
+                MaybeUndefined::Value(v) => Some(Some(v)),
+            },
             max_concurrency: b.max_concurrency,
             timeout_ms: b.timeout_ms,
             max_attempts: b.max_attempts,

@@ -32,7 +32,14 @@ fn request_example(operation_id: &str, media_type: &str) -> Option<Value> {
                              "rules": [{"group": "board-admins", "value": "admin"}]},
             "deprovision": {"action": "deactivate"}
         }),
-        "updateApp" => json!({"rate_limit": {"per_second": 5, "burst": 10}, "role_mapping": null}),
+        "updateApp" => json!({
+            "rate_limit": {"per_second": 5, "burst": 10, "windows": [
+                {"limit": 300, "window_seconds": 60},
+                {"limit": 20, "window_seconds": 30, "operations": ["delete"]}
+            ]},
+            "rate_limit_group": "example-tenant",
+            "role_mapping": null
+        }),
         "resumeApp" => json!({"approve_deprovisions": true}),
         "provisionOnDemand" => json!({"identity_id": "E100"}),
         "startReconcileRun" => json!({"dry_run": true, "mode": "report"}),

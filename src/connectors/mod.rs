@@ -149,6 +149,12 @@ pub struct ConnectorDefaults {
     pub deprovision: Deprovision,
     /// An object of quirk flags (see the app's `quirks`).
     pub quirks: Value,
+    /// The app's `rate_limit_group`, with `{param}` placeholders filled from
+    /// `connector_params`, where the vendor's limits hold for a whole tenant: apps on one
+    /// tenant then share one set of buckets.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_group: Option<String>,
 }
 
 /// One catalogue entry.
@@ -277,10 +283,40 @@ pub struct ConnectorDifference {
 }
 
 impl Connector {
-    /// Fills the base URL template. Every placeholder needs a value, and every value a
-    /// placeholder; values are restricted to what a host label or path segment holds, so a
+    /// Fills the base URL template. Every parameter needs a value, and every value a
+    /// parameter; values are restricted to what a host label or path segment holds, so a
     /// parameter can never move the URL to another host.
     pub fn base_url(&self, params: &BTreeMap<String, String>) -> Result<String, ConnectorError> {
+        let Some(template) = &self.base_url_template else {
+            self.fill("", params)?;
+            return Err(ConnectorError::NoTemplate {
+                connector: self.name.clone(),
+            });
+        };
+        self.fill(template, params)
+    }
+
+    /// The app's rate-limit group, if the vendor's limits hold for a whole tenant: the
+    /// connector's template filled from `params` (each one required, as for the base URL).
+    pub fn rate_limit_group(
+        &self,
+        params: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, ConnectorError> {
+        self.defaults
+            .rate_limit_group
+            .as_deref()
+            .map(|template| self.fill(template, params))
+            .transpose()
+    }
+
+    /// `template` with every parameter's placeholder replaced by its value. Every parameter
+    /// needs a value, and every value a parameter; values are restricted to what a host label
+    /// or path segment holds.
+    fn fill(
+        &self,
+        template: &str,
+        params: &BTreeMap<String, String>,
+    ) -> Result<String, ConnectorError> {
         let known = || {
             self.params
                 .iter()
@@ -301,11 +337,7 @@ impl Connector {
                 },
             });
         }
-        let Some(mut url) = self.base_url_template.clone() else {
-            return Err(ConnectorError::NoTemplate {
-                connector: self.name.clone(),
-            });
-        };
+        let mut url = template.to_owned();
         for param in &self.params {
             let value = params
                 .get(&param.name)
@@ -370,7 +402,11 @@ impl Connector {
     /// bring the app to this version. Quirks are compared field by field after parsing, so a
     /// stored quirks document and the connector's shorter one compare by meaning.
     #[must_use]
-    pub fn differences(&self, settings: &AppSettings) -> Vec<ConnectorDifference> {
+    pub fn differences(
+        &self,
+        settings: &AppSettings,
+        params: &BTreeMap<String, String>,
+    ) -> Vec<ConnectorDifference> {
         let mut found = Vec::new();
         let mut compare = |setting: &str, app: Value, connector: Value| {
             if app != connector {
@@ -385,6 +421,16 @@ impl Connector {
             "rate_limit",
             json(&settings.rate_limit),
             json(&self.defaults.rate_limit),
+        );
+        // The group this version derives from the app's parameters (its template as it
+        // stands where the app lacks one of them).
+        let group = self
+            .rate_limit_group(params)
+            .unwrap_or_else(|_| self.defaults.rate_limit_group.clone());
+        compare(
+            "rate_limit_group",
+            json(&settings.rate_limit_group),
+            json(&group),
         );
         compare(
             "max_concurrency",

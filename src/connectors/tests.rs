@@ -38,21 +38,35 @@ fn every_catalogue_file_parses_and_every_fact_has_a_source() {
             assert!(!fact.trim().is_empty(), "{file}: an empty fact");
             assert!(is_url(source), "{file}: `{fact}` has no https source");
         }
-        // Every placeholder has a parameter and every parameter a placeholder.
-        if let Some(template) = &connector.base_url_template {
-            for param in &connector.params {
-                assert!(
-                    template.contains(&format!("{{{}}}", param.name)),
-                    "{file}: {} unused",
-                    param.name
-                );
-            }
-            let params: BTreeMap<String, String> = connector
-                .params
-                .iter()
-                .map(|p| (p.name.clone(), "acme".to_owned()))
-                .collect();
-            let url = connector.base_url(&params).expect("template fills");
+        // Every placeholder has a parameter and every parameter a placeholder (in the base
+        // URL or the rate-limit group).
+        let templates = [
+            connector.base_url_template.as_deref(),
+            connector.defaults.rate_limit_group.as_deref(),
+        ];
+        for param in &connector.params {
+            assert!(
+                templates
+                    .iter()
+                    .flatten()
+                    .any(|t| t.contains(&format!("{{{}}}", param.name))),
+                "{file}: {} unused",
+                param.name
+            );
+        }
+        if let Some(group) = connector
+            .rate_limit_group(&acme_params(&connector))
+            .expect("the group template fills")
+        {
+            assert!(
+                !group.contains('{'),
+                "{file}: unfilled placeholder in {group}"
+            );
+        }
+        if connector.base_url_template.is_some() {
+            let url = connector
+                .base_url(&acme_params(&connector))
+                .expect("template fills");
             assert!(!url.contains('{'), "{file}: unfilled placeholder in {url}");
             assert!(is_url(&url), "{file}: {url}");
         }
@@ -103,7 +117,19 @@ fn settings_from(connector: &Connector) -> AppSettings {
         reconcile: ReconcileSettings::default(),
         deletion_guard: DeletionGuard::default(),
         quirks: connector.defaults.quirks.clone(),
+        rate_limit_group: connector
+            .rate_limit_group(&acme_params(connector))
+            .expect("the group template fills"),
     }
+}
+
+/// Every parameter of `connector` set to `acme`.
+fn acme_params(connector: &Connector) -> BTreeMap<String, String> {
+    connector
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), "acme".to_owned()))
+        .collect()
 }
 
 #[test]
@@ -197,14 +223,18 @@ fn differences_list_what_a_newer_version_would_change() {
     let mut settings = settings_from(slack);
     // As the service stores them: quirks normalised to the full object.
     settings.quirks = serde_json::to_value(Quirks::from_json(&settings.quirks).unwrap()).unwrap();
-    assert_eq!(slack.differences(&settings), vec![], "built from it: none");
+    assert_eq!(
+        slack.differences(&settings, &acme_params(slack)),
+        vec![],
+        "built from it: none"
+    );
 
     let mut newer = slack.clone();
     newer.version += 1;
     newer.defaults.rate_limit.per_second = 2;
     newer.defaults.quirks = json!({"page_size": 500});
     newer.defaults.deprovision.action = DeprovisionAction::Delete;
-    let found = newer.differences(&settings);
+    let found = newer.differences(&settings, &acme_params(slack));
     let settings_named: Vec<&str> = found.iter().map(|d| d.setting.as_str()).collect();
     assert_eq!(
         settings_named,
@@ -218,7 +248,7 @@ fn differences_list_what_a_newer_version_would_change() {
     other.mappings = default_mappings();
     assert!(
         slack
-            .differences(&other)
+            .differences(&other, &acme_params(slack))
             .iter()
             .any(|d| d.setting == "mappings")
     );

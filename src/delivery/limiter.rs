@@ -1,6 +1,16 @@
-//! Per-app rate limits (DESIGN §5): a governor token bucket per app for calls, a semaphore of
-//! `max_concurrency` for calls in flight, and a pause set by `Retry-After`. Apps never share
-//! any of these, so one slow or throttling app does not hold up another.
+//! Per-app rate limits (DESIGN §5, §11): a set of token buckets for calls, a semaphore of
+//! `max_concurrency` for calls in flight, and a pause set by `Retry-After`. Apps share none of
+//! these, so one slow or throttling app does not hold up another — except the apps of one
+//! `rate_limit_group`, which share one bucket set and its pause (a vendor whose limits hold for
+//! a whole tenant), each keeping its own slots.
+//!
+//! A bucket set ([`Buckets`]) holds a bucket for the app's `per_second`/`burst` and one per
+//! entry of its `rate_limit.windows` (a limit per 30 s, minute or hour, and a limit of reads,
+//! writes or DELETEs only). A call takes one token from every bucket that counts its kind
+//! ([`CallKind`]), all at once or none: it waits until each has one. In a group, the set holds
+//! every limit any of its apps sets (one bucket per distinct limit), so the calls of all of
+//! them together stay within each. The buckets are GCRA, as governor's (one token every
+//! `window / limit`, `burst` at once), kept here so that several are checked and taken as one.
 //!
 //! Every SCIM call to an app passes its gate ([`CallGate`]): it takes one of the app's slots and
 //! one token, and holds the slot until its answer is read. A call that must wait for a token
@@ -14,40 +24,260 @@
 //! running.
 //!
 //! Leavers first (DESIGN §5): a call of a deprovision-lane job gets its app's next slot and
-//! next token ahead of every waiting call of a normal or reconcile job. While one waits, the
-//! others neither take a slot nor a token (they wait holding nothing), and go on once no such
-//! call waits. It still waits for the slot, the token and any `Retry-After` pause like every
-//! other call: the app's limits hold for leavers too.
+//! next tokens ahead of every waiting call of a normal or reconcile job — of every app of its
+//! group, since they take the same tokens. While one waits, the others neither take a slot nor
+//! a token (they wait holding nothing), and go on once no such call waits. It still waits for
+//! the slot, the tokens and any `Retry-After` pause like every other call: the app's limits
+//! hold for leavers too.
 //!
-//! The bucket and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
-//! production; [`AppLimiter::with_clock`] is the one place another is put in (tests use
+//! The buckets and the `Retry-After` pause read one clock, governor's [`DefaultClock`] in
+//! production; [`AppLimiter::with_clock`] and [`Buckets::new`] are the places another is put
+//! in (tests use
 //! governor's `FakeRelativeClock`, so they count tokens at chosen instants instead of timing a
 //! machine). Waits for a token sleep on tokio's timer for as long as the bucket says.
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::scim::{CallGate, CallPass, MAX_RETRY_AFTER};
-use crate::settings::AppSettings;
+use crate::scim::{CallGate, CallKind, CallPass, MAX_RETRY_AFTER};
+use crate::settings::{AppSettings, RateLimit, RateOperation};
 
-pub struct AppLimiter<C: Clock = DefaultClock> {
-    bucket: RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>,
+/// One limit: `limit` calls per `window`, `burst` at once, counting the calls of `kinds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Limit {
+    limit: u32,
+    window: Duration,
+    burst: u32,
+    /// Bits of [`kind_bit`]: the kinds of call it counts.
+    kinds: u8,
+}
+
+const EVERY_KIND: u8 = 0b111;
+
+fn kind_bit(kind: CallKind) -> u8 {
+    match kind {
+        CallKind::Read => 0b001,
+        CallKind::Write => 0b010,
+        CallKind::Delete => 0b100,
+    }
+}
+
+impl Limit {
+    /// `limit` calls per `window` (at least one of each), `burst` at once, of every kind.
+    #[must_use]
+    pub fn new(limit: u32, window: Duration, burst: u32) -> Self {
+        Self {
+            limit: limit.max(1),
+            window: window.max(Duration::from_nanos(1)),
+            burst: burst.max(1),
+            kinds: EVERY_KIND,
+        }
+    }
+
+    /// The same, counting only calls of `kinds` (none: every call).
+    #[must_use]
+    pub fn of(mut self, kinds: &[CallKind]) -> Self {
+        self.kinds = kinds.iter().fold(0, |bits, k| bits | kind_bit(*k));
+        if self.kinds == 0 {
+            self.kinds = EVERY_KIND;
+        }
+        self
+    }
+
+    /// Every limit of an app's `rate_limit`: its `per_second` and `burst`, then its windows.
+    #[must_use]
+    pub fn all_of(rate: &RateLimit) -> Vec<Limit> {
+        let mut limits = vec![Limit::new(
+            rate.per_second,
+            Duration::from_secs(1),
+            rate.burst,
+        )];
+        for w in &rate.windows {
+            let kinds: Vec<CallKind> = w
+                .operations
+                .iter()
+                .map(|op| match op {
+                    RateOperation::Read => CallKind::Read,
+                    RateOperation::Write => CallKind::Write,
+                    RateOperation::Delete => CallKind::Delete,
+                })
+                .collect();
+            limits.push(
+                Limit::new(
+                    w.limit,
+                    Duration::from_secs(u64::from(w.window_seconds)),
+                    w.burst.unwrap_or(w.limit),
+                )
+                .of(&kinds),
+            );
+        }
+        limits
+    }
+
+    fn counts(&self, kind: CallKind) -> bool {
+        self.kinds & kind_bit(kind) != 0
+    }
+}
+
+/// A GCRA bucket, as governor's: a token every `t`, `tau = t × (burst − 1)` of tolerance;
+/// `tat`, the theoretical arrival time of the next call, in nanoseconds since the set's start.
+struct Bucket {
+    limit: Limit,
+    t: u64,
+    tau: u64,
+    tat: Option<u64>,
+}
+
+impl Bucket {
+    fn new(limit: Limit) -> Self {
+        let per_token = limit.window / limit.limit;
+        let t = Nanos::from(per_token.max(Duration::from_nanos(1))).as_u64();
+        Self {
+            limit,
+            t,
+            tau: t.saturating_mul(u64::from(limit.burst - 1)),
+            tat: None,
+        }
+    }
+
+    /// How long until it has a token, at `now`: zero if it has one now.
+    fn wait_at(&self, now: u64) -> u64 {
+        let earliest = self.tat.unwrap_or(now).saturating_sub(self.tau);
+        earliest.saturating_sub(now)
+    }
+
+    fn take_at(&mut self, now: u64) {
+        self.tat = Some(self.tat.unwrap_or(now).max(now).saturating_add(self.t));
+    }
+}
+
+/// The buckets of an app, or of every app of one `rate_limit_group`; with their `Retry-After`
+/// pause and the count of leavers' calls waiting for them.
+pub struct Buckets<C: Clock = DefaultClock> {
     clock: C,
-    slots: Arc<Semaphore>,
+    start: C::Instant,
+    state: Mutex<BucketState>,
     paused_until: Mutex<Option<C::Instant>>,
     /// How many calls of jobs that go first (deprovisions) wait for a slot or a token now.
     first_waiting: watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct BucketState {
+    /// Each app's limits.
+    members: HashMap<String, Vec<Limit>>,
+    /// One per distinct limit of the members.
+    buckets: Vec<Bucket>,
+}
+
+impl<C: Clock> Buckets<C> {
+    /// An empty set on `clock`: no limits until an app joins.
+    #[must_use]
+    pub fn new(clock: C) -> Self {
+        Self {
+            start: clock.now(),
+            clock,
+            state: Mutex::new(BucketState::default()),
+            paused_until: Mutex::new(None),
+            first_waiting: watch::channel(0).0,
+        }
+    }
+
+    /// Sets `app`'s limits. A bucket whose limit some member still sets keeps its tokens; a
+    /// new limit starts with a full bucket; a limit no member sets any more goes.
+    pub fn set_member(&self, app: &str, limits: Vec<Limit>) {
+        if let Ok(mut state) = self.state.lock() {
+            state.members.insert(app.to_owned(), limits);
+            state.rebuild();
+        }
+    }
+
+    /// Takes `app` out; true if no member is left.
+    pub fn remove_member(&self, app: &str) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        state.members.remove(app);
+        state.rebuild();
+        state.members.is_empty()
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now().duration_since(self.start).as_u64()
+    }
+
+    /// Takes a token of every bucket that counts `kind`, if each has one now; otherwise takes
+    /// none and says how long until all will have one.
+    fn take(&self, kind: CallKind) -> Result<(), Duration> {
+        let now = self.now();
+        let Ok(mut state) = self.state.lock() else {
+            return Ok(());
+        };
+        let counting = || state.buckets.iter().filter(|b| b.limit.counts(kind));
+        let wait = counting().map(|b| b.wait_at(now)).max().unwrap_or(0);
+        if wait > 0 {
+            return Err(Duration::from_nanos(wait));
+        }
+        for bucket in state.buckets.iter_mut().filter(|b| b.limit.counts(kind)) {
+            bucket.take_at(now);
+        }
+        Ok(())
+    }
+
+    /// Honour a `Retry-After`: no call of any member before `now + wait`.
+    /// The wait is capped at [`MAX_RETRY_AFTER`] (a wait from outside must not overflow the
+    /// clock's arithmetic).
+    pub fn pause_for(&self, wait: Duration) {
+        let until = self.clock.now() + Nanos::from(wait.min(MAX_RETRY_AFTER));
+        if let Ok(mut paused) = self.paused_until.lock()
+            && paused.is_none_or(|p| p < until)
+        {
+            *paused = Some(until);
+        }
+    }
+
+    /// How long the set is still paused, if it is.
+    #[must_use]
+    pub fn paused_for(&self) -> Option<Duration> {
+        let paused = self.paused_until.lock().ok()?;
+        let now = self.clock.now();
+        paused
+            .filter(|until| *until > now)
+            .map(|until| until.duration_since(now).into())
+    }
+}
+
+impl BucketState {
+    fn rebuild(&mut self) {
+        let mut wanted: Vec<Limit> = Vec::new();
+        for limit in self.members.values().flatten() {
+            if !wanted.contains(limit) {
+                wanted.push(*limit);
+            }
+        }
+        let mut kept: Vec<Bucket> = std::mem::take(&mut self.buckets)
+            .into_iter()
+            .filter(|b| wanted.contains(&b.limit))
+            .collect();
+        for limit in wanted {
+            if !kept.iter().any(|b| b.limit == limit) {
+                kept.push(Bucket::new(limit));
+            }
+        }
+        self.buckets = kept;
+    }
+}
+
+pub struct AppLimiter<C: Clock = DefaultClock> {
+    buckets: Arc<Buckets<C>>,
+    slots: Arc<Semaphore>,
 }
 
 /// Whether a call waits in line or goes ahead of the line for its app's slot and token.
@@ -101,63 +331,72 @@ impl AppLimiter {
     }
 }
 
-impl<C: Clock + Clone> AppLimiter<C> {
-    /// A limiter whose bucket and pause read `clock`.
+impl<C: Clock> AppLimiter<C> {
+    /// A limiter of its own (one bucket, `per_second` with `burst`) whose bucket and pause
+    /// read `clock`.
     #[must_use]
     pub fn with_clock(per_second: u32, burst: u32, max_concurrency: u32, clock: C) -> Self {
-        let per_second = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::per_second(per_second).allow_burst(burst);
+        let buckets = Buckets::new(clock);
+        buckets.set_member(
+            "",
+            vec![Limit::new(per_second, Duration::from_secs(1), burst)],
+        );
+        Self::sharing(Arc::new(buckets), max_concurrency)
+    }
+
+    /// A limiter with slots of its own and the tokens and pause of `buckets` (an app's own, or
+    /// its group's).
+    #[must_use]
+    pub fn sharing(buckets: Arc<Buckets<C>>, max_concurrency: u32) -> Self {
         Self {
-            bucket: RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
+            buckets,
             slots: Arc::new(Semaphore::new(max_concurrency.max(1) as usize)),
-            paused_until: Mutex::new(None),
-            first_waiting: watch::channel(0).0,
         }
     }
 
     /// Takes a call token at once if a call of `turn` may: the app is not paused, no leaver
-    /// waits ahead of an `InLine` call, and the bucket has one.
-    fn token_now(&self, turn: Turn) -> bool {
+    /// waits ahead of an `InLine` call, and every bucket counting `kind` has one.
+    fn token_now(&self, turn: Turn, kind: CallKind) -> bool {
         self.paused_for().is_none()
-            && turn.may_take(*self.first_waiting.borrow())
-            && self.bucket.check().is_ok()
+            && turn.may_take(*self.buckets.first_waiting.borrow())
+            && self.buckets.take(kind).is_ok()
     }
 
     /// A slot and a token at once, if both are free now, no pause holds the app and no call
     /// of the first turn waits (unless this one is of the first turn).
-    fn pass_now(&self, turn: Turn) -> Option<OwnedSemaphorePermit> {
-        if self.paused_for().is_some() || !turn.may_take(*self.first_waiting.borrow()) {
+    fn pass_now(&self, turn: Turn, kind: CallKind) -> Option<OwnedSemaphorePermit> {
+        if self.paused_for().is_some() || !turn.may_take(*self.buckets.first_waiting.borrow()) {
             return None;
         }
         let slot = self.slots.clone().try_acquire_owned().ok()?;
-        self.token_now(turn).then_some(slot)
+        self.token_now(turn, kind).then_some(slot)
     }
 
-    /// Waits for one call's slot and token, in `turn`; the slot is to be held until the
+    /// Waits for one call's slot and tokens, in `turn`; the slot is to be held until the
     /// call's answer is read. `None` only if the slots were closed (never: the limiter owns
     /// them).
     ///
-    /// A `First` call is counted in `first_waiting` from the start, takes the next free slot
-    /// and holds it while it waits for the next token (no other call takes one meanwhile). An
+    /// A `First` call is counted in `first_waiting` (of the bucket set: a leaver goes ahead of
+    /// the calls of every app of its group) from the start, takes the next free slot and
+    /// holds it while it waits for the next tokens (no other call takes one meanwhile). An
     /// `InLine` call waits holding nothing while a `First` one waits; it takes a slot, and
-    /// keeps it only if a token is ready too: otherwise it gives the slot back and sleeps until
-    /// the bucket's next token is due, then tries again. So a slot is never held by a call of
-    /// a normal job that waits for a token, and a deprovision waits at most for a call under
-    /// way to end and for the next token. Among `InLine` calls the order is not kept (as with
-    /// governor's own `until_ready`): jobs of one resource never run at once, so it carries
-    /// nothing.
-    pub async fn pass(&self, turn: Turn) -> Option<OwnedSemaphorePermit> {
-        let _counted = (turn == Turn::First).then(|| FirstWaiting::enter(&self.first_waiting));
-        let mut first = self.first_waiting.subscribe();
+    /// keeps it only if its tokens are ready too: otherwise it gives the slot back and sleeps
+    /// until the buckets' next tokens are due, then tries again. So a slot is never held by a
+    /// call of a normal job that waits for a token, and a deprovision waits at most for a call
+    /// under way to end and for the next tokens. Among `InLine` calls the order is not kept
+    /// (as with governor's own `until_ready`): jobs of one resource never run at once, so it
+    /// carries nothing.
+    pub async fn pass(&self, turn: Turn, kind: CallKind) -> Option<OwnedSemaphorePermit> {
+        let first_waiting = &self.buckets.first_waiting;
+        let _counted = (turn == Turn::First).then(|| FirstWaiting::enter(first_waiting));
+        let mut first = first_waiting.subscribe();
         'slot: loop {
             self.wait_out_pause().await;
             let slot = if turn == Turn::First {
                 self.slots.clone().acquire_owned().await.ok()?
             } else {
-                // The sender lives in the limiter, which outlives this wait: these waits end
-                // only on their condition, never on a closed channel.
+                // The sender lives in the bucket set, which outlives this wait: these waits
+                // end only on their condition, never on a closed channel.
                 let _ = first.wait_for(|n| turn.may_take(*n)).await.map(|_| ());
                 let attempt = self.slots.clone().acquire_owned();
                 let first_came = async { first.wait_for(|n| !turn.may_take(*n)).await.map(|_| ()) };
@@ -180,10 +419,9 @@ impl<C: Clock + Clone> AppLimiter<C> {
                 if !turn.may_take(*first.borrow()) {
                     continue 'slot;
                 }
-                match self.bucket.check() {
+                match self.buckets.take(kind) {
                     Ok(()) => return Some(slot),
-                    Err(not_until) => {
-                        let due = not_until.wait_time_from(self.clock.now());
+                    Err(due) => {
                         if turn == Turn::InLine {
                             // Not on a slot while waiting for the token.
                             drop(slot);
@@ -203,37 +441,27 @@ impl<C: Clock + Clone> AppLimiter<C> {
         }
     }
 
-    /// Honour a `Retry-After`: no call to this app before `now + wait`.
-    /// The wait is capped at [`MAX_RETRY_AFTER`] (a wait from outside must not overflow the
-    /// clock's arithmetic).
+    /// Honour a `Retry-After`: no call to this app (nor to any app of its group) before
+    /// `now + wait`, capped at [`MAX_RETRY_AFTER`].
     pub fn pause_for(&self, wait: Duration) {
-        let until = self.clock.now() + Nanos::from(wait.min(MAX_RETRY_AFTER));
-        if let Ok(mut paused) = self.paused_until.lock()
-            && paused.is_none_or(|p| p < until)
-        {
-            *paused = Some(until);
-        }
+        self.buckets.pause_for(wait);
     }
 
-    /// How long the app is still paused, if it is.
+    /// How long the app (its group) is still paused, if it is.
     #[must_use]
     pub fn paused_for(&self) -> Option<Duration> {
-        let paused = self.paused_until.lock().ok()?;
-        let now = self.clock.now();
-        paused
-            .filter(|until| *until > now)
-            .map(|until| until.duration_since(now).into())
+        self.buckets.paused_for()
     }
 }
 
 impl CallGate for AppLimiter {
-    fn wait(&self) -> BoxFuture<'_, CallPass> {
+    fn wait(&self, kind: CallKind) -> BoxFuture<'_, CallPass> {
         Box::pin(async move {
             let turn = current_turn();
-            let slot = match self.pass_now(turn) {
+            let slot = match self.pass_now(turn, kind) {
                 Some(slot) => Some(slot),
                 // The call must wait for this app: the job's worker permit goes back meanwhile.
-                None => without_worker(self.pass(turn)).await,
+                None => without_worker(self.pass(turn, kind)).await,
             };
             let pass: CallPass = Box::new(slot);
             pass
@@ -299,50 +527,109 @@ pub async fn without_worker<F: Future>(wait: F) -> F::Output {
     out
 }
 
-/// One limiter per app, rebuilt when the app's settings change (by version).
+/// Whose buckets an app's calls take: its own, or its group's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SetKey {
+    App(String),
+    Group(String),
+}
+
+impl SetKey {
+    fn of(app_id: &str, settings: &AppSettings) -> Self {
+        match &settings.rate_limit_group {
+            Some(group) => SetKey::Group(group.clone()),
+            None => SetKey::App(app_id.to_owned()),
+        }
+    }
+}
+
+/// One limiter per app, rebuilt when the app's settings change (by version); one bucket set
+/// per app, or per `rate_limit_group` for the apps of one group.
 #[derive(Default)]
 pub struct Limiters {
-    apps: Mutex<HashMap<String, (i64, Arc<AppLimiter>)>>,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    apps: HashMap<String, (i64, SetKey, Arc<AppLimiter>)>,
+    sets: HashMap<SetKey, Arc<Buckets>>,
+}
+
+impl Held {
+    /// Takes `app_id` out of the set it was in, and forgets the set once no app is in it.
+    fn leave(&mut self, app_id: &str, key: &SetKey) {
+        if let Some(set) = self.sets.get(key)
+            && set.remove_member(app_id)
+        {
+            self.sets.remove(key);
+        }
+    }
 }
 
 impl Limiters {
+    /// The app's limiter. A new version joins its (possibly new) bucket set with its limits
+    /// now: the buckets of limits that did not change keep their tokens, and the set's pause
+    /// holds on, so an edit (or another app of the group) never resets what was spent.
     pub fn for_app(&self, app_id: &str, version: i64, settings: &AppSettings) -> Arc<AppLimiter> {
-        let Ok(mut apps) = self.apps.lock() else {
-            return Arc::new(AppLimiter::new(
-                settings.rate_limit.per_second,
-                settings.rate_limit.burst,
+        let limits = Limit::all_of(&settings.rate_limit);
+        let Ok(mut held) = self.held.lock() else {
+            let buckets = Buckets::new(DefaultClock::default());
+            buckets.set_member(app_id, limits);
+            return Arc::new(AppLimiter::sharing(
+                Arc::new(buckets),
                 settings.max_concurrency,
             ));
         };
-        if let Some((v, limiter)) = apps.get(app_id)
-            && *v == version
-        {
-            return limiter.clone();
+        let key = SetKey::of(app_id, settings);
+        if let Some((v, was, limiter)) = held.apps.get(app_id) {
+            if *v == version {
+                return limiter.clone();
+            }
+            if *was != key {
+                let was = was.clone();
+                held.leave(app_id, &was);
+            }
         }
-        let limiter = Arc::new(AppLimiter::new(
-            settings.rate_limit.per_second,
-            settings.rate_limit.burst,
-            settings.max_concurrency,
-        ));
-        apps.insert(app_id.to_owned(), (version, limiter.clone()));
+        let buckets = held
+            .sets
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Buckets::new(DefaultClock::default())))
+            .clone();
+        buckets.set_member(app_id, limits);
+        let limiter = Arc::new(AppLimiter::sharing(buckets, settings.max_concurrency));
+        held.apps
+            .insert(app_id.to_owned(), (version, key, limiter.clone()));
         limiter
     }
 
-    /// Forgets the limiters of these apps (deleted ones).
+    /// Forgets the limiters of these apps (deleted ones), and each bucket set no app is left
+    /// in; a group's set stays, without their limits, for the apps still in it.
     pub fn forget(&self, app_ids: &HashSet<&str>) {
-        if let Ok(mut apps) = self.apps.lock() {
-            apps.retain(|id, _| !app_ids.contains(id.as_str()));
+        if let Ok(mut held) = self.held.lock() {
+            for id in app_ids {
+                if let Some((_, key, _)) = held.apps.remove(*id) {
+                    held.leave(id, &key);
+                }
+            }
         }
     }
 
     #[must_use]
     pub fn len(&self) -> usize {
-        self.apps.lock().map_or(0, |apps| apps.len())
+        self.held.lock().map_or(0, |held| held.apps.len())
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many bucket sets are held (one per app, one per group), for tests.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn bucket_sets(&self) -> usize {
+        self.held.lock().map_or(0, |held| held.sets.len())
     }
 }
 
@@ -370,7 +657,7 @@ mod tests {
     /// How many tokens a job in line takes at once, now.
     fn tokens_now(limiter: &AppLimiter<FakeRelativeClock>) -> usize {
         let mut taken = 0;
-        while limiter.token_now(Turn::InLine) {
+        while limiter.token_now(Turn::InLine, CallKind::Read) {
             taken += 1;
             assert!(taken <= 1000, "the bucket never runs dry");
         }
@@ -406,10 +693,13 @@ mod tests {
         assert_eq!(tokens_now(&limiter), 0, "paused: no token");
         clock.advance(Duration::from_millis(299));
         assert_eq!(limiter.paused_for(), Some(Duration::from_millis(1)));
-        assert!(!limiter.token_now(Turn::First), "a leaver waits it out too");
+        assert!(
+            !limiter.token_now(Turn::First, CallKind::Read),
+            "a leaver waits it out too"
+        );
         clock.advance(Duration::from_millis(1));
         assert_eq!(limiter.paused_for(), None);
-        assert!(limiter.token_now(Turn::InLine));
+        assert!(limiter.token_now(Turn::InLine, CallKind::Read));
         // A longer one later extends it.
         limiter.pause_for(Duration::from_secs(2));
         assert_eq!(limiter.paused_for(), Some(Duration::from_secs(2)));
@@ -427,12 +717,15 @@ mod tests {
         let (limiter, clock) = on_fake_clock(10, 1);
         assert_eq!(tokens_now(&limiter), 1);
         clock.advance(Duration::from_millis(100));
-        let leaver = FirstWaiting::enter(&limiter.first_waiting);
+        let leaver = FirstWaiting::enter(&limiter.buckets.first_waiting);
         assert!(
-            !limiter.token_now(Turn::InLine),
+            !limiter.token_now(Turn::InLine, CallKind::Read),
             "in line while a leaver waits"
         );
-        assert!(limiter.token_now(Turn::First), "the leaver's token");
+        assert!(
+            limiter.token_now(Turn::First, CallKind::Read),
+            "the leaver's token"
+        );
         drop(leaver);
         // The leaver took the one token there was; the line takes the next one.
         assert_eq!(tokens_now(&limiter), 0);
@@ -450,7 +743,7 @@ mod tests {
             let (workers, paused) = (workers.clone(), paused.clone());
             async move {
                 with_worker(workers.clone(), permit, Turn::InLine, async {
-                    paused.wait().await;
+                    paused.wait(CallKind::Write).await;
                     // Working again: the worker is taken back.
                     workers.available_permits()
                 })
@@ -475,7 +768,7 @@ mod tests {
         limiter.pause_for(Duration::from_millis(300));
         assert!(limiter.paused_for().is_some());
         let started = Instant::now();
-        limiter.wait().await;
+        limiter.wait(CallKind::Write).await;
         assert!(started.elapsed() >= Duration::from_millis(250));
         assert!(limiter.paused_for().is_none());
     }
@@ -502,7 +795,10 @@ mod tests {
     async fn a_deprovision_gets_the_next_slot_ahead_of_the_calls_waiting_in_line() {
         let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
         // A call under way holds the only slot.
-        let under_way = limiter.pass(Turn::InLine).await.expect("slot");
+        let under_way = limiter
+            .pass(Turn::InLine, CallKind::Write)
+            .await
+            .expect("slot");
         let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
         for (name, turn) in [
@@ -512,7 +808,7 @@ mod tests {
         ] {
             let (limiter, order) = (limiter.clone(), order.clone());
             waiting.push(tokio::spawn(async move {
-                let slot = limiter.pass(turn).await.expect("slot");
+                let slot = limiter.pass(turn, CallKind::Write).await.expect("slot");
                 let _ = order.send(name);
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 drop(slot);
@@ -543,13 +839,13 @@ mod tests {
     async fn a_call_waiting_for_its_token_holds_no_slot() {
         let limiter = Arc::new(AppLimiter::new(1, 1, 2));
         // The burst is spent: the next token is a second away.
-        drop(limiter.pass(Turn::InLine).await);
+        drop(limiter.pass(Turn::InLine, CallKind::Write).await);
         let (order, mut granted) = tokio::sync::mpsc::unbounded_channel();
         let mut in_line = Vec::new();
         for name in ["in line 1", "in line 2"] {
             let (limiter, order) = (limiter.clone(), order.clone());
             in_line.push(tokio::spawn(as_job(Turn::InLine, async move {
-                let pass = limiter.wait().await;
+                let pass = limiter.wait(CallKind::Write).await;
                 let _ = order.send(name);
                 drop(pass);
             })));
@@ -565,7 +861,7 @@ mod tests {
         let leaver = {
             let (limiter, order) = (limiter.clone(), order.clone());
             tokio::spawn(as_job(Turn::First, async move {
-                let pass = limiter.wait().await;
+                let pass = limiter.wait(CallKind::Write).await;
                 let _ = order.send("leaver");
                 drop(pass);
             }))
@@ -604,7 +900,7 @@ mod tests {
             move |who: &'static str, calls: tokio::sync::mpsc::UnboundedSender<_>| {
                 let (limiter, under_way, most) = (limiter.clone(), under_way.clone(), most.clone());
                 async move {
-                    let pass = limiter.wait().await;
+                    let pass = limiter.wait(CallKind::Write).await;
                     let now = under_way.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
                     let _ = calls.send((who, Instant::now()));
@@ -670,7 +966,7 @@ mod tests {
     async fn a_deprovision_gets_the_next_token_ahead_of_the_calls_waiting_in_line() {
         // One token at once, then one every 200 ms.
         let limiter = Arc::new(AppLimiter::new(5, 1, 4));
-        limiter.wait().await;
+        limiter.wait(CallKind::Write).await;
         let (order, mut ends) = tokio::sync::mpsc::unbounded_channel();
         let mut waiting = Vec::new();
         for (name, turn) in [
@@ -680,7 +976,7 @@ mod tests {
         ] {
             let (limiter, order) = (limiter.clone(), order.clone());
             waiting.push(tokio::spawn(as_job(turn, async move {
-                limiter.wait().await;
+                limiter.wait(CallKind::Write).await;
                 let _ = order.send(name);
             })));
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -702,15 +998,239 @@ mod tests {
         let limiter = AppLimiter::new(5, 1, 1);
         limiter.pause_for(Duration::from_millis(300));
         let started = Instant::now();
-        as_job(Turn::First, limiter.wait()).await;
+        as_job(Turn::First, limiter.wait(CallKind::Write)).await;
         assert!(started.elapsed() >= Duration::from_millis(250));
         // The burst is spent: the next token is one interval (200 ms) away, first or not.
         let started = Instant::now();
-        as_job(Turn::First, limiter.wait()).await;
+        as_job(Turn::First, limiter.wait(CallKind::Write)).await;
         assert!(
             started.elapsed() >= Duration::from_millis(150),
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// An app's rate limit with `windows`, as its settings would say it.
+    fn rate(per_second: u32, burst: u32, windows: serde_json::Value) -> RateLimit {
+        serde_json::from_value(serde_json::json!({
+            "per_second": per_second, "burst": burst, "windows": windows
+        }))
+        .expect("a rate limit")
+    }
+
+    /// A bucket set on a fake clock with one member, `app`, limited by `rate`.
+    fn set_on_fake_clock(rate: &RateLimit) -> (Arc<Buckets<FakeRelativeClock>>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let buckets = Arc::new(Buckets::new(clock.clone()));
+        buckets.set_member("app", Limit::all_of(rate));
+        (buckets, clock)
+    }
+
+    /// How many calls of `kind` in line get their tokens at once, now.
+    fn calls_now(limiter: &AppLimiter<FakeRelativeClock>, kind: CallKind) -> usize {
+        let mut taken = 0;
+        while limiter.token_now(Turn::InLine, kind) {
+            taken += 1;
+            assert!(taken <= 1000, "the buckets never run dry");
+        }
+        taken
+    }
+
+    #[test]
+    fn a_window_gives_its_burst_then_one_token_every_window_over_its_limit() {
+        // Slack-like: 30 a minute, and 100 a second, which does not bind here.
+        let (buckets, clock) = set_on_fake_clock(&rate(
+            100,
+            100,
+            serde_json::json!([{"limit": 30, "window_seconds": 60}]),
+        ));
+        let limiter = AppLimiter::sharing(buckets, 1);
+        assert_eq!(
+            calls_now(&limiter, CallKind::Read),
+            30,
+            "the window's burst"
+        );
+        // One token every 2 s, not a moment before.
+        clock.advance(Duration::from_millis(1999));
+        assert_eq!(calls_now(&limiter, CallKind::Read), 0);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(calls_now(&limiter, CallKind::Read), 1);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(calls_now(&limiter, CallKind::Write), 1);
+        // An idle window refills up to its burst, never beyond.
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(calls_now(&limiter, CallKind::Delete), 30);
+        // A burst below the limit: 5 at once, then still 2 s apart.
+        let (buckets, clock) = set_on_fake_clock(&rate(
+            100,
+            100,
+            serde_json::json!([{"limit": 30, "window_seconds": 60, "burst": 5}]),
+        ));
+        let limiter = AppLimiter::sharing(buckets, 1);
+        assert_eq!(calls_now(&limiter, CallKind::Read), 5);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(calls_now(&limiter, CallKind::Read), 1);
+    }
+
+    #[test]
+    fn every_limit_must_have_a_token_and_a_refused_call_takes_none() {
+        // 10 a second one at a time, and a window of one write per 10 s.
+        let (buckets, clock) = set_on_fake_clock(&rate(
+            10,
+            1,
+            serde_json::json!([{"limit": 1, "window_seconds": 10, "operations": ["write"]}]),
+        ));
+        let limiter = AppLimiter::sharing(buckets, 1);
+        assert_eq!(calls_now(&limiter, CallKind::Write), 1);
+        clock.advance(Duration::from_millis(100));
+        // The per-second bucket has a token again, the write window not: no write, and the
+        // refused writes left the per-second token where it was, for a read.
+        assert_eq!(calls_now(&limiter, CallKind::Write), 0);
+        assert_eq!(calls_now(&limiter, CallKind::Write), 0);
+        assert_eq!(calls_now(&limiter, CallKind::Read), 1);
+        // A write waits for the later of the two: the window's next token, 10 s after the first.
+        assert_eq!(
+            limiter.buckets.take(CallKind::Write),
+            Err(Duration::from_millis(9900))
+        );
+        clock.advance(Duration::from_millis(9900));
+        assert_eq!(calls_now(&limiter, CallKind::Write), 1);
+    }
+
+    #[test]
+    fn each_operation_takes_the_tokens_of_the_limits_that_count_it() {
+        // Reads 2 a minute, DELETEs 1, and writes with DELETEs 3 together.
+        let (buckets, _clock) = set_on_fake_clock(&rate(
+            1000,
+            1000,
+            serde_json::json!([
+                {"limit": 2, "window_seconds": 60, "operations": ["read"]},
+                {"limit": 1, "window_seconds": 60, "operations": ["delete"]},
+                {"limit": 3, "window_seconds": 60, "operations": ["write", "delete"]},
+            ]),
+        ));
+        let limiter = AppLimiter::sharing(buckets, 1);
+        assert_eq!(calls_now(&limiter, CallKind::Read), 2);
+        assert_eq!(calls_now(&limiter, CallKind::Delete), 1);
+        // The DELETE spent one of the three writes.
+        assert_eq!(calls_now(&limiter, CallKind::Write), 2);
+        assert_eq!(calls_now(&limiter, CallKind::Read), 0);
+        assert_eq!(calls_now(&limiter, CallKind::Delete), 0);
+    }
+
+    #[test]
+    fn the_apps_of_a_group_share_its_tokens_its_pause_and_its_leavers_turn() {
+        let (buckets, clock) = set_on_fake_clock(&rate(
+            100,
+            100,
+            serde_json::json!([{"limit": 6, "window_seconds": 60}]),
+        ));
+        buckets.set_member(
+            "other",
+            Limit::all_of(&rate(
+                100,
+                100,
+                serde_json::json!([{"limit": 6, "window_seconds": 60}]),
+            )),
+        );
+        let (a, b) = (
+            AppLimiter::sharing(buckets.clone(), 1),
+            AppLimiter::sharing(buckets.clone(), 1),
+        );
+        // One bucket for the limit both set: six calls between them, not six each.
+        assert!(a.token_now(Turn::InLine, CallKind::Write));
+        assert_eq!(calls_now(&b, CallKind::Read), 5);
+        assert_eq!(calls_now(&a, CallKind::Read), 0);
+        // A limit only one of them sets holds for both: three a minute from now on.
+        buckets.set_member(
+            "other",
+            Limit::all_of(&rate(
+                100,
+                100,
+                serde_json::json!([{"limit": 3, "window_seconds": 60}]),
+            )),
+        );
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            calls_now(&a, CallKind::Read) + calls_now(&b, CallKind::Read),
+            3
+        );
+        // The other app leaves: its three a minute go, and the six a minute keep their state
+        // (three left, and one more 10 s later), not a full bucket.
+        assert!(!buckets.remove_member("other"));
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(calls_now(&a, CallKind::Read), 4);
+        // A Retry-After that one app got pauses both.
+        clock.advance(Duration::from_secs(60));
+        a.pause_for(Duration::from_secs(5));
+        assert_eq!(b.paused_for(), Some(Duration::from_secs(5)));
+        assert_eq!(calls_now(&b, CallKind::Read), 0);
+        clock.advance(Duration::from_secs(5));
+        // A leaver of one app waiting: the other's calls in line step aside for it.
+        let leaver = FirstWaiting::enter(&a.buckets.first_waiting);
+        assert!(!b.token_now(Turn::InLine, CallKind::Write));
+        assert!(a.token_now(Turn::First, CallKind::Write));
+        drop(leaver);
+        assert!(b.token_now(Turn::InLine, CallKind::Write));
+    }
+
+    /// Settings of an app in `group` (if any) with `rate`.
+    fn settings_with(rate: RateLimit, group: Option<&str>) -> AppSettings {
+        let mut settings: AppSettings = serde_json::from_value(serde_json::json!({
+            "rate_limit": rate, "max_concurrency": 2, "timeout_ms": 1000, "max_attempts": 3,
+            "matching": {"target_attribute": "userName"}, "scope": {}, "mappings": [],
+            "group_push": [], "deprovision": {}, "reconcile": {}, "deletion_guard": {},
+            "quirks": {},
+        }))
+        .expect("settings");
+        settings.rate_limit_group = group.map(str::to_owned);
+        settings
+    }
+
+    /// How many calls an app's limiter lets through at once (on the real clock: its limits
+    /// here refill once an hour, so nothing comes back while the test counts).
+    fn calls_now_real(limiter: &AppLimiter) -> usize {
+        let mut taken = 0;
+        while limiter.token_now(Turn::InLine, CallKind::Write) {
+            taken += 1;
+            assert!(taken <= 1000, "the buckets never run dry");
+        }
+        taken
+    }
+
+    #[test]
+    fn limiters_share_one_bucket_set_per_group_across_edits_and_deletes() {
+        let hourly = |n: u32| {
+            rate(
+                1000,
+                1000,
+                serde_json::json!([{"limit": n, "window_seconds": 3600}]),
+            )
+        };
+        let limiters = Limiters::default();
+        let a = limiters.for_app("a", 1, &settings_with(hourly(4), Some("tenant")));
+        let b = limiters.for_app("b", 1, &settings_with(hourly(4), Some("tenant")));
+        let alone = limiters.for_app("c", 1, &settings_with(hourly(4), None));
+        assert_eq!((limiters.len(), limiters.bucket_sets()), (3, 2));
+        assert_eq!(calls_now_real(&a), 4);
+        assert_eq!(calls_now_real(&b), 0, "the group's four are spent");
+        assert_eq!(
+            calls_now_real(&alone),
+            4,
+            "an app outside the group has its own"
+        );
+        // An edit of one app (a new version, the same limits) keeps what the group spent.
+        let a = limiters.for_app("a", 2, &settings_with(hourly(4), Some("tenant")));
+        assert_eq!(calls_now_real(&a) + calls_now_real(&b), 0);
+        // Deleting one app leaves the group's set to the other, spent as it was.
+        limiters.forget(&HashSet::from(["a"]));
+        assert_eq!((limiters.len(), limiters.bucket_sets()), (2, 2));
+        assert_eq!(calls_now_real(&b), 0);
+        // An app leaving the group gets buckets of its own; the last one out ends the set.
+        let b = limiters.for_app("b", 2, &settings_with(hourly(4), None));
+        assert_eq!((limiters.len(), limiters.bucket_sets()), (2, 2));
+        assert_eq!(calls_now_real(&b), 4);
+        limiters.forget(&HashSet::from(["b", "c"]));
+        assert_eq!((limiters.len(), limiters.bucket_sets()), (0, 0));
     }
 }

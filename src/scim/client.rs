@@ -47,7 +47,38 @@ pub type CallPass = Box<dyn Send + Sync>;
 /// Awaited before every HTTP exchange: where the caller's rate limits, concurrency limit and
 /// `Retry-After` pauses apply. The client itself never sleeps for policy reasons.
 pub trait CallGate: Send + Sync {
-    fn wait(&self) -> futures::future::BoxFuture<'_, CallPass>;
+    /// Waits until a call of `kind` may go.
+    fn wait(&self, kind: CallKind) -> futures::future::BoxFuture<'_, CallPass>;
+}
+
+/// What a call does, as vendors' rate limits tell calls apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// `GET`, and a search by `POST …/.search`.
+    Read,
+    /// `POST`, `PUT`, `PATCH`.
+    Write,
+    /// `DELETE`.
+    Delete,
+}
+
+impl CallKind {
+    /// The kind of a call of `method` to `url`.
+    #[must_use]
+    pub fn of(method: &Method, url: &Url) -> Self {
+        let search = url
+            .path_segments()
+            .and_then(|mut segments| segments.next_back())
+            .is_some_and(|last| last == ".search");
+        if *method == Method::GET || *method == Method::HEAD || (*method == Method::POST && search)
+        {
+            CallKind::Read
+        } else if *method == Method::DELETE {
+            CallKind::Delete
+        } else {
+            CallKind::Write
+        }
+    }
 }
 
 /// Bodies larger than this are refused unless the config says otherwise.
@@ -779,7 +810,7 @@ impl ScimClient {
         let path = logged_path(&url);
         // Held until the answer is read: the call counts as in flight until then.
         let _pass = match &self.inner.gate {
-            Some(gate) => Some(gate.wait().await),
+            Some(gate) => Some(gate.wait(CallKind::of(&method, &url)).await),
             None => None,
         };
         // An info span: exported as a trace at the default level; spans print no log lines.
@@ -1711,6 +1742,26 @@ impl Resources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_is_a_read_a_write_or_a_delete_by_its_method_and_a_search_is_a_read() {
+        let url = |path: &str| Url::parse(&format!("https://t.example/scim/v2/{path}")).unwrap();
+        assert_eq!(CallKind::of(&Method::GET, &url("Users")), CallKind::Read);
+        assert_eq!(
+            CallKind::of(&Method::POST, &url("Users/.search")),
+            CallKind::Read
+        );
+        assert_eq!(CallKind::of(&Method::POST, &url("Users")), CallKind::Write);
+        assert_eq!(CallKind::of(&Method::PUT, &url("Users/1")), CallKind::Write);
+        assert_eq!(
+            CallKind::of(&Method::PATCH, &url("Groups/1")),
+            CallKind::Write
+        );
+        assert_eq!(
+            CallKind::of(&Method::DELETE, &url("Users/1")),
+            CallKind::Delete
+        );
+    }
 
     #[test]
     fn base_url_keeps_its_path_and_ids_stay_one_segment() {

@@ -41,7 +41,7 @@ pub mod quirks;
 
 pub use auth::Auth;
 pub use client::{
-    CallGate, CallObserver, CallPass, CallRecord, ClientTls, ConnectionReport,
+    CallGate, CallKind, CallObserver, CallPass, CallRecord, ClientTls, ConnectionReport,
     DEFAULT_MAX_BODY_BYTES, Deleted, ListQuery, Page, Resources, ScimClient, TargetConfig, id_of,
     install_crypto_provider, version_of,
 };

@@ -20,8 +20,8 @@ use crate::net_guard;
 use crate::settings::settings_of as stored_settings;
 pub use crate::settings::{
     AppScope, AppSettings, DeletionGuard, Deprovision, DeprovisionAction, MappingEntry, Matching,
-    RateLimit, ReconcileMode, ReconcileSettings, RoleMappingEntry, RoleRuleEntry, compile_mappings,
-    default_mappings,
+    RateLimit, RateWindow, ReconcileMode, ReconcileSettings, RoleMappingEntry, RoleRuleEntry,
+    compile_mappings, default_mappings,
 };
 
 pub fn settings_of(model: &app::Model) -> ServiceResult<AppSettings> {
@@ -121,6 +121,8 @@ pub struct AppChanges {
     pub base_url: Option<String>,
     pub auth: Option<AuthInput>,
     pub rate_limit: Option<RateLimit>,
+    /// `Some(None)` in a patch takes the app out of its group.
+    pub rate_limit_group: Option<Option<String>>,
     pub max_concurrency: Option<u32>,
     pub timeout_ms: Option<u32>,
     pub max_attempts: Option<u32>,
@@ -235,6 +237,52 @@ fn validate_domain(field: &str, domain: &str) -> ServiceResult<String> {
     }
 }
 
+/// Windows of at most a day, bursts within their window's limit, each operation named once.
+fn validate_windows(windows: &[RateWindow]) -> ServiceResult<()> {
+    if windows.len() > 16 {
+        return Err(ServiceError::invalid(
+            "rate_limit.windows",
+            format!("{} windows; at most 16", windows.len()),
+        ));
+    }
+    for (i, w) in windows.iter().enumerate() {
+        let field = |name: &str| format!("rate_limit.windows[{i}].{name}");
+        check_range(&field("limit"), w.limit, 1..=1_000_000)?;
+        check_range(&field("window_seconds"), w.window_seconds, 1..=86_400)?;
+        if let Some(burst) = w.burst {
+            check_range(&field("burst"), burst, 1..=w.limit).map_err(|_| {
+                ServiceError::invalid(
+                    field("burst"),
+                    format!(
+                        "{burst} is outside 1..={}: a window's burst is at most its `limit`",
+                        w.limit
+                    ),
+                )
+            })?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = w.operations.iter().find(|op| !seen.insert(**op)) {
+            return Err(ServiceError::invalid(
+                field("operations"),
+                format!("`{}` is named twice", twice.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A group key: 1 to 200 characters, none of them a control character.
+fn validate_rate_limit_group(group: &str) -> ServiceResult<()> {
+    if group.trim().is_empty() || group.chars().count() > 200 || group.chars().any(char::is_control)
+    {
+        return Err(ServiceError::invalid(
+            "rate_limit_group",
+            "must be 1 to 200 characters, not blank, without control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every setting, normalising where the meaning is unchanged (domains lowercased).
 pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
     check_range(
@@ -243,6 +291,10 @@ pub fn validate_settings(settings: &mut AppSettings) -> ServiceResult<()> {
         1..=10_000,
     )?;
     check_range("rate_limit.burst", settings.rate_limit.burst, 1..=10_000)?;
+    validate_windows(&settings.rate_limit.windows)?;
+    if let Some(group) = &settings.rate_limit_group {
+        validate_rate_limit_group(group)?;
+    }
     check_range("max_concurrency", settings.max_concurrency, 1..=256)?;
     check_range("timeout_ms", settings.timeout_ms, 100..=300_000)?;
     check_range("max_attempts", settings.max_attempts, 1..=100)?;
@@ -612,6 +664,15 @@ impl Roster {
                 Some(c) => c.quirks_with(changes.quirks.as_ref()),
                 None => changes.quirks.clone().unwrap_or_else(|| json!({})),
             },
+            // Explicit, else the connector's, filled from `connector_params` (Slack's limits
+            // hold for a whole organisation: its apps share them).
+            rate_limit_group: match (&changes.rate_limit_group, connector, &changes.connector) {
+                (Some(explicit), _, _) => explicit.clone(),
+                (None, Some(connector), Some(choice)) => connector
+                    .rate_limit_group(&choice.params)
+                    .map_err(|e| connector_error(&e))?,
+                _ => None,
+            },
         };
         validate_settings(&mut settings)?;
         let record = match (connector, &changes.connector) {
@@ -886,6 +947,7 @@ impl Roster {
         }
         apply!(
             rate_limit,
+            rate_limit_group,
             max_concurrency,
             timeout_ms,
             max_attempts,
@@ -1401,6 +1463,7 @@ mod tests {
             reconcile: ReconcileSettings::default(),
             deletion_guard: DeletionGuard::default(),
             quirks: json!({}),
+            rate_limit_group: None,
         }
     }
 

@@ -1,4 +1,4 @@
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{ADMIN, app_body, joiner, spawn_app, spawn_app_with, spawn_planner};
 
@@ -228,6 +228,95 @@ async fn every_setting_is_validated_with_a_clear_message() {
         .rows("SELECT id FROM audit WHERE action NOT LIKE 'api_key.bootstrap%'")
         .await;
     assert_eq!(audited.len(), 0, "only the bootstrap key's creation");
+}
+
+/// Windows, operations and a rate-limit group: each mistake a 422 naming its field; what is
+/// accepted reads back as given, and a group is left with `null`.
+#[tokio::test]
+async fn rate_limit_windows_and_groups_are_validated_and_stored() {
+    let app = spawn_app().await;
+    let window = |w: Value| json!({"rate_limit": {"per_second": 5, "burst": 5, "windows": w}});
+    let cases = [
+        (
+            window(json!([{"limit": 10, "window_seconds": 0}])),
+            "rate_limit.windows[0].window_seconds:",
+            "0 is outside 1..=86400",
+        ),
+        (
+            window(json!([{"limit": 300, "window_seconds": 60},
+                          {"limit": 10, "window_seconds": 1, "burst": 11}])),
+            "rate_limit.windows[1].burst:",
+            "at most its `limit`",
+        ),
+        (
+            window(json!([{"limit": 10, "window_seconds": 60,
+                           "operations": ["write", "write"]}])),
+            "rate_limit.windows[0].operations:",
+            "`write` is named twice",
+        ),
+        (
+            window(json!(
+                (0..17)
+                    .map(|_| json!({"limit": 1, "window_seconds": 1}))
+                    .collect::<Vec<_>>()
+            )),
+            "rate_limit.windows:",
+            "at most 16",
+        ),
+        (
+            json!({"rate_limit_group": " "}),
+            "rate_limit_group:",
+            "not blank",
+        ),
+    ];
+    for (overrides, field, words) in cases {
+        let detail = app
+            .post("/api/v1/apps", &app_body("v", overrides.clone()))
+            .await
+            .problem(422);
+        assert!(
+            detail.starts_with(field) && detail.contains(words),
+            "{overrides}: expected `{field}` … `{words}`, got `{detail}`"
+        );
+    }
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &app_body(
+                "v",
+                window(json!([{"limit": 1, "window_seconds": 1, "operations": ["create"]}])),
+            ),
+        )
+        .await
+        .problem(400);
+    assert!(
+        detail.contains("rate_limit.windows[0].operations[0]") && detail.contains("`delete`"),
+        "{detail}"
+    );
+    assert_eq!(app.count("app").await, 0, "nothing was stored");
+
+    let limits = json!({"per_second": 10, "burst": 20, "windows": [
+        {"limit": 600, "window_seconds": 60, "burst": 180, "operations": ["write", "delete"]},
+        {"limit": 20, "window_seconds": 30, "operations": ["delete"]},
+    ]});
+    let created = app
+        .create_app(&app_body(
+            "windowed",
+            json!({"rate_limit": limits, "rate_limit_group": "tenant-1"}),
+        ))
+        .await;
+    assert_eq!(created["rate_limit"], limits);
+    assert_eq!(created["rate_limit_group"], "tenant-1");
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let changed = app
+        .patch(
+            &format!("/api/v1/apps/{id}"),
+            &json!({"rate_limit_group": null, "rate_limit": {"per_second": 3, "burst": 3}}),
+        )
+        .await
+        .expect(200);
+    assert!(changed.get("rate_limit_group").is_none(), "{changed}");
+    assert_eq!(changed["rate_limit"], json!({"per_second": 3, "burst": 3}));
 }
 
 #[tokio::test]

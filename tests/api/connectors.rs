@@ -97,12 +97,20 @@ async fn an_app_built_from_a_connector_takes_its_defaults_and_records_it() {
             "slack",
             "slack",
             json!({"base_url": "http://127.0.0.1:9/scim/v2", "max_concurrency": 1,
-                   "quirks": {"page_size": 200}}),
+                   "quirks": {"page_size": 200},
+                   "connector_params": {"organization": "E0123"}}),
         ))
         .await;
     assert_eq!(slack["base_url"], "http://127.0.0.1:9/scim/v2");
     assert_eq!(slack["max_concurrency"], 1);
-    assert_eq!(slack["rate_limit"], json!({"per_second": 3, "burst": 20}));
+    assert_eq!(slack["rate_limit"]["per_second"], 10);
+    assert_eq!(
+        slack["rate_limit"]["windows"][0],
+        json!({"limit": 600, "window_seconds": 60, "burst": 180,
+               "operations": ["write", "delete"]})
+    );
+    // Slack's limits hold for the whole organisation: the group comes from its ID.
+    assert_eq!(slack["rate_limit_group"], "slack:E0123");
     assert_eq!(slack["quirks"]["page_size"], 200);
     let stored = app
         .rows("SELECT connector FROM app WHERE name = 'slack'")
@@ -112,7 +120,7 @@ async fn an_app_built_from_a_connector_takes_its_defaults_and_records_it() {
         other => other.clone(),
     };
     assert_eq!(recorded["name"], "slack");
-    assert_eq!(recorded["version"], 1);
+    assert_eq!(recorded["version"], 2);
 
     // A hand-made app records none.
     let plain = app
@@ -128,12 +136,13 @@ async fn a_newer_connector_version_shows_as_differences_and_changes_nothing() {
         .create_app(&from_connector(
             "slack-diff",
             "slack",
-            json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+            json!({"base_url": "http://127.0.0.1:9/scim/v2",
+                   "connector_params": {"organization": "E0123"}}),
         ))
         .await;
     let id = slack["id"].as_str().expect("id");
     let got = app.get(&format!("/api/v1/apps/{id}")).await.expect(200);
-    assert_eq!(got["connector"]["latest_version"], 1);
+    assert_eq!(got["connector"]["latest_version"], 2);
     assert_eq!(got["connector"]["differences"], json!([]));
     app.patch(
         &format!("/api/v1/apps/{id}"),
@@ -143,18 +152,21 @@ async fn a_newer_connector_version_shows_as_differences_and_changes_nothing() {
     .expect(200);
     // As if the app had been built from an older version of the connector.
     app.rows(&format!(
-        "UPDATE app SET connector = '{{\"name\": \"slack\", \"version\": 0}}' WHERE id = '{id}' \
-         RETURNING id"
+        "UPDATE app SET connector = '{{\"name\": \"slack\", \"version\": 0, \
+         \"params\": {{\"organization\": \"E0123\"}}}}' WHERE id = '{id}' RETURNING id"
     ))
     .await;
     let got = app.get(&format!("/api/v1/apps/{id}")).await.expect(200);
     assert_eq!(got["connector"]["version"], 0);
-    assert_eq!(got["connector"]["latest_version"], 1);
-    assert_eq!(
-        got["connector"]["differences"],
-        json!([{"setting": "rate_limit", "app": {"per_second": 1, "burst": 1},
-                "connector": {"per_second": 3, "burst": 20}}])
-    );
+    assert_eq!(got["connector"]["latest_version"], 2);
+    let differences = got["connector"]["differences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(differences.len(), 1, "{differences:?}");
+    assert_eq!(differences[0]["setting"], "rate_limit");
+    assert_eq!(differences[0]["app"], json!({"per_second": 1, "burst": 1}));
+    assert_eq!(differences[0]["connector"]["per_second"], 10);
     assert_eq!(
         got["rate_limit"]["per_second"], 1,
         "nothing changed by itself"
@@ -215,7 +227,8 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
             &from_connector(
                 "x4",
                 "slack",
-                json!({"rate_limit": {"per_second": 50, "burst": 50}}),
+                json!({"rate_limit": {"per_second": 50, "burst": 50},
+                       "connector_params": {"organization": "E0123"}}),
             ),
         )
         .await
@@ -259,6 +272,23 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
         .problem(422);
     assert!(detail.contains("connector_params"), "{detail}");
 
+    // Slack's organisation names its rate-limit group: required, even with a `base_url`.
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "x8",
+                "slack",
+                json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("connector_params.organization") && detail.contains("share"),
+        "{detail}"
+    );
+
     assert_eq!(app.count("app").await, before, "nothing stored");
     assert_eq!(app.count("audit").await, audit_before, "nothing audited");
 
@@ -269,6 +299,7 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
             "slack",
             json!({"rate_limit": {"per_second": 50, "burst": 50},
                    "base_url": "http://127.0.0.1:9/scim/v2",
+                   "connector_params": {"organization": "E0123"},
                    "override_vendor_limits": true}),
         ))
         .await;
@@ -279,7 +310,8 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
         .create_app(&from_connector(
             "slack-limited",
             "slack",
-            json!({"base_url": "http://127.0.0.1:9/scim/v2"}),
+            json!({"base_url": "http://127.0.0.1:9/scim/v2",
+                   "connector_params": {"organization": "E0123"}}),
         ))
         .await;
     let detail = app

@@ -1003,3 +1003,130 @@ async fn at_one_call_a_second_a_leaver_makes_the_apps_next_call() {
     let most = recorder.most_in_flight.load(Ordering::SeqCst);
     assert!(most <= CONCURRENCY, "{most} calls under way at once");
 }
+
+/// Issue 16: two apps of one `rate_limit_group` (two apps on one vendor tenant) against one
+/// target that allows 5 calls a second. Each app alone may make 5 a second; together they
+/// share one bucket, so the target never answers 429 while both work through a backlog of
+/// their own, and a leaver of one app still makes the group's next calls ahead of both
+/// backlogs. Without the group each app had its own 5 a second: 10 a second at the target,
+/// and 429s.
+#[tokio::test]
+async fn two_apps_of_one_group_share_its_limit_at_one_target_and_a_leaver_goes_first() {
+    const PER_SECOND: usize = 5;
+    const PER_APP: usize = 12;
+    let app = spawn_app_with(|c| c.workers = 8).await;
+    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some(TOKEN.to_owned()),
+        rate_limit: Some(PER_SECOND as u32),
+        ..Default::default()
+    })
+    .await
+    .expect("dev-target");
+    let (recorder, proxy) = Recorder::start(&target).await;
+    let mut apps = Vec::new();
+    for tenant_app in ["a", "b"] {
+        apps.push(
+            create_app(
+                &app,
+                &format!("grouped-{tenant_app}"),
+                &proxy,
+                json!({"max_concurrency": 4,
+                       "rate_limit": {"per_second": PER_SECOND, "burst": 1},
+                       "rate_limit_group": "one-tenant",
+                       
+                       "scope": {"email_domains": [format!("{tenant_app}.example.com")]}}),
+            )
+            .await,
+        );
+    }
+    let person = |id: String, tenant_app: &str| {
+        joiner(
+            &id,
+            &id.to_uppercase(),
+            "2026-11-01T09:00:00Z",
+            json!({"email": format!("{id}@{tenant_app}.example.com")}),
+        )
+    };
+    // The leaver-to-be has an account through app a first.
+    app.post_event(&person("gx0".into(), "a")).await;
+    app.settled(&apps[0], Duration::from_secs(20)).await;
+    let leaver_id = target
+        .users_snapshot()
+        .iter()
+        .find(|u| u["userName"] == "gx0")
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("the leaver's account");
+    let leaver_path = format!("/scim/v2/Users/{leaver_id}");
+
+    let backlog: Vec<Value> = (0..PER_APP)
+        .flat_map(|i| [person(format!("ga{i}"), "a"), person(format!("gb{i}"), "b")])
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": backlog}))
+        .await
+        .expect(202);
+    eventually(
+        "both backlogs under way",
+        Duration::from_secs(20),
+        || async {
+            let users = target.users_snapshot();
+            let made = |prefix: &str| {
+                users
+                    .iter()
+                    .filter(|u| {
+                        u["userName"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with(prefix))
+                    })
+                    .count()
+            };
+            (made("ga") >= 2 && made("gb") >= 2).then_some(())
+        },
+    )
+    .await;
+    let before = recorder.calls().len();
+    app.post_event(&event(
+        "gx0-leaves",
+        "leaver",
+        "GX0",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let at = eventually(
+        "the leaver deactivated",
+        Duration::from_secs(30),
+        || async {
+            recorder
+                .calls()
+                .iter()
+                .position(|(_, method, path)| *path == leaver_path && method != "GET")
+        },
+    )
+    .await;
+    let users_then = target.stats()["users"].as_u64().unwrap_or(0);
+    // Only calls let through before the leaver's job reached the gate come first, whichever
+    // app made them.
+    let overtaken_by = at.saturating_sub(before);
+    assert!(
+        overtaken_by <= 3,
+        "{overtaken_by} calls went to the target between the leaver's event and its deactivate"
+    );
+    assert!(
+        users_then < (2 * PER_APP) as u64,
+        "{users_then} accounts before the leaver's"
+    );
+
+    for id in &apps {
+        app.settled(id, Duration::from_secs(60)).await;
+    }
+    assert_eq!(target.stats()["users"], 2 * PER_APP + 1);
+    // Counted, not timed: the target refused no call, and no second of its saw more calls
+    // than the group's one bucket lets through (its burst of 1, and 5 a second).
+    assert_eq!(target.stats()["throttled"], 0, "{}", target.stats());
+    let busiest = recorder.busiest_second();
+    assert!(busiest <= PER_SECOND + 1, "{busiest} calls in one second");
+    assert!(
+        recorder.calls().len() > 2 * PER_APP,
+        "both apps' calls went to the one target"
+    );
+}
