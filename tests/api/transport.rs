@@ -865,4 +865,28 @@ mod slow_clients {
         assert!(end.starts_with("HTTP/1.1 202"), "{end}");
         assert_eq!(app.count("hr_event").await, 1);
     }
+
+    #[tokio::test]
+    async fn a_client_that_stalls_its_tls_handshake_is_cut_off_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = super::pki::ca("roster api CA");
+        let (cert, key) = super::pki::leaf(&ca, &["127.0.0.1"], false);
+        let cert_file = dir.path().join("api-cert.pem");
+        let key_file = dir.path().join("api-key.pem");
+        std::fs::write(&cert_file, cert).expect("write");
+        std::fs::write(&key_file, key).expect("write");
+        let app = spawn_app_with(|c| {
+            c.run_engine = false;
+            c.http_read_timeout = READ_TIMEOUT;
+            c.tls_cert_file = Some(cert_file);
+            c.tls_key_file = Some(key_file);
+        })
+        .await;
+        // The first bytes of a TLS record, then nothing.
+        let stalled = open(&addr(&app), &[0x16, 0x03, 0x01]).await;
+        let end = timeout(READ_TIMEOUT + Duration::from_secs(5), until_closed(stalled))
+            .await
+            .expect("roster closes a connection whose handshake stalls");
+        assert_eq!(end, "");
+    }
 }
