@@ -172,6 +172,8 @@ pub struct RunningServer {
     pub engine: Option<tokio::task::JoinHandle<()>>,
     /// The reconcile scheduler; runs beside the engine.
     pub scheduler: Option<tokio::task::JoinHandle<()>>,
+    /// The API's connections held open now.
+    pub connections: crate::listener::OpenConnections,
 }
 
 impl RunningServer {
@@ -240,7 +242,11 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         roster.clone(),
         shutdown.clone(),
     ));
+    let read_timeout = roster.config().http_read_timeout;
+    let max_connections = roster.config().max_connections;
     let app = crate::api::app(roster);
+    let connections = crate::listener::OpenConnections::default();
+    let open = connections.clone();
     let handle = tokio::spawn(async move {
         let std_listener = listener.into_std()?;
         let acceptor = poem::listener::TcpAcceptor::from_std(std_listener)?;
@@ -248,13 +254,12 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
             Some(config) => crate::listener::TlsAcceptor::new(acceptor, config).boxed(),
             None => acceptor.boxed(),
         };
-        poem::Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(
-                app,
-                stop.cancelled_owned(),
-                Some(std::time::Duration::from_secs(30)),
-            )
-            .await
+        let limits = crate::listener::Limits {
+            read_timeout,
+            max_connections,
+            drain: std::time::Duration::from_secs(30),
+        };
+        crate::listener::serve(acceptor, app, limits, open, stop).await
     });
     Ok(RunningServer {
         addr,
@@ -262,6 +267,7 @@ pub async fn serve(roster: Roster, listen: &str) -> Result<RunningServer, Startu
         handle,
         engine,
         scheduler,
+        connections,
     })
 }
 

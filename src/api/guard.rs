@@ -37,6 +37,18 @@ fn too_large() -> ApiError {
     )
 }
 
+/// Why the body could not be read: too large, stalled (408), or cut off.
+fn read_error(e: poem::error::ReadBodyError) -> poem::Error {
+    match e {
+        poem::error::ReadBodyError::PayloadTooLarge => too_large().into(),
+        poem::error::ReadBodyError::Io(io) => match crate::listener::body_stalled(&io) {
+            Some(stalled) => ApiError::body_stalled(stalled).into(),
+            None => ApiError::invalid(format!("cannot read the request body: {io}")).into(),
+        },
+        other => ApiError::invalid(format!("cannot read the request body: {other}")).into(),
+    }
+}
+
 /// `POST /hr/snapshots` reads its own body as it streams (up to 256 MiB) and checks its
 /// signature as it goes (`api::snapshots`).
 fn is_snapshot_upload(req: &Request) -> bool {
@@ -73,10 +85,7 @@ impl<E: Endpoint> Endpoint for BodyGuardEndpoint<E> {
             .take_body()
             .into_bytes_limit(MAX_BODY_BYTES)
             .await
-            .map_err(|e| match e {
-                poem::error::ReadBodyError::PayloadTooLarge => poem::Error::from(too_large()),
-                other => ApiError::invalid(format!("cannot read the request body: {other}")).into(),
-            })?;
+            .map_err(read_error)?;
         if let Some(secret) = &self.webhook_secret
             && req.method() == poem::http::Method::POST
             && is_event_route(req.uri().path())

@@ -53,6 +53,20 @@ impl ApiError {
         )
     }
 
+    /// A request body that stopped arriving (`listener::BodyStalled`).
+    #[must_use]
+    pub fn body_stalled(stalled: &crate::listener::BodyStalled) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!(
+                "{stalled}: roster waits at most ROSTER_HTTP_READ_TIMEOUT_SECS for each part of a \
+                 body; nothing of this request was stored"
+            ),
+        )
+    }
+
     #[must_use]
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
@@ -73,7 +87,8 @@ impl ApiError {
 #[derive(Object)]
 pub struct Problem {
     /// `urn:roster:problem:<slug>`: stable, the field to match on (`validation`, `conflict`,
-    /// `not-found`, `forbidden`, `unauthorized`, `bad-signature`, `too-large`, …).
+    /// `not-found`, `forbidden`, `unauthorized`, `bad-signature`, `too-large`,
+    /// `request-timeout`, …).
     #[oai(rename = "type")]
     pub kind: String,
     /// A short, fixed summary of the `type`.
@@ -104,6 +119,11 @@ const ERROR_STATUSES: &[(u16, &str)] = &[
         409,
         "The request conflicts with the current state: a duplicate name, an `event_id` with \
          other content, a run already running, a deprovision held by the deletion guard.",
+    ),
+    (
+        408,
+        "The request body stopped arriving: no data for the server's read timeout \
+         (`ROSTER_HTTP_READ_TIMEOUT_SECS`, 30 s by default); nothing was stored.",
     ),
     (
         412,

@@ -214,7 +214,12 @@ fn body_error(e: BodyError) -> ApiError {
             match stop {
                 Some(ReadStop::TooLarge) => too_large("HR snapshot bodies are limited to 256 MiB"),
                 Some(ReadStop::Signature(s)) => bad_signature(s),
-                None => ApiError::invalid(format!("cannot read the request body (cut off?): {io}")),
+                None => match crate::listener::body_stalled(&io) {
+                    Some(stalled) => ApiError::body_stalled(stalled),
+                    None => {
+                        ApiError::invalid(format!("cannot read the request body (cut off?): {io}"))
+                    }
+                },
             }
         }
     }

@@ -126,6 +126,20 @@ impl TestApp {
         start(config, dir).await
     }
 
+    /// Starts a shutdown as `SIGTERM` would, without waiting for it.
+    pub fn begin_shutdown(&self) {
+        if let Some(server) = &self.server {
+            server.shutdown.cancel();
+        }
+    }
+
+    /// The connections roster's listener holds open now.
+    pub fn open_connections(&self) -> usize {
+        self.server
+            .as_ref()
+            .map_or(0, |server| server.connections.get())
+    }
+
     pub async fn request(
         &self,
         method: &str,

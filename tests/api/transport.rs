@@ -562,3 +562,331 @@ async fn roster_serves_its_api_over_tls_with_its_own_certificate() {
             .is_err()
     );
 }
+
+/// Slow clients against roster's own listener: raw connections, so that a test controls
+/// exactly how much of a request is sent.
+mod slow_clients {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::time::timeout;
+
+    use crate::helpers::{ADMIN, TestApp, eventually, joiner, spawn_app_with};
+
+    /// The read timeout these tests run roster with (`ROSTER_HTTP_READ_TIMEOUT_SECS`).
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    /// … and the one for a thousand slow clients: opening and accepting them takes over a
+    /// second in a debug build on a busy two-core machine, and the first must still be held
+    /// when the last is accepted and the API is asked.
+    const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn addr(app: &TestApp) -> String {
+        app.base.trim_start_matches("http://").to_owned()
+    }
+
+    async fn open(addr: &str, sent: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(sent).await.expect("send");
+        stream
+    }
+
+    /// Everything the server sends until it closes the connection (a reset ends it too).
+    async fn until_closed(mut stream: TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Reads one answer to a request without a body (up to the end of its head and a short
+    /// body, which roster sends in one piece).
+    async fn answer_head(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// How many slow connections this process can hold (two descriptors each, the client's
+    /// and roster's, both in this process): raises the soft `RLIMIT_NOFILE` to 4096 when it
+    /// is lower, and counts down only when it cannot be raised.
+    fn slow_connections_possible(wanted: usize) -> usize {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        const NEEDED: u64 = 4096;
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return wanted;
+        };
+        if soft >= NEEDED
+            || (hard >= NEEDED && setrlimit(Resource::RLIMIT_NOFILE, NEEDED, hard).is_ok())
+        {
+            return wanted;
+        }
+        let possible = usize::try_from(soft.saturating_sub(512) / 2).unwrap_or(0);
+        eprintln!(
+            "the file descriptor limit is {soft} (hard {hard}) and cannot be raised to \
+             {NEEDED}: holding {} slow connections instead of {wanted}",
+            possible.min(wanted)
+        );
+        possible.min(wanted)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_thousand_slow_clients_neither_starve_the_api_nor_stay_connected() {
+        let count = slow_connections_possible(1000);
+        let app = spawn_app_with(|c| {
+            c.run_engine = false;
+            c.http_read_timeout = HOLD_TIMEOUT;
+            c.max_connections = 1100;
+        })
+        .await;
+        let addr = addr(&app);
+        // Half send part of a request head; half a whole head announcing 100 kB of body and
+        // then one byte of it.
+        let partial_head = b"POST /api/v1/events HTTP/1.1\r\nHost: roster\r\nContent-Ty".to_vec();
+        let stalled_body = format!(
+            "POST /api/v1/events HTTP/1.1\r\nHost: roster\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{"
+        )
+        .into_bytes();
+        let mut slow = Vec::with_capacity(count + 1);
+        slow.extend(
+            futures::future::join_all((0..count).map(|i| {
+                let sent = if i % 2 == 0 {
+                    &partial_head
+                } else {
+                    &stalled_body
+                };
+                open(&addr, sent)
+            }))
+            .await,
+        );
+        eventually(
+            "roster to hold every slow connection",
+            Duration::from_secs(30),
+            || async { (app.open_connections() >= count).then_some(()) },
+        )
+        .await;
+        // And a keep-alive connection that asked once and then says nothing.
+        let mut idle = open(&addr, b"GET /healthz HTTP/1.1\r\nHost: roster\r\n\r\n").await;
+        assert!(answer_head(&mut idle).await.starts_with("HTTP/1.1 200"));
+
+        // The API still answers at once (a liveness bound, not a performance figure).
+        let ready = timeout(
+            Duration::from_secs(1),
+            app.http.get(format!("{}/readyz", app.base)).send(),
+        )
+        .await
+        .expect("/readyz answers within 1 s while the slow clients wait")
+        .expect("/readyz");
+        assert_eq!(ready.status(), 200);
+        let event = joiner(
+            "slow-1",
+            "E-SLOW-1",
+            "2026-11-01T09:00:00Z",
+            serde_json::json!({}),
+        );
+        let posted = timeout(Duration::from_secs(1), app.post("/api/v1/events", &event))
+            .await
+            .expect("an HR event is taken within 1 s while the slow clients wait");
+        assert_eq!(posted.status, 202, "{}", posted.text);
+        // … and it did so while every slow connection was still held.
+        let mut buf = [0u8; 1];
+        let still_open = slow
+            .iter()
+            .filter(|s| {
+                matches!(s.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count();
+        assert_eq!(
+            still_open, count,
+            "slow connections cut before the checks ran"
+        );
+
+        slow.push(idle);
+        let ends = timeout(
+            HOLD_TIMEOUT + Duration::from_secs(3),
+            futures::future::join_all(slow.into_iter().map(until_closed)),
+        )
+        .await
+        .expect("roster closes every slow connection within the read timeout (and a margin)");
+        let (idle_end, ends) = ends.split_last().expect("connections");
+        assert_eq!(
+            idle_end, "",
+            "an idle keep-alive connection is closed without a word"
+        );
+        for (i, end) in ends.iter().enumerate() {
+            if i % 2 == 0 {
+                assert_eq!(end, "", "a slow head is cut off without an answer");
+            } else {
+                assert!(end.starts_with("HTTP/1.1 408"), "{end}");
+                assert!(end.contains("application/problem+json"), "{end}");
+                assert!(end.contains("ROSTER_HTTP_READ_TIMEOUT_SECS"), "{end}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_above_the_cap_waits_until_one_closes() {
+        let app = spawn_app_with(|c| {
+            c.run_engine = false;
+            c.max_connections = 2;
+        })
+        .await;
+        let addr = addr(&app);
+        let ask = b"GET /healthz HTTP/1.1\r\nHost: roster\r\n\r\n";
+        // Two keep-alive connections, each served once: both are being served now.
+        let mut first = open(&addr, ask).await;
+        assert!(answer_head(&mut first).await.starts_with("HTTP/1.1 200"));
+        let mut second = open(&addr, ask).await;
+        assert!(answer_head(&mut second).await.starts_with("HTTP/1.1 200"));
+        // A third is connected (the kernel's backlog) but not served …
+        let mut third = open(&addr, ask).await;
+        let mut buf = [0u8; 1];
+        assert!(
+            timeout(Duration::from_millis(500), third.read(&mut buf))
+                .await
+                .is_err(),
+            "a third connection was served above a cap of 2"
+        );
+        // … until one of the two closes.
+        drop(first);
+        let answer = timeout(Duration::from_secs(10), answer_head(&mut third))
+            .await
+            .expect("the waiting connection is served once another closes");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(second);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_upload_is_answered_408_and_stores_nothing_and_a_slow_steady_body_is_taken() {
+        let app = spawn_app_with(|c| {
+            c.run_engine = false;
+            c.http_read_timeout = READ_TIMEOUT;
+        })
+        .await;
+        let addr = addr(&app);
+        // An HR snapshot whose first 5,000 rows (stored in batches as they come) arrive, then
+        // nothing more of the announced length.
+        let mut csv = String::from("employee_id,email\r\n");
+        for i in 0..5000 {
+            csv.push_str(&format!("E{i},e{i}@example.com\r\n"));
+        }
+        let head = format!(
+            "POST /api/v1/hr/snapshots HTTP/1.1\r\nHost: roster\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Type: text/csv\r\nContent-Length: {}\r\n\r\n",
+            csv.len() + 100_000
+        );
+        let stalled = open(&addr, format!("{head}{csv}").as_bytes()).await;
+        let end = timeout(READ_TIMEOUT + Duration::from_secs(8), until_closed(stalled))
+            .await
+            .expect("roster ends a stalled upload");
+        assert!(end.starts_with("HTTP/1.1 408"), "{end}");
+        assert!(end.contains("application/problem+json"), "{end}");
+        assert_eq!(app.count("hr_snapshot").await, 0);
+        assert_eq!(app.count("hr_snapshot_row").await, 0);
+
+        // No deadline for a whole body: an event sent in four pieces a second apart (longer
+        // than the read timeout in all, never that long without data) is taken.
+        let body = serde_json::to_vec(&joiner(
+            "steady-1",
+            "E-STEADY-1",
+            "2026-11-01T09:00:00Z",
+            serde_json::json!({}),
+        ))
+        .expect("json");
+        let mut steady = open(
+            &addr,
+            format!(
+                "POST /api/v1/events HTTP/1.1\r\nHost: roster\r\nAuthorization: Bearer {ADMIN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+        for piece in body.chunks(body.len().div_ceil(4)) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            steady.write_all(piece).await.expect("send a piece");
+        }
+        let end = timeout(Duration::from_secs(10), until_closed(steady))
+            .await
+            .expect("an answer");
+        assert!(end.starts_with("HTTP/1.1 202"), "{end}");
+        assert_eq!(app.count("hr_event").await, 1);
+    }
+
+    #[tokio::test]
+    async fn on_shutdown_a_request_under_way_is_answered_and_idle_and_new_connections_are_not() {
+        let app = spawn_app_with(|c| c.run_engine = false).await;
+        let addr = addr(&app);
+        let body = serde_json::to_vec(&joiner(
+            "drain-1",
+            "E-DRAIN-1",
+            "2026-11-01T09:00:00Z",
+            serde_json::json!({}),
+        ))
+        .expect("json");
+        let (first, rest) = body.split_at(body.len() / 2);
+        let mut head = format!(
+            "POST /api/v1/events HTTP/1.1\r\nHost: roster\r\nAuthorization: Bearer {ADMIN}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        head.extend_from_slice(first);
+        let mut under_way = open(&addr, &head).await;
+        let mut idle = open(&addr, b"GET /healthz HTTP/1.1\r\nHost: roster\r\n\r\n").await;
+        assert!(answer_head(&mut idle).await.starts_with("HTTP/1.1 200"));
+        assert_eq!(app.open_connections(), 2);
+
+        app.begin_shutdown();
+        let idle_end = timeout(Duration::from_secs(10), until_closed(idle))
+            .await
+            .expect("an idle connection is closed on shutdown");
+        assert_eq!(idle_end, "");
+        eventually(
+            "the listener to refuse new connections",
+            Duration::from_secs(10),
+            || async { TcpStream::connect(&addr).await.is_err().then_some(()) },
+        )
+        .await;
+        // The request under way still gets its answer.
+        under_way.write_all(rest).await.expect("send the rest");
+        let end = timeout(Duration::from_secs(10), until_closed(under_way))
+            .await
+            .expect("an answer");
+        assert!(end.starts_with("HTTP/1.1 202"), "{end}");
+        assert_eq!(app.count("hr_event").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stalls_its_tls_handshake_is_cut_off_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = super::pki::ca("roster api CA");
+        let (cert, key) = super::pki::leaf(&ca, &["127.0.0.1"], false);
+        let cert_file = dir.path().join("api-cert.pem");
+        let key_file = dir.path().join("api-key.pem");
+        std::fs::write(&cert_file, cert).expect("write");
+        std::fs::write(&key_file, key).expect("write");
+        let app = spawn_app_with(|c| {
+            c.run_engine = false;
+            c.http_read_timeout = READ_TIMEOUT;
+            c.tls_cert_file = Some(cert_file);
+            c.tls_key_file = Some(key_file);
+        })
+        .await;
+        // The first bytes of a TLS record, then nothing.
+        let stalled = open(&addr(&app), &[0x16, 0x03, 0x01]).await;
+        let end = timeout(READ_TIMEOUT + Duration::from_secs(5), until_closed(stalled))
+            .await
+            .expect("roster closes a connection whose handshake stalls");
+        assert_eq!(end, "");
+    }
+}
