@@ -54,7 +54,7 @@ const VENDORS: &[Vendor] = &[
     },
     Vendor {
         connector: "slack",
-        params: &[],
+        params: &[("organization", "bench")],
         latency_ms: 120,
         profile: Profile::Rfc,
     },
