@@ -50,7 +50,7 @@ pub use error::{
     ErrorClass, MAX_RETRY_AFTER, ScimError, TransportKind, classify, parse_retry_after,
 };
 pub use patch::{PatchError, PatchOp, PatchOperation, PatchRequest, chunk_members};
-pub use quirks::{DiscoveryPath, PatchOpCase, Quirks, QuirksError, UnsupportedFilter};
+pub use quirks::{DiscoveryPath, Paging, PatchOpCase, Quirks, QuirksError, UnsupportedFilter};
 
 /// Schema URNs used in request bodies.
 pub mod schemas {
