@@ -387,10 +387,27 @@ async fn classify_and_fix(
     // Groups first, so that the accounts a group lists by id alone are named on the way
     // through the users. A target is asked for `/Groups` only when the app pushes groups.
     let mut pushed: Vec<GroupFinding> = Vec::new();
+    let mut listing = Listing::default();
     if !group_classifier.is_empty() {
-        let mut groups = target.client.groups().list(page_size);
-        while let Some(group) = groups.next().await {
-            let mut group = group?;
+        let mut pages = target.client.groups().list_pages(ListQuery {
+            page_size,
+            ..ListQuery::default()
+        });
+        let mut groups = Vec::new().into_iter();
+        loop {
+            let group = match groups.next() {
+                Some(group) => group,
+                None => match pages.next().await {
+                    Some(page) => {
+                        let page = page?;
+                        listing.unproven |= page.unproven;
+                        groups = page.resources.into_iter();
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let mut group = group;
             if group_classifier.concerns(&group)
                 && let Some(id) = crate::scim::id_of(&group).map(str::to_owned)
             {
@@ -426,6 +443,9 @@ async fn classify_and_fix(
             }
         }
         pushed.extend(group_classifier.finish());
+        for finding in &mut pushed {
+            listing.withhold_group(finding);
+        }
     }
     let unnamed = unnamed_members(&pushed);
     let mut names: HashMap<String, String> = HashMap::new();
@@ -446,7 +466,6 @@ async fn classify_and_fix(
         }
     }));
     let mut waited = std::time::Duration::ZERO;
-    let mut listing = Listing::default();
     loop {
         let asked = Instant::now();
         let Some(page) = arrived.recv().await else {
@@ -668,11 +687,24 @@ impl Listing {
         finding
     }
 
+    /// [`Listing::withhold`] for a pushed group: on an unproven listing of `/Groups`, a group
+    /// not seen is not known to be missing, and one seen by name may have a namesake unseen.
+    fn withhold_group(&mut self, finding: &mut GroupFinding) {
+        let concludes_from_absence = matches!(
+            finding.action,
+            ActionKind::Create | ActionKind::Link | ActionKind::LinkAndPatch
+        );
+        if self.unproven && concludes_from_absence {
+            finding.action = ActionKind::None;
+            self.withheld += 1;
+        }
+    }
+
     /// The run's note when the listing was unproven.
     fn note(&self) -> Option<String> {
         self.unproven.then(|| {
             format!(
-                "the target answered its listing of accounts in one response without totalResults, so it cannot be proven complete: {} findings that would create, adopt or deprovision were only reported",
+                "the target answered its listing in one response without totalResults, so it cannot be proven complete: {} findings that would create, adopt or deprovision were only reported",
                 self.withheld
             )
         })

@@ -484,10 +484,11 @@ async fn aws_identity_center_lifecycle_against_its_emulation() {
     .await;
 }
 
-/// A pushed group on the AWS emulation, reconciled twice in fix mode with `quirks`; returns
-/// the second run's report and the target's membership changes the runs' jobs made.
-async fn aws_group_reconciled_twice(quirks: Value) -> (Value, u64) {
-    use roster::dev_target::DevTargetArgs;
+/// A pushed group on the AWS emulation, reconciled twice in fix mode with `quirks` (with one
+/// member removed by hand before the second run when `remove_by_hand`); returns the second
+/// run's report, the PATCHes the runs' jobs sent, and the members the target then holds.
+async fn aws_group_reconciled_twice(quirks: Value, remove_by_hand: bool) -> (Value, u64, usize) {
+    use roster::dev_target::{DevTargetArgs, Kind};
     let token = "vendor-token";
     let target = roster::dev_target::spawn(DevTargetArgs {
         token: Some(token.into()),
@@ -537,7 +538,16 @@ async fn aws_group_reconciled_twice(quirks: Value) -> (Value, u64) {
     let patches = || target.stats()["requests"]["PATCH"].as_u64().unwrap_or(0);
     let before = patches();
     let mut last = Value::Null;
-    for _ in 0..2 {
+    for run in 0..2 {
+        if run == 1 && remove_by_hand {
+            let id = target.groups_snapshot()[0]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(target.edit(Kind::Group, &id, |g| {
+                g["members"].as_array_mut().map(Vec::pop);
+            }));
+        }
         let started = app
             .post(&format!("/api/v1/apps/{app_id}/reconcile"), &json!({}))
             .await
@@ -553,16 +563,22 @@ async fn aws_group_reconciled_twice(quirks: Value) -> (Value, u64) {
         .await;
         app.settled(&app_id, wait).await;
     }
-    (last, patches() - before)
+    let members = target
+        .groups_snapshot()
+        .first()
+        .and_then(|g| g["members"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    (last, patches() - before, members)
 }
 
 /// AWS answers groups without members: read as the RFC says, every run finds every member
 /// missing and re-adds them all; with the connector's quirks the members are confirmed by
-/// the member filter and the runs write nothing.
+/// the member filter and the runs write nothing, and a member removed by hand is found and
+/// added back alone.
 #[tokio::test]
 async fn groups_read_back_without_members_are_never_re_added_every_run() {
-    let (rfc_reading, patches) =
-        aws_group_reconciled_twice(json!({"group_members_readable": true})).await;
+    let (rfc_reading, patches, _) =
+        aws_group_reconciled_twice(json!({"group_members_readable": true}), false).await;
     assert!(
         patches >= 2,
         "RFC reading re-adds on each run: {patches} PATCHes"
@@ -570,10 +586,17 @@ async fn groups_read_back_without_members_are_never_re_added_every_run() {
     assert_eq!(rfc_reading["groups"]["drifted"], 1, "{rfc_reading}");
     assert!(rfc_reading["writes"].as_u64() >= Some(1), "{rfc_reading}");
 
-    let (connector, patches) = aws_group_reconciled_twice(json!({})).await;
+    let (connector, patches, members) = aws_group_reconciled_twice(json!({}), false).await;
     assert_eq!(patches, 0, "no membership write: {connector}");
     assert_eq!(connector["writes"], 0, "{connector}");
     assert_eq!(connector["groups"]["in_sync"], 1, "{connector}");
+    assert_eq!(members, 2);
+
+    let (by_hand, patches, members) = aws_group_reconciled_twice(json!({}), true).await;
+    assert_eq!(by_hand["groups"]["drifted"], 1, "{by_hand}");
+    assert_eq!(by_hand["writes"], 1, "{by_hand}");
+    assert_eq!(patches, 1, "one PATCH adds the one member back: {by_hand}");
+    assert_eq!(members, 2, "{by_hand}");
 }
 
 /// The emulation bites end to end: the same lifecycle with hand-made RFC settings fails on

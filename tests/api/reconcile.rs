@@ -1994,12 +1994,19 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
         token: TOKEN.to_owned(),
     };
     let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "np-team", "members": ["NP0"]}),
+    )
+    .await
+    .expect(201);
     let app_id = app_on(
         &app,
         "no-paging",
         &stub,
         json!({
             "quirks": {"paging": "none"},
+            "group_push": ["np-team"],
             "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
         }),
     )
@@ -2019,8 +2026,14 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
         (users.len() == 2).then_some(users)
     })
     .await;
+    let team = eventually("the pushed group", || async {
+        settled(&app).await;
+        target.groups_snapshot().first().cloned()
+    })
+    .await;
     hand.delete(&id_of(&accounts[1])).await;
     hand.create("ghost@example.com").await;
+    hand.delete_group(&id_of(&team)).await;
     tap.strip.store(true, std::sync::atomic::Ordering::SeqCst);
 
     let report = reconcile(&app, &app_id, json!({})).await;
@@ -2034,10 +2047,13 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
         "none",
         "{report}"
     );
+    assert_eq!(report["groups"]["missing"], 1, "{report}");
+    assert_eq!(group_item(&report, "np-team")["action"], "none", "{report}");
     let error = report["error"].as_str().unwrap_or_default();
     assert!(error.contains("cannot be proven complete"), "{report}");
     let users = target.users_snapshot();
     assert_eq!(users.len(), 2, "nobody created: {users:?}");
+    assert!(target.groups_snapshot().is_empty(), "no group created");
     assert!(
         users.iter().all(|u| u["active"] != json!(false)),
         "nobody deprovisioned: {users:?}"
@@ -2049,8 +2065,8 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
     settled(&app).await;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(
-        report["writes"], 2,
-        "deactivate the ghost, create the missing: {report}"
+        report["writes"], 3,
+        "deactivate the ghost, create the missing account and group: {report}"
     );
     assert!(report["error"].is_null(), "{report}");
     let ghost = target
@@ -2059,4 +2075,5 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
         .find(|u| u["userName"] == "ghost@example.com");
     assert!(ghost.is_some_and(|g| g["active"] == json!(false)));
     assert_eq!(target.users_snapshot().len(), 3);
+    assert_eq!(target.groups_snapshot().len(), 1);
 }
