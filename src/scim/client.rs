@@ -1288,6 +1288,8 @@ pub(crate) fn parse_list_page(body: &Value) -> Result<ListPage, &'static str> {
         None | Some(Value::Null) => None,
         Some(Value::String(c)) if c.is_empty() => None,
         Some(Value::String(c)) => Some(c.clone()),
+        // RFC 9865 says a string; a number is read as its text rather than end the listing.
+        Some(Value::Number(n)) => Some(n.to_string()),
         Some(_) => return Err("`nextCursor` is not a string"),
     };
     Ok(ListPage {
@@ -1986,7 +1988,9 @@ mod tests {
         let last =
             parse_list_page(&serde_json::json!({"Resources": [], "nextCursor": ""})).unwrap();
         assert_eq!(last.next_cursor, None, "an empty cursor ends the listing");
-        assert!(parse_list_page(&serde_json::json!({"nextCursor": 3})).is_err());
+        let numeric = parse_list_page(&serde_json::json!({"nextCursor": 3})).unwrap();
+        assert_eq!(numeric.next_cursor.as_deref(), Some("3"));
+        assert!(parse_list_page(&serde_json::json!({"nextCursor": {}})).is_err());
 
         let start = Paging {
             next_start: 1,
