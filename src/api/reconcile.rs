@@ -153,7 +153,9 @@ pub struct RunOut {
     pub writes: u64,
     /// Why the run failed: e.g. the target's listing ended before every account was read
     /// (then no link was dropped and nothing was created or deprovisioned for people whose
-    /// account was not seen).
+    /// account was not seen). On a completed run: why some findings were only reported (a
+    /// target that does not page answered without `totalResults`, so its listing could not be
+    /// proven complete and nothing was created, adopted or deprovisioned).
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,

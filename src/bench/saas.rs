@@ -44,7 +44,7 @@ const VENDORS: &[Vendor] = &[
         connector: "aws-identity-center",
         params: &[("region", "eu-west-1"), ("tenant_id", "bench")],
         latency_ms: 70,
-        profile: Profile::Rfc,
+        profile: Profile::AwsIdentityCenter,
     },
     Vendor {
         connector: "github-emu",

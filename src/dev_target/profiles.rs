@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use poem::http::Method;
-use scim_v2::filter::{AttrExp, CompareOp, Filter};
+use scim_v2::filter::{AttrExp, CompValue, CompareOp, Filter};
 use serde_json::Value;
 
 use super::filter;
@@ -27,6 +27,18 @@ pub enum Profile {
     Zoom,
     /// Snowflake before behaviour change bundle 2026_03.
     Snowflake,
+    /// AWS IAM Identity Center.
+    AwsIdentityCenter,
+}
+
+/// AWS answers what it does not support with 400 `ValidationException` ("This error also
+/// occurs if the operation is unsupported"), e.g. ListUsers' error table: https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html.
+fn aws_validation(detail: String) -> Verdict {
+    Verdict::Refuse(Refusal::new(
+        400,
+        Some("invalidValue"),
+        format!("ValidationException: {detail}"),
+    ))
 }
 
 /// What the profile makes of a request before the RFC server sees it.
@@ -38,6 +50,9 @@ pub enum Verdict {
     Refuse(Refusal),
     /// Answered 200 with an empty list, as the vendor answers it.
     EmptyList,
+    /// Served as RFC 7644 says, with this `filter` instead of the one asked (the vendor's
+    /// reading of a filter written its own way).
+    ServeFilter(String),
 }
 
 /// A request as the profile rules see it.
@@ -58,6 +73,27 @@ impl Profile {
             // https://help.salesforce.com/s/articleView?id=xcloud.identity_scim_rest_api.htm
             Profile::Salesforce => "ServiceProviderConfigs",
             _ => "ServiceProviderConfig",
+        }
+    }
+
+    /// Whether the vendor pages with RFC 9865 cursors (`cursor=`, `nextCursor`).
+    #[must_use]
+    pub fn cursor_paging(self) -> bool {
+        // "cursor used to specify the next page for paginated calls … The first request made
+        // with cursor must be empty … If the response includes a nextCursor field, its value
+        // can be used as the cursor value to retrieve the next page": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html.
+        self == Profile::AwsIdentityCenter
+    }
+
+    /// Changes a resource as the vendor answers it on a read (GET of one, or a listing).
+    pub fn shape_read(self, collection: &str, resource: &mut Value) {
+        // "GetGroup and ListGroups return an empty member list": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listgroups.html.
+        if self == Profile::AwsIdentityCenter
+            && collection == "Groups"
+            && let Some(object) = resource.as_object_mut()
+        {
+            object.retain(|key, _| !key.eq_ignore_ascii_case("members"));
+            object.insert("members".to_owned(), Value::Array(Vec::new()));
         }
     }
 
@@ -142,6 +178,7 @@ impl Profile {
                 }
                 Verdict::Serve
             }
+            Profile::AwsIdentityCenter => aws_check(seen),
             Profile::Snowflake => {
                 // Before BCR bundle 2026_03: "only single eq/sw filters work; unsupported
                 // filters (and/or, malformed) silently return 200 with empty Resources".
@@ -155,6 +192,216 @@ impl Profile {
             }
         }
     }
+}
+
+/// AWS IAM Identity Center's refusals (each rule cites its page).
+fn aws_check(seen: &Seen<'_>) -> Verdict {
+    let collection = seen.segments.first().copied().unwrap_or("");
+    let listing = *seen.method == Method::GET && seen.segments.len() == 1;
+    if listing && matches!(collection, "Users" | "Groups") {
+        // "startIndex, attributes, and excludedAttributes (despite being listed in the SCIM
+        // protocol)" are not supported: https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html, https://docs.aws.amazon.com/singlesignon/latest/developerguide/listgroups.html.
+        for param in ["startIndex", "attributes", "excludedAttributes"] {
+            if seen.query.contains_key(param) {
+                return aws_validation(format!("{param} is not supported"));
+            }
+        }
+        // "count … Valid Range: Minimum value of 1. Maximum value of 100.": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html.
+        if let Some(count) = seen.query.get("count")
+            && !count
+                .trim()
+                .parse::<u32>()
+                .is_ok_and(|c| (1..=100).contains(&c))
+        {
+            return aws_validation(format!("count {count} is outside 1 to 100"));
+        }
+        // "cursor … Pattern: [-a-zA-Z0-9+=/:_]*": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html.
+        if let Some(cursor) = seen.query.get("cursor")
+            && !cursor
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-+=/:_".contains(c))
+        {
+            return aws_validation("cursor does not match [-a-zA-Z0-9+=/:_]*".to_owned());
+        }
+        if let Some(text) = seen.query.get("filter").filter(|t| !t.trim().is_empty()) {
+            return aws_filter(collection, text);
+        }
+    }
+    // "No /Me, /Bulk or /Search": `https://docs.aws.amazon.com/singlesignon/latest/developerguide/supported-apis.html`.
+    if seen.segments.get(1) == Some(&".search") {
+        return Verdict::Refuse(Refusal::new(404, None, "no such endpoint"));
+    }
+    let body = seen.body.and_then(Value::as_object);
+    if collection == "Users"
+        && matches!(*seen.method, Method::POST | Method::PUT)
+        && let Some(body) = body
+    {
+        // "Multi-valued attributes take one value only (emails, addresses, phoneNumbers)" and
+        // the email must be primary: https://docs.aws.amazon.com/singlesignon/latest/developerguide/limitations.html.
+        for attr in ["emails", "addresses", "phoneNumbers"] {
+            let values = filter::get_ci(body, attr)
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            if values > 1 {
+                return aws_validation(format!("{attr} takes one value only"));
+            }
+        }
+        let email = filter::get_ci(body, "emails")
+            .and_then(Value::as_array)
+            .and_then(|e| e.first())
+            .and_then(Value::as_object);
+        if let Some(email) = email
+            && filter::get_ci(email, "primary").and_then(Value::as_bool) != Some(true)
+        {
+            return aws_validation("the email must be primary".to_owned());
+        }
+        // "givenName, familyName, userName and displayName are required"; "groups" cannot be
+        // sent on create: https://docs.aws.amazon.com/singlesignon/latest/developerguide/createuser.html.
+        if *seen.method == Method::POST {
+            let name = filter::get_ci(body, "name").and_then(Value::as_object);
+            let text = |object: Option<&serde_json::Map<String, Value>>, key: &str| {
+                object
+                    .and_then(|o| filter::get_ci(o, key))
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            };
+            for (object, key) in [
+                (name, "givenName"),
+                (name, "familyName"),
+                (Some(body), "userName"),
+                (Some(body), "displayName"),
+            ] {
+                if !text(object, key) {
+                    return aws_validation(format!("{key} is required"));
+                }
+            }
+            if filter::get_ci(body, "groups").is_some() {
+                return aws_validation("groups cannot be set on create".to_owned());
+            }
+        }
+    }
+    if collection == "Groups" && seen.segments.len() == 2 {
+        // There is no PutGroup: `https://docs.aws.amazon.com/singlesignon/latest/developerguide/supported-apis.html`.
+        if *seen.method == Method::PUT {
+            return aws_validation("PUT of a group is not supported".to_owned());
+        }
+        if *seen.method == Method::PATCH {
+            return aws_patch_group(seen);
+        }
+    }
+    Verdict::Serve
+}
+
+/// "PatchGroup … at most 100 membership changes per request"; "replacing or removing all
+/// members in one request gives 400": https://docs.aws.amazon.com/singlesignon/latest/developerguide/patchgroup.html.
+fn aws_patch_group(seen: &Seen<'_>) -> Verdict {
+    let ops: Vec<&serde_json::Map<String, Value>> = seen
+        .body
+        .and_then(Value::as_object)
+        .and_then(|b| filter::get_ci(b, "Operations"))
+        .and_then(Value::as_array)
+        .map(|ops| ops.iter().filter_map(Value::as_object).collect())
+        .unwrap_or_default();
+    let mut changes = 0usize;
+    for op in ops {
+        let name = filter::get_ci(op, "op")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let path = filter::get_ci(op, "path").and_then(Value::as_str);
+        let value = filter::get_ci(op, "value");
+        let on_members = path.is_some_and(|p| p.to_ascii_lowercase().starts_with("members"))
+            || (path.is_none()
+                && value
+                    .and_then(Value::as_object)
+                    .is_some_and(|v| filter::get_ci(v, "members").is_some()));
+        if !on_members {
+            continue;
+        }
+        let whole = path.is_some_and(|p| p.eq_ignore_ascii_case("members"));
+        if name == "replace" || (name == "remove" && whole && value.is_none()) {
+            return aws_validation("replacing or removing all members is not supported".to_owned());
+        }
+        changes += match value {
+            Some(Value::Array(items)) => items.len(),
+            Some(Value::Object(v)) => filter::get_ci(v, "members")
+                .and_then(Value::as_array)
+                .map_or(1, Vec::len),
+            _ => 1,
+        };
+    }
+    if changes > 100 {
+        return aws_validation(format!(
+            "{changes} membership changes in one request; at most 100"
+        ));
+    }
+    Verdict::Serve
+}
+
+/// "Supported comparison operator in filters: eq"; users: (userName), (externalId),
+/// (groups.value), (id and manager): https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html; groups: (displayName), (externalId),
+/// (members.value), (id and member), written `id eq "g" and members eq "u"` in its example:
+/// https://docs.aws.amazon.com/singlesignon/latest/developerguide/listgroups.html. That `members eq "u"` is read as `members.value eq "u"`.
+fn aws_filter(collection: &str, text: &str) -> Verdict {
+    fn terms(f: &Filter, out: &mut Vec<(String, String)>) -> bool {
+        match f {
+            Filter::And(items) => items.iter().all(|i| terms(i, out)),
+            Filter::Attr(AttrExp::Comparison(path, CompareOp::Eq, CompValue::Str(v)))
+                if path.uri.is_none() =>
+            {
+                let name = match &path.sub_attr {
+                    Some(sub) => format!("{}.{}", path.name, sub),
+                    None => path.name.clone(),
+                };
+                out.push((name.to_ascii_lowercase(), v.clone()));
+                true
+            }
+            _ => false,
+        }
+    }
+    let mut found = Vec::new();
+    let parsed = filter::parse(text);
+    if !parsed.as_ref().is_ok_and(|f| terms(f, &mut found)) {
+        return aws_validation(format!(
+            "unsupported filter `{text}`: only eq, combined with and"
+        ));
+    }
+    let mut names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let allowed: &[&[&str]] = if collection == "Users" {
+        &[
+            &["username"],
+            &["externalid"],
+            &["groups.value"],
+            &["id", "manager"],
+        ]
+    } else {
+        &[
+            &["displayname"],
+            &["externalid"],
+            &["members.value"],
+            &["id", "members"],
+            &["id", "members.value"],
+        ]
+    };
+    if !allowed.contains(&names.as_slice()) {
+        return aws_validation(format!("unsupported filter combination `{text}`"));
+    }
+    if collection == "Groups" && names.contains(&"members") {
+        let rewritten: Vec<String> = found
+            .iter()
+            .map(|(name, value)| {
+                let name = if name == "members" {
+                    "members.value"
+                } else {
+                    name
+                };
+                format!("{name} eq {}", crate::scim::filter::json_string(value))
+            })
+            .collect();
+        return Verdict::ServeFilter(rewritten.join(" and "));
+    }
+    Verdict::Serve
 }
 
 /// Whether `text` is one comparison with one of `ops` (no `and`, `or`, `not` or value filter).
@@ -187,6 +434,125 @@ mod tests {
             body: body.as_ref(),
             user_agent: Some("roster"),
         })
+    }
+
+    fn aws(
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Verdict {
+        let query: BTreeMap<String, String> = query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Profile::AwsIdentityCenter.check(&Seen {
+            method: &method,
+            segments,
+            query: &query,
+            body: body.as_ref(),
+            user_agent: Some("roster"),
+        })
+    }
+
+    fn refused(verdict: &Verdict, words: &str) -> bool {
+        matches!(verdict, Verdict::Refuse(r) if r.status == 400 && r.detail.contains(words))
+    }
+
+    #[test]
+    fn aws_identity_center_refuses_what_aws_documents_it_refuses() {
+        let get = |query: &[(&str, &str)]| aws(Method::GET, &["Users"], query, None);
+        assert!(refused(&get(&[("startIndex", "1")]), "startIndex"));
+        assert!(refused(&get(&[("attributes", "userName")]), "attributes"));
+        assert!(refused(&get(&[("count", "101")]), "count"));
+        assert!(refused(&get(&[("cursor", "a b")]), "cursor"));
+        assert!(matches!(
+            get(&[("cursor", ""), ("count", "100")]),
+            Verdict::Serve
+        ));
+        let or = r#"userName eq "a" or userName eq "b""#;
+        assert!(refused(&get(&[("filter", or)]), "only eq"));
+        assert!(refused(
+            &get(&[("filter", r#"emails.value eq "a""#)]),
+            "combination"
+        ));
+        assert!(matches!(
+            get(&[("filter", r#"userName eq "a""#)]),
+            Verdict::Serve
+        ));
+        let member = r#"id eq "g" and members eq "u""#;
+        assert!(
+            matches!(aws(Method::GET, &["Groups"], &[("filter", member)], None),
+                Verdict::ServeFilter(f) if f == r#"id eq "g" and members.value eq "u""#)
+        );
+
+        let mut user = json!({"userName": "a", "displayName": "A",
+            "name": {"givenName": "A", "familyName": "B"},
+            "emails": [{"value": "a@x", "primary": true}]});
+        assert!(matches!(
+            aws(Method::POST, &["Users"], &[], Some(user.clone())),
+            Verdict::Serve
+        ));
+        user["emails"] = json!([{"value": "a@x", "primary": true}, {"value": "b@x"}]);
+        assert!(refused(
+            &aws(Method::POST, &["Users"], &[], Some(user.clone())),
+            "one value"
+        ));
+        user["emails"] = json!([{"value": "a@x"}]);
+        assert!(refused(
+            &aws(Method::PUT, &["Users", "u"], &[], Some(user.clone())),
+            "primary"
+        ));
+        user["emails"] = json!([{"value": "a@x", "primary": true}]);
+        user.as_object_mut().map(|u| u.remove("displayName"));
+        assert!(refused(
+            &aws(Method::POST, &["Users"], &[], Some(user)),
+            "displayName"
+        ));
+
+        let adds: Vec<Value> = (0..101)
+            .map(|n| json!({"value": format!("u{n}")}))
+            .collect();
+        let patch = |ops: Value| {
+            aws(
+                Method::PATCH,
+                &["Groups", "g"],
+                &[],
+                Some(json!({"Operations": ops})),
+            )
+        };
+        assert!(refused(
+            &patch(json!([{"op": "add", "path": "members", "value": adds}])),
+            "at most 100"
+        ));
+        assert!(matches!(
+            patch(json!([{"op": "add", "path": "members", "value": adds[..100]}])),
+            Verdict::Serve
+        ));
+        assert!(refused(
+            &patch(json!([{"op": "replace", "path": "members", "value": []}])),
+            "all members"
+        ));
+        assert!(refused(
+            &patch(json!([{"op": "remove", "path": "members"}])),
+            "all members"
+        ));
+        assert!(matches!(
+            patch(json!([{"op": "remove", "path": "members[value eq \"u1\"]"}])),
+            Verdict::Serve
+        ));
+        assert!(refused(
+            &aws(Method::PUT, &["Groups", "g"], &[], Some(json!({}))),
+            "PUT"
+        ));
+
+        let mut group = json!({"id": "g", "members": [{"value": "u"}]});
+        Profile::AwsIdentityCenter.shape_read("Groups", &mut group);
+        assert_eq!(group["members"], json!([]));
+        let mut group = json!({"id": "g", "members": [{"value": "u"}]});
+        Profile::Rfc.shape_read("Groups", &mut group);
+        assert_eq!(group["members"], json!([{"value": "u"}]));
+        assert!(Profile::AwsIdentityCenter.cursor_paging() && !Profile::Rfc.cursor_paging());
     }
 
     #[test]

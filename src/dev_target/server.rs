@@ -366,6 +366,11 @@ impl DevEndpoint {
             }
             profiles::Verdict::Refuse(refusal) => Err(refusal),
             profiles::Verdict::EmptyList => Ok(json_response(200, &list_of(Vec::new()))),
+            profiles::Verdict::ServeFilter(filter) => {
+                let mut query = query.clone();
+                query.insert("filter".to_owned(), filter);
+                self.route(&method, &segments, &query, body, if_match.as_deref())
+            }
         };
         let is_write = matches!(
             method,
@@ -423,7 +428,7 @@ impl DevEndpoint {
             ("GET", [collection]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
-                Ok(self.list(&store, kind, query))
+                Ok(self.list(&store, kind, collection, query))
             }
             ("POST", [collection, ".search"]) => {
                 let kind = kind_of(collection)
@@ -442,7 +447,7 @@ impl DevEndpoint {
                         );
                     }
                 }
-                Ok(self.list(&store, kind, &q))
+                Ok(self.list(&store, kind, collection, &q))
             }
             ("POST", [collection]) => {
                 let kind = kind_of(collection)
@@ -455,7 +460,11 @@ impl DevEndpoint {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
                 match method.as_str() {
-                    "GET" => Ok(resource_response(200, &store.get(kind, id)?)),
+                    "GET" => {
+                        let mut resource = store.get(kind, id)?;
+                        args.profile.shape_read(collection, &mut resource);
+                        Ok(resource_response(200, &resource))
+                    }
                     "PUT" => {
                         Store::require_schemas(kind, &body())?;
                         Ok(resource_response(
@@ -478,7 +487,13 @@ impl DevEndpoint {
         }
     }
 
-    fn list(&self, store: &Store, kind: Kind, query: &BTreeMap<String, String>) -> Response {
+    fn list(
+        &self,
+        store: &Store,
+        kind: Kind,
+        collection: &str,
+        query: &BTreeMap<String, String>,
+    ) -> Response {
         let args = &self.shared.args;
         let filter = match query.get("filter").filter(|f| !f.trim().is_empty()) {
             Some(text) => match filter::parse(text) {
@@ -488,11 +503,47 @@ impl DevEndpoint {
             None => None,
         };
         let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
-        // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
-        let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
         let max = args.max_page_size.max(1) as usize;
         let count =
             number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
+        let cursor = query.get("cursor").filter(|_| args.profile.cursor_paging());
+        if let Some(cursor) = cursor {
+            // RFC 9865: the cursor is opaque; here it is the offset of the next page.
+            let offset = match cursor.as_str() {
+                "" => 0,
+                text => match text.strip_prefix("next:").and_then(|n| n.parse().ok()) {
+                    Some(offset) => offset,
+                    None => {
+                        return error_response(&Refusal::new(
+                            400,
+                            Some("invalidCursor"),
+                            "unknown cursor",
+                        ));
+                    }
+                },
+            };
+            let page = store.list(kind, filter.as_ref(), offset + 1, count, false);
+            let resources: Vec<Value> = page
+                .resources
+                .into_iter()
+                .map(|mut r| {
+                    args.profile.shape_read(collection, &mut r);
+                    r
+                })
+                .collect();
+            let next = offset + resources.len();
+            let mut body = json!({
+                "schemas": [schemas::LIST_RESPONSE],
+                "itemsPerPage": resources.len(),
+                "Resources": resources,
+            });
+            if next < page.total && count > 0 {
+                body["nextCursor"] = Value::String(format!("next:{next}"));
+            }
+            return json_response(200, &body);
+        }
+        // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
+        let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
         let page = store.list(kind, filter.as_ref(), start, count, args.paging_wraps);
         let attributes: Vec<String> = query
             .get("attributes")
@@ -506,7 +557,10 @@ impl DevEndpoint {
         let resources: Vec<Value> = page
             .resources
             .into_iter()
-            .map(|r| project(r, &attributes))
+            .map(|mut r| {
+                args.profile.shape_read(collection, &mut r);
+                project(r, &attributes)
+            })
             .collect();
         json_response(
             200,

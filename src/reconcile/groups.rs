@@ -182,6 +182,27 @@ impl GroupClassifier {
                 .is_some_and(unseen)
     }
 
+    /// The wanted members (target ids) of the pushed group `group` concerns, if it concerns
+    /// one ([`GroupClassifier::concerns`]): what a target that answers groups without members
+    /// is asked about, member by member.
+    #[must_use]
+    pub fn wanted_members(&self, group: &Value) -> Option<Vec<String>> {
+        let unseen = |index: &usize| !self.seen[*index];
+        let index = id_of(group)
+            .and_then(|id| self.by_target_id.get(id))
+            .copied()
+            .filter(unseen)
+            .or_else(|| {
+                group
+                    .get("displayName")
+                    .and_then(Value::as_str)
+                    .and_then(|name| self.unlinked_by_name.get(&name.to_lowercase()))
+                    .copied()
+                    .filter(unseen)
+            })?;
+        Some(self.groups[index].members.keys().cloned().collect())
+    }
+
     /// Classifies one group as the target returned it (a SCIM Group resource).
     pub fn classify_group(&mut self, group: &Value) -> GroupFinding {
         let target_id = id_of(group).map(str::to_owned);

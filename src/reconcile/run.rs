@@ -132,6 +132,9 @@ pub struct RunOutcome {
     pub writes: u64,
     /// Deprovisions the deletion guard held, with its reason.
     pub held: Option<(u64, String)>,
+    /// Why some findings were only reported (the listing could not be proven complete);
+    /// recorded as the run's `error` although the run completed.
+    pub note: Option<String>,
 }
 
 /// How far a run has read the target's users, for a progress display: updated as pages
@@ -271,7 +274,7 @@ pub async fn execute(
         .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(outcome) => {
-            finish(db, run_id, &outcome, None).await?;
+            finish(db, run_id, &outcome, outcome.note.as_deref()).await?;
             // The read-back succeeded, whether or not deprovisions wait for approval.
             m.reconcile_last_success_timestamp_seconds
                 .with_label_values(&[app_label])
@@ -292,6 +295,7 @@ pub async fn execute(
                 groups: GroupCounts::default(),
                 writes: 0,
                 held: None,
+                note: None,
             };
             let message = err.to_string();
             if let Err(e) = finish(db, run_id, &failed, Some(&message)).await {
@@ -383,16 +387,36 @@ async fn classify_and_fix(
     // Groups first, so that the accounts a group lists by id alone are named on the way
     // through the users. A target is asked for `/Groups` only when the app pushes groups.
     let mut pushed: Vec<GroupFinding> = Vec::new();
+    let mut listing = Listing::default();
     if !group_classifier.is_empty() {
-        let mut groups = target.client.groups().list(page_size);
-        while let Some(group) = groups.next().await {
-            let mut group = group?;
+        let mut pages = target.client.groups().list_pages(ListQuery {
+            page_size,
+            ..ListQuery::default()
+        });
+        let mut groups = Vec::new().into_iter();
+        loop {
+            let group = match groups.next() {
+                Some(group) => group,
+                None => match pages.next().await {
+                    Some(page) => {
+                        let page = page?;
+                        listing.unproven |= page.unproven;
+                        groups = page.resources.into_iter();
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let mut group = group;
             if group_classifier.concerns(&group)
-                && !lists_members(&group)
                 && let Some(id) = crate::scim::id_of(&group).map(str::to_owned)
             {
-                // The listing left the members out (some targets do): read what is compared.
-                group = target.client.groups().get(&id).await?;
+                if !target.client.quirks().group_members_readable {
+                    known_members(&target.client, &group_classifier, &mut group).await?;
+                } else if !lists_members(&group) {
+                    // The listing left the members out (some targets do): read what is compared.
+                    group = target.client.groups().get(&id).await?;
+                }
             }
             let finding = group_classifier.classify_group(&group);
             if finding.group.is_some() {
@@ -407,7 +431,10 @@ async fn classify_and_fix(
         // A pushed group's link is dropped only for a group the target confirms gone.
         for id in group_classifier.unseen_links() {
             match target.client.groups().get(&id).await {
-                Ok(group) if crate::scim::id_of(&group) == Some(id.as_str()) => {
+                Ok(mut group) if crate::scim::id_of(&group) == Some(id.as_str()) => {
+                    if !target.client.quirks().group_members_readable {
+                        known_members(&target.client, &group_classifier, &mut group).await?;
+                    }
                     pushed.push(group_classifier.classify_group(&group));
                 }
                 Ok(_) => return Err(RunError::WrongAccount(id)),
@@ -416,6 +443,9 @@ async fn classify_and_fix(
             }
         }
         pushed.extend(group_classifier.finish());
+        for finding in &mut pushed {
+            listing.withhold_group(finding);
+        }
     }
     let unnamed = unnamed_members(&pushed);
     let mut names: HashMap<String, String> = HashMap::new();
@@ -436,7 +466,6 @@ async fn classify_and_fix(
         }
     }));
     let mut waited = std::time::Duration::ZERO;
-    let mut listing = Listing::default();
     loop {
         let asked = Instant::now();
         let Some(page) = arrived.recv().await else {
@@ -446,6 +475,7 @@ async fn classify_and_fix(
         let page = page?;
         progress.page(page.resources.len(), page.total);
         listing.page(page.total, page.wrapped);
+        listing.unproven |= page.unproven;
         for account in page.resources {
             if !listing.first_sight(crate::scim::id_of(&account)) {
                 // Read already: a page boundary that moved, or a target that repeats items.
@@ -457,7 +487,7 @@ async fn classify_and_fix(
             {
                 names.insert(id.to_owned(), user_name.to_owned());
             }
-            let finding = classifier.classify_account(&account);
+            let finding = listing.withhold(classifier.classify_account(&account));
             batch.push(finding, Some(account));
             if batch.is_full() {
                 batch.flush().await?;
@@ -479,7 +509,7 @@ async fn classify_and_fix(
                     return Err(RunError::WrongAccount(target_id));
                 }
                 if listing.first_sight(Some(&target_id)) {
-                    let finding = classifier.classify_account(&account);
+                    let finding = listing.withhold(classifier.classify_account(&account));
                     batch.push(finding, Some(account));
                 }
             }
@@ -492,6 +522,7 @@ async fn classify_and_fix(
     }
     let superseded = classifier.superseded().to_vec();
     for finding in classifier.finish() {
+        let finding = listing.withhold(finding);
         batch.push(finding, None);
         if batch.is_full() {
             batch.flush().await?;
@@ -542,6 +573,7 @@ async fn classify_and_fix(
         groups: batch.group_counts,
         writes: batch.jobs,
         held: None,
+        note: listing.note(),
     };
     if fix && batch.deprovisions > 0 {
         let accounts_read = batch.counts.total() - batch.counts.missing;
@@ -565,6 +597,40 @@ async fn classify_and_fix(
     Ok(outcome)
 }
 
+/// For a target that answers groups without members (`group_members_readable = false`): puts
+/// into `group` the members it is known to have, so that the classifier never reads the empty
+/// answer as "everyone left" (and the fix never re-adds everyone every run). Each wanted member
+/// is asked for with the target's member filter; without one, roster's links are trusted (the
+/// wanted members are taken as present). Members added by hand in the target cannot be seen
+/// either way, so they are never reported or removed.
+async fn known_members(
+    client: &crate::scim::ScimClient,
+    classifier: &GroupClassifier,
+    group: &mut Value,
+) -> Result<(), RunError> {
+    let (Some(wanted), Some(id)) = (
+        classifier.wanted_members(group),
+        crate::scim::id_of(group).map(str::to_owned),
+    ) else {
+        return Ok(());
+    };
+    let members = match client.groups().members_confirmed(&id, &wanted).await? {
+        Some(confirmed) => confirmed,
+        None => wanted,
+    };
+    if let Some(object) = group.as_object_mut() {
+        object.retain(|key, _| !key.eq_ignore_ascii_case("members"));
+        object.insert(
+            "members".to_owned(),
+            members
+                .into_iter()
+                .map(|value| serde_json::json!({ "value": value }))
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
 /// What a run saw of the target's listing of users: enough to tell a complete listing from one
 /// that ended early, which is the only kind roster may conclude "gone" from.
 ///
@@ -582,8 +648,14 @@ struct Listing {
     /// A page's `totalResults` was below an earlier one's.
     shrank: bool,
     /// The client stopped because the target answered page 1 again or a page started past
-    /// `totalResults`.
+    /// `totalResults`, or handed out a cursor it had handed out before.
     wrapped: bool,
+    /// Nothing proves the listing complete (a target that does not page answered without
+    /// `totalResults`): findings that conclude from an absence, or that the deletion guard
+    /// would weigh against an unknown total, are only reported ([`Listing::withhold`]).
+    unproven: bool,
+    /// Findings whose action was withheld because of `unproven`.
+    withheld: u64,
 }
 
 impl Listing {
@@ -593,6 +665,49 @@ impl Listing {
             self.shrank |= self.total.is_some_and(|before| total < before);
             self.total = Some(total);
         }
+    }
+
+    /// On an unproven listing, a finding that would create, adopt (link) or deprovision is
+    /// reported with action `none`: who is missing, who else matches a person, and what
+    /// fraction of the target a deprovision is, all depend on accounts the listing may not
+    /// have shown. Drift of a linked account (a PATCH of what was read) stays.
+    fn withhold(&mut self, mut finding: Finding) -> Finding {
+        let concludes_from_absence = matches!(
+            finding.action.kind(),
+            ActionKind::Create
+                | ActionKind::Link
+                | ActionKind::LinkAndPatch
+                | ActionKind::Deactivate
+                | ActionKind::Delete
+        );
+        if self.unproven && concludes_from_absence {
+            finding.action = super::Action::None;
+            self.withheld += 1;
+        }
+        finding
+    }
+
+    /// [`Listing::withhold`] for a pushed group: on an unproven listing of `/Groups`, a group
+    /// not seen is not known to be missing, and one seen by name may have a namesake unseen.
+    fn withhold_group(&mut self, finding: &mut GroupFinding) {
+        let concludes_from_absence = matches!(
+            finding.action,
+            ActionKind::Create | ActionKind::Link | ActionKind::LinkAndPatch
+        );
+        if self.unproven && concludes_from_absence {
+            finding.action = ActionKind::None;
+            self.withheld += 1;
+        }
+    }
+
+    /// The run's note when the listing was unproven.
+    fn note(&self) -> Option<String> {
+        self.unproven.then(|| {
+            format!(
+                "the target answered its listing in one response without totalResults, so it cannot be proven complete: {} findings that would create, adopt or deprovision were only reported",
+                self.withheld
+            )
+        })
     }
 
     /// Whether the account is read for the first time (an account without `id` always is).
@@ -626,7 +741,7 @@ impl Listing {
         }
         if self.wrapped {
             why.push(
-                "the target answered a page already read (does it ignore startIndex?) or a page past its totalResults"
+                "the target answered a page already read (does it ignore startIndex, or hand out a cursor again?) or a page past its totalResults"
                     .to_owned(),
             );
         }

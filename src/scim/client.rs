@@ -19,7 +19,7 @@ use super::discovery::Capabilities;
 use super::error::{ScimError, TransportKind, parse_error_body, parse_retry_after};
 use super::filter;
 use super::patch::{self, PatchRequest};
-use super::quirks::Quirks;
+use super::quirks::{Paging as PagingMode, Quirks};
 use crate::net_guard::TargetPolicy;
 
 /// One HTTP call the client made, for the provisioning log and metrics.
@@ -1168,10 +1168,12 @@ impl ScimClient {
             }
         }
         // /ServiceProviderConfig often needs no credentials; a one-item page of Users does.
-        let probe = self.url(
-            &["Users"],
-            &[("startIndex", "1".into()), ("count", "1".into())],
-        );
+        let probe = match self.inner.quirks.paging {
+            PagingMode::Index => vec![("startIndex", "1".into()), ("count", "1".into())],
+            PagingMode::Cursor => vec![("cursor", String::new()), ("count", "1".into())],
+            PagingMode::None => Vec::new(),
+        };
+        let probe = self.url(&["Users"], &probe);
         match self.scim(Method::GET, probe, None, None).await {
             Ok(_) => report.auth_ok = true,
             Err(ScimError::Http {
@@ -1223,9 +1225,14 @@ pub struct Page {
     pub resources: Vec<Value>,
     pub total: Option<u64>,
     /// The listing ended because the target answered page 1 again, or because the next
-    /// `startIndex` lay past a `totalResults` that had shrunk: what it held was not all read.
-    /// Such a page has no resources (they were read already, or there were none).
+    /// `startIndex` lay past a `totalResults` that had shrunk, or because a cursor came round
+    /// again: what it held was not all read. With index paging such a page has no resources
+    /// (they were read already, or there were none).
     pub wrapped: bool,
+    /// The last page of a listing whose completeness nothing proves: a target that does not
+    /// page (`paging: none`) answered without a `totalResults`. What it holds is real, but an
+    /// account it does not show is not known to be absent.
+    pub unproven: bool,
 }
 
 /// State of a paged listing between pages.
@@ -1239,6 +1246,48 @@ struct Paging {
     /// The target answered `scimType: sensitive` to a filter in the URL: pages are asked
     /// with `POST …/.search` from then on.
     search: bool,
+    /// `paging: cursor`: the cursor of the next page (empty for the first, RFC 9865 §2.1).
+    cursor: String,
+    /// `paging: cursor`: every cursor asked so far, so that a target that hands one out
+    /// again ends the listing (as `wrapped`) instead of looping.
+    cursors_seen: std::collections::HashSet<String>,
+}
+
+/// Where a page request starts, by the target's paging mode.
+#[derive(Debug, Clone, Copy)]
+enum PageAt<'a> {
+    Index(u64),
+    Cursor(&'a str),
+    Whole,
+}
+
+/// The next state of a cursor listing (RFC 9865) after a page: done when the answer has no
+/// `nextCursor`; a cursor handed out again ends the listing as `wrapped` (it would loop).
+fn cursor_page(
+    mut paging: Paging,
+    total: Option<u64>,
+    items: Vec<Value>,
+    next_cursor: Option<String>,
+) -> (Page, Paging) {
+    paging.fetched += items.len() as u64;
+    let asked = std::mem::take(&mut paging.cursor);
+    paging.cursors_seen.insert(asked);
+    let mut wrapped = false;
+    match next_cursor {
+        None => paging.done = true,
+        Some(next) if paging.cursors_seen.contains(&next) => {
+            paging.done = true;
+            wrapped = true;
+        }
+        Some(next) => paging.cursor = next,
+    }
+    let page = Page {
+        resources: items,
+        total,
+        wrapped,
+        unproven: false,
+    };
+    (page, paging)
 }
 
 /// One page of a listing, as [`parse_list_page`] reads it.
@@ -1247,6 +1296,8 @@ pub(crate) struct ListPage {
     /// `totalResults`, when the target sent a non-negative integer.
     pub(crate) total: Option<u64>,
     pub(crate) items: Vec<Value>,
+    /// RFC 9865 `nextCursor`, when the target sent a non-empty string.
+    pub(crate) next_cursor: Option<String>,
 }
 
 /// Reads a ListResponse body: `totalResults` and `Resources`, both matched without regard to
@@ -1264,7 +1315,19 @@ pub(crate) fn parse_list_page(body: &Value) -> Result<ListPage, &'static str> {
         None | Some(Value::Null) => Vec::new(),
         Some(_) => return Err("`Resources` is not an array"),
     };
-    Ok(ListPage { total, items })
+    let next_cursor = match filter::get_ci(object, "nextCursor") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(c)) if c.is_empty() => None,
+        Some(Value::String(c)) => Some(c.clone()),
+        // RFC 9865 says a string; a number is read as its text rather than end the listing.
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => return Err("`nextCursor` is not a string"),
+    };
+    Ok(ListPage {
+        total,
+        items,
+        next_cursor,
+    })
 }
 
 /// The ids a look-up has returned so far: a target whose pages overlap (an account on page 1
@@ -1589,6 +1652,8 @@ impl Resources {
             first_id: None,
             done: false,
             search: false,
+            cursor: String::new(),
+            cursors_seen: std::collections::HashSet::new(),
         };
         stream::try_unfold(start, move |paging| {
             let this = this.clone();
@@ -1606,6 +1671,7 @@ impl Resources {
         if paging.done {
             return Ok(None);
         }
+        let mode = self.client.inner.quirks.paging;
         let count = self.client.page_count(query.page_size).await;
         let mut params = Vec::new();
         if let Some(filter) = &query.filter {
@@ -1614,20 +1680,29 @@ impl Resources {
         if !query.attributes.is_empty() {
             params.push(("attributes", query.attributes.join(",")));
         }
-        params.push(("startIndex", paging.next_start.to_string()));
-        params.push(("count", count.to_string()));
+        let at = match mode {
+            PagingMode::Index => {
+                params.push(("startIndex", paging.next_start.to_string()));
+                params.push(("count", count.to_string()));
+                PageAt::Index(paging.next_start)
+            }
+            PagingMode::Cursor => {
+                params.push(("cursor", paging.cursor.clone()));
+                params.push(("count", count.to_string()));
+                PageAt::Cursor(&paging.cursor)
+            }
+            PagingMode::None => PageAt::Whole,
+        };
         let url = self.client.url(&[self.kind.endpoint()], &params);
         let mut path = url.path().to_owned();
         let answer = if paging.search {
-            self.search(query, paging.next_start, count, &mut path)
-                .await?
+            self.search(query, at, count, &mut path).await?
         } else {
             match self.client.scim(Method::GET, url, None, None).await {
                 // The target will not read the filter's values from a URL: ask with a body.
                 Err(e) if e.is_sensitive() && query.filter.is_some() => {
                     paging.search = true;
-                    self.search(query, paging.next_start, count, &mut path)
-                        .await?
+                    self.search(query, at, count, &mut path).await?
                 }
                 other => other?,
             }
@@ -1635,13 +1710,34 @@ impl Resources {
         let body = answer
             .body
             .ok_or_else(|| no_body("GET", path.clone(), answer.status))?;
-        let ListPage { total, items } =
-            parse_list_page(&body).map_err(|reason| ScimError::BadResponse {
-                method: "GET".into(),
-                path,
-                status: answer.status,
-                reason: reason.into(),
-            })?;
+        let ListPage {
+            total,
+            items,
+            next_cursor,
+        } = parse_list_page(&body).map_err(|reason| ScimError::BadResponse {
+            method: "GET".into(),
+            path,
+            status: answer.status,
+            reason: reason.into(),
+        })?;
+        match mode {
+            PagingMode::Index => {}
+            PagingMode::Cursor => return Ok(Some(cursor_page(paging, total, items, next_cursor))),
+            PagingMode::None => {
+                // One answer is the whole listing; only its `totalResults` can prove that.
+                paging.done = true;
+                let unproven = total.is_none();
+                return Ok(Some((
+                    Page {
+                        resources: items,
+                        total,
+                        wrapped: false,
+                        unproven,
+                    },
+                    paging,
+                )));
+            }
+        }
         let first_of_page = items.first().and_then(id_of).map(str::to_owned);
         let wrapped = paging.next_start > 1
             && (total.is_some_and(|t| paging.next_start > t)
@@ -1671,6 +1767,7 @@ impl Resources {
                 resources: items,
                 total,
                 wrapped: false,
+                unproven: false,
             },
             paging,
         )))
@@ -1681,7 +1778,7 @@ impl Resources {
     async fn search(
         &self,
         query: &ListQuery,
-        start: u64,
+        at: PageAt<'_>,
         count: u32,
         path: &mut String,
     ) -> Result<Answer, ScimError> {
@@ -1689,9 +1786,18 @@ impl Resources {
         url.path().clone_into(path);
         let mut body = serde_json::json!({
             "schemas": [super::schemas::SEARCH_REQUEST],
-            "startIndex": start,
-            "count": count,
         });
+        match at {
+            PageAt::Index(start) => {
+                body["startIndex"] = start.into();
+                body["count"] = count.into();
+            }
+            PageAt::Cursor(cursor) => {
+                body["cursor"] = cursor.into();
+                body["count"] = count.into();
+            }
+            PageAt::Whole => {}
+        }
         if let Some(filter) = &query.filter {
             body["filter"] = Value::String(filter.clone());
         }
@@ -1699,6 +1805,46 @@ impl Resources {
             body["attributes"] = serde_json::json!(query.attributes);
         }
         self.client.scim(Method::POST, url, Some(&body), None).await
+    }
+
+    /// Which of `member_ids` the target says are members of group `group_id`, for targets
+    /// that answer groups without their members (`quirks.group_members_readable = false`):
+    /// one `filter=id eq "g" and members eq "u"` listing per member, as such targets document
+    /// it. A member is confirmed only by an answer holding the group itself (checked here);
+    /// a 404 (a member the target does not know) is "not a member". `None` when the quirks
+    /// say the target does not filter on `members`: then nothing can be read back, and the
+    /// caller trusts its own record.
+    pub async fn members_confirmed(
+        &self,
+        group_id: &str,
+        member_ids: &[String],
+    ) -> Result<Option<Vec<String>>, ScimError> {
+        let quirks = &self.client.inner.quirks;
+        if !(quirks.filters_on("members") && quirks.filters_on("id")) {
+            return Ok(None);
+        }
+        let mut confirmed = Vec::new();
+        for member in member_ids {
+            let query = ListQuery {
+                filter: Some(format!(
+                    "{} and {}",
+                    filter::eq("id", group_id)?,
+                    filter::eq("members", member)?
+                )),
+                attributes: Vec::new(),
+                page_size: quirks.page_size,
+            };
+            let answer: Result<Vec<Value>, ScimError> = self.list_query(query).try_collect().await;
+            match answer {
+                Ok(groups) if groups.iter().any(|g| id_of(g) == Some(group_id)) => {
+                    confirmed.push(member.clone());
+                }
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some(confirmed))
     }
 
     /// Adds members with PATCH, in chunks of `quirks.max_members_per_patch`.
@@ -1880,6 +2026,44 @@ mod tests {
         assert!(!logged.contains("ada") && !logged.contains("b@x"));
         let plain = client.url(&["Users", "u-1"], &[]);
         assert_eq!(logged_path(&plain), "/scim/v2/Users/u-1");
+    }
+
+    #[test]
+    fn cursor_listings_end_without_next_cursor_or_on_a_cursor_seen_before() {
+        let page = parse_list_page(&serde_json::json!({
+            "Resources": [{"id": "a"}], "nextCursor": "c2"
+        }))
+        .unwrap();
+        assert_eq!(page.next_cursor.as_deref(), Some("c2"));
+        assert_eq!(page.total, None);
+        let last =
+            parse_list_page(&serde_json::json!({"Resources": [], "nextCursor": ""})).unwrap();
+        assert_eq!(last.next_cursor, None, "an empty cursor ends the listing");
+        let numeric = parse_list_page(&serde_json::json!({"nextCursor": 3})).unwrap();
+        assert_eq!(numeric.next_cursor.as_deref(), Some("3"));
+        assert!(parse_list_page(&serde_json::json!({"nextCursor": {}})).is_err());
+
+        let start = Paging {
+            next_start: 1,
+            fetched: 0,
+            first_id: None,
+            done: false,
+            search: false,
+            cursor: String::new(),
+            cursors_seen: std::collections::HashSet::new(),
+        };
+        let item = || vec![serde_json::json!({"id": "x"})];
+        let (page, paging) = cursor_page(start, None, item(), Some("c2".into()));
+        assert!(!paging.done && !page.wrapped);
+        assert_eq!(paging.cursor, "c2");
+        let (page, paging) = cursor_page(paging, None, item(), Some("c3".into()));
+        assert!(!paging.done && !page.wrapped);
+        // Handed out again: the listing stops, marked as not wholly read.
+        let (page, again) = cursor_page(paging.clone(), None, item(), Some("c2".into()));
+        assert!(again.done && page.wrapped);
+        let (page, done) = cursor_page(paging, Some(3), item(), None);
+        assert!(done.done && !page.wrapped);
+        assert_eq!(done.fetched, 3);
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //!   locally and PUT; ETags → `If-Match`, and a 412 re-reads the version and retries once;
 //!   no filter → look-ups page through the collection; every look-up answer is checked
 //!   locally ([`filter::holds_value`]) and each account counted once; `count` is clamped to
-//!   `quirks.page_size` and `filter.maxResults`.
+//!   `quirks.page_size` and `filter.maxResults`; listings page as `quirks.paging` says
+//!   (`startIndex`, RFC 9865 cursors, or one answer, whose completeness only `totalResults`
+//!   proves: [`Page::unproven`]).
 //! - Errors are [`ScimError`]; [`ScimError::class`] (from the pure [`classify`]) says transient,
 //!   conflict, auth, not found or permanent. [`parse_retry_after`] reads `Retry-After`.
 //! - Every HTTP call (token requests included) yields a [`CallRecord`] for the optional
@@ -50,7 +52,7 @@ pub use error::{
     ErrorClass, MAX_RETRY_AFTER, ScimError, TransportKind, classify, parse_retry_after,
 };
 pub use patch::{PatchError, PatchOp, PatchOperation, PatchRequest, chunk_members};
-pub use quirks::{DiscoveryPath, PatchOpCase, Quirks, QuirksError, UnsupportedFilter};
+pub use quirks::{DiscoveryPath, Paging, PatchOpCase, Quirks, QuirksError, UnsupportedFilter};
 
 /// Schema URNs used in request bodies.
 pub mod schemas {

@@ -48,6 +48,21 @@ pub enum UnsupportedFilter {
     Empty,
 }
 
+/// How a target pages a listing (DESIGN §6, §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Paging {
+    /// `startIndex`/`count`, as RFC 7644 §3.4.2.4 says; done at `totalResults`.
+    #[default]
+    Index,
+    /// RFC 9865 cursors: the first request sends an empty `cursor=`, each answer's
+    /// `nextCursor` asks for the next page, and an answer without one is the last.
+    Cursor,
+    /// No paging: one request answers the whole listing. Complete only when its
+    /// `totalResults` says so; otherwise nothing may be concluded from an absence.
+    None,
+}
+
 /// How a target deviates. Stored on the app as JSON; unknown fields are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +112,12 @@ pub struct Quirks {
     /// without a mapping for one is refused, and a person whose mappings render none of one is
     /// not sent (the job fails naming the attribute) rather than refused by the target.
     pub required_on_create: Vec<String>,
+    /// How listings are paged; the maximum `count` is `page_size`.
+    pub paging: Paging,
+    /// `false`: the target answers groups without their members (GET and listings), so
+    /// membership is never read from a group: roster trusts its links and, where the target
+    /// filters on `members`, asks `id eq "g" and members eq "u"` per wanted member.
+    pub group_members_readable: bool,
 }
 
 impl Default for Quirks {
@@ -117,6 +138,8 @@ impl Default for Quirks {
             rejects_duplicate_user_names: false,
             single_valued: Vec::new(),
             required_on_create: Vec::new(),
+            paging: Paging::Index,
+            group_members_readable: true,
         }
     }
 }
@@ -465,6 +488,25 @@ mod tests {
         assert_eq!(q.discovery_path.segment(), "ServiceProviderConfig");
         let q = Quirks::from_json(&json!("entra")).unwrap();
         assert!(q.patch_value_filters && !q.patch_only_active);
+    }
+
+    #[test]
+    fn paging_modes_and_group_member_reading_parse_and_default_to_rfc() {
+        let q = Quirks::from_json(&json!({"paging": "cursor", "group_members_readable": false}))
+            .unwrap();
+        assert_eq!(q.paging, Paging::Cursor);
+        assert!(!q.group_members_readable);
+        assert_eq!(
+            Quirks::from_json(&json!({"paging": "none"}))
+                .unwrap()
+                .paging,
+            Paging::None
+        );
+        assert!(Quirks::from_json(&json!({"paging": "offset"})).is_err());
+        // A document stored before these fields keeps index paging and reads members.
+        let old = Quirks::from_json(&json!({"page_size": 50, "filter_or": false})).unwrap();
+        assert_eq!(old.paging, Paging::Index);
+        assert!(old.group_members_readable);
     }
 
     #[test]

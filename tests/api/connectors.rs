@@ -82,7 +82,9 @@ async fn an_app_built_from_a_connector_takes_its_defaults_and_records_it() {
     assert_eq!(aws["quirks"]["max_members_per_patch"], 100);
     assert_eq!(aws["quirks"]["page_size"], 100);
     assert_eq!(aws["connector"]["name"], "aws-identity-center");
-    assert_eq!(aws["connector"]["version"], 1);
+    assert_eq!(aws["connector"]["version"], 2);
+    assert_eq!(aws["quirks"]["paging"], "cursor");
+    assert_eq!(aws["quirks"]["group_members_readable"], false);
     assert_eq!(aws["connector"]["params"]["tenant_id"], "d-9067");
     assert!(
         aws["mappings"]
@@ -502,6 +504,131 @@ async fn zoom_lifecycle_against_its_emulation() {
 #[tokio::test]
 async fn snowflake_lifecycle_against_its_emulation() {
     lifecycle_against_profile("snowflake", Profile::Snowflake, json!({"account": "acme"})).await;
+}
+
+#[tokio::test]
+async fn aws_identity_center_lifecycle_against_its_emulation() {
+    lifecycle_against_profile(
+        "aws-identity-center",
+        Profile::AwsIdentityCenter,
+        json!({"region": "eu-west-1", "tenant_id": "t-1"}),
+    )
+    .await;
+}
+
+/// A pushed group on the AWS emulation, reconciled twice in fix mode with `quirks` (with one
+/// member removed by hand before the second run when `remove_by_hand`); returns the second
+/// run's report, the PATCHes the runs' jobs sent, and the members the target then holds.
+async fn aws_group_reconciled_twice(quirks: Value, remove_by_hand: bool) -> (Value, u64, usize) {
+    use roster::dev_target::{DevTargetArgs, Kind};
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile: Profile::AwsIdentityCenter,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "aws-team", "members": ["A0", "A1"]}),
+    )
+    .await
+    .expect(201);
+    let created = app
+        .create_app(&from_connector(
+            "aws",
+            "aws-identity-center",
+            json!({"connector_params": {"region": "eu-west-1", "tenant_id": "t"},
+                   "base_url": target.base_url(), "auth": {"type": "bearer", "token": token},
+                   "rate_limit": {"per_second": 100, "burst": 100}, "group_push": ["aws-team"],
+                   "reconcile": {"interval_minutes": 0, "mode": "fix"}, "quirks": quirks}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    for n in 0..2 {
+        app.post_event(&crate::helpers::joiner(
+            &format!("aws-j{n}"),
+            &format!("A{n}"),
+            "2026-11-01T09:00:00Z",
+            json!({"email": format!("a{n}@example.com"), "user_name": format!("a{n}@example.com"),
+                   "given_name": "A", "family_name": "T", "display_name": "A T"}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    eventually("the group pushed with both members", wait, || async {
+        app.settled(&app_id, wait).await;
+        let members = target
+            .groups_snapshot()
+            .first()
+            .and_then(|g| g["members"].as_array().map(Vec::len));
+        (members == Some(2)).then_some(())
+    })
+    .await;
+    let patches = || target.stats()["requests"]["PATCH"].as_u64().unwrap_or(0);
+    let before = patches();
+    let mut last = Value::Null;
+    for run in 0..2 {
+        if run == 1 && remove_by_hand {
+            let id = target.groups_snapshot()[0]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(target.edit(Kind::Group, &id, |g| {
+                g["members"].as_array_mut().map(Vec::pop);
+            }));
+        }
+        let started = app
+            .post(&format!("/api/v1/apps/{app_id}/reconcile"), &json!({}))
+            .await
+            .expect(202);
+        let id = started["id"].as_str().unwrap_or_default().to_owned();
+        last = eventually("the run", wait, || async {
+            let report = app
+                .get(&format!("/api/v1/reconcile-runs/{id}"))
+                .await
+                .expect(200);
+            (report["state"] != "running").then_some(report)
+        })
+        .await;
+        app.settled(&app_id, wait).await;
+    }
+    let members = target
+        .groups_snapshot()
+        .first()
+        .and_then(|g| g["members"].as_array().map(Vec::len))
+        .unwrap_or(0);
+    (last, patches() - before, members)
+}
+
+/// AWS answers groups without members: read as the RFC says, every run finds every member
+/// missing and re-adds them all; with the connector's quirks the members are confirmed by
+/// the member filter and the runs write nothing, and a member removed by hand is found and
+/// added back alone.
+#[tokio::test]
+async fn groups_read_back_without_members_are_never_re_added_every_run() {
+    let (rfc_reading, patches, _) =
+        aws_group_reconciled_twice(json!({"group_members_readable": true}), false).await;
+    assert!(
+        patches >= 2,
+        "RFC reading re-adds on each run: {patches} PATCHes"
+    );
+    assert_eq!(rfc_reading["groups"]["drifted"], 1, "{rfc_reading}");
+    assert!(rfc_reading["writes"].as_u64() >= Some(1), "{rfc_reading}");
+
+    let (connector, patches, members) = aws_group_reconciled_twice(json!({}), false).await;
+    assert_eq!(patches, 0, "no membership write: {connector}");
+    assert_eq!(connector["writes"], 0, "{connector}");
+    assert_eq!(connector["groups"]["in_sync"], 1, "{connector}");
+    assert_eq!(members, 2);
+
+    let (by_hand, patches, members) = aws_group_reconciled_twice(json!({}), true).await;
+    assert_eq!(by_hand["groups"]["drifted"], 1, "{by_hand}");
+    assert_eq!(by_hand["writes"], 1, "{by_hand}");
+    assert_eq!(patches, 1, "one PATCH adds the one member back: {by_hand}");
+    assert_eq!(members, 2, "{by_hand}");
 }
 
 /// The emulation bites end to end: the same lifecycle with hand-made RFC settings fails on

@@ -1962,3 +1962,118 @@ async fn runs_and_run_items_page_with_cursors_without_overlap_or_gap() {
     assert_eq!(first["total_items"], 25);
     assert_eq!(first["items"][0]["user_name"], "user-00");
 }
+
+/// In front of the dev-target: listings lose their `totalResults` while `strip` is set.
+#[derive(Default)]
+struct StripTotal {
+    strip: std::sync::atomic::AtomicBool,
+}
+
+impl Tap for StripTotal {
+    fn answer(&self, call: &RelayedCall, body: &mut Vec<u8>) {
+        if !(Misbehaviour::listing(call) && self.strip.load(std::sync::atomic::Ordering::SeqCst)) {
+            return;
+        }
+        if let Ok(mut page) = serde_json::from_slice::<Value>(body)
+            && let Some(object) = page.as_object_mut()
+        {
+            object.remove("totalResults");
+            *body = serde_json::to_vec(&page).unwrap_or_default();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates() {
+    // `paging: none`: one answer is the whole listing, and only its totalResults proves it.
+    let target = dev_target(TOKEN).await;
+    let tap = std::sync::Arc::new(StripTotal::default());
+    let stub = relay(&target.base_url(), tap.clone()).await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+    };
+    let app = spawn_app().await;
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "np-team", "members": ["NP0"]}),
+    )
+    .await
+    .expect(201);
+    let app_id = app_on(
+        &app,
+        "no-paging",
+        &stub,
+        json!({
+            "quirks": {"paging": "none"},
+            "group_push": ["np-team"],
+            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+        }),
+    )
+    .await;
+    for n in 0..2 {
+        app.post_event(&joiner(
+            &format!("np-{n}"),
+            &format!("NP{n}"),
+            AT,
+            json!({}),
+        ))
+        .await;
+    }
+    let accounts = eventually("two accounts", || async {
+        settled(&app).await;
+        let users = target.users_snapshot();
+        (users.len() == 2).then_some(users)
+    })
+    .await;
+    let team = eventually("the pushed group", || async {
+        settled(&app).await;
+        target.groups_snapshot().first().cloned()
+    })
+    .await;
+    hand.delete(&id_of(&accounts[1])).await;
+    hand.create("ghost@example.com").await;
+    hand.delete_group(&id_of(&team)).await;
+    tap.strip.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["counts"]["missing"], 1, "{report}");
+    assert_eq!(report["counts"]["unmatched"], 1, "{report}");
+    assert_eq!(report["writes"], 0, "only reported: {report}");
+    assert_eq!(
+        item(&report, "ghost@example.com")["action"],
+        "none",
+        "{report}"
+    );
+    assert_eq!(report["groups"]["missing"], 1, "{report}");
+    assert_eq!(group_item(&report, "np-team")["action"], "none", "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot be proven complete"), "{report}");
+    let users = target.users_snapshot();
+    assert_eq!(users.len(), 2, "nobody created: {users:?}");
+    assert!(target.groups_snapshot().is_empty(), "no group created");
+    assert!(
+        users.iter().all(|u| u["active"] != json!(false)),
+        "nobody deprovisioned: {users:?}"
+    );
+
+    // The same listing with its totalResults is proof: the same run acts.
+    tap.strip.store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = reconcile(&app, &app_id, json!({})).await;
+    settled(&app).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(
+        report["writes"], 3,
+        "deactivate the ghost, create the missing account and group: {report}"
+    );
+    assert!(report["error"].is_null(), "{report}");
+    let ghost = target
+        .users_snapshot()
+        .into_iter()
+        .find(|u| u["userName"] == "ghost@example.com");
+    assert!(ghost.is_some_and(|g| g["active"] == json!(false)));
+    assert_eq!(target.users_snapshot().len(), 3);
+    assert_eq!(target.groups_snapshot().len(), 1);
+}

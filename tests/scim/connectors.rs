@@ -223,3 +223,103 @@ async fn snowflake_answers_unsupported_filters_empty_so_the_connector_asks_one_v
         assert_eq!(found.len(), 1, "{name}");
     }
 }
+
+/// A user AWS IAM Identity Center accepts: it requires givenName, familyName, userName and
+/// displayName on create.
+fn aws_user(name: &str) -> Value {
+    let mut body = user(name);
+    body["displayName"] = json!(format!("{name} Lovelace"));
+    body
+}
+
+#[tokio::test]
+async fn aws_identity_center_refuses_start_index_so_the_connector_pages_with_cursors() {
+    use futures::TryStreamExt as _;
+    let target = spawn_target(DevTargetArgs {
+        profile: Profile::AwsIdentityCenter,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let base = target.target.base_url();
+    let (rfc, _) = client(&base, bearer(TOKEN), |_| {});
+    let quirks = connector_quirks("aws-identity-center");
+    let (vendor, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+        c.quirks = quirks;
+    });
+    for n in 0..230 {
+        vendor
+            .users()
+            .create(&aws_user(&format!("aws-{n:03}")))
+            .await
+            .expect("create");
+    }
+    let err = rfc
+        .users()
+        .list(100)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("startIndex is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("startIndex"), "{err}");
+    let report = rfc.test_connection().await;
+    assert!(!report.auth_ok, "the RFC probe is refused: {report:?}");
+
+    let before = calls.all().len();
+    let listed: Vec<Value> = vendor
+        .users()
+        .list(100)
+        .try_collect()
+        .await
+        .expect("cursor paging");
+    let ids: std::collections::BTreeSet<&str> =
+        listed.iter().filter_map(roster::scim::id_of).collect();
+    assert_eq!(ids.len(), 230, "every account once");
+    let pages: Vec<String> = calls.all()[before..]
+        .iter()
+        .map(|c| c.path.clone())
+        .filter(|p| p.contains("/Users"))
+        .collect();
+    assert_eq!(pages.len(), 3, "{pages:?}");
+    assert!(pages[0].ends_with("cursor=&count=100"), "{pages:?}");
+    assert!(pages.iter().all(|p| !p.contains("startIndex")), "{pages:?}");
+    let report = vendor.test_connection().await;
+    assert!(report.auth_ok, "{:?}", report.reason);
+}
+
+#[tokio::test]
+async fn aws_identity_center_answers_groups_without_members_so_the_connector_asks_per_member() {
+    let (target, rfc, vendor) =
+        rfc_and_connector(Profile::AwsIdentityCenter, "aws-identity-center").await;
+    let mut ids = Vec::new();
+    for name in ["aws-a", "aws-b", "aws-c"] {
+        let created = vendor.users().create(&aws_user(name)).await.expect("user");
+        ids.push(roster::scim::id_of(&created).expect("id").to_owned());
+    }
+    let mut body = group("aws-team");
+    body["members"] = json!([{"value": ids[0]}, {"value": ids[1]}]);
+    let created = vendor.groups().create(&body).await.expect("group");
+    let gid = roster::scim::id_of(&created).expect("id").to_owned();
+    // Read back, the group has no members: RFC settings would take that as "nobody".
+    let read = rfc.groups().get(&gid).await.expect("group");
+    assert_eq!(read["members"], json!([]), "{read}");
+    let stored = target
+        .target
+        .groups_snapshot()
+        .into_iter()
+        .find(|g| g["id"] == json!(gid))
+        .expect("stored");
+    assert_eq!(stored["members"].as_array().map(Vec::len), Some(2));
+    let confirmed = vendor
+        .groups()
+        .members_confirmed(&gid, &ids)
+        .await
+        .expect("member filter");
+    assert_eq!(confirmed, Some(ids[..2].to_vec()));
+    // A filter AWS does not document (`or`) is refused.
+    let err = rfc
+        .groups()
+        .find_by_any("displayName", &["aws-team", "other"])
+        .await
+        .expect_err("`or` is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+}
