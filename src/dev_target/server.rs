@@ -409,6 +409,22 @@ impl DevEndpoint {
             .lock()
             .map_err(|_| Refusal::new(500, None, "store poisoned"))?;
         let body = || body.clone().unwrap_or(Value::Null);
+        // RFC 7644 §4: the discovery endpoints are read-only.
+        if let Some(endpoint) = segments.first()
+            && matches!(
+                *endpoint,
+                "ServiceProviderConfig" | "ServiceProviderConfigs" | "ResourceTypes" | "Schemas"
+            )
+            && method != Method::GET
+        {
+            return Err(Refusal::new(
+                405,
+                None,
+                format!(
+                    "{method} is not allowed on /{endpoint}: discovery endpoints are read-only"
+                ),
+            ));
+        }
         match (method.as_str(), segments) {
             ("GET", [discovery]) if *discovery == args.profile.discovery_segment() => {
                 Ok(json_response(200, &service_provider_config(args)))
@@ -433,22 +449,10 @@ impl DevEndpoint {
             ("POST", [collection, ".search"]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
-                let search = body();
-                let mut q = BTreeMap::new();
-                for (key, name) in [
-                    ("filter", "filter"),
-                    ("startIndex", "startIndex"),
-                    ("count", "count"),
-                ] {
-                    if let Some(v) = search.get(key) {
-                        q.insert(
-                            name.to_string(),
-                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                        );
-                    }
-                }
-                Ok(self.list(&store, kind, collection, &q))
+                Ok(self.list(&store, kind, collection, &search_query(&body())))
             }
+            // RFC 7644 §3.4.3: a search from the root spans every resource type.
+            ("POST", [".search"]) => Ok(self.search_all(&store, &search_query(&body()))),
             ("POST", [collection]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
@@ -463,7 +467,10 @@ impl DevEndpoint {
                     "GET" => {
                         let mut resource = store.get(kind, id)?;
                         args.profile.shape_read(collection, &mut resource);
-                        Ok(resource_response(200, &resource))
+                        Ok(resource_response(
+                            200,
+                            &project(resource, &Projection::of(query)),
+                        ))
                     }
                     "PUT" => {
                         Store::require_schemas(kind, &body())?;
@@ -487,6 +494,48 @@ impl DevEndpoint {
         }
     }
 
+    /// A root search: users then groups matching the filter, paged together.
+    fn search_all(&self, store: &Store, query: &BTreeMap<String, String>) -> Response {
+        let filter = match query.get("filter").filter(|f| !f.trim().is_empty()) {
+            Some(text) => match filter::parse(text) {
+                Ok(f) => Some(f),
+                Err(e) => return error_response(&Refusal::new(400, Some("invalidFilter"), e)),
+            },
+            None => None,
+        };
+        let projection = Projection::of(query);
+        let mut found = Vec::new();
+        for kind in [Kind::User, Kind::Group] {
+            found.extend(
+                store
+                    .list(kind, filter.as_ref(), 1, usize::MAX, false)
+                    .resources,
+            );
+        }
+        let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
+        let max = self.shared.args.max_page_size.max(1) as usize;
+        let count =
+            number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
+        let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
+        let total = found.len();
+        let resources: Vec<Value> = found
+            .into_iter()
+            .skip(start - 1)
+            .take(count)
+            .map(|r| project(r, &projection))
+            .collect();
+        json_response(
+            200,
+            &json!({
+                "schemas": [schemas::LIST_RESPONSE],
+                "totalResults": total,
+                "itemsPerPage": resources.len(),
+                "startIndex": start,
+                "Resources": resources,
+            }),
+        )
+    }
+
     fn list(
         &self,
         store: &Store,
@@ -506,6 +555,7 @@ impl DevEndpoint {
         let max = args.max_page_size.max(1) as usize;
         let count =
             number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
+        let projection = Projection::of(query);
         let cursor = query.get("cursor").filter(|_| args.profile.cursor_paging());
         if let Some(cursor) = cursor {
             // RFC 9865: the cursor is opaque; here it is the offset of the next page.
@@ -528,7 +578,7 @@ impl DevEndpoint {
                 .into_iter()
                 .map(|mut r| {
                     args.profile.shape_read(collection, &mut r);
-                    r
+                    project(r, &projection)
                 })
                 .collect();
             let next = offset + resources.len();
@@ -545,21 +595,12 @@ impl DevEndpoint {
         // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
         let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
         let page = store.list(kind, filter.as_ref(), start, count, args.paging_wraps);
-        let attributes: Vec<String> = query
-            .get("attributes")
-            .map(|a| {
-                a.split(',')
-                    .map(|s| s.trim().to_ascii_lowercase())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
         let resources: Vec<Value> = page
             .resources
             .into_iter()
             .map(|mut r| {
                 args.profile.shape_read(collection, &mut r);
-                project(r, &attributes)
+                project(r, &projection)
             })
             .collect();
         json_response(
@@ -575,23 +616,174 @@ impl DevEndpoint {
     }
 }
 
-/// Keeps `id`, `schemas`, `meta` and the requested top-level attributes.
-fn project(resource: Value, attributes: &[String]) -> Value {
-    if attributes.is_empty() {
-        return resource;
+/// A `POST …/.search` body's parameters as the query a GET would carry (RFC 7644 §3.4.3:
+/// `attributes` and `excludedAttributes` are lists there).
+fn search_query(search: &Value) -> BTreeMap<String, String> {
+    let mut q = BTreeMap::new();
+    for key in [
+        "filter",
+        "startIndex",
+        "count",
+        "attributes",
+        "excludedAttributes",
+    ] {
+        let text = match search.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(Value::Null) | None => continue,
+            Some(other) => other.to_string(),
+        };
+        q.insert(key.to_owned(), text);
     }
-    match resource {
-        Value::Object(mut object) => {
-            object.retain(|key, _| {
-                let key = key.to_ascii_lowercase();
-                matches!(key.as_str(), "id" | "schemas" | "meta")
-                    || attributes
-                        .iter()
-                        .any(|a| a.split('.').next() == Some(key.as_str()))
-            });
-            Value::Object(object)
+    q
+}
+
+/// Which attributes a read returns (RFC 7644 §3.4.2.5): `attributes` names the only ones
+/// returned, `excludedAttributes` ones left out; `id`, `schemas` and `meta` always come back.
+/// Names are case-insensitive, top-level (`emails`) or a sub-attribute (`name.givenName`),
+/// with or without their schema's URN in front.
+#[derive(Default)]
+struct Projection {
+    only: Vec<Vec<String>>,
+    excluded: Vec<Vec<String>>,
+}
+
+impl Projection {
+    fn of(query: &BTreeMap<String, String>) -> Self {
+        let names = |key: &str| -> Vec<Vec<String>> {
+            query
+                .get(key)
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|name| !name.is_empty())
+                        .map(attribute_path)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Self {
+            only: names("attributes"),
+            excluded: names("excludedAttributes"),
         }
-        other => other,
+    }
+}
+
+/// `urn:…:User:name.givenName` → [`name`, `givenName`] (core schema) and
+/// `urn:…:enterprise:2.0:User:manager.value` → [`urn:…:enterprise:2.0:User`, `manager`, `value`].
+fn attribute_path(name: &str) -> Vec<String> {
+    let lower = name.to_ascii_lowercase();
+    let (urn, rest) = match lower.strip_prefix("urn:") {
+        Some(_) => match lower.rfind(':') {
+            Some(i) => (Some(&lower[..i]), &lower[i + 1..]),
+            None => (None, lower.as_str()),
+        },
+        None => (None, lower.as_str()),
+    };
+    let mut path: Vec<String> = urn
+        .filter(|u| {
+            *u != schemas::USER.to_ascii_lowercase() && *u != schemas::GROUP.to_ascii_lowercase()
+        })
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    path.extend(rest.split('.').map(str::to_owned));
+    path
+}
+
+fn project(resource: Value, projection: &Projection) -> Value {
+    let Value::Object(mut object) = resource else {
+        return resource;
+    };
+    const ALWAYS: [&str; 3] = ["id", "schemas", "meta"];
+    if !projection.only.is_empty() {
+        let mut kept = serde_json::Map::new();
+        for (key, value) in &object {
+            if ALWAYS.contains(&key.to_ascii_lowercase().as_str()) {
+                kept.insert(key.clone(), value.clone());
+            }
+        }
+        for path in &projection.only {
+            copy_path(&Value::Object(object.clone()), &mut kept, path);
+        }
+        object = kept;
+    }
+    for path in &projection.excluded {
+        if path.len() == 1 && ALWAYS.contains(&path[0].as_str()) {
+            continue;
+        }
+        remove_path(&mut object, path);
+    }
+    Value::Object(object)
+}
+
+/// Copies the value at `path` (keys lower-cased) from `from` into `into`, creating parents.
+fn copy_path(from: &Value, into: &mut serde_json::Map<String, Value>, path: &[String]) {
+    let (Some((first, rest)), Value::Object(source)) = (path.split_first(), from) else {
+        return;
+    };
+    let Some((key, value)) = source.iter().find(|(k, _)| k.eq_ignore_ascii_case(first)) else {
+        return;
+    };
+    if rest.is_empty() {
+        into.insert(key.clone(), value.clone());
+        return;
+    }
+    match value {
+        Value::Object(_) => {
+            let entry = into
+                .entry(key.clone())
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Value::Object(child) = entry {
+                copy_path(value, child, rest);
+            }
+        }
+        // A sub-attribute of a multi-valued attribute: that sub-attribute of each element.
+        Value::Array(items) => {
+            let picked: Vec<Value> = items
+                .iter()
+                .map(|item| {
+                    let mut element = serde_json::Map::new();
+                    copy_path(item, &mut element, rest);
+                    Value::Object(element)
+                })
+                .collect();
+            into.insert(key.clone(), Value::Array(picked));
+        }
+        _ => {}
+    }
+}
+
+/// Removes the value at `path` (keys lower-cased), in every element of a multi-valued parent.
+fn remove_path(object: &mut serde_json::Map<String, Value>, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(key) = object
+        .keys()
+        .find(|k| k.eq_ignore_ascii_case(first))
+        .cloned()
+    else {
+        return;
+    };
+    if rest.is_empty() {
+        object.remove(&key);
+        return;
+    }
+    match object.get_mut(&key) {
+        Some(Value::Object(child)) => remove_path(child, rest),
+        Some(Value::Array(items)) => {
+            for item in items {
+                if let Value::Object(child) = item {
+                    remove_path(child, rest);
+                }
+            }
+        }
+        _ => {}
     }
 }
 

@@ -254,3 +254,113 @@ async fn a_write_refused_with_412_is_built_again_from_a_new_read() {
         );
     }
 }
+
+/// Issue 16: the dev-target's `rfc` profile is strict RFC 7644 where a lenient server would hide
+/// a client's mistakes: discovery endpoints refuse writes with 405; `attributes` and
+/// `excludedAttributes` shape every read (by id, listing, `.search`), with `id`, `schemas` and
+/// `meta` always returned; a search from the root spans users and groups.
+#[tokio::test]
+async fn the_rfc_profile_is_strict_about_discovery_projections_and_root_search() {
+    let t = spawn_target(DevTargetArgs::default()).await;
+    let http = reqwest::Client::new();
+    let base = t.target.base_url();
+    let send = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth(crate::helpers::TOKEN)
+            .header("content-type", "application/scim+json")
+    };
+    for (method, path) in [
+        (reqwest::Method::POST, "/ServiceProviderConfig"),
+        (reqwest::Method::PUT, "/Schemas"),
+        (reqwest::Method::DELETE, "/ResourceTypes/User"),
+    ] {
+        let answer = send(method.clone(), path).body("{}").send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 405, "{method} {path}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["status"], "405", "{body}");
+    }
+
+    let ada = t
+        .client
+        .users()
+        .create(
+            &json!({"schemas": [roster::scim::schemas::USER], "userName": "ada",
+            "name": {"givenName": "Ada", "familyName": "Lovelace"}, "title": "Countess",
+            "emails": [{"type": "work", "value": "ada@example.com", "primary": true}]}),
+        )
+        .await
+        .unwrap();
+    let id = id_of(&ada).unwrap().to_owned();
+    t.client
+        .groups()
+        .create(&json!({"schemas": [roster::scim::schemas::GROUP], "displayName": "ada-fans"}))
+        .await
+        .unwrap();
+    let read = |path: String| {
+        let request = send(reqwest::Method::GET, &path);
+        async move {
+            let answer = request.send().await.unwrap();
+            assert_eq!(answer.status().as_u16(), 200, "{path}");
+            answer.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let only = read(format!(
+        "/Users/{id}?attributes=name.givenName,emails.value"
+    ))
+    .await;
+    assert_eq!(only["name"], json!({"givenName": "Ada"}), "{only}");
+    assert_eq!(
+        only["emails"],
+        json!([{"value": "ada@example.com"}]),
+        "{only}"
+    );
+    assert!(
+        only.get("title").is_none() && only.get("userName").is_none(),
+        "{only}"
+    );
+    assert_eq!(only["id"], id.as_str(), "{only}");
+    assert!(
+        only.get("meta").is_some() && only.get("schemas").is_some(),
+        "{only}"
+    );
+    let without = read(format!(
+        "/Users/{id}?excludedAttributes=title,name.familyName,id"
+    ))
+    .await;
+    assert!(without.get("title").is_none(), "{without}");
+    assert_eq!(without["name"], json!({"givenName": "Ada"}), "{without}");
+    assert_eq!(
+        without["id"],
+        id.as_str(),
+        "id is always returned: {without}"
+    );
+    let listed = read("/Users?excludedAttributes=emails".to_owned()).await;
+    assert!(listed["Resources"][0].get("emails").is_none(), "{listed}");
+    assert_eq!(listed["Resources"][0]["userName"], "ada", "{listed}");
+
+    let searched: serde_json::Value = send(reqwest::Method::POST, "/Users/.search")
+        .json(
+            &json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"],
+                      "filter": "userName eq \"ada\"", "attributes": ["userName"]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(searched["totalResults"], 1, "{searched}");
+    assert!(searched["Resources"][0].get("name").is_none(), "{searched}");
+    let everything: serde_json::Value = send(reqwest::Method::POST, "/.search")
+        .json(&json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:SearchRequest"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        everything["totalResults"], 2,
+        "a user and a group: {everything}"
+    );
+}
