@@ -309,7 +309,9 @@ pub fn start_scheduler(roster: Roster, shutdown: CancellationToken) -> tokio::ta
     })
 }
 
-async fn schedule_due(roster: &Roster, runs: &mut JoinSet<()>) {
+/// One look of the scheduler: begins a run for every app due one and spawns it into `runs`,
+/// where it waits for a reconcile slot (also what the multi-app reconcile bench starts).
+pub async fn schedule_due(roster: &Roster, runs: &mut JoinSet<()>) {
     let apps = match roster.list_apps().await {
         Ok(apps) => apps,
         Err(e) => {
