@@ -934,24 +934,6 @@ async fn load_desired(
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
     let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
-    // Only the columns classification needs: a link's snapshot is the size of an account, and
-    // every link of the app is held here.
-    let links: HashMap<String, LinkInfo> = link::Entity::find()
-        .select_only()
-        .columns([
-            link::Column::ResourceId,
-            link::Column::TargetId,
-            link::Column::State,
-        ])
-        .filter(link::Column::AppId.eq(app_id))
-        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-        .into_tuple::<(String, Option<String>, String)>()
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|(resource_id, target_id, state)| (resource_id, LinkInfo { target_id, state }))
-        .collect();
-
     let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;
     let mut after: Option<String> = None;
     loop {
@@ -966,6 +948,25 @@ async fn load_desired(
             break;
         };
         after = Some(last.id.clone());
+        // The links of this page's people only: the app's links are never all held at once
+        // beside the index being built. Only the columns classification needs (a link's
+        // snapshot is the size of an account).
+        let links: HashMap<String, LinkInfo> = link::Entity::find()
+            .select_only()
+            .columns([
+                link::Column::ResourceId,
+                link::Column::TargetId,
+                link::Column::State,
+            ])
+            .filter(link::Column::AppId.eq(app_id))
+            .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+            .filter(link::Column::ResourceId.is_in(people.iter().map(|p| p.id.as_str())))
+            .into_tuple::<(String, Option<String>, String)>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|(resource_id, target_id, state)| (resource_id, LinkInfo { target_id, state }))
+            .collect();
         for person in people {
             let groups = groups_of.remove(&person.employee_id).unwrap_or_default();
             let link = links.get(&person.id);
