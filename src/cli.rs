@@ -57,6 +57,11 @@ enum Command {
         /// given) and the leavers are posted behind a backlog of `--size` joiners (2000).
         #[arg(long, num_args = 0..=1, default_missing_value = "5")]
         throttled: Option<u32>,
+        /// `reconcile` only: this many apps of `--size` accounts each (default 20000), all
+        /// due at once, run as the scheduler runs them (at most `ROSTER_RECONCILE_CONCURRENCY`
+        /// at a time).
+        #[arg(long)]
+        apps: Option<usize>,
     },
     /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
     /// a leaver, drift and a ghost account, reconciled.
@@ -146,11 +151,18 @@ pub fn main() -> ExitCode {
                 size,
                 target_latency_ms,
                 throttled,
+                apps,
             } => {
                 let options = crate::bench::Options {
                     size,
                     target_latency_ms,
                     throttled,
+                    apps,
+                    reconcile_concurrency: Some(
+                        crate::config::Config::from_env()
+                            .context("configuration")?
+                            .reconcile_concurrency,
+                    ),
                     // The dev-target of `reconcile` runs as a process of its own: this one.
                     dev_target_exe: std::env::current_exe().ok(),
                 };

@@ -41,6 +41,9 @@ pub struct Config {
     pub hr_snapshot_lease: std::time::Duration,
     /// Whether `serve` runs the delivery engine (tests of the API alone turn it off).
     pub run_engine: bool,
+    /// `ROSTER_RECONCILE_CONCURRENCY`: reconcile runs reading and classifying at once in this
+    /// instance (scheduled, on demand and `roster reconcile` alike); more wait their turn.
+    pub reconcile_concurrency: usize,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://roster.db?mode=rwc";
@@ -67,6 +70,7 @@ impl Default for Config {
             hr_snapshot_max_leavers: 50,
             hr_snapshot_max_leaver_fraction: 0.05,
             hr_snapshot_lease: std::time::Duration::from_secs(30),
+            reconcile_concurrency: 2,
         }
     }
 }
@@ -133,6 +137,11 @@ impl Config {
             1..=1_000_000,
             defaults.max_connections as u64,
         )? as usize;
+        let reconcile_concurrency = number(
+            "ROSTER_RECONCILE_CONCURRENCY",
+            1..=1024,
+            defaults.reconcile_concurrency as u64,
+        )? as usize;
         let tls_cert_file = non_empty("ROSTER_TLS_CERT").map(std::path::PathBuf::from);
         let tls_key_file = non_empty("ROSTER_TLS_KEY").map(std::path::PathBuf::from);
         if tls_cert_file.is_some() != tls_key_file.is_some() {
@@ -179,6 +188,7 @@ impl Config {
             tls_key_file,
             http_read_timeout,
             max_connections,
+            reconcile_concurrency,
             ..defaults
         })
     }
@@ -216,6 +226,7 @@ mod tests {
         assert!(c.is_sqlite());
         assert_eq!(c.hr_snapshot_max_leavers, 50);
         assert!((c.hr_snapshot_max_leaver_fraction - 0.05).abs() < f64::EPSILON);
+        assert_eq!(c.reconcile_concurrency, 2);
     }
 
     #[test]
@@ -235,10 +246,22 @@ mod tests {
             "ROSTER_ALLOW_INSECURE_HTTP",
             "ROSTER_HTTP_READ_TIMEOUT_SECS",
             "ROSTER_MAX_CONNECTIONS",
+            "ROSTER_RECONCILE_CONCURRENCY",
         ] {
             let err = config(&[(name, "maybe")]).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
+        let err = config(&[("ROSTER_RECONCILE_CONCURRENCY", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("ROSTER_RECONCILE_CONCURRENCY"),
+            "{err}"
+        );
+        assert_eq!(
+            config(&[("ROSTER_RECONCILE_CONCURRENCY", "5")])
+                .unwrap()
+                .reconcile_concurrency,
+            5
+        );
         let err = config(&[("ROSTER_TLS_CERT", "/etc/roster/cert.pem")]).unwrap_err();
         assert!(err.to_string().contains("ROSTER_TLS_KEY"), "{err}");
         let c = config(&[

@@ -11,6 +11,7 @@ mod m20261203_000007_app_paused_by;
 mod m20261203_000010_app_tls;
 mod m20261203_000020_hr_snapshot;
 mod m20261203_000030_app_connector;
+mod m20261203_000040_reconcile_run_waiting;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_app_tls::Migration),
             Box::new(m20261203_000020_hr_snapshot::Migration),
             Box::new(m20261203_000030_app_connector::Migration),
+            Box::new(m20261203_000040_reconcile_run_waiting::Migration),
         ]
     }
 }

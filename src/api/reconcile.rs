@@ -159,6 +159,10 @@ pub struct RunOut {
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The run is `running` but waits for its turn: its instance already runs as many
+    /// reconciliations as `ROSTER_RECONCILE_CONCURRENCY` allows. It reads the target once one
+    /// of them ends, and meanwhile still blocks a second run of the app.
+    pub waiting: bool,
     /// A page of the run's items, in the order found: the first `limit`, or those after
     /// `cursor` (absent in listings).
     #[oai(skip_serializing_if_is_none)]
@@ -201,6 +205,7 @@ fn run_summary(run: reconcile_run::Model) -> RunOut {
         error: run.error,
         started_at: run.started_at,
         finished_at: run.finished_at,
+        waiting: run.waiting,
         items: None,
         total_items: None,
         next_cursor: None,
@@ -246,6 +251,7 @@ fn run_report(run: RunReport, limit: u64) -> RunOut {
         error: run.error,
         started_at: run.started_at,
         finished_at: run.finished_at,
+        waiting: run.waiting,
         items: Some(items),
         total_items: Some(run.total_items),
         next_cursor,

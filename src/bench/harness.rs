@@ -64,6 +64,14 @@ pub fn client() -> Result<reqwest::Client, BenchError> {
 impl Harness {
     /// A dev-target with `args` (its token is set here) and a roster with a fresh SQLite file.
     pub async fn start(args: DevTargetArgs) -> Result<Self, BenchError> {
+        Self::start_with(args, |_| {}).await
+    }
+
+    /// [`Harness::start`], with roster's configuration adjusted by `adjust`.
+    pub async fn start_with(
+        args: DevTargetArgs,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Result<Self, BenchError> {
         let target = dev_target::spawn(DevTargetArgs {
             token: Some(TARGET_TOKEN.to_owned()),
             ..args
@@ -72,7 +80,7 @@ impl Harness {
         .map_err(|e| BenchError::Setup(format!("dev-target: {e}")))?;
         let dir = ScratchDir::create()?;
         let admin = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        let config = Config {
+        let mut config = Config {
             database_url: format!("sqlite://{}?mode=rwc", dir.0.join("roster.db").display()),
             listen: "127.0.0.1:0".into(),
             admin_token: Some(admin.clone().into()),
@@ -82,6 +90,7 @@ impl Harness {
             allow_private_targets: true,
             ..Config::default()
         };
+        adjust(&mut config);
         let (roster, _) = startup::build(config)
             .await
             .map_err(|e| BenchError::Setup(format!("roster: {e}")))?;
@@ -159,7 +168,27 @@ impl Harness {
         burst: u32,
         max_concurrency: usize,
     ) -> Result<String, BenchError> {
-        let body = json!({
+        self.create_app_with(
+            base_url,
+            per_second,
+            burst,
+            max_concurrency,
+            json!({"name": "bench-target"}),
+        )
+        .await
+    }
+
+    /// [`Harness::create_app_on`] with `extra` fields (a `name` of its own, `reconcile`, …)
+    /// replacing the defaults.
+    pub async fn create_app_with(
+        &self,
+        base_url: &str,
+        per_second: u32,
+        burst: u32,
+        max_concurrency: usize,
+        extra: Value,
+    ) -> Result<String, BenchError> {
+        let mut body = json!({
             "name": "bench-target",
             "base_url": base_url,
             "auth": {"type": "bearer", "token": TARGET_TOKEN},
@@ -167,6 +196,9 @@ impl Harness {
             "max_concurrency": max_concurrency,
             "scope": {"email_domains": ["example.com"]},
         });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
         let app = self.post("/apps", &body, 201).await?;
         app["id"]
             .as_str()
@@ -455,39 +487,47 @@ impl TargetProcess {
 
     /// Seeds `accounts` as users (`POST /_dev/users:load`); returns their ids, in order.
     pub async fn load_users(&self, accounts: &[Value]) -> Result<Vec<Option<String>>, BenchError> {
-        let root = self
-            .base_url
-            .strip_suffix(crate::dev_target::SCIM_ROOT)
-            .unwrap_or(&self.base_url);
-        let mut body = Vec::with_capacity(accounts.len() * 400);
-        for account in accounts {
-            serde_json::to_writer(&mut body, account).map_err(|e| BenchError::Unexpected {
-                what: "seeding the dev-target".into(),
-                detail: e.to_string(),
-            })?;
-            body.push(b'\n');
-        }
-        let what = "POST /_dev/users:load".to_owned();
-        let answer = self
-            .http
-            .post(format!("{root}/_dev/users:load"))
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| BenchError::Http {
-                what: what.clone(),
-                source,
-            })?;
-        let loaded = read_answer(what, answer, 200).await?;
-        Ok(loaded["ids"]
-            .as_array()
-            .map(|ids| {
-                ids.iter()
-                    .map(|id| id.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default())
+        load_users(&self.http, &self.base_url, accounts).await
     }
+}
+
+/// Seeds `accounts` as users of the dev-target (or tenant) whose SCIM root is `base_url`
+/// (`POST …/_dev/users:load`); returns their ids, in order.
+pub async fn load_users(
+    http: &reqwest::Client,
+    base_url: &str,
+    accounts: &[Value],
+) -> Result<Vec<Option<String>>, BenchError> {
+    let root = base_url
+        .strip_suffix(crate::dev_target::SCIM_ROOT)
+        .unwrap_or(base_url);
+    let mut body = Vec::with_capacity(accounts.len() * 400);
+    for account in accounts {
+        serde_json::to_writer(&mut body, account).map_err(|e| BenchError::Unexpected {
+            what: "seeding the dev-target".into(),
+            detail: e.to_string(),
+        })?;
+        body.push(b'\n');
+    }
+    let what = "POST /_dev/users:load".to_owned();
+    let answer = http
+        .post(format!("{root}/_dev/users:load"))
+        .body(body)
+        .send()
+        .await
+        .map_err(|source| BenchError::Http {
+            what: what.clone(),
+            source,
+        })?;
+    let loaded = read_answer(what, answer, 200).await?;
+    Ok(loaded["ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .map(|id| id.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 impl Drop for TargetProcess {

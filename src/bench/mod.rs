@@ -14,6 +14,7 @@ mod ingest;
 mod leaver;
 mod rate_limit;
 mod reconcile;
+mod reconcile_apps;
 mod saas;
 mod throughput;
 
@@ -60,6 +61,11 @@ pub struct Options {
     /// `leaver-latency` only: the app's calls per second; the leavers then wait behind a
     /// backlog of `size` joiners in that throttled app.
     pub throttled: Option<u32>,
+    /// `reconcile` only: this many apps of `size` accounts each (default 20 000), all due at
+    /// once and started by the scheduler's path; `None` or 1: the one-app scenario.
+    pub apps: Option<usize>,
+    /// `reconcile --apps` only: roster's `ROSTER_RECONCILE_CONCURRENCY` (default 2).
+    pub reconcile_concurrency: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +175,15 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
         Scenario::RateLimit => rate_limit::run(options.size.unwrap_or(2_000)).await?,
         Scenario::Ingest => ingest::run(options.size.unwrap_or(20_000)).await?,
         Scenario::DeliveryFaults => faults::run(options.size.unwrap_or(500)).await?,
+        Scenario::Reconcile if options.apps.is_some_and(|apps| apps > 1) => {
+            reconcile_apps::run(
+                options.size.unwrap_or(20_000),
+                options.apps.unwrap_or(1),
+                options.reconcile_concurrency.unwrap_or(2),
+                options.dev_target_exe.as_deref(),
+            )
+            .await?
+        }
         Scenario::Reconcile => {
             reconcile::run(
                 options.size.unwrap_or(100_000),

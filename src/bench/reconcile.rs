@@ -143,7 +143,7 @@ async fn measure(
         ))
 }
 
-fn unexpected(what: &str, e: impl std::fmt::Display) -> BenchError {
+pub(super) fn unexpected(what: &str, e: impl std::fmt::Display) -> BenchError {
     BenchError::Unexpected {
         what: what.to_owned(),
         detail: e.to_string(),
@@ -151,7 +151,7 @@ fn unexpected(what: &str, e: impl std::fmt::Display) -> BenchError {
 }
 
 /// The identities of the run's `drifted` items.
-async fn drifted_identities(
+pub(super) async fn drifted_identities(
     harness: &Harness,
     run_id: &str,
 ) -> Result<BTreeSet<String>, BenchError> {
@@ -184,13 +184,10 @@ pub async fn seed(
         .map_err(|e| unexpected("reading the app", e))?;
     let compiled = crate::settings::compile_mappings(&app.settings)
         .map_err(|e| unexpected("compiling the app's mappings", e))?;
-    let orphans = n / 200;
-    let orphan = |i: usize| {
-        // Spread through the listing, not bunched at its end.
-        orphans > 0 && i.is_multiple_of(n / orphans) && i / (n / orphans) < orphans
-    };
-    let drifted = |i: usize| !orphan(i) && i % 100 == 1;
-    let status = |i: usize| if orphan(i) { "terminated" } else { "active" };
+    let mix = Mix::new(n);
+    let orphan = |i: usize| mix.orphan(i);
+    let drifted = |i: usize| mix.drifted(i);
+    let status = |i: usize| mix.status(i);
 
     // The target first, alone, so that its share of the process's memory can be told apart.
     let before = super::current_rss_mb();
@@ -281,7 +278,43 @@ pub async fn seed(
     Ok(seeded)
 }
 
-fn person(i: usize, status: &str) -> IdentityView {
+/// The seeded mix of `n` accounts: 0.5 % orphans (terminated people's active accounts, spread
+/// through the listing), 1 % of the rest drifted.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Mix {
+    n: usize,
+    orphans: usize,
+}
+
+impl Mix {
+    pub(super) fn new(n: usize) -> Self {
+        Self {
+            n,
+            orphans: n / 200,
+        }
+    }
+
+    pub(super) fn orphan(self, i: usize) -> bool {
+        // Spread through the listing, not bunched at its end.
+        self.orphans > 0
+            && i.is_multiple_of(self.n / self.orphans)
+            && i / (self.n / self.orphans) < self.orphans
+    }
+
+    pub(super) fn drifted(self, i: usize) -> bool {
+        !self.orphan(i) && i % 100 == 1
+    }
+
+    pub(super) fn status(self, i: usize) -> &'static str {
+        if self.orphan(i) {
+            "terminated"
+        } else {
+            "active"
+        }
+    }
+}
+
+pub(super) fn person(i: usize, status: &str) -> IdentityView {
     IdentityView {
         id: uuid::Uuid::now_v7().to_string(),
         employee_id: format!("R{i}"),
@@ -299,7 +332,7 @@ fn person(i: usize, status: &str) -> IdentityView {
     }
 }
 
-fn identity_row(person: &IdentityView) -> identity::ActiveModel {
+pub(super) fn identity_row(person: &IdentityView) -> identity::ActiveModel {
     let now = chrono::Utc::now();
     identity::ActiveModel {
         id: Set(person.id.clone()),
@@ -324,7 +357,7 @@ fn identity_row(person: &IdentityView) -> identity::ActiveModel {
 }
 
 /// The link delivery would have left: linked to the account, with what it applied.
-fn link_row(
+pub(super) fn link_row(
     app_id: &str,
     person: &IdentityView,
     target_id: Option<String>,

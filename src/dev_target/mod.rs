@@ -17,6 +17,9 @@
 //!   (requests counts every SCIM request received, faulted or not), `POST /_dev/reset` (empties
 //!   the store and the counters), `POST /_dev/users:load` (one JSON user per line, created as
 //!   they are; answers `{"ids": [...]}`: seeds a dev-target in another process fast).
+//! - Tenants: `/tenants/{name}/scim/v2` (and `/tenants/{name}/_dev/users:load`) is a store of
+//!   its own, made empty on first use, with the same rules, faults and counters: one process
+//!   serves many apps that each see only their own accounts (the multi-app reconcile bench).
 //! - Full listings resume where the previous page ended (a cursor per listing in progress), so
 //!   paging through n resources is O(n), not O(n²).
 //! - Faults, applied in this order to every SCIM request: `--latency-ms`, `--rate-limit`
@@ -43,7 +46,7 @@ mod server;
 mod store;
 
 pub use profiles::Profile;
-pub use server::SCIM_ROOT;
+pub use server::{SCIM_ROOT, TENANT_PREFIX};
 pub use store::Kind;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -1,5 +1,5 @@
 //! The dev-target's HTTP side: routing, fault injection, auth, stats.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +21,8 @@ use crate::scim::schemas;
 
 /// The SCIM root under the listen address.
 pub const SCIM_ROOT: &str = "/scim/v2";
+/// A tenant's paths: `/tenants/{name}` + the usual ones (its SCIM root and `_dev/users:load`).
+pub const TENANT_PREFIX: &str = "/tenants/";
 const MAX_REQUEST_BODY: usize = 1024 * 1024;
 
 #[derive(Default)]
@@ -36,6 +38,10 @@ struct Stats {
 
 pub struct Shared {
     pub store: Mutex<Store>,
+    /// `/tenants/{name}/…`: stores of their own, made on first use ([`Shared::tenant`]).
+    tenants: Mutex<HashMap<String, Arc<Mutex<Store>>>>,
+    /// The listen address's root (the base URL without [`SCIM_ROOT`]).
+    root: String,
     stats: Mutex<Stats>,
     args: DevTargetArgs,
     limiter: Option<DefaultDirectRateLimiter>,
@@ -53,10 +59,16 @@ impl Shared {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
+        let root = base_url
+            .strip_suffix(SCIM_ROOT)
+            .unwrap_or(&base_url)
+            .to_owned();
         Self {
             store: Mutex::new(
                 Store::new(base_url).allowing_duplicate_user_names(args.allow_duplicate_user_names),
             ),
+            tenants: Mutex::default(),
+            root,
             stats: Mutex::new(Stats::default()),
             args,
             limiter,
@@ -95,6 +107,20 @@ impl Shared {
         }
     }
 
+    /// The store of tenant `name` (made empty on first use), whose SCIM root is
+    /// `/tenants/{name}/scim/v2`: one dev-target process serving many apps that each see only
+    /// their own users and groups (the multi-app reconcile bench).
+    fn tenant(&self, name: &str) -> Option<Arc<Mutex<Store>>> {
+        let mut tenants = self.tenants.lock().ok()?;
+        let store = tenants.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(Mutex::new(Store::new(format!(
+                "{}{TENANT_PREFIX}{name}{SCIM_ROOT}",
+                self.root
+            ))))
+        });
+        Some(store.clone())
+    }
+
     fn bump<F: FnOnce(&mut Stats)>(&self, f: F) {
         if let Ok(mut stats) = self.stats.lock() {
             f(&mut stats);
@@ -122,13 +148,13 @@ impl Shared {
 /// `POST /_dev/users:load`: seeds users fast (no faults, no auth, no `schemas` needed), from a
 /// body of one JSON resource per line; answers `{"ids": [...]}` in the same order. For a
 /// dev-target in its own process, as the reconcile bench runs it.
-async fn load_users(shared: &Shared, req: Request) -> Response {
+async fn load_users(store: &Mutex<Store>, req: Request) -> Response {
     let body = match req.into_body().into_bytes_limit(LOAD_BODY_LIMIT).await {
         Ok(body) => body,
         Err(e) => return error_response(&Refusal::new(413, None, e.to_string())),
     };
     let mut ids = Vec::new();
-    let Ok(mut store) = shared.store.lock() else {
+    let Ok(mut store) = store.lock() else {
         return error_response(&Refusal::new(500, None, "store poisoned"));
     };
     for (n, line) in body.split(|b| *b == b'\n').enumerate() {
@@ -144,6 +170,22 @@ async fn load_users(shared: &Shared, req: Request) -> Response {
         }
     }
     json_response(200, &serde_json::json!({ "ids": ids }))
+}
+
+/// `/tenants/{name}/rest` → `(name, /rest)`; `None` for a path outside any tenant. A name is 1
+/// to 64 letters, digits, `-` or `_`.
+fn split_tenant(path: &str) -> Option<Result<(&str, &str), Refusal>> {
+    let after = path.strip_prefix(TENANT_PREFIX)?;
+    let (name, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    Some(if valid {
+        Ok((name, rest))
+    } else {
+        Err(Refusal::new(404, None, format!("no tenant `{name}`")))
+    })
 }
 
 /// A seeding request's body: 64 MiB, some 100k accounts.
@@ -214,15 +256,27 @@ impl Endpoint for DevEndpoint {
 impl DevEndpoint {
     async fn handle(&self, req: Request) -> Response {
         let shared = &self.shared;
-        let path = req.uri().path().to_owned();
+        let mut path = req.uri().path().to_owned();
         let method = req.method().clone();
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/_dev/stats") => return json_response(200, &shared.stats_json()),
-            ("POST", "/_dev/reset") => {
+        let tenant = match split_tenant(&path) {
+            None => None,
+            Some(Ok((name, rest))) => {
+                let Some(store) = shared.tenant(name) else {
+                    return error_response(&Refusal::new(500, None, "tenants poisoned"));
+                };
+                path = rest.to_owned();
+                Some(store)
+            }
+            Some(Err(refusal)) => return error_response(&refusal),
+        };
+        let store = tenant.as_deref().unwrap_or(&shared.store);
+        match (method.as_str(), path.as_str(), tenant.is_some()) {
+            ("GET", "/_dev/stats", false) => return json_response(200, &shared.stats_json()),
+            ("POST", "/_dev/reset", false) => {
                 shared.reset();
                 return Response::builder().status(StatusCode::NO_CONTENT).finish();
             }
-            ("POST", "/_dev/users:load") => return load_users(shared, req).await,
+            ("POST", "/_dev/users:load", _) => return load_users(store, req).await,
             _ => {}
         }
         let Some(rest) = path.strip_prefix(SCIM_ROOT) else {
@@ -362,14 +416,14 @@ impl DevEndpoint {
         });
         let result = match verdict {
             profiles::Verdict::Serve => {
-                self.route(&method, &segments, &query, body, if_match.as_deref())
+                self.route(store, &method, &segments, &query, body, if_match.as_deref())
             }
             profiles::Verdict::Refuse(refusal) => Err(refusal),
             profiles::Verdict::EmptyList => Ok(json_response(200, &list_of(Vec::new()))),
             profiles::Verdict::ServeFilter(filter) => {
                 let mut query = query.clone();
                 query.insert("filter".to_owned(), filter);
-                self.route(&method, &segments, &query, body, if_match.as_deref())
+                self.route(store, &method, &segments, &query, body, if_match.as_deref())
             }
         };
         let is_write = matches!(
@@ -391,6 +445,7 @@ impl DevEndpoint {
 
     fn route(
         &self,
+        store: &Mutex<Store>,
         method: &Method,
         segments: &[&str],
         query: &BTreeMap<String, String>,
@@ -403,9 +458,7 @@ impl DevEndpoint {
             "Groups" => Some(Kind::Group),
             _ => None,
         };
-        let mut store = self
-            .shared
-            .store
+        let mut store = store
             .lock()
             .map_err(|_| Refusal::new(500, None, "store poisoned"))?;
         let body = || body.clone().unwrap_or(Value::Null);

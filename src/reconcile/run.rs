@@ -165,6 +165,81 @@ impl RunProgress {
     }
 }
 
+/// The instance's reconcile slots (`ROSTER_RECONCILE_CONCURRENCY`): a run holds one from
+/// before it reads roster's side until its outcome is decided, so that at most that many runs
+/// hold their desired state and read a target at once. A run beyond the cap waits, `running`
+/// on its row (which keeps blocking a second run of the app), holding no transaction, lease or
+/// memory of its own; shutdown interrupts the wait as it interrupts a run.
+#[derive(Debug)]
+pub struct RunSlots {
+    slots: tokio::sync::Semaphore,
+    in_progress: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// A run's slot, given back when dropped.
+struct RunSlot<'a> {
+    slots: &'a RunSlots,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for RunSlot<'_> {
+    fn drop(&mut self) {
+        self.slots.in_progress.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl RunSlots {
+    /// `concurrency` runs at once (at least one).
+    #[must_use]
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            slots: tokio::sync::Semaphore::new(concurrency.max(1)),
+            in_progress: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs holding a slot now.
+    #[must_use]
+    pub fn in_progress(&self) -> u64 {
+        self.in_progress.load(Ordering::Relaxed)
+    }
+
+    /// The most runs that held a slot at once since this process started.
+    #[must_use]
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self) -> Option<RunSlot<'_>> {
+        let permit = self.slots.try_acquire().ok()?;
+        Some(self.taken(permit))
+    }
+
+    async fn take(&self) -> RunSlot<'_> {
+        // The semaphore is never closed, so `acquire` cannot fail; if it ever did, the run
+        // would go ahead without a slot rather than never run.
+        let permit = match self.slots.acquire().await {
+            Ok(permit) => permit,
+            Err(_) => {
+                tracing::error!("reconcile slots closed");
+                std::future::pending().await
+            }
+        };
+        self.taken(permit)
+    }
+
+    fn taken<'a>(&'a self, permit: tokio::sync::SemaphorePermit<'a>) -> RunSlot<'a> {
+        let now = self.in_progress.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        RunSlot {
+            slots: self,
+            _permit: permit,
+        }
+    }
+}
+
 /// When a run may start.
 #[derive(Debug, Clone, Copy)]
 pub enum Start {
@@ -240,25 +315,41 @@ pub async fn begin(
         error: Set(None),
         started_at: Set(now),
         finished_at: Set(None),
+        waiting: Set(false),
     }
     .insert(tx)
     .await?)
 }
 
 /// Runs a begun run to its end and records the outcome on its row (`failed` with the error
-/// when it fails). `shutdown` interrupts it (the run is then `failed`).
+/// when it fails). It first takes one of `slots`, waiting for it if none is free (its row
+/// `running` and `waiting` meanwhile); `shutdown` interrupts the wait or the run (the run is
+/// then `failed`).
 pub async fn execute(
     db: &Db,
     delivery: &Delivery,
     run_id: &str,
     shutdown: &CancellationToken,
     progress: &RunProgress,
+    slots: &RunSlots,
 ) -> Result<RunOutcome, RunError> {
-    let started = Instant::now();
     let run = reconcile_run::Entity::find_by_id(run_id)
         .one(db.conn())
         .await?
         .ok_or_else(|| RunError::RunNotFound(run_id.to_owned()))?;
+    let slot = match wait_for_slot(db, &run, shutdown, slots).await {
+        Ok(slot) => slot,
+        // Given up while it waited: the row says so already.
+        Err(err @ RunError::Conflict(_)) => return Err(err),
+        Err(err) => {
+            let message = err.to_string();
+            if let Err(e) = finish(db, run_id, &failed_outcome(), Some(&message)).await {
+                tracing::warn!(error = %e, run = run_id, "Could not record a failed reconcile run");
+            }
+            return Err(err);
+        }
+    };
+    let started = Instant::now();
     let app = app::Entity::find_by_id(run.app_id.as_str())
         .one(db.conn())
         .await?
@@ -267,6 +358,7 @@ pub async fn execute(
         result = classify_and_fix(db, delivery, &run, &app, progress) => result,
         () = shutdown.cancelled() => Err(RunError::Interrupted),
     };
+    drop(slot);
     let m = metrics();
     let app_label = app.name.as_str();
     m.reconcile_duration_seconds
@@ -289,21 +381,68 @@ pub async fn execute(
             Ok(outcome)
         }
         Err(err) => {
-            let failed = RunOutcome {
-                state: RunState::Failed,
-                counts: Counts::default(),
-                groups: GroupCounts::default(),
-                writes: 0,
-                held: None,
-                note: None,
-            };
             let message = err.to_string();
-            if let Err(e) = finish(db, run_id, &failed, Some(&message)).await {
+            if let Err(e) = finish(db, run_id, &failed_outcome(), Some(&message)).await {
                 tracing::warn!(error = %e, run = run_id, "Could not record a failed reconcile run");
             }
             tracing::warn!(app = app_label, run = run_id, error = %message, "Reconcile run failed");
             Err(err)
         }
+    }
+}
+
+/// Takes one of `slots` for the run, marking its row `waiting` meanwhile if none is free.
+/// `Conflict` when the run is no longer `running` once it has one: a run that waited past
+/// `STALE_RUN` may have been given up (`failed`) by a newer run's start, and must not run
+/// beside it.
+async fn wait_for_slot<'a>(
+    db: &Db,
+    run: &reconcile_run::Model,
+    shutdown: &CancellationToken,
+    slots: &'a RunSlots,
+) -> Result<RunSlot<'a>, RunError> {
+    let slot = match slots.try_take() {
+        Some(slot) => slot,
+        None => {
+            tracing::info!(run = %run.id, app = %run.app_id, "Reconcile run waits for a free slot (ROSTER_RECONCILE_CONCURRENCY)");
+            set_waiting(db, &run.id, true).await?;
+            tokio::select! {
+                slot = slots.take() => slot,
+                () = shutdown.cancelled() => return Err(RunError::Interrupted),
+            }
+        }
+    };
+    if set_waiting(db, &run.id, false).await? {
+        Ok(slot)
+    } else {
+        Err(RunError::Conflict(format!(
+            "reconcile run {} is no longer running after waiting for a slot; it does not run",
+            run.id
+        )))
+    }
+}
+
+/// Sets the `running` run's `waiting` mark; false when the run is no longer `running`.
+async fn set_waiting(db: &Db, run_id: &str, waiting: bool) -> Result<bool, DbErr> {
+    let tx = db.write_tx().await?;
+    let result = reconcile_run::Entity::update_many()
+        .col_expr(reconcile_run::Column::Waiting, Expr::value(waiting))
+        .filter(reconcile_run::Column::Id.eq(run_id))
+        .filter(reconcile_run::Column::State.eq(RunState::Running.as_str()))
+        .exec(&*tx)
+        .await?;
+    tx.commit().await?;
+    Ok(result.rows_affected == 1)
+}
+
+fn failed_outcome() -> RunOutcome {
+    RunOutcome {
+        state: RunState::Failed,
+        counts: Counts::default(),
+        groups: GroupCounts::default(),
+        writes: 0,
+        held: None,
+        note: None,
     }
 }
 
@@ -910,24 +1049,6 @@ async fn load_desired(
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
     let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
-    // Only the columns classification needs: a link's snapshot is the size of an account, and
-    // every link of the app is held here.
-    let links: HashMap<String, LinkInfo> = link::Entity::find()
-        .select_only()
-        .columns([
-            link::Column::ResourceId,
-            link::Column::TargetId,
-            link::Column::State,
-        ])
-        .filter(link::Column::AppId.eq(app_id))
-        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-        .into_tuple::<(String, Option<String>, String)>()
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|(resource_id, target_id, state)| (resource_id, LinkInfo { target_id, state }))
-        .collect();
-
     let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;
     let mut after: Option<String> = None;
     loop {
@@ -942,6 +1063,25 @@ async fn load_desired(
             break;
         };
         after = Some(last.id.clone());
+        // The links of this page's people only: the app's links are never all held at once
+        // beside the index being built. Only the columns classification needs (a link's
+        // snapshot is the size of an account).
+        let links: HashMap<String, LinkInfo> = link::Entity::find()
+            .select_only()
+            .columns([
+                link::Column::ResourceId,
+                link::Column::TargetId,
+                link::Column::State,
+            ])
+            .filter(link::Column::AppId.eq(app_id))
+            .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+            .filter(link::Column::ResourceId.is_in(people.iter().map(|p| p.id.as_str())))
+            .into_tuple::<(String, Option<String>, String)>()
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|(resource_id, target_id, state)| (resource_id, LinkInfo { target_id, state }))
+            .collect();
         for person in people {
             let groups = groups_of.remove(&person.employee_id).unwrap_or_default();
             let link = links.get(&person.id);
@@ -1509,6 +1649,7 @@ async fn finish(
             reconcile_run::Column::FinishedAt,
             Expr::value(chrono::Utc::now()),
         )
+        .col_expr(reconcile_run::Column::Waiting, Expr::value(false))
         .filter(reconcile_run::Column::Id.eq(run_id));
     if outcome.state != RunState::Failed {
         update = update.col_expr(

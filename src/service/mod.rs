@@ -162,6 +162,8 @@ struct Inner {
     snapshots_ready: Notify,
     /// Sources whose held-snapshot gauge this process has set (to zero them when released).
     held_sources: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// `ROSTER_RECONCILE_CONCURRENCY`: every reconcile run of this process takes one.
+    reconcile_slots: crate::reconcile::run::RunSlots,
 }
 
 fn transport_policy_of(config: &Config) -> TransportPolicy {
@@ -187,7 +189,6 @@ impl Roster {
             inner: Arc::new(Inner {
                 db,
                 secrets,
-                config,
                 jobs_ready,
                 delivery,
                 shutdown: CancellationToken::new(),
@@ -195,6 +196,8 @@ impl Roster {
                 key_uses: keys::KeyUses::default(),
                 snapshots_ready: Notify::new(),
                 held_sources: std::sync::Mutex::default(),
+                reconcile_slots: crate::reconcile::run::RunSlots::new(config.reconcile_concurrency),
+                config,
             }),
         }
     }
@@ -217,6 +220,12 @@ impl Roster {
     #[must_use]
     pub fn store(&self) -> &Db {
         &self.inner.db
+    }
+
+    /// The reconcile runs of this process in progress now and at most at once.
+    #[must_use]
+    pub fn reconcile_slots(&self) -> &crate::reconcile::run::RunSlots {
+        &self.inner.reconcile_slots
     }
 
     #[must_use]

@@ -35,6 +35,8 @@ pub struct RunReport {
     pub error: Option<String>,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `running`, waiting for a free reconcile slot of its instance.
+    pub waiting: bool,
     /// Parallel to `report.items`: whether the deletion guard held the item.
     pub held: Vec<bool>,
     /// Items the run recorded, of which `report.items` holds a page.
@@ -115,7 +117,8 @@ impl Roster {
         });
     }
 
-    /// Runs a begun run to its end.
+    /// Runs a begun run to its end, after waiting for one of the instance's reconcile slots
+    /// (`ROSTER_RECONCILE_CONCURRENCY`; the row stays `running` meanwhile).
     pub async fn run_reconcile(&self, run_id: &str) -> ServiceResult<RunOutcome> {
         self.run_reconcile_observed(run_id, &RunProgress::default())
             .await
@@ -134,6 +137,7 @@ impl Roster {
             run_id,
             self.shutdown_token(),
             progress,
+            self.reconcile_slots(),
         )
         .await?)
     }
@@ -230,6 +234,7 @@ impl Roster {
             error: run.error,
             started_at: run.started_at,
             finished_at: run.finished_at,
+            waiting: run.waiting,
             held,
             total_items,
             item_ids,
@@ -282,8 +287,10 @@ impl Roster {
 
 /// Starts the scheduler: every minute, a run (in the app's own mode) for each active app whose
 /// `reconcile.interval_minutes` is set and whose newest run started at least that long ago
-/// (an app's first scheduled run comes one interval after it was registered). Runs sit in a
-/// `JoinSet`; `shutdown` stops the loop and interrupts them.
+/// (an app's first scheduled run comes one interval after it was registered). Every due run is
+/// begun (its row blocks a duplicate at once) and then waits for a reconcile slot
+/// (`ROSTER_RECONCILE_CONCURRENCY`), so due runs beyond the cap take their turn. Runs sit in a
+/// `JoinSet`; `shutdown` stops the loop and interrupts them, waiting or running.
 pub fn start_scheduler(roster: Roster, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SCHEDULER_TICK);
@@ -302,7 +309,9 @@ pub fn start_scheduler(roster: Roster, shutdown: CancellationToken) -> tokio::ta
     })
 }
 
-async fn schedule_due(roster: &Roster, runs: &mut JoinSet<()>) {
+/// One look of the scheduler: begins a run for every app due one and spawns it into `runs`,
+/// where it waits for a reconcile slot (also what the multi-app reconcile bench starts).
+pub async fn schedule_due(roster: &Roster, runs: &mut JoinSet<()>) {
     let apps = match roster.list_apps().await {
         Ok(apps) => apps,
         Err(e) => {

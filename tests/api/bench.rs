@@ -112,6 +112,47 @@ async fn reconcile_classifies_every_seeded_account_correctly() {
     }
 }
 
+/// `reconcile --apps 3 --size 200` with one run at a time: every app's run, started by the
+/// scheduler's path, completes with exactly the seeded counts, and never two read at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_of_many_apps_runs_each_exactly_within_the_concurrency() {
+    let figures = run(
+        Scenario::Reconcile,
+        Options {
+            size: Some(200),
+            apps: Some(3),
+            reconcile_concurrency: Some(1),
+            dev_target_exe: Some(env!("CARGO_BIN_EXE_roster").into()),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("reconcile --apps");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    assert_eq!(line["apps"], 3, "{line}");
+    assert_eq!(line["target_users_per_app"], 200, "{line}");
+    // 0.5 % orphans, 1 % of the rest drifted, in every app: computed here from the size.
+    assert_eq!(
+        line["expected_per_app"],
+        serde_json::json!({"in_sync": 200 - 1 - 2, "drifted": 2, "missing": 0, "orphan": 1,
+                           "unmatched": 0, "unmanaged": 0, "adoptable": 0, "conflict": 0}),
+        "{line}"
+    );
+    let per_app = line["per_app"].as_array().expect("per_app");
+    assert_eq!(per_app.len(), 3, "{line}");
+    for app in per_app {
+        assert_eq!(app["state"], "completed", "{line}");
+        assert_eq!(app["exact"], true, "{line}");
+    }
+    assert_eq!(line["runs_completed"], 3, "{line}");
+    assert_eq!(line["all_classified_correctly"], true, "{line}");
+    assert_eq!(line["max_runs_in_progress"], 1, "{line}");
+    assert_eq!(line["dev_target"], "process", "{line}");
+    for key in ["seconds", "peak_rss_mb"] {
+        assert!(number(&figures, key) > 0.0, "{key}: {line}");
+    }
+}
+
 /// Issue 24: `leaver-latency --throttled` at a smoke-test size: the leavers are measured
 /// behind the backlog, and the backlog then completes with every account exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1880,6 +1880,7 @@ async fn runs_and_run_items_page_with_cursors_without_overlap_or_gap() {
             error: Set(None),
             started_at: Set(base + chrono::Duration::minutes(if n < 4 { 0 } else { n })),
             finished_at: Set(None),
+            waiting: Set(false),
         }
         .insert(&app.db)
         .await
@@ -2076,4 +2077,238 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
     assert!(ghost.is_some_and(|g| g["active"] == json!(false)));
     assert_eq!(target.users_snapshot().len(), 3);
     assert_eq!(target.groups_snapshot().len(), 1);
+}
+
+/// A relay's tap for the reconcile-slot tests: calls pass while the gate is open and wait while
+/// it is shut; every call's arrival and answer is logged, in one order across the relays that
+/// share the log, under the relay's number.
+struct Turns {
+    relay: usize,
+    gate: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(usize, Event)>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    Arrived,
+    Answered,
+}
+
+impl Tap for Turns {
+    async fn request(&self, _call: &mut RelayedCall) {
+        self.log
+            .lock()
+            .expect("log")
+            .push((self.relay, Event::Arrived));
+        let mut open = self.gate.subscribe();
+        let _ = open.wait_for(|open| *open).await;
+    }
+
+    fn answer(&self, _call: &RelayedCall, _body: &mut Vec<u8>) {
+        self.log
+            .lock()
+            .expect("log")
+            .push((self.relay, Event::Answered));
+    }
+}
+
+/// `n` dev-targets behind relays sharing one gate (open) and one log; target `i` holds `i + 1`
+/// accounts of nobody (`unmatched`). Returns the relays' base URLs, the targets, the gate and
+/// the log.
+#[allow(clippy::type_complexity)]
+async fn gated_targets(
+    n: usize,
+) -> (
+    Vec<String>,
+    Vec<roster::dev_target::DevTarget>,
+    std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    std::sync::Arc<std::sync::Mutex<Vec<(usize, Event)>>>,
+) {
+    let gate = std::sync::Arc::new(tokio::sync::watch::channel(true).0);
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (mut urls, mut targets) = (Vec::new(), Vec::new());
+    for relay_no in 0..n {
+        let target = dev_target(TOKEN).await;
+        let hand = Target {
+            base: target.base_url(),
+            token: TOKEN.to_owned(),
+        };
+        for k in 0..=relay_no {
+            hand.create(&format!("nobody{k}@example.com")).await;
+        }
+        let tap = Turns {
+            relay: relay_no,
+            gate: gate.clone(),
+            log: log.clone(),
+        };
+        urls.push(relay(&target.base_url(), std::sync::Arc::new(tap)).await);
+        targets.push(target);
+    }
+    (urls, targets, gate, log)
+}
+
+/// The relays that received a call, per the log.
+fn relays_called(log: &std::sync::Mutex<Vec<(usize, Event)>>) -> std::collections::BTreeSet<usize> {
+    log.lock()
+        .expect("log")
+        .iter()
+        .map(|(relay, _)| *relay)
+        .collect()
+}
+
+async fn runs_of(app: &TestApp) -> Vec<Value> {
+    app.get("/api/v1/reconcile-runs?limit=100")
+        .await
+        .expect(200)["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// With `ROSTER_RECONCILE_CONCURRENCY` 1, three apps due at once: one run reads its target while
+/// the other two wait (their rows `running` and `waiting`, their targets not called), and an
+/// on-demand run waits too and still blocks a second start of its app. Once the targets answer,
+/// every run completes with exactly what its target holds, one after another: no two targets
+/// are ever read at once.
+#[tokio::test]
+async fn reconcile_runs_beyond_the_concurrency_wait_their_turn() {
+    let (urls, _targets, gate, log) = gated_targets(4).await;
+    let app = crate::helpers::spawn_app_with(|c| c.reconcile_concurrency = 1).await;
+    let mut apps = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        // Three scheduled apps; the fourth is reconciled on demand only.
+        let minutes = if i < 3 { 5 } else { 0 };
+        let settings = json!({"reconcile": {"interval_minutes": minutes, "mode": "report"}});
+        apps.push(app_on(&app, &format!("turn{i}"), url, settings).await);
+    }
+    // Due since long ago: the scheduler starts all three at its first look, after the restart.
+    app.rows("UPDATE app SET created_at = '2020-01-01T00:00:00+00:00'")
+        .await;
+    gate.send_replace(false);
+    log.lock().expect("log").clear();
+    let app = app.restart().await;
+
+    // One run holds the slot, its first call held at its target; two wait for the slot.
+    let waiting = eventually("one run reading and two waiting", || async {
+        let runs = runs_of(&app).await;
+        let waiting: Vec<Value> = runs
+            .iter()
+            .filter(|r| r["waiting"] == true)
+            .cloned()
+            .collect();
+        (runs.len() == 3 && waiting.len() == 2 && !relays_called(&log).is_empty())
+            .then_some(waiting)
+    })
+    .await;
+    assert!(
+        waiting.iter().all(|r| r["state"] == "running"),
+        "{waiting:?}"
+    );
+    assert_eq!(
+        relays_called(&log).len(),
+        1,
+        "{:?}",
+        log.lock().expect("log")
+    );
+
+    // On demand: accepted, waits as well, and a second start of the app is refused meanwhile.
+    let path = format!("/api/v1/apps/{}/reconcile", apps[3]);
+    let on_demand = app.post(&path, &json!({})).await.expect(202);
+    let on_demand_id = on_demand["id"].as_str().unwrap_or_default().to_owned();
+    eventually("the on-demand run to wait", || async {
+        let run = app
+            .get(&format!("/api/v1/reconcile-runs/{on_demand_id}"))
+            .await
+            .expect(200);
+        (run["waiting"] == true).then_some(())
+    })
+    .await;
+    app.post(&path, &json!({})).await.problem(409);
+    assert_eq!(
+        relays_called(&log).len(),
+        1,
+        "{:?}",
+        log.lock().expect("log")
+    );
+
+    gate.send_replace(true);
+    let runs = eventually("every run to finish", || async {
+        let runs = runs_of(&app).await;
+        (runs.len() == 4 && runs.iter().all(|r| r["state"] != "running")).then_some(runs)
+    })
+    .await;
+    for (i, app_id) in apps.iter().enumerate() {
+        let run = runs
+            .iter()
+            .find(|r| r["app_id"] == json!(app_id))
+            .expect("a run of each app");
+        assert_eq!(run["state"], "completed", "{run}");
+        assert_eq!(run["waiting"], false, "{run}");
+        assert_eq!(counts(run), [0, 0, 0, 0, i as u64 + 1, 0, 0], "{run}");
+    }
+    // Each target's calls, from its first arrival to its last answer, never overlap another's.
+    let log = log.lock().expect("log").clone();
+    let mut spans: Vec<(usize, usize)> = (0..4)
+        .filter_map(|relay_no| {
+            let first = log.iter().position(|(r, _)| *r == relay_no)?;
+            let last = log.iter().rposition(|(r, _)| *r == relay_no)?;
+            Some((first, last))
+        })
+        .collect();
+    assert_eq!(spans.len(), 4, "{log:?}");
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "two runs read at once: {log:?}");
+    }
+    assert!(log.iter().all(
+        |(relay_no, event)| *relay_no < 4 && matches!(event, Event::Arrived | Event::Answered)
+    ));
+}
+
+/// A run waiting for a slot when roster stops ends `failed` (interrupted), like a running one.
+#[tokio::test]
+async fn shutdown_interrupts_a_run_waiting_for_a_slot() {
+    let (urls, _targets, gate, log) = gated_targets(2).await;
+    let app = crate::helpers::spawn_app_with(|c| c.reconcile_concurrency = 1).await;
+    let mut ids = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let settings = json!({"reconcile": {"interval_minutes": 0, "mode": "report"}});
+        ids.push(app_on(&app, &format!("stop{i}"), url, settings).await);
+    }
+    gate.send_replace(false);
+    let mut runs = Vec::new();
+    for app_id in &ids {
+        let started = app
+            .post(&format!("/api/v1/apps/{app_id}/reconcile"), &json!({}))
+            .await
+            .expect(202);
+        runs.push(started["id"].as_str().unwrap_or_default().to_owned());
+    }
+    eventually("one run reading, one waiting", || async {
+        let listed = runs_of(&app).await;
+        (listed.iter().any(|r| r["waiting"] == true) && !relays_called(&log).is_empty())
+            .then_some(())
+    })
+    .await;
+    let app = app.restart().await;
+    for id in &runs {
+        let run = eventually("the run to end", || async {
+            let run = app
+                .get(&format!("/api/v1/reconcile-runs/{id}"))
+                .await
+                .expect(200);
+            (run["state"] != "running").then_some(run)
+        })
+        .await;
+        assert_eq!(run["state"], "failed", "{run}");
+        assert_eq!(run["waiting"], false, "{run}");
+        assert!(
+            run["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("interrupted"),
+            "{run}"
+        );
+    }
+    gate.send_replace(true);
 }
