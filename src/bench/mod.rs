@@ -14,6 +14,7 @@ mod ingest;
 mod leaver;
 mod rate_limit;
 mod reconcile;
+mod snapshot;
 mod throughput;
 
 /// The scenarios of DESIGN §8 (names fixed), plus issue 5's `delivery-faults`.
@@ -25,6 +26,7 @@ pub enum Scenario {
     Ingest,
     DeliveryFaults,
     Reconcile,
+    HrSnapshot,
 }
 
 impl Scenario {
@@ -37,6 +39,7 @@ impl Scenario {
             Self::Ingest => "ingest",
             Self::DeliveryFaults => "delivery-faults",
             Self::Reconcile => "reconcile",
+            Self::HrSnapshot => "hr-snapshot",
         }
     }
 }
@@ -173,6 +176,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
             )
             .await?
         }
+        Scenario::HrSnapshot => snapshot::run(options.size.unwrap_or(100_000)).await?,
     };
     let peak = peak_rss_mb();
     let mut figures = figures.with("peak_rss_mb", peak.map_or(Value::Null, Value::from));

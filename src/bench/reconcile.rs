@@ -281,7 +281,8 @@ pub async fn seed(
     Ok(seeded)
 }
 
-fn person(i: usize, status: &str) -> IdentityView {
+/// Person `R{i}` as seeded (also by the `hr-snapshot` scenario).
+pub(super) fn person(i: usize, status: &str) -> IdentityView {
     IdentityView {
         id: uuid::Uuid::now_v7().to_string(),
         employee_id: format!("R{i}"),
@@ -299,7 +300,8 @@ fn person(i: usize, status: &str) -> IdentityView {
     }
 }
 
-fn identity_row(person: &IdentityView) -> identity::ActiveModel {
+/// `person`'s identity row, source `hr`.
+pub(super) fn identity_row(person: &IdentityView) -> identity::ActiveModel {
     let now = chrono::Utc::now();
     identity::ActiveModel {
         id: Set(person.id.clone()),
