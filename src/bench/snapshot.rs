@@ -96,8 +96,9 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .ok_or_else(|| unexpected("POST /hr/snapshots", format!("no id in {answer}")))?
         .to_owned();
     let deadline = Duration::from_secs(120 + (n as u64) / 500);
-    let snapshot = wait_until_settled(harness, &id, deadline).await?;
+    let (snapshot, applying_at) = wait_until_settled(harness, &id, deadline).await?;
     let elapsed = start.elapsed();
+    let applying_at = applying_at.map(|at| at.duration_since(start));
 
     let counts = &snapshot["counts"];
     let got = Plan {
@@ -139,6 +140,12 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with("exact", exact)
         .with("seconds", super::round(elapsed.as_secs_f64(), 2))
         .with("accepted_seconds", super::round(accepted.as_secs_f64(), 2))
+        .with(
+            "applying_from_seconds",
+            applying_at.map_or(Value::Null, |at| {
+                Value::from(super::round(at.as_secs_f64(), 2))
+            }),
+        )
         .with("seed_seconds", super::round(seed_seconds.as_secs_f64(), 1))
         .with(
             "seed_peak_rss_mb",
@@ -209,18 +216,23 @@ fn file(n: usize) -> (String, Plan) {
     (csv, plan)
 }
 
-/// Polls the snapshot until it leaves `received`, `diffing` and `applying`.
+/// Polls the snapshot until it leaves `received`, `diffing` and `applying`; returns it and
+/// when it was first seen `applying` (the diff's end, to within the 20 ms of a poll).
 async fn wait_until_settled(
     harness: &Harness,
     id: &str,
     deadline: Duration,
-) -> Result<Value, BenchError> {
+) -> Result<(Value, Option<Instant>), BenchError> {
     let start = Instant::now();
+    let mut applying_at = None;
     loop {
         let snapshot = harness.get(&format!("/hr/snapshots/{id}")).await?;
         let state = snapshot["state"].as_str().unwrap_or("");
+        if state == "applying" {
+            applying_at.get_or_insert_with(Instant::now);
+        }
         if !["received", "diffing", "applying"].contains(&state) {
-            return Ok(snapshot);
+            return Ok((snapshot, applying_at));
         }
         if start.elapsed() > deadline {
             return Err(BenchError::Timeout {
