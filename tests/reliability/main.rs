@@ -1,10 +1,12 @@
 //! Reliability against real processes: `roster serve` killed with SIGKILL during delivery and
 //! during ingest, drained with SIGTERM, and run twice on one PostgreSQL database. Bounded in
 //! time; everything on 127.0.0.1. Modules: `observability` (OTLP spans and JSON logs of a real
-//! process), `pg_restart` (a private PostgreSQL stopped under load), `chaos` (a seeded soak).
+//! process), `pg_restart` (a private PostgreSQL stopped under load), `chaos` (a seeded soak),
+//! `snapshots` (HR snapshots killed in each state).
 mod chaos;
 mod observability;
 mod pg_restart;
+mod snapshots;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -838,29 +838,38 @@ impl Roster {
     }
 
     /// Claims the oldest snapshot with work left whose lease is free, and takes it one step
-    /// further (diff, or apply to the end). Returns whether there was one.
+    /// further (diff, or apply to the end). Returns whether there was one. A source's
+    /// snapshots go in the order received: one whose older sibling is still held by another
+    /// worker (or by a dead one, until its lease runs out) waits, so a restart never applies a
+    /// newer export before the older one it was queued behind.
     async fn work_one_snapshot(
         &self,
         owner: &str,
         shutdown: &CancellationToken,
     ) -> ServiceResult<bool> {
         let now = crate::store::queue::now_ms();
-        let candidates: Vec<String> = hr_snapshot::Entity::find()
-            .select_only()
-            .column(hr_snapshot::Column::Id)
-            .filter(hr_snapshot::Column::State.is_in([RECEIVED, DIFFING, APPLYING]))
-            .filter(
-                Condition::any()
-                    .add(hr_snapshot::Column::LeaseUntil.is_null())
-                    .add(hr_snapshot::Column::LeaseUntil.lt(now))
-                    .add(hr_snapshot::Column::LeaseOwner.eq(owner)),
-            )
-            .order_by_asc(hr_snapshot::Column::ReceivedAt)
-            .limit(1)
-            .into_tuple()
-            .all(self.db())
-            .await?;
-        let Some(id) = candidates.into_iter().next() else {
+        let in_progress: Vec<(String, String, Option<String>, Option<i64>)> =
+            hr_snapshot::Entity::find()
+                .select_only()
+                .column(hr_snapshot::Column::Id)
+                .column(hr_snapshot::Column::Source)
+                .column(hr_snapshot::Column::LeaseOwner)
+                .column(hr_snapshot::Column::LeaseUntil)
+                .filter(hr_snapshot::Column::State.is_in([RECEIVED, DIFFING, APPLYING]))
+                .order_by_asc(hr_snapshot::Column::ReceivedAt)
+                .order_by_asc(hr_snapshot::Column::Id)
+                .into_tuple()
+                .all(self.db())
+                .await?;
+        let mut sources_seen = HashSet::new();
+        let id = in_progress
+            .into_iter()
+            .filter(|(_, source, _, _)| sources_seen.insert(source.clone()))
+            .find(|(_, _, lease_owner, lease_until)| {
+                lease_until.is_none_or(|until| until < now) || lease_owner.as_deref() == Some(owner)
+            })
+            .map(|(id, _, _, _)| id);
+        let Some(id) = id else {
             return Ok(false);
         };
         if !self.renew_lease(owner, &id, true).await? {
