@@ -12,6 +12,9 @@
 //! Correctness beside the speed: the snapshot's counts must equal those computed here, every
 //! change is applied, and the identities afterwards hold the file (`exact`).
 //!
+//! `cpu_seconds` is the process's CPU time over the run (roster's, and the bench's polls):
+//! steadier than `seconds` on a busy machine, read with `load_average`.
+//!
 //! Peak RSS: the high-water mark is reset after seeding and after the file is built, so
 //! `peak_rss_mb` is the peak of the run (roster's diff and apply; the file in this process,
 //! about 10 MB at 100k, is part of it).
@@ -86,6 +89,7 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
     let seed_peak = super::peak_rss_mb();
     let rss_before = super::current_rss_mb();
     super::reset_peak_rss();
+    let cpu_before = super::cpu_time();
     let start = Instant::now();
     let answer = harness
         .post_body("/hr/snapshots", "text/csv", file.into_bytes(), 202)
@@ -98,6 +102,9 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
     let deadline = Duration::from_secs(120 + (n as u64) / 500);
     let (snapshot, applying_at) = wait_until_settled(harness, &id, deadline).await?;
     let elapsed = start.elapsed();
+    let cpu = super::cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let applying_at = applying_at.map(|at| at.duration_since(start));
 
     let counts = &snapshot["counts"];
@@ -139,6 +146,16 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with("active_after", after.active)
         .with("exact", exact)
         .with("seconds", super::round(elapsed.as_secs_f64(), 2))
+        .with(
+            "cpu_seconds",
+            cpu.map_or(Value::Null, |c| {
+                Value::from(super::round(c.as_secs_f64(), 2))
+            }),
+        )
+        .with(
+            "load_average",
+            super::load_average().map_or(Value::Null, Value::from),
+        )
         .with("accepted_seconds", super::round(accepted.as_secs_f64(), 2))
         .with(
             "applying_from_seconds",

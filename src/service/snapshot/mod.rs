@@ -238,25 +238,32 @@ impl Differ {
     }
 
     /// The source's active people absent from the file are leavers; returns how many active
-    /// people the source has.
+    /// people the source has. Pages through every identity by `employee_id` (its unique index)
+    /// and filters here: paging the source's active people in `employee_id` order by a
+    /// `(source, status)` index sorted all of them again for each page.
     async fn absent_leavers(&mut self, conn: &impl ConnectionTrait) -> ServiceResult<u64> {
         let mut active = 0;
         let mut after = String::new();
         loop {
-            let page: Vec<String> = identity::Entity::find()
+            let page: Vec<(String, String, String)> = identity::Entity::find()
                 .select_only()
                 .column(identity::Column::EmployeeId)
-                .filter(identity::Column::Source.eq(self.source.as_str()))
-                .filter(identity::Column::Status.eq("active"))
+                .column(identity::Column::Source)
+                .column(identity::Column::Status)
                 .filter(identity::Column::EmployeeId.gt(after.as_str()))
                 .order_by_asc(identity::Column::EmployeeId)
                 .limit(ROW_CHUNK as u64)
                 .into_tuple()
                 .all(conn)
                 .await?;
-            let Some(last) = page.last() else { break };
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
             after = last.clone();
-            for employee_id in page {
+            for (employee_id, source, status) in page {
+                if source != self.source || status != "active" {
+                    continue;
+                }
                 active += 1;
                 if !self.seen.contains(&employee_id) {
                     self.note(&employee_id, Some(ChangeKind::Leaver), false);
