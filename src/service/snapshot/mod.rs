@@ -227,6 +227,32 @@ impl Differ {
     ) -> ServiceResult<()> {
         let people =
             people_by_employee_id(conn, records.iter().map(|r| &r.employee.employee_id)).await?;
+        self.classify(records, &people);
+        Ok(())
+    }
+
+    /// [`Differ::add`] for a page of stored rows, in the database's `employee_id` order: the
+    /// people are read by one range of the unique index, not by lists of ids.
+    async fn add_page(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        first: &str,
+        last: &str,
+        records: &[SnapshotRecord],
+    ) -> ServiceResult<()> {
+        let people = identity::Entity::find()
+            .filter(identity::Column::EmployeeId.gte(first))
+            .filter(identity::Column::EmployeeId.lte(last))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|p| (p.employee_id.clone(), p))
+            .collect();
+        self.classify(records, &people);
+        Ok(())
+    }
+
+    fn classify(&mut self, records: &[SnapshotRecord], people: &HashMap<String, identity::Model>) {
         for record in records {
             let id = &record.employee.employee_id;
             self.counts.rows += 1;
@@ -234,7 +260,6 @@ impl Differ {
             let kind = diff::classify(record, people.get(id));
             self.note(id, kind, true);
         }
-        Ok(())
     }
 
     /// The source's active people absent from the file are leavers; returns how many active
@@ -950,7 +975,10 @@ impl Roster {
                 .limit(ROW_CHUNK as u64)
                 .all(self.db())
                 .await?;
-            let Some(last) = page.last() else { break };
+            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+                break;
+            };
+            let first = first.employee_id.clone();
             after = last.employee_id.clone();
             let records: Vec<SnapshotRecord> = page
                 .iter()
@@ -959,7 +987,7 @@ impl Roster {
                     diff::record_from_json(line, row.record.as_ref()?)
                 })
                 .collect();
-            differ.add(self.db(), &records).await?;
+            differ.add_page(self.db(), &first, &after, &records).await?;
             if !self.renew_lease(owner, &id, false).await? {
                 return Ok(());
             }
