@@ -36,8 +36,8 @@ pub struct Config {
     /// … or with more leavers than this fraction of its source's active people (once they
     /// are at least 10).
     pub hr_snapshot_max_leaver_fraction: f64,
-    /// Not from the environment: how long an instance's claim on an HR snapshot lasts without
-    /// renewal; another instance (or this one after a restart) resumes it after that.
+    /// `ROSTER_HR_SNAPSHOT_LEASE_SECS`: how long an instance's claim on an HR snapshot lasts
+    /// without renewal; another instance (or this one after a restart) resumes it after that.
     pub hr_snapshot_lease: std::time::Duration,
     /// Whether `serve` runs the delivery engine (tests of the API alone turn it off).
     pub run_engine: bool,
@@ -172,8 +172,14 @@ impl Config {
                     }
                 },
             };
+        let hr_snapshot_lease = std::time::Duration::from_secs(number(
+            "ROSTER_HR_SNAPSHOT_LEASE_SECS",
+            1..=3600,
+            defaults.hr_snapshot_lease.as_secs(),
+        )?);
         Ok(Self {
             hr_snapshot_max_leavers,
+            hr_snapshot_lease,
             hr_snapshot_max_leaver_fraction,
             database_url: non_empty("ROSTER_DATABASE_URL").unwrap_or(defaults.database_url.clone()),
             listen: non_empty("ROSTER_LISTEN").unwrap_or(defaults.listen.clone()),
@@ -227,6 +233,7 @@ mod tests {
         assert_eq!(c.hr_snapshot_max_leavers, 50);
         assert!((c.hr_snapshot_max_leaver_fraction - 0.05).abs() < f64::EPSILON);
         assert_eq!(c.reconcile_concurrency, 2);
+        assert_eq!(c.hr_snapshot_lease, std::time::Duration::from_secs(30));
     }
 
     #[test]
@@ -247,6 +254,7 @@ mod tests {
             "ROSTER_HTTP_READ_TIMEOUT_SECS",
             "ROSTER_MAX_CONNECTIONS",
             "ROSTER_RECONCILE_CONCURRENCY",
+            "ROSTER_HR_SNAPSHOT_LEASE_SECS",
         ] {
             let err = config(&[(name, "maybe")]).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
@@ -268,8 +276,10 @@ mod tests {
             ("ROSTER_ALLOW_INSECURE_HTTP", "true"),
             ("ROSTER_HTTP_READ_TIMEOUT_SECS", "2"),
             ("ROSTER_MAX_CONNECTIONS", "10"),
+            ("ROSTER_HR_SNAPSHOT_LEASE_SECS", "3"),
         ])
         .unwrap();
+        assert_eq!(c.hr_snapshot_lease, std::time::Duration::from_secs(3));
         assert!(c.allow_insecure_http);
         assert_eq!(c.http_read_timeout, std::time::Duration::from_secs(2));
         assert_eq!(c.max_connections, 10);

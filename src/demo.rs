@@ -1,6 +1,7 @@
 //! `roster demo`: roster seen working in one command. Everything runs in this process on
 //! loopback: a dev-target SCIM server, roster on a temporary SQLite database, and a script that
-//! plays joiners, a mover, a leaver, a by-hand change and a ghost account, then reconciles.
+//! plays joiners, a mover, a leaver, a by-hand change and a ghost account, then reconciles;
+//! then a nightly HR export catches a leaver whose event was lost, and a truncated one is held.
 //! It talks to roster only through its HTTP API, as a platform team and an HR system would.
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,43 @@ impl Api {
             return Err(step(format!("POST {path} answered {status}: {v}")));
         }
         Ok(v)
+    }
+
+    /// Posts an HR export (CSV) to `/hr/snapshots` and waits until it settles (applied, held
+    /// or rejected); returns the snapshot.
+    async fn snapshot(&self, csv: String) -> Result<Value, DemoError> {
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/hr/snapshots", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "text/csv")
+            .body(csv)
+            .send()
+            .await
+            .map_err(|e| step(format!("/hr/snapshots: {e}")))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        if status != 202 {
+            return Err(step(format!(
+                "POST /hr/snapshots answered {status}: {text}"
+            )));
+        }
+        let id = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let started = Instant::now();
+        loop {
+            let snapshot = self.get(&format!("/hr/snapshots/{id}")).await?;
+            let state = snapshot["state"].as_str().unwrap_or_default();
+            if !["received", "diffing", "applying"].contains(&state) {
+                return Ok(snapshot);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(step("the HR snapshot did not settle"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     async fn get(&self, path: &str) -> Result<Value, DemoError> {
@@ -346,6 +384,7 @@ async fn play(dir: &std::path::Path, started: Instant) -> Result<(), DemoError> 
         again["counts"]["missing"],
         again["writes"]
     );
+    snapshots(&api, &target).await?;
     let status = api.get(&format!("/apps/{app_id}/status")).await?;
     println!(
         "\nApp status: {} · dead jobs {} · error rate {}. Done in {:.1} s.",
@@ -355,6 +394,100 @@ async fn play(dir: &std::path::Path, started: Instant) -> Result<(), DemoError> 
         started.elapsed().as_secs_f64()
     );
     server.stop().await;
+    Ok(())
+}
+
+/// People of the nightly export besides ada and the contractor: new to roster, they join
+/// through it.
+const NEW_IN_EXPORT: usize = 28;
+
+/// The nightly HR export: ada, the contractor and the new people (grace is missing: she
+/// left, and her leaver event was lost); only the first `limit` rows (a truncated file).
+fn export(limit: usize) -> String {
+    let mut rows = vec![
+        "E1,ada@example.com,ada@example.com,Ada,Lovelace,Engineering,Chief Engineer".to_owned(),
+        "X1,contractor@partner.org,contractor@partner.org,Casey,Contractor,Engineering,Contractor"
+            .to_owned(),
+    ];
+    rows.extend((1..=NEW_IN_EXPORT).map(|i| {
+        format!("S{i},support{i}@example.com,support{i}@example.com,Sam,Support {i},Support,Agent")
+    }));
+    rows.truncate(limit);
+    let mut csv =
+        "employee_id,user_name,email,given_name,family_name,department,title\n".to_owned();
+    for row in rows {
+        csv.push_str(&row);
+        csv.push('\n');
+    }
+    csv
+}
+
+/// Steps 8 and 9: a nightly export catches a leaver whose event was lost; a truncated one is
+/// held by the leaver guard.
+async fn snapshots(api: &Api, target: &dev_target::DevTarget) -> Result<(), DemoError> {
+    let t = Instant::now();
+    let nightly = api.snapshot(export(usize::MAX)).await?;
+    let c = &nightly["counts"];
+    if nightly["state"] != "applied" {
+        return Err(step(format!(
+            "the nightly export was not applied: {nightly}"
+        )));
+    }
+    until(
+        "grace deactivated and the joiners provisioned",
+        Duration::from_secs(20),
+        || {
+            let users = target.users_snapshot();
+            let joined = users
+                .iter()
+                .filter(|u| {
+                    u["userName"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("support"))
+                })
+                .count();
+            joined == NEW_IN_EXPORT
+                && find(&users, "grace@example.com").is_some_and(|u| u["active"] == json!(false))
+        },
+    )
+    .await?;
+    let took = t.elapsed();
+    let leavers: Vec<&str> = nightly["changes"]["leavers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "8. Nightly HR export ({} people, CSV): grace left but her leaver event was lost, so she is missing from it.\n   Snapshot {}: joiners {}, movers {}, leavers {} ({}), unchanged {}; grace's account deactivated in the app\n   and the joiners' accounts created {} after the upload.",
+        c["rows"],
+        nightly["state"].as_str().unwrap_or_default(),
+        c["joiners"],
+        c["movers"],
+        c["leavers"],
+        leavers.join(", "),
+        c["unchanged"],
+        ms(took)
+    );
+
+    let truncated = api.snapshot(export(3)).await?;
+    if truncated["state"] != "held" {
+        return Err(step(format!(
+            "the truncated export was not held: {truncated}"
+        )));
+    }
+    let id = truncated["id"].as_str().unwrap_or_default();
+    api.post(&format!("/hr/snapshots/{id}/cancel"), &json!({}))
+        .await?;
+    let active = target
+        .users_snapshot()
+        .iter()
+        .filter(|u| u["active"] == json!(true))
+        .count();
+    println!(
+        "9. A truncated export (3 rows): held by the leaver guard, nothing applied ({}).\n   The admin cancels it; {active} accounts stay active.",
+        truncated["reason"].as_str().unwrap_or_default()
+    );
     Ok(())
 }
 

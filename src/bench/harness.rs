@@ -134,6 +134,31 @@ impl Harness {
         read_answer(what, answer, expect).await
     }
 
+    /// `POST {api}{path}` as admin with a raw body of `content_type` (an HR snapshot file);
+    /// any status but `expect` is an error. Returns the answer's body.
+    pub async fn post_body(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+        expect: u16,
+    ) -> Result<Value, BenchError> {
+        let what = format!("POST {path}");
+        let answer = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(&self.admin)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|source| BenchError::Http {
+                what: what.clone(),
+                source,
+            })?;
+        read_answer(what, answer, expect).await
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, BenchError> {
         let what = format!("GET {path}");
         let answer = self

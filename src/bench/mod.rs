@@ -16,6 +16,7 @@ mod rate_limit;
 mod reconcile;
 mod reconcile_apps;
 mod saas;
+mod snapshot;
 mod throughput;
 
 /// The scenarios of DESIGN §8 (names fixed), plus issue 5's `delivery-faults`.
@@ -28,6 +29,7 @@ pub enum Scenario {
     DeliveryFaults,
     Reconcile,
     Saas,
+    HrSnapshot,
 }
 
 impl Scenario {
@@ -41,6 +43,7 @@ impl Scenario {
             Self::DeliveryFaults => "delivery-faults",
             Self::Reconcile => "reconcile",
             Self::Saas => "saas",
+            Self::HrSnapshot => "hr-snapshot",
         }
     }
 }
@@ -192,6 +195,7 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
             .await?
         }
         Scenario::Saas => saas::run(options.size.unwrap_or(100)).await?,
+        Scenario::HrSnapshot => snapshot::run(options.size.unwrap_or(100_000)).await?,
     };
     let peak = peak_rss_mb();
     let mut figures = figures.with("peak_rss_mb", peak.map_or(Value::Null, Value::from));

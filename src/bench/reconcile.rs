@@ -314,6 +314,7 @@ impl Mix {
     }
 }
 
+/// Person `R{i}` as seeded (also by the `hr-snapshot` scenario).
 pub(super) fn person(i: usize, status: &str) -> IdentityView {
     IdentityView {
         id: uuid::Uuid::now_v7().to_string(),
@@ -332,6 +333,7 @@ pub(super) fn person(i: usize, status: &str) -> IdentityView {
     }
 }
 
+/// `person`'s identity row, source `hr`.
 pub(super) fn identity_row(person: &IdentityView) -> identity::ActiveModel {
     let now = chrono::Utc::now();
     identity::ActiveModel {

@@ -204,3 +204,35 @@ async fn saas_delivers_every_account_to_every_app_exactly_once() {
     assert!(number(&figures, "leaver_p99_ms") > 0.0, "{line}");
     assert!(number(&figures, "ratio_to_ideal") >= 1.0, "{line}");
 }
+
+/// Issue 18: `hr-snapshot` at a smoke-test size: 2000 identities, a file with 1 % changed;
+/// the counts are exactly those of the file (computed here from the size) and it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hr_snapshot_diffs_and_applies_exactly_the_changes_of_the_file() {
+    let figures = run(
+        Scenario::HrSnapshot,
+        Options {
+            size: Some(2000),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("hr-snapshot");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    assert_eq!(line["scenario"], "hr-snapshot");
+    assert_eq!(line["state"], "applied", "{line}");
+    // 2000 people: one leaver (absent), one joiner, 18 movers: 20 changes, 1 %; 1999 + 1 rows.
+    assert_eq!(line["rows"], 2000, "{line}");
+    assert_eq!(
+        line["counts"],
+        serde_json::json!({"joiners": 1, "movers": 18, "leavers": 1, "unchanged": 1981}),
+        "{line}"
+    );
+    assert_eq!(line["counts"], line["expected"], "{line}");
+    assert_eq!(line["applied"], 20, "{line}");
+    assert_eq!(line["active_after"], 2000, "{line}");
+    assert_eq!(line["exact"], true, "{line}");
+    for key in ["seconds", "peak_rss_mb"] {
+        assert!(number(&figures, key) > 0.0, "{key}: {line}");
+    }
+}

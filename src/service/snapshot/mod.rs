@@ -227,6 +227,32 @@ impl Differ {
     ) -> ServiceResult<()> {
         let people =
             people_by_employee_id(conn, records.iter().map(|r| &r.employee.employee_id)).await?;
+        self.classify(records, &people);
+        Ok(())
+    }
+
+    /// [`Differ::add`] for a page of stored rows, in the database's `employee_id` order: the
+    /// people are read by one range of the unique index, not by lists of ids.
+    async fn add_page(
+        &mut self,
+        conn: &impl ConnectionTrait,
+        first: &str,
+        last: &str,
+        records: &[SnapshotRecord],
+    ) -> ServiceResult<()> {
+        let people = identity::Entity::find()
+            .filter(identity::Column::EmployeeId.gte(first))
+            .filter(identity::Column::EmployeeId.lte(last))
+            .all(conn)
+            .await?
+            .into_iter()
+            .map(|p| (p.employee_id.clone(), p))
+            .collect();
+        self.classify(records, &people);
+        Ok(())
+    }
+
+    fn classify(&mut self, records: &[SnapshotRecord], people: &HashMap<String, identity::Model>) {
         for record in records {
             let id = &record.employee.employee_id;
             self.counts.rows += 1;
@@ -234,29 +260,35 @@ impl Differ {
             let kind = diff::classify(record, people.get(id));
             self.note(id, kind, true);
         }
-        Ok(())
     }
 
     /// The source's active people absent from the file are leavers; returns how many active
-    /// people the source has.
+    /// people the source has. Pages through every identity by `employee_id` (its unique index)
+    /// and filters here: paging the source's active people in `employee_id` order by a
+    /// `(source, status)` index sorted all of them again for each page.
     async fn absent_leavers(&mut self, conn: &impl ConnectionTrait) -> ServiceResult<u64> {
         let mut active = 0;
         let mut after = String::new();
         loop {
-            let page: Vec<String> = identity::Entity::find()
+            let page: Vec<(String, String, String)> = identity::Entity::find()
                 .select_only()
                 .column(identity::Column::EmployeeId)
-                .filter(identity::Column::Source.eq(self.source.as_str()))
-                .filter(identity::Column::Status.eq("active"))
+                .column(identity::Column::Source)
+                .column(identity::Column::Status)
                 .filter(identity::Column::EmployeeId.gt(after.as_str()))
                 .order_by_asc(identity::Column::EmployeeId)
                 .limit(ROW_CHUNK as u64)
                 .into_tuple()
                 .all(conn)
                 .await?;
-            let Some(last) = page.last() else { break };
+            let Some((last, _, _)) = page.last() else {
+                break;
+            };
             after = last.clone();
-            for employee_id in page {
+            for (employee_id, source, status) in page {
+                if source != self.source || status != "active" {
+                    continue;
+                }
                 active += 1;
                 if !self.seen.contains(&employee_id) {
                     self.note(&employee_id, Some(ChangeKind::Leaver), false);
@@ -838,29 +870,38 @@ impl Roster {
     }
 
     /// Claims the oldest snapshot with work left whose lease is free, and takes it one step
-    /// further (diff, or apply to the end). Returns whether there was one.
+    /// further (diff, or apply to the end). Returns whether there was one. A source's
+    /// snapshots go in the order received: one whose older sibling is still held by another
+    /// worker (or by a dead one, until its lease runs out) waits, so a restart never applies a
+    /// newer export before the older one it was queued behind.
     async fn work_one_snapshot(
         &self,
         owner: &str,
         shutdown: &CancellationToken,
     ) -> ServiceResult<bool> {
         let now = crate::store::queue::now_ms();
-        let candidates: Vec<String> = hr_snapshot::Entity::find()
-            .select_only()
-            .column(hr_snapshot::Column::Id)
-            .filter(hr_snapshot::Column::State.is_in([RECEIVED, DIFFING, APPLYING]))
-            .filter(
-                Condition::any()
-                    .add(hr_snapshot::Column::LeaseUntil.is_null())
-                    .add(hr_snapshot::Column::LeaseUntil.lt(now))
-                    .add(hr_snapshot::Column::LeaseOwner.eq(owner)),
-            )
-            .order_by_asc(hr_snapshot::Column::ReceivedAt)
-            .limit(1)
-            .into_tuple()
-            .all(self.db())
-            .await?;
-        let Some(id) = candidates.into_iter().next() else {
+        let in_progress: Vec<(String, String, Option<String>, Option<i64>)> =
+            hr_snapshot::Entity::find()
+                .select_only()
+                .column(hr_snapshot::Column::Id)
+                .column(hr_snapshot::Column::Source)
+                .column(hr_snapshot::Column::LeaseOwner)
+                .column(hr_snapshot::Column::LeaseUntil)
+                .filter(hr_snapshot::Column::State.is_in([RECEIVED, DIFFING, APPLYING]))
+                .order_by_asc(hr_snapshot::Column::ReceivedAt)
+                .order_by_asc(hr_snapshot::Column::Id)
+                .into_tuple()
+                .all(self.db())
+                .await?;
+        let mut sources_seen = HashSet::new();
+        let id = in_progress
+            .into_iter()
+            .filter(|(_, source, _, _)| sources_seen.insert(source.clone()))
+            .find(|(_, _, lease_owner, lease_until)| {
+                lease_until.is_none_or(|until| until < now) || lease_owner.as_deref() == Some(owner)
+            })
+            .map(|(id, _, _, _)| id);
+        let Some(id) = id else {
             return Ok(false);
         };
         if !self.renew_lease(owner, &id, true).await? {
@@ -934,7 +975,10 @@ impl Roster {
                 .limit(ROW_CHUNK as u64)
                 .all(self.db())
                 .await?;
-            let Some(last) = page.last() else { break };
+            let (Some(first), Some(last)) = (page.first(), page.last()) else {
+                break;
+            };
+            let first = first.employee_id.clone();
             after = last.employee_id.clone();
             let records: Vec<SnapshotRecord> = page
                 .iter()
@@ -943,7 +987,7 @@ impl Roster {
                     diff::record_from_json(line, row.record.as_ref()?)
                 })
                 .collect();
-            differ.add(self.db(), &records).await?;
+            differ.add_page(self.db(), &first, &after, &records).await?;
             if !self.renew_lease(owner, &id, false).await? {
                 return Ok(());
             }
