@@ -609,6 +609,11 @@ impl DevEndpoint {
         let count =
             number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
         let projection = Projection::of(query);
+        // A resource as this read returns it: as the vendor shapes it, with the asked attributes.
+        let shaped = |mut resource: Value| {
+            args.profile.shape_read(collection, &mut resource);
+            project(resource, &projection)
+        };
         let cursor = query.get("cursor").filter(|_| args.profile.cursor_paging());
         if let Some(cursor) = cursor {
             // RFC 9865: the cursor is opaque; here it is the offset of the next page.
@@ -626,14 +631,7 @@ impl DevEndpoint {
                 },
             };
             let page = store.list(kind, filter.as_ref(), offset + 1, count, false);
-            let resources: Vec<Value> = page
-                .resources
-                .into_iter()
-                .map(|mut r| {
-                    args.profile.shape_read(collection, &mut r);
-                    project(r, &projection)
-                })
-                .collect();
+            let resources: Vec<Value> = page.resources.into_iter().map(shaped).collect();
             let next = offset + resources.len();
             let mut body = json!({
                 "schemas": [schemas::LIST_RESPONSE],
@@ -648,14 +646,7 @@ impl DevEndpoint {
         // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
         let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
         let page = store.list(kind, filter.as_ref(), start, count, args.paging_wraps);
-        let resources: Vec<Value> = page
-            .resources
-            .into_iter()
-            .map(|mut r| {
-                args.profile.shape_read(collection, &mut r);
-                project(r, &projection)
-            })
-            .collect();
+        let resources: Vec<Value> = page.resources.into_iter().map(shaped).collect();
         json_response(
             200,
             &json!({

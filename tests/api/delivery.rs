@@ -906,6 +906,15 @@ async fn refusing_target(status: u16) -> (String, tokio_util::sync::Cancellation
     (format!("http://{addr}/scim/v2"), stop)
 }
 
+/// The first dead job `GET /jobs?state=dead` lists, once there is one.
+async fn first_dead_letter(app: &TestApp) -> Value {
+    eventually("a dead letter", Duration::from_secs(20), || async {
+        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
+        jobs["items"].as_array().and_then(|a| a.first().cloned())
+    })
+    .await
+}
+
 /// A target's own refusal of a create, 400 or 403, is permanent: the job is dead after one
 /// attempt, with the target's answer as its reason, and the app is not quarantined for it.
 #[tokio::test]
@@ -925,11 +934,7 @@ async fn a_target_refusal_400_or_403_is_a_dead_letter() {
             json!({}),
         ))
         .await;
-        let dead = eventually("a dead letter", Duration::from_secs(20), || async {
-            let jobs = app.get("/api/v1/jobs?state=dead").await.body;
-            jobs["items"].as_array().and_then(|a| a.first().cloned())
-        })
-        .await;
+        let dead = first_dead_letter(&app).await;
         assert_eq!(dead["app_id"], app_id.as_str());
         assert_eq!(dead["attempts"], 1, "not retried: {dead}");
         assert!(
@@ -971,11 +976,7 @@ async fn a_permanent_error_is_a_dead_letter_until_retried() {
     let app_id = created["id"].as_str().unwrap_or_default().to_owned();
     app.post_event(&joiner("d1", "D1", "2026-11-01T09:00:00Z", json!({})))
         .await;
-    let dead = eventually("a dead letter", Duration::from_secs(20), || async {
-        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
-        jobs["items"].as_array().and_then(|a| a.first().cloned())
-    })
-    .await;
+    let dead = first_dead_letter(&app).await;
     assert!(
         dead["last_error"]
             .as_str()
@@ -2778,11 +2779,7 @@ async fn required_and_single_valued_attributes_are_checked_before_the_target_ref
     // No title from HR: the mapping renders none.
     app.post_event(&joiner("nt1", "NT1", "2026-11-01T09:00:00Z", json!({})))
         .await;
-    let dead = eventually("a dead letter", Duration::from_secs(20), || async {
-        let jobs = app.get("/api/v1/jobs?state=dead").await.body;
-        jobs["items"].as_array().and_then(|a| a.first().cloned())
-    })
-    .await;
+    let dead = first_dead_letter(&app).await;
     assert_eq!(dead["app_id"], app_id.as_str());
     assert_eq!(dead["attempts"], 1, "not retried: {dead}");
     assert!(
