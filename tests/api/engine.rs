@@ -737,6 +737,17 @@ impl Recorder {
         (recorder, format!("{proxy}/scim/v2"))
     }
 
+    /// Waits up to `limit` for the first call to `path` that is not a GET (the leaver's
+    /// deactivation); its index in [`Self::calls`].
+    async fn first_write_to(&self, path: &str, limit: Duration) -> usize {
+        eventually("the leaver deactivated", limit, || async {
+            self.calls()
+                .iter()
+                .position(|(_, method, p)| p == path && method != "GET")
+        })
+        .await
+    }
+
     fn calls(&self) -> Vec<(Instant, String, String)> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
@@ -846,17 +857,9 @@ async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
     ))
     .await;
     let leaver_path = format!("/scim/v2/Users/{leaver_id}");
-    let at = eventually(
-        "the leaver deactivated",
-        Duration::from_secs(60),
-        || async {
-            recorder
-                .calls()
-                .iter()
-                .position(|(_, method, path)| *path == leaver_path && method != "GET")
-        },
-    )
-    .await;
+    let at = recorder
+        .first_write_to(&leaver_path, Duration::from_secs(60))
+        .await;
     let took = recorder.calls()[at].0 - posted;
     let users_then = target.stats()["users"].as_u64().unwrap_or(0);
     // Calls the target got between the event and the deactivate: the leaver's call takes the
@@ -959,17 +962,9 @@ async fn at_one_call_a_second_a_leaver_makes_the_apps_next_call() {
         json!({}),
     ))
     .await;
-    let at = eventually(
-        "the leaver deactivated",
-        Duration::from_secs(30),
-        || async {
-            recorder
-                .calls()
-                .iter()
-                .position(|(_, method, path)| *path == leaver_path && method != "GET")
-        },
-    )
-    .await;
+    let at = recorder
+        .first_write_to(&leaver_path, Duration::from_secs(30))
+        .await;
     let calls = recorder.calls();
     let ahead: Vec<String> = calls[before..at]
         .iter()
@@ -1092,17 +1087,9 @@ async fn two_apps_of_one_group_share_its_limit_at_one_target_and_a_leaver_goes_f
         json!({}),
     ))
     .await;
-    let at = eventually(
-        "the leaver deactivated",
-        Duration::from_secs(30),
-        || async {
-            recorder
-                .calls()
-                .iter()
-                .position(|(_, method, path)| *path == leaver_path && method != "GET")
-        },
-    )
-    .await;
+    let at = recorder
+        .first_write_to(&leaver_path, Duration::from_secs(30))
+        .await;
     let users_then = target.stats()["users"].as_u64().unwrap_or(0);
     // Only calls let through before the leaver's job reached the gate come first, whichever
     // app made them.
