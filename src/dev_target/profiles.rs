@@ -13,6 +13,8 @@ use serde_json::Value;
 use super::filter;
 use super::store::Refusal;
 
+mod atlassian;
+
 /// Which vendor the dev-target emulates.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
@@ -29,6 +31,8 @@ pub enum Profile {
     Snowflake,
     /// AWS IAM Identity Center.
     AwsIdentityCenter,
+    /// Atlassian Cloud (Guard user provisioning).
+    Atlassian,
 }
 
 /// AWS answers what it does not support with 400 `ValidationException` ("This error also
@@ -83,6 +87,39 @@ impl Profile {
         // with cursor must be empty … If the response includes a nextCursor field, its value
         // can be used as the cursor value to retrieve the next page": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html.
         self == Profile::AwsIdentityCenter
+    }
+
+    /// The most resources the vendor returns in one page, whatever `count` asks for (and
+    /// whatever `--max-page-size` says), if it documents one.
+    #[must_use]
+    pub fn max_page_size(self) -> Option<usize> {
+        match self {
+            Profile::Atlassian => Some(atlassian::MAX_PAGE),
+            _ => None,
+        }
+    }
+
+    /// Whether the vendor documents a 409 for a duplicate userName, so the emulation keeps
+    /// userNames unique even with `--allow-duplicate-user-names`.
+    #[must_use]
+    pub fn rejects_duplicate_user_names(self) -> bool {
+        // "An existing user gives 409": https://developer.atlassian.com/cloud/admin/user-provisioning/rest/intro/.
+        self == Profile::Atlassian
+    }
+
+    /// Why a PUT or PATCH (`body`) of the stored group `current` is refused, where the vendor
+    /// refuses what it would change (a rename, for a vendor that cannot rename groups).
+    #[must_use]
+    pub fn group_write_refusal(
+        self,
+        method: &Method,
+        current: &Value,
+        body: &Value,
+    ) -> Option<Refusal> {
+        match self {
+            Profile::Atlassian => atlassian::rename_refusal(method, current, body),
+            _ => None,
+        }
     }
 
     /// Changes a resource as the vendor answers it on a read (GET of one, or a listing).
@@ -179,6 +216,7 @@ impl Profile {
                 Verdict::Serve
             }
             Profile::AwsIdentityCenter => aws_check(seen),
+            Profile::Atlassian => atlassian::check(seen),
             Profile::Snowflake => {
                 // Before BCR bundle 2026_03: "only single eq/sw filters work; unsupported
                 // filters (and/or, malformed) silently return 200 with empty Resources".
