@@ -1110,7 +1110,10 @@ async fn replace_renamed_group(
                 .map_err(|e| {
                     if e.status() == Some(409) {
                         JobError::Unprocessable(format!(
-                            "the target cannot rename groups, and creating `{group_name}` to                              replace target group {old_id} (now `{old_name}`) was refused as a                              duplicate name (names may be compared ignoring case); rename or                              remove one by hand"
+                            "the target cannot rename groups, and creating `{group_name}` to \
+                             replace target group {old_id} (now `{old_name}`) was refused as a \
+                             duplicate name (names may be compared ignoring case); rename or \
+                             remove one by hand"
                         ))
                     } else {
                         JobError::scim(Operation::Create, e)
@@ -1134,7 +1137,8 @@ async fn replace_renamed_group(
             app = %ctx.app.name,
             group = group_name,
             target_id = %old_id,
-            "The target cannot rename groups: not deleting the renamed target group roster did              not create; it is unlinked and left as it is"
+            "The target cannot rename groups: not deleting the renamed target group roster did \
+             not create; it is unlinked and left as it is"
         );
     }
     replaces.retain(|id| *id != new_id);
