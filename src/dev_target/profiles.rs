@@ -60,7 +60,7 @@ pub enum Verdict {
     /// Served as RFC 7644 says, with this `filter` instead of the one asked (the vendor's
     /// reading of a filter written its own way).
     ServeFilter(String),
-    /// A DELETE answered 204 after setting the resource's `active` to false: the vendor's
+    /// A DELETE of a user answered 204 after setting its `active` to false: the vendor's
     /// DELETE deactivates, and the account stays.
     Deactivate,
 }

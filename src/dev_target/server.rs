@@ -702,21 +702,14 @@ impl DevEndpoint {
     }
 }
 
-/// A DELETE the vendor reads as "deactivate": `active` set to false (with the request's
-/// `If-Match`), the resource kept; 204 as a DELETE answers.
+/// A DELETE of a user that the vendor reads as "deactivate": `active` set to false (with the
+/// request's `If-Match`), the account kept; 204 as a DELETE answers.
 fn deactivate(
     store: &Mutex<Store>,
     segments: &[&str],
     if_match: Option<&str>,
 ) -> Result<Response, Refusal> {
-    let (Some(kind), [_, id]) = (
-        match segments.first() {
-            Some(&"Users") => Some(Kind::User),
-            Some(&"Groups") => Some(Kind::Group),
-            _ => None,
-        },
-        segments,
-    ) else {
+    let ["Users", id] = segments else {
         return Err(Refusal::new(404, None, "no such endpoint"));
     };
     let deactivate = json!({
@@ -726,7 +719,7 @@ fn deactivate(
     store
         .lock()
         .map_err(|_| Refusal::new(500, None, "store poisoned"))?
-        .patch(kind, id, &deactivate, if_match)?;
+        .patch(Kind::User, id, &deactivate, if_match)?;
     Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
 }
 
