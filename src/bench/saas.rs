@@ -56,7 +56,7 @@ const VENDORS: &[Vendor] = &[
         connector: "slack",
         params: &[("organization", "bench")],
         latency_ms: 120,
-        profile: Profile::Rfc,
+        profile: Profile::Slack,
     },
     Vendor {
         connector: "atlassian",

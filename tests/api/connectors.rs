@@ -356,6 +356,7 @@ async fn lifecycle_against_profile(connector: &str, profile: Profile, params: Va
             json!({"connector_params": params, "base_url": target.base_url(),
                    "auth": {"type": "bearer", "token": token},
                    "rate_limit": {"per_second": 100, "burst": 100},
+                   "override_vendor_limits": true,
                    "group_push": [group], "max_attempts": 2,
                    "reconcile": {"interval_minutes": 0, "mode": "report"},
                    "quirks": {"max_members_per_patch": 2}}),
@@ -1076,4 +1077,188 @@ async fn a_renamed_group_roster_adopted_is_left_as_it_is_and_only_unlinked() {
     assert_eq!(again["groups"]["unmanaged"], 1, "the old group: {again}");
     assert_eq!(again["writes"], 0, "{again}");
     assert_eq!(deletes(), before);
+}
+
+#[tokio::test]
+async fn slack_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("slack", Profile::Slack, json!({"organization": "E0123"})).await;
+}
+
+#[tokio::test]
+async fn miro_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("miro", Profile::Miro, json!({})).await;
+}
+
+/// Slack's DELETE deactivates: a leaver on the slack connector, even one set to delete,
+/// leaves the account in the organisation, deactivated, and found by a GET.
+#[tokio::test]
+async fn a_slack_leaver_stays_deactivated_not_deleted() {
+    use roster::dev_target::DevTargetArgs;
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile: Profile::Slack,
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let created = app
+        .create_app(&from_connector(
+            "slack-leaver",
+            "slack",
+            json!({"connector_params": {"organization": "E0123"}, "base_url": target.base_url(),
+                   "auth": {"type": "bearer", "token": token},
+                   "deprovision": {"action": "delete"}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    app.post_event(&crate::helpers::joiner(
+        "sl-j",
+        "SL1",
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let wait = Duration::from_secs(30);
+    let id = eventually("the joiner's account", wait, || async {
+        app.settled(&app_id, wait).await;
+        target
+            .users_snapshot()
+            .first()
+            .and_then(|u| u["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    app.post_event(&crate::helpers::event(
+        "sl-l",
+        "leaver",
+        "SL1",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    eventually("the leaver's DELETE", wait, || async {
+        app.settled(&app_id, wait).await;
+        (target.stats()["requests"]["DELETE"].as_u64() == Some(1)).then_some(())
+    })
+    .await;
+    let read: Value = reqwest::Client::new()
+        .get(format!("{}/Users/{id}", target.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("the account is still there");
+    assert_eq!(read["active"], json!(false), "{read}");
+    assert_eq!(read["userName"], "sl1");
+    assert_eq!(target.users_snapshot().len(), 1);
+    let dead = app
+        .rows(&format!(
+            "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+        ))
+        .await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// Two apps, each provisioning the same 10 joiners to its own workspace of one emulated Slack
+/// organisation whose write limit is lowered to 5 per second (burst 3); each app allows
+/// itself 4 writes per second (burst 2). With `shared`, both are built from the slack
+/// connector with one `organization` (so one `rate_limit_group`); without, they are plain apps
+/// with the same rate limit. Returns the requests the organisation throttled and the POSTs it
+/// received, once both workspaces hold every account.
+async fn two_apps_on_one_slack_organisation(shared: bool) -> (u64, u64) {
+    use roster::dev_target::{DevTargetArgs, SCIM_ROOT, TENANT_PREFIX};
+    let token = "vendor-token";
+    let target = roster::dev_target::spawn(DevTargetArgs {
+        token: Some(token.into()),
+        profile: Profile::Slack,
+        vendor_limits: vec!["writes=5/1:3".into()],
+        ..DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let people = 10;
+    let workspace =
+        |name: &str| format!("http://{}{TENANT_PREFIX}{name}{SCIM_ROOT}", target.addr());
+    let mut apps = Vec::new();
+    for name in ["ws-a", "ws-b"] {
+        let settings = json!({
+            "base_url": workspace(name), "auth": {"type": "bearer", "token": token},
+            "rate_limit": {"per_second": 10, "burst": 10, "windows": [
+                {"limit": 4, "window_seconds": 1, "burst": 2, "operations": ["write", "delete"]}]},
+        });
+        let body = if shared {
+            let mut settings = settings;
+            settings["connector_params"] = json!({"organization": "E0RG"});
+            from_connector(name, "slack", settings)
+        } else {
+            crate::helpers::app_body(name, settings)
+        };
+        let created = app.create_app(&body).await;
+        assert_eq!(
+            created["rate_limit_group"].as_str(),
+            shared.then_some("slack:E0RG"),
+            "{created}"
+        );
+        apps.push(created["id"].as_str().expect("id").to_owned());
+    }
+    for n in 0..people {
+        app.post_event(&crate::helpers::joiner(
+            &format!("org-j{n}"),
+            &format!("ORG{n}"),
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(60);
+    let accounts = |name: &'static str| {
+        let url = format!("{}/Users?count=0", workspace(name));
+        async move {
+            let listing: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            listing["totalResults"].as_u64()
+        }
+    };
+    eventually("every account in both workspaces", wait, || async {
+        for id in &apps {
+            app.settled(id, wait).await;
+        }
+        let both = accounts("ws-a").await == Some(people) && accounts("ws-b").await == Some(people);
+        both.then_some(())
+    })
+    .await;
+    let stats = target.stats();
+    (
+        stats["throttled"].as_u64().unwrap_or(0),
+        stats["requests"]["POST"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Slack's limits hold for the whole organisation: two apps of one organisation share one
+/// bucket set through the connector's `rate_limit_group` and together stay within its write
+/// limit (no 429, each account created by one POST); the same two apps without the group each
+/// keep to the limit alone and together exceed it.
+#[tokio::test]
+async fn two_apps_on_one_slack_organisation_share_its_write_limit() {
+    let (throttled, posts) = two_apps_on_one_slack_organisation(true).await;
+    assert_eq!(
+        throttled, 0,
+        "one shared bucket stays within the organisation's limit"
+    );
+    assert_eq!(posts, 20, "each account created once");
+
+    let (throttled, posts) = two_apps_on_one_slack_organisation(false).await;
+    assert!(throttled > 0, "two buckets exceed the organisation's limit");
+    assert_eq!(posts, 20 + throttled, "each throttled POST sent again");
 }

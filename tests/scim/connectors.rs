@@ -467,3 +467,201 @@ async fn atlassian_refuses_group_renames_so_the_connector_replaces_the_group() {
     assert_eq!(groups[0]["displayName"], "atl-new");
     assert_eq!(groups[0]["members"].as_array().map(Vec::len), Some(3));
 }
+
+/// The ids of `n` users put straight into the dev-target's store (no request made, none
+/// counted or rate limited).
+fn seeded_users(target: &crate::helpers::TestTarget, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let created = target
+                .target
+                .insert(
+                    roster::dev_target::Kind::User,
+                    user(&format!("{prefix}-{i:05}")),
+                )
+                .expect("seeded");
+            roster::scim::id_of(&created).expect("id").to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn slack_serves_at_most_1000_per_page_and_10_without_count_so_the_connector_asks_for_1000() {
+    use futures::TryStreamExt as _;
+    let target = spawn_target(DevTargetArgs {
+        profile: Profile::Slack,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    seeded_users(&target, "slack", 1500);
+    let base = target.target.base_url();
+    let page = |query: &'static str| {
+        let url = format!("{base}/Users{query}");
+        async move {
+            let answer: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("json");
+            (
+                answer["itemsPerPage"].as_u64(),
+                answer["totalResults"].as_u64(),
+            )
+        }
+    };
+    assert_eq!(page("?count=5000").await, (Some(1000), Some(1500)));
+    assert_eq!(page("").await, (Some(10), Some(1500)), "10 without count");
+
+    // Every account, in as many pages as each setting asks.
+    let listing = |quirks: Quirks| {
+        let (client, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+            c.quirks = quirks;
+        });
+        async move {
+            let size = client.quirks().page_size;
+            let listed: Vec<Value> = client.users().list(size).try_collect().await.expect("list");
+            let pages = calls
+                .all()
+                .iter()
+                .filter(|c| c.path.contains("/Users?"))
+                .count();
+            (listed.len(), pages)
+        }
+    };
+    assert_eq!(listing(Quirks::default()).await, (1500, 15));
+    assert_eq!(listing(connector_quirks("slack")).await, (1500, 2));
+}
+
+#[tokio::test]
+async fn slack_creates_only_with_an_email_and_its_delete_deactivates_a_user_but_removes_a_group() {
+    let (target, rfc, _) = rfc_and_connector(Profile::Slack, "slack").await;
+    let mut bare = user("no-mail");
+    bare.as_object_mut().map(|u| u.remove("emails"));
+    let err = rfc
+        .users()
+        .create(&bare)
+        .await
+        .expect_err("an email is required");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(target.target.users_snapshot().is_empty());
+
+    let created = rfc.users().create(&user("mailed")).await.expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    rfc.users().delete(&id).await.expect("DELETE answered");
+    let read = rfc.users().get(&id).await.expect("still there");
+    assert_eq!(read["active"], Value::Bool(false), "{read}");
+    assert_eq!(read["userName"], "mailed");
+
+    let group = rfc
+        .groups()
+        .create(&group("slack-team"))
+        .await
+        .expect("group");
+    let gid = roster::scim::id_of(&group).expect("id").to_owned();
+    rfc.groups().delete(&gid).await.expect("DELETE answered");
+    let err = rfc.groups().get(&gid).await.expect_err("the group is gone");
+    assert_eq!(status(&err), Some(404), "{err}");
+}
+
+/// `n` groups of `size` seeded members each, made by `maker`; returns their ids and members.
+async fn miro_groups(
+    target: &crate::helpers::TestTarget,
+    prefix: &str,
+    n: usize,
+    size: usize,
+) -> Vec<(String, Vec<String>)> {
+    let mut groups = Vec::new();
+    for g in 0..n {
+        let members = seeded_users(target, &format!("{prefix}-{g}"), size);
+        let created = target
+            .target
+            .insert(
+                roster::dev_target::Kind::Group,
+                group(&format!("{prefix}-{g}")),
+            )
+            .expect("group");
+        let id = roster::scim::id_of(&created).expect("id").to_owned();
+        groups.push((id, members));
+    }
+    groups
+}
+
+#[tokio::test]
+async fn miro_limits_large_group_patches_so_the_connector_keeps_them_small() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Miro, "miro").await;
+    // Miro: 5 group PATCHes per 30 s above 500 bytes. RFC settings add 10 members in one PATCH.
+    let mut refused = None;
+    for (n, (gid, members)) in miro_groups(&target, "rfc", 6, 10).await.iter().enumerate() {
+        if let Err(err) = rfc.groups().add_members(gid, members).await {
+            refused = Some((n, err));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("a large PATCH is throttled");
+    assert_eq!(n, 5, "the sixth: {err}");
+    assert_eq!(status(&err), Some(429), "{err}");
+    assert!(err.retry_after().is_some(), "{err}");
+
+    // The connector's chunks stay at most 500 bytes: 100 per 30 s.
+    for (gid, members) in miro_groups(&target, "miro", 6, 10).await {
+        vendor
+            .groups()
+            .add_members(&gid, &members)
+            .await
+            .expect("small PATCHes are not throttled");
+        vendor
+            .groups()
+            .remove_members(&gid, &members[..5])
+            .await
+            .expect("small PATCHes are not throttled");
+        let read = target.client.groups().get(&gid).await.expect("group");
+        assert_eq!(read["members"].as_array().map(Vec::len), Some(5));
+    }
+}
+
+#[tokio::test]
+async fn miro_refuses_a_group_patch_beyond_8000_members_or_800000_bytes_with_413() {
+    let target = spawn_target(DevTargetArgs {
+        profile: Profile::Miro,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let base = target.target.base_url();
+    let (gid, members) = miro_groups(&target, "big", 1, 8001).await.remove(0);
+    let push = |max_members_per_patch: u32| {
+        let (client, _) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+            c.quirks.max_members_per_patch = max_members_per_patch;
+        });
+        let (gid, members) = (gid.clone(), members.clone());
+        async move { client.groups().add_members(&gid, &members).await }
+    };
+    // One more than the connector's hard limit (`limits`: 8000) is refused before anything
+    // is applied (the limit itself is served: the profile's unit test).
+    let err = push(8001).await.expect_err("too many members");
+    assert_eq!(status(&err), Some(413), "{err}");
+    assert!(err.to_string().contains("8000"), "{err}");
+    let read = target.client.groups().get(&gid).await.expect("group");
+    assert_eq!(read["members"], json!([]), "nothing applied");
+
+    // Under 8000 changes, a body over 800 000 bytes is refused too.
+    let long_ids: Vec<Value> = (0..7000)
+        .map(|n| json!({"value": format!("{n:0>120}")}))
+        .collect();
+    let body = json!({"schemas": [roster::scim::schemas::PATCH_OP],
+        "Operations": [{"op": "add", "path": "members", "value": long_ids}]});
+    let answer = reqwest::Client::new()
+        .patch(format!("{base}/Groups/{gid}"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/scim+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), 413);
+    let detail = answer.text().await.unwrap_or_default();
+    assert!(detail.contains("bytes"), "{detail}");
+}

@@ -153,6 +153,7 @@ mod tests {
             segments: &[collection],
             query: &query,
             body: None,
+            body_bytes: 0,
             user_agent: Some("roster"),
         })
     }
@@ -213,6 +214,7 @@ mod tests {
                 segments: &["Groups"],
                 query: &query,
                 body: None,
+                body_bytes: 0,
                 user_agent: None,
             }),
             Verdict::Serve
