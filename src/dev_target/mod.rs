@@ -116,6 +116,10 @@ pub struct DevTargetArgs {
     /// Require a client certificate signed by this PEM CA (mutual TLS); needs `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<std::path::PathBuf>,
+    /// With `--profile asana`: accounts whose userName is at this domain are guests, left out
+    /// of every listing of /Users as Asana leaves its guests out (repeatable).
+    #[arg(long = "guest-domain")]
+    pub guest_domains: Vec<String>,
 }
 
 impl Default for DevTargetArgs {
@@ -142,6 +146,7 @@ impl Default for DevTargetArgs {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            guest_domains: Vec::new(),
         }
     }
 }

@@ -13,6 +13,9 @@ use serde_json::Value;
 use super::filter;
 use super::store::Refusal;
 
+mod asana;
+mod figma;
+
 /// Which vendor the dev-target emulates.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
@@ -29,6 +32,10 @@ pub enum Profile {
     Snowflake,
     /// AWS IAM Identity Center.
     AwsIdentityCenter,
+    /// Figma (Organization and Enterprise plans).
+    Figma,
+    /// Asana (Enterprise Domains); `--guest-domain` names the domains of its guests.
+    Asana,
 }
 
 /// AWS answers what it does not support with 400 `ValidationException` ("This error also
@@ -95,6 +102,35 @@ impl Profile {
             object.retain(|key, _| !key.eq_ignore_ascii_case("members"));
             object.insert("members".to_owned(), Value::Array(Vec::new()));
         }
+    }
+
+    /// Whether a listing of `collection` shows `resource` (some vendors leave accounts out of
+    /// their listings; read by id, those accounts are served).
+    #[must_use]
+    pub fn lists(self, collection: &str, resource: &Value, guest_domains: &[String]) -> bool {
+        !(self == Profile::Asana
+            && collection == "Users"
+            && asana::is_guest(resource, guest_domains))
+    }
+
+    /// Whether `DELETE /Users/{id}` deprovisions the account (it stays, `active: false`)
+    /// instead of deleting it.
+    #[must_use]
+    pub fn delete_deactivates(self) -> bool {
+        // "PUT or PATCH with active=false, and DELETE, all deprovision ("zombify") the
+        // user": https://developers.asana.com/docs/scim.
+        self == Profile::Asana
+    }
+
+    /// Whether a user set `active: false` (PUT or PATCH) leaves every group it was in.
+    #[must_use]
+    pub fn deactivation_leaves_groups(self) -> bool {
+        // "active … Use this parameter to deactivate or reactivate users in Figma. Deactivated
+        // users are removed from the organization": https://developers.figma.com/docs/rest-api/scim-supported-schemas.
+        // The account itself stays readable, `active: false`: "This will delete the user from
+        // Figma, but maintain a record in the SCIM provisioning log of the user. This means the
+        // user will be listed": https://developers.figma.com/docs/rest-api/scim-examples.
+        self == Profile::Figma
     }
 
     #[must_use]
@@ -179,6 +215,8 @@ impl Profile {
                 Verdict::Serve
             }
             Profile::AwsIdentityCenter => aws_check(seen),
+            Profile::Figma => figma::check(seen),
+            Profile::Asana => asana::check(seen),
             Profile::Snowflake => {
                 // Before BCR bundle 2026_03: "only single eq/sw filters work; unsupported
                 // filters (and/or, malformed) silently return 200 with empty Resources".
