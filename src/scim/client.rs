@@ -1230,9 +1230,9 @@ pub struct Page {
     /// (they were read already, or there were none).
     pub wrapped: bool,
     /// A page of a listing whose completeness nothing proves: a target that does not page
-    /// (`paging: none`) answered without a `totalResults`, or its quirks say its listings leave
-    /// accounts out (`listings_complete: false`). What it holds is real, but an account it does
-    /// not show is not known to be absent.
+    /// (`paging: none`) answered without a `totalResults`, or its quirks say its user
+    /// listings leave accounts out (`user_listings_complete: false`). What it holds is real,
+    /// but an account it does not show is not known to be absent.
     pub unproven: bool,
 }
 
@@ -1721,8 +1721,9 @@ impl Resources {
             status: answer.status,
             reason: reason.into(),
         })?;
-        // A target whose listings leave accounts out proves no absence, whatever it pages.
-        let partial = !self.client.inner.quirks.listings_complete;
+        // A target whose user listings leave accounts out proves no absence, whatever it pages.
+        let partial = !self.client.inner.quirks.user_listings_complete
+            && matches!(self.kind, ResourceKind::Users);
         match mode {
             PagingMode::Index => {}
             PagingMode::Cursor => {

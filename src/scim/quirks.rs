@@ -118,11 +118,11 @@ pub struct Quirks {
     /// membership is never read from a group: roster trusts its links and, where the target
     /// filters on `members`, asks `id eq "g" and members eq "u"` per wanted member.
     pub group_members_readable: bool,
-    /// `false`: the target leaves some accounts out of every listing (its guests, say), so no
-    /// listing proves an account absent: every page is `unproven`, and reconciliation only
-    /// reports what it would conclude from an absence (create, adopt, deprovision); a linked
-    /// account not listed is still read by its id.
-    pub listings_complete: bool,
+    /// `false`: the target leaves some accounts out of every listing of /Users (its guests,
+    /// say), so no such listing proves an account absent: every page is `unproven`, and
+    /// reconciliation only reports what it would conclude from an absence (create, adopt,
+    /// deprovision); a linked account not listed is still read by its id.
+    pub user_listings_complete: bool,
 }
 
 impl Default for Quirks {
@@ -145,7 +145,7 @@ impl Default for Quirks {
             required_on_create: Vec::new(),
             paging: Paging::Index,
             group_members_readable: true,
-            listings_complete: true,
+            user_listings_complete: true,
         }
     }
 }
