@@ -28,6 +28,7 @@
 //!   fault draws reproducible.
 //! - `--profile NAME` (`dev_target::profiles`): a catalogue connector's vendor, emulated by
 //!   the rules its documentation states (each citing its source); `rfc` is the default.
+//!   `--guest-domain D` names the domains of Asana's guests, which its listings leave out.
 //! - TLS: `--tls-cert` and `--tls-key` (PEM files) serve https; `--client-ca` then requires a
 //!   client certificate signed by that CA (mutual TLS).
 //! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors

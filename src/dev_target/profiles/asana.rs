@@ -57,6 +57,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::dev_target::Profile;
     use serde_json::json;
 
     fn list(query: &[(&str, &str)]) -> Verdict {
@@ -121,5 +122,15 @@ mod tests {
         ));
         assert!(!is_guest(&json!({"userName": "m@example.com"}), &guests));
         assert!(!is_guest(&json!({"userName": "g@guests.example.com"}), &[]));
+        let guest = json!({"userName": "g@guests.example.com"});
+        assert!(!Profile::Asana.lists("Users", &guest, &guests));
+        assert!(Profile::Asana.lists("Groups", &guest, &guests));
+        assert!(Profile::Rfc.lists("Users", &guest, &guests));
+    }
+
+    #[test]
+    fn asana_delete_deprovisions_where_rfc_deletes() {
+        assert!(Profile::Asana.delete_deactivates());
+        assert!(!Profile::Rfc.delete_deactivates());
     }
 }

@@ -180,6 +180,12 @@ mod tests {
     }
 
     #[test]
+    fn figma_deactivation_leaves_groups_where_rfc_keeps_them() {
+        assert!(crate::dev_target::Profile::Figma.deactivation_leaves_groups());
+        assert!(!crate::dev_target::Profile::Rfc.deactivation_leaves_groups());
+    }
+
+    #[test]
     fn figma_limits_display_names_and_external_ids() {
         let mut user = json!({"userName": "ada@example.com", "displayName": "a".repeat(100),
             "externalId": "e".repeat(255)});
