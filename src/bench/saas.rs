@@ -62,7 +62,7 @@ const VENDORS: &[Vendor] = &[
         connector: "atlassian",
         params: &[("directory_id", "bench")],
         latency_ms: 145,
-        profile: Profile::Rfc,
+        profile: Profile::Atlassian,
     },
     Vendor {
         connector: "salesforce",

@@ -14,6 +14,7 @@ use super::filter;
 use super::store::Refusal;
 
 mod asana;
+mod atlassian;
 mod figma;
 
 /// Which vendor the dev-target emulates.
@@ -32,6 +33,8 @@ pub enum Profile {
     Snowflake,
     /// AWS IAM Identity Center.
     AwsIdentityCenter,
+    /// Atlassian Cloud (Guard user provisioning).
+    Atlassian,
     /// Figma (Organization and Enterprise plans).
     Figma,
     /// Asana (Enterprise Domains); `--guest-domain` names the domains of its guests.
@@ -90,6 +93,39 @@ impl Profile {
         // with cursor must be empty … If the response includes a nextCursor field, its value
         // can be used as the cursor value to retrieve the next page": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listusers.html.
         self == Profile::AwsIdentityCenter
+    }
+
+    /// The most resources the vendor returns in one page, whatever `count` asks for (and
+    /// whatever `--max-page-size` says), if it documents one.
+    #[must_use]
+    pub fn max_page_size(self) -> Option<usize> {
+        match self {
+            Profile::Atlassian => Some(atlassian::MAX_PAGE),
+            _ => None,
+        }
+    }
+
+    /// Whether the vendor documents a 409 for a duplicate userName, so the emulation keeps
+    /// userNames unique even with `--allow-duplicate-user-names`.
+    #[must_use]
+    pub fn rejects_duplicate_user_names(self) -> bool {
+        // "An existing user gives 409": https://developer.atlassian.com/cloud/admin/user-provisioning/rest/intro/.
+        self == Profile::Atlassian
+    }
+
+    /// Why a PUT or PATCH (`body`) of the stored group `current` is refused, where the vendor
+    /// refuses what it would change (a rename, for a vendor that cannot rename groups).
+    #[must_use]
+    pub fn group_write_refusal(
+        self,
+        method: &Method,
+        current: &Value,
+        body: &Value,
+    ) -> Option<Refusal> {
+        match self {
+            Profile::Atlassian => atlassian::rename_refusal(method, current, body),
+            _ => None,
+        }
     }
 
     /// Changes a resource as the vendor answers it on a read (GET of one, or a listing).
@@ -215,6 +251,7 @@ impl Profile {
                 Verdict::Serve
             }
             Profile::AwsIdentityCenter => aws_check(seen),
+            Profile::Atlassian => atlassian::check(seen),
             Profile::Figma => figma::check(seen),
             Profile::Asana => asana::check(seen),
             Profile::Snowflake => {

@@ -64,9 +64,9 @@ impl Shared {
             .unwrap_or(&base_url)
             .to_owned();
         Self {
-            store: Mutex::new(
-                Store::new(base_url).allowing_duplicate_user_names(args.allow_duplicate_user_names),
-            ),
+            store: Mutex::new(Store::new(base_url).allowing_duplicate_user_names(
+                args.allow_duplicate_user_names && !args.profile.rejects_duplicate_user_names(),
+            )),
             tenants: Mutex::default(),
             root,
             stats: Mutex::new(Stats::default()),
@@ -516,6 +516,15 @@ impl DevEndpoint {
             (_, [collection, id]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                // A vendor's refusal of what a group write would change (a rename).
+                if kind == Kind::Group
+                    && matches!(*method, Method::PUT | Method::PATCH)
+                    && let Ok(current) = store.get(kind, id)
+                    && let Some(refusal) =
+                        args.profile.group_write_refusal(method, &current, &body())
+                {
+                    return Err(refusal);
+                }
                 match method.as_str() {
                     "GET" => {
                         let mut resource = store.get(kind, id)?;
@@ -581,7 +590,7 @@ impl DevEndpoint {
             );
         }
         let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
-        let max = self.shared.args.max_page_size.max(1) as usize;
+        let max = page_max(&self.shared.args);
         let count =
             number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
         let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
@@ -652,7 +661,7 @@ impl DevEndpoint {
             None => None,
         };
         let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
-        let max = args.max_page_size.max(1) as usize;
+        let max = page_max(args);
         let count =
             number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
         let projection = Projection::of(query);
@@ -892,13 +901,20 @@ fn list_of(items: Vec<Value>) -> Value {
     })
 }
 
+/// The most resources one page holds: `--max-page-size`, or less where the profile's vendor
+/// documents a smaller maximum.
+fn page_max(args: &DevTargetArgs) -> usize {
+    let max = args.max_page_size.max(1) as usize;
+    args.profile.max_page_size().map_or(max, |cap| max.min(cap))
+}
+
 fn service_provider_config(args: &DevTargetArgs) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "documentationUri": "https://datatracker.ietf.org/doc/html/rfc7644",
         "patch": {"supported": true},
         "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-        "filter": {"supported": true, "maxResults": args.advertised_max_results.unwrap_or(args.max_page_size)},
+        "filter": {"supported": true, "maxResults": args.advertised_max_results.unwrap_or(page_max(args) as u32)},
         "changePassword": {"supported": false},
         "sort": {"supported": false},
         "etag": {"supported": true},

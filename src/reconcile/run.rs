@@ -52,7 +52,9 @@ use super::{
     deletion_guard, lists_members, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::delivery::execute::{GROUP_ADOPTED, find_link, group_origin};
+use crate::delivery::execute::{
+    GROUP_ADOPTED, GROUP_REPLACES, find_link, group_origin, replaced_groups,
+};
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
@@ -1379,18 +1381,25 @@ async fn prepare_group_fix(
     };
     match finding.action {
         ActionKind::Patch | ActionKind::LinkAndPatch | ActionKind::Link => {
-            // The snapshot keeps whether roster created the group: an adopted one is never
-            // deleted with the roster group.
-            let origin = if finding.action == ActionKind::Patch {
-                find_link(tx, &app.id, ResourceKind::Group, name)
-                    .await?
-                    .and_then(|l| group_origin(l.snapshot.as_ref()).map(str::to_owned))
+            // The snapshot keeps whether roster created the group (an adopted one is never
+            // deleted with the roster group) and the replaced groups a rename by
+            // create–move–delete still has to delete.
+            let (origin, replaces) = if finding.action == ActionKind::Patch {
+                let link = find_link(tx, &app.id, ResourceKind::Group, name).await?;
+                let snapshot = link.as_ref().and_then(|l| l.snapshot.as_ref());
+                (
+                    group_origin(snapshot).map(str::to_owned),
+                    replaced_groups(snapshot),
+                )
             } else {
-                Some(GROUP_ADOPTED.to_owned())
+                (Some(GROUP_ADOPTED.to_owned()), Vec::new())
             };
             let mut state = finding.target_state.clone();
             if let Some(object) = state.as_mut().and_then(Value::as_object_mut) {
                 object.insert("origin".to_owned(), Value::from(origin));
+                if !replaces.is_empty() {
+                    object.insert(GROUP_REPLACES.to_owned(), Value::from(replaces));
+                }
             }
             save_link(
                 tx,

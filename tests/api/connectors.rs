@@ -343,16 +343,12 @@ async fn reconcile_run(app: &crate::helpers::TestApp, app_id: &str, body: Value)
     .await
 }
 
-/// The `last_error`s of `app_id`'s dead jobs, once there is one.
-async fn dead_letters(app: &crate::helpers::TestApp, app_id: &str) -> Vec<Value> {
+/// The errors of `app_id`'s dead jobs ([`dead_errors`]), once there is one.
+async fn dead_letters(app: &crate::helpers::TestApp, app_id: &str) -> Vec<String> {
     let wait = Duration::from_secs(30);
     eventually("a job to dead-letter", wait, || async {
         app.settled(app_id, wait).await;
-        let dead = app
-            .rows(&format!(
-                "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
-            ))
-            .await;
+        let dead = dead_errors(app, app_id).await;
         (!dead.is_empty()).then_some(dead)
     })
     .await
@@ -684,9 +680,8 @@ async fn rfc_settings_dead_letter_against_the_github_emulation() {
     .await;
     let dead = dead_letters(&app, &app_id).await;
     assert!(
-        dead.iter().any(|d| d["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("400") && e.contains("filters are not supported"))),
+        dead.iter()
+            .any(|e| e.contains("400") && e.contains("filters are not supported")),
         "{dead:?}"
     );
 }
@@ -723,6 +718,339 @@ async fn test_connection_names_the_credential_the_vendor_wants() {
         reason.contains("401") && reason.contains("scim:enterprise"),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn atlassian_lifecycle_against_its_emulation() {
+    lifecycle_against_profile(
+        "atlassian",
+        Profile::Atlassian,
+        json!({"directory_id": "d-1"}),
+    )
+    .await;
+}
+
+const ATL_TOKEN: &str = "vendor-token";
+const ATL_TEAM: &str = "atl-team";
+const ATL_RENAMED: &str = "atl-team (renamed by hand)";
+
+/// The Atlassian emulation.
+async fn atlassian_target() -> roster::dev_target::DevTarget {
+    roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some(ATL_TOKEN.into()),
+        profile: Profile::Atlassian,
+        ..roster::dev_target::DevTargetArgs::default()
+    })
+    .await
+    .expect("dev-target")
+}
+
+/// An app from the `atlassian` connector (with `quirks` over the connector's, two members per
+/// PATCH, one attempt per job) reaching `target` at `base_url` (the target's or a relay's),
+/// pushing `atl-team` with five members; once the target group holds them, it is renamed by
+/// hand in the target. Returns the app, its id, the roster group's id and the target group's.
+async fn atlassian_team_renamed_by_hand(
+    target: &roster::dev_target::DevTarget,
+    base_url: &str,
+    mut quirks: Value,
+) -> (crate::helpers::TestApp, String, String, String) {
+    let app = spawn_app().await;
+    let members: Vec<String> = (0..5).map(|n| format!("AT{n}")).collect();
+    let roster_group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": ATL_TEAM, "members": members}),
+        )
+        .await
+        .expect(201);
+    quirks["max_members_per_patch"] = json!(2);
+    let created = app
+        .create_app(&from_connector(
+            "atl-rename",
+            "atlassian",
+            json!({"connector_params": {"directory_id": "d-1"}, "base_url": base_url,
+                   "auth": {"type": "bearer", "token": ATL_TOKEN},
+                   "rate_limit": {"per_second": 100, "burst": 100}, "group_push": [ATL_TEAM],
+                   "max_attempts": 1, "quirks": quirks,
+                   "reconcile": {"interval_minutes": 0, "mode": "report"}}),
+        ))
+        .await;
+    let app_id = created["id"].as_str().expect("id").to_owned();
+    for (n, employee) in members.iter().enumerate() {
+        app.post_event(&crate::helpers::joiner(
+            &format!("atl-j{n}"),
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({"email": format!("at{n}@example.com"), "user_name": format!("at{n}@example.com"),
+                   "given_name": "A", "family_name": "T", "display_name": "A T"}),
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    let old_id = eventually("the group pushed with its five members", wait, || async {
+        app.settled(&app_id, wait).await;
+        target
+            .groups_snapshot()
+            .into_iter()
+            .find(|g| {
+                g["displayName"] == ATL_TEAM && g["members"].as_array().map(Vec::len) == Some(5)
+            })
+            .and_then(|g| g["id"].as_str().map(str::to_owned))
+    })
+    .await;
+    assert!(target.edit(roster::dev_target::Kind::Group, &old_id, |g| {
+        g["displayName"] = json!(ATL_RENAMED);
+    }));
+    let roster_id = roster_group["id"].as_str().expect("id").to_owned();
+    (app, app_id, roster_id, old_id)
+}
+
+/// A reconcile run of the app (`body` as posted), waited for, then the app settled.
+async fn atlassian_run(app: &crate::helpers::TestApp, app_id: &str, body: Value) -> Value {
+    let report = reconcile_run(app, app_id, body).await;
+    app.settled(app_id, Duration::from_secs(30)).await;
+    report
+}
+
+/// The dead jobs' errors of the app.
+async fn dead_errors(app: &crate::helpers::TestApp, app_id: &str) -> Vec<String> {
+    app.rows(&format!(
+        "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+    ))
+    .await
+    .iter()
+    .filter_map(|r| r["last_error"].as_str().map(str::to_owned))
+    .collect()
+}
+
+/// The target groups as (id, displayName, member count).
+fn atl_groups(target: &roster::dev_target::DevTarget) -> Vec<(String, String, usize)> {
+    target
+        .groups_snapshot()
+        .iter()
+        .map(|g| {
+            (
+                g["id"].as_str().unwrap_or_default().to_owned(),
+                g["displayName"].as_str().unwrap_or_default().to_owned(),
+                g["members"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect()
+}
+
+/// Atlassian cannot rename a group: a pushed group renamed by hand there is brought back to
+/// roster's name by create–move–delete (a new group with all five members, added two per
+/// PATCH; the old group, which roster created, deleted), and a second run finds it in sync.
+/// With RFC quirks (rename by PATCH) the emulation refuses the rename and the job is dead.
+#[tokio::test]
+async fn a_group_renamed_in_atlassian_is_replaced_by_create_move_delete() {
+    let target = atlassian_target().await;
+    let (app, app_id, _, old_id) =
+        atlassian_team_renamed_by_hand(&target, &target.base_url(), json!({})).await;
+    let patches = || target.stats()["requests"]["PATCH"].as_u64().unwrap_or(0);
+    let before = patches();
+    let fixed = atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["groups"]["drifted"], 1, "{fixed}");
+    let groups = atl_groups(&target);
+    assert_eq!(groups.len(), 1, "the old group is gone: {groups:?}");
+    let (new_id, name, members) = &groups[0];
+    assert_ne!(*new_id, old_id);
+    assert_eq!((name.as_str(), *members), (ATL_TEAM, 5), "{groups:?}");
+    assert_eq!(patches() - before, 3, "five members, two per PATCH");
+    assert!(dead_errors(&app, &app_id).await.is_empty());
+    let link = app
+        .rows(&format!(
+            "SELECT target_id, snapshot FROM link WHERE app_id = '{app_id}' AND resource_kind = 'group'"
+        ))
+        .await;
+    assert_eq!(link.len(), 1, "{link:?}");
+    assert_eq!(
+        link[0]["target_id"].as_str(),
+        Some(new_id.as_str()),
+        "{link:?}"
+    );
+    let again = atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(again["groups"]["in_sync"], 1, "{again}");
+    assert_eq!(again["groups"]["unmanaged"], 0, "{again}");
+    assert_eq!(again["writes"], 0, "{again}");
+
+    // RFC quirks rename with a PATCH, which Atlassian refuses.
+    let target = atlassian_target().await;
+    let (app, app_id, _, old_id) =
+        atlassian_team_renamed_by_hand(&target, &target.base_url(), json!({"group_rename": true}))
+            .await;
+    atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    let dead = dead_errors(&app, &app_id).await;
+    assert!(
+        dead.iter()
+            .any(|e| e.contains("400") && e.contains("renaming a group is not supported")),
+        "{dead:?}"
+    );
+    assert_eq!(
+        atl_groups(&target),
+        vec![(old_id, ATL_RENAMED.to_owned(), 5)],
+        "nothing changed"
+    );
+}
+
+/// The state a crash leaves between the new group's create and the job's end (its link not
+/// written): the link still names the renamed group, and a group of roster's name made by
+/// roster (its `externalId`) exists with some of the members. Reconcile calls that group
+/// neither a duplicate nor adoptable, and the retry takes it, adds the missing members,
+/// deletes the old group, and creates nothing.
+#[tokio::test]
+async fn a_replacement_interrupted_after_its_create_is_finished_without_a_second_group() {
+    let target = atlassian_target().await;
+    let (app, app_id, roster_id, old_id) =
+        atlassian_team_renamed_by_hand(&target, &target.base_url(), json!({})).await;
+    let first_member = target.users_snapshot()[0]["id"].clone();
+    let made = target
+        .insert(
+            roster::dev_target::Kind::Group,
+            json!({"displayName": ATL_TEAM, "externalId": roster_id,
+                   "members": [{"value": first_member}]}),
+        )
+        .expect("the group an interrupted job created");
+    let made_id = made["id"].as_str().expect("id").to_owned();
+    let posts = || target.stats()["requests"]["POST"].as_u64().unwrap_or(0);
+    let before = posts();
+    let fixed = atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["groups"]["drifted"], 1, "the renamed group: {fixed}");
+    assert_eq!(fixed["groups"]["unmanaged"], 1, "the new one: {fixed}");
+    assert_eq!(fixed["groups"]["adoptable"], 0, "{fixed}");
+    assert_eq!(posts(), before, "no second group created");
+    assert_eq!(
+        atl_groups(&target),
+        vec![(made_id.clone(), ATL_TEAM.to_owned(), 5)],
+        "old group {old_id} deleted"
+    );
+    assert!(dead_errors(&app, &app_id).await.is_empty());
+    let link = app
+        .rows(&format!(
+            "SELECT target_id, snapshot FROM link WHERE app_id = '{app_id}' AND resource_kind = 'group'"
+        ))
+        .await;
+    assert_eq!(
+        link[0]["target_id"].as_str(),
+        Some(made_id.as_str()),
+        "{link:?}"
+    );
+    let snapshot: Value = match &link[0]["snapshot"] {
+        Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+        other => other.clone(),
+    };
+    assert_eq!(snapshot["origin"], "created", "roster's create: {snapshot}");
+}
+
+/// Fails the first DELETE of a group: sent to a read-only endpoint instead, it is answered 405,
+/// a refusal the job does not retry.
+#[derive(Default)]
+struct FailFirstGroupDelete(std::sync::atomic::AtomicBool);
+
+impl crate::helpers::Tap for FailFirstGroupDelete {
+    async fn request(&self, call: &mut crate::helpers::RelayedCall) {
+        if call.method == "DELETE"
+            && call.path.contains("/Groups/")
+            && !self.0.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            call.path = call.path.replace("/Groups/", "/ResourceTypes/");
+        }
+    }
+}
+
+/// A replacement whose delete of the old group fails keeps its link on the new group, naming
+/// the old one as still to delete; reconcile leaves the old one alone (`unmanaged`), keeps it
+/// named as still to delete when it fixes the new group, and the fix's job deletes it.
+#[tokio::test]
+async fn a_replacement_whose_old_group_delete_fails_keeps_its_link_and_the_next_job_deletes_it() {
+    let target = atlassian_target().await;
+    let through = crate::helpers::relay(
+        &target.base_url(),
+        std::sync::Arc::new(FailFirstGroupDelete::default()),
+    )
+    .await;
+    let (app, app_id, _, old_id) =
+        atlassian_team_renamed_by_hand(&target, &through, json!({})).await;
+    atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    let dead = dead_errors(&app, &app_id).await;
+    assert!(dead.iter().any(|e| e.contains("405")), "{dead:?}");
+    let mut groups = atl_groups(&target);
+    groups.sort_by_key(|(id, _, _)| *id != old_id);
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert_eq!(groups[0], (old_id.clone(), ATL_RENAMED.to_owned(), 5));
+    let new_id = groups[1].0.clone();
+    assert_eq!((groups[1].1.as_str(), groups[1].2), (ATL_TEAM, 5));
+    let link = || async {
+        let rows = app
+            .rows(&format!(
+                "SELECT target_id, snapshot FROM link WHERE app_id = '{app_id}' AND resource_kind = 'group'"
+            ))
+            .await;
+        let snapshot: Value = match &rows[0]["snapshot"] {
+            Value::String(text) => serde_json::from_str(text).unwrap_or_default(),
+            other => other.clone(),
+        };
+        (
+            rows[0]["target_id"].as_str().unwrap_or_default().to_owned(),
+            snapshot,
+        )
+    };
+    let (linked, snapshot) = link().await;
+    assert_eq!(linked, new_id);
+    assert_eq!(snapshot["replaces"], json!([old_id]), "{snapshot}");
+
+    let dry = atlassian_run(&app, &app_id, json!({"mode": "fix", "dry_run": true})).await;
+    assert_eq!(dry["groups"]["in_sync"], 1, "{dry}");
+    assert_eq!(dry["groups"]["unmanaged"], 1, "the old group: {dry}");
+    assert_eq!(dry["groups"]["drifted"], 0, "{dry}");
+
+    // A member removed by hand meanwhile: the fix keeps the group still to delete, and its job
+    // adds the member back and deletes the old group.
+    assert!(target.edit(roster::dev_target::Kind::Group, &new_id, |g| {
+        g["members"].as_array_mut().map(Vec::pop);
+    }));
+    let fixed = atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["groups"]["drifted"], 1, "{fixed}");
+    assert_eq!(
+        atl_groups(&target),
+        vec![(new_id.clone(), ATL_TEAM.to_owned(), 5)]
+    );
+    let (linked, snapshot) = link().await;
+    assert_eq!(linked, new_id);
+    assert!(snapshot.get("replaces").is_none(), "{snapshot}");
+}
+
+/// A group roster adopted (the app's own before) and then renamed by hand in Atlassian is
+/// never deleted: roster creates its group with all members, unlinks the old one and leaves
+/// it as it is, members included; the next run lists it as `unmanaged`.
+#[tokio::test]
+async fn a_renamed_group_roster_adopted_is_left_as_it_is_and_only_unlinked() {
+    let target = atlassian_target().await;
+    let adopted = target
+        .insert(
+            roster::dev_target::Kind::Group,
+            json!({"displayName": ATL_TEAM}),
+        )
+        .expect("the app's own group");
+    let (app, app_id, _, old_id) =
+        atlassian_team_renamed_by_hand(&target, &target.base_url(), json!({})).await;
+    assert_eq!(adopted["id"].as_str(), Some(old_id.as_str()), "adopted");
+    let deletes = || target.stats()["requests"]["DELETE"].as_u64().unwrap_or(0);
+    let before = deletes();
+    let fixed = atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(fixed["groups"]["drifted"], 1, "{fixed}");
+    assert_eq!(deletes(), before, "nothing deleted");
+    let mut groups = atl_groups(&target);
+    groups.sort_by_key(|(id, _, _)| *id != old_id);
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert_eq!(groups[0], (old_id.clone(), ATL_RENAMED.to_owned(), 5));
+    assert_eq!((groups[1].1.as_str(), groups[1].2), (ATL_TEAM, 5));
+    assert!(dead_errors(&app, &app_id).await.is_empty());
+    let again = atlassian_run(&app, &app_id, json!({"mode": "fix"})).await;
+    assert_eq!(again["groups"]["in_sync"], 1, "{again}");
+    assert_eq!(again["groups"]["unmanaged"], 1, "the old group: {again}");
+    assert_eq!(again["writes"], 0, "{again}");
+    assert_eq!(deletes(), before);
 }
 
 #[tokio::test]
@@ -795,8 +1123,7 @@ async fn figma_user_names_must_be_emails_so_the_connector_maps_the_email() {
     .await;
     let dead = dead_letters(&app, &app_id).await;
     assert!(
-        dead[0]["last_error"]
-            .as_str()
+        dead.first()
             .is_some_and(|e| e.contains("400") && e.contains("email")),
         "{dead:?}"
     );
@@ -879,8 +1206,7 @@ async fn aws_identity_center_takes_one_email_so_the_connector_refuses_mappings_r
     .await;
     let dead = dead_letters(&app, &app_id).await;
     assert!(
-        dead[0]["last_error"]
-            .as_str()
+        dead.first()
             .is_some_and(|e| e.contains("400") && e.contains("emails takes one value only")),
         "{dead:?}"
     );
@@ -957,8 +1283,7 @@ async fn aws_identity_center_requires_names_on_create_so_the_connector_never_sen
     .await;
     let dead = dead_letters(&app, &app_id).await;
     assert!(
-        dead[0]["last_error"]
-            .as_str()
+        dead.first()
             .is_some_and(|e| e.contains("400") && e.contains("displayName is required")),
         "{dead:?}"
     );
@@ -999,8 +1324,7 @@ async fn aws_identity_center_requires_names_on_create_so_the_connector_never_sen
     .await;
     let dead = dead_letters(&app, &app_id).await;
     assert!(
-        dead[0]["last_error"]
-            .as_str()
+        dead.first()
             .is_some_and(|e| e.contains("requires `name.givenName` on create")),
         "{dead:?}"
     );
@@ -1082,11 +1406,7 @@ async fn emptying_a_pushed_group_on_aws_removes_members_by_value_and_keeps_the_g
     })
     .await;
     assert_eq!(target.groups_snapshot().len(), 1, "the group is kept");
-    let dead = app
-        .rows(&format!(
-            "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
-        ))
-        .await;
+    let dead = dead_errors(&app, &app_id).await;
     assert!(dead.is_empty(), "{dead:?}");
 }
 

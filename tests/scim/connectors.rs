@@ -324,6 +324,150 @@ async fn aws_identity_center_answers_groups_without_members_so_the_connector_ask
     assert_eq!(status(&err), Some(400), "{err}");
 }
 
+#[tokio::test]
+async fn atlassian_takes_one_eq_filter_so_the_connector_looks_up_one_listed_attribute_at_a_time() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
+    for name in ["atl-a", "atl-b"] {
+        target
+            .client
+            .users()
+            .create(&user(name))
+            .await
+            .expect("user");
+    }
+    // RFC settings merge look-ups into an `or` and filter on any attribute: both refused.
+    let err = rfc
+        .users()
+        .find_by_any("userName", &["atl-a", "atl-b"])
+        .await
+        .expect_err("an `or` filter is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("single eq"), "{err}");
+    let err = rfc
+        .users()
+        .find_by("emails.value", "atl-a@example.com")
+        .await
+        .expect_err("a filter on emails is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let err = rfc
+        .groups()
+        .find_by("externalId", "g-1")
+        .await
+        .expect_err("groups filter on displayName only");
+    assert_eq!(status(&err), Some(400), "{err}");
+
+    let merged = vendor
+        .users()
+        .find_by_any("userName", &["atl-a", "atl-b"])
+        .await
+        .expect("no call made");
+    assert!(merged.is_none(), "the caller looks each value up alone");
+    for name in ["atl-a", "atl-b"] {
+        let found = vendor
+            .users()
+            .find_by("userName", name)
+            .await
+            .expect("look-up");
+        assert_eq!(found.len(), 1, "{name}");
+    }
+    let by_email = vendor
+        .users()
+        .find_by("emails.value", "atl-b@example.com")
+        .await
+        .expect("paged and compared locally");
+    assert_eq!(by_email.len(), 1);
+}
+
+#[tokio::test]
+async fn atlassian_pages_hold_at_most_100_whatever_count_asks() {
+    let (target, _rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
+    for n in 0..120 {
+        target
+            .target
+            .insert(
+                roster::dev_target::Kind::User,
+                user(&format!("atl-page-{n}")),
+            )
+            .expect("seeded");
+    }
+    let url = format!("{}/Users?count=500", target.target.base_url());
+    let page: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["itemsPerPage"], 100, "{}", page["totalResults"]);
+    assert_eq!(page["totalResults"], 120);
+    let listed: Vec<Value> = futures::TryStreamExt::try_collect(vendor.users().list(100))
+        .await
+        .expect("startIndex paging");
+    assert_eq!(listed.len(), 120);
+}
+
+#[tokio::test]
+async fn atlassian_refuses_group_renames_so_the_connector_replaces_the_group() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
+    let mut ids = Vec::new();
+    for name in ["atl-r1", "atl-r2", "atl-r3"] {
+        let created = vendor.users().create(&user(name)).await.expect("user");
+        ids.push(roster::scim::id_of(&created).expect("id").to_owned());
+    }
+    let created = vendor
+        .groups()
+        .create(&group("atl-old"))
+        .await
+        .expect("group");
+    let old = roster::scim::id_of(&created).expect("id").to_owned();
+    vendor
+        .groups()
+        .add_members(&old, &ids)
+        .await
+        .expect("members change");
+    // RFC settings rename with a PATCH (or a PUT): refused.
+    let err = rfc
+        .groups()
+        .patch(
+            &old,
+            &PatchRequest::new().replace("displayName", json!("atl-new")),
+        )
+        .await
+        .expect_err("a rename is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("renaming a group"), "{err}");
+    let mut renamed = group("atl-new");
+    renamed["id"] = json!(old);
+    let err = rfc
+        .groups()
+        .replace(&old, &renamed)
+        .await
+        .expect_err("a PUT with another name is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(Quirks::default().group_rename);
+
+    // The connector says so, and create–move–delete goes through.
+    assert!(!vendor.quirks().group_rename);
+    let created = vendor
+        .groups()
+        .create(&group("atl-new"))
+        .await
+        .expect("group");
+    let new = roster::scim::id_of(&created).expect("id").to_owned();
+    vendor
+        .groups()
+        .add_members(&new, &ids)
+        .await
+        .expect("moved");
+    vendor.groups().delete(&old).await.expect("old deleted");
+    let groups = target.target.groups_snapshot();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["displayName"], "atl-new");
+    assert_eq!(groups[0]["members"].as_array().map(Vec::len), Some(3));
+}
+
 /// A user Figma accepts: its userName is an email.
 fn figma_user(email: &str) -> Value {
     let mut body = user(email);
