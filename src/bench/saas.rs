@@ -32,13 +32,13 @@ const VENDORS: &[Vendor] = &[
         connector: "figma",
         params: &[("tenant_id", "bench")],
         latency_ms: 20,
-        profile: Profile::Rfc,
+        profile: Profile::Figma,
     },
     Vendor {
         connector: "asana",
         params: &[],
         latency_ms: 45,
-        profile: Profile::Rfc,
+        profile: Profile::Asana,
     },
     Vendor {
         connector: "aws-identity-center",

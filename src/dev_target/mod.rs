@@ -31,6 +31,7 @@
 //!   profile's documented rate limits (Slack's and Miro's) are buckets of the whole process
 //!   (every tenant: one organisation), checked after auth, 429 + `Retry-After` beyond one;
 //!   `--vendor-limit NAME=LIMIT/SECONDS[:BURST]` replaces one (tests lower them).
+//!   `--guest-domain D` names the domains of Asana's guests, which its listings leave out.
 //! - TLS: `--tls-cert` and `--tls-key` (PEM files) serve https; `--client-ca` then requires a
 //!   client certificate signed by that CA (mutual TLS).
 //! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors
@@ -124,6 +125,10 @@ pub struct DevTargetArgs {
     /// Require a client certificate signed by this PEM CA (mutual TLS); needs `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<std::path::PathBuf>,
+    /// With `--profile asana`: accounts whose userName is at this domain are guests, left out
+    /// of every listing of /Users as Asana leaves its guests out (repeatable).
+    #[arg(long = "guest-domain")]
+    pub guest_domains: Vec<String>,
 }
 
 impl Default for DevTargetArgs {
@@ -151,6 +156,7 @@ impl Default for DevTargetArgs {
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            guest_domains: Vec::new(),
         }
     }
 }

@@ -13,7 +13,9 @@ use serde_json::Value;
 use super::filter;
 use super::store::Refusal;
 
+mod asana;
 mod atlassian;
+mod figma;
 mod miro;
 mod slack;
 
@@ -39,6 +41,10 @@ pub enum Profile {
     Slack,
     /// Miro.
     Miro,
+    /// Figma (Organization and Enterprise plans).
+    Figma,
+    /// Asana (Enterprise Domains); `--guest-domain` names the domains of its guests.
+    Asana,
 }
 
 /// AWS answers what it does not support with 400 `ValidationException` ("This error also
@@ -230,6 +236,26 @@ impl Profile {
         }
     }
 
+    /// Whether a listing of `collection` shows `resource` (some vendors leave accounts out of
+    /// their listings; read by id, those accounts are served).
+    #[must_use]
+    pub fn lists(self, collection: &str, resource: &Value, guest_domains: &[String]) -> bool {
+        !(self == Profile::Asana
+            && collection == "Users"
+            && asana::is_guest(resource, guest_domains))
+    }
+
+    /// Whether a user set `active: false` (PUT or PATCH) leaves every group it was in.
+    #[must_use]
+    pub fn deactivation_leaves_groups(self) -> bool {
+        // "active … Use this parameter to deactivate or reactivate users in Figma. Deactivated
+        // users are removed from the organization": https://developers.figma.com/docs/rest-api/scim-supported-schemas.
+        // The account itself stays readable, `active: false`: "This will delete the user from
+        // Figma, but maintain a record in the SCIM provisioning log of the user. This means the
+        // user will be listed": https://developers.figma.com/docs/rest-api/scim-examples.
+        self == Profile::Figma
+    }
+
     #[must_use]
     pub fn check(self, seen: &Seen<'_>) -> Verdict {
         if seen.segments == ["ServiceProviderConfig"]
@@ -315,6 +341,8 @@ impl Profile {
             Profile::Atlassian => atlassian::check(seen),
             Profile::Slack => slack::check(seen),
             Profile::Miro => miro::check(seen),
+            Profile::Figma => figma::check(seen),
+            Profile::Asana => asana::check(seen),
             Profile::Snowflake => {
                 // Before BCR bundle 2026_03: "only single eq/sw filters work; unsupported
                 // filters (and/or, malformed) silently return 200 with empty Resources".

@@ -576,17 +576,21 @@ impl DevEndpoint {
                             &project(resource, &Projection::of(query)),
                         ))
                     }
-                    "PUT" => {
-                        Store::require_schemas(kind, &body())?;
-                        Ok(resource_response(
-                            200,
-                            &store.replace(kind, id, body(), if_match)?,
-                        ))
+                    "PUT" | "PATCH" => {
+                        let written = if *method == Method::PUT {
+                            Store::require_schemas(kind, &body())?;
+                            store.replace(kind, id, body(), if_match)?
+                        } else {
+                            store.patch(kind, id, &body(), if_match)?
+                        };
+                        if kind == Kind::User
+                            && written.get("active") == Some(&Value::Bool(false))
+                            && args.profile.deactivation_leaves_groups()
+                        {
+                            store.leave_groups(id);
+                        }
+                        Ok(resource_response(200, &written))
                     }
-                    "PATCH" => Ok(resource_response(
-                        200,
-                        &store.patch(kind, id, &body(), if_match)?,
-                    )),
                     "DELETE" => {
                         store.delete(kind, id, if_match)?;
                         Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
@@ -608,12 +612,15 @@ impl DevEndpoint {
             None => None,
         };
         let projection = Projection::of(query);
+        let args = &self.shared.args;
         let mut found = Vec::new();
         for kind in [Kind::User, Kind::Group] {
             found.extend(
                 store
                     .list(kind, filter.as_ref(), 1, usize::MAX, false)
-                    .resources,
+                    .resources
+                    .into_iter()
+                    .filter(|r| args.profile.lists(kind.endpoint(), r, &args.guest_domains)),
             );
         }
         let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
@@ -638,6 +645,38 @@ impl DevEndpoint {
                 "Resources": resources,
             }),
         )
+    }
+
+    /// A page of what the profile lists (`Profile::lists`): every match is read, the ones the
+    /// vendor leaves out dropped, then the page taken, so `totalResults` counts what is listed.
+    fn listed(
+        &self,
+        store: &Store,
+        kind: Kind,
+        collection: &str,
+        filter: Option<&scim_v2::filter::Filter>,
+        start_index: usize,
+        count: usize,
+    ) -> super::store::Page {
+        let args = &self.shared.args;
+        if args.guest_domains.is_empty() {
+            return store.list(kind, filter, start_index, count, false);
+        }
+        let listed: Vec<Value> = store
+            .list(kind, filter, 1, usize::MAX, false)
+            .resources
+            .into_iter()
+            .filter(|r| args.profile.lists(collection, r, &args.guest_domains))
+            .collect();
+        super::store::Page {
+            total: listed.len(),
+            start_index,
+            resources: listed
+                .into_iter()
+                .skip(start_index.saturating_sub(1))
+                .take(count)
+                .collect(),
+        }
     }
 
     fn list(
@@ -681,7 +720,7 @@ impl DevEndpoint {
                     }
                 },
             };
-            let page = store.list(kind, filter.as_ref(), offset + 1, count, false);
+            let page = self.listed(store, kind, collection, filter.as_ref(), offset + 1, count);
             let resources: Vec<Value> = page.resources.into_iter().map(shaped).collect();
             let next = offset + resources.len();
             let mut body = json!({
@@ -696,7 +735,11 @@ impl DevEndpoint {
         }
         // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
         let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
-        let page = store.list(kind, filter.as_ref(), start, count, args.paging_wraps);
+        let page = if args.guest_domains.is_empty() {
+            store.list(kind, filter.as_ref(), start, count, args.paging_wraps)
+        } else {
+            self.listed(store, kind, collection, filter.as_ref(), start, count)
+        };
         let resources: Vec<Value> = page.resources.into_iter().map(shaped).collect();
         json_response(
             200,

@@ -792,8 +792,9 @@ struct Listing {
     /// `totalResults`, or handed out a cursor it had handed out before.
     wrapped: bool,
     /// Nothing proves the listing complete (a target that does not page answered without
-    /// `totalResults`): findings that conclude from an absence, or that the deletion guard
-    /// would weigh against an unknown total, are only reported ([`Listing::withhold`]).
+    /// `totalResults`, or one whose user listings leave accounts out): findings that conclude
+    /// from an absence, or that the deletion guard would weigh against an unknown total, are
+    /// only reported ([`Listing::withhold`]).
     unproven: bool,
     /// Findings whose action was withheld because of `unproven`.
     withheld: u64,
@@ -845,7 +846,7 @@ impl Listing {
     fn note(&self) -> Option<String> {
         self.unproven.then(|| {
             format!(
-                "the target answered its listing in one response without totalResults, so it cannot be proven complete: {} findings that would create, adopt or deprovision were only reported",
+                "the target's listing cannot be proven complete (it answered in one response without totalResults, or its quirks say its user listings leave accounts out): {} findings that would create, adopt or deprovision were only reported",
                 self.withheld
             )
         })

@@ -123,6 +123,11 @@ pub struct Quirks {
     /// creating a group of that name, adding the wanted members and deleting the old group
     /// (only one roster created; an adopted one is left as it is and unlinked).
     pub group_rename: bool,
+    /// `false`: the target leaves some accounts out of every listing of /Users (its guests,
+    /// say), so no such listing proves an account absent: every page is `unproven`, and
+    /// reconciliation only reports what it would conclude from an absence (create, adopt,
+    /// deprovision); a linked account not listed is still read by its id.
+    pub user_listings_complete: bool,
 }
 
 impl Default for Quirks {
@@ -146,6 +151,7 @@ impl Default for Quirks {
             paging: Paging::Index,
             group_members_readable: true,
             group_rename: true,
+            user_listings_complete: true,
         }
     }
 }

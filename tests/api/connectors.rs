@@ -326,6 +326,34 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
     assert!(detail.contains("quirks.page_size"), "{detail}");
 }
 
+/// Starts a reconcile run of `app_id` with `body` and waits for its report.
+async fn reconcile_run(app: &crate::helpers::TestApp, app_id: &str, body: Value) -> Value {
+    let started = app
+        .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
+        .await
+        .expect(202);
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    eventually("the run", Duration::from_secs(30), || async {
+        let report = app
+            .get(&format!("/api/v1/reconcile-runs/{id}"))
+            .await
+            .expect(200);
+        (report["state"] != "running").then_some(report)
+    })
+    .await
+}
+
+/// The errors of `app_id`'s dead jobs ([`dead_errors`]), once there is one.
+async fn dead_letters(app: &crate::helpers::TestApp, app_id: &str) -> Vec<String> {
+    let wait = Duration::from_secs(30);
+    eventually("a job to dead-letter", wait, || async {
+        app.settled(app_id, wait).await;
+        let dead = dead_errors(app, app_id).await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await
+}
+
 /// Joiner → mover → leaver, a pushed group larger than one PATCH takes, hand-made drift, and
 /// reconcile (dry run, fix, a second run with no writes), all through an app built from
 /// `connector` against `dev-target --profile`, which refuses what that vendor refuses.
@@ -432,25 +460,7 @@ async fn lifecycle_against_profile(connector: &str, profile: Profile, params: Va
     assert!(target.edit(Kind::User, &drifted_id, |u| {
         u["name"]["familyName"] = json!("Hand");
     }));
-    let run = |body: Value| {
-        let app = &app;
-        let app_id = &app_id;
-        async move {
-            let started = app
-                .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
-                .await
-                .expect(202);
-            let id = started["id"].as_str().unwrap_or_default().to_owned();
-            eventually("the run", wait, || async {
-                let report = app
-                    .get(&format!("/api/v1/reconcile-runs/{id}"))
-                    .await
-                    .expect(200);
-                (report["state"] != "running").then_some(report)
-            })
-            .await
-        }
-    };
+    let run = |body: Value| reconcile_run(&app, &app_id, body);
     let dry = run(json!({"dry_run": true, "mode": "fix"})).await;
     assert_eq!(dry["state"], "completed", "{connector}: {dry}");
     assert_eq!(dry["writes"], 0);
@@ -581,19 +591,7 @@ async fn aws_group_reconciled_twice(quirks: Value, remove_by_hand: bool) -> (Val
                 g["members"].as_array_mut().map(Vec::pop);
             }));
         }
-        let started = app
-            .post(&format!("/api/v1/apps/{app_id}/reconcile"), &json!({}))
-            .await
-            .expect(202);
-        let id = started["id"].as_str().unwrap_or_default().to_owned();
-        last = eventually("the run", wait, || async {
-            let report = app
-                .get(&format!("/api/v1/reconcile-runs/{id}"))
-                .await
-                .expect(200);
-            (report["state"] != "running").then_some(report)
-        })
-        .await;
+        last = reconcile_run(&app, &app_id, json!({})).await;
         app.settled(&app_id, wait).await;
     }
     let members = target
@@ -681,20 +679,10 @@ async fn rfc_settings_dead_letter_against_the_github_emulation() {
         json!({}),
     ))
     .await;
-    let dead = eventually("the group job to dead-letter", wait, || async {
-        app.settled(&app_id, wait).await;
-        let dead = app
-            .rows(&format!(
-                "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
-            ))
-            .await;
-        (!dead.is_empty()).then_some(dead)
-    })
-    .await;
+    let dead = dead_letters(&app, &app_id).await;
     assert!(
-        dead.iter().any(|d| d["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("400") && e.contains("filters are not supported"))),
+        dead.iter()
+            .any(|e| e.contains("400") && e.contains("filters are not supported")),
         "{dead:?}"
     );
 }
@@ -820,21 +808,8 @@ async fn atlassian_team_renamed_by_hand(
 
 /// A reconcile run of the app (`body` as posted), waited for, then the app settled.
 async fn atlassian_run(app: &crate::helpers::TestApp, app_id: &str, body: Value) -> Value {
-    let wait = Duration::from_secs(30);
-    let started = app
-        .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
-        .await
-        .expect(202);
-    let id = started["id"].as_str().unwrap_or_default().to_owned();
-    let report = eventually("the run", wait, || async {
-        let report = app
-            .get(&format!("/api/v1/reconcile-runs/{id}"))
-            .await
-            .expect(200);
-        (report["state"] != "running").then_some(report)
-    })
-    .await;
-    app.settled(app_id, wait).await;
+    let report = reconcile_run(app, app_id, body).await;
+    app.settled(app_id, Duration::from_secs(30)).await;
     report
 }
 
@@ -1261,4 +1236,452 @@ async fn two_apps_on_one_slack_organisation_share_its_write_limit() {
     let (throttled, posts) = two_apps_on_one_slack_organisation(false).await;
     assert!(throttled > 0, "two buckets exceed the organisation's limit");
     assert_eq!(posts, 20 + throttled, "each throttled POST sent again");
+}
+
+#[tokio::test]
+async fn figma_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("figma", Profile::Figma, json!({"tenant_id": "t-1"})).await;
+}
+
+#[tokio::test]
+async fn asana_lifecycle_against_its_emulation() {
+    lifecycle_against_profile("asana", Profile::Asana, json!({})).await;
+}
+
+/// A dev-target with `args` requiring `vendor-token`, and roster with one app built from
+/// `body` (given the target's base URL and auth); returns the app's id too.
+async fn app_against(
+    args: roster::dev_target::DevTargetArgs,
+    body: impl FnOnce(Value) -> Value,
+) -> (
+    roster::dev_target::DevTarget,
+    crate::helpers::TestApp,
+    String,
+) {
+    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some("vendor-token".into()),
+        ..args
+    })
+    .await
+    .expect("dev-target");
+    let app = spawn_app().await;
+    let created = app
+        .create_app(&body(json!({
+            "base_url": target.base_url(),
+            "auth": {"type": "bearer", "token": "vendor-token"},
+            "max_attempts": 1,
+            "rate_limit": {"per_second": 100, "burst": 100},
+        })))
+        .await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    (target, app, id)
+}
+
+fn with(mut body: Value, extra: &Value) -> Value {
+    crate::helpers::merge(&mut body, extra);
+    body
+}
+
+fn profile(profile: Profile) -> roster::dev_target::DevTargetArgs {
+    roster::dev_target::DevTargetArgs {
+        profile,
+        ..roster::dev_target::DevTargetArgs::default()
+    }
+}
+
+/// Figma takes only the email as userName: an app with the plain default mappings (userName
+/// from `user_name`) is refused, the connector's mappings send the email.
+#[tokio::test]
+async fn figma_user_names_must_be_emails_so_the_connector_maps_the_email() {
+    let person = json!({"user_name": "ada", "email": "ada@example.com", "given_name": "Ada",
+        "family_name": "Lovelace", "display_name": "Ada Lovelace"});
+    let (target, app, app_id) = app_against(profile(Profile::Figma), |base| {
+        crate::helpers::app_body("plain-figma", base)
+    })
+    .await;
+    app.post_event(&crate::helpers::joiner(
+        "f1",
+        "F1",
+        "2026-11-01T09:00:00Z",
+        person.clone(),
+    ))
+    .await;
+    let dead = dead_letters(&app, &app_id).await;
+    assert!(
+        dead.first()
+            .is_some_and(|e| e.contains("400") && e.contains("email")),
+        "{dead:?}"
+    );
+    assert!(target.users_snapshot().is_empty());
+
+    let (target, app, app_id) = app_against(profile(Profile::Figma), |base| {
+        from_connector(
+            "figma",
+            "figma",
+            with(base, &json!({"connector_params": {"tenant_id": "t"}})),
+        )
+    })
+    .await;
+    app.post_event(&crate::helpers::joiner(
+        "f1",
+        "F1",
+        "2026-11-01T09:00:00Z",
+        person,
+    ))
+    .await;
+    let wait = Duration::from_secs(30);
+    let users = eventually("the account", wait, || async {
+        app.settled(&app_id, wait).await;
+        let users = target.users_snapshot();
+        (!users.is_empty()).then_some(users)
+    })
+    .await;
+    assert_eq!(users[0]["userName"], "ada@example.com");
+}
+
+/// Mappings rendering a work and a home email.
+fn two_emails() -> Value {
+    json!([
+        {"target": "userName", "source": "email"},
+        {"target": "name.givenName", "source": "given_name"},
+        {"target": "name.familyName", "source": "family_name"},
+        {"target": "displayName", "source": "display_name"},
+        {"target": "emails[type eq \"work\"].value", "source": "email"},
+        {"target": "emails[type eq \"work\"].primary", "value": true},
+        {"target": "emails[type eq \"home\"].value", "source": "attributes.personal_email"},
+    ])
+}
+
+fn aws_params(base: Value) -> Value {
+    with(
+        base,
+        &json!({"connector_params": {"region": "eu-west-1", "tenant_id": "t"}}),
+    )
+}
+
+fn aws_person() -> Value {
+    json!({"email": "a@example.com", "given_name": "A", "family_name": "T",
+        "display_name": "A T", "attributes": {"personal_email": "a@home.example.org"}})
+}
+
+/// AWS takes one value of a multi-valued attribute: without the connector's `single_valued`
+/// (RFC 7643's reading), mappings rendering two emails have every create refused by the
+/// target; with it such mappings are refused when the app is written, and the connector's own
+/// mappings render one (primary) email.
+#[tokio::test]
+async fn aws_identity_center_takes_one_email_so_the_connector_refuses_mappings_rendering_two() {
+    // The connector's settings but for `single_valued`, as RFC 7643 has it.
+    let (target, app, app_id) = app_against(profile(Profile::AwsIdentityCenter), |base| {
+        from_connector(
+            "plain-aws",
+            "aws-identity-center",
+            aws_params(with(
+                base,
+                &json!({"mappings": two_emails(), "quirks": {"single_valued": []}}),
+            )),
+        )
+    })
+    .await;
+    app.post_event(&crate::helpers::joiner(
+        "a1",
+        "A1",
+        "2026-11-01T09:00:00Z",
+        aws_person(),
+    ))
+    .await;
+    let dead = dead_letters(&app, &app_id).await;
+    assert!(
+        dead.first()
+            .is_some_and(|e| e.contains("400") && e.contains("emails takes one value only")),
+        "{dead:?}"
+    );
+    assert!(target.users_snapshot().is_empty());
+
+    let (target, app, app_id) = app_against(profile(Profile::AwsIdentityCenter), |base| {
+        from_connector("aws", "aws-identity-center", aws_params(base))
+    })
+    .await;
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "aws-two-emails",
+                "aws-identity-center",
+                aws_params(json!({"base_url": target.base_url(), "mappings": two_emails()})),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(detail.contains("one `emails` value"), "{detail}");
+    app.post_event(&crate::helpers::joiner(
+        "a1",
+        "A1",
+        "2026-11-01T09:00:00Z",
+        aws_person(),
+    ))
+    .await;
+    let wait = Duration::from_secs(30);
+    let users = eventually("the account", wait, || async {
+        app.settled(&app_id, wait).await;
+        let users = target.users_snapshot();
+        (!users.is_empty()).then_some(users)
+    })
+    .await;
+    assert_eq!(
+        users[0]["emails"],
+        json!([{"type": "work", "value": "a@example.com", "primary": true}])
+    );
+}
+
+/// AWS requires givenName, familyName, userName and displayName on create: without the
+/// connector's `required_on_create` (RFC 7643 requires only userName) the target refuses a
+/// create without one; with it an app that could never render one is refused, and no create
+/// is sent for a person who has none.
+#[tokio::test]
+async fn aws_identity_center_requires_names_on_create_so_the_connector_never_sends_a_create_without()
+ {
+    let mappings = json!([
+        {"target": "userName", "source": "email"},
+        {"target": "name.givenName", "source": "given_name"},
+        {"target": "name.familyName", "source": "family_name"},
+        {"target": "emails[type eq \"work\"].value", "source": "email"},
+        {"target": "emails[type eq \"work\"].primary", "value": true},
+    ]);
+    // The connector's settings but for `required_on_create`, as RFC 7643 has it.
+    let (target, app, app_id) = app_against(profile(Profile::AwsIdentityCenter), |base| {
+        from_connector(
+            "plain-aws",
+            "aws-identity-center",
+            aws_params(with(
+                base,
+                &json!({"mappings": mappings, "quirks": {"required_on_create": []}}),
+            )),
+        )
+    })
+    .await;
+    app.post_event(&crate::helpers::joiner(
+        "a1",
+        "A1",
+        "2026-11-01T09:00:00Z",
+        aws_person(),
+    ))
+    .await;
+    let dead = dead_letters(&app, &app_id).await;
+    assert!(
+        dead.first()
+            .is_some_and(|e| e.contains("400") && e.contains("displayName is required")),
+        "{dead:?}"
+    );
+    assert_eq!(
+        target.stats()["requests"]["POST"],
+        1,
+        "the target refused it"
+    );
+
+    let (target, app, app_id) = app_against(profile(Profile::AwsIdentityCenter), |base| {
+        from_connector("aws", "aws-identity-center", aws_params(base))
+    })
+    .await;
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &from_connector(
+                "aws-no-display-name",
+                "aws-identity-center",
+                aws_params(json!({"base_url": target.base_url(), "mappings": mappings})),
+            ),
+        )
+        .await
+        .problem(422);
+    assert!(
+        detail.contains("requires `displayName` on create"),
+        "{detail}"
+    );
+    // A person without a given name: the connector's mappings render no name.givenName.
+    let mut nameless = aws_person();
+    nameless.as_object_mut().map(|p| p.remove("given_name"));
+    app.post_event(&crate::helpers::joiner(
+        "a1",
+        "A1",
+        "2026-11-01T09:00:00Z",
+        nameless,
+    ))
+    .await;
+    let dead = dead_letters(&app, &app_id).await;
+    assert!(
+        dead.first()
+            .is_some_and(|e| e.contains("requires `name.givenName` on create")),
+        "{dead:?}"
+    );
+    assert_eq!(target.stats()["requests"]["POST"], Value::Null, "no POST");
+}
+
+/// AWS refuses replacing or removing all of a group's members in one request; roster never
+/// sends one (it removes members by value), so a pushed group emptied in roster is emptied on
+/// AWS and kept.
+#[tokio::test]
+async fn emptying_a_pushed_group_on_aws_removes_members_by_value_and_keeps_the_group() {
+    let (target, app, app_id) = app_against(profile(Profile::AwsIdentityCenter), |base| {
+        from_connector(
+            "aws",
+            "aws-identity-center",
+            aws_params(with(base, &json!({"group_push": ["aws-empty"]}))),
+        )
+    })
+    .await;
+    let group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "aws-empty", "members": ["A0", "A1"]}),
+        )
+        .await
+        .expect(201);
+    for n in 0..2 {
+        let mut person = aws_person();
+        person["email"] = json!(format!("a{n}@example.com"));
+        app.post_event(&crate::helpers::joiner(
+            &format!("e{n}"),
+            &format!("A{n}"),
+            "2026-11-01T09:00:00Z",
+            person,
+        ))
+        .await;
+    }
+    let wait = Duration::from_secs(30);
+    let members = || {
+        target
+            .groups_snapshot()
+            .first()
+            .and_then(|g| g["members"].as_array().map(Vec::len))
+    };
+    eventually("the group pushed with both members", wait, || async {
+        app.settled(&app_id, wait).await;
+        (members() == Some(2)).then_some(())
+    })
+    .await;
+    let gid = target.groups_snapshot()[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // What roster's client never sends is refused.
+    let hand = crate::helpers::scim_client(&target.base_url(), "vendor-token");
+    for refused in [
+        roster::scim::PatchRequest::new().replace("members", json!([])),
+        roster::scim::PatchRequest::new().remove("members"),
+    ] {
+        let err = hand
+            .groups()
+            .patch(&gid, &refused)
+            .await
+            .expect_err("replace-all or remove-all is refused");
+        assert_eq!(err.status(), Some(400), "{err}");
+    }
+    assert_eq!(members(), Some(2));
+
+    let group_id = group["id"].as_str().expect("id");
+    app.patch(
+        &format!("/api/v1/groups/{group_id}"),
+        &json!({"members": []}),
+    )
+    .await
+    .expect(200);
+    eventually("the group emptied", wait, || async {
+        app.settled(&app_id, wait).await;
+        (members() == Some(0)).then_some(())
+    })
+    .await;
+    assert_eq!(target.groups_snapshot().len(), 1, "the group is kept");
+    let dead = dead_errors(&app, &app_id).await;
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+/// Asana leaves guests out of GET /Users. A guest roster provisioned is read by its id and
+/// found in sync; a guest account roster has no link to reads as missing, and with the
+/// connector that is only reported: read as complete (RFC), the listing would have roster
+/// create an account that exists.
+#[tokio::test]
+async fn asana_guests_left_out_of_listings_are_never_acted_on() {
+    for complete in [false, true] {
+        let args = roster::dev_target::DevTargetArgs {
+            guest_domains: vec!["guests.example.com".into()],
+            ..profile(Profile::Asana)
+        };
+        let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+            token: Some("vendor-token".into()),
+            ..args
+        })
+        .await
+        .expect("dev-target");
+        let app = spawn_app().await;
+        // A guest account made in Asana before roster knew the person: no link.
+        target
+            .insert(
+                roster::dev_target::Kind::User,
+                json!({"schemas": [roster::scim::schemas::USER],
+                       "userName": "old@guests.example.com", "active": true}),
+            )
+            .expect("guest account");
+        let person = |email: &str| {
+            json!({"email": email, "user_name": email,
+            "given_name": "G", "family_name": "T", "display_name": "G T"})
+        };
+        app.post_event(&crate::helpers::joiner(
+            "old",
+            "OLD",
+            "2026-11-01T09:00:00Z",
+            person("old@guests.example.com"),
+        ))
+        .await;
+        let mut quirks = json!({});
+        if complete {
+            quirks = json!({"user_listings_complete": true});
+        }
+        let created = app
+            .create_app(&from_connector(
+                "asana",
+                "asana",
+                json!({"base_url": target.base_url(),
+                       "auth": {"type": "bearer", "token": "vendor-token"},
+                       "scope": {"email_domains": ["example.com", "guests.example.com"]},
+                       "reconcile": {"interval_minutes": 0, "mode": "report"},
+                       "quirks": quirks}),
+            ))
+            .await;
+        let app_id = created["id"].as_str().expect("id").to_owned();
+        for (n, email) in ["m@example.com", "g@guests.example.com"].iter().enumerate() {
+            app.post_event(&crate::helpers::joiner(
+                &format!("j{n}"),
+                &format!("J{n}"),
+                "2026-11-01T09:00:00Z",
+                person(email),
+            ))
+            .await;
+        }
+        let wait = Duration::from_secs(30);
+        eventually("both provisioned", wait, || async {
+            app.settled(&app_id, wait).await;
+            (target.users_snapshot().len() == 3).then_some(())
+        })
+        .await;
+        let report = reconcile_run(&app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+        assert_eq!(report["counts"]["in_sync"], 2, "{complete}: {report}");
+        assert_eq!(report["counts"]["missing"], 1, "{complete}: {report}");
+        let old = report["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["user_name"] == "old@guests.example.com")
+            .cloned()
+            .unwrap_or_default();
+        let expected = if complete { "create" } else { "none" };
+        assert_eq!(old["action"], expected, "{complete}: {report}");
+        if !complete {
+            let before = target.stats()["requests"]["POST"].clone();
+            let fixed = reconcile_run(&app, &app_id, json!({"mode": "fix"})).await;
+            app.settled(&app_id, wait).await;
+            assert_eq!(fixed["writes"], 0, "{fixed}");
+            assert_eq!(target.stats()["requests"]["POST"], before, "no create");
+            assert_eq!(target.users_snapshot().len(), 3);
+        }
+    }
 }

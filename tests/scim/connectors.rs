@@ -2,7 +2,7 @@
 //! settings fails against the profile, and the same client with the catalogue connector's
 //! quirks (read from its file, `roster::connectors`) succeeds.
 use roster::dev_target::{DevTargetArgs, Profile};
-use roster::scim::{PatchRequest, Quirks, ScimClient, TargetConfig};
+use roster::scim::{ListQuery, PatchRequest, Quirks, ScimClient, TargetConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TOKEN, bearer, client, group, spawn_target, user};
@@ -664,4 +664,289 @@ async fn miro_refuses_a_group_patch_beyond_8000_members_or_800000_bytes_with_413
     assert_eq!(answer.status(), 413);
     let detail = answer.text().await.unwrap_or_default();
     assert!(detail.contains("bytes"), "{detail}");
+}
+
+/// A user Figma accepts: its userName is an email.
+fn figma_user(email: &str) -> Value {
+    let mut body = user(email);
+    body["displayName"] = json!("Ada Lovelace");
+    body
+}
+
+#[tokio::test]
+async fn figma_takes_only_an_email_of_at_most_100_characters_as_user_name() {
+    let (target, _rfc, vendor) = rfc_and_connector(Profile::Figma, "figma").await;
+    let err = vendor
+        .users()
+        .create(&figma_user("ada"))
+        .await
+        .expect_err("not an email");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("email"), "{err}");
+    let long = format!("{}@example.com", "a".repeat(89));
+    let err = vendor
+        .users()
+        .create(&figma_user(&long))
+        .await
+        .expect_err("101 characters");
+    assert!(err.to_string().contains("100 characters"), "{err}");
+    let created = vendor
+        .users()
+        .create(&figma_user("ada@example.com"))
+        .await
+        .expect("an email");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    let err = vendor
+        .users()
+        .patch(
+            &id,
+            &PatchRequest::new().replace("displayName", json!("d".repeat(101))),
+        )
+        .await
+        .expect_err("displayName over 100");
+    assert!(err.to_string().contains("displayName"), "{err}");
+    let err = vendor
+        .groups()
+        .create(&group(&"g".repeat(256)))
+        .await
+        .expect_err("a group name over 255");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert_eq!(target.target.users_snapshot().len(), 1);
+    // The same requests are RFC 7644 to the rfc profile.
+    let plain = spawn_target(DevTargetArgs::default()).await;
+    plain
+        .client
+        .users()
+        .create(&figma_user("ada"))
+        .await
+        .expect("any userName");
+}
+
+#[tokio::test]
+async fn figma_deactivation_removes_the_user_from_its_groups_and_keeps_the_account() {
+    for profile in [Profile::Figma, Profile::Rfc] {
+        let target = spawn_target(DevTargetArgs {
+            profile,
+            ..DevTargetArgs::default()
+        })
+        .await;
+        let users = target.client.users();
+        let mut ids = Vec::new();
+        for email in ["leaves@example.com", "stays@example.com"] {
+            let created = users.create(&figma_user(email)).await.expect("user");
+            ids.push(roster::scim::id_of(&created).expect("id").to_owned());
+        }
+        let mut body = group("designers");
+        body["members"] = json!([{"value": ids[0]}, {"value": ids[1]}]);
+        let created = target.client.groups().create(&body).await.expect("group");
+        let gid = roster::scim::id_of(&created).expect("id").to_owned();
+        users
+            .patch(
+                &ids[0],
+                &PatchRequest::new().replace("active", json!(false)),
+            )
+            .await
+            .expect("deactivated");
+        let read = users.get(&ids[0]).await.expect("still readable");
+        assert_eq!(read["active"], json!(false), "{profile:?}");
+        let listed = users
+            .find_by("userName", "leaves@example.com")
+            .await
+            .expect("listed");
+        assert_eq!(listed.len(), 1, "{profile:?}: still listed");
+        let members: Vec<String> =
+            target.client.groups().get(&gid).await.expect("group")["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["value"].as_str().map(str::to_owned))
+                .collect();
+        let expected = if profile == Profile::Figma {
+            vec![ids[1].clone()]
+        } else {
+            ids.clone()
+        };
+        assert_eq!(members, expected, "{profile:?}");
+    }
+}
+
+/// An Asana dev-target whose accounts at `guests.example.com` are guests.
+async fn asana_target() -> crate::helpers::TestTarget {
+    spawn_target(DevTargetArgs {
+        profile: Profile::Asana,
+        guest_domains: vec!["guests.example.com".into()],
+        ..DevTargetArgs::default()
+    })
+    .await
+}
+
+fn asana_client(target: &crate::helpers::TestTarget, quirks: Quirks) -> ScimClient {
+    client(
+        &target.target.base_url(),
+        bearer(TOKEN),
+        |c: &mut TargetConfig| {
+            c.quirks = quirks;
+        },
+    )
+    .0
+}
+
+#[tokio::test]
+async fn asana_lists_users_with_only_a_user_name_filter_so_the_connector_lists_in_one_request() {
+    use futures::TryStreamExt as _;
+    let target = asana_target().await;
+    let rfc = asana_client(&target, Quirks::default());
+    let vendor = asana_client(&target, connector_quirks("asana"));
+    for (n, name) in ["m1@example.com", "m2@example.com"].iter().enumerate() {
+        let mut body = user(name);
+        body["externalId"] = json!(format!("E{n}"));
+        target.client.users().create(&body).await.expect("user");
+    }
+    let err = rfc
+        .users()
+        .list(100)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("startIndex is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let err = rfc
+        .users()
+        .find_by("externalId", "E1")
+        .await
+        .expect_err("a filter on externalId is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let err = rfc
+        .users()
+        .find_by_any("userName", &["m1@example.com", "m2@example.com"])
+        .await
+        .expect_err("an `or` filter is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let report = rfc.test_connection().await;
+    assert!(!report.auth_ok, "the RFC probe is refused: {report:?}");
+
+    let listed: Vec<Value> = vendor
+        .users()
+        .list(100)
+        .try_collect()
+        .await
+        .expect("one request");
+    assert_eq!(listed.len(), 2);
+    let found = vendor
+        .users()
+        .find_by("externalId", "E1")
+        .await
+        .expect("compared locally");
+    assert_eq!(found.len(), 1);
+    let found = vendor
+        .users()
+        .find_by("userName", "m2@example.com")
+        .await
+        .expect("the one filter Asana takes");
+    assert_eq!(found.len(), 1);
+    let report = vendor.test_connection().await;
+    assert!(report.auth_ok, "{:?}", report.reason);
+}
+
+#[tokio::test]
+async fn asana_leaves_guests_out_of_listings_so_the_connector_proves_no_absence() {
+    use futures::TryStreamExt as _;
+    let target = asana_target().await;
+    let member = target
+        .client
+        .users()
+        .create(&user("m@example.com"))
+        .await
+        .expect("member");
+    let guest = target
+        .client
+        .users()
+        .create(&user("g@guests.example.com"))
+        .await
+        .expect("guest");
+    let guest_id = roster::scim::id_of(&guest).expect("id").to_owned();
+    let whole = || ListQuery {
+        filter: None,
+        attributes: Vec::new(),
+        page_size: 100,
+    };
+    // Listed in one request as RFC 7644 answers it, the listing claims to be complete
+    // (`totalResults` 1) and the guest reads as absent.
+    let one_request = Quirks {
+        paging: roster::scim::Paging::None,
+        ..Quirks::default()
+    };
+    let pages: Vec<roster::scim::Page> = asana_client(&target, one_request)
+        .users()
+        .list_pages(whole())
+        .try_collect()
+        .await
+        .expect("listed");
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        roster::scim::id_of(&pages[0].resources[0]),
+        roster::scim::id_of(&member)
+    );
+    assert_eq!(pages[0].resources.len(), 1, "the guest is not listed");
+    assert!(
+        !pages[0].unproven,
+        "read as complete: the guest would be missing"
+    );
+
+    let vendor = asana_client(&target, connector_quirks("asana"));
+    let pages: Vec<roster::scim::Page> = vendor
+        .users()
+        .list_pages(whole())
+        .try_collect()
+        .await
+        .expect("listed");
+    assert_eq!(pages[0].resources.len(), 1);
+    assert!(pages[0].unproven, "the connector proves no absence");
+    assert!(
+        vendor
+            .users()
+            .find_by("userName", "g@guests.example.com")
+            .await
+            .expect("answered")
+            .is_empty(),
+        "not found by filter either"
+    );
+    let read = vendor.users().get(&guest_id).await.expect("read by id");
+    assert_eq!(read["userName"], "g@guests.example.com");
+}
+
+#[tokio::test]
+async fn asana_delete_deprovisions_and_the_account_stays_inactive() {
+    let target = asana_target().await;
+    let created = target
+        .client
+        .users()
+        .create(&user("z@example.com"))
+        .await
+        .expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    target.client.users().delete(&id).await.expect("deleted");
+    let read = target
+        .client
+        .users()
+        .get(&id)
+        .await
+        .expect("zombified, not gone");
+    assert_eq!(read["active"], json!(false));
+    let asana = roster::connectors::find("asana").expect("in the catalogue");
+    assert_eq!(
+        asana.delete_means,
+        roster::connectors::DeleteMeaning::Deactivates
+    );
+    // The rfc profile deletes.
+    let plain = spawn_target(DevTargetArgs::default()).await;
+    let created = plain
+        .client
+        .users()
+        .create(&user("z@example.com"))
+        .await
+        .expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    plain.client.users().delete(&id).await.expect("deleted");
+    let err = plain.client.users().get(&id).await.expect_err("gone");
+    assert_eq!(status(&err), Some(404), "{err}");
 }
