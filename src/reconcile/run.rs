@@ -9,7 +9,10 @@
 //!   time (at most `PAGES_AHEAD` pages fetched ahead), findings are written to
 //!   `reconcile_item` by a writer task in batches of [`ITEM_BATCH`] (at most one batch waiting
 //!   for it) and dropped. roster's
-//!   own identities are held once (O(identities)), as the classifier needs them. The findings
+//!   own identities are held as a compact index (O(identities), about 150 bytes each: id,
+//!   scope, link target, matching value; [`Desired`]); the people a page's accounts are
+//!   compared with are read from the store, rendered for that page and dropped after it, as
+//!   are the `missing` ones at the end, [`IDENTITY_PAGE`] at a time. The findings
 //!   of pushed groups (few, one per `group_push` entry) wait until the users were read, which
 //!   names the accounts a group lists by id only; target groups roster does not push are
 //!   written as they come.
@@ -40,16 +43,16 @@ use std::time::Instant;
 use futures::StreamExt;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     ActionKind, Class, Classifier, Counts, Desired, DesiredGroup, Finding, GroupClassifier,
-    GroupCounts, GroupFinding, GuardDecision, LinkInfo, ReconcileError, Resource, RunState,
-    deletion_guard, lists_members, name_members, unnamed_members,
+    GroupCounts, GroupFinding, GuardDecision, IdentityRef, LinkInfo, ReconcileError, Resource,
+    RunState, deletion_guard, lists_members, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
 use crate::delivery::execute::{GROUP_ADOPTED, find_link, group_origin};
@@ -615,24 +618,29 @@ async fn classify_and_fix(
         progress.page(page.resources.len(), page.total);
         listing.page(page.total, page.wrapped);
         listing.unproven |= page.unproven;
-        for account in page.resources {
-            if !listing.first_sight(crate::scim::id_of(&account)) {
-                // Read already: a page boundary that moved, or a target that repeats items.
-                continue;
-            }
+        // Read already: a page boundary that moved, or a target that repeats items.
+        let accounts: Vec<Value> = page
+            .resources
+            .into_iter()
+            .filter(|account| listing.first_sight(crate::scim::id_of(account)))
+            .collect();
+        // The people this page's accounts are compared with, read and rendered for it alone.
+        render_for(db.conn(), &mut classifier, &accounts).await?;
+        for account in accounts {
             if !unnamed.is_empty()
                 && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
                 && let Some(user_name) = account.get("userName").and_then(Value::as_str)
             {
                 names.insert(id.to_owned(), user_name.to_owned());
             }
-            let finding = listing.withhold(classifier.classify_account(&account));
+            let finding = listing.withhold(classifier.classify_account(&account)?);
             batch.push(finding, Some(account));
             if batch.is_full() {
                 batch.flush().await?;
                 delivery.wake();
             }
         }
+        classifier.forget_renderings();
     }
     drop(arrived);
     if let Some(reason) = listing.incomplete() {
@@ -648,7 +656,9 @@ async fn classify_and_fix(
                     return Err(RunError::WrongAccount(target_id));
                 }
                 if listing.first_sight(Some(&target_id)) {
-                    let finding = listing.withhold(classifier.classify_account(&account));
+                    render_for(db.conn(), &mut classifier, std::slice::from_ref(&account)).await?;
+                    let finding = listing.withhold(classifier.classify_account(&account)?);
+                    classifier.forget_renderings();
                     batch.push(finding, Some(account));
                 }
             }
@@ -660,13 +670,19 @@ async fn classify_and_fix(
         }
     }
     let superseded = classifier.superseded().to_vec();
-    for finding in classifier.finish() {
-        let finding = listing.withhold(finding);
-        batch.push(finding, None);
-        if batch.is_full() {
-            batch.flush().await?;
+    let missing = classifier.missing();
+    for identities in missing.chunks(IDENTITY_PAGE as usize) {
+        render(db.conn(), &mut classifier, identities).await?;
+        for identity in identities {
+            let finding = listing.withhold(classifier.missing_finding(*identity)?);
+            batch.push(finding, None);
+            if batch.is_full() {
+                batch.flush().await?;
+            }
         }
+        classifier.forget_renderings();
     }
+    drop(missing);
     name_members(&mut pushed, &names);
     for finding in pushed {
         batch.push_group(finding);
@@ -1042,14 +1058,65 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
     Ok(enqueued)
 }
 
-/// roster's side, indexed: every identity with its group names and its link to this app.
+/// Reads the identities `accounts` are compared with (with their groups) and renders them into
+/// `classifier`, for this page of accounts only.
+async fn render_for(
+    conn: &impl ConnectionTrait,
+    classifier: &mut Classifier,
+    accounts: &[Value],
+) -> Result<(), RunError> {
+    let wanted = classifier.to_render(accounts);
+    for identities in wanted.chunks(IDENTITY_PAGE as usize) {
+        render(conn, classifier, identities).await?;
+    }
+    Ok(())
+}
+
+/// Reads `identities` (at most [`IDENTITY_PAGE`]) with their group names, as they are now, and
+/// hands each to the classifier to render. One it cannot find stays unrendered: the account
+/// compared with it fails the run ([`ReconcileError::NotRendered`]) rather than being guessed.
+async fn render(
+    conn: &impl ConnectionTrait,
+    classifier: &mut Classifier,
+    identities: &[IdentityRef],
+) -> Result<(), RunError> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    let wanted: HashMap<String, IdentityRef> = identities
+        .iter()
+        .map(|identity| (classifier.identity_id(*identity).to_owned(), *identity))
+        .collect();
+    let people = identity::Entity::find()
+        .filter(identity::Column::Id.is_in(wanted.keys().map(String::as_str)))
+        .all(conn)
+        .await?;
+    let employee_ids: Vec<String> = people.iter().map(|p| p.employee_id.clone()).collect();
+    let mut groups_of = crate::delivery::people::group_names_of(conn, &employee_ids).await?;
+    for person in people {
+        let Some(identity) = wanted.get(&person.id) else {
+            continue;
+        };
+        let groups = groups_of.remove(&person.employee_id).unwrap_or_default();
+        classifier.render(
+            *identity,
+            &crate::delivery::people::view_of(&person, groups),
+        );
+    }
+    Ok(())
+}
+
+/// roster's side, indexed: every identity (its scope and matching value need its group
+/// names) with its link to this app. Read a page at a time: neither the people nor their
+/// groups nor the app's links are ever all held at once beside the index being built.
 async fn load_desired(
     conn: &impl ConnectionTrait,
     app_id: &str,
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
-    let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
     let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;
+    let count = identity::Entity::find().count(conn).await?;
+    desired.reserve(usize::try_from(count).unwrap_or(0));
     let mut after: Option<String> = None;
     loop {
         let mut page = identity::Entity::find()
@@ -1063,6 +1130,8 @@ async fn load_desired(
             break;
         };
         after = Some(last.id.clone());
+        let employee_ids: Vec<String> = people.iter().map(|p| p.employee_id.clone()).collect();
+        let mut groups_of = crate::delivery::people::group_names_of(conn, &employee_ids).await?;
         // The links of this page's people only: the app's links are never all held at once
         // beside the index being built. Only the columns classification needs (a link's
         // snapshot is the size of an account).
