@@ -27,6 +27,7 @@
 //! and its other attributes are no longer roster's business.
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -279,8 +280,11 @@ struct HashIndex {
 
 impl HashIndex {
     fn push(&mut self, hash: u64, index: usize) {
+        self.sorted &= self
+            .entries
+            .last()
+            .is_none_or(|last| *last <= (hash, index));
         self.entries.push((hash, index));
-        self.sorted = false;
     }
 
     /// Sorts the entries, which [`HashIndex::candidates`] needs; the identities of one hash
@@ -292,12 +296,18 @@ impl HashIndex {
         }
     }
 
-    /// The identities whose key has `hash`, in insertion order (once sealed).
+    /// The identities whose key has `hash`, in insertion order. Before [`HashIndex::seal`], by
+    /// a scan of every entry: slow, never wrong.
     fn candidates(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
-        let start = self.entries.partition_point(|(h, _)| *h < hash);
+        let (start, sorted) = if self.sorted {
+            (self.entries.partition_point(|(h, _)| *h < hash), true)
+        } else {
+            (0, false)
+        };
         self.entries[start..]
             .iter()
-            .take_while(move |(h, _)| *h == hash)
+            .take_while(move |(h, _)| !sorted || *h == hash)
+            .filter(move |(h, _)| *h == hash)
             .map(|(_, index)| *index)
     }
 }
@@ -457,6 +467,65 @@ impl Desired {
         self
     }
 
+    /// Who `account` is: linked, outside the scope filter, matched by value, or nobody.
+    fn tie(&self, account: &Value, target_id: Option<&str>, user_name: Option<&str>) -> Tied {
+        if let Some(index) = target_id.and_then(|id| self.linked_to(id)) {
+            return Tied::To(index, Tie::Linked);
+        }
+        if !is_managed(&self.paths, &self.policy.scope, account, user_name) {
+            return Tied::Unmanaged;
+        }
+        match self.matching_index(account) {
+            Some(index) => Tied::To(index, Tie::ByMatchingValue),
+            None => Tied::Unmatched,
+        }
+    }
+
+    fn matching_index(&self, account: &Value) -> Option<usize> {
+        let path = &self.policy.matching_path;
+        let value = match path.lookup(account)? {
+            Value::String(text) if !text.is_empty() => text.clone(),
+            Value::Number(number) => number.to_string(),
+            Value::Bool(flag) => flag.to_string(),
+            _ => return None,
+        };
+        self.matching(&normalise_matching(path, value))
+    }
+
+    /// The identities whose rendered user classifying `accounts` compares with (those the
+    /// accounts are tied to and that are in scope), each once. Pure: a run asks it for the
+    /// next page while the classifier works on this one ([`Classifier::desired`] hands out the
+    /// index, sealed for fast lookups).
+    #[must_use]
+    pub fn to_render<'a>(&self, accounts: impl IntoIterator<Item = &'a Value>) -> Vec<IdentityRef> {
+        let mut wanted = Vec::new();
+        let mut asked = std::collections::HashSet::new();
+        for account in accounts {
+            let user_name = self.paths.user_name.lookup(account).and_then(Value::as_str);
+            if let Tied::To(index, _) = self.tie(account, id_of(account), user_name)
+                && self.in_scope(index)
+                && asked.insert(index)
+            {
+                wanted.push(IdentityRef(index));
+            }
+        }
+        wanted
+    }
+
+    /// The id of `identity` (to read it from the store).
+    #[must_use]
+    pub fn identity_id(&self, identity: IdentityRef) -> &str {
+        self.ids.get(identity.0)
+    }
+
+    /// The user roster wants the app to hold for `view`, the identity `identity` as read now;
+    /// `None` when `view` is another identity.
+    #[must_use]
+    pub fn render(&self, identity: IdentityRef, view: &IdentityView) -> Option<Value> {
+        (identity.0 < self.len() && self.ids.get(identity.0) == view.id)
+            .then(|| mapping::render_user(&self.compiled, view))
+    }
+
     fn in_scope(&self, index: usize) -> bool {
         self.flags
             .get(index)
@@ -507,7 +576,8 @@ impl Desired {
 /// It keeps no target account: only, per identity, which account was seen for it.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    desired: Desired,
+    /// Sealed: shared read-only with whoever renders ahead.
+    desired: Arc<Desired>,
     // Invariant: `seen.len() == desired.len()`.
     seen: Vec<Seen>,
     /// The target id of each identity whose `seen` is `Matched`.
@@ -553,7 +623,7 @@ impl Classifier {
         desired.seal();
         let seen = vec![Seen::Nothing; desired.len()];
         Self {
-            desired,
+            desired: Arc::new(desired),
             seen,
             matched: HashMap::new(),
             superseded: Vec::new(),
@@ -591,46 +661,43 @@ impl Classifier {
         &self.superseded
     }
 
-    /// The identities whose rendered user classifying `accounts` compares with (those the
-    /// accounts are tied to and that are in scope), each once, less those rendered already.
-    /// The caller reads them from the store and hands each to [`Classifier::render`].
+    /// The sealed index, to share with a task that reads the next page's people
+    /// ([`Desired::to_render`], [`Desired::render`]) while this one is classified.
+    #[must_use]
+    pub fn desired(&self) -> Arc<Desired> {
+        Arc::clone(&self.desired)
+    }
+
+    /// [`Desired::to_render`] less the identities rendered already. The caller reads them from
+    /// the store and hands each to [`Classifier::render`].
     #[must_use]
     pub fn to_render<'a>(&self, accounts: impl IntoIterator<Item = &'a Value>) -> Vec<IdentityRef> {
-        let mut wanted = Vec::new();
-        let mut asked = std::collections::HashSet::new();
-        for account in accounts {
-            let user_name = self
-                .desired
-                .paths
-                .user_name
-                .lookup(account)
-                .and_then(Value::as_str);
-            if let Tied::To(index, _) = self.tie(account, id_of(account), user_name)
-                && self.desired.in_scope(index)
-                && !self.rendered.contains_key(&index)
-                && asked.insert(index)
-            {
-                wanted.push(IdentityRef(index));
-            }
-        }
+        let mut wanted = self.desired.to_render(accounts);
+        wanted.retain(|identity| !self.rendered.contains_key(&identity.0));
         wanted
     }
 
     /// The id of `identity` (to read it from the store).
     #[must_use]
     pub fn identity_id(&self, identity: IdentityRef) -> &str {
-        self.desired.ids.get(identity.0)
+        self.desired.identity_id(identity)
     }
 
     /// Renders `view`, the identity `identity` as read now, for the accounts being classified.
     /// False (and nothing kept) when `view` is another identity.
     pub fn render(&mut self, identity: IdentityRef, view: &IdentityView) -> bool {
-        if identity.0 >= self.desired.len() || self.desired.ids.get(identity.0) != view.id {
-            return false;
+        match self.desired.render(identity, view) {
+            Some(rendered) => {
+                self.rendered.insert(identity.0, rendered);
+                true
+            }
+            None => false,
         }
-        let rendered = mapping::render_user(&self.desired.compiled, view);
+    }
+
+    /// Takes a rendering made by [`Desired::render`] of this classifier's index.
+    pub fn provide(&mut self, identity: IdentityRef, rendered: Value) {
         self.rendered.insert(identity.0, rendered);
-        true
     }
 
     /// Drops the renderings handed to [`Classifier::render`] (after each page).
@@ -681,20 +748,6 @@ impl Classifier {
         }
     }
 
-    /// Who `account` is: linked, outside the scope filter, matched by value, or nobody.
-    fn tie(&self, account: &Value, target_id: Option<&str>, user_name: Option<&str>) -> Tied {
-        if let Some(index) = target_id.and_then(|id| self.desired.linked_to(id)) {
-            return Tied::To(index, Tie::Linked);
-        }
-        if !self.is_managed(account, user_name) {
-            return Tied::Unmanaged;
-        }
-        match self.matching_index(account) {
-            Some(index) => Tied::To(index, Tie::ByMatchingValue),
-            None => Tied::Unmatched,
-        }
-    }
-
     /// Classifies one account as the target returned it (a SCIM User resource).
     ///
     /// Takes `&mut self` because it records which identity the account belonged to; the account
@@ -716,30 +769,34 @@ impl Classifier {
             .and_then(Value::as_str)
             .map(str::to_owned);
 
-        let (index, tie) = match self.tie(account, target_id.as_deref(), user_name.as_deref()) {
-            Tied::Unmanaged => {
-                return Ok(Finding {
-                    class: Class::Unmanaged,
-                    target_id,
-                    user_name,
-                    identity_id: None,
-                    differences: Vec::new(),
-                    // Never touched, whatever the settings say.
-                    action: Action::None,
-                });
-            }
-            Tied::Unmatched => {
-                return Ok(Finding {
-                    class: Class::Unmatched,
-                    action: self.unmatched_action(account),
-                    target_id,
-                    user_name,
-                    identity_id: None,
-                    differences: Vec::new(),
-                });
-            }
-            Tied::To(index, tie) => (index, tie),
-        };
+        let (index, tie) =
+            match self
+                .desired
+                .tie(account, target_id.as_deref(), user_name.as_deref())
+            {
+                Tied::Unmanaged => {
+                    return Ok(Finding {
+                        class: Class::Unmanaged,
+                        target_id,
+                        user_name,
+                        identity_id: None,
+                        differences: Vec::new(),
+                        // Never touched, whatever the settings say.
+                        action: Action::None,
+                    });
+                }
+                Tied::Unmatched => {
+                    return Ok(Finding {
+                        class: Class::Unmatched,
+                        action: self.unmatched_action(account),
+                        target_id,
+                        user_name,
+                        identity_id: None,
+                        differences: Vec::new(),
+                    });
+                }
+                Tied::To(index, tie) => (index, tie),
+            };
         let in_scope = self.desired.in_scope(index);
         let identity_id = Some(self.desired.ids.get(index).to_owned());
         if in_scope && !self.rendered.contains_key(&index) {
@@ -837,29 +894,6 @@ impl Classifier {
             differences: Vec::new(),
             action: Action::Create,
         })
-    }
-
-    /// Inside the scope filter: the domain of the `userName`, or of the primary (else first)
-    /// email when the `userName` is not an address, is a managed one. Without a domain filter
-    /// every account is inside.
-    fn is_managed(&self, account: &Value, user_name: Option<&str>) -> bool {
-        is_managed(
-            &self.desired.paths,
-            &self.desired.policy.scope,
-            account,
-            user_name,
-        )
-    }
-
-    fn matching_index(&self, account: &Value) -> Option<usize> {
-        let path = &self.desired.policy.matching_path;
-        let value = match path.lookup(account)? {
-            Value::String(text) if !text.is_empty() => text.clone(),
-            Value::Number(number) => number.to_string(),
-            Value::Bool(flag) => flag.to_string(),
-            _ => return None,
-        };
-        self.desired.matching(&normalise_matching(path, value))
     }
 
     /// Deprovision only when the app asks for it, and never re-deactivate an inactive account:

@@ -6,7 +6,7 @@
 //! Invariants:
 //!
 //! * **Memory is bounded by the page size** on the target's side: accounts arrive a page at a
-//!   time (at most `PAGES_AHEAD` pages fetched ahead), findings are written to
+//!   time (at most `PAGES_AHEAD` pages rendered ahead and one more fetched), findings are written to
 //!   `reconcile_item` by a writer task in batches of [`ITEM_BATCH`] (at most one batch waiting
 //!   for it) and dropped. roster's
 //!   own identities are held as a compact index (O(identities), about 150 bytes each: id,
@@ -37,6 +37,7 @@
 //!   writer) before it looks for a running run, so two instances cannot both start one.
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -72,6 +73,10 @@ const INSERT_ROWS: usize = 1000;
 
 /// Pages of the target's users fetched ahead of the one being classified.
 const PAGES_AHEAD: usize = 2;
+
+/// Pages whose people are read from the store and rendered at once (each on a connection of
+/// its own), ahead of the one being classified.
+const RENDERERS: usize = 2;
 
 /// Identities read per query while building the desired state.
 const IDENTITY_PAGE: u64 = 1000;
@@ -598,9 +603,36 @@ async fn classify_and_fix(
         page_size,
         ..ListQuery::default()
     });
-    let (ahead, mut arrived) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    // A second task reads and renders the people each page's accounts are compared with
+    // (from the index alone, before the page is classified): the target's next page, the
+    // store's reads for this one, and classifying and writing the one before all overlap.
+    let (fetched, mut to_render) = tokio::sync::mpsc::channel(1);
     let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if fetched.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
+    let (ahead, mut arrived) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let index = classifier.desired();
+    let reader_db = db.clone();
+    let _renderer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        // `RENDERERS` pages read from the store at once, handed on in the listing's order.
+        let mut rendered = futures::stream::poll_fn(move |cx| to_render.poll_recv(cx))
+            .map(|page: Result<crate::scim::Page, ScimError>| {
+                let index = Arc::clone(&index);
+                let db = reader_db.clone();
+                async move {
+                    let page = page?;
+                    let wanted = index.to_render(&page.resources);
+                    let rendered = read_rendered(db.conn(), &index, &wanted).await?;
+                    Ok::<_, RunError>((page, rendered))
+                }
+            })
+            .buffered(RENDERERS);
+        while let Some(page) = rendered.next().await {
             let failed = page.is_err();
             if ahead.send(page).await.is_err() || failed {
                 break;
@@ -614,7 +646,7 @@ async fn classify_and_fix(
             break;
         };
         waited += asked.elapsed();
-        let page = page?;
+        let (page, rendered) = page?;
         progress.page(page.resources.len(), page.total);
         listing.page(page.total, page.wrapped);
         listing.unproven |= page.unproven;
@@ -624,8 +656,10 @@ async fn classify_and_fix(
             .into_iter()
             .filter(|account| listing.first_sight(crate::scim::id_of(account)))
             .collect();
-        // The people this page's accounts are compared with, read and rendered for it alone.
-        render_for(db.conn(), &mut classifier, &accounts).await?;
+        // The people this page's accounts are compared with, rendered for it alone.
+        for (identity, user) in rendered {
+            classifier.provide(identity, user);
+        }
         for account in accounts {
             if !unnamed.is_empty()
                 && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
@@ -1066,26 +1100,50 @@ async fn render_for(
     accounts: &[Value],
 ) -> Result<(), RunError> {
     let wanted = classifier.to_render(accounts);
-    for identities in wanted.chunks(IDENTITY_PAGE as usize) {
-        render(conn, classifier, identities).await?;
-    }
-    Ok(())
+    render(conn, classifier, &wanted).await
 }
 
-/// Reads `identities` (at most [`IDENTITY_PAGE`]) with their group names, as they are now, and
-/// hands each to the classifier to render. One it cannot find stays unrendered: the account
-/// compared with it fails the run ([`ReconcileError::NotRendered`]) rather than being guessed.
+/// Reads `identities` with their group names, as they are now, and hands each to the
+/// classifier rendered. One it cannot find stays unrendered: the account compared with it
+/// fails the run ([`ReconcileError::NotRendered`]) rather than being guessed.
 async fn render(
     conn: &impl ConnectionTrait,
     classifier: &mut Classifier,
     identities: &[IdentityRef],
+) -> Result<(), RunError> {
+    let desired = classifier.desired();
+    for (identity, user) in read_rendered(conn, &desired, identities).await? {
+        classifier.provide(identity, user);
+    }
+    Ok(())
+}
+
+/// Reads `identities` with their group names, [`IDENTITY_PAGE`] per query, and renders them
+/// by `desired`; one not found is left out.
+async fn read_rendered(
+    conn: &impl ConnectionTrait,
+    desired: &Desired,
+    identities: &[IdentityRef],
+) -> Result<Vec<(IdentityRef, Value)>, RunError> {
+    let mut rendered = Vec::with_capacity(identities.len());
+    for identities in identities.chunks(IDENTITY_PAGE as usize) {
+        read_rendered_page(conn, desired, identities, &mut rendered).await?;
+    }
+    Ok(rendered)
+}
+
+async fn read_rendered_page(
+    conn: &impl ConnectionTrait,
+    desired: &Desired,
+    identities: &[IdentityRef],
+    rendered: &mut Vec<(IdentityRef, Value)>,
 ) -> Result<(), RunError> {
     if identities.is_empty() {
         return Ok(());
     }
     let wanted: HashMap<String, IdentityRef> = identities
         .iter()
-        .map(|identity| (classifier.identity_id(*identity).to_owned(), *identity))
+        .map(|identity| (desired.identity_id(*identity).to_owned(), *identity))
         .collect();
     let people = identity::Entity::find()
         .filter(identity::Column::Id.is_in(wanted.keys().map(String::as_str)))
@@ -1098,10 +1156,10 @@ async fn render(
             continue;
         };
         let groups = groups_of.remove(&person.employee_id).unwrap_or_default();
-        classifier.render(
-            *identity,
-            &crate::delivery::people::view_of(&person, groups),
-        );
+        let view = crate::delivery::people::view_of(&person, groups);
+        if let Some(user) = desired.render(*identity, &view) {
+            rendered.push((*identity, user));
+        }
     }
     Ok(())
 }
