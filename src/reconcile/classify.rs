@@ -26,6 +26,8 @@
 //! active (an absent `active` counts as active), else `in_sync`: it is correctly deprovisioned,
 //! and its other attributes are no longer roster's business.
 use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
@@ -211,6 +213,10 @@ pub enum ReconcileError {
     MatchingAttribute { attribute: String, message: String },
     #[error("built-in SCIM path `{path}` does not parse: {message}")]
     BuiltInPath { path: String, message: String },
+    /// The identity an account is compared with was not read for it (it may have been removed
+    /// since the run indexed it): nothing is concluded about the account.
+    #[error("identity `{identity_id}` could not be read to compare its account")]
+    NotRendered { identity_id: String },
 }
 
 /// The parts of an app's settings classification depends on, read once.
@@ -232,31 +238,96 @@ struct AccountPaths {
     primary_email: ScimPath,
 }
 
-/// roster's side of one identity, rendered for this app.
-#[derive(Debug, Clone)]
-struct DesiredIdentity {
-    identity_id: Box<str>,
-    /// The target id of the identity's link, if it has one: the account roster holds for it.
-    link_target: Option<Box<str>>,
-    /// The SCIM User roster wants the app to hold ([`mapping::render_user`]), as compact JSON
-    /// text: a parsed `Value` costs several times the memory, and a run holds one per identity
-    /// (a 100k-person run measured in `roster bench reconcile`). Only in-scope identities are
-    /// compared with their account, so out-of-scope ones keep none.
-    rendered: Option<Box<str>>,
-    in_scope: bool,
+/// Strings end to end in one buffer: one allocation for them all, where a `String` each would
+/// cost an allocation, a 24-byte header and the allocator's rounding. Entry `i` is
+/// `text[ends[i - 1]..ends[i]]`.
+#[derive(Debug, Clone, Default)]
+struct Packed {
+    text: String,
+    ends: Vec<usize>,
 }
 
-impl DesiredIdentity {
-    fn rendered(&self) -> Value {
-        self.rendered
-            .as_deref()
-            .and_then(|text| serde_json::from_str(text).ok())
-            .unwrap_or(Value::Null)
+impl Packed {
+    fn push(&mut self, entry: &str) {
+        self.text.push_str(entry);
+        self.ends.push(self.text.len());
+    }
+
+    /// Entry `index`; `""` past the end.
+    fn get(&self, index: usize) -> &str {
+        let start = match index.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(usize::MAX),
+            None => 0,
+        };
+        let end = self.ends.get(index).copied().unwrap_or(0);
+        self.text.get(start..end).unwrap_or("")
+    }
+
+    fn reserve(&mut self, entries: usize, bytes_each: usize) {
+        self.ends.reserve(entries);
+        self.text.reserve(entries.saturating_mul(bytes_each));
     }
 }
 
-/// roster's desired state for one app, built once per run: every identity rendered, with lookups
-/// by linked target id and by matching value.
+/// Keys → identities, as `(hash of the key, identity)` sorted by hash (16 bytes an entry, where
+/// a map of owned keys costs several times that). A hash only names candidates: the caller
+/// compares the key itself, so a collision never ties an account to the wrong person.
+#[derive(Debug, Clone, Default)]
+struct HashIndex {
+    entries: Vec<(u64, usize)>,
+    sorted: bool,
+}
+
+impl HashIndex {
+    fn push(&mut self, hash: u64, index: usize) {
+        self.sorted &= self
+            .entries
+            .last()
+            .is_none_or(|last| *last <= (hash, index));
+        self.entries.push((hash, index));
+    }
+
+    /// Sorts the entries, which [`HashIndex::candidates`] needs; the identities of one hash
+    /// stay in insertion order.
+    fn seal(&mut self) {
+        if !self.sorted {
+            self.entries.sort_unstable();
+            self.sorted = true;
+        }
+    }
+
+    /// The identities whose key has `hash`, in insertion order. Before [`HashIndex::seal`], by
+    /// a scan of every entry: slow, never wrong.
+    fn candidates(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let (start, sorted) = if self.sorted {
+            (self.entries.partition_point(|(h, _)| *h < hash), true)
+        } else {
+            (0, false)
+        };
+        self.entries[start..]
+            .iter()
+            .take_while(move |(h, _)| !sorted || *h == hash)
+            .filter(move |(h, _)| *h == hash)
+            .map(|(_, index)| *index)
+    }
+}
+
+/// Bits of [`Desired::flags`]: what is known of an identity without rendering it.
+const IN_SCOPE: u8 = 1;
+/// Its link to this app has a target id.
+const LINKED: u8 = 2;
+
+/// An identity of a run's [`Desired`] state, by position: what the run reads from the store
+/// and hands back rendered ([`Classifier::to_render`], [`Classifier::render`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentityRef(usize);
+
+/// roster's desired state for one app, built once per run: a compact index of every identity
+/// (its id, whether it is in scope, its link's target id and its matching value), with lookups
+/// by linked target id and by matching value. Identities are not rendered here: the run reads
+/// the few a page of accounts needs from the store and renders them for that page
+/// ([`Classifier::to_render`]), so that memory grows by about a hundred bytes per identity
+/// rather than by a rendered user each.
 ///
 /// Memory is O(identities), roster's own data; nothing of the target is held here.
 #[derive(Debug, Clone)]
@@ -264,11 +335,21 @@ pub struct Desired {
     compiled: CompiledMappings,
     policy: Policy,
     paths: AccountPaths,
-    // Invariant: every index in the two maps below is a valid index of `identities`.
-    identities: Vec<DesiredIdentity>,
-    by_target_id: HashMap<String, usize>,
-    /// Keys normalised by [`normalise_matching`].
-    by_matching_value: HashMap<String, usize>,
+    /// Fixed for the run: the hashes of both indexes.
+    hasher: std::hash::RandomState,
+    /// Tests: every key hashes alike, so that every lookup goes through key comparison.
+    #[cfg(test)]
+    every_hash_collides: bool,
+    // Invariant: `ids`, `link_targets`, `matching_keys` and `flags` have one entry per
+    // identity, in insertion order; every index in the two `HashIndex`es is one of them.
+    ids: Packed,
+    /// The link's target id; `""` without one (`LINKED` unset).
+    link_targets: Packed,
+    /// The matching value normalised by [`normalise_matching`]; `""` without one.
+    matching_keys: Packed,
+    flags: Vec<u8>,
+    by_target_id: HashIndex,
+    by_matching_value: HashIndex,
 }
 
 impl Desired {
@@ -296,67 +377,73 @@ impl Desired {
             compiled,
             policy,
             paths: AccountPaths::new()?,
-            identities: Vec::new(),
-            by_target_id: HashMap::new(),
-            by_matching_value: HashMap::new(),
+            hasher: std::hash::RandomState::new(),
+            #[cfg(test)]
+            every_hash_collides: false,
+            ids: Packed::default(),
+            link_targets: Packed::default(),
+            matching_keys: Packed::default(),
+            flags: Vec::new(),
+            by_target_id: HashIndex::default(),
+            by_matching_value: HashIndex::default(),
         })
     }
 
+    /// Makes room for `identities` more (the run counts them first), so that building the
+    /// index does not pass through the doubling of every buffer.
+    pub fn reserve(&mut self, identities: usize) {
+        self.ids.reserve(identities, 36);
+        self.link_targets.reserve(identities, 36);
+        self.matching_keys.reserve(identities, 24);
+        self.flags.reserve(identities);
+        self.by_target_id.entries.reserve(identities);
+        self.by_matching_value.entries.reserve(identities);
+    }
+
     /// Adds one identity with its link to this app (if any). The caller may page through
-    /// roster's identities; nothing of `identity` is kept but what rendering produced.
+    /// roster's identities; nothing of `identity` is kept but its id, scope, link and matching
+    /// value.
     ///
     /// Conflicts: a target id linked twice keeps its first identity (a data error either way).
     /// A matching value rendered for several identities keeps the first one in scope, else the
     /// first: a re-hired person's old, terminated identity must not turn their new account into
     /// an orphan.
     pub fn insert(&mut self, identity: &IdentityView, link: Option<&LinkInfo>) {
-        let index = self.identities.len();
-        let in_scope = mapping::in_scope(&self.policy.scope, identity);
-        let rendered = in_scope
-            .then(|| serde_json::to_string(&mapping::render_user(&self.compiled, identity)).ok())
-            .flatten()
-            .map(String::into_boxed_str);
-        let link_target = link.and_then(|link| link.target_id.as_deref());
-        self.identities.push(DesiredIdentity {
-            identity_id: identity.id.as_str().into(),
-            link_target: link_target.map(Into::into),
-            rendered,
-            in_scope,
-        });
-        if let Some(target_id) = link_target {
-            self.by_target_id
-                .entry(target_id.to_owned())
-                .or_insert(index);
+        let index = self.flags.len();
+        let mut flags = 0;
+        if mapping::in_scope(&self.policy.scope, identity) {
+            flags |= IN_SCOPE;
         }
+        self.ids.push(&identity.id);
+        let link_target = link.and_then(|link| link.target_id.as_deref());
+        if let Some(target_id) = link_target {
+            flags |= LINKED;
+            self.by_target_id.push(self.hash(target_id), index);
+        }
+        self.link_targets.push(link_target.unwrap_or(""));
         // The very function delivery matches with, so both agree on who an account belongs to.
-        let matching_value = mapping::render_matching_value(
+        let key = mapping::render_matching_value(
             &self.compiled,
             identity,
             &self.policy.matching_attribute,
-        );
-        if let Some(value) = matching_value {
-            let key = normalise_matching(&self.policy.matching_path, value);
-            let identities = &self.identities;
-            self.by_matching_value
-                .entry(key)
-                .and_modify(|kept| {
-                    if !identities[*kept].in_scope && in_scope {
-                        *kept = index;
-                    }
-                })
-                .or_insert(index);
+        )
+        .map(|value| normalise_matching(&self.policy.matching_path, value));
+        if let Some(key) = key.as_deref() {
+            self.by_matching_value.push(self.hash(key), index);
         }
+        self.matching_keys.push(key.as_deref().unwrap_or(""));
+        self.flags.push(flags);
     }
 
     /// How many identities were inserted.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.identities.len()
+        self.flags.len()
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.identities.is_empty()
+        self.flags.is_empty()
     }
 
     /// The mapped-attribute comparison needs the compiled mappings the index was rendered with.
@@ -364,31 +451,154 @@ impl Desired {
     pub fn compiled(&self) -> &CompiledMappings {
         &self.compiled
     }
+
+    fn hash(&self, key: &str) -> u64 {
+        #[cfg(test)]
+        if self.every_hash_collides {
+            return 0;
+        }
+        self.hasher.hash_one(key)
+    }
+
+    /// Tests: an index in which every key has the same hash (insert nothing before).
+    #[cfg(test)]
+    pub(super) fn with_every_hash_colliding(mut self) -> Self {
+        self.every_hash_collides = true;
+        self
+    }
+
+    /// Who `account` is: linked, outside the scope filter, matched by value, or nobody.
+    fn tie(&self, account: &Value, target_id: Option<&str>, user_name: Option<&str>) -> Tied {
+        if let Some(index) = target_id.and_then(|id| self.linked_to(id)) {
+            return Tied::To(index, Tie::Linked);
+        }
+        if !is_managed(&self.paths, &self.policy.scope, account, user_name) {
+            return Tied::Unmanaged;
+        }
+        match self.matching_index(account) {
+            Some(index) => Tied::To(index, Tie::ByMatchingValue),
+            None => Tied::Unmatched,
+        }
+    }
+
+    fn matching_index(&self, account: &Value) -> Option<usize> {
+        let path = &self.policy.matching_path;
+        let value = match path.lookup(account)? {
+            Value::String(text) if !text.is_empty() => text.clone(),
+            Value::Number(number) => number.to_string(),
+            Value::Bool(flag) => flag.to_string(),
+            _ => return None,
+        };
+        self.matching(&normalise_matching(path, value))
+    }
+
+    /// The identities whose rendered user classifying `accounts` compares with (those the
+    /// accounts are tied to and that are in scope), each once. Pure: a run asks it for the
+    /// next page while the classifier works on this one ([`Classifier::desired`] hands out the
+    /// index, sealed for fast lookups).
+    #[must_use]
+    pub fn to_render<'a>(&self, accounts: impl IntoIterator<Item = &'a Value>) -> Vec<IdentityRef> {
+        let mut wanted = Vec::new();
+        let mut asked = std::collections::HashSet::new();
+        for account in accounts {
+            let user_name = self.paths.user_name.lookup(account).and_then(Value::as_str);
+            if let Tied::To(index, _) = self.tie(account, id_of(account), user_name)
+                && self.in_scope(index)
+                && asked.insert(index)
+            {
+                wanted.push(IdentityRef(index));
+            }
+        }
+        wanted
+    }
+
+    /// The id of `identity` (to read it from the store).
+    #[must_use]
+    pub fn identity_id(&self, identity: IdentityRef) -> &str {
+        self.ids.get(identity.0)
+    }
+
+    /// The user roster wants the app to hold for `view`, the identity `identity` as read now;
+    /// `None` when `view` is another identity.
+    #[must_use]
+    pub fn render(&self, identity: IdentityRef, view: &IdentityView) -> Option<Value> {
+        (identity.0 < self.len() && self.ids.get(identity.0) == view.id)
+            .then(|| mapping::render_user(&self.compiled, view))
+    }
+
+    fn in_scope(&self, index: usize) -> bool {
+        self.flags
+            .get(index)
+            .is_some_and(|flags| flags & IN_SCOPE != 0)
+    }
+
+    fn is_linked(&self, index: usize) -> bool {
+        self.flags
+            .get(index)
+            .is_some_and(|flags| flags & LINKED != 0)
+    }
+
+    fn seal(&mut self) {
+        self.by_target_id.seal();
+        self.by_matching_value.seal();
+    }
+
+    /// The identity linked to `target_id`: the first inserted one.
+    fn linked_to(&self, target_id: &str) -> Option<usize> {
+        self.by_target_id
+            .candidates(self.hash(target_id))
+            .find(|&index| self.link_targets.get(index) == target_id)
+    }
+
+    /// The identity of a normalised matching value: the first one in scope, else the first.
+    fn matching(&self, key: &str) -> Option<usize> {
+        let mut first = None;
+        for index in self
+            .by_matching_value
+            .candidates(self.hash(key))
+            .filter(|&index| self.matching_keys.get(index) == key)
+        {
+            if self.in_scope(index) {
+                return Some(index);
+            }
+            first.get_or_insert(index);
+        }
+        first
+    }
 }
 
 /// One run's classifier: feed it every target account once ([`Classifier::classify_account`]),
-/// then [`Classifier::finish`] for the identities no account belonged to.
+/// then the identities no account belonged to ([`Classifier::missing`]). Before it classifies
+/// an account, the identity the account is compared with must be rendered: the caller asks
+/// [`Classifier::to_render`] for a page of accounts, reads those identities and hands each to
+/// [`Classifier::render`]; [`Classifier::forget_renderings`] drops them after the page.
 ///
 /// It keeps no target account: only, per identity, which account was seen for it.
 #[derive(Debug, Clone)]
 pub struct Classifier {
-    desired: Desired,
-    // Invariant: `seen.len() == desired.identities.len()`.
+    /// Sealed: shared read-only with whoever renders ahead.
+    desired: Arc<Desired>,
+    // Invariant: `seen.len() == desired.len()`.
     seen: Vec<Seen>,
+    /// The target id of each identity whose `seen` is `Matched`.
+    matched: HashMap<usize, Box<str>>,
     /// `(identity id, target id)` of adoptable (or orphan) findings already handed out whose
     /// identity a later account matched too: they are conflicts as well.
     superseded: Vec<(String, String)>,
+    /// The rendered users of the page being classified, by identity.
+    rendered: HashMap<usize, Value>,
 }
 
-/// What a run has seen of one identity's accounts so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a run has seen of one identity's accounts so far (one byte an identity).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum Seen {
     #[default]
     Nothing,
     /// Its linked account.
     Linked,
-    /// One unlinked account matching it (its target id): adoptable, or an orphan.
-    Matched(Box<str>),
+    /// One unlinked account matching it (its target id in `Classifier::matched`): adoptable,
+    /// or an orphan.
+    Matched,
     /// Several accounts, or one without an `id`, match it: none is tied to it.
     Conflict,
 }
@@ -400,30 +610,46 @@ enum Tie {
     ByMatchingValue,
 }
 
+/// Who an account is, before anything is compared.
+enum Tied {
+    Unmanaged,
+    Unmatched,
+    To(usize, Tie),
+}
+
 impl Classifier {
     #[must_use]
-    pub fn new(desired: Desired) -> Self {
-        let seen = vec![Seen::Nothing; desired.identities.len()];
+    pub fn new(mut desired: Desired) -> Self {
+        desired.seal();
+        let seen = vec![Seen::Nothing; desired.len()];
         Self {
-            desired,
+            desired: Arc::new(desired),
             seen,
+            matched: HashMap::new(),
             superseded: Vec::new(),
+            rendered: HashMap::new(),
         }
     }
 
     /// The target ids of the links whose account no classified account was (in the order the
     /// identities were inserted). The listing may have missed them: the run confirms each by
-    /// `GET /Users/{id}` — classifying what it finds — before [`Classifier::finish`] calls the
-    /// rest `missing`, which drops their links.
+    /// `GET /Users/{id}` — classifying what it finds — before it calls the rest `missing`
+    /// ([`Classifier::missing`]), which drops their links.
     #[must_use]
     pub fn unseen_links(&self) -> Vec<String> {
-        self.desired
-            .identities
-            .iter()
-            .zip(&self.seen)
-            .filter(|(desired, seen)| **seen == Seen::Nothing && desired.in_scope)
-            .filter_map(|(desired, _)| desired.link_target.as_deref().map(str::to_owned))
+        self.unseen()
+            .filter(|&index| self.desired.is_linked(index))
+            .map(|index| self.desired.link_targets.get(index).to_owned())
             .collect()
+    }
+
+    /// The in-scope identities no account belonged to, in insertion order.
+    fn unseen(&self) -> impl Iterator<Item = usize> + '_ {
+        self.seen
+            .iter()
+            .enumerate()
+            .filter(|(index, seen)| **seen == Seen::Nothing && self.desired.in_scope(*index))
+            .map(|(index, _)| index)
     }
 
     /// `(identity id, target id)` of findings already returned as `adoptable` (or `orphan` of
@@ -435,11 +661,54 @@ impl Classifier {
         &self.superseded
     }
 
+    /// The sealed index, to share with a task that reads the next page's people
+    /// ([`Desired::to_render`], [`Desired::render`]) while this one is classified.
+    #[must_use]
+    pub fn desired(&self) -> Arc<Desired> {
+        Arc::clone(&self.desired)
+    }
+
+    /// [`Desired::to_render`] less the identities rendered already. The caller reads them from
+    /// the store and hands each to [`Classifier::render`].
+    #[must_use]
+    pub fn to_render<'a>(&self, accounts: impl IntoIterator<Item = &'a Value>) -> Vec<IdentityRef> {
+        let mut wanted = self.desired.to_render(accounts);
+        wanted.retain(|identity| !self.rendered.contains_key(&identity.0));
+        wanted
+    }
+
+    /// The id of `identity` (to read it from the store).
+    #[must_use]
+    pub fn identity_id(&self, identity: IdentityRef) -> &str {
+        self.desired.identity_id(identity)
+    }
+
+    /// Renders `view`, the identity `identity` as read now, for the accounts being classified.
+    /// False (and nothing kept) when `view` is another identity.
+    pub fn render(&mut self, identity: IdentityRef, view: &IdentityView) -> bool {
+        match self.desired.render(identity, view) {
+            Some(rendered) => {
+                self.rendered.insert(identity.0, rendered);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a rendering made by [`Desired::render`] of this classifier's index.
+    pub fn provide(&mut self, identity: IdentityRef, rendered: Value) {
+        self.rendered.insert(identity.0, rendered);
+    }
+
+    /// Drops the renderings handed to [`Classifier::render`] (after each page).
+    pub fn forget_renderings(&mut self) {
+        self.rendered.clear();
+    }
+
     /// Whether an unlinked account that matched identity `index` by value cannot be tied to
     /// it; records what was seen.
     fn conflicts(&mut self, index: usize, target_id: Option<&str>) -> bool {
-        let desired = &self.desired.identities[index];
-        if desired.link_target.is_some() {
+        if self.desired.is_linked(index) {
             // A duplicate of the identity's own account: adopting it would move the link.
             return true;
         }
@@ -447,14 +716,22 @@ impl Classifier {
             self.conflict_with_earlier(index);
             return true;
         };
-        match &self.seen[index] {
+        match self.seen[index] {
             Seen::Nothing => {
-                self.seen[index] = Seen::Matched(target_id.into());
+                self.seen[index] = Seen::Matched;
+                self.matched.insert(index, target_id.into());
                 false
             }
             // The same account again (a listing that repeats items): the same finding.
-            Seen::Matched(first) if **first == *target_id => false,
-            Seen::Matched(_) | Seen::Linked | Seen::Conflict => {
+            Seen::Matched
+                if self
+                    .matched
+                    .get(&index)
+                    .is_some_and(|first| **first == *target_id) =>
+            {
+                false
+            }
+            Seen::Matched | Seen::Linked | Seen::Conflict => {
                 self.conflict_with_earlier(index);
                 true
             }
@@ -462,8 +739,11 @@ impl Classifier {
     }
 
     fn conflict_with_earlier(&mut self, index: usize) {
-        if let Seen::Matched(first) = std::mem::replace(&mut self.seen[index], Seen::Conflict) {
-            let identity_id = self.desired.identities[index].identity_id.to_string();
+        let before = std::mem::replace(&mut self.seen[index], Seen::Conflict);
+        if before == Seen::Matched
+            && let Some(first) = self.matched.remove(&index)
+        {
+            let identity_id = self.desired.ids.get(index).to_owned();
             self.superseded.push((identity_id, first.into()));
         }
     }
@@ -473,7 +753,13 @@ impl Classifier {
     /// Takes `&mut self` because it records which identity the account belonged to; the account
     /// itself is not kept. An account with neither `userName` nor emails is `unmanaged` under a
     /// domain filter (nothing shows it is ours) and `unmatched` without one (it cannot match).
-    pub fn classify_account(&mut self, account: &Value) -> Finding {
+    ///
+    /// # Errors
+    ///
+    /// [`ReconcileError::NotRendered`] when the in-scope identity the account is tied to was
+    /// not handed to [`Classifier::render`] (see [`Classifier::to_render`]); nothing is
+    /// recorded then.
+    pub fn classify_account(&mut self, account: &Value) -> Result<Finding, ReconcileError> {
         let target_id = id_of(account).map(str::to_owned);
         let user_name = self
             .desired
@@ -483,56 +769,58 @@ impl Classifier {
             .and_then(Value::as_str)
             .map(str::to_owned);
 
-        let linked = target_id
-            .as_deref()
-            .and_then(|id| self.desired.by_target_id.get(id))
-            .map(|&index| (index, Tie::Linked));
-        let tie = match linked {
-            Some(tie) => Some(tie),
-            None if !self.is_managed(account, user_name.as_deref()) => {
-                return Finding {
-                    class: Class::Unmanaged,
-                    target_id,
-                    user_name,
-                    identity_id: None,
-                    differences: Vec::new(),
-                    // Never touched, whatever the settings say.
-                    action: Action::None,
-                };
-            }
-            None => self
-                .matching_index(account)
-                .map(|index| (index, Tie::ByMatchingValue)),
-        };
-        let Some((index, tie)) = tie else {
-            return Finding {
-                class: Class::Unmatched,
-                action: self.unmatched_action(account),
-                target_id,
-                user_name,
-                identity_id: None,
-                differences: Vec::new(),
+        let (index, tie) =
+            match self
+                .desired
+                .tie(account, target_id.as_deref(), user_name.as_deref())
+            {
+                Tied::Unmanaged => {
+                    return Ok(Finding {
+                        class: Class::Unmanaged,
+                        target_id,
+                        user_name,
+                        identity_id: None,
+                        differences: Vec::new(),
+                        // Never touched, whatever the settings say.
+                        action: Action::None,
+                    });
+                }
+                Tied::Unmatched => {
+                    return Ok(Finding {
+                        class: Class::Unmatched,
+                        action: self.unmatched_action(account),
+                        target_id,
+                        user_name,
+                        identity_id: None,
+                        differences: Vec::new(),
+                    });
+                }
+                Tied::To(index, tie) => (index, tie),
             };
-        };
+        let in_scope = self.desired.in_scope(index);
+        let identity_id = Some(self.desired.ids.get(index).to_owned());
+        if in_scope && !self.rendered.contains_key(&index) {
+            return Err(ReconcileError::NotRendered {
+                identity_id: self.desired.ids.get(index).to_owned(),
+            });
+        }
         match tie {
             Tie::Linked => self.seen[index] = Seen::Linked,
             Tie::ByMatchingValue if self.conflicts(index, target_id.as_deref()) => {
-                return Finding {
+                return Ok(Finding {
                     class: Class::Conflict,
                     target_id,
                     user_name,
-                    identity_id: Some(self.desired.identities[index].identity_id.to_string()),
+                    identity_id,
                     differences: Vec::new(),
                     // Neither linked nor changed nor deprovisioned: which account is the
                     // person's is not roster's to guess.
                     action: Action::None,
-                };
+                });
             }
             Tie::ByMatchingValue => {}
         }
-        let desired = &self.desired.identities[index];
-        let identity_id = Some(desired.identity_id.to_string());
-        if !desired.in_scope {
+        if !in_scope {
             let (class, action) = if is_active(&self.desired.paths.active, account) {
                 (
                     Class::Orphan,
@@ -541,17 +829,18 @@ impl Classifier {
             } else {
                 (Class::InSync, Action::None)
             };
-            return Finding {
+            return Ok(Finding {
                 class,
                 target_id,
                 user_name,
                 identity_id,
                 differences: Vec::new(),
                 action,
-            };
+            });
         }
 
-        let differences = mapping::diff(&self.desired.compiled, &desired.rendered(), account);
+        let rendered = self.rendered.get(&index).unwrap_or(&Value::Null);
+        let differences = mapping::diff(&self.desired.compiled, rendered, account);
         let changes = mapping::patch_changes(&differences);
         let (class, action) = match (tie, changes.is_empty()) {
             (Tie::Linked, true) => (Class::InSync, Action::None),
@@ -559,66 +848,52 @@ impl Classifier {
             (Tie::ByMatchingValue, true) => (Class::Adoptable, Action::Link),
             (Tie::ByMatchingValue, false) => (Class::Adoptable, Action::LinkAndPatch(changes)),
         };
-        Finding {
+        Ok(Finding {
             class,
             target_id,
             user_name,
             identity_id,
             differences,
             action,
-        }
+        })
     }
 
-    /// The in-scope identities no account belonged to: `missing`, each with `Create`, in the
-    /// order they were inserted. A linked one among them loses its link when the fix runs, so
-    /// the caller confirms [`Classifier::unseen_links`] first. An identity with conflicting
-    /// accounts is not missing: an account of theirs exists.
+    /// The in-scope identities no account belonged to, in the order they were inserted: each
+    /// is `missing` ([`Classifier::missing_finding`], once rendered). A linked one among them
+    /// loses its link when the fix runs, so the caller confirms [`Classifier::unseen_links`]
+    /// first. An identity with conflicting accounts is not missing: an account of theirs
+    /// exists.
     #[must_use]
-    pub fn finish(self) -> Vec<Finding> {
-        let user_name = self.desired.paths.user_name;
-        self.desired
-            .identities
-            .into_iter()
-            .zip(self.seen)
-            .filter(|(desired, seen)| desired.in_scope && *seen == Seen::Nothing)
-            .map(|(desired, _)| Finding {
-                class: Class::Missing,
-                target_id: None,
-                user_name: user_name
-                    .lookup(&desired.rendered())
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                identity_id: Some(desired.identity_id.into()),
-                differences: Vec::new(),
-                action: Action::Create,
-            })
-            .collect()
+    pub fn missing(&self) -> Vec<IdentityRef> {
+        self.unseen().map(IdentityRef).collect()
     }
 
-    /// Inside the scope filter: the domain of the `userName`, or of the primary (else first)
-    /// email when the `userName` is not an address, is a managed one. Without a domain filter
-    /// every account is inside.
-    fn is_managed(&self, account: &Value, user_name: Option<&str>) -> bool {
-        is_managed(
-            &self.desired.paths,
-            &self.desired.policy.scope,
-            account,
-            user_name,
-        )
-    }
-
-    fn matching_index(&self, account: &Value) -> Option<usize> {
-        let path = &self.desired.policy.matching_path;
-        let value = match path.lookup(account)? {
-            Value::String(text) if !text.is_empty() => text.clone(),
-            Value::Number(number) => number.to_string(),
-            Value::Bool(flag) => flag.to_string(),
-            _ => return None,
+    /// The `missing` finding of `identity` (one of [`Classifier::missing`]), with `Create` and
+    /// the `userName` roster would create.
+    ///
+    /// # Errors
+    ///
+    /// [`ReconcileError::NotRendered`] when `identity` was not handed to
+    /// [`Classifier::render`].
+    pub fn missing_finding(&self, identity: IdentityRef) -> Result<Finding, ReconcileError> {
+        let identity_id = self.desired.ids.get(identity.0).to_owned();
+        let Some(rendered) = self.rendered.get(&identity.0) else {
+            return Err(ReconcileError::NotRendered { identity_id });
         };
-        self.desired
-            .by_matching_value
-            .get(&normalise_matching(path, value))
-            .copied()
+        Ok(Finding {
+            class: Class::Missing,
+            target_id: None,
+            user_name: self
+                .desired
+                .paths
+                .user_name
+                .lookup(rendered)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            identity_id: Some(identity_id),
+            differences: Vec::new(),
+            action: Action::Create,
+        })
     }
 
     /// Deprovision only when the app asks for it, and never re-deactivate an inactive account:

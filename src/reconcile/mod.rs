@@ -11,8 +11,12 @@
 //! for (identity, link) in roster_identities { desired.insert(&identity, link.as_ref()); }
 //! let mut classifier = Classifier::new(desired);
 //! let mut report = Report::new(run_id, app_id, dry_run);
-//! while let Some(account) = target_users.next().await { report.record(&classifier.classify_account(&account?)); }
-//! for finding in classifier.finish() { report.record(&finding); }          // the `missing` ones
+//! while let Some(page) = target_users.next().await {
+//!     for identity in classifier.to_render(&page?) { classifier.render(identity, &read(classifier.identity_id(identity))); }
+//!     for account in page { report.record(&classifier.classify_account(&account)?); }
+//!     classifier.forget_renderings();
+//! }
+//! for identity in classifier.missing() { /* rendered as above */ report.record(&classifier.missing_finding(identity)?); }
 //! let deprovisions = report.items.iter().filter(|item| matches!(item.action, ActionKind::Deactivate | ActionKind::Delete)).count();
 //! match deletion_guard(&settings.deletion_guard, deprovisions, accounts_read) { Proceed => fix, Hold { reason } => await approval }
 //! ```
@@ -30,14 +34,21 @@
 //!   compares the mapped targets, `active` and the role target, SCIM-normalised (case of
 //!   `userName`, element order, `"true"` for `true`); the target's own attributes are not drift.
 //! * **Target-side memory is bounded by the page size**: the [`Classifier`] takes one account at
-//!   a time and keeps none; it remembers one flag per identity (roster's own data, O(identities))
-//!   to report `missing` at the end.
+//!   a time and keeps none; it remembers one byte per identity (roster's own data,
+//!   O(identities)) to report `missing` at the end.
+//! * **roster's side is a compact index, not rendered users**: [`Desired`] holds per identity
+//!   its id, scope, link target and matching value (packed strings and hash-sorted vectors,
+//!   about 150 bytes); the users an account is compared with are read and rendered per page
+//!   ([`Classifier::to_render`], [`Classifier::render`]) and dropped after it. An account whose
+//!   identity was not rendered is an error ([`ReconcileError::NotRendered`]), never compared
+//!   with nothing.
 //! * Deterministic: the same identities, links, settings and accounts give the same findings.
 //!
 //! Public API:
 //!
-//! * `classify.rs`: [`Desired`] (`new`, `insert`), [`LinkInfo`], [`Classifier`] (`new`,
-//!   `classify_account`, `unseen_links`, `superseded`, `finish`), [`Finding`], [`Class`],
+//! * `classify.rs`: [`Desired`] (`new`, `reserve`, `insert`), [`LinkInfo`], [`Classifier`]
+//!   (`new`, `to_render`, `identity_id`, `render`, `forget_renderings`, `classify_account`,
+//!   `unseen_links`, `superseded`, `missing`, `missing_finding`), [`IdentityRef`], [`Finding`], [`Class`],
 //!   [`Action`] (`label`, `kind`, `is_deprovision`, `changes`), [`ActionKind`],
 //!   [`ReconcileError`], [`account_is_managed`] (the scope-filter rule, also asked by delivery
 //!   right before it deprovisions an account by id). The module documentation gives the order
@@ -61,7 +72,7 @@ pub mod run;
 mod tests;
 
 pub use classify::{
-    Action, ActionKind, Class, Classifier, Desired, Finding, LinkInfo, ReconcileError,
+    Action, ActionKind, Class, Classifier, Desired, Finding, IdentityRef, LinkInfo, ReconcileError,
     account_is_managed,
 };
 pub use groups::{

@@ -6,10 +6,13 @@
 //! Invariants:
 //!
 //! * **Memory is bounded by the page size** on the target's side: accounts arrive a page at a
-//!   time (at most `PAGES_AHEAD` pages fetched ahead), findings are written to
+//!   time (at most `PAGES_AHEAD` pages rendered ahead and one more fetched), findings are written to
 //!   `reconcile_item` by a writer task in batches of [`ITEM_BATCH`] (at most one batch waiting
 //!   for it) and dropped. roster's
-//!   own identities are held once (O(identities)), as the classifier needs them. The findings
+//!   own identities are held as a compact index (O(identities), about 150 bytes each: id,
+//!   scope, link target, matching value; [`Desired`]); the people a page's accounts are
+//!   compared with are read from the store, rendered for that page and dropped after it, as
+//!   are the `missing` ones at the end, [`IDENTITY_PAGE`] at a time. The findings
 //!   of pushed groups (few, one per `group_push` entry) wait until the users were read, which
 //!   names the accounts a group lists by id only; target groups roster does not push are
 //!   written as they come.
@@ -34,22 +37,23 @@
 //!   writer) before it looks for a running run, so two instances cannot both start one.
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     ActionKind, Class, Classifier, Counts, Desired, DesiredGroup, Finding, GroupClassifier,
-    GroupCounts, GroupFinding, GuardDecision, LinkInfo, ReconcileError, Resource, RunState,
-    deletion_guard, lists_members, name_members, unnamed_members,
+    GroupCounts, GroupFinding, GuardDecision, IdentityRef, LinkInfo, ReconcileError, Resource,
+    RunState, deletion_guard, lists_members, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
 use crate::delivery::execute::{
@@ -71,6 +75,10 @@ const INSERT_ROWS: usize = 1000;
 
 /// Pages of the target's users fetched ahead of the one being classified.
 const PAGES_AHEAD: usize = 2;
+
+/// Pages whose people are read from the store and rendered at once (each on a connection of
+/// its own), ahead of the one being classified.
+const RENDERERS: usize = 2;
 
 /// Identities read per query while building the desired state.
 const IDENTITY_PAGE: u64 = 1000;
@@ -597,9 +605,36 @@ async fn classify_and_fix(
         page_size,
         ..ListQuery::default()
     });
-    let (ahead, mut arrived) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    // A second task reads and renders the people each page's accounts are compared with
+    // (from the index alone, before the page is classified): the target's next page, the
+    // store's reads for this one, and classifying and writing the one before all overlap.
+    let (fetched, mut to_render) = tokio::sync::mpsc::channel(1);
     let _reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(page) = pages.next().await {
+            let failed = page.is_err();
+            if fetched.send(page).await.is_err() || failed {
+                break;
+            }
+        }
+    }));
+    let (ahead, mut arrived) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let index = classifier.desired();
+    let reader_db = db.clone();
+    let _renderer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+        // `RENDERERS` pages read from the store at once, handed on in the listing's order.
+        let mut rendered = futures::stream::poll_fn(move |cx| to_render.poll_recv(cx))
+            .map(|page: Result<crate::scim::Page, ScimError>| {
+                let index = Arc::clone(&index);
+                let db = reader_db.clone();
+                async move {
+                    let page = page?;
+                    let wanted = index.to_render(&page.resources);
+                    let rendered = read_rendered(db.conn(), &index, &wanted).await?;
+                    Ok::<_, RunError>((page, rendered))
+                }
+            })
+            .buffered(RENDERERS);
+        while let Some(page) = rendered.next().await {
             let failed = page.is_err();
             if ahead.send(page).await.is_err() || failed {
                 break;
@@ -613,28 +648,35 @@ async fn classify_and_fix(
             break;
         };
         waited += asked.elapsed();
-        let page = page?;
+        let (page, rendered) = page?;
         progress.page(page.resources.len(), page.total);
         listing.page(page.total, page.wrapped);
         listing.unproven |= page.unproven;
-        for account in page.resources {
-            if !listing.first_sight(crate::scim::id_of(&account)) {
-                // Read already: a page boundary that moved, or a target that repeats items.
-                continue;
-            }
+        // Read already: a page boundary that moved, or a target that repeats items.
+        let accounts: Vec<Value> = page
+            .resources
+            .into_iter()
+            .filter(|account| listing.first_sight(crate::scim::id_of(account)))
+            .collect();
+        // The people this page's accounts are compared with, rendered for it alone.
+        for (identity, user) in rendered {
+            classifier.provide(identity, user);
+        }
+        for account in accounts {
             if !unnamed.is_empty()
                 && let Some(id) = crate::scim::id_of(&account).filter(|id| unnamed.contains(*id))
                 && let Some(user_name) = account.get("userName").and_then(Value::as_str)
             {
                 names.insert(id.to_owned(), user_name.to_owned());
             }
-            let finding = listing.withhold(classifier.classify_account(&account));
+            let finding = listing.withhold(classifier.classify_account(&account)?);
             batch.push(finding, Some(account));
             if batch.is_full() {
                 batch.flush().await?;
                 delivery.wake();
             }
         }
+        classifier.forget_renderings();
     }
     drop(arrived);
     if let Some(reason) = listing.incomplete() {
@@ -650,7 +692,9 @@ async fn classify_and_fix(
                     return Err(RunError::WrongAccount(target_id));
                 }
                 if listing.first_sight(Some(&target_id)) {
-                    let finding = listing.withhold(classifier.classify_account(&account));
+                    render_for(db.conn(), &mut classifier, std::slice::from_ref(&account)).await?;
+                    let finding = listing.withhold(classifier.classify_account(&account)?);
+                    classifier.forget_renderings();
                     batch.push(finding, Some(account));
                 }
             }
@@ -662,13 +706,19 @@ async fn classify_and_fix(
         }
     }
     let superseded = classifier.superseded().to_vec();
-    for finding in classifier.finish() {
-        let finding = listing.withhold(finding);
-        batch.push(finding, None);
-        if batch.is_full() {
-            batch.flush().await?;
+    let missing = classifier.missing();
+    for identities in missing.chunks(IDENTITY_PAGE as usize) {
+        render(db.conn(), &mut classifier, identities).await?;
+        for identity in identities {
+            let finding = listing.withhold(classifier.missing_finding(*identity)?);
+            batch.push(finding, None);
+            if batch.is_full() {
+                batch.flush().await?;
+            }
         }
+        classifier.forget_renderings();
     }
+    drop(missing);
     name_members(&mut pushed, &names);
     for finding in pushed {
         batch.push_group(finding);
@@ -1045,14 +1095,89 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
     Ok(enqueued)
 }
 
-/// roster's side, indexed: every identity with its group names and its link to this app.
+/// Reads the identities `accounts` are compared with (with their groups) and renders them into
+/// `classifier`, for this page of accounts only.
+async fn render_for(
+    conn: &impl ConnectionTrait,
+    classifier: &mut Classifier,
+    accounts: &[Value],
+) -> Result<(), RunError> {
+    let wanted = classifier.to_render(accounts);
+    render(conn, classifier, &wanted).await
+}
+
+/// Reads `identities` with their group names, as they are now, and hands each to the
+/// classifier rendered. One it cannot find stays unrendered: the account compared with it
+/// fails the run ([`ReconcileError::NotRendered`]) rather than being guessed.
+async fn render(
+    conn: &impl ConnectionTrait,
+    classifier: &mut Classifier,
+    identities: &[IdentityRef],
+) -> Result<(), RunError> {
+    let desired = classifier.desired();
+    for (identity, user) in read_rendered(conn, &desired, identities).await? {
+        classifier.provide(identity, user);
+    }
+    Ok(())
+}
+
+/// Reads `identities` with their group names, [`IDENTITY_PAGE`] per query, and renders them
+/// by `desired`; one not found is left out.
+async fn read_rendered(
+    conn: &impl ConnectionTrait,
+    desired: &Desired,
+    identities: &[IdentityRef],
+) -> Result<Vec<(IdentityRef, Value)>, RunError> {
+    let mut rendered = Vec::with_capacity(identities.len());
+    for identities in identities.chunks(IDENTITY_PAGE as usize) {
+        read_rendered_page(conn, desired, identities, &mut rendered).await?;
+    }
+    Ok(rendered)
+}
+
+async fn read_rendered_page(
+    conn: &impl ConnectionTrait,
+    desired: &Desired,
+    identities: &[IdentityRef],
+    rendered: &mut Vec<(IdentityRef, Value)>,
+) -> Result<(), RunError> {
+    if identities.is_empty() {
+        return Ok(());
+    }
+    let wanted: HashMap<String, IdentityRef> = identities
+        .iter()
+        .map(|identity| (desired.identity_id(*identity).to_owned(), *identity))
+        .collect();
+    let people = identity::Entity::find()
+        .filter(identity::Column::Id.is_in(wanted.keys().map(String::as_str)))
+        .all(conn)
+        .await?;
+    let employee_ids: Vec<String> = people.iter().map(|p| p.employee_id.clone()).collect();
+    let mut groups_of = crate::delivery::people::group_names_of(conn, &employee_ids).await?;
+    for person in people {
+        let Some(identity) = wanted.get(&person.id) else {
+            continue;
+        };
+        let groups = groups_of.remove(&person.employee_id).unwrap_or_default();
+        let view = crate::delivery::people::view_of(&person, groups);
+        if let Some(user) = desired.render(*identity, &view) {
+            rendered.push((*identity, user));
+        }
+    }
+    Ok(())
+}
+
+/// roster's side, indexed: every identity (its scope and matching value need its group
+/// names) with its link to this app. Read a page at a time: neither the people nor their
+/// groups nor the app's links are ever all held at once beside the index being built.
 async fn load_desired(
     conn: &impl ConnectionTrait,
     app_id: &str,
     target: &AppTarget,
 ) -> Result<Desired, RunError> {
-    let mut groups_of = crate::delivery::people::all_group_names(conn).await?;
     let mut desired = Desired::new(&target.settings, (*target.compiled).clone())?;
+    let count = identity::Entity::find().count(conn).await?;
+    desired.reserve(usize::try_from(count).unwrap_or(0));
     let mut after: Option<String> = None;
     loop {
         let mut page = identity::Entity::find()
@@ -1066,6 +1191,8 @@ async fn load_desired(
             break;
         };
         after = Some(last.id.clone());
+        let employee_ids: Vec<String> = people.iter().map(|p| p.employee_id.clone()).collect();
+        let mut groups_of = crate::delivery::people::group_names_of(conn, &employee_ids).await?;
         // The links of this page's people only: the app's links are never all held at once
         // beside the index being built. Only the columns classification needs (a link's
         // snapshot is the size of an account).

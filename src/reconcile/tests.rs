@@ -193,14 +193,79 @@ fn summary(finding: &Finding) -> Expect {
 }
 
 fn classifier(tweak: Tweak, identities: &[(IdentityView, Option<LinkInfo>)]) -> Classifier {
+    classifier_of(
+        Desired::new(&settings_with(tweak), compiled(tweak)).expect("userName is a valid path"),
+        identities,
+    )
+}
+
+fn settings_with(tweak: Tweak) -> AppSettings {
     let mut settings = settings();
     tweak(&mut settings);
-    let compiled = compile_mappings(&settings).expect("the example mappings compile");
-    let mut desired = Desired::new(&settings, compiled).expect("userName is a valid path");
+    settings
+}
+
+fn compiled(tweak: Tweak) -> crate::mapping::CompiledMappings {
+    compile_mappings(&settings_with(tweak)).expect("the example mappings compile")
+}
+
+fn classifier_of(
+    mut desired: Desired,
+    identities: &[(IdentityView, Option<LinkInfo>)],
+) -> Classifier {
     for (identity, link) in identities {
         desired.insert(identity, link.as_ref());
     }
     Classifier::new(desired)
+}
+
+/// Hands `classifier` the renderings it asks for, from `identities` (as the run reads them from
+/// the store).
+fn provide(
+    classifier: &mut Classifier,
+    identities: &[(IdentityView, Option<LinkInfo>)],
+    wanted: &[IdentityRef],
+) {
+    for identity in wanted {
+        let id = classifier.identity_id(*identity).to_owned();
+        let (view, _) = identities
+            .iter()
+            .find(|(view, _)| view.id == id)
+            .expect("the classifier asks for identities it was given");
+        assert!(classifier.render(*identity, view));
+    }
+}
+
+/// Classifies one account of a run, its identity rendered first as the run does per page.
+fn classify_with(
+    classifier: &mut Classifier,
+    identities: &[(IdentityView, Option<LinkInfo>)],
+    account: &Value,
+) -> Finding {
+    let wanted = classifier.to_render([account]);
+    provide(classifier, identities, &wanted);
+    let finding = classifier
+        .classify_account(account)
+        .expect("its identity was rendered");
+    classifier.forget_renderings();
+    finding
+}
+
+/// The `missing` findings at the end of a run.
+fn finish(
+    classifier: &mut Classifier,
+    identities: &[(IdentityView, Option<LinkInfo>)],
+) -> Vec<Finding> {
+    let missing = classifier.missing();
+    provide(classifier, identities, &missing);
+    missing
+        .into_iter()
+        .map(|identity| {
+            classifier
+                .missing_finding(identity)
+                .expect("its identity was rendered")
+        })
+        .collect()
 }
 
 /// Classifies `account` alone against `identities` under `settings` tweaked by `tweak`.
@@ -209,7 +274,7 @@ fn classify(
     identities: &[(IdentityView, Option<LinkInfo>)],
     account: &Value,
 ) -> Finding {
-    classifier(tweak, identities).classify_account(account)
+    classify_with(&mut classifier(tweak, identities), identities, account)
 }
 
 #[test]
@@ -487,9 +552,9 @@ fn run(
     let mut classifier = classifier(as_is, identities);
     let mut findings: Vec<Finding> = accounts
         .iter()
-        .map(|account| classifier.classify_account(account))
+        .map(|account| classify_with(&mut classifier, identities, account))
         .collect();
-    findings.extend(classifier.finish());
+    findings.extend(finish(&mut classifier, identities));
     findings
         .into_iter()
         .map(|finding| (finding.class, finding.action.label(), finding.identity_id))
@@ -535,14 +600,28 @@ fn in_scope_identities_without_an_account_are_missing_at_the_end() {
 fn two_accounts_matching_one_unlinked_identity_are_both_conflicts() {
     use Class::*;
     let id = || Some("i-edsger".to_owned());
-    let mut classifier = classifier(as_is, &roster());
-    let first = classifier.classify_account(&account_of("t-e1", "edsger@example.com", true));
+    let roster = roster();
+    let mut classifier = classifier(as_is, &roster);
+    let account = |id: &str, user_name: &str| account_of(id, user_name, true);
+    let first = classify_with(
+        &mut classifier,
+        &roster,
+        &account("t-e1", "edsger@example.com"),
+    );
     // The listing repeats the first account: still the same finding, no conflict.
-    let again = classifier.classify_account(&account_of("t-e1", "edsger@example.com", true));
+    let again = classify_with(
+        &mut classifier,
+        &roster,
+        &account("t-e1", "edsger@example.com"),
+    );
     assert_eq!(first.class, Adoptable);
     assert_eq!(again.class, Adoptable);
     assert!(classifier.superseded().is_empty());
-    let second = classifier.classify_account(&account_of("t-e2", "EDSGER@example.com", true));
+    let second = classify_with(
+        &mut classifier,
+        &roster,
+        &account("t-e2", "EDSGER@example.com"),
+    );
     assert_eq!(
         (second.class, second.action.label(), second.identity_id),
         (Conflict, "none", id())
@@ -553,12 +632,15 @@ fn two_accounts_matching_one_unlinked_identity_are_both_conflicts() {
         &[("i-edsger".to_owned(), "t-e1".to_owned())]
     );
     // A third one is a conflict too, and supersedes nothing more.
-    let third = classifier.classify_account(&account_of("t-e3", "edsger@example.com", true));
+    let third = classify_with(
+        &mut classifier,
+        &roster,
+        &account("t-e3", "edsger@example.com"),
+    );
     assert_eq!(third.class, Conflict);
     assert_eq!(classifier.superseded().len(), 1);
     // Edsger has accounts: not missing (no create of a fourth).
-    let missing: Vec<_> = classifier
-        .finish()
+    let missing: Vec<_> = finish(&mut classifier, &roster)
         .into_iter()
         .map(|finding| finding.identity_id)
         .collect();
@@ -597,18 +679,114 @@ fn a_duplicate_of_a_linked_account_never_moves_the_link_whatever_the_order() {
 
 #[test]
 fn linked_accounts_not_seen_are_listed_for_confirmation_before_they_are_missing() {
-    let mut classifier = classifier(as_is, &roster());
+    let roster = roster();
+    let mut classifier = classifier(as_is, &roster);
     // Grace is out of scope: her unseen account is never missing, so needs no confirmation.
     assert_eq!(classifier.unseen_links(), vec!["t-ada".to_owned()]);
     // Confirmed by a GET by id: classified like a listed account, no longer unseen.
-    let finding = classifier.classify_account(&ada_account());
+    let finding = classify_with(&mut classifier, &roster, &ada_account());
     assert_eq!(finding.class, Class::InSync);
     assert!(classifier.unseen_links().is_empty());
 }
 
 #[test]
+fn an_account_whose_identity_was_not_read_fails_its_classification_instead_of_being_guessed() {
+    let roster = roster();
+    let mut classifier = classifier(as_is, &roster);
+    // Ada is in scope: her account is compared with her rendered user, which nobody read.
+    assert_eq!(
+        classifier.classify_account(&ada_account()),
+        Err(ReconcileError::NotRendered {
+            identity_id: "i-ada".to_owned()
+        })
+    );
+    // Nothing was recorded: her link is still unseen, and she is still to be rendered.
+    assert_eq!(classifier.unseen_links(), vec!["t-ada".to_owned()]);
+    let wanted = classifier.to_render([&ada_account()]);
+    assert_eq!(wanted.len(), 1);
+    assert_eq!(classifier.identity_id(wanted[0]), "i-ada");
+    // Another person's view is not taken for hers.
+    assert!(!classifier.render(wanted[0], &edsger()));
+    assert!(classifier.classify_account(&ada_account()).is_err());
+    // Grace is terminated: whether her account is an orphan needs no rendering.
+    let grace_account = account_of("t-grace", "grace@example.com", true);
+    assert!(classifier.to_render([&grace_account]).is_empty());
+    assert_eq!(
+        classifier
+            .classify_account(&grace_account)
+            .map(|finding| finding.class),
+        Ok(Class::Orphan)
+    );
+    // Renderings last one page: forgotten, Ada must be read again.
+    provide(&mut classifier, &roster, &wanted);
+    classifier.forget_renderings();
+    assert_eq!(classifier.to_render([&ada_account()]), wanted);
+}
+
+#[test]
+fn hash_collisions_in_the_index_never_tie_an_account_to_another_person() {
+    // Every target id and matching value hashes alike: only the keys tell identities apart.
+    let colliding = |identities: &[(IdentityView, Option<LinkInfo>)]| {
+        let desired = Desired::new(&settings_with(as_is), compiled(as_is))
+            .expect("userName is a valid path")
+            .with_every_hash_colliding();
+        classifier_of(desired, identities)
+    };
+    let second_edsger = IdentityView {
+        id: "i-edsger-2".to_owned(),
+        employee_id: "E401".to_owned(),
+        ..edsger()
+    };
+    let mut identities = roster();
+    identities.push((second_edsger, None));
+    let accounts = [
+        account_of("t-grace", "grace@example.com", true),
+        ada_account(),
+        account_of("t-alan", "alan@example.com", true),
+        account_of("t-e", "edsger@example.com", true),
+        account_of("t-x", "nobody@example.com", true),
+        account_of("t-y", "guest@partner.org", true),
+    ];
+    let findings = |mut classifier: Classifier| {
+        let mut all: Vec<Finding> = accounts
+            .iter()
+            .map(|account| classify_with(&mut classifier, &identities, account))
+            .collect();
+        all.extend(finish(&mut classifier, &identities));
+        let mut findings: Vec<(Class, Option<String>)> = all
+            .into_iter()
+            .map(|finding| (finding.class, finding.identity_id))
+            .collect();
+        findings.push((
+            Class::Conflict,
+            classifier.superseded().first().map(|s| s.0.clone()),
+        ));
+        findings
+    };
+    let expected = findings(classifier(as_is, &identities));
+    let id = |id: &str| Some(id.to_owned());
+    assert_eq!(
+        expected,
+        vec![
+            (Class::Orphan, id("i-grace")),
+            (Class::InSync, id("i-ada")),
+            (Class::Orphan, id("i-alan")),
+            // Two in-scope identities render `edsger@example.com`: the first one is matched.
+            (Class::Adoptable, id("i-edsger")),
+            (Class::Unmatched, None),
+            (Class::Unmanaged, None),
+            // Nobody's account: the second edsger is missing.
+            (Class::Missing, id("i-edsger-2")),
+            (Class::Conflict, None),
+        ]
+    );
+    assert_eq!(findings(colliding(&identities)), expected);
+}
+
+#[test]
 fn a_missing_finding_names_the_user_roster_would_create() {
-    let mut findings = classifier(as_is, &[(ada(), linked("t-gone"))]).finish();
+    let identities = [(ada(), linked("t-gone"))];
+    let mut findings = finish(&mut classifier(as_is, &identities), &identities);
     let finding = findings.pop();
     assert_eq!(
         finding.map(|finding| (finding.target_id, finding.user_name)),
