@@ -267,7 +267,9 @@ async fn measure(harness: &Arc<Harness>, n: usize) -> Result<Figures, BenchError
     let wave: Vec<_> = (0..n).map(|i| harness::joiner("W", i)).collect();
     let started = Instant::now();
     harness.post_batches(&wave).await?;
-    let ideal = Duration::from_secs_f64(n as f64 / f64::from(slowest));
+    // The calls the slowest app needs meanwhile: a create per joiner and a deactivation per
+    // leaver (every leaver leaves every app during the wave).
+    let ideal = Duration::from_secs_f64((n + leavers) as f64 / f64::from(slowest));
 
     // The leavers, spread over the ideal time, while the wave is delivered.
     let sampler = {
