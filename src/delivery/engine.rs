@@ -79,9 +79,9 @@ const DEFAULT_CLAIM_WINDOW: u64 = 8;
 /// two target round trips, which is what its look-up takes when it waits for a merged batch, so
 /// its answer is there when it runs. Plus its [`look_ahead_room`]. More would only wait inside
 /// the process, in front of jobs claimed later (a leaver's has room of its own).
-fn claim_window(settings: &AppSettings, quirks: &Quirks) -> u64 {
+fn claim_window(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
     let concurrency = u64::from(settings.max_concurrency.max(1));
-    concurrency + ahead_room(settings) + look_ahead_room(settings, quirks)
+    concurrency + ahead_room(settings) + look_ahead_room(settings, quirks, bound)
 }
 
 /// Jobs claimed ahead of the app's slots, by its rate: twice its concurrency, at most its rate
@@ -94,14 +94,18 @@ fn ahead_room(settings: &AppSettings) -> u64 {
 /// More jobs claimed ahead where an app's calls are scarce (`limiter::calls_are_scarce`) and it
 /// looks joiners up before creating them: up to [`LOOK_AHEAD_ROOM`] wait claimed, so that
 /// their look-ups, waiting until the first is needed, leave together as one call
-/// (`LookupBatcher::look_ahead`): a slow app spends about one call per account, not two.
-fn look_ahead_room(settings: &AppSettings, quirks: &Quirks) -> u64 {
+/// (`LookupBatcher::look_ahead`): a slow app spends about one call per account, not two. At
+/// most a quarter of what the process claims (`bound`), so that a slow app's backlog never
+/// takes the room of another app's jobs.
+fn look_ahead_room(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
     let scarce =
         limiter::calls_are_scarce(settings.rate_limit.per_second, settings.max_concurrency);
     if !scarce || quirks.creates_before_looking(&settings.matching.target_attribute) {
         return 0;
     }
-    LOOK_AHEAD_ROOM.saturating_sub(ahead_room(settings))
+    LOOK_AHEAD_ROOM
+        .saturating_sub(ahead_room(settings))
+        .min(u64::try_from(bound / 4).unwrap_or(u64::MAX))
 }
 
 /// Jobs claimed in this process at most, in workers: those running, and twice as many waiting
@@ -430,16 +434,14 @@ impl Delivery {
     }
 
     /// The look-ahead rooms of the apps ([`look_ahead_room`]), all together: claimed on top of
-    /// what the workers bound, up to as much again.
-    fn look_ahead_rooms(&self, workers: usize) -> usize {
+    /// what the workers bound (`bound`), up to as much again.
+    fn look_ahead_rooms(&self, bound: usize) -> usize {
         let rooms: u64 = self.runtimes.lock().map_or(0, |map| {
             map.values()
-                .map(|rt| look_ahead_room(&rt.settings, rt.client.quirks()))
+                .map(|rt| look_ahead_room(&rt.settings, rt.client.quirks(), bound))
                 .sum()
         });
-        usize::try_from(rooms)
-            .unwrap_or(usize::MAX)
-            .min(CLAIMED_PER_WORKER * workers)
+        usize::try_from(rooms).unwrap_or(usize::MAX).min(bound)
     }
 
     /// Jobs claimed in this process and not ended, all apps together.
@@ -450,13 +452,16 @@ impl Delivery {
     }
 
     /// The room left in each app's claim window.
-    fn claim_rooms(&self) -> ClaimRooms {
+    fn claim_rooms(&self, bound: usize) -> ClaimRooms {
         let windows: HashMap<String, u64> = self
             .runtimes
             .lock()
             .map(|map| {
                 map.iter()
-                    .map(|(id, rt)| (id.clone(), claim_window(&rt.settings, rt.client.quirks())))
+                    .map(|(id, rt)| {
+                        let window = claim_window(&rt.settings, rt.client.quirks(), bound);
+                        (id.clone(), window)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -1055,8 +1060,8 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         // workers (a few times over: jobs wait claimed ahead of a worker, their look-ups
         // leaving meanwhile), and each app's claim window bounds what waits for it.
         let bound = CLAIMED_PER_WORKER * config.workers.max(1);
-        let free = (bound + delivery.look_ahead_rooms(config.workers.max(1)))
-            .saturating_sub(delivery.claimed_total());
+        let free =
+            (bound + delivery.look_ahead_rooms(bound)).saturating_sub(delivery.claimed_total());
         if free == 0 {
             tokio::select! {
                 _ = tasks.join_next() => {}
@@ -1064,7 +1069,7 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             }
             continue;
         }
-        let rooms = delivery.claim_rooms();
+        let rooms = delivery.claim_rooms(bound);
         let claimed = {
             let _turn = delivery.db.write_turn().await;
             queue::claim_within(
