@@ -382,6 +382,7 @@ impl Delivery {
             Some(gate),
         )
         .map_err(|e| e.to_string())?;
+        let max_concurrency = settings.max_concurrency;
         let rt = Arc::new(AppRuntime {
             version: app.version,
             name: app.name.clone(),
@@ -390,7 +391,7 @@ impl Delivery {
             compiled: Arc::new(compiled),
             client,
             limiter,
-            lookups: Arc::default(),
+            lookups: Arc::new(LookupBatcher::new(max_concurrency)),
         });
         if let Ok(mut map) = self.runtimes.lock() {
             map.insert(app.id.clone(), rt.clone());

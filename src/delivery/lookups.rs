@@ -39,6 +39,8 @@ use crate::scim::{CallRecord, ListQuery, Page, ScimClient, ScimError, filter, id
 const MAX_VALUES: usize = 25;
 /// Look-ups of one app in flight at once. While they are, later ones queue and leave together.
 const MAX_DISPATCHERS: usize = 2;
+/// How long a held-back batch waits at most before it looks again.
+const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 /// Look-ups answered by one listing of the target at most.
 const MAX_LISTED: usize = 500;
 /// Jobs of an app claimed ahead at least, whatever its rate (the engine's claim window): a
@@ -129,6 +131,9 @@ struct Waiter {
     /// Calls made for it that answered nothing (a listing not proven complete): in its job's
     /// log with the call that answers it.
     earlier: Vec<CallRecord>,
+    /// Started ahead while the app's calls were scarce: it leaves only when the jobs already
+    /// answered run low (see [`holds_back`]).
+    scarce: bool,
     /// The job's span and tags: a call made for it is its span's child, tagged as its own.
     span: tracing::Span,
     job: execute::JobCallContext,
@@ -141,9 +146,11 @@ struct Queue {
 }
 
 /// One app's merged look-ups (part of its runtime: rebuilt when its settings change).
-#[derive(Default)]
 pub struct LookupBatcher {
     queue: Mutex<Queue>,
+    /// The app's calls at once: scarce look-ups are held back while more jobs than this have
+    /// their answer and wait for their calls.
+    slots: usize,
     or_refused: AtomicBool,
     listing: Mutex<ListingKnowledge>,
     claims: Mutex<Claims>,
@@ -157,7 +164,13 @@ pub struct LookupBatcher {
 /// account exists and never creates a second one on a target that does not enforce uniqueness.
 /// Calls hold the app's slots one at a time, so nothing else serialises two such jobs.
 #[derive(Default)]
-struct MatchingTurns(Mutex<HashMap<(String, String), ValueLock>>);
+struct MatchingTurns {
+    turns: Mutex<HashMap<(String, String), ValueLock>>,
+    /// Jobs holding their turn: matching (waiting for a look-up) or creating.
+    held: std::sync::atomic::AtomicUsize,
+    /// Told when a turn ends or a look-up is wanted: a held-back batch looks again.
+    changed: Arc<tokio::sync::Notify>,
+}
 
 /// One matching value's turn: held by the job matching it.
 type ValueLock = Arc<tokio::sync::Mutex<()>>;
@@ -172,7 +185,11 @@ pub struct MatchingTurn {
 
 impl Drop for MatchingTurn {
     fn drop(&mut self) {
-        let Ok(mut turns) = self.turns.0.lock() else {
+        if self.held.is_some() {
+            self.turns.held.fetch_sub(1, Ordering::AcqRel);
+            self.turns.changed.notify_waiters();
+        }
+        let Ok(mut turns) = self.turns.turns.lock() else {
             return;
         };
         drop(self.held.take());
@@ -440,6 +457,20 @@ impl ListingProof {
     }
 }
 
+impl Default for LookupBatcher {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
+/// Whether a batch of look-ups started ahead while the app's calls were scarce waits a little
+/// longer, for more look-ups to leave with it: while more jobs than the app's `slots` already
+/// have their answer and wait for their calls (the app stays busy meanwhile), and fewer than a
+/// full listing's worth (`MAX_VALUES`) are queued. Pure, so table-tested.
+fn holds_back(answered_waiting: usize, slots: usize, queued: usize) -> bool {
+    answered_waiting > slots && queued < MAX_VALUES
+}
+
 impl Waiter {
     fn answer(self, found: Result<Vec<Value>, ScimError>, calls: &[CallRecord]) {
         let mut all = self.earlier;
@@ -453,6 +484,21 @@ impl Waiter {
 }
 
 impl LookupBatcher {
+    /// The batcher of an app that makes `slots` calls at once.
+    #[must_use]
+    pub fn new(slots: u32) -> Self {
+        let matching = Arc::new(MatchingTurns::default());
+        Self {
+            queue: Mutex::default(),
+            slots: usize::try_from(slots.max(1)).unwrap_or(1),
+            or_refused: AtomicBool::default(),
+            listing: Mutex::default(),
+            claims: Mutex::default(),
+            creates: Mutex::default(),
+            matching,
+        }
+    }
+
     /// Claims the target resource `target_id` of `kind` (`user`, `group`) for `resource_id`,
     /// which has just created it or is about to adopt it. `Err` names the resource that
     /// claimed it first in this process: adopting it too would give one account two owners.
@@ -561,7 +607,7 @@ impl LookupBatcher {
     /// job's create, if any, is answered.
     pub async fn matching_turn(&self, attr: &str, value: &str) -> MatchingTurn {
         let key = Creates::key(attr, value);
-        let turn = match self.matching.0.lock() {
+        let turn = match self.matching.turns.lock() {
             Ok(mut turns) => Some(turns.entry(key.clone()).or_default().clone()),
             Err(_) => None,
         };
@@ -569,6 +615,9 @@ impl LookupBatcher {
             Some(turn) => Some(super::limiter::without_worker(turn.lock_owned()).await),
             None => None,
         };
+        if held.is_some() {
+            self.matching.held.fetch_add(1, Ordering::AcqRel);
+        }
         MatchingTurn {
             turns: self.matching.clone(),
             key,
@@ -617,6 +666,7 @@ impl LookupBatcher {
             return None;
         }
         let (reply, answer) = oneshot::channel();
+        let wanted_now = wanted;
         let wanted = Arc::new(AtomicBool::new(wanted));
         {
             let mut queue = self.queue.lock().ok()?;
@@ -624,6 +674,7 @@ impl LookupBatcher {
                 attr: attr.to_owned(),
                 value: value.to_owned(),
                 reply,
+                scarce: !wanted_now,
                 wanted: wanted.clone(),
                 earlier: Vec::new(),
                 span,
@@ -650,25 +701,36 @@ impl LookupBatcher {
         if start {
             tokio::spawn(self.clone().dispatch(client.clone()));
         }
+        // A dispatcher holding a batch back looks again.
+        self.matching.changed.notify_waiters();
     }
 
     /// Takes the next batch and how to ask it: the first wanted waiter and more for the same
     /// attribute (up to `MAX_VALUES`, or every one when the target's listing is read); empty
     /// when none is wanted. Waiters whose job no longer waits are dropped.
-    fn next_batch(&self, client: &ScimClient) -> (Vec<Waiter>, Plan) {
+    fn next_batch(&self, client: &ScimClient) -> Option<(Vec<Waiter>, Plan)> {
         let Ok(mut queue) = self.queue.lock() else {
-            return (Vec::new(), Plan::Alone);
+            return Some((Vec::new(), Plan::Alone));
         };
         queue.waiting.retain(|w| !w.reply.is_closed());
-        let Some(at) = queue
-            .waiting
-            .iter()
-            .position(|w| w.wanted.load(Ordering::Acquire))
-        else {
-            return (Vec::new(), Plan::Alone);
+        let wanted = |w: &Waiter| w.wanted.load(Ordering::Acquire);
+        let Some(at) = queue.waiting.iter().position(wanted) else {
+            return Some((Vec::new(), Plan::Alone));
         };
         let attr = queue.waiting[at].attr.clone();
         let pending = queue.waiting.iter().filter(|w| w.attr == attr).count();
+        // Only look-ups started ahead of a scarce app's calls wait for others.
+        if queue.waiting.iter().filter(|w| wanted(w)).all(|w| w.scarce) {
+            let matching = queue.waiting.iter().filter(|w| wanted(w)).count();
+            let answered = self
+                .matching
+                .held
+                .load(Ordering::Acquire)
+                .saturating_sub(matching);
+            if holds_back(answered, self.slots, pending) {
+                return None;
+            }
+        }
         let quirks = client.quirks();
         let merges = quirks.merges_lookups() && quirks.filters_on(&attr);
         let known = self.listing.lock().map(|k| *k).unwrap_or(ListingKnowledge {
@@ -695,7 +757,7 @@ impl LookupBatcher {
         }
         queue.waiting = rest;
         let plan = if batch.len() == 1 { Plan::Alone } else { plan };
-        (batch, plan)
+        Some((batch, plan))
     }
 
     /// Puts `batch` back at the front of the queue (a listing that proved nothing): asked by
@@ -764,12 +826,32 @@ impl LookupBatcher {
     /// Sends queued look-ups until none is left: one waiter's alone, several as one listing.
     async fn dispatch(self: Arc<Self>, client: ScimClient) {
         let _exit = DispatcherExit(&self);
+        let changed = self.matching.changed.clone();
         loop {
-            let (mut batch, plan) = self.next_batch(&client);
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some((mut batch, plan)) = self.next_batch(&client) else {
+                // Held back: until a job's turn ends or a look-up is wanted (at most a second,
+                // whatever the counts say).
+                let _ = tokio::time::timeout(HOLD_AT_MOST, notified).await;
+                continue;
+            };
             if batch.is_empty() {
                 return;
             }
-            tracing::debug!(values = batch.len(), ?plan, "Matching look-ups leave");
+            batch[0].span.in_scope(|| {
+                let wanted = batch
+                    .iter()
+                    .filter(|w| w.wanted.load(Ordering::Acquire))
+                    .count();
+                tracing::debug!(
+                    values = batch.len(),
+                    wanted,
+                    ?plan,
+                    "Matching look-ups leave"
+                );
+            });
             if self.or_refused.load(Ordering::Relaxed) && plan != Plan::Listing {
                 for w in batch {
                     w.alone();
@@ -1047,6 +1129,27 @@ mod tests {
             read(&[page(&["a", "b"], Some(12))], 6).0,
             AfterPage::Continue
         );
+    }
+
+    #[test]
+    fn scarce_look_ups_wait_while_answered_jobs_keep_the_app_busy() {
+        // (jobs answered and waiting for their calls, the app's slots, look-ups queued)
+        let table = [
+            ((0, 1, 1), false),
+            ((1, 1, 1), false),
+            ((2, 1, 1), true),
+            ((2, 1, 24), true),
+            ((2, 1, 25), false),
+            ((4, 4, 3), false),
+            ((5, 4, 3), true),
+        ];
+        for ((answered, slots, queued), held) in table {
+            assert_eq!(
+                holds_back(answered, slots, queued),
+                held,
+                "{answered} answered, {slots} slots, {queued} queued"
+            );
+        }
     }
 
     #[test]
