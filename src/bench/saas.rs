@@ -4,8 +4,9 @@
 //! already have accounts leave, one at a time, and their deactivation in the fastest app is
 //! timed: one slow app must never hold back another.
 //!
-//! Figures: the time until every app holds every account against the ideal (the slowest app's
-//! creates ÷ its rate: one call per account), target calls per account, calls answered 429,
+//! Figures: the time until every app holds every account against the ideal (the calls the
+//! slowest app needs ÷ its rate: a create per joiner and a deactivation per leaver), target
+//! calls per account, calls answered 429,
 //! the leavers' p50/p99 in the fast app, and whether every app holds each account exactly once.
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -17,6 +17,13 @@
 //! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
 //!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
 //!   and leave together, up to 25 values per listing.
+//! - Where the app's calls are scarce, a look-up started ahead waits until its job needs it and
+//!   while more jobs than the app's slots hold an answer (`holds_back`); then it leaves with
+//!   every look-up queued meanwhile. A job's own look-up (none ahead, or after a 409) leaves at
+//!   once.
+//! - A batch is asked by one read of the target's whole user listing when that costs fewer calls
+//!   than by filter (`plan`). Its answer counts only if the listing proves itself complete
+//!   (`ListingProof`); else the batch is asked by filter, and the runtime never lists again.
 //! - A target that refuses the `or` filter (a 4xx other than auth or throttling) is asked one
 //!   value at a time from then on, until the app's settings change (a new runtime).
 //! - The shared call is in every served job's call log (its provisioning log shows the call
@@ -57,9 +64,6 @@ pub struct LookAhead {
     /// Set once the job needs the answer: a look-up started ahead while the app was short of
     /// tokens waits in the queue until then (or until another job's look-up takes it along).
     wanted: Arc<AtomicBool>,
-    /// `Creates::seq` when it was asked: a create of the same value started since makes its
-    /// answer stale.
-    asked: u64,
     asked_at: Instant,
 }
 
@@ -67,12 +71,15 @@ pub struct LookAhead {
 /// round trips, or a few rate-limit periods; one that waited longer (a long pause) asks again.
 const AHEAD_MAX_AGE: Duration = Duration::from_secs(60);
 
-/// The creates this process's jobs started lately, per matching value: a look-up sent ahead
-/// before another job of the app started creating an account with the same value (two people
-/// with one address) is not used: the job asks again, as it would have without looking ahead.
+/// The creates this process's jobs started lately, per matching value: a look-up sent ahead is
+/// not used if another job of the app started creating an account with the same value (two
+/// people with one address, or the same person's create whose outcome was unknown) lately —
+/// after it was asked, or before, since that create may have been under way when it was
+/// answered: the job asks again, inside its matching turn, as it would have without looking
+/// ahead.
 #[derive(Default)]
 struct Creates {
-    /// Counts starts; a look-up ahead notes it when asked.
+    /// Counts starts, to tell a value's latest start from its earlier ones.
     seq: u64,
     /// (attribute, value ignoring case) → the `seq` of the latest create started with it.
     latest: HashMap<(String, String), u64>,
@@ -103,13 +110,12 @@ impl Creates {
         self.order.push_back((now, self.seq, key));
     }
 
-    /// Whether a look-up of `value` asked at `asked` may still be used at `now`.
-    fn fresh(&self, attr: &str, value: &str, asked: u64, asked_at: Instant, now: Instant) -> bool {
+    /// Whether a look-up of `value` asked at `asked_at` may still be used at `now`: not too
+    /// old, and no create of that value started lately (forgotten `AHEAD_MAX_AGE` after it
+    /// started, at the next start).
+    fn fresh(&self, attr: &str, value: &str, asked_at: Instant, now: Instant) -> bool {
         now.duration_since(asked_at) <= AHEAD_MAX_AGE
-            && self
-                .latest
-                .get(&Self::key(attr, value))
-                .is_none_or(|started| *started <= asked)
+            && !self.latest.contains_key(&Self::key(attr, value))
     }
 }
 
@@ -591,14 +597,12 @@ impl LookupBatcher {
         job: execute::JobCallContext,
         scarce: bool,
     ) -> Option<LookAhead> {
-        let asked = self.creates.lock().ok()?.seq;
         let (answer, wanted) = self.enqueue(client, attr, value, span, job, !scarce)?;
         Some(LookAhead {
             attr: attr.to_owned(),
             value: value.to_owned(),
             answer,
             wanted,
-            asked,
             asked_at: Instant::now(),
         })
     }
@@ -641,13 +645,7 @@ impl LookupBatcher {
 
     fn still_fresh(&self, ahead: &LookAhead) -> bool {
         self.creates.lock().is_ok_and(|creates| {
-            creates.fresh(
-                &ahead.attr,
-                &ahead.value,
-                ahead.asked,
-                ahead.asked_at,
-                Instant::now(),
-            )
+            creates.fresh(&ahead.attr, &ahead.value, ahead.asked_at, Instant::now())
         })
     }
 
@@ -982,32 +980,33 @@ mod tests {
     }
 
     #[test]
-    fn a_look_up_sent_ahead_is_stale_once_a_create_of_its_value_started_or_it_is_old() {
+    fn a_look_up_sent_ahead_is_stale_once_a_create_of_its_value_started_lately_or_it_is_old() {
         let mut creates = Creates::default();
         let t0 = Instant::now();
-        let asked = creates.seq;
-        assert!(creates.fresh("userName", "ada@example.com", asked, t0, t0));
+        assert!(creates.fresh("userName", "ada@example.com", t0, t0));
         creates.started("userName", "bob@example.com", t0);
         assert!(
-            creates.fresh("userName", "ada@example.com", asked, t0, t0),
+            creates.fresh("userName", "ada@example.com", t0, t0),
             "another value"
         );
         creates.started("userName", "ADA@example.com", t0);
         assert!(
-            !creates.fresh("userName", "ada@example.com", asked, t0, t0),
+            !creates.fresh("userName", "ada@example.com", t0, t0),
             "a create of the same value (ignoring case) started after it was asked"
         );
-        let asked_later = creates.seq;
-        assert!(creates.fresh("userName", "ada@example.com", asked_later, t0, t0));
+        // Asked after that create started: it may have been under way when answered.
+        let later = t0 + Duration::from_millis(10);
+        assert!(!creates.fresh("userName", "ada@example.com", later, later));
         let late = t0 + AHEAD_MAX_AGE + Duration::from_secs(1);
         assert!(
-            !creates.fresh("userName", "ada@example.com", asked_later, t0, late),
+            !creates.fresh("userName", "cy@example.com", t0, late),
             "too old"
         );
         // Old starts are forgotten as new ones come.
         creates.started("userName", "cy@example.com", late);
         assert_eq!(creates.latest.len(), 1);
         assert_eq!(creates.order.len(), 1);
+        assert!(creates.fresh("userName", "ada@example.com", late, late));
     }
 
     #[test]

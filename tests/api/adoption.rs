@@ -1302,3 +1302,66 @@ async fn a_listing_not_proven_complete_never_leads_to_a_second_account() {
         assert!(listings >= 1, "{prefix}: the target's listing was read");
     }
 }
+
+/// Two people with one address, the second claimed while the first's create is under way:
+/// the second's look-up ahead is answered before that create lands ("not found"), and must not
+/// be used once the first's create is answered (it started before the look-up was asked, but
+/// had not landed): asked again inside its turn, it finds the first's account, linked to
+/// someone else. Never a second account on a target that allows one.
+#[tokio::test]
+async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_again() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        holds_posts: true,
+        ..Misbehaviour::default()
+    });
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "under-way",
+        &base,
+        // Longer than the waits below: the held create does not time out meanwhile.
+        json!({"max_concurrency": 2, "timeout_ms": 60_000}),
+    )
+    .await;
+    let person = |i: usize, employee: &str| {
+        joiner(
+            &format!("uw{i}"),
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({"email": "under-way@example.com", "given_name": employee}),
+        )
+    };
+    let look_ups = || {
+        stub.seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.query.contains("under-way@example.com"))
+            .count()
+    };
+    app.post_event(&person(0, "WAY-A")).await;
+    eventually("A's create held", Duration::from_secs(20), || async {
+        stub.seen().iter().any(|s| s.method == "POST").then_some(())
+    })
+    .await;
+    // B is claimed now: its look-up ahead leaves while A's create is held.
+    app.post_event(&person(1, "WAY-B")).await;
+    eventually(
+        "B looked up while A's create is held",
+        Duration::from_secs(20),
+        || async { (look_ups() >= 2).then_some(()) },
+    )
+    .await;
+    stub.release_posts();
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "one account for one address: {users:?}");
+    assert!(look_ups() >= 3, "B asked again after A's create");
+    let dead = app.get("/api/v1/jobs?state=dead").await.body;
+    assert!(
+        dead["items"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{dead}"
+    );
+}
