@@ -128,8 +128,8 @@ impl Limit {
 
 /// How much arrival jitter a bucket's pacing allows for: calls leave a token apart, but reach
 /// the target a few milliseconds early or late (scheduling, the network, the target's own
-/// timers). Once the target's bucket is drained (after a burst, or at any time with a burst of
-/// 1) it refuses a call that arrives a moment before its token, so calls sent at exactly the
+/// timers). Once the target's bucket is drained (after a burst, or always with a burst of one)
+/// it refuses a call that arrives a moment before its token, so calls sent at exactly the
 /// documented rate are answered 429 about as often as one was later than the next.
 const ARRIVAL_JITTER: Duration = Duration::from_millis(30);
 
