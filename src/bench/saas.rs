@@ -33,13 +33,13 @@ const VENDORS: &[Vendor] = &[
         connector: "figma",
         params: &[("tenant_id", "bench")],
         latency_ms: 20,
-        profile: Profile::Rfc,
+        profile: Profile::Figma,
     },
     Vendor {
         connector: "asana",
         params: &[],
         latency_ms: 45,
-        profile: Profile::Rfc,
+        profile: Profile::Asana,
     },
     Vendor {
         connector: "aws-identity-center",
@@ -57,13 +57,13 @@ const VENDORS: &[Vendor] = &[
         connector: "slack",
         params: &[("organization", "bench")],
         latency_ms: 120,
-        profile: Profile::Rfc,
+        profile: Profile::Slack,
     },
     Vendor {
         connector: "atlassian",
         params: &[("directory_id", "bench")],
         latency_ms: 145,
-        profile: Profile::Rfc,
+        profile: Profile::Atlassian,
     },
     Vendor {
         connector: "salesforce",

@@ -972,6 +972,223 @@ pub fn group_origin(snapshot: Option<&Value>) -> Option<&str> {
     snapshot?.get("origin")?.as_str()
 }
 
+/// A group link's snapshot lists, under `replaces`, the target groups roster created that a
+/// replacement group (a rename where the target cannot rename, [`replace_renamed_group`])
+/// still has to delete: written with the new group's link before the old group is deleted, so
+/// that a job failing in between deletes them on its retry, and nothing else is ever deleted.
+pub const GROUP_REPLACES: &str = "replaces";
+
+/// The target ids a group link's snapshot lists under [`GROUP_REPLACES`].
+#[must_use]
+pub fn replaced_groups(snapshot: Option<&Value>) -> Vec<String> {
+    snapshot
+        .and_then(|s| s.get(GROUP_REPLACES))
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pushed group's link snapshot: roster's name, the members roster last applied, whether
+/// roster created the group, and the replaced groups still to delete (when there are any).
+fn group_snapshot(
+    name: &str,
+    members: &BTreeSet<String>,
+    origin: Option<&str>,
+    replaces: &[String],
+) -> Value {
+    let mut snapshot = json!({
+        "displayName": name,
+        "members": members.iter().collect::<Vec<_>>(),
+        "origin": origin,
+    });
+    if !replaces.is_empty() {
+        snapshot[GROUP_REPLACES] = json!(replaces);
+    }
+    snapshot
+}
+
+/// Stages a pushed group's link to `target_id` with [`group_snapshot`].
+fn stage_group_link(
+    writes: &mut JobWrites,
+    ctx: &AppContext<'_>,
+    group_name: &str,
+    target_id: &str,
+    snapshot: &Value,
+) {
+    stage_link(
+        writes,
+        &ctx.app.id,
+        ResourceKind::Group,
+        group_name,
+        LinkState::linked(target_id, snapshot),
+    );
+}
+
+/// Deletes the replaced target groups `ids` (see [`GROUP_REPLACES`]): each one roster created
+/// and whose members now are in its replacement. A group linked to another roster group in
+/// the meantime is not deleted (it is that group's now); one already gone counts as deleted.
+async fn delete_replaced(
+    ctx: &AppContext<'_>,
+    group_name: &str,
+    ids: &[String],
+) -> Result<(), JobError> {
+    for id in ids {
+        if let Some(other) =
+            linked_to_another(ctx.conn, &ctx.app.id, ResourceKind::Group, id, group_name).await?
+        {
+            tracing::warn!(
+                app = %ctx.app.name,
+                group = group_name,
+                target_id = %id,
+                other = %other,
+                "Not deleting a replaced target group now linked to another roster group"
+            );
+            continue;
+        }
+        doing(Operation::Delete);
+        ctx.client
+            .groups()
+            .delete(id)
+            .await
+            .map_err(|e| JobError::scim(Operation::Delete, e))?;
+    }
+    Ok(())
+}
+
+/// A pushed group renamed in the target (by hand) where the target cannot rename groups
+/// (`quirks.group_rename = false`): create–move–delete. A target group of roster's name is
+/// looked up first (a create whose job failed or crashed before its link was written, or a
+/// group made by hand), and created only if there is none; it gets the wanted members (added
+/// in chunks of `max_members_per_patch`); its link is staged right after it is found or
+/// created, naming the old group under [`GROUP_REPLACES`] when roster created that one, so
+/// that a failure from then on leaves the link on the new group and a retry finishes the
+/// delete. The old group is deleted only if roster created it (`origin` `created`); one
+/// roster adopted was the app's before: it is left as it is, members and all, and only
+/// unlinked (reconciliation then lists it as `unmanaged`).
+#[allow(clippy::too_many_arguments)]
+async fn replace_renamed_group(
+    ctx: &AppContext<'_>,
+    group: &group::Model,
+    old_id: &str,
+    old_name: &str,
+    old_origin: Option<&str>,
+    desired: &BTreeSet<String>,
+    mut replaces: Vec<String>,
+    writes: &mut JobWrites,
+) -> Result<Operation, JobError> {
+    let group_name = group.name.as_str();
+    doing(Operation::Adopt);
+    let found: Vec<Value> = ctx
+        .client
+        .groups()
+        .find_by("displayName", group_name)
+        .await
+        .map_err(|e| JobError::scim(Operation::Adopt, e))?
+        .into_iter()
+        .filter(|g| id_of(g) != Some(old_id))
+        .collect();
+    let (new_id, origin, members) = match found.as_slice() {
+        [one] => {
+            let id = adoptable(ctx, ResourceKind::Group, group_name, one).await?;
+            // roster's creates carry the roster group's id as `externalId`.
+            let ours = one.get("externalId").and_then(Value::as_str) == Some(group.id.as_str());
+            let origin = if ours { GROUP_CREATED } else { GROUP_ADOPTED };
+            (id, origin, target_members(one))
+        }
+        [] => {
+            doing(Operation::Create);
+            let created = ctx
+                .client
+                .groups()
+                .create(&json!({
+                    "schemas": [crate::scim::schemas::GROUP],
+                    "displayName": group_name,
+                    "externalId": group.id,
+                }))
+                .await
+                .map_err(|e| {
+                    if e.status() == Some(409) {
+                        JobError::Unprocessable(format!(
+                            "the target cannot rename groups, and creating `{group_name}` to \
+                             replace target group {old_id} (now `{old_name}`) was refused as a \
+                             duplicate name (names may be compared ignoring case); rename or \
+                             remove one by hand"
+                        ))
+                    } else {
+                        JobError::scim(Operation::Create, e)
+                    }
+                })?;
+            let id = id_of(&created).map(str::to_owned).ok_or_else(|| {
+                JobError::Unprocessable("target answered a group create without an id".into())
+            })?;
+            (id, GROUP_CREATED, BTreeSet::new())
+        }
+        _ => {
+            return Err(JobError::Unprocessable(format!(
+                "several target groups are named `{group_name}`; link one by hand"
+            )));
+        }
+    };
+    if old_origin == Some(GROUP_CREATED) {
+        replaces.push(old_id.to_owned());
+    } else {
+        tracing::warn!(
+            app = %ctx.app.name,
+            group = group_name,
+            target_id = %old_id,
+            "The target cannot rename groups: not deleting the renamed target group roster did \
+             not create; it is unlinked and left as it is"
+        );
+    }
+    replaces.retain(|id| *id != new_id);
+    // The new group's link first: from here on a failure or a crash leaves the link on it.
+    stage_group_link(
+        writes,
+        ctx,
+        group_name,
+        &new_id,
+        &group_snapshot(group_name, &members, Some(origin), &replaces),
+    );
+    doing(Operation::GroupUpdate);
+    let to_add: Vec<String> = desired.difference(&members).cloned().collect();
+    let to_remove: Vec<String> = members.difference(desired).cloned().collect();
+    if !to_add.is_empty() {
+        ctx.client
+            .groups()
+            .add_members(&new_id, &to_add)
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
+    if !to_remove.is_empty() {
+        ctx.client
+            .groups()
+            .remove_members(&new_id, &to_remove)
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
+    stage_group_link(
+        writes,
+        ctx,
+        group_name,
+        &new_id,
+        &group_snapshot(group_name, desired, Some(origin), &replaces),
+    );
+    delete_replaced(ctx, group_name, &replaces).await?;
+    stage_group_link(
+        writes,
+        ctx,
+        group_name,
+        &new_id,
+        &group_snapshot(group_name, desired, Some(origin), &[]),
+    );
+    Ok(Operation::GroupUpdate)
+}
+
 /// The links of the accounts a roster group's members have in the app, `linked` ones only:
 /// their target ids are what the pushed group's members should be. One definition for
 /// delivery and reconciliation, so that both agree on what the target group should hold.
@@ -1033,7 +1250,13 @@ pub async fn deliver_group(
         .await?;
     let (Some(group), true) = (group, pushed) else {
         // No longer pushed or deleted in roster: remove the target group roster created. A
-        // group roster adopted was the app's before, and stays: only the link goes.
+        // group roster adopted was the app's before, and stays: only the link goes. Groups a
+        // replacement left to delete go too (roster created them).
+        if let Some(l) = &existing
+            && l.target_id.is_some()
+        {
+            delete_replaced(ctx, group_name, &replaced_groups(l.snapshot.as_ref())).await?;
+        }
         if let Some(l) = &existing
             && l.target_id.is_some()
             && group_origin(l.snapshot.as_ref()) != Some(GROUP_CREATED)
@@ -1150,10 +1373,29 @@ pub async fn deliver_group(
                 }
             }
         };
+    // Replaced groups an earlier job left to delete (only on the link's own group).
+    let replaces = existing
+        .as_ref()
+        .filter(|l| l.target_id.as_deref() == Some(target_id.as_str()))
+        .map(|l| replaced_groups(l.snapshot.as_ref()))
+        .unwrap_or_default();
+    let renamed = current_name != group_name;
+    if renamed && !ctx.client.quirks().group_rename {
+        return replace_renamed_group(
+            ctx,
+            &group,
+            &target_id,
+            &current_name,
+            origin.as_deref(),
+            &desired,
+            replaces,
+            writes,
+        )
+        .await;
+    }
     let to_add: Vec<String> = desired.difference(&current).cloned().collect();
     let to_remove: Vec<String> = current.difference(&desired).cloned().collect();
     doing(Operation::GroupUpdate);
-    let renamed = current_name != group_name;
     if renamed {
         // Renamed by hand in the target: the group is roster's, its name too.
         ctx.client
@@ -1179,23 +1421,24 @@ pub async fn deliver_group(
             .await
             .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
     }
-    let snapshot = json!({
-        "displayName": group_name,
-        "members": desired.iter().collect::<Vec<_>>(),
-        "origin": origin,
-    });
-    stage_link(
+    stage_group_link(
         writes,
-        &ctx.app.id,
-        ResourceKind::Group,
+        ctx,
         group_name,
-        LinkState {
-            target_id: Some(&target_id),
-            snapshot: Some(&snapshot),
-            state: "linked",
-            delete_after: None,
-        },
+        &target_id,
+        &group_snapshot(group_name, &desired, origin.as_deref(), &replaces),
     );
+    if !replaces.is_empty() {
+        delete_replaced(ctx, group_name, &replaces).await?;
+        stage_group_link(
+            writes,
+            ctx,
+            group_name,
+            &target_id,
+            &group_snapshot(group_name, &desired, origin.as_deref(), &[]),
+        );
+        return Ok(Operation::GroupUpdate);
+    }
     Ok(if to_add.is_empty() && to_remove.is_empty() && !renamed {
         Operation::Noop
     } else {

@@ -735,6 +735,11 @@ impl LookupBatcher {
             unproven: true,
             ..ListingKnowledge::default()
         });
+        // A target whose listings leave accounts out (guests, say) never proves an absence.
+        let known = ListingKnowledge {
+            unproven: known.unproven || !quirks.user_listings_complete,
+            ..known
+        };
         let plan = plan(pending, merges, &known, quirks.page_size);
         let most = if plan == Plan::Listing {
             MAX_LISTED

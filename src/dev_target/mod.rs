@@ -27,7 +27,11 @@
 //!   `--hang-rate` (no answer until shutdown), then the `--token` check. `--seed` makes the
 //!   fault draws reproducible.
 //! - `--profile NAME` (`dev_target::profiles`): a catalogue connector's vendor, emulated by
-//!   the rules its documentation states (each citing its source); `rfc` is the default.
+//!   the rules its documentation states (each citing its source); `rfc` is the default. A
+//!   profile's documented rate limits (Slack's and Miro's) are buckets of the whole process
+//!   (every tenant: one organisation), checked after auth, 429 + `Retry-After` beyond one;
+//!   `--vendor-limit NAME=LIMIT/SECONDS[:BURST]` replaces one (tests lower them).
+//!   `--guest-domain D` names the domains of Asana's guests, which its listings leave out.
 //! - TLS: `--tls-cert` and `--tls-key` (PEM files) serve https; `--client-ca` then requires a
 //!   client certificate signed by that CA (mutual TLS).
 //! - In-process use (tests, bench, demo): [`spawn`] on port 0, then [`DevTarget`]'s accessors
@@ -107,6 +111,11 @@ pub struct DevTargetArgs {
     /// (`rfc`, the default, is strict RFC 7644).
     #[arg(long, value_enum, default_value_t = Profile::Rfc)]
     pub profile: Profile,
+    /// Replace one of the profile's documented rate limits (`slack`, `miro`): `NAME=LIMIT/SECONDS`
+    /// or `NAME=LIMIT/SECONDS:BURST`, e.g. `writes=5/1:3` (repeatable; an unknown name is an
+    /// error listing the profile's).
+    #[arg(long = "vendor-limit", value_name = "NAME=LIMIT/SECONDS[:BURST]")]
+    pub vendor_limits: Vec<String>,
     /// Serve https with this PEM certificate (then its chain); needs `--tls-key`.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -116,6 +125,10 @@ pub struct DevTargetArgs {
     /// Require a client certificate signed by this PEM CA (mutual TLS); needs `--tls-cert`.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<std::path::PathBuf>,
+    /// With `--profile asana`: accounts whose userName is at this domain are guests, left out
+    /// of every listing of /Users as Asana leaves its guests out (repeatable).
+    #[arg(long = "guest-domain")]
+    pub guest_domains: Vec<String>,
 }
 
 impl Default for DevTargetArgs {
@@ -139,9 +152,11 @@ impl Default for DevTargetArgs {
             drop_reply_rate: 0.0,
             allow_duplicate_user_names: false,
             profile: Profile::Rfc,
+            vendor_limits: Vec::new(),
             tls_cert: None,
             tls_key: None,
             client_ca: None,
+            guest_domains: Vec::new(),
         }
     }
 }
@@ -169,6 +184,9 @@ pub async fn spawn(args: DevTargetArgs) -> std::io::Result<DevTarget> {
             "--fail-rate, --hang-rate and --drop-reply-rate must be between 0 and 1",
         ));
     }
+    args.profile
+        .rate_limits(&args.vendor_limits)
+        .map_err(|e| invalid(&e))?;
     let tls = tls_config(&args)?;
     let acceptor = poem::listener::TcpListener::bind(args.listen)
         .into_acceptor()

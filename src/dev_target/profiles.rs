@@ -13,6 +13,12 @@ use serde_json::Value;
 use super::filter;
 use super::store::Refusal;
 
+mod asana;
+mod atlassian;
+mod figma;
+mod miro;
+mod slack;
+
 /// Which vendor the dev-target emulates.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Profile {
@@ -29,6 +35,16 @@ pub enum Profile {
     Snowflake,
     /// AWS IAM Identity Center.
     AwsIdentityCenter,
+    /// Atlassian Cloud (Guard user provisioning).
+    Atlassian,
+    /// Slack (Business+ and Enterprise Grid).
+    Slack,
+    /// Miro.
+    Miro,
+    /// Figma (Organization and Enterprise plans).
+    Figma,
+    /// Asana (Enterprise Domains); `--guest-domain` names the domains of its guests.
+    Asana,
 }
 
 /// AWS answers what it does not support with 400 `ValidationException` ("This error also
@@ -53,6 +69,9 @@ pub enum Verdict {
     /// Served as RFC 7644 says, with this `filter` instead of the one asked (the vendor's
     /// reading of a filter written its own way).
     ServeFilter(String),
+    /// A DELETE of a user answered 204 after setting its `active` to false: the vendor's
+    /// DELETE deactivates, and the account stays.
+    Deactivate,
 }
 
 /// A request as the profile rules see it.
@@ -62,6 +81,43 @@ pub struct Seen<'a> {
     pub query: &'a BTreeMap<String, String>,
     pub body: Option<&'a Value>,
     pub user_agent: Option<&'a str>,
+    /// The length of the request's body in bytes (0 without one).
+    pub body_bytes: usize,
+}
+
+impl Seen<'_> {
+    /// `/Users` or `/Groups`, or below them.
+    fn on_resources(&self) -> bool {
+        matches!(self.segments.first(), Some(&("Users" | "Groups")))
+    }
+
+    /// `/Users/{id}`.
+    fn on_user(&self) -> bool {
+        self.segments.len() == 2 && self.segments[0] == "Users"
+    }
+
+    /// A POST (but a search), PUT, PATCH or DELETE.
+    fn writes(&self) -> bool {
+        match *self.method {
+            Method::POST => self.segments.last() != Some(&".search"),
+            Method::PUT | Method::PATCH | Method::DELETE => true,
+            _ => false,
+        }
+    }
+}
+
+/// One documented rate limit of a vendor: `limit` requests per `window_seconds`, `burst` at
+/// once, of the requests `counts` selects. The dev-target keeps one bucket per limit for the
+/// whole process, every tenant together (the vendor's organisation), and answers a request
+/// beyond one with 429 and `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+pub struct VendorLimit {
+    /// Its name, for `--vendor-limit NAME=LIMIT/SECONDS[:BURST]`.
+    pub name: &'static str,
+    pub limit: u32,
+    pub window_seconds: u32,
+    pub burst: u32,
+    pub counts: fn(&Seen<'_>) -> bool,
 }
 
 impl Profile {
@@ -85,6 +141,89 @@ impl Profile {
         self == Profile::AwsIdentityCenter
     }
 
+    /// The most resources the vendor returns in one page, whatever `count` asks for (and
+    /// whatever `--max-page-size` says), if it documents one.
+    #[must_use]
+    pub fn max_page_size(self) -> Option<usize> {
+        match self {
+            Profile::Atlassian => Some(atlassian::MAX_PAGE),
+            _ => None,
+        }
+    }
+
+    /// A listing's page size without `count`, and the largest `count` served, if the vendor
+    /// documents them (else the dev-target's `--max-page-size` for both).
+    #[must_use]
+    pub fn page_sizes(self) -> Option<(usize, usize)> {
+        match self {
+            Profile::Slack => Some(slack::PAGE_SIZES),
+            _ => None,
+        }
+    }
+
+    /// Whether the vendor documents a 409 for a duplicate userName, so the emulation keeps
+    /// userNames unique even with `--allow-duplicate-user-names`.
+    #[must_use]
+    pub fn rejects_duplicate_user_names(self) -> bool {
+        // "An existing user gives 409": https://developer.atlassian.com/cloud/admin/user-provisioning/rest/intro/.
+        self == Profile::Atlassian
+    }
+
+    /// Why a PUT or PATCH (`body`) of the stored group `current` is refused, where the vendor
+    /// refuses what it would change (a rename, for a vendor that cannot rename groups).
+    #[must_use]
+    pub fn group_write_refusal(
+        self,
+        method: &Method,
+        current: &Value,
+        body: &Value,
+    ) -> Option<Refusal> {
+        match self {
+            Profile::Atlassian => atlassian::rename_refusal(method, current, body),
+            _ => None,
+        }
+    }
+
+    /// The vendor's documented rate limits, each overridden by a `NAME=LIMIT/SECONDS[:BURST]`
+    /// of `overrides` with its name (a test lowers one to reach it with a few calls).
+    pub fn rate_limits(self, overrides: &[String]) -> Result<Vec<VendorLimit>, String> {
+        let documented: &[VendorLimit] = match self {
+            Profile::Slack => slack::LIMITS,
+            Profile::Miro => miro::LIMITS,
+            _ => &[],
+        };
+        let mut limits = documented.to_vec();
+        for text in overrides {
+            let parsed = text.split_once('=').and_then(|(name, rate)| {
+                let (rate, burst) = match rate.split_once(':') {
+                    Some((rate, burst)) => (rate, Some(burst.trim().parse::<u32>().ok()?)),
+                    None => (rate, None),
+                };
+                let (limit, seconds) = rate.split_once('/')?;
+                let limit = limit.trim().parse::<u32>().ok()?;
+                let seconds = seconds.trim().parse::<u32>().ok()?;
+                (limit > 0 && seconds > 0 && burst != Some(0))
+                    .then(|| (name.trim(), limit, seconds, burst.unwrap_or(limit)))
+            });
+            let Some((name, limit, seconds, burst)) = parsed else {
+                return Err(format!(
+                    "--vendor-limit {text}: expected NAME=LIMIT/SECONDS[:BURST], all above 0"
+                ));
+            };
+            let Some(known) = limits.iter_mut().find(|l| l.name == name) else {
+                let names: Vec<&str> = documented.iter().map(|l| l.name).collect();
+                return Err(format!(
+                    "--vendor-limit {text}: this profile's limits are [{}]",
+                    names.join(", ")
+                ));
+            };
+            known.limit = limit;
+            known.window_seconds = seconds;
+            known.burst = burst;
+        }
+        Ok(limits)
+    }
+
     /// Changes a resource as the vendor answers it on a read (GET of one, or a listing).
     pub fn shape_read(self, collection: &str, resource: &mut Value) {
         // "GetGroup and ListGroups return an empty member list": https://docs.aws.amazon.com/singlesignon/latest/developerguide/listgroups.html.
@@ -95,6 +234,26 @@ impl Profile {
             object.retain(|key, _| !key.eq_ignore_ascii_case("members"));
             object.insert("members".to_owned(), Value::Array(Vec::new()));
         }
+    }
+
+    /// Whether a listing of `collection` shows `resource` (some vendors leave accounts out of
+    /// their listings; read by id, those accounts are served).
+    #[must_use]
+    pub fn lists(self, collection: &str, resource: &Value, guest_domains: &[String]) -> bool {
+        !(self == Profile::Asana
+            && collection == "Users"
+            && asana::is_guest(resource, guest_domains))
+    }
+
+    /// Whether a user set `active: false` (PUT or PATCH) leaves every group it was in.
+    #[must_use]
+    pub fn deactivation_leaves_groups(self) -> bool {
+        // "active … Use this parameter to deactivate or reactivate users in Figma. Deactivated
+        // users are removed from the organization": https://developers.figma.com/docs/rest-api/scim-supported-schemas.
+        // The account itself stays readable, `active: false`: "This will delete the user from
+        // Figma, but maintain a record in the SCIM provisioning log of the user. This means the
+        // user will be listed": https://developers.figma.com/docs/rest-api/scim-examples.
+        self == Profile::Figma
     }
 
     #[must_use]
@@ -179,6 +338,11 @@ impl Profile {
                 Verdict::Serve
             }
             Profile::AwsIdentityCenter => aws_check(seen),
+            Profile::Atlassian => atlassian::check(seen),
+            Profile::Slack => slack::check(seen),
+            Profile::Miro => miro::check(seen),
+            Profile::Figma => figma::check(seen),
+            Profile::Asana => asana::check(seen),
             Profile::Snowflake => {
                 // Before BCR bundle 2026_03: "only single eq/sw filters work; unsupported
                 // filters (and/or, malformed) silently return 200 with empty Resources".
@@ -433,6 +597,7 @@ mod tests {
             query: &query,
             body: body.as_ref(),
             user_agent: Some("roster"),
+            body_bytes: body.as_ref().map_or(0, |b| b.to_string().len()),
         })
     }
 
@@ -452,6 +617,7 @@ mod tests {
             query: &query,
             body: body.as_ref(),
             user_agent: Some("roster"),
+            body_bytes: body.as_ref().map_or(0, |b| b.to_string().len()),
         })
     }
 
@@ -612,5 +778,206 @@ mod tests {
             Profile::Salesforce.discovery_segment(),
             "ServiceProviderConfigs"
         );
+    }
+
+    fn seen_verdict(profile: Profile, method: Method, segments: &[&str], body: &Value) -> Verdict {
+        verdict(profile, method, segments, None, Some(body.clone()))
+    }
+
+    #[test]
+    fn slack_needs_a_user_name_and_an_email_and_its_delete_deactivates_users_only() {
+        let ok = json!({"userName": "a", "emails": [{"value": "a@x"}]});
+        assert!(matches!(
+            seen_verdict(Profile::Slack, Method::POST, &["Users"], &ok),
+            Verdict::Serve
+        ));
+        for bad in [
+            json!({"userName": "a"}),
+            json!({"userName": "a", "emails": []}),
+            json!({"userName": "a", "emails": [{"type": "work"}]}),
+            json!({"emails": [{"value": "a@x"}]}),
+        ] {
+            assert!(
+                matches!(seen_verdict(Profile::Slack, Method::POST, &["Users"], &bad),
+                    Verdict::Refuse(r) if r.status == 400 && r.detail.contains("email")),
+                "{bad}"
+            );
+            assert!(matches!(
+                seen_verdict(Profile::Rfc, Method::POST, &["Users"], &bad),
+                Verdict::Serve
+            ));
+        }
+        assert!(matches!(
+            verdict(Profile::Slack, Method::DELETE, &["Users", "u"], None, None),
+            Verdict::Deactivate
+        ));
+        assert!(matches!(
+            verdict(Profile::Slack, Method::DELETE, &["Groups", "g"], None, None),
+            Verdict::Serve
+        ));
+        assert!(matches!(
+            verdict(Profile::Rfc, Method::DELETE, &["Users", "u"], None, None),
+            Verdict::Serve
+        ));
+        assert_eq!(Profile::Slack.page_sizes(), Some((10, 1000)));
+        assert_eq!(Profile::Rfc.page_sizes(), None);
+    }
+
+    /// The names of the limits that count `method` on `segments` with a body of `bytes`.
+    fn counted_by(
+        profile: Profile,
+        method: Method,
+        segments: &[&str],
+        bytes: usize,
+    ) -> Vec<&'static str> {
+        let query = BTreeMap::new();
+        let seen = Seen {
+            method: &method,
+            segments,
+            query: &query,
+            body: None,
+            user_agent: Some("roster"),
+            body_bytes: bytes,
+        };
+        profile
+            .rate_limits(&[])
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| (l.counts)(&seen))
+            .map(|l| l.name)
+            .collect()
+    }
+
+    #[test]
+    fn slack_limits_are_counted_per_operation_and_can_be_lowered_by_name() {
+        assert_eq!(
+            counted_by(Profile::Slack, Method::POST, &["Users"], 10),
+            ["writes", "users-post"]
+        );
+        assert_eq!(
+            counted_by(Profile::Slack, Method::GET, &["Users", "u"], 0),
+            ["reads", "users-get-one"]
+        );
+        assert_eq!(
+            counted_by(Profile::Slack, Method::POST, &["Users", ".search"], 10),
+            ["reads"]
+        );
+        assert_eq!(
+            counted_by(Profile::Slack, Method::PATCH, &["Groups", "g"], 10),
+            ["writes"]
+        );
+        assert_eq!(
+            counted_by(Profile::Slack, Method::DELETE, &["Users", "u"], 0),
+            ["writes", "users-delete"]
+        );
+        assert!(counted_by(Profile::Rfc, Method::POST, &["Users"], 10).is_empty());
+        let writes = |limits: &[VendorLimit]| {
+            limits
+                .iter()
+                .find(|l| l.name == "writes")
+                .map(|l| (l.limit, l.window_seconds, l.burst))
+        };
+        let documented = Profile::Slack.rate_limits(&[]).expect("documented");
+        assert_eq!(writes(&documented), Some((600, 60, 180)));
+        let lowered = Profile::Slack
+            .rate_limits(&["writes=5/1:3".to_owned()])
+            .expect("lowered");
+        assert_eq!(writes(&lowered), Some((5, 1, 3)));
+        let no_burst = Profile::Slack
+            .rate_limits(&["writes=7/2".to_owned()])
+            .expect("lowered");
+        assert_eq!(writes(&no_burst), Some((7, 2, 7)));
+        let unknown = Profile::Slack
+            .rate_limits(&["posts=5/1".to_owned()])
+            .expect_err("unknown name");
+        assert!(
+            unknown.contains("writes") && unknown.contains("users-post"),
+            "{unknown}"
+        );
+        for bad in ["writes=0/1", "writes=5", "writes=5/1:0", "writes"] {
+            assert!(
+                Profile::Slack.rate_limits(&[bad.to_owned()]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn miro_refuses_large_group_patches_with_413_and_limits_them_by_body_size() {
+        let adds = |n: usize| {
+            let members: Vec<Value> = (0..n).map(|i| json!({"value": format!("u{i}")})).collect();
+            json!({"Operations": [{"op": "add", "path": "members", "value": members}]})
+        };
+        let patch = |profile: Profile, body: Value, bytes: usize| {
+            let query = BTreeMap::new();
+            profile.check(&Seen {
+                method: &Method::PATCH,
+                segments: &["Groups", "g"],
+                query: &query,
+                body: Some(&body),
+                user_agent: Some("roster"),
+                body_bytes: bytes,
+            })
+        };
+        let too_many = |v: &Verdict| matches!(v, Verdict::Refuse(r) if r.status == 413);
+        assert!(too_many(&patch(Profile::Miro, adds(8001), 100)));
+        assert!(!too_many(&patch(Profile::Rfc, adds(8001), 100)));
+        assert!(matches!(
+            patch(Profile::Miro, adds(8000), 100),
+            Verdict::Serve
+        ));
+        let removes: Vec<Value> = (0..8001)
+            .map(|i| json!({"op": "remove", "path": format!("members[value eq \"u{i}\"]")}))
+            .collect();
+        assert!(too_many(&patch(
+            Profile::Miro,
+            json!({"Operations": removes}),
+            100
+        )));
+        let pathless = json!({"Operations": [{"op": "add", "value": {"members": adds(8001)["Operations"][0]["value"]}}]});
+        assert!(too_many(&patch(Profile::Miro, pathless, 100)));
+        assert!(too_many(&patch(Profile::Miro, adds(1), 800_001)));
+        assert!(matches!(
+            patch(Profile::Miro, adds(1), 800_000),
+            Verdict::Serve
+        ));
+
+        let group_patch = |bytes| counted_by(Profile::Miro, Method::PATCH, &["Groups", "g"], bytes);
+        assert_eq!(group_patch(501), ["groups-patch-large"]);
+        assert_eq!(group_patch(500), ["groups-patch"]);
+        assert_eq!(
+            counted_by(Profile::Miro, Method::GET, &["Groups"], 0),
+            ["groups-list"]
+        );
+        assert_eq!(
+            counted_by(Profile::Miro, Method::GET, &["Groups", "g"], 0),
+            ["groups-get"]
+        );
+        assert_eq!(
+            counted_by(Profile::Miro, Method::DELETE, &["Users", "u"], 0),
+            ["users-delete"]
+        );
+        let limit = |name: &str| {
+            Profile::Miro
+                .rate_limits(&[])
+                .unwrap_or_default()
+                .into_iter()
+                .find(|l| l.name == name)
+                .map(|l| (l.limit, l.window_seconds))
+        };
+        for (name, wanted) in [
+            ("users-list", 200),
+            ("users-get", 200),
+            ("users-post", 200),
+            ("users-put", 100),
+            ("users-patch", 100),
+            ("users-delete", 20),
+            ("groups-list", 5),
+            ("groups-get", 20),
+            ("groups-patch-large", 5),
+            ("groups-patch", 100),
+        ] {
+            assert_eq!(limit(name), Some((wanted, 30)), "{name}");
+        }
     }
 }

@@ -45,6 +45,9 @@ pub struct Shared {
     stats: Mutex<Stats>,
     args: DevTargetArgs,
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The profile's documented rate limits (`--vendor-limit` applied), one bucket each for
+    /// every tenant together.
+    vendor_limits: Vec<(profiles::VendorLimit, DefaultDirectRateLimiter)>,
     rng: Mutex<StdRng>,
     pub shutdown: CancellationToken,
 }
@@ -55,6 +58,19 @@ impl Shared {
             let burst = args.rate_burst.and_then(NonZeroU32::new).unwrap_or(n);
             DefaultDirectRateLimiter::direct(Quota::per_second(n).allow_burst(burst))
         });
+        let vendor_limits = args
+            .profile
+            .rate_limits(&args.vendor_limits)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|limit| {
+                let period =
+                    Duration::from_secs(u64::from(limit.window_seconds)) / limit.limit.max(1);
+                let quota = Quota::with_period(period)?
+                    .allow_burst(NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN));
+                Some((limit, DefaultDirectRateLimiter::direct(quota)))
+            })
+            .collect();
         let rng = match args.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
@@ -64,14 +80,15 @@ impl Shared {
             .unwrap_or(&base_url)
             .to_owned();
         Self {
-            store: Mutex::new(
-                Store::new(base_url).allowing_duplicate_user_names(args.allow_duplicate_user_names),
-            ),
+            store: Mutex::new(Store::new(base_url).allowing_duplicate_user_names(
+                args.allow_duplicate_user_names && !args.profile.rejects_duplicate_user_names(),
+            )),
             tenants: Mutex::default(),
             root,
             stats: Mutex::new(Stats::default()),
             args,
             limiter,
+            vendor_limits,
             rng: Mutex::new(rng),
             shutdown,
         }
@@ -240,6 +257,22 @@ fn with_retry_after(mut response: Response, seconds: u64, as_date: bool) -> Resp
     response
 }
 
+/// 429 with `Retry-After` (whole seconds, at least 1) until `not_until`; counted as throttled.
+fn throttled(
+    shared: &Shared,
+    not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>,
+    detail: String,
+) -> Response {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    shared.bump(|s| s.throttled += 1);
+    with_retry_after(
+        error_response(&Refusal::new(429, None, detail)),
+        seconds.max(1),
+        shared.args.retry_after_http_date,
+    )
+}
+
 /// The whole server as one endpoint, so fault injection applies before any routing.
 pub struct DevEndpoint {
     pub shared: Arc<Shared>,
@@ -313,15 +346,7 @@ impl DevEndpoint {
         if let Some(limiter) = &shared.limiter
             && let Err(not_until) = limiter.check()
         {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            shared.bump(|s| s.throttled += 1);
-            let refusal = Refusal::new(429, None, "rate limit exceeded");
-            return with_retry_after(
-                error_response(&refusal),
-                seconds.max(1),
-                args.retry_after_http_date,
-            );
+            return throttled(shared, &not_until, "rate limit exceeded".to_owned());
         }
         if args.fail_rate > 0.0 && shared.roll() < args.fail_rate {
             shared.bump(|s| s.failed += 1);
@@ -376,6 +401,7 @@ impl DevEndpoint {
             Ok(bytes) => bytes,
             Err(_) => return error_response(&Refusal::new(413, None, "body too large")),
         };
+        let body_bytes = body.len();
         let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
             let json_ok = content_type.as_deref().is_some_and(|ct| {
                 let media = ct
@@ -407,13 +433,28 @@ impl DevEndpoint {
             None
         };
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let verdict = args.profile.check(&profiles::Seen {
+        let seen = profiles::Seen {
             method: &method,
             segments: &segments,
             query: &query,
             body: body.as_ref(),
             user_agent: user_agent.as_deref(),
-        });
+            body_bytes,
+        };
+        // The vendor's documented limits, in their order; a request refused by one has taken
+        // the tokens of those before it, as it counted there.
+        for (limit, bucket) in &shared.vendor_limits {
+            if (limit.counts)(&seen)
+                && let Err(not_until) = bucket.check()
+            {
+                let detail = format!(
+                    "rate limit `{}` exceeded: {} per {} s",
+                    limit.name, limit.limit, limit.window_seconds
+                );
+                return throttled(shared, &not_until, detail);
+            }
+        }
+        let verdict = args.profile.check(&seen);
         let result = match verdict {
             profiles::Verdict::Serve => {
                 self.route(store, &method, &segments, &query, body, if_match.as_deref())
@@ -425,6 +466,7 @@ impl DevEndpoint {
                 query.insert("filter".to_owned(), filter);
                 self.route(store, &method, &segments, &query, body, if_match.as_deref())
             }
+            profiles::Verdict::Deactivate => deactivate(store, &segments, if_match.as_deref()),
         };
         let is_write = matches!(
             method,
@@ -516,6 +558,15 @@ impl DevEndpoint {
             (_, [collection, id]) => {
                 let kind = kind_of(collection)
                     .ok_or_else(|| Refusal::new(404, None, "no such endpoint"))?;
+                // A vendor's refusal of what a group write would change (a rename).
+                if kind == Kind::Group
+                    && matches!(*method, Method::PUT | Method::PATCH)
+                    && let Ok(current) = store.get(kind, id)
+                    && let Some(refusal) =
+                        args.profile.group_write_refusal(method, &current, &body())
+                {
+                    return Err(refusal);
+                }
                 match method.as_str() {
                     "GET" => {
                         let mut resource = store.get(kind, id)?;
@@ -525,17 +576,21 @@ impl DevEndpoint {
                             &project(resource, &Projection::of(query)),
                         ))
                     }
-                    "PUT" => {
-                        Store::require_schemas(kind, &body())?;
-                        Ok(resource_response(
-                            200,
-                            &store.replace(kind, id, body(), if_match)?,
-                        ))
+                    "PUT" | "PATCH" => {
+                        let written = if *method == Method::PUT {
+                            Store::require_schemas(kind, &body())?;
+                            store.replace(kind, id, body(), if_match)?
+                        } else {
+                            store.patch(kind, id, &body(), if_match)?
+                        };
+                        if kind == Kind::User
+                            && written.get("active") == Some(&Value::Bool(false))
+                            && args.profile.deactivation_leaves_groups()
+                        {
+                            store.leave_groups(id);
+                        }
+                        Ok(resource_response(200, &written))
                     }
-                    "PATCH" => Ok(resource_response(
-                        200,
-                        &store.patch(kind, id, &body(), if_match)?,
-                    )),
                     "DELETE" => {
                         store.delete(kind, id, if_match)?;
                         Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
@@ -557,18 +612,21 @@ impl DevEndpoint {
             None => None,
         };
         let projection = Projection::of(query);
+        let args = &self.shared.args;
         let mut found = Vec::new();
         for kind in [Kind::User, Kind::Group] {
             found.extend(
                 store
                     .list(kind, filter.as_ref(), 1, usize::MAX, false)
-                    .resources,
+                    .resources
+                    .into_iter()
+                    .filter(|r| args.profile.lists(kind.endpoint(), r, &args.guest_domains)),
             );
         }
         let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
-        let max = self.shared.args.max_page_size.max(1) as usize;
+        let (default, max) = page_sizes(&self.shared.args);
         let count =
-            number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
+            number("count").map_or(default, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
         let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
         let total = found.len();
         let resources: Vec<Value> = found
@@ -589,6 +647,38 @@ impl DevEndpoint {
         )
     }
 
+    /// A page of what the profile lists (`Profile::lists`): every match is read, the ones the
+    /// vendor leaves out dropped, then the page taken, so `totalResults` counts what is listed.
+    fn listed(
+        &self,
+        store: &Store,
+        kind: Kind,
+        collection: &str,
+        filter: Option<&scim_v2::filter::Filter>,
+        start_index: usize,
+        count: usize,
+    ) -> super::store::Page {
+        let args = &self.shared.args;
+        if args.guest_domains.is_empty() {
+            return store.list(kind, filter, start_index, count, false);
+        }
+        let listed: Vec<Value> = store
+            .list(kind, filter, 1, usize::MAX, false)
+            .resources
+            .into_iter()
+            .filter(|r| args.profile.lists(collection, r, &args.guest_domains))
+            .collect();
+        super::store::Page {
+            total: listed.len(),
+            start_index,
+            resources: listed
+                .into_iter()
+                .skip(start_index.saturating_sub(1))
+                .take(count)
+                .collect(),
+        }
+    }
+
     fn list(
         &self,
         store: &Store,
@@ -605,9 +695,9 @@ impl DevEndpoint {
             None => None,
         };
         let number = |key: &str| query.get(key).and_then(|v| v.trim().parse::<i64>().ok());
-        let max = args.max_page_size.max(1) as usize;
+        let (default, max) = page_sizes(args);
         let count =
-            number("count").map_or(max, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
+            number("count").map_or(default, |c| usize::try_from(c.max(0)).unwrap_or(0).min(max));
         let projection = Projection::of(query);
         // A resource as this read returns it: as the vendor shapes it, with the asked attributes.
         let shaped = |mut resource: Value| {
@@ -630,7 +720,7 @@ impl DevEndpoint {
                     }
                 },
             };
-            let page = store.list(kind, filter.as_ref(), offset + 1, count, false);
+            let page = self.listed(store, kind, collection, filter.as_ref(), offset + 1, count);
             let resources: Vec<Value> = page.resources.into_iter().map(shaped).collect();
             let next = offset + resources.len();
             let mut body = json!({
@@ -645,7 +735,11 @@ impl DevEndpoint {
         }
         // RFC 7644 §3.4.2.4: startIndex < 1 is 1; a negative count is 0.
         let start = usize::try_from(number("startIndex").unwrap_or(1).max(1)).unwrap_or(1);
-        let page = store.list(kind, filter.as_ref(), start, count, args.paging_wraps);
+        let page = if args.guest_domains.is_empty() {
+            store.list(kind, filter.as_ref(), start, count, args.paging_wraps)
+        } else {
+            self.listed(store, kind, collection, filter.as_ref(), start, count)
+        };
         let resources: Vec<Value> = page.resources.into_iter().map(shaped).collect();
         json_response(
             200,
@@ -658,6 +752,27 @@ impl DevEndpoint {
             }),
         )
     }
+}
+
+/// A DELETE of a user that the vendor reads as "deactivate": `active` set to false (with the
+/// request's `If-Match`), the account kept; 204 as a DELETE answers.
+fn deactivate(
+    store: &Mutex<Store>,
+    segments: &[&str],
+    if_match: Option<&str>,
+) -> Result<Response, Refusal> {
+    let ["Users", id] = segments else {
+        return Err(Refusal::new(404, None, "no such endpoint"));
+    };
+    let deactivate = json!({
+        "schemas": [schemas::PATCH_OP],
+        "Operations": [{"op": "replace", "path": "active", "value": false}],
+    });
+    store
+        .lock()
+        .map_err(|_| Refusal::new(500, None, "store poisoned"))?
+        .patch(Kind::User, id, &deactivate, if_match)?;
+    Ok(Response::builder().status(StatusCode::NO_CONTENT).finish())
 }
 
 /// A `POST …/.search` body's parameters as the query a GET would carry (RFC 7644 §3.4.3:
@@ -841,13 +956,28 @@ fn list_of(items: Vec<Value>) -> Value {
     })
 }
 
+/// A listing's page size without `count`, and the largest `count` served: the profile's if
+/// its vendor documents them, else `--max-page-size` for both; never more than a maximum the
+/// vendor documents whatever `--max-page-size` says.
+fn page_sizes(args: &DevTargetArgs) -> (usize, usize) {
+    let max = args.max_page_size.max(1) as usize;
+    let (default, max) = args.profile.page_sizes().unwrap_or((max, max));
+    match args.profile.max_page_size() {
+        Some(cap) => (default.min(cap), max.min(cap)),
+        None => (default, max),
+    }
+}
+
 fn service_provider_config(args: &DevTargetArgs) -> Value {
+    let max_results = args
+        .advertised_max_results
+        .map_or_else(|| page_sizes(args).1, |n| n as usize);
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
         "documentationUri": "https://datatracker.ietf.org/doc/html/rfc7644",
         "patch": {"supported": true},
         "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-        "filter": {"supported": true, "maxResults": args.advertised_max_results.unwrap_or(args.max_page_size)},
+        "filter": {"supported": true, "maxResults": max_results},
         "changePassword": {"supported": false},
         "sort": {"supported": false},
         "etag": {"supported": true},

@@ -438,13 +438,18 @@ impl Store {
                 self.user_names.remove(&name.to_lowercase());
             }
             // Unlike some servers, a deleted user leaves the groups it was in.
-            for group in self.groups.values_mut() {
-                if let Some(Value::Array(members)) = group.get_mut("members") {
-                    members.retain(|m| m.get("value").and_then(Value::as_str) != Some(id));
-                }
-            }
+            self.leave_groups(id);
         }
         Ok(())
+    }
+
+    /// Takes user `id` out of every group's members.
+    pub fn leave_groups(&mut self, id: &str) {
+        for group in self.groups.values_mut() {
+            if let Some(Value::Array(members)) = group.get_mut("members") {
+                members.retain(|m| m.get("value").and_then(Value::as_str) != Some(id));
+            }
+        }
     }
 
     /// Applies `f` to a stored resource without any checks (tests simulate hand edits in the

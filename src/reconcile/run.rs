@@ -52,7 +52,9 @@ use super::{
     deletion_guard, lists_members, name_members, unnamed_members,
 };
 use crate::delivery::engine::{AppTarget, Delivery};
-use crate::delivery::execute::{GROUP_ADOPTED, find_link, group_origin};
+use crate::delivery::execute::{
+    GROUP_ADOPTED, GROUP_REPLACES, find_link, group_origin, replaced_groups,
+};
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
@@ -790,8 +792,9 @@ struct Listing {
     /// `totalResults`, or handed out a cursor it had handed out before.
     wrapped: bool,
     /// Nothing proves the listing complete (a target that does not page answered without
-    /// `totalResults`): findings that conclude from an absence, or that the deletion guard
-    /// would weigh against an unknown total, are only reported ([`Listing::withhold`]).
+    /// `totalResults`, or one whose user listings leave accounts out): findings that conclude
+    /// from an absence, or that the deletion guard would weigh against an unknown total, are
+    /// only reported ([`Listing::withhold`]).
     unproven: bool,
     /// Findings whose action was withheld because of `unproven`.
     withheld: u64,
@@ -843,7 +846,7 @@ impl Listing {
     fn note(&self) -> Option<String> {
         self.unproven.then(|| {
             format!(
-                "the target answered its listing in one response without totalResults, so it cannot be proven complete: {} findings that would create, adopt or deprovision were only reported",
+                "the target's listing cannot be proven complete (it answered in one response without totalResults, or its quirks say its user listings leave accounts out): {} findings that would create, adopt or deprovision were only reported",
                 self.withheld
             )
         })
@@ -1378,18 +1381,25 @@ async fn prepare_group_fix(
     };
     match finding.action {
         ActionKind::Patch | ActionKind::LinkAndPatch | ActionKind::Link => {
-            // The snapshot keeps whether roster created the group: an adopted one is never
-            // deleted with the roster group.
-            let origin = if finding.action == ActionKind::Patch {
-                find_link(tx, &app.id, ResourceKind::Group, name)
-                    .await?
-                    .and_then(|l| group_origin(l.snapshot.as_ref()).map(str::to_owned))
+            // The snapshot keeps whether roster created the group (an adopted one is never
+            // deleted with the roster group) and the replaced groups a rename by
+            // create–move–delete still has to delete.
+            let (origin, replaces) = if finding.action == ActionKind::Patch {
+                let link = find_link(tx, &app.id, ResourceKind::Group, name).await?;
+                let snapshot = link.as_ref().and_then(|l| l.snapshot.as_ref());
+                (
+                    group_origin(snapshot).map(str::to_owned),
+                    replaced_groups(snapshot),
+                )
             } else {
-                Some(GROUP_ADOPTED.to_owned())
+                (Some(GROUP_ADOPTED.to_owned()), Vec::new())
             };
             let mut state = finding.target_state.clone();
             if let Some(object) = state.as_mut().and_then(Value::as_object_mut) {
                 object.insert("origin".to_owned(), Value::from(origin));
+                if !replaces.is_empty() {
+                    object.insert(GROUP_REPLACES.to_owned(), Value::from(replaces));
+                }
             }
             save_link(
                 tx,

@@ -1229,9 +1229,10 @@ pub struct Page {
     /// again: what it held was not all read. With index paging such a page has no resources
     /// (they were read already, or there were none).
     pub wrapped: bool,
-    /// The last page of a listing whose completeness nothing proves: a target that does not
-    /// page (`paging: none`) answered without a `totalResults`. What it holds is real, but an
-    /// account it does not show is not known to be absent.
+    /// A page of a listing whose completeness nothing proves: a target that does not page
+    /// (`paging: none`) answered without a `totalResults`, or its quirks say its user
+    /// listings leave accounts out (`user_listings_complete: false`). What it holds is real,
+    /// but an account it does not show is not known to be absent.
     pub unproven: bool,
 }
 
@@ -1720,13 +1721,20 @@ impl Resources {
             status: answer.status,
             reason: reason.into(),
         })?;
+        // A target whose user listings leave accounts out proves no absence, whatever it pages.
+        let partial = !self.client.inner.quirks.user_listings_complete
+            && matches!(self.kind, ResourceKind::Users);
         match mode {
             PagingMode::Index => {}
-            PagingMode::Cursor => return Ok(Some(cursor_page(paging, total, items, next_cursor))),
+            PagingMode::Cursor => {
+                let (mut page, paging) = cursor_page(paging, total, items, next_cursor);
+                page.unproven |= partial;
+                return Ok(Some((page, paging)));
+            }
             PagingMode::None => {
                 // One answer is the whole listing; only its `totalResults` can prove that.
                 paging.done = true;
-                let unproven = total.is_none();
+                let unproven = total.is_none() || partial;
                 return Ok(Some((
                     Page {
                         resources: items,
@@ -1767,7 +1775,7 @@ impl Resources {
                 resources: items,
                 total,
                 wrapped: false,
-                unproven: false,
+                unproven: partial,
             },
             paging,
         )))

@@ -118,6 +118,16 @@ pub struct Quirks {
     /// membership is never read from a group: roster trusts its links and, where the target
     /// filters on `members`, asks `id eq "g" and members eq "u"` per wanted member.
     pub group_members_readable: bool,
+    /// `false`: the target refuses to rename a group (PATCH or PUT of another `displayName`).
+    /// A pushed group renamed by hand in the target is then brought back to roster's name by
+    /// creating a group of that name, adding the wanted members and deleting the old group
+    /// (only one roster created; an adopted one is left as it is and unlinked).
+    pub group_rename: bool,
+    /// `false`: the target leaves some accounts out of every listing of /Users (its guests,
+    /// say), so no such listing proves an account absent: every page is `unproven`, and
+    /// reconciliation only reports what it would conclude from an absence (create, adopt,
+    /// deprovision); a linked account not listed is still read by its id.
+    pub user_listings_complete: bool,
 }
 
 impl Default for Quirks {
@@ -140,6 +150,8 @@ impl Default for Quirks {
             required_on_create: Vec::new(),
             paging: Paging::Index,
             group_members_readable: true,
+            group_rename: true,
+            user_listings_complete: true,
         }
     }
 }
@@ -507,6 +519,22 @@ mod tests {
         let old = Quirks::from_json(&json!({"page_size": 50, "filter_or": false})).unwrap();
         assert_eq!(old.paging, Paging::Index);
         assert!(old.group_members_readable);
+    }
+
+    #[test]
+    fn group_rename_defaults_to_rfc_and_parses() {
+        // A document stored before the field renames groups with PATCH, as RFC 7644 allows.
+        assert!(
+            Quirks::from_json(&json!({"page_size": 50}))
+                .unwrap()
+                .group_rename
+        );
+        assert!(
+            !Quirks::from_json(&json!({"group_rename": false}))
+                .unwrap()
+                .group_rename
+        );
+        assert!(Quirks::from_json(&json!({"group_rename": "no"})).is_err());
     }
 
     #[test]

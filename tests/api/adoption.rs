@@ -1185,6 +1185,16 @@ async fn joiners_claimed_together(
     stub: &Arc<Stub>,
     prefix: &str,
 ) -> (String, Value, Vec<String>) {
+    joiners_claimed_together_with(app, stub, prefix, json!({"filter_or": false})).await
+}
+
+/// [`joiners_claimed_together`] with the app's `quirks`.
+async fn joiners_claimed_together_with(
+    app: &TestApp,
+    stub: &Arc<Stub>,
+    prefix: &str,
+    quirks: Value,
+) -> (String, Value, Vec<String>) {
     let made_by_hand = stub.store(
         "u",
         json!({"schemas": [roster::scim::schemas::USER],
@@ -1192,7 +1202,7 @@ async fn joiners_claimed_together(
                "name": {"givenName": "C", "familyName": "Hand"}, "active": true}),
     );
     let base = serve(stub.clone()).await;
-    let app_id = app_on(app, prefix, &base, json!({"quirks": {"filter_or": false}})).await;
+    let app_id = app_on(app, prefix, &base, json!({"quirks": quirks})).await;
     let people: Vec<String> = ["a", "b", "c", "d", "e", "f"]
         .iter()
         .map(|p| format!("{prefix}-{p}").to_uppercase())
@@ -1364,4 +1374,32 @@ async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_a
             .is_some_and(|e| e.contains("conflict")),
         "{dead}"
     );
+}
+
+/// Where the connector says the target's listings leave accounts out (its guests), no listing
+/// answers a look-up: each is asked by filter, and the joiner whose account exists is adopted.
+#[tokio::test]
+async fn no_listing_answers_look_ups_where_listings_leave_accounts_out() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let (_, made_by_hand, people) = joiners_claimed_together_with(
+        &app,
+        &stub,
+        "guests",
+        json!({"filter_or": false, "user_listings_complete": false}),
+    )
+    .await;
+    assert_eq!(stub.users().len(), people.len(), "one account each");
+    let c = identity_id(&app, "GUESTS-C").await;
+    let link = link_of(&app, "user", &c).await.expect("C's link");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&made_by_hand).as_str())
+    );
+    let (listings, look_ups) = listings_and_look_ups(&stub);
+    assert_eq!(listings, 0, "no listing read");
+    assert_eq!(look_ups, people.len(), "one look-up each");
 }

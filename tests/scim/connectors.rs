@@ -2,7 +2,7 @@
 //! settings fails against the profile, and the same client with the catalogue connector's
 //! quirks (read from its file, `roster::connectors`) succeeds.
 use roster::dev_target::{DevTargetArgs, Profile};
-use roster::scim::{PatchRequest, Quirks, ScimClient, TargetConfig};
+use roster::scim::{ListQuery, PatchRequest, Quirks, ScimClient, TargetConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TOKEN, bearer, client, group, spawn_target, user};
@@ -322,4 +322,631 @@ async fn aws_identity_center_answers_groups_without_members_so_the_connector_ask
         .await
         .expect_err("`or` is refused");
     assert_eq!(status(&err), Some(400), "{err}");
+}
+
+#[tokio::test]
+async fn atlassian_takes_one_eq_filter_so_the_connector_looks_up_one_listed_attribute_at_a_time() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
+    for name in ["atl-a", "atl-b"] {
+        target
+            .client
+            .users()
+            .create(&user(name))
+            .await
+            .expect("user");
+    }
+    // RFC settings merge look-ups into an `or` and filter on any attribute: both refused.
+    let err = rfc
+        .users()
+        .find_by_any("userName", &["atl-a", "atl-b"])
+        .await
+        .expect_err("an `or` filter is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("single eq"), "{err}");
+    let err = rfc
+        .users()
+        .find_by("emails.value", "atl-a@example.com")
+        .await
+        .expect_err("a filter on emails is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let err = rfc
+        .groups()
+        .find_by("externalId", "g-1")
+        .await
+        .expect_err("groups filter on displayName only");
+    assert_eq!(status(&err), Some(400), "{err}");
+
+    let merged = vendor
+        .users()
+        .find_by_any("userName", &["atl-a", "atl-b"])
+        .await
+        .expect("no call made");
+    assert!(merged.is_none(), "the caller looks each value up alone");
+    for name in ["atl-a", "atl-b"] {
+        let found = vendor
+            .users()
+            .find_by("userName", name)
+            .await
+            .expect("look-up");
+        assert_eq!(found.len(), 1, "{name}");
+    }
+    let by_email = vendor
+        .users()
+        .find_by("emails.value", "atl-b@example.com")
+        .await
+        .expect("paged and compared locally");
+    assert_eq!(by_email.len(), 1);
+}
+
+#[tokio::test]
+async fn atlassian_pages_hold_at_most_100_whatever_count_asks() {
+    let (target, _rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
+    for n in 0..120 {
+        target
+            .target
+            .insert(
+                roster::dev_target::Kind::User,
+                user(&format!("atl-page-{n}")),
+            )
+            .expect("seeded");
+    }
+    let url = format!("{}/Users?count=500", target.target.base_url());
+    let page: Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(page["itemsPerPage"], 100, "{}", page["totalResults"]);
+    assert_eq!(page["totalResults"], 120);
+    let listed: Vec<Value> = futures::TryStreamExt::try_collect(vendor.users().list(100))
+        .await
+        .expect("startIndex paging");
+    assert_eq!(listed.len(), 120);
+}
+
+#[tokio::test]
+async fn atlassian_refuses_group_renames_so_the_connector_replaces_the_group() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
+    let mut ids = Vec::new();
+    for name in ["atl-r1", "atl-r2", "atl-r3"] {
+        let created = vendor.users().create(&user(name)).await.expect("user");
+        ids.push(roster::scim::id_of(&created).expect("id").to_owned());
+    }
+    let created = vendor
+        .groups()
+        .create(&group("atl-old"))
+        .await
+        .expect("group");
+    let old = roster::scim::id_of(&created).expect("id").to_owned();
+    vendor
+        .groups()
+        .add_members(&old, &ids)
+        .await
+        .expect("members change");
+    // RFC settings rename with a PATCH (or a PUT): refused.
+    let err = rfc
+        .groups()
+        .patch(
+            &old,
+            &PatchRequest::new().replace("displayName", json!("atl-new")),
+        )
+        .await
+        .expect_err("a rename is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("renaming a group"), "{err}");
+    let mut renamed = group("atl-new");
+    renamed["id"] = json!(old);
+    let err = rfc
+        .groups()
+        .replace(&old, &renamed)
+        .await
+        .expect_err("a PUT with another name is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(Quirks::default().group_rename);
+
+    // The connector says so, and create–move–delete goes through.
+    assert!(!vendor.quirks().group_rename);
+    let created = vendor
+        .groups()
+        .create(&group("atl-new"))
+        .await
+        .expect("group");
+    let new = roster::scim::id_of(&created).expect("id").to_owned();
+    vendor
+        .groups()
+        .add_members(&new, &ids)
+        .await
+        .expect("moved");
+    vendor.groups().delete(&old).await.expect("old deleted");
+    let groups = target.target.groups_snapshot();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["displayName"], "atl-new");
+    assert_eq!(groups[0]["members"].as_array().map(Vec::len), Some(3));
+}
+
+/// The ids of `n` users put straight into the dev-target's store (no request made, none
+/// counted or rate limited).
+fn seeded_users(target: &crate::helpers::TestTarget, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let created = target
+                .target
+                .insert(
+                    roster::dev_target::Kind::User,
+                    user(&format!("{prefix}-{i:05}")),
+                )
+                .expect("seeded");
+            roster::scim::id_of(&created).expect("id").to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn slack_serves_at_most_1000_per_page_and_10_without_count_so_the_connector_asks_for_1000() {
+    use futures::TryStreamExt as _;
+    let target = spawn_target(DevTargetArgs {
+        profile: Profile::Slack,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    seeded_users(&target, "slack", 1500);
+    let base = target.target.base_url();
+    let page = |query: &'static str| {
+        let url = format!("{base}/Users{query}");
+        async move {
+            let answer: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("answer")
+                .json()
+                .await
+                .expect("json");
+            (
+                answer["itemsPerPage"].as_u64(),
+                answer["totalResults"].as_u64(),
+            )
+        }
+    };
+    assert_eq!(page("?count=5000").await, (Some(1000), Some(1500)));
+    assert_eq!(page("").await, (Some(10), Some(1500)), "10 without count");
+
+    // Every account, in as many pages as each setting asks.
+    let listing = |quirks: Quirks| {
+        let (client, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+            c.quirks = quirks;
+        });
+        async move {
+            let size = client.quirks().page_size;
+            let listed: Vec<Value> = client.users().list(size).try_collect().await.expect("list");
+            let pages = calls
+                .all()
+                .iter()
+                .filter(|c| c.path.contains("/Users?"))
+                .count();
+            (listed.len(), pages)
+        }
+    };
+    assert_eq!(listing(Quirks::default()).await, (1500, 15));
+    assert_eq!(listing(connector_quirks("slack")).await, (1500, 2));
+}
+
+#[tokio::test]
+async fn slack_creates_only_with_an_email_and_its_delete_deactivates_a_user_but_removes_a_group() {
+    let (target, rfc, _) = rfc_and_connector(Profile::Slack, "slack").await;
+    let mut bare = user("no-mail");
+    bare.as_object_mut().map(|u| u.remove("emails"));
+    let err = rfc
+        .users()
+        .create(&bare)
+        .await
+        .expect_err("an email is required");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(target.target.users_snapshot().is_empty());
+
+    let created = rfc.users().create(&user("mailed")).await.expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    rfc.users().delete(&id).await.expect("DELETE answered");
+    let read = rfc.users().get(&id).await.expect("still there");
+    assert_eq!(read["active"], Value::Bool(false), "{read}");
+    assert_eq!(read["userName"], "mailed");
+
+    let group = rfc
+        .groups()
+        .create(&group("slack-team"))
+        .await
+        .expect("group");
+    let gid = roster::scim::id_of(&group).expect("id").to_owned();
+    rfc.groups().delete(&gid).await.expect("DELETE answered");
+    let err = rfc.groups().get(&gid).await.expect_err("the group is gone");
+    assert_eq!(status(&err), Some(404), "{err}");
+}
+
+/// `n` groups of `size` seeded members each, made by `maker`; returns their ids and members.
+async fn miro_groups(
+    target: &crate::helpers::TestTarget,
+    prefix: &str,
+    n: usize,
+    size: usize,
+) -> Vec<(String, Vec<String>)> {
+    let mut groups = Vec::new();
+    for g in 0..n {
+        let members = seeded_users(target, &format!("{prefix}-{g}"), size);
+        let created = target
+            .target
+            .insert(
+                roster::dev_target::Kind::Group,
+                group(&format!("{prefix}-{g}")),
+            )
+            .expect("group");
+        let id = roster::scim::id_of(&created).expect("id").to_owned();
+        groups.push((id, members));
+    }
+    groups
+}
+
+#[tokio::test]
+async fn miro_limits_large_group_patches_so_the_connector_keeps_them_small() {
+    let (target, rfc, vendor) = rfc_and_connector(Profile::Miro, "miro").await;
+    // Miro: 5 group PATCHes per 30 s above 500 bytes. RFC settings add 10 members in one PATCH.
+    let mut refused = None;
+    for (n, (gid, members)) in miro_groups(&target, "rfc", 6, 10).await.iter().enumerate() {
+        if let Err(err) = rfc.groups().add_members(gid, members).await {
+            refused = Some((n, err));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("a large PATCH is throttled");
+    assert_eq!(n, 5, "the sixth: {err}");
+    assert_eq!(status(&err), Some(429), "{err}");
+    assert!(err.retry_after().is_some(), "{err}");
+
+    // The connector's chunks stay at most 500 bytes: 100 per 30 s.
+    for (gid, members) in miro_groups(&target, "miro", 6, 10).await {
+        vendor
+            .groups()
+            .add_members(&gid, &members)
+            .await
+            .expect("small PATCHes are not throttled");
+        vendor
+            .groups()
+            .remove_members(&gid, &members[..5])
+            .await
+            .expect("small PATCHes are not throttled");
+        let read = target.client.groups().get(&gid).await.expect("group");
+        assert_eq!(read["members"].as_array().map(Vec::len), Some(5));
+    }
+}
+
+#[tokio::test]
+async fn miro_refuses_a_group_patch_beyond_8000_members_or_800000_bytes_with_413() {
+    let target = spawn_target(DevTargetArgs {
+        profile: Profile::Miro,
+        ..DevTargetArgs::default()
+    })
+    .await;
+    let base = target.target.base_url();
+    let (gid, members) = miro_groups(&target, "big", 1, 8001).await.remove(0);
+    let push = |max_members_per_patch: u32| {
+        let (client, _) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+            c.quirks.max_members_per_patch = max_members_per_patch;
+        });
+        let (gid, members) = (gid.clone(), members.clone());
+        async move { client.groups().add_members(&gid, &members).await }
+    };
+    // One more than the connector's hard limit (`limits`: 8000) is refused before anything
+    // is applied (the limit itself is served: the profile's unit test).
+    let err = push(8001).await.expect_err("too many members");
+    assert_eq!(status(&err), Some(413), "{err}");
+    assert!(err.to_string().contains("8000"), "{err}");
+    let read = target.client.groups().get(&gid).await.expect("group");
+    assert_eq!(read["members"], json!([]), "nothing applied");
+
+    // Under 8000 changes, a body over 800 000 bytes is refused too.
+    let long_ids: Vec<Value> = (0..7000)
+        .map(|n| json!({"value": format!("{n:0>120}")}))
+        .collect();
+    let body = json!({"schemas": [roster::scim::schemas::PATCH_OP],
+        "Operations": [{"op": "add", "path": "members", "value": long_ids}]});
+    let answer = reqwest::Client::new()
+        .patch(format!("{base}/Groups/{gid}"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/scim+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(answer.status(), 413);
+    let detail = answer.text().await.unwrap_or_default();
+    assert!(detail.contains("bytes"), "{detail}");
+}
+
+/// A user Figma accepts: its userName is an email.
+fn figma_user(email: &str) -> Value {
+    let mut body = user(email);
+    body["displayName"] = json!("Ada Lovelace");
+    body
+}
+
+#[tokio::test]
+async fn figma_takes_only_an_email_of_at_most_100_characters_as_user_name() {
+    let (target, _rfc, vendor) = rfc_and_connector(Profile::Figma, "figma").await;
+    let err = vendor
+        .users()
+        .create(&figma_user("ada"))
+        .await
+        .expect_err("not an email");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert!(err.to_string().contains("email"), "{err}");
+    let long = format!("{}@example.com", "a".repeat(89));
+    let err = vendor
+        .users()
+        .create(&figma_user(&long))
+        .await
+        .expect_err("101 characters");
+    assert!(err.to_string().contains("100 characters"), "{err}");
+    let created = vendor
+        .users()
+        .create(&figma_user("ada@example.com"))
+        .await
+        .expect("an email");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    let err = vendor
+        .users()
+        .patch(
+            &id,
+            &PatchRequest::new().replace("displayName", json!("d".repeat(101))),
+        )
+        .await
+        .expect_err("displayName over 100");
+    assert!(err.to_string().contains("displayName"), "{err}");
+    let err = vendor
+        .groups()
+        .create(&group(&"g".repeat(256)))
+        .await
+        .expect_err("a group name over 255");
+    assert_eq!(status(&err), Some(400), "{err}");
+    assert_eq!(target.target.users_snapshot().len(), 1);
+    // The same requests are RFC 7644 to the rfc profile.
+    let plain = spawn_target(DevTargetArgs::default()).await;
+    plain
+        .client
+        .users()
+        .create(&figma_user("ada"))
+        .await
+        .expect("any userName");
+}
+
+#[tokio::test]
+async fn figma_deactivation_removes_the_user_from_its_groups_and_keeps_the_account() {
+    for profile in [Profile::Figma, Profile::Rfc] {
+        let target = spawn_target(DevTargetArgs {
+            profile,
+            ..DevTargetArgs::default()
+        })
+        .await;
+        let users = target.client.users();
+        let mut ids = Vec::new();
+        for email in ["leaves@example.com", "stays@example.com"] {
+            let created = users.create(&figma_user(email)).await.expect("user");
+            ids.push(roster::scim::id_of(&created).expect("id").to_owned());
+        }
+        let mut body = group("designers");
+        body["members"] = json!([{"value": ids[0]}, {"value": ids[1]}]);
+        let created = target.client.groups().create(&body).await.expect("group");
+        let gid = roster::scim::id_of(&created).expect("id").to_owned();
+        users
+            .patch(
+                &ids[0],
+                &PatchRequest::new().replace("active", json!(false)),
+            )
+            .await
+            .expect("deactivated");
+        let read = users.get(&ids[0]).await.expect("still readable");
+        assert_eq!(read["active"], json!(false), "{profile:?}");
+        let listed = users
+            .find_by("userName", "leaves@example.com")
+            .await
+            .expect("listed");
+        assert_eq!(listed.len(), 1, "{profile:?}: still listed");
+        let members: Vec<String> =
+            target.client.groups().get(&gid).await.expect("group")["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["value"].as_str().map(str::to_owned))
+                .collect();
+        let expected = if profile == Profile::Figma {
+            vec![ids[1].clone()]
+        } else {
+            ids.clone()
+        };
+        assert_eq!(members, expected, "{profile:?}");
+    }
+}
+
+/// An Asana dev-target whose accounts at `guests.example.com` are guests.
+async fn asana_target() -> crate::helpers::TestTarget {
+    spawn_target(DevTargetArgs {
+        profile: Profile::Asana,
+        guest_domains: vec!["guests.example.com".into()],
+        ..DevTargetArgs::default()
+    })
+    .await
+}
+
+fn asana_client(target: &crate::helpers::TestTarget, quirks: Quirks) -> ScimClient {
+    client(
+        &target.target.base_url(),
+        bearer(TOKEN),
+        |c: &mut TargetConfig| {
+            c.quirks = quirks;
+        },
+    )
+    .0
+}
+
+#[tokio::test]
+async fn asana_lists_users_with_only_a_user_name_filter_so_the_connector_lists_in_one_request() {
+    use futures::TryStreamExt as _;
+    let target = asana_target().await;
+    let rfc = asana_client(&target, Quirks::default());
+    let vendor = asana_client(&target, connector_quirks("asana"));
+    for (n, name) in ["m1@example.com", "m2@example.com"].iter().enumerate() {
+        let mut body = user(name);
+        body["externalId"] = json!(format!("E{n}"));
+        target.client.users().create(&body).await.expect("user");
+    }
+    let err = rfc
+        .users()
+        .list(100)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect_err("startIndex is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let err = rfc
+        .users()
+        .find_by("externalId", "E1")
+        .await
+        .expect_err("a filter on externalId is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let err = rfc
+        .users()
+        .find_by_any("userName", &["m1@example.com", "m2@example.com"])
+        .await
+        .expect_err("an `or` filter is refused");
+    assert_eq!(status(&err), Some(400), "{err}");
+    let report = rfc.test_connection().await;
+    assert!(!report.auth_ok, "the RFC probe is refused: {report:?}");
+
+    let listed: Vec<Value> = vendor
+        .users()
+        .list(100)
+        .try_collect()
+        .await
+        .expect("one request");
+    assert_eq!(listed.len(), 2);
+    let found = vendor
+        .users()
+        .find_by("externalId", "E1")
+        .await
+        .expect("compared locally");
+    assert_eq!(found.len(), 1);
+    let found = vendor
+        .users()
+        .find_by("userName", "m2@example.com")
+        .await
+        .expect("the one filter Asana takes");
+    assert_eq!(found.len(), 1);
+    let report = vendor.test_connection().await;
+    assert!(report.auth_ok, "{:?}", report.reason);
+}
+
+#[tokio::test]
+async fn asana_leaves_guests_out_of_listings_so_the_connector_proves_no_absence() {
+    use futures::TryStreamExt as _;
+    let target = asana_target().await;
+    let member = target
+        .client
+        .users()
+        .create(&user("m@example.com"))
+        .await
+        .expect("member");
+    let guest = target
+        .client
+        .users()
+        .create(&user("g@guests.example.com"))
+        .await
+        .expect("guest");
+    let guest_id = roster::scim::id_of(&guest).expect("id").to_owned();
+    let whole = || ListQuery {
+        filter: None,
+        attributes: Vec::new(),
+        page_size: 100,
+    };
+    // Listed in one request as RFC 7644 answers it, the listing claims to be complete
+    // (`totalResults` 1) and the guest reads as absent.
+    let one_request = Quirks {
+        paging: roster::scim::Paging::None,
+        ..Quirks::default()
+    };
+    let pages: Vec<roster::scim::Page> = asana_client(&target, one_request)
+        .users()
+        .list_pages(whole())
+        .try_collect()
+        .await
+        .expect("listed");
+    assert_eq!(pages.len(), 1);
+    assert_eq!(
+        roster::scim::id_of(&pages[0].resources[0]),
+        roster::scim::id_of(&member)
+    );
+    assert_eq!(pages[0].resources.len(), 1, "the guest is not listed");
+    assert!(
+        !pages[0].unproven,
+        "read as complete: the guest would be missing"
+    );
+
+    let vendor = asana_client(&target, connector_quirks("asana"));
+    let pages: Vec<roster::scim::Page> = vendor
+        .users()
+        .list_pages(whole())
+        .try_collect()
+        .await
+        .expect("listed");
+    assert_eq!(pages[0].resources.len(), 1);
+    assert!(pages[0].unproven, "the connector proves no absence");
+    assert!(
+        vendor
+            .users()
+            .find_by("userName", "g@guests.example.com")
+            .await
+            .expect("answered")
+            .is_empty(),
+        "not found by filter either"
+    );
+    let read = vendor.users().get(&guest_id).await.expect("read by id");
+    assert_eq!(read["userName"], "g@guests.example.com");
+}
+
+#[tokio::test]
+async fn asana_delete_deprovisions_and_the_account_stays_inactive() {
+    let target = asana_target().await;
+    let created = target
+        .client
+        .users()
+        .create(&user("z@example.com"))
+        .await
+        .expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    target.client.users().delete(&id).await.expect("deleted");
+    let read = target
+        .client
+        .users()
+        .get(&id)
+        .await
+        .expect("zombified, not gone");
+    assert_eq!(read["active"], json!(false));
+    let asana = roster::connectors::find("asana").expect("in the catalogue");
+    assert_eq!(
+        asana.delete_means,
+        roster::connectors::DeleteMeaning::Deactivates
+    );
+    // The rfc profile deletes.
+    let plain = spawn_target(DevTargetArgs::default()).await;
+    let created = plain
+        .client
+        .users()
+        .create(&user("z@example.com"))
+        .await
+        .expect("user");
+    let id = roster::scim::id_of(&created).expect("id").to_owned();
+    plain.client.users().delete(&id).await.expect("deleted");
+    let err = plain.client.users().get(&id).await.expect_err("gone");
+    assert_eq!(status(&err), Some(404), "{err}");
 }
