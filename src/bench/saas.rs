@@ -4,8 +4,9 @@
 //! already have accounts leave, one at a time, and their deactivation in the fastest app is
 //! timed: one slow app must never hold back another.
 //!
-//! Figures: the time until every app holds every account against the ideal (the slowest app's
-//! creates ÷ its rate: one call per account), target calls per account, calls answered 429,
+//! Figures: the time until every app holds every account against the ideal (the calls the
+//! slowest app needs ÷ its rate: a create per joiner and a deactivation per leaver), target
+//! calls per account, calls answered 429,
 //! the leavers' p50/p99 in the fast app, and whether every app holds each account exactly once.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -267,7 +268,9 @@ async fn measure(harness: &Arc<Harness>, n: usize) -> Result<Figures, BenchError
     let wave: Vec<_> = (0..n).map(|i| harness::joiner("W", i)).collect();
     let started = Instant::now();
     harness.post_batches(&wave).await?;
-    let ideal = Duration::from_secs_f64(n as f64 / f64::from(slowest));
+    // The calls the slowest app needs meanwhile: a create per joiner and a deactivation per
+    // leaver (every leaver leaves every app during the wave).
+    let ideal = Duration::from_secs_f64((n + leavers) as f64 / f64::from(slowest));
 
     // The leavers, spread over the ideal time, while the wave is delivered.
     let sampler = {

@@ -24,14 +24,14 @@ use super::finisher::{Finished, Finisher, JobEnd, JobFinisher};
 use super::guard;
 use super::inputs::{ClaimedBatch, UserInputs};
 use super::limiter::{self, AppLimiter, Limiters};
-use super::lookups::LookupBatcher;
+use super::lookups::{LOOK_AHEAD_ROOM, LookupBatcher};
 use super::policy::{self, Decision};
 use super::staged::JobWrites;
 use super::target;
 use crate::crypto::SecretBox;
 use crate::mapping::CompiledMappings;
 use crate::net_guard::TransportPolicy;
-use crate::scim::{CallObserver, CallRecord, ConnectionReport, ScimClient};
+use crate::scim::{CallObserver, CallRecord, ConnectionReport, Quirks, ScimClient};
 use crate::settings::{self, AppSettings};
 use crate::store::Db;
 use crate::store::entity::{app, job, operation};
@@ -77,11 +77,35 @@ const DEFAULT_CLAIM_WINDOW: u64 = 8;
 /// many again (up to its rate per second) ready to call as soon as a slot and a token are free,
 /// their matching look-ups started at their claim: a job waits for its call about as long as
 /// two target round trips, which is what its look-up takes when it waits for a merged batch, so
-/// its answer is there when it runs. More would only wait inside the process, in front of jobs
-/// claimed later (a leaver's has room of its own).
-fn claim_window(settings: &AppSettings) -> u64 {
+/// its answer is there when it runs. Plus its [`look_ahead_room`]. More would only wait inside
+/// the process, in front of jobs claimed later (a leaver's has room of its own).
+fn claim_window(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
     let concurrency = u64::from(settings.max_concurrency.max(1));
-    concurrency + (2 * concurrency).min(u64::from(settings.rate_limit.per_second.max(1)))
+    concurrency + ahead_room(settings) + look_ahead_room(settings, quirks, bound)
+}
+
+/// Jobs claimed ahead of the app's slots, by its rate: twice its concurrency, at most its rate
+/// per second.
+fn ahead_room(settings: &AppSettings) -> u64 {
+    let concurrency = u64::from(settings.max_concurrency.max(1));
+    (2 * concurrency).min(u64::from(settings.rate_limit.per_second.max(1)))
+}
+
+/// More jobs claimed ahead where an app's calls are scarce (`limiter::calls_are_scarce`) and it
+/// looks joiners up before creating them: up to [`LOOK_AHEAD_ROOM`] wait claimed, so that
+/// their look-ups, waiting until the first is needed, leave together as one call
+/// (`LookupBatcher::look_ahead`): a slow app spends about one call per account, not two. At
+/// most a quarter of what the process claims (`bound`), so that a slow app's backlog never
+/// takes the room of another app's jobs.
+fn look_ahead_room(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
+    let scarce =
+        limiter::calls_are_scarce(settings.rate_limit.per_second, settings.max_concurrency);
+    if !scarce || quirks.creates_before_looking(&settings.matching.target_attribute) {
+        return 0;
+    }
+    LOOK_AHEAD_ROOM
+        .saturating_sub(ahead_room(settings))
+        .min(u64::try_from(bound / 4).unwrap_or(u64::MAX))
 }
 
 /// Jobs claimed in this process at most, in workers: those running, and twice as many waiting
@@ -358,6 +382,7 @@ impl Delivery {
             Some(gate),
         )
         .map_err(|e| e.to_string())?;
+        let max_concurrency = settings.max_concurrency;
         let rt = Arc::new(AppRuntime {
             version: app.version,
             name: app.name.clone(),
@@ -366,7 +391,7 @@ impl Delivery {
             compiled: Arc::new(compiled),
             client,
             limiter,
-            lookups: Arc::default(),
+            lookups: Arc::new(LookupBatcher::new(max_concurrency)),
         });
         if let Ok(mut map) = self.runtimes.lock() {
             map.insert(app.id.clone(), rt.clone());
@@ -409,6 +434,17 @@ impl Delivery {
         }
     }
 
+    /// The look-ahead rooms of the apps ([`look_ahead_room`]), all together: claimed on top of
+    /// what the workers bound (`bound`), up to as much again.
+    fn look_ahead_rooms(&self, bound: usize) -> usize {
+        let rooms: u64 = self.runtimes.lock().map_or(0, |map| {
+            map.values()
+                .map(|rt| look_ahead_room(&rt.settings, rt.client.quirks(), bound))
+                .sum()
+        });
+        usize::try_from(rooms).unwrap_or(usize::MAX).min(bound)
+    }
+
     /// Jobs claimed in this process and not ended, all apps together.
     fn claimed_total(&self) -> usize {
         self.claims.lock().map_or(0, |m| {
@@ -417,13 +453,16 @@ impl Delivery {
     }
 
     /// The room left in each app's claim window.
-    fn claim_rooms(&self) -> ClaimRooms {
+    fn claim_rooms(&self, bound: usize) -> ClaimRooms {
         let windows: HashMap<String, u64> = self
             .runtimes
             .lock()
             .map(|map| {
                 map.iter()
-                    .map(|(id, rt)| (id.clone(), claim_window(&rt.settings)))
+                    .map(|(id, rt)| {
+                        let window = claim_window(&rt.settings, rt.client.quirks(), bound);
+                        (id.clone(), window)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -693,6 +732,10 @@ impl Delivery {
                 inputs,
                 job.hr_event_id.as_deref(),
                 span.clone(),
+                limiter::calls_are_scarce(
+                    rt.settings.rate_limit.per_second,
+                    rt.settings.max_concurrency,
+                ) || rt.limiter.short_of_tokens(crate::scim::CallKind::Read),
             )
         });
         let prepared = Prepared {
@@ -1017,8 +1060,9 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         // Jobs waiting for their app hold no worker. What is claimed is bounded by the
         // workers (a few times over: jobs wait claimed ahead of a worker, their look-ups
         // leaving meanwhile), and each app's claim window bounds what waits for it.
+        let bound = CLAIMED_PER_WORKER * config.workers.max(1);
         let free =
-            (CLAIMED_PER_WORKER * config.workers.max(1)).saturating_sub(delivery.claimed_total());
+            (bound + delivery.look_ahead_rooms(bound)).saturating_sub(delivery.claimed_total());
         if free == 0 {
             tokio::select! {
                 _ = tasks.join_next() => {}
@@ -1026,7 +1070,7 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             }
             continue;
         }
-        let rooms = delivery.claim_rooms();
+        let rooms = delivery.claim_rooms(bound);
         let claimed = {
             let _turn = delivery.db.write_turn().await;
             queue::claim_within(

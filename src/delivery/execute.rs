@@ -276,12 +276,15 @@ pub struct AppContext<'a> {
 /// one: a person in the app's scope without a live link in it is matched before anything is
 /// created. Called when the job was claimed and its inputs read, so that the answer is there
 /// (or on its way) when the job gets its slot, instead of the job waiting for it with its slot;
-/// the job's calls are tagged with `hr_event_id` and made in `span`.
+/// the job's calls are tagged with `hr_event_id` and made in `span`. `scarce`: the app is
+/// short of tokens, so the look-up waits until the job needs it, to leave with others
+/// ([`LookupBatcher::look_ahead`]).
 pub fn look_ahead(
     ctx: &AppContext<'_>,
     inputs: &UserInputs,
     hr_event_id: Option<&str>,
     span: tracing::Span,
+    scarce: bool,
 ) -> Option<LookAhead> {
     let person = inputs.person.as_ref()?;
     if live_target(inputs.link.as_ref()).is_some() || !ctx.settings.scope.admits(person) {
@@ -301,6 +304,7 @@ pub fn look_ahead(
             hr_event_id: hr_event_id.map(str::to_owned),
             operation: Operation::Adopt.as_str(),
         },
+        scarce,
     )
 }
 

@@ -126,8 +126,42 @@ impl Limit {
     }
 }
 
-/// A GCRA bucket, as governor's: a token every `t`, `tau = t × (burst − 1)` of tolerance;
-/// `tat`, the theoretical arrival time of the next call, in nanoseconds since the set's start.
+/// How much arrival jitter a bucket's pacing allows for: calls leave a token apart, but reach
+/// the target a few milliseconds early or late (scheduling, the network, the target's own
+/// timers). Once the target's bucket is drained (after a burst, or always with a burst of one)
+/// it refuses a call that arrives a moment before its token, so calls sent at exactly the
+/// documented rate are answered 429 about as often as one was later than the next.
+const ARRIVAL_JITTER: Duration = Duration::from_millis(30);
+
+/// The most pacing slows a bucket: a 33rd of its period, 3 % of its rate (the `rate-limit`
+/// row needs 95 %).
+const PACING_SHARE: u32 = 33;
+
+/// The period at which a bucket hands out tokens, for a documented one token every `period`:
+/// a 33rd longer, at most [`ARRIVAL_JITTER`] longer. Each token's margin adds to the target's
+/// slack where its bucket has a tolerance (burst above 1), up to that tolerance; with a burst
+/// of 1 each call must make up for the jitter alone, hence the absolute allowance. Pure, so
+/// the rule is table-tested.
+#[must_use]
+pub fn paced_period(period: Duration) -> Duration {
+    period + (period / PACING_SHARE).min(ARRIVAL_JITTER)
+}
+
+/// Round trips per second a slot makes at most against a fast SaaS target (100 ms each).
+const FAST_ROUND_TRIPS: u64 = 10;
+
+/// Whether an app's rate limit, not its target's latency, bounds its calls: its rate is below
+/// what its slots would spend against a target answering in 100 ms. Its calls are then
+/// scarce: a look-up started ahead waits until it is needed and leaves with the others
+/// (`LookupBatcher::look_ahead`), one call for many accounts.
+#[must_use]
+pub fn calls_are_scarce(per_second: u32, max_concurrency: u32) -> bool {
+    u64::from(per_second) < u64::from(max_concurrency.max(1)) * FAST_ROUND_TRIPS
+}
+
+/// A GCRA bucket, as governor's: a token every `t` (the limit's period, paced by
+/// [`paced_period`]), `tau = t × (burst − 1)` of tolerance; `tat`, the theoretical arrival
+/// time of the next call, in nanoseconds since the set's start.
 struct Bucket {
     limit: Limit,
     t: u64,
@@ -137,7 +171,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(limit: Limit) -> Self {
-        let per_token = limit.window / limit.limit;
+        let per_token = paced_period(limit.window / limit.limit);
         let t = Nanos::from(per_token.max(Duration::from_nanos(1))).as_u64();
         Self {
             limit,
@@ -211,6 +245,22 @@ impl<C: Clock> Buckets<C> {
 
     fn now(&self) -> u64 {
         self.clock.now().duration_since(self.start).as_u64()
+    }
+
+    /// How long until every bucket that counts `kind` has a token (zero: now); takes none.
+    fn wait_now(&self, kind: CallKind) -> Duration {
+        let now = self.now();
+        let Ok(state) = self.state.lock() else {
+            return Duration::ZERO;
+        };
+        let wait = state
+            .buckets
+            .iter()
+            .filter(|b| b.limit.counts(kind))
+            .map(|b| b.wait_at(now))
+            .max()
+            .unwrap_or(0);
+        Duration::from_nanos(wait)
     }
 
     /// Takes a token of every bucket that counts `kind`, if each has one now; otherwise takes
@@ -356,6 +406,13 @@ impl<C: Clock> AppLimiter<C> {
 
     /// Takes a call token at once if a call of `turn` may: the app is not paused, no leaver
     /// waits ahead of an `InLine` call, and every bucket counting `kind` has one.
+    /// Whether a call of `kind` made now would wait for the app's tokens or a `Retry-After`
+    /// pause: its calls are scarce, so look-ups are better asked together, later.
+    #[must_use]
+    pub fn short_of_tokens(&self, kind: CallKind) -> bool {
+        self.paused_for().is_some() || !self.buckets.wait_now(kind).is_zero()
+    }
+
     fn token_now(&self, turn: Turn, kind: CallKind) -> bool {
         self.paused_for().is_none()
             && turn.may_take(*self.buckets.first_waiting.borrow())
@@ -668,19 +725,78 @@ mod tests {
     fn the_bucket_allows_the_burst_then_the_rate() {
         let (limiter, clock) = on_fake_clock(20, 5);
         assert_eq!(tokens_now(&limiter), 5, "the burst at once");
-        // 20 a second: the next token 50 ms after the burst, not a moment before.
-        clock.advance(Duration::from_millis(49));
+        // 20 a second: the next token 50 ms after the burst (paced: a 33rd more), not a
+        // moment before.
+        let period = paced_period(Duration::from_millis(50));
+        clock.advance(period - Duration::from_nanos(1));
         assert_eq!(tokens_now(&limiter), 0);
-        clock.advance(Duration::from_millis(1));
+        clock.advance(Duration::from_nanos(1));
         assert_eq!(tokens_now(&limiter), 1);
-        // Then one every 50 ms: 15 tokens in the first half second.
+        // Then one every period.
         for _ in 0..9 {
-            clock.advance(Duration::from_millis(50));
+            clock.advance(period);
             assert_eq!(tokens_now(&limiter), 1);
         }
         // An idle app's bucket fills up to the burst, never beyond it.
         clock.advance(Duration::from_secs(60));
         assert_eq!(tokens_now(&limiter), 5);
+    }
+
+    #[test]
+    fn buckets_are_paced_a_little_under_the_documented_rate() {
+        let ms = Duration::from_millis;
+        let table = [
+            // 1 call/s (a vendor's documented limit): 30 ms of room for jitter, not 3 %.
+            (ms(1000), ms(1030)),
+            (ms(60_000), ms(60_030)),
+            // 10/s: 3 %.
+            (ms(100), ms(100) + ms(100) / 33),
+            // 100/s (the rate-limit row).
+            (ms(10), ms(10) + ms(10) / 33),
+            // A window of 180 a minute.
+            (ms(60_000) / 180, ms(60_000) / 180 + ms(60_000) / 180 / 33),
+        ];
+        for (period, paced) in table {
+            assert_eq!(paced_period(period), paced, "{period:?}");
+            let rate = period.as_secs_f64() / paced.as_secs_f64();
+            assert!((0.97..1.0).contains(&rate), "{period:?}: {rate}");
+        }
+    }
+
+    #[test]
+    fn an_apps_calls_are_scarce_where_its_rate_not_its_latency_bounds_them() {
+        // (per_second, max_concurrency) → scarce
+        let table = [
+            ((1, 1), true),
+            ((5, 2), true),
+            ((10, 4), true),
+            ((39, 4), true),
+            ((40, 4), false),
+            ((10_000, 32), false),
+            ((100, 0), false),
+        ];
+        for ((per_second, concurrency), scarce) in table {
+            assert_eq!(
+                calls_are_scarce(per_second, concurrency),
+                scarce,
+                "{per_second}/s, {concurrency} at once"
+            );
+        }
+    }
+
+    #[test]
+    fn at_one_call_a_second_and_burst_one_tokens_come_30_ms_apart_from_the_rate() {
+        let (limiter, clock) = on_fake_clock(1, 1);
+        assert!(!limiter.short_of_tokens(CallKind::Read));
+        assert_eq!(tokens_now(&limiter), 1);
+        assert!(
+            limiter.short_of_tokens(CallKind::Read),
+            "its token is taken"
+        );
+        clock.advance(Duration::from_millis(1029));
+        assert_eq!(tokens_now(&limiter), 0, "not at exactly the vendor's rate");
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(tokens_now(&limiter), 1);
     }
 
     #[test]
@@ -715,8 +831,9 @@ mod tests {
     #[test]
     fn a_waiting_leaver_takes_the_next_token_and_the_line_does_not() {
         let (limiter, clock) = on_fake_clock(10, 1);
+        let period = paced_period(Duration::from_millis(100));
         assert_eq!(tokens_now(&limiter), 1);
-        clock.advance(Duration::from_millis(100));
+        clock.advance(period);
         let leaver = FirstWaiting::enter(&limiter.buckets.first_waiting);
         assert!(
             !limiter.token_now(Turn::InLine, CallKind::Read),
@@ -729,7 +846,7 @@ mod tests {
         drop(leaver);
         // The leaver took the one token there was; the line takes the next one.
         assert_eq!(tokens_now(&limiter), 0);
-        clock.advance(Duration::from_millis(100));
+        clock.advance(period);
         assert_eq!(tokens_now(&limiter), 1);
     }
 
@@ -1050,12 +1167,13 @@ mod tests {
             30,
             "the window's burst"
         );
-        // One token every 2 s, not a moment before.
-        clock.advance(Duration::from_millis(1999));
+        // One token every 2 s (paced: 30 ms more), not a moment before.
+        let period = paced_period(Duration::from_secs(2));
+        clock.advance(period - Duration::from_millis(1));
         assert_eq!(calls_now(&limiter, CallKind::Read), 0);
         clock.advance(Duration::from_millis(1));
         assert_eq!(calls_now(&limiter, CallKind::Read), 1);
-        clock.advance(Duration::from_secs(2));
+        clock.advance(period);
         assert_eq!(calls_now(&limiter, CallKind::Write), 1);
         // An idle window refills up to its burst, never beyond.
         clock.advance(Duration::from_secs(3600));
@@ -1068,7 +1186,7 @@ mod tests {
         ));
         let limiter = AppLimiter::sharing(buckets, 1);
         assert_eq!(calls_now(&limiter, CallKind::Read), 5);
-        clock.advance(Duration::from_secs(2));
+        clock.advance(period);
         assert_eq!(calls_now(&limiter, CallKind::Read), 1);
     }
 
@@ -1082,18 +1200,20 @@ mod tests {
         ));
         let limiter = AppLimiter::sharing(buckets, 1);
         assert_eq!(calls_now(&limiter, CallKind::Write), 1);
-        clock.advance(Duration::from_millis(100));
+        let (second, window) = (
+            paced_period(Duration::from_millis(100)),
+            paced_period(Duration::from_secs(10)),
+        );
+        clock.advance(second);
         // The per-second bucket has a token again, the write window not: no write, and the
         // refused writes left the per-second token where it was, for a read.
         assert_eq!(calls_now(&limiter, CallKind::Write), 0);
         assert_eq!(calls_now(&limiter, CallKind::Write), 0);
         assert_eq!(calls_now(&limiter, CallKind::Read), 1);
-        // A write waits for the later of the two: the window's next token, 10 s after the first.
-        assert_eq!(
-            limiter.buckets.take(CallKind::Write),
-            Err(Duration::from_millis(9900))
-        );
-        clock.advance(Duration::from_millis(9900));
+        // A write waits for the later of the two: the window's next token, 10 s (paced) after
+        // the first.
+        assert_eq!(limiter.buckets.take(CallKind::Write), Err(window - second));
+        clock.advance(window - second);
         assert_eq!(calls_now(&limiter, CallKind::Write), 1);
     }
 
@@ -1150,7 +1270,8 @@ mod tests {
                 serde_json::json!([{"limit": 3, "window_seconds": 60}]),
             )),
         );
-        clock.advance(Duration::from_secs(60));
+        let period = paced_period(Duration::from_secs(10));
+        clock.advance(period * 6);
         assert_eq!(
             calls_now(&a, CallKind::Read) + calls_now(&b, CallKind::Read),
             3
@@ -1158,7 +1279,7 @@ mod tests {
         // The other app leaves: its three a minute go, and the six a minute keep their state
         // (three left, and one more 10 s later), not a full bucket.
         assert!(!buckets.remove_member("other"));
-        clock.advance(Duration::from_secs(10));
+        clock.advance(period);
         assert_eq!(calls_now(&a, CallKind::Read), 4);
         // A Retry-After that one app got pauses both.
         clock.advance(Duration::from_secs(60));

@@ -17,12 +17,19 @@
 //! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
 //!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
 //!   and leave together, up to 25 values per listing.
+//! - Where the app's calls are scarce, a look-up started ahead waits until its job needs it and
+//!   while more jobs than the app's slots hold an answer (`holds_back`); then it leaves with
+//!   every look-up queued meanwhile. A job's own look-up (none ahead, or after a 409) leaves at
+//!   once.
+//! - A batch is asked by one read of the target's whole user listing when that costs fewer calls
+//!   than by filter (`plan`). Its answer counts only if the listing proves itself complete
+//!   (`ListingProof`); else the batch is asked by filter, and the runtime never lists again.
 //! - A target that refuses the `or` filter (a 4xx other than auth or throttling) is asked one
 //!   value at a time from then on, until the app's settings change (a new runtime).
 //! - The shared call is in every served job's call log (its provisioning log shows the call
 //!   that looked it up); the metrics count it once; its trace span is a child of the first
 //!   served job's span, tagged with that job's HR event.
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,13 +39,21 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::execute;
-use crate::scim::{CallRecord, ScimClient, ScimError, filter};
+use crate::scim::{CallRecord, ListQuery, Page, ScimClient, ScimError, filter, id_of};
 
 /// Values per look-up: about 1.5 KB of URL with e-mail addresses as user names, well under the
 /// 8 KB most servers accept.
 const MAX_VALUES: usize = 25;
 /// Look-ups of one app in flight at once. While they are, later ones queue and leave together.
 const MAX_DISPATCHERS: usize = 2;
+/// How long a held-back batch waits at most before it looks again.
+const HOLD_AT_MOST: Duration = Duration::from_secs(1);
+/// Look-ups answered by one listing of the target at most.
+const MAX_LISTED: usize = 500;
+/// Jobs of an app claimed ahead at least, whatever its rate (the engine's claim window): a
+/// slow app's look-ups started ahead then wait together and leave as one call, instead of
+/// one call per job (each call counts against the app's rate limit).
+pub const LOOK_AHEAD_ROOM: u64 = MAX_VALUES as u64;
 
 /// A matching look-up started for a claimed job before it runs (`LookupBatcher::look_ahead`),
 /// carried by the job to its first look-up.
@@ -46,9 +61,9 @@ pub struct LookAhead {
     attr: String,
     value: String,
     answer: oneshot::Receiver<Reply>,
-    /// `Creates::seq` when it was asked: a create of the same value started since makes its
-    /// answer stale.
-    asked: u64,
+    /// Set once the job needs the answer: a look-up started ahead while the app was short of
+    /// tokens waits in the queue until then (or until another job's look-up takes it along).
+    wanted: Arc<AtomicBool>,
     asked_at: Instant,
 }
 
@@ -56,12 +71,15 @@ pub struct LookAhead {
 /// round trips, or a few rate-limit periods; one that waited longer (a long pause) asks again.
 const AHEAD_MAX_AGE: Duration = Duration::from_secs(60);
 
-/// The creates this process's jobs started lately, per matching value: a look-up sent ahead
-/// before another job of the app started creating an account with the same value (two people
-/// with one address) is not used: the job asks again, as it would have without looking ahead.
+/// The creates this process's jobs started lately, per matching value: a look-up sent ahead is
+/// not used if another job of the app started creating an account with the same value (two
+/// people with one address, or the same person's create whose outcome was unknown) lately —
+/// after it was asked, or before, since that create may have been under way when it was
+/// answered: the job asks again, inside its matching turn, as it would have without looking
+/// ahead.
 #[derive(Default)]
 struct Creates {
-    /// Counts starts; a look-up ahead notes it when asked.
+    /// Counts starts, to tell a value's latest start from its earlier ones.
     seq: u64,
     /// (attribute, value ignoring case) → the `seq` of the latest create started with it.
     latest: HashMap<(String, String), u64>,
@@ -92,27 +110,36 @@ impl Creates {
         self.order.push_back((now, self.seq, key));
     }
 
-    /// Whether a look-up of `value` asked at `asked` may still be used at `now`.
-    fn fresh(&self, attr: &str, value: &str, asked: u64, asked_at: Instant, now: Instant) -> bool {
+    /// Whether a look-up of `value` asked at `asked_at` may still be used at `now`: not too
+    /// old, and no create of that value started lately (forgotten `AHEAD_MAX_AGE` after it
+    /// started, at the next start).
+    fn fresh(&self, attr: &str, value: &str, asked_at: Instant, now: Instant) -> bool {
         now.duration_since(asked_at) <= AHEAD_MAX_AGE
-            && self
-                .latest
-                .get(&Self::key(attr, value))
-                .is_none_or(|started| *started <= asked)
+            && !self.latest.contains_key(&Self::key(attr, value))
     }
 }
 
 enum Reply {
     /// The answer to this waiter's value, and the call(s) that gave it.
     Found(Result<Vec<Value>, ScimError>, Vec<CallRecord>),
-    /// Look it up alone.
-    Alone,
+    /// Look it up alone (after the call(s) made for it that answered nothing: a listing that
+    /// proved nothing).
+    Alone(Vec<CallRecord>),
 }
 
 struct Waiter {
     attr: String,
     value: String,
     reply: oneshot::Sender<Reply>,
+    /// Someone waits for the answer now (see [`LookAhead::wanted`]); a dispatcher leaves only
+    /// for a batch holding such a look-up.
+    wanted: Arc<AtomicBool>,
+    /// Calls made for it that answered nothing (a listing not proven complete): in its job's
+    /// log with the call that answers it.
+    earlier: Vec<CallRecord>,
+    /// Started ahead while the app's calls were scarce: it leaves only when the jobs already
+    /// answered run low (see [`holds_back`]).
+    scarce: bool,
     /// The job's span and tags: a call made for it is its span's child, tagged as its own.
     span: tracing::Span,
     job: execute::JobCallContext,
@@ -125,10 +152,13 @@ struct Queue {
 }
 
 /// One app's merged look-ups (part of its runtime: rebuilt when its settings change).
-#[derive(Default)]
 pub struct LookupBatcher {
     queue: Mutex<Queue>,
+    /// The app's calls at once: scarce look-ups are held back while more jobs than this have
+    /// their answer and wait for their calls.
+    slots: usize,
     or_refused: AtomicBool,
+    listing: Mutex<ListingKnowledge>,
     claims: Mutex<Claims>,
     creates: Mutex<Creates>,
     matching: Arc<MatchingTurns>,
@@ -140,7 +170,13 @@ pub struct LookupBatcher {
 /// account exists and never creates a second one on a target that does not enforce uniqueness.
 /// Calls hold the app's slots one at a time, so nothing else serialises two such jobs.
 #[derive(Default)]
-struct MatchingTurns(Mutex<HashMap<(String, String), ValueLock>>);
+struct MatchingTurns {
+    turns: Mutex<HashMap<(String, String), ValueLock>>,
+    /// Jobs holding their turn: matching (waiting for a look-up) or creating.
+    held: std::sync::atomic::AtomicUsize,
+    /// Told when a turn ends or a look-up is wanted: a held-back batch looks again.
+    changed: Arc<tokio::sync::Notify>,
+}
 
 /// One matching value's turn: held by the job matching it.
 type ValueLock = Arc<tokio::sync::Mutex<()>>;
@@ -155,7 +191,11 @@ pub struct MatchingTurn {
 
 impl Drop for MatchingTurn {
     fn drop(&mut self) {
-        let Ok(mut turns) = self.turns.0.lock() else {
+        if self.held.is_some() {
+            self.turns.held.fetch_sub(1, Ordering::AcqRel);
+            self.turns.changed.notify_waiters();
+        }
+        let Ok(mut turns) = self.turns.turns.lock() else {
             return;
         };
         drop(self.held.take());
@@ -226,8 +266,14 @@ impl Drop for DispatcherExit<'_> {
         };
         queue.dispatchers = queue.dispatchers.saturating_sub(1);
         if queue.dispatchers == 0 {
-            for w in queue.waiting.drain(..) {
-                let _ = w.reply.send(Reply::Alone);
+            // Those not wanted yet stay: the job that needs one starts a dispatcher.
+            let (wanted, later): (VecDeque<Waiter>, VecDeque<Waiter>) = queue
+                .waiting
+                .drain(..)
+                .partition(|w| w.wanted.load(Ordering::Acquire));
+            queue.waiting = later;
+            for w in wanted {
+                w.alone();
             }
         }
     }
@@ -296,7 +342,169 @@ fn after_failed_batch(error: &ScimError) -> BatchFailure {
     }
 }
 
+/// How a dispatcher asks the look-ups it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// One value: its own filtered look-up.
+    Alone,
+    /// Up to `MAX_VALUES` values as one `or`-filtered listing (or, where the target takes one
+    /// term, each job alone).
+    Merged,
+    /// Every pending value from one read of the target's whole user listing, checked locally.
+    Listing,
+}
+
+/// What the batcher knows of the app's user listing, from its last read (per runtime).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ListingKnowledge {
+    /// Accounts in the target: the last listing's `totalResults`, plus the creates started
+    /// since. `None` before the first listing.
+    accounts: Option<u64>,
+    /// Accounts per page, as the last listing of several pages served them (0: not known;
+    /// the client's page size then).
+    per_page: u64,
+    /// A listing was not proven complete (no `totalResults`, a wrap, fewer or more distinct
+    /// accounts than it said): never listed again; look-ups are asked by filter.
+    unproven: bool,
+}
+
+/// Calls that `pending` look-ups of one attribute cost asked by filter.
+fn lookup_calls(pending: usize, merges: bool) -> u64 {
+    let pending = pending as u64;
+    if merges {
+        pending.div_ceil(MAX_VALUES as u64)
+    } else {
+        pending
+    }
+}
+
+/// Calls a listing of the target costs, as far as `known` tells (one when nothing is known:
+/// its first page says, and a listing that would cost more stops there).
+fn listing_calls(known: &ListingKnowledge, page_size: u32) -> u64 {
+    let per_page = if known.per_page > 0 {
+        known.per_page
+    } else {
+        u64::from(page_size.max(1))
+    };
+    known.accounts.map_or(1, |a| a.div_ceil(per_page).max(1))
+}
+
+/// How `pending` look-ups of one attribute are asked: a listing of the target only when it
+/// costs fewer calls than the look-ups it replaces and no earlier listing failed its proof.
+fn plan(pending: usize, merges: bool, known: &ListingKnowledge, page_size: u32) -> Plan {
+    if pending <= 1 {
+        return Plan::Alone;
+    }
+    if !known.unproven && listing_calls(known, page_size) < lookup_calls(pending, merges) {
+        Plan::Listing
+    } else {
+        Plan::Merged
+    }
+}
+
+/// A listing read page by page, and whether it proves that an account it does not hold is
+/// absent: every page carries `totalResults`, it never shrinks (an account removed meanwhile
+/// could shift another past the pages read), nothing wraps, every account has an id, and the
+/// distinct ids read are exactly the last `totalResults`.
+#[derive(Debug, Default)]
+struct ListingProof {
+    ids: HashSet<String>,
+    total: Option<u64>,
+    pages: u64,
+    biggest_page: u64,
+    broken: bool,
+}
+
+/// What the listing should do after a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterPage {
+    Continue,
+    /// Not provable: stop, and ask by filter.
+    Unproven,
+    /// The pages still to read cost as many calls as the look-ups: stop, and ask by filter.
+    TooBig,
+}
+
+impl ListingProof {
+    /// Takes `page` (its accounts' ids) into the proof; `budget` is what the look-ups would
+    /// cost by filter.
+    fn page(&mut self, page: &Page, budget: u64) -> AfterPage {
+        self.pages += 1;
+        let Some(total) = page.total.filter(|_| !page.wrapped && !page.unproven) else {
+            self.broken = true;
+            return AfterPage::Unproven;
+        };
+        if self.total.is_some_and(|before| total < before) {
+            self.broken = true;
+            return AfterPage::Unproven;
+        }
+        self.total = Some(total);
+        for resource in &page.resources {
+            match id_of(resource) {
+                Some(id) => {
+                    self.ids.insert(id.to_owned());
+                }
+                None => {
+                    self.broken = true;
+                    return AfterPage::Unproven;
+                }
+            }
+        }
+        let len = page.resources.len() as u64;
+        self.biggest_page = self.biggest_page.max(len);
+        if self.pages == 1 && len > 0 && total.div_ceil(len).saturating_sub(1) >= budget {
+            return AfterPage::TooBig;
+        }
+        AfterPage::Continue
+    }
+
+    fn complete(&self) -> bool {
+        !self.broken && self.total == Some(self.ids.len() as u64)
+    }
+}
+
+impl Default for LookupBatcher {
+    fn default() -> Self {
+        Self::new(1)
+    }
+}
+
+/// Whether a batch of look-ups started ahead while the app's calls were scarce waits a little
+/// longer, for more look-ups to leave with it: while more jobs than the app's `slots` already
+/// have their answer and wait for their calls (the app stays busy meanwhile), and fewer than a
+/// full listing's worth (`MAX_VALUES`) are queued. Pure, so table-tested.
+fn holds_back(answered_waiting: usize, slots: usize, queued: usize) -> bool {
+    answered_waiting > slots && queued < MAX_VALUES
+}
+
+impl Waiter {
+    fn answer(self, found: Result<Vec<Value>, ScimError>, calls: &[CallRecord]) {
+        let mut all = self.earlier;
+        all.extend_from_slice(calls);
+        let _ = self.reply.send(Reply::Found(found, all));
+    }
+
+    fn alone(self) {
+        let _ = self.reply.send(Reply::Alone(self.earlier));
+    }
+}
+
 impl LookupBatcher {
+    /// The batcher of an app that makes `slots` calls at once.
+    #[must_use]
+    pub fn new(slots: u32) -> Self {
+        let matching = Arc::new(MatchingTurns::default());
+        Self {
+            queue: Mutex::default(),
+            slots: usize::try_from(slots.max(1)).unwrap_or(1),
+            or_refused: AtomicBool::default(),
+            listing: Mutex::default(),
+            claims: Mutex::default(),
+            creates: Mutex::default(),
+            matching,
+        }
+    }
+
     /// Claims the target resource `target_id` of `kind` (`user`, `group`) for `resource_id`,
     /// which has just created it or is about to adopt it. `Err` names the resource that
     /// claimed it first in this process: adopting it too would give one account two owners.
@@ -335,14 +543,22 @@ impl LookupBatcher {
         let ahead = ahead
             .filter(|ahead| ahead.attr == attr && ahead.value == value && self.still_fresh(ahead));
         let answer = match ahead {
-            Some(ahead) => Some(ahead.answer),
-            None => self.enqueue(
-                client,
-                attr,
-                value,
-                tracing::Span::current(),
-                execute::job_call_context(),
-            ),
+            Some(ahead) => {
+                // Needed now: it leaves, with every look-up that waits with it.
+                ahead.wanted.store(true, Ordering::Release);
+                self.kick(client);
+                Some(ahead.answer)
+            }
+            None => self
+                .enqueue(
+                    client,
+                    attr,
+                    value,
+                    tracing::Span::current(),
+                    execute::job_call_context(),
+                    true,
+                )
+                .map(|(answer, _)| answer),
         };
         let Some(answer) = answer else {
             return client.users().find_by(attr, value).await;
@@ -353,7 +569,11 @@ impl LookupBatcher {
                 execute::record_shared_calls(calls);
                 found
             }
-            Ok(Reply::Alone) | Err(_) => client.users().find_by(attr, value).await,
+            Ok(Reply::Alone(calls)) => {
+                execute::record_shared_calls(calls);
+                client.users().find_by(attr, value).await
+            }
+            Err(_) => client.users().find_by(attr, value).await,
         }
     }
 
@@ -363,6 +583,11 @@ impl LookupBatcher {
     /// merged (the job then looks up alone, when it runs). The answer is the job's own (it is
     /// asked after the claim committed, as the job's own look-up would be), used once, for the
     /// job's first look-up: a look-up after a 409 is made afresh.
+    ///
+    /// `scarce`: the app is short of tokens (its calls wait for its rate limit). The look-up
+    /// then waits in the queue until the job needs it, so that the look-ups of the jobs
+    /// claimed meanwhile leave with it as one call (a merged listing, or a read of the whole
+    /// target: see [`plan`]); otherwise it leaves at once, off the job's critical path.
     pub fn look_ahead(
         self: &Arc<Self>,
         client: &ScimClient,
@@ -370,14 +595,14 @@ impl LookupBatcher {
         value: &str,
         span: tracing::Span,
         job: execute::JobCallContext,
+        scarce: bool,
     ) -> Option<LookAhead> {
-        let asked = self.creates.lock().ok()?.seq;
-        let answer = self.enqueue(client, attr, value, span, job)?;
+        let (answer, wanted) = self.enqueue(client, attr, value, span, job, !scarce)?;
         Some(LookAhead {
             attr: attr.to_owned(),
             value: value.to_owned(),
             answer,
-            asked,
+            wanted,
             asked_at: Instant::now(),
         })
     }
@@ -386,7 +611,7 @@ impl LookupBatcher {
     /// job's create, if any, is answered.
     pub async fn matching_turn(&self, attr: &str, value: &str) -> MatchingTurn {
         let key = Creates::key(attr, value);
-        let turn = match self.matching.0.lock() {
+        let turn = match self.matching.turns.lock() {
             Ok(mut turns) => Some(turns.entry(key.clone()).or_default().clone()),
             Err(_) => None,
         };
@@ -394,6 +619,9 @@ impl LookupBatcher {
             Some(turn) => Some(super::limiter::without_worker(turn.lock_owned()).await),
             None => None,
         };
+        if held.is_some() {
+            self.matching.held.fetch_add(1, Ordering::AcqRel);
+        }
         MatchingTurn {
             turns: self.matching.clone(),
             key,
@@ -407,22 +635,22 @@ impl LookupBatcher {
         if let Ok(mut creates) = self.creates.lock() {
             creates.started(attr, value, Instant::now());
         }
+        // The target grows: a listing costs what it will hold.
+        if let Ok(mut known) = self.listing.lock()
+            && let Some(accounts) = known.accounts.as_mut()
+        {
+            *accounts += 1;
+        }
     }
 
     fn still_fresh(&self, ahead: &LookAhead) -> bool {
         self.creates.lock().is_ok_and(|creates| {
-            creates.fresh(
-                &ahead.attr,
-                &ahead.value,
-                ahead.asked,
-                ahead.asked_at,
-                Instant::now(),
-            )
+            creates.fresh(&ahead.attr, &ahead.value, ahead.asked_at, Instant::now())
         })
     }
 
-    /// Queues a look-up of `value` and starts a dispatcher if fewer than `MAX_DISPATCHERS`
-    /// run; `None` when it cannot be merged (the caller looks up alone).
+    /// Queues a look-up of `value`; if it is `wanted` now, starts a dispatcher if fewer than
+    /// `MAX_DISPATCHERS` run. `None` when it cannot be merged (the caller looks up alone).
     fn enqueue(
         self: &Arc<Self>,
         client: &ScimClient,
@@ -430,65 +658,246 @@ impl LookupBatcher {
         value: &str,
         span: tracing::Span,
         job: execute::JobCallContext,
-    ) -> Option<oneshot::Receiver<Reply>> {
+        wanted: bool,
+    ) -> Option<(oneshot::Receiver<Reply>, Arc<AtomicBool>)> {
         if !batchable(attr) || self.or_refused.load(Ordering::Relaxed) {
             return None;
         }
         let (reply, answer) = oneshot::channel();
-        let start = {
+        let wanted_now = wanted;
+        let wanted = Arc::new(AtomicBool::new(wanted));
+        {
             let mut queue = self.queue.lock().ok()?;
             queue.waiting.push_back(Waiter {
                 attr: attr.to_owned(),
                 value: value.to_owned(),
                 reply,
+                scarce: !wanted_now,
+                wanted: wanted.clone(),
+                earlier: Vec::new(),
                 span,
                 job,
             });
-            let start = queue.dispatchers < MAX_DISPATCHERS;
+        }
+        self.kick(client);
+        Some((answer, wanted))
+    }
+
+    /// Starts a dispatcher if a look-up is wanted and fewer than `MAX_DISPATCHERS` run.
+    fn kick(self: &Arc<Self>, client: &ScimClient) {
+        let start = self.queue.lock().is_ok_and(|mut queue| {
+            let start = queue.dispatchers < MAX_DISPATCHERS
+                && queue
+                    .waiting
+                    .iter()
+                    .any(|w| w.wanted.load(Ordering::Acquire));
             if start {
                 queue.dispatchers += 1;
             }
             start
-        };
+        });
         if start {
             tokio::spawn(self.clone().dispatch(client.clone()));
         }
-        Some(answer)
+        // A dispatcher holding a batch back looks again.
+        self.matching.changed.notify_waiters();
     }
 
-    /// Takes the next batch: the first waiter and up to `MAX_VALUES - 1` more for the same
-    /// attribute; empty when nobody waits.
-    fn next_batch(&self) -> Vec<Waiter> {
+    /// Takes the next batch and how to ask it: the first wanted waiter and more for the same
+    /// attribute (up to `MAX_VALUES`, or every one when the target's listing is read); empty
+    /// when none is wanted. Waiters whose job no longer waits are dropped.
+    fn next_batch(&self, client: &ScimClient) -> Option<(Vec<Waiter>, Plan)> {
         let Ok(mut queue) = self.queue.lock() else {
-            return Vec::new();
+            return Some((Vec::new(), Plan::Alone));
         };
-        let Some(first) = queue.waiting.pop_front() else {
-            return Vec::new();
+        queue.waiting.retain(|w| !w.reply.is_closed());
+        let wanted = |w: &Waiter| w.wanted.load(Ordering::Acquire);
+        let Some(at) = queue.waiting.iter().position(wanted) else {
+            return Some((Vec::new(), Plan::Alone));
         };
-        let mut batch = vec![first];
+        let attr = queue.waiting[at].attr.clone();
+        let pending = queue.waiting.iter().filter(|w| w.attr == attr).count();
+        // Only look-ups started ahead of a scarce app's calls wait for others.
+        if queue.waiting.iter().filter(|w| wanted(w)).all(|w| w.scarce) {
+            let matching = queue.waiting.iter().filter(|w| wanted(w)).count();
+            let answered = self
+                .matching
+                .held
+                .load(Ordering::Acquire)
+                .saturating_sub(matching);
+            if holds_back(answered, self.slots, pending) {
+                return None;
+            }
+        }
+        let quirks = client.quirks();
+        let merges = quirks.merges_lookups() && quirks.filters_on(&attr);
+        let known = self.listing.lock().map(|k| *k).unwrap_or(ListingKnowledge {
+            unproven: true,
+            ..ListingKnowledge::default()
+        });
+        // A target whose listings leave accounts out (guests, say) never proves an absence.
+        let known = ListingKnowledge {
+            unproven: known.unproven || !quirks.user_listings_complete,
+            ..known
+        };
+        let plan = plan(pending, merges, &known, quirks.page_size);
+        let most = if plan == Plan::Listing {
+            MAX_LISTED
+        } else {
+            MAX_VALUES
+        };
+        let mut batch = Vec::with_capacity(pending.min(most));
+        if let Some(first) = queue.waiting.remove(at) {
+            batch.push(first);
+        }
         let mut rest = VecDeque::with_capacity(queue.waiting.len());
         while let Some(w) = queue.waiting.pop_front() {
-            if batch.len() < MAX_VALUES && w.attr == batch[0].attr {
+            if batch.len() < most && w.attr == attr {
                 batch.push(w);
             } else {
                 rest.push_back(w);
             }
         }
         queue.waiting = rest;
-        batch
+        let plan = if batch.len() == 1 { Plan::Alone } else { plan };
+        Some((batch, plan))
+    }
+
+    /// Puts `batch` back at the front of the queue (a listing that proved nothing): asked by
+    /// filter next.
+    fn requeue(&self, batch: Vec<Waiter>) {
+        if let Ok(mut queue) = self.queue.lock() {
+            for w in batch.into_iter().rev() {
+                queue.waiting.push_front(w);
+            }
+        }
+    }
+
+    /// Reads the target's whole user listing and answers each of `values` from it, checked
+    /// locally like a merged answer; `Ok(None)` when the listing is not proven complete (see
+    /// [`ListingProof`]) or costs as many calls as the `budget` look-ups by filter would.
+    async fn listed(
+        &self,
+        client: &ScimClient,
+        attr: &str,
+        values: &[&str],
+        budget: u64,
+    ) -> Result<Option<Vec<Vec<Value>>>, ScimError> {
+        use futures::TryStreamExt;
+        let mut pages = client.users().list_pages(ListQuery {
+            page_size: client.quirks().page_size,
+            ..ListQuery::default()
+        });
+        let mut proof = ListingProof::default();
+        let mut per_value = vec![Vec::new(); values.len()];
+        let mut after = AfterPage::Continue;
+        while let Some(page) = pages.try_next().await? {
+            after = proof.page(&page, budget);
+            if after != AfterPage::Continue {
+                break;
+            }
+            for resource in page.resources {
+                for (i, value) in values.iter().enumerate() {
+                    if filter::holds_value(&resource, attr, value)
+                        && !per_value[i]
+                            .iter()
+                            .any(|r: &Value| id_of(r) == id_of(&resource))
+                    {
+                        per_value[i].push(resource.clone());
+                    }
+                }
+            }
+        }
+        let complete = after == AfterPage::Continue && proof.complete();
+        if let Ok(mut known) = self.listing.lock() {
+            if proof.total.is_some() {
+                known.accounts = proof.total;
+            }
+            if proof.pages > 1 || after == AfterPage::TooBig {
+                known.per_page = proof.biggest_page;
+            }
+            if after == AfterPage::Unproven || after == AfterPage::Continue && !complete {
+                known.unproven = true;
+                tracing::info!(
+                    "A listing of the target's users was not proven complete; looking up by filter"
+                );
+            }
+        }
+        Ok(complete.then_some(per_value))
     }
 
     /// Sends queued look-ups until none is left: one waiter's alone, several as one listing.
     async fn dispatch(self: Arc<Self>, client: ScimClient) {
         let _exit = DispatcherExit(&self);
+        let changed = self.matching.changed.clone();
         loop {
-            let mut batch = self.next_batch();
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some((mut batch, plan)) = self.next_batch(&client) else {
+                // Held back: until a job's turn ends or a look-up is wanted (at most a second,
+                // whatever the counts say).
+                let _ = tokio::time::timeout(HOLD_AT_MOST, notified).await;
+                continue;
+            };
             if batch.is_empty() {
                 return;
             }
-            if self.or_refused.load(Ordering::Relaxed) {
+            batch[0].span.in_scope(|| {
+                let wanted = batch
+                    .iter()
+                    .filter(|w| w.wanted.load(Ordering::Acquire))
+                    .count();
+                tracing::debug!(
+                    values = batch.len(),
+                    wanted,
+                    ?plan,
+                    "Matching look-ups leave"
+                );
+            });
+            if self.or_refused.load(Ordering::Relaxed) && plan != Plan::Listing {
                 for w in batch {
-                    let _ = w.reply.send(Reply::Alone);
+                    w.alone();
+                }
+                continue;
+            }
+            if plan == Plan::Listing {
+                let attr = batch[0].attr.clone();
+                let values: Vec<&str> = batch.iter().map(|w| w.value.as_str()).collect();
+                let quirks = client.quirks();
+                let merges = quirks.merges_lookups() && quirks.filters_on(&attr);
+                let budget = lookup_calls(values.len(), merges);
+                let (result, calls) = execute::with_job_call_context(
+                    &batch[0].job,
+                    self.listed(&client, &attr, &values, budget)
+                        .instrument(batch[0].span.clone()),
+                )
+                .await;
+                match result {
+                    Ok(Some(per_value)) => {
+                        for (w, found) in batch.into_iter().zip(per_value) {
+                            w.answer(Ok(found), &calls);
+                        }
+                    }
+                    Err(e) if after_failed_batch(&e) == BatchFailure::Shared => {
+                        for w in batch {
+                            w.answer(Err(e.clone()), &calls);
+                        }
+                    }
+                    // Not proven, too big, or refused: asked by filter (the knowledge now
+                    // says so, so the next plan is not a listing).
+                    other => {
+                        if let Err(e) = other
+                            && let Ok(mut known) = self.listing.lock()
+                        {
+                            tracing::info!(error = %e, "A listing of the target's users failed; looking up by filter");
+                            known.unproven = true;
+                        }
+                        for w in &mut batch {
+                            w.earlier.extend(calls.iter().cloned());
+                        }
+                        self.requeue(batch);
+                    }
                 }
                 continue;
             }
@@ -502,7 +911,7 @@ impl LookupBatcher {
                         .instrument(w.span.clone()),
                 )
                 .await;
-                let _ = w.reply.send(Reply::Found(found, calls));
+                w.answer(found, &calls);
                 continue;
             }
             let attr = batch[0].attr.clone();
@@ -528,7 +937,7 @@ impl LookupBatcher {
                     BatchFailure::RetryAlone => None,
                     BatchFailure::Shared => {
                         for w in batch {
-                            let _ = w.reply.send(Reply::Found(Err(e.clone()), calls.clone()));
+                            w.answer(Err(e.clone()), &calls);
                         }
                         continue;
                     }
@@ -537,12 +946,12 @@ impl LookupBatcher {
             match per_value {
                 Some(per_value) => {
                     for (w, found) in batch.into_iter().zip(per_value) {
-                        let _ = w.reply.send(Reply::Found(Ok(found), calls.clone()));
+                        w.answer(Ok(found), &calls);
                     }
                 }
                 None => {
                     for w in batch {
-                        let _ = w.reply.send(Reply::Alone);
+                        w.alone();
                     }
                 }
             }
@@ -576,32 +985,175 @@ mod tests {
     }
 
     #[test]
-    fn a_look_up_sent_ahead_is_stale_once_a_create_of_its_value_started_or_it_is_old() {
+    fn a_look_up_sent_ahead_is_stale_once_a_create_of_its_value_started_lately_or_it_is_old() {
         let mut creates = Creates::default();
         let t0 = Instant::now();
-        let asked = creates.seq;
-        assert!(creates.fresh("userName", "ada@example.com", asked, t0, t0));
+        assert!(creates.fresh("userName", "ada@example.com", t0, t0));
         creates.started("userName", "bob@example.com", t0);
         assert!(
-            creates.fresh("userName", "ada@example.com", asked, t0, t0),
+            creates.fresh("userName", "ada@example.com", t0, t0),
             "another value"
         );
         creates.started("userName", "ADA@example.com", t0);
         assert!(
-            !creates.fresh("userName", "ada@example.com", asked, t0, t0),
+            !creates.fresh("userName", "ada@example.com", t0, t0),
             "a create of the same value (ignoring case) started after it was asked"
         );
-        let asked_later = creates.seq;
-        assert!(creates.fresh("userName", "ada@example.com", asked_later, t0, t0));
+        // Asked after that create started: it may have been under way when answered.
+        let later = t0 + Duration::from_millis(10);
+        assert!(!creates.fresh("userName", "ada@example.com", later, later));
         let late = t0 + AHEAD_MAX_AGE + Duration::from_secs(1);
         assert!(
-            !creates.fresh("userName", "ada@example.com", asked_later, t0, late),
+            !creates.fresh("userName", "cy@example.com", t0, late),
             "too old"
         );
         // Old starts are forgotten as new ones come.
         creates.started("userName", "cy@example.com", late);
         assert_eq!(creates.latest.len(), 1);
         assert_eq!(creates.order.len(), 1);
+        assert!(creates.fresh("userName", "ada@example.com", late, late));
+    }
+
+    #[test]
+    fn a_listing_answers_pending_look_ups_only_where_it_costs_fewer_calls() {
+        let unknown = ListingKnowledge::default();
+        let known = |accounts, per_page| ListingKnowledge {
+            accounts: Some(accounts),
+            per_page,
+            unproven: false,
+        };
+        let unproven = ListingKnowledge {
+            unproven: true,
+            ..unknown
+        };
+        // (pending, the target merges `or`, what is known, page size) → plan
+        let table = [
+            (1, false, unknown, 100, Plan::Alone),
+            (1, true, known(0, 0), 100, Plan::Alone),
+            // One term per filter: two look-ups cost two calls, an unknown listing one page.
+            (2, false, unknown, 100, Plan::Listing),
+            (2, false, known(99, 0), 100, Plan::Listing),
+            (2, false, known(150, 0), 100, Plan::Merged),
+            (3, false, known(150, 0), 100, Plan::Listing),
+            // Pages as the target served them, not as asked.
+            (3, false, known(150, 50), 100, Plan::Merged),
+            // Merged: 25 values a call.
+            (25, true, unknown, 100, Plan::Merged),
+            (26, true, unknown, 100, Plan::Listing),
+            (26, true, known(101, 0), 100, Plan::Merged),
+            (60, true, known(180, 0), 100, Plan::Listing),
+            (60, true, known(300, 0), 100, Plan::Merged),
+            // A huge target is never listed.
+            (500, false, known(1_000_000, 0), 100, Plan::Merged),
+            // Once a listing was not proven complete, never again.
+            (500, false, unproven, 100, Plan::Merged),
+        ];
+        for (pending, merges, known, page_size, expected) in table {
+            assert_eq!(
+                plan(pending, merges, &known, page_size),
+                expected,
+                "{pending} pending, merges {merges}, {known:?}, pages of {page_size}"
+            );
+        }
+    }
+
+    fn page(ids: &[&str], total: Option<u64>) -> Page {
+        Page {
+            resources: ids.iter().map(|id| json!({"id": id})).collect(),
+            total,
+            wrapped: false,
+            unproven: false,
+        }
+    }
+
+    #[test]
+    fn only_a_listing_whose_distinct_ids_are_its_total_proves_an_absence() {
+        let read = |pages: &[Page], budget: u64| {
+            let mut proof = ListingProof::default();
+            let mut after = AfterPage::Continue;
+            for p in pages {
+                after = proof.page(p, budget);
+                if after != AfterPage::Continue {
+                    break;
+                }
+            }
+            (after, after == AfterPage::Continue && proof.complete())
+        };
+        let proven = (AfterPage::Continue, true);
+        let not_proven = (AfterPage::Continue, false);
+        // Complete: one page, two pages, an account repeated across pages counted once.
+        assert_eq!(read(&[page(&["a", "b"], Some(2))], 5), proven);
+        assert_eq!(read(&[page(&[], Some(0))], 5), proven);
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(4)), page(&["c", "d"], Some(4))], 5),
+            proven
+        );
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(3)), page(&["b", "c"], Some(3))], 5),
+            proven
+        );
+        // An account dropped from a page; a total above or below what was served.
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(4)), page(&["c"], Some(4))], 5),
+            not_proven
+        );
+        assert_eq!(read(&[page(&["a", "b"], Some(3))], 5), not_proven);
+        assert_eq!(read(&[page(&["a", "b", "c"], Some(2))], 5), not_proven);
+        // A target that grew between pages, read to its end.
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(3)), page(&["c", "d"], Some(4))], 5),
+            proven
+        );
+        // No totalResults, a total that shrank, a wrap, an account without id, no proof.
+        let unproven = (AfterPage::Unproven, false);
+        assert_eq!(read(&[page(&["a"], None)], 5), unproven);
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(4)), page(&["c"], Some(3))], 5),
+            unproven
+        );
+        let mut wrapped = page(&[], Some(4));
+        wrapped.wrapped = true;
+        assert_eq!(read(&[page(&["a", "b"], Some(4)), wrapped], 5), unproven);
+        let mut whole = page(&["a"], Some(1));
+        whole.unproven = true;
+        assert_eq!(read(&[whole], 5), unproven);
+        let no_id = Page {
+            resources: vec![json!({"userName": "a"})],
+            total: Some(1),
+            wrapped: false,
+            unproven: false,
+        };
+        assert_eq!(read(&[no_id], 5), unproven);
+        // The first page tells the size: 10 pages to go cost more than 5 look-ups.
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(22))], 5),
+            (AfterPage::TooBig, false)
+        );
+        assert_eq!(
+            read(&[page(&["a", "b"], Some(12))], 6).0,
+            AfterPage::Continue
+        );
+    }
+
+    #[test]
+    fn scarce_look_ups_wait_while_answered_jobs_keep_the_app_busy() {
+        // (jobs answered and waiting for their calls, the app's slots, look-ups queued)
+        let table = [
+            ((0, 1, 1), false),
+            ((1, 1, 1), false),
+            ((2, 1, 1), true),
+            ((2, 1, 24), true),
+            ((2, 1, 25), false),
+            ((4, 4, 3), false),
+            ((5, 4, 3), true),
+        ];
+        for ((answered, slots, queued), held) in table {
+            assert_eq!(
+                holds_back(answered, slots, queued),
+                held,
+                "{answered} answered, {slots} slots, {queued} queued"
+            );
+        }
     }
 
     #[test]

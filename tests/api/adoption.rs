@@ -30,6 +30,11 @@ struct Misbehaviour {
     allows_duplicates: bool,
     /// Holds every POST until [`Stub::release_posts`].
     holds_posts: bool,
+    /// Leaves the first user out of every unfiltered listing of users, its `totalResults`
+    /// still counting it (a relay that loses an account).
+    drops_from_listing: bool,
+    /// Says one user more in `totalResults` of an unfiltered listing of users than it holds.
+    overstates_listing_total: bool,
 }
 
 /// One request as the stub saw it.
@@ -246,11 +251,20 @@ impl Stub {
                     .get("count")
                     .and_then(|s| s.parse::<usize>().ok())
                     .unwrap_or(100);
+                let mut total = found.len();
+                let mut found = found;
+                let whole_listing = *kind == "Users" && wanted.is_none();
+                if whole_listing && self.how.drops_from_listing && !found.is_empty() {
+                    found.remove(0);
+                }
+                if whole_listing && self.how.overstates_listing_total {
+                    total += 1;
+                }
                 let page: Vec<Value> = found.iter().skip(start - 1).take(count).cloned().collect();
                 scim(
                     StatusCode::OK,
                     &json!({"schemas": [roster::scim::schemas::LIST_RESPONSE],
-                            "totalResults": found.len(), "startIndex": start,
+                            "totalResults": total, "startIndex": start,
                             "itemsPerPage": page.len(), "Resources": page}),
                 )
             }
@@ -1161,4 +1175,231 @@ async fn two_people_with_one_address_never_make_two_accounts_where_the_target_al
             .is_some_and(|e| e.contains("conflict")),
         "{dead}"
     );
+}
+
+/// Joiners claimed together by an app whose target takes one filter term, against `stub`, where
+/// one of them (`{prefix}-c`) already has an account made by hand: returns the app's id, the
+/// hand-made account and the joiners' employee ids, once the app has settled.
+async fn joiners_claimed_together(
+    app: &TestApp,
+    stub: &Arc<Stub>,
+    prefix: &str,
+) -> (String, Value, Vec<String>) {
+    joiners_claimed_together_with(app, stub, prefix, json!({"filter_or": false})).await
+}
+
+/// [`joiners_claimed_together`] with the app's `quirks`.
+async fn joiners_claimed_together_with(
+    app: &TestApp,
+    stub: &Arc<Stub>,
+    prefix: &str,
+    quirks: Value,
+) -> (String, Value, Vec<String>) {
+    let made_by_hand = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER],
+               "userName": format!("{prefix}-c@example.com"),
+               "name": {"givenName": "C", "familyName": "Hand"}, "active": true}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(app, prefix, &base, json!({"quirks": quirks})).await;
+    let people: Vec<String> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|p| format!("{prefix}-{p}").to_uppercase())
+        .collect();
+    let events: Vec<Value> = people
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            joiner(
+                &format!("{prefix}{i}"),
+                p,
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": events}))
+        .await
+        .expect(202);
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    (app_id, made_by_hand, people)
+}
+
+/// Unfiltered listings of users and filtered look-ups the stub has seen.
+fn listings_and_look_ups(stub: &Stub) -> (usize, usize) {
+    let listings = stub.seen().into_iter().filter(|s| {
+        s.method == "GET" && s.path.ends_with("/Users") && !s.query.contains("filter=")
+    });
+    let look_ups = stub
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with("/Users") && s.query.contains("filter="));
+    (listings.count(), look_ups.count())
+}
+
+/// Issue 17 (saas): look-ups that cannot share one `or` filter are answered by one read of a
+/// small target's whole listing, checked locally; a joiner whose account exists there is
+/// adopted, never created again, although the target does not enforce uniqueness.
+#[tokio::test]
+async fn joiners_found_by_one_listing_of_a_small_target_are_adopted_never_duplicated() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let (_, made_by_hand, people) = joiners_claimed_together(&app, &stub, "listed").await;
+
+    let users = stub.users();
+    assert_eq!(users.len(), people.len(), "one account each: {users:?}");
+    let c = identity_id(&app, "LISTED-C").await;
+    let link = link_of(&app, "user", &c).await.expect("C's link");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&made_by_hand).as_str())
+    );
+    assert_eq!(link["state"], "linked");
+    let (listings, look_ups) = listings_and_look_ups(&stub);
+    assert!(listings >= 1, "the target's listing was read");
+    assert!(
+        look_ups < people.len(),
+        "fewer look-ups than joiners ({look_ups} for {})",
+        people.len()
+    );
+}
+
+/// A listing that does not prove itself complete (an account left out of a page, a
+/// `totalResults` above what it holds) answers nothing: the look-ups are made by filter,
+/// and the joiner whose account exists is adopted, never created a second time.
+#[tokio::test]
+async fn a_listing_not_proven_complete_never_leads_to_a_second_account() {
+    for (prefix, how) in [
+        (
+            "dropped",
+            Misbehaviour {
+                allows_duplicates: true,
+                drops_from_listing: true,
+                ..Misbehaviour::default()
+            },
+        ),
+        (
+            "overstated",
+            Misbehaviour {
+                allows_duplicates: true,
+                overstates_listing_total: true,
+                ..Misbehaviour::default()
+            },
+        ),
+    ] {
+        // An instance each: every app takes every joiner.
+        let app = spawn_app().await;
+        let stub = Stub::new(how);
+        let (_, made_by_hand, people) = joiners_claimed_together(&app, &stub, prefix).await;
+        let users = stub.users();
+        assert_eq!(
+            users.len(),
+            people.len(),
+            "{prefix}: one account each: {users:?}"
+        );
+        let c = identity_id(&app, &format!("{prefix}-C").to_uppercase()).await;
+        let link = link_of(&app, "user", &c).await.expect("C's link");
+        assert_eq!(
+            link["target_id"].as_str(),
+            Some(id_text(&made_by_hand).as_str()),
+            "{prefix}"
+        );
+        let (listings, _) = listings_and_look_ups(&stub);
+        assert!(listings >= 1, "{prefix}: the target's listing was read");
+    }
+}
+
+/// Two people with one address, the second claimed while the first's create is under way:
+/// the second's look-up ahead is answered before that create lands ("not found"), and must not
+/// be used once the first's create is answered (it started before the look-up was asked, but
+/// had not landed): asked again inside its turn, it finds the first's account, linked to
+/// someone else. Never a second account on a target that allows one.
+#[tokio::test]
+async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_again() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        holds_posts: true,
+        ..Misbehaviour::default()
+    });
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "under-way",
+        &base,
+        // Longer than the waits below: the held create does not time out meanwhile.
+        json!({"max_concurrency": 2, "timeout_ms": 60_000}),
+    )
+    .await;
+    let person = |i: usize, employee: &str| {
+        joiner(
+            &format!("uw{i}"),
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({"email": "under-way@example.com", "given_name": employee}),
+        )
+    };
+    let look_ups = || {
+        stub.seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.query.contains("under-way@example.com"))
+            .count()
+    };
+    app.post_event(&person(0, "WAY-A")).await;
+    eventually("A's create held", Duration::from_secs(20), || async {
+        stub.seen().iter().any(|s| s.method == "POST").then_some(())
+    })
+    .await;
+    // B is claimed now: its look-up ahead leaves while A's create is held.
+    app.post_event(&person(1, "WAY-B")).await;
+    eventually(
+        "B looked up while A's create is held",
+        Duration::from_secs(20),
+        || async { (look_ups() >= 2).then_some(()) },
+    )
+    .await;
+    stub.release_posts();
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "one account for one address: {users:?}");
+    assert!(look_ups() >= 3, "B asked again after A's create");
+    let dead = app.get("/api/v1/jobs?state=dead").await.body;
+    assert!(
+        dead["items"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{dead}"
+    );
+}
+
+/// Where the connector says the target's listings leave accounts out (its guests), no listing
+/// answers a look-up: each is asked by filter, and the joiner whose account exists is adopted.
+#[tokio::test]
+async fn no_listing_answers_look_ups_where_listings_leave_accounts_out() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let (_, made_by_hand, people) = joiners_claimed_together_with(
+        &app,
+        &stub,
+        "guests",
+        json!({"filter_or": false, "user_listings_complete": false}),
+    )
+    .await;
+    assert_eq!(stub.users().len(), people.len(), "one account each");
+    let c = identity_id(&app, "GUESTS-C").await;
+    let link = link_of(&app, "user", &c).await.expect("C's link");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(&made_by_hand).as_str())
+    );
+    let (listings, look_ups) = listings_and_look_ups(&stub);
+    assert_eq!(listings, 0, "no listing read");
+    assert_eq!(look_ups, people.len(), "one look-up each");
 }
