@@ -1060,6 +1060,29 @@ async fn delete_replaced(
     Ok(())
 }
 
+/// Adds `to_add` to the target group `target_id` and removes `to_remove` from it (each in
+/// chunks the client sizes by the quirks), by value: never a replace of all members.
+async fn change_members(
+    ctx: &AppContext<'_>,
+    target_id: &str,
+    to_add: &[String],
+    to_remove: &[String],
+) -> Result<(), JobError> {
+    let groups = ctx.client.groups();
+    if !to_add.is_empty() {
+        groups
+            .add_members(target_id, to_add)
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
+    if !to_remove.is_empty() {
+        groups
+            .remove_members(target_id, to_remove)
+            .await
+            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+    }
+    Ok(())
+}
 /// A pushed group renamed in the target (by hand) where the target cannot rename groups
 /// (`quirks.group_rename = false`): create–move–delete. A target group of roster's name is
 /// looked up first (a create whose job failed or crashed before its link was written, or a
@@ -1157,20 +1180,7 @@ async fn replace_renamed_group(
     doing(Operation::GroupUpdate);
     let to_add: Vec<String> = desired.difference(&members).cloned().collect();
     let to_remove: Vec<String> = members.difference(desired).cloned().collect();
-    if !to_add.is_empty() {
-        ctx.client
-            .groups()
-            .add_members(&new_id, &to_add)
-            .await
-            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
-    }
-    if !to_remove.is_empty() {
-        ctx.client
-            .groups()
-            .remove_members(&new_id, &to_remove)
-            .await
-            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
-    }
+    change_members(ctx, &new_id, &to_add, &to_remove).await?;
     stage_group_link(
         writes,
         ctx,
@@ -1407,20 +1417,7 @@ pub async fn deliver_group(
             .await
             .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
     }
-    if !to_add.is_empty() {
-        ctx.client
-            .groups()
-            .add_members(&target_id, &to_add)
-            .await
-            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
-    }
-    if !to_remove.is_empty() {
-        ctx.client
-            .groups()
-            .remove_members(&target_id, &to_remove)
-            .await
-            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
-    }
+    change_members(ctx, &target_id, &to_add, &to_remove).await?;
     stage_group_link(
         writes,
         ctx,

@@ -105,14 +105,7 @@ async fn github_emu_refuses_value_filter_paths_and_the_connector_removes_members
 #[tokio::test]
 async fn github_emu_takes_one_filter_term_so_the_connector_never_merges_lookups() {
     let (target, rfc, vendor) = rfc_and_connector(Profile::GithubEmu, "github-emu").await;
-    for name in ["one", "two"] {
-        target
-            .client
-            .users()
-            .create(&user(name))
-            .await
-            .expect("user");
-    }
+    create_users(&target, &["one", "two"]).await;
     let err = rfc
         .users()
         .find_by_any("userName", &["one", "two"])
@@ -193,14 +186,7 @@ async fn zoom_patches_only_active_and_the_connector_puts_other_changes() {
 #[tokio::test]
 async fn snowflake_answers_unsupported_filters_empty_so_the_connector_asks_one_value_at_a_time() {
     let (target, rfc, vendor) = rfc_and_connector(Profile::Snowflake, "snowflake").await;
-    for name in ["snow-a", "snow-b"] {
-        target
-            .client
-            .users()
-            .create(&user(name))
-            .await
-            .expect("user");
-    }
+    create_users(&target, &["snow-a", "snow-b"]).await;
     // With RFC settings both accounts read as absent: roster would create them again.
     let merged = rfc
         .users()
@@ -327,14 +313,7 @@ async fn aws_identity_center_answers_groups_without_members_so_the_connector_ask
 #[tokio::test]
 async fn atlassian_takes_one_eq_filter_so_the_connector_looks_up_one_listed_attribute_at_a_time() {
     let (target, rfc, vendor) = rfc_and_connector(Profile::Atlassian, "atlassian").await;
-    for name in ["atl-a", "atl-b"] {
-        target
-            .client
-            .users()
-            .create(&user(name))
-            .await
-            .expect("user");
-    }
+    create_users(&target, &["atl-a", "atl-b"]).await;
     // RFC settings merge look-ups into an `or` and filter on any attribute: both refused.
     let err = rfc
         .users()
@@ -466,6 +445,18 @@ async fn atlassian_refuses_group_renames_so_the_connector_replaces_the_group() {
     assert_eq!(groups.len(), 1, "{groups:?}");
     assert_eq!(groups[0]["displayName"], "atl-new");
     assert_eq!(groups[0]["members"].as_array().map(Vec::len), Some(3));
+}
+
+/// Creates a user named each of `names` in the target, through the target's own client.
+async fn create_users(target: &crate::helpers::TestTarget, names: &[&str]) {
+    for name in names {
+        target
+            .client
+            .users()
+            .create(&user(name))
+            .await
+            .expect("user");
+    }
 }
 
 /// The ids of `n` users put straight into the dev-target's store (no request made, none
