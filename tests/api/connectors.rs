@@ -391,6 +391,48 @@ async fn lifecycle_against_profile(connector: &str, profile: Profile, params: Va
         ))
         .await;
     let app_id = created["id"].as_str().expect("id").to_owned();
+    let checked = app
+        .post(
+            &format!("/api/v1/apps/{app_id}/test-connection"),
+            &json!({}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(checked["ok"], true, "{connector}: {checked}");
+    // A token the vendor refuses: test-connection says what the vendor wants, in its terms
+    // (the connector's credential fact). The app goes before any event reaches it.
+    let fact = app
+        .get(&format!("/api/v1/connectors/{connector}"))
+        .await
+        .expect(200)["credential"]["fact"]
+        .as_str()
+        .expect("a credential fact")
+        .to_owned();
+    let wrong = app
+        .create_app(&from_connector(
+            &format!("{connector}-wrong-token"),
+            connector,
+            json!({"connector_params": params, "base_url": target.base_url(),
+                   "auth": {"type": "bearer", "token": "not-the-vendor-token"}}),
+        ))
+        .await;
+    let wrong_id = wrong["id"].as_str().expect("id");
+    let refused = app
+        .post(
+            &format!("/api/v1/apps/{wrong_id}/test-connection"),
+            &json!({}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(refused["auth_ok"], false, "{connector}: {refused}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("401") && reason.contains(&fact),
+        "{connector}: {reason}"
+    );
+    app.delete(&format!("/api/v1/apps/{wrong_id}"))
+        .await
+        .expect(204);
     for n in 0..3 {
         app.post_event(&crate::helpers::joiner(
             &format!("{connector}-j{n}"),
