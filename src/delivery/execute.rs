@@ -1060,6 +1060,30 @@ async fn delete_replaced(
     Ok(())
 }
 
+/// Creates the target group of roster group `group`: its name, and its id as `externalId` (by
+/// which a later look-up knows the group as one roster created). Its target id, or the create's
+/// error as `refused` words it.
+async fn create_target_group(
+    ctx: &AppContext<'_>,
+    group: &group::Model,
+    refused: impl FnOnce(ScimError) -> JobError,
+) -> Result<String, JobError> {
+    doing(Operation::Create);
+    let created = ctx
+        .client
+        .groups()
+        .create(&json!({
+            "schemas": [crate::scim::schemas::GROUP],
+            "displayName": group.name,
+            "externalId": group.id,
+        }))
+        .await
+        .map_err(refused)?;
+    id_of(&created).map(str::to_owned).ok_or_else(|| {
+        JobError::Unprocessable("target answered a group create without an id".into())
+    })
+}
+
 /// Adds `to_add` to the target group `target_id` and removes `to_remove` from it (each in
 /// chunks the client sizes by the quirks), by value: never a replace of all members.
 async fn change_members(
@@ -1124,31 +1148,19 @@ async fn replace_renamed_group(
             (id, origin, target_members(one))
         }
         [] => {
-            doing(Operation::Create);
-            let created = ctx
-                .client
-                .groups()
-                .create(&json!({
-                    "schemas": [crate::scim::schemas::GROUP],
-                    "displayName": group_name,
-                    "externalId": group.id,
-                }))
-                .await
-                .map_err(|e| {
-                    if e.status() == Some(409) {
-                        JobError::Unprocessable(format!(
-                            "the target cannot rename groups, and creating `{group_name}` to \
-                             replace target group {old_id} (now `{old_name}`) was refused as a \
-                             duplicate name (names may be compared ignoring case); rename or \
-                             remove one by hand"
-                        ))
-                    } else {
-                        JobError::scim(Operation::Create, e)
-                    }
-                })?;
-            let id = id_of(&created).map(str::to_owned).ok_or_else(|| {
-                JobError::Unprocessable("target answered a group create without an id".into())
-            })?;
+            let id = create_target_group(ctx, group, |e| {
+                if e.status() == Some(409) {
+                    JobError::Unprocessable(format!(
+                        "the target cannot rename groups, and creating `{group_name}` to \
+                         replace target group {old_id} (now `{old_name}`) was refused as a \
+                         duplicate name (names may be compared ignoring case); rename or \
+                         remove one by hand"
+                    ))
+                } else {
+                    JobError::scim(Operation::Create, e)
+                }
+            })
+            .await?;
             (id, GROUP_CREATED, BTreeSet::new())
         }
         _ => {
@@ -1356,22 +1368,10 @@ pub async fn deliver_group(
                         (id, members, name)
                     }
                     [] => {
-                        doing(Operation::Create);
-                        let created = ctx
-                            .client
-                            .groups()
-                            .create(&json!({
-                                "schemas": [crate::scim::schemas::GROUP],
-                                "displayName": group_name,
-                                "externalId": group.id,
-                            }))
-                            .await
-                            .map_err(|e| JobError::scim(Operation::Create, e))?;
-                        let id = id_of(&created).map(str::to_owned).ok_or_else(|| {
-                            JobError::Unprocessable(
-                                "target answered a group create without an id".into(),
-                            )
-                        })?;
+                        let id = create_target_group(ctx, &group, |e| {
+                            JobError::scim(Operation::Create, e)
+                        })
+                        .await?;
                         origin = Some(GROUP_CREATED.to_owned());
                         (id, BTreeSet::new(), group_name.to_owned())
                     }
