@@ -251,8 +251,13 @@ impl TestApp {
 
     /// The `roster` binary with `args`, on this app's database and secret key, allowed to call
     /// targets on 127.0.0.1 (the CLI tests add what else they need).
-    pub fn roster_command(&self, args: &[&str]) -> std::process::Command {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_roster"));
+    ///
+    /// A `tokio` command, awaited: the server runs on the test's own runtime, and a child that
+    /// waits for the database must not block that runtime. A blocking `std` wait froze any
+    /// write transaction the server had under way, so the child's write waited out SQLite's busy
+    /// timeout and failed with `database is locked`.
+    pub fn roster_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_roster"));
         command
             .args(args)
             .env("ROSTER_DATABASE_URL", &self.config.database_url)

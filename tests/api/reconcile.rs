@@ -952,17 +952,12 @@ async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_pipe
     })
     .await;
 
-    let out = tokio::process::Command::from(app.roster_command(&[
-        "reconcile",
-        "--app",
-        &app_id,
-        "--dry-run",
-        "--json",
-    ]))
-    .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
-    .output()
-    .await
-    .expect("run roster reconcile");
+    let out = app
+        .roster_command(&["reconcile", "--app", &app_id, "--dry-run", "--json"])
+        .env("ROSTER_ADMIN_TOKEN", crate::helpers::ADMIN)
+        .output()
+        .await
+        .expect("run roster reconcile");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

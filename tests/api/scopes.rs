@@ -359,11 +359,12 @@ mod bootstrap {
 
     use crate::helpers::{ADMIN, TestApp, app_body, spawn_app};
 
-    fn roster_cmd(app: &TestApp, args: &[&str]) -> std::process::Output {
+    async fn roster_cmd(app: &TestApp, args: &[&str]) -> std::process::Output {
         app.roster_command(args)
             .env("RUST_LOG", "warn")
             .env_remove("ROSTER_ADMIN_TOKEN")
             .output()
+            .await
             .expect("run roster")
     }
 
@@ -377,7 +378,7 @@ mod bootstrap {
         let app = spawn_app().await;
         let created = app.create_app(&app_body("crm", json!({}))).await;
         let id = created["id"].as_str().unwrap_or_default().to_owned();
-        let out = roster_cmd(&app, &["rotate-key"]);
+        let out = roster_cmd(&app, &["rotate-key"]).await;
         assert!(
             out.status.success(),
             "{}",
@@ -385,13 +386,51 @@ mod bootstrap {
         );
         app.get("/api/v1/apps").await.expect(200);
         // The run itself fails (nothing listens on port 9): the key must survive either way.
-        let _ = roster_cmd(&app, &["reconcile", "--app", &id, "--dry-run", "--json"]);
+        let _ = roster_cmd(&app, &["reconcile", "--app", &id, "--dry-run", "--json"]).await;
         app.get("/api/v1/apps").await.expect(200);
         assert_eq!(
             audit_actions(&app).await.len(),
             1,
             "only the creation at start-up"
         );
+    }
+
+    /// The server runs on the test's runtime: while a command waits for the database, a write
+    /// the server has under way must be able to finish. (A blocking wait here froze the
+    /// server's transaction, and the command failed with `database is locked` after SQLite's
+    /// busy timeout: a flaky CI run.)
+    #[tokio::test]
+    async fn a_command_waits_for_a_write_the_running_server_has_under_way() {
+        use sea_orm::{ConnectionTrait, TransactionTrait};
+
+        let app = spawn_app().await;
+        let (locked_tx, locked) = tokio::sync::oneshot::channel();
+        let db = app.db.clone();
+        let writer = tokio::spawn(async move {
+            let tx = db.begin().await.expect("begin");
+            // The row every command's start-up writes (its credential key): on SQLite this takes
+            // the database's write lock, on PostgreSQL the row's.
+            tx.execute_unprepared("UPDATE credential_key SET key_id = key_id")
+                .await
+                .expect("update");
+            let _ = locked_tx.send(());
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            tx.commit().await.expect("commit");
+        });
+        locked.await.expect("the write is under way");
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            roster_cmd(&app, &["revoke-bootstrap-key"]),
+        )
+        .await
+        .expect("the command ends once the server's write is done");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        writer.await.expect("writer");
+        app.get("/api/v1/apps").await.problem(401);
     }
 
     #[tokio::test]
@@ -431,7 +470,7 @@ mod bootstrap {
         app.request("GET", "/api/v1/apps", Some(rotated), None)
             .await
             .expect(200);
-        let out = roster_cmd(&app, &["revoke-bootstrap-key"]);
+        let out = roster_cmd(&app, &["revoke-bootstrap-key"]).await;
         assert!(
             out.status.success(),
             "{}",
