@@ -3,11 +3,16 @@
 //! or several target latencies; also the CPU each spends per create, from the process's own
 //! counters.
 //!
+//! roster runs twice against the same baseline: with an app that looks each joiner up before
+//! creating (the default: the target promises nothing about duplicates), and, in `create_first`,
+//! with an app whose quirks say the target answers a duplicate userName with 409 (the
+//! dev-target does, as RFC 7644 asks): created first, looked up only on a 409.
+//!
 //! The dev-target runs in this process, so both CPU figures include its share of serving the
 //! creates (the same for both); roster's also includes taking the HR events in.
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::harness::{self, Harness, WORKERS};
 use super::{BenchError, Figures, Scenario, per_second, round};
@@ -28,35 +33,78 @@ pub async fn run(n: usize, latencies_ms: &[u64]) -> Result<Figures, BenchError> 
     }
     let mut figures = runs[0].clone();
     if runs.len() > 1 {
-        let ratios: Map<String, Value> = latencies
-            .iter()
-            .zip(&runs)
-            .map(|(latency, f)| {
-                (
-                    latency.to_string(),
-                    f.get("ratio").cloned().unwrap_or(Value::Null),
-                )
-            })
-            .collect();
-        figures = figures.with("ratios", Value::Object(ratios)).with(
-            "by_latency",
-            Value::Array(runs.iter().map(Figures::to_value).collect()),
-        );
+        let ratios = |pick: fn(&Figures) -> Option<&Value>| -> Value {
+            let by_latency: Map<String, Value> = latencies
+                .iter()
+                .zip(&runs)
+                .map(|(latency, f)| (latency.to_string(), pick(f).cloned().unwrap_or(Value::Null)))
+                .collect();
+            Value::Object(by_latency)
+        };
+        figures = figures
+            .with("ratios", ratios(|f| f.get("ratio")))
+            .with(
+                "ratios_create_first",
+                ratios(|f| f.get("create_first").and_then(|c| c.get("ratio"))),
+            )
+            .with(
+                "by_latency",
+                Value::Array(runs.iter().map(Figures::to_value).collect()),
+            );
     }
     Ok(figures)
 }
 
 async fn run_at(n: usize, latency_ms: u64) -> Result<Figures, BenchError> {
-    let harness = Harness::start(DevTargetArgs {
+    let args = DevTargetArgs {
         latency_ms,
         ..DevTargetArgs::default()
-    })
-    .await?;
-    let result = measure(&harness, n)
-        .await
-        .map(|f| f.with("target_latency_ms", latency_ms));
+    };
+    // The baseline and the look-up-first run on one dev-target (emptied between them), the
+    // create-first run on a fresh roster and dev-target, so neither sees the other's accounts.
+    let harness = Harness::start(args.clone()).await?;
+    let measured = async {
+        let raw = measure_raw(&harness, n).await?;
+        let figures = measure(&harness, n, &raw, Matching::LookUpFirst).await?;
+        Ok::<_, BenchError>((raw, figures))
+    }
+    .await;
     harness.stop().await;
-    result
+    let (raw, figures) = measured?;
+    let harness = Harness::start(args).await?;
+    let create_first = measure(&harness, n, &raw, Matching::CreateFirst).await;
+    harness.stop().await;
+    Ok(figures
+        .with("create_first", create_first?.to_value())
+        .with("target_latency_ms", latency_ms))
+}
+
+/// How the bench's app finds a joiner's existing account before it has one of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matching {
+    /// The target promises nothing about duplicate userNames: each create is preceded by a
+    /// matching look-up (merged with others, sent ahead), the default.
+    LookUpFirst,
+    /// The target answers a duplicate userName with 409, as RFC 7644 asks and the dev-target
+    /// does (`quirks.rejects_duplicate_user_names`): created first, looked up only on a 409.
+    CreateFirst,
+}
+
+/// The raw reqwest loop's figures, the baseline of both roster runs.
+struct RawFigures {
+    per_s: f64,
+    cpu_us_per_create: Value,
+}
+
+async fn measure_raw(harness: &Harness, n: usize) -> Result<RawFigures, BenchError> {
+    let cpu_before = super::cpu_time();
+    let elapsed = harness::raw_creates(&harness.target.base_url(), n, WORKERS, deadline(n)).await?;
+    let cpu_us_per_create = cpu_us_per_create(cpu_before, super::cpu_time(), n);
+    harness.target.reset();
+    Ok(RawFigures {
+        per_s: per_second(n, elapsed),
+        cpu_us_per_create,
+    })
 }
 
 /// Generous: a debug build on a busy machine delivers a few hundred users a second.
@@ -75,16 +123,20 @@ fn cpu_us_per_create(before: Option<Duration>, after: Option<Duration>, n: usize
     }
 }
 
-async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
+async fn measure(
+    harness: &Harness,
+    n: usize,
+    raw: &RawFigures,
+    matching: Matching,
+) -> Result<Figures, BenchError> {
     let load = super::load_average();
-    // The baseline first, on the same dev-target, then emptied for roster.
-    let raw_cpu_before = super::cpu_time();
-    let raw = harness::raw_creates(&harness.target.base_url(), n, WORKERS, deadline(n)).await?;
-    let raw_cpu = cpu_us_per_create(raw_cpu_before, super::cpu_time(), n);
-    let raw_per_s = per_second(n, raw);
-    harness.target.reset();
-
-    harness.create_app(10_000, 10_000, WORKERS).await?;
+    let extra = match matching {
+        Matching::LookUpFirst => json!({}),
+        Matching::CreateFirst => json!({"quirks": {"rejects_duplicate_user_names": true}}),
+    };
+    harness
+        .create_app_with(&harness.target.base_url(), 10_000, 10_000, WORKERS, extra)
+        .await?;
     let events: Vec<_> = (0..n).map(|i| harness::joiner("T", i)).collect();
     let roster_cpu_before = super::cpu_time();
     let posting = Instant::now();
@@ -109,7 +161,7 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .filter_map(|u| u["userName"].as_str().map(str::to_lowercase))
         .collect::<std::collections::HashSet<_>>()
         .len();
-    let cpu_ratio = match (raw_cpu.as_f64(), roster_cpu.as_f64()) {
+    let cpu_ratio = match (raw.cpu_us_per_create.as_f64(), roster_cpu.as_f64()) {
         (Some(raw), Some(roster)) if roster > 0.0 => Value::from(round(raw / roster, 3)),
         _ => Value::Null,
     };
@@ -117,11 +169,11 @@ async fn measure(harness: &Harness, n: usize) -> Result<Figures, BenchError> {
         .with("n", n)
         .with("concurrency", WORKERS)
         .with("roster_per_s", roster_per_s)
-        .with("raw_per_s", raw_per_s)
-        .with("ratio", round(roster_per_s / raw_per_s.max(1e-9), 3))
+        .with("raw_per_s", raw.per_s)
+        .with("ratio", round(roster_per_s / raw.per_s.max(1e-9), 3))
         .with("roster_seconds", round(elapsed.as_secs_f64(), 2))
         .with("roster_cpu_us_per_create", roster_cpu)
-        .with("raw_cpu_us_per_create", raw_cpu)
+        .with("raw_cpu_us_per_create", raw.cpu_us_per_create.clone())
         .with("cpu_ratio", cpu_ratio)
         .with("batch_ingest_per_s", per_second(n, ingested))
         .with("target_calls", calls)

@@ -30,6 +30,19 @@ async fn throughput_delivers_every_user_and_reports_the_ratio() {
     for key in ["roster_per_s", "raw_per_s", "ratio", "peak_rss_mb"] {
         assert!(number(&figures, key) > 0.0, "{key}: {line}");
     }
+    // Created first where the target rejects duplicates: every account once, and no look-up
+    // ahead of the creates (a discovery read or two at most).
+    let first = &line["create_first"];
+    for key in ["target_users", "distinct_user_names", "target_posts"] {
+        assert_eq!(first[key], 50, "create_first {key}: {line}");
+    }
+    assert!(first["ratio"].as_f64().is_some_and(|r| r > 0.0), "{line}");
+    assert!(
+        first["target_calls_per_user"]
+            .as_f64()
+            .is_some_and(|c| c <= 1.05),
+        "create_first: {line}"
+    );
 }
 
 /// With a target that answers late, as across the internet, joiners' matching look-ups queue
