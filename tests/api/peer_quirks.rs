@@ -426,3 +426,113 @@ async fn a_renamed_group_roster_adopted_is_left_in_place_on_the_third_party_peer
     let (status, _) = peer.get(&format!("/Groups/{}", r.old_id)).await;
     assert_eq!(status, 200);
 }
+
+/// Records the calls passing a [`crate::helpers::relay`] as `(method, path, query)`: what
+/// reached the peer, once each (the provisioning log repeats a look-up shared by several jobs
+/// on each job's row).
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<(String, String, String)>>);
+
+impl crate::helpers::Tap for Seen {
+    async fn request(&self, call: &mut crate::helpers::RelayedCall) {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&call.query)
+            .finish();
+        if let Ok(mut seen) = self.0.lock() {
+            seen.push((call.method.clone(), call.path.clone(), query));
+        }
+    }
+}
+
+impl Seen {
+    fn all(&self) -> Vec<(String, String, String)> {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// Issue 16: six joiners claimed together by an app whose look-ups cannot share an `or`
+/// filter (`filter_or: false`), so that one read of the peer's whole user listing costs fewer
+/// calls than six look-ups (`lookups::plan`). One of them has an account on the peer already,
+/// made by hand with its `userName` in capitals: it is found in the listing (compared ignoring
+/// case, as the peer compares) and adopted with its id, never created again (not even a
+/// create the peer refuses as a duplicate); the others get exactly one account each, and
+/// every other account on the peer, another company's included, is left exactly as it was.
+#[tokio::test]
+async fn joiners_looked_up_by_listing_the_third_party_peer_adopt_without_a_duplicate() {
+    let Some((base, token, _turn)) = peer().await else {
+        return;
+    };
+    let peer = Peer::new(&base, &token);
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let people: Vec<(String, String)> = ["a", "b", "c", "d", "e", "f"]
+        .iter()
+        .map(|x| (format!("L{tag}{x}"), format!("l{tag}-{x}@example.com")))
+        .collect();
+    let user = |name: &str| {
+        json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name,
+               "emails": [{"type": "work", "value": name, "primary": true}], "active": true})
+    };
+    let made_by_hand = peer
+        .create("Users", &user(&people[2].1.to_uppercase()))
+        .await;
+    let other_company = peer
+        .create("Users", &user(&format!("l{tag}-c@othercorp.test")))
+        .await;
+    let before = peer.all("Users").await;
+    let groups_before = peer.all("Groups").await;
+
+    let app = spawn_app().await;
+    let seen = std::sync::Arc::new(Seen::default());
+    let through = Peer::new(&crate::helpers::relay(&base, seen.clone()).await, &token);
+    let app_id = app_on_peer(
+        &app,
+        &format!("listing-{tag}"),
+        &through,
+        // 1000: the peer's largest page, so that its whole listing is one call.
+        json!({"filter_or": false, "page_size": 1000}),
+        json!({}),
+    )
+    .await;
+    post_joiners(&app, &tag, &people).await;
+    app.settled(&app_id, WAIT).await;
+    let dead = dead_errors(&app, &app_id).await;
+    assert!(dead.is_empty(), "{dead:?}");
+
+    let after = peer.all("Users").await;
+    for (_, email) in &people {
+        let found = accounts_of(&after, email);
+        assert_eq!(found.len(), 1, "one account of {email}: {found:?}");
+    }
+    let adopted = accounts_of(&after, &people[2].1)[0];
+    assert_eq!(adopted["id"], made_by_hand["id"], "adopted: {adopted}");
+    // Every account that was there, but the adopted one, is untouched (`meta.version` too).
+    for was in before.iter().filter(|u| u["id"] != made_by_hand["id"]) {
+        let now = after.iter().find(|u| u["id"] == was["id"]);
+        assert_eq!(now, Some(was), "left as it was");
+    }
+    assert!(before.contains(&other_company), "{other_company}");
+    let new: Vec<&Value> = after
+        .iter()
+        .filter(|u| !before.iter().any(|b| b["id"] == u["id"]))
+        .collect();
+    assert_eq!(new.len(), people.len() - 1, "five created: {new:?}");
+    assert_eq!(peer.all("Groups").await, groups_before, "no group touched");
+
+    let calls = seen.all();
+    let user_reads = |filtered: bool| {
+        calls
+            .iter()
+            .filter(|(m, p, q)| {
+                m == "GET" && p.ends_with("/Users") && q.contains("filter=") == filtered
+            })
+            .count()
+    };
+    let (listings, look_ups) = (user_reads(false), user_reads(true));
+    assert!(listings >= 1, "the peer's listing was read: {calls:?}");
+    assert!(
+        listings + look_ups < people.len(),
+        "fewer reads than joiners: {calls:?}"
+    );
+    let posts = calls.iter().filter(|(m, _, _)| m == "POST").count();
+    assert_eq!(posts, people.len() - 1, "no create for C: {calls:?}");
+}
