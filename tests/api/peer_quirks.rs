@@ -448,6 +448,20 @@ impl Seen {
     fn all(&self) -> Vec<(String, String, String)> {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()
     }
+
+    fn clear(&self) {
+        if let Ok(mut seen) = self.0.lock() {
+            seen.clear();
+        }
+    }
+
+    /// The PATCHes of one resource that reached the peer.
+    fn patches_of(&self, path_end: &str) -> usize {
+        self.all()
+            .iter()
+            .filter(|(m, p, _)| m == "PATCH" && p.ends_with(path_end))
+            .count()
+    }
 }
 
 /// Issue 16: six joiners claimed together by an app whose look-ups cannot share an `or`
@@ -535,4 +549,83 @@ async fn joiners_looked_up_by_listing_the_third_party_peer_adopt_without_a_dupli
     );
     let posts = calls.iter().filter(|(m, _, _)| m == "POST").count();
     assert_eq!(posts, people.len() - 1, "no create for C: {calls:?}");
+}
+
+/// Issue 16: `max_members_per_patch` against the peer. Seven people join a pushed group at
+/// once and five leave it at once, on an app allowed three member changes per PATCH: the peer
+/// receives three PATCHes for the seven adds and two for the five removals (counted at a
+/// relay), and its group holds exactly roster's members after each.
+#[tokio::test]
+async fn member_changes_are_split_into_patches_of_max_members_on_the_third_party_peer() {
+    let Some((base, token, _turn)) = peer().await else {
+        return;
+    };
+    let peer = Peer::new(&base, &token);
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let group = format!("wide-{tag}");
+    let people: Vec<(String, String)> = (1..=7)
+        .map(|i| (format!("W{tag}{i}"), format!("w{tag}-{i}@example.com")))
+        .collect();
+    let app = spawn_app().await;
+    let roster_group = app
+        .post("/api/v1/groups", &json!({"name": group, "members": []}))
+        .await
+        .expect(201)["id"]
+        .as_str()
+        .expect("the group's id")
+        .to_owned();
+    let seen = std::sync::Arc::new(Seen::default());
+    let through = Peer::new(&crate::helpers::relay(&base, seen.clone()).await, &token);
+    let app_id = app_on_peer(
+        &app,
+        &format!("wide-{tag}"),
+        &through,
+        json!({"max_members_per_patch": 3}),
+        json!({"group_push": [group]}),
+    )
+    .await;
+    post_joiners(&app, &tag, &people).await;
+    app.settled(&app_id, WAIT).await;
+    let users = peer.all("Users").await;
+    let ids: Vec<String> = people
+        .iter()
+        .map(|(_, email)| match accounts_of(&users, email)[..] {
+            [one] => id_of(one),
+            ref other => panic!("one account of {email}: {other:?}"),
+        })
+        .collect();
+    let group_id = match &peer.groups_named(&group).await[..] {
+        [one] => id_of(one),
+        other => panic!("the empty group pushed: {other:?}"),
+    };
+    let members_on_peer = || async {
+        let (status, read) = peer.get(&format!("/Groups/{group_id}")).await;
+        assert_eq!(status, 200, "{read}");
+        member_ids(&read)
+    };
+    assert!(members_on_peer().await.is_empty());
+
+    let employees: Vec<&String> = people.iter().map(|(e, _)| e).collect();
+    // Seven adds, then five removals.
+    for (wanted, changes, patches) in [(&employees[..], 7, 3), (&employees[..2], 5, 2)] {
+        seen.clear();
+        app.patch(
+            &format!("/api/v1/groups/{roster_group}"),
+            &json!({"members": wanted}),
+        )
+        .await
+        .expect(200);
+        app.settled(&app_id, WAIT).await;
+        let mut expected: Vec<String> = ids[..wanted.len()].to_vec();
+        expected.sort();
+        assert_eq!(members_on_peer().await, expected);
+        assert_eq!(
+            seen.patches_of(&format!("/Groups/{group_id}")),
+            patches,
+            "{changes} member changes, three per PATCH: {:?}",
+            seen.all()
+        );
+    }
+    let dead = dead_errors(&app, &app_id).await;
+    assert!(dead.is_empty(), "{dead:?}");
 }
