@@ -14,6 +14,7 @@ mod groups;
 mod health;
 mod helpers;
 mod openapi;
+mod peer_quirks;
 mod reconcile;
 mod scopes;
 mod snapshots;
