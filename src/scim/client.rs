@@ -261,6 +261,12 @@ struct Inner {
     max_body: usize,
     token: tokio::sync::Mutex<Option<CachedToken>>,
     capabilities: Mutex<Option<Capabilities>>,
+    /// One first read of the discovery document at a time: the calls that need it while it is
+    /// read wait for its answer instead of each asking (every call counts against the app's
+    /// rate limit).
+    discovery_turn: tokio::sync::Mutex<()>,
+    /// Reads of the discovery document finished, answered or not.
+    discovery_reads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ScimClient {
@@ -736,6 +742,8 @@ impl ScimClient {
                 max_body: config.max_body_bytes,
                 token: tokio::sync::Mutex::new(None),
                 capabilities: Mutex::new(None),
+                discovery_turn: tokio::sync::Mutex::new(()),
+                discovery_reads: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -1092,12 +1100,29 @@ impl ScimClient {
 
     /// Cached capabilities, reading `/ServiceProviderConfig` on first use. A target whose
     /// config cannot be read gets the defaults; only a transient failure is retried next time.
+    ///
+    /// Calls that need them while the first read is under way wait for its answer. If that
+    /// read failed transiently, they go on with the defaults rather than each asking again in
+    /// turn (behind a hanging target each would wait its own timeout); a later call asks again.
     pub async fn capabilities(&self) -> Capabilities {
-        if let Some(cached) = self.inner.capabilities.lock().ok().and_then(|c| c.clone()) {
+        use std::sync::atomic::Ordering;
+
+        let cached = || self.inner.capabilities.lock().ok().and_then(|c| c.clone());
+        if let Some(cached) = cached() {
             return cached;
         }
+        let reads_before = self.inner.discovery_reads.load(Ordering::Acquire);
+        let _turn = self.inner.discovery_turn.lock().await;
+        if let Some(cached) = cached() {
+            return cached;
+        }
+        if self.inner.discovery_reads.load(Ordering::Acquire) != reads_before {
+            return Capabilities::default();
+        }
         let url = self.url(&[self.inner.quirks.discovery_path.segment()], &[]);
-        match self.scim(Method::GET, url, None, None).await {
+        let answer = self.scim(Method::GET, url, None, None).await;
+        self.inner.discovery_reads.fetch_add(1, Ordering::Release);
+        match answer {
             Ok(Answer {
                 body: Some(doc), ..
             }) => {

@@ -364,3 +364,62 @@ async fn the_rfc_profile_is_strict_about_discovery_projections_and_root_search()
         "a user and a group: {everything}"
     );
 }
+
+/// The discovery document is read once however many calls need it at first: the calls that
+/// need it while it is read wait for that answer (every call counts against the app's rate
+/// limit). A transient failure is not asked again by each waiting call in turn (behind a
+/// hanging target each would wait its own timeout), but a later call asks again.
+mod discovery_shared {
+    use std::time::Duration;
+
+    use poem::{Route, get, handler};
+    use serde_json::json;
+
+    use crate::helpers::{bearer, client, serve};
+
+    #[handler]
+    async fn slow_config() -> poem::Response {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        crate::common::scim_answer(
+            200,
+            &json!({"patch": {"supported": true}, "filter": {"supported": true, "maxResults": 7}}),
+        )
+    }
+
+    #[handler]
+    async fn slow_unavailable() -> poem::Response {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        crate::common::scim_answer(503, &json!({"status": "503", "detail": "busy"}))
+    }
+
+    async fn first_calls(handler: impl poem::Endpoint + 'static) -> (usize, usize) {
+        let app = Route::new().at("/v2/ServiceProviderConfig", handler);
+        let base = format!("http://{}/v2", serve(app).await);
+        let (c, calls) = client(&base, bearer("t"), |_| {});
+        let reads = || {
+            calls
+                .all()
+                .iter()
+                .filter(|r| r.path.contains("ServiceProviderConfig"))
+                .count()
+        };
+        let answers = futures::future::join_all((0..8).map(|_| c.capabilities())).await;
+        assert!(
+            answers.windows(2).all(|w| w[0] == w[1]),
+            "every caller gets the same answer: {answers:?}"
+        );
+        let first = reads();
+        c.capabilities().await;
+        (first, reads())
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_calls_share_one_read() {
+        assert_eq!(first_calls(get(slow_config)).await, (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_is_asked_again_by_a_later_call_only() {
+        assert_eq!(first_calls(get(slow_unavailable)).await, (1, 2));
+    }
+}
