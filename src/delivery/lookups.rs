@@ -23,7 +23,9 @@
 //!   once.
 //! - A batch is asked by one read of the target's whole user listing when that costs fewer calls
 //!   than by filter (`plan`). Its answer counts only if the listing proves itself complete
-//!   (`ListingProof`); else the batch is asked by filter, and the runtime never lists again.
+//!   (`ListingProof`: its `totalResults` where pages are indexed, a cursor walk read to its
+//!   end where they are not); else the batch is asked by filter, and the runtime never lists
+//!   again.
 //! - A target that refuses the `or` filter (a 4xx other than auth or throttling) is asked one
 //!   value at a time from then on, until the app's settings change (a new runtime).
 //! - The shared call is in every served job's call log (its provisioning log shows the call
@@ -39,7 +41,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::execute;
-use crate::scim::{CallRecord, ListQuery, Page, ScimClient, ScimError, filter, id_of};
+use crate::scim::{CallRecord, CursorStep, ListQuery, Page, ScimClient, ScimError, filter, id_of};
 
 /// Values per look-up: about 1.5 KB of URL with e-mail addresses as user names, well under the
 /// 8 KB most servers accept.
@@ -357,14 +359,15 @@ enum Plan {
 /// What the batcher knows of the app's user listing, from its last read (per runtime).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ListingKnowledge {
-    /// Accounts in the target: the last listing's `totalResults`, plus the creates started
-    /// since. `None` before the first listing.
+    /// Accounts in the target: the last listing's `totalResults` (or the accounts a cursor
+    /// walk read), plus the creates started since. `None` before the first listing.
     accounts: Option<u64>,
     /// Accounts per page, as the last listing of several pages served them (0: not known;
     /// the client's page size then).
     per_page: u64,
-    /// A listing was not proven complete (no `totalResults`, a wrap, fewer or more distinct
-    /// accounts than it said): never listed again; look-ups are asked by filter.
+    /// A listing was not proven complete (see [`ListingProof`]: no `totalResults` where
+    /// index paging needs one, a wrap, fewer or more distinct accounts than it said): never
+    /// listed again; look-ups are asked by filter.
     unproven: bool,
 }
 
@@ -403,15 +406,24 @@ fn plan(pending: usize, merges: bool, known: &ListingKnowledge, page_size: u32) 
 }
 
 /// A listing read page by page, and whether it proves that an account it does not hold is
-/// absent: every page carries `totalResults`, it never shrinks (an account removed meanwhile
-/// could shift another past the pages read), nothing wraps, every account has an id, and the
-/// distinct ids read are exactly the last `totalResults`.
+/// absent. Nothing wraps, no page is marked unproven, every account has an id, and either
+/// - (index paging, or one unpaged answer) every page carries `totalResults`, it never shrinks
+///   (an account removed meanwhile could shift another past the pages read), and the distinct
+///   ids read are exactly the last `totalResults`; or
+/// - (cursor paging, RFC 9865, where `totalResults` is optional) the walk ended on a page
+///   without `nextCursor` and met every id once: an id met twice means the listing shifted
+///   under the walk, which may then have stepped over another account. A `totalResults`, if
+///   the target sends one, must still never shrink and match the ids read.
 #[derive(Debug, Default)]
 struct ListingProof {
     ids: HashSet<String>,
     total: Option<u64>,
     pages: u64,
     biggest_page: u64,
+    /// The pages came from a cursor walk.
+    by_cursor: bool,
+    /// The cursor walk ended on a page without `nextCursor`.
+    cursor_ended: bool,
     broken: bool,
 }
 
@@ -430,36 +442,68 @@ impl ListingProof {
     /// cost by filter.
     fn page(&mut self, page: &Page, budget: u64) -> AfterPage {
         self.pages += 1;
-        let Some(total) = page.total.filter(|_| !page.wrapped && !page.unproven) else {
-            self.broken = true;
-            return AfterPage::Unproven;
-        };
-        if self.total.is_some_and(|before| total < before) {
+        if self.pages == 1 {
+            self.by_cursor = page.cursor.is_some();
+        }
+        let provable = !page.wrapped
+            && !page.unproven
+            && self.by_cursor == page.cursor.is_some()
+            && (self.by_cursor || page.total.is_some());
+        if !provable || self.total.is_some_and(|before| page.total < Some(before)) {
             self.broken = true;
             return AfterPage::Unproven;
         }
-        self.total = Some(total);
+        if page.total.is_some() {
+            self.total = page.total;
+        }
         for resource in &page.resources {
-            match id_of(resource) {
-                Some(id) => {
-                    self.ids.insert(id.to_owned());
-                }
-                None => {
-                    self.broken = true;
-                    return AfterPage::Unproven;
-                }
+            let Some(id) = id_of(resource) else {
+                self.broken = true;
+                return AfterPage::Unproven;
+            };
+            if !self.ids.insert(id.to_owned()) && self.by_cursor {
+                self.broken = true;
+                return AfterPage::Unproven;
             }
         }
         let len = page.resources.len() as u64;
         self.biggest_page = self.biggest_page.max(len);
-        if self.pages == 1 && len > 0 && total.div_ceil(len).saturating_sub(1) >= budget {
-            return AfterPage::TooBig;
+        self.cursor_ended = page.cursor == Some(CursorStep::Last);
+        match page.total {
+            Some(total) => {
+                if self.pages == 1 && len > 0 && total.div_ceil(len).saturating_sub(1) >= budget {
+                    return AfterPage::TooBig;
+                }
+            }
+            // A cursor walk tells not how far it goes: it stops once it has cost what the
+            // look-ups would, so that a big target costs at most twice what filters would.
+            None => {
+                if page.cursor == Some(CursorStep::More) && self.pages >= budget {
+                    return AfterPage::TooBig;
+                }
+            }
         }
         AfterPage::Continue
     }
 
     fn complete(&self) -> bool {
-        !self.broken && self.total == Some(self.ids.len() as u64)
+        let read = self.ids.len() as u64;
+        !self.broken
+            && if self.by_cursor {
+                self.cursor_ended && self.total.is_none_or(|total| total == read)
+            } else {
+                self.total == Some(read)
+            }
+    }
+
+    /// Accounts in the target as far as the listing tells: its last `totalResults`, else the
+    /// ids a cursor walk read (one more if it stopped before its end: at least that many).
+    fn accounts(&self) -> Option<u64> {
+        if self.total.is_some() || !self.by_cursor || self.broken {
+            return self.total;
+        }
+        let read = self.ids.len() as u64;
+        Some(if self.cursor_ended { read } else { read + 1 })
     }
 }
 
@@ -810,8 +854,8 @@ impl LookupBatcher {
         }
         let complete = after == AfterPage::Continue && proof.complete();
         if let Ok(mut known) = self.listing.lock() {
-            if proof.total.is_some() {
-                known.accounts = proof.total;
+            if let Some(accounts) = proof.accounts() {
+                known.accounts = Some(accounts);
             }
             if proof.pages > 1 || after == AfterPage::TooBig {
                 known.per_page = proof.biggest_page;
@@ -1063,22 +1107,37 @@ mod tests {
             total,
             wrapped: false,
             unproven: false,
+            cursor: None,
         }
+    }
+
+    /// A page of a cursor walk: `last` when its answer had no `nextCursor`.
+    fn cursor_page(ids: &[&str], last: bool) -> Page {
+        Page {
+            cursor: Some(if last {
+                CursorStep::Last
+            } else {
+                CursorStep::More
+            }),
+            ..page(ids, None)
+        }
+    }
+
+    /// What a listing of `pages` ends with, and whether it proved itself complete.
+    fn read(pages: &[Page], budget: u64) -> (AfterPage, bool) {
+        let mut proof = ListingProof::default();
+        let mut after = AfterPage::Continue;
+        for p in pages {
+            after = proof.page(p, budget);
+            if after != AfterPage::Continue {
+                break;
+            }
+        }
+        (after, after == AfterPage::Continue && proof.complete())
     }
 
     #[test]
     fn only_a_listing_whose_distinct_ids_are_its_total_proves_an_absence() {
-        let read = |pages: &[Page], budget: u64| {
-            let mut proof = ListingProof::default();
-            let mut after = AfterPage::Continue;
-            for p in pages {
-                after = proof.page(p, budget);
-                if after != AfterPage::Continue {
-                    break;
-                }
-            }
-            (after, after == AfterPage::Continue && proof.complete())
-        };
         let proven = (AfterPage::Continue, true);
         let not_proven = (AfterPage::Continue, false);
         // Complete: one page, two pages, an account repeated across pages counted once.
@@ -1122,6 +1181,7 @@ mod tests {
             total: Some(1),
             wrapped: false,
             unproven: false,
+            cursor: None,
         };
         assert_eq!(read(&[no_id], 5), unproven);
         // The first page tells the size: 10 pages to go cost more than 5 look-ups.
@@ -1133,6 +1193,100 @@ mod tests {
             read(&[page(&["a", "b"], Some(12))], 6).0,
             AfterPage::Continue
         );
+    }
+
+    #[test]
+    fn a_cursor_walk_read_to_its_end_with_each_id_once_proves_an_absence() {
+        let more = |ids: &[&str]| cursor_page(ids, false);
+        let last = |ids: &[&str]| cursor_page(ids, true);
+        let with_total = |mut p: Page, total| {
+            p.total = Some(total);
+            p
+        };
+        let wrapped = |mut p: Page| {
+            p.wrapped = true;
+            p
+        };
+        let partial = |mut p: Page| {
+            p.unproven = true;
+            p
+        };
+        let proven = (AfterPage::Continue, true);
+        let unproven = (AfterPage::Unproven, false);
+        // (pages, look-ups' budget) → what the listing ends with, proven
+        let table = [
+            // Read to a page without `nextCursor`: proven without any `totalResults`.
+            (vec![last(&["a", "b"])], 5, proven),
+            (vec![last(&[])], 5, proven),
+            (
+                vec![more(&["a", "b"]), more(&["c"]), last(&["d"])],
+                5,
+                proven,
+            ),
+            // A `totalResults` sent with cursors must agree, and never shrink.
+            (vec![with_total(last(&["a", "b"]), 2)], 5, proven),
+            (
+                vec![with_total(last(&["a", "b"]), 3)],
+                5,
+                (AfterPage::Continue, false),
+            ),
+            (
+                vec![
+                    with_total(more(&["a", "b"]), 3),
+                    with_total(last(&["c"]), 2),
+                ],
+                5,
+                unproven,
+            ),
+            // An id met twice: the listing shifted under the walk.
+            (vec![more(&["a", "b"]), last(&["b", "c"])], 5, unproven),
+            (vec![last(&["a", "a"])], 5, unproven),
+            // A cursor handed out again (the walk would loop).
+            (vec![more(&["a"]), wrapped(more(&["b"]))], 5, unproven),
+            // The target's listings leave accounts out.
+            (vec![partial(last(&["a"]))], 5, unproven),
+            // An account without id.
+            (
+                vec![Page {
+                    resources: vec![json!({"userName": "a"})],
+                    ..last(&[])
+                }],
+                5,
+                unproven,
+            ),
+            // Not read to its end: once the pages read cost what the look-ups would, stop.
+            (
+                vec![more(&["a"]), more(&["b"]), last(&["c"])],
+                2,
+                (AfterPage::TooBig, false),
+            ),
+            (vec![more(&["a"]), last(&["b"])], 3, proven),
+            // Index paging still needs `totalResults`, whatever a page says of cursors.
+            (vec![page(&["a"], None)], 5, unproven),
+            (vec![page(&["a"], Some(2)), last(&["b"])], 5, unproven),
+        ];
+        for (pages, budget, expected) in table {
+            assert_eq!(read(&pages, budget), expected, "{pages:?}, budget {budget}");
+        }
+    }
+
+    #[test]
+    fn a_cursor_walk_tells_the_accounts_it_read() {
+        let mut proof = ListingProof::default();
+        assert_eq!(
+            proof.page(&cursor_page(&["a", "b"], false), 1),
+            AfterPage::TooBig
+        );
+        assert_eq!(proof.accounts(), Some(3), "at least one more");
+        let mut proof = ListingProof::default();
+        assert_eq!(
+            proof.page(&cursor_page(&["a", "b"], true), 5),
+            AfterPage::Continue
+        );
+        assert_eq!(proof.accounts(), Some(2));
+        let mut proof = ListingProof::default();
+        proof.page(&page(&["a"], Some(7)), 50);
+        assert_eq!(proof.accounts(), Some(7), "its total");
     }
 
     #[test]

@@ -272,6 +272,69 @@ async fn aws_identity_center_refuses_start_index_so_the_connector_pages_with_cur
     assert!(report.auth_ok, "{:?}", report.reason);
 }
 
+/// Issue 17: AWS pages with cursors and sends no `totalResults`; a cursor walk read to its end
+/// (no `nextCursor`, no cursor twice, every id once) proves the listing whole, so a batch of
+/// look-ups costs one listing call, then the creates; the account that exists is found by the
+/// listing (and adopted), never created a second time.
+#[tokio::test]
+async fn aws_identity_center_look_ups_are_answered_by_one_cursor_listing() {
+    use roster::delivery::lookups::LookupBatcher;
+    use std::sync::Arc;
+    let (target, _rfc, vendor) =
+        rfc_and_connector(Profile::AwsIdentityCenter, "aws-identity-center").await;
+    let base = target.target.base_url();
+    let (vendor_counted, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+        c.quirks = connector_quirks("aws-identity-center");
+    });
+    let existing = vendor
+        .users()
+        .create(&aws_user("aws-existing@example.com"))
+        .await
+        .expect("made by hand");
+    let joiners: Vec<String> = (0..5)
+        .map(|n| format!("aws-joiner-{n}@example.com"))
+        .chain(["AWS-Existing@example.com".to_owned()])
+        .collect();
+    let batcher = Arc::new(LookupBatcher::new(2));
+    let found = futures::future::join_all(
+        joiners
+            .iter()
+            .map(|name| batcher.find(&vendor_counted, "userName", name)),
+    )
+    .await;
+    // Calls to the users (the client reads the target's configuration once, first).
+    let user_calls = || -> Vec<(String, String)> {
+        calls
+            .all()
+            .into_iter()
+            .filter(|c| c.path.contains("/Users"))
+            .map(|c| (c.method, c.path))
+            .collect()
+    };
+    let listed: Vec<String> = user_calls().into_iter().map(|(_, path)| path).collect();
+    assert_eq!(listed.len(), 1, "one call for six look-ups: {listed:?}");
+    assert!(
+        listed[0].contains("cursor=") && !listed[0].contains("filter="),
+        "{listed:?}"
+    );
+    let existing_id = roster::scim::id_of(&existing).expect("id");
+    let adopted = found[5].as_ref().expect("answered");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(roster::scim::id_of(&adopted[0]), Some(existing_id));
+    for (name, found) in joiners.iter().zip(&found).take(5) {
+        assert!(found.as_ref().expect("answered").is_empty(), "{name}");
+        batcher.creating("userName", name);
+        vendor_counted
+            .users()
+            .create(&aws_user(name))
+            .await
+            .expect("created");
+    }
+    let methods: Vec<String> = user_calls().into_iter().map(|(method, _)| method).collect();
+    assert_eq!(methods, ["GET", "POST", "POST", "POST", "POST", "POST"]);
+    assert_eq!(target.target.users_snapshot().len(), 6, "one account each");
+}
+
 #[tokio::test]
 async fn aws_identity_center_answers_groups_without_members_so_the_connector_asks_per_member() {
     let (target, rfc, vendor) =
