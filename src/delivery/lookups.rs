@@ -25,7 +25,13 @@
 //!   than by filter (`plan`). Its answer counts only if the listing proves itself complete
 //!   (`ListingProof`: its `totalResults` where pages are indexed, a cursor walk read to its
 //!   end where they are not); else the batch is asked by filter, and the runtime never lists
-//!   again.
+//!   again. Where calls tie, a listing that would be kept (`ListedUsers`) is preferred.
+//! - The last proven listing (of at most `MAX_LISTED` accounts) answers the app's later
+//!   look-ups without a call while it is at most `AHEAD_MAX_AGE` old and no create of the
+//!   value started lately (`Creates::fresh`, the rule of a look-up sent ahead): each answer
+//!   checked with `holds_value`, as the listing's own are. An account another writer made
+//!   after the listing was asked is missed meanwhile, as by a look-up sent ahead; the create's
+//!   409 then leads to a fresh look-up.
 //! - A target that refuses the `or` filter (a 4xx other than auth or throttling) is asked one
 //!   value at a time from then on, until the app's settings change (a new runtime).
 //! - The shared call is in every served job's call log (its provisioning log shows the call
@@ -50,7 +56,8 @@ const MAX_VALUES: usize = 25;
 const MAX_DISPATCHERS: usize = 2;
 /// How long a held-back batch waits at most before it looks again.
 const HOLD_AT_MOST: Duration = Duration::from_secs(1);
-/// Look-ups answered by one listing of the target at most.
+/// Look-ups answered by one listing of the target at most; also the most accounts a listing
+/// kept to answer later look-ups holds (see [`ListedUsers`]): a bigger one is not kept.
 const MAX_LISTED: usize = 500;
 /// Jobs of an app claimed ahead at least, whatever its rate (the engine's claim window): a
 /// slow app's look-ups started ahead then wait together and leave as one call, instead of
@@ -121,6 +128,92 @@ impl Creates {
     }
 }
 
+/// The app's last listing of its users that proved itself complete ([`ListingProof`]), kept
+/// to answer the look-ups made shortly after it without a call of their own: a one-page
+/// target is then listed once a minute instead of asked once per batch.
+///
+/// It answers a look-up only while it is at most `AHEAD_MAX_AGE` old and no job of the app
+/// started creating an account with the looked-up value lately ([`Creates::fresh`]): the
+/// staleness, and the rule, of a look-up sent ahead. An account another writer created in
+/// the target after the listing was asked is not seen meanwhile — the same window as a
+/// look-up sent ahead's: a target that enforces uniqueness answers roster's create with 409,
+/// and the look-up after a 409 is made afresh (that job's create started, so the listing no
+/// longer answers its value).
+struct ListedUsers {
+    /// When the listing's first page was asked.
+    asked_at: Instant,
+    /// Its accounts, each once (by id), as the target served them.
+    accounts: Vec<Value>,
+    /// (attribute, held value lower-cased) → positions in `accounts`, for each attribute in
+    /// `indexed`: the candidates, each then checked with `filter::holds_value`.
+    by_value: HashMap<(String, String), Vec<usize>>,
+    /// Attribute names (ASCII lower-cased) whose values are in `by_value`.
+    indexed: Vec<String>,
+    /// The calls that read it: in the log of each job it answers.
+    calls: Vec<CallRecord>,
+}
+
+impl ListedUsers {
+    fn new(
+        asked_at: Instant,
+        accounts: Vec<Value>,
+        asked_attr: &str,
+        calls: Vec<CallRecord>,
+    ) -> Self {
+        let mut indexed = vec!["username".to_owned(), "emails.value".to_owned()];
+        let asked_attr = asked_attr.to_ascii_lowercase();
+        if !indexed.contains(&asked_attr) {
+            indexed.push(asked_attr);
+        }
+        // Read from the accounts as `holds_value` reads them (attribute names ignoring case).
+        let mut by_value: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (at, account) in accounts.iter().enumerate() {
+            for attr in &indexed {
+                for held in filter::values_at(account, attr) {
+                    // What `holds_value` compares: a string, or a number's decimal text.
+                    let text = match held {
+                        Value::String(s) => s.to_lowercase(),
+                        Value::Number(n) => n.to_string(),
+                        _ => continue,
+                    };
+                    let positions = by_value.entry((attr.clone(), text)).or_default();
+                    if positions.last() != Some(&at) {
+                        positions.push(at);
+                    }
+                }
+            }
+        }
+        Self {
+            asked_at,
+            accounts,
+            by_value,
+            indexed,
+            calls,
+        }
+    }
+
+    /// The accounts holding `value` at `attr`, as a look-up would find them; `None` when
+    /// `attr` is not indexed.
+    fn find(&self, attr: &str, value: &str) -> Option<Vec<Value>> {
+        let key = attr.to_ascii_lowercase();
+        if !self.indexed.contains(&key) {
+            return None;
+        }
+        let candidates = self
+            .by_value
+            .get(&(key, value.to_lowercase()))
+            .map_or(&[][..], Vec::as_slice);
+        Some(
+            candidates
+                .iter()
+                .filter_map(|&at| self.accounts.get(at))
+                .filter(|account| filter::holds_value(account, attr, value))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 enum Reply {
     /// The answer to this waiter's value, and the call(s) that gave it.
     Found(Result<Vec<Value>, ScimError>, Vec<CallRecord>),
@@ -161,6 +254,8 @@ pub struct LookupBatcher {
     slots: usize,
     or_refused: AtomicBool,
     listing: Mutex<ListingKnowledge>,
+    /// The last proven listing, while it may answer look-ups.
+    listed_users: Mutex<Option<Arc<ListedUsers>>>,
     claims: Mutex<Claims>,
     creates: Mutex<Creates>,
     matching: Arc<MatchingTurns>,
@@ -393,15 +488,28 @@ fn listing_calls(known: &ListingKnowledge, page_size: u32) -> u64 {
 }
 
 /// How `pending` look-ups of one attribute are asked: a listing of the target only when it
-/// costs fewer calls than the look-ups it replaces and no earlier listing failed its proof.
+/// costs fewer calls than the look-ups it replaces and no earlier listing failed its proof —
+/// or as many, where the listing would be kept to answer the next look-ups (`ListedUsers`:
+/// the target holds at most `MAX_LISTED` accounts, or its size is not known yet), so that a
+/// small target is listed once instead of asked once per batch. A single look-up is listed
+/// only on such a tie once the target's size is known (one page).
 fn plan(pending: usize, merges: bool, known: &ListingKnowledge, page_size: u32) -> Plan {
-    if pending <= 1 {
-        return Plan::Alone;
-    }
-    if !known.unproven && listing_calls(known, page_size) < lookup_calls(pending, merges) {
-        Plan::Listing
+    let by_filter = if pending <= 1 {
+        Plan::Alone
     } else {
         Plan::Merged
+    };
+    if pending == 0 || known.unproven {
+        return by_filter;
+    }
+    let listing = listing_calls(known, page_size);
+    let filter_calls = lookup_calls(pending, merges);
+    let kept = known.accounts.is_none_or(|a| a <= MAX_LISTED as u64);
+    let tie_listed = kept && listing == filter_calls && (pending > 1 || known.accounts.is_some());
+    if listing < filter_calls || tie_listed {
+        Plan::Listing
+    } else {
+        by_filter
     }
 }
 
@@ -507,6 +615,14 @@ impl ListingProof {
     }
 }
 
+/// A proven listing's answers: each asked value's accounts, and (up to `MAX_LISTED`) all of
+/// them, to keep.
+struct Listing {
+    per_value: Vec<Vec<Value>>,
+    accounts: Option<Vec<Value>>,
+    asked_at: Instant,
+}
+
 impl Default for LookupBatcher {
     fn default() -> Self {
         Self::new(1)
@@ -543,6 +659,7 @@ impl LookupBatcher {
             slots: usize::try_from(slots.max(1)).unwrap_or(1),
             or_refused: AtomicBool::default(),
             listing: Mutex::default(),
+            listed_users: Mutex::default(),
             claims: Mutex::default(),
             creates: Mutex::default(),
             matching,
@@ -586,6 +703,12 @@ impl LookupBatcher {
     ) -> Result<Vec<Value>, ScimError> {
         let ahead = ahead
             .filter(|ahead| ahead.attr == attr && ahead.value == value && self.still_fresh(ahead));
+        if ahead.is_none()
+            && let Some((found, calls, _)) = self.answer_from_listing(attr, value)
+        {
+            execute::record_shared_calls(calls);
+            return Ok(found);
+        }
         let answer = match ahead {
             Some(ahead) => {
                 // Needed now: it leaves, with every look-up that waits with it.
@@ -641,6 +764,9 @@ impl LookupBatcher {
         job: execute::JobCallContext,
         scarce: bool,
     ) -> Option<LookAhead> {
+        if let Some(ahead) = self.ahead_answer_from_listing(attr, value) {
+            return Some(ahead);
+        }
         let (answer, wanted) = self.enqueue(client, attr, value, span, job, !scarce)?;
         Some(LookAhead {
             attr: attr.to_owned(),
@@ -648,6 +774,24 @@ impl LookupBatcher {
             answer,
             wanted,
             asked_at: Instant::now(),
+        })
+    }
+
+    /// A look-up ahead answered by the last proven listing, as asked when that listing was:
+    /// used by the job only while it is fresh by the same rule ([`Self::still_fresh`]).
+    fn ahead_answer_from_listing(&self, attr: &str, value: &str) -> Option<LookAhead> {
+        if !batchable(attr) {
+            return None;
+        }
+        let (found, calls, asked_at) = self.answer_from_listing(attr, value)?;
+        let (reply, answer) = oneshot::channel();
+        reply.send(Reply::Found(Ok(found), calls)).ok()?;
+        Some(LookAhead {
+            attr: attr.to_owned(),
+            value: value.to_owned(),
+            answer,
+            wanted: Arc::new(AtomicBool::new(true)),
+            asked_at,
         })
     }
 
@@ -803,7 +947,11 @@ impl LookupBatcher {
             }
         }
         queue.waiting = rest;
-        let plan = if batch.len() == 1 { Plan::Alone } else { plan };
+        let plan = if batch.len() == 1 && plan == Plan::Merged {
+            Plan::Alone
+        } else {
+            plan
+        };
         Some((batch, plan))
     }
 
@@ -826,19 +974,38 @@ impl LookupBatcher {
         attr: &str,
         values: &[&str],
         budget: u64,
-    ) -> Result<Option<Vec<Vec<Value>>>, ScimError> {
+    ) -> Result<Option<Listing>, ScimError> {
         use futures::TryStreamExt;
+        let asked_at = Instant::now();
         let mut pages = client.users().list_pages(ListQuery {
             page_size: client.quirks().page_size,
             ..ListQuery::default()
         });
         let mut proof = ListingProof::default();
         let mut per_value = vec![Vec::new(); values.len()];
+        // Every account once, by id, to keep for later look-ups: none past `MAX_LISTED`.
+        let mut kept: Option<(Vec<Value>, HashMap<String, usize>)> = Some(Default::default());
         let mut after = AfterPage::Continue;
         while let Some(page) = pages.try_next().await? {
             after = proof.page(&page, budget);
             if after != AfterPage::Continue {
                 break;
+            }
+            if let Some((accounts, at)) = kept.as_mut() {
+                for resource in &page.resources {
+                    // Proven pages hold only accounts with an id; a later copy is newer.
+                    let Some(id) = id_of(resource) else { continue };
+                    match at.get(id) {
+                        Some(&i) => accounts[i] = resource.clone(),
+                        None => {
+                            at.insert(id.to_owned(), accounts.len());
+                            accounts.push(resource.clone());
+                        }
+                    }
+                }
+                if accounts.len() > MAX_LISTED {
+                    kept = None;
+                }
             }
             for resource in page.resources {
                 for (i, value) in values.iter().enumerate() {
@@ -867,7 +1034,40 @@ impl LookupBatcher {
                 );
             }
         }
-        Ok(complete.then_some(per_value))
+        Ok(complete.then(|| Listing {
+            per_value,
+            accounts: kept.map(|(accounts, _)| accounts),
+            asked_at,
+        }))
+    }
+
+    /// Keeps a proven listing (see [`ListedUsers`]) to answer later look-ups.
+    fn keep_listing(&self, listing: ListedUsers) {
+        if let Ok(mut listed) = self.listed_users.lock() {
+            *listed = Some(Arc::new(listing));
+        }
+    }
+
+    /// The accounts the last proven listing holds for `value` at `attr`, as a look-up would
+    /// find them, with the calls that read it; `None` when it may not answer (see
+    /// [`ListedUsers`]): none kept, too old, `attr` not indexed, or a create of `value`
+    /// started lately.
+    fn answer_from_listing(
+        &self,
+        attr: &str,
+        value: &str,
+    ) -> Option<(Vec<Value>, Vec<CallRecord>, Instant)> {
+        let listed = self.listed_users.lock().ok()?.clone()?;
+        let fresh = self
+            .creates
+            .lock()
+            .ok()?
+            .fresh(attr, value, listed.asked_at, Instant::now());
+        if !fresh {
+            return None;
+        }
+        let found = listed.find(attr, value)?;
+        Some((found, listed.calls.clone(), listed.asked_at))
     }
 
     /// Sends queued look-ups until none is left: one waiter's alone, several as one listing.
@@ -918,8 +1118,16 @@ impl LookupBatcher {
                 )
                 .await;
                 match result {
-                    Ok(Some(per_value)) => {
-                        for (w, found) in batch.into_iter().zip(per_value) {
+                    Ok(Some(listing)) => {
+                        if let Some(accounts) = listing.accounts {
+                            self.keep_listing(ListedUsers::new(
+                                listing.asked_at,
+                                accounts,
+                                &attr,
+                                calls.clone(),
+                            ));
+                        }
+                        for (w, found) in batch.into_iter().zip(listing.per_value) {
                             w.answer(Ok(found), &calls);
                         }
                     }
@@ -1059,7 +1267,7 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_answers_pending_look_ups_only_where_it_costs_fewer_calls() {
+    fn a_listing_answers_pending_look_ups_where_it_costs_fewer_calls_or_as_many_and_is_kept() {
         let unknown = ListingKnowledge::default();
         let known = |accounts, per_page| ListingKnowledge {
             accounts: Some(accounts),
@@ -1072,21 +1280,34 @@ mod tests {
         };
         // (pending, the target merges `or`, what is known, page size) → plan
         let table = [
+            // One look-up: listed only when the target is known to fit one page (the listing
+            // is then kept for the next look-ups, for the same one call).
             (1, false, unknown, 100, Plan::Alone),
-            (1, true, known(0, 0), 100, Plan::Alone),
+            (1, true, known(0, 0), 100, Plan::Listing),
+            (1, true, known(99, 0), 100, Plan::Listing),
+            (1, true, known(101, 0), 100, Plan::Alone),
+            (1, true, unproven, 100, Plan::Alone),
             // One term per filter: two look-ups cost two calls, an unknown listing one page.
             (2, false, unknown, 100, Plan::Listing),
             (2, false, known(99, 0), 100, Plan::Listing),
-            (2, false, known(150, 0), 100, Plan::Merged),
+            // A tie: the listing is kept, and answers the next look-ups too.
+            (2, false, known(150, 0), 100, Plan::Listing),
+            (2, false, known(250, 0), 100, Plan::Merged),
             (3, false, known(150, 0), 100, Plan::Listing),
             // Pages as the target served them, not as asked.
-            (3, false, known(150, 50), 100, Plan::Merged),
+            (3, false, known(150, 50), 100, Plan::Listing),
+            (3, false, known(151, 50), 100, Plan::Merged),
             // Merged: 25 values a call.
-            (25, true, unknown, 100, Plan::Merged),
+            (25, true, unknown, 100, Plan::Listing),
             (26, true, unknown, 100, Plan::Listing),
-            (26, true, known(101, 0), 100, Plan::Merged),
+            (26, true, known(101, 0), 100, Plan::Listing),
+            (26, true, known(201, 0), 100, Plan::Merged),
             (60, true, known(180, 0), 100, Plan::Listing),
-            (60, true, known(300, 0), 100, Plan::Merged),
+            (60, true, known(300, 0), 100, Plan::Listing),
+            (60, true, known(301, 0), 100, Plan::Merged),
+            // A tie where the listing is too big to keep: by filter.
+            (6, false, known(600, 0), 100, Plan::Merged),
+            (7, false, known(600, 0), 100, Plan::Listing),
             // A huge target is never listed.
             (500, false, known(1_000_000, 0), 100, Plan::Merged),
             // Once a listing was not proven complete, never again.
@@ -1287,6 +1508,86 @@ mod tests {
         let mut proof = ListingProof::default();
         proof.page(&page(&["a"], Some(7)), 50);
         assert_eq!(proof.accounts(), Some(7), "its total");
+    }
+
+    #[test]
+    fn a_kept_listing_answers_as_a_look_up_would_while_fresh_and_no_create_of_the_value_started() {
+        let accounts = vec![
+            json!({"id": "1", "userName": "Ada@Example.com",
+                   "emails": [{"value": "ada.l@example.com"}], "externalId": "E1"}),
+            json!({"id": "2", "userName": "bob@example.com", "externalId": 7}),
+            json!({"id": "3", "userName": "ADA@example.com"}),
+        ];
+        let batcher = LookupBatcher::new(1);
+        let listed = |asked_at, attr| ListedUsers::new(asked_at, accounts.clone(), attr, vec![]);
+        let ids = |found: Option<(Vec<Value>, Vec<CallRecord>, Instant)>| {
+            found.map(|(found, _, _)| {
+                found
+                    .iter()
+                    .filter_map(|a| id_of(a).map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            ids(batcher.answer_from_listing("userName", "ada@example.com")),
+            None,
+            "none kept"
+        );
+        batcher.keep_listing(listed(Instant::now(), "userName"));
+        // userName and e-mails ignoring case; the whole account, as the target served it.
+        assert_eq!(
+            ids(batcher.answer_from_listing("userName", "ada@EXAMPLE.com")),
+            Some(vec!["1".to_owned(), "3".to_owned()])
+        );
+        let (found, _, _) = batcher
+            .answer_from_listing("username", "bob@example.com")
+            .expect("kept");
+        assert_eq!(found, vec![accounts[1].clone()]);
+        assert_eq!(
+            ids(batcher.answer_from_listing("emails.value", "Ada.L@example.com")),
+            Some(vec!["1".to_owned()])
+        );
+        assert_eq!(
+            ids(batcher.answer_from_listing("userName", "cy@example.com")),
+            Some(vec![])
+        );
+        // Only the indexed attributes: here the listing was asked for userName.
+        assert_eq!(ids(batcher.answer_from_listing("externalId", "E1")), None);
+        batcher.keep_listing(listed(Instant::now(), "externalId"));
+        assert_eq!(
+            ids(batcher.answer_from_listing("externalId", "E1")),
+            Some(vec!["1".to_owned()])
+        );
+        assert_eq!(
+            ids(batcher.answer_from_listing("externalId", "e1")),
+            Some(vec![]),
+            "exactly"
+        );
+        assert_eq!(
+            ids(batcher.answer_from_listing("externalId", "7")),
+            Some(vec!["2".to_owned()]),
+            "a number as its text"
+        );
+        // A create of the value started: that value is asked again, the others not.
+        batcher.creating("userName", "CY@example.com");
+        assert_eq!(
+            ids(batcher.answer_from_listing("userName", "cy@example.com")),
+            None
+        );
+        assert!(
+            batcher
+                .answer_from_listing("userName", "bob@example.com")
+                .is_some()
+        );
+        // Older than a look-up sent ahead may be: not used.
+        let old = Instant::now()
+            .checked_sub(AHEAD_MAX_AGE + Duration::from_secs(1))
+            .expect("the clock runs long enough");
+        batcher.keep_listing(listed(old, "userName"));
+        assert_eq!(
+            ids(batcher.answer_from_listing("userName", "bob@example.com")),
+            None
+        );
     }
 
     #[test]

@@ -333,6 +333,30 @@ async fn aws_identity_center_look_ups_are_answered_by_one_cursor_listing() {
     let methods: Vec<String> = user_calls().into_iter().map(|(method, _)| method).collect();
     assert_eq!(methods, ["GET", "POST", "POST", "POST", "POST", "POST"]);
     assert_eq!(target.target.users_snapshot().len(), 6, "one account each");
+
+    // The listing is kept a while: a later look-up costs no call, and finds what it held.
+    let later = batcher
+        .find(&vendor_counted, "userName", "aws-existing@EXAMPLE.com")
+        .await
+        .expect("answered");
+    assert_eq!(later.len(), 1);
+    assert_eq!(roster::scim::id_of(&later[0]), Some(existing_id));
+    let absent = batcher
+        .find(&vendor_counted, "userName", "aws-later@example.com")
+        .await
+        .expect("answered");
+    assert!(absent.is_empty());
+    assert_eq!(user_calls().len(), 6, "no call: {:?}", user_calls());
+    // A value whose create started after the listing was asked is asked of the target (by a
+    // new listing: the target is known to fit one page, so that costs what a filter would).
+    let created = batcher
+        .find(&vendor_counted, "userName", &joiners[0])
+        .await
+        .expect("answered");
+    assert_eq!(created.len(), 1, "the account created since");
+    let asked = user_calls();
+    assert_eq!(asked.len(), 7, "{asked:?}");
+    assert_eq!(asked[6].0, "GET", "{asked:?}");
 }
 
 #[tokio::test]
