@@ -25,7 +25,10 @@
 //!   than by filter (`plan`). Its answer counts only if the listing proves itself complete
 //!   (`ListingProof`: its `totalResults` where pages are indexed, a cursor walk read to its
 //!   end where they are not); else the batch is asked by filter, and the runtime never lists
-//!   again. Where calls tie, a listing that would be kept (`ListedUsers`) is preferred.
+//!   again. Where calls tie, a listing that would be kept (`ListedUsers`) is preferred. A
+//!   target whose listings leave accounts out is listed only for values its listing proves
+//!   absent (`Quirks::listing_proves_absence_of`: addresses at the domains it lists wholly),
+//!   and a kept listing answers only those.
 //! - The last proven listing (of at most `MAX_LISTED` accounts) answers the app's later
 //!   look-ups without a call while it is at most `AHEAD_MAX_AGE` old and no create of the
 //!   value started lately (`Creates::fresh`, the rule of a look-up sent ahead): each answer
@@ -47,7 +50,9 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::execute;
-use crate::scim::{CallRecord, CursorStep, ListQuery, Page, ScimClient, ScimError, filter, id_of};
+use crate::scim::{
+    CallRecord, CursorStep, ListQuery, Page, Quirks, ScimClient, ScimError, filter, id_of,
+};
 
 /// Values per look-up: about 1.5 KB of URL with e-mail addresses as user names, well under the
 /// 8 KB most servers accept.
@@ -532,6 +537,10 @@ struct ListingProof {
     by_cursor: bool,
     /// The cursor walk ended on a page without `nextCursor`.
     cursor_ended: bool,
+    /// Every value asked is one a listing that leaves accounts out still proves absent
+    /// (`Quirks::listing_proves_absence_of`): a page `unproven` only for being `partial`
+    /// counts.
+    partial_proves: bool,
     broken: bool,
 }
 
@@ -553,8 +562,9 @@ impl ListingProof {
         if self.pages == 1 {
             self.by_cursor = page.cursor.is_some();
         }
+        let unproven = page.unproven && !(self.partial_proves && page.partial);
         let provable = !page.wrapped
-            && !page.unproven
+            && !unproven
             && self.by_cursor == page.cursor.is_some()
             && (self.by_cursor || page.total.is_some());
         if !provable || self.total.is_some_and(|before| page.total < Some(before)) {
@@ -704,7 +714,7 @@ impl LookupBatcher {
         let ahead = ahead
             .filter(|ahead| ahead.attr == attr && ahead.value == value && self.still_fresh(ahead));
         if ahead.is_none()
-            && let Some((found, calls, _)) = self.answer_from_listing(attr, value)
+            && let Some((found, calls, _)) = self.answer_from_listing(client.quirks(), attr, value)
         {
             execute::record_shared_calls(calls);
             return Ok(found);
@@ -764,7 +774,7 @@ impl LookupBatcher {
         job: execute::JobCallContext,
         scarce: bool,
     ) -> Option<LookAhead> {
-        if let Some(ahead) = self.ahead_answer_from_listing(attr, value) {
+        if let Some(ahead) = self.listed_look_ahead(client, attr, value) {
             return Some(ahead);
         }
         let (answer, wanted) = self.enqueue(client, attr, value, span, job, !scarce)?;
@@ -779,11 +789,11 @@ impl LookupBatcher {
 
     /// A look-up ahead answered by the last proven listing, as asked when that listing was:
     /// used by the job only while it is fresh by the same rule ([`Self::still_fresh`]).
-    fn ahead_answer_from_listing(&self, attr: &str, value: &str) -> Option<LookAhead> {
+    fn listed_look_ahead(&self, client: &ScimClient, attr: &str, value: &str) -> Option<LookAhead> {
         if !batchable(attr) {
             return None;
         }
-        let (found, calls, asked_at) = self.answer_from_listing(attr, value)?;
+        let (found, calls, asked_at) = self.answer_from_listing(client.quirks(), attr, value)?;
         let (reply, answer) = oneshot::channel();
         reply.send(Reply::Found(Ok(found), calls)).ok()?;
         Some(LookAhead {
@@ -923,9 +933,15 @@ impl LookupBatcher {
             unproven: true,
             ..ListingKnowledge::default()
         });
-        // A target whose listings leave accounts out (guests, say) never proves an absence.
+        // A target whose listings leave accounts out (guests, say) proves an absence only for
+        // addresses at the domains it lists wholly, if any.
+        let proves = queue
+            .waiting
+            .iter()
+            .filter(|w| w.attr == attr)
+            .all(|w| quirks.listing_proves_absence_of(&w.attr, &w.value));
         let known = ListingKnowledge {
-            unproven: known.unproven || !quirks.user_listings_complete,
+            unproven: known.unproven || !proves,
             ..known
         };
         let plan = plan(pending, merges, &known, quirks.page_size);
@@ -981,7 +997,13 @@ impl LookupBatcher {
             page_size: client.quirks().page_size,
             ..ListQuery::default()
         });
-        let mut proof = ListingProof::default();
+        let quirks = client.quirks();
+        let mut proof = ListingProof {
+            partial_proves: values
+                .iter()
+                .all(|value| quirks.listing_proves_absence_of(attr, value)),
+            ..ListingProof::default()
+        };
         let mut per_value = vec![Vec::new(); values.len()];
         // Every account once, by id, to keep for later look-ups: none past `MAX_LISTED`.
         let mut kept: Option<(Vec<Value>, HashMap<String, usize>)> = Some(Default::default());
@@ -1054,9 +1076,14 @@ impl LookupBatcher {
     /// started lately.
     fn answer_from_listing(
         &self,
+        quirks: &Quirks,
         attr: &str,
         value: &str,
     ) -> Option<(Vec<Value>, Vec<CallRecord>, Instant)> {
+        // A listing that leaves accounts out says nothing of the values it may leave out.
+        if !quirks.listing_proves_absence_of(attr, value) {
+            return None;
+        }
         let listed = self.listed_users.lock().ok()?.clone()?;
         let fresh = self
             .creates
@@ -1328,6 +1355,7 @@ mod tests {
             total,
             wrapped: false,
             unproven: false,
+            partial: false,
             cursor: None,
         }
     }
@@ -1346,7 +1374,10 @@ mod tests {
 
     /// What a listing of `pages` ends with, and whether it proved itself complete.
     fn read(pages: &[Page], budget: u64) -> (AfterPage, bool) {
-        let mut proof = ListingProof::default();
+        read_into(ListingProof::default(), pages, budget)
+    }
+
+    fn read_into(mut proof: ListingProof, pages: &[Page], budget: u64) -> (AfterPage, bool) {
         let mut after = AfterPage::Continue;
         for p in pages {
             after = proof.page(p, budget);
@@ -1402,6 +1433,7 @@ mod tests {
             total: Some(1),
             wrapped: false,
             unproven: false,
+            partial: false,
             cursor: None,
         };
         assert_eq!(read(&[no_id], 5), unproven);
@@ -1492,6 +1524,62 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_that_leaves_accounts_out_proves_absent_only_the_values_its_quirks_allow() {
+        let partial = |mut p: Page| {
+            p.unproven = true;
+            p.partial = true;
+            p
+        };
+        let scoped = || ListingProof {
+            partial_proves: true,
+            ..ListingProof::default()
+        };
+        let whole = page(&["a", "b"], Some(2));
+        // (pages, every asked value at a wholly listed domain) → proven
+        let table = [
+            (
+                vec![partial(whole.clone())],
+                false,
+                (AfterPage::Unproven, false),
+            ),
+            (
+                vec![partial(whole.clone())],
+                true,
+                (AfterPage::Continue, true),
+            ),
+            (
+                vec![partial(cursor_page(&["a"], true))],
+                true,
+                (AfterPage::Continue, true),
+            ),
+            // Unproven for another reason too (no `totalResults`, one unpaged answer).
+            (
+                vec![partial(page(&["a"], None))],
+                true,
+                (AfterPage::Unproven, false),
+            ),
+            // The other rules still hold.
+            (
+                vec![partial(page(&["a", "b"], Some(3)))],
+                true,
+                (AfterPage::Continue, false),
+            ),
+        ];
+        for (pages, in_domains, expected) in table {
+            let proof = if in_domains {
+                scoped()
+            } else {
+                ListingProof::default()
+            };
+            assert_eq!(read_into(proof, &pages, 5), expected, "{pages:?}");
+        }
+        // Unproven (paging none without `totalResults`) is not `partial`: never proven.
+        let mut unpaged = page(&["a"], None);
+        unpaged.unproven = true;
+        assert!(!read_into(scoped(), &[unpaged], 5).1);
+    }
+
+    #[test]
     fn a_cursor_walk_tells_the_accounts_it_read() {
         let mut proof = ListingProof::default();
         assert_eq!(
@@ -1519,6 +1607,7 @@ mod tests {
             json!({"id": "3", "userName": "ADA@example.com"}),
         ];
         let batcher = LookupBatcher::new(1);
+        let quirks = Quirks::default();
         let listed = |asked_at, attr| ListedUsers::new(asked_at, accounts.clone(), attr, vec![]);
         let ids = |found: Option<(Vec<Value>, Vec<CallRecord>, Instant)>| {
             found.map(|(found, _, _)| {
@@ -1529,54 +1618,57 @@ mod tests {
             })
         };
         assert_eq!(
-            ids(batcher.answer_from_listing("userName", "ada@example.com")),
+            ids(batcher.answer_from_listing(&quirks, "userName", "ada@example.com")),
             None,
             "none kept"
         );
         batcher.keep_listing(listed(Instant::now(), "userName"));
         // userName and e-mails ignoring case; the whole account, as the target served it.
         assert_eq!(
-            ids(batcher.answer_from_listing("userName", "ada@EXAMPLE.com")),
+            ids(batcher.answer_from_listing(&quirks, "userName", "ada@EXAMPLE.com")),
             Some(vec!["1".to_owned(), "3".to_owned()])
         );
         let (found, _, _) = batcher
-            .answer_from_listing("username", "bob@example.com")
+            .answer_from_listing(&quirks, "username", "bob@example.com")
             .expect("kept");
         assert_eq!(found, vec![accounts[1].clone()]);
         assert_eq!(
-            ids(batcher.answer_from_listing("emails.value", "Ada.L@example.com")),
+            ids(batcher.answer_from_listing(&quirks, "emails.value", "Ada.L@example.com")),
             Some(vec!["1".to_owned()])
         );
         assert_eq!(
-            ids(batcher.answer_from_listing("userName", "cy@example.com")),
+            ids(batcher.answer_from_listing(&quirks, "userName", "cy@example.com")),
             Some(vec![])
         );
         // Only the indexed attributes: here the listing was asked for userName.
-        assert_eq!(ids(batcher.answer_from_listing("externalId", "E1")), None);
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "externalId", "E1")),
+            None
+        );
         batcher.keep_listing(listed(Instant::now(), "externalId"));
         assert_eq!(
-            ids(batcher.answer_from_listing("externalId", "E1")),
+            ids(batcher.answer_from_listing(&quirks, "externalId", "E1")),
             Some(vec!["1".to_owned()])
         );
         assert_eq!(
-            ids(batcher.answer_from_listing("externalId", "e1")),
+            ids(batcher.answer_from_listing(&quirks, "externalId", "e1")),
             Some(vec![]),
             "exactly"
         );
         assert_eq!(
-            ids(batcher.answer_from_listing("externalId", "7")),
+            ids(batcher.answer_from_listing(&quirks, "externalId", "7")),
             Some(vec!["2".to_owned()]),
             "a number as its text"
         );
         // A create of the value started: that value is asked again, the others not.
         batcher.creating("userName", "CY@example.com");
         assert_eq!(
-            ids(batcher.answer_from_listing("userName", "cy@example.com")),
+            ids(batcher.answer_from_listing(&quirks, "userName", "cy@example.com")),
             None
         );
         assert!(
             batcher
-                .answer_from_listing("userName", "bob@example.com")
+                .answer_from_listing(&quirks, "userName", "bob@example.com")
                 .is_some()
         );
         // Older than a look-up sent ahead may be: not used.
@@ -1585,7 +1677,7 @@ mod tests {
             .expect("the clock runs long enough");
         batcher.keep_listing(listed(old, "userName"));
         assert_eq!(
-            ids(batcher.answer_from_listing("userName", "bob@example.com")),
+            ids(batcher.answer_from_listing(&quirks, "userName", "bob@example.com")),
             None
         );
     }

@@ -1234,6 +1234,10 @@ pub struct Page {
     /// listings leave accounts out (`user_listings_complete: false`). What it holds is real,
     /// but an account it does not show is not known to be absent.
     pub unproven: bool,
+    /// Of `unproven`'s reasons, this one: the quirks say the target's user listings leave
+    /// accounts out. A listing may still prove absent an address at one of
+    /// `user_listings_complete_for_domains` (see `Quirks::listing_proves_absence_of`).
+    pub partial: bool,
     /// `paging: cursor` only (`None` otherwise): where this page left the cursor walk. A walk
     /// that ended on a page without `nextCursor`, never wrapped and met every id once has
     /// read the whole listing, `totalResults` or not (RFC 9865 sends none).
@@ -1307,6 +1311,7 @@ fn cursor_page(
         total,
         wrapped,
         unproven: false,
+        partial: false,
         cursor: Some(step),
     };
     (page, paging)
@@ -1750,6 +1755,7 @@ impl Resources {
             PagingMode::Cursor => {
                 let (mut page, paging) = cursor_page(paging, total, items, next_cursor);
                 page.unproven |= partial;
+                page.partial = partial;
                 return Ok(Some((page, paging)));
             }
             PagingMode::None => {
@@ -1762,6 +1768,7 @@ impl Resources {
                         total,
                         wrapped: false,
                         unproven,
+                        partial,
                         cursor: None,
                     },
                     paging,
@@ -1798,6 +1805,7 @@ impl Resources {
                 total,
                 wrapped: false,
                 unproven: partial,
+                partial,
                 cursor: None,
             },
             paging,

@@ -869,6 +869,100 @@ fn asana_client(target: &crate::helpers::TestTarget, quirks: Quirks) -> ScimClie
     .0
 }
 
+/// Issue 17: Asana's listing leaves out only its guests, users whose address is not at one of
+/// the organisation's domains. With `user_listings_complete_for_domains` set to the app's
+/// domain, look-ups of addresses there are answered by one listing (kept a while); a guest's
+/// address is still looked up by filter, and without the setting every look-up is.
+#[tokio::test]
+async fn asana_listings_prove_absent_addresses_at_the_organisation_s_domains() {
+    use roster::delivery::lookups::LookupBatcher;
+    use std::sync::Arc;
+    let target = asana_target().await;
+    let member = target
+        .client
+        .users()
+        .create(&user("m@example.com"))
+        .await
+        .expect("member");
+    let guest = target
+        .client
+        .users()
+        .create(&user("g@guests.example.com"))
+        .await
+        .expect("guest");
+    let asked = ["new-1@example.com", "new-2@example.com", "M@example.com"];
+    let base = target.target.base_url();
+    let member_id = roster::scim::id_of(&member).expect("id").to_owned();
+    let look_up = |quirks: Quirks| {
+        let (base, member_id) = (base.clone(), member_id.clone());
+        async move {
+            let (vendor, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+                c.quirks = quirks
+            });
+            let batcher = Arc::new(LookupBatcher::new(2));
+            let found = futures::future::join_all(
+                asked
+                    .iter()
+                    .map(|name| batcher.find(&vendor, "userName", name)),
+            )
+            .await;
+            assert!(found[0].as_ref().expect("answered").is_empty());
+            assert!(found[1].as_ref().expect("answered").is_empty());
+            let m = found[2].as_ref().expect("answered");
+            assert_eq!(m.len(), 1);
+            assert_eq!(roster::scim::id_of(&m[0]), Some(member_id.as_str()));
+            (vendor, calls, batcher)
+        }
+    };
+    let users_calls = |calls: &crate::helpers::Calls| -> Vec<String> {
+        calls
+            .all()
+            .into_iter()
+            .filter(|c| c.path.contains("/Users"))
+            .map(|c| c.path)
+            .collect()
+    };
+
+    let (_, calls, _) = look_up(connector_quirks("asana")).await;
+    let paths = users_calls(&calls);
+    assert_eq!(paths.len(), 3, "one filter each: {paths:?}");
+    assert!(paths.iter().all(|p| p.contains("filter=")), "{paths:?}");
+
+    let mut quirks = connector_quirks("asana");
+    quirks.user_listings_complete_for_domains = vec!["example.com".into()];
+    let (vendor, calls, batcher) = look_up(quirks).await;
+    let paths = users_calls(&calls);
+    assert_eq!(paths.len(), 1, "one listing: {paths:?}");
+    assert!(!paths[0].contains("filter="), "{paths:?}");
+    // Kept: another address at the domain costs no call.
+    let later = batcher
+        .find(&vendor, "userName", "new-3@example.com")
+        .await
+        .expect("answered");
+    assert!(later.is_empty());
+    assert_eq!(users_calls(&calls).len(), 1);
+    // The guest's address is not at the domain: the listing says nothing of it, and the
+    // target is asked (Asana leaves guests out of filtered listings too: nothing found, as
+    // a look-up of its own finds; the guest is read by its id).
+    let found = batcher
+        .find(&vendor, "userName", "g@guests.example.com")
+        .await
+        .expect("answered");
+    assert!(found.is_empty());
+    let read = vendor
+        .users()
+        .get(roster::scim::id_of(&guest).expect("id"))
+        .await
+        .expect("read by id");
+    assert_eq!(read["userName"], "g@guests.example.com");
+    let paths: Vec<String> = users_calls(&calls)
+        .into_iter()
+        .filter(|p| !p.contains("/Users/"))
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths[1].contains("filter="), "{paths:?}");
+}
+
 #[tokio::test]
 async fn asana_lists_users_with_only_a_user_name_filter_so_the_connector_lists_in_one_request() {
     use futures::TryStreamExt as _;
