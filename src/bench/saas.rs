@@ -25,7 +25,14 @@ struct Vendor {
     params: &'static [(&'static str, &'static str)],
     latency_ms: u64,
     profile: Profile,
+    /// The target's user listings leave out only accounts outside the organisation's
+    /// domains (its guests): the app says its domain (`user_listings_complete_for_domains`),
+    /// as a customer would, so that a listing answers look-ups of its joiners.
+    lists_whole_domain: bool,
 }
+
+/// The joiners' e-mail domain: the apps' scope, and the organisation's domain.
+const DOMAIN: &str = "example.com";
 
 /// The first is the fast app the leavers are timed in.
 const VENDORS: &[Vendor] = &[
@@ -34,48 +41,56 @@ const VENDORS: &[Vendor] = &[
         params: &[("tenant_id", "bench")],
         latency_ms: 20,
         profile: Profile::Figma,
+        lists_whole_domain: false,
     },
     Vendor {
         connector: "asana",
         params: &[],
         latency_ms: 45,
         profile: Profile::Asana,
+        lists_whole_domain: true,
     },
     Vendor {
         connector: "aws-identity-center",
         params: &[("region", "eu-west-1"), ("tenant_id", "bench")],
         latency_ms: 70,
         profile: Profile::AwsIdentityCenter,
+        lists_whole_domain: false,
     },
     Vendor {
         connector: "github-emu",
         params: &[("enterprise", "bench")],
         latency_ms: 95,
         profile: Profile::GithubEmu,
+        lists_whole_domain: false,
     },
     Vendor {
         connector: "slack",
         params: &[("organization", "bench")],
         latency_ms: 120,
         profile: Profile::Slack,
+        lists_whole_domain: false,
     },
     Vendor {
         connector: "atlassian",
         params: &[("directory_id", "bench")],
         latency_ms: 145,
         profile: Profile::Atlassian,
+        lists_whole_domain: false,
     },
     Vendor {
         connector: "salesforce",
         params: &[("my_domain", "bench")],
         latency_ms: 170,
         profile: Profile::Salesforce,
+        lists_whole_domain: false,
     },
     Vendor {
         connector: "zoom",
         params: &[],
         latency_ms: 200,
         profile: Profile::Zoom,
+        lists_whole_domain: false,
     },
 ];
 
@@ -128,14 +143,17 @@ async fn register(harness: &Harness, vendor: &Vendor, base_url: &str) -> Result<
         .iter()
         .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
         .collect();
-    let body = json!({
+    let mut body = json!({
         "name": format!("saas-{}", vendor.connector),
         "connector": vendor.connector,
         "connector_params": params,
         "base_url": base_url,
         "auth": {"type": "bearer", "token": TARGET_TOKEN},
-        "scope": {"email_domains": ["example.com"]},
+        "scope": {"email_domains": [DOMAIN]},
     });
+    if vendor.lists_whole_domain {
+        body["quirks"] = json!({"user_listings_complete_for_domains": [DOMAIN]});
+    }
     harness.post("/apps", &body, 201).await.map(drop)
 }
 

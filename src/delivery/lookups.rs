@@ -23,7 +23,18 @@
 //!   once.
 //! - A batch is asked by one read of the target's whole user listing when that costs fewer calls
 //!   than by filter (`plan`). Its answer counts only if the listing proves itself complete
-//!   (`ListingProof`); else the batch is asked by filter, and the runtime never lists again.
+//!   (`ListingProof`: its `totalResults` where pages are indexed, a cursor walk read to its
+//!   end where they are not); else the batch is asked by filter, and the runtime never lists
+//!   again. Where calls tie, a listing that would be kept (`ListedUsers`) is preferred. A
+//!   target whose listings leave accounts out is listed only for values its listing proves
+//!   absent (`Quirks::listing_proves_absence_of`: addresses at the domains it lists wholly),
+//!   and a kept listing answers only those.
+//! - The last proven listing (of at most `MAX_LISTED` accounts) answers the app's later
+//!   look-ups without a call while it is at most `AHEAD_MAX_AGE` old and no create of the
+//!   value started lately (`Creates::fresh`, the rule of a look-up sent ahead): each answer
+//!   checked with `holds_value`, as the listing's own are. An account another writer made
+//!   after the listing was asked is missed meanwhile, as by a look-up sent ahead; the create's
+//!   409 then leads to a fresh look-up.
 //! - A target that refuses the `or` filter (a 4xx other than auth or throttling) is asked one
 //!   value at a time from then on, until the app's settings change (a new runtime).
 //! - The shared call is in every served job's call log (its provisioning log shows the call
@@ -39,7 +50,9 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::execute;
-use crate::scim::{CallRecord, ListQuery, Page, ScimClient, ScimError, filter, id_of};
+use crate::scim::{
+    CallRecord, CursorStep, ListQuery, Page, Quirks, ScimClient, ScimError, filter, id_of,
+};
 
 /// Values per look-up: about 1.5 KB of URL with e-mail addresses as user names, well under the
 /// 8 KB most servers accept.
@@ -48,7 +61,8 @@ const MAX_VALUES: usize = 25;
 const MAX_DISPATCHERS: usize = 2;
 /// How long a held-back batch waits at most before it looks again.
 const HOLD_AT_MOST: Duration = Duration::from_secs(1);
-/// Look-ups answered by one listing of the target at most.
+/// Look-ups answered by one listing of the target at most; also the most accounts a listing
+/// kept to answer later look-ups holds (see [`ListedUsers`]): a bigger one is not kept.
 const MAX_LISTED: usize = 500;
 /// Jobs of an app claimed ahead at least, whatever its rate (the engine's claim window): a
 /// slow app's look-ups started ahead then wait together and leave as one call, instead of
@@ -119,6 +133,92 @@ impl Creates {
     }
 }
 
+/// The app's last listing of its users that proved itself complete ([`ListingProof`]), kept
+/// to answer the look-ups made shortly after it without a call of their own: a one-page
+/// target is then listed once a minute instead of asked once per batch.
+///
+/// It answers a look-up only while it is at most `AHEAD_MAX_AGE` old and no job of the app
+/// started creating an account with the looked-up value lately ([`Creates::fresh`]): the
+/// staleness, and the rule, of a look-up sent ahead. An account another writer created in
+/// the target after the listing was asked is not seen meanwhile — the same window as a
+/// look-up sent ahead's: a target that enforces uniqueness answers roster's create with 409,
+/// and the look-up after a 409 is made afresh (that job's create started, so the listing no
+/// longer answers its value).
+struct ListedUsers {
+    /// When the listing's first page was asked.
+    asked_at: Instant,
+    /// Its accounts, each once (by id), as the target served them.
+    accounts: Vec<Value>,
+    /// (attribute, held value lower-cased) → positions in `accounts`, for each attribute in
+    /// `indexed`: the candidates, each then checked with `filter::holds_value`.
+    by_value: HashMap<(String, String), Vec<usize>>,
+    /// Attribute names (ASCII lower-cased) whose values are in `by_value`.
+    indexed: Vec<String>,
+    /// The calls that read it: in the log of each job it answers.
+    calls: Vec<CallRecord>,
+}
+
+impl ListedUsers {
+    fn new(
+        asked_at: Instant,
+        accounts: Vec<Value>,
+        asked_attr: &str,
+        calls: Vec<CallRecord>,
+    ) -> Self {
+        let mut indexed = vec!["username".to_owned(), "emails.value".to_owned()];
+        let asked_attr = asked_attr.to_ascii_lowercase();
+        if !indexed.contains(&asked_attr) {
+            indexed.push(asked_attr);
+        }
+        // Read from the accounts as `holds_value` reads them (attribute names ignoring case).
+        let mut by_value: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (at, account) in accounts.iter().enumerate() {
+            for attr in &indexed {
+                for held in filter::values_at(account, attr) {
+                    // What `holds_value` compares: a string, or a number's decimal text.
+                    let text = match held {
+                        Value::String(s) => s.to_lowercase(),
+                        Value::Number(n) => n.to_string(),
+                        _ => continue,
+                    };
+                    let positions = by_value.entry((attr.clone(), text)).or_default();
+                    if positions.last() != Some(&at) {
+                        positions.push(at);
+                    }
+                }
+            }
+        }
+        Self {
+            asked_at,
+            accounts,
+            by_value,
+            indexed,
+            calls,
+        }
+    }
+
+    /// The accounts holding `value` at `attr`, as a look-up would find them; `None` when
+    /// `attr` is not indexed.
+    fn find(&self, attr: &str, value: &str) -> Option<Vec<Value>> {
+        let key = attr.to_ascii_lowercase();
+        if !self.indexed.contains(&key) {
+            return None;
+        }
+        let candidates = self
+            .by_value
+            .get(&(key, value.to_lowercase()))
+            .map_or(&[][..], Vec::as_slice);
+        Some(
+            candidates
+                .iter()
+                .filter_map(|&at| self.accounts.get(at))
+                .filter(|account| filter::holds_value(account, attr, value))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 enum Reply {
     /// The answer to this waiter's value, and the call(s) that gave it.
     Found(Result<Vec<Value>, ScimError>, Vec<CallRecord>),
@@ -159,6 +259,8 @@ pub struct LookupBatcher {
     slots: usize,
     or_refused: AtomicBool,
     listing: Mutex<ListingKnowledge>,
+    /// The last proven listing, while it may answer look-ups.
+    listed_users: Mutex<Option<Arc<ListedUsers>>>,
     claims: Mutex<Claims>,
     creates: Mutex<Creates>,
     matching: Arc<MatchingTurns>,
@@ -357,14 +459,15 @@ enum Plan {
 /// What the batcher knows of the app's user listing, from its last read (per runtime).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct ListingKnowledge {
-    /// Accounts in the target: the last listing's `totalResults`, plus the creates started
-    /// since. `None` before the first listing.
+    /// Accounts in the target: the last listing's `totalResults` (or the accounts a cursor
+    /// walk read), plus the creates started since. `None` before the first listing.
     accounts: Option<u64>,
     /// Accounts per page, as the last listing of several pages served them (0: not known;
     /// the client's page size then).
     per_page: u64,
-    /// A listing was not proven complete (no `totalResults`, a wrap, fewer or more distinct
-    /// accounts than it said): never listed again; look-ups are asked by filter.
+    /// A listing was not proven complete (see [`ListingProof`]: no `totalResults` where
+    /// index paging needs one, a wrap, fewer or more distinct accounts than it said): never
+    /// listed again; look-ups are asked by filter.
     unproven: bool,
 }
 
@@ -390,28 +493,54 @@ fn listing_calls(known: &ListingKnowledge, page_size: u32) -> u64 {
 }
 
 /// How `pending` look-ups of one attribute are asked: a listing of the target only when it
-/// costs fewer calls than the look-ups it replaces and no earlier listing failed its proof.
+/// costs fewer calls than the look-ups it replaces and no earlier listing failed its proof —
+/// or as many, where the listing would be kept to answer the next look-ups (`ListedUsers`:
+/// the target holds at most `MAX_LISTED` accounts, or its size is not known yet), so that a
+/// small target is listed once instead of asked once per batch. A single look-up is listed
+/// only on such a tie once the target's size is known (one page).
 fn plan(pending: usize, merges: bool, known: &ListingKnowledge, page_size: u32) -> Plan {
-    if pending <= 1 {
-        return Plan::Alone;
-    }
-    if !known.unproven && listing_calls(known, page_size) < lookup_calls(pending, merges) {
-        Plan::Listing
+    let by_filter = if pending <= 1 {
+        Plan::Alone
     } else {
         Plan::Merged
+    };
+    if pending == 0 || known.unproven {
+        return by_filter;
+    }
+    let listing = listing_calls(known, page_size);
+    let filter_calls = lookup_calls(pending, merges);
+    let kept = known.accounts.is_none_or(|a| a <= MAX_LISTED as u64);
+    let tie_listed = kept && listing == filter_calls && (pending > 1 || known.accounts.is_some());
+    if listing < filter_calls || tie_listed {
+        Plan::Listing
+    } else {
+        by_filter
     }
 }
 
 /// A listing read page by page, and whether it proves that an account it does not hold is
-/// absent: every page carries `totalResults`, it never shrinks (an account removed meanwhile
-/// could shift another past the pages read), nothing wraps, every account has an id, and the
-/// distinct ids read are exactly the last `totalResults`.
+/// absent. Nothing wraps, no page is marked unproven, every account has an id, and either
+/// - (index paging, or one unpaged answer) every page carries `totalResults`, it never shrinks
+///   (an account removed meanwhile could shift another past the pages read), and the distinct
+///   ids read are exactly the last `totalResults`; or
+/// - (cursor paging, RFC 9865, where `totalResults` is optional) the walk ended on a page
+///   without `nextCursor` and met every id once: an id met twice means the listing shifted
+///   under the walk, which may then have stepped over another account. A `totalResults`, if
+///   the target sends one, must still never shrink and match the ids read.
 #[derive(Debug, Default)]
 struct ListingProof {
     ids: HashSet<String>,
     total: Option<u64>,
     pages: u64,
     biggest_page: u64,
+    /// The pages came from a cursor walk.
+    by_cursor: bool,
+    /// The cursor walk ended on a page without `nextCursor`.
+    cursor_ended: bool,
+    /// Every value asked is one a listing that leaves accounts out still proves absent
+    /// (`Quirks::listing_proves_absence_of`): a page `unproven` only for being `partial`
+    /// counts.
+    partial_proves: bool,
     broken: bool,
 }
 
@@ -430,37 +559,78 @@ impl ListingProof {
     /// cost by filter.
     fn page(&mut self, page: &Page, budget: u64) -> AfterPage {
         self.pages += 1;
-        let Some(total) = page.total.filter(|_| !page.wrapped && !page.unproven) else {
-            self.broken = true;
-            return AfterPage::Unproven;
-        };
-        if self.total.is_some_and(|before| total < before) {
+        if self.pages == 1 {
+            self.by_cursor = page.cursor.is_some();
+        }
+        let unproven = page.unproven && !(self.partial_proves && page.partial);
+        let provable = !page.wrapped
+            && !unproven
+            && self.by_cursor == page.cursor.is_some()
+            && (self.by_cursor || page.total.is_some());
+        if !provable || self.total.is_some_and(|before| page.total < Some(before)) {
             self.broken = true;
             return AfterPage::Unproven;
         }
-        self.total = Some(total);
+        if page.total.is_some() {
+            self.total = page.total;
+        }
         for resource in &page.resources {
-            match id_of(resource) {
-                Some(id) => {
-                    self.ids.insert(id.to_owned());
-                }
-                None => {
-                    self.broken = true;
-                    return AfterPage::Unproven;
-                }
+            let Some(id) = id_of(resource) else {
+                self.broken = true;
+                return AfterPage::Unproven;
+            };
+            if !self.ids.insert(id.to_owned()) && self.by_cursor {
+                self.broken = true;
+                return AfterPage::Unproven;
             }
         }
         let len = page.resources.len() as u64;
         self.biggest_page = self.biggest_page.max(len);
-        if self.pages == 1 && len > 0 && total.div_ceil(len).saturating_sub(1) >= budget {
-            return AfterPage::TooBig;
+        self.cursor_ended = page.cursor == Some(CursorStep::Last);
+        match page.total {
+            Some(total) => {
+                if self.pages == 1 && len > 0 && total.div_ceil(len).saturating_sub(1) >= budget {
+                    return AfterPage::TooBig;
+                }
+            }
+            // A cursor walk tells not how far it goes: it stops once it has cost what the
+            // look-ups would, so that a big target costs at most twice what filters would.
+            None => {
+                if page.cursor == Some(CursorStep::More) && self.pages >= budget {
+                    return AfterPage::TooBig;
+                }
+            }
         }
         AfterPage::Continue
     }
 
     fn complete(&self) -> bool {
-        !self.broken && self.total == Some(self.ids.len() as u64)
+        let read = self.ids.len() as u64;
+        !self.broken
+            && if self.by_cursor {
+                self.cursor_ended && self.total.is_none_or(|total| total == read)
+            } else {
+                self.total == Some(read)
+            }
     }
+
+    /// Accounts in the target as far as the listing tells: its last `totalResults`, else the
+    /// ids a cursor walk read (one more if it stopped before its end: at least that many).
+    fn accounts(&self) -> Option<u64> {
+        if self.total.is_some() || !self.by_cursor || self.broken {
+            return self.total;
+        }
+        let read = self.ids.len() as u64;
+        Some(if self.cursor_ended { read } else { read + 1 })
+    }
+}
+
+/// A proven listing's answers: each asked value's accounts, and (up to `MAX_LISTED`) all of
+/// them, to keep.
+struct Listing {
+    per_value: Vec<Vec<Value>>,
+    accounts: Option<Vec<Value>>,
+    asked_at: Instant,
 }
 
 impl Default for LookupBatcher {
@@ -499,6 +669,7 @@ impl LookupBatcher {
             slots: usize::try_from(slots.max(1)).unwrap_or(1),
             or_refused: AtomicBool::default(),
             listing: Mutex::default(),
+            listed_users: Mutex::default(),
             claims: Mutex::default(),
             creates: Mutex::default(),
             matching,
@@ -542,6 +713,12 @@ impl LookupBatcher {
     ) -> Result<Vec<Value>, ScimError> {
         let ahead = ahead
             .filter(|ahead| ahead.attr == attr && ahead.value == value && self.still_fresh(ahead));
+        if ahead.is_none()
+            && let Some((found, calls, _)) = self.answer_from_listing(client.quirks(), attr, value)
+        {
+            execute::record_shared_calls(calls);
+            return Ok(found);
+        }
         let answer = match ahead {
             Some(ahead) => {
                 // Needed now: it leaves, with every look-up that waits with it.
@@ -597,6 +774,9 @@ impl LookupBatcher {
         job: execute::JobCallContext,
         scarce: bool,
     ) -> Option<LookAhead> {
+        if let Some(ahead) = self.listed_look_ahead(client, attr, value) {
+            return Some(ahead);
+        }
         let (answer, wanted) = self.enqueue(client, attr, value, span, job, !scarce)?;
         Some(LookAhead {
             attr: attr.to_owned(),
@@ -604,6 +784,24 @@ impl LookupBatcher {
             answer,
             wanted,
             asked_at: Instant::now(),
+        })
+    }
+
+    /// A look-up ahead answered by the last proven listing, as asked when that listing was:
+    /// used by the job only while it is fresh by the same rule ([`Self::still_fresh`]).
+    fn listed_look_ahead(&self, client: &ScimClient, attr: &str, value: &str) -> Option<LookAhead> {
+        if !batchable(attr) {
+            return None;
+        }
+        let (found, calls, asked_at) = self.answer_from_listing(client.quirks(), attr, value)?;
+        let (reply, answer) = oneshot::channel();
+        reply.send(Reply::Found(Ok(found), calls)).ok()?;
+        Some(LookAhead {
+            attr: attr.to_owned(),
+            value: value.to_owned(),
+            answer,
+            wanted: Arc::new(AtomicBool::new(true)),
+            asked_at,
         })
     }
 
@@ -735,9 +933,15 @@ impl LookupBatcher {
             unproven: true,
             ..ListingKnowledge::default()
         });
-        // A target whose listings leave accounts out (guests, say) never proves an absence.
+        // A target whose listings leave accounts out (guests, say) proves an absence only for
+        // addresses at the domains it lists wholly, if any.
+        let proves = queue
+            .waiting
+            .iter()
+            .filter(|w| w.attr == attr)
+            .all(|w| quirks.listing_proves_absence_of(&w.attr, &w.value));
         let known = ListingKnowledge {
-            unproven: known.unproven || !quirks.user_listings_complete,
+            unproven: known.unproven || !proves,
             ..known
         };
         let plan = plan(pending, merges, &known, quirks.page_size);
@@ -759,7 +963,11 @@ impl LookupBatcher {
             }
         }
         queue.waiting = rest;
-        let plan = if batch.len() == 1 { Plan::Alone } else { plan };
+        let plan = if batch.len() == 1 && plan == Plan::Merged {
+            Plan::Alone
+        } else {
+            plan
+        };
         Some((batch, plan))
     }
 
@@ -782,19 +990,44 @@ impl LookupBatcher {
         attr: &str,
         values: &[&str],
         budget: u64,
-    ) -> Result<Option<Vec<Vec<Value>>>, ScimError> {
+    ) -> Result<Option<Listing>, ScimError> {
         use futures::TryStreamExt;
+        let asked_at = Instant::now();
         let mut pages = client.users().list_pages(ListQuery {
             page_size: client.quirks().page_size,
             ..ListQuery::default()
         });
-        let mut proof = ListingProof::default();
+        let quirks = client.quirks();
+        let mut proof = ListingProof {
+            partial_proves: values
+                .iter()
+                .all(|value| quirks.listing_proves_absence_of(attr, value)),
+            ..ListingProof::default()
+        };
         let mut per_value = vec![Vec::new(); values.len()];
+        // Every account once, by id, to keep for later look-ups: none past `MAX_LISTED`.
+        let mut kept: Option<(Vec<Value>, HashMap<String, usize>)> = Some(Default::default());
         let mut after = AfterPage::Continue;
         while let Some(page) = pages.try_next().await? {
             after = proof.page(&page, budget);
             if after != AfterPage::Continue {
                 break;
+            }
+            if let Some((accounts, at)) = kept.as_mut() {
+                for resource in &page.resources {
+                    // Proven pages hold only accounts with an id; a later copy is newer.
+                    let Some(id) = id_of(resource) else { continue };
+                    match at.get(id) {
+                        Some(&i) => accounts[i] = resource.clone(),
+                        None => {
+                            at.insert(id.to_owned(), accounts.len());
+                            accounts.push(resource.clone());
+                        }
+                    }
+                }
+                if accounts.len() > MAX_LISTED {
+                    kept = None;
+                }
             }
             for resource in page.resources {
                 for (i, value) in values.iter().enumerate() {
@@ -810,8 +1043,8 @@ impl LookupBatcher {
         }
         let complete = after == AfterPage::Continue && proof.complete();
         if let Ok(mut known) = self.listing.lock() {
-            if proof.total.is_some() {
-                known.accounts = proof.total;
+            if let Some(accounts) = proof.accounts() {
+                known.accounts = Some(accounts);
             }
             if proof.pages > 1 || after == AfterPage::TooBig {
                 known.per_page = proof.biggest_page;
@@ -823,7 +1056,45 @@ impl LookupBatcher {
                 );
             }
         }
-        Ok(complete.then_some(per_value))
+        Ok(complete.then(|| Listing {
+            per_value,
+            accounts: kept.map(|(accounts, _)| accounts),
+            asked_at,
+        }))
+    }
+
+    /// Keeps a proven listing (see [`ListedUsers`]) to answer later look-ups.
+    fn keep_listing(&self, listing: ListedUsers) {
+        if let Ok(mut listed) = self.listed_users.lock() {
+            *listed = Some(Arc::new(listing));
+        }
+    }
+
+    /// The accounts the last proven listing holds for `value` at `attr`, as a look-up would
+    /// find them, with the calls that read it; `None` when it may not answer (see
+    /// [`ListedUsers`]): none kept, too old, `attr` not indexed, or a create of `value`
+    /// started lately.
+    fn answer_from_listing(
+        &self,
+        quirks: &Quirks,
+        attr: &str,
+        value: &str,
+    ) -> Option<(Vec<Value>, Vec<CallRecord>, Instant)> {
+        // A listing that leaves accounts out says nothing of the values it may leave out.
+        if !quirks.listing_proves_absence_of(attr, value) {
+            return None;
+        }
+        let listed = self.listed_users.lock().ok()?.clone()?;
+        let fresh = self
+            .creates
+            .lock()
+            .ok()?
+            .fresh(attr, value, listed.asked_at, Instant::now());
+        if !fresh {
+            return None;
+        }
+        let found = listed.find(attr, value)?;
+        Some((found, listed.calls.clone(), listed.asked_at))
     }
 
     /// Sends queued look-ups until none is left: one waiter's alone, several as one listing.
@@ -874,8 +1145,16 @@ impl LookupBatcher {
                 )
                 .await;
                 match result {
-                    Ok(Some(per_value)) => {
-                        for (w, found) in batch.into_iter().zip(per_value) {
+                    Ok(Some(listing)) => {
+                        if let Some(accounts) = listing.accounts {
+                            self.keep_listing(ListedUsers::new(
+                                listing.asked_at,
+                                accounts,
+                                &attr,
+                                calls.clone(),
+                            ));
+                        }
+                        for (w, found) in batch.into_iter().zip(listing.per_value) {
                             w.answer(Ok(found), &calls);
                         }
                     }
@@ -1015,7 +1294,7 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_answers_pending_look_ups_only_where_it_costs_fewer_calls() {
+    fn a_listing_answers_pending_look_ups_where_it_costs_fewer_calls_or_as_many_and_is_kept() {
         let unknown = ListingKnowledge::default();
         let known = |accounts, per_page| ListingKnowledge {
             accounts: Some(accounts),
@@ -1028,21 +1307,34 @@ mod tests {
         };
         // (pending, the target merges `or`, what is known, page size) → plan
         let table = [
+            // One look-up: listed only when the target is known to fit one page (the listing
+            // is then kept for the next look-ups, for the same one call).
             (1, false, unknown, 100, Plan::Alone),
-            (1, true, known(0, 0), 100, Plan::Alone),
+            (1, true, known(0, 0), 100, Plan::Listing),
+            (1, true, known(99, 0), 100, Plan::Listing),
+            (1, true, known(101, 0), 100, Plan::Alone),
+            (1, true, unproven, 100, Plan::Alone),
             // One term per filter: two look-ups cost two calls, an unknown listing one page.
             (2, false, unknown, 100, Plan::Listing),
             (2, false, known(99, 0), 100, Plan::Listing),
-            (2, false, known(150, 0), 100, Plan::Merged),
+            // A tie: the listing is kept, and answers the next look-ups too.
+            (2, false, known(150, 0), 100, Plan::Listing),
+            (2, false, known(250, 0), 100, Plan::Merged),
             (3, false, known(150, 0), 100, Plan::Listing),
             // Pages as the target served them, not as asked.
-            (3, false, known(150, 50), 100, Plan::Merged),
+            (3, false, known(150, 50), 100, Plan::Listing),
+            (3, false, known(151, 50), 100, Plan::Merged),
             // Merged: 25 values a call.
-            (25, true, unknown, 100, Plan::Merged),
+            (25, true, unknown, 100, Plan::Listing),
             (26, true, unknown, 100, Plan::Listing),
-            (26, true, known(101, 0), 100, Plan::Merged),
+            (26, true, known(101, 0), 100, Plan::Listing),
+            (26, true, known(201, 0), 100, Plan::Merged),
             (60, true, known(180, 0), 100, Plan::Listing),
-            (60, true, known(300, 0), 100, Plan::Merged),
+            (60, true, known(300, 0), 100, Plan::Listing),
+            (60, true, known(301, 0), 100, Plan::Merged),
+            // A tie where the listing is too big to keep: by filter.
+            (6, false, known(600, 0), 100, Plan::Merged),
+            (7, false, known(600, 0), 100, Plan::Listing),
             // A huge target is never listed.
             (500, false, known(1_000_000, 0), 100, Plan::Merged),
             // Once a listing was not proven complete, never again.
@@ -1063,22 +1355,41 @@ mod tests {
             total,
             wrapped: false,
             unproven: false,
+            partial: false,
+            cursor: None,
         }
+    }
+
+    /// A page of a cursor walk: `last` when its answer had no `nextCursor`.
+    fn cursor_page(ids: &[&str], last: bool) -> Page {
+        Page {
+            cursor: Some(if last {
+                CursorStep::Last
+            } else {
+                CursorStep::More
+            }),
+            ..page(ids, None)
+        }
+    }
+
+    /// What a listing of `pages` ends with, and whether it proved itself complete.
+    fn read(pages: &[Page], budget: u64) -> (AfterPage, bool) {
+        read_into(ListingProof::default(), pages, budget)
+    }
+
+    fn read_into(mut proof: ListingProof, pages: &[Page], budget: u64) -> (AfterPage, bool) {
+        let mut after = AfterPage::Continue;
+        for p in pages {
+            after = proof.page(p, budget);
+            if after != AfterPage::Continue {
+                break;
+            }
+        }
+        (after, after == AfterPage::Continue && proof.complete())
     }
 
     #[test]
     fn only_a_listing_whose_distinct_ids_are_its_total_proves_an_absence() {
-        let read = |pages: &[Page], budget: u64| {
-            let mut proof = ListingProof::default();
-            let mut after = AfterPage::Continue;
-            for p in pages {
-                after = proof.page(p, budget);
-                if after != AfterPage::Continue {
-                    break;
-                }
-            }
-            (after, after == AfterPage::Continue && proof.complete())
-        };
         let proven = (AfterPage::Continue, true);
         let not_proven = (AfterPage::Continue, false);
         // Complete: one page, two pages, an account repeated across pages counted once.
@@ -1122,6 +1433,8 @@ mod tests {
             total: Some(1),
             wrapped: false,
             unproven: false,
+            partial: false,
+            cursor: None,
         };
         assert_eq!(read(&[no_id], 5), unproven);
         // The first page tells the size: 10 pages to go cost more than 5 look-ups.
@@ -1132,6 +1445,240 @@ mod tests {
         assert_eq!(
             read(&[page(&["a", "b"], Some(12))], 6).0,
             AfterPage::Continue
+        );
+    }
+
+    #[test]
+    fn a_cursor_walk_read_to_its_end_with_each_id_once_proves_an_absence() {
+        let more = |ids: &[&str]| cursor_page(ids, false);
+        let last = |ids: &[&str]| cursor_page(ids, true);
+        let with_total = |mut p: Page, total| {
+            p.total = Some(total);
+            p
+        };
+        let wrapped = |mut p: Page| {
+            p.wrapped = true;
+            p
+        };
+        let partial = |mut p: Page| {
+            p.unproven = true;
+            p
+        };
+        let proven = (AfterPage::Continue, true);
+        let unproven = (AfterPage::Unproven, false);
+        // (pages, look-ups' budget) → what the listing ends with, proven
+        let table = [
+            // Read to a page without `nextCursor`: proven without any `totalResults`.
+            (vec![last(&["a", "b"])], 5, proven),
+            (vec![last(&[])], 5, proven),
+            (
+                vec![more(&["a", "b"]), more(&["c"]), last(&["d"])],
+                5,
+                proven,
+            ),
+            // A `totalResults` sent with cursors must agree, and never shrink.
+            (vec![with_total(last(&["a", "b"]), 2)], 5, proven),
+            (
+                vec![with_total(last(&["a", "b"]), 3)],
+                5,
+                (AfterPage::Continue, false),
+            ),
+            (
+                vec![
+                    with_total(more(&["a", "b"]), 3),
+                    with_total(last(&["c"]), 2),
+                ],
+                5,
+                unproven,
+            ),
+            // An id met twice: the listing shifted under the walk.
+            (vec![more(&["a", "b"]), last(&["b", "c"])], 5, unproven),
+            (vec![last(&["a", "a"])], 5, unproven),
+            // A cursor handed out again (the walk would loop).
+            (vec![more(&["a"]), wrapped(more(&["b"]))], 5, unproven),
+            // The target's listings leave accounts out.
+            (vec![partial(last(&["a"]))], 5, unproven),
+            // An account without id.
+            (
+                vec![Page {
+                    resources: vec![json!({"userName": "a"})],
+                    ..last(&[])
+                }],
+                5,
+                unproven,
+            ),
+            // Not read to its end: once the pages read cost what the look-ups would, stop.
+            (
+                vec![more(&["a"]), more(&["b"]), last(&["c"])],
+                2,
+                (AfterPage::TooBig, false),
+            ),
+            (vec![more(&["a"]), last(&["b"])], 3, proven),
+            // Index paging still needs `totalResults`, whatever a page says of cursors.
+            (vec![page(&["a"], None)], 5, unproven),
+            (vec![page(&["a"], Some(2)), last(&["b"])], 5, unproven),
+        ];
+        for (pages, budget, expected) in table {
+            assert_eq!(read(&pages, budget), expected, "{pages:?}, budget {budget}");
+        }
+    }
+
+    #[test]
+    fn a_listing_that_leaves_accounts_out_proves_absent_only_the_values_its_quirks_allow() {
+        let partial = |mut p: Page| {
+            p.unproven = true;
+            p.partial = true;
+            p
+        };
+        let scoped = || ListingProof {
+            partial_proves: true,
+            ..ListingProof::default()
+        };
+        let whole = page(&["a", "b"], Some(2));
+        // (pages, every asked value at a wholly listed domain) → proven
+        let table = [
+            (
+                vec![partial(whole.clone())],
+                false,
+                (AfterPage::Unproven, false),
+            ),
+            (
+                vec![partial(whole.clone())],
+                true,
+                (AfterPage::Continue, true),
+            ),
+            (
+                vec![partial(cursor_page(&["a"], true))],
+                true,
+                (AfterPage::Continue, true),
+            ),
+            // Unproven for another reason too (no `totalResults`, one unpaged answer).
+            (
+                vec![partial(page(&["a"], None))],
+                true,
+                (AfterPage::Unproven, false),
+            ),
+            // The other rules still hold.
+            (
+                vec![partial(page(&["a", "b"], Some(3)))],
+                true,
+                (AfterPage::Continue, false),
+            ),
+        ];
+        for (pages, in_domains, expected) in table {
+            let proof = if in_domains {
+                scoped()
+            } else {
+                ListingProof::default()
+            };
+            assert_eq!(read_into(proof, &pages, 5), expected, "{pages:?}");
+        }
+        // Unproven (paging none without `totalResults`) is not `partial`: never proven.
+        let mut unpaged = page(&["a"], None);
+        unpaged.unproven = true;
+        assert!(!read_into(scoped(), &[unpaged], 5).1);
+    }
+
+    #[test]
+    fn a_cursor_walk_tells_the_accounts_it_read() {
+        let mut proof = ListingProof::default();
+        assert_eq!(
+            proof.page(&cursor_page(&["a", "b"], false), 1),
+            AfterPage::TooBig
+        );
+        assert_eq!(proof.accounts(), Some(3), "at least one more");
+        let mut proof = ListingProof::default();
+        assert_eq!(
+            proof.page(&cursor_page(&["a", "b"], true), 5),
+            AfterPage::Continue
+        );
+        assert_eq!(proof.accounts(), Some(2));
+        let mut proof = ListingProof::default();
+        proof.page(&page(&["a"], Some(7)), 50);
+        assert_eq!(proof.accounts(), Some(7), "its total");
+    }
+
+    #[test]
+    fn a_kept_listing_answers_as_a_look_up_would_while_fresh_and_no_create_of_the_value_started() {
+        let accounts = vec![
+            json!({"id": "1", "userName": "Ada@Example.com",
+                   "emails": [{"value": "ada.l@example.com"}], "externalId": "E1"}),
+            json!({"id": "2", "userName": "bob@example.com", "externalId": 7}),
+            json!({"id": "3", "userName": "ADA@example.com"}),
+        ];
+        let batcher = LookupBatcher::new(1);
+        let quirks = Quirks::default();
+        let listed = |asked_at, attr| ListedUsers::new(asked_at, accounts.clone(), attr, vec![]);
+        let ids = |found: Option<(Vec<Value>, Vec<CallRecord>, Instant)>| {
+            found.map(|(found, _, _)| {
+                found
+                    .iter()
+                    .filter_map(|a| id_of(a).map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "userName", "ada@example.com")),
+            None,
+            "none kept"
+        );
+        batcher.keep_listing(listed(Instant::now(), "userName"));
+        // userName and e-mails ignoring case; the whole account, as the target served it.
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "userName", "ada@EXAMPLE.com")),
+            Some(vec!["1".to_owned(), "3".to_owned()])
+        );
+        let (found, _, _) = batcher
+            .answer_from_listing(&quirks, "username", "bob@example.com")
+            .expect("kept");
+        assert_eq!(found, vec![accounts[1].clone()]);
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "emails.value", "Ada.L@example.com")),
+            Some(vec!["1".to_owned()])
+        );
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "userName", "cy@example.com")),
+            Some(vec![])
+        );
+        // Only the indexed attributes: here the listing was asked for userName.
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "externalId", "E1")),
+            None
+        );
+        batcher.keep_listing(listed(Instant::now(), "externalId"));
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "externalId", "E1")),
+            Some(vec!["1".to_owned()])
+        );
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "externalId", "e1")),
+            Some(vec![]),
+            "exactly"
+        );
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "externalId", "7")),
+            Some(vec!["2".to_owned()]),
+            "a number as its text"
+        );
+        // A create of the value started: that value is asked again, the others not.
+        batcher.creating("userName", "CY@example.com");
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "userName", "cy@example.com")),
+            None
+        );
+        assert!(
+            batcher
+                .answer_from_listing(&quirks, "userName", "bob@example.com")
+                .is_some()
+        );
+        // Older than a look-up sent ahead may be: not used.
+        let old = Instant::now()
+            .checked_sub(AHEAD_MAX_AGE + Duration::from_secs(1))
+            .expect("the clock runs long enough");
+        batcher.keep_listing(listed(old, "userName"));
+        assert_eq!(
+            ids(batcher.answer_from_listing(&quirks, "userName", "bob@example.com")),
+            None
         );
     }
 

@@ -1259,6 +1259,23 @@ pub struct Page {
     /// listings leave accounts out (`user_listings_complete: false`). What it holds is real,
     /// but an account it does not show is not known to be absent.
     pub unproven: bool,
+    /// Of `unproven`'s reasons, this one: the quirks say the target's user listings leave
+    /// accounts out. A listing may still prove absent an address at one of
+    /// `user_listings_complete_for_domains` (see `Quirks::listing_proves_absence_of`).
+    pub partial: bool,
+    /// `paging: cursor` only (`None` otherwise): where this page left the cursor walk. A walk
+    /// that ended on a page without `nextCursor`, never wrapped and met every id once has
+    /// read the whole listing, `totalResults` or not (RFC 9865 sends none).
+    pub cursor: Option<CursorStep>,
+}
+
+/// Where a page of a cursor listing (RFC 9865) left the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorStep {
+    /// The answer had a `nextCursor` not seen before: more pages follow.
+    More,
+    /// The answer had no `nextCursor`: the walk ended here.
+    Last,
 }
 
 /// State of a paged listing between pages.
@@ -1299,19 +1316,28 @@ fn cursor_page(
     let asked = std::mem::take(&mut paging.cursor);
     paging.cursors_seen.insert(asked);
     let mut wrapped = false;
-    match next_cursor {
-        None => paging.done = true,
+    let step = match next_cursor {
+        None => {
+            paging.done = true;
+            CursorStep::Last
+        }
         Some(next) if paging.cursors_seen.contains(&next) => {
             paging.done = true;
             wrapped = true;
+            CursorStep::More
         }
-        Some(next) => paging.cursor = next,
-    }
+        Some(next) => {
+            paging.cursor = next;
+            CursorStep::More
+        }
+    };
     let page = Page {
         resources: items,
         total,
         wrapped,
         unproven: false,
+        partial: false,
+        cursor: Some(step),
     };
     (page, paging)
 }
@@ -1754,6 +1780,7 @@ impl Resources {
             PagingMode::Cursor => {
                 let (mut page, paging) = cursor_page(paging, total, items, next_cursor);
                 page.unproven |= partial;
+                page.partial = partial;
                 return Ok(Some((page, paging)));
             }
             PagingMode::None => {
@@ -1766,6 +1793,8 @@ impl Resources {
                         total,
                         wrapped: false,
                         unproven,
+                        partial,
+                        cursor: None,
                     },
                     paging,
                 )));
@@ -1801,6 +1830,8 @@ impl Resources {
                 total,
                 wrapped: false,
                 unproven: partial,
+                partial,
+                cursor: None,
             },
             paging,
         )))
@@ -2088,14 +2119,17 @@ mod tests {
         let item = || vec![serde_json::json!({"id": "x"})];
         let (page, paging) = cursor_page(start, None, item(), Some("c2".into()));
         assert!(!paging.done && !page.wrapped);
+        assert_eq!(page.cursor, Some(CursorStep::More));
         assert_eq!(paging.cursor, "c2");
         let (page, paging) = cursor_page(paging, None, item(), Some("c3".into()));
         assert!(!paging.done && !page.wrapped);
         // Handed out again: the listing stops, marked as not wholly read.
         let (page, again) = cursor_page(paging.clone(), None, item(), Some("c2".into()));
         assert!(again.done && page.wrapped);
+        assert_eq!(page.cursor, Some(CursorStep::More), "not an end: a loop");
         let (page, done) = cursor_page(paging, Some(3), item(), None);
         assert!(done.done && !page.wrapped);
+        assert_eq!(page.cursor, Some(CursorStep::Last));
         assert_eq!(done.fetched, 3);
     }
 

@@ -44,8 +44,8 @@ pub mod quirks;
 pub use auth::Auth;
 pub use client::{
     CallGate, CallKind, CallObserver, CallPass, CallRecord, ClientTls, ConnectionReport,
-    DEFAULT_MAX_BODY_BYTES, Deleted, ListQuery, Page, Resources, ScimClient, TargetConfig, id_of,
-    install_crypto_provider, version_of,
+    CursorStep, DEFAULT_MAX_BODY_BYTES, Deleted, ListQuery, Page, Resources, ScimClient,
+    TargetConfig, id_of, install_crypto_provider, version_of,
 };
 pub use discovery::Capabilities;
 pub use error::{

@@ -128,6 +128,13 @@ pub struct Quirks {
     /// reconciliation only reports what it would conclude from an absence (create, adopt,
     /// deprovision); a linked account not listed is still read by its id.
     pub user_listings_complete: bool,
+    /// Where `user_listings_complete` is `false` because the target leaves out only accounts
+    /// outside some e-mail domains (an organisation's guests, whose address is not at one of
+    /// its domains): those domains. A listing then proves absent a `userName` (or
+    /// `emails.value`) at one of them, and matching look-ups of such values may be answered
+    /// by one listing; reconciliation still concludes nothing from an absence. Set per app:
+    /// the connector cannot know a customer's domains.
+    pub user_listings_complete_for_domains: Vec<String>,
 }
 
 impl Default for Quirks {
@@ -152,11 +159,33 @@ impl Default for Quirks {
             group_members_readable: true,
             group_rename: true,
             user_listings_complete: true,
+            user_listings_complete_for_domains: Vec::new(),
         }
     }
 }
 
 impl Quirks {
+    /// Whether a complete read of the target's user listing proves that no account holds
+    /// `value` at the matching attribute `attr` beyond those it lists: the target lists every
+    /// account, or `value` is an address (`userName`, `emails.value`) at one of
+    /// `user_listings_complete_for_domains`.
+    #[must_use]
+    pub fn listing_proves_absence_of(&self, attr: &str, value: &str) -> bool {
+        if self.user_listings_complete {
+            return true;
+        }
+        let address =
+            attr.eq_ignore_ascii_case("userName") || attr.eq_ignore_ascii_case("emails.value");
+        address
+            && value.rsplit_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && self
+                        .user_listings_complete_for_domains
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(domain))
+            })
+    }
+
     /// Whether a look-up on `attr` may be sent as a filter at all (the discovered filter
     /// support aside): the attribute is one the target filters on.
     #[must_use]
@@ -371,6 +400,43 @@ impl Quirks {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_listing_proves_absent_only_addresses_at_the_domains_it_lists_wholly() {
+        let complete = Quirks::default();
+        let guests_left_out = Quirks {
+            user_listings_complete: false,
+            ..Quirks::default()
+        };
+        let domains = Quirks {
+            user_listings_complete: false,
+            user_listings_complete_for_domains: vec!["example.com".into(), "Corp.Example".into()],
+            ..Quirks::default()
+        };
+        // (quirks, attribute, value) → proven absent when not listed
+        let table = [
+            (&complete, "externalId", "e1", true),
+            (&complete, "userName", "anyone", true),
+            (&guests_left_out, "userName", "ada@example.com", false),
+            (&domains, "userName", "ada@example.com", true),
+            (&domains, "username", "ADA@EXAMPLE.COM", true),
+            (&domains, "emails.value", "ada@corp.example", true),
+            (&domains, "userName", "guest@gmail.com", false),
+            // A subdomain is another domain; an address needs its local part.
+            (&domains, "userName", "ada@eu.example.com", false),
+            (&domains, "userName", "@example.com", false),
+            (&domains, "userName", "example.com", false),
+            (&domains, "externalId", "e1@example.com", false),
+        ];
+        for (quirks, attr, value, proven) in table {
+            assert_eq!(
+                quirks.listing_proves_absence_of(attr, value),
+                proven,
+                "{attr} {value} with {:?}",
+                quirks.user_listings_complete_for_domains
+            );
+        }
+    }
 
     #[test]
     fn mappings_must_render_one_value_of_single_valued_attributes_and_every_required_one() {

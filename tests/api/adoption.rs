@@ -1268,6 +1268,79 @@ async fn joiners_found_by_one_listing_of_a_small_target_are_adopted_never_duplic
     );
 }
 
+/// Issue 17: a proven listing is kept a minute to answer the app's next look-ups without a
+/// call. An account another writer creates meanwhile is not in it — the window a look-up sent
+/// ahead has too: the joiner's create then meets the target's 409, the look-up after the 409
+/// asks the target afresh, and the account found is adopted; no other account is written to.
+#[tokio::test]
+async fn an_account_made_after_a_kept_listing_is_adopted_after_the_create_s_409() {
+    let app = spawn_app().await;
+    // A target that enforces unique userNames.
+    let stub = Stub::new(Misbehaviour::default());
+    let (app_id, _, people) = joiners_claimed_together(&app, &stub, "writer").await;
+    assert_eq!(stub.users().len(), people.len(), "one account each");
+    let (listings, _) = listings_and_look_ups(&stub);
+    assert!(listings >= 1, "the target's listing was read (and kept)");
+    // Another writer creates the next joiner's account after that listing.
+    let by_another = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER],
+               "userName": "writer-g@example.com",
+               "name": {"givenName": "G", "familyName": "Elsewhere"}, "active": true}),
+    );
+    let by_another_id = id_text(&by_another);
+    let before = stub.seen().len();
+    let others_before: Vec<Value> = stub
+        .users()
+        .into_iter()
+        .filter(|u| id_text(u) != by_another_id)
+        .collect();
+    app.post_event(&joiner(
+        "writer-late",
+        "WRITER-G",
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    let users = stub.users();
+    assert_eq!(
+        users.len(),
+        people.len() + 1,
+        "no second account: {users:?}"
+    );
+    let g = identity_id(&app, "WRITER-G").await;
+    let link = link_of(&app, "user", &g).await.expect("G's link");
+    assert_eq!(link["target_id"].as_str(), Some(by_another_id.as_str()));
+    let after: Vec<Seen> = stub.seen()[before..].to_vec();
+    let calls: Vec<String> = after
+        .iter()
+        .map(|s| format!("{} {} {}", s.method, s.path, s.query))
+        .collect();
+    // The kept listing answered the look-up: no call before the create, which met the 409.
+    assert!(calls[0].starts_with("POST "), "{calls:?}");
+    // Asked afresh after the 409 (a new listing of the one-page target, or a filter).
+    assert!(
+        after[1].method == "GET" && after[1].path.ends_with("/Users"),
+        "{calls:?}"
+    );
+    // Only the adopted account is written to; every other account is as it was.
+    assert!(
+        after
+            .iter()
+            .filter(|s| s.method != "GET" && s.method != "POST")
+            .all(|s| s.path.ends_with(&format!("/{by_another_id}"))),
+        "{calls:?}"
+    );
+    let others_after: Vec<Value> = stub
+        .users()
+        .into_iter()
+        .filter(|u| id_text(u) != by_another_id)
+        .collect();
+    assert_eq!(others_after, others_before);
+}
+
 /// A listing that does not prove itself complete (an account left out of a page, a
 /// `totalResults` above what it holds) answers nothing: the look-ups are made by filter,
 /// and the joiner whose account exists is adopted, never created a second time.

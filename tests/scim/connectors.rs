@@ -272,6 +272,93 @@ async fn aws_identity_center_refuses_start_index_so_the_connector_pages_with_cur
     assert!(report.auth_ok, "{:?}", report.reason);
 }
 
+/// Issue 17: AWS pages with cursors and sends no `totalResults`; a cursor walk read to its end
+/// (no `nextCursor`, no cursor twice, every id once) proves the listing whole, so a batch of
+/// look-ups costs one listing call, then the creates; the account that exists is found by the
+/// listing (and adopted), never created a second time.
+#[tokio::test]
+async fn aws_identity_center_look_ups_are_answered_by_one_cursor_listing() {
+    use roster::delivery::lookups::LookupBatcher;
+    use std::sync::Arc;
+    let (target, _rfc, vendor) =
+        rfc_and_connector(Profile::AwsIdentityCenter, "aws-identity-center").await;
+    let base = target.target.base_url();
+    let (vendor_counted, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+        c.quirks = connector_quirks("aws-identity-center");
+    });
+    let existing = vendor
+        .users()
+        .create(&aws_user("aws-existing@example.com"))
+        .await
+        .expect("made by hand");
+    let joiners: Vec<String> = (0..5)
+        .map(|n| format!("aws-joiner-{n}@example.com"))
+        .chain(["AWS-Existing@example.com".to_owned()])
+        .collect();
+    let batcher = Arc::new(LookupBatcher::new(2));
+    let found = futures::future::join_all(
+        joiners
+            .iter()
+            .map(|name| batcher.find(&vendor_counted, "userName", name)),
+    )
+    .await;
+    // Calls to the users (the client reads the target's configuration once, first).
+    let user_calls = || -> Vec<(String, String)> {
+        calls
+            .all()
+            .into_iter()
+            .filter(|c| c.path.contains("/Users"))
+            .map(|c| (c.method, c.path))
+            .collect()
+    };
+    let listed: Vec<String> = user_calls().into_iter().map(|(_, path)| path).collect();
+    assert_eq!(listed.len(), 1, "one call for six look-ups: {listed:?}");
+    assert!(
+        listed[0].contains("cursor=") && !listed[0].contains("filter="),
+        "{listed:?}"
+    );
+    let existing_id = roster::scim::id_of(&existing).expect("id");
+    let adopted = found[5].as_ref().expect("answered");
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(roster::scim::id_of(&adopted[0]), Some(existing_id));
+    for (name, found) in joiners.iter().zip(&found).take(5) {
+        assert!(found.as_ref().expect("answered").is_empty(), "{name}");
+        batcher.creating("userName", name);
+        vendor_counted
+            .users()
+            .create(&aws_user(name))
+            .await
+            .expect("created");
+    }
+    let methods: Vec<String> = user_calls().into_iter().map(|(method, _)| method).collect();
+    assert_eq!(methods, ["GET", "POST", "POST", "POST", "POST", "POST"]);
+    assert_eq!(target.target.users_snapshot().len(), 6, "one account each");
+
+    // The listing is kept a while: a later look-up costs no call, and finds what it held.
+    let later = batcher
+        .find(&vendor_counted, "userName", "aws-existing@EXAMPLE.com")
+        .await
+        .expect("answered");
+    assert_eq!(later.len(), 1);
+    assert_eq!(roster::scim::id_of(&later[0]), Some(existing_id));
+    let absent = batcher
+        .find(&vendor_counted, "userName", "aws-later@example.com")
+        .await
+        .expect("answered");
+    assert!(absent.is_empty());
+    assert_eq!(user_calls().len(), 6, "no call: {:?}", user_calls());
+    // A value whose create started after the listing was asked is asked of the target (by a
+    // new listing: the target is known to fit one page, so that costs what a filter would).
+    let created = batcher
+        .find(&vendor_counted, "userName", &joiners[0])
+        .await
+        .expect("answered");
+    assert_eq!(created.len(), 1, "the account created since");
+    let asked = user_calls();
+    assert_eq!(asked.len(), 7, "{asked:?}");
+    assert_eq!(asked[6].0, "GET", "{asked:?}");
+}
+
 #[tokio::test]
 async fn aws_identity_center_answers_groups_without_members_so_the_connector_asks_per_member() {
     let (target, rfc, vendor) =
@@ -780,6 +867,100 @@ fn asana_client(target: &crate::helpers::TestTarget, quirks: Quirks) -> ScimClie
         },
     )
     .0
+}
+
+/// Issue 17: Asana's listing leaves out only its guests, users whose address is not at one of
+/// the organisation's domains. With `user_listings_complete_for_domains` set to the app's
+/// domain, look-ups of addresses there are answered by one listing (kept a while); a guest's
+/// address is still looked up by filter, and without the setting every look-up is.
+#[tokio::test]
+async fn asana_listings_prove_absent_addresses_at_the_organisation_s_domains() {
+    use roster::delivery::lookups::LookupBatcher;
+    use std::sync::Arc;
+    let target = asana_target().await;
+    let member = target
+        .client
+        .users()
+        .create(&user("m@example.com"))
+        .await
+        .expect("member");
+    let guest = target
+        .client
+        .users()
+        .create(&user("g@guests.example.com"))
+        .await
+        .expect("guest");
+    let asked = ["new-1@example.com", "new-2@example.com", "M@example.com"];
+    let base = target.target.base_url();
+    let member_id = roster::scim::id_of(&member).expect("id").to_owned();
+    let look_up = |quirks: Quirks| {
+        let (base, member_id) = (base.clone(), member_id.clone());
+        async move {
+            let (vendor, calls) = client(&base, bearer(TOKEN), |c: &mut TargetConfig| {
+                c.quirks = quirks
+            });
+            let batcher = Arc::new(LookupBatcher::new(2));
+            let found = futures::future::join_all(
+                asked
+                    .iter()
+                    .map(|name| batcher.find(&vendor, "userName", name)),
+            )
+            .await;
+            assert!(found[0].as_ref().expect("answered").is_empty());
+            assert!(found[1].as_ref().expect("answered").is_empty());
+            let m = found[2].as_ref().expect("answered");
+            assert_eq!(m.len(), 1);
+            assert_eq!(roster::scim::id_of(&m[0]), Some(member_id.as_str()));
+            (vendor, calls, batcher)
+        }
+    };
+    let users_calls = |calls: &crate::helpers::Calls| -> Vec<String> {
+        calls
+            .all()
+            .into_iter()
+            .filter(|c| c.path.contains("/Users"))
+            .map(|c| c.path)
+            .collect()
+    };
+
+    let (_, calls, _) = look_up(connector_quirks("asana")).await;
+    let paths = users_calls(&calls);
+    assert_eq!(paths.len(), 3, "one filter each: {paths:?}");
+    assert!(paths.iter().all(|p| p.contains("filter=")), "{paths:?}");
+
+    let mut quirks = connector_quirks("asana");
+    quirks.user_listings_complete_for_domains = vec!["example.com".into()];
+    let (vendor, calls, batcher) = look_up(quirks).await;
+    let paths = users_calls(&calls);
+    assert_eq!(paths.len(), 1, "one listing: {paths:?}");
+    assert!(!paths[0].contains("filter="), "{paths:?}");
+    // Kept: another address at the domain costs no call.
+    let later = batcher
+        .find(&vendor, "userName", "new-3@example.com")
+        .await
+        .expect("answered");
+    assert!(later.is_empty());
+    assert_eq!(users_calls(&calls).len(), 1);
+    // The guest's address is not at the domain: the listing says nothing of it, and the
+    // target is asked (Asana leaves guests out of filtered listings too: nothing found, as
+    // a look-up of its own finds; the guest is read by its id).
+    let found = batcher
+        .find(&vendor, "userName", "g@guests.example.com")
+        .await
+        .expect("answered");
+    assert!(found.is_empty());
+    let read = vendor
+        .users()
+        .get(roster::scim::id_of(&guest).expect("id"))
+        .await
+        .expect("read by id");
+    assert_eq!(read["userName"], "g@guests.example.com");
+    let paths: Vec<String> = users_calls(&calls)
+        .into_iter()
+        .filter(|p| !p.contains("/Users/"))
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    assert!(paths[1].contains("filter="), "{paths:?}");
 }
 
 #[tokio::test]
