@@ -497,11 +497,23 @@ async fn find_match(
     doing(Operation::Adopt);
     // Only the job's first look-up may use the one started at its claim.
     let ahead = ctx.ahead.lock().ok().and_then(|mut ahead| ahead.take());
-    let mut found = ctx
+    let answer = ctx
         .lookups
         .find_or_take(ctx.client, attribute, &value, ahead)
         .await
         .map_err(|e| JobError::scim(Operation::Adopt, e))?;
+    let mut found = answer.accounts;
+    // An account found in an older answer (one sent ahead, or a kept listing) may have become
+    // someone else's since (renamed by another writer): roster asks again before it acts on
+    // it. Absences are not asked again: the create that follows meets a taken userName's 409.
+    if !found.is_empty() && answer.asked_at.elapsed() > ANSWER_ACTED_ON_WITHIN {
+        found = ctx
+            .client
+            .users()
+            .find_by(attribute, &value)
+            .await
+            .map_err(|e| JobError::scim(Operation::Adopt, e))?;
+    }
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
@@ -510,6 +522,11 @@ async fn find_match(
         ))),
     }
 }
+
+/// How old an answer that found an account may be for roster to adopt that account on it: a
+/// look-up asked in the job's matching turn is a round trip old; one sent ahead, or a kept
+/// listing, up to a minute.
+const ANSWER_ACTED_ON_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Adopts `account`: links it and brings it in line with `desired`.
 async fn adopt(

@@ -69,6 +69,14 @@ const MAX_LISTED: usize = 500;
 /// one call per job (each call counts against the app's rate limit).
 pub const LOOK_AHEAD_ROOM: u64 = MAX_VALUES as u64;
 
+/// What a matching look-up found, and when it was asked: an answer sent ahead or read from a
+/// kept listing may be up to [`AHEAD_MAX_AGE`] old.
+#[derive(Debug)]
+pub struct Found {
+    pub accounts: Vec<Value>,
+    pub asked_at: Instant,
+}
+
 /// A matching look-up started for a claimed job before it runs (`LookupBatcher::look_ahead`),
 /// carried by the job to its first look-up.
 pub struct LookAhead {
@@ -698,7 +706,7 @@ impl LookupBatcher {
         attr: &str,
         value: &str,
     ) -> Result<Vec<Value>, ScimError> {
-        self.find_or_take(client, attr, value, None).await
+        Ok(self.find_or_take(client, attr, value, None).await?.accounts)
     }
 
     /// [`Self::find`], or the answer of `ahead`, the look-up this job started when it was
@@ -710,20 +718,24 @@ impl LookupBatcher {
         attr: &str,
         value: &str,
         ahead: Option<LookAhead>,
-    ) -> Result<Vec<Value>, ScimError> {
+    ) -> Result<Found, ScimError> {
         let ahead = ahead
             .filter(|ahead| ahead.attr == attr && ahead.value == value && self.still_fresh(ahead));
         if ahead.is_none()
-            && let Some((found, calls, _)) = self.answer_from_listing(client.quirks(), attr, value)
+            && let Some((accounts, calls, asked_at)) =
+                self.answer_from_listing(client.quirks(), attr, value)
         {
             execute::record_shared_calls(calls);
-            return Ok(found);
+            return Ok(Found { accounts, asked_at });
         }
+        // An answer is as old as its asking; a look-up asked now is asked after this instant.
+        let mut asked_at = Instant::now();
         let answer = match ahead {
             Some(ahead) => {
                 // Needed now: it leaves, with every look-up that waits with it.
                 ahead.wanted.store(true, Ordering::Release);
                 self.kick(client);
+                asked_at = ahead.asked_at;
                 Some(ahead.answer)
             }
             None => self
@@ -737,21 +749,27 @@ impl LookupBatcher {
                 )
                 .map(|(answer, _)| answer),
         };
-        let Some(answer) = answer else {
-            return client.users().find_by(attr, value).await;
-        };
-        // Waiting for another task's call: the job's worker is free for other apps meanwhile.
-        match super::limiter::without_worker(answer).await {
-            Ok(Reply::Found(found, calls)) => {
-                execute::record_shared_calls(calls);
-                found
-            }
-            Ok(Reply::Alone(calls)) => {
-                execute::record_shared_calls(calls);
-                client.users().find_by(attr, value).await
-            }
-            Err(_) => client.users().find_by(attr, value).await,
-        }
+        let accounts = match answer {
+            None => client.users().find_by(attr, value).await,
+            // Waiting for another task's call: the job's worker is free for other apps
+            // meanwhile.
+            Some(answer) => match super::limiter::without_worker(answer).await {
+                Ok(Reply::Found(found, calls)) => {
+                    execute::record_shared_calls(calls);
+                    found
+                }
+                Ok(Reply::Alone(calls)) => {
+                    execute::record_shared_calls(calls);
+                    asked_at = Instant::now();
+                    client.users().find_by(attr, value).await
+                }
+                Err(_) => {
+                    asked_at = Instant::now();
+                    client.users().find_by(attr, value).await
+                }
+            },
+        }?;
+        Ok(Found { accounts, asked_at })
     }
 
     /// Starts the matching look-up of a job that has just been claimed, so that its answer is

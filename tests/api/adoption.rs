@@ -1341,6 +1341,64 @@ async fn an_account_made_after_a_kept_listing_is_adopted_after_the_create_s_409(
     assert_eq!(others_after, others_before);
 }
 
+/// An account found in an answer more than a moment old (a kept listing, a look-up sent
+/// ahead) may have become someone else's since: another writer renamed it. roster asks the
+/// target again before it adopts: the renamed account is not touched, and the joiner gets an
+/// account of their own.
+#[tokio::test]
+async fn an_account_found_in_an_older_answer_is_asked_about_again_before_it_is_adopted() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    // Listed with the others below, and nobody's yet.
+    let theirs = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER],
+               "userName": "renamed-h@example.com",
+               "name": {"givenName": "H", "familyName": "Hand"}, "active": true}),
+    );
+    let theirs_id = id_text(&theirs);
+    let (app_id, _, people) = joiners_claimed_together(&app, &stub, "renamed").await;
+    let (listings, _) = listings_and_look_ups(&stub);
+    assert!(listings >= 1, "the target's listing was read (and kept)");
+    // Another writer gives the account to someone else.
+    let someone_else = {
+        let mut users = stub.users.lock().unwrap();
+        let account = users
+            .iter_mut()
+            .find(|u| id_text(u) == theirs_id)
+            .expect("the account");
+        account["userName"] = json!("someone-else@example.com");
+        account["name"] = json!({"givenName": "Someone", "familyName": "Else"});
+        account.clone()
+    };
+    // Older than an answer roster acts on without asking again.
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    app.post_event(&joiner(
+        "renamed-late",
+        "RENAMED-H",
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    let users = stub.users();
+    let now_theirs = users
+        .iter()
+        .find(|u| id_text(u) == theirs_id)
+        .expect("still there");
+    assert_eq!(
+        now_theirs, &someone_else,
+        "the renamed account is untouched"
+    );
+    let h = identity_id(&app, "RENAMED-H").await;
+    let link = link_of(&app, "user", &h).await.expect("H's link");
+    assert_ne!(link["target_id"].as_str(), Some(theirs_id.as_str()));
+    // The people of the batch (one of them adopted the account made by hand), the renamed
+    // account, and H's own.
+    assert_eq!(users.len(), people.len() + 2, "{users:?}");
+}
+
 /// A listing that does not prove itself complete (an account left out of a page, a
 /// `totalResults` above what it holds) answers nothing: the look-ups are made by filter,
 /// and the joiner whose account exists is adopted, never created a second time.
