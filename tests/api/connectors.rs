@@ -326,23 +326,6 @@ async fn bad_connector_requests_are_422_and_store_nothing() {
     assert!(detail.contains("quirks.page_size"), "{detail}");
 }
 
-/// Starts a reconcile run of `app_id` with `body` and waits for its report.
-async fn reconcile_run(app: &crate::helpers::TestApp, app_id: &str, body: Value) -> Value {
-    let started = app
-        .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
-        .await
-        .expect(202);
-    let id = started["id"].as_str().unwrap_or_default().to_owned();
-    eventually("the run", Duration::from_secs(30), || async {
-        let report = app
-            .get(&format!("/api/v1/reconcile-runs/{id}"))
-            .await
-            .expect(200);
-        (report["state"] != "running").then_some(report)
-    })
-    .await
-}
-
 /// The errors of `app_id`'s dead jobs ([`dead_errors`]), once there is one.
 async fn dead_letters(app: &crate::helpers::TestApp, app_id: &str) -> Vec<String> {
     let wait = Duration::from_secs(30);
@@ -502,7 +485,7 @@ async fn lifecycle_against_profile(connector: &str, profile: Profile, params: Va
     assert!(target.edit(Kind::User, &drifted_id, |u| {
         u["name"]["familyName"] = json!("Hand");
     }));
-    let run = |body: Value| reconcile_run(&app, &app_id, body);
+    let run = |body: Value| app.reconcile_run(&app_id, body);
     let dry = run(json!({"dry_run": true, "mode": "fix"})).await;
     assert_eq!(dry["state"], "completed", "{connector}: {dry}");
     assert_eq!(dry["writes"], 0);
@@ -633,7 +616,7 @@ async fn aws_group_reconciled_twice(quirks: Value, remove_by_hand: bool) -> (Val
                 g["members"].as_array_mut().map(Vec::pop);
             }));
         }
-        last = reconcile_run(&app, &app_id, json!({})).await;
+        last = app.reconcile_run(&app_id, json!({})).await;
         app.settled(&app_id, wait).await;
     }
     let members = target
@@ -850,7 +833,7 @@ async fn atlassian_team_renamed_by_hand(
 
 /// A reconcile run of the app (`body` as posted), waited for, then the app settled.
 async fn atlassian_run(app: &crate::helpers::TestApp, app_id: &str, body: Value) -> Value {
-    let report = reconcile_run(app, app_id, body).await;
+    let report = app.reconcile_run(app_id, body).await;
     app.settled(app_id, Duration::from_secs(30)).await;
     report
 }
@@ -1705,7 +1688,9 @@ async fn asana_guests_left_out_of_listings_are_never_acted_on() {
             (target.users_snapshot().len() == 3).then_some(())
         })
         .await;
-        let report = reconcile_run(&app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+        let report = app
+            .reconcile_run(&app_id, json!({"dry_run": true, "mode": "fix"}))
+            .await;
         assert_eq!(report["counts"]["in_sync"], 2, "{complete}: {report}");
         assert_eq!(report["counts"]["missing"], 1, "{complete}: {report}");
         let old = report["items"]
@@ -1719,7 +1704,7 @@ async fn asana_guests_left_out_of_listings_are_never_acted_on() {
         assert_eq!(old["action"], expected, "{complete}: {report}");
         if !complete {
             let before = target.stats()["requests"]["POST"].clone();
-            let fixed = reconcile_run(&app, &app_id, json!({"mode": "fix"})).await;
+            let fixed = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
             app.settled(&app_id, wait).await;
             assert_eq!(fixed["writes"], 0, "{fixed}");
             assert_eq!(target.stats()["requests"]["POST"], before, "no create");

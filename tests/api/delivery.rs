@@ -1776,22 +1776,7 @@ async fn an_email_lower_cased_by_the_target_is_no_drift() {
         }
     }));
     for run in 0..2 {
-        let started = app
-            .post(
-                &format!("/api/v1/apps/{app_id}/reconcile"),
-                &json!({"mode": "fix"}),
-            )
-            .await
-            .expect(202);
-        let run_id = started["id"].as_str().unwrap_or_default().to_owned();
-        let report = eventually("the run to finish", Duration::from_secs(20), || async {
-            let r = app
-                .get(&format!("/api/v1/reconcile-runs/{run_id}"))
-                .await
-                .expect(200);
-            (r["state"] != "running").then_some(r)
-        })
-        .await;
+        let report = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
         assert_eq!(report["counts"]["drifted"], 0, "run {run}: {report}");
         assert_eq!(report["counts"]["in_sync"], 1, "run {run}: {report}");
     }

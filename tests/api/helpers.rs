@@ -354,7 +354,41 @@ where
     }
 }
 
+/// A group's member ids, sorted.
+pub fn member_ids(group: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = group["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["value"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
 impl TestApp {
+    /// Starts a reconcile run of the app with `body` (`{"mode": "fix"}`, `{"dry_run": true}`…)
+    /// and waits (30 s at most) until it is no longer running; returns its report.
+    pub async fn reconcile_run(&self, app_id: &str, body: Value) -> Value {
+        let started = self
+            .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
+            .await
+            .expect(202);
+        let run_id = started["id"].as_str().unwrap_or_default().to_owned();
+        eventually(
+            "the reconcile run to finish",
+            Duration::from_secs(20),
+            || async {
+                let report = self
+                    .get(&format!("/api/v1/reconcile-runs/{run_id}"))
+                    .await
+                    .expect(200);
+                (report["state"] != "running").then_some(report)
+            },
+        )
+        .await
+    }
+
     /// Waits until no job of the app is pending or running.
     pub async fn settled(&self, app_id: &str, timeout: Duration) {
         self.drained(&format!("app_id = '{app_id}' AND "), timeout)

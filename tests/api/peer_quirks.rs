@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, eventually, joiner, peer, spawn_app};
+use crate::helpers::{TestApp, app_body, eventually, joiner, member_ids, peer, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -127,18 +127,6 @@ fn id_of(resource: &Value) -> String {
     resource["id"].as_str().expect("an id").to_owned()
 }
 
-/// A group's member ids, sorted.
-fn member_ids(group: &Value) -> Vec<String> {
-    let mut ids: Vec<String> = group["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["value"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// An app on the peer mapping the HR email to `userName`, with `quirks` over the RFC's and
 /// `extra` settings; no scheduled reconciliation. Returns its id.
 async fn app_on_peer(
@@ -233,22 +221,7 @@ async fn dead_errors(app: &TestApp, app_id: &str) -> Vec<Value> {
 
 /// A reconcile run of the app in fix mode, waited for, then the app settled.
 async fn reconcile_fix(app: &TestApp, app_id: &str) -> Value {
-    let started = app
-        .post(
-            &format!("/api/v1/apps/{app_id}/reconcile"),
-            &json!({"mode": "fix"}),
-        )
-        .await
-        .expect(202);
-    let run = started["id"].as_str().unwrap_or_default().to_owned();
-    let report = eventually("the reconcile run", WAIT, || async {
-        let report = app
-            .get(&format!("/api/v1/reconcile-runs/{run}"))
-            .await
-            .expect(200);
-        (report["state"] != "running").then_some(report)
-    })
-    .await;
+    let report = app.reconcile_run(app_id, json!({"mode": "fix"})).await;
     app.settled(app_id, WAIT).await;
     report
 }

@@ -49,23 +49,6 @@ async fn deactivated_links(app: &TestApp) -> usize {
         .len()
 }
 
-/// Starts a run and waits for it to leave `running`; returns its report.
-async fn reconcile(app: &TestApp, app_id: &str, body: Value) -> Value {
-    let started = app
-        .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
-        .await
-        .expect(202);
-    let id = started["id"].as_str().unwrap_or_default().to_owned();
-    eventually("the run to finish", || async {
-        let report = app
-            .get(&format!("/api/v1/reconcile-runs/{id}"))
-            .await
-            .expect(200);
-        (report["state"] != "running").then_some(report)
-    })
-    .await
-}
-
 fn counts(report: &Value) -> [u64; 7] {
     let c = &report["counts"];
     [
@@ -178,15 +161,7 @@ impl Target {
 
     /// The member ids of the group named `name`, sorted; `None` without such a group.
     async fn member_ids(&self, name: &str) -> Option<Vec<String>> {
-        let group = self.group(name).await?;
-        let mut ids: Vec<String> = group["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["value"].as_str().map(str::to_owned))
-            .collect();
-        ids.sort();
-        Some(ids)
+        Some(crate::helpers::member_ids(&self.group(name).await?))
     }
 
     /// One PATCH operation (`{"op", "path", "value"}`) on a group.
@@ -317,7 +292,9 @@ async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
         .await;
     let by_hand = target.member_ids(&group).await;
 
-    let dry = reconcile(app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+    let dry = app
+        .reconcile_run(&app_id, json!({"dry_run": true, "mode": "fix"}))
+        .await;
     assert_eq!(dry["state"], "completed", "{dry}");
     assert_eq!(dry["writes"], 0, "{dry}");
     let found = group_item(&dry, &group);
@@ -339,7 +316,7 @@ async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
         "a dry run changes nothing"
     );
 
-    let fixed = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    let fixed = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
     assert_eq!(fixed["state"], "completed", "{fixed}");
     assert_eq!(fixed["writes"], 1, "one group job: {fixed}");
     settled(app).await;
@@ -349,14 +326,16 @@ async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
         "the fix restores the exact membership"
     );
 
-    let again = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    let again = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
     assert_eq!(again["writes"], 0, "{again}");
     assert_eq!(group_counts(&again), [1, 0, 0, 0], "{again}");
     assert_eq!(group_item(&again, &group)["class"], "in_sync");
 
     // Deleted by hand: missing, created again with its members.
     target.delete_group(&group_id).await;
-    let dry = reconcile(app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+    let dry = app
+        .reconcile_run(&app_id, json!({"dry_run": true, "mode": "fix"}))
+        .await;
     assert_eq!(group_item(&dry, &group)["class"], "missing", "{dry}");
     assert_eq!(group_item(&dry, &group)["action"], "create", "{dry}");
     assert_eq!(group_counts(&dry), [0, 0, 1, 0], "{dry}");
@@ -365,7 +344,7 @@ async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
         None,
         "a dry run creates nothing"
     );
-    let fixed = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    let fixed = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
     assert_eq!(fixed["writes"], 1, "{fixed}");
     settled(app).await;
     assert_eq!(
@@ -373,7 +352,7 @@ async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
         Some(wanted),
         "the group is created again with its members"
     );
-    let again = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    let again = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
     assert_eq!(again["writes"], 0, "{again}");
     assert_eq!(group_counts(&again), [1, 0, 0, 0], "{again}");
     let puts = app
@@ -490,7 +469,9 @@ async fn drift_scenario(app: &TestApp, target: &Target, marker: &str, domain: &s
 
     // A dry run reports every class and writes nothing.
     let before = target.users(marker).await;
-    let dry = reconcile(app, &app_id, json!({"dry_run": true, "mode": "fix"})).await;
+    let dry = app
+        .reconcile_run(&app_id, json!({"dry_run": true, "mode": "fix"}))
+        .await;
     assert_eq!(dry["state"], "completed", "{dry}");
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["writes"], 0);
@@ -524,7 +505,7 @@ async fn drift_scenario(app: &TestApp, target: &Target, marker: &str, domain: &s
 
     // A fix run corrects drift, missing and orphan through the queue; the ghost and the guest
     // stay as they are.
-    let fixed = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    let fixed = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
     assert_eq!(fixed["state"], "completed", "{fixed}");
     assert_eq!(fixed["writes"], 3, "{fixed}");
     settled(app).await;
@@ -566,7 +547,7 @@ async fn drift_scenario(app: &TestApp, target: &Target, marker: &str, domain: &s
     );
 
     // A second run right after finds no drift and makes no writes.
-    let again = reconcile(app, &app_id, json!({"mode": "fix"})).await;
+    let again = app.reconcile_run(&app_id, json!({"mode": "fix"})).await;
     assert_eq!(again["state"], "completed", "{again}");
     assert_eq!(again["writes"], 0, "{again}");
     let [in_sync, drifted, missing, orphan, unmatched, _, adoptable] = counts(&again);
@@ -693,7 +674,7 @@ async fn mass_deprovisioning_waits_for_approval() {
         hand.patch(&id_of(&user), "active", json!(true)).await;
     }
 
-    let run = reconcile(&app, &app_id, json!({})).await;
+    let run = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(run["state"], "awaiting_approval", "{run}");
     assert_eq!(counts(&run)[3], 12, "twelve orphans: {run}");
     assert_eq!(run["writes"], 0);
@@ -808,7 +789,7 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
     hand.create("ghost@example.com").await;
     hand.create("guest@partner.org").await;
 
-    let fixed = reconcile(&app, &app_id, json!({})).await;
+    let fixed = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(
         item(&fixed, "ghost@example.com")["action"],
         "deactivate",
@@ -830,7 +811,7 @@ async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
         .await;
     assert_eq!(accounts, vec![json!({"state": "done"})]);
 
-    let again = reconcile(&app, &app_id, json!({})).await;
+    let again = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(item(&again, "ghost@example.com")["class"], "unmatched");
     assert_eq!(item(&again, "ghost@example.com")["action"], "none");
     assert_eq!(again["writes"], 0, "{again}");
@@ -1116,7 +1097,7 @@ async fn run_against(how: Misbehaviour, page_size: u32) -> Value {
     assert_eq!(target.users_snapshot().len(), 6);
     let mark = last_call(&app).await;
 
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     settled(&app).await;
     assert_eq!(
         user_links(&app).await,
@@ -1192,7 +1173,7 @@ async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_lin
     .await;
     hand.delete(&id_of(&ada)).await;
     let mark = last_call(&app).await;
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(item(&report, "g1")["class"], "missing", "{report}");
     settled(&app).await;
@@ -1248,7 +1229,7 @@ async fn a_pushed_group_listed_without_members_is_read_by_id_and_loses_no_member
     })
     .await;
     let mark = last_call(&app).await;
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     settled(&app).await;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(group_item(&report, "board")["class"], "in_sync", "{report}");
@@ -1319,7 +1300,7 @@ async fn a_duplicate_of_a_linked_account_is_a_conflict_and_the_link_stays() {
     let twin = duplicate(&target, "d1");
     for _ in 0..2 {
         // Twice: the second run must not move the link back either.
-        let report = reconcile(&app, &app_id, json!({})).await;
+        let report = app.reconcile_run(&app_id, json!({})).await;
         settled(&app).await;
         assert_eq!(report["state"], "completed", "{report}");
         let found = report["items"]
@@ -1349,7 +1330,7 @@ async fn two_accounts_matching_an_unlinked_person_are_both_conflicts_and_neither
         .await
         .expect("drop the link");
     let twin = duplicate(&target, "d2");
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     settled(&app).await;
     assert_eq!(report["state"], "completed", "{report}");
     let classes: Vec<&Value> = report["items"]
@@ -1389,7 +1370,7 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
     .await;
     hand.create("ghost@example.com").await;
     hand.create("stale@example.com").await;
-    let held = reconcile(&app, &app_id, json!({})).await;
+    let held = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(held["state"], "awaiting_approval", "{held}");
     let id_named = |name: &str| {
         target
@@ -1638,7 +1619,7 @@ async fn a_pushed_group_the_listing_missed_is_confirmed_by_id() {
         .rows("SELECT resource_id, target_id FROM link WHERE resource_kind = 'group' ORDER BY resource_id")
         .await;
     let mark = last_call(&app).await;
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     settled(&app).await;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(group_counts(&report), [3, 0, 0, 0], "{report}");
@@ -1818,7 +1799,7 @@ async fn reconcile_freshness_moves_on_success_and_stays_on_failure() {
     settled(&app).await;
     assert_eq!(last_success(&app, "cov-fresh").await, None, "no run yet");
     let before = chrono::Utc::now().timestamp() as f64;
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(report["state"], "completed", "{report}");
     let stamp = last_success(&app, "cov-fresh").await;
     assert!(
@@ -1827,7 +1808,7 @@ async fn reconcile_freshness_moves_on_success_and_stays_on_failure() {
     );
     // The target goes away: the next run fails and the freshness stays at the last success.
     target.shutdown().await.expect("stop the target");
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(report["state"], "failed", "{report}");
     assert_eq!(last_success(&app, "cov-fresh").await, stamp, "not moved");
 }
@@ -2032,7 +2013,7 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
     hand.delete_group(&id_of(&team)).await;
     tap.strip.store(true, std::sync::atomic::Ordering::SeqCst);
 
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     settled(&app).await;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(report["counts"]["missing"], 1, "{report}");
@@ -2057,7 +2038,7 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
 
     // The same listing with its totalResults is proof: the same run acts.
     tap.strip.store(false, std::sync::atomic::Ordering::SeqCst);
-    let report = reconcile(&app, &app_id, json!({})).await;
+    let report = app.reconcile_run(&app_id, json!({})).await;
     settled(&app).await;
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(

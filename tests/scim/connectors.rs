@@ -858,6 +858,18 @@ async fn asana_target() -> crate::helpers::TestTarget {
     .await
 }
 
+/// An Asana emulation holding a member (`m@example.com`) and a guest (`g@guests.example.com`).
+async fn asana_with_member_and_guest() -> (crate::helpers::TestTarget, Value, Value) {
+    let target = asana_target().await;
+    let users = target.client.users();
+    let member = users.create(&user("m@example.com")).await.expect("member");
+    let guest = users
+        .create(&user("g@guests.example.com"))
+        .await
+        .expect("guest");
+    (target, member, guest)
+}
+
 fn asana_client(target: &crate::helpers::TestTarget, quirks: Quirks) -> ScimClient {
     client(
         &target.target.base_url(),
@@ -877,19 +889,7 @@ fn asana_client(target: &crate::helpers::TestTarget, quirks: Quirks) -> ScimClie
 async fn asana_listings_prove_absent_addresses_at_the_organisation_s_domains() {
     use roster::delivery::lookups::LookupBatcher;
     use std::sync::Arc;
-    let target = asana_target().await;
-    let member = target
-        .client
-        .users()
-        .create(&user("m@example.com"))
-        .await
-        .expect("member");
-    let guest = target
-        .client
-        .users()
-        .create(&user("g@guests.example.com"))
-        .await
-        .expect("guest");
+    let (target, member, guest) = asana_with_member_and_guest().await;
     let asked = ["new-1@example.com", "new-2@example.com", "M@example.com"];
     let base = target.target.base_url();
     let member_id = roster::scim::id_of(&member).expect("id").to_owned();
@@ -1022,19 +1022,7 @@ async fn asana_lists_users_with_only_a_user_name_filter_so_the_connector_lists_i
 #[tokio::test]
 async fn asana_leaves_guests_out_of_listings_so_the_connector_proves_no_absence() {
     use futures::TryStreamExt as _;
-    let target = asana_target().await;
-    let member = target
-        .client
-        .users()
-        .create(&user("m@example.com"))
-        .await
-        .expect("member");
-    let guest = target
-        .client
-        .users()
-        .create(&user("g@guests.example.com"))
-        .await
-        .expect("guest");
+    let (target, member, guest) = asana_with_member_and_guest().await;
     let guest_id = roster::scim::id_of(&guest).expect("id").to_owned();
     let whole = || ListQuery {
         filter: None,
