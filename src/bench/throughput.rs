@@ -6,7 +6,10 @@
 //! roster runs twice against the same baseline: with an app that looks each joiner up before
 //! creating (the default: the target promises nothing about duplicates), and, in `create_first`,
 //! with an app whose quirks say the target answers a duplicate userName with 409 (the
-//! dev-target does, as RFC 7644 asks): created first, looked up only on a 409.
+//! dev-target does, as RFC 7644 asks): created first, looked up only on a 409; and, in
+//! `populated`, looking up first in a target that already holds 1 000 other accounts (an empty
+//! target is listed once and that listing answers the look-ups for a minute; a populated one
+//! is asked by filter).
 //!
 //! The dev-target runs in this process, so both CPU figures include its share of serving the
 //! creates (the same for both); roster's also includes taking the HR events in.
@@ -48,6 +51,10 @@ pub async fn run(n: usize, latencies_ms: &[u64]) -> Result<Figures, BenchError> 
                 ratios(|f| f.get("create_first").and_then(|c| c.get("ratio"))),
             )
             .with(
+                "ratios_populated",
+                ratios(|f| f.get("populated").and_then(|c| c.get("ratio"))),
+            )
+            .with(
                 "by_latency",
                 Value::Array(runs.iter().map(Figures::to_value).collect()),
             );
@@ -71,13 +78,21 @@ async fn run_at(n: usize, latency_ms: u64) -> Result<Figures, BenchError> {
     .await;
     harness.stop().await;
     let (raw, figures) = measured?;
-    let harness = Harness::start(args).await?;
+    let harness = Harness::start(args.clone()).await?;
     let create_first = measure(&harness, n, &raw, Matching::CreateFirst).await;
+    harness.stop().await;
+    let harness = Harness::start(args).await?;
+    let populated = measure(&harness, n, &raw, Matching::LookUpFirstPopulated).await;
     harness.stop().await;
     Ok(figures
         .with("create_first", create_first?.to_value())
+        .with("populated", populated?.to_value())
         .with("target_latency_ms", latency_ms))
 }
+
+/// Accounts of other people in the target before the `populated` run: more than a listing
+/// kept to answer look-ups may hold, so that its look-ups go by filter.
+const POPULATED_WITH: usize = 1_000;
 
 /// How the bench's app finds a joiner's existing account before it has one of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +103,10 @@ enum Matching {
     /// The target answers a duplicate userName with 409, as RFC 7644 asks and the dev-target
     /// does (`quirks.rejects_duplicate_user_names`): created first, looked up only on a 409.
     CreateFirst,
+    /// Looked up first, in a target that already holds [`POPULATED_WITH`] other accounts: too
+    /// many for one listing to answer the look-ups (an empty target's listing does, for a
+    /// minute), so they are asked by filter, merged.
+    LookUpFirstPopulated,
 }
 
 /// The raw reqwest loop's figures, the baseline of both roster runs.
@@ -131,9 +150,24 @@ async fn measure(
 ) -> Result<Figures, BenchError> {
     let load = super::load_average();
     let extra = match matching {
-        Matching::LookUpFirst => json!({}),
+        Matching::LookUpFirst | Matching::LookUpFirstPopulated => json!({}),
         Matching::CreateFirst => json!({"quirks": {"rejects_duplicate_user_names": true}}),
     };
+    let seeded = if matching == Matching::LookUpFirstPopulated {
+        POPULATED_WITH
+    } else {
+        0
+    };
+    for i in 0..seeded {
+        harness
+            .target
+            .insert(
+                crate::dev_target::Kind::User,
+                json!({"schemas": [crate::scim::schemas::USER],
+                       "userName": format!("other-{i}@example.org"), "active": true}),
+            )
+            .map_err(BenchError::Setup)?;
+    }
     harness
         .create_app_with(&harness.target.base_url(), 10_000, 10_000, WORKERS, extra)
         .await?;
@@ -145,7 +179,9 @@ async fn measure(
         .await?
         .ok_or_else(|| BenchError::Setup("no events to post".into()))?;
     let ingested = posting.elapsed();
-    let done = harness.wait_for_users(n as u64, deadline(n)).await?;
+    let done = harness
+        .wait_for_users((n + seeded) as u64, deadline(n))
+        .await?;
     let roster_cpu = cpu_us_per_create(roster_cpu_before, super::cpu_time(), n);
     let elapsed = done - first_accepted;
     let roster_per_s = per_second(n, elapsed);
@@ -177,6 +213,7 @@ async fn measure(
         .with("cpu_ratio", cpu_ratio)
         .with("batch_ingest_per_s", per_second(n, ingested))
         .with("target_calls", calls)
+        .with("seeded_accounts", seeded)
         .with("target_users", stats["users"].clone())
         .with("target_posts", stats["requests"]["POST"].clone())
         .with("distinct_user_names", distinct_user_names)

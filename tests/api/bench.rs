@@ -43,6 +43,20 @@ async fn throughput_delivers_every_user_and_reports_the_ratio() {
             .is_some_and(|c| c <= 1.05),
         "create_first: {line}"
     );
+    // Looked up first in a target holding other people's accounts: 50 POSTs, none of theirs
+    // adopted, and every look-up asked of the target (more than one call per user).
+    let populated = &line["populated"];
+    let seeded = populated["seeded_accounts"].as_u64().unwrap_or_default();
+    assert!(seeded > 0, "{line}");
+    assert_eq!(populated["target_posts"], 50, "{line}");
+    assert_eq!(populated["target_users"], 50 + seeded, "{line}");
+    assert_eq!(populated["distinct_user_names"], 50 + seeded, "{line}");
+    assert!(
+        populated["target_calls_per_user"]
+            .as_f64()
+            .is_some_and(|c| c > 1.0),
+        "populated: {line}"
+    );
 }
 
 /// With a target that answers late, as across the internet, joiners' matching look-ups queue
