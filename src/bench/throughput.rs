@@ -3,10 +3,10 @@
 //! or several target latencies; also the CPU each spends per create, from the process's own
 //! counters.
 //!
-//! roster runs twice against the same baseline: with an app that looks each joiner up before
-//! creating (the default: the target promises nothing about duplicates), and, in `create_first`,
-//! with an app whose quirks say the target answers a duplicate userName with 409 (the
-//! dev-target does, as RFC 7644 asks): created first, looked up only on a 409; and, in
+//! roster runs three times against the same baseline: with an app that looks each joiner up
+//! before creating (the default: the target promises nothing about duplicates); in
+//! `create_first`, with an app whose quirks say the target answers a duplicate userName with
+//! 409 (the dev-target does, as RFC 7644 asks): created first, looked up only on a 409; and in
 //! `populated`, looking up first in a target that already holds 1 000 other accounts (an empty
 //! target is listed once and that listing answers the look-ups for a minute; a populated one
 //! is asked by filter).
@@ -36,28 +36,29 @@ pub async fn run(n: usize, latencies_ms: &[u64]) -> Result<Figures, BenchError> 
     }
     let mut figures = runs[0].clone();
     if runs.len() > 1 {
-        let ratios = |pick: fn(&Figures) -> Option<&Value>| -> Value {
+        // Each run's ratio (`None`: the default run's; else the named one's) by latency.
+        let ratios = |run: Option<&str>| -> Value {
             let by_latency: Map<String, Value> = latencies
                 .iter()
                 .zip(&runs)
-                .map(|(latency, f)| (latency.to_string(), pick(f).cloned().unwrap_or(Value::Null)))
+                .map(|(latency, f)| {
+                    let ratio = match run {
+                        None => f.get("ratio"),
+                        Some(key) => f.get(key).and_then(|other| other.get("ratio")),
+                    };
+                    (latency.to_string(), ratio.cloned().unwrap_or(Value::Null))
+                })
                 .collect();
             Value::Object(by_latency)
         };
-        figures = figures
-            .with("ratios", ratios(|f| f.get("ratio")))
-            .with(
-                "ratios_create_first",
-                ratios(|f| f.get("create_first").and_then(|c| c.get("ratio"))),
-            )
-            .with(
-                "ratios_populated",
-                ratios(|f| f.get("populated").and_then(|c| c.get("ratio"))),
-            )
-            .with(
-                "by_latency",
-                Value::Array(runs.iter().map(Figures::to_value).collect()),
-            );
+        figures = figures.with("ratios", ratios(None));
+        for (key, _, ratios_key) in OTHER_RUNS {
+            figures = figures.with(ratios_key, ratios(Some(key)));
+        }
+        figures = figures.with(
+            "by_latency",
+            Value::Array(runs.iter().map(Figures::to_value).collect()),
+        );
     }
     Ok(figures)
 }
@@ -67,8 +68,8 @@ async fn run_at(n: usize, latency_ms: u64) -> Result<Figures, BenchError> {
         latency_ms,
         ..DevTargetArgs::default()
     };
-    // The baseline and the look-up-first run on one dev-target (emptied between them), the
-    // create-first run on a fresh roster and dev-target, so neither sees the other's accounts.
+    // The baseline and the default run on one dev-target (emptied between them), each other
+    // run on a fresh roster and dev-target, so that none sees another's accounts.
     let harness = Harness::start(args.clone()).await?;
     let measured = async {
         let raw = measure_raw(&harness, n).await?;
@@ -77,18 +78,26 @@ async fn run_at(n: usize, latency_ms: u64) -> Result<Figures, BenchError> {
     }
     .await;
     harness.stop().await;
-    let (raw, figures) = measured?;
-    let harness = Harness::start(args.clone()).await?;
-    let create_first = measure(&harness, n, &raw, Matching::CreateFirst).await;
-    harness.stop().await;
-    let harness = Harness::start(args).await?;
-    let populated = measure(&harness, n, &raw, Matching::LookUpFirstPopulated).await;
-    harness.stop().await;
-    Ok(figures
-        .with("create_first", create_first?.to_value())
-        .with("populated", populated?.to_value())
-        .with("target_latency_ms", latency_ms))
+    let (raw, mut figures) = measured?;
+    for (key, matching, _) in OTHER_RUNS {
+        let harness = Harness::start(args.clone()).await?;
+        let other = measure(&harness, n, &raw, matching).await;
+        harness.stop().await;
+        figures = figures.with(key, other?.to_value());
+    }
+    Ok(figures.with("target_latency_ms", latency_ms))
 }
+
+/// The runs beside the default one (looking up first in an empty target): the key of their
+/// figures, how their app matches, and the key of their ratios by latency.
+const OTHER_RUNS: [(&str, Matching, &str); 2] = [
+    ("create_first", Matching::CreateFirst, "ratios_create_first"),
+    (
+        "populated",
+        Matching::LookUpFirstPopulated,
+        "ratios_populated",
+    ),
+];
 
 /// Accounts of other people in the target before the `populated` run: more than a listing
 /// kept to answer look-ups may hold, so that its look-ups go by filter.
@@ -109,7 +118,7 @@ enum Matching {
     LookUpFirstPopulated,
 }
 
-/// The raw reqwest loop's figures, the baseline of both roster runs.
+/// The raw reqwest loop's figures, the baseline of every roster run.
 struct RawFigures {
     per_s: f64,
     cpu_us_per_create: Value,

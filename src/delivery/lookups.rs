@@ -749,26 +749,29 @@ impl LookupBatcher {
                 )
                 .map(|(answer, _)| answer),
         };
-        let accounts = match answer {
-            None => client.users().find_by(attr, value).await,
-            // Waiting for another task's call: the job's worker is free for other apps
-            // meanwhile.
+        // Waiting for another task's call: the job's worker is free for other apps meanwhile.
+        let shared = match answer {
             Some(answer) => match super::limiter::without_worker(answer).await {
                 Ok(Reply::Found(found, calls)) => {
                     execute::record_shared_calls(calls);
-                    found
+                    Some(found)
                 }
                 Ok(Reply::Alone(calls)) => {
                     execute::record_shared_calls(calls);
-                    asked_at = Instant::now();
-                    client.users().find_by(attr, value).await
+                    None
                 }
-                Err(_) => {
-                    asked_at = Instant::now();
-                    client.users().find_by(attr, value).await
-                }
+                Err(_) => None,
             },
-        }?;
+            None => None,
+        };
+        let accounts = match shared {
+            Some(found) => found?,
+            // Not merged, or sent back to a look-up of its own: asked now.
+            None => {
+                asked_at = Instant::now();
+                client.users().find_by(attr, value).await?
+            }
+        };
         Ok(Found { accounts, asked_at })
     }
 

@@ -296,12 +296,7 @@ async fn aws_identity_center_look_ups_are_answered_by_one_cursor_listing() {
         .chain(["AWS-Existing@example.com".to_owned()])
         .collect();
     let batcher = Arc::new(LookupBatcher::new(2));
-    let found = futures::future::join_all(
-        joiners
-            .iter()
-            .map(|name| batcher.find(&vendor_counted, "userName", name)),
-    )
-    .await;
+    let found = crate::helpers::find_all(&batcher, &vendor_counted, &joiners).await;
     // Calls to the users (the client reads the target's configuration once, first).
     let user_calls = || -> Vec<(String, String)> {
         calls
@@ -900,12 +895,7 @@ async fn asana_listings_prove_absent_addresses_at_the_organisation_s_domains() {
                 c.quirks = quirks
             });
             let batcher = Arc::new(LookupBatcher::new(2));
-            let found = futures::future::join_all(
-                asked
-                    .iter()
-                    .map(|name| batcher.find(&vendor, "userName", name)),
-            )
-            .await;
+            let found = crate::helpers::find_all(&batcher, &vendor, &asked).await;
             assert!(found[0].as_ref().expect("answered").is_empty());
             assert!(found[1].as_ref().expect("answered").is_empty());
             let m = found[2].as_ref().expect("answered");

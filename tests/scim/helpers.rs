@@ -63,6 +63,21 @@ pub fn client(
     (ScimClient::new(config).unwrap(), calls)
 }
 
+/// Looks every one of `user_names` up at once through `batcher`, as the jobs of one app would:
+/// each one's answer, in order.
+pub async fn find_all(
+    batcher: &Arc<roster::delivery::lookups::LookupBatcher>,
+    client: &ScimClient,
+    user_names: &[impl AsRef<str>],
+) -> Vec<Result<Vec<serde_json::Value>, roster::scim::ScimError>> {
+    futures::future::join_all(
+        user_names
+            .iter()
+            .map(|name| batcher.find(client, "userName", name.as_ref())),
+    )
+    .await
+}
+
 pub fn bearer(token: &str) -> Auth {
     Auth::Bearer(SecretString::from(token.to_owned()))
 }

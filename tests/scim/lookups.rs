@@ -83,8 +83,7 @@ async fn a_throttled_merged_look_up_is_every_job_s_answer_not_a_burst_of_single_
     let (c, calls) = client(&base, bearer("t"), |_| {});
     let batcher = Arc::new(LookupBatcher::default());
     let asked = ["a", "b", "c"];
-    let found =
-        futures::future::join_all(asked.iter().map(|n| batcher.find(&c, "userName", n))).await;
+    let found = crate::helpers::find_all(&batcher, &c, &asked).await;
     for result in found {
         let error = result.expect_err("the target is unavailable");
         assert_eq!(error.status(), Some(503));
@@ -107,8 +106,7 @@ async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
     let (c, calls) = client(&base, bearer("t"), |_| {});
     let batcher = Arc::new(LookupBatcher::default());
     let asked = ["KNOWN", "a", "b"];
-    let lookups =
-        || futures::future::join_all(asked.iter().map(|n| batcher.find(&c, "userName", n)));
+    let lookups = || crate::helpers::find_all(&batcher, &c, &asked);
 
     let found = lookups().await;
     let counts: Vec<usize> = found.into_iter().map(|f| f.unwrap().len()).collect();

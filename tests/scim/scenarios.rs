@@ -289,12 +289,7 @@ pub async fn merged_lookups(client: &ScimClient, calls: &Calls) {
     ];
     calls.clear();
     let batcher = Arc::new(LookupBatcher::default());
-    let found = futures::future::join_all(
-        asked
-            .iter()
-            .map(|name| batcher.find(client, "userName", name)),
-    )
-    .await;
+    let found = crate::helpers::find_all(&batcher, client, &asked).await;
     assert_eq!(
         calls.listing_statuses(),
         [Some(200)],
