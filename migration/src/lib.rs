@@ -12,6 +12,7 @@ mod m20261203_000010_app_tls;
 mod m20261203_000020_hr_snapshot;
 mod m20261203_000030_app_connector;
 mod m20261203_000040_reconcile_run_waiting;
+mod m20261205_000001_job_running_index;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000020_hr_snapshot::Migration),
             Box::new(m20261203_000030_app_connector::Migration),
             Box::new(m20261203_000040_reconcile_run_waiting::Migration),
+            Box::new(m20261205_000001_job_running_index::Migration),
         ]
     }
 }

@@ -17,6 +17,7 @@ use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, id_of};
 use crate::settings::{AppSettings, DeprovisionAction};
 use crate::store::entity::{app, group, group_member, identity, link};
 use crate::store::queue::{JobRequest, Lane, ResourceKind};
+use crate::store::shapes;
 
 /// What a job did; the label is the `operation` of metrics and the provisioning log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1248,10 +1249,10 @@ pub async fn member_links(
     }
     let mut people = Vec::with_capacity(employee_ids.len());
     // Bounded IN lists: a large group must not exceed a database's bind-parameter limit.
-    for chunk in employee_ids.chunks(1000) {
+    for chunk in employee_ids.chunks(512) {
         people.extend(
             identity::Entity::find()
-                .filter(identity::Column::EmployeeId.is_in(chunk.iter().cloned()))
+                .filter(identity::Column::EmployeeId.is_in(shapes::padded(chunk.iter().cloned())))
                 .all(conn)
                 .await?
                 .into_iter()
@@ -1259,13 +1260,13 @@ pub async fn member_links(
         );
     }
     let mut links = Vec::with_capacity(people.len());
-    for chunk in people.chunks(1000) {
+    for chunk in people.chunks(512) {
         links.extend(
             link::Entity::find()
                 .filter(link::Column::AppId.eq(app_id))
                 .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
                 .filter(link::Column::State.eq("linked"))
-                .filter(link::Column::ResourceId.is_in(chunk.iter().cloned()))
+                .filter(link::Column::ResourceId.is_in(shapes::padded(chunk.iter().cloned())))
                 .all(conn)
                 .await?,
         );

@@ -28,7 +28,7 @@ use super::execute;
 use super::staged::{JobWrites, LinkRow, LinkWrite};
 use crate::store::entity::{app, link, operation};
 use crate::store::queue::{self, JobRequest};
-use crate::store::{Db, is_postgres};
+use crate::store::{Db, is_postgres, shapes};
 
 /// Job ends written per transaction at most.
 const MAX_BATCH: usize = 512;
@@ -220,13 +220,14 @@ async fn write_batch_staging(
         Staging::EachJob => write_staged_each(&tx, &kept).await?,
     };
     // The calls were made whoever holds the job now: every job's log rows are kept.
-    // SQLite allows 32766 bound values per statement; a log row binds 15.
+    // SQLite allows 32766 bound values per statement; a log row binds 15. Lengths that
+    // repeat (`shapes`), so the statement is parsed once; no ids read back.
     // Copied once, chunk by chunk: the batch stays whole for a retry.
     let rows: Vec<&operation::ActiveModel> =
         batch.iter().flat_map(|f| f.operations.iter()).collect();
-    for chunk in rows.chunks(1_000) {
+    for chunk in shapes::chunks(&rows, 512) {
         operation::Entity::insert_many(chunk.iter().map(|r| (*r).clone()))
-            .exec(&*tx)
+            .exec_without_returning(&*tx)
             .await?;
     }
     let completed: Vec<i64> = kept
@@ -341,7 +342,7 @@ async fn live_target_conflict(
 }
 
 /// SQLite allows 32766 bound values per statement; a link row binds 11.
-const LINK_ROWS_PER_STATEMENT: usize = 1_000;
+const LINK_ROWS_PER_STATEMENT: usize = 1_024;
 
 /// Writes jobs' staged links and follow-up jobs, in the caller's transaction: the links as
 /// upserts on (app, kind, resource) — the last write per link wins, across jobs too, since
@@ -367,7 +368,7 @@ pub async fn write_staged(
     let mut live = app::Entity::find()
         .select_only()
         .column(app::Column::Id)
-        .filter(app::Column::Id.is_in(app_ids.iter().copied()));
+        .filter(app::Column::Id.is_in(shapes::padded(app_ids.iter().copied())));
     if is_postgres(conn) {
         // Keeps the apps from being deleted before the commit (their rows' foreign keys).
         live = live.lock(LockType::KeyShare);
@@ -389,7 +390,7 @@ pub async fn write_staged(
         .values()
         .filter_map(|w| w.row.as_ref().map(|row| (*w, row)))
         .collect();
-    for chunk in upserts.chunks(LINK_ROWS_PER_STATEMENT) {
+    for chunk in shapes::chunks(&upserts, LINK_ROWS_PER_STATEMENT) {
         link::Entity::insert_many(chunk.iter().map(|(w, row)| link_row(w, row)))
             .on_conflict(
                 OnConflict::columns([

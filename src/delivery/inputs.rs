@@ -9,6 +9,7 @@
 //! read enqueues a new job, which runs after this one: deliveries converge, as when each job
 //! read its own.
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
@@ -16,6 +17,7 @@ use super::people;
 use crate::mapping::IdentityView;
 use crate::store::entity::{app, identity, job, link};
 use crate::store::queue::ResourceKind;
+use crate::store::shapes;
 
 /// A user job's inputs: the person as mappings see them (`None`: no such identity any more)
 /// and their link in the job's app.
@@ -44,7 +46,8 @@ impl UserInputs {
 /// The inputs of a claimed batch of jobs.
 #[derive(Debug, Default)]
 pub struct ClaimedBatch {
-    apps: HashMap<String, app::Model>,
+    /// Shared with the batch's jobs, not copied into each (an app's settings are large).
+    apps: HashMap<String, Arc<app::Model>>,
     people: HashMap<String, IdentityView>,
     /// Identity ids whose person and links were read (absent from `people`: deleted).
     users_read: HashSet<String>,
@@ -61,11 +64,11 @@ impl ClaimedBatch {
             .map(|j| j.resource_id.as_str())
             .collect();
         let apps = app::Entity::find()
-            .filter(app::Column::Id.is_in(app_ids.iter().map(|s| (*s).to_owned())))
+            .filter(app::Column::Id.is_in(shapes::padded(app_ids.iter().map(|s| (*s).to_owned()))))
             .all(conn)
             .await?
             .into_iter()
-            .map(|a| (a.id.clone(), a))
+            .map(|a| (a.id.clone(), Arc::new(a)))
             .collect();
         let mut batch = Self {
             apps,
@@ -76,7 +79,10 @@ impl ClaimedBatch {
             return Ok(batch);
         }
         let persons = identity::Entity::find()
-            .filter(identity::Column::Id.is_in(user_ids.iter().map(|s| (*s).to_owned())))
+            .filter(
+                identity::Column::Id
+                    .is_in(shapes::padded(user_ids.iter().map(|s| (*s).to_owned()))),
+            )
             .all(conn)
             .await?;
         let employee_ids: Vec<String> = persons.iter().map(|p| p.employee_id.clone()).collect();
@@ -89,9 +95,14 @@ impl ClaimedBatch {
             })
             .collect();
         batch.links = link::Entity::find()
-            .filter(link::Column::AppId.is_in(app_ids.iter().map(|s| (*s).to_owned())))
+            .filter(
+                link::Column::AppId.is_in(shapes::padded(app_ids.iter().map(|s| (*s).to_owned()))),
+            )
             .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
-            .filter(link::Column::ResourceId.is_in(user_ids.iter().map(|s| (*s).to_owned())))
+            .filter(
+                link::Column::ResourceId
+                    .is_in(shapes::padded(user_ids.iter().map(|s| (*s).to_owned()))),
+            )
             .all(conn)
             .await?
             .into_iter()
@@ -102,7 +113,7 @@ impl ClaimedBatch {
 
     /// The job's app as read with the batch; `None` when it was deleted.
     #[must_use]
-    pub fn app(&self, id: &str) -> Option<&app::Model> {
+    pub fn app(&self, id: &str) -> Option<&Arc<app::Model>> {
         self.apps.get(id)
     }
 

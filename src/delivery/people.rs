@@ -6,6 +6,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
 use crate::mapping::IdentityView;
 use crate::store::entity::{group, group_member, identity};
+use crate::store::shapes;
 
 #[must_use]
 pub fn view_of(model: &identity::Model, groups: Vec<String>) -> IdentityView {
@@ -45,7 +46,9 @@ pub async fn group_names_of(
         return Ok(HashMap::new());
     }
     let memberships = group_member::Entity::find()
-        .filter(group_member::Column::EmployeeId.is_in(employee_ids.iter().cloned()))
+        .filter(
+            group_member::Column::EmployeeId.is_in(shapes::padded(employee_ids.iter().cloned())),
+        )
         .all(conn)
         .await?;
     if memberships.is_empty() {
@@ -53,7 +56,7 @@ pub async fn group_names_of(
     }
     let group_ids: HashSet<&str> = memberships.iter().map(|m| m.group_id.as_str()).collect();
     let names: HashMap<String, String> = group::Entity::find()
-        .filter(group::Column::Id.is_in(group_ids.into_iter().map(str::to_owned)))
+        .filter(group::Column::Id.is_in(shapes::padded(group_ids.into_iter().map(str::to_owned))))
         .all(conn)
         .await?
         .into_iter()

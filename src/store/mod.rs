@@ -5,6 +5,7 @@
 //! committed transaction survives a power cut, not only a process kill.
 pub mod entity;
 pub mod queue;
+pub mod shapes;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{

@@ -7,6 +7,7 @@ use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
 
 use super::entity::{identity, job, link};
+use super::shapes;
 
 /// Delivery lanes, highest priority first: leavers overtake every other job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,8 +98,9 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     let jobs = coalesce(jobs);
     let now = chrono::Utc::now();
     let now_ms = now.timestamp_millis();
-    // Bounded statement size: SQLite allows 32766 bound values; 12 per row.
-    for chunk in jobs.chunks(500) {
+    // Bounded statement size: SQLite allows 32766 bound values; 12 per row. Lengths that
+    // repeat (`shapes`), so the statement is parsed once.
+    for chunk in shapes::chunks(&jobs, 512) {
         let mut insert = Query::insert();
         insert.into_table(job::Entity).columns([
             job::Column::AppId,
@@ -459,15 +461,17 @@ pub async fn held(
         ""
     };
     let mut held = std::collections::HashSet::with_capacity(ids.len());
-    for chunk in ids.chunks(1_000) {
-        // Integers, so listing them in the text is safe.
-        let list = id_list(chunk);
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let chunk = shapes::padded(chunk.iter().copied());
         // In id order: concurrent lockers (renewals) take the rows in the same order.
         let sql = format!(
-            "SELECT id FROM job WHERE id IN ({list}) AND state = 'running' AND lease_owner = $1 \
-             ORDER BY id{lock}"
+            "SELECT id FROM job WHERE id IN ({}) AND state = 'running' AND lease_owner = $1 \
+             ORDER BY id{lock}",
+            shapes::placeholders(2, chunk.len())
         );
-        for row in Id::find_by_statement(stmt(conn, &sql, vec![owner.into()]))
+        let mut values: Vec<sea_orm::Value> = vec![owner.into()];
+        values.extend(chunk.into_iter().map(sea_orm::Value::from));
+        for row in Id::find_by_statement(stmt(conn, &sql, values))
             .all(conn)
             .await?
         {
@@ -477,12 +481,8 @@ pub async fn held(
     Ok(held)
 }
 
-fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+/// Job ids per `IN (…)` list, padded to a power of two (`shapes`).
+const IDS_PER_STATEMENT: usize = 512;
 
 /// These jobs are done, those of them still held under `owner`'s lease.
 pub async fn complete_many(
@@ -493,14 +493,17 @@ pub async fn complete_many(
     let (lease, mut values) = Lease::held_by(owner).condition(1);
     values.push(chrono::Utc::now().into());
     let mut done = 0;
-    for chunk in ids.chunks(1_000) {
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let chunk = shapes::padded(chunk.iter().copied());
         let sql = format!(
             "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = NULL, \
              updated_at = $2 WHERE id IN ({}){lease}",
-            id_list(chunk)
+            shapes::placeholders(values.len() + 1, chunk.len())
         );
+        let mut values = values.clone();
+        values.extend(chunk.into_iter().map(sea_orm::Value::from));
         done += conn
-            .execute_raw(stmt(conn, &sql, values.clone()))
+            .execute_raw(stmt(conn, &sql, values))
             .await?
             .rows_affected();
     }
@@ -651,21 +654,20 @@ pub async fn renew(
     } else {
         ""
     };
-    for chunk in ids.chunks(1_000) {
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let chunk = shapes::padded(chunk.iter().copied());
         // Rows locked in id order, as the finisher locks them, so the two cannot deadlock.
         let sql = format!(
             "UPDATE job SET lease_until = $1 WHERE id IN (SELECT id FROM job \
              WHERE state = 'running' AND lease_owner = $2 AND id IN ({}) ORDER BY id{lock}) \
              RETURNING id",
-            id_list(chunk)
+            shapes::placeholders(3, chunk.len())
         );
-        for row in Id::find_by_statement(stmt(
-            conn,
-            &sql,
-            vec![(now_ms + LEASE_MS).into(), owner.into()],
-        ))
-        .all(conn)
-        .await?
+        let mut values: Vec<sea_orm::Value> = vec![(now_ms + LEASE_MS).into(), owner.into()];
+        values.extend(chunk.into_iter().map(sea_orm::Value::from));
+        for row in Id::find_by_statement(stmt(conn, &sql, values))
+            .all(conn)
+            .await?
         {
             renewed.insert(row.id);
         }

@@ -28,13 +28,15 @@ use crate::mapping::{self, GroupRule};
 use crate::service::apps::AppSettings;
 use crate::service::{Principal, ServiceError, ServiceResult, groups, new_id, planner};
 use crate::store::entity::{app, audit, group, group_member, hr_event, identity, link};
-use crate::store::{is_postgres, queue};
+use crate::store::{is_postgres, queue, shapes};
 
 const ACTIVE: &str = "active";
 const TERMINATED: &str = "terminated";
 
-/// Rows per `IN (…)` list or multi-row insert: far below SQLite's 32 766 bound values.
-const CHUNK: usize = 500;
+/// Rows per `IN (…)` list or multi-row insert: far below SQLite's 32 766 bound values. Lists
+/// are padded and inserts split to lengths that repeat (`shapes`), so each statement is parsed
+/// once, not once per batch size.
+const CHUNK: usize = 512;
 
 /// What every event of a commit group needs and no event changes: the apps and the groups.
 pub(crate) struct Catalog {
@@ -114,7 +116,7 @@ impl<'c> EventSet<'c> {
                 .select_only()
                 .column(hr_event::Column::EventId)
                 .column(hr_event::Column::PayloadHash)
-                .filter(hr_event::Column::EventId.is_in(chunk.iter().copied()))
+                .filter(hr_event::Column::EventId.is_in(shapes::padded(chunk.iter().copied())))
                 .into_tuple()
                 .all(conn)
                 .await?;
@@ -133,7 +135,7 @@ impl<'c> EventSet<'c> {
                 .select_only()
                 .column(hr_event::Column::EventId)
                 .column(hr_event::Column::Payload)
-                .filter(hr_event::Column::EventId.is_in(chunk.iter().cloned()))
+                .filter(hr_event::Column::EventId.is_in(shapes::padded(chunk.iter().cloned())))
                 .into_tuple()
                 .all(conn)
                 .await?;
@@ -145,7 +147,7 @@ impl<'c> EventSet<'c> {
         let mut memberships: HashMap<String, BTreeSet<String>> = HashMap::new();
         for chunk in employee_ids.chunks(CHUNK) {
             let mut query = identity::Entity::find()
-                .filter(identity::Column::EmployeeId.is_in(chunk.iter().copied()))
+                .filter(identity::Column::EmployeeId.is_in(shapes::padded(chunk.iter().copied())))
                 .order_by_asc(identity::Column::EmployeeId);
             if is_postgres(conn) {
                 query = query.lock_exclusive();
@@ -154,7 +156,9 @@ impl<'c> EventSet<'c> {
                 people.insert(person.employee_id.clone(), person);
             }
             for m in group_member::Entity::find()
-                .filter(group_member::Column::EmployeeId.is_in(chunk.iter().copied()))
+                .filter(
+                    group_member::Column::EmployeeId.is_in(shapes::padded(chunk.iter().copied())),
+                )
                 .all(conn)
                 .await?
             {
@@ -172,7 +176,7 @@ impl<'c> EventSet<'c> {
                 .column(link::Column::ResourceId)
                 .column(link::Column::AppId)
                 .filter(link::Column::ResourceKind.eq(queue::ResourceKind::User.as_str()))
-                .filter(link::Column::ResourceId.is_in(chunk.iter().cloned()))
+                .filter(link::Column::ResourceId.is_in(shapes::padded(chunk.iter().cloned())))
                 .into_tuple()
                 .all(conn)
                 .await?;
@@ -237,18 +241,19 @@ impl<'c> EventSet<'c> {
                 identity::Entity::update(row).exec(conn).await?;
             }
         }
-        for chunk in created.chunks(CHUNK) {
-            identity::Entity::insert_many(chunk.to_vec())
+        // Moved into the statements, not copied: a batch is up to 1 000 people.
+        for chunk in shapes::into_chunks(created, CHUNK) {
+            identity::Entity::insert_many(chunk)
                 .exec_without_returning(conn)
                 .await?;
         }
-        for chunk in self.hr_events.chunks(CHUNK) {
-            hr_event::Entity::insert_many(chunk.to_vec())
+        for chunk in shapes::into_chunks(self.hr_events, CHUNK) {
+            hr_event::Entity::insert_many(chunk)
                 .exec_without_returning(conn)
                 .await?;
         }
-        for chunk in self.audits.chunks(CHUNK) {
-            audit::Entity::insert_many(chunk.to_vec())
+        for chunk in shapes::into_chunks(self.audits, CHUNK) {
+            audit::Entity::insert_many(chunk)
                 .exec_without_returning(conn)
                 .await?;
         }
