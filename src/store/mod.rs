@@ -16,6 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+/// Prepared statements each SQLite connection keeps (`shapes` keeps their texts few).
+const STATEMENTS_KEPT: usize = 256;
+
 /// The database handle shared by the API and the delivery engine.
 #[derive(Clone)]
 pub struct Db {
@@ -161,6 +164,10 @@ pub async fn connect(url: &str, workers: usize) -> Result<DatabaseConnection, St
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
+                // Prepared statements kept per connection, by text (sqlx's default is 100):
+                // room for every statement roster repeats, at each of its few lengths
+                // (`shapes`), so none is parsed again after its first use.
+                .statement_cache_capacity(STATEMENTS_KEPT)
         });
     }
     let db = Database::connect(options)
