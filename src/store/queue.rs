@@ -462,15 +462,13 @@ pub async fn held(
     };
     let mut held = std::collections::HashSet::with_capacity(ids.len());
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let chunk = shapes::padded(chunk.iter().copied());
+        let mut values: Vec<sea_orm::Value> = vec![owner.into()];
+        let list = bind_ids(&mut values, chunk);
         // In id order: concurrent lockers (renewals) take the rows in the same order.
         let sql = format!(
-            "SELECT id FROM job WHERE id IN ({}) AND state = 'running' AND lease_owner = $1 \
-             ORDER BY id{lock}",
-            shapes::placeholders(2, chunk.len())
+            "SELECT id FROM job WHERE id IN ({list}) AND state = 'running' AND lease_owner = $1 \
+             ORDER BY id{lock}"
         );
-        let mut values: Vec<sea_orm::Value> = vec![owner.into()];
-        values.extend(chunk.into_iter().map(sea_orm::Value::from));
         for row in Id::find_by_statement(stmt(conn, &sql, values))
             .all(conn)
             .await?
@@ -484,6 +482,14 @@ pub async fn held(
 /// Job ids per `IN (…)` list, padded to a power of two (`shapes`).
 const IDS_PER_STATEMENT: usize = 512;
 
+/// Binds `ids`, padded (`shapes`), after `values`; the text of their `IN (…)` list.
+fn bind_ids(values: &mut Vec<sea_orm::Value>, ids: &[i64]) -> String {
+    let ids = shapes::padded(ids.iter().copied());
+    let list = shapes::placeholders(values.len() + 1, ids.len());
+    values.extend(ids.into_iter().map(sea_orm::Value::from));
+    list
+}
+
 /// These jobs are done, those of them still held under `owner`'s lease.
 pub async fn complete_many(
     conn: &impl ConnectionTrait,
@@ -494,14 +500,12 @@ pub async fn complete_many(
     values.push(chrono::Utc::now().into());
     let mut done = 0;
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let chunk = shapes::padded(chunk.iter().copied());
+        let mut values = values.clone();
+        let list = bind_ids(&mut values, chunk);
         let sql = format!(
             "UPDATE job SET state = 'done', lease_owner = NULL, lease_until = NULL, last_error = NULL, \
-             updated_at = $2 WHERE id IN ({}){lease}",
-            shapes::placeholders(values.len() + 1, chunk.len())
+             updated_at = $2 WHERE id IN ({list}){lease}"
         );
-        let mut values = values.clone();
-        values.extend(chunk.into_iter().map(sea_orm::Value::from));
         done += conn
             .execute_raw(stmt(conn, &sql, values))
             .await?
@@ -655,16 +659,14 @@ pub async fn renew(
         ""
     };
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        let chunk = shapes::padded(chunk.iter().copied());
+        let mut values: Vec<sea_orm::Value> = vec![(now_ms + LEASE_MS).into(), owner.into()];
+        let list = bind_ids(&mut values, chunk);
         // Rows locked in id order, as the finisher locks them, so the two cannot deadlock.
         let sql = format!(
             "UPDATE job SET lease_until = $1 WHERE id IN (SELECT id FROM job \
-             WHERE state = 'running' AND lease_owner = $2 AND id IN ({}) ORDER BY id{lock}) \
-             RETURNING id",
-            shapes::placeholders(3, chunk.len())
+             WHERE state = 'running' AND lease_owner = $2 AND id IN ({list}) ORDER BY id{lock}) \
+             RETURNING id"
         );
-        let mut values: Vec<sea_orm::Value> = vec![(now_ms + LEASE_MS).into(), owner.into()];
-        values.extend(chunk.into_iter().map(sea_orm::Value::from));
         for row in Id::find_by_statement(stmt(conn, &sql, values))
             .all(conn)
             .await?
