@@ -126,16 +126,11 @@ async fn post_leavers(app: &TestApp, event_prefix: &str, employee: &str, n: usiz
 
 /// Waits until the app is paused and returns its status.
 async fn paused_status(app: &TestApp, app_id: &str) -> Value {
-    eventually(
+    app.get_until(
         "the app paused by the guard",
+        &format!("/api/v1/apps/{app_id}/status"),
         Duration::from_secs(30),
-        || async {
-            let s = app
-                .get(&format!("/api/v1/apps/{app_id}/status"))
-                .await
-                .expect(200);
-            (s["state"] == "paused").then_some(s)
-        },
+        |s| s["state"] == "paused",
     )
     .await
 }
@@ -2071,18 +2066,7 @@ async fn a_resume_approves_held_deprovisions_only_when_an_admin_says_so() {
     app.request("POST", &resume, Some(&writer), None)
         .await
         .expect(200);
-    let status = eventually(
-        "the guard pauses the app again",
-        Duration::from_secs(30),
-        || async {
-            let s = app
-                .get(&format!("/api/v1/apps/{app_id}/status"))
-                .await
-                .expect(200);
-            (s["state"] == "paused").then_some(s)
-        },
-    )
-    .await;
+    let status = paused_status(&app, &app_id).await;
     assert!(status.to_string().contains("deletion guard"), "{status}");
     assert_eq!(status["paused_by"], "guard", "{status}");
     // Held: the other six wait as pending jobs of the paused app, none still running (an
@@ -2565,18 +2549,7 @@ async fn narrowing_the_scope_deprovisions_those_outside_it_under_the_deletion_gu
             })
             .count()
     };
-    let status = eventually(
-        "the app paused by the guard",
-        Duration::from_secs(30),
-        || async {
-            let s = app
-                .get(&format!("/api/v1/apps/{app_id}/status"))
-                .await
-                .expect(200);
-            (s["state"] == "paused").then_some(s)
-        },
-    )
-    .await;
+    let status = paused_status(&app, &app_id).await;
     assert!(status.to_string().contains("deletion guard"), "{status}");
     // Held: the rest wait as pending jobs of the paused app (a state, not a window of time);
     // the re-sync's jobs for the people still in scope may wait beside them.

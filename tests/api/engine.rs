@@ -602,14 +602,14 @@ async fn a_failure_ratio_above_half_quarantines_the_app_and_not_another() {
     app.post("/api/v1/events:batch", &json!({"events": joiners}))
         .await
         .expect(202);
-    let status = eventually("the quarantine", Duration::from_secs(30), || async {
-        let s = app
-            .get(&format!("/api/v1/apps/{failing_id}"))
-            .await
-            .expect(200);
-        (s["state"] == "quarantined").then_some(s)
-    })
-    .await;
+    let status = app
+        .get_until(
+            "the quarantine",
+            &format!("/api/v1/apps/{failing_id}"),
+            Duration::from_secs(30),
+            |s| s["state"] == "quarantined",
+        )
+        .await;
     assert!(
         status.to_string().contains("calls failed"),
         "the ratio is the reason: {status}"

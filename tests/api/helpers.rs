@@ -368,24 +368,35 @@ pub fn member_ids(group: &Value) -> Vec<String> {
 
 impl TestApp {
     /// Starts a reconcile run of the app with `body` (`{"mode": "fix"}`, `{"dry_run": true}`…)
-    /// and waits (30 s at most) until it is no longer running; returns its report.
+    /// and waits (20 s at most) until it is no longer running; returns its report.
     pub async fn reconcile_run(&self, app_id: &str, body: Value) -> Value {
         let started = self
             .post(&format!("/api/v1/apps/{app_id}/reconcile"), &body)
             .await
             .expect(202);
         let run_id = started["id"].as_str().unwrap_or_default().to_owned();
-        eventually(
+        self.get_until(
             "the reconcile run to finish",
+            &format!("/api/v1/reconcile-runs/{run_id}"),
             Duration::from_secs(20),
-            || async {
-                let report = self
-                    .get(&format!("/api/v1/reconcile-runs/{run_id}"))
-                    .await
-                    .expect(200);
-                (report["state"] != "running").then_some(report)
-            },
+            |report| report["state"] != "running",
         )
+        .await
+    }
+
+    /// GETs `path` (each answered 200) until `done` holds for the body, at most `timeout`;
+    /// returns that body.
+    pub async fn get_until(
+        &self,
+        what: &str,
+        path: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(what, timeout, || async {
+            let body = self.get(path).await.expect(200);
+            done(&body).then_some(body)
+        })
         .await
     }
 

@@ -7,9 +7,20 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, app_body, eventually, joiner, member_ids, peer, spawn_app};
+use crate::helpers::{
+    PeerTurn, TestApp, app_body, eventually, joiner, member_ids, peer, spawn_app,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The peer for one test (`None`: skipped, no peer): its HTTP API, a tag that keeps the test's
+/// names apart from other tests' on the shared peer, and the turn that runs peer tests one at a
+/// time.
+async fn on_peer() -> Option<(Peer, String, PeerTurn)> {
+    let (base, token, turn) = peer().await?;
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    Some((Peer::new(&base, &token), tag, turn))
+}
 
 /// The peer as its own HTTP API shows it.
 struct Peer {
@@ -27,6 +38,11 @@ impl Peer {
             token: token.to_owned(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The same peer through a relay that records each call in `seen`.
+    async fn relayed(&self, seen: std::sync::Arc<Seen>) -> Self {
+        Self::new(&crate::helpers::relay(&self.base, seen).await, &self.token)
     }
 
     /// One call; its status and JSON body (`Null` when there is none, as on a 204).
@@ -356,11 +372,9 @@ impl Replaced {
 /// deleted (roster created it), and the link names the new group. A second run writes nothing.
 #[tokio::test]
 async fn a_renamed_group_roster_created_is_replaced_on_the_third_party_peer() {
-    let Some((base, token, _turn)) = peer().await else {
+    let Some((peer, tag, _turn)) = on_peer().await else {
         return;
     };
-    let peer = Peer::new(&base, &token);
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let r = pushed_group_renamed_on_the_peer(&peer, &tag, false).await;
     let roster_group = r.app.get("/api/v1/groups").await.expect(200)["items"][0]["id"].clone();
     assert_eq!(
@@ -383,11 +397,9 @@ async fn a_renamed_group_roster_created_is_replaced_on_the_third_party_peer() {
 /// and with its members; the next run writes nothing and leaves it there.
 #[tokio::test]
 async fn a_renamed_group_roster_adopted_is_left_in_place_on_the_third_party_peer() {
-    let Some((base, token, _turn)) = peer().await else {
+    let Some((peer, tag, _turn)) = on_peer().await else {
         return;
     };
-    let peer = Peer::new(&base, &token);
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let r = pushed_group_renamed_on_the_peer(&peer, &tag, true).await;
     let (status, old) = peer.get(&format!("/Groups/{}", r.old_id)).await;
     assert_eq!(status, 200, "the adopted group stays: {old}");
@@ -444,11 +456,9 @@ impl Seen {
 /// every other account on the peer, another company's included, is left exactly as it was.
 #[tokio::test]
 async fn joiners_looked_up_by_listing_the_third_party_peer_adopt_without_a_duplicate() {
-    let Some((base, token, _turn)) = peer().await else {
+    let Some((peer, tag, _turn)) = on_peer().await else {
         return;
     };
-    let peer = Peer::new(&base, &token);
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let people: Vec<(String, String)> = ["a", "b", "c", "d", "e", "f"]
         .iter()
         .map(|x| (format!("L{tag}{x}"), format!("l{tag}-{x}@example.com")))
@@ -468,7 +478,7 @@ async fn joiners_looked_up_by_listing_the_third_party_peer_adopt_without_a_dupli
 
     let app = spawn_app().await;
     let seen = std::sync::Arc::new(Seen::default());
-    let through = Peer::new(&crate::helpers::relay(&base, seen.clone()).await, &token);
+    let through = peer.relayed(seen.clone()).await;
     let app_id = app_on_peer(
         &app,
         &format!("listing-{tag}"),
@@ -528,11 +538,9 @@ async fn joiners_looked_up_by_listing_the_third_party_peer_adopt_without_a_dupli
 /// relay), and its group holds exactly roster's members after each.
 #[tokio::test]
 async fn member_changes_are_split_into_patches_of_max_members_on_the_third_party_peer() {
-    let Some((base, token, _turn)) = peer().await else {
+    let Some((peer, tag, _turn)) = on_peer().await else {
         return;
     };
-    let peer = Peer::new(&base, &token);
-    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let group = format!("wide-{tag}");
     let people: Vec<(String, String)> = (1..=7)
         .map(|i| (format!("W{tag}{i}"), format!("w{tag}-{i}@example.com")))
@@ -546,7 +554,7 @@ async fn member_changes_are_split_into_patches_of_max_members_on_the_third_party
         .expect("the group's id")
         .to_owned();
     let seen = std::sync::Arc::new(Seen::default());
-    let through = Peer::new(&crate::helpers::relay(&base, seen.clone()).await, &token);
+    let through = peer.relayed(seen.clone()).await;
     let app_id = app_on_peer(
         &app,
         &format!("wide-{tag}"),

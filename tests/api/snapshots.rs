@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN, Answer, TestApp, eventually, joiner, spawn_app_with};
+use crate::helpers::{ADMIN, Answer, TestApp, joiner, spawn_app_with};
 
 const CSV: &str = "text/csv";
 
@@ -21,17 +21,11 @@ async fn post(app: &TestApp, query: &str, content_type: &str, body: &[u8]) -> An
 
 /// Waits for the snapshot to reach a state other than received, diffing or applying.
 async fn settled(app: &TestApp, id: &str) -> Value {
-    eventually(
+    app.get_until(
         "the snapshot to settle",
+        &format!("/api/v1/hr/snapshots/{id}"),
         Duration::from_secs(30),
-        || async {
-            let s = app
-                .get(&format!("/api/v1/hr/snapshots/{id}"))
-                .await
-                .expect(200);
-            let state = s["state"].as_str().unwrap_or_default().to_owned();
-            (!["received", "diffing", "applying"].contains(&state.as_str())).then_some(s)
-        },
+        |s| !["received", "diffing", "applying"].contains(&s["state"].as_str().unwrap_or_default()),
     )
     .await
 }
