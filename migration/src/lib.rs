@@ -13,6 +13,7 @@ mod m20261203_000020_hr_snapshot;
 mod m20261203_000030_app_connector;
 mod m20261203_000040_reconcile_run_waiting;
 mod m20261205_000001_job_running_index;
+mod m20261206_000001_job_indexes_without_done;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000030_app_connector::Migration),
             Box::new(m20261203_000040_reconcile_run_waiting::Migration),
             Box::new(m20261205_000001_job_running_index::Migration),
+            Box::new(m20261206_000001_job_indexes_without_done::Migration),
         ]
     }
 }

@@ -253,12 +253,18 @@ impl Roster {
     pub async fn reconcile_jobs_outstanding(&self, app_id: &str) -> ServiceResult<u64> {
         use crate::store::entity::job;
         use crate::store::queue::Lane;
-        Ok(job::Entity::find()
-            .filter(job::Column::AppId.eq(app_id))
-            .filter(job::Column::Lane.eq(Lane::Reconcile.as_str()))
-            .filter(job::Column::State.is_in(["pending", "running"]))
-            .count(self.db())
-            .await?)
+        // One count per state: each reads its own partial index (`uq_job_pending`,
+        // `idx_job_running`), not every job the app ever had.
+        let mut outstanding = 0;
+        for state in ["pending", "running"] {
+            outstanding += job::Entity::find()
+                .filter(job::Column::AppId.eq(app_id))
+                .filter(job::Column::Lane.eq(Lane::Reconcile.as_str()))
+                .filter(job::Column::State.eq(state))
+                .count(self.db())
+                .await?;
+        }
+        Ok(outstanding)
     }
 
     /// Applies the deprovisions the deletion guard held; 409 unless the run awaits approval.

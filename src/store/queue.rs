@@ -332,10 +332,12 @@ pub async fn claim_within(
     rooms: &ClaimRooms,
 ) -> Result<Vec<job::Model>, DbErr> {
     use sea_orm::FromQueryResult;
-    let lock = if super::is_postgres(conn) {
-        "FOR UPDATE SKIP LOCKED"
+    // SQLite, without statistics, would rather walk the app's jobs (`idx_job_app`, every job
+    // it ever had) for `j.app_id IN (…)` and sort them than read the queue's head in order.
+    let (lock, head) = if super::is_postgres(conn) {
+        ("FOR UPDATE SKIP LOCKED", "")
     } else {
-        ""
+        ("", " INDEXED BY idx_job_claim")
     };
     let mut values: Vec<sea_orm::Value> = vec![
         owner.into(),
@@ -394,7 +396,7 @@ pub async fn claim_within(
          WHERE id IN (SELECT ranked.id FROM (\
              SELECT c.id, ROW_NUMBER() OVER (PARTITION BY c.app_id ORDER BY c.priority, c.run_at, c.id) AS rn, \
                     {cap} AS room \
-             FROM (SELECT j.id, j.app_id, j.priority, j.run_at FROM job j \
+             FROM (SELECT j.id, j.app_id, j.priority, j.run_at FROM job j{head} \
                  WHERE j.state = 'pending' AND j.run_at <= $4 \
                    AND j.app_id IN (SELECT a.id FROM app a WHERE a.state = 'active') {skip_full}\
                    AND NOT EXISTS (SELECT 1 FROM job r WHERE r.state = 'running' AND r.app_id = j.app_id \

@@ -1157,3 +1157,45 @@ async fn the_claims_check_for_a_running_job_of_the_resource_is_an_index_probe() 
         "{plan:?}"
     );
 }
+
+/// A job's row is written at its claim and at its end, and each write moves the job in every
+/// index whose columns or condition change. The finished jobs, nearly all of the table, are
+/// left in one index only (`idx_job_app`, an app's jobs, written once per job): every other
+/// index of the queue is partial, over the jobs still to do or running, or the dead letters.
+#[tokio::test]
+async fn finished_jobs_are_in_no_index_of_the_queue_but_their_apps() {
+    let app = crate::helpers::spawn_planner().await;
+    let sql = if app.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        "SELECT indexname AS name, indexdef AS def FROM pg_indexes \
+         WHERE tablename = 'job' AND indexname <> 'job_pkey'"
+    } else {
+        "SELECT name, sql AS def FROM sqlite_master \
+         WHERE type = 'index' AND tbl_name = 'job' AND sql IS NOT NULL"
+    };
+    let indexes = app.rows(sql).await;
+    let names: Vec<&str> = indexes.iter().filter_map(|i| i["name"].as_str()).collect();
+    for expected in [
+        "idx_job_app",
+        "idx_job_claim",
+        "idx_job_dead",
+        "idx_job_running",
+        "uq_job_pending",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing: {indexes:?}");
+    }
+    for index in &indexes {
+        let name = index["name"].as_str().unwrap_or_default();
+        let def = index["def"].as_str().unwrap_or_default().to_lowercase();
+        if name == "idx_job_app" {
+            continue;
+        }
+        let condition = def.split_once(" where ").map(|(_, c)| c).unwrap_or("");
+        assert!(
+            ["'pending'", "'running'", "'dead'"]
+                .iter()
+                .any(|state| condition.contains(state))
+                && !condition.contains("'done'"),
+            "{name} holds finished jobs: {def}"
+        );
+    }
+}
