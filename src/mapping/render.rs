@@ -68,7 +68,13 @@ pub fn render_matching_value(
         trimmed => trimmed,
     };
     let path = ScimPath::parse(target_attribute).ok()?;
-    let resource = render_user(compiled, identity);
+    // A delivery asks for its person's matching value several times (its look-up sent ahead,
+    // its create, a look-up after a 409): only the mappings of that attribute are rendered.
+    let resource = if rendered_by_its_mappings_alone(compiled, &path) {
+        render_attribute(compiled, identity, &path)
+    } else {
+        render_user(compiled, identity)
+    };
     match path.lookup(&resource)? {
         Value::String(text) if !text.is_empty() => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),
@@ -90,6 +96,46 @@ fn mapped_value(value: &MappedValue, target: &ScimPath, identity: &IdentityView)
             }
         }
     }
+}
+
+/// Whether the value at `path` in [`render_user`]'s resource comes from the mappings of its
+/// top-level attribute only: a core attribute that none of the steps after the mappings
+/// touches (`active`, the primary email, the role, `schemas`). Mappings write only under their
+/// own top-level attribute.
+fn rendered_by_its_mappings_alone(compiled: &CompiledMappings, path: &ScimPath) -> bool {
+    let touched_after = ["active", "emails", "schemas"]
+        .iter()
+        .any(|attribute| path.attribute().eq_ignore_ascii_case(attribute));
+    let role = compiled
+        .role
+        .as_ref()
+        .is_some_and(|role| same_attribute(&role.target, path));
+    path.schema().is_none() && !touched_after && !role
+}
+
+/// The part of [`render_user`]'s resource under `path`'s top-level attribute, when
+/// [`rendered_by_its_mappings_alone`].
+fn render_attribute(
+    compiled: &CompiledMappings,
+    identity: &IdentityView,
+    path: &ScimPath,
+) -> Value {
+    let mut resource = Map::new();
+    for entry in compiled
+        .entries
+        .iter()
+        .filter(|entry| same_attribute(&entry.target, path))
+    {
+        if let Some(value) = mapped_value(&entry.value, &entry.target, identity) {
+            entry.target.insert(&mut resource, value);
+        }
+    }
+    Value::Object(resource)
+}
+
+fn same_attribute(a: &ScimPath, b: &ScimPath) -> bool {
+    let schema = |p: &ScimPath| p.schema().map(str::to_ascii_lowercase);
+    schema(a) == schema(b) && a.attribute().eq_ignore_ascii_case(b.attribute())
 }
 
 fn is_core_active(path: &ScimPath) -> bool {

@@ -227,6 +227,62 @@ fn matching_value_is_the_rendered_attribute() {
     check("not a path", None);
 }
 
+/// The matching value renders only the mappings of its attribute; it is always the value at
+/// that path in the whole rendered user, also where steps after the mappings write (`active`,
+/// the primary email, the role) and where several mappings share an attribute.
+#[test]
+fn matching_value_equals_the_whole_rendered_user_at_its_path() {
+    let (mut mappings, role_mapping) = design_example();
+    mappings.push(mapping("name.formatted", "display_name"));
+    mappings.push(mapping("nickName", "attributes.cost_center"));
+    // Two emails, neither marked: only the whole rendering marks the first one primary.
+    mappings.push(mapping("emails[type eq \"home\"].value", "title"));
+    mappings.push(mapping(
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
+        "department",
+    ));
+    let compiled = compile(&mappings, Some(&role_mapping)).expect("the mappings compile");
+    let mut people = vec![ada()];
+    let mut left = ada();
+    left.status = "terminated".to_owned();
+    left.email = None;
+    people.push(left);
+    for person in &people {
+        let whole = render_user(&compiled, person);
+        for path in [
+            "userName",
+            "USERNAME",
+            "externalId",
+            "emails[type eq \"work\"].value",
+            "emails[primary eq true].value",
+            "name.givenName",
+            "name.formatted",
+            "nickName",
+            "title",
+            "active",
+            "roles[primary eq true].value",
+            "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department",
+            "displayName",
+        ] {
+            let expected = ScimPath::parse(path)
+                .ok()
+                .and_then(|p| p.lookup(&whole).cloned())
+                .and_then(|v| match v {
+                    Value::String(text) if !text.is_empty() => Some(text),
+                    Value::Number(number) => Some(number.to_string()),
+                    Value::Bool(flag) => Some(flag.to_string()),
+                    _ => None,
+                });
+            assert_eq!(
+                render_matching_value(&compiled, person, path),
+                expected,
+                "{path} of {}",
+                person.status
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Expressions
 
