@@ -226,9 +226,7 @@ async fn write_batch_staging(
     let rows: Vec<&operation::ActiveModel> =
         batch.iter().flat_map(|f| f.operations.iter()).collect();
     for chunk in shapes::chunks(&rows, 512) {
-        operation::Entity::insert_many(chunk.iter().map(|r| (*r).clone()))
-            .exec_without_returning(&*tx)
-            .await?;
+        shapes::insert_rows(&*tx, chunk.iter().map(|r| (*r).clone()).collect()).await?;
     }
     let completed: Vec<i64> = kept
         .iter()

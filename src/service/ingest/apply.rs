@@ -243,19 +243,13 @@ impl<'c> EventSet<'c> {
         }
         // Moved into the statements, not copied: a batch is up to 1 000 people.
         for chunk in shapes::into_chunks(created, CHUNK) {
-            identity::Entity::insert_many(chunk)
-                .exec_without_returning(conn)
-                .await?;
+            shapes::insert_rows(conn, chunk).await?;
         }
         for chunk in shapes::into_chunks(self.hr_events, CHUNK) {
-            hr_event::Entity::insert_many(chunk)
-                .exec_without_returning(conn)
-                .await?;
+            shapes::insert_rows(conn, chunk).await?;
         }
         for chunk in shapes::into_chunks(self.audits, CHUNK) {
-            audit::Entity::insert_many(chunk)
-                .exec_without_returning(conn)
-                .await?;
+            shapes::insert_rows(conn, chunk).await?;
         }
         queue::enqueue(conn, &self.jobs).await?;
         Ok(())
