@@ -79,7 +79,7 @@ where
     let mut values = Vec::with_capacity(rows.len() * columns.len());
     let mut tuples = Vec::with_capacity(rows.len());
     for mut row in rows {
-        let first = values.len() + 1;
+        let numbered_from = values.len() + 1;
         for column in &columns {
             let Some(value) = row.take(*column).into_value() else {
                 return Err(DbErr::Custom(format!(
@@ -96,7 +96,7 @@ where
         }
         tuples.push(format!(
             "({})",
-            row_placeholders(backend, first, columns.len())
+            row_placeholders(backend, numbered_from, columns.len())
         ));
     }
     let names: Vec<String> = columns
