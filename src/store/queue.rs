@@ -711,16 +711,24 @@ pub async fn release(
         );
         let mut values = vec![chrono::Utc::now().into(), j.id.into()];
         values.extend(lease_values);
-        if !back_to_pending(conn, j.id, stmt(conn, &sql, values), lease).await? {
+        // One transaction: the job leaves `running` only together with what its death leaves
+        // unknown. Committed apart, a claim in between (another instance's, or the next job of
+        // the resource, which waits only for this one to stop running) would read the link
+        // before the mark: a leaver's job then finds no account to deprovision while the one
+        // the dead job created stays active.
+        let tx = conn.begin().await?;
+        if !back_to_pending(&tx, j.id, stmt(conn, &sql, values), lease).await? {
+            tx.rollback().await?;
             continue;
         }
         // It may have been mid-write when its instance died: what the target holds is unknown.
         if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
-            forget_snapshot(conn, &j.app_id, ResourceKind::User, &j.resource_id).await?;
-            if could_have_created(conn, &j).await? {
-                mark_create_unsure(conn, &j.app_id, &j.resource_id).await?;
+            forget_snapshot(&tx, &j.app_id, ResourceKind::User, &j.resource_id).await?;
+            if could_have_created(&tx, &j).await? {
+                mark_create_unsure(&tx, &j.app_id, &j.resource_id).await?;
             }
         }
+        tx.commit().await?;
         released += 1;
     }
     Ok(released)

@@ -892,6 +892,90 @@ async fn a_released_job_of_a_person_long_gone_is_not_marked_as_an_unsure_create(
     assert_eq!(unsure["state"], "pending");
 }
 
+/// A job that died while it may have been creating is released back (or closed, superseded by
+/// the person's newer job) in the same transaction that marks the create unsure: a claim in
+/// between would run the newer job, a leaver's, on a link that says nothing was created, and
+/// the account the dead job made would stay active. On PostgreSQL another connection holds the
+/// mark back (an uncommitted link of the same key) and looks meanwhile: the dead job must
+/// still be running. (On SQLite a release holds the writer's turn, so no claim comes between.)
+#[tokio::test]
+async fn a_released_job_leaves_running_only_together_with_its_unsure_create() {
+    use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+    let app = crate::helpers::spawn_planner().await;
+    if app.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        eprintln!("PostgreSQL only: on SQLite a release and a claim never interleave");
+        return;
+    }
+    let app_id = app.create_app(&app_body("unsure", json!({}))).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.post_event(&joiner(
+        "u1",
+        "SOON-GONE",
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let person = identity_id(&app, "SOON-GONE").await;
+    // Its create was under way when its instance died; then the person left.
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE job SET state = 'running', lease_owner = 'dead-instance', lease_until = 1 \
+             WHERE app_id = '{app_id}' AND state = 'pending'"
+        ))
+        .await
+        .expect("claim");
+    app.post_event(&event(
+        "u2",
+        "leaver",
+        "SOON-GONE",
+        "2026-11-02T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let running = format!(
+        "job WHERE app_id = '{app_id}' AND lease_owner = 'dead-instance' AND state = 'running'"
+    );
+    assert_eq!(app.count(&running).await, 1);
+    // Holds the link's key: the release's mark waits for this transaction.
+    let holder = app.db.begin().await.expect("begin");
+    holder
+        .execute_unprepared(&format!(
+            "INSERT INTO link (app_id, resource_kind, resource_id, state, created_at, updated_at) \
+             VALUES ('{app_id}', 'user', '{person}', 'pending', now(), now())"
+        ))
+        .await
+        .expect("hold the link's key");
+    let release = {
+        let db = app.db.clone();
+        tokio::spawn(async move {
+            roster::store::queue::release(&db, None, roster::store::queue::now_ms()).await
+        })
+    };
+    eventually("the release waits for the link", Duration::from_secs(10), || async {
+        let waiting = app
+            .count("pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            .await;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        app.count(&running).await,
+        1,
+        "the dead job stopped running before its create was marked unsure"
+    );
+    holder.rollback().await.expect("let go");
+    let released = release.await.expect("joined").expect("release");
+    assert_eq!(released, 1);
+    assert_eq!(app.count(&running).await, 0);
+    let unsure = link_of(&app, "user", &person)
+        .await
+        .expect("an unsure create");
+    assert_eq!(unsure["state"], "pending");
+    assert_eq!(unsure["target_id"], Value::Null);
+}
+
 #[tokio::test]
 async fn a_target_group_linked_to_another_roster_group_is_never_adopted() {
     use roster::store::entity::link;
