@@ -261,10 +261,15 @@ impl Roster {
         if secret.is_empty() || secret.len() > 512 {
             return Ok(None);
         }
+        // `all`, not `one`: the id is the key, and `one`'s bound `LIMIT ?` would have SQLite
+        // (3.49 on, which plans a bound LIMIT by its value) compile this statement anew for
+        // every request instead of taking it from the connection's statement cache.
         let Some(row) = api_key::Entity::find()
             .filter(api_key::Column::Id.eq(id))
-            .one(self.db())
+            .all(self.db())
             .await?
+            .into_iter()
+            .next()
         else {
             return Ok(None);
         };

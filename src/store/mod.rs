@@ -71,8 +71,13 @@ impl Db {
             // then writes after another connection committed, fails at once with
             // SQLITE_BUSY_SNAPSHOT (the busy timeout does not apply). A no-op write as the first
             // statement takes the write lock up front, waiting out other writers instead.
-            tx.execute_unprepared("UPDATE api_key SET name = name WHERE 1 = 0")
-                .await?;
+            // Prepared, not `execute_unprepared`: kept in the connection's statement cache
+            // instead of parsed again for every write transaction.
+            tx.execute_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "UPDATE api_key SET name = name WHERE 1 = 0",
+            ))
+            .await?;
         }
         Ok(WriteTx { tx, _turn: turn })
     }

@@ -391,6 +391,9 @@ pub async fn claim_within(
             "CASE WHEN c.priority = {first} THEN (CASE c.app_id{first_cases} ELSE {cap} END) ELSE {cap} END"
         )
     };
+    // `LIMIT CAST($5 AS INTEGER)`, not `LIMIT $5`: SQLite (3.49 on) plans a bare bound LIMIT
+    // by its value, so the claim, a long statement run several times a second, would be
+    // compiled anew at every run instead of coming from the connection's statement cache.
     let sql = format!(
         "UPDATE job SET state = 'running', lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
          WHERE id IN (SELECT ranked.id FROM (\
@@ -401,7 +404,7 @@ pub async fn claim_within(
                    AND j.app_id IN (SELECT a.id FROM app a WHERE a.state = 'active') {skip_full}\
                    AND NOT EXISTS (SELECT 1 FROM job r WHERE r.state = 'running' AND r.app_id = j.app_id \
                                    AND r.resource_kind = j.resource_kind AND r.resource_id = j.resource_id) \
-                 ORDER BY j.priority, j.run_at, j.id LIMIT $5 {lock}) c\
+                 ORDER BY j.priority, j.run_at, j.id LIMIT CAST($5 AS INTEGER) {lock}) c\
            ) ranked WHERE ranked.rn <= ranked.room) \
          RETURNING *"
     );
