@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use sea_orm::sea_query::{LockType, OnConflict};
+use sea_orm::sea_query::LockType;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect, Set,
     TransactionTrait,
@@ -342,6 +342,25 @@ async fn live_target_conflict(
 /// SQLite allows 32766 bound values per statement; a link row binds 11.
 const LINK_ROWS_PER_STATEMENT: usize = 1_024;
 
+/// A link write is an upsert on its (app, kind, resource); the row there keeps its id and
+/// `created_at`.
+const LINK_UPSERT: shapes::OnConflict<link::Column> = shapes::OnConflict {
+    keys: &[
+        link::Column::AppId,
+        link::Column::ResourceKind,
+        link::Column::ResourceId,
+    ],
+    update: &[
+        link::Column::TargetId,
+        link::Column::Snapshot,
+        link::Column::SnapshotHash,
+        link::Column::State,
+        link::Column::LastError,
+        link::Column::DeleteAfter,
+        link::Column::UpdatedAt,
+    ],
+};
+
 /// Writes jobs' staged links and follow-up jobs, in the caller's transaction: the links as
 /// upserts on (app, kind, resource) — the last write per link wins, across jobs too, since
 /// PostgreSQL refuses to update one row twice in one statement — then the follow-up jobs
@@ -389,26 +408,12 @@ pub async fn write_staged(
         .filter_map(|w| w.row.as_ref().map(|row| (*w, row)))
         .collect();
     for chunk in shapes::chunks(&upserts, LINK_ROWS_PER_STATEMENT) {
-        link::Entity::insert_many(chunk.iter().map(|(w, row)| link_row(w, row)))
-            .on_conflict(
-                OnConflict::columns([
-                    link::Column::AppId,
-                    link::Column::ResourceKind,
-                    link::Column::ResourceId,
-                ])
-                .update_columns([
-                    link::Column::TargetId,
-                    link::Column::Snapshot,
-                    link::Column::SnapshotHash,
-                    link::Column::State,
-                    link::Column::LastError,
-                    link::Column::DeleteAfter,
-                    link::Column::UpdatedAt,
-                ])
-                .to_owned(),
-            )
-            .exec_without_returning(conn)
-            .await?;
+        shapes::insert_or_update_rows(
+            conn,
+            chunk.iter().map(|(w, row)| link_row(w, row)).collect(),
+            Some(&LINK_UPSERT),
+        )
+        .await?;
     }
     for w in last.values().filter(|w| w.row.is_none()) {
         link::Entity::delete_many()

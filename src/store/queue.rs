@@ -3,7 +3,6 @@
 //! Invariant: at most one `pending` job per (app, resource) — the partial unique index
 //! `uq_job_pending` — so a burst of changes to one person becomes one delivery that renders
 //! the person as they are when it runs.
-use sea_orm::sea_query::{Expr, OnConflict, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionSession, TransactionTrait};
 
 use super::entity::{identity, job, link};
@@ -98,84 +97,51 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
     let jobs = coalesce(jobs);
     let now = chrono::Utc::now();
     let now_ms = now.timestamp_millis();
+    let backend = conn.get_database_backend();
     // Bounded statement size: SQLite allows 32766 bound values; 12 per row. Lengths that
-    // repeat (`shapes`), so the statement is parsed once.
-    for chunk in shapes::chunks(&jobs, 512) {
-        let mut insert = Query::insert();
-        insert.into_table(job::Entity).columns([
-            job::Column::AppId,
-            job::Column::ResourceKind,
-            job::Column::ResourceId,
-            job::Column::Lane,
-            job::Column::Priority,
-            job::Column::RunAt,
-            job::Column::Attempts,
-            job::Column::State,
-            job::Column::HrEventId,
-            job::Column::EnqueuedAt,
-            job::Column::CreatedAt,
-            job::Column::UpdatedAt,
-        ]);
+    // repeat (`shapes`), so the statement is parsed once. Its text is written here and the
+    // rows' values moved into it (a query builder would copy every value into a tree first).
+    for chunk in shapes::into_chunks(jobs, 512) {
+        let rows = chunk.len();
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(rows * 12);
         for j in chunk {
-            insert.values_panic([
-                j.app_id.clone().into(),
+            // A job scheduled for later (a delete `delete_after_days` out) is wanted from its
+            // date on: it is no stall before then, and the latency of a change that coalesces
+            // into it is measured from that change, not from the schedule.
+            let wanted_at = now_ms.max(j.run_at_ms);
+            values.extend([
+                j.app_id.into(),
                 j.kind.as_str().into(),
-                j.resource_id.clone().into(),
+                j.resource_id.into(),
                 j.lane.as_str().into(),
                 j.lane.priority().into(),
                 j.run_at_ms.into(),
                 0i32.into(),
                 "pending".into(),
-                j.hr_event_id.clone().into(),
-                // A job scheduled for later (a delete `delete_after_days` out) is wanted from
-                // its date on: it is no stall before then, and the latency of a change that
-                // coalesces into it is measured from that change, not from the schedule.
-                now_ms.max(j.run_at_ms).into(),
+                j.hr_event_id.into(),
+                wanted_at.into(),
                 now.into(),
                 now.into(),
             ]);
         }
-        insert.on_conflict(
-            OnConflict::columns([
-                job::Column::AppId,
-                job::Column::ResourceKind,
-                job::Column::ResourceId,
-            ])
-            // A literal, not a bound value: SQLite matches the conflict target to the partial
-            // index only when the predicate is textually the index's own.
-            .target_and_where(Expr::cust("state = 'pending'"))
-            .value(
-                job::Column::Lane,
-                Expr::cust(
-                    "CASE WHEN excluded.priority < job.priority THEN excluded.lane ELSE job.lane END",
-                ),
-            )
-            .value(
-                job::Column::Priority,
-                Expr::cust(
-                    "CASE WHEN excluded.priority < job.priority THEN excluded.priority ELSE job.priority END",
-                ),
-            )
-            .value(
-                job::Column::RunAt,
-                Expr::cust(
-                    "CASE WHEN excluded.run_at < job.run_at THEN excluded.run_at ELSE job.run_at END",
-                ),
-            )
-            .value(
-                job::Column::HrEventId,
-                Expr::cust("COALESCE(excluded.hr_event_id, job.hr_event_id)"),
-            )
-            .value(
-                job::Column::EnqueuedAt,
-                Expr::cust(
-                    "CASE WHEN excluded.enqueued_at < job.enqueued_at THEN excluded.enqueued_at ELSE job.enqueued_at END",
-                ),
-            )
-            .value(job::Column::UpdatedAt, Expr::cust("excluded.updated_at"))
-            .to_owned(),
+        // The conflict target's predicate is a literal, not a bound value: SQLite matches it
+        // to the partial index only when it is textually the index's own.
+        let sql = format!(
+            "INSERT INTO job (app_id, resource_kind, resource_id, lane, priority, run_at, \
+             attempts, state, hr_event_id, enqueued_at, created_at, updated_at) VALUES {} \
+             ON CONFLICT (app_id, resource_kind, resource_id) WHERE state = 'pending' DO UPDATE SET \
+             lane = CASE WHEN excluded.priority < job.priority THEN excluded.lane ELSE job.lane END, \
+             priority = CASE WHEN excluded.priority < job.priority THEN excluded.priority ELSE job.priority END, \
+             run_at = CASE WHEN excluded.run_at < job.run_at THEN excluded.run_at ELSE job.run_at END, \
+             hr_event_id = COALESCE(excluded.hr_event_id, job.hr_event_id), \
+             enqueued_at = CASE WHEN excluded.enqueued_at < job.enqueued_at THEN excluded.enqueued_at ELSE job.enqueued_at END, \
+             updated_at = excluded.updated_at",
+            shapes::value_tuples(backend, rows, 12)
         );
-        conn.execute(&insert).await?;
+        conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend, sql, values,
+        ))
+        .await?;
     }
     Ok(())
 }

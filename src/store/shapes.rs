@@ -66,6 +66,25 @@ pub async fn insert_rows<A>(conn: &impl ConnectionTrait, rows: Vec<A>) -> Result
 where
     A: ActiveModelTrait,
 {
+    insert_or_update_rows(conn, rows, None).await
+}
+
+/// A conflict on `keys` updates the row there: its `update` columns take the inserted row's.
+pub struct OnConflict<C: 'static> {
+    pub keys: &'static [C],
+    pub update: &'static [C],
+}
+
+/// [`insert_rows`]; with `on_conflict`, a row whose keys another row holds updates that row
+/// (an upsert, `ON CONFLICT … DO UPDATE`, on both backends).
+pub async fn insert_or_update_rows<A>(
+    conn: &impl ConnectionTrait,
+    rows: Vec<A>,
+    on_conflict: Option<&OnConflict<<A::Entity as EntityTrait>::Column>>,
+) -> Result<(), DbErr>
+where
+    A: ActiveModelTrait,
+{
     use sea_orm::{EntityName, Iterable};
     let Some(first) = rows.first() else {
         return Ok(());
@@ -77,9 +96,8 @@ where
     let table = A::Entity::default().table_name().to_owned();
     let backend = conn.get_database_backend();
     let mut values = Vec::with_capacity(rows.len() * columns.len());
-    let mut tuples = Vec::with_capacity(rows.len());
+    let n = rows.len();
     for mut row in rows {
-        let numbered_from = values.len() + 1;
         for column in &columns {
             let Some(value) = row.take(*column).into_value() else {
                 return Err(DbErr::Custom(format!(
@@ -87,30 +105,66 @@ where
                     column.as_str()
                 )));
             };
-            values.push(value);
+            values.push(bound(backend, value));
         }
         if <A::Entity as EntityTrait>::Column::iter().any(|column| row.get(column).is_set()) {
             return Err(DbErr::Custom(format!(
                 "a row for `{table}` sets a column the first row does not"
             )));
         }
-        tuples.push(format!(
-            "({})",
-            row_placeholders(backend, numbered_from, columns.len())
+    }
+    let quoted = |columns: &[<A::Entity as EntityTrait>::Column]| -> Vec<String> {
+        columns
+            .iter()
+            .map(|column| format!("\"{}\"", column.as_str()))
+            .collect()
+    };
+    let mut sql = format!(
+        "INSERT INTO \"{table}\" ({}) VALUES {}",
+        quoted(&columns).join(", "),
+        value_tuples(backend, n, columns.len())
+    );
+    if let Some(on_conflict) = on_conflict {
+        let set: Vec<String> = quoted(on_conflict.update)
+            .into_iter()
+            .map(|column| format!("{column} = excluded.{column}"))
+            .collect();
+        sql.push_str(&format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            quoted(on_conflict.keys).join(", "),
+            set.join(", ")
         ));
     }
-    let names: Vec<String> = columns
-        .iter()
-        .map(|column| format!("\"{}\"", column.as_str()))
-        .collect();
-    let sql = format!(
-        "INSERT INTO \"{table}\" ({}) VALUES {}",
-        names.join(", "),
-        tuples.join(", ")
-    );
     conn.execute_raw(Statement::from_sql_and_values(backend, sql, values))
         .await
         .map(|_| ())
+}
+
+/// A value as it is bound. SQLite stores JSON as its text, so a JSON value is bound as that
+/// text: sea-orm clones every value it binds, and a string is one copy where a JSON tree is a
+/// copy of each of its nodes (and a second tree to drop).
+fn bound(backend: DbBackend, value: sea_orm::Value) -> sea_orm::Value {
+    match (backend, value) {
+        (DbBackend::Sqlite, sea_orm::Value::Json(json)) => {
+            sea_orm::Value::String(json.map(|json| json.to_string()))
+        }
+        (_, value) => value,
+    }
+}
+
+/// `(…), (…), …`: the placeholders of `rows` rows of `columns` values each, numbered in row
+/// order where they are numbered.
+#[must_use]
+pub fn value_tuples(backend: DbBackend, rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            format!(
+                "({})",
+                row_placeholders(backend, row * columns + 1, columns)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A row's placeholders. SQLite gets anonymous `?`: it takes `$n` for a named parameter and
@@ -240,6 +294,91 @@ mod tests {
             audit::Entity::find().all(&conn).await.expect("read").len(),
             3
         );
+    }
+
+    #[tokio::test]
+    async fn an_upserted_row_updates_only_its_update_columns_of_the_row_with_its_keys() {
+        use crate::store::entity::hr_event;
+        use migration::MigratorTrait;
+        use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
+        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
+        options.max_connections(1).sqlx_logging(false);
+        let conn = sea_orm::Database::connect(options).await.expect("connect");
+        migration::Migrator::up(&conn, None).await.expect("migrate");
+        let row = |event: &str, result: &str, payload: serde_json::Value| hr_event::ActiveModel {
+            event_id: Set(event.to_owned()),
+            event_type: Set("joiner".into()),
+            employee_id: Set(format!("E-{event}")),
+            occurred_at: Set(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default()),
+            payload: Set(payload),
+            payload_hash: Set(None),
+            result: Set(result.to_owned()),
+            detail: Set(Some(format!("{event} {result}"))),
+            api_key_id: Set(None),
+            received_at: Set(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default()),
+            ..Default::default()
+        };
+        const UPSERT: OnConflict<hr_event::Column> = OnConflict {
+            keys: &[hr_event::Column::EventId],
+            update: &[hr_event::Column::Result, hr_event::Column::Detail],
+        };
+        insert_or_update_rows(
+            &conn,
+            vec![
+                row("a", "applied", serde_json::json!({"v": 1})),
+                row("b", "applied", serde_json::json!({"v": 1})),
+            ],
+            Some(&UPSERT),
+        )
+        .await
+        .expect("insert");
+        insert_or_update_rows(
+            &conn,
+            vec![
+                row("b", "stale", serde_json::json!({"v": 2})),
+                row("c", "applied", serde_json::json!({"v": 2})),
+            ],
+            Some(&UPSERT),
+        )
+        .await
+        .expect("upsert");
+        let stored = hr_event::Entity::find()
+            .order_by_asc(hr_event::Column::Id)
+            .all(&conn)
+            .await
+            .expect("read");
+        let seen: Vec<(i64, &str, &str, Option<&str>, i64)> = stored
+            .iter()
+            .map(|e| {
+                (
+                    e.id,
+                    e.event_id.as_str(),
+                    e.result.as_str(),
+                    e.detail.as_deref(),
+                    e.payload["v"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        // `b` keeps its id and its payload (not an update column); `c` is new.
+        assert_eq!(
+            seen,
+            vec![
+                (1, "a", "applied", Some("a applied"), 1),
+                (2, "b", "stale", Some("b stale"), 1),
+                (stored[2].id, "c", "applied", Some("c applied"), 2),
+            ]
+        );
+        assert!(stored[2].id > 2);
+    }
+
+    #[test]
+    fn value_tuples_number_their_placeholders_in_row_order_where_they_are_numbered() {
+        assert_eq!(
+            value_tuples(DbBackend::Postgres, 2, 3),
+            "($1, $2, $3), ($4, $5, $6)"
+        );
+        assert_eq!(value_tuples(DbBackend::Sqlite, 2, 2), "(?, ?), (?, ?)");
+        assert_eq!(value_tuples(DbBackend::Sqlite, 0, 2), "");
     }
 
     #[test]
