@@ -502,7 +502,6 @@ impl<'c> EventSet<'c> {
         if self.changed_people.insert(saved.employee_id.clone()) {
             self.write_order.push(saved.employee_id.clone());
         }
-        self.people.insert(saved.employee_id.clone(), saved.clone());
         let (group_ids, changed_groups) = self.reevaluate_rules(conn, &saved, group_ids).await?;
         let after_view = people::view_of(&saved, self.catalog.names_of(&group_ids));
         self.memberships
@@ -518,6 +517,8 @@ impl<'c> EventSet<'c> {
             queue::now_ms(),
         );
         self.jobs.extend(jobs);
+        // Moved in once nothing reads it any more: later events of the set read it from here.
+        self.people.insert(saved.employee_id.clone(), saved);
         Ok(self.record(principal, event, hash, result, detail))
     }
 

@@ -319,11 +319,11 @@ impl Roster {
     pub async fn ingest(
         &self,
         principal: &Principal,
-        events: &[HrEventInput],
+        events: Vec<HrEventInput>,
     ) -> ServiceResult<Vec<EventOutcome>> {
-        validate_events(events, Utc::now())?;
+        validate_events(&events, Utc::now())?;
         self.inner_group_commit()
-            .submit(self, principal.clone(), events.to_vec())
+            .submit(self, principal.clone(), events)
             .await
     }
 

@@ -109,7 +109,7 @@ fn feed(hasher: &mut Sha256, value: &Value) {
                 if i > 0 {
                     hasher.update(b",");
                 }
-                hasher.update(Value::String(key.clone()).to_string().as_bytes());
+                write_json(hasher, key);
                 hasher.update(b":");
                 feed(hasher, value);
             }
@@ -125,8 +125,25 @@ fn feed(hasher: &mut Sha256, value: &Value) {
             }
             hasher.update(b"]");
         }
-        scalar => hasher.update(scalar.to_string().as_bytes()),
+        scalar => write_json(hasher, scalar),
     }
+}
+
+/// `value`'s compact JSON, the bytes `to_string` makes, written into the hash as they are
+/// made rather than into a string of their own first.
+fn write_json(hasher: &mut Sha256, value: &(impl serde::Serialize + ?Sized)) {
+    struct Into<'a>(&'a mut Sha256);
+    impl std::io::Write for Into<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    // Serializing a JSON value or a string cannot fail, and writing into a hash never does.
+    let _ = serde_json::to_writer(Into(hasher), value);
 }
 
 /// The paths where two payloads differ (`type`, `employee.title`), for a conflict's detail.
@@ -230,6 +247,18 @@ mod tests {
         assert_ne!(
             payload_hash(&json!(["a,b"])),
             payload_hash(&json!(["a", "b"]))
+        );
+    }
+
+    #[test]
+    fn the_hash_is_the_sha256_of_the_canonical_text_and_never_changes() {
+        // Hashes are stored with each event and compared with those of events received
+        // later: the canonical text, `{"a":{"c":-3,"z":"é"},"b":[1,true,null,"x\"y"]}` here,
+        // and so the hash, must stay what it was when they were stored.
+        let payload = json!({"b": [1, true, null, "x\"y"], "a": {"z": "é", "c": -3}});
+        assert_eq!(
+            payload_hash(&payload),
+            "132735de3e74a86b472f7b7c5350039f261826a06be846a656375f9acd538d6d"
         );
     }
 }

@@ -1130,7 +1130,7 @@ impl Roster {
                 .filter_map(|row| change_event(&snapshot, row, people.get(&row.employee_id)))
                 .collect();
             if !events.is_empty() {
-                self.ingest(&principal, &events).await?;
+                self.ingest(&principal, events).await?;
             }
             let tx = self.write_tx().await?;
             let ids: Vec<String> = batch.iter().map(|r| r.employee_id.clone()).collect();
