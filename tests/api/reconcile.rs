@@ -2149,7 +2149,13 @@ async fn runs_of(app: &TestApp) -> Vec<Value> {
 #[tokio::test]
 async fn reconcile_runs_beyond_the_concurrency_wait_their_turn() {
     let (urls, _targets, gate, log) = gated_targets(4).await;
-    let app = crate::helpers::spawn_app_with(|c| c.reconcile_concurrency = 1).await;
+    // No scheduler before the restart: one that looked after the backdating below would start
+    // the runs there, the restart would interrupt them, and after it none would be due.
+    let mut app = crate::helpers::spawn_app_with(|c| {
+        c.reconcile_concurrency = 1;
+        c.run_engine = false;
+    })
+    .await;
     let mut apps = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         // Three scheduled apps; the fourth is reconciled on demand only.
@@ -2162,6 +2168,7 @@ async fn reconcile_runs_beyond_the_concurrency_wait_their_turn() {
         .await;
     gate.send_replace(false);
     log.lock().expect("log").clear();
+    app.config.run_engine = true;
     let app = app.restart().await;
 
     // One run holds the slot, its first call held at its target; two wait for the slot.
