@@ -235,16 +235,22 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn inserted_rows_read_back_as_written_and_a_row_of_other_columns_is_refused() {
-        use crate::store::entity::audit;
+    /// A migrated SQLite database in memory, on one connection: each connection to `:memory:`
+    /// is a database of its own.
+    async fn migrated_memory_db() -> sea_orm::DatabaseConnection {
         use migration::MigratorTrait;
-        use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
-        // One connection: each connection to `:memory:` is a database of its own.
         let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
         options.max_connections(1).sqlx_logging(false);
         let conn = sea_orm::Database::connect(options).await.expect("connect");
         migration::Migrator::up(&conn, None).await.expect("migrate");
+        conn
+    }
+
+    #[tokio::test]
+    async fn inserted_rows_read_back_as_written_and_a_row_of_other_columns_is_refused() {
+        use crate::store::entity::audit;
+        use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
+        let conn = migrated_memory_db().await;
         let row = |n: i64| audit::ActiveModel {
             api_key_id: Set((n % 2 == 0).then(|| format!("key-{n}"))),
             action: Set(format!("action-{n}")),
@@ -299,12 +305,8 @@ mod tests {
     #[tokio::test]
     async fn an_upserted_row_updates_only_its_update_columns_of_the_row_with_its_keys() {
         use crate::store::entity::hr_event;
-        use migration::MigratorTrait;
         use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
-        let mut options = sea_orm::ConnectOptions::new("sqlite::memory:");
-        options.max_connections(1).sqlx_logging(false);
-        let conn = sea_orm::Database::connect(options).await.expect("connect");
-        migration::Migrator::up(&conn, None).await.expect("migrate");
+        let conn = migrated_memory_db().await;
         let row = |event: &str, result: &str, payload: serde_json::Value| hr_event::ActiveModel {
             event_id: Set(event.to_owned()),
             event_type: Set("joiner".into()),
