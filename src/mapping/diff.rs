@@ -1,6 +1,5 @@
 //! Comparing a desired resource with another copy (last-applied snapshot or the target's),
 //! the PATCH changes that close the gap, and the snapshot hash.
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -136,46 +135,52 @@ pub fn keep_foreign_elements(
 /// of FNV-1a 64. For change detection only; it is not collision resistant against an attacker.
 #[must_use]
 pub fn snapshot_hash(value: &Value) -> String {
-    let mut canonical = String::new();
+    let mut canonical = Vec::new();
     write_canonical(value, &mut canonical);
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in canonical.bytes() {
+    for byte in canonical {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{hash:016x}")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Appends `value`'s canonical JSON to `out`. Keys and scalars are written by serde_json's own
+/// writer (escaped and quoted as JSON writes them), straight into the buffer.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(object) => {
             let mut members: Vec<(&String, &Value)> = object.iter().collect();
             members.sort_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            out.push(b'{');
             for (index, (key, member)) in members.into_iter().enumerate() {
                 if index > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                // Display of a JSON string value is its escaped, quoted form.
-                let _ = write!(out, "{}:", Value::String(key.clone()));
+                write_json(key, out);
+                out.push(b':');
                 write_canonical(member, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(elements) => {
-            out.push('[');
+            out.push(b'[');
             for (index, element) in elements.iter().enumerate() {
                 if index > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(element, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => {
-            let _ = write!(out, "{scalar}");
-        }
+        scalar => write_json(scalar, out),
     }
+}
+
+/// A string or a scalar as compact JSON. Writing into a `Vec` cannot fail, and these types
+/// always serialise; were it ever to fail, the hash would only differ, never panic.
+fn write_json(value: &(impl Serialize + ?Sized), out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 fn is_absent(value: &Value) -> bool {

@@ -869,6 +869,18 @@ fn snapshot_hash_ignores_key_order_but_not_values() {
     // FNV-1a 64 of the empty object's canonical text `{}`, pinned so that a change in the
     // canonical form (which would re-send every user) is noticed.
     assert_eq!(snapshot_hash(&json!({})), fnv1a_reference(b"{}"));
+    // And of a value with every kind of member: keys sorted at each level, strings escaped as
+    // JSON escapes them, numbers, booleans and null as JSON writes them, no whitespace.
+    let every_kind: Value = serde_json::from_str(
+        r#"{"b": "line\nbreak \"q\" é", "a": {"y": [1, 2.5, -3, true, null], "x": {}}}"#,
+    )
+    .expect("json");
+    assert_eq!(
+        snapshot_hash(&every_kind),
+        fnv1a_reference(
+            r#"{"a":{"x":{},"y":[1,2.5,-3,true,null]},"b":"line\nbreak \"q\" é"}"#.as_bytes()
+        )
+    );
 }
 
 /// The textbook FNV-1a 64, for pinning the hash.

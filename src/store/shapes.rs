@@ -146,7 +146,11 @@ where
 fn bound(backend: DbBackend, value: sea_orm::Value) -> sea_orm::Value {
     match (backend, value) {
         (DbBackend::Sqlite, sea_orm::Value::Json(json)) => {
-            sea_orm::Value::String(json.map(|json| json.to_string()))
+            // serde_json's writer into a String's bytes, not `Display` (which goes through
+            // `fmt::Write` a piece at a time): the same compact text, a few times cheaper.
+            sea_orm::Value::String(
+                json.map(|json| serde_json::to_string(&*json).unwrap_or_else(|_| json.to_string())),
+            )
         }
         (_, value) => value,
     }

@@ -385,7 +385,10 @@ fn what_operators_import_refers_to_no_design_document() {
     for file in ["roster.json", "alerts.yml"] {
         let path = dashboards_dir().join(file);
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-        let references: Vec<&str> = text.lines().filter(|line| line.contains("DESIGN")).collect();
+        let references: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("DESIGN"))
+            .collect();
         assert!(references.is_empty(), "{file}: {references:?}");
     }
 }
