@@ -157,28 +157,28 @@ fn bound(backend: DbBackend, value: sea_orm::Value) -> sea_orm::Value {
 }
 
 /// `(…), (…), …`: the placeholders of `rows` rows of `columns` values each, numbered in row
-/// order where they are numbered.
+/// order where they are numbered. Written into one buffer: a 512-row insert has thousands.
 #[must_use]
 pub fn value_tuples(backend: DbBackend, rows: usize, columns: usize) -> String {
-    (0..rows)
-        .map(|row| {
-            format!(
-                "({})",
-                row_placeholders(backend, row * columns + 1, columns)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A row's placeholders. SQLite gets anonymous `?`: it takes `$n` for a named parameter and
-/// looks each one up among those before it, which made a 512-row insert's parse quadratic.
-fn row_placeholders(backend: DbBackend, first: usize, n: usize) -> String {
-    if backend == DbBackend::Sqlite {
-        vec!["?"; n].join(", ")
-    } else {
-        placeholders(first, n)
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows * (columns * 6 + 4));
+    for row in 0..rows {
+        out.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                out.push_str(", ");
+            }
+            // SQLite gets anonymous `?`: it takes `$n` for a named parameter and looks each
+            // one up among those before it, which made a 512-row insert's parse quadratic.
+            if backend == DbBackend::Sqlite {
+                out.push('?');
+            } else {
+                let _ = write!(out, "${}", row * columns + column + 1);
+            }
+        }
+        out.push(')');
     }
+    out
 }
 
 /// The largest power of two not above `n` (`n` ≥ 1).
