@@ -62,6 +62,11 @@ enum Command {
         /// at a time).
         #[arg(long)]
         apps: Option<usize>,
+        /// `throughput` only: run the whole scenario this many times, each with a fresh roster,
+        /// dev-target and raw loop, and add `repeats`: each run's ratios and CPU figures and
+        /// their medians. On a shared machine one run's CPU figures move by ±15 %.
+        #[arg(long)]
+        repeat: Option<usize>,
     },
     /// See roster work in one command: dev-target + roster in this process, joiners, a mover,
     /// a leaver, drift and a ghost account, reconciled.
@@ -152,12 +157,14 @@ pub fn main() -> ExitCode {
                 target_latency_ms,
                 throttled,
                 apps,
+                repeat,
             } => {
                 let options = crate::bench::Options {
                     size,
                     target_latency_ms,
                     throttled,
                     apps,
+                    repeat,
                     reconcile_concurrency: Some(
                         crate::config::Config::from_env()
                             .context("configuration")?

@@ -69,6 +69,10 @@ pub struct Options {
     pub apps: Option<usize>,
     /// `reconcile --apps` only: roster's `ROSTER_RECONCILE_CONCURRENCY` (default 2).
     pub reconcile_concurrency: Option<usize>,
+    /// `throughput` only: the whole scenario this many times, each with a fresh roster,
+    /// dev-target and raw loop; the figures are the first run's plus `repeats`, each run's
+    /// ratios and CPU figures and their medians. `None` or 1: one run.
+    pub repeat: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +171,12 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
     crate::startup::install_crypto_provider();
     let figures = match scenario {
         Scenario::Throughput => {
-            throughput::run(options.size.unwrap_or(20_000), &options.target_latency_ms).await?
+            let mut runs = Vec::new();
+            for _ in 0..options.repeat.unwrap_or(1).max(1) {
+                let size = options.size.unwrap_or(20_000);
+                runs.push(throughput::run(size, &options.target_latency_ms).await?);
+            }
+            throughput::with_repeats(runs)
         }
         Scenario::LeaverLatency => match options.throttled {
             Some(per_second) => {

@@ -88,6 +88,63 @@ async fn run_at(n: usize, latency_ms: u64) -> Result<Figures, BenchError> {
     Ok(figures.with("target_latency_ms", latency_ms))
 }
 
+/// The figures each repeat of the scenario is summed up by, as paths into its figures.
+const REPEATED: [&str; 12] = [
+    "ratio",
+    "cpu_ratio",
+    "roster_cpu_us_per_create",
+    "raw_cpu_us_per_create",
+    "roster_per_s",
+    "raw_per_s",
+    "create_first.ratio",
+    "create_first.cpu_ratio",
+    "create_first.roster_cpu_us_per_create",
+    "populated.ratio",
+    "populated.cpu_ratio",
+    "populated.roster_cpu_us_per_create",
+];
+
+/// The first run's figures, plus, when there are several, `repeats`: `{"runs", "median":
+/// {path: m}, "each": {path: [v, …]}}` over the [`REPEATED`] figures.
+#[must_use]
+pub fn with_repeats(mut runs: Vec<Figures>) -> Figures {
+    if runs.len() < 2 {
+        return runs
+            .pop()
+            .unwrap_or_else(|| Figures::new(Scenario::Throughput));
+    }
+    let values: Vec<Value> = runs.iter().map(Figures::to_value).collect();
+    let summary = repeats(&values);
+    runs.swap_remove(0).with("repeats", summary)
+}
+
+/// Each run's value at each of the [`REPEATED`] paths (runs without one are left out) and
+/// the median of those values.
+fn repeats(runs: &[Value]) -> Value {
+    let mut each = Map::new();
+    let mut median = Map::new();
+    for path in REPEATED {
+        let mut found: Vec<f64> = runs
+            .iter()
+            .filter_map(|run| {
+                path.split('.')
+                    .try_fold(run, |value, key| value.get(key))
+                    .and_then(Value::as_f64)
+            })
+            .collect();
+        each.insert(path.to_owned(), json!(found));
+        found.sort_by(f64::total_cmp);
+        let middle = found.len() / 2;
+        let value = match found.len() {
+            0 => Value::Null,
+            n if n % 2 == 1 => Value::from(found[middle]),
+            _ => Value::from(round((found[middle - 1] + found[middle]) / 2.0, 3)),
+        };
+        median.insert(path.to_owned(), value);
+    }
+    json!({"runs": runs.len(), "median": median, "each": each})
+}
+
 /// The runs beside the default one (looking up first in an empty target): the key of their
 /// figures, how their app matches, and the key of their ratios by latency.
 const OTHER_RUNS: [(&str, Matching, &str); 2] = [
@@ -231,4 +288,35 @@ async fn measure(
             round(calls as f64 / n.max(1) as f64, 2),
         )
         .with("load_average", load.map_or(Value::Null, Value::from)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_take_the_median_of_each_figure_and_skip_runs_without_it() {
+        let runs = [
+            json!({"ratio": 0.2, "cpu_ratio": 0.21, "create_first": {"cpu_ratio": 0.3}}),
+            json!({"ratio": 0.4, "cpu_ratio": 0.19, "create_first": {"cpu_ratio": 0.1}}),
+            json!({"ratio": 0.3, "cpu_ratio": 0.25}),
+        ];
+        let summary = repeats(&runs);
+        assert_eq!(summary["runs"], 3);
+        assert_eq!(
+            summary["median"]["ratio"], 0.3,
+            "odd count: the middle value"
+        );
+        assert_eq!(summary["median"]["cpu_ratio"], 0.21);
+        assert_eq!(
+            summary["each"]["ratio"],
+            json!([0.2, 0.4, 0.3]),
+            "in run order"
+        );
+        // Two runs have it: the mean of the two middle values.
+        assert_eq!(summary["median"]["create_first.cpu_ratio"], 0.2);
+        assert_eq!(summary["each"]["create_first.cpu_ratio"], json!([0.3, 0.1]));
+        assert_eq!(summary["median"]["populated.ratio"], Value::Null);
+        assert_eq!(summary["each"]["populated.ratio"], json!([]));
+    }
 }

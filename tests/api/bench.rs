@@ -59,6 +59,39 @@ async fn throughput_delivers_every_user_and_reports_the_ratio() {
     );
 }
 
+/// `--repeat`: the whole scenario again, each run's ratios and CPU figures beside their median.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_repeated_reports_each_run_and_the_median() {
+    let figures = run(
+        Scenario::Throughput,
+        Options {
+            size: Some(20),
+            repeat: Some(2),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("throughput");
+    let line: serde_json::Value = serde_json::from_str(&figures.to_line()).expect("one JSON line");
+    let repeats = &line["repeats"];
+    assert_eq!(repeats["runs"], 2, "{line}");
+    for path in [
+        "ratio",
+        "cpu_ratio",
+        "create_first.ratio",
+        "populated.cpu_ratio",
+    ] {
+        let each = repeats["each"][path].as_array().map_or(0, Vec::len);
+        assert_eq!(each, 2, "{path}: {line}");
+        assert!(
+            repeats["median"][path].as_f64().is_some_and(|m| m > 0.0),
+            "{path}: {line}"
+        );
+    }
+    // Every run delivered every account once.
+    assert_eq!(number(&figures, "target_posts"), 20.0, "{line}");
+}
+
 /// With a target that answers late, as across the internet, joiners' matching look-ups queue
 /// behind those in flight and leave together: well under two target calls per user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
