@@ -113,8 +113,8 @@ async fn kill_9_while_a_snapshot_is_received_diffing_or_applying_resumes_and_app
     // 1. Killed while diffing the first export (every person a joiner). On a loaded machine a
     //    diff of 3 000 rows can outrun the 5 ms poll (each poll is a GET that waits its turn):
     //    then it is killed early in `applying`, which leaves the first half of the people for
-    //    the restart to apply (CI on PostgreSQL once saw the export go from `received` to
-    //    `applied` with no poll in between; the rest of the test holds either way).
+    //    the restart to apply (CI on PostgreSQL once never saw `diffing`: the export went
+    //    past it between two polls; the rest of the test holds either way).
     let first = post_export(&node, export(0)).await;
     let killed_in = poll(
         &node,
