@@ -171,9 +171,9 @@ pub async fn run(scenario: Scenario, options: Options) -> Result<Figures, BenchE
     crate::startup::install_crypto_provider();
     let figures = match scenario {
         Scenario::Throughput => {
+            let size = options.size.unwrap_or(20_000);
             let mut runs = Vec::new();
             for _ in 0..options.repeat.unwrap_or(1).max(1) {
-                let size = options.size.unwrap_or(20_000);
                 runs.push(throughput::run(size, &options.target_latency_ms).await?);
             }
             throughput::with_repeats(runs)
