@@ -524,6 +524,12 @@ impl CallGate for AppLimiter {
             pass
         })
     }
+
+    /// A job waiting for another job's call (the client's discovery read, its OAuth token)
+    /// waits without its worker: that job needs a worker again once its call has its slot.
+    fn aside<'a>(&'a self, wait: BoxFuture<'a, ()>) -> BoxFuture<'a, ()> {
+        Box::pin(without_worker(wait))
+    }
 }
 
 tokio::task_local! {
@@ -877,6 +883,127 @@ mod tests {
         let free_while_working = waiting.await.expect("the job ends");
         assert_eq!(free_while_working, 0);
         assert_eq!(workers.available_permits(), 1, "given back at the end");
+    }
+
+    /// What two jobs of one app share, made by the first that needs it.
+    #[derive(Clone, Copy)]
+    enum SharedCall {
+        /// The client's discovery read (`/ServiceProviderConfig`).
+        Discovery,
+        /// Its OAuth token request.
+        Token,
+    }
+
+    /// A token endpoint on 127.0.0.1 (port 0) that hands out one token; its URL.
+    async fn token_endpoint() -> String {
+        use poem::listener::{Acceptor, Listener};
+        let acceptor = poem::listener::TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .expect("bind");
+        let addr = acceptor
+            .local_addr()
+            .into_iter()
+            .find_map(|a| a.as_socket_addr().copied())
+            .expect("address");
+        let endpoint = poem::endpoint::make(|_req: poem::Request| async {
+            poem::Response::builder()
+                .content_type("application/json")
+                .body(r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#)
+        });
+        tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(endpoint));
+        format!("http://{addr}/token")
+    }
+
+    /// Two jobs on one worker need what the first asks for (`shared`) while a call under way
+    /// holds the app's only slot; checks that both end and the worker is free again, and
+    /// returns the GETs the target answered.
+    async fn two_jobs_wait_for_one_call(shared: SharedCall) -> serde_json::Value {
+        use crate::net_guard::TargetPolicy;
+        use crate::scim::{Auth, ScimClient, TargetConfig};
+
+        let target = crate::dev_target::spawn(crate::dev_target::DevTargetArgs::default())
+            .await
+            .expect("dev-target");
+        let auth = match shared {
+            SharedCall::Discovery => Auth::None,
+            SharedCall::Token => Auth::OAuth2ClientCredentials {
+                token_url: token_endpoint().await.parse().expect("url"),
+                client_id: "roster".into(),
+                client_secret: secrecy::SecretString::from("secret"),
+                scope: None,
+            },
+        };
+        let limiter = Arc::new(AppLimiter::new(1000, 1000, 1));
+        let mut config = TargetConfig::new(
+            target.base_url().parse().expect("url"),
+            auth,
+            TargetPolicy::AllowPrivate,
+        );
+        let gate: Arc<dyn CallGate> = limiter.clone();
+        config.gate = Some(gate);
+        let client = ScimClient::new(config).expect("client");
+        let workers = Arc::new(Semaphore::new(1));
+        let job = move |client: ScimClient| async move {
+            match shared {
+                SharedCall::Discovery => drop(client.capabilities().await),
+                // Any call needs the token first; the account need not exist.
+                SharedCall::Token => drop(client.users().get("nobody").await),
+            }
+        };
+
+        // A call under way holds the app's only slot.
+        let under_way = limiter.wait(CallKind::Write).await;
+        // The first job makes the shared call, which waits for the slot without its worker.
+        let permit = workers.clone().acquire_owned().await.expect("permit");
+        let first = tokio::spawn(with_worker(
+            workers.clone(),
+            permit,
+            Turn::InLine,
+            job(client.clone()),
+        ));
+        let lent = tokio::time::timeout(Duration::from_secs(5), workers.clone().acquire_owned())
+            .await
+            .expect("the first job waits for its slot without its worker")
+            .expect("permit");
+        // The second job, on the only worker, waits for the first one's call.
+        let second = tokio::spawn(with_worker(
+            workers.clone(),
+            lent,
+            Turn::InLine,
+            job(client.clone()),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The slot frees: the first job's call goes, and its job needs a worker again.
+        drop(under_way);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            first.await.expect("the first job ends");
+            second.await.expect("the second job ends");
+        })
+        .await
+        .expect("both jobs end: neither holds the worker while it waits for the other");
+        assert_eq!(workers.available_permits(), 1);
+        target.stats()["requests"]["GET"].clone()
+    }
+
+    /// The engine stalled for good in a chaos soak: jobs holding every worker waited for the
+    /// client's discovery read, whose job had got its slot and waited for a worker. A job
+    /// waiting for another job's call now waits without its worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_waiting_for_another_jobs_discovery_read_lends_its_worker() {
+        let gets = two_jobs_wait_for_one_call(SharedCall::Discovery).await;
+        assert_eq!(gets, 1, "one discovery read served both jobs");
+    }
+
+    /// The same with an OAuth token: one request for it, made by the first job, while the
+    /// second waits without its worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_waiting_for_another_jobs_token_request_lends_its_worker() {
+        let gets = two_jobs_wait_for_one_call(SharedCall::Token).await;
+        assert_eq!(
+            gets, 2,
+            "each job read its account, once the token was there"
+        );
     }
 
     #[tokio::test]

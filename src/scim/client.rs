@@ -49,6 +49,18 @@ pub type CallPass = Box<dyn Send + Sync>;
 pub trait CallGate: Send + Sync {
     /// Waits until a call of `kind` may go.
     fn wait(&self, kind: CallKind) -> futures::future::BoxFuture<'_, CallPass>;
+
+    /// Runs `wait`: the caller waiting for another caller's call of this client to end (the
+    /// discovery read, an OAuth token request), which must pass this gate itself. A gate that
+    /// holds something of its callers' (delivery's worker permits) lends it out meanwhile:
+    /// callers that held it while waiting could leave the one they wait for without any, and
+    /// none would ever go on.
+    fn aside<'a>(
+        &'a self,
+        wait: futures::future::BoxFuture<'a, ()>,
+    ) -> futures::future::BoxFuture<'a, ()> {
+        wait
+    }
 }
 
 /// What a call does, as vendors' rate limits tell calls apart.
@@ -802,6 +814,23 @@ impl ScimClient {
         self.inner.policy.check_ip(ip)
     }
 
+    /// Takes a turn (`lock()`) that another caller of this client may hold across a call,
+    /// waiting through the gate's [`CallGate::aside`].
+    async fn aside<G: Send, F: Future<Output = G> + Send>(&self, lock: impl Fn() -> F + Sync) -> G {
+        if let Some(gate) = &self.inner.gate {
+            let mut taken = None;
+            gate.aside(Box::pin(async {
+                taken = Some(lock().await);
+            }))
+            .await;
+            if let Some(guard) = taken {
+                return guard;
+            }
+        }
+        // No gate, or one that did not run the wait to its end.
+        lock().await
+    }
+
     fn observe(&self, record: &CallRecord) {
         if let Some(observer) = &self.inner.observer {
             observer(record);
@@ -990,7 +1019,7 @@ impl ScimClient {
                 scope,
             } => {
                 // Held across the fetch so concurrent callers share one token request.
-                let mut cached = self.inner.token.lock().await;
+                let mut cached = self.aside(|| self.inner.token.lock()).await;
                 if !force_refresh
                     && let Some(token) = cached.as_ref()
                     && Instant::now() < token.refresh_at
@@ -1112,7 +1141,7 @@ impl ScimClient {
             return cached;
         }
         let reads_before = self.inner.discovery_reads.load(Ordering::Acquire);
-        let _turn = self.inner.discovery_turn.lock().await;
+        let _turn = self.aside(|| self.inner.discovery_turn.lock()).await;
         if let Some(cached) = cached() {
             return cached;
         }
