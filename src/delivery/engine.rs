@@ -393,10 +393,21 @@ impl Delivery {
             limiter,
             lookups: Arc::new(LookupBatcher::new(max_concurrency)),
         });
-        if let Ok(mut map) = self.runtimes.lock() {
-            map.insert(app.id.clone(), rt.clone());
+        // Jobs claimed together build at once: the first one stored is everyone's, so that
+        // they share one client (one discovery read, one OAuth token), one limiter's slots and
+        // one look-up batcher (its matching turns and adoption claims hold across those jobs).
+        let Ok(mut map) = self.runtimes.lock() else {
+            return Ok(rt);
+        };
+        match map.get(&app.id) {
+            Some(stored) if stored.version == app.version => Ok(stored.clone()),
+            // This job read the app before a change another job has already seen.
+            Some(stored) if stored.version > app.version => Ok(rt),
+            _ => {
+                map.insert(app.id.clone(), rt.clone());
+                Ok(rt)
+            }
         }
-        Ok(rt)
     }
 
     /// The app's SCIM client (with its rate limiter, so a reconciliation's reads share the

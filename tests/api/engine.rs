@@ -229,6 +229,44 @@ async fn a_probe_never_resumes_an_app_an_operator_paused_meanwhile() {
     assert_eq!(status["state_reason"], "paused through the API", "{status}");
 }
 
+/// Jobs claimed together share one runtime of their app: one client (one discovery read, one
+/// OAuth token), one limiter's slots and one look-up batcher, whose matching turns and adoption
+/// claims must hold across all of them. Each job used to build its own when several asked at
+/// once (after a start, or a change of the app's settings): one discovery read each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_claimed_together_share_one_runtime_of_their_app() {
+    let app = spawn_app_with(|_| {}).await;
+    let stub = Arc::new(Stub::default());
+    let base = serve(stub.clone()).await;
+    let app_id = create_app(&app, "shared", &base, json!({})).await;
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    const JOINERS: usize = 12;
+    for i in 0..JOINERS {
+        app.post_event(&joiner(
+            &format!("shared-{i}"),
+            &format!("S{i}"),
+            "2026-01-01T00:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    // Every job is claimed at once when the app resumes; each needs the target's capabilities
+    // for its look-up, and the first read of them is held.
+    stub.hold_config.store(true, Ordering::SeqCst);
+    let reads_before = stub.config_reads.load(Ordering::SeqCst);
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    wait_count("the discovery read", &stub.config_reads, reads_before + 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = stub.config_reads.load(Ordering::SeqCst) - reads_before;
+    stub.open.send_replace(true);
+    wait_count("every create", &stub.posts, JOINERS).await;
+    assert_eq!(reads, 1, "one client read the capabilities for every job");
+}
+
 /// Issue 20 B6: when another instance holds a job's lease, the worker that lost it stops (no
 /// further call) and its end and writes change nothing.
 #[tokio::test]
