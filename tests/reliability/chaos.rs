@@ -196,6 +196,66 @@ fn differences(p: usize, want: &Person, account: Option<&Value>) -> Vec<String> 
     out
 }
 
+/// Fails the soak because the queue did not settle, with what says why: the app's state, each
+/// open job (due in how long, whose lease), the node's delivery metrics and its log.
+async fn unsettled(cluster: &Cluster, node: &super::Node, log: &std::path::Path, tag: &str) -> ! {
+    let now = chrono::Utc::now().timestamp_millis();
+    let apps = cluster
+        .rows("SELECT name, state, state_reason, paused_by FROM app")
+        .await;
+    let jobs = cluster
+        .rows(
+            "SELECT id, lane, state, attempts, run_at, lease_owner, lease_until, last_error \
+             FROM job WHERE state IN ('pending', 'running') ORDER BY id",
+        )
+        .await;
+    // Due in, and lease left, in milliseconds from now (negative: past).
+    let jobs: Vec<Value> = jobs
+        .into_iter()
+        .map(|mut job| {
+            for (at, left) in [("run_at", "due_in_ms"), ("lease_until", "lease_left_ms")] {
+                if let Some(t) = job[at].as_i64() {
+                    job[left] = json!(t - now);
+                }
+            }
+            job
+        })
+        .collect();
+    let metrics = match reqwest::get(format!("{}/metrics", node.base)).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(e) => format!("(no metrics: {e})"),
+    };
+    let metrics: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            [
+                "roster_queue_",
+                "roster_app_quarantined",
+                "roster_throttled_total",
+            ]
+            .iter()
+            .any(|m| l.starts_with(m))
+        })
+        .collect();
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let notable: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    let last = &lines[lines.len().saturating_sub(60)..];
+    panic!(
+        "the queue did not settle: {} jobs open {tag}\napps: {apps:?}\njobs: {jobs:#?}\n\
+         metrics:\n{}\nwarnings and errors ({}, the last 80):\n{}\nthe log's last lines:\n{}\n{tag}",
+        jobs.len(),
+        metrics.join("\n"),
+        notable.len(),
+        notable[notable.len().saturating_sub(80)..].join("\n"),
+        last.join("\n"),
+    );
+}
+
 async fn queue_rows(cluster: &Cluster, states: &str) -> Vec<Value> {
     cluster
         .rows(&format!(
@@ -266,7 +326,17 @@ async fn soak(uniqueness: Uniqueness) {
     .await
     .expect("dev-target");
     let cluster = Cluster::new().await;
-    let mut node = cluster.start().await;
+    // Every node's log, at info, in one file: printed (its warnings and errors, and its last
+    // lines) when the queue does not settle.
+    let log_path = cluster._dir.path().join("roster.log");
+    let log = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file")
+    };
+    let mut node = cluster.start_logging("info", log()).await;
     let r = node
         .post(
             "/api/v1/groups",
@@ -357,7 +427,7 @@ async fn soak(uniqueness: Uniqueness) {
             started.elapsed()
         );
         cluster.assert_integrity().await;
-        node = cluster.start().await;
+        node = cluster.start_logging("info", log()).await;
         if let Ok(mut b) = base.lock() {
             b.clone_from(&node.base);
         }
@@ -379,11 +449,9 @@ async fn soak(uniqueness: Uniqueness) {
         if open.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the queue did not settle: {} jobs open: {open:?} {tag}",
-            open.len()
-        );
+        if Instant::now() >= deadline {
+            unsettled(&cluster, &node, &log_path, &tag).await;
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!(
