@@ -981,7 +981,7 @@ impl ScimClient {
                 .await;
             match result {
                 Err(ScimError::Http { status: 401, .. }) if from_cache && !refreshed => {
-                    *self.inner.token.lock().await = None;
+                    *self.aside(|| self.inner.token.lock()).await = None;
                     refreshed = true;
                 }
                 other => return other,
