@@ -359,12 +359,14 @@ impl Delivery {
     }
 
     fn runtime(&self, app: &app::Model) -> Result<Arc<AppRuntime>, String> {
-        if let Ok(map) = self.runtimes.lock()
-            && let Some(rt) = map.get(&app.id)
-            && rt.version == app.version
-        {
-            return Ok(rt.clone());
-        }
+        let previous = match self.runtimes.lock() {
+            Ok(map) => match map.get(&app.id) {
+                Some(rt) if rt.version == app.version => return Ok(rt.clone()),
+                Some(rt) => Some(rt.lookups.clone()),
+                None => None,
+            },
+            Err(_) => None,
+        };
         let settings = settings::settings_of(app).map_err(|e| e.to_string())?;
         let compiled = settings::compile_mappings(&settings).map_err(|e| e.to_string())?;
         let limiter = self.limiters.for_app(&app.id, app.version, &settings);
@@ -391,7 +393,10 @@ impl Delivery {
             compiled: Arc::new(compiled),
             client,
             limiter,
-            lookups: Arc::new(LookupBatcher::new(max_concurrency)),
+            lookups: Arc::new(match &previous {
+                Some(previous) => LookupBatcher::succeeding(previous, max_concurrency),
+                None => LookupBatcher::new(max_concurrency),
+            }),
         });
         // Jobs claimed together build at once: the first one stored is everyone's, so that
         // they share one client (one discovery read, one OAuth token), one limiter's slots and

@@ -269,8 +269,10 @@ pub struct LookupBatcher {
     listing: Mutex<ListingKnowledge>,
     /// The last proven listing, while it may answer look-ups.
     listed_users: Mutex<Option<Arc<ListedUsers>>>,
-    claims: Mutex<Claims>,
-    creates: Mutex<Creates>,
+    /// What the app's jobs are doing to its accounts: kept across a change of its settings
+    /// ([`Self::succeeding`]), since jobs of the old runtime may still be at it.
+    claims: Arc<Mutex<Claims>>,
+    creates: Arc<Mutex<Creates>>,
     matching: Arc<MatchingTurns>,
 }
 
@@ -678,9 +680,24 @@ impl LookupBatcher {
             or_refused: AtomicBool::default(),
             listing: Mutex::default(),
             listed_users: Mutex::default(),
-            claims: Mutex::default(),
-            creates: Mutex::default(),
+            claims: Arc::default(),
+            creates: Arc::default(),
             matching,
+        }
+    }
+
+    /// The batcher of an app's new runtime, after its settings changed: merged look-ups and
+    /// what was learnt of the target's listing start afresh, but the adoption claims, matching
+    /// turns and recent creates are `previous`'s, so that a job of the new runtime never
+    /// adopts an account a job of the old one has just taken, nor matches a value one of them
+    /// is matching or creating.
+    #[must_use]
+    pub fn succeeding(previous: &LookupBatcher, slots: u32) -> Self {
+        Self {
+            claims: previous.claims.clone(),
+            creates: previous.creates.clone(),
+            matching: previous.matching.clone(),
+            ..Self::new(slots)
         }
     }
 
@@ -1282,6 +1299,41 @@ mod tests {
         assert_eq!(claims.claim(key(), "bob", later), Ok(()), "expired");
         assert_eq!(claims.held.len(), 1, "expired claims are dropped");
         assert_eq!(claims.order.len(), 1);
+    }
+
+    /// A change of an app's settings builds a new runtime while jobs of the old one still run:
+    /// the new one's jobs must see what those are doing to the target's accounts.
+    #[tokio::test]
+    async fn a_new_runtimes_batcher_sees_what_the_old_ones_jobs_are_doing() {
+        let old = LookupBatcher::new(4);
+        let asked_before = Instant::now();
+        assert_eq!(old.claim("user", "t1", "ada"), Ok(()));
+        let turn = old.matching_turn("userName", "ada@example.com").await;
+        old.creating("userName", "ada@example.com");
+        let new = LookupBatcher::succeeding(&old, 4);
+        assert!(
+            new.claim("user", "t1", "bob").is_err(),
+            "an account an old job is adopting is not adopted again"
+        );
+        let fresh = new.creates.lock().is_ok_and(|creates| {
+            creates.fresh("userName", "ada@example.com", asked_before, Instant::now())
+        });
+        assert!(
+            !fresh,
+            "a look-up asked before an old job's create is not trusted"
+        );
+        let next = new.matching_turn("userName", "ada@example.com");
+        tokio::pin!(next);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut next)
+                .await
+                .is_err(),
+            "a new job waits for the old job matching the same value"
+        );
+        drop(turn);
+        tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("and has its turn once the old job's ends");
     }
 
     #[test]

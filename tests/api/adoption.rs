@@ -1591,6 +1591,62 @@ async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_a
     );
 }
 
+/// The same across a change of the app's settings: B runs in the app's new runtime while A's
+/// create, made in the old one, is held. B still waits for A's turn at the address and asks
+/// again after A's create: never a second account. (Each runtime had turns of its own: B
+/// created a second account.)
+#[tokio::test]
+async fn a_change_of_settings_between_two_people_with_one_address_makes_no_second_account() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        holds_posts: true,
+        ..Misbehaviour::default()
+    });
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "changed",
+        &base,
+        json!({"max_concurrency": 2, "timeout_ms": 60_000}),
+    )
+    .await;
+    let person = |i: usize, employee: &str| {
+        joiner(
+            &format!("ch{i}"),
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({"email": "changed@example.com", "given_name": employee}),
+        )
+    };
+    app.post_event(&person(0, "CH-A")).await;
+    eventually("A's create held", Duration::from_secs(20), || async {
+        stub.seen().iter().any(|s| s.method == "POST").then_some(())
+    })
+    .await;
+    app.patch(
+        &format!("/api/v1/apps/{app_id}"),
+        &json!({"timeout_ms": 59_000}),
+    )
+    .await
+    .expect(200);
+    app.post_event(&person(1, "CH-B")).await;
+    // B's job, in the new runtime, has its look-up answered meanwhile; give it time to act on
+    // it, as it did when it could.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stub.release_posts();
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "one account for one address: {users:?}");
+    let dead = app.get("/api/v1/jobs?state=dead").await.body;
+    assert!(
+        dead["items"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conflict")),
+        "{dead}"
+    );
+}
+
 /// Where the connector says the target's listings leave accounts out (its guests), no listing
 /// answers a look-up: each is asked by filter, and the joiner whose account exists is adopted.
 #[tokio::test]
