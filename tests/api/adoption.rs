@@ -1535,6 +1535,21 @@ async fn a_listing_not_proven_complete_never_leads_to_a_second_account() {
 /// someone else. Never a second account on a target that allows one.
 #[tokio::test]
 async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_again() {
+    one_account_for_two_people_with_one_address("under-way", false).await;
+}
+
+/// The same across a change of the app's settings: the second person's job runs in the app's
+/// new runtime while the first's create, made in the old one, is held; it still waits for the
+/// first's turn at the address. (Each runtime had turns of its own: a second account.)
+#[tokio::test]
+async fn a_change_of_settings_between_two_people_with_one_address_makes_no_second_account() {
+    one_account_for_two_people_with_one_address("changed", true).await;
+}
+
+/// A joins and her create is held; B, with her address, joins meanwhile (after a change of the
+/// app's settings, if `change_settings`). Ends with one account, B's look-up asked again after
+/// A's create, and B's job dead with a conflict.
+async fn one_account_for_two_people_with_one_address(prefix: &str, change_settings: bool) {
     let app = spawn_app().await;
     let stub = Stub::new(Misbehaviour {
         allows_duplicates: true,
@@ -1544,33 +1559,42 @@ async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_a
     let base = serve(stub.clone()).await;
     let app_id = app_on(
         &app,
-        "under-way",
+        prefix,
         &base,
         // Longer than the waits below: the held create does not time out meanwhile.
         json!({"max_concurrency": 2, "timeout_ms": 60_000}),
     )
     .await;
+    let address = format!("{prefix}@example.com");
     let person = |i: usize, employee: &str| {
         joiner(
-            &format!("uw{i}"),
+            &format!("{prefix}{i}"),
             employee,
             "2026-11-01T09:00:00Z",
-            json!({"email": "under-way@example.com", "given_name": employee}),
+            json!({"email": address, "given_name": employee}),
         )
     };
     let look_ups = || {
         stub.seen()
             .iter()
-            .filter(|s| s.method == "GET" && s.query.contains("under-way@example.com"))
+            .filter(|s| s.method == "GET" && s.query.contains(&address))
             .count()
     };
-    app.post_event(&person(0, "WAY-A")).await;
+    app.post_event(&person(0, "A")).await;
     eventually("A's create held", Duration::from_secs(20), || async {
         stub.seen().iter().any(|s| s.method == "POST").then_some(())
     })
     .await;
+    if change_settings {
+        app.patch(
+            &format!("/api/v1/apps/{app_id}"),
+            &json!({"timeout_ms": 59_000}),
+        )
+        .await
+        .expect(200);
+    }
     // B is claimed now: its look-up ahead leaves while A's create is held.
-    app.post_event(&person(1, "WAY-B")).await;
+    app.post_event(&person(1, "B")).await;
     eventually(
         "B looked up while A's create is held",
         Duration::from_secs(20),
@@ -1582,62 +1606,6 @@ async fn a_look_up_answered_while_a_create_of_its_value_was_under_way_is_asked_a
     let users = stub.users();
     assert_eq!(users.len(), 1, "one account for one address: {users:?}");
     assert!(look_ups() >= 3, "B asked again after A's create");
-    let dead = app.get("/api/v1/jobs?state=dead").await.body;
-    assert!(
-        dead["items"][0]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("conflict")),
-        "{dead}"
-    );
-}
-
-/// The same across a change of the app's settings: B runs in the app's new runtime while A's
-/// create, made in the old one, is held. B still waits for A's turn at the address and asks
-/// again after A's create: never a second account. (Each runtime had turns of its own: B
-/// created a second account.)
-#[tokio::test]
-async fn a_change_of_settings_between_two_people_with_one_address_makes_no_second_account() {
-    let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        holds_posts: true,
-        ..Misbehaviour::default()
-    });
-    let base = serve(stub.clone()).await;
-    let app_id = app_on(
-        &app,
-        "changed",
-        &base,
-        json!({"max_concurrency": 2, "timeout_ms": 60_000}),
-    )
-    .await;
-    let person = |i: usize, employee: &str| {
-        joiner(
-            &format!("ch{i}"),
-            employee,
-            "2026-11-01T09:00:00Z",
-            json!({"email": "changed@example.com", "given_name": employee}),
-        )
-    };
-    app.post_event(&person(0, "CH-A")).await;
-    eventually("A's create held", Duration::from_secs(20), || async {
-        stub.seen().iter().any(|s| s.method == "POST").then_some(())
-    })
-    .await;
-    app.patch(
-        &format!("/api/v1/apps/{app_id}"),
-        &json!({"timeout_ms": 59_000}),
-    )
-    .await
-    .expect(200);
-    app.post_event(&person(1, "CH-B")).await;
-    // B's job, in the new runtime, has its look-up answered meanwhile; give it time to act on
-    // it, as it did when it could.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stub.release_posts();
-    app.settled(&app_id, Duration::from_secs(30)).await;
-    let users = stub.users();
-    assert_eq!(users.len(), 1, "one account for one address: {users:?}");
     let dead = app.get("/api/v1/jobs?state=dead").await.body;
     assert!(
         dead["items"][0]["last_error"]
