@@ -1,8 +1,9 @@
 //! HR snapshots under `kill -9` (issue 18, part 4): a real `roster serve` is killed while one
 //! snapshot is `diffing` (or early in `applying`, when the diff outruns the poll), then while
-//! one is `applying` (part-way) and the next is `received` behind it. Each restart resumes (the dead process's lease runs out after a second), and in
-//! the end every change of both files is applied exactly once: each person once, in the state
-//! the files say, one HR event per change, one account per person in scope.
+//! one is `applying` (part-way) and the next is `received` behind it. Each restart resumes
+//! (the dead process's lease runs out after a second), and in the end every change of both
+//! files is applied exactly once: each person once, in the state the files say, one HR event
+//! per change, one account per person in scope.
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
