@@ -87,25 +87,53 @@ fn claim_window(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
 /// Jobs claimed ahead of the app's slots, by its rate: twice its concurrency, at most its rate
 /// per second.
 fn ahead_room(settings: &AppSettings) -> u64 {
-    let concurrency = u64::from(settings.max_concurrency.max(1));
-    (2 * concurrency).min(u64::from(settings.rate_limit.per_second.max(1)))
+    ahead_of_slots(settings.rate_limit.per_second, settings.max_concurrency)
 }
 
-/// More jobs claimed ahead where an app's calls are scarce (`limiter::calls_are_scarce`) and it
-/// looks joiners up before creating them: up to [`LOOK_AHEAD_ROOM`] wait claimed, so that
-/// their look-ups, waiting until the first is needed, leave together as one call
-/// (`LookupBatcher::look_ahead`): a slow app spends about one call per account, not two. At
-/// most a quarter of what the process claims (`bound`), so that a slow app's backlog never
-/// takes the room of another app's jobs.
+fn ahead_of_slots(per_second: u32, max_concurrency: u32) -> u64 {
+    let concurrency = u64::from(max_concurrency.max(1));
+    (2 * concurrency).min(u64::from(per_second.max(1)))
+}
+
+/// More jobs claimed ahead where an app looks joiners up before creating them
+/// ([`room_to_look_ahead`]).
 fn look_ahead_room(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
-    let scarce =
-        limiter::calls_are_scarce(settings.rate_limit.per_second, settings.max_concurrency);
-    if !scarce || quirks.creates_before_looking(&settings.matching.target_attribute) {
+    room_to_look_ahead(
+        settings.rate_limit.per_second,
+        settings.max_concurrency,
+        !quirks.creates_before_looking(&settings.matching.target_attribute),
+        bound,
+    )
+}
+
+/// More jobs claimed ahead of an app's slots where it `looks_up_first` (its target does not
+/// promise to refuse a duplicate), so that the look-ups of jobs claimed together leave as one
+/// call (`LookupBatcher::look_ahead`) while its slots stay busy with the jobs already
+/// answered:
+/// - where its calls are scarce (`limiter::calls_are_scarce`), up to [`LOOK_AHEAD_ROOM`] wait
+///   claimed in all, their look-ups waiting until the first is needed: a slow app spends
+///   about one call per account, not two;
+/// - where they are plenty, a full batch's worth ([`LOOK_AHEAD_ROOM`]) more, waiting while
+///   their look-up gathers and is answered: each look-up then answers a full batch, one slot
+///   for that many accounts, instead of taking slots from the creates for a few each.
+///
+/// At most a quarter of what the process claims (`bound`), so that one app's backlog never
+/// takes the room of another app's jobs. Pure, so table-tested.
+fn room_to_look_ahead(
+    per_second: u32,
+    max_concurrency: u32,
+    looks_up_first: bool,
+    bound: usize,
+) -> u64 {
+    if !looks_up_first {
         return 0;
     }
-    LOOK_AHEAD_ROOM
-        .saturating_sub(ahead_room(settings))
-        .min(u64::try_from(bound / 4).unwrap_or(u64::MAX))
+    let room = if limiter::calls_are_scarce(per_second, max_concurrency) {
+        LOOK_AHEAD_ROOM.saturating_sub(ahead_of_slots(per_second, max_concurrency))
+    } else {
+        LOOK_AHEAD_ROOM
+    };
+    room.min(u64::try_from(bound / 4).unwrap_or(u64::MAX))
 }
 
 /// Jobs claimed in this process at most, in workers: those running, and twice as many waiting
@@ -1289,6 +1317,37 @@ async fn probe_due(delivery: &Delivery, interval: Duration) {
         if due <= now && !paused {
             let report = delivery.probe(&a).await;
             tracing::info!(app = %a.name, reachable = report.reachable, auth_ok = report.auth_ok, "Probed a quarantined app");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_that_looks_joiners_up_first_gets_room_for_a_batch_of_look_ups_ahead() {
+        // (per_second, max_concurrency, looks up first, the process's bound) → room
+        let table = [
+            // Calls plenty (its latency bounds them): a full batch more, within a quarter of
+            // the process's claims.
+            ((10_000, 32, true, 400), 25),
+            ((10_000, 32, true, 96), 24),
+            ((10_000, 32, false, 400), 0),
+            // Calls scarce (its rate bounds them): up to a batch claimed ahead in all.
+            ((10, 4, true, 400), 17),
+            ((2, 4, true, 400), 23),
+            ((100, 20, true, 400), 0),
+            ((10, 4, false, 400), 0),
+            ((2, 4, true, 8), 2),
+        ];
+        for ((per_second, concurrency, looks_up_first, bound), room) in table {
+            assert_eq!(
+                room_to_look_ahead(per_second, concurrency, looks_up_first, bound),
+                room,
+                "{per_second}/s, {concurrency} at once, looks up first: {looks_up_first}, \
+                 bound {bound}"
+            );
         }
     }
 }

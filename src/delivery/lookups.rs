@@ -14,9 +14,14 @@
 //!   every look-up (`userName` and `emails.value` ignoring case, anything else exactly): the
 //!   client drops accounts that answer none of the asked values (a target that ignores or
 //!   misreads the filter), and each job gets only the accounts that hold its own value.
-//! - Up to two look-ups of an app are in flight at once; a look-up made when fewer are leaves
-//!   at once (alone), so merging adds no wait when the app is idle. Those made meanwhile queue
-//!   and leave together, up to 25 values per listing.
+//! - Up to two look-ups of an app are in flight at once; a job's own look-up made when fewer
+//!   are leaves at once (alone), so merging adds no wait when the app is idle. Those made
+//!   meanwhile queue and leave together, up to 25 values per listing.
+//! - Where the app's calls are plenty, a look-up started ahead (at its job's claim) leaves at
+//!   once when none of the app's look-ups is under way, else with a full batch of 25, or with
+//!   the next batch to leave (`leaves_now`): under load each call answers 25 accounts, and
+//!   the calls the look-ups take from the app's slots stay few (the engine claims a batch's
+//!   worth more of such an app's jobs, so its slots stay busy meanwhile).
 //! - Where the app's calls are scarce, a look-up started ahead waits until its job needs it and
 //!   while more jobs than the app's slots hold an answer (`holds_back`); then it leaves with
 //!   every look-up queued meanwhile. A job's own look-up (none ahead, or after a 409) leaves at
@@ -245,18 +250,63 @@ struct Waiter {
     /// Calls made for it that answered nothing (a listing not proven complete): in its job's
     /// log with the call that answers it.
     earlier: Vec<CallRecord>,
-    /// Started ahead while the app's calls were scarce: it leaves only when the jobs already
-    /// answered run low (see [`holds_back`]).
-    scarce: bool,
+    /// When it leaves before its job needs it (then it leaves at once, as a job's own
+    /// look-up does).
+    ahead: Ahead,
     /// The job's span and tags: a call made for it is its span's child, tagged as its own.
     span: tracing::Span,
     job: execute::JobCallContext,
+}
+
+/// When a look-up started ahead leaves, before its job needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+    /// A job's own look-up (none ahead, or after a 409): it is needed at once.
+    No,
+    /// Where the app's calls are plenty (its target's latency bounds them): with a batch,
+    /// when none of the app's look-ups is under way or a full batch is queued (see
+    /// [`leaves_now`]).
+    WithBatch,
+    /// Where the app's calls are scarce (its rate limit bounds them): only once its job needs
+    /// it, and then only when the jobs already answered run low (see [`holds_back`]).
+    WhenNeeded,
 }
 
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Waiter>,
     dispatchers: usize,
+    /// Dispatchers whose batch is under way (asked, not answered yet).
+    sending: usize,
+}
+
+impl Queue {
+    /// Queued look-ups that leave once wanted (their job waits), and queued look-ups that
+    /// leave with a batch, wanted or not ([`Ahead::WithBatch`]).
+    fn counts(&self) -> (usize, usize) {
+        self.waiting.iter().fold((0, 0), |(wanted, ahead), w| {
+            if w.ahead == Ahead::WithBatch {
+                (wanted, ahead + 1)
+            } else if w.wanted() {
+                (wanted + 1, ahead)
+            } else {
+                (wanted, ahead)
+            }
+        })
+    }
+}
+
+/// A dispatcher's batch under way: counted out of `Queue::sending` once answered (or dropped),
+/// and a dispatcher holding look-ups started ahead looks again.
+struct Sending<'a>(&'a LookupBatcher);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut queue) = self.0.queue.lock() {
+            queue.sending = queue.sending.saturating_sub(1);
+        }
+        self.0.matching.changed.notify_waiters();
+    }
 }
 
 /// One app's merged look-ups (part of its runtime: rebuilt when its settings change).
@@ -657,7 +707,24 @@ fn holds_back(answered_waiting: usize, slots: usize, queued: usize) -> bool {
     answered_waiting > slots && queued < MAX_VALUES
 }
 
+/// Whether queued look-ups leave now, by how many are `wanted` (their job waits for the
+/// answer), how many were started `ahead` where the app's calls are plenty (their jobs will
+/// need them soon), and how many of the app's look-ups are under way (`sending`). A wanted
+/// one leaves at once; those started ahead leave when none is under way (an idle app adds no
+/// wait) or a full listing's worth (`MAX_VALUES`) is queued: under load each look-up then
+/// answers a full batch, and spends one of the app's call slots for 25 accounts instead of
+/// a few. Pure, so table-tested.
+fn leaves_now(wanted: usize, ahead: usize, sending: usize) -> bool {
+    wanted > 0 || (ahead > 0 && (sending == 0 || ahead >= MAX_VALUES))
+}
+
 impl Waiter {
+    /// Its job waits for the answer and it leaves on that alone (not one that leaves with a
+    /// batch: see [`leaves_now`]).
+    fn wanted(&self) -> bool {
+        self.ahead != Ahead::WithBatch && self.wanted.load(Ordering::Acquire)
+    }
+
     fn answer(self, found: Result<Vec<Value>, ScimError>, calls: &[CallRecord]) {
         let mut all = self.earlier;
         all.extend_from_slice(calls);
@@ -762,7 +829,7 @@ impl LookupBatcher {
                     value,
                     tracing::Span::current(),
                     execute::job_call_context(),
-                    true,
+                    Ahead::No,
                 )
                 .map(|(answer, _)| answer),
         };
@@ -802,7 +869,8 @@ impl LookupBatcher {
     /// `scarce`: the app is short of tokens (its calls wait for its rate limit). The look-up
     /// then waits in the queue until the job needs it, so that the look-ups of the jobs
     /// claimed meanwhile leave with it as one call (a merged listing, or a read of the whole
-    /// target: see [`plan`]); otherwise it leaves at once, off the job's critical path.
+    /// target: see [`plan`]); otherwise it leaves with a batch ahead of its job ([`leaves_now`]),
+    /// off the job's critical path.
     pub fn look_ahead(
         self: &Arc<Self>,
         client: &ScimClient,
@@ -815,7 +883,12 @@ impl LookupBatcher {
         if let Some(ahead) = self.listed_look_ahead(client, attr, value) {
             return Some(ahead);
         }
-        let (answer, wanted) = self.enqueue(client, attr, value, span, job, !scarce)?;
+        let ahead = if scarce {
+            Ahead::WhenNeeded
+        } else {
+            Ahead::WithBatch
+        };
+        let (answer, wanted) = self.enqueue(client, attr, value, span, job, ahead)?;
         Some(LookAhead {
             attr: attr.to_owned(),
             value: value.to_owned(),
@@ -885,8 +958,9 @@ impl LookupBatcher {
         })
     }
 
-    /// Queues a look-up of `value`; if it is `wanted` now, starts a dispatcher if fewer than
-    /// `MAX_DISPATCHERS` run. `None` when it cannot be merged (the caller looks up alone).
+    /// Queues a look-up of `value` (needed now, or started `ahead`) and starts a dispatcher
+    /// if it may leave ([`Self::kick`]). `None` when it cannot be merged (the caller looks up
+    /// alone).
     fn enqueue(
         self: &Arc<Self>,
         client: &ScimClient,
@@ -894,21 +968,20 @@ impl LookupBatcher {
         value: &str,
         span: tracing::Span,
         job: execute::JobCallContext,
-        wanted: bool,
+        ahead: Ahead,
     ) -> Option<(oneshot::Receiver<Reply>, Arc<AtomicBool>)> {
         if !batchable(attr) || self.or_refused.load(Ordering::Relaxed) {
             return None;
         }
         let (reply, answer) = oneshot::channel();
-        let wanted_now = wanted;
-        let wanted = Arc::new(AtomicBool::new(wanted));
+        let wanted = Arc::new(AtomicBool::new(ahead == Ahead::No));
         {
             let mut queue = self.queue.lock().ok()?;
             queue.waiting.push_back(Waiter {
                 attr: attr.to_owned(),
                 value: value.to_owned(),
                 reply,
-                scarce: !wanted_now,
+                ahead,
                 wanted: wanted.clone(),
                 earlier: Vec::new(),
                 span,
@@ -919,14 +992,15 @@ impl LookupBatcher {
         Some((answer, wanted))
     }
 
-    /// Starts a dispatcher if a look-up is wanted and fewer than `MAX_DISPATCHERS` run.
+    /// Starts a dispatcher if fewer than `MAX_DISPATCHERS` run and a look-up is wanted, or
+    /// look-ups started ahead may leave ([`leaves_now`]) and every running dispatcher is
+    /// under way (one that is not takes them).
     fn kick(self: &Arc<Self>, client: &ScimClient) {
         let start = self.queue.lock().is_ok_and(|mut queue| {
+            let (wanted, ahead) = queue.counts();
             let start = queue.dispatchers < MAX_DISPATCHERS
-                && queue
-                    .waiting
-                    .iter()
-                    .any(|w| w.wanted.load(Ordering::Acquire));
+                && (wanted > 0
+                    || (queue.sending == queue.dispatchers && leaves_now(0, ahead, queue.sending)));
             if start {
                 queue.dispatchers += 1;
             }
@@ -939,22 +1013,44 @@ impl LookupBatcher {
         self.matching.changed.notify_waiters();
     }
 
-    /// Takes the next batch and how to ask it: the first wanted waiter and more for the same
-    /// attribute (up to `MAX_VALUES`, or every one when the target's listing is read); empty
-    /// when none is wanted. Waiters whose job no longer waits are dropped.
+    /// Takes the next batch and how to ask it: the first wanted waiter (or, when they may
+    /// leave, the first started ahead with a batch) and more for the same attribute (up to
+    /// `MAX_VALUES`, or every one when the target's listing is read); `None` while look-ups
+    /// wait for others to leave with; empty when none may leave. Waiters whose job no longer
+    /// waits are dropped. A batch taken counts as under way (`Queue::sending`).
     fn next_batch(&self, client: &ScimClient) -> Option<(Vec<Waiter>, Plan)> {
         let Ok(mut queue) = self.queue.lock() else {
             return Some((Vec::new(), Plan::Alone));
         };
         queue.waiting.retain(|w| !w.reply.is_closed());
-        let wanted = |w: &Waiter| w.wanted.load(Ordering::Acquire);
-        let Some(at) = queue.waiting.iter().position(wanted) else {
+        let wanted = Waiter::wanted;
+        let (wanted_count, ahead_count) = queue.counts();
+        let first = if wanted_count > 0 {
+            queue.waiting.iter().position(wanted)
+        } else if ahead_count > 0 {
+            if !leaves_now(0, ahead_count, queue.sending) {
+                return None;
+            }
+            queue
+                .waiting
+                .iter()
+                .position(|w| w.ahead == Ahead::WithBatch)
+        } else {
+            None
+        };
+        let Some(at) = first else {
             return Some((Vec::new(), Plan::Alone));
         };
         let attr = queue.waiting[at].attr.clone();
         let pending = queue.waiting.iter().filter(|w| w.attr == attr).count();
         // Only look-ups started ahead of a scarce app's calls wait for others.
-        if queue.waiting.iter().filter(|w| wanted(w)).all(|w| w.scarce) {
+        if wanted_count > 0
+            && queue
+                .waiting
+                .iter()
+                .filter(|w| wanted(w))
+                .all(|w| w.ahead == Ahead::WhenNeeded)
+        {
             let matching = queue.waiting.iter().filter(|w| wanted(w)).count();
             let answered = self
                 .matching
@@ -1006,6 +1102,7 @@ impl LookupBatcher {
         } else {
             plan
         };
+        queue.sending += 1;
         Some((batch, plan))
     }
 
@@ -1152,6 +1249,7 @@ impl LookupBatcher {
             if batch.is_empty() {
                 return;
             }
+            let _sending = Sending(&self);
             batch[0].span.in_scope(|| {
                 let wanted = batch
                     .iter()
@@ -1774,6 +1872,123 @@ mod tests {
                 "{answered} answered, {slots} slots, {queued} queued"
             );
         }
+    }
+
+    #[test]
+    fn look_ups_started_ahead_leave_when_none_is_under_way_or_with_a_full_batch() {
+        // (wanted now, started ahead, under way) → leave now
+        let table = [
+            ((0, 0, 0), false),
+            ((1, 0, 0), true),
+            ((1, 0, 2), true),
+            ((0, 1, 0), true),
+            ((0, 1, 1), false),
+            ((0, 24, 1), false),
+            ((0, 25, 1), true),
+            ((0, 30, 2), true),
+        ];
+        for ((wanted, ahead, sending), leaves) in table {
+            assert_eq!(
+                leaves_now(wanted, ahead, sending),
+                leaves,
+                "{wanted} wanted, {ahead} ahead, {sending} under way"
+            );
+        }
+    }
+
+    /// Under load, where the app's calls are plenty, each merged look-up answers a full batch:
+    /// look-ups started ahead while one is under way wait for 25 to leave together, instead
+    /// of a second call leaving at once with one value (each call takes one of the app's
+    /// slots from its creates). Every job still gets exactly its own answer.
+    #[tokio::test]
+    async fn look_ups_started_ahead_while_one_is_under_way_leave_as_a_full_batch() {
+        use crate::dev_target::{DevTargetArgs, Kind, spawn};
+        use crate::net_guard::TargetPolicy;
+        use crate::scim::{Auth, TargetConfig};
+        let target = spawn(DevTargetArgs {
+            latency_ms: 400,
+            ..DevTargetArgs::default()
+        })
+        .await
+        .expect("dev-target");
+        let name = |i: usize| format!("ahead-{i}@example.com");
+        let mut ids = HashMap::new();
+        for i in [0, 3, 20, 30] {
+            let created = target
+                .insert(
+                    Kind::User,
+                    serde_json::json!({"schemas": [crate::scim::schemas::USER],
+                                       "userName": name(i)}),
+                )
+                .expect("insert");
+            ids.insert(i, id_of(&created).expect("id").to_owned());
+        }
+        let calls: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut config = TargetConfig::new(
+            target.base_url().parse().expect("url"),
+            Auth::None,
+            TargetPolicy::AllowPrivate,
+        );
+        let sink = calls.clone();
+        config.observer = Some(Arc::new(move |r: &CallRecord| {
+            if r.method == "GET"
+                && r.path.contains("filter")
+                && let Ok(mut calls) = sink.lock()
+            {
+                calls.push(r.path.clone());
+            }
+        }));
+        let client = ScimClient::new(config).expect("client");
+        let batcher = Arc::new(LookupBatcher::new(32));
+        // By filter only: what is under test is when the look-ups leave, not how.
+        batcher.listing.lock().expect("knowledge").unproven = true;
+        let ahead = |i: usize| {
+            batcher
+                .look_ahead(
+                    &client,
+                    "userName",
+                    &name(i),
+                    tracing::Span::none(),
+                    execute::job_call_context(),
+                    false,
+                )
+                .expect("merged")
+        };
+        // The first leaves at once, alone: nothing else is under way.
+        let mut aheads = vec![ahead(0)];
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 30 more while it is under way, each given the chance to leave at once.
+        for i in 1..=30 {
+            aheads.push(ahead(i));
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut found = Vec::new();
+        for (i, ahead) in aheads.into_iter().enumerate() {
+            let answer = batcher
+                .find_or_take(&client, "userName", &name(i), Some(ahead))
+                .await
+                .expect("answered");
+            found.push((i, answer.accounts));
+        }
+        for (i, accounts) in found {
+            let got: Vec<&str> = accounts.iter().filter_map(id_of).collect();
+            let want: Vec<&str> = ids.get(&i).map(String::as_str).into_iter().collect();
+            assert_eq!(got, want, "{}", name(i));
+        }
+        let mut values_per_call: Vec<usize> = calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .map(|path| path.matches(" eq ").count())
+            .collect();
+        // The call records show no value (they are redacted): each comparison is one.
+        values_per_call.sort_unstable();
+        assert_eq!(
+            values_per_call,
+            [1, 5, 25],
+            "the first alone, then a full batch, then the rest once no call was under way"
+        );
     }
 
     #[test]
