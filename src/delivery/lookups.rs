@@ -250,17 +250,16 @@ struct Waiter {
     /// Calls made for it that answered nothing (a listing not proven complete): in its job's
     /// log with the call that answers it.
     earlier: Vec<CallRecord>,
-    /// When it leaves before its job needs it (then it leaves at once, as a job's own
-    /// look-up does).
+    /// Whether it was started ahead of its job, and so when it leaves.
     ahead: Ahead,
     /// The job's span and tags: a call made for it is its span's child, tagged as its own.
     span: tracing::Span,
     job: execute::JobCallContext,
 }
 
-/// When a look-up started ahead leaves, before its job needs it.
+/// Whether a queued look-up was started ahead of its job, and so when it leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ahead {
+enum Ahead {
     /// A job's own look-up (none ahead, or after a 409): it is needed at once.
     No,
     /// Where the app's calls are plenty (its target's latency bounds them): with a batch,
@@ -1023,18 +1022,16 @@ impl LookupBatcher {
             return Some((Vec::new(), Plan::Alone));
         };
         queue.waiting.retain(|w| !w.reply.is_closed());
-        let wanted = Waiter::wanted;
-        let (wanted_count, ahead_count) = queue.counts();
-        let first = if wanted_count > 0 {
-            queue.waiting.iter().position(wanted)
-        } else if ahead_count > 0 {
-            if !leaves_now(0, ahead_count, queue.sending) {
-                return None;
-            }
+        let (wanted, ahead) = queue.counts();
+        let first = if wanted > 0 && !self.held_back(&queue) {
+            queue.waiting.iter().position(Waiter::wanted)
+        } else if leaves_now(0, ahead, queue.sending) {
             queue
                 .waiting
                 .iter()
                 .position(|w| w.ahead == Ahead::WithBatch)
+        } else if wanted + ahead > 0 {
+            return None;
         } else {
             None
         };
@@ -1043,24 +1040,6 @@ impl LookupBatcher {
         };
         let attr = queue.waiting[at].attr.clone();
         let pending = queue.waiting.iter().filter(|w| w.attr == attr).count();
-        // Only look-ups started ahead of a scarce app's calls wait for others.
-        if wanted_count > 0
-            && queue
-                .waiting
-                .iter()
-                .filter(|w| wanted(w))
-                .all(|w| w.ahead == Ahead::WhenNeeded)
-        {
-            let matching = queue.waiting.iter().filter(|w| wanted(w)).count();
-            let answered = self
-                .matching
-                .held
-                .load(Ordering::Acquire)
-                .saturating_sub(matching);
-            if holds_back(answered, self.slots, pending) {
-                return None;
-            }
-        }
         let quirks = client.quirks();
         let merges = quirks.merges_lookups() && quirks.filters_on(&attr);
         let known = self.listing.lock().map(|k| *k).unwrap_or(ListingKnowledge {
@@ -1104,6 +1083,30 @@ impl LookupBatcher {
         };
         queue.sending += 1;
         Some((batch, plan))
+    }
+
+    /// Whether the wanted look-ups of `queue` wait for others: only where every one was started
+    /// ahead of a scarce app's calls, while the jobs already answered keep the app busy
+    /// ([`holds_back`]).
+    fn held_back(&self, queue: &Queue) -> bool {
+        let mut wanted = queue.waiting.iter().filter(|w| w.wanted()).peekable();
+        let Some(attr) = wanted.peek().map(|w| w.attr.clone()) else {
+            return false;
+        };
+        let mut matching = 0;
+        for w in wanted {
+            if w.ahead != Ahead::WhenNeeded {
+                return false;
+            }
+            matching += 1;
+        }
+        let pending = queue.waiting.iter().filter(|w| w.attr == attr).count();
+        let answered = self
+            .matching
+            .held
+            .load(Ordering::Acquire)
+            .saturating_sub(matching);
+        holds_back(answered, self.slots, pending)
     }
 
     /// Puts `batch` back at the front of the queue (a listing that proved nothing): asked by
