@@ -81,15 +81,13 @@ const DEFAULT_CLAIM_WINDOW: u64 = 8;
 /// the process, in front of jobs claimed later (a leaver's has room of its own).
 fn claim_window(settings: &AppSettings, quirks: &Quirks, bound: usize) -> u64 {
     let concurrency = u64::from(settings.max_concurrency.max(1));
-    concurrency + ahead_room(settings) + look_ahead_room(settings, quirks, bound)
+    concurrency
+        + ahead_of_slots(settings.rate_limit.per_second, settings.max_concurrency)
+        + look_ahead_room(settings, quirks, bound)
 }
 
 /// Jobs claimed ahead of the app's slots, by its rate: twice its concurrency, at most its rate
 /// per second.
-fn ahead_room(settings: &AppSettings) -> u64 {
-    ahead_of_slots(settings.rate_limit.per_second, settings.max_concurrency)
-}
-
 fn ahead_of_slots(per_second: u32, max_concurrency: u32) -> u64 {
     let concurrency = u64::from(max_concurrency.max(1));
     (2 * concurrency).min(u64::from(per_second.max(1)))
