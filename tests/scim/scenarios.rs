@@ -307,6 +307,39 @@ pub async fn merged_lookups(client: &ScimClient, calls: &Calls) {
     }
     assert!(found[3].as_ref().unwrap().is_empty());
     assert!(found[4].as_ref().unwrap().is_empty());
+    // The same values started ahead, as the engine starts them at each job's claim where the
+    // app's calls are plenty: the first leaves alone, the rest with the next batch; each job
+    // takes exactly what its own look-up found.
+    let batcher = Arc::new(LookupBatcher::new(32));
+    let aheads: Vec<_> = asked
+        .iter()
+        .map(|value| {
+            batcher
+                .look_ahead(
+                    client,
+                    "userName",
+                    value,
+                    tracing::Span::none(),
+                    roster::delivery::execute::job_call_context(),
+                    false,
+                )
+                .expect("merged")
+        })
+        .collect();
+    for ((value, ahead), own) in asked.iter().zip(aheads).zip(&found) {
+        let taken = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            batcher.find_or_take(client, "userName", value, Some(ahead)),
+        )
+        .await
+        .expect("a look-up started ahead leaves")
+        .unwrap();
+        assert_eq!(
+            ids(&taken.accounts),
+            ids(own.as_ref().unwrap()),
+            "started ahead: {value:?}"
+        );
+    }
     for id in &created {
         client.users().delete(id).await.unwrap();
     }
