@@ -473,9 +473,9 @@ enum BatchFailure {
     /// A 4xx other than auth, timeout or throttling: the target cannot take the `or` filter.
     /// Every job looks up alone, now and from then on.
     RefusesOr,
-    /// A 5xx without `Retry-After`, an answer that could not be read, or a time-out (408, or
-    /// no answer in time): perhaps the target fails on, or is slow with, the `or` filter
-    /// itself. Every job of this batch looks up alone, instead of spending an attempt.
+    /// A 5xx without `Retry-After`, an answer that could not be read or was cut short of its
+    /// `totalResults`, or a time-out (408, or no answer in time): perhaps the target fails on,
+    /// or is slow with, the `or` filter itself. Every job of this batch looks up alone, instead of spending an attempt.
     RetryAlone,
     /// Throttled or told to wait (`Retry-After`), credentials refused, or no connection at
     /// all: every job met that answer and retries by the policy, instead of each asking a
@@ -485,6 +485,8 @@ enum BatchFailure {
 
 fn after_failed_batch(error: &ScimError) -> BatchFailure {
     match (error, error.status()) {
+        // An answer that did not fit, or moved under, its pages: one value's answer is smaller.
+        (ScimError::IncompleteListing { .. }, _) => BatchFailure::RetryAlone,
         (_, Some(408)) => BatchFailure::RetryAlone,
         (_, Some(401 | 403 | 429)) => BatchFailure::Shared,
         (_, Some(400..=499)) => BatchFailure::RefusesOr,
@@ -580,8 +582,10 @@ fn plan(pending: usize, merges: bool, known: &ListingKnowledge, page_size: u32) 
 /// A listing read page by page, and whether it proves that an account it does not hold is
 /// absent. Nothing wraps, no page is marked unproven, every account has an id, and either
 /// - (index paging, or one unpaged answer) every page carries `totalResults`, it never shrinks
-///   (an account removed meanwhile could shift another past the pages read), and the distinct
-///   ids read are exactly the last `totalResults`; or
+///   (an account removed meanwhile could shift another past the pages read), no page moved
+///   under the walk (the pages overlap by one account, which must be where it was: an account
+///   removed and another added meanwhile leave the total as it was, yet shift the rest), and
+///   the distinct ids read are exactly the last `totalResults`; or
 /// - (cursor paging, RFC 9865, where `totalResults` is optional) the walk ended on a page
 ///   without `nextCursor` and met every id once: an id met twice means the listing shifted
 ///   under the walk, which may then have stepped over another account. A `totalResults`, if
@@ -623,6 +627,7 @@ impl ListingProof {
         }
         let unproven = page.unproven && !(self.partial_proves && page.partial);
         let provable = !page.wrapped
+            && !page.shifted
             && !unproven
             && self.by_cursor == page.cursor.is_some()
             && (self.by_cursor || page.total.is_some());
@@ -1132,6 +1137,7 @@ impl LookupBatcher {
         let asked_at = Instant::now();
         let mut pages = client.users().list_pages(ListQuery {
             page_size: client.quirks().page_size,
+            overlapping: true,
             ..ListQuery::default()
         });
         let quirks = client.quirks();
@@ -1527,6 +1533,7 @@ mod tests {
             resources: ids.iter().map(|id| json!({"id": id})).collect(),
             total,
             wrapped: false,
+            shifted: false,
             unproven: false,
             partial: false,
             cursor: None,
@@ -1601,10 +1608,16 @@ mod tests {
         let mut whole = page(&["a"], Some(1));
         whole.unproven = true;
         assert_eq!(read(&[whole], 5), unproven);
+        // `a` removed and `d` added between the pages: the total holds, the ids read match
+        // it, yet `c` moved onto the page read; the overlapping page says so.
+        let mut moved = page(&["d"], Some(3));
+        moved.shifted = true;
+        assert_eq!(read(&[page(&["a", "b"], Some(3)), moved], 5), unproven);
         let no_id = Page {
             resources: vec![json!({"userName": "a"})],
             total: Some(1),
             wrapped: false,
+            shifted: false,
             unproven: false,
             partial: false,
             cursor: None,
@@ -2074,6 +2087,12 @@ mod tests {
             reason: "not JSON".into(),
         };
         assert_eq!(after_failed_batch(&unreadable), BatchFailure::RetryAlone);
+        let cut_short = ScimError::IncompleteListing {
+            method: "GET".into(),
+            path: "/Users".into(),
+            reason: "2 resources read of the 3 its totalResults counts".into(),
+        };
+        assert_eq!(after_failed_batch(&cut_short), BatchFailure::RetryAlone);
         let timeout = ScimError::Transport {
             method: "GET".into(),
             path: "/Users".into(),

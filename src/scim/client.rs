@@ -299,6 +299,10 @@ pub struct ListQuery {
     pub attributes: Vec<String>,
     /// Wanted page size; clamped to the quirks' and the target's maximum.
     pub page_size: u32,
+    /// Index paging only: each page after the first is asked from the last resource of the
+    /// page before (which is not yielded twice), so that a page that does not begin with it
+    /// is marked [`Page::shifted`]. For listings that must prove an absence.
+    pub overlapping: bool,
 }
 
 fn header_text(headers: &header::HeaderMap, name: header::HeaderName) -> Option<String> {
@@ -1283,6 +1287,10 @@ pub struct Page {
     /// again: what it held was not all read. With index paging such a page has no resources
     /// (they were read already, or there were none).
     pub wrapped: bool,
+    /// Overlapping index paging ([`ListQuery::overlapping`]) only: this page did not begin
+    /// with the last resource of the page before. The listing moved under the walk, which may
+    /// have stepped over a resource: what it held was perhaps not all read.
+    pub shifted: bool,
     /// A page of a listing whose completeness nothing proves: a target that does not page
     /// (`paging: none`) answered without a `totalResults`, or its quirks say its user
     /// listings leave accounts out (`user_listings_complete: false`). What it holds is real,
@@ -1314,6 +1322,9 @@ struct Paging {
     fetched: u64,
     /// `id` of the first resource of page 1: seeing it again means the server wrapped round.
     first_id: Option<String>,
+    /// Overlapping index paging: `id` of the last resource read, which the next page must
+    /// begin with (`None`: the next page cannot be checked, and is `shifted`).
+    last_id: Option<String>,
     done: bool,
     /// The target answered `scimType: sensitive` to a filter in the URL: pages are asked
     /// with `POST …/.search` from then on.
@@ -1364,6 +1375,7 @@ fn cursor_page(
         resources: items,
         total,
         wrapped,
+        shifted: false,
         unproven: false,
         partial: false,
         cursor: Some(step),
@@ -1421,6 +1433,56 @@ impl SeenIds {
     /// caller refuses it with its own reason.
     fn first_time(&mut self, resource: &Value) -> bool {
         id_of(resource).is_none_or(|id| self.0.insert(id.to_owned()))
+    }
+}
+
+/// Whether a filtered answer, read page by page (overlapping), holds everything it counts:
+/// no page came round to the first again or moved under the walk, `totalResults` never
+/// shrank, and the distinct resources read reach the last `totalResults` (an answer without
+/// one cannot be checked, and is taken as whole).
+#[derive(Debug, Default)]
+struct WholeAnswer {
+    ids: std::collections::HashSet<String>,
+    without_id: u64,
+    total: Option<u64>,
+    wrapped: bool,
+    moved: bool,
+}
+
+impl WholeAnswer {
+    fn page(&mut self, page: &Page) {
+        self.wrapped |= page.wrapped;
+        self.moved |= page.shifted
+            || page
+                .total
+                .is_some_and(|now| self.total.is_some_and(|t| now < t));
+        self.total = page.total.or(self.total);
+        for resource in &page.resources {
+            match id_of(resource) {
+                Some(id) => {
+                    self.ids.insert(id.to_owned());
+                }
+                None => self.without_id += 1,
+            }
+        }
+    }
+
+    /// Why the answer is not whole, if it is not.
+    fn short_by(&self) -> Option<String> {
+        let read = self.ids.len() as u64 + self.without_id;
+        if self.wrapped {
+            return Some(format!(
+                "the pages came round to the first after {read} resources"
+            ));
+        }
+        if self.moved {
+            return Some(format!(
+                "resources moved between its pages ({read} read): one may have been stepped over"
+            ));
+        }
+        self.total
+            .filter(|&total| read < total)
+            .map(|total| format!("{read} resources read of the {total} its totalResults counts"))
     }
 }
 
@@ -1691,18 +1753,37 @@ impl Resources {
             filter: Some(terms.join(" or ")),
             attributes: Vec::new(),
             page_size: self.client.inner.quirks.page_size,
+            overlapping: true,
         };
         let mut seen = SeenIds::default();
-        self.list_query(query)
-            .try_filter(|resource| {
+        let mut whole = WholeAnswer::default();
+        let mut found = Vec::new();
+        let mut pages = self.list_pages(query);
+        while let Some(page) = pages.try_next().await? {
+            whole.page(&page);
+            for resource in page.resources {
                 let wanted = values
                     .iter()
-                    .any(|v| filter::holds_value(resource, attr, v));
-                futures::future::ready(wanted && seen.first_time(resource))
-            })
-            .try_collect()
-            .await
-            .map(Some)
+                    .any(|v| filter::holds_value(&resource, attr, v));
+                if wanted && seen.first_time(&resource) {
+                    found.push(resource);
+                }
+            }
+        }
+        // An answer cut short (one page of several served, a page skipped) would read as
+        // "no account" for the values it left out, and they would be created twice.
+        if let Some(reason) = whole.short_by() {
+            return Err(ScimError::IncompleteListing {
+                method: "GET".into(),
+                path: self
+                    .client
+                    .url(&[self.kind.endpoint()], &[])
+                    .path()
+                    .to_owned(),
+                reason,
+            });
+        }
+        Ok(Some(found))
     }
 
     /// Every resource, page by page (memory bounded by one page).
@@ -1731,6 +1812,7 @@ impl Resources {
             next_start: 1,
             fetched: 0,
             first_id: None,
+            last_id: None,
             done: false,
             search: false,
             cursor: String::new(),
@@ -1821,6 +1903,7 @@ impl Resources {
                         resources: items,
                         total,
                         wrapped: false,
+                        shifted: false,
                         unproven,
                         partial,
                         cursor: None,
@@ -1844,20 +1927,41 @@ impl Resources {
         if paging.next_start == 1 {
             paging.first_id = first_of_page;
         }
+        let mut items = items;
+        let received = items.len() as u64;
+        // Overlapping pages: a page after the first is asked from the last account of the one
+        // before, which must come back first. If it does not, accounts moved under the walk
+        // (one removed before it shifts the rest down, and the walk steps over an account).
+        let mut shifted = false;
+        if query.overlapping && paging.next_start > 1 {
+            let first = items.first().and_then(id_of);
+            if first.is_some() && first == paging.last_id.as_deref() {
+                items.remove(0);
+            } else {
+                shifted = true;
+            }
+        }
+        let overlap = u64::from(query.overlapping && received >= 2);
+        paging.last_id = if overlap == 1 {
+            items.last().and_then(id_of).map(str::to_owned)
+        } else {
+            None
+        };
         let n = items.len() as u64;
         paging.fetched += n;
         // Advance by what arrived, not by `count`: a server may cap pages below both.
-        paging.next_start += n;
+        paging.next_start += received - overlap;
         paging.done = n == 0
             || match total {
                 Some(total) => paging.fetched >= total,
-                None => n < u64::from(count),
+                None => received < u64::from(count),
             };
         Ok(Some((
             Page {
                 resources: items,
                 total,
                 wrapped: false,
+                shifted,
                 unproven: partial,
                 partial,
                 cursor: None,
@@ -1926,6 +2030,7 @@ impl Resources {
                 )),
                 attributes: Vec::new(),
                 page_size: quirks.page_size,
+                overlapping: false,
             };
             let answer: Result<Vec<Value>, ScimError> = self.list_query(query).try_collect().await;
             match answer {
@@ -2140,6 +2245,7 @@ mod tests {
             next_start: 1,
             fetched: 0,
             first_id: None,
+            last_id: None,
             done: false,
             search: false,
             cursor: String::new(),

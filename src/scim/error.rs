@@ -102,6 +102,15 @@ pub enum ScimError {
         status: u16,
         reason: String,
     },
+    /// A filtered listing ended before it held what its own `totalResults` counts, or came
+    /// round to its first page again: it proves nothing absent. Transient: a listing that
+    /// shifted under its pages may read whole the next time.
+    #[error("{method} {path}: incomplete answer: {reason}")]
+    IncompleteListing {
+        method: String,
+        path: String,
+        reason: String,
+    },
     /// The SSRF guard refused the target's address.
     #[error("{method} {path}: address refused: {reason}")]
     AddressRefused {
@@ -158,6 +167,7 @@ impl ScimError {
             Self::Transport { .. } => classify(None),
             // A body cut short by a 5xx is still a 5xx; a bad 2xx body will not improve.
             Self::BadResponse { status, .. } if *status >= 500 => ErrorClass::Transient,
+            Self::IncompleteListing { .. } => ErrorClass::Transient,
             Self::BadResponse { .. }
             | Self::AddressRefused { .. }
             | Self::InvalidInput(_)

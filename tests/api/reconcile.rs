@@ -99,6 +99,7 @@ impl Target {
             )),
             attributes: Vec::new(),
             page_size: 500,
+            overlapping: false,
         };
         let mut users: Vec<Value> = self
             .client()

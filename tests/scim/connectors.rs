@@ -1018,6 +1018,7 @@ async fn asana_leaves_guests_out_of_listings_so_the_connector_proves_no_absence(
         filter: None,
         attributes: Vec::new(),
         page_size: 100,
+        overlapping: false,
     };
     // Listed in one request as RFC 7644 answers it, the listing claims to be complete
     // (`totalResults` 1) and the guest reads as absent.

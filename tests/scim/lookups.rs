@@ -134,7 +134,7 @@ async fn a_target_refusing_or_filters_is_asked_one_value_at_a_time() {
 }
 
 /// A target that reads no filter values from a URL (`scimType: sensitive`) and answers
-/// `POST /Users/.search` instead, with pages that repeat an account and hold others; its
+/// `POST /Users/.search` instead, with pages that hold accounts not asked for; its
 /// PATCH and DELETE answer 200 with a body that is not JSON.
 #[handler]
 fn sensitive_listing() -> poem::Response {
@@ -157,15 +157,16 @@ struct SearchRequest {
 fn search(poem::web::Json(request): poem::web::Json<SearchRequest>) -> poem::Response {
     assert_eq!(request.schemas, [roster::scim::schemas::SEARCH_REQUEST]);
     assert!(request.filter.is_some_and(|f| f.contains("userName eq")));
-    // Page 2 repeats page 1's Ada; Bob and Carl answer a filter the target did not apply.
-    let page = if request.start_index == 1 {
-        json!([{"id": "a1", "userName": "ada"}, {"id": "b1", "userName": "bob"}])
-    } else {
-        json!([{"id": "c1", "userName": "carl"}, {"ID": "a1", "UserName": "Ada"}])
+    // Bob and Carl answer a filter the target did not apply. Page 2 is asked from page 1's
+    // last account (the pages overlap by one, so that a listing that moved is seen).
+    let page = match request.start_index {
+        1 => json!([{"id": "a1", "userName": "ada"}, {"id": "b1", "userName": "bob"}]),
+        2 => json!([{"ID": "b1", "UserName": "bob"}, {"id": "c1", "userName": "carl"}]),
+        _ => json!([]),
     };
     scim(
         200,
-        json!({"schemas": [roster::scim::schemas::LIST_RESPONSE], "totalResults": 4,
+        json!({"schemas": [roster::scim::schemas::LIST_RESPONSE], "totalResults": 3,
                "startIndex": request.start_index, "itemsPerPage": 2, "Resources": page}),
     )
 }
@@ -187,7 +188,7 @@ fn small_pages() -> poem::Response {
 }
 
 #[tokio::test]
-async fn a_sensitive_target_is_searched_by_post_and_answers_are_checked_and_counted_once() {
+async fn a_sensitive_target_is_searched_by_post_and_answers_are_checked() {
     let app = Route::new()
         .at("/v2/Users", get(sensitive_listing))
         .at("/v2/Users/.search", poem::post(search))
@@ -224,5 +225,130 @@ async fn a_sensitive_target_is_searched_by_post_and_answers_are_checked_and_coun
     assert_eq!(
         c.users().delete("a1").await.expect("a 200 to DELETE"),
         roster::scim::Deleted::Deleted
+    );
+}
+
+#[derive(serde::Deserialize)]
+struct PageParams {
+    filter: Option<String>,
+    #[serde(rename = "startIndex")]
+    start_index: Option<usize>,
+    count: Option<usize>,
+}
+
+/// Users `a`, `b` and `c`, listed in that order, pages of at most 2. Once a listing's first
+/// page is served, `a` is removed and `d` added: `totalResults` stays 3 while `c` and `d` move
+/// up a place. `userName eq` filters (joined by `or`) are answered from the accounts as they
+/// are then.
+fn moving_listing() -> impl poem::Endpoint {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let moved = Arc::new(AtomicBool::new(false));
+    poem::endpoint::make_sync(move |request: poem::Request| {
+        let Ok(params) = request.params::<PageParams>() else {
+            return scim(400, json!({"detail": "bad query"}));
+        };
+        let now: &[&str] = if moved.load(Ordering::SeqCst) {
+            &["b", "c", "d"]
+        } else {
+            &["a", "b", "c"]
+        };
+        let account = |name: &&str| {
+            json!({"id": format!("{name}1"), "userName": name,
+                   "schemas": [roster::scim::schemas::USER]})
+        };
+        let (total, page): (usize, Vec<Value>) = match params.filter {
+            Some(filter) => {
+                let found: Vec<Value> = now
+                    .iter()
+                    .filter(|name| filter.contains(&format!("\"{name}\"")))
+                    .map(account)
+                    .collect();
+                (found.len(), found)
+            }
+            None => {
+                let start = params.start_index.unwrap_or(1).max(1);
+                let count = params.count.unwrap_or(2).min(2);
+                let page = now
+                    .iter()
+                    .skip(start - 1)
+                    .take(count)
+                    .map(account)
+                    .collect();
+                if start == 1 {
+                    moved.store(true, Ordering::SeqCst);
+                }
+                (now.len(), page)
+            }
+        };
+        scim(
+            200,
+            json!({"schemas": [roster::scim::schemas::LIST_RESPONSE], "totalResults": total,
+                   "startIndex": params.start_index.unwrap_or(1), "itemsPerPage": page.len(),
+                   "Resources": page}),
+        )
+    })
+}
+
+/// Paged by index, a listing during which one account was removed and another added counts
+/// as many accounts as it read, yet stepped over one: `c` moved onto the page already read.
+/// Such a listing proves no absence (its pages overlap by one account, and the next page did
+/// not begin where the last ended); `c` is found by filter, never taken for absent and
+/// created a second time.
+#[tokio::test]
+async fn a_listing_that_moves_under_its_pages_proves_no_absence() {
+    let base = target(moving_listing()).await;
+    // One value per filter: three look-ups cost more calls than the two pages of the listing.
+    let (c, calls) = client(&base, bearer("t"), |settings| {
+        settings.quirks.page_size = 2;
+        settings.quirks.filter_or = false;
+    });
+    let batcher = Arc::new(LookupBatcher::default());
+    let found = crate::helpers::find_all(&batcher, &c, &["c", "y", "z"]).await;
+    let counts: Vec<usize> = found.into_iter().map(|f| f.unwrap().len()).collect();
+    assert_eq!(counts, [1, 0, 0], "c was there all along");
+    let paths: Vec<String> = calls.all().into_iter().map(|c| c.path).collect();
+    assert!(
+        paths.iter().any(|p| p.contains("filter=")),
+        "asked by filter after the listing: {paths:?}"
+    );
+}
+
+/// A target that serves one page of an `or` look-up however many accounts match (no paging,
+/// pages of 2): the merged answer falls short of its own `totalResults`, so it answers no
+/// value absent; each value is then asked alone, and every account is found.
+#[tokio::test]
+async fn a_merged_look_up_cut_short_of_its_total_answers_no_value_absent() {
+    let t = crate::helpers::spawn_target_with(
+        roster::dev_target::DevTargetArgs {
+            max_page_size: 2,
+            ..roster::dev_target::DevTargetArgs::default()
+        },
+        |settings| settings.quirks.paging = roster::scim::Paging::None,
+    )
+    .await;
+    let names = ["cut-1", "cut-2", "cut-3"];
+    for name in names {
+        t.target
+            .insert(roster::dev_target::Kind::User, crate::helpers::user(name))
+            .unwrap();
+    }
+    let short = t
+        .client
+        .users()
+        .find_by_any("userName", &names)
+        .await
+        .expect_err("a listing short of its total is no answer");
+    assert!(
+        short.to_string().contains("2 resources read of the 3"),
+        "{short}"
+    );
+    assert!(short.is_transient(), "{short}");
+    let batcher = Arc::new(LookupBatcher::default());
+    let found = crate::helpers::find_all(&batcher, &t.client, &names).await;
+    let counts: Vec<usize> = found.into_iter().map(|f| f.unwrap().len()).collect();
+    assert_eq!(
+        counts,
+        [1, 1, 1],
+        "every account found, none taken for absent"
     );
 }

@@ -168,6 +168,7 @@ pub async fn list_prefix(client: &ScimClient, prefix: &str, page_size: u32) -> V
         filter: Some(format!("userName sw {}", filter::json_string(prefix))),
         attributes: vec!["userName".into()],
         page_size,
+        overlapping: false,
     };
     let listed: Vec<serde_json::Value> = client
         .users()
