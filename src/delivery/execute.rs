@@ -312,6 +312,11 @@ pub fn look_ahead(
 /// The target account a user link holds and its last-applied snapshot: `None` for no link,
 /// a deleted one, or a create whose outcome is unknown (`pending`): the person is then matched
 /// before being created.
+/// The link says a create was sent and its outcome is unknown ([`LinkState::unsure`]).
+fn create_unsure(link: &link::Model) -> bool {
+    link.target_id.is_none() && link.state == "pending"
+}
+
 fn live_target(link: Option<&link::Model>) -> Option<(&str, &Value)> {
     link.filter(|l| l.state != "deleted" && l.state != "pending")
         .and_then(|l| {
@@ -488,16 +493,38 @@ fn matching_value<'c>(
     }
 }
 
+/// Where a job's matching look-up may be answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    /// The look-up started at the job's claim, a kept listing, or one merged with others'.
+    Shared,
+    /// The target, now, by this job alone: a create of this person may have landed after any
+    /// older answer was given (an unsure create, of another instance or before a crash), or
+    /// the target has just said the value is taken (409).
+    Afresh,
+}
+
 /// Matching before create: the target account whose matching attribute equals the rendered
 /// value. `None` when there is none; an error when several match (never guess whose it is).
 async fn find_match(
     ctx: &AppContext<'_>,
     person: &IdentityView,
+    asking: Asking,
 ) -> Result<Option<Value>, JobError> {
     let (attribute, value) = matching_value(ctx, person)?;
     doing(Operation::Adopt);
     // Only the job's first look-up may use the one started at its claim.
     let ahead = ctx.ahead.lock().ok().and_then(|mut ahead| ahead.take());
+    if asking == Asking::Afresh {
+        drop(ahead);
+        let found = ctx
+            .client
+            .users()
+            .find_by(attribute, &value)
+            .await
+            .map_err(|e| JobError::scim(Operation::Adopt, e))?;
+        return only_match(found, attribute);
+    }
     let answer = ctx
         .lookups
         .find_or_take(ctx.client, attribute, &value, ahead)
@@ -515,6 +542,11 @@ async fn find_match(
             .await
             .map_err(|e| JobError::scim(Operation::Adopt, e))?;
     }
+    only_match(found, attribute)
+}
+
+/// The one account a look-up found, if any; several are an error (never guess whose it is).
+fn only_match(mut found: Vec<Value>, attribute: &str) -> Result<Option<Value>, JobError> {
     match found.len() {
         0 => Ok(None),
         1 => Ok(found.pop()),
@@ -559,18 +591,21 @@ async fn adopt(
     Ok(Operation::Adopt)
 }
 
+/// `asking`: [`Asking::Afresh`] when the person's link says an earlier create's outcome is
+/// unknown.
 async fn create_or_adopt(
     ctx: &AppContext<'_>,
     person: &IdentityView,
     desired: &Value,
     writes: &mut JobWrites,
+    asking: Asking,
 ) -> Result<Operation, JobError> {
     let (attribute, value) = matching_value(ctx, person)?;
     // From the look-up to the create's answer, no other job of this app matches this value.
     let _turn = ctx.lookups.matching_turn(attribute, &value).await;
     // Where the target rejects a taken userName with 409, that answer is the look-up.
     if !ctx.client.quirks().creates_before_looking(attribute)
-        && let Some(account) = find_match(ctx, person).await?
+        && let Some(account) = find_match(ctx, person, asking).await?
     {
         return adopt(ctx, person, &account, desired, writes).await;
     }
@@ -603,7 +638,7 @@ async fn create_or_adopt(
             Ok(Operation::Create)
         }
         // The account exists after all: an earlier POST whose answer was lost, or a race.
-        Err(e) if e.is_conflict() => match find_match(ctx, person).await? {
+        Err(e) if e.is_conflict() => match find_match(ctx, person, Asking::Afresh).await? {
             Some(account) => adopt(ctx, person, &account, desired, writes).await,
             None => Err(JobError::scim(Operation::Create, e)),
         },
@@ -632,7 +667,12 @@ pub async fn deliver_user(
     if ctx.settings.scope.admits(view) {
         let desired = mapping::render_user(ctx.compiled, view);
         let Some((target_id, snapshot)) = live_target(existing) else {
-            return create_or_adopt(ctx, view, &desired, writes).await;
+            let asking = if existing.is_some_and(create_unsure) {
+                Asking::Afresh
+            } else {
+                Asking::Shared
+            };
+            return create_or_adopt(ctx, view, &desired, writes, asking).await;
         };
         let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, &desired, snapshot));
         let operation = if changes.is_empty() {
@@ -643,7 +683,7 @@ pub async fn deliver_user(
                 Ok(()) => Operation::Update,
                 // Deleted in the target by hand: create it again.
                 Err(e) if e.is_not_found() => {
-                    return create_or_adopt(ctx, view, &desired, writes).await;
+                    return create_or_adopt(ctx, view, &desired, writes, Asking::Shared).await;
                 }
                 Err(e) => {
                     if let Some(link) = existing {
@@ -670,14 +710,16 @@ pub async fn deliver_user(
     let Some(mut link) = existing.cloned() else {
         return Ok(Operation::Noop);
     };
-    if link.target_id.is_none() && link.state == "pending" {
+    if create_unsure(&link) {
         // Roster's own create may have landed unanswered: the account, if it is there, is
         // roster's, and leaves with the person.
-        let found = find_match(ctx, view).await?.filter(|account| {
-            account["userName"]
-                .as_str()
-                .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
-        });
+        let found = find_match(ctx, view, Asking::Afresh)
+            .await?
+            .filter(|account| {
+                account["userName"]
+                    .as_str()
+                    .is_some_and(|u| mapping::domain_managed(&ctx.settings.scope.spec(), u))
+            });
         let found = match found {
             Some(account) => {
                 match adoptable(ctx, ResourceKind::User, identity_id, &account).await {

@@ -1425,6 +1425,70 @@ async fn an_account_made_after_a_kept_listing_is_adopted_after_the_create_s_409(
     assert_eq!(others_after, others_before);
 }
 
+/// A create sent whose answer never came (another instance's, or one before a crash: the
+/// link is left `pending` without an account) may have made the account after a listing this
+/// instance keeps was read. The retry asks the target afresh, never that listing: the account
+/// is adopted, not created a second time where the target allows duplicate userNames.
+#[tokio::test]
+async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_before() {
+    use roster::store::entity::link;
+    use sea_orm::{ActiveModelTrait as _, Set};
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let (app_id, _, people) = joiners_claimed_together(&app, &stub, "unsure").await;
+    let (listings, _) = listings_and_look_ups(&stub);
+    assert!(listings >= 1, "the target's listing was read (and kept)");
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    app.post_event(&joiner(
+        "unsure-late",
+        "UNSURE-G",
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let g = identity_id(&app, "UNSURE-G").await;
+    // Another instance sent G's create; the target made the account, the answer was lost.
+    let landed = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER],
+               "userName": "unsure-g@example.com", "externalId": "UNSURE-G",
+               "name": {"givenName": "G", "familyName": "Unsure"}, "active": true}),
+    );
+    let now = chrono::Utc::now();
+    link::ActiveModel {
+        app_id: Set(app_id.clone()),
+        resource_kind: Set("user".into()),
+        resource_id: Set(g.clone()),
+        target_id: Set(None),
+        state: Set("pending".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&app.db)
+    .await
+    .expect("an unsure create");
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    app.settled(&app_id, Duration::from_secs(30)).await;
+
+    let users = stub.users();
+    assert_eq!(
+        users.len(),
+        people.len() + 1,
+        "no second account: {users:?}"
+    );
+    let link = link_of(&app, "user", &g).await.expect("G's link");
+    assert_eq!(link["target_id"].as_str(), Some(id_text(&landed).as_str()));
+    assert_eq!(link["state"], "linked");
+}
+
 /// An account found in an answer more than a moment old (a kept listing, a look-up sent
 /// ahead) may have become someone else's since: another writer renamed it. roster asks the
 /// target again before it adopts: the renamed account is not touched, and the joiner gets an
