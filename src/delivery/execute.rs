@@ -13,7 +13,7 @@ pub use super::lookups::LookAhead;
 use super::lookups::LookupBatcher;
 use super::staged::{JobWrites, LinkRow, LinkWrite};
 use crate::mapping::{self, CompiledMappings, IdentityView};
-use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, id_of};
+use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, filter, id_of};
 use crate::settings::{AppSettings, DeprovisionAction};
 use crate::store::entity::{app, group, group_member, identity, link};
 use crate::store::queue::{JobRequest, Lane, ResourceKind};
@@ -678,8 +678,25 @@ pub async fn deliver_user(
         let operation = if changes.is_empty() {
             Operation::Noop
         } else {
+            // A new matching value (a mover's new address): from here to the rename's answer
+            // no other job of this app matches that value, and answers given before it are
+            // not used (the next job with that value finds this account).
+            let renamed_to = matching_value(ctx, view)
+                .ok()
+                .filter(|(attribute, value)| !filter::holds_value(snapshot, attribute, value));
+            let turn = match &renamed_to {
+                Some((attribute, value)) => {
+                    let turn = ctx.lookups.matching_turn(attribute, value).await;
+                    ctx.lookups.renaming(attribute, value);
+                    Some(turn)
+                }
+                None => None,
+            };
             doing(Operation::Update);
-            match send_changes(ctx, target_id, &changes, &desired).await {
+            let sent = send_changes(ctx, target_id, &changes, &desired).await;
+            // Before a create below, which takes the turn of its value.
+            drop(turn);
+            match sent {
                 Ok(()) => Operation::Update,
                 // Deleted in the target by hand: create it again.
                 Err(e) if e.is_not_found() => {

@@ -944,14 +944,21 @@ impl LookupBatcher {
     /// Notes that a job is about to create an account whose matching `attr` is `value`: a
     /// look-up of that value sent ahead before now is not used (see [`Creates`]).
     pub fn creating(&self, attr: &str, value: &str) {
-        if let Ok(mut creates) = self.creates.lock() {
-            creates.started(attr, value, Instant::now());
-        }
+        self.renaming(attr, value);
         // The target grows: a listing costs what it will hold.
         if let Ok(mut known) = self.listing.lock()
             && let Some(accounts) = known.accounts.as_mut()
         {
             *accounts += 1;
+        }
+    }
+
+    /// Notes that a job is about to give an account it holds the matching `value` (a
+    /// mover's new address): as for a create, a look-up of that value answered before now is
+    /// not used, so that the next job with that value finds the account.
+    pub fn renaming(&self, attr: &str, value: &str) {
+        if let Ok(mut creates) = self.creates.lock() {
+            creates.started(attr, value, Instant::now());
         }
     }
 

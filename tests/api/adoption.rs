@@ -1489,6 +1489,56 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
     assert_eq!(link["state"], "linked");
 }
 
+/// A mover's new address, given to their account, is no longer "absent" in an answer given
+/// before (a kept listing): a joiner with that address asks the target again and finds the
+/// account, someone else's (a conflict, on the joiner's job); no second account with that
+/// userName is made where the target allows duplicates.
+#[tokio::test]
+async fn a_mover_s_new_address_is_found_by_the_next_look_up_of_it() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let (app_id, _, _) = joiners_claimed_together(&app, &stub, "rename").await;
+    let (listings, _) = listings_and_look_ups(&stub);
+    assert!(listings >= 1, "the target's listing was read (and kept)");
+    let new_address = "rename-z@example.com";
+    app.post_event(&event(
+        "rename-move",
+        "mover",
+        "RENAME-A",
+        "2026-11-02T09:00:00Z",
+        json!({"email": new_address}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let holding = |users: &[Value]| {
+        users
+            .iter()
+            .filter(|u| u["userName"] == new_address)
+            .map(id_text)
+            .collect::<Vec<_>>()
+    };
+    let renamed = holding(&stub.users());
+    assert_eq!(renamed.len(), 1, "A's account has the new address");
+    app.post_event(&joiner(
+        "rename-join",
+        "RENAME-Z",
+        "2026-11-02T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert_eq!(holding(&stub.users()), renamed, "no second account");
+    let z = identity_id(&app, "RENAME-Z").await;
+    let link = link_of(&app, "user", &z).await;
+    assert!(
+        link.as_ref().is_none_or(|l| l["target_id"].is_null()),
+        "{link:?}"
+    );
+}
+
 /// An account found in an answer more than a moment old (a kept listing, a look-up sent
 /// ahead) may have become someone else's since: another writer renamed it. roster asks the
 /// target again before it adopts: the renamed account is not touched, and the joiner gets an
