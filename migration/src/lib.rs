@@ -14,6 +14,7 @@ mod m20261203_000030_app_connector;
 mod m20261203_000040_reconcile_run_waiting;
 mod m20261205_000001_job_running_index;
 mod m20261206_000001_job_indexes_without_done;
+mod m20261207_000001_link_unsure_index;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000040_reconcile_run_waiting::Migration),
             Box::new(m20261205_000001_job_running_index::Migration),
             Box::new(m20261206_000001_job_indexes_without_done::Migration),
+            Box::new(m20261207_000001_link_unsure_index::Migration),
         ]
     }
 }

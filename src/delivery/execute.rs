@@ -223,21 +223,84 @@ async fn adoptable(
             "the matching target {noun} has no id"
         )));
     };
-    let other =
+    let reason =
         match linked_to_another(ctx.conn, &ctx.app.id, kind, &target_id, resource_id).await? {
-            Some(other) => Some(other),
-            // Not linked yet, but created or adopted by another job a moment ago.
-            None => ctx
-                .lookups
-                .claim(kind.as_str(), &target_id, resource_id)
-                .err(),
+            Some(other) => Some(belongs_to_another(kind, &target_id, &other)),
+            None => match unsure_create_of_another(ctx, kind, resource_id, account).await? {
+                Some(other) => Some(format!(
+                    "the target account {target_id} may be the create sent for identity \
+                     {other}, whose answer was lost; that identity's next delivery links it"
+                )),
+                // Not linked yet, but created or adopted by another job a moment ago.
+                None => ctx
+                    .lookups
+                    .claim(kind.as_str(), &target_id, resource_id)
+                    .err()
+                    .map(|other| belongs_to_another(kind, &target_id, &other)),
+            },
         };
-    if let Some(other) = other {
-        let reason = belongs_to_another(kind, &target_id, &other);
+    if let Some(reason) = reason {
         note_on_last_call(&reason);
         return Err(JobError::Unprocessable(reason));
     }
     Ok(target_id)
+}
+
+/// Unsure creates of other people of the app checked before an adoption: rare (a create's
+/// answer lost), at most the jobs in flight when an instance died.
+const UNSURE_CREATES_CHECKED: u64 = 1_000;
+
+/// Another identity of the app whose create was sent without an answer (its link `pending`,
+/// with no account) and whose matching value `account` holds: that create may have made
+/// `account`, which is then that identity's to link, not `resource_id`'s to adopt. More such
+/// creates than [`UNSURE_CREATES_CHECKED`] are taken as one that matches (never guess).
+async fn unsure_create_of_another(
+    ctx: &AppContext<'_>,
+    kind: ResourceKind,
+    resource_id: &str,
+    account: &Value,
+) -> Result<Option<String>, sea_orm::DbErr> {
+    use sea_orm::QuerySelect as _;
+    if kind != ResourceKind::User {
+        return Ok(None);
+    }
+    let attribute = ctx.settings.matching.target_attribute.as_str();
+    // Literals, not parameters: SQLite uses the partial index `idx_link_unsure` only then.
+    let unsure: Vec<String> = link::Entity::find()
+        .select_only()
+        .column(link::Column::ResourceId)
+        .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
+        .filter(sea_orm::sea_query::Expr::cust(
+            "resource_kind = 'user' AND state = 'pending' AND target_id IS NULL",
+        ))
+        .filter(link::Column::ResourceId.ne(resource_id))
+        .limit(UNSURE_CREATES_CHECKED + 1)
+        .into_tuple()
+        .all(ctx.conn)
+        .await?;
+    if unsure.len() as u64 > UNSURE_CREATES_CHECKED {
+        return Ok(unsure.into_iter().next());
+    }
+    if unsure.is_empty() {
+        return Ok(None);
+    }
+    let people = identity::Entity::find()
+        .filter(identity::Column::Id.is_in(shapes::padded(unsure)))
+        .all(ctx.conn)
+        .await?;
+    let employee_ids: Vec<String> = people.iter().map(|p| p.employee_id.clone()).collect();
+    let mut groups = super::people::group_names_of(ctx.conn, &employee_ids).await?;
+    Ok(people
+        .iter()
+        .find(|person| {
+            let view = super::people::view_of(
+                person,
+                groups.remove(&person.employee_id).unwrap_or_default(),
+            );
+            mapping::render_matching_value(ctx.compiled, &view, attribute)
+                .is_some_and(|value| filter::holds_value(account, attribute, &value))
+        })
+        .map(|person| person.id.clone()))
 }
 
 /// Why a job may not take the target account (or group) `target_id`: it is linked to `other`,

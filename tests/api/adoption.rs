@@ -1489,6 +1489,116 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
     assert_eq!(link["state"], "linked");
 }
 
+/// Two people with one address, P and Q. P's create was sent and its answer lost: the
+/// account there may be P's, and P's retry waits its turn. Q's look-up finds that account:
+/// Q does not adopt it (the conflict is Q's job's error, and the account is not written to);
+/// P's retry links it.
+#[tokio::test]
+async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopted() {
+    use roster::store::entity::link;
+    use sea_orm::{ActiveModelTrait as _, ConnectionTrait as _, Set};
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    });
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(&app, "unsure-other", &base, json!({})).await;
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    let address = json!({"email": "shared@example.com"});
+    for (event_id, employee) in [("shared-p", "SHARED-P"), ("shared-q", "SHARED-Q")] {
+        app.post_event(&joiner(
+            event_id,
+            employee,
+            "2026-11-01T09:00:00Z",
+            address.clone(),
+        ))
+        .await;
+    }
+    let p = identity_id(&app, "SHARED-P").await;
+    let q = identity_id(&app, "SHARED-Q").await;
+    // P's create landed unanswered; P's retry is due later.
+    let landed = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER],
+               "userName": "shared@example.com", "externalId": "SHARED-P",
+               "name": {"givenName": "P", "familyName": "Shared"}, "active": true}),
+    );
+    let landed_id = id_text(&landed);
+    let now = chrono::Utc::now();
+    link::ActiveModel {
+        app_id: Set(app_id.clone()),
+        resource_kind: Set("user".into()),
+        resource_id: Set(p.clone()),
+        target_id: Set(None),
+        state: Set("pending".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&app.db)
+    .await
+    .expect("P's unsure create");
+    let retry_at = |at: i64| {
+        format!("UPDATE job SET run_at = {at} WHERE app_id = '{app_id}' AND resource_id = '{p}'")
+    };
+    app.db
+        .execute_unprepared(&retry_at(9_000_000_000_000))
+        .await
+        .expect("P's retry later");
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    eventually("Q's job to end", Duration::from_secs(30), || async {
+        let open = app
+            .rows(&format!(
+                "SELECT id FROM job WHERE resource_id = '{q}' AND state IN ('pending', 'running')"
+            ))
+            .await;
+        open.is_empty().then_some(())
+    })
+    .await;
+    let written = |stub: &Stub| {
+        stub.seen()
+            .iter()
+            .filter(|s| s.method != "GET" && s.path.ends_with(&format!("/{landed_id}")))
+            .count()
+    };
+    assert_eq!(written(&stub), 0, "Q did not write to P's account");
+    let q_link = link_of(&app, "user", &q).await;
+    assert!(
+        q_link
+            .as_ref()
+            .is_none_or(|l| l["target_id"].as_str() != Some(landed_id.as_str())),
+        "{q_link:?}"
+    );
+    let q_error = app
+        .rows(&format!(
+            "SELECT last_error FROM job WHERE resource_id = '{q}' AND state = 'dead'"
+        ))
+        .await;
+    assert!(
+        q_error
+            .first()
+            .and_then(|r| r["last_error"].as_str())
+            .is_some_and(|e| e.contains("answer was lost")),
+        "{q_error:?}"
+    );
+
+    app.db
+        .execute_unprepared(&retry_at(0))
+        .await
+        .expect("P's retry now");
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let p_link = link_of(&app, "user", &p).await.expect("P's link");
+    assert_eq!(p_link["target_id"].as_str(), Some(landed_id.as_str()));
+    assert_eq!(p_link["state"], "linked");
+    let users = stub.users();
+    assert_eq!(users.len(), 1, "one account: {users:?}");
+}
+
 /// A mover's new address, given to their account, is no longer "absent" in an answer given
 /// before (a kept listing): a joiner with that address asks the target again and finds the
 /// account, someone else's (a conflict, on the joiner's job); no second account with that
