@@ -352,6 +352,38 @@ async fn weakening_the_guard_or_destructive_deprovisioning_needs_admin() {
     .expect(200);
 }
 
+/// The same authority for one run: `apps:write` may start a `fix` run of an app that reports
+/// only, except where that run would deprovision accounts that match nobody
+/// (`deprovision_unmatched` on): an admin allowed that for the app's own `fix` runs only.
+#[tokio::test]
+async fn a_fix_run_that_deprovisions_unmatched_accounts_needs_admin_where_the_app_reports() {
+    let app = spawn_app().await;
+    let writer = app.key(&["apps:write"]).await;
+    let created = app
+        .create_app(&app_body(
+            "reporting",
+            json!({"reconcile": {"mode": "report", "deprovision_unmatched": true}}),
+        ))
+        .await;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let start = |body: serde_json::Value| {
+        let app = &app;
+        let writer = writer.clone();
+        let path = format!("/api/v1/apps/{id}/reconcile");
+        async move { app.request("POST", &path, Some(&writer), Some(&body)).await }
+    };
+    let detail = start(json!({"mode": "fix"})).await.problem(403);
+    assert!(
+        detail.contains("deprovision_unmatched") && detail.contains("`admin`"),
+        "{detail}"
+    );
+    assert_eq!(app.count("reconcile_run").await, 0, "no run was started");
+    // A dry run, or one in the app's own mode, writes nothing of the kind.
+    start(json!({"mode": "fix", "dry_run": true}))
+        .await
+        .expect(202);
+}
+
 /// The bootstrap key: only `serve` manages it; other commands started without
 /// `ROSTER_ADMIN_TOKEN` leave it alone.
 mod bootstrap {
