@@ -185,7 +185,7 @@ fn note_on_last_call(reason: &str) {
 
 /// The resource (identity id, or group name) other than `resource_id` whose live link in the
 /// app holds the target account `target_id`; live is every state but `deleted`.
-pub(super) async fn linked_to_another(
+pub async fn linked_to_another(
     conn: &impl ConnectionTrait,
     app_id: &str,
     kind: ResourceKind,
@@ -829,6 +829,23 @@ pub async fn deliver_user(
     let Some(target_id) = link.target_id.clone() else {
         return Ok(Operation::Noop);
     };
+    // A link without the account as roster last wrote it: made by reconciliation for an
+    // orphan it found (perhaps hours before the run was approved), or left by a write whose
+    // outcome is unknown. The account is read again first, and deprovisioned only while it is
+    // there, the same resource, in a managed domain and still this person's.
+    if link.snapshot.is_none() && link.state != "deleted" {
+        match read_again_before_deprovision(ctx, view, &target_id).await? {
+            AccountNow::Theirs => {}
+            AccountNow::Gone => {
+                stage_user_link(writes, ctx, identity_id, LinkState::deleted());
+                return Ok(Operation::Noop);
+            }
+            AccountNow::NotTheirs(reason) => {
+                note_on_last_call(&reason);
+                return Err(JobError::Unprocessable(reason));
+            }
+        }
+    }
     let delete_due = link.delete_after.is_some_and(|t| t <= now_ms);
     let action = ctx.settings.deprovision.action;
     match (link.state.as_str(), action) {
@@ -898,6 +915,48 @@ pub async fn deliver_user(
             Ok(Operation::Deactivate)
         }
     }
+}
+
+/// A linked account as read again before a deprovision decided earlier.
+enum AccountNow {
+    /// There, the same resource, in a managed domain, and holding the person's matching value.
+    Theirs,
+    /// 404: nothing left to close.
+    Gone,
+    /// Not to be touched, and why.
+    NotTheirs(String),
+}
+
+async fn read_again_before_deprovision(
+    ctx: &AppContext<'_>,
+    person: &IdentityView,
+    target_id: &str,
+) -> Result<AccountNow, JobError> {
+    doing(Operation::Deactivate);
+    let account = match ctx.client.users().get(target_id).await {
+        Ok(account) => account,
+        Err(e) if e.is_not_found() => return Ok(AccountNow::Gone),
+        Err(e) => return Err(JobError::scim(Operation::Deactivate, e)),
+    };
+    let attribute = ctx.settings.matching.target_attribute.as_str();
+    let reason = if id_of(&account) != Some(target_id) {
+        format!(
+            "skipped: GET of account {target_id} answered another resource; nothing deprovisioned"
+        )
+    } else if !crate::reconcile::account_is_managed(&ctx.settings.scope.spec(), &account) {
+        format!(
+            "skipped: account {target_id} is outside the app's managed domains now (unmanaged accounts are never touched)"
+        )
+    } else if !matching_value(ctx, person)
+        .is_ok_and(|(attribute, value)| filter::holds_value(&account, attribute, &value))
+    {
+        format!(
+            "skipped: account {target_id} no longer holds this person's {attribute} (changed in the target since it was found); nothing deprovisioned"
+        )
+    } else {
+        return Ok(AccountNow::Theirs);
+    };
+    Ok(AccountNow::NotTheirs(reason))
 }
 
 /// Whether a failed write may have been applied all the same: no answer, a 5xx or an unreadable

@@ -57,7 +57,7 @@ use super::{
 };
 use crate::delivery::engine::{AppTarget, Delivery};
 use crate::delivery::execute::{
-    GROUP_ADOPTED, GROUP_REPLACES, find_link, group_origin, replaced_groups,
+    GROUP_ADOPTED, GROUP_REPLACES, find_link, group_origin, linked_to_another, replaced_groups,
 };
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
@@ -999,9 +999,11 @@ async fn mark_conflict(
     Ok(before)
 }
 
-/// Whether identity's link may point at `target_id`: it has no account, or that one. An
-/// identity linked to another account since the run read the target (a job created or adopted
-/// one meanwhile) keeps it: moving the link would hand its account to nobody.
+/// Whether identity's link may point at `target_id`: it has no account, or that one, and no
+/// other person's live link holds `target_id`. An identity linked to another account since
+/// the run read the target (a job created or adopted one meanwhile) keeps it: moving the link
+/// would hand its account to nobody. An account linked to someone else since (a new hire with
+/// a leaver's address adopted it) stays theirs, and the rest of the run still applies.
 async fn link_is_free_for(
     tx: &impl ConnectionTrait,
     app: &app::Model,
@@ -1019,8 +1021,19 @@ async fn link_is_free_for(
             target_id,
             "Not linking the account a reconcile run found: the person is linked to another account now"
         );
+        return Ok(false);
     }
-    Ok(free)
+    let other = linked_to_another(tx, &app.id, ResourceKind::User, target_id, identity_id).await?;
+    if let Some(other) = &other {
+        tracing::warn!(
+            app = %app.name,
+            identity = identity_id,
+            target_id,
+            linked_to = %other,
+            "Not linking the account a reconcile run found: another person is linked to it now"
+        );
+    }
+    Ok(other.is_none())
 }
 
 /// Applies the run's adoptions, once the whole listing was read and no second account turned

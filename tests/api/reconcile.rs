@@ -1450,6 +1450,140 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
     );
 }
 
+/// A held run's orphan deprovisions (accounts of people who left, never linked by roster),
+/// approved later, act on each account as it is then: one moved to a partner's domain, or
+/// handed by hand to someone else (renamed to their address), stays active, its job dead with
+/// the reason; one a new hire with the leaver's address was linked to meanwhile stays the new
+/// hire's, and the approval still applies the rest.
+#[tokio::test]
+async fn an_approved_orphan_deprovision_reads_the_account_again() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+    };
+    // Four people who left before the app was registered: roster never linked their accounts.
+    let left = ["oa", "ob", "oc", "od"];
+    for p in left {
+        let employee = p.to_uppercase();
+        let address = format!("{p}@example.com");
+        app.post_event(&joiner(
+            &format!("{p}-in"),
+            &employee,
+            AT,
+            json!({"user_name": address, "email": address}),
+        ))
+        .await;
+        app.post_event(&event(
+            &format!("{p}-out"),
+            "leaver",
+            &employee,
+            LATER,
+            json!({}),
+        ))
+        .await;
+        hand.create(&format!("{p}@example.com")).await;
+    }
+    let app_id = app_on(
+        &app,
+        "orphans",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+        }),
+    )
+    .await;
+    let held = app.reconcile_run(&app_id, json!({})).await;
+    assert_eq!(held["state"], "awaiting_approval", "{held}");
+    assert_eq!(held["counts"]["orphan"], 4, "{held}");
+    let id_named = |name: &str| {
+        target
+            .users_snapshot()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let ids: Vec<String> = left
+        .iter()
+        .map(|p| id_named(&format!("{p}@example.com")))
+        .collect();
+
+    // Meanwhile: ob's account moved to a partner's domain, oc's handed to a colleague by hand,
+    // and a new hire given od's address was linked to od's account.
+    assert!(target.edit(Kind::User, &ids[1], |u| {
+        u["userName"] = json!("ob@partner.org");
+    }));
+    assert!(target.edit(Kind::User, &ids[2], |u| {
+        u["userName"] = json!("colleague@example.com");
+    }));
+    app.post_event(&joiner(
+        "od-hire",
+        "NEW-D",
+        LATER,
+        json!({"user_name": "od@example.com", "email": "od@example.com"}),
+    ))
+    .await;
+    eventually("the new hire linked to od's account", || async {
+        settled(&app).await;
+        let links = user_links(&app).await;
+        links
+            .iter()
+            .any(|l| l["target_id"] == json!(ids[3]))
+            .then_some(())
+    })
+    .await;
+
+    let run_id = held["id"].as_str().unwrap_or_default();
+    app.post(
+        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
+        &json!({}),
+    )
+    .await
+    .expect(200);
+    settled(&app).await;
+    let active = |id: &str| {
+        target
+            .users_snapshot()
+            .into_iter()
+            .find(|u| id_of(u) == id)
+            .map(|u| u["active"].clone())
+    };
+    assert_eq!(active(&ids[0]), Some(json!(false)), "oa's account closed");
+    for id in &ids[1..] {
+        assert_eq!(active(id), Some(json!(true)), "{id} not deprovisioned");
+    }
+    let linked_to_hire = user_links(&app)
+        .await
+        .into_iter()
+        .filter(|l| l["target_id"] == json!(ids[3]))
+        .count();
+    assert_eq!(linked_to_hire, 1, "od's account stays the new hire's alone");
+    let dead = app
+        .rows("SELECT last_error FROM job WHERE state = 'dead' ORDER BY id")
+        .await;
+    let errors: Vec<&str> = dead
+        .iter()
+        .filter_map(|j| j["last_error"].as_str())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("outside the app's managed domains")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("no longer holds this person's")),
+        "{errors:?}"
+    );
+}
+
 /// Issue 20 D17: deleting a roster group deletes the target group only if roster created it;
 /// one roster adopted (the app had it before) stays, and only its link goes.
 #[tokio::test]
