@@ -632,6 +632,17 @@ async fn adopt(
     desired: &Value,
     writes: &mut JobWrites,
 ) -> Result<Operation, JobError> {
+    // Reconciliation lists such an account as unmanaged, never touched: e.g. a userName that
+    // is no address, on an account whose primary email is at another company's domain.
+    if !crate::reconcile::account_is_managed(&ctx.settings.scope.spec(), account) {
+        let reason = format!(
+            "the target account with this person's {} is outside the app's managed domains \
+             (unmanaged accounts are never touched); link one by hand",
+            ctx.settings.matching.target_attribute
+        );
+        note_on_last_call(&reason);
+        return Err(JobError::Unprocessable(reason));
+    }
     let target_id = adoptable(ctx, ResourceKind::User, &person.id, account).await?;
     let changes = mapping::patch_changes(&mapping::diff(ctx.compiled, desired, account));
     if !changes.is_empty() {

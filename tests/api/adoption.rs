@@ -1599,6 +1599,69 @@ async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopte
     assert_eq!(users.len(), 1, "one account: {users:?}");
 }
 
+/// An account reconciliation lists as unmanaged (its userName is no address, its primary
+/// email at another company's domain) is never adopted by a joiner whose userName it holds:
+/// the joiner's job ends in a conflict, and the account is not written to.
+#[tokio::test]
+async fn a_joiner_never_adopts_an_account_outside_the_managed_domains() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let external = stub.store(
+        "u",
+        json!({"schemas": [roster::scim::schemas::USER], "userName": "jsmith",
+               "emails": [{"value": "jsmith@partner.com", "type": "work", "primary": true}],
+               "active": true}),
+    );
+    let base = serve(stub.clone()).await;
+    let app_id = app_on(
+        &app,
+        "unmanaged",
+        &base,
+        json!({
+            "mappings": [
+                {"target": "userName", "source": "user_name"},
+                {"target": "emails[type eq \"work\"].value", "source": "email"},
+                {"target": "externalId", "source": "employee_id"}
+            ],
+            "scope": {"email_domains": ["example.com"]},
+        }),
+    )
+    .await;
+    app.post_event(&joiner(
+        "jsmith-in",
+        "JSMITH",
+        "2026-11-01T09:00:00Z",
+        json!({"user_name": "jsmith", "email": "jsmith@example.com"}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let external_id = id_text(&external);
+    let written: Vec<String> = stub
+        .seen()
+        .iter()
+        .filter(|s| s.method != "GET")
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert!(written.is_empty(), "nothing written: {written:?}");
+    assert_eq!(stub.users(), [external], "as it was");
+    let person = identity_id(&app, "JSMITH").await;
+    let link = link_of(&app, "user", &person).await;
+    assert!(
+        link.as_ref()
+            .is_none_or(|l| l["target_id"].as_str() != Some(external_id.as_str())),
+        "{link:?}"
+    );
+    let dead = app
+        .rows("SELECT last_error FROM job WHERE state = 'dead'")
+        .await;
+    assert!(
+        dead.first()
+            .and_then(|j| j["last_error"].as_str())
+            .is_some_and(|e| e.contains("outside the app's managed domains")),
+        "{dead:?}"
+    );
+}
+
 /// A mover's new address, given to their account, is no longer "absent" in an answer given
 /// before (a kept listing): a joiner with that address asks the target again and finds the
 /// account, someone else's (a conflict, on the joiner's job); no second account with that
