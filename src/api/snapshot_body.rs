@@ -397,7 +397,9 @@ fn parse_json_array(body: impl Read, emit: &mut Emit<'_>) -> Result<(), BodyErro
     }
     result.map_err(|e| {
         if e.classify() == serde_json::error::Category::Io {
-            BodyError::Io(std::io::Error::other(e))
+            // `from` hands back the reader's own error (a bad signature, a body too large, a
+            // stalled client), so that it is answered as such, not as a body cut off.
+            BodyError::Io(std::io::Error::from(e))
         } else {
             BodyError::Invalid(format!("not a JSON array of employees: {e}"))
         }

@@ -388,12 +388,12 @@ async fn with_a_webhook_secret_a_snapshot_must_be_signed_over_its_whole_body() {
     })
     .await;
     let body = b"employee_id,email\nE1,e1@example.com\n".to_vec();
-    let send = |signature: Option<String>, body: Vec<u8>| {
+    let send_as = |content_type: &'static str, signature: Option<String>, body: Vec<u8>| {
         let mut req = app
             .http
             .post(format!("{}/api/v1/hr/snapshots", app.base))
             .bearer_auth(ADMIN)
-            .header("content-type", CSV)
+            .header("content-type", content_type)
             .body(body);
         if let Some(s) = signature {
             req = req.header("x-roster-signature", s);
@@ -407,10 +407,17 @@ async fn with_a_webhook_secret_a_snapshot_must_be_signed_over_its_whole_body() {
             roster::crypto::sign_webhook(&secret.to_owned().into(), t, body)
         )
     };
+    let send = |signature: Option<String>, body: Vec<u8>| send_as(CSV, signature, body);
     send(None, body.clone()).await.problem(401);
     // Signed over another body: the check at the end of the stream refuses it.
     let other = sign(b"employee_id\nE9\n");
-    let detail = send(Some(other), body.clone()).await.problem(401);
+    let detail = send(Some(other.clone()), body.clone()).await.problem(401);
+    assert!(detail.contains("does not match"), "{detail}");
+    // The same as a JSON array of employees: 401, not a body that could not be read.
+    let array = br#"[{"employee_id": "E1", "email": "e1@example.com"}]"#.to_vec();
+    let detail = send_as("application/json", Some(other), array)
+        .await
+        .problem(401);
     assert!(detail.contains("does not match"), "{detail}");
     assert_eq!(app.count("hr_snapshot").await, 0);
     assert_eq!(app.count("hr_snapshot_row").await, 0);
