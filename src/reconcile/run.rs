@@ -543,6 +543,7 @@ async fn classify_and_fix(
             ..ListQuery::default()
         });
         let mut groups = Vec::new().into_iter();
+        let mut read = GroupsRead::default();
         loop {
             let group = match groups.next() {
                 Some(group) => group,
@@ -550,6 +551,7 @@ async fn classify_and_fix(
                     Some(page) => {
                         let page = page?;
                         listing.unproven |= page.unproven;
+                        read.page(&page);
                         groups = page.resources.into_iter();
                         continue;
                     }
@@ -594,6 +596,7 @@ async fn classify_and_fix(
         pushed.extend(group_classifier.finish());
         for finding in &mut pushed {
             listing.withhold_group(finding);
+            read.withhold_group(finding);
         }
     }
     let unnamed = unnamed_members(&pushed);
@@ -1773,6 +1776,63 @@ async fn deprovision_batch(
     }
     queue::enqueue(tx, &jobs).await?;
     Ok(Some((last.id, jobs.len() as u64)))
+}
+
+/// What a run read of the target's `/Groups`, for the pushed groups it would link by name:
+/// one found by name is adopted only when no other group read has that name (which one is
+/// roster's would be a guess, and delivery refuses it as well), and none is adopted or
+/// created from a listing that did not hold everything its `totalResults` counts, or wrapped.
+#[derive(Debug, Default)]
+struct GroupsRead {
+    ids: HashSet<String>,
+    without_id: u64,
+    total: Option<u64>,
+    wrapped: bool,
+    /// Groups read per lower-cased `displayName`.
+    names: HashMap<String, u32>,
+}
+
+impl GroupsRead {
+    fn page(&mut self, page: &crate::scim::Page) {
+        self.wrapped |= page.wrapped;
+        self.total = page.total.or(self.total);
+        for group in &page.resources {
+            let first = match crate::scim::id_of(group) {
+                Some(id) => self.ids.insert(id.to_owned()),
+                None => {
+                    self.without_id += 1;
+                    true
+                }
+            };
+            if first && let Some(name) = group.get("displayName").and_then(Value::as_str) {
+                *self.names.entry(name.to_lowercase()).or_default() += 1;
+            }
+        }
+    }
+
+    fn incomplete(&self) -> bool {
+        let read = self.ids.len() as u64 + self.without_id;
+        self.wrapped || self.total.is_some_and(|total| read < total)
+    }
+
+    fn withhold_group(&self, finding: &mut GroupFinding) {
+        let by_name = finding.class == Class::Adoptable
+            && matches!(finding.action, ActionKind::Link | ActionKind::LinkAndPatch);
+        let namesakes = finding
+            .renamed_from
+            .as_deref()
+            .or(finding.display_name.as_deref())
+            .map_or(0, |name| {
+                self.names.get(&name.to_lowercase()).copied().unwrap_or(0)
+            });
+        let concludes_from_absence = matches!(
+            finding.action,
+            ActionKind::Create | ActionKind::Link | ActionKind::LinkAndPatch
+        );
+        if (by_name && namesakes > 1) || (self.incomplete() && concludes_from_absence) {
+            finding.action = ActionKind::None;
+        }
+    }
 }
 
 async fn finish(

@@ -1584,6 +1584,49 @@ async fn an_approved_orphan_deprovision_reads_the_account_again() {
     );
 }
 
+/// Two target groups carry a pushed group's name and neither is linked: which one is roster's
+/// would be a guess. Delivery refuses to pick one, and a fix run adopts neither: no link, and
+/// neither group is written to.
+#[tokio::test]
+async fn two_target_groups_with_a_pushed_group_s_name_are_neither_adopted() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    // The dev-target keeps group names unique; many targets do not: the second is renamed.
+    for name in ["twins", "twin-2"] {
+        let group = target
+            .insert(
+                Kind::Group,
+                json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                       "displayName": name}),
+            )
+            .expect("a target group");
+        assert!(target.edit(Kind::Group, &id_of(&group), |g| {
+            g["displayName"] = json!("twins");
+        }));
+    }
+    let before = target.groups_snapshot();
+    app.post("/api/v1/groups", &json!({"name": "twins", "members": []}))
+        .await
+        .expect(201);
+    let app_id = app_on(
+        &app,
+        "twins",
+        &target.base_url(),
+        json!({"group_push": ["twins"], "reconcile": {"interval_minutes": 0, "mode": "fix"}}),
+    )
+    .await;
+    settled(&app).await;
+    let run = app.reconcile_run(&app_id, json!({})).await;
+    assert_eq!(run["state"], "completed", "{run}");
+    settled(&app).await;
+    let linked = app
+        .rows("SELECT target_id FROM link WHERE resource_kind = 'group' AND target_id IS NOT NULL")
+        .await;
+    assert!(linked.is_empty(), "{linked:?} {run}");
+    assert_eq!(target.groups_snapshot(), before, "neither group written to");
+}
+
 /// Issue 20 D17: deleting a roster group deletes the target group only if roster created it;
 /// one roster adopted (the app had it before) stays, and only its link goes.
 #[tokio::test]
