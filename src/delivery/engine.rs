@@ -249,8 +249,8 @@ pub struct Delivery {
     runtimes: Mutex<HashMap<String, Arc<AppRuntime>>>,
     health: Arc<Health>,
     /// Jobs this process's workers are running: the only leases it renews. Each job's token is
-    /// cancelled when its lease is found lost, and its worker stops.
-    in_flight: Mutex<HashMap<i64, CancellationToken>>,
+    /// cancelled when its lease is found lost, or may lapse unrenewed, and its worker stops.
+    in_flight: Mutex<HashMap<i64, HeldLease>>,
     /// Jobs claimed and not yet ended per app, against its claim window.
     claims: Arc<Mutex<HashMap<String, u64>>>,
     /// Deprovisions running now, per app, for the event-path deletion guard.
@@ -268,14 +268,40 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Marks the job; the token is cancelled if its lease is lost.
-    fn new(delivery: Arc<Delivery>, id: i64) -> (Self, CancellationToken) {
+    /// Marks the job, whose lease runs until `lease_until` (ms); the token is cancelled if its
+    /// lease is lost.
+    fn new(delivery: Arc<Delivery>, id: i64, lease_until: i64) -> (Self, CancellationToken) {
         let lost = CancellationToken::new();
         if let Ok(mut set) = delivery.in_flight.lock() {
-            set.insert(id, lost.clone());
+            set.insert(
+                id,
+                HeldLease {
+                    lost: lost.clone(),
+                    until: lease_until,
+                },
+            );
         }
         (Self { delivery, id }, lost)
     }
+}
+
+/// A running job's lease as this process last wrote it.
+struct HeldLease {
+    /// Cancelled when the lease is lost, or may lapse: the job's worker stops.
+    lost: CancellationToken,
+    /// Until when the lease is known to be this process's (ms).
+    until: i64,
+}
+
+/// How long before a lease's end a job whose lease could not be renewed is stopped: two
+/// renewal ticks and some clock difference between instances. Past its end another instance
+/// may take the job, and two workers would act on one account.
+const LEASE_MARGIN_MS: i64 = 10_000;
+
+/// Whether a job whose lease could not be renewed must stop now: its lease, known to run
+/// until `until`, may have lapsed by the next renewal.
+fn lease_may_lapse(until: i64, now: i64) -> bool {
+    until - now <= LEASE_MARGIN_MS
 }
 
 /// One claimed job in its app's claim window, until its worker ends.
@@ -460,19 +486,35 @@ impl Delivery {
             .lock()
             .map(|set| set.keys().copied().collect())
             .unwrap_or_default();
-        match queue::renew(self.db.conn(), &self.owner, &running, now).await {
+        let renewal = queue::renew(self.db.conn(), &self.owner, &running, now).await;
+        let Ok(mut set) = self.in_flight.lock() else {
+            return;
+        };
+        match renewal {
             Ok(renewed) => {
-                if let Ok(set) = self.in_flight.lock() {
-                    // A job that ended meanwhile is gone from the set, or its worker already
-                    // stopped: cancelling its token does nothing.
-                    for id in running.iter().filter(|id| !renewed.contains(id)) {
-                        if let Some(lost) = set.get(id) {
-                            lost.cancel();
-                        }
+                // A job that ended meanwhile is gone from the set, or its worker already
+                // stopped: cancelling its token does nothing.
+                for id in &running {
+                    let Some(lease) = set.get_mut(id) else {
+                        continue;
+                    };
+                    if renewed.contains(id) {
+                        lease.until = now + queue::LEASE_MS;
+                    } else {
+                        lease.lost.cancel();
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "Could not renew leases"),
+            Err(e) => {
+                let mut stopped = 0;
+                for lease in set.values() {
+                    if lease_may_lapse(lease.until, now) && !lease.lost.is_cancelled() {
+                        lease.lost.cancel();
+                        stopped += 1;
+                    }
+                }
+                tracing::warn!(error = %e, stopped, "Could not renew leases; jobs whose lease may lapse are stopped");
+            }
         }
     }
 
@@ -1165,7 +1207,8 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
                 batch.clone(),
                 workers.clone(),
             );
-            let (running, lost) = InFlight::new(delivery.clone(), job.id);
+            let lease_until = job.lease_until.unwrap_or_else(queue::now_ms);
+            let (running, lost) = InFlight::new(delivery.clone(), job.id, lease_until);
             let claimed = Claimed::new(delivery.claims.clone(), &job.app_id);
             tasks.spawn(async move {
                 let _claimed = claimed;
@@ -1322,6 +1365,49 @@ async fn probe_due(delivery: &Delivery, interval: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_that_could_not_be_renewed_stops_its_job_before_it_may_lapse() {
+        let now = 1_000_000;
+        // (the lease's end, relative to now) → the job stops
+        let table = [
+            (queue::LEASE_MS, false),
+            (LEASE_MARGIN_MS + 1, false),
+            (LEASE_MARGIN_MS, true),
+            (1, true),
+            (0, true),
+            (-5_000, true),
+        ];
+        for (until, stops) in table {
+            assert_eq!(lease_may_lapse(now + until, now), stops, "{until}");
+        }
+    }
+
+    /// The database is unreachable for renewals: a job whose lease ends within the margin is
+    /// stopped (another instance may take it once it lapses); one renewed lately runs on.
+    #[tokio::test]
+    async fn a_failed_renewal_stops_the_jobs_whose_lease_may_lapse() {
+        // No queue table: every renewal fails.
+        let conn = sea_orm::Database::connect("sqlite::memory:")
+            .await
+            .expect("an empty database");
+        let key = crate::crypto::SecretBox::generate_base64();
+        let delivery = Arc::new(Delivery::new(
+            crate::store::Db::new(conn),
+            crate::crypto::SecretBox::from_base64(&key.into()).expect("a key"),
+            crate::net_guard::TransportPolicy {
+                targets: crate::net_guard::TargetPolicy::AllowPrivate,
+                plain_http: crate::net_guard::PlainHttp::Allowed,
+            },
+            Arc::default(),
+        ));
+        let now = queue::now_ms();
+        let (_soon, lapsing) = InFlight::new(delivery.clone(), 1, now + 5_000);
+        let (_later, held) = InFlight::new(delivery.clone(), 2, now + queue::LEASE_MS);
+        delivery.renew(now).await;
+        assert!(lapsing.is_cancelled(), "stopped before its lease may lapse");
+        assert!(!held.is_cancelled(), "its lease runs for a while yet");
+    }
 
     #[test]
     fn an_app_that_looks_joiners_up_first_gets_room_for_a_batch_of_look_ups_ahead() {

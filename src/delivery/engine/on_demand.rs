@@ -53,6 +53,8 @@ pub enum Refused {
 /// The on-demand job: this instance runs it, under its lease.
 struct Claimed {
     id: i64,
+    /// Until when the claim's lease runs (ms).
+    lease_until: i64,
     /// The pending job it took over, if it did: given back to the queue if the delivery fails.
     absorbed: Option<job::Model>,
 }
@@ -91,7 +93,7 @@ impl Delivery {
     ) -> Result<OnDemandDelivery, Refused> {
         let (app, claimed) = self.claim_on_demand(app_id, identity_id).await?;
         // A lost lease needs no watch here: the final transaction writes only under the lease.
-        let (running, _lost) = InFlight::new(self.clone(), claimed.id);
+        let (running, _lost) = InFlight::new(self.clone(), claimed.id, claimed.lease_until);
         match self.deliver_on_demand(&app, identity_id, claimed.id).await {
             Ok(Delivered {
                 result,
@@ -191,6 +193,7 @@ impl Delivery {
                 }
                 Claimed {
                     id: p.id,
+                    lease_until: now + queue::LEASE_MS,
                     absorbed: Some(p),
                 }
             }
@@ -198,6 +201,7 @@ impl Delivery {
             // its own beside it (the unique index admits one pending job per person only).
             Some(_) => Claimed {
                 id: insert_job(&*tx, app_id, identity_id, "running", &self.owner, now).await?,
+                lease_until: now + queue::LEASE_MS,
                 absorbed: None,
             },
             // Pending first: the row holds the person's place in the unique index of pending
@@ -211,7 +215,11 @@ impl Delivery {
                         job: id,
                     });
                 }
-                Claimed { id, absorbed: None }
+                Claimed {
+                    id,
+                    lease_until: now + queue::LEASE_MS,
+                    absorbed: None,
+                }
             }
         };
         tx.commit().await?;
