@@ -125,13 +125,16 @@ pub async fn enqueue(conn: &impl ConnectionTrait, jobs: &[JobRequest]) -> Result
             ]);
         }
         // The conflict target's predicate is a literal, not a bound value: SQLite matches it
-        // to the partial index only when it is textually the index's own.
+        // to the partial index only when it is textually the index's own. A request of a
+        // higher lane (a leaver's deprovision into a change failing and waiting to retry)
+        // starts a fresh attempt budget: one transient error must not dead-letter it.
         let sql = format!(
             "INSERT INTO job (app_id, resource_kind, resource_id, lane, priority, run_at, \
              attempts, state, hr_event_id, enqueued_at, created_at, updated_at) VALUES {} \
              ON CONFLICT (app_id, resource_kind, resource_id) WHERE state = 'pending' DO UPDATE SET \
              lane = CASE WHEN excluded.priority < job.priority THEN excluded.lane ELSE job.lane END, \
              priority = CASE WHEN excluded.priority < job.priority THEN excluded.priority ELSE job.priority END, \
+             attempts = CASE WHEN excluded.priority < job.priority THEN 0 ELSE job.attempts END, \
              run_at = CASE WHEN excluded.run_at < job.run_at THEN excluded.run_at ELSE job.run_at END, \
              hr_event_id = COALESCE(excluded.hr_event_id, job.hr_event_id), \
              enqueued_at = CASE WHEN excluded.enqueued_at < job.enqueued_at THEN excluded.enqueued_at ELSE job.enqueued_at END, \

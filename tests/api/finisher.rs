@@ -516,6 +516,53 @@ async fn a_release_leaves_a_live_lease_and_other_owners_alone() {
     assert_eq!(rows[0]["state"], "pending", "{rows:?}");
 }
 
+/// A leaver's deprovision that coalesces into a pending job waiting to retry a failing change
+/// (its attempts nearly spent) starts a fresh attempt budget with its higher lane: one
+/// transient error must not dead-letter a leaver. A change of the same lane keeps the count.
+#[tokio::test]
+async fn a_leaver_coalescing_into_a_failing_job_gets_a_fresh_attempt_budget() {
+    use sea_orm::ConnectionTrait as _;
+    let app = spawn_planner().await;
+    let app_id = app_id(&app, "budget").await;
+    let conn = &app.db;
+    let attempts = || async {
+        let rows = app
+            .rows(&format!(
+                "SELECT lane, attempts FROM job WHERE app_id = '{app_id}' AND state = 'pending'"
+            ))
+            .await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        (rows[0]["lane"].clone(), rows[0]["attempts"].clone())
+    };
+    queue::enqueue(
+        conn,
+        &[job(&app_id, ResourceKind::User, "u1", Lane::Normal)],
+    )
+    .await
+    .expect("enqueue");
+    // Seven attempts failed; it waits to retry.
+    conn.execute_unprepared(&format!(
+        "UPDATE job SET attempts = 7, run_at = {} WHERE app_id = '{app_id}'",
+        queue::now_ms() + 600_000
+    ))
+    .await
+    .expect("failing");
+    queue::enqueue(
+        conn,
+        &[job(&app_id, ResourceKind::User, "u1", Lane::Normal)],
+    )
+    .await
+    .expect("enqueue");
+    assert_eq!(attempts().await, (json!("normal"), json!(7)), "same lane");
+    queue::enqueue(
+        conn,
+        &[job(&app_id, ResourceKind::User, "u1", Lane::Deprovision)],
+    )
+    .await
+    .expect("enqueue");
+    assert_eq!(attempts().await, (json!("deprovision"), json!(0)));
+}
+
 /// Issue 20 B9: a retry superseded by a newer change hands its priority on: the job that
 /// replaces it takes the higher lane and keeps the HR event, so a leaver's deprovision never
 /// falls behind a reconcile backlog. A change coalescing into a job waiting to retry keeps its
