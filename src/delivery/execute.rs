@@ -1574,7 +1574,12 @@ pub async fn deliver_group(
                             .and_then(Value::as_str)
                             .unwrap_or(group_name)
                             .to_owned();
-                        origin = Some(GROUP_ADOPTED.to_owned());
+                        // roster's creates carry the roster group's id as `externalId`: one
+                        // whose create's answer was lost, or whose job failed before its link
+                        // was written, is roster's own, deleted with the roster group.
+                        let ours = one.get("externalId").and_then(Value::as_str)
+                            == Some(group.id.as_str());
+                        origin = Some(if ours { GROUP_CREATED } else { GROUP_ADOPTED }.to_owned());
                         (id, members, name)
                     }
                     [] => {
@@ -1627,7 +1632,22 @@ pub async fn deliver_group(
             .await
             .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
     }
-    change_members(ctx, &target_id, &to_add, &to_remove).await?;
+    if let Err(e) = change_members(ctx, &target_id, &to_add, &to_remove).await {
+        // Some of the member changes may have been applied (a chunk answered 2xx before one
+        // failed, or the failed one itself): the target may now hold any member it held or
+        // was being given. Recorded so, the retry removes every one of them roster no longer
+        // wants (a removal sent again is harmless), and a group roster created stays known as
+        // its own.
+        let maybe: BTreeSet<String> = current.iter().chain(&to_add).cloned().collect();
+        stage_group_link(
+            writes,
+            ctx,
+            group_name,
+            &target_id,
+            &group_snapshot(group_name, &maybe, origin.as_deref(), &replaces),
+        );
+        return Err(e);
+    }
     stage_group_link(
         writes,
         ctx,

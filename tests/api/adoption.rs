@@ -35,6 +35,9 @@ struct Misbehaviour {
     drops_from_listing: bool,
     /// Says one user more in `totalResults` of an unfiltered listing of users than it holds.
     overstates_listing_total: bool,
+    /// Makes the first group it is asked to create, and answers that POST 502 (the answer
+    /// lost on the way).
+    loses_first_group_create_answer: bool,
 }
 
 /// One request as the stub saw it.
@@ -55,6 +58,10 @@ struct Stub {
     next_id: AtomicU64,
     /// Set once held POSTs may go on.
     posts_released: tokio::sync::watch::Sender<bool>,
+    /// While set, a group PATCH that removes members is answered 503, nothing applied.
+    failing_member_removals: std::sync::atomic::AtomicBool,
+    /// Set once a group create's answer was lost (`loses_first_group_create_answer`).
+    group_create_answer_lost: std::sync::atomic::AtomicBool,
 }
 
 fn scim(status: StatusCode, body: &Value) -> Response {
@@ -154,6 +161,8 @@ impl Stub {
             seen: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(100),
             posts_released: tokio::sync::watch::channel(false).0,
+            failing_member_removals: std::sync::atomic::AtomicBool::new(false),
+            group_create_answer_lost: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -283,9 +292,31 @@ impl Stub {
                     return error(StatusCode::CONFLICT, Some("uniqueness"), "taken");
                 }
                 let created = self.store(if *kind == "Users" { "u" } else { "g" }, body.clone());
+                if *kind == "Groups"
+                    && self.how.loses_first_group_create_answer
+                    && !self.group_create_answer_lost.swap(true, Ordering::SeqCst)
+                {
+                    return error(StatusCode::BAD_GATEWAY, None, "the answer was lost");
+                }
                 scim(StatusCode::CREATED, &created)
             }
             (m @ ("GET" | "PATCH" | "DELETE"), [kind @ ("Users" | "Groups"), id]) => {
+                let removes = body["Operations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|op| {
+                        op["op"]
+                            .as_str()
+                            .is_some_and(|o| o.eq_ignore_ascii_case("remove"))
+                    });
+                if m == "PATCH"
+                    && *kind == "Groups"
+                    && removes
+                    && self.failing_member_removals.load(Ordering::SeqCst)
+                {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, None, "try again later");
+                }
                 let list = if *kind == "Users" {
                     &self.users
                 } else {
@@ -1425,14 +1456,32 @@ async fn an_account_made_after_a_kept_listing_is_adopted_after_the_create_s_409(
     assert_eq!(others_after, others_before);
 }
 
+/// Leaves `person`'s link as a create whose answer was lost leaves it: `pending`, no account.
+async fn mark_create_unsure(app: &TestApp, app_id: &str, person: &str) {
+    use roster::store::entity::link;
+    use sea_orm::{ActiveModelTrait as _, Set};
+    let now = chrono::Utc::now();
+    link::ActiveModel {
+        app_id: Set(app_id.to_owned()),
+        resource_kind: Set("user".into()),
+        resource_id: Set(person.to_owned()),
+        target_id: Set(None),
+        state: Set("pending".into()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&app.db)
+    .await
+    .expect("an unsure create");
+}
+
 /// A create sent whose answer never came (another instance's, or one before a crash: the
 /// link is left `pending` without an account) may have made the account after a listing this
 /// instance keeps was read. The retry asks the target afresh, never that listing: the account
 /// is adopted, not created a second time where the target allows duplicate userNames.
 #[tokio::test]
 async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_before() {
-    use roster::store::entity::link;
-    use sea_orm::{ActiveModelTrait as _, Set};
     let app = spawn_app().await;
     let stub = Stub::new(Misbehaviour {
         allows_duplicates: true,
@@ -1459,20 +1508,7 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
                "userName": "unsure-g@example.com", "externalId": "UNSURE-G",
                "name": {"givenName": "G", "familyName": "Unsure"}, "active": true}),
     );
-    let now = chrono::Utc::now();
-    link::ActiveModel {
-        app_id: Set(app_id.clone()),
-        resource_kind: Set("user".into()),
-        resource_id: Set(g.clone()),
-        target_id: Set(None),
-        state: Set("pending".into()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    }
-    .insert(&app.db)
-    .await
-    .expect("an unsure create");
+    mark_create_unsure(&app, &app_id, &g).await;
     app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
         .await
         .expect(200);
@@ -1495,8 +1531,7 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
 /// P's retry links it.
 #[tokio::test]
 async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopted() {
-    use roster::store::entity::link;
-    use sea_orm::{ActiveModelTrait as _, ConnectionTrait as _, Set};
+    use sea_orm::ConnectionTrait as _;
     let app = spawn_app().await;
     let stub = Stub::new(Misbehaviour {
         allows_duplicates: true,
@@ -1527,20 +1562,7 @@ async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopte
                "name": {"givenName": "P", "familyName": "Shared"}, "active": true}),
     );
     let landed_id = id_text(&landed);
-    let now = chrono::Utc::now();
-    link::ActiveModel {
-        app_id: Set(app_id.clone()),
-        resource_kind: Set("user".into()),
-        resource_id: Set(p.clone()),
-        target_id: Set(None),
-        state: Set("pending".into()),
-        created_at: Set(now),
-        updated_at: Set(now),
-        ..Default::default()
-    }
-    .insert(&app.db)
-    .await
-    .expect("P's unsure create");
+    mark_create_unsure(&app, &app_id, &p).await;
     let retry_at = |at: i64| {
         format!("UPDATE job SET run_at = {at} WHERE app_id = '{app_id}' AND resource_id = '{p}'")
     };
@@ -1597,6 +1619,141 @@ async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopte
     assert_eq!(p_link["state"], "linked");
     let users = stub.users();
     assert_eq!(users.len(), 1, "one account: {users:?}");
+}
+
+/// Member ids of the stub's only group.
+fn group_members(stub: &Stub) -> Vec<String> {
+    let groups = stub.groups();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let mut ids: Vec<String> = groups[0]["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["value"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A group job adds B and then fails to remove A (503): the add was applied, and the group's
+/// record says so. B then leaves the roster group before the retry; the retry removes both,
+/// where a record without B's add would have left B in the target group for good.
+#[tokio::test]
+async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wanted() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let base = serve(stub.clone()).await;
+    let group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "crew", "members": ["CREW-A"]}),
+        )
+        .await
+        .expect(201);
+    let group_path = format!(
+        "/api/v1/groups/{}",
+        group["id"].as_str().unwrap_or_default()
+    );
+    let app_id = app_on(&app, "crew", &base, json!({"group_push": ["crew"]})).await;
+    for (event_id, employee) in [("crew-a", "CREW-A"), ("crew-b", "CREW-B")] {
+        app.post_event(&joiner(
+            event_id,
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let id_of_person = |name: &str| {
+        stub.users()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_text)
+            .unwrap_or_default()
+    };
+    let (a, b) = (
+        id_of_person("crew-a@example.com"),
+        id_of_person("crew-b@example.com"),
+    );
+    assert_eq!(group_members(&stub), std::slice::from_ref(&a));
+
+    stub.failing_member_removals.store(true, Ordering::SeqCst);
+    app.patch(&group_path, &json!({"members": ["CREW-B"]}))
+        .await
+        .expect(200);
+    eventually(
+        "B added, A's removal refused",
+        Duration::from_secs(30),
+        || async {
+            let refused = stub
+                .seen()
+                .iter()
+                .any(|s| s.method == "PATCH" && s.path.contains("/Groups/"))
+                && group_members(&stub).contains(&b);
+            refused.then_some(())
+        },
+    )
+    .await;
+    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+        .await
+        .expect(200);
+    app.patch(&group_path, &json!({"members": []}))
+        .await
+        .expect(200);
+    stub.failing_member_removals.store(false, Ordering::SeqCst);
+    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+        .await
+        .expect(200);
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    assert_eq!(
+        group_members(&stub),
+        Vec::<String>::new(),
+        "A and B removed"
+    );
+}
+
+/// A group roster created whose create's answer was lost is found by name on the retry and
+/// known as roster's own by its `externalId`: deleting the roster group deletes it, where one
+/// taken for the app's own would stay, with its members, for good.
+#[tokio::test]
+async fn a_group_roster_created_is_deleted_with_its_roster_group_after_a_lost_answer() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour {
+        loses_first_group_create_answer: true,
+        ..Misbehaviour::default()
+    });
+    let base = serve(stub.clone()).await;
+    let group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "lost", "members": ["LOST-A"]}),
+        )
+        .await
+        .expect(201);
+    let app_id = app_on(&app, "lost", &base, json!({"group_push": ["lost"]})).await;
+    app.post_event(&joiner(
+        "lost-a",
+        "LOST-A",
+        "2026-11-01T09:00:00Z",
+        json!({}),
+    ))
+    .await;
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    assert_eq!(stub.groups().len(), 1, "created once, then found by name");
+    assert!(stub.group_create_answer_lost.load(Ordering::SeqCst));
+    app.delete(&format!(
+        "/api/v1/groups/{}",
+        group["id"].as_str().unwrap_or_default()
+    ))
+    .await
+    .expect(204);
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    assert_eq!(
+        stub.groups(),
+        Vec::<Value>::new(),
+        "deleted in the target too"
+    );
 }
 
 /// An account reconciliation lists as unmanaged (its userName is no address, its primary
