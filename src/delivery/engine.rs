@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -576,6 +576,7 @@ impl Delivery {
             rooms,
             default_room: DEFAULT_CLAIM_WINDOW,
             first_rooms,
+            leavers_only: false,
         }
     }
 
@@ -754,7 +755,7 @@ impl Delivery {
         job: job::Model,
         batch: Option<&ClaimedBatch>,
         finisher: &JobFinisher<'_>,
-        workers: &Arc<Semaphore>,
+        workers: &limiter::Workers,
     ) {
         let conn = self.db.conn();
         let now = queue::now_ms();
@@ -844,19 +845,21 @@ impl Delivery {
             ));
             return;
         }
-        let Ok(permit) = workers.clone().acquire_owned().await else {
+        // A deprovision takes a worker kept for leavers if one is free: never in line behind
+        // the joiners claimed before it.
+        let Some(permit) = workers.acquire(turn).await else {
             return;
         };
         // Boxed: a delivery's state is large, and unboxed it would be copied whole into
         // every job's task when it is spawned, before it even waits (a profile found those
         // copies at 2-3 % of roster's CPU).
-        limiter::with_worker(
-            workers.clone(),
-            permit,
-            turn,
-            Box::pin(self.deliver(job, app, &rt, prepared, finisher)),
-        )
-        .await;
+        workers
+            .run(
+                permit,
+                turn,
+                Box::pin(self.deliver(job, app, &rt, prepared, finisher)),
+            )
+            .await;
     }
 
     /// Runs a job that holds a worker.
@@ -1126,7 +1129,7 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
             Err(e) => tracing::warn!(error = %e, "Could not recover jobs left running"),
         }
     }
-    let workers = Arc::new(Semaphore::new(config.workers.max(1)));
+    let workers = limiter::Workers::new(config.workers);
     let (finisher, finisher_task) = Finisher::start(delivery.db.clone(), delivery.owner.clone());
     let mut tasks: JoinSet<()> = JoinSet::new();
     // Leases are renewed until the very end, through the drain; probes stop at shutdown, and
@@ -1153,14 +1156,17 @@ async fn run(delivery: Arc<Delivery>, config: EngineConfig, shutdown: Cancellati
         let bound = CLAIMED_PER_WORKER * config.workers.max(1);
         let free =
             (bound + delivery.look_ahead_rooms(bound)).saturating_sub(delivery.claimed_total());
-        if free == 0 {
-            tokio::select! {
-                _ = tasks.join_next() => {}
-                () = shutdown.cancelled() => {}
-            }
-            continue;
-        }
-        let rooms = delivery.claim_rooms(bound);
+        // Every claim taken: leavers are still claimed, into their apps' rooms for leavers,
+        // and take the workers kept for them.
+        let (free, rooms) = if free == 0 {
+            let rooms = ClaimRooms {
+                leavers_only: true,
+                ..delivery.claim_rooms(bound)
+            };
+            (limiter::leaver_workers(config.workers), rooms)
+        } else {
+            (free, delivery.claim_rooms(bound))
+        };
         let claimed = {
             let _turn = delivery.db.write_turn().await;
             queue::claim_within(

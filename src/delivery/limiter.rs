@@ -539,6 +539,8 @@ tokio::task_local! {
 
 struct Worker {
     pool: Arc<Semaphore>,
+    /// The engine's pools, to take a permit again in the job's turn (`None`: from `pool`).
+    workers: Option<Workers>,
     permit: Option<OwnedSemaphorePermit>,
     /// The job's turn for its app's slots and tokens.
     turn: Turn,
@@ -556,12 +558,76 @@ pub async fn with_worker<F: Future>(
         .scope(
             RefCell::new(Worker {
                 pool,
+                workers: None,
                 permit: Some(permit),
                 turn,
             }),
             fut,
         )
         .await
+}
+
+/// The engine's workers: the pool every job takes a permit of, and a few permits kept for
+/// deprovisions ([`leaver_workers`]), so that a leaver never waits in line for a worker
+/// behind the joiners claimed before it.
+#[derive(Clone, Debug)]
+pub struct Workers {
+    shared: Arc<Semaphore>,
+    leavers: Arc<Semaphore>,
+}
+
+/// Workers kept for deprovisions beside `workers` shared ones: a quarter as many, at least 1.
+#[must_use]
+pub fn leaver_workers(workers: usize) -> usize {
+    (workers / 4).max(1)
+}
+
+impl Workers {
+    #[must_use]
+    pub fn new(workers: usize) -> Self {
+        Self {
+            shared: Arc::new(Semaphore::new(workers.max(1))),
+            leavers: Arc::new(Semaphore::new(leaver_workers(workers))),
+        }
+    }
+
+    /// A worker permit for a job of `turn`, with its pool: in line from the shared pool; a
+    /// deprovision's from whichever pool has one first, its own first.
+    pub async fn acquire(&self, turn: Turn) -> Option<(Arc<Semaphore>, OwnedSemaphorePermit)> {
+        let take = |pool: &Arc<Semaphore>| {
+            let pool = pool.clone();
+            async move { pool.clone().acquire_owned().await.ok().map(|p| (pool, p)) }
+        };
+        match turn {
+            Turn::InLine => take(&self.shared).await,
+            Turn::First => tokio::select! {
+                biased;
+                own = take(&self.leavers) => own,
+                shared = take(&self.shared) => shared,
+            },
+        }
+    }
+
+    /// Runs a job's `fut` holding `permit` (from `pool`, one of these), as [`with_worker`]
+    /// does; a permit handed back while it waits is taken again in its turn.
+    pub async fn run<F: Future>(
+        &self,
+        (pool, permit): (Arc<Semaphore>, OwnedSemaphorePermit),
+        turn: Turn,
+        fut: F,
+    ) -> F::Output {
+        WORKER
+            .scope(
+                RefCell::new(Worker {
+                    pool,
+                    workers: Some(self.clone()),
+                    permit: Some(permit),
+                    turn,
+                }),
+                fut,
+            )
+            .await
+    }
 }
 
 /// The turn of the job running in this task; outside a job (a reconciliation's reads, a
@@ -574,18 +640,29 @@ fn current_turn() -> Turn {
 /// takes a permit again before going on. Outside a job (a reconciliation's reads, a shared
 /// look-up's task) it just runs `wait`.
 pub async fn without_worker<F: Future>(wait: F) -> F::Output {
-    let pool = WORKER
+    let handed_back = WORKER
         .try_with(|w| {
             let mut w = w.borrow_mut();
-            w.permit.take().map(|_| w.pool.clone())
+            w.permit
+                .take()
+                .map(|_| (w.pool.clone(), w.workers.clone(), w.turn))
         })
         .ok()
         .flatten();
     let out = wait.await;
-    if let Some(pool) = pool
-        && let Ok(permit) = pool.acquire_owned().await
-    {
-        let _ = WORKER.try_with(|w| w.borrow_mut().permit = Some(permit));
+    let Some((pool, workers, turn)) = handed_back else {
+        return out;
+    };
+    let again = match workers {
+        Some(workers) => workers.acquire(turn).await,
+        None => pool.clone().acquire_owned().await.ok().map(|p| (pool, p)),
+    };
+    if let Some((pool, permit)) = again {
+        let _ = WORKER.try_with(|w| {
+            let mut w = w.borrow_mut();
+            w.pool = pool;
+            w.permit = Some(permit);
+        });
     }
     out
 }

@@ -263,6 +263,9 @@ pub struct ClaimRooms {
     /// claimed at once even while the app's window is full of other jobs (it then gets the
     /// app's next slot ahead of them), yet a wave of leavers is bounded too.
     pub first_rooms: Vec<(String, u64)>,
+    /// Deprovision-lane jobs only (in `first_rooms`): what the engine claims while the
+    /// process's claims are all taken, so that a leaver never waits for a joiner to end.
+    pub leavers_only: bool,
 }
 
 impl ClaimRooms {
@@ -273,6 +276,7 @@ impl ClaimRooms {
             rooms: Vec::new(),
             default_room: u64::from(u32::MAX),
             first_rooms: Vec::new(),
+            leavers_only: false,
         }
     }
 }
@@ -334,6 +338,12 @@ pub async fn claim_within(
             "AND (j.app_id NOT IN ({}) OR j.priority = {first}) ",
             full.join(", ")
         )
+    };
+    // A literal: the queue's head index (`priority`, `run_at`) then reads the leavers alone.
+    let skip_full = if rooms.leavers_only {
+        format!("{skip_full}AND j.priority = {first} ")
+    } else {
+        skip_full
     };
     let mut cases = String::new();
     for (app, room) in rooms.rooms.iter().filter(|(_, room)| *room > 0) {

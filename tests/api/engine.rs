@@ -837,6 +837,81 @@ async fn serve_recorder(recorder: Arc<Recorder>) -> String {
         .to_owned()
 }
 
+/// Workers are the bottleneck (one worker; a slow target, not throttled): every claim of
+/// the process is taken by joiners waiting for the worker. A leaver is claimed all the same,
+/// takes a worker kept for leavers, and its deactivate goes out while the joiners ahead of it
+/// still wait: at most the calls under way when it arrived come first.
+#[tokio::test]
+async fn a_leaver_never_waits_in_line_for_a_worker_behind_joiners() {
+    let app = spawn_app_with(|c| c.workers = 1).await;
+    let target = roster::dev_target::spawn(roster::dev_target::DevTargetArgs {
+        token: Some(TOKEN.into()),
+        latency_ms: 150,
+        ..Default::default()
+    })
+    .await
+    .expect("dev-target");
+    let (recorder, proxy) = Recorder::start(&target).await;
+    let app_id = create_app(
+        &app,
+        "workers",
+        &proxy,
+        json!({"max_concurrency": 8, "rate_limit": {"per_second": 1000, "burst": 1000}}),
+    )
+    .await;
+    app.post_event(&joiner("w0", "W0", "2026-11-01T09:00:00Z", json!({})))
+        .await;
+    app.settled(&app_id, Duration::from_secs(20)).await;
+    let leaver_id = target
+        .users_snapshot()
+        .iter()
+        .find(|u| u["userName"] == "w0")
+        .and_then(|u| u["id"].as_str().map(str::to_owned))
+        .expect("the leaver's account");
+    let backlog: Vec<Value> = (0..30)
+        .map(|i| {
+            joiner(
+                &format!("wb{i}"),
+                &format!("WB{i}"),
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            )
+        })
+        .collect();
+    app.post("/api/v1/events:batch", &json!({"events": backlog}))
+        .await
+        .expect(202);
+    eventually("the backlog under way", Duration::from_secs(20), || async {
+        (target.stats()["users"].as_u64().unwrap_or(0) >= 3).then_some(())
+    })
+    .await;
+    let before = recorder.calls().len();
+    app.post_event(&event(
+        "w0-leaves",
+        "leaver",
+        "W0",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let at = recorder
+        .first_write_to(
+            &format!("/scim/v2/Users/{leaver_id}"),
+            Duration::from_secs(60),
+        )
+        .await;
+    let overtaken_by = at.saturating_sub(before);
+    let users_then = target.stats()["users"].as_u64().unwrap_or(0);
+    eprintln!("leaver: {overtaken_by} calls ahead, {users_then} accounts by then");
+    assert!(
+        overtaken_by <= 1,
+        "{overtaken_by} calls went to the target between the leaver's event and its \
+         deactivate ({users_then} accounts by then)"
+    );
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    assert_eq!(target.stats()["users"], 31);
+}
+
 /// Issue 24: in an app limited to 5 calls/s and 2 jobs at a time, a leaver posted behind a
 /// backlog of 100 joiners gets the app's next slot and next tokens: the deactivate reaches
 /// the target within a few calls of the event, long before the backlog is done, and no
@@ -1068,7 +1143,6 @@ async fn two_apps_of_one_group_share_its_limit_at_one_target_and_a_leaver_goes_f
                 json!({"max_concurrency": 4,
                        "rate_limit": {"per_second": PER_SECOND, "burst": 1},
                        "rate_limit_group": "one-tenant",
-                       
                        "scope": {"email_domains": [format!("{tenant_app}.example.com")]}}),
             )
             .await,

@@ -722,6 +722,38 @@ async fn a_claim_takes_from_each_app_only_its_room() {
     assert_eq!(claimed[0].lane, "deprovision", "{claimed:?}");
 }
 
+/// While every claim of the process is taken, the engine claims leavers alone
+/// (`leavers_only`): a due leaver of any app, within its app's room for leavers, and no
+/// joiner, however much room its app has.
+#[tokio::test]
+async fn a_claim_of_leavers_only_takes_no_other_job() {
+    let app = spawn_planner().await;
+    let (a, b) = (app_id(&app, "a").await, app_id(&app, "b").await);
+    let conn = &app.db;
+    queue::enqueue(
+        conn,
+        &[
+            job(&a, ResourceKind::User, "j1", Lane::Normal),
+            job(&b, ResourceKind::User, "j2", Lane::Normal),
+            job(&b, ResourceKind::User, "r1", Lane::Reconcile),
+            job(&b, ResourceKind::User, "l1", Lane::Deprovision),
+        ],
+    )
+    .await
+    .expect("enqueue");
+    let rooms = queue::ClaimRooms {
+        rooms: vec![(a.clone(), 5), (b.clone(), 5)],
+        default_room: 5,
+        first_rooms: vec![(a.clone(), 5), (b.clone(), 5)],
+        leavers_only: true,
+    };
+    let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &rooms)
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = claimed.iter().map(|j| j.resource_id.as_str()).collect();
+    assert_eq!(ids, ["l1"]);
+}
+
 /// Issue 22 §5: a leaver posted behind a backlog of thousands of pending jobs of the same app
 /// is claimed first, whether the app's window is free or full: the next claim of one job is
 /// the leaver, and a claim with the app's window full takes the leaver and nothing else. (The
@@ -758,6 +790,7 @@ async fn a_leaver_behind_thousands_of_pending_jobs_is_claimed_first() {
         rooms: vec![(busy.clone(), 0)],
         first_rooms: vec![(busy.clone(), 1)],
         default_room: 5,
+        leavers_only: false,
     };
     let claimed = queue::claim_within(conn, "w", queue::now_ms(), 50, &full)
         .await
