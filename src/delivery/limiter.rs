@@ -554,17 +554,13 @@ pub async fn with_worker<F: Future>(
     turn: Turn,
     fut: F,
 ) -> F::Output {
-    WORKER
-        .scope(
-            RefCell::new(Worker {
-                pool,
-                workers: None,
-                permit: Some(permit),
-                turn,
-            }),
-            fut,
-        )
-        .await
+    let worker = Worker {
+        pool,
+        workers: None,
+        permit: Some(permit),
+        turn,
+    };
+    WORKER.scope(RefCell::new(worker), fut).await
 }
 
 /// The engine's workers: the pool every job takes a permit of, and a few permits kept for
@@ -616,17 +612,12 @@ impl Workers {
         turn: Turn,
         fut: F,
     ) -> F::Output {
-        WORKER
-            .scope(
-                RefCell::new(Worker {
-                    pool,
-                    workers: Some(self.clone()),
-                    permit: Some(permit),
-                    turn,
-                }),
-                fut,
-            )
-            .await
+        with_worker(pool, permit, turn, async move {
+            // Takes permits back from these pools, in the job's turn.
+            let _ = WORKER.try_with(|w| w.borrow_mut().workers = Some(self.clone()));
+            fut.await
+        })
+        .await
     }
 }
 

@@ -1625,14 +1625,7 @@ async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopte
 fn group_members(stub: &Stub) -> Vec<String> {
     let groups = stub.groups();
     assert_eq!(groups.len(), 1, "{groups:?}");
-    let mut ids: Vec<String> = groups[0]["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["value"].as_str().map(str::to_owned))
-        .collect();
-    ids.sort();
-    ids
+    crate::helpers::member_ids(&groups[0])
 }
 
 /// A group job adds B and then fails to remove A (503): the add was applied, and the group's
