@@ -410,6 +410,33 @@ async fn app_on(app: &TestApp, name: &str, base_url: &str, extra: Value) -> Stri
         .to_owned()
 }
 
+/// A stub that creates a second account with a taken userName, as many SaaS targets do.
+fn stub_allowing_duplicates() -> Arc<Stub> {
+    Stub::new(Misbehaviour {
+        allows_duplicates: true,
+        ..Misbehaviour::default()
+    })
+}
+
+/// Pauses (or resumes) the app: its jobs wait meanwhile.
+async fn set_paused(app: &TestApp, app_id: &str, paused: bool) {
+    let action = if paused { "pause" } else { "resume" };
+    app.post(&format!("/api/v1/apps/{app_id}/{action}"), &json!({}))
+        .await
+        .expect(200);
+}
+
+/// The person's link holds `account` and is `linked`.
+async fn assert_linked(app: &TestApp, identity_id: &str, account: &Value) {
+    let link = link_of(app, "user", identity_id).await.expect("a link");
+    assert_eq!(
+        link["target_id"].as_str(),
+        Some(id_text(account).as_str()),
+        "{link}"
+    );
+    assert_eq!(link["state"], "linked", "{link}");
+}
+
 async fn identity_id(app: &TestApp, employee_id: &str) -> String {
     app.get(&format!("/api/v1/identities/{employee_id}"))
         .await
@@ -1167,12 +1194,7 @@ async fn a_waiting_joiner_is_looked_up_ahead_and_adopted_where_the_target_allows
         .collect();
     assert_eq!(posts.len(), 1, "only A was created: {posts:?}");
     let b = identity_id(&app, "AHEAD-B").await;
-    let link = link_of(&app, "user", &b).await.expect("B's link");
-    assert_eq!(
-        link["target_id"].as_str(),
-        Some(id_text(&made_by_hand).as_str())
-    );
-    assert_eq!(link["state"], "linked");
+    assert_linked(&app, &b, &made_by_hand).await;
     let logged = app
         .rows(&format!(
             "SELECT path FROM operation WHERE app_id = '{app_id}' AND resource_id = '{b}' \
@@ -1238,12 +1260,7 @@ async fn where_the_target_rejects_taken_user_names_a_joiner_is_created_first_and
         .count();
     assert_eq!(posts, 2, "one create each (B's answered 409)");
     let b = identity_id(&app, "FIRST-B").await;
-    let link = link_of(&app, "user", &b).await.expect("B's link");
-    assert_eq!(
-        link["target_id"].as_str(),
-        Some(id_text(&made_by_hand).as_str())
-    );
-    assert_eq!(link["state"], "linked");
+    assert_linked(&app, &b, &made_by_hand).await;
 }
 
 /// Two people with one address against a target that does not enforce uniqueness: both are
@@ -1253,10 +1270,7 @@ async fn where_the_target_rejects_taken_user_names_a_joiner_is_created_first_and
 #[tokio::test]
 async fn two_people_with_one_address_never_make_two_accounts_where_the_target_allows_it() {
     let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        ..Misbehaviour::default()
-    });
+    let stub = stub_allowing_duplicates();
     let base = serve(stub.clone()).await;
     let app_id = app_on(
         &app,
@@ -1359,21 +1373,13 @@ fn listings_and_look_ups(stub: &Stub) -> (usize, usize) {
 #[tokio::test]
 async fn joiners_found_by_one_listing_of_a_small_target_are_adopted_never_duplicated() {
     let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        ..Misbehaviour::default()
-    });
+    let stub = stub_allowing_duplicates();
     let (_, made_by_hand, people) = joiners_claimed_together(&app, &stub, "listed").await;
 
     let users = stub.users();
     assert_eq!(users.len(), people.len(), "one account each: {users:?}");
     let c = identity_id(&app, "LISTED-C").await;
-    let link = link_of(&app, "user", &c).await.expect("C's link");
-    assert_eq!(
-        link["target_id"].as_str(),
-        Some(id_text(&made_by_hand).as_str())
-    );
-    assert_eq!(link["state"], "linked");
+    assert_linked(&app, &c, &made_by_hand).await;
     let (listings, look_ups) = listings_and_look_ups(&stub);
     assert!(listings >= 1, "the target's listing was read");
     assert!(
@@ -1483,16 +1489,11 @@ async fn mark_create_unsure(app: &TestApp, app_id: &str, person: &str) {
 #[tokio::test]
 async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_before() {
     let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        ..Misbehaviour::default()
-    });
+    let stub = stub_allowing_duplicates();
     let (app_id, _, people) = joiners_claimed_together(&app, &stub, "unsure").await;
     let (listings, _) = listings_and_look_ups(&stub);
     assert!(listings >= 1, "the target's listing was read (and kept)");
-    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
-        .await
-        .expect(200);
+    set_paused(&app, &app_id, true).await;
     app.post_event(&joiner(
         "unsure-late",
         "UNSURE-G",
@@ -1509,9 +1510,7 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
                "name": {"givenName": "G", "familyName": "Unsure"}, "active": true}),
     );
     mark_create_unsure(&app, &app_id, &g).await;
-    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
-        .await
-        .expect(200);
+    set_paused(&app, &app_id, false).await;
     app.settled(&app_id, Duration::from_secs(30)).await;
 
     let users = stub.users();
@@ -1520,9 +1519,7 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
         people.len() + 1,
         "no second account: {users:?}"
     );
-    let link = link_of(&app, "user", &g).await.expect("G's link");
-    assert_eq!(link["target_id"].as_str(), Some(id_text(&landed).as_str()));
-    assert_eq!(link["state"], "linked");
+    assert_linked(&app, &g, &landed).await;
 }
 
 /// Two people with one address, P and Q. P's create was sent and its answer lost: the
@@ -1533,15 +1530,10 @@ async fn an_unsure_create_is_looked_up_afresh_never_in_a_listing_kept_from_befor
 async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopted() {
     use sea_orm::ConnectionTrait as _;
     let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        ..Misbehaviour::default()
-    });
+    let stub = stub_allowing_duplicates();
     let base = serve(stub.clone()).await;
     let app_id = app_on(&app, "unsure-other", &base, json!({})).await;
-    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
-        .await
-        .expect(200);
+    set_paused(&app, &app_id, true).await;
     let address = json!({"email": "shared@example.com"});
     for (event_id, employee) in [("shared-p", "SHARED-P"), ("shared-q", "SHARED-Q")] {
         app.post_event(&joiner(
@@ -1570,9 +1562,7 @@ async fn an_account_another_person_s_unsure_create_may_have_made_is_never_adopte
         .execute_unprepared(&retry_at(9_000_000_000_000))
         .await
         .expect("P's retry later");
-    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
-        .await
-        .expect(200);
+    set_paused(&app, &app_id, false).await;
     eventually("Q's job to end", Duration::from_secs(30), || async {
         let open = app
             .rows(&format!(
@@ -1688,16 +1678,12 @@ async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wante
         },
     )
     .await;
-    app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
-        .await
-        .expect(200);
+    set_paused(&app, &app_id, true).await;
     app.patch(&group_path, &json!({"members": []}))
         .await
         .expect(200);
     stub.failing_member_removals.store(false, Ordering::SeqCst);
-    app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
-        .await
-        .expect(200);
+    set_paused(&app, &app_id, false).await;
     app.settled(&app_id, Duration::from_secs(60)).await;
     assert_eq!(
         group_members(&stub),
@@ -1819,10 +1805,7 @@ async fn a_joiner_never_adopts_an_account_outside_the_managed_domains() {
 #[tokio::test]
 async fn a_mover_s_new_address_is_found_by_the_next_look_up_of_it() {
     let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        ..Misbehaviour::default()
-    });
+    let stub = stub_allowing_duplicates();
     let (app_id, _, _) = joiners_claimed_together(&app, &stub, "rename").await;
     let (listings, _) = listings_and_look_ups(&stub);
     assert!(listings >= 1, "the target's listing was read (and kept)");
@@ -2057,10 +2040,7 @@ async fn one_account_for_two_people_with_one_address(prefix: &str, change_settin
 #[tokio::test]
 async fn no_listing_answers_look_ups_where_listings_leave_accounts_out() {
     let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour {
-        allows_duplicates: true,
-        ..Misbehaviour::default()
-    });
+    let stub = stub_allowing_duplicates();
     let (_, made_by_hand, people) = joiners_claimed_together_with(
         &app,
         &stub,
