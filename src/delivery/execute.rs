@@ -372,14 +372,14 @@ pub fn look_ahead(
     )
 }
 
-/// The target account a user link holds and its last-applied snapshot: `None` for no link,
-/// a deleted one, or a create whose outcome is unknown (`pending`): the person is then matched
-/// before being created.
 /// The link says a create was sent and its outcome is unknown ([`LinkState::unsure`]).
 fn create_unsure(link: &link::Model) -> bool {
     link.target_id.is_none() && link.state == "pending"
 }
 
+/// The target account a user link holds and its last-applied snapshot: `None` for no link,
+/// a deleted one, or a create whose outcome is unknown (`pending`): the person is then matched
+/// before being created.
 fn live_target(link: Option<&link::Model>) -> Option<(&str, &Value)> {
     link.filter(|l| l.state != "deleted" && l.state != "pending")
         .and_then(|l| {
