@@ -943,21 +943,12 @@ async fn read_again_before_deprovision(
     person: &IdentityView,
     target_id: &str,
 ) -> Result<AccountNow, JobError> {
-    doing(Operation::Deactivate);
-    let account = match ctx.client.users().get(target_id).await {
-        Ok(account) => account,
-        Err(e) if e.is_not_found() => return Ok(AccountNow::Gone),
-        Err(e) => return Err(JobError::scim(Operation::Deactivate, e)),
+    let Some(account) = read_account_again(ctx, target_id, Operation::Deactivate).await? else {
+        return Ok(AccountNow::Gone);
     };
     let attribute = ctx.settings.matching.target_attribute.as_str();
-    let reason = if id_of(&account) != Some(target_id) {
-        format!(
-            "skipped: GET of account {target_id} answered another resource; nothing deprovisioned"
-        )
-    } else if !crate::reconcile::account_is_managed(&ctx.settings.scope.spec(), &account) {
-        format!(
-            "skipped: account {target_id} is outside the app's managed domains now (unmanaged accounts are never touched)"
-        )
+    let reason = if let Some(reason) = not_to_deprovision(ctx, target_id, &account) {
+        reason
     } else if !matching_value(ctx, person)
         .is_ok_and(|(attribute, value)| filter::holds_value(&account, attribute, &value))
     {
@@ -968,6 +959,37 @@ async fn read_again_before_deprovision(
         return Ok(AccountNow::Theirs);
     };
     Ok(AccountNow::NotTheirs(reason))
+}
+
+/// The account `target_id` as the target holds it now, read before a deprovision decided
+/// earlier; `None` when it is gone (404).
+async fn read_account_again(
+    ctx: &AppContext<'_>,
+    target_id: &str,
+    operation: Operation,
+) -> Result<Option<Value>, JobError> {
+    doing(operation);
+    match ctx.client.users().get(target_id).await {
+        Ok(account) => Ok(Some(account)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(JobError::scim(operation, e)),
+    }
+}
+
+/// Why `account`, read again as `target_id`, is not to be deprovisioned whoever it belongs
+/// to: the GET answered another resource, or it is outside the managed domains now.
+fn not_to_deprovision(ctx: &AppContext<'_>, target_id: &str, account: &Value) -> Option<String> {
+    if id_of(account) != Some(target_id) {
+        Some(format!(
+            "skipped: GET of account {target_id} answered another resource; nothing deprovisioned"
+        ))
+    } else if !crate::reconcile::account_is_managed(&ctx.settings.scope.spec(), account) {
+        Some(format!(
+            "skipped: account {target_id} is outside the app's managed domains now (unmanaged accounts are never touched)"
+        ))
+    } else {
+        None
+    }
 }
 
 /// Whether a failed write may have been applied all the same: no answer, a 5xx or an unreadable
@@ -1017,11 +1039,8 @@ pub async fn deprovision_account(
         DeprovisionAction::Delete => Operation::Delete,
         DeprovisionAction::Deactivate => Operation::Deactivate,
     };
-    doing(operation);
-    let account = match users.get(target_id).await {
-        Ok(account) => account,
-        Err(e) if e.is_not_found() => return Ok(Operation::Noop),
-        Err(e) => return Err(JobError::scim(operation, e)),
+    let Some(account) = read_account_again(ctx, target_id, operation).await? else {
+        return Ok(Operation::Noop);
     };
     let linked_to = link::Entity::find()
         .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
@@ -1029,21 +1048,12 @@ pub async fn deprovision_account(
         .filter(link::Column::TargetId.eq(target_id))
         .one(conn)
         .await?;
-    let refused = if let Some(link) = linked_to {
-        Some(format!(
+    let refused = match linked_to {
+        Some(link) => Some(format!(
             "skipped: account {target_id} is linked to identity {} now, so it is not deprovisioned as an account of nobody",
             link.resource_id
-        ))
-    } else if id_of(&account) != Some(target_id) {
-        Some(format!(
-            "skipped: GET of account {target_id} answered another resource; nothing deprovisioned"
-        ))
-    } else if !crate::reconcile::account_is_managed(&ctx.settings.scope.spec(), &account) {
-        Some(format!(
-            "skipped: account {target_id} is outside the app's managed domains now (unmanaged accounts are never touched)"
-        ))
-    } else {
-        None
+        )),
+        None => not_to_deprovision(ctx, target_id, &account),
     };
     if let Some(reason) = refused {
         note_on_last_call(&reason);
