@@ -566,7 +566,7 @@ fn changes_needing_admin(before: &AppSettings, after: &AppSettings) -> Vec<Strin
 }
 
 /// Refuses what `changes_needing_admin` finds unless `principal` is an admin.
-fn check_authority(
+pub(super) fn check_authority(
     principal: &Principal,
     before: &AppSettings,
     after: &AppSettings,

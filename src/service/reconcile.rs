@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::audit::{self, AuditEntry};
-use super::{Permission, Principal, Roster, ServiceError, ServiceResult};
+use super::{Principal, Roster, ServiceError, ServiceResult};
 use crate::reconcile::run::{self, RunError, RunOutcome, RunProgress, Start};
 use crate::reconcile::{Counts, Report, ReportItem, RunState};
 use crate::settings::ReconcileMode;
@@ -88,22 +88,15 @@ impl Roster {
     ) -> ServiceResult<reconcile_run::Model> {
         let app = self.get_app(app_id).await?;
         let mode = options.mode.unwrap_or(app.settings.reconcile.mode);
-        let settings = &app.settings.reconcile;
-        // A fix run deprovisions the unmatched accounts where the app says so; an app whose
-        // own runs only report took an admin to allow that (on create or patch), and so
-        // does one such run.
+        // A run in another mode than the app's is weighed as that change of the app would be:
+        // a `fix` run that deprovisions the unmatched accounts needs an admin where the app's
+        // own runs only report, as switching the app to `fix` does.
         if let Some(principal) = principal
-            && mode == ReconcileMode::Fix
-            && settings.mode != ReconcileMode::Fix
-            && settings.deprovision_unmatched
             && !options.dry_run
-            && principal.require(Permission::Admin).is_err()
         {
-            return Err(ServiceError::NeedsAdmin(
-                "a `fix` run of an app that reports only, with reconcile.deprovision_unmatched \
-                 on (it deprovisions accounts that match nobody)"
-                    .into(),
-            ));
+            let mut as_run = app.settings.clone();
+            as_run.reconcile.mode = mode;
+            super::apps::check_authority(principal, &app.settings, &as_run)?;
         }
         let tx = self.write_tx().await?;
         let run = run::begin(&*tx, &app.model.id, options.dry_run, mode, start).await?;
