@@ -1781,38 +1781,27 @@ async fn deprovision_batch(
 /// What a run read of the target's `/Groups`, for the pushed groups it would link by name:
 /// one found by name is adopted only when no other group read has that name (which one is
 /// roster's would be a guess, and delivery refuses it as well), and none is adopted or
-/// created from a listing that did not hold everything its `totalResults` counts, or wrapped.
+/// created from a listing that is not whole (`scim::WholeAnswer`: short of its
+/// `totalResults`, wrapped, or shrinking under its pages).
 #[derive(Debug, Default)]
 struct GroupsRead {
-    ids: HashSet<String>,
-    without_id: u64,
-    total: Option<u64>,
-    wrapped: bool,
+    whole: crate::scim::WholeAnswer,
     /// Groups read per lower-cased `displayName`.
     names: HashMap<String, u32>,
 }
 
 impl GroupsRead {
     fn page(&mut self, page: &crate::scim::Page) {
-        self.wrapped |= page.wrapped;
-        self.total = page.total.or(self.total);
-        for group in &page.resources {
-            let first = match crate::scim::id_of(group) {
-                Some(id) => self.ids.insert(id.to_owned()),
-                None => {
-                    self.without_id += 1;
-                    true
-                }
-            };
-            if first && let Some(name) = group.get("displayName").and_then(Value::as_str) {
-                *self.names.entry(name.to_lowercase()).or_default() += 1;
+        let names = &mut self.names;
+        self.whole.page(page, |group| {
+            if let Some(name) = group.get("displayName").and_then(Value::as_str) {
+                *names.entry(name.to_lowercase()).or_default() += 1;
             }
-        }
+        });
     }
 
     fn incomplete(&self) -> bool {
-        let read = self.ids.len() as u64 + self.without_id;
-        self.wrapped || self.total.is_some_and(|total| read < total)
+        self.whole.short_by().is_some()
     }
 
     fn withhold_group(&self, finding: &mut GroupFinding) {

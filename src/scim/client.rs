@@ -1439,9 +1439,10 @@ impl SeenIds {
 /// Whether a filtered answer, read page by page (overlapping), holds everything it counts:
 /// no page came round to the first again or moved under the walk, `totalResults` never
 /// shrank, and the distinct resources read reach the last `totalResults` (an answer without
-/// one cannot be checked, and is taken as whole).
+/// one cannot be checked, and is taken as whole). Also for listings read by others
+/// (reconciliation's `/Groups`).
 #[derive(Debug, Default)]
-struct WholeAnswer {
+pub struct WholeAnswer {
     ids: std::collections::HashSet<String>,
     without_id: u64,
     total: Option<u64>,
@@ -1450,7 +1451,9 @@ struct WholeAnswer {
 }
 
 impl WholeAnswer {
-    fn page(&mut self, page: &Page) {
+    /// Takes one page of the listing into account; `first_sight` is called with each resource
+    /// read for the first time (by its `id`; one without an `id` always is).
+    pub fn page(&mut self, page: &Page, mut first_sight: impl FnMut(&Value)) {
         self.wrapped |= page.wrapped;
         self.moved |= page.shifted
             || page
@@ -1458,17 +1461,22 @@ impl WholeAnswer {
                 .is_some_and(|now| self.total.is_some_and(|t| now < t));
         self.total = page.total.or(self.total);
         for resource in &page.resources {
-            match id_of(resource) {
-                Some(id) => {
-                    self.ids.insert(id.to_owned());
+            let first = match id_of(resource) {
+                Some(id) => self.ids.insert(id.to_owned()),
+                None => {
+                    self.without_id += 1;
+                    true
                 }
-                None => self.without_id += 1,
+            };
+            if first {
+                first_sight(resource);
             }
         }
     }
 
     /// Why the answer is not whole, if it is not.
-    fn short_by(&self) -> Option<String> {
+    #[must_use]
+    pub fn short_by(&self) -> Option<String> {
         let read = self.ids.len() as u64 + self.without_id;
         if self.wrapped {
             return Some(format!(
@@ -1760,7 +1768,7 @@ impl Resources {
         let mut found = Vec::new();
         let mut pages = self.list_pages(query);
         while let Some(page) = pages.try_next().await? {
-            whole.page(&page);
+            whole.page(&page, |_| {});
             for resource in page.resources {
                 let wanted = values
                     .iter()

@@ -45,7 +45,7 @@ pub use auth::Auth;
 pub use client::{
     CallGate, CallKind, CallObserver, CallPass, CallRecord, ClientTls, ConnectionReport,
     CursorStep, DEFAULT_MAX_BODY_BYTES, Deleted, ListQuery, Page, Resources, ScimClient,
-    TargetConfig, id_of, install_crypto_provider, version_of,
+    TargetConfig, WholeAnswer, id_of, install_crypto_provider, version_of,
 };
 pub use discovery::Capabilities;
 pub use error::{
