@@ -117,6 +117,52 @@ async fn peer_lists_250_users_once_each() {
     }
 }
 
+/// Overlapping pages against the peer: each page after the first is asked from the last
+/// account of the one before and begins with it, none is `shifted`, and every account comes
+/// once (the repeated one is not yielded twice).
+#[tokio::test]
+async fn peer_overlapping_pages_yield_each_account_once() {
+    use futures::TryStreamExt as _;
+    let _one = PEER.lock().await;
+    let Some((c, calls)) = peer_client(|_| {}) else {
+        return;
+    };
+    let prefix = unique("overlap");
+    let mut created = scenarios::create_users(&c, &prefix, 7, 2).await;
+    calls.clear();
+    let query = roster::scim::ListQuery {
+        filter: Some(format!(
+            "userName sw {}",
+            roster::scim::filter::json_string(&prefix)
+        )),
+        page_size: 3,
+        overlapping: true,
+        ..roster::scim::ListQuery::default()
+    };
+    let pages: Vec<roster::scim::Page> = c.users().list_pages(query).try_collect().await.unwrap();
+    assert!(pages.iter().all(|p| !p.shifted && !p.wrapped), "{pages:?}");
+    let mut listed: Vec<String> = pages
+        .iter()
+        .flat_map(|p| crate::helpers::ids(&p.resources))
+        .collect();
+    assert_eq!(listed.len(), 7, "each once: {listed:?}");
+    created.sort();
+    listed.sort();
+    assert_eq!(listed, created);
+    // 3 new, then 2 new after each repeated last account (3 + 2 + 2): each page asked from
+    // the last position of the one before.
+    let starts: Vec<String> = calls
+        .all()
+        .iter()
+        .filter_map(|r| r.path.split("startIndex=").nth(1))
+        .map(|rest| rest.split('&').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(starts, ["1", "3", "5"]);
+    for id in &created {
+        c.users().delete(id).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn peer_test_connection_reports_capabilities() {
     let _one = PEER.lock().await;
