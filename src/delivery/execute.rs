@@ -16,7 +16,7 @@ use crate::mapping::{self, CompiledMappings, IdentityView};
 use crate::scim::{CallRecord, PatchRequest, ScimClient, ScimError, filter, id_of};
 use crate::settings::{AppSettings, DeprovisionAction};
 use crate::store::entity::{app, group, group_member, identity, link};
-use crate::store::queue::{JobRequest, Lane, ResourceKind};
+use crate::store::queue::{GROUP_MEMBERS_UNSURE, JobRequest, Lane, ResourceKind};
 use crate::store::shapes;
 
 /// What a job did; the label is the `operation` of metrics and the provisioning log.
@@ -840,12 +840,24 @@ pub async fn deliver_user(
     let Some(target_id) = link.target_id.clone() else {
         return Ok(Operation::Noop);
     };
-    // A link without the account as roster last wrote it: made by reconciliation for an
-    // orphan it found (perhaps hours before the run was approved), or left by a write whose
-    // outcome is unknown. The account is read again first, and deprovisioned only while it is
-    // there, the same resource, in a managed domain and still this person's.
-    if link.snapshot.is_none() && link.state != "deleted" {
-        match read_again_before_deprovision(ctx, view, &target_id).await? {
+    let delete_due = link.delete_after.is_some_and(|t| t <= now_ms);
+    let action = ctx.settings.deprovision.action;
+    // Two deprovisions rest on a decision made earlier, and read the account again first: a
+    // link without the account as roster last wrote it (made by reconciliation for an orphan
+    // it found, perhaps hours before the run was approved, or left by a write whose outcome is
+    // unknown), and the DELETE of an account roster deactivated earlier (a delete scheduled
+    // `delete_after_days` out: the account may have been renamed, handed on or removed by
+    // hand meanwhile). It is deprovisioned only while it is there, the same resource, in a
+    // managed domain and still this person's.
+    let deleting_deactivated =
+        link.state == "deactivated" && (action == DeprovisionAction::Delete || delete_due);
+    if (link.snapshot.is_none() || deleting_deactivated) && link.state != "deleted" {
+        let operation = if deleting_deactivated || action == DeprovisionAction::Delete {
+            Operation::Delete
+        } else {
+            Operation::Deactivate
+        };
+        match read_again_before_deprovision(ctx, view, &target_id, operation).await? {
             AccountNow::Theirs => {}
             AccountNow::Gone => {
                 stage_user_link(writes, ctx, identity_id, LinkState::deleted());
@@ -857,8 +869,6 @@ pub async fn deliver_user(
             }
         }
     }
-    let delete_due = link.delete_after.is_some_and(|t| t <= now_ms);
-    let action = ctx.settings.deprovision.action;
     match (link.state.as_str(), action) {
         ("deleted", _) => Ok(Operation::Noop),
         ("linked" | "error", DeprovisionAction::Delete) | ("deactivated", _)
@@ -942,8 +952,9 @@ async fn read_again_before_deprovision(
     ctx: &AppContext<'_>,
     person: &IdentityView,
     target_id: &str,
+    operation: Operation,
 ) -> Result<AccountNow, JobError> {
-    let Some(account) = read_account_again(ctx, target_id, Operation::Deactivate).await? else {
+    let Some(account) = read_account_again(ctx, target_id, operation).await? else {
         return Ok(AccountNow::Gone);
     };
     let attribute = ctx.settings.matching.target_attribute.as_str();
@@ -1176,6 +1187,42 @@ pub(crate) fn target_members(group: &Value) -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Whom target group `target_id` may hold after a job of it died while it may have been sending
+/// member changes ([`GROUP_MEMBERS_UNSURE`]): `recorded`, the members its link lists, and
+/// every member the target answers it with — or, on a target that answers groups without
+/// their members, every account the app links (an add that was applied but unanswered may
+/// have made any of them a member). Whoever of them roster no longer wants is then removed: a
+/// removal of a non-member is harmless, a member left in a group is access kept.
+async fn members_after_a_lost_job(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    target_id: &str,
+    recorded: BTreeSet<String>,
+) -> Result<BTreeSet<String>, JobError> {
+    let mut members = recorded;
+    if ctx.client.quirks().group_members_readable {
+        doing(Operation::GroupUpdate);
+        match ctx.client.groups().get(target_id).await {
+            Ok(group) if id_of(&group) == Some(target_id) => {
+                members.extend(target_members(&group));
+                return Ok(members);
+            }
+            // Another resource answered, or none: fall back on the app's links below.
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(JobError::scim(Operation::GroupUpdate, e)),
+        }
+    }
+    let linked = link::Entity::find()
+        .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
+        .filter(link::Column::TargetId.is_not_null())
+        .all(conn)
+        .await?;
+    members.extend(linked.into_iter().filter_map(|l| l.target_id));
+    Ok(members)
 }
 
 /// A pushed group's link snapshot says, under `origin`, whether roster created the target
@@ -1608,6 +1655,12 @@ pub async fn deliver_group(
                 }
             }
         };
+    let current = match existing.as_ref().and_then(|l| l.snapshot.as_ref()) {
+        Some(snapshot) if snapshot.get(GROUP_MEMBERS_UNSURE) == Some(&json!(true)) => {
+            members_after_a_lost_job(conn, ctx, &target_id, current).await?
+        }
+        _ => current,
+    };
     // Replaced groups an earlier job left to delete (only on the link's own group).
     let replaces = existing
         .as_ref()

@@ -704,11 +704,17 @@ pub async fn release(
             continue;
         }
         // It may have been mid-write when its instance died: what the target holds is unknown.
-        if ResourceKind::parse(&j.resource_kind) == ResourceKind::User {
-            forget_snapshot(&tx, &j.app_id, ResourceKind::User, &j.resource_id).await?;
-            if could_have_created(&tx, &j).await? {
-                mark_create_unsure(&tx, &j.app_id, &j.resource_id).await?;
+        match ResourceKind::parse(&j.resource_kind) {
+            ResourceKind::User => {
+                forget_snapshot(&tx, &j.app_id, ResourceKind::User, &j.resource_id).await?;
+                if could_have_created(&tx, &j).await? {
+                    mark_create_unsure(&tx, &j.app_id, &j.resource_id).await?;
+                }
             }
+            ResourceKind::Group => {
+                mark_group_members_unsure(&tx, &j.app_id, &j.resource_id).await?;
+            }
+            ResourceKind::Account => {}
         }
         tx.commit().await?;
         released += 1;
@@ -799,6 +805,43 @@ pub async fn forget_snapshot(
         resource_id.into(),
     ];
     conn.execute_raw(stmt(conn, sql, values)).await?;
+    Ok(())
+}
+
+/// The key a pushed group's link snapshot sets to `true` when a job of the group died while it
+/// may have been sending member changes: the members the snapshot lists are then not all the
+/// target may hold (an add applied but unanswered is not among them), and the group's next job
+/// reads the target's members, or takes every account the app links as a possible member,
+/// before it decides what to remove.
+pub const GROUP_MEMBERS_UNSURE: &str = "members_unsure";
+
+/// Marks the link of pushed group `group_name` in `app_id` [`GROUP_MEMBERS_UNSURE`] (a group
+/// without a link, or without a target group, has no members to be unsure of).
+pub async fn mark_group_members_unsure(
+    conn: &impl ConnectionTrait,
+    app_id: &str,
+    group_name: &str,
+) -> Result<(), DbErr> {
+    use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, Set};
+    let found = link::Entity::find()
+        .filter(link::Column::AppId.eq(app_id))
+        .filter(link::Column::ResourceKind.eq(ResourceKind::Group.as_str()))
+        .filter(link::Column::ResourceId.eq(group_name))
+        .one(conn)
+        .await?;
+    let Some(found) = found.filter(|l| l.target_id.is_some()) else {
+        return Ok(());
+    };
+    let mut snapshot = found
+        .snapshot
+        .clone()
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    snapshot[GROUP_MEMBERS_UNSURE] = serde_json::Value::Bool(true);
+    let mut row = found.into_active_model();
+    row.snapshot = Set(Some(snapshot));
+    row.updated_at = Set(chrono::Utc::now());
+    row.update(conn).await?;
     Ok(())
 }
 

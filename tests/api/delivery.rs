@@ -334,26 +334,7 @@ async fn a_pushed_group_follows_roster_membership_with_patches() {
         ))
         .await;
     }
-    let members_of = |target: &DevTarget| {
-        let users = target.users_snapshot();
-        let groups = target.groups_snapshot();
-        let group = groups
-            .iter()
-            .find(|g| g["displayName"] == "board-room")?
-            .clone();
-        let mut names: Vec<String> = group["members"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| {
-                let id = m["value"].as_str()?;
-                users.iter().find(|u| u["id"] == id)?["userName"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .collect();
-        names.sort();
-        Some(names)
-    };
+    let members_of = |target: &DevTarget| target_group_members(target, "board-room");
     eventually(
         "both members in the target group",
         Duration::from_secs(20),
@@ -382,6 +363,136 @@ async fn a_pushed_group_follows_roster_membership_with_patches() {
         "membership is never PUT: {stats}"
     );
     assert_eq!(target.groups_snapshot().len(), 1);
+}
+
+/// The userNames of the members of the dev-target's group `name`, sorted.
+fn target_group_members(target: &DevTarget, name: &str) -> Option<Vec<String>> {
+    let users = target.users_snapshot();
+    let groups = target.groups_snapshot();
+    let group = groups.iter().find(|g| g["displayName"] == name)?;
+    let mut names: Vec<String> = group["members"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| {
+            let id = m["value"].as_str()?;
+            users.iter().find(|u| u["id"] == id)?["userName"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// A group job whose instance died while it was sending member changes: the target applied
+/// the add (B is a member), the link still lists the members before it. B then leaves the
+/// roster group. The next job must not diff against the record alone (which never had B, so
+/// nothing to remove): it reads the group's members again and removes B.
+#[tokio::test]
+async fn a_group_job_lost_mid_change_leaves_no_member_roster_no_longer_wants() {
+    use roster::dev_target::Kind;
+    let app = spawn_app().await;
+    for readable in [true, false] {
+        let target = target_with(DevTargetArgs::default()).await;
+        let name = format!("lost-{readable}");
+        let (a, b) = (format!("LA{readable}"), format!("LB{readable}"));
+        let group_id = app
+            .post("/api/v1/groups", &json!({"name": name, "members": [a]}))
+            .await
+            .expect(201)["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let created = app
+            .create_app(&sherpany(
+                &name,
+                &target.base_url(),
+                TOKEN,
+                json!({"group_push": [name],
+                       "quirks": {"group_members_readable": readable}}),
+            ))
+            .await;
+        let app_id = created["id"].as_str().unwrap_or_default().to_owned();
+        for e in [&a, &b] {
+            app.post_event(&joiner(
+                &format!("j{e}"),
+                e,
+                "2026-11-01T09:00:00Z",
+                json!({}),
+            ))
+            .await;
+        }
+        let (a_name, b_name) = (
+            format!("{}@example.com", a.to_lowercase()),
+            format!("{}@example.com", b.to_lowercase()),
+        );
+        eventually("A in the target group", Duration::from_secs(20), || async {
+            (target_group_members(&target, &name)? == [a_name.clone()]).then_some(())
+        })
+        .await;
+        due_settled(&app, &app_id).await;
+
+        // B is added; the job's instance dies after the target applied the add.
+        app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+            .await
+            .expect(200);
+        app.patch(
+            &format!("/api/v1/groups/{group_id}"),
+            &json!({"members": [a, b]}),
+        )
+        .await
+        .expect(200);
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &app.db,
+            &format!(
+                "UPDATE job SET state = 'running', lease_owner = 'dead-instance', lease_until = 1 \
+                 WHERE app_id = '{app_id}' AND resource_kind = 'group' AND state = 'pending'"
+            ),
+        )
+        .await
+        .expect("claimed by an instance that dies");
+        let users = target.users_snapshot();
+        let b_id = user(&users, &b_name).map(|u| u["id"].clone());
+        let group = target.groups_snapshot()[0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(target.edit(Kind::Group, &group, |g| {
+            if let Some(members) = g["members"].as_array_mut() {
+                members.push(json!({"value": b_id}));
+            }
+        }));
+        assert_eq!(
+            target_group_members(&target, &name),
+            Some(vec![a_name.clone(), b_name.clone()])
+        );
+        // B leaves the roster group before the lost job is retried.
+        app.patch(
+            &format!("/api/v1/groups/{group_id}"),
+            &json!({"members": [a]}),
+        )
+        .await
+        .expect(200);
+        app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+            .await
+            .expect(200);
+        eventually("the lost job reclaimed", Duration::from_secs(30), || async {
+            let running = app
+                .rows(&format!(
+                    "SELECT id FROM job WHERE app_id = '{app_id}' AND lease_owner = 'dead-instance' \
+                     AND state = 'running'"
+                ))
+                .await;
+            running.is_empty().then_some(())
+        })
+        .await;
+        due_settled(&app, &app_id).await;
+        assert_eq!(
+            target_group_members(&target, &name),
+            Some(vec![a_name.clone()]),
+            "readable {readable}: B out of the group"
+        );
+    }
 }
 
 /// The userNames in a target group, read through roster's SCIM client.
@@ -2691,6 +2802,88 @@ async fn a_scheduled_delete_runs_on_its_date() {
         ),
         Some(1.0)
     );
+}
+
+/// A scheduled delete was decided when the leaver was deactivated, days before it runs: the
+/// account is read again first. Renamed into a partner's domain or handed to a colleague by
+/// hand meanwhile, it is not deleted (the job ends dead, saying why); gone already, the link
+/// says so and no DELETE is sent.
+#[tokio::test]
+async fn a_scheduled_delete_reads_the_account_again_before_it_deletes() {
+    use roster::dev_target::Kind;
+    let app = spawn_app().await;
+    let cases = [
+        (
+            "sd-partner",
+            "SD4",
+            Some("sd4@partner.org"),
+            "managed domains",
+        ),
+        (
+            "sd-colleague",
+            "SD5",
+            Some("colleague@example.com"),
+            "no longer holds",
+        ),
+        ("sd-gone", "SD6", None, ""),
+    ];
+    for (name, emp, renamed, reason) in cases {
+        let target = target_with(DevTargetArgs::default()).await;
+        let (app_id, id, _) = leaver_with_scheduled_delete(&app, &target, name, emp).await;
+        let account = target.users_snapshot()[0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match renamed {
+            Some(user_name) => assert!(target.edit(Kind::User, &account, |u| {
+                u["userName"] = json!(user_name);
+            })),
+            None => target.reset(),
+        }
+        let past = roster::store::queue::now_ms() - 1_000;
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &app.db,
+            &format!(
+                "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+            ),
+        )
+        .await
+        .expect("the date comes for the link");
+        schedule_pending(&app, &app_id, "user", past).await;
+        due_settled(&app, &app_id).await;
+
+        let deletes = app
+            .rows(&format!(
+                "SELECT status FROM operation WHERE app_id = '{app_id}' AND method = 'DELETE'"
+            ))
+            .await;
+        assert_eq!(deletes, Vec::<Value>::new(), "{name}: no DELETE sent");
+        let jobs = app
+            .rows(&format!(
+                "SELECT state, last_error FROM job WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+            ))
+            .await;
+        let link = app
+            .rows(&format!(
+                "SELECT state FROM link WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+            ))
+            .await;
+        if renamed.is_some() {
+            assert_eq!(target.users_snapshot().len(), 1, "{name}: the account kept");
+            assert!(
+                jobs.iter().any(|j| j["state"] == "dead"
+                    && j["last_error"].as_str().is_some_and(|e| e.contains(reason))),
+                "{name}: the job says why: {jobs:?}"
+            );
+            assert_eq!(link[0]["state"], "deactivated", "{name}: {link:?}");
+        } else {
+            assert_eq!(link[0]["state"], "deleted", "{name}: {link:?}");
+            assert!(
+                jobs.iter().all(|j| j["state"] == "done"),
+                "{name}: {jobs:?}"
+            );
+        }
+    }
 }
 
 /// Issue 16: a target that requires an attribute on create (its quirks say which) never gets
