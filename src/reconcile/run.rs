@@ -844,8 +844,8 @@ struct Listing {
     /// The client stopped because the target answered page 1 again or a page started past
     /// `totalResults`, or handed out a cursor it had handed out before.
     wrapped: bool,
-    /// Nothing proves the listing complete (a target that does not page answered without
-    /// `totalResults`, or one whose user listings leave accounts out): findings that conclude
+    /// Nothing proves the listing complete (a target that pages by index or not at all
+    /// answered without `totalResults`, or one whose user listings leave accounts out): findings that conclude
     /// from an absence, or that the deletion guard would weigh against an unknown total, are
     /// only reported ([`Listing::withhold`]).
     unproven: bool,
@@ -899,7 +899,7 @@ impl Listing {
     fn note(&self) -> Option<String> {
         self.unproven.then(|| {
             format!(
-                "the target's listing cannot be proven complete (it answered in one response without totalResults, or its quirks say its user listings leave accounts out): {} findings that would create, adopt or deprovision were only reported",
+                "the target's listing cannot be proven complete (it answered without totalResults, or its quirks say its user listings leave accounts out): {} findings that would create, adopt or deprovision were only reported",
                 self.withheld
             )
         })
@@ -1760,6 +1760,10 @@ async fn deprovision_batch(
                     None,
                 )
                 .await?;
+                // Without the snapshot of what roster last wrote, the job reads the account
+                // again before it deprovisions (there, the same resource, managed, this
+                // person's): a link roster made long ago says nothing of the account now.
+                queue::forget_snapshot(tx, &app.id, ResourceKind::User, identity_id).await?;
                 user_job(&app.id, identity_id)
             }
             None => JobRequest {

@@ -1291,8 +1291,8 @@ pub struct Page {
     /// with the last resource of the page before. The listing moved under the walk, which may
     /// have stepped over a resource: what it held was perhaps not all read.
     pub shifted: bool,
-    /// A page of a listing whose completeness nothing proves: a target that does not page
-    /// (`paging: none`) answered without a `totalResults`, or its quirks say its user
+    /// A page of a listing whose completeness nothing proves: a target that does not page, or
+    /// pages by index, answered without a `totalResults`, or its quirks say its user
     /// listings leave accounts out (`user_listings_complete: false`). What it holds is real,
     /// but an account it does not show is not known to be absent.
     pub unproven: bool,
@@ -1970,7 +1970,9 @@ impl Resources {
                 total,
                 wrapped: false,
                 shifted,
-                unproven: partial,
+                // Without `totalResults` a short page proves no end: the target may cap its
+                // pages below the count asked, silently.
+                unproven: partial || total.is_none(),
                 partial,
                 cursor: None,
             },

@@ -1584,6 +1584,106 @@ async fn an_approved_orphan_deprovision_reads_the_account_again() {
     );
 }
 
+/// The same for orphans roster linked itself: leavers whose deactivated accounts were
+/// reactivated by hand. The run is held; meanwhile one account moves to a partner's domain.
+/// The approval reads each account again before it deprovisions through the link: the moved
+/// one stays active, the other is closed.
+#[tokio::test]
+async fn an_approved_deprovision_of_a_linked_orphan_reads_the_account_again() {
+    use roster::dev_target::Kind;
+    let target = dev_target(TOKEN).await;
+    let app = spawn_app().await;
+    let app_id = app_on(
+        &app,
+        "linked-orphans",
+        &target.base_url(),
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix"},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+        }),
+    )
+    .await;
+    let left = ["la", "lb"];
+    for p in left {
+        let employee = p.to_uppercase();
+        let address = format!("{p}@example.com");
+        app.post_event(&joiner(
+            &format!("{p}-in"),
+            &employee,
+            AT,
+            json!({"user_name": address, "email": address}),
+        ))
+        .await;
+    }
+    settled(&app).await;
+    for p in left {
+        let employee = p.to_uppercase();
+        app.post_event(&event(
+            &format!("{p}-out"),
+            "leaver",
+            &employee,
+            LATER,
+            json!({}),
+        ))
+        .await;
+    }
+    settled(&app).await;
+    assert_eq!(deactivated_links(&app).await, 2);
+    let id_named = |name: &str| {
+        target
+            .users_snapshot()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let ids: Vec<String> = left
+        .iter()
+        .map(|p| id_named(&format!("{p}@example.com")))
+        .collect();
+    for id in &ids {
+        assert!(target.edit(Kind::User, id, |u| u["active"] = json!(true)));
+    }
+    let held = app.reconcile_run(&app_id, json!({})).await;
+    assert_eq!(held["state"], "awaiting_approval", "{held}");
+    assert_eq!(held["counts"]["orphan"], 2, "{held}");
+    assert!(target.edit(Kind::User, &ids[1], |u| {
+        u["userName"] = json!("lb@partner.org");
+    }));
+    let run_id = held["id"].as_str().unwrap_or_default();
+    app.post(
+        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
+        &json!({}),
+    )
+    .await
+    .expect(200);
+    settled(&app).await;
+    let active = |id: &str| {
+        target
+            .users_snapshot()
+            .into_iter()
+            .find(|u| id_of(u) == id)
+            .map(|u| u["active"].clone())
+    };
+    assert_eq!(active(&ids[0]), Some(json!(false)), "la's account closed");
+    assert_eq!(
+        active(&ids[1]),
+        Some(json!(true)),
+        "the partner's account kept"
+    );
+    let dead = app
+        .rows(&format!(
+            "SELECT last_error FROM job WHERE app_id = '{app_id}' AND state = 'dead'"
+        ))
+        .await;
+    assert!(
+        dead.iter().any(|j| j["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("outside the app's managed domains"))),
+        "{dead:?}"
+    );
+}
+
 /// Two target groups carry a pushed group's name and neither is linked: which one is roster's
 /// would be a guess. Delivery refuses to pick one, and a fix run adopts neither: no link, and
 /// neither group is written to.
@@ -2141,6 +2241,13 @@ impl Tap for StripTotal {
 #[tokio::test]
 async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates() {
     // `paging: none`: one answer is the whole listing, and only its totalResults proves it.
+    listing_without_total_acts_on_nothing("no-paging", json!({"paging": "none"})).await;
+    // Index paging: a short page without totalResults may be a page the target cut below the
+    // count asked (its own cap), not the last one.
+    listing_without_total_acts_on_nothing("index-paging", json!({"paging": "index"})).await;
+}
+
+async fn listing_without_total_acts_on_nothing(name: &str, quirks: Value) {
     let target = dev_target(TOKEN).await;
     let tap = std::sync::Arc::new(StripTotal::default());
     let stub = relay(&target.base_url(), tap.clone()).await;
@@ -2157,10 +2264,10 @@ async fn a_listing_that_cannot_be_proven_complete_never_deprovisions_or_creates(
     .expect(201);
     let app_id = app_on(
         &app,
-        "no-paging",
+        name,
         &stub,
         json!({
-            "quirks": {"paging": "none"},
+            "quirks": quirks,
             "group_push": ["np-team"],
             "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
         }),
