@@ -1654,6 +1654,19 @@ impl Resources {
         loop {
             attempt += 1;
             let current = self.get(id).await?;
+            // A change is built only from the resource asked for: another one (a proxy mixing
+            // answers up) would have its values written onto this one.
+            if id_of(&current) != Some(id) {
+                return Err(ScimError::BadResponse {
+                    method: "GET".into(),
+                    path: self.item_path(id),
+                    status: 200,
+                    reason: format!(
+                        "asked for resource {id}, answered {}; nothing written",
+                        id_of(&current).unwrap_or("one without an id")
+                    ),
+                });
+            }
             let request = change(&current);
             let version = if etag {
                 version_of(&current).map(str::to_owned)

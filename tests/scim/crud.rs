@@ -51,6 +51,54 @@ async fn conflicts_and_missing_resources_are_classified() {
     scenarios::conflicts_and_missing(&t.client).await;
 }
 
+/// A change made by reading the resource first (a target without PATCH gets it whole, by PUT)
+/// is built only from a read of the resource asked for: a GET of `u1` answered with `u2` (a
+/// caching proxy mixing answers up) never becomes a PUT of u2's name, emails and roles onto
+/// u1, and a PATCH is never built from it either.
+#[tokio::test]
+async fn a_read_answered_with_another_resource_writes_nothing() {
+    use poem::{Route, get, handler};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static WRITES: AtomicUsize = AtomicUsize::new(0);
+    #[handler]
+    async fn another_user() -> poem::Response {
+        crate::common::scim_answer(
+            200,
+            &json!({"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "id": "u2", "userName": "someone.else@example.com", "active": true}),
+        )
+    }
+    #[handler]
+    async fn write() -> poem::Response {
+        WRITES.fetch_add(1, Ordering::SeqCst);
+        crate::common::scim_answer(200, &json!({"id": "u1"}))
+    }
+    let app = Route::new().at("/v2/Users/u1", get(another_user).put(write).patch(write));
+    let base = format!("http://{}/v2", crate::helpers::serve(app).await);
+    let change = || PatchRequest::new().replace("title", json!("Chief"));
+    for profile in ["no-patch", "rfc"] {
+        let (c, _) = crate::helpers::client(&base, crate::helpers::bearer("t"), |c| {
+            c.quirks = Quirks::profile(profile).unwrap();
+        });
+        let users = c.users();
+        // Without PATCH every change is read first; with it, a read-modify-write is.
+        let answer = if profile == "no-patch" {
+            users.patch("u1", &change()).await.map(|_| ())
+        } else {
+            users.patch_after_read("u1", |_| change()).await.map(|_| ())
+        };
+        let Err(error) = answer else {
+            panic!("{profile}: a write built from another resource");
+        };
+        assert!(
+            error.to_string().contains("u2"),
+            "{profile}: says what answered: {error}"
+        );
+    }
+    assert_eq!(WRITES.load(Ordering::SeqCst), 0, "nothing written");
+}
+
 #[tokio::test]
 async fn targets_without_patch_get_users_put_and_groups_refused() {
     let t = spawn_target_with(DevTargetArgs::default(), |c| {
