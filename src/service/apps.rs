@@ -562,7 +562,34 @@ fn changes_needing_admin(before: &AppSettings, after: &AppSettings) -> Vec<Strin
     {
         found.push("reconcile.mode set to `fix` with deprovision_unmatched on".into());
     }
+    // With unmatched accounts deprovisioned, the managed domains say which accounts may be
+    // closed: widening them turns accounts that were never touched (other companies',
+    // external users') into ones a fix run closes.
+    if ar.deprovision_unmatched
+        && let Some(widened) = domains_widened(
+            before.scope.email_domains.as_deref(),
+            after.scope.email_domains.as_deref(),
+        )
+    {
+        found.push(format!(
+            "scope.email_domains widened ({widened}) with reconcile.deprovision_unmatched on"
+        ));
+    }
     found
+}
+
+/// How `after`'s managed domains reach beyond `before`'s (`None`: every domain), if they do.
+fn domains_widened(before: Option<&[String]>, after: Option<&[String]>) -> Option<String> {
+    let before = before?;
+    let Some(after) = after else {
+        return Some("the domain filter removed".into());
+    };
+    let added: Vec<&str> = after
+        .iter()
+        .filter(|d| !before.iter().any(|b| b.eq_ignore_ascii_case(d)))
+        .map(String::as_str)
+        .collect();
+    (!added.is_empty()).then(|| format!("added {}", added.join(", ")))
 }
 
 /// Refuses what `changes_needing_admin` finds unless `principal` is an admin.

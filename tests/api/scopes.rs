@@ -350,6 +350,34 @@ async fn weakening_the_guard_or_destructive_deprovisioning_needs_admin() {
     )
     .await
     .expect(200);
+    // With unmatched accounts closed, the managed domains are what keeps other companies'
+    // accounts untouched: widening them is the admin's call too; keeping them is not.
+    for scope in [
+        json!({"email_domains": ["example.com", "partner.org"]}),
+        json!({"groups": []}),
+    ] {
+        let detail = app
+            .request(
+                "PATCH",
+                &path,
+                Some(&writer),
+                Some(&json!({"scope": scope})),
+            )
+            .await
+            .problem(403);
+        assert!(
+            detail.contains("scope.email_domains") && detail.contains("`admin`"),
+            "patch {scope}: {detail}"
+        );
+    }
+    app.request(
+        "PATCH",
+        &path,
+        Some(&writer),
+        Some(&json!({"scope": {"email_domains": ["EXAMPLE.com"]}})),
+    )
+    .await
+    .expect(200);
 }
 
 /// The same authority for one run: `apps:write` may start a `fix` run of an app that reports
