@@ -178,7 +178,9 @@ impl EventsApi {
         body: JsonBody<EventIn>,
     ) -> Result<Accepted<EventAccepted>, ApiError> {
         let principal = auth.require(Permission::WriteEvents)?;
-        let mut outcomes = roster.ingest(principal, vec![to_input(body.0)]).await?;
+        let mut outcomes = roster
+            .ingest_posted(principal, vec![to_input(body.0)])
+            .await?;
         let outcome = outcomes
             .pop()
             .ok_or_else(|| ApiError::invalid("no event was processed"))?;
@@ -207,7 +209,7 @@ impl EventsApi {
     ) -> Result<Accepted<EventBatchAccepted>, ApiError> {
         let principal = auth.require(Permission::WriteEvents)?;
         let inputs: Vec<HrEventInput> = body.0.events.into_iter().map(to_input).collect();
-        let outcomes = roster.ingest(principal, inputs).await?;
+        let outcomes = roster.ingest_posted(principal, inputs).await?;
         Ok(Accepted::Accepted(Json(EventBatchAccepted {
             results: outcomes.into_iter().map(accepted).collect(),
         })))

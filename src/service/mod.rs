@@ -52,6 +52,13 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// Whether asking again would be answered the same: the request itself is refused, as
+    /// opposed to the database or a dependency failing for now.
+    #[must_use]
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, Self::Db(_) | Self::Unavailable(_) | Self::Internal(_))
+    }
+
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::Invalid {
             field: field.into(),

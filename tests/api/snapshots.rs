@@ -691,3 +691,70 @@ async fn a_snapshot_racing_events_converges_to_the_newer_of_each() {
         assert_eq!(person(&app, id).await["department"], wanted, "{id}");
     }
 }
+
+/// A joiner row roster cannot name (no `user_name`, no `email`, a person new to roster)
+/// rejects the snapshot with its line: it never reaches ingest, which would refuse it and fail
+/// the apply again and again, holding every snapshot behind it. A re-hire from a file without
+/// those columns is named as roster knew the person. Posted events cannot take the event ids
+/// of snapshot changes, which would make a snapshot's apply fail as a conflict.
+#[tokio::test]
+async fn a_joiner_nobody_can_name_rejects_the_snapshot_and_a_rehire_keeps_its_name() {
+    let app = spawn().await;
+    people(&app, &["R1", "R2"]).await;
+    app.post_event(&crate::helpers::event(
+        "l-R2",
+        "leaver",
+        "R2",
+        "2026-11-01T10:00:00Z",
+        json!({}),
+    ))
+    .await;
+    let posted = post(
+        &app,
+        "?as_of=2026-11-02T00:00:00Z",
+        CSV,
+        b"employee_id,department\nR1,Sales\nR2,Sales\nN9,Sales\n",
+    )
+    .await
+    .expect(202);
+    let done = settled(&app, posted["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(done["state"], "rejected", "{done}");
+    assert_eq!(done["counts"]["invalid"], 1, "{done}");
+    assert_eq!(done["errors"][0]["line"], 4, "{done}");
+    assert_eq!(done["errors"][0]["employee_id"], "N9", "{done}");
+    assert_eq!(person(&app, "R2").await["status"], "terminated");
+
+    let posted = post(
+        &app,
+        "?as_of=2026-11-03T00:00:00Z",
+        CSV,
+        b"employee_id,department\nR1,Sales\nR2,Board\n",
+    )
+    .await
+    .expect(202);
+    let done = settled(&app, posted["id"].as_str().unwrap_or_default()).await;
+    assert_eq!(done["state"], "applied", "{done}");
+    assert_eq!(done["counts"]["joiners"], 1, "{done}");
+    let rehired = person(&app, "R2").await;
+    assert_eq!(rehired["status"], "active", "{rehired}");
+    assert_eq!(rehired["email"], "r2@example.com", "{rehired}");
+    assert_eq!(rehired["department"], "Board", "{rehired}");
+
+    let taken = json!({"event_id": "hr-snapshot:x:R1", "type": "mover",
+                       "occurred_at": "2026-11-04T00:00:00Z",
+                       "employee": {"employee_id": "R1", "title": "Chief"}});
+    let detail = app.post("/api/v1/events", &taken).await.problem(422);
+    assert!(detail.contains("reserved"), "{detail}");
+    let batch = json!({"events": [
+        {"event_id": "ok-1", "type": "mover", "occurred_at": "2026-11-04T00:00:00Z",
+         "employee": {"employee_id": "R1", "title": "Chief"}},
+        {"event_id": "hr-snapshot:x:R2", "type": "mover", "occurred_at": "2026-11-04T00:00:00Z",
+         "employee": {"employee_id": "R2", "title": "Chief"}}]});
+    let detail = app.post("/api/v1/events:batch", &batch).await.problem(422);
+    assert!(detail.contains("events[1].event_id"), "{detail}");
+    assert_eq!(
+        person(&app, "R1").await["title"],
+        Value::Null,
+        "nothing applied"
+    );
+}

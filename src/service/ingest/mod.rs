@@ -69,7 +69,8 @@ impl<T: Clone> FieldUpdate<T> {
         }
     }
 
-    fn is_set(&self) -> bool {
+    #[must_use]
+    pub fn is_set(&self) -> bool {
         matches!(self, FieldUpdate::Set(_))
     }
 }
@@ -158,6 +159,10 @@ pub fn validate_employee_id(field: &str, id: &str) -> ServiceResult<()> {
     }
     Ok(())
 }
+
+/// How the event ids of HR snapshot changes begin (`hr-snapshot:<snapshot id>:<employee id>`);
+/// reserved: posted events may not use it.
+pub const SNAPSHOT_EVENT_PREFIX: &str = "hr-snapshot:";
 
 /// Checks one event; `at` names it in errors (`events[3]` in a batch, empty for a single one).
 pub fn validate_event(at: &str, event: &HrEventInput, now: DateTime<Utc>) -> ServiceResult<()> {
@@ -316,6 +321,32 @@ fn apply_record(
 
 impl Roster {
     /// Applies events in order, in one transaction; answers after the commit.
+    /// [`Roster::ingest`] for events an HR system posts: their ids may not take the form HR
+    /// snapshots give their changes ([`SNAPSHOT_EVENT_PREFIX`]), or an event could take a
+    /// snapshot change's id first and make the snapshot's apply fail as a conflict.
+    pub async fn ingest_posted(
+        &self,
+        principal: &Principal,
+        events: Vec<HrEventInput>,
+    ) -> ServiceResult<Vec<EventOutcome>> {
+        for (i, event) in events.iter().enumerate() {
+            if event.event_id.starts_with(SNAPSHOT_EVENT_PREFIX) {
+                let field = if events.len() == 1 {
+                    "event_id".to_owned()
+                } else {
+                    format!("events[{i}].event_id")
+                };
+                return Err(ServiceError::invalid(
+                    field,
+                    format!(
+                        "ids starting with `{SNAPSHOT_EVENT_PREFIX}` are reserved for the changes of HR snapshots"
+                    ),
+                ));
+            }
+        }
+        self.ingest(principal, events).await
+    }
+
     pub async fn ingest(
         &self,
         principal: &Principal,

@@ -202,6 +202,21 @@ pub fn classify(record: &SnapshotRecord, current: Option<&identity::Model>) -> O
     (texts_differ || attributes_differ).then_some(ChangeKind::Mover)
 }
 
+/// Whether a joiner row can be named: it carries `user_name` or `email`, or it re-hires a
+/// person roster holds one of for a column the file does not have (an empty cell clears it).
+#[must_use]
+pub fn joiner_is_named(record: &SnapshotRecord, person: Option<&identity::Model>) -> bool {
+    let e = &record.employee;
+    let kept = |field: &FieldUpdate<String>, stored: Option<&String>| {
+        matches!(field, FieldUpdate::Keep) && stored.is_some()
+    };
+    e.user_name.is_set()
+        || e.email.is_set()
+        || person.is_some_and(|p| {
+            kept(&e.user_name, p.user_name.as_ref()) || kept(&e.email, p.email.as_ref())
+        })
+}
+
 /// The guard's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaverGuard {

@@ -171,7 +171,10 @@ impl SnapshotView {
 /// The event id of one change: the same snapshot and person always give the same id.
 #[must_use]
 pub fn change_event_id(snapshot_id: &str, employee_id: &str) -> String {
-    format!("hr-snapshot:{snapshot_id}:{employee_id}")
+    format!(
+        "{}{snapshot_id}:{employee_id}",
+        ingest::SNAPSHOT_EVENT_PREFIX
+    )
 }
 
 /// Checks the source name (`hr` by default): what identities are labelled with.
@@ -187,6 +190,11 @@ struct Differ {
     counts: Counts,
     changes: Changes,
     all: Vec<(String, ChangeKind, bool)>,
+    /// Rows that are valid alone but not against roster: a joiner neither the row nor roster
+    /// can name (no `user_name`, no `email`). The snapshot is rejected whole, as for any
+    /// invalid row. The first [`MAX_ERRORS_KEPT`] are kept; `invalid` counts them all.
+    errors: Vec<RowError>,
+    invalid: u64,
 }
 
 impl Differ {
@@ -197,6 +205,8 @@ impl Differ {
             counts: Counts::default(),
             changes: Changes::default(),
             all: Vec::new(),
+            errors: Vec::new(),
+            invalid: 0,
         }
     }
 
@@ -257,7 +267,19 @@ impl Differ {
             let id = &record.employee.employee_id;
             self.counts.rows += 1;
             self.seen.insert(id.clone());
-            let kind = diff::classify(record, people.get(id));
+            let person = people.get(id);
+            let kind = diff::classify(record, person);
+            if kind == Some(ChangeKind::Joiner) && !diff::joiner_is_named(record, person) {
+                self.invalid += 1;
+                if self.errors.len() < MAX_ERRORS_KEPT {
+                    self.errors.push(RowError {
+                        line: record.line,
+                        employee_id: Some(id.clone()),
+                        reason: "a joiner needs `user_name` or `email`, and roster holds neither for this employee".into(),
+                    });
+                }
+                continue;
+            }
             self.note(id, kind, true);
         }
     }
@@ -531,10 +553,16 @@ impl Roster {
             let active = differ.absent_leavers(self.db()).await?;
             view.counts = Counts {
                 rows,
-                invalid: 0,
+                invalid: differ.invalid,
                 ..differ.counts.clone()
             };
             view.changes = differ.changes;
+            if differ.invalid > 0 {
+                view.reason = Some(unnamed_joiners_reason(differ.invalid));
+                view.errors = differ.errors;
+                view.state = REJECTED.to_owned();
+                return Ok(Received::DryRun(view));
+            }
             view.reason = diff::hold_reason(guard_of(self), view.counts.leavers, active);
             view.state = if view.reason.is_some() { HELD } else { APPLIED }.to_owned();
             return Ok(Received::DryRun(view));
@@ -915,11 +943,27 @@ impl Roster {
             APPLYING => self.apply_snapshot(owner, snapshot, shutdown).await,
             _ => Ok(()),
         };
-        if let Err(e) = result {
-            // A database hiccup: the lease runs out and the snapshot is taken up again.
-            tracing::warn!(error = %e, snapshot = id, "HR snapshot step failed; it will be resumed");
+        match result {
+            Ok(()) => Ok(true),
+            // Its changes refused by ingest (an event id already used for another change, a
+            // change ingest finds invalid): taking it up again would fail the same way, and
+            // every snapshot behind it would wait. It ends `failed`, saying why; what was
+            // applied before stays applied.
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(error = %e, snapshot = id, "HR snapshot failed");
+                if let Some(current) = hr_snapshot::Entity::find_by_id(&id).one(self.db()).await? {
+                    let reason = format!("its changes were refused: {e}");
+                    self.finish(current, FAILED, Some(reason)).await?;
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                // A database hiccup: taken up again after a pause (this worker keeps the
+                // lease; another instance's waits until it runs out).
+                tracing::warn!(error = %e, snapshot = id, "HR snapshot step failed; it will be resumed");
+                Ok(false)
+            }
         }
-        Ok(true)
     }
 
     /// Takes or extends this worker's lease; `false` if another worker holds it.
@@ -991,6 +1035,9 @@ impl Roster {
             if !self.renew_lease(owner, &id, false).await? {
                 return Ok(());
             }
+        }
+        if differ.invalid > 0 {
+            return self.reject_unnamed_joiners(snapshot, differ).await;
         }
         let active = differ.absent_leavers(self.db()).await?;
         let counts = Counts {
@@ -1076,6 +1123,29 @@ impl Roster {
     }
 
     /// Ends a snapshot in `state`; an applied or rejected one no longer needs its rows.
+    /// Rejects a snapshot whose diff found joiners it cannot name, with each line.
+    async fn reject_unnamed_joiners(
+        &self,
+        snapshot: hr_snapshot::Model,
+        differ: Differ,
+    ) -> ServiceResult<()> {
+        let mut counts: Counts =
+            serde_json::from_value(snapshot.counts.clone()).unwrap_or_default();
+        counts.invalid = differ.invalid;
+        let mut with_errors: hr_snapshot::ActiveModel = snapshot.into();
+        with_errors.errors = Set(json!(differ.errors));
+        with_errors.counts = Set(json!(counts));
+        let tx = self.write_tx().await?;
+        let snapshot = with_errors.update(&*tx).await?;
+        tx.commit().await?;
+        self.finish(
+            snapshot,
+            REJECTED,
+            Some(unnamed_joiners_reason(differ.invalid)),
+        )
+        .await
+    }
+
     async fn finish(
         &self,
         snapshot: hr_snapshot::Model,
@@ -1162,6 +1232,12 @@ impl Roster {
     }
 }
 
+fn unnamed_joiners_reason(invalid: u64) -> String {
+    format!(
+        "{invalid} joiners without `user_name` or `email` (new to roster, or re-hired with neither stored); the snapshot is rejected whole"
+    )
+}
+
 /// The HR event of one recorded change; `None` for a row that cannot be read back.
 fn change_event(
     snapshot: &hr_snapshot::Model,
@@ -1188,6 +1264,24 @@ fn change_event(
             (t, record.employee)
         }
     };
+    // A re-hire from a file without those columns is named as roster knew the person (the
+    // diff rejected a joiner nobody can name).
+    if event_type == EventType::Joiner
+        && !employee.user_name.is_set()
+        && !employee.email.is_set()
+        && let Some(person) = person
+    {
+        for (field, stored) in [
+            (&mut employee.user_name, &person.user_name),
+            (&mut employee.email, &person.email),
+        ] {
+            if matches!(field, ingest::FieldUpdate::Keep)
+                && let Some(value) = stored
+            {
+                *field = ingest::FieldUpdate::Set(value.clone());
+            }
+        }
+    }
     // Attribute keys the file carries are merged onto the person's, so others are kept.
     if let ingest::FieldUpdate::Set(carried) = &employee.attributes {
         let current = person.map_or_else(|| json!({}), |p| p.attributes.clone());
