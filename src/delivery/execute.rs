@@ -1050,6 +1050,11 @@ pub async fn deprovision_account(
         DeprovisionAction::Delete => Operation::Delete,
         DeprovisionAction::Deactivate => Operation::Deactivate,
     };
+    if !ctx.settings.reconcile.deprovision_unmatched {
+        return Err(JobError::Unprocessable(format!(
+            "skipped: reconcile.deprovision_unmatched is off now, so account {target_id}, found matching nobody, is not deprovisioned"
+        )));
+    }
     let Some(account) = read_account_again(ctx, target_id, operation).await? else {
         return Ok(Operation::Noop);
     };
@@ -1064,7 +1069,14 @@ pub async fn deprovision_account(
             "skipped: account {target_id} is linked to identity {} now, so it is not deprovisioned as an account of nobody",
             link.resource_id
         )),
-        None => not_to_deprovision(ctx, target_id, &account),
+        None => match not_to_deprovision(ctx, target_id, &account) {
+            Some(reason) => Some(reason),
+            None => matched_now(conn, ctx, &account).await?.map(|employee_id| {
+                format!(
+                    "skipped: account {target_id} matches employee {employee_id} now (found matching nobody earlier); nothing deprovisioned"
+                )
+            }),
+        },
     };
     if let Some(reason) = refused {
         note_on_last_call(&reason);
@@ -1094,6 +1106,53 @@ pub async fn deprovision_account(
             }
         }
     }
+}
+
+/// The employee an account found matching nobody matches now (a joiner since, whose job has
+/// not linked it yet), if any. The people asked are those whose email, user name or
+/// employee id equals the account's matching value (ignoring case), the fields matching values
+/// are rendered from; each is rendered as its job would, and compared.
+async fn matched_now(
+    conn: &impl ConnectionTrait,
+    ctx: &AppContext<'_>,
+    account: &Value,
+) -> Result<Option<String>, JobError> {
+    use sea_orm::QuerySelect as _;
+    use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
+    let attribute = ctx.settings.matching.target_attribute.as_str();
+    let values: Vec<String> = filter::values_at(account, attribute)
+        .into_iter()
+        .filter_map(Value::as_str)
+        .map(str::to_lowercase)
+        .collect();
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let lower = |column: identity::Column| Expr::expr(Func::lower(Expr::col(column)));
+    let candidates = identity::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(lower(identity::Column::Email).is_in(values.clone()))
+                .add(lower(identity::Column::UserName).is_in(values.clone()))
+                .add(lower(identity::Column::EmployeeId).is_in(values)),
+        )
+        .limit(100)
+        .all(conn)
+        .await?;
+    let employee_ids: Vec<String> = candidates.iter().map(|p| p.employee_id.clone()).collect();
+    let mut groups = super::people::group_names_of(conn, &employee_ids).await?;
+    for person in &candidates {
+        let view = super::people::view_of(
+            person,
+            groups.remove(&person.employee_id).unwrap_or_default(),
+        );
+        if let Ok((attribute, value)) = matching_value(ctx, &view)
+            && filter::holds_value(account, attribute, &value)
+        {
+            return Ok(Some(person.employee_id.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// The target id a link contributes to pushed groups' members: only a `linked` account is a
