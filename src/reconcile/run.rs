@@ -26,8 +26,9 @@
 //!   anyone is called `missing` or anything is adopted or deprovisioned: accounts not seen are
 //!   not gone. An account repeated across pages counts once. A linked account the listing did
 //!   not show is asked for by `GET /Users/{id}`: found, it is classified as read; only a 404
-//!   lets its link go. Adoptions wait until the whole listing was read (their accounts wait on
-//!   their items), because a second account matching the same person makes both a `conflict`.
+//!   lets its link go. Adoptions wait until the whole listing was read, because a second
+//!   account matching the same person makes both a `conflict`; then each is the person's user
+//!   job's, which looks the account up afresh and adopts it with every check a joiner's has.
 //! * **Deprovisions wait for the deletion guard**: they are applied only after the whole target
 //!   was read (the guard needs the totals), by reading the run's items back page by page; when
 //!   held they stay `held` until `approve`.
@@ -1040,13 +1041,16 @@ async fn link_is_free_for(
 }
 
 /// Applies the run's adoptions, once the whole listing was read and no second account turned
-/// them into conflicts: each adoptable item's account becomes its identity's link (with the
-/// account as read as the snapshot, so that the level-triggered job sends the PATCH), and
-/// `link_and_patch` enqueues that job. Reads the items back a page at a time; clears the
-/// accounts they held. Returns the jobs enqueued.
+/// them into conflicts: each adoptable item's person gets a user job, which adopts the account
+/// the way a joiner's does — it asks the target for the person's matching value afresh, and
+/// adopts only an account that still holds it, is in a managed domain, is linked to nobody
+/// else and is no other person's unsure create — then PATCHes what differs. The run's copy of
+/// the account may be minutes old by now (renamed, handed on): it is never linked as it was
+/// read. Reads the items back a page at a time; clears the accounts they held. Returns the
+/// jobs that will write (`link_and_patch`); a plain `link` writes nothing to the target.
 async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64, DbErr> {
     let mut after = 0i64;
-    let mut enqueued = 0u64;
+    let mut patching = 0u64;
     loop {
         let items = reconcile_item::Entity::find()
             .filter(reconcile_item::Column::RunId.eq(run_id))
@@ -1068,31 +1072,21 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
         let tx = db.write_tx().await?;
         let mut jobs = Vec::new();
         for item in &items {
-            let (Some(identity_id), Some(target_id), Some(account)) = (
-                item.identity_id.as_deref(),
-                item.target_id.as_deref(),
-                item.account.as_ref(),
-            ) else {
+            let (Some(identity_id), Some(target_id)) =
+                (item.identity_id.as_deref(), item.target_id.as_deref())
+            else {
                 continue;
             };
             if !link_is_free_for(&*tx, app, identity_id, target_id).await? {
                 continue;
             }
-            save_link(
-                &*tx,
-                app,
-                ResourceKind::User,
-                identity_id,
-                Some(target_id),
-                Some(account),
-            )
-            .await?;
+            jobs.push(user_job(&app.id, identity_id));
             if item.action == ActionKind::LinkAndPatch.as_str() {
                 metrics()
                     .drift_corrected_total
                     .with_label_values(&[app.name.as_str(), Class::Adoptable.as_str()])
                     .inc();
-                jobs.push(user_job(&app.id, identity_id));
+                patching += 1;
             }
         }
         queue::enqueue(&*tx, &jobs).await?;
@@ -1106,9 +1100,8 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
             .exec(&*tx)
             .await?;
         tx.commit().await?;
-        enqueued += jobs.len() as u64;
     }
-    Ok(enqueued)
+    Ok(patching)
 }
 
 /// Reads the identities `accounts` are compared with (with their groups) and renders them into
@@ -1341,12 +1334,9 @@ impl Batch {
         if finding.action.is_deprovision() {
             self.deprovisions += 1;
         }
-        // Only the fixes that rewrite the link's snapshot need the account itself.
-        let keep = self.fix
-            && matches!(
-                finding.action.kind(),
-                ActionKind::Patch | ActionKind::Link | ActionKind::LinkAndPatch
-            );
+        // Only the fixes that rewrite the link's snapshot need the account itself (an
+        // adoption is the person's job's, which reads the account afresh).
+        let keep = self.fix && finding.action.kind() == ActionKind::Patch;
         self.pending
             .push(Entry::User(finding, if keep { account } else { None }));
     }
@@ -1431,7 +1421,7 @@ async fn write_batch(
     // Bounded statements: a database limits the bind parameters of one statement.
     for chunk in pending.chunks(INSERT_ROWS) {
         let rows = chunk.iter().map(|entry| match entry {
-            Entry::User(finding, account) => item_row(run_id, finding, account.as_ref()),
+            Entry::User(finding, _) => item_row(run_id, finding),
             Entry::Group(finding) => group_item_row(run_id, finding),
         });
         reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
@@ -1462,18 +1452,9 @@ async fn write_batch(
     Ok(jobs.len() as u64)
 }
 
-/// `account` waits on the item only for an adoption (applied once the listing is read).
-fn item_row(
-    run_id: &str,
-    finding: &Finding,
-    account: Option<&Value>,
-) -> reconcile_item::ActiveModel {
-    let adopts = matches!(
-        finding.action.kind(),
-        ActionKind::Link | ActionKind::LinkAndPatch
-    );
+fn item_row(run_id: &str, finding: &Finding) -> reconcile_item::ActiveModel {
     reconcile_item::ActiveModel {
-        account: Set(account.filter(|_| adopts).cloned()),
+        account: Set(None),
         run_id: Set(run_id.to_owned()),
         class: Set(finding.class.as_str().to_owned()),
         target_id: Set(finding.target_id.clone()),

@@ -1319,6 +1319,101 @@ async fn a_duplicate_of_a_linked_account_is_a_conflict_and_the_link_stays() {
     }
 }
 
+/// In front of the dev-target: once the first unfiltered `/Users` listing was answered,
+/// the account `rename` names is renamed by hand (handed to someone else) in the target.
+struct RenameAfterListing {
+    target: roster::dev_target::DevTarget,
+    rename: std::sync::Mutex<Option<(String, String)>>,
+}
+
+impl Tap for RenameAfterListing {
+    fn answer(&self, call: &RelayedCall, _body: &mut Vec<u8>) {
+        let listing = call.method == "GET"
+            && call.path.ends_with("/Users")
+            && !call.query.iter().any(|(k, _)| k == "filter");
+        if !listing {
+            return;
+        }
+        let taken = self.rename.lock().ok().and_then(|mut r| r.take());
+        if let Some((id, user_name)) = taken {
+            self.target.edit(roster::dev_target::Kind::User, &id, |u| {
+                u["userName"] = json!(user_name);
+            });
+        }
+    }
+}
+
+/// A fix run adopts through the person's own job, never from its copy of the account: an
+/// account renamed by hand (handed to someone else) after the run listed it is not linked to
+/// the person it matched then, who gets an account of their own; the other unlinked person's
+/// account is adopted as it was.
+#[tokio::test]
+async fn a_run_adopts_only_an_account_that_still_matches_when_the_person_s_job_asks() {
+    let app = spawn_app().await;
+    let tap = std::sync::Arc::new(RenameAfterListing {
+        target: dev_target(TOKEN).await,
+        rename: std::sync::Mutex::new(None),
+    });
+    let stub = relay(&tap.target.base_url(), tap.clone()).await;
+    let app_id = app_on(
+        &app,
+        "adopting",
+        &stub,
+        json!({"reconcile": {"interval_minutes": 0, "mode": "fix"}}),
+    )
+    .await;
+    for who in ["AD1", "AD2"] {
+        app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
+            .await;
+    }
+    let accounts = eventually("the accounts", || async {
+        settled(&app).await;
+        let users = tap.target.users_snapshot();
+        (users.len() == 2).then_some(users)
+    })
+    .await;
+    let id_named = |name: &str| {
+        accounts
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let (kept, handed_on) = (id_named("ad1"), id_named("ad2"));
+    // The links are lost (restored from an old backup): both accounts are adoptable.
+    use sea_orm::ConnectionTrait as _;
+    app.db
+        .execute_unprepared("DELETE FROM link")
+        .await
+        .expect("drop the links");
+    if let Ok(mut rename) = tap.rename.lock() {
+        *rename = Some((handed_on.clone(), "colleague".to_owned()));
+    }
+    let report = app.reconcile_run(&app_id, json!({})).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["counts"]["adoptable"], 2, "{report}");
+    settled(&app).await;
+    let links = user_links(&app).await;
+    let linked: Vec<&str> = links
+        .iter()
+        .filter_map(|l| l["target_id"].as_str())
+        .collect();
+    assert!(linked.contains(&kept.as_str()), "AD1 adopted: {links:?}");
+    assert!(
+        !linked.contains(&handed_on.as_str()),
+        "the colleague's account is nobody's: {links:?}"
+    );
+    let colleague = tap.target.user(&handed_on).unwrap_or_default();
+    assert_eq!(colleague["userName"], "colleague", "untouched: {colleague}");
+    assert!(
+        tap.target
+            .users_snapshot()
+            .iter()
+            .any(|u| u["userName"] == "ad2"),
+        "AD2 got an account of their own"
+    );
+}
+
 #[tokio::test]
 async fn two_accounts_matching_an_unlinked_person_are_both_conflicts_and_neither_is_linked() {
     let target = dev_target(TOKEN).await;
@@ -1448,6 +1543,105 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
             && row["error"].as_str().is_some_and(|e| e.contains("skipped"))),
         "{logged:?}"
     );
+}
+
+/// A held run's unmatched deprovisions, approved later, are checked against roster as it is
+/// then: an account that matches a joiner since (whose job has not linked it yet) is not
+/// closed, and none is when the app has turned `deprovision_unmatched` off meanwhile.
+#[tokio::test]
+async fn an_approved_unmatched_deprovision_skips_accounts_that_match_someone_now() {
+    let app = spawn_app().await;
+    for switched_off in [false, true] {
+        let target = dev_target(TOKEN).await;
+        let hand = Target {
+            base: target.base_url(),
+            token: TOKEN.to_owned(),
+        };
+        let app_id = app_on(
+            &app,
+            &format!("unmatched-{switched_off}"),
+            &target.base_url(),
+            json!({
+                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
+                "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+            }),
+        )
+        .await;
+        let dana = format!("dana-{switched_off}@example.com");
+        hand.create(&format!("ghost-{switched_off}@example.com"))
+            .await;
+        hand.create(&dana).await;
+        let held = app.reconcile_run(&app_id, json!({})).await;
+        assert_eq!(held["state"], "awaiting_approval", "{held}");
+        assert_eq!(held["counts"]["unmatched"], 2, "{held}");
+        app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
+            .await
+            .expect(200);
+        if switched_off {
+            app.patch(
+                &format!("/api/v1/apps/{app_id}"),
+                &json!({"reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": false}}),
+            )
+            .await
+            .expect(200);
+        } else {
+            // Dana joins; her job waits behind the approved deprovisions (leavers first).
+            app.post_event(&joiner(
+                "dana-in",
+                "DANA",
+                AT,
+                json!({"user_name": dana, "email": dana}),
+            ))
+            .await;
+        }
+        let run_id = held["id"].as_str().unwrap_or_default();
+        app.post(
+            &format!("/api/v1/reconcile-runs/{run_id}/approve"),
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
+            .await
+            .expect(200);
+        settled(&app).await;
+        // The held run's two accounts (the second app also provisions the first's Dana).
+        let ghost = format!("ghost-{switched_off}@example.com");
+        let active: Vec<bool> = target
+            .users_snapshot()
+            .iter()
+            .filter(|u| u["userName"] == json!(ghost) || u["userName"] == json!(dana))
+            .map(|u| u["active"] != json!(false))
+            .collect();
+        let jobs = app
+            .rows(&format!(
+                "SELECT state, last_error FROM job WHERE app_id = '{app_id}' AND resource_kind = 'account'"
+            ))
+            .await;
+        let skipped: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j["state"] == "dead")
+            .filter_map(|j| j["last_error"].as_str())
+            .collect();
+        if switched_off {
+            assert_eq!(active, [true, true], "nothing closed: {jobs:?}");
+            assert_eq!(skipped.len(), 2, "{jobs:?}");
+            assert!(skipped.iter().all(|e| e.contains("off now")), "{jobs:?}");
+        } else {
+            let dana_active = target
+                .users_snapshot()
+                .iter()
+                .any(|u| u["userName"] == json!(dana) && u["active"] != json!(false));
+            assert!(dana_active, "Dana's account kept: {jobs:?}");
+            assert_eq!(
+                active.iter().filter(|a| !**a).count(),
+                1,
+                "the ghost closed"
+            );
+            assert_eq!(skipped.len(), 1, "{jobs:?}");
+            assert!(skipped[0].contains("matches employee DANA"), "{jobs:?}");
+        }
+    }
 }
 
 /// A held run's orphan deprovisions (accounts of people who left, never linked by roster),
@@ -2113,7 +2307,9 @@ async fn runs_and_run_items_page_with_cursors_without_overlap_or_gap() {
     use roster::store::entity::{reconcile_item, reconcile_run};
     use sea_orm::{ActiveModelTrait as _, Set};
     let app = spawn_app().await;
-    let app_id = app.create_app(&app_body("paged", json!({}))).await["id"]
+    // Never scheduled: a run of its own, started now, would be the newest.
+    let never = json!({"reconcile": {"interval_minutes": 0}});
+    let app_id = app.create_app(&app_body("paged", never)).await["id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
