@@ -205,6 +205,11 @@ pub struct Finding {
     /// Mapped attributes that differ (for `drifted`, and `adoptable` which may have none).
     pub differences: Vec<Difference>,
     pub action: Action,
+    /// The account the identity's link held when the run read roster's links (for `missing`,
+    /// one a GET by id then found gone): a fix acts only while the link still holds it. Not
+    /// part of the report.
+    #[serde(skip)]
+    pub linked_target: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -776,6 +781,7 @@ impl Classifier {
             {
                 Tied::Unmanaged => {
                     return Ok(Finding {
+                        linked_target: None,
                         class: Class::Unmanaged,
                         target_id,
                         user_name,
@@ -787,6 +793,7 @@ impl Classifier {
                 }
                 Tied::Unmatched => {
                     return Ok(Finding {
+                        linked_target: None,
                         class: Class::Unmatched,
                         action: self.unmatched_action(account),
                         target_id,
@@ -808,6 +815,7 @@ impl Classifier {
             Tie::Linked => self.seen[index] = Seen::Linked,
             Tie::ByMatchingValue if self.conflicts(index, target_id.as_deref()) => {
                 return Ok(Finding {
+                    linked_target: None,
                     class: Class::Conflict,
                     target_id,
                     user_name,
@@ -830,6 +838,7 @@ impl Classifier {
                 (Class::InSync, Action::None)
             };
             return Ok(Finding {
+                linked_target: None,
                 class,
                 target_id,
                 user_name,
@@ -849,6 +858,7 @@ impl Classifier {
             (Tie::ByMatchingValue, false) => (Class::Adoptable, Action::LinkAndPatch(changes)),
         };
         Ok(Finding {
+            linked_target: None,
             class,
             target_id,
             user_name,
@@ -880,7 +890,9 @@ impl Classifier {
         let Some(rendered) = self.rendered.get(&identity.0) else {
             return Err(ReconcileError::NotRendered { identity_id });
         };
+        let linked = self.desired.link_targets.get(identity.0);
         Ok(Finding {
+            linked_target: (!linked.is_empty()).then(|| linked.to_owned()),
             class: Class::Missing,
             target_id: None,
             user_name: self

@@ -237,6 +237,7 @@ mod tests {
 
     fn finding(class: Class, action: Action) -> Finding {
         Finding {
+            linked_target: None,
             class,
             target_id: Some("t-1".to_owned()),
             user_name: Some("ada@example.com".to_owned()),
@@ -282,6 +283,7 @@ mod tests {
         }];
         report.record(&drifted);
         report.record(&Finding {
+            linked_target: None,
             target_id: None,
             ..finding(Class::Missing, Action::Create)
         });

@@ -1578,6 +1578,11 @@ fn user_job(app_id: &str, identity_id: &str) -> JobRequest {
 
 /// Makes the link tell the job what the target really holds, and returns the job (if the
 /// finding needs one). Deprovisions are not handled here (see [`apply_deprovisions`]).
+///
+/// The finding was made against the link as the run read it: a link a job moved since (it
+/// created, adopted or re-linked the person's account meanwhile) is left as the job left it,
+/// and no fix is enqueued — pointing it back at the account the run saw, or dropping it,
+/// would hand the person a second account or lose the one the job made.
 async fn prepare_fix(
     tx: &impl ConnectionTrait,
     app: &app::Model,
@@ -1587,6 +1592,25 @@ async fn prepare_fix(
     let Some(identity_id) = finding.identity_id.as_deref() else {
         return Ok(None);
     };
+    // The account the run found the link holding: the drifted one it read, or (missing) the
+    // one it found gone.
+    let read_link = match finding.action.kind() {
+        ActionKind::Patch => Some(finding.target_id.as_deref()),
+        ActionKind::Create => Some(finding.linked_target.as_deref()),
+        _ => None,
+    };
+    if let Some(read_link) = read_link {
+        let current = find_link(tx, &app.id, ResourceKind::User, identity_id).await?;
+        let moved = current.is_some_and(|l| l.target_id.as_deref() != read_link);
+        if moved {
+            tracing::info!(
+                app = %app.name,
+                identity = identity_id,
+                "Not fixing a finding of a reconcile run: the person's link holds another account since the run read it"
+            );
+            return Ok(None);
+        }
+    }
     match finding.action.kind() {
         // Linked but changed by hand: the job diffs against the snapshot, so the snapshot
         // becomes the account as it is, and the diff yields the PATCH back.
@@ -1610,8 +1634,12 @@ async fn prepare_fix(
         // Adoptions wait until the whole listing was read ([`apply_adoptions`]).
         ActionKind::Link | ActionKind::LinkAndPatch => Ok(None),
         // Gone from the target: a link without a target id makes the job match, then create.
+        // A link that held no account (an unsure create's, `pending`) stays as it is: its job
+        // asks the target afresh, which a dropped link would not make it do.
         ActionKind::Create => {
-            forget_target(tx, &app.id, ResourceKind::User, identity_id).await?;
+            if finding.linked_target.is_some() {
+                forget_target(tx, &app.id, ResourceKind::User, identity_id).await?;
+            }
             Ok(Some(user_job(&app.id, identity_id)))
         }
         ActionKind::None | ActionKind::Deactivate | ActionKind::Delete => Ok(None),

@@ -1414,6 +1414,148 @@ async fn a_run_adopts_only_an_account_that_still_matches_when_the_person_s_job_a
     );
 }
 
+/// In front of the dev-target: when the run asks by id for the account `gone` (a linked
+/// account its listing did not show), jobs are taken to have moved links meanwhile: each
+/// `(identity id, target id)` of `moves` is written to the store.
+struct MoveLinksMidRun {
+    db: sea_orm::DatabaseConnection,
+    gone: String,
+    moves: Vec<(String, String)>,
+}
+
+impl Tap for MoveLinksMidRun {
+    async fn request(&self, call: &mut RelayedCall) {
+        use sea_orm::ConnectionTrait as _;
+        if !(call.method == "GET" && call.path.ends_with(&format!("/Users/{}", self.gone))) {
+            return;
+        }
+        for (identity, target) in &self.moves {
+            self.db
+                .execute_unprepared(&format!(
+                    "UPDATE link SET target_id = '{target}', state = 'linked' \
+                     WHERE resource_kind = 'user' AND resource_id = '{identity}'"
+                ))
+                .await
+                .expect("a job moves the link");
+        }
+    }
+}
+
+/// A fix run's findings are made against the links as it read them. A job that moved a
+/// person's link while the run was reading (re-created or re-linked the account) keeps it:
+/// the run neither points it back at the drifted account it read nor drops it for a person
+/// it found missing, and enqueues no fix for either. An unsure create's link (pending, no
+/// account) is left for its job, which asks the target afresh.
+#[tokio::test]
+async fn a_fix_run_leaves_alone_a_link_a_job_moved_while_it_ran() {
+    use sea_orm::ConnectionTrait as _;
+    let app = crate::helpers::spawn_planner().await;
+    let target = dev_target(TOKEN).await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+    };
+    for who in ["MV1", "MV2", "MV3"] {
+        app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
+            .await;
+    }
+    for name in ["mv1", "mv1-new", "mv2-new"] {
+        hand.create(name).await;
+    }
+    let id_named = |name: &str| {
+        target
+            .users_snapshot()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_of)
+            .unwrap_or_default()
+    };
+    let person = |employee: &str| {
+        let app = &app;
+        let employee = employee.to_owned();
+        async move {
+            app.get(&format!("/api/v1/identities/{employee}"))
+                .await
+                .expect(200)["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let (mv1, mv2, mv3) = (
+        person("MV1").await,
+        person("MV2").await,
+        person("MV3").await,
+    );
+    let tap = std::sync::Arc::new(MoveLinksMidRun {
+        db: app.db.clone(),
+        gone: "gone-account".into(),
+        moves: vec![
+            (mv1.clone(), id_named("mv1-new")),
+            (mv2.clone(), id_named("mv2-new")),
+        ],
+    });
+    let stub = relay(&target.base_url(), tap).await;
+    let app_id = app_on(
+        &app,
+        "moving",
+        &stub,
+        json!({"reconcile": {"interval_minutes": 0, "mode": "fix"}}),
+    )
+    .await;
+    // MV1 linked to an account that drifted, MV2 to one that is gone, MV3's create unsure.
+    let links = [
+        (&mv1, format!("'{}'", id_named("mv1")), "linked"),
+        (&mv2, "'gone-account'".to_owned(), "linked"),
+        (&mv3, "NULL".to_owned(), "pending"),
+    ];
+    for (identity, target_id, state) in links {
+        app.db
+            .execute_unprepared(&format!(
+                "INSERT INTO link (app_id, resource_kind, resource_id, target_id, state, created_at, updated_at) \
+                 VALUES ('{app_id}', 'user', '{identity}', {target_id}, '{state}', '{AT}', '{AT}')"
+            ))
+            .await
+            .expect("a link");
+    }
+    app.db
+        .execute_unprepared("DELETE FROM job")
+        .await
+        .expect("no job queued");
+
+    let report = app.reconcile_run(&app_id, json!({})).await;
+    assert_eq!(report["state"], "completed", "{report}");
+    assert_eq!(report["counts"]["drifted"], 1, "{report}");
+    assert_eq!(report["counts"]["missing"], 2, "{report}");
+    let link = |identity: &str| {
+        let app = &app;
+        let identity = identity.to_owned();
+        async move {
+            app.rows(&format!(
+                "SELECT target_id, state FROM link WHERE resource_kind = 'user' AND resource_id = '{identity}'"
+            ))
+            .await
+            .pop()
+            .unwrap_or_default()
+        }
+    };
+    assert_eq!(link(&mv1).await["target_id"], json!(id_named("mv1-new")));
+    assert_eq!(link(&mv2).await["target_id"], json!(id_named("mv2-new")));
+    assert_eq!(
+        link(&mv3).await,
+        json!({"target_id": null, "state": "pending"}),
+        "the unsure create's mark stays"
+    );
+    let jobs = app
+        .rows("SELECT resource_id FROM job WHERE resource_kind = 'user'")
+        .await;
+    assert_eq!(
+        jobs,
+        [json!({"resource_id": mv3})],
+        "only MV3's fix: {jobs:?}"
+    );
+}
+
 #[tokio::test]
 async fn two_accounts_matching_an_unlinked_person_are_both_conflicts_and_neither_is_linked() {
     let target = dev_target(TOKEN).await;
