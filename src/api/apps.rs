@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::ApiTags;
 use super::auth::ApiKey;
-use super::body::{JsonBody, OptionalJsonBody};
+use super::body::{JsonBody, OptionalJsonBody, present, present_json};
 use super::problem::ApiError;
 use crate::connectors::ConnectorDifference;
 use crate::service::apps::recorded_connector;
@@ -172,32 +172,47 @@ pub struct AppCreate {
 }
 
 /// Changes to an app: each field given replaces the current value as a whole; `null` clears
-/// `role_mapping`.
+/// `role_mapping`, `rate_limit_group` and `tls`, and is refused for every other field.
 #[derive(Object, serde::Deserialize)]
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct AppPatch {
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     pub auth: Option<AuthIn>,
+    #[serde(default, deserialize_with = "present")]
     pub rate_limit: Option<RateLimit>,
     /// The app's rate-limit group (see `POST /apps`); `null` takes the app out of its group.
     #[serde(default)]
     #[oai(nullable)]
     pub rate_limit_group: MaybeUndefined<String>,
+    #[serde(default, deserialize_with = "present")]
     pub max_concurrency: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     pub timeout_ms: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     pub max_attempts: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     pub matching: Option<Matching>,
+    #[serde(default, deserialize_with = "present")]
     pub scope: Option<AppScope>,
+    #[serde(default, deserialize_with = "present")]
     pub mappings: Option<Vec<MappingEntry>>,
     #[serde(default)]
     #[oai(nullable)]
     pub role_mapping: MaybeUndefined<RoleMappingEntry>,
+    #[serde(default, deserialize_with = "present")]
     pub group_push: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     pub deprovision: Option<Deprovision>,
+    #[serde(default, deserialize_with = "present")]
     pub reconcile: Option<ReconcileSettings>,
+    #[serde(default, deserialize_with = "present")]
     pub deletion_guard: Option<DeletionGuard>,
+    #[serde(default, deserialize_with = "present_json")]
     pub quirks: Option<Value>,
     /// Replaces the TLS settings as a whole; `null` removes them.
     #[serde(default)]
@@ -463,15 +478,22 @@ impl AppsApi {
                 params: params.unwrap_or_default(),
                 override_vendor_limits: b.override_vendor_limits,
             }),
-            (None, Some(_)) => {
-                return Err(ApiError::new(
-                    poem::http::StatusCode::UNPROCESSABLE_ENTITY,
-                    "validation",
-                    "Validation failed",
-                    "connector_params: only applies with `connector`".to_owned(),
-                ));
+            (None, params) => {
+                let stray = if params.is_some() {
+                    Some("connector_params")
+                } else {
+                    b.override_vendor_limits.then_some("override_vendor_limits")
+                };
+                if let Some(field) = stray {
+                    return Err(ApiError::new(
+                        poem::http::StatusCode::UNPROCESSABLE_ENTITY,
+                        "validation",
+                        "Validation failed",
+                        format!("{field}: only applies with `connector`"),
+                    ));
+                }
+                None
             }
-            (None, None) => None,
         };
         let changes = AppChanges {
             name: Some(b.name),

@@ -30,6 +30,32 @@ impl<T: Type> Payload for JsonBody<T> {
     }
 }
 
+/// `deserialize_with` for a field that may be left out but is not nullable (`#[serde(default,
+/// deserialize_with = "present")]` on an `Option<T>`): `null` is refused, naming what was
+/// expected, instead of being read as "left out" — a `PATCH` with `"base_url": null` changes
+/// nothing, and saying so silently would be worse than an error.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// [`present`] for a free-form JSON field, which would otherwise read `null` as a value.
+pub fn present_json<'de, D>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    match <serde_json::Value as serde::Deserialize>::deserialize(deserializer)? {
+        serde_json::Value::Null => Err(serde::de::Error::invalid_type(
+            serde::de::Unexpected::Unit,
+            &"a value (leave the field out to keep it as it is)",
+        )),
+        value => Ok(Some(value)),
+    }
+}
+
 /// Parses `bytes` as `T`, naming the path of the first problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);

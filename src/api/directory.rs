@@ -124,10 +124,13 @@ pub struct GroupCreate {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct GroupPatch {
+    #[serde(default, deserialize_with = "super::body::present")]
     pub name: Option<String>,
     /// Replaces the members (and makes the group static).
+    #[serde(default, deserialize_with = "super::body::present")]
     pub members: Option<Vec<String>>,
     /// Replaces the rule (and makes the group a rule group).
+    #[serde(default, deserialize_with = "super::body::present_json")]
     pub rule: Option<Value>,
 }
 

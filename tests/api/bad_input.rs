@@ -147,3 +147,72 @@ async fn a_missing_or_wrong_key_is_401_with_a_challenge() {
         .await
         .problem(401);
 }
+
+/// `null` for a field that cannot be cleared is an error naming it, not "left out": a PATCH
+/// that says `"base_url": null` or `"deletion_guard": null` and answers 200 with nothing
+/// changed would let a client believe it did something. The fields that can be cleared
+/// (`role_mapping`, `rate_limit_group`, `tls`) still take it. A create's
+/// `override_vendor_limits` without a `connector` is refused like `connector_params`.
+#[tokio::test]
+async fn null_for_a_field_that_cannot_be_cleared_is_refused_by_name() {
+    let app = spawn_app().await;
+    let created = app.create_app(&app_body("nulls", json!({}))).await;
+    let path = format!(
+        "/api/v1/apps/{}",
+        created["id"].as_str().unwrap_or_default()
+    );
+    for field in [
+        "name",
+        "base_url",
+        "auth",
+        "scope",
+        "mappings",
+        "deprovision",
+        "reconcile",
+        "deletion_guard",
+        "quirks",
+        "max_concurrency",
+    ] {
+        let detail = app.patch(&path, &json!({ field: null })).await.problem(400);
+        assert!(
+            detail.starts_with(field) && detail.contains("null"),
+            "{field}: {detail}"
+        );
+    }
+    let cleared = app
+        .patch(
+            &path,
+            &json!({"role_mapping": null, "rate_limit_group": null, "tls": null}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(cleared["version"], 2, "{cleared}");
+
+    let group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "g-null", "members": ["E1"]}),
+        )
+        .await
+        .expect(201);
+    let group_path = format!(
+        "/api/v1/groups/{}",
+        group["id"].as_str().unwrap_or_default()
+    );
+    for field in ["name", "members", "rule"] {
+        let detail = app
+            .patch(&group_path, &json!({ field: null }))
+            .await
+            .problem(400);
+        assert!(detail.starts_with(field), "{field}: {detail}");
+    }
+
+    let detail = app
+        .post(
+            "/api/v1/apps",
+            &app_body("stray", json!({"override_vendor_limits": true})),
+        )
+        .await
+        .problem(422);
+    assert!(detail.starts_with("override_vendor_limits"), "{detail}");
+}
