@@ -1297,6 +1297,16 @@ async fn two_people_with_one_address_never_make_two_accounts_where_the_target_al
     app.settled(&app_id, Duration::from_secs(30)).await;
     let users = stub.users();
     assert_eq!(users.len(), 1, "{users:?}");
+    // Both asked before the create (merged, or one read of the small target's listing), and
+    // the second asked again after it.
+    let seen = stub.seen();
+    let is_look_up = |s: &&Seen| s.method == "GET" && s.path.ends_with("/Users");
+    let create = seen.iter().position(|s| s.method == "POST");
+    assert!(
+        create.is_some_and(|at| seen[..at].iter().any(|s| is_look_up(&s))
+            && seen[at..].iter().any(|s| is_look_up(&s))),
+        "looked up before the create, and again after it: {seen:?}"
+    );
     let dead = app.get("/api/v1/jobs?state=dead").await.body;
     assert!(
         dead["items"][0]["last_error"]

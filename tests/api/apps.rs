@@ -708,8 +708,12 @@ mod target_change {
                 &app_body("x", json!({"base_url": format!("https://{host}/scim")})),
             )
             .await;
-        if answer.status == 201 {
-            // A public address: nothing to hide.
+        let all_public = resolved
+            .iter()
+            .all(|ip| roster::net_guard::forbidden_reason(*ip).is_none());
+        if all_public {
+            // A public address: nothing to hide, and the app is taken.
+            answer.expect(201);
             return;
         }
         let detail = answer.problem(422);

@@ -2042,13 +2042,37 @@ async fn concurrent_leavers_never_slip_past_the_deletion_guard() {
         status.to_string().contains("deletion guard"),
         "paused by the guard: {status}"
     );
-    // Whatever was in flight when it paused has ended by now.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Whatever was in flight when it paused has ended: nothing of the app runs any more.
+    eventually(
+        "the jobs in flight to end",
+        Duration::from_secs(20),
+        || async {
+            app.rows(&format!(
+                "SELECT id FROM job WHERE app_id = '{app_id}' AND state = 'running'"
+            ))
+            .await
+            .is_empty()
+            .then_some(())
+        },
+    )
+    .await;
     let deactivated = inactive_users(&target);
-    assert!(
-        deactivated <= 2,
+    assert_eq!(
+        deactivated, 2,
         "{deactivated} of 16 deactivated with max_count 2"
     );
+    let sent = app
+        .rows(&format!(
+            "SELECT id FROM operation WHERE app_id = '{app_id}' AND method = 'PATCH'"
+        ))
+        .await;
+    assert_eq!(sent.len(), 2, "two deactivations sent: {sent:?}");
+    let held = app
+        .rows(&format!(
+            "SELECT id FROM job WHERE app_id = '{app_id}' AND state = 'pending' AND lane = 'deprovision'"
+        ))
+        .await;
+    assert_eq!(held.len(), 14, "the other leavers wait for an admin");
 }
 
 /// A deprovision counts once in the guard, also in the moment between the finisher's commit of

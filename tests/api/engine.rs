@@ -213,17 +213,26 @@ async fn a_probe_never_resumes_an_app_an_operator_paused_meanwhile() {
     let stub = Arc::new(Stub::default());
     let base = serve(stub.clone()).await;
     let app_id = create_app(&app, "probed", &base, json!({})).await;
+    // Another app, quarantined once the held probe is let go: the engine probes one app after
+    // another, so its probe's read proves the held probe has ended, whatever it did.
+    let marker = Arc::new(Stub::default());
+    let marker_id = create_app(&app, "marker", &serve(marker.clone()).await, json!({})).await;
+    marker.open.send_replace(true);
     stub.hold_config.store(true, Ordering::SeqCst);
     quarantine(&app, &app_id).await;
     wait_count("the probe", &stub.config_reads, 1).await;
     app.post(&format!("/api/v1/apps/{app_id}/pause"), &json!({}))
         .await
         .expect(200);
-    let probes = stub.config_reads.load(Ordering::SeqCst);
+    let marker_reads = marker.config_reads.load(Ordering::SeqCst);
     stub.open.send_replace(true);
-    // The probe finds the target healthy; give it time to record that (and probe again).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(stub.config_reads.load(Ordering::SeqCst) >= probes);
+    quarantine(&app, &marker_id).await;
+    wait_count(
+        "the next app's probe, after the held one ended",
+        &marker.config_reads,
+        marker_reads + 1,
+    )
+    .await;
     assert_eq!(app_state(&app, &app_id).await, "paused");
     let status = app.get(&format!("/api/v1/apps/{app_id}")).await.expect(200);
     assert_eq!(status["state_reason"], "paused through the API", "{status}");
@@ -384,7 +393,6 @@ async fn a_slow_apps_backlog_never_holds_up_another_app() {
         .await
         .expect(202);
     wait_count("the backlog under way", &slow.user_calls, 1).await;
-    let started = Instant::now();
     let prompt: Vec<Value> = (0..3)
         .map(|i| {
             joiner(
@@ -402,7 +410,7 @@ async fn a_slow_apps_backlog_never_holds_up_another_app() {
         (fast.stats()["users"] == 3).then_some(())
     })
     .await;
-    let took = started.elapsed();
+    // Counted, not timed: the other app's accounts came while the slow backlog still waited.
     let pending = app
         .rows(&format!(
             "SELECT id FROM job WHERE app_id = '{slow_id}' AND state IN ('pending', 'running')"
@@ -413,7 +421,6 @@ async fn a_slow_apps_backlog_never_holds_up_another_app() {
         "the backlog is still there: {}",
         pending.len()
     );
-    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 /// Issue 20 D14: a merged look-up that times out is one failed call towards quarantine, not
@@ -750,6 +757,16 @@ async fn a_throttled_and_a_hanging_app_do_not_slow_another() {
     hanging.open.send_replace(true);
 }
 
+/// The leaver's account ends deactivated (not merely written to).
+fn assert_deactivated(target: &roster::dev_target::DevTarget, leaver_id: &str) {
+    let account = target.user(leaver_id).unwrap_or_default();
+    assert_eq!(
+        account["active"],
+        json!(false),
+        "the leaver's account: {account}"
+    );
+}
+
 /// A dev-target behind a relay that records every `/Users` call in the order the target got
 /// it: (when, method, path), and how many were under way at once.
 struct Recorder {
@@ -910,6 +927,7 @@ async fn a_leaver_never_waits_in_line_for_a_worker_behind_joiners() {
     );
     app.settled(&app_id, Duration::from_secs(60)).await;
     assert_eq!(target.stats()["users"], 31);
+    assert_deactivated(&target, &leaver_id);
 }
 
 /// Issue 24: in an app limited to 5 calls/s and 2 jobs at a time, a leaver posted behind a
@@ -1002,6 +1020,7 @@ async fn a_leaver_overtakes_a_throttled_apps_backlog_within_its_limit() {
     // and never more calls are under way than `max_concurrency`.
     app.settled(&app_id, Duration::from_secs(120)).await;
     assert_eq!(target.stats()["users"], 101);
+    assert_deactivated(&target, &leaver_id);
     let busiest = recorder.busiest_second();
     assert!(
         busiest <= BURST + PER_SECOND,
@@ -1098,6 +1117,7 @@ async fn at_one_call_a_second_a_leaver_makes_the_apps_next_call() {
         .map(|(_, method, _)| method.as_str())
         .collect();
     assert_eq!(leavers_calls, ["PATCH"]);
+    assert_deactivated(&target, &leaver_id);
     // The backlog completed, every account once; the app's limits held throughout.
     let users = target.users_snapshot();
     let names: std::collections::HashSet<&str> = users
@@ -1221,6 +1241,7 @@ async fn two_apps_of_one_group_share_its_limit_at_one_target_and_a_leaver_goes_f
         app.settled(id, Duration::from_secs(60)).await;
     }
     assert_eq!(target.stats()["users"], 2 * PER_APP + 1);
+    assert_deactivated(&target, &leaver_id);
     // Counted, not timed: the target refused no call, and no second of its saw more calls
     // than the group's one bucket lets through (its burst of 1, and 5 a second).
     assert_eq!(target.stats()["throttled"], 0, "{}", target.stats());

@@ -216,17 +216,11 @@ async fn a_json_rule_is_held_to_the_limits_of_the_text_form() {
     for _ in 0..120 {
         bomb = json!({"not": bomb});
     }
-    let started = std::time::Instant::now();
     let detail = app
         .post("/api/v1/groups", &json!({"name": "bomb", "rule": bomb}))
         .await
         .problem(422);
     assert!(detail.contains("deeper than 8 levels"), "{detail}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "refused in {:?}",
-        started.elapsed()
-    );
 
     // A rule within the limits, as JSON and as text, is still accepted.
     let fine: Vec<String> = (0..100).map(|i| format!("D{i}")).collect();

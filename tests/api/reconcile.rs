@@ -2866,9 +2866,6 @@ async fn reconcile_runs_beyond_the_concurrency_wait_their_turn() {
     for pair in spans.windows(2) {
         assert!(pair[0].1 < pair[1].0, "two runs read at once: {log:?}");
     }
-    assert!(log.iter().all(
-        |(relay_no, event)| *relay_no < 4 && matches!(event, Event::Arrived | Event::Answered)
-    ));
 }
 
 /// A run waiting for a slot when roster stops ends `failed` (interrupted), like a running one.

@@ -534,8 +534,11 @@ async fn soak(uniqueness: Uniqueness) {
         stats["throttled"],
         started.elapsed()
     );
+    // Lost replies are what would make a create be sent twice: the soak must have had some.
     assert!(
-        stats["failed"].as_u64() > Some(0) && stats["throttled"].as_u64() > Some(0),
+        stats["failed"].as_u64() > Some(0)
+            && stats["throttled"].as_u64() > Some(0)
+            && stats["dropped"].as_u64() > Some(0),
         "the soak saw faults: {stats} {tag}"
     );
 }

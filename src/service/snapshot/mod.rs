@@ -567,8 +567,8 @@ impl Roster {
             view.state = if view.reason.is_some() { HELD } else { APPLIED }.to_owned();
             return Ok(Received::DryRun(view));
         }
-        // The source's staleness is checked again under the write: a newer snapshot may have
-        // been applied while this one streamed in.
+        // A newer snapshot of the source applied while this one streamed in is caught when
+        // this one is diffed (and again if it is approved): it is rejected as stale there.
         let tx = self.write_tx().await?;
         if !pending.is_empty() {
             for chunk in pending.chunks(ROW_CHUNK) {
