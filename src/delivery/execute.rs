@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::{Value, json};
 
 use super::inputs::UserInputs;
@@ -857,7 +857,15 @@ pub async fn deliver_user(
         } else {
             Operation::Deactivate
         };
-        match read_again_before_deprovision(ctx, view, &target_id, operation).await? {
+        match read_again_before_deprovision(
+            ctx,
+            view,
+            &target_id,
+            operation,
+            link.snapshot.as_ref(),
+        )
+        .await?
+        {
             AccountNow::Theirs => {}
             AccountNow::Gone => {
                 stage_user_link(writes, ctx, identity_id, LinkState::deleted());
@@ -940,7 +948,9 @@ pub async fn deliver_user(
 
 /// A linked account as read again before a deprovision decided earlier.
 enum AccountNow {
-    /// There, the same resource, in a managed domain, and holding the person's matching value.
+    /// There, the same resource, in a managed domain, and holding the person's matching value
+    /// (as rendered now, or as roster last wrote it: HR often changes or clears a leaver's
+    /// address at termination).
     Theirs,
     /// 404: nothing left to close.
     Gone,
@@ -953,6 +963,7 @@ async fn read_again_before_deprovision(
     person: &IdentityView,
     target_id: &str,
     operation: Operation,
+    recorded: Option<&Value>,
 ) -> Result<AccountNow, JobError> {
     let Some(account) = read_account_again(ctx, target_id, operation).await? else {
         return Ok(AccountNow::Gone);
@@ -962,6 +973,7 @@ async fn read_again_before_deprovision(
         reason
     } else if !matching_value(ctx, person)
         .is_ok_and(|(attribute, value)| filter::holds_value(&account, attribute, &value))
+        && !holds_recorded_value(&account, attribute, recorded)
     {
         format!(
             "skipped: account {target_id} no longer holds this person's {attribute} (changed in the target since it was found); nothing deprovisioned"
@@ -970,6 +982,17 @@ async fn read_again_before_deprovision(
         return Ok(AccountNow::Theirs);
     };
     Ok(AccountNow::NotTheirs(reason))
+}
+
+/// Whether `account` holds the value of `attribute` that `recorded` (the link's snapshot of
+/// what roster last wrote) holds.
+fn holds_recorded_value(account: &Value, attribute: &str, recorded: Option<&Value>) -> bool {
+    recorded.is_some_and(|recorded| {
+        filter::values_at(recorded, attribute)
+            .into_iter()
+            .filter_map(Value::as_str)
+            .any(|value| filter::holds_value(account, attribute, value))
+    })
 }
 
 /// The account `target_id` as the target holds it now, read before a deprovision decided
@@ -1117,7 +1140,6 @@ async fn matched_now(
     ctx: &AppContext<'_>,
     account: &Value,
 ) -> Result<Option<String>, JobError> {
-    use sea_orm::QuerySelect as _;
     use sea_orm::sea_query::{Expr, ExprTrait as _, Func};
     let attribute = ctx.settings.matching.target_attribute.as_str();
     let values: Vec<String> = filter::values_at(account, attribute)
@@ -1248,19 +1270,19 @@ pub(crate) fn target_members(group: &Value) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Whom target group `target_id` may hold after a job of it died while it may have been sending
-/// member changes ([`GROUP_MEMBERS_UNSURE`]): `recorded`, the members its link lists, and
-/// every member the target answers it with — or, on a target that answers groups without
-/// their members, every account the app links (an add that was applied but unanswered may
-/// have made any of them a member). Whoever of them roster no longer wants is then removed: a
-/// removal of a non-member is harmless, a member left in a group is access kept.
+/// Whom target group `target_id` may hold, beyond the members its link lists, after a job of
+/// it died while it may have been sending member changes ([`GROUP_MEMBERS_UNSURE`]): every
+/// member the target answers it with — or, on a target that answers groups without their
+/// members, every account the app links (an add that was applied but unanswered may have
+/// made any of them a member). Whoever of them roster no longer wants is then removed (a
+/// member left in a group is access kept); adds are still worked out against the members the
+/// link lists, so nobody wanted is taken for added.
 async fn members_after_a_lost_job(
     conn: &impl ConnectionTrait,
     ctx: &AppContext<'_>,
     target_id: &str,
-    recorded: BTreeSet<String>,
 ) -> Result<BTreeSet<String>, JobError> {
-    let mut members = recorded;
+    let mut members = BTreeSet::new();
     if ctx.client.quirks().group_members_readable {
         doing(Operation::GroupUpdate);
         match ctx.client.groups().get(target_id).await {
@@ -1274,14 +1296,36 @@ async fn members_after_a_lost_job(
             Err(e) => return Err(JobError::scim(Operation::GroupUpdate, e)),
         }
     }
-    let linked = link::Entity::find()
+    let linked: Vec<Option<String>> = link::Entity::find()
+        .select_only()
+        .column(link::Column::TargetId)
         .filter(link::Column::AppId.eq(ctx.app.id.as_str()))
         .filter(link::Column::ResourceKind.eq(ResourceKind::User.as_str()))
         .filter(link::Column::TargetId.is_not_null())
+        .into_tuple()
         .all(conn)
         .await?;
-    members.extend(linked.into_iter().filter_map(|l| l.target_id));
+    members.extend(linked.into_iter().flatten());
     Ok(members)
+}
+
+/// A group link's snapshot lists, under `members_maybe`, target ids the group may hold beyond
+/// its `members`: a member change that failed part-way (or whose answer was lost) may have
+/// added them. The next job removes those roster no longer wants and adds again those it
+/// does; a success clears the list.
+pub const GROUP_MEMBERS_MAYBE: &str = "members_maybe";
+
+/// The target ids a group link's snapshot lists under `key` (`members`, [`GROUP_MEMBERS_MAYBE`]).
+fn snapshot_ids(snapshot: Option<&Value>, key: &str) -> BTreeSet<String> {
+    snapshot
+        .and_then(|s| s.get(key))
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A pushed group's link snapshot says, under `origin`, whether roster created the target
@@ -1334,6 +1378,23 @@ fn group_snapshot(
     });
     if !replaces.is_empty() {
         snapshot[GROUP_REPLACES] = json!(replaces);
+    }
+    snapshot
+}
+
+/// [`group_snapshot`] after a member change that failed: `members` as before, and `maybe`
+/// (what the group may hold beyond them) under [`GROUP_MEMBERS_MAYBE`].
+fn group_snapshot_unsure(
+    name: &str,
+    members: &BTreeSet<String>,
+    maybe: &BTreeSet<String>,
+    origin: Option<&str>,
+    replaces: &[String],
+) -> Value {
+    let mut snapshot = group_snapshot(name, members, origin, replaces);
+    let beyond: Vec<&String> = maybe.difference(members).collect();
+    if !beyond.is_empty() {
+        snapshot[GROUP_MEMBERS_MAYBE] = json!(beyond);
     }
     snapshot
 }
@@ -1426,12 +1487,36 @@ async fn change_members(
             .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
     }
     if !to_remove.is_empty() {
-        groups
-            .remove_members(target_id, to_remove)
-            .await
-            .map_err(|e| JobError::scim(Operation::GroupUpdate, e))?;
+        match groups.remove_members(target_id, to_remove).await {
+            Ok(()) => {}
+            // One of them is not a member (an add that may have been applied was not): one
+            // at a time, each "not a member" counting as removed.
+            Err(e) if is_no_target(&e) => {
+                for member in to_remove {
+                    match groups
+                        .remove_members(target_id, std::slice::from_ref(member))
+                        .await
+                    {
+                        Err(e) if !is_no_target(&e) => {
+                            return Err(JobError::scim(Operation::GroupUpdate, e));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => return Err(JobError::scim(Operation::GroupUpdate, e)),
+        }
     }
     Ok(())
+}
+
+/// A PATCH `remove` refused because its path matched nothing (RFC 7644 §3.5.2.2: 400
+/// `noTarget`): the member was not there.
+fn is_no_target(error: &ScimError) -> bool {
+    error.status() == Some(400)
+        && error
+            .scim_type()
+            .is_some_and(|t| t.eq_ignore_ascii_case("noTarget"))
 }
 /// A pushed group renamed in the target (by hand) where the target cannot rename groups
 /// (`quirks.group_rename = false`): create–move–delete. A target group of roster's name is
@@ -1714,12 +1799,16 @@ pub async fn deliver_group(
                 }
             }
         };
-    let current = match existing.as_ref().and_then(|l| l.snapshot.as_ref()) {
-        Some(snapshot) if snapshot.get(GROUP_MEMBERS_UNSURE) == Some(&json!(true)) => {
-            members_after_a_lost_job(conn, ctx, &target_id, current).await?
-        }
-        _ => current,
-    };
+    // Whom the group may hold beyond `current`: adds a failed change may have made, and after
+    // a job lost with its instance, whoever may be a member now.
+    let own_snapshot = existing
+        .as_ref()
+        .filter(|l| l.target_id.as_deref() == Some(target_id.as_str()))
+        .and_then(|l| l.snapshot.as_ref());
+    let mut maybe = snapshot_ids(own_snapshot, GROUP_MEMBERS_MAYBE);
+    if own_snapshot.is_some_and(|s| s.get(GROUP_MEMBERS_UNSURE) == Some(&json!(true))) {
+        maybe.extend(members_after_a_lost_job(conn, ctx, &target_id).await?);
+    }
     // Replaced groups an earlier job left to delete (only on the link's own group).
     let replaces = existing
         .as_ref()
@@ -1741,7 +1830,11 @@ pub async fn deliver_group(
         .await;
     }
     let to_add: Vec<String> = desired.difference(&current).cloned().collect();
-    let to_remove: Vec<String> = current.difference(&desired).cloned().collect();
+    let to_remove: Vec<String> = current
+        .union(&maybe)
+        .filter(|m| !desired.contains(*m))
+        .cloned()
+        .collect();
     doing(Operation::GroupUpdate);
     if renamed {
         // Renamed by hand in the target: the group is roster's, its name too.
@@ -1758,15 +1851,16 @@ pub async fn deliver_group(
         // Some of the member changes may have been applied (a chunk answered 2xx before one
         // failed, or the failed one itself): the target may now hold any member it held or
         // was being given. Recorded so, the retry removes every one of them roster no longer
-        // wants (a removal sent again is harmless), and a group roster created stays known as
+        // wants (a removal sent again is harmless) and adds again every one it still wants
+        // (an add that was applied is no change), and a group roster created stays known as
         // its own.
-        let maybe: BTreeSet<String> = current.iter().chain(&to_add).cloned().collect();
+        maybe.extend(to_add.iter().cloned());
         stage_group_link(
             writes,
             ctx,
             group_name,
             &target_id,
-            &group_snapshot(group_name, &maybe, origin.as_deref(), &replaces),
+            &group_snapshot_unsure(group_name, &current, &maybe, origin.as_deref(), &replaces),
         );
         return Err(e);
     }

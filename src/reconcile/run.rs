@@ -58,12 +58,13 @@ use super::{
 };
 use crate::delivery::engine::{AppTarget, Delivery};
 use crate::delivery::execute::{
-    GROUP_ADOPTED, GROUP_REPLACES, find_link, group_origin, linked_to_another, replaced_groups,
+    GROUP_ADOPTED, GROUP_MEMBERS_MAYBE, GROUP_REPLACES, find_link, group_origin, linked_to_another,
+    replaced_groups,
 };
 use crate::scim::{ListQuery, ScimError};
 use crate::settings::ReconcileMode;
 use crate::store::entity::{app, group, identity, link, reconcile_item, reconcile_run};
-use crate::store::queue::{self, JobRequest, Lane, ResourceKind};
+use crate::store::queue::{self, GROUP_MEMBERS_UNSURE, JobRequest, Lane, ResourceKind};
 use crate::store::{Db, is_postgres};
 use crate::telemetry::metrics;
 
@@ -1508,21 +1509,31 @@ async fn prepare_group_fix(
             // The snapshot keeps whether roster created the group (an adopted one is never
             // deleted with the roster group) and the replaced groups a rename by
             // create–move–delete still has to delete.
-            let (origin, replaces) = if finding.action == ActionKind::Patch {
+            // What a job lost or failed part-way left unsure of the members is kept too: the
+            // next job still removes whoever it may have added.
+            let (origin, replaces, unsure) = if finding.action == ActionKind::Patch {
                 let link = find_link(tx, &app.id, ResourceKind::Group, name).await?;
                 let snapshot = link.as_ref().and_then(|l| l.snapshot.as_ref());
+                let unsure: Vec<(&str, Value)> = [GROUP_MEMBERS_UNSURE, GROUP_MEMBERS_MAYBE]
+                    .into_iter()
+                    .filter_map(|key| Some((key, snapshot?.get(key)?.clone())))
+                    .collect();
                 (
                     group_origin(snapshot).map(str::to_owned),
                     replaced_groups(snapshot),
+                    unsure,
                 )
             } else {
-                (Some(GROUP_ADOPTED.to_owned()), Vec::new())
+                (Some(GROUP_ADOPTED.to_owned()), Vec::new(), Vec::new())
             };
             let mut state = finding.target_state.clone();
             if let Some(object) = state.as_mut().and_then(Value::as_object_mut) {
                 object.insert("origin".to_owned(), Value::from(origin));
                 if !replaces.is_empty() {
                     object.insert(GROUP_REPLACES.to_owned(), Value::from(replaces));
+                }
+                for (key, value) in unsure {
+                    object.insert(key.to_owned(), value);
                 }
             }
             save_link(

@@ -60,6 +60,8 @@ struct Stub {
     posts_released: tokio::sync::watch::Sender<bool>,
     /// While set, a group PATCH that removes members is answered 503, nothing applied.
     failing_member_removals: std::sync::atomic::AtomicBool,
+    /// Answer every PATCH of a group that adds a member 503.
+    failing_member_adds: std::sync::atomic::AtomicBool,
     /// Set once a group create's answer was lost (`loses_first_group_create_answer`).
     group_create_answer_lost: std::sync::atomic::AtomicBool,
 }
@@ -162,6 +164,7 @@ impl Stub {
             next_id: AtomicU64::new(100),
             posts_released: tokio::sync::watch::channel(false).0,
             failing_member_removals: std::sync::atomic::AtomicBool::new(false),
+            failing_member_adds: std::sync::atomic::AtomicBool::new(false),
             group_create_answer_lost: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -310,11 +313,18 @@ impl Stub {
                             .as_str()
                             .is_some_and(|o| o.eq_ignore_ascii_case("remove"))
                     });
-                if m == "PATCH"
-                    && *kind == "Groups"
-                    && removes
-                    && self.failing_member_removals.load(Ordering::SeqCst)
-                {
+                let adds = body["Operations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|op| {
+                        op["op"]
+                            .as_str()
+                            .is_some_and(|o| o.eq_ignore_ascii_case("add"))
+                    });
+                let failing = (removes && self.failing_member_removals.load(Ordering::SeqCst))
+                    || (adds && self.failing_member_adds.load(Ordering::SeqCst));
+                if m == "PATCH" && *kind == "Groups" && failing {
                     return error(StatusCode::SERVICE_UNAVAILABLE, None, "try again later");
                 }
                 let list = if *kind == "Users" {
@@ -1700,6 +1710,73 @@ async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wante
         Vec::<String>::new(),
         "A and B removed"
     );
+}
+
+/// A group job whose add of B is refused (503): B may or may not be a member now, and the
+/// record says so without taking B for added — the retry adds B again, where a record
+/// listing B as a member would have left B out of the target group for good.
+#[tokio::test]
+async fn a_member_add_that_failed_is_sent_again() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let base = serve(stub.clone()).await;
+    let group = app
+        .post(
+            "/api/v1/groups",
+            &json!({"name": "deck", "members": ["DECK-A"]}),
+        )
+        .await
+        .expect(201);
+    let group_path = format!(
+        "/api/v1/groups/{}",
+        group["id"].as_str().unwrap_or_default()
+    );
+    let app_id = app_on(&app, "deck", &base, json!({"group_push": ["deck"]})).await;
+    for (event_id, employee) in [("deck-a", "DECK-A"), ("deck-b", "DECK-B")] {
+        app.post_event(&joiner(
+            event_id,
+            employee,
+            "2026-11-01T09:00:00Z",
+            json!({}),
+        ))
+        .await;
+    }
+    app.settled(&app_id, Duration::from_secs(30)).await;
+    let id_of_person = |name: &str| {
+        stub.users()
+            .iter()
+            .find(|u| u["userName"] == name)
+            .map(id_text)
+            .unwrap_or_default()
+    };
+    let (a, b) = (
+        id_of_person("deck-a@example.com"),
+        id_of_person("deck-b@example.com"),
+    );
+    assert_eq!(group_members(&stub), std::slice::from_ref(&a));
+
+    stub.failing_member_adds.store(true, Ordering::SeqCst);
+    app.patch(&group_path, &json!({"members": ["DECK-A", "DECK-B"]}))
+        .await
+        .expect(200);
+    // The job failed (its retry is scheduled) before the target takes adds again.
+    eventually("the group job to fail", Duration::from_secs(30), || async {
+        let failed = app
+            .rows(&format!(
+                "SELECT id FROM job WHERE app_id = '{app_id}' AND resource_kind = 'group' \
+                 AND state = 'pending' AND attempts >= 1"
+            ))
+            .await;
+        (!failed.is_empty()).then_some(())
+    })
+    .await;
+    stub.failing_member_adds.store(false, Ordering::SeqCst);
+    app.settled(&app_id, Duration::from_secs(60)).await;
+    let mut members = group_members(&stub);
+    members.sort();
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(members, want, "B added on the retry");
 }
 
 /// A group roster created whose create's answer was lost is found by name on the retry and

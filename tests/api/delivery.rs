@@ -386,8 +386,10 @@ fn target_group_members(target: &DevTarget, name: &str) -> Option<Vec<String>> {
 
 /// A group job whose instance died while it was sending member changes: the target applied
 /// the add (B is a member), the link still lists the members before it. B then leaves the
-/// roster group. The next job must not diff against the record alone (which never had B, so
-/// nothing to remove): it reads the group's members again and removes B.
+/// roster group and C joins it. The next job must not diff against the record alone (which
+/// never had B, so nothing to remove): it reads the group's members again (or, where groups
+/// are read without members, takes every account the app links) and removes B — and still
+/// adds C, whom that wider set also holds.
 #[tokio::test]
 async fn a_group_job_lost_mid_change_leaves_no_member_roster_no_longer_wants() {
     use roster::dev_target::Kind;
@@ -395,7 +397,11 @@ async fn a_group_job_lost_mid_change_leaves_no_member_roster_no_longer_wants() {
     for readable in [true, false] {
         let target = target_with(DevTargetArgs::default()).await;
         let name = format!("lost-{readable}");
-        let (a, b) = (format!("LA{readable}"), format!("LB{readable}"));
+        let (a, b, c) = (
+            format!("LA{readable}"),
+            format!("LB{readable}"),
+            format!("LC{readable}"),
+        );
         let group_id = app
             .post("/api/v1/groups", &json!({"name": name, "members": [a]}))
             .await
@@ -413,7 +419,7 @@ async fn a_group_job_lost_mid_change_leaves_no_member_roster_no_longer_wants() {
             ))
             .await;
         let app_id = created["id"].as_str().unwrap_or_default().to_owned();
-        for e in [&a, &b] {
+        for e in [&a, &b, &c] {
             app.post_event(&joiner(
                 &format!("j{e}"),
                 e,
@@ -466,10 +472,10 @@ async fn a_group_job_lost_mid_change_leaves_no_member_roster_no_longer_wants() {
             target_group_members(&target, &name),
             Some(vec![a_name.clone(), b_name.clone()])
         );
-        // B leaves the roster group before the lost job is retried.
+        // B leaves the roster group, and C joins it, before the lost job is retried.
         app.patch(
             &format!("/api/v1/groups/{group_id}"),
-            &json!({"members": [a]}),
+            &json!({"members": [a, c]}),
         )
         .await
         .expect(200);
@@ -487,10 +493,11 @@ async fn a_group_job_lost_mid_change_leaves_no_member_roster_no_longer_wants() {
         })
         .await;
         due_settled(&app, &app_id).await;
+        let c_name = format!("{}@example.com", c.to_lowercase());
         assert_eq!(
             target_group_members(&target, &name),
-            Some(vec![a_name.clone()]),
-            "readable {readable}: B out of the group"
+            Some(vec![a_name.clone(), c_name]),
+            "readable {readable}: B out of the group, C in"
         );
     }
 }
@@ -2908,6 +2915,38 @@ async fn a_scheduled_delete_reads_the_account_again_before_it_deletes() {
             );
         }
     }
+}
+
+/// HR often changes a leaver's address at termination: the scheduled delete still deletes the
+/// account roster deactivated, which holds the address roster last wrote, not the new one.
+#[tokio::test]
+async fn a_scheduled_delete_deletes_a_leaver_whose_address_changed_after_leaving() {
+    let app = spawn_app().await;
+    let target = target_with(DevTargetArgs::default()).await;
+    let (app_id, id, _) = leaver_with_scheduled_delete(&app, &target, "sd-moved", "SD7").await;
+    app.post_event(&event(
+        "m-SD7",
+        "mover",
+        "SD7",
+        "2026-11-03T09:00:00Z",
+        json!({"email": "former.sd7@example.com"}),
+    ))
+    .await;
+    due_settled(&app, &app_id).await;
+    let past = roster::store::queue::now_ms() - 1_000;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ),
+    )
+    .await
+    .expect("the date comes for the link");
+    schedule_pending(&app, &app_id, "user", past).await;
+    eventually("the account deleted", Duration::from_secs(20), || async {
+        (target.stats()["users"] == 0).then_some(())
+    })
+    .await;
 }
 
 /// Issue 16: a target that requires an attribute on create (its quirks say which) never gets
