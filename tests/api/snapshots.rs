@@ -758,3 +758,54 @@ async fn a_joiner_nobody_can_name_rejects_the_snapshot_and_a_rehire_keeps_its_na
         "nothing applied"
     );
 }
+
+/// A change ingested before a crash, whose row was not yet marked applied, comes back
+/// `duplicate` when the apply resumes, also after an event changed the person since (the
+/// change's payload is the file's row, not the person it was merged onto): the snapshot ends
+/// `applied`, not `failed` on a conflict, and the newer event stays.
+#[tokio::test]
+async fn a_resumed_apply_skips_changes_already_recorded_though_the_person_changed_since() {
+    let app = spawn().await;
+    people(&app, &["E1", "E2"]).await;
+    let id = post(
+        &app,
+        "?as_of=2026-11-02T00:00:00Z",
+        CSV,
+        b"employee_id,attributes.cc\nE1,42\nE2,7\n",
+    )
+    .await
+    .expect(202)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(settled(&app, &id).await["state"], "applied");
+    app.post_event(&crate::helpers::event(
+        "e1-moves",
+        "mover",
+        "E1",
+        "2026-11-03T00:00:00Z",
+        json!({"attributes": {"cc": "42", "site": "Basel"}}),
+    ))
+    .await;
+    // The crash came after E1's change was ingested but before its row was marked applied.
+    exec(
+        &app,
+        &format!(
+            "INSERT INTO hr_snapshot_row (snapshot_id, employee_id, line, record, kind, applied) \
+             VALUES ('{id}', 'E1', 2, '{{\"employee_id\": \"E1\", \"attributes\": {{\"cc\": \"42\"}}}}', 'mover', false)"
+        ),
+    )
+    .await;
+    exec(
+        &app,
+        &format!("UPDATE hr_snapshot SET state = 'applying', lease_owner = NULL, lease_until = NULL WHERE id = '{id}'"),
+    )
+    .await;
+    let done = settled(&app, &id).await;
+    assert_eq!(done["state"], "applied", "{done}");
+    assert_eq!(
+        person(&app, "E1").await["attributes"],
+        json!({"cc": "42", "site": "Basel"}),
+        "the newer event stays"
+    );
+}

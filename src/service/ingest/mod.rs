@@ -320,7 +320,6 @@ fn apply_record(
 }
 
 impl Roster {
-    /// Applies events in order, in one transaction; answers after the commit.
     /// [`Roster::ingest`] for events an HR system posts: their ids may not take the form HR
     /// snapshots give their changes ([`SNAPSHOT_EVENT_PREFIX`]), or an event could take a
     /// snapshot change's id first and make the snapshot's apply fail as a conflict.
@@ -347,6 +346,7 @@ impl Roster {
         self.ingest(principal, events).await
     }
 
+    /// Applies events in order, in one transaction; answers after the commit.
     pub async fn ingest(
         &self,
         principal: &Principal,

@@ -1122,7 +1122,6 @@ impl Roster {
         }
     }
 
-    /// Ends a snapshot in `state`; an applied or rejected one no longer needs its rows.
     /// Rejects a snapshot whose diff found joiners it cannot name, with each line.
     async fn reject_unnamed_joiners(
         &self,
@@ -1146,6 +1145,7 @@ impl Roster {
         .await
     }
 
+    /// Ends a snapshot in `state`; an applied or rejected one no longer needs its rows.
     async fn finish(
         &self,
         snapshot: hr_snapshot::Model,
