@@ -1638,29 +1638,28 @@ fn group_members(stub: &Stub) -> Vec<String> {
     crate::helpers::member_ids(&groups[0])
 }
 
-/// A group job adds B and then fails to remove A (503): the add was applied, and the group's
-/// record says so. B then leaves the roster group before the retry; the retry removes both,
-/// where a record without B's add would have left B in the target group for good.
-#[tokio::test]
-async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wanted() {
-    let app = spawn_app().await;
-    let stub = Stub::new(Misbehaviour::default());
+/// A pushed group `name` with one member, `{NAME}-A`, delivered to `stub` with `{NAME}-B` (not
+/// a member) provisioned too: the app's id, the roster group's path, and the two accounts' ids.
+async fn pushed_group_of_a(
+    app: &TestApp,
+    stub: &Arc<Stub>,
+    name: &str,
+) -> (String, String, String, String) {
     let base = serve(stub.clone()).await;
+    let upper = name.to_uppercase();
+    let (ea, eb) = (format!("{upper}-A"), format!("{upper}-B"));
     let group = app
-        .post(
-            "/api/v1/groups",
-            &json!({"name": "crew", "members": ["CREW-A"]}),
-        )
+        .post("/api/v1/groups", &json!({"name": name, "members": [ea]}))
         .await
         .expect(201);
     let group_path = format!(
         "/api/v1/groups/{}",
         group["id"].as_str().unwrap_or_default()
     );
-    let app_id = app_on(&app, "crew", &base, json!({"group_push": ["crew"]})).await;
-    for (event_id, employee) in [("crew-a", "CREW-A"), ("crew-b", "CREW-B")] {
+    let app_id = app_on(app, name, &base, json!({"group_push": [name]})).await;
+    for employee in [&ea, &eb] {
         app.post_event(&joiner(
-            event_id,
+            &format!("{employee}-in"),
             employee,
             "2026-11-01T09:00:00Z",
             json!({}),
@@ -1668,18 +1667,27 @@ async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wante
         .await;
     }
     app.settled(&app_id, Duration::from_secs(30)).await;
-    let id_of_person = |name: &str| {
+    let id_of_person = |employee: &str| {
+        let user_name = format!("{}@example.com", employee.to_lowercase());
         stub.users()
             .iter()
-            .find(|u| u["userName"] == name)
+            .find(|u| u["userName"] == json!(user_name))
             .map(id_text)
             .unwrap_or_default()
     };
-    let (a, b) = (
-        id_of_person("crew-a@example.com"),
-        id_of_person("crew-b@example.com"),
-    );
-    assert_eq!(group_members(&stub), std::slice::from_ref(&a));
+    let (a, b) = (id_of_person(&ea), id_of_person(&eb));
+    assert_eq!(group_members(stub), std::slice::from_ref(&a));
+    (app_id, group_path, a, b)
+}
+
+/// A group job adds B and then fails to remove A (503): the add was applied, and the group's
+/// record says so. B then leaves the roster group before the retry; the retry removes both,
+/// where a record without B's add would have left B in the target group for good.
+#[tokio::test]
+async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wanted() {
+    let app = spawn_app().await;
+    let stub = Stub::new(Misbehaviour::default());
+    let (app_id, group_path, _, b) = pushed_group_of_a(&app, &stub, "crew").await;
 
     stub.failing_member_removals.store(true, Ordering::SeqCst);
     app.patch(&group_path, &json!({"members": ["CREW-B"]}))
@@ -1719,41 +1727,7 @@ async fn a_member_change_applied_before_a_failure_is_undone_when_no_longer_wante
 async fn a_member_add_that_failed_is_sent_again() {
     let app = spawn_app().await;
     let stub = Stub::new(Misbehaviour::default());
-    let base = serve(stub.clone()).await;
-    let group = app
-        .post(
-            "/api/v1/groups",
-            &json!({"name": "deck", "members": ["DECK-A"]}),
-        )
-        .await
-        .expect(201);
-    let group_path = format!(
-        "/api/v1/groups/{}",
-        group["id"].as_str().unwrap_or_default()
-    );
-    let app_id = app_on(&app, "deck", &base, json!({"group_push": ["deck"]})).await;
-    for (event_id, employee) in [("deck-a", "DECK-A"), ("deck-b", "DECK-B")] {
-        app.post_event(&joiner(
-            event_id,
-            employee,
-            "2026-11-01T09:00:00Z",
-            json!({}),
-        ))
-        .await;
-    }
-    app.settled(&app_id, Duration::from_secs(30)).await;
-    let id_of_person = |name: &str| {
-        stub.users()
-            .iter()
-            .find(|u| u["userName"] == name)
-            .map(id_text)
-            .unwrap_or_default()
-    };
-    let (a, b) = (
-        id_of_person("deck-a@example.com"),
-        id_of_person("deck-b@example.com"),
-    );
-    assert_eq!(group_members(&stub), std::slice::from_ref(&a));
+    let (app_id, group_path, a, b) = pushed_group_of_a(&app, &stub, "deck").await;
 
     stub.failing_member_adds.store(true, Ordering::SeqCst);
     app.patch(&group_path, &json!({"members": ["DECK-A", "DECK-B"]}))

@@ -1717,6 +1717,21 @@ async fn leaver_with_scheduled_delete(
     (app_id, id, due)
 }
 
+/// Moves the scheduled delete of person `id` in `app_id` into the past, for the link and the
+/// queued job alike: its date has come.
+async fn make_delete_due(app: &TestApp, app_id: &str, id: &str) {
+    let past = roster::store::queue::now_ms() - 1_000;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
+        ),
+    )
+    .await
+    .expect("the date comes for the link");
+    schedule_pending(app, app_id, "user", past).await;
+}
+
 /// The pending jobs of one person: `(lane, run_at)`.
 async fn pending_user_jobs(app: &TestApp, app_id: &str, id: &str) -> Vec<(String, i64)> {
     app.rows(&format!(
@@ -2794,16 +2809,7 @@ async fn a_scheduled_delete_runs_on_its_date() {
         1,
         "deactivated, kept until its date"
     );
-    let past = roster::store::queue::now_ms() - 1_000;
-    sea_orm::ConnectionTrait::execute_unprepared(
-        &app.db,
-        &format!(
-            "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
-        ),
-    )
-    .await
-    .expect("the date comes for the link");
-    schedule_pending(&app, &app_id, "user", past).await;
+    make_delete_due(&app, &app_id, &id).await;
     eventually("the account deleted", Duration::from_secs(20), || async {
         (target.stats()["users"] == 0).then_some(())
     })
@@ -2871,16 +2877,7 @@ async fn a_scheduled_delete_reads_the_account_again_before_it_deletes() {
             })),
             None => target.reset(),
         }
-        let past = roster::store::queue::now_ms() - 1_000;
-        sea_orm::ConnectionTrait::execute_unprepared(
-            &app.db,
-            &format!(
-                "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
-            ),
-        )
-        .await
-        .expect("the date comes for the link");
-        schedule_pending(&app, &app_id, "user", past).await;
+        make_delete_due(&app, &app_id, &id).await;
         due_settled(&app, &app_id).await;
 
         let deletes = app
@@ -2933,16 +2930,7 @@ async fn a_scheduled_delete_deletes_a_leaver_whose_address_changed_after_leaving
     ))
     .await;
     due_settled(&app, &app_id).await;
-    let past = roster::store::queue::now_ms() - 1_000;
-    sea_orm::ConnectionTrait::execute_unprepared(
-        &app.db,
-        &format!(
-            "UPDATE link SET delete_after = {past} WHERE app_id = '{app_id}' AND resource_id = '{id}'"
-        ),
-    )
-    .await
-    .expect("the date comes for the link");
-    schedule_pending(&app, &app_id, "user", past).await;
+    make_delete_due(&app, &app_id, &id).await;
     eventually("the account deleted", Duration::from_secs(20), || async {
         (target.stats()["users"] == 0).then_some(())
     })

@@ -43,6 +43,27 @@ async fn app_on(app: &TestApp, name: &str, base_url: &str, settings: Value) -> S
         .to_owned()
 }
 
+/// The id of the dev-target's account named `user_name` (empty if there is none).
+fn account_id_named(target: &roster::dev_target::DevTarget, user_name: &str) -> String {
+    target
+        .users_snapshot()
+        .iter()
+        .find(|u| u["userName"] == user_name)
+        .map(id_of)
+        .unwrap_or_default()
+}
+
+/// Approves the held run `held` as the admin.
+async fn approve(app: &TestApp, held: &Value) {
+    let run_id = held["id"].as_str().unwrap_or_default();
+    app.post(
+        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
+        &json!({}),
+    )
+    .await
+    .expect(200);
+}
+
 async fn deactivated_links(app: &TestApp) -> usize {
     app.rows("SELECT id FROM link WHERE state = 'deactivated'")
         .await
@@ -1462,14 +1483,7 @@ async fn a_fix_run_leaves_alone_a_link_a_job_moved_while_it_ran() {
     for name in ["mv1", "mv1-new", "mv2-new"] {
         hand.create(name).await;
     }
-    let id_named = |name: &str| {
-        target
-            .users_snapshot()
-            .iter()
-            .find(|u| u["userName"] == name)
-            .map(id_of)
-            .unwrap_or_default()
-    };
+    let id_named = |name: &str| account_id_named(&target, name);
     let person = |employee: &str| {
         let app = &app;
         let employee = employee.to_owned();
@@ -1610,14 +1624,7 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
     hand.create("stale@example.com").await;
     let held = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(held["state"], "awaiting_approval", "{held}");
-    let id_named = |name: &str| {
-        target
-            .users_snapshot()
-            .iter()
-            .find(|u| u["userName"] == name)
-            .map(id_of)
-            .unwrap_or_default()
-    };
+    let id_named = |name: &str| account_id_named(&target, name);
     let (ghost, stale) = (id_named("ghost@example.com"), id_named("stale@example.com"));
 
     // Meanwhile: a new hire with the ghost's address is linked to that account, and the other
@@ -1642,13 +1649,7 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
         u["userName"] = json!("stale@partner.org");
     }));
 
-    let run_id = held["id"].as_str().unwrap_or_default();
-    app.post(
-        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
-        &json!({}),
-    )
-    .await
-    .expect(200);
+    approve(&app, &held).await;
     settled(&app).await;
     for id in [&ghost, &stale] {
         let account = target
@@ -1736,13 +1737,7 @@ async fn an_approved_unmatched_deprovision_skips_accounts_that_match_someone_now
             ))
             .await;
         }
-        let run_id = held["id"].as_str().unwrap_or_default();
-        app.post(
-            &format!("/api/v1/reconcile-runs/{run_id}/approve"),
-            &json!({}),
-        )
-        .await
-        .expect(200);
+        approve(&app, &held).await;
         app.post(&format!("/api/v1/apps/{app_id}/resume"), &json!({}))
             .await
             .expect(200);
@@ -1835,14 +1830,7 @@ async fn an_approved_orphan_deprovision_reads_the_account_again() {
     let held = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(held["state"], "awaiting_approval", "{held}");
     assert_eq!(held["counts"]["orphan"], 4, "{held}");
-    let id_named = |name: &str| {
-        target
-            .users_snapshot()
-            .iter()
-            .find(|u| u["userName"] == name)
-            .map(id_of)
-            .unwrap_or_default()
-    };
+    let id_named = |name: &str| account_id_named(&target, name);
     let ids: Vec<String> = left
         .iter()
         .map(|p| id_named(&format!("{p}@example.com")))
@@ -1873,21 +1861,9 @@ async fn an_approved_orphan_deprovision_reads_the_account_again() {
     })
     .await;
 
-    let run_id = held["id"].as_str().unwrap_or_default();
-    app.post(
-        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
-        &json!({}),
-    )
-    .await
-    .expect(200);
+    approve(&app, &held).await;
     settled(&app).await;
-    let active = |id: &str| {
-        target
-            .users_snapshot()
-            .into_iter()
-            .find(|u| id_of(u) == id)
-            .map(|u| u["active"].clone())
-    };
+    let active = |id: &str| target.user(id).map(|u| u["active"].clone());
     assert_eq!(active(&ids[0]), Some(json!(false)), "oa's account closed");
     for id in &ids[1..] {
         assert_eq!(active(id), Some(json!(true)), "{id} not deprovisioned");
@@ -1965,14 +1941,7 @@ async fn an_approved_deprovision_of_a_linked_orphan_reads_the_account_again() {
     }
     settled(&app).await;
     assert_eq!(deactivated_links(&app).await, 2);
-    let id_named = |name: &str| {
-        target
-            .users_snapshot()
-            .iter()
-            .find(|u| u["userName"] == name)
-            .map(id_of)
-            .unwrap_or_default()
-    };
+    let id_named = |name: &str| account_id_named(&target, name);
     let ids: Vec<String> = left
         .iter()
         .map(|p| id_named(&format!("{p}@example.com")))
@@ -1986,21 +1955,9 @@ async fn an_approved_deprovision_of_a_linked_orphan_reads_the_account_again() {
     assert!(target.edit(Kind::User, &ids[1], |u| {
         u["userName"] = json!("lb@partner.org");
     }));
-    let run_id = held["id"].as_str().unwrap_or_default();
-    app.post(
-        &format!("/api/v1/reconcile-runs/{run_id}/approve"),
-        &json!({}),
-    )
-    .await
-    .expect(200);
+    approve(&app, &held).await;
     settled(&app).await;
-    let active = |id: &str| {
-        target
-            .users_snapshot()
-            .into_iter()
-            .find(|u| id_of(u) == id)
-            .map(|u| u["active"].clone())
-    };
+    let active = |id: &str| target.user(id).map(|u| u["active"].clone());
     assert_eq!(active(&ids[0]), Some(json!(false)), "la's account closed");
     assert_eq!(
         active(&ids[1]),
