@@ -562,6 +562,15 @@ fn changes_needing_admin(before: &AppSettings, after: &AppSettings) -> Vec<Strin
     {
         found.push("reconcile.mode set to `fix` with deprovision_unmatched on".into());
     }
+    // With unmatched accounts deprovisioned, what an account is matched by decides whose it
+    // is: another matching attribute, or another mapping of it, can make every account
+    // "nobody's" for the next fix run.
+    if ar.deprovision_unmatched && matching_changed(before, after) {
+        found.push(
+            "matching (its attribute or the mappings that render it) changed with reconcile.deprovision_unmatched on"
+                .into(),
+        );
+    }
     // With unmatched accounts deprovisioned, the managed domains say which accounts may be
     // closed: widening them turns accounts that were never touched (other companies',
     // external users') into ones a fix run closes.
@@ -576,6 +585,22 @@ fn changes_needing_admin(before: &AppSettings, after: &AppSettings) -> Vec<Strin
         ));
     }
     found
+}
+
+/// Whether the matching attribute, or the mappings that render it, differ.
+fn matching_changed(before: &AppSettings, after: &AppSettings) -> bool {
+    let rendering = |s: &AppSettings| -> Vec<crate::settings::MappingEntry> {
+        s.mappings
+            .iter()
+            .filter(|m| m.target.eq_ignore_ascii_case(&s.matching.target_attribute))
+            .cloned()
+            .collect()
+    };
+    !before
+        .matching
+        .target_attribute
+        .eq_ignore_ascii_case(&after.matching.target_attribute)
+        || rendering(before) != rendering(after)
 }
 
 /// How `after`'s managed domains reach beyond `before`'s (`None`: every domain), if they do.

@@ -378,6 +378,31 @@ async fn weakening_the_guard_or_destructive_deprovisioning_needs_admin() {
     )
     .await
     .expect(200);
+    // So is what accounts are matched by: another attribute, or another mapping of it, could
+    // make every account "nobody's"; other mappings stay open to `apps:write`.
+    for change in [
+        json!({"matching": {"target_attribute": "externalId"}}),
+        json!({"mappings": [{"target": "userName", "source": "employee_id"}]}),
+    ] {
+        let detail = app
+            .request("PATCH", &path, Some(&writer), Some(&change))
+            .await
+            .problem(403);
+        assert!(
+            detail.contains("matching") && detail.contains("`admin`"),
+            "patch {change}: {detail}"
+        );
+    }
+    app.request(
+        "PATCH",
+        &path,
+        Some(&writer),
+        Some(&json!({"mappings": [
+            {"target": "userName", "expression": "default(user_name, email)"},
+            {"target": "title", "source": "title"}]})),
+    )
+    .await
+    .expect(200);
 }
 
 /// The same authority for one run: `apps:write` may start a `fix` run of an app that reports
