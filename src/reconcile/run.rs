@@ -434,6 +434,17 @@ async fn wait_for_slot<'a>(
     }
 }
 
+/// Whether run `run_id` is still `running`.
+async fn still_running(conn: &impl ConnectionTrait, run_id: &str) -> Result<bool, DbErr> {
+    let state: Option<String> = reconcile_run::Entity::find_by_id(run_id)
+        .select_only()
+        .column(reconcile_run::Column::State)
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(state.as_deref() == Some(RunState::Running.as_str()))
+}
+
 /// Sets the `running` run's `waiting` mark; false when the run is no longer `running`.
 async fn set_waiting(db: &Db, run_id: &str, waiting: bool) -> Result<bool, DbErr> {
     let tx = db.write_tx().await?;
@@ -1071,6 +1082,11 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
         };
         after = last.id;
         let tx = db.write_tx().await?;
+        if !still_running(&*tx, run_id).await? {
+            return Err(DbErr::Custom(format!(
+                "reconcile run {run_id} was given up while it ran; it adopts nothing more"
+            )));
+        }
         let mut jobs = Vec::new();
         for item in &items {
             let (Some(identity_id), Some(target_id)) =
@@ -1428,6 +1444,14 @@ async fn write_batch(
         reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
     }
     let mut jobs = Vec::new();
+    // A run given up meanwhile (still running after `STALE_RUN`, failed by a newer run's
+    // start) fixes nothing more: the newer run decides now.
+    if fix && !still_running(&*tx, run_id).await? {
+        return Err(DbErr::Custom(format!(
+            "reconcile run {run_id} was given up while it ran (another run started after {} hours); it fixes nothing more",
+            STALE_RUN.num_hours()
+        )));
+    }
     if fix {
         for entry in pending {
             let (job, class) = match entry {
@@ -1873,7 +1897,9 @@ async fn finish(
             Expr::value(chrono::Utc::now()),
         )
         .col_expr(reconcile_run::Column::Waiting, Expr::value(false))
-        .filter(reconcile_run::Column::Id.eq(run_id));
+        .filter(reconcile_run::Column::Id.eq(run_id))
+        // A run given up meanwhile stays as the newer run's start left it.
+        .filter(reconcile_run::Column::State.eq(RunState::Running.as_str()));
     if outcome.state != RunState::Failed {
         update = update.col_expr(
             reconcile_run::Column::Counts,

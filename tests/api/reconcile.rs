@@ -1462,6 +1462,114 @@ impl Tap for MoveLinksMidRun {
     }
 }
 
+/// In front of the dev-target: the first unfiltered `/Users` listing marks the run reading it
+/// (every running run not waiting for a slot) `failed`, as a newer run's start gives up one
+/// still running after six hours.
+struct GiveUpRunsMidListing {
+    db: sea_orm::DatabaseConnection,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Tap for GiveUpRunsMidListing {
+    async fn request(&self, call: &mut RelayedCall) {
+        use sea_orm::ConnectionTrait as _;
+        let listing = call.method == "GET"
+            && call.path.ends_with("/Users")
+            && !call.query.iter().any(|(k, _)| k == "filter");
+        if !listing || self.done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.db
+            .execute_unprepared(
+                "UPDATE reconcile_run SET state = 'failed', error = 'abandoned: still running after 6 hours' \
+                 WHERE state = 'running' AND waiting = false",
+            )
+            .await
+            .expect("give the run up");
+    }
+}
+
+/// A run given up while it ran (a newer run's start fails one still running after six
+/// hours) fixes nothing more and stays `failed`: its drift fix is not enqueued, and its end
+/// does not write `completed` over the newer run's verdict.
+#[tokio::test]
+async fn a_run_given_up_while_it_ran_fixes_nothing_and_stays_failed() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.run_engine = false;
+        c.reconcile_concurrency = 1;
+    })
+    .await;
+    let target = dev_target(TOKEN).await;
+    let hand = Target {
+        base: target.base_url(),
+        token: TOKEN.to_owned(),
+    };
+    let tap = std::sync::Arc::new(GiveUpRunsMidListing {
+        db: app.db.clone(),
+        done: std::sync::atomic::AtomicBool::new(false),
+    });
+    let stub = relay(&target.base_url(), tap).await;
+    let given_up = app_on(
+        &app,
+        "given-up",
+        &stub,
+        json!({"reconcile": {"interval_minutes": 0, "mode": "fix"}}),
+    )
+    .await;
+    let other_target = dev_target(TOKEN).await;
+    let other = app_on(
+        &app,
+        "next",
+        &other_target.base_url(),
+        json!({"reconcile": {"interval_minutes": 0}}),
+    )
+    .await;
+    app.post_event(&joiner("gu-in", "GU1", AT, json!({}))).await;
+    // The person's account, drifted by hand, linked as a job would have.
+    hand.create("gu1").await;
+    let account = account_id_named(&target, "gu1");
+    let person = app.get("/api/v1/identities/GU1").await.expect(200)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    use sea_orm::ConnectionTrait as _;
+    app.db
+        .execute_unprepared(&format!(
+            "INSERT INTO link (app_id, resource_kind, resource_id, target_id, state, created_at, updated_at) \
+             VALUES ('{given_up}', 'user', '{person}', '{account}', 'linked', '{AT}', '{AT}')"
+        ))
+        .await
+        .expect("a link");
+    app.db
+        .execute_unprepared("DELETE FROM job")
+        .await
+        .expect("no job");
+
+    let run = app
+        .post(&format!("/api/v1/apps/{given_up}/reconcile"), &json!({}))
+        .await
+        .expect(202);
+    // One run at a time: the other app's run starts only once the given-up run has ended.
+    let next = app.reconcile_run(&other, json!({})).await;
+    assert_eq!(next["state"], "completed", "{next}");
+    let report = app
+        .get(&format!(
+            "/api/v1/reconcile-runs/{}",
+            run["id"].as_str().unwrap_or_default()
+        ))
+        .await
+        .expect(200);
+    assert_eq!(report["state"], "failed", "{report}");
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("abandoned")),
+        "{report}"
+    );
+    let jobs = app.rows("SELECT resource_id FROM job").await;
+    assert_eq!(jobs, Vec::<Value>::new(), "nothing fixed: {jobs:?}");
+}
+
 /// A fix run's findings are made against the links as it read them. A job that moved a
 /// person's link while the run was reading (re-created or re-linked the account) keeps it:
 /// the run neither points it back at the drifted account it read nor drops it for a person
