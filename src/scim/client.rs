@@ -1728,15 +1728,34 @@ impl Resources {
         }
         // Refuses an attribute that no filter could name, as the filtered look-up would.
         filter::eq(attr, value)?;
-        let mut seen = SeenIds::default();
-        self.list(self.client.inner.quirks.page_size)
-            .try_filter(|resource| {
-                futures::future::ready(
-                    filter::holds_value(resource, attr, value) && seen.first_time(resource),
-                )
-            })
-            .try_collect()
-            .await
+        let mut whole = WholeAnswer::default();
+        let mut found = Vec::new();
+        let mut pages = self.list_pages(ListQuery {
+            page_size: self.client.inner.quirks.page_size,
+            overlapping: true,
+            ..ListQuery::default()
+        });
+        while let Some(page) = pages.try_next().await? {
+            whole.page(&page, |resource| {
+                if filter::holds_value(resource, attr, value) {
+                    found.push(resource.clone());
+                }
+            });
+        }
+        // A listing that shows itself cut short (fewer than its `totalResults`, come round to
+        // page 1, moved under its pages) would answer "absent" for what it left out.
+        if let Some(reason) = whole.short_by() {
+            return Err(ScimError::IncompleteListing {
+                method: "GET".into(),
+                path: self
+                    .client
+                    .url(&[self.kind.endpoint()], &[])
+                    .path()
+                    .to_owned(),
+                reason,
+            });
+        }
+        Ok(found)
     }
 
     /// Resources whose `attr` holds any of `values`, in one `filter=attr eq "a" or attr eq "b"

@@ -352,3 +352,38 @@ async fn a_merged_look_up_cut_short_of_its_total_answers_no_value_absent() {
         "every account found, none taken for absent"
     );
 }
+
+/// A target that cannot filter is looked up by reading its whole listing: one that serves a
+/// single page of 2 however many accounts it holds (no paging) falls short of its own
+/// `totalResults`, so an account on the page it never served is no answer of "absent" —
+/// which would have it created a second time — but an incomplete listing, asked again later.
+#[tokio::test]
+async fn a_look_up_by_whole_listing_cut_short_of_its_total_is_no_answer() {
+    let t = crate::helpers::spawn_target_with(
+        roster::dev_target::DevTargetArgs {
+            max_page_size: 2,
+            ..roster::dev_target::DevTargetArgs::default()
+        },
+        |settings| {
+            settings.quirks.paging = roster::scim::Paging::None;
+            settings.quirks.supports_filter = false;
+        },
+    )
+    .await;
+    for name in ["whole-1", "whole-2", "whole-3"] {
+        t.target
+            .insert(roster::dev_target::Kind::User, crate::helpers::user(name))
+            .unwrap();
+    }
+    let short = t
+        .client
+        .users()
+        .find_by("userName", "whole-3")
+        .await
+        .expect_err("a listing short of its total is no answer");
+    assert!(
+        short.to_string().contains("2 resources read of the 3"),
+        "{short}"
+    );
+    assert!(short.is_transient(), "{short}");
+}
