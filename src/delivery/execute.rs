@@ -1282,14 +1282,10 @@ async fn members_after_a_lost_job(
     ctx: &AppContext<'_>,
     target_id: &str,
 ) -> Result<BTreeSet<String>, JobError> {
-    let mut members = BTreeSet::new();
     if ctx.client.quirks().group_members_readable {
         doing(Operation::GroupUpdate);
         match ctx.client.groups().get(target_id).await {
-            Ok(group) if id_of(&group) == Some(target_id) => {
-                members.extend(target_members(&group));
-                return Ok(members);
-            }
+            Ok(group) if id_of(&group) == Some(target_id) => return Ok(target_members(&group)),
             // Another resource answered, or none: fall back on the app's links below.
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
@@ -1305,8 +1301,7 @@ async fn members_after_a_lost_job(
         .into_tuple()
         .all(conn)
         .await?;
-    members.extend(linked.into_iter().flatten());
-    Ok(members)
+    Ok(linked.into_iter().flatten().collect())
 }
 
 /// A group link's snapshot lists, under `members_maybe`, target ids the group may hold beyond
@@ -1745,17 +1740,7 @@ pub async fn deliver_group(
                     .and_then(Value::as_str)
                     .unwrap_or(group_name)
                     .to_owned();
-                let current: BTreeSet<String> = existing
-                    .as_ref()
-                    .and_then(|l| l.snapshot.as_ref())
-                    .and_then(|s| s.get("members"))
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let current = snapshot_ids(snapshot, "members");
                 (id, current, name)
             }
             None => {
@@ -1810,11 +1795,7 @@ pub async fn deliver_group(
         maybe.extend(members_after_a_lost_job(conn, ctx, &target_id).await?);
     }
     // Replaced groups an earlier job left to delete (only on the link's own group).
-    let replaces = existing
-        .as_ref()
-        .filter(|l| l.target_id.as_deref() == Some(target_id.as_str()))
-        .map(|l| replaced_groups(l.snapshot.as_ref()))
-        .unwrap_or_default();
+    let replaces = replaced_groups(own_snapshot);
     let renamed = current_name != group_name;
     if renamed && !ctx.client.quirks().group_rename {
         return replace_renamed_group(

@@ -434,15 +434,23 @@ async fn wait_for_slot<'a>(
     }
 }
 
-/// Whether run `run_id` is still `running`.
-async fn still_running(conn: &impl ConnectionTrait, run_id: &str) -> Result<bool, DbErr> {
+/// An error unless run `run_id` is still `running`: a run given up meanwhile (still running
+/// after `STALE_RUN`, failed by a newer run's start) fixes and adopts nothing more, the newer
+/// run decides now.
+async fn still_running(conn: &impl ConnectionTrait, run_id: &str) -> Result<(), DbErr> {
     let state: Option<String> = reconcile_run::Entity::find_by_id(run_id)
         .select_only()
         .column(reconcile_run::Column::State)
         .into_tuple()
         .one(conn)
         .await?;
-    Ok(state.as_deref() == Some(RunState::Running.as_str()))
+    if state.as_deref() == Some(RunState::Running.as_str()) {
+        return Ok(());
+    }
+    Err(DbErr::Custom(format!(
+        "reconcile run {run_id} was given up while it ran (another run started after {} hours); it fixes nothing more",
+        STALE_RUN.num_hours()
+    )))
 }
 
 /// Sets the `running` run's `waiting` mark; false when the run is no longer `running`.
@@ -1058,8 +1066,8 @@ async fn link_is_free_for(
 /// adopts only an account that still holds it, is in a managed domain, is linked to nobody
 /// else and is no other person's unsure create — then PATCHes what differs. The run's copy of
 /// the account may be minutes old by now (renamed, handed on): it is never linked as it was
-/// read. Reads the items back a page at a time; clears the accounts they held. Returns the
-/// jobs that will write (`link_and_patch`); a plain `link` writes nothing to the target.
+/// read. Reads the items back a page at a time. Returns the jobs that will write
+/// (`link_and_patch`); a plain `link` writes nothing to the target.
 async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64, DbErr> {
     let mut after = 0i64;
     let mut patching = 0u64;
@@ -1082,11 +1090,7 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
         };
         after = last.id;
         let tx = db.write_tx().await?;
-        if !still_running(&*tx, run_id).await? {
-            return Err(DbErr::Custom(format!(
-                "reconcile run {run_id} was given up while it ran; it adopts nothing more"
-            )));
-        }
+        still_running(&*tx, run_id).await?;
         let mut jobs = Vec::new();
         for item in &items {
             let (Some(identity_id), Some(target_id)) =
@@ -1107,15 +1111,6 @@ async fn apply_adoptions(db: &Db, app: &app::Model, run_id: &str) -> Result<u64,
             }
         }
         queue::enqueue(&*tx, &jobs).await?;
-        reconcile_item::Entity::update_many()
-            .col_expr(
-                reconcile_item::Column::Account,
-                Expr::value(sea_orm::Value::Json(None)),
-            )
-            .filter(reconcile_item::Column::RunId.eq(run_id))
-            .filter(reconcile_item::Column::Id.is_in(items.iter().map(|item| item.id)))
-            .exec(&*tx)
-            .await?;
         tx.commit().await?;
     }
     Ok(patching)
@@ -1444,15 +1439,8 @@ async fn write_batch(
         reconcile_item::Entity::insert_many(rows).exec(&*tx).await?;
     }
     let mut jobs = Vec::new();
-    // A run given up meanwhile (still running after `STALE_RUN`, failed by a newer run's
-    // start) fixes nothing more: the newer run decides now.
-    if fix && !still_running(&*tx, run_id).await? {
-        return Err(DbErr::Custom(format!(
-            "reconcile run {run_id} was given up while it ran (another run started after {} hours); it fixes nothing more",
-            STALE_RUN.num_hours()
-        )));
-    }
     if fix {
+        still_running(&*tx, run_id).await?;
         for entry in pending {
             let (job, class) = match entry {
                 Entry::User(finding, account) => (

@@ -1423,19 +1423,6 @@ pub(crate) fn parse_list_page(body: &Value) -> Result<ListPage, &'static str> {
     })
 }
 
-/// The ids a look-up has returned so far: a target whose pages overlap (an account on page 1
-/// and again on page 2) must not make one account look like two.
-#[derive(Default)]
-struct SeenIds(std::collections::HashSet<String>);
-
-impl SeenIds {
-    /// Whether `resource` is new to the look-up. One without an `id` is always kept: the
-    /// caller refuses it with its own reason.
-    fn first_time(&mut self, resource: &Value) -> bool {
-        id_of(resource).is_none_or(|id| self.0.insert(id.to_owned()))
-    }
-}
-
 /// Whether a filtered answer, read page by page (overlapping), holds everything it counts:
 /// no page came round to the first again or moved under the walk, `totalResults` never
 /// shrank, and the distinct resources read reach the last `totalResults` (an answer without
@@ -1728,34 +1715,13 @@ impl Resources {
         }
         // Refuses an attribute that no filter could name, as the filtered look-up would.
         filter::eq(attr, value)?;
-        let mut whole = WholeAnswer::default();
-        let mut found = Vec::new();
-        let mut pages = self.list_pages(ListQuery {
+        let query = ListQuery {
             page_size: self.client.inner.quirks.page_size,
             overlapping: true,
             ..ListQuery::default()
-        });
-        while let Some(page) = pages.try_next().await? {
-            whole.page(&page, |resource| {
-                if filter::holds_value(resource, attr, value) {
-                    found.push(resource.clone());
-                }
-            });
-        }
-        // A listing that shows itself cut short (fewer than its `totalResults`, come round to
-        // page 1, moved under its pages) would answer "absent" for what it left out.
-        if let Some(reason) = whole.short_by() {
-            return Err(ScimError::IncompleteListing {
-                method: "GET".into(),
-                path: self
-                    .client
-                    .url(&[self.kind.endpoint()], &[])
-                    .path()
-                    .to_owned(),
-                reason,
-            });
-        }
-        Ok(found)
+        };
+        self.whole_listing(query, |resource| filter::holds_value(resource, attr, value))
+            .await
     }
 
     /// Resources whose `attr` holds any of `values`, in one `filter=attr eq "a" or attr eq "b"
@@ -1795,23 +1761,33 @@ impl Resources {
             page_size: self.client.inner.quirks.page_size,
             overlapping: true,
         };
-        let mut seen = SeenIds::default();
+        let wanted = |resource: &Value| {
+            values
+                .iter()
+                .any(|v| filter::holds_value(resource, attr, v))
+        };
+        self.whole_listing(query, wanted).await.map(Some)
+    }
+
+    /// Every resource of `query` that `wanted` keeps, each once however often the pages repeat
+    /// it. A listing that shows itself cut short (fewer distinct resources than its
+    /// `totalResults`, come round to page 1, moved under its pages) is no answer: it would
+    /// read as "absent" for what it left out, and that would be created twice.
+    async fn whole_listing(
+        &self,
+        query: ListQuery,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<Value>, ScimError> {
         let mut whole = WholeAnswer::default();
         let mut found = Vec::new();
         let mut pages = self.list_pages(query);
         while let Some(page) = pages.try_next().await? {
-            whole.page(&page, |_| {});
-            for resource in page.resources {
-                let wanted = values
-                    .iter()
-                    .any(|v| filter::holds_value(&resource, attr, v));
-                if wanted && seen.first_time(&resource) {
-                    found.push(resource);
+            whole.page(&page, |resource| {
+                if wanted(resource) {
+                    found.push(resource.clone());
                 }
-            }
+            });
         }
-        // An answer cut short (one page of several served, a page skipped) would read as
-        // "no account" for the values it left out, and they would be created twice.
         if let Some(reason) = whole.short_by() {
             return Err(ScimError::IncompleteListing {
                 method: "GET".into(),
@@ -1823,7 +1799,7 @@ impl Resources {
                 reason,
             });
         }
-        Ok(Some(found))
+        Ok(found)
     }
 
     /// Every resource, page by page (memory bounded by one page).
