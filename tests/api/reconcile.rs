@@ -64,6 +64,21 @@ async fn approve(app: &TestApp, held: &Value) {
     .expect(200);
 }
 
+/// A fix-mode app on `base_url` whose deletion guard holds every run that would deprovision
+/// more than one account (`unmatched`: accounts matching nobody are deprovisioned too).
+async fn holding_app(app: &TestApp, name: &str, base_url: &str, unmatched: bool) -> String {
+    app_on(
+        app,
+        name,
+        base_url,
+        json!({
+            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": unmatched},
+            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
+        }),
+    )
+    .await
+}
+
 async fn deactivated_links(app: &TestApp) -> usize {
     app.rows("SELECT id FROM link WHERE state = 'deactivated'")
         .await
@@ -106,6 +121,14 @@ struct Target {
 }
 
 impl Target {
+    /// Changes made by hand in the dev-target `target`, through its SCIM API.
+    fn by_hand(target: &roster::dev_target::DevTarget) -> Self {
+        Self {
+            base: target.base_url(),
+            token: TOKEN.to_owned(),
+        }
+    }
+
     fn client(&self) -> roster::scim::ScimClient {
         scim_client(&self.base, &self.token)
     }
@@ -387,10 +410,7 @@ async fn group_drift_scenario(app: &TestApp, target: &Target, marker: &str) {
 async fn reconcile_restores_a_pushed_group_changed_by_hand_in_the_dev_target() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     group_drift_scenario(&app, &hand, "gdt").await;
 }
 
@@ -614,10 +634,7 @@ async fn drift_scenario(app: &TestApp, target: &Target, marker: &str, domain: &s
 async fn reconcile_finds_and_fixes_drift_in_the_dev_target() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     drift_scenario(&app, &hand, "dt", "example.com").await;
 }
 
@@ -639,10 +656,7 @@ async fn reconcile_finds_and_fixes_drift_in_the_peer() {
 async fn mass_deprovisioning_waits_for_approval() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     let app_id = app_on(
         &app,
         "crm",
@@ -795,10 +809,7 @@ async fn a_second_run_is_refused_while_one_is_running() {
 async fn unmatched_accounts_are_deactivated_only_when_the_app_asks() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     let app_id = app_on(
         &app,
         "crm",
@@ -926,10 +937,7 @@ async fn two_starts_at_once_make_one_run() {
 async fn roster_reconcile_json_prints_one_document_and_no_progress_bar_when_piped() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     let app_id = app_on(
         &app,
         "cli",
@@ -1174,10 +1182,7 @@ async fn a_target_without_total_results_has_unseen_linked_accounts_confirmed_by_
 async fn a_linked_account_deleted_in_the_target_is_confirmed_gone_before_its_link_goes() {
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     let app_id = app_on(
         &app,
         "crm",
@@ -1500,10 +1505,7 @@ async fn a_run_given_up_while_it_ran_fixes_nothing_and_stays_failed() {
     })
     .await;
     let target = dev_target(TOKEN).await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     let tap = std::sync::Arc::new(GiveUpRunsMidListing {
         db: app.db.clone(),
         done: std::sync::atomic::AtomicBool::new(false),
@@ -1580,10 +1582,7 @@ async fn a_fix_run_leaves_alone_a_link_a_job_moved_while_it_ran() {
     use sea_orm::ConnectionTrait as _;
     let app = crate::helpers::spawn_planner().await;
     let target = dev_target(TOKEN).await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     for who in ["MV1", "MV2", "MV3"] {
         app.post_event(&joiner(&format!("j-{who}"), who, AT, json!({})))
             .await;
@@ -1714,20 +1713,8 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
     use roster::dev_target::Kind;
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
-    let app_id = app_on(
-        &app,
-        "crm",
-        &target.base_url(),
-        json!({
-            "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
-            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
-        }),
-    )
-    .await;
+    let hand = Target::by_hand(&target);
+    let app_id = holding_app(&app, "crm", &target.base_url(), true).await;
     hand.create("ghost@example.com").await;
     hand.create("stale@example.com").await;
     let held = app.reconcile_run(&app_id, json!({})).await;
@@ -1804,18 +1791,12 @@ async fn an_approved_unmatched_deprovision_skips_accounts_that_match_someone_now
     let app = spawn_app().await;
     for switched_off in [false, true] {
         let target = dev_target(TOKEN).await;
-        let hand = Target {
-            base: target.base_url(),
-            token: TOKEN.to_owned(),
-        };
-        let app_id = app_on(
+        let hand = Target::by_hand(&target);
+        let app_id = holding_app(
             &app,
             &format!("unmatched-{switched_off}"),
             &target.base_url(),
-            json!({
-                "reconcile": {"interval_minutes": 0, "mode": "fix", "deprovision_unmatched": true},
-                "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
-            }),
+            true,
         )
         .await;
         let dana = format!("dana-{switched_off}@example.com");
@@ -1899,10 +1880,7 @@ async fn an_approved_orphan_deprovision_reads_the_account_again() {
     use roster::dev_target::Kind;
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     // Four people who left before the app was registered: roster never linked their accounts.
     let left = ["oa", "ob", "oc", "od"];
     for p in left {
@@ -1925,16 +1903,7 @@ async fn an_approved_orphan_deprovision_reads_the_account_again() {
         .await;
         hand.create(&format!("{p}@example.com")).await;
     }
-    let app_id = app_on(
-        &app,
-        "orphans",
-        &target.base_url(),
-        json!({
-            "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
-        }),
-    )
-    .await;
+    let app_id = holding_app(&app, "orphans", &target.base_url(), false).await;
     let held = app.reconcile_run(&app_id, json!({})).await;
     assert_eq!(held["state"], "awaiting_approval", "{held}");
     assert_eq!(held["counts"]["orphan"], 4, "{held}");
@@ -2013,16 +1982,7 @@ async fn an_approved_deprovision_of_a_linked_orphan_reads_the_account_again() {
     use roster::dev_target::Kind;
     let target = dev_target(TOKEN).await;
     let app = spawn_app().await;
-    let app_id = app_on(
-        &app,
-        "linked-orphans",
-        &target.base_url(),
-        json!({
-            "reconcile": {"interval_minutes": 0, "mode": "fix"},
-            "deletion_guard": {"max_fraction": 1.0, "max_count": 1},
-        }),
-    )
-    .await;
+    let app_id = holding_app(&app, "linked-orphans", &target.base_url(), false).await;
     let left = ["la", "lb"];
     for p in left {
         let employee = p.to_uppercase();
@@ -2654,10 +2614,7 @@ async fn listing_without_total_acts_on_nothing(name: &str, quirks: Value) {
     let target = dev_target(TOKEN).await;
     let tap = std::sync::Arc::new(StripTotal::default());
     let stub = relay(&target.base_url(), tap.clone()).await;
-    let hand = Target {
-        base: target.base_url(),
-        token: TOKEN.to_owned(),
-    };
+    let hand = Target::by_hand(&target);
     let app = spawn_app().await;
     app.post(
         "/api/v1/groups",
@@ -2793,10 +2750,7 @@ async fn gated_targets(
     let (mut urls, mut targets) = (Vec::new(), Vec::new());
     for relay_no in 0..n {
         let target = dev_target(TOKEN).await;
-        let hand = Target {
-            base: target.base_url(),
-            token: TOKEN.to_owned(),
-        };
+        let hand = Target::by_hand(&target);
         for k in 0..=relay_no {
             hand.create(&format!("nobody{k}@example.com")).await;
         }

@@ -318,31 +318,15 @@ async fn a_listing_that_moves_under_its_pages_proves_no_absence() {
 /// value absent; each value is then asked alone, and every account is found.
 #[tokio::test]
 async fn a_merged_look_up_cut_short_of_its_total_answers_no_value_absent() {
-    let t = crate::helpers::spawn_target_with(
-        roster::dev_target::DevTargetArgs {
-            max_page_size: 2,
-            ..roster::dev_target::DevTargetArgs::default()
-        },
-        |settings| settings.quirks.paging = roster::scim::Paging::None,
-    )
-    .await;
     let names = ["cut-1", "cut-2", "cut-3"];
-    for name in names {
-        t.target
-            .insert(roster::dev_target::Kind::User, crate::helpers::user(name))
-            .unwrap();
-    }
+    let t = serving_one_page_of_two(&names, true).await;
     let short = t
         .client
         .users()
         .find_by_any("userName", &names)
         .await
         .expect_err("a listing short of its total is no answer");
-    assert!(
-        short.to_string().contains("2 resources read of the 3"),
-        "{short}"
-    );
-    assert!(short.is_transient(), "{short}");
+    assert_short_of_its_total(&short);
     let batcher = Arc::new(LookupBatcher::default());
     let found = crate::helpers::find_all(&batcher, &t.client, &names).await;
     let counts: Vec<usize> = found.into_iter().map(|f| f.unwrap().len()).collect();
@@ -359,6 +343,19 @@ async fn a_merged_look_up_cut_short_of_its_total_answers_no_value_absent() {
 /// which would have it created a second time — but an incomplete listing, asked again later.
 #[tokio::test]
 async fn a_look_up_by_whole_listing_cut_short_of_its_total_is_no_answer() {
+    let t = serving_one_page_of_two(&["whole-1", "whole-2", "whole-3"], false).await;
+    let short = t
+        .client
+        .users()
+        .find_by("userName", "whole-3")
+        .await
+        .expect_err("a listing short of its total is no answer");
+    assert_short_of_its_total(&short);
+}
+
+/// A dev-target holding `names` that answers every listing with one page of 2 (no paging),
+/// and a client for it that filters or not.
+async fn serving_one_page_of_two(names: &[&str], filters: bool) -> crate::helpers::TestTarget {
     let t = crate::helpers::spawn_target_with(
         roster::dev_target::DevTargetArgs {
             max_page_size: 2,
@@ -366,24 +363,23 @@ async fn a_look_up_by_whole_listing_cut_short_of_its_total_is_no_answer() {
         },
         |settings| {
             settings.quirks.paging = roster::scim::Paging::None;
-            settings.quirks.supports_filter = false;
+            settings.quirks.supports_filter = filters;
         },
     )
     .await;
-    for name in ["whole-1", "whole-2", "whole-3"] {
+    for name in names {
         t.target
             .insert(roster::dev_target::Kind::User, crate::helpers::user(name))
             .unwrap();
     }
-    let short = t
-        .client
-        .users()
-        .find_by("userName", "whole-3")
-        .await
-        .expect_err("a listing short of its total is no answer");
+    t
+}
+
+/// `error` is the transient "incomplete listing" of a page of 2 where 3 were counted.
+fn assert_short_of_its_total(error: &roster::scim::ScimError) {
     assert!(
-        short.to_string().contains("2 resources read of the 3"),
-        "{short}"
+        error.to_string().contains("2 resources read of the 3"),
+        "{error}"
     );
-    assert!(short.is_transient(), "{short}");
+    assert!(error.is_transient(), "{error}");
 }
