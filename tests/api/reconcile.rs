@@ -1784,11 +1784,21 @@ async fn an_approved_deprovision_reads_the_account_again_and_skips_what_changed_
 }
 
 /// A held run's unmatched deprovisions, approved later, are checked against roster as it is
-/// then: an account that matches a joiner since (whose job has not linked it yet) is not
-/// closed, and none is when the app has turned `deprovision_unmatched` off meanwhile.
+/// then: an account that matches a person since (here one the app does not assign, so no
+/// job of theirs links it meanwhile) is not closed, and none is when the app has turned
+/// `deprovision_unmatched` off meanwhile.
 #[tokio::test]
 async fn an_approved_unmatched_deprovision_skips_accounts_that_match_someone_now() {
     let app = spawn_app().await;
+    // Nobody is assigned: Dana's own job never links her account, so whether it ran before
+    // the approved deprovision or not, only the check of who matches the account now stands
+    // between the deprovision and her account.
+    app.post(
+        "/api/v1/groups",
+        &json!({"name": "nobody-yet", "members": []}),
+    )
+    .await
+    .expect(201);
     for switched_off in [false, true] {
         let target = dev_target(TOKEN).await;
         let hand = Target::by_hand(&target);
@@ -1799,6 +1809,12 @@ async fn an_approved_unmatched_deprovision_skips_accounts_that_match_someone_now
             true,
         )
         .await;
+        app.patch(
+            &format!("/api/v1/apps/{app_id}"),
+            &json!({"scope": {"email_domains": ["example.com"], "groups": ["nobody-yet"]}}),
+        )
+        .await
+        .expect(200);
         let dana = format!("dana-{switched_off}@example.com");
         hand.create(&format!("ghost-{switched_off}@example.com"))
             .await;
@@ -1817,7 +1833,7 @@ async fn an_approved_unmatched_deprovision_skips_accounts_that_match_someone_now
             .await
             .expect(200);
         } else {
-            // Dana joins; her job waits behind the approved deprovisions (leavers first).
+            // Dana joins (not assigned to the app: her job links nothing).
             app.post_event(&joiner(
                 "dana-in",
                 "DANA",
